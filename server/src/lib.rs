@@ -1,0 +1,2 @@
+//! raftlite node library. See ARCHITECTURE.md for the write path, apply path, reads and
+//! snapshots.
