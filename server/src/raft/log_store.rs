@@ -51,7 +51,7 @@ impl LogStore {
         for item in table.range::<u64>((start, end)).map_err(read_err)? {
             let (k, v) = item.map_err(read_err)?;
             let entry: Entry =
-                bincode::deserialize(v.value()).map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
+                super::codec::decode(v.value()).map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
             out.push(entry);
         }
         Ok(out)
@@ -63,7 +63,7 @@ impl LogStore {
         match table.last().map_err(read_err)? {
             None => Ok(None),
             Some((k, v)) => {
-                let entry: Entry = bincode::deserialize(v.value())
+                let entry: Entry = super::codec::decode(v.value())
                     .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
                 Ok(Some(entry.log_id))
             }
@@ -128,7 +128,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let encoded = entries
             .into_iter()
-            .map(|e| bincode::serialize(&e).map(|b| (e.log_id.index, b)))
+            .map(|e| super::codec::encode(&e).map(|b| (e.log_id.index, b)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(write_err)?;
         let store = self.store.clone();
@@ -174,7 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
                 let mut meta = tx.open_table(META).map_err(write_err)?;
-                let bytes = bincode::serialize(&log_id).map_err(write_err)?;
+                let bytes = super::codec::encode(&log_id).map_err(write_err)?;
                 meta.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
                 table.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;

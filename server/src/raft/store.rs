@@ -52,7 +52,7 @@ impl RaftStore {
         let table = tx.open_table(META).map_err(|e| io(&e))?;
         match table.get(key).map_err(|e| io(&e))? {
             None => Ok(None),
-            Some(v) => bincode::deserialize(v.value())
+            Some(v) => super::codec::decode(v.value())
                 .map(Some)
                 .map_err(|e| io(&format!("decode meta key {key}: {e}"))),
         }
@@ -60,7 +60,7 @@ impl RaftStore {
 
     pub fn write_meta<T: Serialize>(&self, key: &str, value: &T, sync: Sync) -> Result<(), StorageError> {
         let io = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::write(AnyError::error(e.to_string())));
-        let bytes = bincode::serialize(value).map_err(|e| io(&e))?;
+        let bytes = super::codec::encode(value).map_err(|e| io(&e))?;
         let mut tx = self.db.begin_write().map_err(|e| io(&e))?;
         if sync == Sync::Lazy {
             tx.set_durability(redb::Durability::None).map_err(|e| io(&e))?;
