@@ -549,8 +549,12 @@ impl FileConfig {
             advertise_addr: args.advertise_addr.clone().or(self.advertise_addr),
             peers: args.peers.clone().or(self.peers),
             heartbeat_ms: args.heartbeat_ms.or(self.heartbeat_ms),
-            election_timeout_min_ms: args.election_timeout_min_ms.or(self.election_timeout_min_ms),
-            election_timeout_max_ms: args.election_timeout_max_ms.or(self.election_timeout_max_ms),
+            election_timeout_min_ms: args
+                .election_timeout_min_ms
+                .or(self.election_timeout_min_ms),
+            election_timeout_max_ms: args
+                .election_timeout_max_ms
+                .or(self.election_timeout_max_ms),
             snapshot_every: args.snapshot_every.or(self.snapshot_every),
             max_request_bytes: args.max_request_bytes.or(self.max_request_bytes),
             auto_resync: args.auto_resync.or(self.auto_resync),
@@ -606,9 +610,8 @@ impl FileConfig {
         let advertise_addr = match (self.advertise_addr, peers.get(&node_id)) {
             (Some(given), from_peers) => {
                 let given = given.trim().to_owned();
-                check_host_port(&given).map_err(|e| {
-                    invalid(&ADVERTISE_ADDR, format!("{given:?} {e}"))
-                })?;
+                check_host_port(&given)
+                    .map_err(|e| invalid(&ADVERTISE_ADDR, format!("{given:?} {e}")))?;
                 if let Some(from_peers) = from_peers {
                     if !from_peers.eq_ignore_ascii_case(&given) {
                         return Err(invalid(
@@ -757,7 +760,8 @@ fn check_peers(peers: &BTreeMap<u64, String>) -> Result<(), ConfigError> {
 /// Checks an address other nodes connect to: `host:port`, `ip:port` or `[ipv6]:port`, with a
 /// non-zero port and a host that is not a wildcard address. Returns what is wrong.
 fn check_host_port(addr: &str) -> Result<(), String> {
-    const SHAPE: &str = "is not HOST:PORT (e.g. raftlite-0.raftlite:7000, 10.0.0.5:7000 or [fd00::5]:7000)";
+    const SHAPE: &str =
+        "is not HOST:PORT (e.g. raftlite-0.raftlite:7000, 10.0.0.5:7000 or [fd00::5]:7000)";
     if addr.contains("://") {
         return Err("must be HOST:PORT without a scheme such as http://".to_owned());
     }
@@ -878,5 +882,751 @@ fn invalid(setting: &Setting, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting: setting.key,
         message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use clap::Parser;
+
+    use super::*;
+
+    /// Serializes tests that let clap read the process environment.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse_cli(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("raftlite").chain(argv.iter().copied()))
+            .map(|c| c.serve)
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        move |name| vars.get(name).map(|v| (*v).to_owned())
+    }
+
+    fn expand(text: &str, vars: &[(&str, &str)]) -> Result<String, ConfigError> {
+        expand_env(text, Path::new("test.yaml"), env(vars))
+    }
+
+    fn yaml(text: &str, vars: &[(&str, &str)]) -> Result<FileConfig, ConfigError> {
+        FileConfig::from_yaml(text, Path::new("test.yaml"), env(vars))
+    }
+
+    /// The smallest valid single-node configuration.
+    fn minimal() -> FileConfig {
+        FileConfig {
+            node_id: Some(1),
+            data_dir: Some("/data".into()),
+            listen: Some("127.0.0.1:7001".into()),
+            ..FileConfig::default()
+        }
+    }
+
+    fn three_peers() -> BTreeMap<u64, String> {
+        (1..=3)
+            .map(|id| (id, format!("raftlite-{}.raftlite:7000", id - 1)))
+            .collect()
+    }
+
+    fn expand_problem(result: Result<String, ConfigError>) -> (usize, String, ExpandProblem) {
+        match result {
+            Err(ConfigError::Expand {
+                line, var, problem, ..
+            }) => (line, var, problem),
+            other => panic!("expected an expansion error, got {other:?}"),
+        }
+    }
+
+    // ---- expansion ----
+
+    #[test]
+    fn expands_set_variables() -> Result<(), ConfigError> {
+        let vars = [("POD_NAME", "raftlite-2"), ("NS", "prod")];
+        assert_eq!(
+            expand("a: ${POD_NAME}.x.${NS}:7000\n", &vars)?,
+            "a: raftlite-2.x.prod:7000\n"
+        );
+        assert_eq!(expand("${POD_NAME}${NS}", &vars)?, "raftlite-2prod");
+        Ok(())
+    }
+
+    #[test]
+    fn default_applies_when_unset_or_empty() -> Result<(), ConfigError> {
+        assert_eq!(expand("${A:-x}", &[])?, "x");
+        assert_eq!(expand("${A:-x}", &[("A", "")])?, "x");
+        assert_eq!(expand("${A:-x}", &[("A", "set")])?, "set");
+        assert_eq!(expand("${A:-a b:c}", &[])?, "a b:c");
+        assert_eq!(expand("${A:-}", &[])?, "");
+        assert_eq!(expand("k: '${A:-}'", &[])?, "k: ''");
+        Ok(())
+    }
+
+    #[test]
+    fn set_but_empty_variable_without_default_is_empty() -> Result<(), ConfigError> {
+        assert_eq!(expand("k: '${A}'", &[("A", "")])?, "k: ''");
+        Ok(())
+    }
+
+    #[test]
+    fn double_dollar_is_a_literal_dollar() -> Result<(), ConfigError> {
+        assert_eq!(expand("$$", &[])?, "$");
+        assert_eq!(expand("$${A}", &[])?, "${A}");
+        assert_eq!(expand("$$$${A}", &[("A", "v")])?, "$${A}");
+        assert_eq!(expand("$$${A}", &[("A", "v")])?, "$v");
+        assert_eq!(expand("$$HOME", &[])?, "$HOME");
+        Ok(())
+    }
+
+    #[test]
+    fn lone_dollar_not_before_a_name_is_literal() -> Result<(), ConfigError> {
+        assert_eq!(expand("costs $5 or $ 6 $", &[])?, "costs $5 or $ 6 $");
+        assert_eq!(expand("a$\nb", &[])?, "a$\nb");
+        Ok(())
+    }
+
+    #[test]
+    fn text_without_dollars_is_unchanged() -> Result<(), ConfigError> {
+        let text = "a: 1\r\nb: [x, y]\n\n# c\nd: \"é\"";
+        assert_eq!(expand(text, &[])?, text);
+        Ok(())
+    }
+
+    #[test]
+    fn unset_variable_without_default_is_an_error_naming_variable_and_line() {
+        let text = "a: 1\nb: 2\nadvertise_addr: \"${POD_NAME}.raftlite:7000\"\n";
+        let err = expand(text, &[]).expect_err("unset variable must fail");
+        let message = err.to_string();
+        let (line, var, problem) = expand_problem(Err(err));
+        assert_eq!(
+            (line, var.as_str(), problem),
+            (3, "POD_NAME", ExpandProblem::Unset)
+        );
+        assert!(message.starts_with("test.yaml:3: "), "{message}");
+        assert!(message.contains("POD_NAME is not set"), "{message}");
+        assert!(message.contains("${POD_NAME:-}"), "{message}");
+    }
+
+    #[test]
+    fn line_numbers_count_crlf_lines() {
+        let (line, var, _) = expand_problem(expand("a: 1\r\nb: 2\r\nc: ${X}\r\n", &[]));
+        assert_eq!((line, var.as_str()), (3, "X"));
+    }
+
+    #[test]
+    fn malformed_expansions_are_errors() {
+        let cases = [
+            ("k: ${A", ExpandProblem::Unterminated, "${A"),
+            ("k: ${A\n}", ExpandProblem::Unterminated, "${A"),
+            ("k: ${}", ExpandProblem::Unsupported, "${}"),
+            ("k: ${1A}", ExpandProblem::Unsupported, "${1A}"),
+            ("k: ${A-x}", ExpandProblem::Unsupported, "${A-x}"),
+            ("k: ${A:=x}", ExpandProblem::Unsupported, "${A:=x}"),
+            ("k: ${A:?x}", ExpandProblem::Unsupported, "${A:?x}"),
+            ("k: ${ A }", ExpandProblem::Unsupported, "${ A }"),
+            ("k: $HOME/x", ExpandProblem::BareName, "HOME"),
+            ("k: pa$_x", ExpandProblem::BareName, "_x"),
+        ];
+        for (text, expected, snippet) in cases {
+            let (line, var, problem) = expand_problem(expand(text, &[("A", "v"), ("HOME", "/h")]));
+            assert_eq!(
+                (line, problem, var.as_str()),
+                (1, expected, snippet),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_suggest_the_fix() {
+        let message = |text| expand(text, &[]).map(|_| ()).expect_err(text).to_string();
+        assert!(message("k: $HOME").contains("write ${HOME}"));
+        assert!(message("k: ${A-x}").contains("${VAR:-default}"));
+        assert!(message("k: ${A").contains("no closing `}`"));
+    }
+
+    #[test]
+    fn values_with_line_breaks_are_refused() {
+        let (line, var, problem) = expand_problem(expand("\nk: ${A}", &[("A", "x\ny: 1")]));
+        assert_eq!(
+            (line, var.as_str(), problem),
+            (2, "A", ExpandProblem::Multiline)
+        );
+    }
+
+    #[test]
+    fn full_line_comments_are_not_expanded_but_trailing_ones_are() -> Result<(), ConfigError> {
+        assert_eq!(
+            expand("# ${UNSET} $HOME\n  # ${X}\n", &[])?,
+            "# ${UNSET} $HOME\n  # ${X}\n"
+        );
+        assert_eq!(expand("k: 1 # ${A}", &[("A", "v")])?, "k: 1 # v");
+        Ok(())
+    }
+
+    #[test]
+    fn expansion_works_in_numbers_booleans_and_keys() -> Result<(), ConfigError> {
+        let file = yaml(
+            "node_id: ${ID}\nauto_resync: ${RESYNC:-false}\npeers:\n  ${ID}: \"${HOST}:7000\"\n",
+            &[("ID", "2"), ("HOST", "raftlite-1")],
+        )?;
+        assert_eq!(file.node_id, Some(2));
+        assert_eq!(file.auto_resync, Some(false));
+        assert_eq!(
+            file.peers,
+            Some(BTreeMap::from([(2, "raftlite-1:7000".to_owned())]))
+        );
+        Ok(())
+    }
+
+    // ---- peers ----
+
+    #[test]
+    fn peers_from_str_parses_entries() -> Result<(), ConfigError> {
+        let expected = BTreeMap::from([(1, "a:7000".to_owned()), (2, "[::1]:7000".to_owned())]);
+        assert_eq!(peers_from_str("1=a:7000,2=[::1]:7000")?, expected);
+        assert_eq!(peers_from_str(" 1 = a:7000 , 2=[::1]:7000, ")?, expected);
+        assert_eq!(peers_from_str("")?, BTreeMap::new());
+        Ok(())
+    }
+
+    #[test]
+    fn peers_from_str_rejects_malformed_entries() {
+        for (text, fragment) in [
+            ("1:a:7000", "is not ID=HOST:PORT"),
+            ("x=a:7000", "is not a node id"),
+            ("-1=a:7000", "is not a node id"),
+            ("1=a:7000,1=b:7000", "node 1 is listed twice"),
+        ] {
+            let err = peers_from_str(text).expect_err(text);
+            assert_eq!(err.setting(), Some("peers"), "{text}");
+            assert!(err.to_string().contains(fragment), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn peers_map_list_and_string_syntaxes_agree() -> Result<(), ConfigError> {
+        let expected = Some(BTreeMap::from([
+            (1, "a:7000".to_owned()),
+            (2, "b:7000".to_owned()),
+        ]));
+        let map = yaml("peers:\n  1: a:7000\n  2: \"b:7000\"\n", &[])?;
+        let flow_map = yaml("peers: {1: a:7000, 2: b:7000}", &[])?;
+        let list = yaml("peers:\n  - 1=a:7000\n  - \"2=b:7000\"\n", &[])?;
+        let string = yaml("peers: ${PEERS}", &[("PEERS", "1=a:7000,2=b:7000")])?;
+        for file in [map, flow_map, list, string] {
+            assert_eq!(file.peers, expected);
+        }
+        assert_eq!(yaml("peers:\n", &[])?.peers, None);
+        Ok(())
+    }
+
+    #[test]
+    fn peers_yaml_rejects_duplicates_and_wrong_shapes() {
+        for (text, fragment) in [
+            ("peers: [\"1=a:1\", \"1=b:1\"]", "node 1 is listed twice"),
+            ("peers: [\"a:1\"]", "is not ID=HOST:PORT"),
+            ("peers: 7", "peers as a map"),
+            ("peers: {x: a:1}", "invalid"),
+        ] {
+            let err = yaml(text, &[]).expect_err(text);
+            assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err:?}");
+            assert!(err.to_string().contains(fragment), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn peers_flag_is_parsed_by_clap() -> Result<(), clap::Error> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&["--peers", "1=a:7000,2=b:7000"])?;
+        assert_eq!(args.peers.map(|p| p.len()), Some(2));
+        let err = parse_cli(&["--peers", "1=a:7000,1=b:7000"]).expect_err("duplicate id");
+        assert!(err.to_string().contains("--peers"), "{err}");
+        Ok(())
+    }
+
+    // ---- file parsing ----
+
+    #[test]
+    fn empty_or_comment_only_file_is_an_empty_config() -> Result<(), ConfigError> {
+        assert_eq!(yaml("", &[])?, FileConfig::default());
+        assert_eq!(yaml("# nothing here\n\n", &[])?, FileConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = yaml("node_id: 1\nheartbeat: 100\n", &[]).expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("unknown field `heartbeat`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.starts_with("test.yaml: "), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_are_parse_errors() {
+        let err = yaml("node_id: one\n", &[]).expect_err("not a number");
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        let err = yaml("log_format: xml\n", &[]).expect_err("unknown format");
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+
+    // ---- precedence ----
+
+    #[test]
+    fn defaults_fill_in_what_nothing_sets() -> Result<(), ConfigError> {
+        let config = minimal().validate()?;
+        assert_eq!(
+            config.heartbeat,
+            Duration::from_millis(default_heartbeat_ms())
+        );
+        assert_eq!(config.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(config.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.max_request_bytes, 16 * 1024 * 1024);
+        assert!(config.auto_resync);
+        assert_eq!(config.read_threads, 4);
+        assert_eq!(config.max_batch_requests, 1024);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        Ok(())
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() -> Result<(), ConfigError> {
+        let file = yaml(
+            "node_id: 1\ndata_dir: /file\nlisten: 127.0.0.1:7001\nheartbeat_ms: 50\n\
+             read_threads: 8\nlog_format: json\nauto_resync: false\n",
+            &[],
+        )?;
+        let args = ServeArgs {
+            data_dir: Some("/flag".into()),
+            read_threads: Some(2),
+            ..ServeArgs::default()
+        };
+        let config = file.overlay(&args).validate()?;
+        assert_eq!(config.data_dir, PathBuf::from("/flag"));
+        assert_eq!(config.read_threads, 2);
+        assert_eq!(config.heartbeat, Duration::from_millis(50));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(!config.auto_resync);
+        assert_eq!(config.snapshot_every, default_snapshot_every());
+        Ok(())
+    }
+
+    #[test]
+    fn flag_beats_env_var_beats_file() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let vars = [
+            ("RAFTLITE_HEARTBEAT_MS", "70"),
+            ("RAFTLITE_READ_THREADS", "6"),
+            ("RAFTLITE_AUTO_RESYNC", "no"),
+            ("RAFTLITE_LOG", "debug"),
+        ];
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let parsed = parse_cli(&["--read-threads", "3"]);
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        let args = parsed?;
+        assert_eq!(args.read_threads, Some(3), "flag wins over env");
+        assert_eq!(args.heartbeat_ms, Some(70), "env is read");
+        assert_eq!(args.auto_resync, Some(false), "boolish env value");
+        assert_eq!(args.log_level.as_deref(), Some("debug"));
+
+        let file = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n\
+             heartbeat_ms: 90\nread_threads: 9\nsnapshot_every: 5\nlog_level: warn\n",
+            &[],
+        )?;
+        let config = file.overlay(&args).validate()?;
+        assert_eq!(config.read_threads, 3, "flag > file");
+        assert_eq!(config.heartbeat, Duration::from_millis(70), "env > file");
+        assert_eq!(config.log_level, "debug", "env > file");
+        assert_eq!(config.snapshot_every, 5, "file > default");
+        assert!(!config.auto_resync);
+        Ok(())
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var_and_the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some()) {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("RAFTLITE_")),
+                "--{:?} has no RAFTLITE_ env var",
+                arg.get_long()
+            );
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_serve_args() -> Result<(), clap::Error> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&[
+            "--config",
+            "/etc/raftlite.yaml",
+            "--node-id",
+            "2",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "0.0.0.0:7000",
+            "--advertise-addr",
+            "b:7000",
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-min-ms",
+            "150",
+            "--election-timeout-max-ms",
+            "300",
+            "--snapshot-every",
+            "7",
+            "--max-request-bytes",
+            "4096",
+            "--auto-resync",
+            "false",
+            "--read-threads",
+            "2",
+            "--max-batch-requests",
+            "64",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn",
+        ])?;
+        assert_eq!(args.config, Some(PathBuf::from("/etc/raftlite.yaml")));
+        assert_eq!(args.node_id, Some(2));
+        assert_eq!(args.listen.as_deref(), Some("0.0.0.0:7000"));
+        assert_eq!(args.auto_resync, Some(false));
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+        assert_eq!(args.max_batch_requests, Some(64));
+        assert_eq!(
+            parse_cli(&[])?,
+            ServeArgs::default(),
+            "nothing given stays None"
+        );
+        Ok(())
+    }
+
+    // ---- validation ----
+
+    #[test]
+    fn single_node_without_peers_lists_itself() -> Result<(), ConfigError> {
+        let config = minimal().validate()?;
+        assert_eq!(config.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(
+            config.peers,
+            BTreeMap::from([(1, "127.0.0.1:7001".to_owned())])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn advertise_addr_comes_from_flag_then_peers_then_listen() -> Result<(), ConfigError> {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            ..minimal()
+        };
+        let from_peers = FileConfig {
+            peers: Some(three_peers()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(from_peers.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(from_peers.peers, three_peers());
+
+        let given = FileConfig {
+            advertise_addr: Some("raftlite-0.raftlite:7000".into()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(given.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(
+            given.peers,
+            BTreeMap::from([(1, "raftlite-0.raftlite:7000".to_owned())])
+        );
+
+        let ipv6 = FileConfig {
+            listen: Some("[::1]:7000".into()),
+            ..minimal()
+        }
+        .validate()?;
+        assert_eq!(ipv6.advertise_addr, "[::1]:7000");
+        Ok(())
+    }
+
+    #[test]
+    fn every_validation_error_names_its_setting() {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            ..minimal()
+        };
+        let with_peers = FileConfig {
+            peers: Some(three_peers()),
+            ..minimal()
+        };
+        let peers = |pairs: &[(u64, &str)]| FileConfig {
+            peers: Some(pairs.iter().map(|(id, a)| (*id, (*a).to_owned())).collect()),
+            ..minimal()
+        };
+        let cases: Vec<(FileConfig, &str, &str)> =
+            vec![
+            (
+                FileConfig { node_id: None, ..minimal() },
+                "node_id",
+                "node_id: missing (set --node-id, RAFTLITE_NODE_ID or node_id in the config file)",
+            ),
+            (FileConfig { node_id: Some(0), ..minimal() }, "node_id", "ids start at 1"),
+            (
+                FileConfig { data_dir: None, ..minimal() },
+                "data_dir",
+                "data_dir: missing (set --data-dir, RAFTLITE_DATA_DIR",
+            ),
+            (FileConfig { data_dir: Some("".into()), ..minimal() }, "data_dir", "is empty"),
+            (
+                FileConfig { listen: None, ..minimal() },
+                "listen",
+                "listen: missing (set --listen, RAFTLITE_LISTEN",
+            ),
+            (
+                FileConfig { listen: Some("abc".into()), ..minimal() },
+                "listen",
+                "listen: \"abc\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { listen: Some("raftlite-0:7000".into()), ..minimal() },
+                "listen",
+                "is not HOST:PORT",
+            ),
+            (FileConfig { listen: Some("127.0.0.1:0".into()), ..minimal() }, "listen", "port 0"),
+            (wildcard.clone(), "advertise_addr", "advertise_addr: missing: listen (0.0.0.0:7000)"),
+            (
+                FileConfig { advertise_addr: Some("0.0.0.0:7000".into()), ..wildcard.clone() },
+                "advertise_addr",
+                "wildcard address",
+            ),
+            (
+                FileConfig { advertise_addr: Some("http://a:7000".into()), ..minimal() },
+                "advertise_addr",
+                "without a scheme",
+            ),
+            (
+                FileConfig { advertise_addr: Some("a".into()), ..minimal() },
+                "advertise_addr",
+                "advertise_addr: \"a\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { advertise_addr: Some("other:7000".into()), ..with_peers.clone() },
+                "advertise_addr",
+                "differs from this node's entry in peers (1=raftlite-0.raftlite:7000)",
+            ),
+            (
+                FileConfig { node_id: Some(4), ..with_peers.clone() },
+                "peers",
+                "peers: node 4 (this node) is not in peers [1, 2, 3]",
+            ),
+            (peers(&[(0, "a:1"), (1, "b:1")]), "peers", "node 0"),
+            (peers(&[(1, "a:1"), (2, "b")]), "peers", "node 2: \"b\" is not HOST:PORT"),
+            (peers(&[(1, "a:1"), (2, "b:99999")]), "peers", "node 2: \"b:99999\""),
+            (peers(&[(1, "a:1"), (2, "::1:7000")]), "peers", "without brackets"),
+            (peers(&[(1, "a:1"), (2, "[zz]:7000")]), "peers", "not an IPv6 address"),
+            (peers(&[(1, "a:1"), (2, "[::]:7000")]), "peers", "wildcard address"),
+            (peers(&[(1, "a b:1"), (2, "b:1")]), "peers", "node 1: \"a b:1\""),
+            (peers(&[(1, "a:1"), (2, "A:1")]), "peers", "nodes 1 and 2 have the same address"),
+            (FileConfig { heartbeat_ms: Some(0), ..minimal() }, "heartbeat_ms", "at least 1"),
+            (
+                FileConfig {
+                    heartbeat_ms: Some(100),
+                    election_timeout_min_ms: Some(50),
+                    ..minimal()
+                },
+                "election_timeout_min_ms",
+                "election_timeout_min_ms: 50 must be greater than 2 × heartbeat_ms (100)",
+            ),
+            (
+                FileConfig { election_timeout_min_ms: Some(200), ..minimal() },
+                "election_timeout_min_ms",
+                "200 must be greater than 2 × heartbeat_ms (100)",
+            ),
+            (
+                FileConfig { election_timeout_max_ms: Some(300), ..minimal() },
+                "election_timeout_max_ms",
+                "300 must be greater than election_timeout_min_ms (300)",
+            ),
+            (FileConfig { snapshot_every: Some(0), ..minimal() }, "snapshot_every", "at least 1"),
+            (
+                FileConfig { max_request_bytes: Some(10), ..minimal() },
+                "max_request_bytes",
+                "10 is outside",
+            ),
+            (
+                FileConfig { max_request_bytes: Some(2 << 30), ..minimal() },
+                "max_request_bytes",
+                "is outside",
+            ),
+            (FileConfig { read_threads: Some(0), ..minimal() }, "read_threads", "at least 1"),
+            (
+                FileConfig { max_batch_requests: Some(0), ..minimal() },
+                "max_batch_requests",
+                "at least 1",
+            ),
+            (FileConfig { log_level: Some(" ".into()), ..minimal() }, "log_level", "is empty"),
+            (
+                FileConfig { log_level: Some("info,[".into()), ..minimal() },
+                "log_level",
+                "is not a log filter",
+            ),
+        ];
+        for (file, setting, fragment) in cases {
+            let description = format!("{file:?}");
+            let err = file.validate().expect_err(&description);
+            let message = err.to_string();
+            assert_eq!(err.setting(), Some(setting), "{message}");
+            assert!(message.starts_with(&format!("{setting}: ")), "{message}");
+            assert!(
+                message.contains(fragment),
+                "expected {fragment:?} in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_address_forms() {
+        for addr in [
+            "a:1",
+            "raftlite-0.raftlite.ns.svc.cluster.local:7000",
+            "10.0.0.5:7000",
+            "[fd00::5]:65535",
+        ] {
+            assert_eq!(check_host_port(addr), Ok(()), "{addr}");
+        }
+    }
+
+    // ---- the sample file and load() ----
+
+    #[test]
+    fn example_file_loads_with_pod_environment() -> Result<(), ConfigError> {
+        let text = include_str!("../config.example.yaml");
+        let vars = [
+            ("NODE_ID", "2"),
+            ("POD_NAME", "raftlite-1"),
+            ("POD_NAMESPACE", "prod"),
+        ];
+        let config = FileConfig::from_yaml(text, Path::new("config.example.yaml"), env(&vars))?
+            .validate()?;
+        let addr = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7000");
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftlite"));
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+        assert_eq!(config.advertise_addr, addr(1));
+        assert_eq!(
+            config.peers,
+            BTreeMap::from([(1, addr(0)), (2, addr(1)), (3, addr(2))])
+        );
+        assert_eq!(config.heartbeat, Duration::from_millis(100));
+        assert_eq!(config.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(config.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.max_request_bytes, 16 << 20);
+        assert!(config.auto_resync);
+        assert_eq!((config.read_threads, config.max_batch_requests), (4, 1024));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        Ok(())
+    }
+
+    #[test]
+    fn example_file_refuses_to_start_without_node_id_or_pod_name() {
+        let text = include_str!("../config.example.yaml");
+        let file = Path::new("config.example.yaml");
+        let err = FileConfig::from_yaml(text, file, env(&[("POD_NAME", "raftlite-1")]))
+            .expect_err("NODE_ID unset");
+        assert!(err.to_string().contains("NODE_ID is not set"), "{err}");
+        let err = FileConfig::from_yaml(text, file, env(&[("NODE_ID", "1")]))
+            .expect_err("POD_NAME unset");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("advertise_addr:"))
+            .map(|i| i + 1);
+        assert!(
+            matches!(err, ConfigError::Expand { line: l, .. } if Some(l) == line),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn example_file_does_not_drift_from_the_settings() {
+        // Every setting of ServeArgs (but --config) is documented in the example file.
+        use clap::CommandFactory;
+        let text = include_str!("../config.example.yaml");
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "config" || id == "help" {
+                continue;
+            }
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{id}:"))),
+                "{id} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn load_reads_the_file_and_reports_its_path() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("raftlite.yaml");
+        std::fs::write(
+            &path,
+            "node_id: 3
+data_dir: /d
+listen: 127.0.0.1:7003
+read_threads: 2
+",
+        )?;
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            read_threads: Some(5),
+            ..ServeArgs::default()
+        };
+        let config = load(&args)?;
+        assert_eq!((config.node_id, config.read_threads), (3, 5));
+
+        std::fs::write(
+            &path,
+            "node_id: 3
+data_dir: ${RAFTLITE_TEST_NEVER_SET_7f3a}
+",
+        )?;
+        let message = load(&args).expect_err("unset variable").to_string();
+        assert!(
+            message.starts_with(&format!("{}:2: ", path.display())),
+            "{message}"
+        );
+
+        let missing = ServeArgs {
+            config: Some(dir.path().join("absent.yaml")),
+            ..ServeArgs::default()
+        };
+        let err = load(&missing).expect_err("no such file");
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("absent.yaml"), "{err}");
+        Ok(())
     }
 }
