@@ -19,7 +19,7 @@ pub struct SqlService {
 
 fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
     v1::QueryResponse {
-        columns: chunk.columns.into_iter().map(|c| v1::Column { name: c.name, decl_type: c.decl_type }).collect(),
+        columns: chunk.columns.into_iter().map(|c| v1::Column { name: c.name, decl_type: c.decl_type.unwrap_or_default() }).collect(),
         rows: chunk
             .rows
             .into_iter()

@@ -6,7 +6,7 @@ pub mod reads;
 pub mod status;
 pub mod write_path;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ impl Node {
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
         let db = Arc::new(
-            Database::open(&config.data_dir.join("db.sqlite"), DbOptions { read_threads: config.read_threads })
+            Database::open(config.data_dir.join("db.sqlite"), DbOptions { read_threads: config.read_threads, ..Default::default() })
                 .context("open database")?,
         );
         let (applied_tx, applied_rx) = watch::channel(0u64);
@@ -75,7 +75,6 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 1000,
             install_snapshot_timeout: 60_000,
-            send_snapshot_timeout: 600_000,
             max_payload_entries: 64,
             ..Default::default()
         }
@@ -349,8 +348,9 @@ impl NodeInner {
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
         let mut rx = self.applied.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|&a| a >= index)).await {
-            Ok(Ok(_)) => Ok(()),
+        let reached = tokio::time::timeout(timeout, async { rx.wait_for(|&a| a >= index).await.map(|_| ()) }).await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(NodeError::unavailable("the node is shutting down", None)),
             Err(_) => Err(NodeError::unavailable(
                 format!("this node has applied up to {} and did not reach index {index} in time", self.applied_index()),
@@ -366,10 +366,5 @@ impl NodeInner {
         } else {
             NodeError::unavailable(format!("membership change failed: {text}"), self.leader_hint())
         }
-    }
-
-    /// Addresses of the initial members (from configuration).
-    pub fn configured_peers(&self) -> &BTreeMap<NodeId, String> {
-        &self.config.peers
     }
 }

@@ -60,14 +60,15 @@ impl LogStore {
     fn last_entry_id(store: &RaftStore) -> Result<Option<LogId>, StorageError> {
         let tx = store.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOGS).map_err(read_err)?;
-        match table.last().map_err(read_err)? {
-            None => Ok(None),
+        let last = match table.last().map_err(read_err)? {
+            None => None,
             Some((k, v)) => {
                 let entry: Entry = super::codec::decode(v.value())
                     .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
-                Ok(Some(entry.log_id))
+                Some(entry.log_id)
             }
-        }
+        };
+        Ok(last)
     }
 }
 

@@ -81,6 +81,7 @@ impl RaftStore {
         }
         let tx = self.db.begin_read().map_err(|e| io(&e))?;
         let logs = tx.open_table(LOGS).map_err(|e| io(&e))?;
-        Ok(logs.first().map_err(|e| io(&e))?.is_some())
+        let any = logs.first().map_err(|e| io(&e))?.is_some();
+        Ok(any)
     }
 }
