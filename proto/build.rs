@@ -4,12 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
-    let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_imports(true).include_source_info(true).open_files(files)?;
+    let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    // `compile_fds` does not write `file_descriptor_set_path` itself (only the protoc path
-    // does), so the reflection descriptor is written here.
-    std::fs::write(out.join("raftlite_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // For gRPC server reflection.
+    std::fs::write(out.join("raftlite_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -1,2 +1,16 @@
-//! raftlite node library. See ARCHITECTURE.md for the write path, apply path, reads and
-//! snapshots.
+//! raftlite node library: highly available SQLite over Raft.
+//!
+//! The leader executes writes, captures the pages they change as a page delta without
+//! committing, and replicates the delta through the Raft log; every node applies committed
+//! deltas to its own SQLite file, so replicas are byte-identical. See ARCHITECTURE.md.
+//!
+//! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
+//! `grpc` (tonic services), `cluster` (bootstrap, identity, re-sync), `config`, `cli`.
+
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod node;
+pub mod raft;
+pub mod serve;

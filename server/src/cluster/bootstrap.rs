@@ -1,0 +1,92 @@
+//! Bootstrap: given the full list of initial members, exactly one node initializes.
+//!
+//! The node with the lowest id initializes, and only when (a) it has no Raft state of its own
+//! and (b) every other initial member answered and has none either. Any member that already
+//! has state or a cluster id means a cluster exists: the node joins it instead (the leader
+//! replicates to it or sends a snapshot). A restart finds its own Raft state and never
+//! initializes again. A wiped lowest-id node therefore re-syncs rather than splitting the
+//! cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use raftlite_proto::v1::IdentityRequest;
+
+use crate::node::Node;
+
+const RETRY: Duration = Duration::from_millis(300);
+
+pub async fn bootstrap(node: Node) -> anyhow::Result<()> {
+    if node.has_raft_state()? {
+        tracing::info!(node = node.id(), "restarting with existing Raft state");
+        return Ok(());
+    }
+    let peers = node.config().peers.clone();
+    let lowest = peers.keys().next().copied().unwrap_or(node.id());
+    if lowest != node.id() {
+        tracing::info!(node = node.id(), initializer = lowest, "new node: waiting to be contacted by the cluster");
+        return Ok(());
+    }
+    let mut last_report = Instant::now();
+    loop {
+        match survey(&node, &peers).await {
+            Survey::ClusterExists(who) => {
+                tracing::info!(peer = who, "a peer already belongs to a cluster: joining it instead of initializing");
+                return Ok(());
+            }
+            Survey::AllEmpty => break,
+            Survey::Missing(missing) => {
+                if last_report.elapsed() > Duration::from_secs(5) {
+                    tracing::info!(?missing, "waiting for every initial member to answer before initializing");
+                    last_report = Instant::now();
+                }
+            }
+        }
+        if node.has_raft_state()? {
+            tracing::info!("contacted by a cluster while waiting; not initializing");
+            return Ok(());
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    let cluster_id = node.identity().create()?;
+    let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+    node.raft().initialize(members).await?;
+    tracing::info!(%cluster_id, members = peers.len(), "initialized a new cluster");
+    Ok(())
+}
+
+enum Survey {
+    AllEmpty,
+    ClusterExists(u64),
+    Missing(Vec<u64>),
+}
+
+async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
+    let mut missing = Vec::new();
+    for (id, addr) in peers {
+        if *id == node.id() {
+            continue;
+        }
+        let Ok(mut client) = node.inner.peer(addr) else {
+            missing.push(*id);
+            continue;
+        };
+        let mut request = tonic::Request::new(IdentityRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        match client.identity(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.initialized || !r.cluster_id.is_empty() {
+                    return Survey::ClusterExists(*id);
+                }
+            }
+            Err(_) => missing.push(*id),
+        }
+    }
+    if missing.is_empty() {
+        Survey::AllEmpty
+    } else {
+        Survey::Missing(missing)
+    }
+}

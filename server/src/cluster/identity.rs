@@ -1,0 +1,71 @@
+//! Cluster identity: a cluster id created when the cluster is initialized and stored with
+//! every node's data, carried on every peer message.
+//!
+//! A node that has no id yet adopts the id of the first cluster that talks to it. A node whose
+//! data belongs to another cluster refuses votes from it, and when that cluster's leader sends
+//! it entries or a snapshot, wipes its data and re-syncs (if `auto_resync` allows) — instead of
+//! LiteFS' "cannot stream from primary with a different cluster id" and a manual PVC deletion.
+
+use std::sync::RwLock;
+
+use crate::raft::store::{RaftStore, Sync};
+
+const KEY_CLUSTER_ID: &str = "cluster_id";
+
+pub struct ClusterIdentity {
+    store: RaftStore,
+    id: RwLock<Option<String>>,
+}
+
+/// The peer belongs to another cluster than this node's data.
+#[derive(Debug, thiserror::Error)]
+#[error("this node's data belongs to cluster {ours}, but the peer is in cluster {theirs}")]
+pub struct ClusterMismatch {
+    pub ours: String,
+    pub theirs: String,
+}
+
+impl ClusterIdentity {
+    pub fn load(store: RaftStore) -> anyhow::Result<Self> {
+        let id: Option<String> = store.read_meta(KEY_CLUSTER_ID)?;
+        Ok(Self { store, id: RwLock::new(id) })
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.id.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Creates and durably stores a new cluster id (bootstrap only).
+    pub fn create(&self) -> anyhow::Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.set(&id)?;
+        Ok(id)
+    }
+
+    fn set(&self, id: &str) -> anyhow::Result<()> {
+        self.store.write_meta(KEY_CLUSTER_ID, &id.to_string(), Sync::Durable)?;
+        let mut guard = self.id.write().unwrap_or_else(|p| p.into_inner());
+        *guard = Some(id.to_string());
+        Ok(())
+    }
+
+    /// Checks a peer's cluster id. Adopts it when this node has none yet; an empty id (a peer
+    /// that has not joined a cluster yet) is accepted.
+    pub fn check_peer(&self, theirs: &str) -> Result<(), ClusterMismatch> {
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        match self.get() {
+            Some(ours) if ours == theirs => Ok(()),
+            Some(ours) => Err(ClusterMismatch { ours, theirs: theirs.to_string() }),
+            None => {
+                if let Err(e) = self.set(theirs) {
+                    tracing::error!(error = %e, "could not store the cluster id");
+                } else {
+                    tracing::info!(cluster_id = theirs, "joined cluster");
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,1632 @@
+//! Configuration of `raftlite serve`.
+//!
+//! Configuration is built in two stages:
+//!
+//! 1. **Sources.** [`ServeArgs`] holds the command-line flags. Each flag can also be read from a
+//!    `RAFTLITE_*` environment variable (clap's `env`), which is how the Helm chart sets them.
+//!    [`FileConfig`] is the optional YAML file named by `--config`. Every setting is an `Option`
+//!    in both, so "not given" is never confused with "given the default value".
+//! 2. **Validation.** [`load`] lays the flags over the file ([`FileConfig::overlay`]). Then
+//!    [`FileConfig::validate`] fills in the named defaults, checks every setting and produces the
+//!    runtime [`Config`], which has no `Option` where a value is required.
+//!
+//! Precedence: flag > environment variable > config file > default.
+//!
+//! # Environment expansion in the config file
+//!
+//! Before the YAML is parsed, its text is expanded ([`expand_env`]):
+//!
+//! | text              | becomes                                                        |
+//! |-------------------|----------------------------------------------------------------|
+//! | `${VAR}`          | the value of `VAR`; **an error if `VAR` is not set**           |
+//! | `${VAR:-default}` | the value of `VAR`, or `default` if `VAR` is unset or empty    |
+//! | `${VAR:-}`        | the value of `VAR`, or the empty string                        |
+//! | `$$`              | a literal `$`                                                  |
+//! | `$VAR`            | an error: write `${VAR}` (or `$$VAR` for the literal text)     |
+//! | `$` + other char  | a literal `$` (`$5`, `a $ b`)                                  |
+//!
+//! Lines whose first non-blank character is `#` (full-line comments) are copied unchanged.
+//!
+//! # Key decisions and trade-offs
+//!
+//! - **An unset variable is an error, never an empty string.** LiteFS users report that
+//!   expansion in `litefs.yml` "doesn't work reliably" and generate the file with a shell
+//!   heredoc instead. A setting that quietly becomes empty surfaces much later as a confusing
+//!   cluster failure. Here the error names the variable and the file line, and `${VAR:-}` says
+//!   "empty is fine" explicitly.
+//! - **Expansion is textual, before YAML parsing**, so it works anywhere (numbers, booleans,
+//!   map keys), and parse errors report the file's own line numbers. The cost: a value is
+//!   inserted verbatim, so a value containing YAML syntax (`: `, `#`, quotes) needs quotes in
+//!   the file. Values containing a line break are refused: they would change the file's
+//!   structure and its line numbers.
+//! - **Trailing comments are expanded; full-line comments are not.** Telling whether a `#`
+//!   starts a comment or sits inside a quoted string needs a YAML parser. Full-line comments
+//!   are unambiguous, and skipping them lets the file document `${VAR}` in its comments.
+//! - **One address per node.** `advertise_addr` defaults to `peers[node_id]`. If both are
+//!   given, they must agree: the membership stores one address per node.
+//! - **Addresses are checked against the `HOSTNAME` class of mistakes.** A wildcard address
+//!   (`0.0.0.0`, `[::]`) is refused as an address to reach a node. Two peers sharing one
+//!   address are refused too: that is what every pod rendering the same name looks like.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// Default `heartbeat_ms`: the leader's heartbeat interval.
+pub fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+/// Default `election_timeout_min_ms`. It must exceed two heartbeats.
+pub fn default_election_timeout_min_ms() -> u64 {
+    300
+}
+
+/// Default `election_timeout_max_ms`.
+pub fn default_election_timeout_max_ms() -> u64 {
+    600
+}
+
+/// Default `snapshot_every`: log entries between snapshots.
+pub fn default_snapshot_every() -> u64 {
+    10_000
+}
+
+/// Default `max_request_bytes`: 16 MiB.
+pub fn default_max_request_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+/// Default `auto_resync`: a node whose data belongs to another cluster wipes it and re-syncs.
+pub fn default_auto_resync() -> bool {
+    true
+}
+
+/// Default `read_threads`: SQLite connections serving reads.
+pub fn default_read_threads() -> usize {
+    4
+}
+
+/// Default `max_batch_requests`: the most write requests in one group commit.
+pub fn default_max_batch_requests() -> usize {
+    1024
+}
+
+/// Default `log_level` (a `tracing` env-filter directive).
+pub fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// The smallest accepted `max_request_bytes`.
+const MIN_REQUEST_BYTES: usize = 1024;
+/// The largest accepted `max_request_bytes`: protobuf messages cannot exceed 2 GiB, and a
+/// request travels inside a Raft entry together with its page delta.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Flags of `raftlite serve`. Each flag can also be set through its environment variable.
+/// A flag wins over its environment variable, and both win over the config file.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ServeArgs {
+    /// YAML config file. `${VAR}` and `${VAR:-default}` in it are expanded.
+    #[arg(long, env = "RAFTLITE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// This node's id (1, 2, ...), unique in the cluster.
+    #[arg(long, env = "RAFTLITE_NODE_ID", value_name = "N")]
+    pub node_id: Option<u64>,
+
+    /// Directory holding this node's SQLite database and Raft log.
+    #[arg(long, env = "RAFTLITE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// IP address and port the gRPC server binds, e.g. 0.0.0.0:7000.
+    #[arg(long, env = "RAFTLITE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Address peers and clients use to reach this node. Defaults to this node's entry in
+    /// --peers, else to --listen (required if --listen is a wildcard address).
+    #[arg(long, env = "RAFTLITE_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+
+    /// Full initial membership, e.g. 1=raftlite-0.raftlite:7000,2=raftlite-1.raftlite:7000.
+    /// May be left out only for a single-node cluster.
+    #[arg(long, env = "RAFTLITE_PEERS", value_name = "ID=HOST:PORT,...", value_parser = peers_from_str)]
+    pub peers: Option<BTreeMap<u64, String>>,
+
+    /// Leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "RAFTLITE_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Lower bound of the randomized election timeout in milliseconds [default: 300].
+    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
+    pub election_timeout_min_ms: Option<u64>,
+
+    /// Upper bound of the randomized election timeout in milliseconds [default: 600].
+    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
+    pub election_timeout_max_ms: Option<u64>,
+
+    /// Take a snapshot every N log entries [default: 10000].
+    #[arg(long, env = "RAFTLITE_SNAPSHOT_EVERY", value_name = "N")]
+    pub snapshot_every: Option<u64>,
+
+    /// Largest accepted request in bytes [default: 16777216 (16 MiB)].
+    #[arg(long, env = "RAFTLITE_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+
+    /// Wipe and re-sync from peers when local data belongs to another cluster [default: true].
+    #[arg(
+        long,
+        env = "RAFTLITE_AUTO_RESYNC",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auto_resync: Option<bool>,
+
+    /// Threads (SQLite connections) serving reads [default: 4].
+    #[arg(long, env = "RAFTLITE_READ_THREADS", value_name = "N")]
+    pub read_threads: Option<usize>,
+
+    /// Most write requests in one group commit [default: 1024].
+    #[arg(long, env = "RAFTLITE_MAX_BATCH_REQUESTS", value_name = "N")]
+    pub max_batch_requests: Option<usize>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "RAFTLITE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. "info" or "info,raftlite=debug" [default: info].
+    #[arg(long, env = "RAFTLITE_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The config file: the same settings as [`ServeArgs`] (without `config`), with snake_case
+/// keys. Absent keys stay `None`; [`FileConfig::validate`] applies the named defaults.
+///
+/// `peers` is accepted as a map (`{1: "host:port"}`), a list (`["1=host:port"]`) or a string
+/// (`"1=host:port,2=host:port"`, handy with `${PEERS}`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub advertise_addr: Option<String>,
+    #[serde(deserialize_with = "deserialize_peers")]
+    pub peers: Option<BTreeMap<u64, String>>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub snapshot_every: Option<u64>,
+    pub max_request_bytes: Option<usize>,
+    pub auto_resync: Option<bool>,
+    pub read_threads: Option<usize>,
+    pub max_batch_requests: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// Validated runtime configuration of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id, ≥ 1.
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// HOST:PORT peers and clients use to reach this node; equals `peers[node_id]`.
+    pub advertise_addr: String,
+    /// Initial membership, node id to HOST:PORT. Always contains this node.
+    pub peers: BTreeMap<u64, String>,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Log entries between snapshots, ≥ 1.
+    pub snapshot_every: u64,
+    pub max_request_bytes: usize,
+    pub auto_resync: bool,
+    /// ≥ 1.
+    pub read_threads: usize,
+    /// Group-commit cap, ≥ 1.
+    pub max_batch_requests: usize,
+    pub log_format: LogFormat,
+    /// A valid `tracing_subscriber::EnvFilter` directive.
+    pub log_level: String,
+}
+
+/// What is wrong with a `${...}` or `$` in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpandProblem {
+    /// `${VAR}` without default, and `VAR` is not set.
+    Unset,
+    /// `${` without a closing `}` on the same line.
+    Unterminated,
+    /// `${...}` that is neither `${VAR}` nor `${VAR:-default}`.
+    Unsupported,
+    /// `$VAR`: shell style, which is not expanded.
+    BareName,
+    /// The value of `VAR` contains a line break.
+    Multiline,
+}
+
+impl ExpandProblem {
+    fn describe(self, var: &str) -> String {
+        match self {
+            Self::Unset => format!(
+                "environment variable {var} is not set and ${{{var}}} has no default \
+                 (write ${{{var}:-value}} for a default, ${{{var}:-}} to allow empty)"
+            ),
+            Self::Unterminated => format!("`{var}` has no closing `}}` on this line"),
+            Self::Unsupported => format!(
+                "`{var}` is not supported: write ${{VAR}} or ${{VAR:-default}} \
+                 (VAR made of letters, digits and _), or $$ for a literal $"
+            ),
+            Self::BareName => format!(
+                "`${var}` is not expanded: write ${{{var}}}, or $${var} for the literal text"
+            ),
+            Self::Multiline => format!(
+                "the value of environment variable {var} contains a line break, \
+                 which would change the structure of the file"
+            ),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting was given nowhere.
+    #[error("{setting}: missing (set {flag}, {env} or {setting} in the config file)")]
+    Missing {
+        setting: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+
+    /// A setting has a value that cannot work.
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+
+    /// Environment expansion in the config file failed.
+    #[error("{}:{line}: {}", .file.display(), .problem.describe(.var))]
+    Expand {
+        file: PathBuf,
+        /// 1-based line in `file`.
+        line: usize,
+        /// The variable name, or the offending text for syntax problems.
+        var: String,
+        problem: ExpandProblem,
+    },
+
+    /// The config file (after expansion) is not valid YAML for [`FileConfig`].
+    #[error("{}: {source}", .file.display())]
+    Parse {
+        file: PathBuf,
+        source: serde_yaml::Error,
+    },
+
+    /// The config file could not be read.
+    #[error("reading config file {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// The setting (config file key) the error is about, if it is about one.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing { setting, .. } | Self::Invalid { setting, .. } => Some(setting),
+            Self::Expand { .. } | Self::Parse { .. } | Self::Io { .. } => None,
+        }
+    }
+}
+
+/// Reads the config file named by `--config` (if any), lays the flags and environment
+/// variables over it and validates the result.
+pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::read(path)?,
+        None => FileConfig::default(),
+    };
+    file.overlay(args).validate()
+}
+
+/// Parses `1=host:port,2=host:port` (spaces around entries allowed, empty entries ignored).
+/// Addresses are checked later, by [`FileConfig::validate`].
+pub fn peers_from_str(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = parse_peer_entry(entry).map_err(|message| invalid(&PEERS, message))?;
+        insert_peer(&mut peers, id, addr).map_err(|message| invalid(&PEERS, message))?;
+    }
+    Ok(peers)
+}
+
+fn parse_peer_entry(entry: &str) -> Result<(u64, String), String> {
+    let Some((id, addr)) = entry.split_once('=') else {
+        return Err(format!("{entry:?} is not ID=HOST:PORT"));
+    };
+    let id = id
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{entry:?}: {:?} is not a node id", id.trim()))?;
+    Ok((id, addr.trim().to_owned()))
+}
+
+fn insert_peer(peers: &mut BTreeMap<u64, String>, id: u64, addr: String) -> Result<(), String> {
+    match peers.insert(id, addr) {
+        Some(_) => Err(format!("node {id} is listed twice")),
+        None => Ok(()),
+    }
+}
+
+fn deserialize_peers<'de, D>(deserializer: D) -> Result<Option<BTreeMap<u64, String>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct PeersVisitor;
+
+    impl<'de> Visitor<'de> for PeersVisitor {
+        type Value = Option<BTreeMap<u64, String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(
+                r#"peers as a map {1: "host:port"}, a list ["1=host:port"] or a string "1=host:port,2=host:port""#,
+            )
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            peers_from_str(s).map(Some).map_err(E::custom)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut peers = BTreeMap::new();
+            while let Some((id, addr)) = map.next_entry::<u64, String>()? {
+                insert_peer(&mut peers, id, addr.trim().to_owned())
+                    .map_err(|m| de::Error::custom(format!("peers: {m}")))?;
+            }
+            Ok(Some(peers))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut peers = BTreeMap::new();
+            while let Some(entry) = seq.next_element::<String>()? {
+                let (id, addr) = parse_peer_entry(entry.trim())
+                    .map_err(|m| de::Error::custom(format!("peers: {m}")))?;
+                insert_peer(&mut peers, id, addr)
+                    .map_err(|m| de::Error::custom(format!("peers: {m}")))?;
+            }
+            Ok(Some(peers))
+        }
+    }
+
+    deserializer.deserialize_any(PeersVisitor)
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `$$` in `text` (see the module docs), looking
+/// variables up with `lookup`. `file` is only used in error messages.
+pub fn expand_env(
+    text: &str,
+    file: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let fail = |var: &str, problem| ConfigError::Expand {
+            file: file.to_owned(),
+            line: index + 1,
+            var: var.to_owned(),
+            problem,
+        };
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(dollar) = rest.find('$') {
+            out.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(after_dollar) = after.strip_prefix('$') {
+                out.push('$');
+                rest = after_dollar;
+            } else if let Some(inner_and_rest) = after.strip_prefix('{') {
+                let Some(close) = inner_and_rest.find('}') else {
+                    let text = format!("${{{}", inner_and_rest.trim_end());
+                    return Err(fail(&text, ExpandProblem::Unterminated));
+                };
+                let inner = &inner_and_rest[..close];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (inner, None),
+                };
+                if !is_var_name(name) {
+                    return Err(fail(&format!("${{{inner}}}"), ExpandProblem::Unsupported));
+                }
+                let value = match (lookup(name), default) {
+                    (Some(value), Some(default)) if value.is_empty() => default.to_owned(),
+                    (Some(value), _) => value,
+                    (None, Some(default)) => default.to_owned(),
+                    (None, None) => return Err(fail(name, ExpandProblem::Unset)),
+                };
+                if value.contains(['\n', '\r']) {
+                    return Err(fail(name, ExpandProblem::Multiline));
+                }
+                out.push_str(&value);
+                rest = &inner_and_rest[close + 1..];
+            } else if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                return Err(fail(&after[..end], ExpandProblem::BareName));
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn lookup_process_env(name: &str) -> Option<String> {
+    // A value that is not UTF-8 is passed on lossily rather than treated as unset, so that it
+    // fails visibly in validation instead of reporting a set variable as missing.
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+impl FileConfig {
+    /// Reads and parses a config file, expanding variables from the process environment.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, lookup_process_env)
+    }
+
+    /// Parses config file text after expanding variables with `lookup`. `file` names the
+    /// file in error messages.
+    pub fn from_yaml(
+        text: &str,
+        file: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let expanded = expand_env(text, file, lookup)?;
+        let parse_error = |source| ConfigError::Parse {
+            file: file.to_owned(),
+            source,
+        };
+        // A file with nothing but comments is an empty config, not an error.
+        let value: serde_yaml::Value = serde_yaml::from_str(&expanded).map_err(parse_error)?;
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(&expanded).map_err(parse_error)
+    }
+
+    /// Lays the flags (and their environment variables) over this file's settings.
+    pub fn overlay(self, args: &ServeArgs) -> Self {
+        Self {
+            node_id: args.node_id.or(self.node_id),
+            data_dir: args.data_dir.clone().or(self.data_dir),
+            listen: args.listen.clone().or(self.listen),
+            advertise_addr: args.advertise_addr.clone().or(self.advertise_addr),
+            peers: args.peers.clone().or(self.peers),
+            heartbeat_ms: args.heartbeat_ms.or(self.heartbeat_ms),
+            election_timeout_min_ms: args
+                .election_timeout_min_ms
+                .or(self.election_timeout_min_ms),
+            election_timeout_max_ms: args
+                .election_timeout_max_ms
+                .or(self.election_timeout_max_ms),
+            snapshot_every: args.snapshot_every.or(self.snapshot_every),
+            max_request_bytes: args.max_request_bytes.or(self.max_request_bytes),
+            auto_resync: args.auto_resync.or(self.auto_resync),
+            read_threads: args.read_threads.or(self.read_threads),
+            max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
+            log_format: args.log_format.or(self.log_format),
+            log_level: args.log_level.clone().or(self.log_level),
+        }
+    }
+
+    /// Applies defaults and checks every setting. Errors name the setting and where to set it.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let node_id = required(self.node_id, &NODE_ID)?;
+        if node_id == 0 {
+            return Err(invalid(&NODE_ID, "0 is not a node id: ids start at 1"));
+        }
+
+        let data_dir = required(self.data_dir, &DATA_DIR)?;
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid(&DATA_DIR, "is empty"));
+        }
+
+        let listen_text = required(self.listen, &LISTEN)?;
+        let listen: SocketAddr = listen_text.trim().parse().map_err(|_| {
+            invalid(
+                &LISTEN,
+                format!(
+                    "{listen_text:?} is not HOST:PORT \
+                     (an IP address and port to bind, e.g. 0.0.0.0:7000 or [::]:7000)"
+                ),
+            )
+        })?;
+        if listen.port() == 0 {
+            return Err(invalid(
+                &LISTEN,
+                format!("{listen_text:?} has port 0: peers need a fixed port to connect to"),
+            ));
+        }
+
+        let mut peers = self.peers.unwrap_or_default();
+        check_peers(&peers)?;
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            let ids: Vec<_> = peers.keys().collect();
+            return Err(invalid(
+                &PEERS,
+                format!(
+                    "node {node_id} (this node) is not in peers {ids:?}: peers is the full \
+                     initial membership and must include this node (is node_id right?)"
+                ),
+            ));
+        }
+
+        let advertise_addr = match (self.advertise_addr, peers.get(&node_id)) {
+            (Some(given), from_peers) => {
+                let given = given.trim().to_owned();
+                check_host_port(&given)
+                    .map_err(|e| invalid(&ADVERTISE_ADDR, format!("{given:?} {e}")))?;
+                if let Some(from_peers) = from_peers {
+                    if !from_peers.eq_ignore_ascii_case(&given) {
+                        return Err(invalid(
+                            &ADVERTISE_ADDR,
+                            format!(
+                                "{given:?} differs from this node's entry in peers \
+                                 ({node_id}={from_peers}); peers reach node {node_id} at the \
+                                 address in peers, so make them equal or leave advertise_addr out"
+                            ),
+                        ));
+                    }
+                }
+                given
+            }
+            (None, Some(from_peers)) => from_peers.clone(),
+            (None, None) if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    &ADVERTISE_ADDR,
+                    format!(
+                        "missing: listen ({listen}) is a wildcard address that peers and clients \
+                         cannot connect to; set --advertise-addr, RAFTLITE_ADVERTISE_ADDR or \
+                         advertise_addr in the config file, or list this node in peers"
+                    ),
+                ));
+            }
+            (None, None) => listen.to_string(),
+        };
+        if peers.is_empty() {
+            peers.insert(node_id, advertise_addr.clone());
+        }
+
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or_else(default_heartbeat_ms);
+        if heartbeat_ms == 0 {
+            return Err(invalid(&HEARTBEAT_MS, "must be at least 1"));
+        }
+        let min_ms = self
+            .election_timeout_min_ms
+            .unwrap_or_else(default_election_timeout_min_ms);
+        if min_ms <= heartbeat_ms.saturating_mul(2) {
+            return Err(invalid(
+                &ELECTION_TIMEOUT_MIN_MS,
+                format!(
+                    "{min_ms} must be greater than 2 × heartbeat_ms ({heartbeat_ms}), or followers \
+                     start elections while the leader is healthy"
+                ),
+            ));
+        }
+        let max_ms = self
+            .election_timeout_max_ms
+            .unwrap_or_else(default_election_timeout_max_ms);
+        if max_ms <= min_ms {
+            return Err(invalid(
+                &ELECTION_TIMEOUT_MAX_MS,
+                format!(
+                    "{max_ms} must be greater than election_timeout_min_ms ({min_ms}): \
+                     randomized timeouts keep nodes from splitting the vote"
+                ),
+            ));
+        }
+
+        let snapshot_every = self.snapshot_every.unwrap_or_else(default_snapshot_every);
+        if snapshot_every == 0 {
+            return Err(invalid(&SNAPSHOT_EVERY, "must be at least 1"));
+        }
+
+        let max_request_bytes = self
+            .max_request_bytes
+            .unwrap_or_else(default_max_request_bytes);
+        if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES).contains(&max_request_bytes) {
+            return Err(invalid(
+                &MAX_REQUEST_BYTES_SETTING,
+                format!(
+                    "{max_request_bytes} is outside {MIN_REQUEST_BYTES}..={MAX_REQUEST_BYTES} \
+                     (1 KiB to 1 GiB)"
+                ),
+            ));
+        }
+
+        let read_threads = self.read_threads.unwrap_or_else(default_read_threads);
+        if read_threads == 0 {
+            return Err(invalid(&READ_THREADS, "must be at least 1"));
+        }
+
+        let max_batch_requests = self
+            .max_batch_requests
+            .unwrap_or_else(default_max_batch_requests);
+        if max_batch_requests == 0 {
+            return Err(invalid(&MAX_BATCH_REQUESTS, "must be at least 1"));
+        }
+
+        let log_level = self
+            .log_level
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(default_log_level);
+        if log_level.is_empty() {
+            return Err(invalid(&LOG_LEVEL, "is empty (use e.g. \"info\")"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(invalid(
+                &LOG_LEVEL,
+                format!("{log_level:?} is not a log filter ({e})"),
+            ));
+        }
+
+        Ok(Config {
+            node_id,
+            data_dir,
+            listen,
+            advertise_addr,
+            peers,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout_min: Duration::from_millis(min_ms),
+            election_timeout_max: Duration::from_millis(max_ms),
+            snapshot_every,
+            max_request_bytes,
+            auto_resync: self.auto_resync.unwrap_or_else(default_auto_resync),
+            read_threads,
+            max_batch_requests,
+            log_format: self.log_format.unwrap_or_default(),
+            log_level,
+        })
+    }
+}
+
+/// Checks every peer id and address, and that no two peers share an address.
+fn check_peers(peers: &BTreeMap<u64, String>) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for (&id, addr) in peers {
+        if id == 0 {
+            return Err(invalid(&PEERS, "node 0: ids start at 1"));
+        }
+        check_host_port(addr).map_err(|e| invalid(&PEERS, format!("node {id}: {addr:?} {e}")))?;
+        if let Some(other) = seen.insert(addr.to_ascii_lowercase(), id) {
+            return Err(invalid(
+                &PEERS,
+                format!(
+                    "nodes {other} and {id} have the same address {addr:?}; each node needs its \
+                     own (a pod name or HOSTNAME that is the same on every pod looks like this)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an address other nodes connect to: `host:port`, `ip:port` or `[ipv6]:port`, with a
+/// non-zero port and a host that is not a wildcard address. Returns what is wrong.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    const SHAPE: &str =
+        "is not HOST:PORT (e.g. raftlite-0.raftlite:7000, 10.0.0.5:7000 or [fd00::5]:7000)";
+    if addr.contains("://") {
+        return Err("must be HOST:PORT without a scheme such as http://".to_owned());
+    }
+    let (host, port) = if let Some(bracketed) = addr.strip_prefix('[') {
+        let Some((ip, port)) = bracketed.split_once("]:") else {
+            return Err(SHAPE.to_owned());
+        };
+        let ip: Ipv6Addr = ip
+            .parse()
+            .map_err(|_| format!("has {ip:?} in brackets, which is not an IPv6 address"))?;
+        (IpAddr::V6(ip).to_string(), port)
+    } else {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(SHAPE.to_owned());
+        };
+        if host.contains(':') {
+            return Err("is an IPv6 address without brackets: write [ADDRESS]:PORT".to_owned());
+        }
+        (host.to_owned(), port)
+    };
+    let valid_host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if host.is_empty() || !host.chars().all(valid_host_char) {
+        return Err(SHAPE.to_owned());
+    }
+    match port.parse::<u16>() {
+        Ok(0) => return Err("has port 0".to_owned()),
+        Ok(_) => {}
+        Err(_) => return Err(SHAPE.to_owned()),
+    }
+    if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err("is a wildcard address, which other nodes cannot connect to".to_owned());
+    }
+    Ok(())
+}
+
+/// Where a setting can be given, for error messages.
+struct Setting {
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
+
+const NODE_ID: Setting = Setting {
+    key: "node_id",
+    flag: "--node-id",
+    env: "RAFTLITE_NODE_ID",
+};
+const DATA_DIR: Setting = Setting {
+    key: "data_dir",
+    flag: "--data-dir",
+    env: "RAFTLITE_DATA_DIR",
+};
+const LISTEN: Setting = Setting {
+    key: "listen",
+    flag: "--listen",
+    env: "RAFTLITE_LISTEN",
+};
+const ADVERTISE_ADDR: Setting = Setting {
+    key: "advertise_addr",
+    flag: "--advertise-addr",
+    env: "RAFTLITE_ADVERTISE_ADDR",
+};
+const PEERS: Setting = Setting {
+    key: "peers",
+    flag: "--peers",
+    env: "RAFTLITE_PEERS",
+};
+const HEARTBEAT_MS: Setting = Setting {
+    key: "heartbeat_ms",
+    flag: "--heartbeat-ms",
+    env: "RAFTLITE_HEARTBEAT_MS",
+};
+const ELECTION_TIMEOUT_MIN_MS: Setting = Setting {
+    key: "election_timeout_min_ms",
+    flag: "--election-timeout-min-ms",
+    env: "RAFTLITE_ELECTION_TIMEOUT_MIN_MS",
+};
+const ELECTION_TIMEOUT_MAX_MS: Setting = Setting {
+    key: "election_timeout_max_ms",
+    flag: "--election-timeout-max-ms",
+    env: "RAFTLITE_ELECTION_TIMEOUT_MAX_MS",
+};
+const SNAPSHOT_EVERY: Setting = Setting {
+    key: "snapshot_every",
+    flag: "--snapshot-every",
+    env: "RAFTLITE_SNAPSHOT_EVERY",
+};
+const MAX_REQUEST_BYTES_SETTING: Setting = Setting {
+    key: "max_request_bytes",
+    flag: "--max-request-bytes",
+    env: "RAFTLITE_MAX_REQUEST_BYTES",
+};
+const READ_THREADS: Setting = Setting {
+    key: "read_threads",
+    flag: "--read-threads",
+    env: "RAFTLITE_READ_THREADS",
+};
+const MAX_BATCH_REQUESTS: Setting = Setting {
+    key: "max_batch_requests",
+    flag: "--max-batch-requests",
+    env: "RAFTLITE_MAX_BATCH_REQUESTS",
+};
+const LOG_LEVEL: Setting = Setting {
+    key: "log_level",
+    flag: "--log-level",
+    env: "RAFTLITE_LOG",
+};
+
+fn required<T>(value: Option<T>, setting: &Setting) -> Result<T, ConfigError> {
+    value.ok_or(ConfigError::Missing {
+        setting: setting.key,
+        flag: setting.flag,
+        env: setting.env,
+    })
+}
+
+fn invalid(setting: &Setting, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.key,
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use clap::Parser;
+
+    use super::*;
+
+    /// Serializes tests that let clap read the process environment.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse_cli(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("raftlite").chain(argv.iter().copied()))
+            .map(|c| c.serve)
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        move |name| vars.get(name).map(|v| (*v).to_owned())
+    }
+
+    fn expand(text: &str, vars: &[(&str, &str)]) -> Result<String, ConfigError> {
+        expand_env(text, Path::new("test.yaml"), env(vars))
+    }
+
+    fn yaml(text: &str, vars: &[(&str, &str)]) -> Result<FileConfig, ConfigError> {
+        FileConfig::from_yaml(text, Path::new("test.yaml"), env(vars))
+    }
+
+    /// The smallest valid single-node configuration.
+    fn minimal() -> FileConfig {
+        FileConfig {
+            node_id: Some(1),
+            data_dir: Some("/data".into()),
+            listen: Some("127.0.0.1:7001".into()),
+            ..FileConfig::default()
+        }
+    }
+
+    fn three_peers() -> BTreeMap<u64, String> {
+        (1..=3)
+            .map(|id| (id, format!("raftlite-{}.raftlite:7000", id - 1)))
+            .collect()
+    }
+
+    fn expand_problem(result: Result<String, ConfigError>) -> (usize, String, ExpandProblem) {
+        match result {
+            Err(ConfigError::Expand {
+                line, var, problem, ..
+            }) => (line, var, problem),
+            other => panic!("expected an expansion error, got {other:?}"),
+        }
+    }
+
+    // ---- expansion ----
+
+    #[test]
+    fn expands_set_variables() -> Result<(), ConfigError> {
+        let vars = [("POD_NAME", "raftlite-2"), ("NS", "prod")];
+        assert_eq!(
+            expand("a: ${POD_NAME}.x.${NS}:7000\n", &vars)?,
+            "a: raftlite-2.x.prod:7000\n"
+        );
+        assert_eq!(expand("${POD_NAME}${NS}", &vars)?, "raftlite-2prod");
+        Ok(())
+    }
+
+    #[test]
+    fn default_applies_when_unset_or_empty() -> Result<(), ConfigError> {
+        assert_eq!(expand("${A:-x}", &[])?, "x");
+        assert_eq!(expand("${A:-x}", &[("A", "")])?, "x");
+        assert_eq!(expand("${A:-x}", &[("A", "set")])?, "set");
+        assert_eq!(expand("${A:-a b:c}", &[])?, "a b:c");
+        assert_eq!(expand("${A:-}", &[])?, "");
+        assert_eq!(expand("k: '${A:-}'", &[])?, "k: ''");
+        Ok(())
+    }
+
+    #[test]
+    fn set_but_empty_variable_without_default_is_empty() -> Result<(), ConfigError> {
+        assert_eq!(expand("k: '${A}'", &[("A", "")])?, "k: ''");
+        Ok(())
+    }
+
+    #[test]
+    fn double_dollar_is_a_literal_dollar() -> Result<(), ConfigError> {
+        assert_eq!(expand("$$", &[])?, "$");
+        assert_eq!(expand("$${A}", &[])?, "${A}");
+        assert_eq!(expand("$$$${A}", &[("A", "v")])?, "$${A}");
+        assert_eq!(expand("$$${A}", &[("A", "v")])?, "$v");
+        assert_eq!(expand("$$HOME", &[])?, "$HOME");
+        Ok(())
+    }
+
+    #[test]
+    fn lone_dollar_not_before_a_name_is_literal() -> Result<(), ConfigError> {
+        assert_eq!(expand("costs $5 or $ 6 $", &[])?, "costs $5 or $ 6 $");
+        assert_eq!(expand("a$\nb", &[])?, "a$\nb");
+        Ok(())
+    }
+
+    #[test]
+    fn text_without_dollars_is_unchanged() -> Result<(), ConfigError> {
+        let text = "a: 1\r\nb: [x, y]\n\n# c\nd: \"é\"";
+        assert_eq!(expand(text, &[])?, text);
+        Ok(())
+    }
+
+    #[test]
+    fn unset_variable_without_default_is_an_error_naming_variable_and_line() {
+        let text = "a: 1\nb: 2\nadvertise_addr: \"${POD_NAME}.raftlite:7000\"\n";
+        let err = expand(text, &[]).expect_err("unset variable must fail");
+        let message = err.to_string();
+        let (line, var, problem) = expand_problem(Err(err));
+        assert_eq!(
+            (line, var.as_str(), problem),
+            (3, "POD_NAME", ExpandProblem::Unset)
+        );
+        assert!(message.starts_with("test.yaml:3: "), "{message}");
+        assert!(message.contains("POD_NAME is not set"), "{message}");
+        assert!(message.contains("${POD_NAME:-}"), "{message}");
+    }
+
+    #[test]
+    fn line_numbers_count_crlf_lines() {
+        let (line, var, _) = expand_problem(expand("a: 1\r\nb: 2\r\nc: ${X}\r\n", &[]));
+        assert_eq!((line, var.as_str()), (3, "X"));
+    }
+
+    #[test]
+    fn malformed_expansions_are_errors() {
+        let cases = [
+            ("k: ${A", ExpandProblem::Unterminated, "${A"),
+            ("k: ${A\n}", ExpandProblem::Unterminated, "${A"),
+            ("k: ${}", ExpandProblem::Unsupported, "${}"),
+            ("k: ${1A}", ExpandProblem::Unsupported, "${1A}"),
+            ("k: ${A-x}", ExpandProblem::Unsupported, "${A-x}"),
+            ("k: ${A:=x}", ExpandProblem::Unsupported, "${A:=x}"),
+            ("k: ${A:?x}", ExpandProblem::Unsupported, "${A:?x}"),
+            ("k: ${ A }", ExpandProblem::Unsupported, "${ A }"),
+            ("k: $HOME/x", ExpandProblem::BareName, "HOME"),
+            ("k: pa$_x", ExpandProblem::BareName, "_x"),
+        ];
+        for (text, expected, snippet) in cases {
+            let (line, var, problem) = expand_problem(expand(text, &[("A", "v"), ("HOME", "/h")]));
+            assert_eq!(
+                (line, problem, var.as_str()),
+                (1, expected, snippet),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_suggest_the_fix() {
+        let message = |text| expand(text, &[]).map(|_| ()).expect_err(text).to_string();
+        assert!(message("k: $HOME").contains("write ${HOME}"));
+        assert!(message("k: ${A-x}").contains("${VAR:-default}"));
+        assert!(message("k: ${A").contains("no closing `}`"));
+    }
+
+    #[test]
+    fn values_with_line_breaks_are_refused() {
+        let (line, var, problem) = expand_problem(expand("\nk: ${A}", &[("A", "x\ny: 1")]));
+        assert_eq!(
+            (line, var.as_str(), problem),
+            (2, "A", ExpandProblem::Multiline)
+        );
+    }
+
+    #[test]
+    fn full_line_comments_are_not_expanded_but_trailing_ones_are() -> Result<(), ConfigError> {
+        assert_eq!(
+            expand("# ${UNSET} $HOME\n  # ${X}\n", &[])?,
+            "# ${UNSET} $HOME\n  # ${X}\n"
+        );
+        assert_eq!(expand("k: 1 # ${A}", &[("A", "v")])?, "k: 1 # v");
+        Ok(())
+    }
+
+    #[test]
+    fn expansion_works_in_numbers_booleans_and_keys() -> Result<(), ConfigError> {
+        let file = yaml(
+            "node_id: ${ID}\nauto_resync: ${RESYNC:-false}\npeers:\n  ${ID}: \"${HOST}:7000\"\n",
+            &[("ID", "2"), ("HOST", "raftlite-1")],
+        )?;
+        assert_eq!(file.node_id, Some(2));
+        assert_eq!(file.auto_resync, Some(false));
+        assert_eq!(
+            file.peers,
+            Some(BTreeMap::from([(2, "raftlite-1:7000".to_owned())]))
+        );
+        Ok(())
+    }
+
+    // ---- peers ----
+
+    #[test]
+    fn peers_from_str_parses_entries() -> Result<(), ConfigError> {
+        let expected = BTreeMap::from([(1, "a:7000".to_owned()), (2, "[::1]:7000".to_owned())]);
+        assert_eq!(peers_from_str("1=a:7000,2=[::1]:7000")?, expected);
+        assert_eq!(peers_from_str(" 1 = a:7000 , 2=[::1]:7000, ")?, expected);
+        assert_eq!(peers_from_str("")?, BTreeMap::new());
+        Ok(())
+    }
+
+    #[test]
+    fn peers_from_str_rejects_malformed_entries() {
+        for (text, fragment) in [
+            ("1:a:7000", "is not ID=HOST:PORT"),
+            ("x=a:7000", "is not a node id"),
+            ("-1=a:7000", "is not a node id"),
+            ("1=a:7000,1=b:7000", "node 1 is listed twice"),
+        ] {
+            let err = peers_from_str(text).expect_err(text);
+            assert_eq!(err.setting(), Some("peers"), "{text}");
+            assert!(err.to_string().contains(fragment), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn peers_map_list_and_string_syntaxes_agree() -> Result<(), ConfigError> {
+        let expected = Some(BTreeMap::from([
+            (1, "a:7000".to_owned()),
+            (2, "b:7000".to_owned()),
+        ]));
+        let map = yaml("peers:\n  1: a:7000\n  2: \"b:7000\"\n", &[])?;
+        let flow_map = yaml("peers: {1: a:7000, 2: b:7000}", &[])?;
+        let list = yaml("peers:\n  - 1=a:7000\n  - \"2=b:7000\"\n", &[])?;
+        let string = yaml("peers: ${PEERS}", &[("PEERS", "1=a:7000,2=b:7000")])?;
+        for file in [map, flow_map, list, string] {
+            assert_eq!(file.peers, expected);
+        }
+        assert_eq!(yaml("peers:\n", &[])?.peers, None);
+        Ok(())
+    }
+
+    #[test]
+    fn peers_yaml_rejects_duplicates_and_wrong_shapes() {
+        for (text, fragment) in [
+            ("peers: [\"1=a:1\", \"1=b:1\"]", "node 1 is listed twice"),
+            ("peers: [\"a:1\"]", "is not ID=HOST:PORT"),
+            ("peers: 7", "peers as a map"),
+            ("peers: {x: a:1}", "invalid"),
+        ] {
+            let err = yaml(text, &[]).expect_err(text);
+            assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err:?}");
+            assert!(err.to_string().contains(fragment), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn peers_flag_is_parsed_by_clap() -> Result<(), clap::Error> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&["--peers", "1=a:7000,2=b:7000"])?;
+        assert_eq!(args.peers.map(|p| p.len()), Some(2));
+        let err = parse_cli(&["--peers", "1=a:7000,1=b:7000"]).expect_err("duplicate id");
+        assert!(err.to_string().contains("--peers"), "{err}");
+        Ok(())
+    }
+
+    // ---- file parsing ----
+
+    #[test]
+    fn empty_or_comment_only_file_is_an_empty_config() -> Result<(), ConfigError> {
+        assert_eq!(yaml("", &[])?, FileConfig::default());
+        assert_eq!(yaml("# nothing here\n\n", &[])?, FileConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = yaml("node_id: 1\nheartbeat: 100\n", &[]).expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("unknown field `heartbeat`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.starts_with("test.yaml: "), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_are_parse_errors() {
+        let err = yaml("node_id: one\n", &[]).expect_err("not a number");
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        let err = yaml("log_format: xml\n", &[]).expect_err("unknown format");
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+
+    // ---- precedence ----
+
+    #[test]
+    fn defaults_fill_in_what_nothing_sets() -> Result<(), ConfigError> {
+        let config = minimal().validate()?;
+        assert_eq!(
+            config.heartbeat,
+            Duration::from_millis(default_heartbeat_ms())
+        );
+        assert_eq!(config.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(config.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.max_request_bytes, 16 * 1024 * 1024);
+        assert!(config.auto_resync);
+        assert_eq!(config.read_threads, 4);
+        assert_eq!(config.max_batch_requests, 1024);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        Ok(())
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() -> Result<(), ConfigError> {
+        let file = yaml(
+            "node_id: 1\ndata_dir: /file\nlisten: 127.0.0.1:7001\nheartbeat_ms: 50\n\
+             read_threads: 8\nlog_format: json\nauto_resync: false\n",
+            &[],
+        )?;
+        let args = ServeArgs {
+            data_dir: Some("/flag".into()),
+            read_threads: Some(2),
+            ..ServeArgs::default()
+        };
+        let config = file.overlay(&args).validate()?;
+        assert_eq!(config.data_dir, PathBuf::from("/flag"));
+        assert_eq!(config.read_threads, 2);
+        assert_eq!(config.heartbeat, Duration::from_millis(50));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(!config.auto_resync);
+        assert_eq!(config.snapshot_every, default_snapshot_every());
+        Ok(())
+    }
+
+    #[test]
+    fn flag_beats_env_var_beats_file() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let vars = [
+            ("RAFTLITE_HEARTBEAT_MS", "70"),
+            ("RAFTLITE_READ_THREADS", "6"),
+            ("RAFTLITE_AUTO_RESYNC", "no"),
+            ("RAFTLITE_LOG", "debug"),
+        ];
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let parsed = parse_cli(&["--read-threads", "3"]);
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        let args = parsed?;
+        assert_eq!(args.read_threads, Some(3), "flag wins over env");
+        assert_eq!(args.heartbeat_ms, Some(70), "env is read");
+        assert_eq!(args.auto_resync, Some(false), "boolish env value");
+        assert_eq!(args.log_level.as_deref(), Some("debug"));
+
+        let file = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n\
+             heartbeat_ms: 90\nread_threads: 9\nsnapshot_every: 5\nlog_level: warn\n",
+            &[],
+        )?;
+        let config = file.overlay(&args).validate()?;
+        assert_eq!(config.read_threads, 3, "flag > file");
+        assert_eq!(config.heartbeat, Duration::from_millis(70), "env > file");
+        assert_eq!(config.log_level, "debug", "env > file");
+        assert_eq!(config.snapshot_every, 5, "file > default");
+        assert!(!config.auto_resync);
+        Ok(())
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var_and_the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some()) {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("RAFTLITE_")),
+                "--{:?} has no RAFTLITE_ env var",
+                arg.get_long()
+            );
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_serve_args() -> Result<(), clap::Error> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&[
+            "--config",
+            "/etc/raftlite.yaml",
+            "--node-id",
+            "2",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "0.0.0.0:7000",
+            "--advertise-addr",
+            "b:7000",
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-min-ms",
+            "150",
+            "--election-timeout-max-ms",
+            "300",
+            "--snapshot-every",
+            "7",
+            "--max-request-bytes",
+            "4096",
+            "--auto-resync",
+            "false",
+            "--read-threads",
+            "2",
+            "--max-batch-requests",
+            "64",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn",
+        ])?;
+        assert_eq!(args.config, Some(PathBuf::from("/etc/raftlite.yaml")));
+        assert_eq!(args.node_id, Some(2));
+        assert_eq!(args.listen.as_deref(), Some("0.0.0.0:7000"));
+        assert_eq!(args.auto_resync, Some(false));
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+        assert_eq!(args.max_batch_requests, Some(64));
+        assert_eq!(
+            parse_cli(&[])?,
+            ServeArgs::default(),
+            "nothing given stays None"
+        );
+        Ok(())
+    }
+
+    // ---- validation ----
+
+    #[test]
+    fn single_node_without_peers_lists_itself() -> Result<(), ConfigError> {
+        let config = minimal().validate()?;
+        assert_eq!(config.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(
+            config.peers,
+            BTreeMap::from([(1, "127.0.0.1:7001".to_owned())])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn advertise_addr_comes_from_flag_then_peers_then_listen() -> Result<(), ConfigError> {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            ..minimal()
+        };
+        let from_peers = FileConfig {
+            peers: Some(three_peers()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(from_peers.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(from_peers.peers, three_peers());
+
+        let given = FileConfig {
+            advertise_addr: Some("raftlite-0.raftlite:7000".into()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(given.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(
+            given.peers,
+            BTreeMap::from([(1, "raftlite-0.raftlite:7000".to_owned())])
+        );
+
+        let ipv6 = FileConfig {
+            listen: Some("[::1]:7000".into()),
+            ..minimal()
+        }
+        .validate()?;
+        assert_eq!(ipv6.advertise_addr, "[::1]:7000");
+        Ok(())
+    }
+
+    #[test]
+    fn every_validation_error_names_its_setting() {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            ..minimal()
+        };
+        let with_peers = FileConfig {
+            peers: Some(three_peers()),
+            ..minimal()
+        };
+        let peers = |pairs: &[(u64, &str)]| FileConfig {
+            peers: Some(pairs.iter().map(|(id, a)| (*id, (*a).to_owned())).collect()),
+            ..minimal()
+        };
+        let cases: Vec<(FileConfig, &str, &str)> =
+            vec![
+            (
+                FileConfig { node_id: None, ..minimal() },
+                "node_id",
+                "node_id: missing (set --node-id, RAFTLITE_NODE_ID or node_id in the config file)",
+            ),
+            (FileConfig { node_id: Some(0), ..minimal() }, "node_id", "ids start at 1"),
+            (
+                FileConfig { data_dir: None, ..minimal() },
+                "data_dir",
+                "data_dir: missing (set --data-dir, RAFTLITE_DATA_DIR",
+            ),
+            (FileConfig { data_dir: Some("".into()), ..minimal() }, "data_dir", "is empty"),
+            (
+                FileConfig { listen: None, ..minimal() },
+                "listen",
+                "listen: missing (set --listen, RAFTLITE_LISTEN",
+            ),
+            (
+                FileConfig { listen: Some("abc".into()), ..minimal() },
+                "listen",
+                "listen: \"abc\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { listen: Some("raftlite-0:7000".into()), ..minimal() },
+                "listen",
+                "is not HOST:PORT",
+            ),
+            (FileConfig { listen: Some("127.0.0.1:0".into()), ..minimal() }, "listen", "port 0"),
+            (wildcard.clone(), "advertise_addr", "advertise_addr: missing: listen (0.0.0.0:7000)"),
+            (
+                FileConfig { advertise_addr: Some("0.0.0.0:7000".into()), ..wildcard.clone() },
+                "advertise_addr",
+                "wildcard address",
+            ),
+            (
+                FileConfig { advertise_addr: Some("http://a:7000".into()), ..minimal() },
+                "advertise_addr",
+                "without a scheme",
+            ),
+            (
+                FileConfig { advertise_addr: Some("a".into()), ..minimal() },
+                "advertise_addr",
+                "advertise_addr: \"a\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { advertise_addr: Some("other:7000".into()), ..with_peers.clone() },
+                "advertise_addr",
+                "differs from this node's entry in peers (1=raftlite-0.raftlite:7000)",
+            ),
+            (
+                FileConfig { node_id: Some(4), ..with_peers.clone() },
+                "peers",
+                "peers: node 4 (this node) is not in peers [1, 2, 3]",
+            ),
+            (peers(&[(0, "a:1"), (1, "b:1")]), "peers", "node 0"),
+            (peers(&[(1, "a:1"), (2, "b")]), "peers", "node 2: \"b\" is not HOST:PORT"),
+            (peers(&[(1, "a:1"), (2, "b:99999")]), "peers", "node 2: \"b:99999\""),
+            (peers(&[(1, "a:1"), (2, "::1:7000")]), "peers", "without brackets"),
+            (peers(&[(1, "a:1"), (2, "[zz]:7000")]), "peers", "not an IPv6 address"),
+            (peers(&[(1, "a:1"), (2, "[::]:7000")]), "peers", "wildcard address"),
+            (peers(&[(1, "a b:1"), (2, "b:1")]), "peers", "node 1: \"a b:1\""),
+            (peers(&[(1, "a:1"), (2, "A:1")]), "peers", "nodes 1 and 2 have the same address"),
+            (FileConfig { heartbeat_ms: Some(0), ..minimal() }, "heartbeat_ms", "at least 1"),
+            (
+                FileConfig {
+                    heartbeat_ms: Some(100),
+                    election_timeout_min_ms: Some(50),
+                    ..minimal()
+                },
+                "election_timeout_min_ms",
+                "election_timeout_min_ms: 50 must be greater than 2 × heartbeat_ms (100)",
+            ),
+            (
+                FileConfig { election_timeout_min_ms: Some(200), ..minimal() },
+                "election_timeout_min_ms",
+                "200 must be greater than 2 × heartbeat_ms (100)",
+            ),
+            (
+                FileConfig { election_timeout_max_ms: Some(300), ..minimal() },
+                "election_timeout_max_ms",
+                "300 must be greater than election_timeout_min_ms (300)",
+            ),
+            (FileConfig { snapshot_every: Some(0), ..minimal() }, "snapshot_every", "at least 1"),
+            (
+                FileConfig { max_request_bytes: Some(10), ..minimal() },
+                "max_request_bytes",
+                "10 is outside",
+            ),
+            (
+                FileConfig { max_request_bytes: Some(2 << 30), ..minimal() },
+                "max_request_bytes",
+                "is outside",
+            ),
+            (FileConfig { read_threads: Some(0), ..minimal() }, "read_threads", "at least 1"),
+            (
+                FileConfig { max_batch_requests: Some(0), ..minimal() },
+                "max_batch_requests",
+                "at least 1",
+            ),
+            (FileConfig { log_level: Some(" ".into()), ..minimal() }, "log_level", "is empty"),
+            (
+                FileConfig { log_level: Some("info,[".into()), ..minimal() },
+                "log_level",
+                "is not a log filter",
+            ),
+        ];
+        for (file, setting, fragment) in cases {
+            let description = format!("{file:?}");
+            let err = file.validate().expect_err(&description);
+            let message = err.to_string();
+            assert_eq!(err.setting(), Some(setting), "{message}");
+            assert!(message.starts_with(&format!("{setting}: ")), "{message}");
+            assert!(
+                message.contains(fragment),
+                "expected {fragment:?} in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_address_forms() {
+        for addr in [
+            "a:1",
+            "raftlite-0.raftlite.ns.svc.cluster.local:7000",
+            "10.0.0.5:7000",
+            "[fd00::5]:65535",
+        ] {
+            assert_eq!(check_host_port(addr), Ok(()), "{addr}");
+        }
+    }
+
+    // ---- the sample file and load() ----
+
+    #[test]
+    fn example_file_loads_with_pod_environment() -> Result<(), ConfigError> {
+        let text = include_str!("../config.example.yaml");
+        let vars = [
+            ("NODE_ID", "2"),
+            ("POD_NAME", "raftlite-1"),
+            ("POD_NAMESPACE", "prod"),
+        ];
+        let config = FileConfig::from_yaml(text, Path::new("config.example.yaml"), env(&vars))?
+            .validate()?;
+        let addr = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7000");
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftlite"));
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+        assert_eq!(config.advertise_addr, addr(1));
+        assert_eq!(
+            config.peers,
+            BTreeMap::from([(1, addr(0)), (2, addr(1)), (3, addr(2))])
+        );
+        assert_eq!(config.heartbeat, Duration::from_millis(100));
+        assert_eq!(config.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(config.election_timeout_max, Duration::from_millis(600));
+        assert_eq!(config.snapshot_every, 10_000);
+        assert_eq!(config.max_request_bytes, 16 << 20);
+        assert!(config.auto_resync);
+        assert_eq!((config.read_threads, config.max_batch_requests), (4, 1024));
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        Ok(())
+    }
+
+    #[test]
+    fn example_file_refuses_to_start_without_node_id_or_pod_name() {
+        let text = include_str!("../config.example.yaml");
+        let file = Path::new("config.example.yaml");
+        let err = FileConfig::from_yaml(text, file, env(&[("POD_NAME", "raftlite-1")]))
+            .expect_err("NODE_ID unset");
+        assert!(err.to_string().contains("NODE_ID is not set"), "{err}");
+        let err = FileConfig::from_yaml(text, file, env(&[("NODE_ID", "1")]))
+            .expect_err("POD_NAME unset");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("advertise_addr:"))
+            .map(|i| i + 1);
+        assert!(
+            matches!(err, ConfigError::Expand { line: l, .. } if Some(l) == line),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn example_file_does_not_drift_from_the_settings() {
+        // Every setting of ServeArgs (but --config) is documented in the example file.
+        use clap::CommandFactory;
+        let text = include_str!("../config.example.yaml");
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "config" || id == "help" {
+                continue;
+            }
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{id}:"))),
+                "{id} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn load_reads_the_file_and_reports_its_path() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("raftlite.yaml");
+        std::fs::write(
+            &path,
+            "node_id: 3
+data_dir: /d
+listen: 127.0.0.1:7003
+read_threads: 2
+",
+        )?;
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            read_threads: Some(5),
+            ..ServeArgs::default()
+        };
+        let config = load(&args)?;
+        assert_eq!((config.node_id, config.read_threads), (3, 5));
+
+        std::fs::write(
+            &path,
+            "node_id: 3
+data_dir: ${RAFTLITE_TEST_NEVER_SET_7f3a}
+",
+        )?;
+        let message = load(&args).expect_err("unset variable").to_string();
+        assert!(
+            message.starts_with(&format!("{}:2: ", path.display())),
+            "{message}"
+        );
+
+        let missing = ServeArgs {
+            config: Some(dir.path().join("absent.yaml")),
+            ..ServeArgs::default()
+        };
+        let err = load(&missing).expect_err("no such file");
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("absent.yaml"), "{err}");
+        Ok(())
+    }
+}

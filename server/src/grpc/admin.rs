@@ -1,0 +1,130 @@
+//! The public `Admin` service. Membership changes run on the leader: a follower forwards them.
+
+use raftlite_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use super::convert::node_error_to_status;
+use crate::node::{Node, NodeError};
+
+pub struct AdminService {
+    pub node: Node,
+}
+
+pub(crate) fn status_to_proto(s: crate::node::status::ClusterStatus) -> v1::StatusResponse {
+    v1::StatusResponse {
+        cluster_id: s.cluster_id,
+        node_id: s.node_id,
+        leader: s.leader.unwrap_or(0),
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        nodes: s.members.into_iter().map(member_to_proto).collect(),
+    }
+}
+
+pub(crate) fn member_to_proto(m: crate::node::status::MemberStatus) -> v1::NodeStatus {
+    v1::NodeStatus {
+        id: m.id,
+        addr: m.addr,
+        role: m.role,
+        applied_index: m.applied_index,
+        lag: m.lag,
+        voter: m.voter,
+        term: m.term,
+    }
+}
+
+impl AdminService {
+    fn membership(&self, log_index: u64) -> v1::MembershipResponse {
+        let (voters, learners) = self.node.members();
+        v1::MembershipResponse { log_index, voters, learners }
+    }
+
+    /// The leader's Admin client when this node is not the leader.
+    fn leader_client(&self, err: &NodeError) -> Option<AdminClient<tonic::transport::Channel>> {
+        let hint = err.leader_hint()?;
+        if hint.id == self.node.id() {
+            return None;
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", hint.addr)).ok()?;
+        Some(AdminClient::new(endpoint.connect_lazy()))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        Ok(Response::new(status_to_proto(self.node.cluster_status().await)))
+    }
+
+    async fn add_learner(&self, request: Request<v1::AddNodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        validate_new_node(&r)?;
+        match self.node.add_learner(r.node_id, r.addr.clone()).await {
+            Ok(index) => Ok(Response::new(self.membership(index))),
+            Err(e) => match self.leader_client(&e) {
+                Some(mut leader) => leader.add_learner(r).await,
+                None => Err(node_error_to_status(e)),
+            },
+        }
+    }
+
+    async fn add_voter(&self, request: Request<v1::AddNodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        validate_new_node(&r)?;
+        match self.node.add_voter(r.node_id, r.addr.clone()).await {
+            Ok(index) => Ok(Response::new(self.membership(index))),
+            Err(e) => match self.leader_client(&e) {
+                Some(mut leader) => leader.add_voter(r).await,
+                None => Err(node_error_to_status(e)),
+            },
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        match self.node.remove_node(r.node_id).await {
+            Ok(index) => Ok(Response::new(self.membership(index))),
+            Err(e) => match self.leader_client(&e) {
+                Some(mut leader) => leader.remove_node(r).await,
+                None => Err(node_error_to_status(e)),
+            },
+        }
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<v1::TransferLeadershipRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let r = request.into_inner();
+        match self.node.transfer_leadership(r.node_id).await {
+            Ok(()) => Ok(Response::new(status_to_proto(self.node.cluster_status().await))),
+            Err(e) => match self.leader_client(&e) {
+                Some(mut leader) => leader.transfer_leadership(r).await,
+                None => Err(node_error_to_status(e)),
+            },
+        }
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _: Request<v1::SnapshotRequest>,
+    ) -> Result<Response<v1::SnapshotResponse>, Status> {
+        let index = self.node.trigger_snapshot().await.map_err(node_error_to_status)?;
+        Ok(Response::new(v1::SnapshotResponse { snapshot_index: index }))
+    }
+}
+
+fn validate_new_node(r: &v1::AddNodeRequest) -> Result<(), Status> {
+    if r.node_id == 0 {
+        return Err(Status::invalid_argument("node_id must be at least 1"));
+    }
+    if r.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(Status::invalid_argument(format!("addr {:?} is not HOST:PORT", r.addr)));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! tonic services: translate wire types, delegate to the node, map errors. No business logic.
+//!
+//! One listener serves the public `Sql` and `Admin` services, the peer-only `Peer` service,
+//! `grpc.health.v1` and server reflection.
+
+pub mod admin;
+pub mod convert;
+pub mod peer;
+pub mod sql;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use raftlite_proto::v1::admin_server::AdminServer;
+use raftlite_proto::v1::peer_server::PeerServer;
+use raftlite_proto::v1::sql_server::SqlServer;
+
+use crate::node::Node;
+use crate::raft::codec::MAX_MESSAGE_BYTES;
+
+/// Serves every service of `node` on `listen` until `shutdown` resolves.
+pub async fn serve(node: Node, listen: SocketAddr, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let max_request = node.config().max_request_bytes;
+    // tonic's own limit sits above ours so an oversized request reaches our check and gets
+    // RESOURCE_EXHAUSTED with a readable message.
+    let decode_limit = max_request.saturating_mul(2).max(8 << 20);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SqlServer<sql::SqlService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftlite_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build reflection service")?;
+    let sql = SqlServer::new(sql::SqlService { node: node.clone(), max_request_bytes: max_request })
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(64 << 20);
+    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let peer = PeerServer::new(peer::PeerService { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sql)
+        .add_service(admin)
+        .add_service(peer)
+        .serve_with_shutdown(listen, shutdown)
+        .await
+        .with_context(|| format!("serve gRPC on {listen}"))
+}

@@ -1,0 +1,97 @@
+//! The public `Sql` service: translate, delegate to the node, map errors.
+
+use prost::Message;
+use raftlite_proto::v1::{self, sql_server::Sql};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    consistency_from_proto, db_error_to_status, node_error_to_status, statement_from_proto, value_to_proto,
+    write_reply_to_proto, write_request_from_proto,
+};
+use crate::db::QueryChunk;
+use crate::node::Node;
+
+pub struct SqlService {
+    pub node: Node,
+    pub max_request_bytes: usize,
+}
+
+fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
+    v1::QueryResponse {
+        columns: chunk.columns.into_iter().map(|c| v1::Column { name: c.name, decl_type: c.decl_type }).collect(),
+        rows: chunk
+            .rows
+            .into_iter()
+            .map(|r| v1::Row { values: r.into_iter().map(value_to_proto).collect() })
+            .collect(),
+        applied_index,
+        truncated: chunk.truncated,
+        done: chunk.done,
+    }
+}
+
+pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
+    if len > limit {
+        return Err(Status::resource_exhausted(format!(
+            "request of {len} bytes is over the limit of {limit} bytes (max_request_bytes)"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Sql for SqlService {
+    async fn execute(&self, request: Request<v1::ExecuteRequest>) -> Result<Response<v1::ExecuteResponse>, Status> {
+        check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
+        let write = write_request_from_proto(request.into_inner())?;
+        let reply = self.node.execute(write, false).await.map_err(node_error_to_status)?;
+        Ok(Response::new(write_reply_to_proto(reply)))
+    }
+
+    type QueryStream = ReceiverStream<Result<v1::QueryResponse, Status>>;
+
+    async fn query(&self, request: Request<v1::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
+        let request = request.into_inner();
+        let statement = statement_from_proto(
+            request.statement.ok_or_else(|| Status::invalid_argument("a Query request needs a statement"))?,
+        )?;
+        let consistency = consistency_from_proto(request.consistency);
+        let (applied, mut rows) =
+            self.node.query(statement, consistency, request.max_rows).await.map_err(node_error_to_status)?;
+        // The first chunk decides whether the statement is valid: its error is the call's status.
+        let first = match rows.recv().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => return Err(db_error_to_status(e)),
+            None => return Err(Status::internal("the query ended without a result")),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut done = first.done;
+            if tx.send(Ok(chunk_to_proto(first, applied))).await.is_err() {
+                return;
+            }
+            while !done {
+                let msg = match rows.recv().await {
+                    Some(Ok(chunk)) => {
+                        done = chunk.done;
+                        Ok(chunk_to_proto(chunk, applied))
+                    }
+                    Some(Err(e)) => {
+                        done = true;
+                        Err(db_error_to_status(e))
+                    }
+                    None => {
+                        done = true;
+                        Err(Status::internal("the query stopped unexpectedly"))
+                    }
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,375 @@
+//! A raftlite node: the database, the Raft instance around it, the write path and the reads.
+//! The gRPC services translate requests into calls on [`Node`] and map its errors.
+
+pub mod error;
+pub mod reads;
+pub mod status;
+pub mod write_path;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use raftlite_proto::v1::peer_client::PeerClient;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::Channel;
+
+pub use error::{LeaderHint, NodeError};
+pub use write_path::WriteReply;
+
+use crate::cluster::identity::ClusterIdentity;
+use crate::config::Config;
+use crate::db::{Database, DbOptions, WriteRequest};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{peer_client, Network};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::store::RaftStore;
+use crate::raft::types::{NodeId, Raft};
+
+/// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
+const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Cheap handle to a running node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+pub(crate) struct NodeInner {
+    pub id: NodeId,
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub db: Arc<Database>,
+    pub identity: Arc<ClusterIdentity>,
+    pub store: RaftStore,
+    writes: mpsc::Sender<write_path::PendingWrite>,
+    applied: watch::Receiver<u64>,
+    /// Commit index the leader last announced to this follower, and when.
+    leader_commit: Mutex<(u64, Option<Instant>)>,
+    peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+}
+
+impl Node {
+    /// Opens the node's data and starts Raft, the executor and the write path. Serving gRPC and
+    /// bootstrapping the cluster are separate steps (`grpc::serve`, `cluster::bootstrap`).
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        use anyhow::Context;
+        let config = Arc::new(config);
+        let store = RaftStore::open(&config.data_dir)?;
+        let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
+        let db = Arc::new(
+            Database::open(&config.data_dir.join("db.sqlite"), DbOptions { read_threads: config.read_threads })
+                .context("open database")?,
+        );
+        let (applied_tx, applied_rx) = watch::channel(0u64);
+        let state_machine =
+            StateMachine::open(db.clone(), store.clone(), config.data_dir.join("snapshots"), applied_tx)
+                .context("open state machine")?;
+        let log_store = LogStore::new(store.clone());
+        let raft_config = openraft::Config {
+            cluster_name: "raftlite".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 60_000,
+            send_snapshot_timeout: 600_000,
+            max_payload_entries: 64,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft timings")?;
+        let network = Network { self_id: config.node_id, identity: identity.clone() };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, state_machine)
+            .await
+            .context("start raft")?;
+        let executor = db.open_executor().context("open executor connection")?;
+        let (writes, queue) = mpsc::channel(config.max_batch_requests * 4);
+        let inner = Arc::new(NodeInner {
+            id: config.node_id,
+            config: config.clone(),
+            raft,
+            db,
+            identity,
+            store,
+            writes,
+            applied: applied_rx,
+            leader_commit: Mutex::new((0, None)),
+            peers: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(write_path::run_batcher(inner.clone(), executor, queue, config.max_batch_requests));
+        Ok(Node { inner })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn identity(&self) -> &ClusterIdentity {
+        &self.inner.identity
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+
+    /// True when this node holds Raft state (a vote or log entries).
+    pub fn has_raft_state(&self) -> Result<bool, crate::raft::types::StorageError> {
+        self.inner.store.has_raft_state()
+    }
+
+    /// Runs a write. On a follower it is forwarded to the leader; `forwarded` marks a write that
+    /// already was (it is not forwarded twice).
+    pub async fn execute(&self, request: WriteRequest, forwarded: bool) -> Result<WriteReply, NodeError> {
+        let inner = &self.inner;
+        if inner.is_leader() {
+            let (reply, rx) = oneshot::channel();
+            inner
+                .writes
+                .send(write_path::PendingWrite { request, reply })
+                .await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            return rx.await.map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+        }
+        let Some(leader) = inner.leader_hint() else {
+            return Err(NodeError::unavailable("no leader is elected at the moment; retry", None));
+        };
+        if forwarded {
+            return Err(NodeError::unavailable("this node is not the leader", Some(leader)));
+        }
+        let mut client = inner.peer(&leader.addr)?;
+        let proto = crate::grpc::convert::write_request_to_proto(&request);
+        match client.forward_execute(proto).await {
+            Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
+            Err(status) => Err(crate::grpc::convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+
+    /// Records the leader's commit index carried by an AppendEntries this follower received.
+    pub fn note_leader_commit(&self, index: u64) {
+        let mut guard = self.inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0 = guard.0.max(index);
+        guard.1 = Some(Instant::now());
+    }
+
+    /// Leader only: a log index a linearizable read must wait for (Raft read index).
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (read_log_id, _) = self.inner.raft.get_read_log_id().await.map_err(|e| {
+            NodeError::unavailable(format!("cannot confirm leadership for a linearizable read: {e}"), self.inner.leader_hint())
+        })?;
+        Ok(read_log_id.map(|l| l.index).unwrap_or(0))
+    }
+
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<u64, NodeError> {
+        let resp = self
+            .inner
+            .raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(|e| self.inner.membership_error(e))?;
+        tracing::info!(node = id, "learner added and caught up");
+        Ok(resp.log_id.index)
+    }
+
+    pub async fn add_voter(&self, id: NodeId, addr: String) -> Result<u64, NodeError> {
+        self.add_learner(id, addr).await?;
+        let resp = self
+            .inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| self.inner.membership_error(e))?;
+        tracing::info!(node = id, "node promoted to voter");
+        Ok(resp.log_id.index)
+    }
+
+    pub async fn remove_node(&self, id: NodeId) -> Result<u64, NodeError> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.get_node(&id).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Err(NodeError::InvalidArgument(format!("node {id} is not a member of the cluster")));
+        };
+        let resp = self.inner.raft.change_membership(change, false).await.map_err(|e| self.inner.membership_error(e))?;
+        tracing::info!(node = id, "node removed from the cluster");
+        Ok(resp.log_id.index)
+    }
+
+    /// Voters and learners of the current membership.
+    pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let m = metrics.membership_config.membership();
+        (m.voter_ids().collect(), m.learner_ids().collect())
+    }
+
+    /// Builds a snapshot now and waits for it; returns its log index.
+    pub async fn trigger_snapshot(&self) -> Result<u64, NodeError> {
+        let target = self.applied_index();
+        self.inner.raft.trigger().snapshot().await.map_err(|e| NodeError::Internal(e.to_string()))?;
+        let metrics = self
+            .inner
+            .raft
+            .wait(Some(Duration::from_secs(120)))
+            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= target, "snapshot built")
+            .await
+            .map_err(|e| NodeError::Timeout(format!("snapshot was not built in time: {e}")))?;
+        Ok(metrics.snapshot.map(|s| s.index).unwrap_or(0))
+    }
+
+    /// Leadership transfer: the target starts an election while this leader stays quiet.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
+        let inner = &self.inner;
+        if !inner.is_leader() {
+            return Err(NodeError::unavailable("only the leader can transfer leadership", inner.leader_hint()));
+        }
+        if target == inner.id {
+            return Ok(());
+        }
+        let metrics = inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == target) {
+            return Err(NodeError::InvalidArgument(format!("node {target} is not a voter")));
+        }
+        let addr = membership
+            .get_node(&target)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| NodeError::InvalidArgument(format!("node {target} has no address")))?;
+        let mut client = inner.peer(&addr)?;
+        let lease = inner.config.election_timeout_max;
+        let result = async {
+            // Followers refuse to vote while the leader's lease is fresh: stop heartbeats so it
+            // expires, and let only the target time out into an election.
+            inner.raft.runtime_config().heartbeat(false);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let _ = client
+                    .elect(raftlite_proto::v1::ElectRequest { after_ms: lease.as_millis() as u64 + 50 })
+                    .await;
+                let got = inner
+                    .raft
+                    .wait(Some(lease * 4))
+                    .metrics(|m| m.current_leader.is_some() && m.current_leader != Some(inner.id), "leader moved")
+                    .await;
+                if let Ok(m) = got {
+                    return Ok(m.current_leader);
+                }
+                if Instant::now() > deadline {
+                    return Err(NodeError::Timeout("leadership transfer did not complete".into()));
+                }
+            }
+        }
+        .await;
+        inner.raft.runtime_config().heartbeat(true);
+        match result? {
+            Some(l) if l == target => Ok(()),
+            other => Err(NodeError::unavailable(format!("leadership moved to {other:?} instead of {target}; retry"), None)),
+        }
+    }
+
+    /// Peer request: start an election after `after` (leadership transfer).
+    pub fn elect_after(&self, after: Duration) {
+        let raft = self.inner.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(error = %e, "could not start an election");
+            }
+        });
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl NodeInner {
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some(LeaderHint { id, addr: node.addr })
+    }
+
+    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, NodeError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let client = peer_client(addr).map_err(|e| NodeError::Internal(format!("bad peer address {addr:?}: {e}")))?;
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Waits until this node is leader and has applied an entry of its own term, which means
+    /// everything committed by earlier leaders is applied and the executor sees it.
+    pub async fn wait_leader_ready(&self) -> Result<(), NodeError> {
+        let id = self.id;
+        self.raft
+            .wait(Some(LEADER_READY_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.state == ServerState::Leader
+                        && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+                },
+                "leader ready",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                let hint = self.leader_hint().filter(|l| l.id != id);
+                NodeError::unavailable("this node is no longer the leader or not ready yet; retry", hint)
+            })
+    }
+
+    /// Waits until the applied index reaches `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
+        let mut rx = self.applied.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|&a| a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::unavailable("the node is shutting down", None)),
+            Err(_) => Err(NodeError::unavailable(
+                format!("this node has applied up to {} and did not reach index {index} in time", self.applied_index()),
+                self.leader_hint(),
+            )),
+        }
+    }
+
+    fn membership_error<E: std::fmt::Display>(&self, e: E) -> NodeError {
+        let text = e.to_string();
+        if text.contains("forward request to") || text.contains("has to forward") {
+            NodeError::unavailable(format!("membership changes go through the leader: {text}"), self.leader_hint())
+        } else {
+            NodeError::unavailable(format!("membership change failed: {text}"), self.leader_hint())
+        }
+    }
+
+    /// Addresses of the initial members (from configuration).
+    pub fn configured_peers(&self) -> &BTreeMap<NodeId, String> {
+        &self.config.peers
+    }
+}

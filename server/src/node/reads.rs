@@ -1,0 +1,86 @@
+//! Reads at a chosen consistency. Every level runs the query on the local read pool; they
+//! differ in what the node waits for first:
+//!
+//! - `Stale`: nothing. The data may be arbitrarily old on a partitioned or lagging node.
+//! - `Bounded { max_lag }`: the follower must have heard from the leader within three election
+//!   timeouts, and its applied index must be at most `max_lag` entries behind the commit index
+//!   the leader last announced. On the leader it is the same as stale (it is never behind).
+//! - `AtIndex(i)`: the node waits until it has applied log index `i` — pass the `log_index` a
+//!   write returned to read your own writes on any node. Monotonic per client.
+//! - `Linearizable`: the leader confirms with a quorum that it is still the leader (Raft read
+//!   index), and the node waits until it has applied that index. Reflects every write that was
+//!   acknowledged before the query started. Followers ask the leader for the index.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Node, NodeError};
+use crate::db::{DbError, QueryChunk, Statement};
+
+/// How long a read may wait for the node to catch up before answering UNAVAILABLE.
+const READ_WAIT: Duration = Duration::from_secs(5);
+/// Rows per streamed message.
+const BATCH_ROWS: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    Stale,
+    Bounded { max_lag: u64 },
+    AtIndex(u64),
+    #[default]
+    Linearizable,
+}
+
+impl Node {
+    /// Waits as the consistency level requires, then starts the query on the read pool. Returns
+    /// the applied index the query ran at and the stream of row chunks.
+    pub async fn query(
+        &self,
+        statement: Statement,
+        consistency: ReadConsistency,
+        max_rows: u64,
+    ) -> Result<(u64, mpsc::Receiver<Result<QueryChunk, DbError>>), NodeError> {
+        let inner = &self.inner;
+        match consistency {
+            ReadConsistency::Stale => {}
+            ReadConsistency::AtIndex(index) => inner.wait_applied(index, READ_WAIT).await?,
+            ReadConsistency::Bounded { max_lag } => {
+                if !inner.is_leader() {
+                    let (commit, heard) = *inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+                    let limit = inner.config.election_timeout_max * 3;
+                    match heard {
+                        Some(at) if at.elapsed() <= limit => {}
+                        _ => {
+                            return Err(NodeError::unavailable(
+                                format!("this node has not heard from a leader in the last {limit:?}; a bounded read cannot be served"),
+                                inner.leader_hint(),
+                            ))
+                        }
+                    }
+                    inner.wait_applied(commit.saturating_sub(max_lag), READ_WAIT).await?;
+                }
+            }
+            ReadConsistency::Linearizable => {
+                let index = if inner.is_leader() { self.read_index().await? } else { self.remote_read_index().await? };
+                inner.wait_applied(index, READ_WAIT).await?;
+            }
+        }
+        let applied = inner.applied_index();
+        Ok((applied, inner.db.reads().query(statement, max_rows, BATCH_ROWS)))
+    }
+
+    async fn remote_read_index(&self) -> Result<u64, NodeError> {
+        let inner = &self.inner;
+        let leader = inner
+            .leader_hint()
+            .ok_or_else(|| NodeError::unavailable("no leader is elected at the moment; retry", None))?;
+        let mut client = inner.peer(&leader.addr)?;
+        let mut request = tonic::Request::new(raftlite_proto::v1::ReadIndexRequest {});
+        request.set_timeout(READ_WAIT);
+        match client.read_index(request).await {
+            Ok(r) => Ok(r.into_inner().index),
+            Err(status) => Err(crate::grpc::convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+}

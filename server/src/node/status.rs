@@ -1,0 +1,122 @@
+//! What a node knows about itself and the cluster, for `raftlite status` and readiness.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use super::Node;
+use crate::raft::types::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    /// leader, follower, learner, candidate, shutdown, or unreachable.
+    pub role: String,
+    pub applied_index: u64,
+    pub lag: u64,
+    pub voter: bool,
+    pub term: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Node {
+    /// This node's own view: role, term, applied index.
+    pub fn local_status(&self) -> MemberStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let addr = membership.get_node(&self.inner.id).map(|n| n.addr.clone()).unwrap_or_else(|| self.inner.config.advertise_addr.clone());
+        let applied = self.inner.applied_index();
+        MemberStatus {
+            id: self.inner.id,
+            addr,
+            role: role_name(m.state).to_string(),
+            applied_index: applied,
+            lag: self.commit_index().saturating_sub(applied),
+            voter: membership.voter_ids().any(|v| v == self.inner.id),
+            term: m.current_term,
+        }
+    }
+
+    /// Best known commit index: the leader's applied index on the leader, the last announced one
+    /// on a follower.
+    pub fn commit_index(&self) -> u64 {
+        if self.inner.is_leader() {
+            self.inner.applied_index()
+        } else {
+            self.inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner()).0.max(self.inner.applied_index())
+        }
+    }
+
+    /// Status of every member, asking each for its own view (unreachable ones are marked so).
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let commit = self.commit_index();
+        let mut members = Vec::new();
+        for (id, node) in membership.nodes() {
+            let voter = membership.voter_ids().any(|v| v == *id);
+            let mut status = if *id == self.inner.id {
+                self.local_status()
+            } else {
+                self.remote_status(*id, &node.addr).await
+            };
+            status.voter = voter;
+            status.lag = commit.saturating_sub(status.applied_index);
+            members.push(status);
+        }
+        ClusterStatus {
+            cluster_id: self.inner.identity.get().unwrap_or_default(),
+            node_id: self.inner.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: commit,
+            applied_index: self.inner.applied_index(),
+            snapshot_index: m.snapshot.map(|s| s.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    async fn remote_status(&self, id: NodeId, addr: &str) -> MemberStatus {
+        let unreachable = MemberStatus {
+            id,
+            addr: addr.to_string(),
+            role: "unreachable".into(),
+            applied_index: 0,
+            lag: 0,
+            voter: false,
+            term: 0,
+        };
+        let Ok(mut client) = self.inner.peer(addr) else { return unreachable };
+        let mut request = tonic::Request::new(raftlite_proto::v1::LocalStatusRequest {});
+        request.set_timeout(Duration::from_millis(500));
+        match client.local_status(request).await {
+            Ok(r) => {
+                let s = r.into_inner();
+                MemberStatus { id, addr: addr.to_string(), role: s.role, applied_index: s.applied_index, lag: 0, voter: s.voter, term: s.term }
+            }
+            Err(_) => unreachable,
+        }
+    }
+}

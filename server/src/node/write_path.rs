@@ -1,0 +1,134 @@
+//! The leader's write path: group commit, capture, propose, answer.
+//!
+//! Writes queue on a channel. The batcher takes every write waiting at that moment (up to
+//! `max_batch_requests`), executes them together on the executor connection (each request in
+//! its own savepoint, so a failing one rolls back alone), captures the changed pages as ONE
+//! delta, rolls back, and proposes the delta through Raft. When the entry is committed and
+//! applied on the leader, every request gets its own result with the log index. Writes that
+//! arrive meanwhile form the next batch: that is what turns one-at-a-time Raft round trips
+//! into throughput.
+//!
+//! The executor must capture on exactly the state the delta will be applied to, so the
+//! pipeline is one delta deep, and a new leader executes only after it has applied an entry of
+//! its own term (everything earlier is then applied). A delta that still races with a
+//! leadership change is detected by its base version and skipped on every node; its requests
+//! get UNAVAILABLE and a retry with the same request id is safe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::NodeError;
+use super::NodeInner;
+use crate::db::{ExecutedBatch, ExecutorHandle, StatementOutcome, WriteOutcome, WriteRequest};
+use crate::raft::types::{ApplyResult, Command};
+
+/// How long a proposal may take before its requests are answered UNAVAILABLE (outcome unknown;
+/// a retry with the same request id returns the real result).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteReply {
+    pub results: Vec<StatementOutcome>,
+    pub log_index: u64,
+    pub deduplicated: bool,
+}
+
+pub(crate) struct PendingWrite {
+    pub request: WriteRequest,
+    pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
+}
+
+pub(crate) async fn run_batcher(
+    node: Arc<NodeInner>,
+    executor: ExecutorHandle,
+    mut queue: mpsc::Receiver<PendingWrite>,
+    max_batch: usize,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = node.wait_leader_ready().await {
+            for w in batch {
+                let _ = w.reply.send(Err(clone_unavailable(&e)));
+            }
+            continue;
+        }
+        let (vacuums, writes): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|w| crate::db::is_vacuum(&w.request));
+        if !writes.is_empty() {
+            commit_batch(&node, &executor, writes, false).await;
+        }
+        for v in vacuums {
+            commit_batch(&node, &executor, vec![v], true).await;
+        }
+    }
+}
+
+fn clone_unavailable(e: &NodeError) -> NodeError {
+    NodeError::unavailable(e.to_string(), e.leader_hint().cloned())
+}
+
+async fn commit_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>, vacuum: bool) {
+    let started = Instant::now();
+    let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
+    let executed = if vacuum { executor.execute_vacuum().await } else { executor.execute_batch(requests).await };
+    let ExecutedBatch { delta, outcomes } = match executed {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "executing a write batch failed");
+            for w in batch {
+                let _ = w.reply.send(Err(NodeError::Internal(format!("executing the write failed: {e}"))));
+            }
+            return;
+        }
+    };
+    let committed: Result<u64, NodeError> = match delta {
+        None => Ok(node.applied_index()),
+        Some(delta) => propose(node, Bytes::from(delta.encode())).await,
+    };
+    let batch_size = batch.len();
+    for (w, outcome) in batch.into_iter().zip(outcomes) {
+        let reply = match (outcome, &committed) {
+            (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
+            (_, Err(e)) => Err(clone_unavailable(e)),
+            (WriteOutcome::Executed(results), Ok(index)) => {
+                Ok(WriteReply { results, log_index: *index, deduplicated: false })
+            }
+            (WriteOutcome::Duplicate(results), Ok(index)) => {
+                Ok(WriteReply { results, log_index: *index, deduplicated: true })
+            }
+        };
+        let _ = w.reply.send(reply);
+    }
+    tracing::debug!(batch_size, elapsed_us = started.elapsed().as_micros() as u64, "write batch committed");
+}
+
+/// Proposes a delta and waits until it is applied on this node; returns its log index.
+async fn propose(node: &NodeInner, delta: Bytes) -> Result<u64, NodeError> {
+    let write = node.raft.client_write(Command::Delta(delta));
+    match tokio::time::timeout(PROPOSE_TIMEOUT, write).await {
+        Err(_) => Err(NodeError::unavailable(
+            "the write was proposed but not committed in time (outcome unknown; retry with the same request id)",
+            node.leader_hint(),
+        )),
+        Ok(Err(e)) => Err(NodeError::unavailable(
+            format!("the write could not be committed: {e} (retry with the same request id)"),
+            node.leader_hint(),
+        )),
+        Ok(Ok(resp)) => match resp.data {
+            ApplyResult::Applied => Ok(resp.log_id.index),
+            ApplyResult::Stale | ApplyResult::NoOp => Err(NodeError::unavailable(
+                "the write raced with a leadership change and was not applied; retry",
+                node.leader_hint(),
+            )),
+        },
+    }
+}

@@ -1,0 +1,213 @@
+//! `RaftNetwork`: openraft RPCs over the peer-only gRPC service.
+//!
+//! Each RPC is a bincode-encoded openraft message in a `RaftMessage` envelope carrying the
+//! sender's cluster id. Snapshots are streamed from the image file in 1 MiB chunks
+//! (`InstallSnapshot` is a client-streaming call), so a large database never sits in memory.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, Snapshot};
+use raftlite_proto::v1::peer_client::PeerClient;
+use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+
+use super::codec;
+use super::types::{NodeId, TypeConfig, Vote};
+use crate::cluster::identity::ClusterIdentity;
+
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Creates a lazily connected peer client for `addr` ("host:port").
+pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(PeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(codec::MAX_MESSAGE_BYTES as usize)
+        .max_encoding_message_size(codec::MAX_MESSAGE_BYTES as usize))
+}
+
+#[derive(Clone)]
+pub struct Network {
+    pub self_id: NodeId,
+    pub identity: Arc<ClusterIdentity>,
+}
+
+pub struct PeerConnection {
+    self_id: NodeId,
+    target: NodeId,
+    identity: Arc<ClusterIdentity>,
+    client: Result<PeerClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            self_id: self.self_id,
+            target,
+            identity: self.identity.clone(),
+            client: peer_client(&node.addr).map_err(|e| format!("bad peer address {:?}: {e}", node.addr)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PeerError(String);
+
+fn unreachable<E>(msg: impl std::fmt::Display) -> RPCError<NodeId, BasicNode, E>
+where
+    E: std::error::Error,
+{
+    RPCError::Unreachable(Unreachable::new(&PeerError(msg.to_string())))
+}
+
+fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(&status),
+        _ => RPCError::Network(NetworkError::new(&PeerError(format!("{}: {}", status.code(), status.message())))),
+    }
+}
+
+impl PeerConnection {
+    fn envelope(&self, payload: Vec<u8>) -> RaftMessage {
+        RaftMessage { cluster_id: self.identity.get().unwrap_or_default(), from: self.self_id, payload }
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        rpc: impl AsyncFnOnce(PeerClient<Channel>, tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(unreachable(e)),
+        };
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(self.envelope(payload));
+        request.set_timeout(option.hard_ttl());
+        let reply = rpc(client, request).await.map_err(from_status)?.into_inner();
+        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(format!("undecodable reply: {e}")))))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        // Snapshots are sent whole by `full_snapshot`; openraft only calls this from its default
+        // `full_snapshot`, which is overridden below.
+        Err(RPCError::Network(NetworkError::new(&PeerError("chunked snapshot RPC is not used".into()))))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&PeerError(e.clone())))),
+        };
+        let header = codec::encode(&(vote, snapshot.meta.clone())).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let cluster_id = self.identity.get().unwrap_or_default();
+        let from = self.self_id;
+        let mut file = snapshot.snapshot;
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut first = Some(header);
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = file.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                let chunk = SnapshotChunk {
+                    cluster_id: if first.is_some() { cluster_id.clone() } else { String::new() },
+                    from,
+                    header: first.take().unwrap_or_default(),
+                    data: buf,
+                };
+                if tx.send(chunk).await.is_err() || filled == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        });
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.set_timeout(option.hard_ttl().max(Duration::from_secs(600)));
+        let send = client.install_snapshot(request);
+        let reply = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            r = send => r,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&PeerError(e.to_string())))),
+        }
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                StreamingError::Unreachable(Unreachable::new(&PeerError(status.to_string())))
+            }
+            _ => StreamingError::Network(NetworkError::new(&PeerError(status.to_string()))),
+        })?;
+        let decoded: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = codec::decode(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&PeerError(format!("undecodable reply: {e}")))))?;
+        decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
