@@ -1,0 +1,561 @@
+//! The client: endpoints, retries, consistency and the read-your-writes token.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftlite_proto::v1::{self, admin_client::AdminClient, sql_client::SqlClient};
+use tonic::transport::Channel;
+
+use crate::backoff::Backoff;
+use crate::endpoint::NodeEndpoint;
+use crate::{Error, RowStream, Rows, Statement, Value};
+
+/// Largest response message accepted (tonic's default is 4 MiB; a row batch or a status of a
+/// large cluster can exceed that).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Timeouts and retry policy of a [`Client`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Longest wait for one attempt: a whole `Execute` or `Status`, or the next message of a
+    /// query stream. Membership changes are not bounded by it (a new node may take long to
+    /// catch up).
+    pub request_timeout: Duration,
+    /// Longest wait for a TCP connection to a node.
+    pub connect_timeout: Duration,
+    /// Total time spent retrying a call before its last error is returned.
+    pub retry_deadline: Duration,
+    /// First delay between retries; it doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            retry_deadline: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// How fresh the data a query reads must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// The answering node's data as it is; may be arbitrarily old on a partitioned node.
+    Stale,
+    /// At most `max_lag` log entries behind the leader's commit index.
+    Bounded { max_lag: u64 },
+    /// Includes log index `n` (e.g. the `log_index` of a write).
+    AtIndex(u64),
+    /// Reflects every write acknowledged before the query started.
+    #[default]
+    Linearizable,
+    /// Includes this client's last acknowledged write, on any node: `AtIndex(token)`, or
+    /// `Linearizable` when this client has not written yet.
+    ReadYourWrites,
+}
+
+/// Outcome of one statement of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatementResult {
+    pub rows_affected: u64,
+    pub last_insert_rowid: i64,
+}
+
+/// Outcome of a write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecuteResult {
+    /// One result per statement, in order.
+    pub results: Vec<StatementResult>,
+    /// Raft log index that made the write durable (a read-your-writes token).
+    pub log_index: u64,
+    /// True when the request id had already been applied and the first result was returned.
+    pub deduplicated: bool,
+}
+
+impl From<v1::ExecuteResponse> for ExecuteResult {
+    fn from(r: v1::ExecuteResponse) -> Self {
+        ExecuteResult {
+            results: r
+                .results
+                .into_iter()
+                .map(|s| StatementResult {
+                    rows_affected: s.rows_affected,
+                    last_insert_rowid: s.last_insert_rowid,
+                })
+                .collect(),
+            log_index: r.log_index,
+            deduplicated: r.deduplicated,
+        }
+    }
+}
+
+/// A connection to a raftlite cluster through any of its nodes. Cheap to clone; clones share
+/// channels, the preferred node and the read-your-writes token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    nodes: Vec<NodeEndpoint>,
+    options: ClientOptions,
+    /// Node the next call goes to first: the last one that answered.
+    preferred: AtomicUsize,
+    /// Highest `log_index` of a write this client saw acknowledged.
+    write_token: AtomicU64,
+}
+
+impl Client {
+    /// A client for the nodes at `endpoints` (`host:port` or `http://host:port`) with default
+    /// options. Nothing is dialed yet: each node is connected on first use, so this succeeds
+    /// while nodes are down, and needs no Tokio runtime.
+    pub fn connect(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Client, Error> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    pub fn with_options(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let nodes = endpoints
+            .into_iter()
+            .map(|e| NodeEndpoint::parse(&e.into(), options.connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(Error::InvalidEndpoint("no endpoints given".into()));
+        }
+        Ok(Client {
+            inner: Arc::new(Shared {
+                nodes,
+                options,
+                preferred: AtomicUsize::new(0),
+                write_token: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The endpoints as normalized URIs (`http://host:port`).
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.inner.nodes.iter().map(|n| n.uri.as_str())
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// The read-your-writes token: the highest log index of a write this client (or a clone)
+    /// saw acknowledged; 0 before the first write.
+    pub fn last_write_index(&self) -> u64 {
+        self.inner.write_token.load(Ordering::Acquire)
+    }
+
+    /// Runs `statements` atomically, in order, as one transaction, under a fresh request id.
+    /// Retries that may reach the server twice reuse the id, so the write applies once.
+    pub async fn execute(
+        &self,
+        statements: impl IntoIterator<Item = impl Into<Statement>>,
+    ) -> Result<ExecuteResult, Error> {
+        self.execute_with_id(uuid::Uuid::new_v4().to_string(), statements)
+            .await
+    }
+
+    /// Like [`Client::execute`] with a caller-chosen request id (at most 128 bytes), for
+    /// callers that retry across process restarts.
+    pub async fn execute_with_id(
+        &self,
+        request_id: impl Into<String>,
+        statements: impl IntoIterator<Item = impl Into<Statement>>,
+    ) -> Result<ExecuteResult, Error> {
+        let request = v1::ExecuteRequest {
+            request_id: request_id.into(),
+            statements: statements
+                .into_iter()
+                .map(|s| v1::Statement::from(s.into()))
+                .collect(),
+        };
+        let timeout = self.inner.options.request_timeout;
+        let response = self
+            .call(Some(timeout), |channel| {
+                let mut request = tonic::Request::new(request.clone());
+                request.set_timeout(timeout);
+                async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
+            })
+            .await?;
+        self.inner
+            .write_token
+            .fetch_max(response.log_index, Ordering::AcqRel);
+        Ok(response.into())
+    }
+
+    /// Runs one write statement with positional parameters.
+    pub async fn exec(
+        &self,
+        sql: impl Into<String>,
+        params: impl IntoIterator<Item = impl Into<Value>>,
+    ) -> Result<ExecuteResult, Error> {
+        self.execute([Statement::new(sql).bind_all(params)]).await
+    }
+
+    /// Runs a query with positional parameters, linearizably, and collects all rows.
+    pub async fn query(
+        &self,
+        sql: impl Into<String>,
+        params: impl IntoIterator<Item = impl Into<Value>>,
+    ) -> Result<Rows, Error> {
+        self.query_with(
+            Statement::new(sql).bind_all(params),
+            Consistency::Linearizable,
+            0,
+        )
+        .await
+    }
+
+    /// Runs a query at `consistency` and collects at most `max_rows` rows (0: all). A query
+    /// that fails in a retryable way, even midway, runs again on the next node.
+    pub async fn query_with(
+        &self,
+        statement: impl Into<Statement>,
+        consistency: Consistency,
+        max_rows: u64,
+    ) -> Result<Rows, Error> {
+        let request = self.query_request(statement.into(), consistency, max_rows);
+        let timeout = self.inner.options.request_timeout;
+        self.call(None, |channel| {
+            let request = request.clone();
+            async move {
+                open_query(channel, request, timeout)
+                    .await?
+                    .collect_rows()
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Runs a query at `consistency` and returns its rows as they arrive, for results too
+    /// large to hold. Opening the query is retried; an error midway ends the stream.
+    pub async fn query_stream(
+        &self,
+        statement: impl Into<Statement>,
+        consistency: Consistency,
+        max_rows: u64,
+    ) -> Result<RowStream, Error> {
+        let request = self.query_request(statement.into(), consistency, max_rows);
+        let timeout = self.inner.options.request_timeout;
+        self.call(None, |channel| {
+            open_query(channel, request.clone(), timeout)
+        })
+        .await
+    }
+
+    /// Cluster status as seen by the first node that answers.
+    pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
+        self.call(
+            Some(self.inner.options.request_timeout),
+            |channel| async move {
+                Ok(admin_client(channel)
+                    .status(v1::StatusRequest {})
+                    .await?
+                    .into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Adds a non-voting learner; returns once it has caught up.
+    pub async fn add_learner(
+        &self,
+        node_id: u64,
+        addr: impl Into<String>,
+    ) -> Result<v1::MembershipResponse, Error> {
+        let request = v1::AddNodeRequest {
+            node_id,
+            addr: addr.into(),
+        };
+        self.call(None, |channel| {
+            let request = request.clone();
+            async move {
+                Ok(admin_client(channel)
+                    .add_learner(request)
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Adds a voter (it joins as a learner, catches up, then is promoted).
+    pub async fn add_voter(
+        &self,
+        node_id: u64,
+        addr: impl Into<String>,
+    ) -> Result<v1::MembershipResponse, Error> {
+        let request = v1::AddNodeRequest {
+            node_id,
+            addr: addr.into(),
+        };
+        self.call(None, |channel| {
+            let request = request.clone();
+            async move { Ok(admin_client(channel).add_voter(request).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Removes a voter or learner from the cluster.
+    pub async fn remove_node(&self, node_id: u64) -> Result<v1::MembershipResponse, Error> {
+        self.call(None, |channel| async move {
+            Ok(admin_client(channel)
+                .remove_node(v1::RemoveNodeRequest { node_id })
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Asks the leader to hand leadership to `node_id`; answers with the resulting status.
+    pub async fn transfer_leadership(&self, node_id: u64) -> Result<v1::StatusResponse, Error> {
+        self.call(None, |channel| async move {
+            let request = v1::TransferLeadershipRequest { node_id };
+            Ok(admin_client(channel)
+                .transfer_leadership(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Makes the answering node take a snapshot now; returns its snapshot index.
+    pub async fn trigger_snapshot(&self) -> Result<v1::SnapshotResponse, Error> {
+        self.call(None, |channel| async move {
+            Ok(admin_client(channel)
+                .trigger_snapshot(v1::SnapshotRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    fn query_request(
+        &self,
+        statement: Statement,
+        consistency: Consistency,
+        max_rows: u64,
+    ) -> v1::QueryRequest {
+        v1::QueryRequest {
+            statement: Some(statement.into()),
+            consistency: Some(self.read_consistency(consistency)),
+            max_rows,
+        }
+    }
+
+    fn read_consistency(&self, consistency: Consistency) -> v1::ReadConsistency {
+        use v1::read_consistency::Level;
+        let level = match consistency {
+            Consistency::Stale => Level::Stale(v1::Stale {}),
+            Consistency::Bounded { max_lag } => Level::Bounded(v1::Bounded { max_lag }),
+            Consistency::AtIndex(index) => Level::AtIndex(v1::AtIndex { index }),
+            Consistency::Linearizable => Level::Linearizable(v1::Linearizable {}),
+            Consistency::ReadYourWrites => match self.last_write_index() {
+                0 => Level::Linearizable(v1::Linearizable {}),
+                index => Level::AtIndex(v1::AtIndex { index }),
+            },
+        };
+        v1::ReadConsistency { level: Some(level) }
+    }
+
+    /// Runs `attempt` against the preferred node, and on a retryable error against the next
+    /// ones with backoff until `retry_deadline` has passed. `timeout` bounds each attempt.
+    async fn call<T, F, Fut>(&self, timeout: Option<Duration>, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let options = &self.inner.options;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
+        let mut node = self.inner.preferred.load(Ordering::Relaxed) % self.inner.nodes.len();
+        loop {
+            let future = attempt(self.inner.nodes[node].channel());
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, future)
+                    .await
+                    .unwrap_or(Err(Error::timeout(limit))),
+                None => future.await,
+            };
+            let err = match result {
+                Ok(value) => {
+                    self.inner.preferred.store(node, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(err) if !err.is_retryable() => return Err(err),
+                Err(err) => err,
+            };
+            let elapsed = started.elapsed();
+            if elapsed >= options.retry_deadline {
+                return Err(err);
+            }
+            let delay = backoff.next_delay().min(options.retry_deadline - elapsed);
+            let next = self.next_node(node, &err);
+            tracing::debug!(
+                endpoint = %self.inner.nodes[node].uri,
+                next = %self.inner.nodes[next].uri,
+                ?delay,
+                error = %err,
+                "retrying"
+            );
+            self.inner.preferred.store(next, Ordering::Relaxed);
+            node = next;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The node to try after `current` failed with `err`: the leader if the server named one
+    /// of our endpoints, else the next endpoint in turn.
+    fn next_node(&self, current: usize, err: &Error) -> usize {
+        let nodes = &self.inner.nodes;
+        err.leader_hint()
+            .and_then(|(_, addr)| nodes.iter().position(|n| n.matches(addr)))
+            .unwrap_or((current + 1) % nodes.len())
+    }
+}
+
+fn sql_client(channel: Channel) -> SqlClient<Channel> {
+    SqlClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+fn admin_client(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// Sends a query and waits, at most `timeout`, for its first message (the columns).
+async fn open_query(
+    channel: Channel,
+    request: v1::QueryRequest,
+    timeout: Duration,
+) -> Result<RowStream, Error> {
+    let open = async {
+        let mut messages = sql_client(channel).query(request).await?.into_inner();
+        let first = messages.message().await?.ok_or_else(|| {
+            Error::Transport("query stream ended before its first message".into())
+        })?;
+        Ok::<_, Error>((first, messages))
+    };
+    let (first, messages) = tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| Error::timeout(timeout))??;
+    RowStream::new(first, messages, timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(client: &Client, c: Consistency) -> v1::read_consistency::Level {
+        client.read_consistency(c).level.expect("always set")
+    }
+
+    #[test]
+    fn connect_needs_at_least_one_valid_endpoint() {
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            Client::connect(none),
+            Err(Error::InvalidEndpoint(_))
+        ));
+        assert!(matches!(
+            Client::connect(["a:1", "nope"]),
+            Err(Error::InvalidEndpoint(_))
+        ));
+        let client = Client::connect(["127.0.0.1:7401", "http://127.0.0.1:7402"]).expect("valid");
+        assert_eq!(
+            client.endpoints().collect::<Vec<_>>(),
+            ["http://127.0.0.1:7401", "http://127.0.0.1:7402"]
+        );
+    }
+
+    #[test]
+    fn client_is_cheap_to_share() {
+        fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+        assert_send_sync_clone::<Client>();
+    }
+
+    #[test]
+    fn read_your_writes_follows_the_write_token() {
+        use v1::read_consistency::Level;
+        let client = Client::connect(["127.0.0.1:7401"]).expect("valid");
+        assert_eq!(
+            level(&client, Consistency::ReadYourWrites),
+            Level::Linearizable(v1::Linearizable {})
+        );
+        let clone = client.clone();
+        clone.inner.write_token.fetch_max(42, Ordering::AcqRel);
+        clone.inner.write_token.fetch_max(7, Ordering::AcqRel);
+        assert_eq!(client.last_write_index(), 42);
+        assert_eq!(
+            level(&client, Consistency::ReadYourWrites),
+            Level::AtIndex(v1::AtIndex { index: 42 })
+        );
+        assert_eq!(
+            level(&client, Consistency::Stale),
+            Level::Stale(v1::Stale {})
+        );
+        assert_eq!(
+            level(&client, Consistency::Bounded { max_lag: 3 }),
+            Level::Bounded(v1::Bounded { max_lag: 3 })
+        );
+        assert_eq!(
+            level(&client, Consistency::default()),
+            Level::Linearizable(v1::Linearizable {})
+        );
+    }
+
+    #[test]
+    fn retries_go_to_the_hinted_leader_or_the_next_node() {
+        let client = Client::connect(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]).expect("valid");
+        let plain = Error::Transport("refused".into());
+        assert_eq!(client.next_node(0, &plain), 1);
+        assert_eq!(client.next_node(2, &plain), 0);
+        let hinted = |addr: &str| Error::Status {
+            code: tonic::Code::Unavailable,
+            message: "not leader".into(),
+            leader_hint: Some((3, addr.into())),
+        };
+        assert_eq!(client.next_node(0, &hinted("127.0.0.1:3")), 2);
+        assert_eq!(
+            client.next_node(0, &hinted("10.9.9.9:3")),
+            1,
+            "unknown leader address"
+        );
+    }
+
+    /// No server listens on port 1: the call is retried until the deadline, then the last
+    /// transport error is returned.
+    #[tokio::test]
+    async fn gives_up_after_the_retry_deadline() {
+        let options = ClientOptions {
+            retry_deadline: Duration::from_millis(200),
+            request_timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        let client = Client::with_options(["127.0.0.1:1"], options).expect("valid");
+        let started = Instant::now();
+        let err = client
+            .exec("INSERT INTO t VALUES (?)", [1])
+            .await
+            .expect_err("nothing listens");
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(client.last_write_index(), 0);
+    }
+}

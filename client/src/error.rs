@@ -1,0 +1,212 @@
+//! The one error type of the client, shaped for callers that branch on it.
+
+use tonic::Code;
+
+/// Metadata keys the server sets on UNAVAILABLE when it knows the current leader.
+pub(crate) const LEADER_ID_KEY: &str = "raftlite-leader-id";
+pub(crate) const LEADER_ADDR_KEY: &str = "raftlite-leader-addr";
+
+/// Everything a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server (or a local deadline) answered with a gRPC status.
+    #[error("{}: {message}", code_name(*.code))]
+    Status {
+        code: Code,
+        message: String,
+        /// `(node id, address)` of the leader when the server told us who it is.
+        leader_hint: Option<(u64, String)>,
+    },
+    /// The request did not reach a server or its connection broke (refused, reset, GOAWAY).
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// An endpoint that is not `host:port` or `http://host:port`.
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// A value that does not convert to the requested type, or a malformed server message.
+    #[error("conversion error: {0}")]
+    Conversion(String),
+}
+
+impl Error {
+    /// True for failures after which sending the same request again may succeed: UNAVAILABLE
+    /// (no leader, no quorum, node going down), DEADLINE_EXCEEDED and transport errors. Writes
+    /// are only safe to retry with the same request id, which [`crate::Client::execute`] does.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Status { code, .. } => {
+                matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+            }
+            Error::Transport(_) => true,
+            Error::InvalidEndpoint(_) | Error::Conversion(_) => false,
+        }
+    }
+
+    /// The leader the server pointed to, if any.
+    pub fn leader_hint(&self) -> Option<(u64, &str)> {
+        match self {
+            Error::Status {
+                leader_hint: Some((id, addr)),
+                ..
+            } => Some((*id, addr.as_str())),
+            _ => None,
+        }
+    }
+
+    /// The gRPC code of this error; local errors map to the closest code (transport errors to
+    /// UNAVAILABLE, bad endpoints and conversions to INVALID_ARGUMENT).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status { code, .. } => *code,
+            Error::Transport(_) => Code::Unavailable,
+            Error::InvalidEndpoint(_) | Error::Conversion(_) => Code::InvalidArgument,
+        }
+    }
+
+    /// A local deadline that expired before the server answered.
+    pub(crate) fn timeout(after: std::time::Duration) -> Self {
+        Error::Status {
+            code: Code::DeadlineExceeded,
+            message: format!("no answer within {after:?}"),
+            leader_hint: None,
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        // A status built by the local tonic stack carries the error that caused it (connect
+        // refused, connection reset, h2 GOAWAY); one decoded from the server never does.
+        if let Some(source) = std::error::Error::source(&status) {
+            let mut message = status.message().to_string();
+            let mut cause = Some(source);
+            while let Some(err) = cause {
+                let text = err.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = err.source();
+            }
+            return Error::Transport(message);
+        }
+        let leader_hint = leader_hint(status.metadata());
+        Error::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+            leader_hint,
+        }
+    }
+}
+
+fn leader_hint(metadata: &tonic::metadata::MetadataMap) -> Option<(u64, String)> {
+    let id = metadata
+        .get(LEADER_ID_KEY)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    if id == 0 {
+        return None;
+    }
+    let addr = metadata
+        .get(LEADER_ADDR_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    Some((id, addr))
+}
+
+/// The gRPC name of a code as operators know it (`UNAVAILABLE`, `INVALID_ARGUMENT`, ...).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with_leader(code: Code, id: &str, addr: &str) -> tonic::Status {
+        let mut status = tonic::Status::new(code, "no leader");
+        status
+            .metadata_mut()
+            .insert(LEADER_ID_KEY, id.parse().expect("ascii"));
+        status
+            .metadata_mut()
+            .insert(LEADER_ADDR_KEY, addr.parse().expect("ascii"));
+        status
+    }
+
+    #[test]
+    fn classifies_retryable_codes() {
+        for (code, retryable) in [
+            (Code::Unavailable, true),
+            (Code::DeadlineExceeded, true),
+            (Code::InvalidArgument, false),
+            (Code::PermissionDenied, false),
+            (Code::FailedPrecondition, false),
+            (Code::ResourceExhausted, false),
+            (Code::Internal, false),
+        ] {
+            let err = Error::from(tonic::Status::new(code, "x"));
+            assert_eq!(err.is_retryable(), retryable, "{code:?}");
+            assert_eq!(err.code(), code);
+        }
+        assert!(Error::Transport("connection refused".into()).is_retryable());
+        assert!(!Error::Conversion("x".into()).is_retryable());
+        assert!(!Error::InvalidEndpoint("x".into()).is_retryable());
+        assert!(Error::timeout(std::time::Duration::from_millis(5)).is_retryable());
+    }
+
+    #[test]
+    fn reads_leader_hint_from_metadata() {
+        let err = Error::from(status_with_leader(Code::Unavailable, "2", "10.0.0.2:7401"));
+        assert_eq!(err.leader_hint(), Some((2, "10.0.0.2:7401")));
+        // Leader id 0 means "none known".
+        let err = Error::from(status_with_leader(Code::Unavailable, "0", ""));
+        assert_eq!(err.leader_hint(), None);
+        let err = Error::from(tonic::Status::unavailable("no quorum"));
+        assert_eq!(err.leader_hint(), None);
+    }
+
+    #[test]
+    fn status_with_a_local_cause_is_a_transport_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let status = tonic::Status::from_error(Box::new(io));
+        let err = Error::from(status);
+        assert!(
+            matches!(err, Error::Transport(ref m) if m.contains("connection refused")),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn display_uses_grpc_code_names() {
+        let err = Error::from(tonic::Status::invalid_argument(
+            "near \"SELEC\": syntax error",
+        ));
+        assert_eq!(
+            err.to_string(),
+            "INVALID_ARGUMENT: near \"SELEC\": syntax error"
+        );
+    }
+}
