@@ -75,6 +75,11 @@ impl Applier {
         internal::read_version(&self.conn)
     }
 
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn apply_in_transaction(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let current_pages = self.check_page_size(delta.page_size)?;

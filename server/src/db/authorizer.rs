@@ -168,8 +168,11 @@ fn pragma_in(name: &str, list: &[&str]) -> bool {
     list.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
-fn protect_internal(table: &str) -> Result<(), String> {
-    if is_internal_table(table) {
+fn protect_table(table: &str) -> Result<(), String> {
+    if table.eq_ignore_ascii_case("sqlite_dbpage") {
+        // DEFENSIVE already makes it read-only; say so clearly.
+        Err("writing sqlite_dbpage is not allowed".into())
+    } else if is_internal_table(table) {
         Err(format!("{table} is internal to raftlite and cannot be modified"))
     } else {
         Ok(())
@@ -202,7 +205,7 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateTrigger { table_name, .. }
         | AuthAction::DropTrigger { table_name, .. }
         | AuthAction::CreateView { view_name: table_name }
-        | AuthAction::CreateVtable { table_name, .. } => protect_internal(table_name),
+        | AuthAction::CreateVtable { table_name, .. } => protect_table(table_name),
         _ => Ok(()),
     }
 }
