@@ -17,7 +17,10 @@ fn stmt(sql: &str) -> Statement {
 }
 
 fn req(id: &str, sqls: &[&str]) -> WriteRequest {
-    WriteRequest { request_id: id.to_string(), statements: sqls.iter().map(|s| stmt(s)).collect() }
+    WriteRequest {
+        request_id: id.to_string(),
+        statements: sqls.iter().map(|s| stmt(s)).collect(),
+    }
 }
 
 fn executed(outcome: &WriteOutcome) -> anyhow::Result<&[StatementOutcome]> {
@@ -87,7 +90,10 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> anyhow::Result<Cluster> {
-        Self::with_options(DbOptions { read_threads: 2, ..DbOptions::default() })
+        Self::with_options(DbOptions {
+            read_threads: 2,
+            ..DbOptions::default()
+        })
     }
 
     fn with_options(options: DbOptions) -> anyhow::Result<Cluster> {
@@ -97,7 +103,13 @@ impl Cluster {
         let follower = Database::open(dir.path().join("follower.db"), options)?;
         let reference = Connection::open(dir.path().join("reference.db"))?;
         reference.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL;")?;
-        Ok(Cluster { dir, leader, executor, follower, reference })
+        Ok(Cluster {
+            dir,
+            leader,
+            executor,
+            follower,
+            reference,
+        })
     }
 
     /// Execute on the leader, apply the delta on leader and follower, and commit the requests
@@ -140,13 +152,24 @@ impl Cluster {
         // Leader and follower applied the same deltas from the same start: fully identical,
         // page-1 change counter included.
         let (lp, fp) = (snapshot::dump_raw_pages(l)?, snapshot::dump_raw_pages(f)?);
-        ensure!(lp.len() == fp.len(), "{step}: leader has {} pages, follower {}", lp.len(), fp.len());
-        let differing: Vec<usize> = (0..lp.len()).filter(|&i| lp[i] != fp[i]).map(|i| i + 1).collect();
+        ensure!(
+            lp.len() == fp.len(),
+            "{step}: leader has {} pages, follower {}",
+            lp.len(),
+            fp.len()
+        );
+        let differing: Vec<usize> = (0..lp.len())
+            .filter(|&i| lp[i] != fp[i])
+            .map(|i| i + 1)
+            .collect();
         ensure!(differing.is_empty(), "{step}: pages differ: {differing:?}");
         ensure!(integrity(l)? == "ok", "{step}: leader integrity");
         ensure!(integrity(f)? == "ok", "{step}: follower integrity");
         let rows = user_rows(l)?;
-        ensure!(rows == user_rows(f)?, "{step}: leader and follower rows differ");
+        ensure!(
+            rows == user_rows(f)?,
+            "{step}: leader and follower rows differ"
+        );
         ensure!(
             rows == user_rows(&self.dir.path().join("reference.db"))?,
             "{step}: rows differ from the reference"
@@ -186,16 +209,22 @@ async fn bulk_insert_with_spills_then_update_and_delete() -> TestResult {
         ..DbOptions::default()
     })?;
     c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
-    let result = c.write(vec![req("bulk", &[&insert_rows(50_000, 0)])]).await?;
+    let result = c
+        .write(vec![req("bulk", &[&insert_rows(50_000, 0)])])
+        .await?;
     let delta = result.delta.context("bulk insert produced no delta")?;
     ensure!(delta.db_pages > 1000, "only {} pages", delta.db_pages);
     ensure!(executed(&result.outcomes[0])?[0].rows_affected == 50_000);
     c.verify("50k rows")?;
 
-    let r = c.write_one(&["UPDATE t SET a = a || 'x' WHERE id % 5 = 0"]).await?;
+    let r = c
+        .write_one(&["UPDATE t SET a = a || 'x' WHERE id % 5 = 0"])
+        .await?;
     ensure!(r[0].rows_affected == 10_000);
     c.verify("update 10k")?;
-    let r = c.write_one(&["DELETE FROM t WHERE id % 5 IN (1, 2)"]).await?;
+    let r = c
+        .write_one(&["DELETE FROM t WHERE id % 5 IN (1, 2)"])
+        .await?;
     ensure!(r[0].rows_affected == 20_000);
     c.verify("delete 20k")?;
     Ok(())
@@ -215,7 +244,9 @@ async fn drop_table_moves_pages_to_freelist() -> TestResult {
     c.verify("table u")?;
     c.write_one(&["DROP TABLE u"]).await?;
     c.verify("drop u")?;
-    let free: i64 = Connection::open(c.follower.path())?.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let free: i64 =
+        Connection::open(c.follower.path())?
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     ensure!(free > 100, "freelist has {free} pages");
     // freed pages are reused by the next write
     c.write_one(&[&insert_rows(1000, 3)]).await?;
@@ -226,12 +257,19 @@ async fn drop_table_moves_pages_to_freelist() -> TestResult {
 #[tokio::test]
 async fn failing_request_rolls_back_alone() -> TestResult {
     let c = Cluster::new()?;
-    c.write_one(&["CREATE TABLE k(id INTEGER PRIMARY KEY, v TEXT UNIQUE NOT NULL)"]).await?;
+    c.write_one(&["CREATE TABLE k(id INTEGER PRIMARY KEY, v TEXT UNIQUE NOT NULL)"])
+        .await?;
     let result = c
         .write(vec![
             req("r1", &["INSERT INTO k(v) VALUES('a')"]),
             // first statement succeeds, second violates UNIQUE: the whole request rolls back
-            req("r2", &["INSERT INTO k(v) VALUES('b')", "INSERT INTO k(v) VALUES('a')"]),
+            req(
+                "r2",
+                &[
+                    "INSERT INTO k(v) VALUES('b')",
+                    "INSERT INTO k(v) VALUES('a')",
+                ],
+            ),
             req("r3", &["INSERT INTO k(v) VALUES('c')"]),
             // ends the whole transaction: the batch is re-run without it
             req("r4", &["INSERT OR ROLLBACK INTO k(v) VALUES('c')"]),
@@ -241,7 +279,10 @@ async fn failing_request_rolls_back_alone() -> TestResult {
     executed(&result.outcomes[0])?;
     ensure!(matches!(failed(&result.outcomes[1])?, DbError::Constraint(m) if m.contains("UNIQUE")));
     executed(&result.outcomes[2])?;
-    ensure!(matches!(failed(&result.outcomes[3])?, DbError::Constraint(_)));
+    ensure!(matches!(
+        failed(&result.outcomes[3])?,
+        DbError::Constraint(_)
+    ));
     executed(&result.outcomes[4])?;
     c.verify("partial batch")?;
     let conn = Connection::open(c.follower.path())?;
@@ -251,7 +292,9 @@ async fn failing_request_rolls_back_alone() -> TestResult {
         .collect::<rusqlite::Result<_>>()?;
     ensure!(values == ["a", "c", "d"], "{values:?}");
     // a failed request's id is not recorded: the client may retry it
-    let retry = c.write(vec![req("r2", &["INSERT INTO k(v) VALUES('b')"])]).await?;
+    let retry = c
+        .write(vec![req("r2", &["INSERT INTO k(v) VALUES('b')"])])
+        .await?;
     executed(&retry.outcomes[0])?;
     Ok(())
 }
@@ -262,11 +305,22 @@ async fn batch_without_successful_request_has_no_delta() -> TestResult {
     c.write_one(&[CREATE_T]).await?;
     let version = c.leader.version().await?;
     let pages = snapshot::dump_raw_pages(c.leader.path())?;
-    let result = c.write(vec![req("", &["INSERT INTO nope VALUES(1)"]), req("", &["SELEC"])]).await?;
+    let result = c
+        .write(vec![
+            req("", &["INSERT INTO nope VALUES(1)"]),
+            req("", &["SELEC"]),
+        ])
+        .await?;
     ensure!(result.delta.is_none());
-    ensure!(result.outcomes.iter().all(|o| matches!(o, WriteOutcome::Failed(_))));
+    ensure!(result
+        .outcomes
+        .iter()
+        .all(|o| matches!(o, WriteOutcome::Failed(_))));
     ensure!(c.leader.version().await? == version);
-    ensure!(snapshot::dump_raw_pages(c.leader.path())? == pages, "executor changed the database");
+    ensure!(
+        snapshot::dump_raw_pages(c.leader.path())? == pages,
+        "executor changed the database"
+    );
     Ok(())
 }
 
@@ -293,8 +347,20 @@ async fn statement_results_report_changes_and_rowids() -> TestResult {
         }])
         .await?;
     let r = executed(&r.outcomes[0])?;
-    ensure!(r[0] == StatementOutcome { rows_affected: 2, last_insert_rowid: 2 }, "{r:?}");
-    ensure!(r[1] == StatementOutcome { rows_affected: 1, last_insert_rowid: 10 }, "{r:?}");
+    ensure!(
+        r[0] == StatementOutcome {
+            rows_affected: 2,
+            last_insert_rowid: 2
+        },
+        "{r:?}"
+    );
+    ensure!(
+        r[1] == StatementOutcome {
+            rows_affected: 1,
+            last_insert_rowid: 10
+        },
+        "{r:?}"
+    );
     ensure!(r[2].rows_affected == 0, "{r:?}");
     ensure!(r[3].rows_affected == 2, "{r:?}");
     c.verify("results")?;
@@ -309,14 +375,21 @@ async fn vacuum_shrinks_the_file() -> TestResult {
     c.write_one(&["DELETE FROM t WHERE id % 2 = 0"]).await?;
     let before = page_count(c.leader.path())?;
 
-    let mixed = c.write(vec![req("", &["DELETE FROM t WHERE id = 1", "VACUUM"])]).await?;
-    ensure!(matches!(failed(&mixed.outcomes[0])?, DbError::InvalidArgument(m) if m == "VACUUM must be sent alone"));
+    let mixed = c
+        .write(vec![req("", &["DELETE FROM t WHERE id = 1", "VACUUM"])])
+        .await?;
+    ensure!(
+        matches!(failed(&mixed.outcomes[0])?, DbError::InvalidArgument(m) if m == "VACUUM must be sent alone")
+    );
     ensure!(is_vacuum(&req("", &[" vacuum; "])));
 
     let vacuum = c.executor.execute_vacuum().await?;
     let delta = Arc::new(vacuum.delta.context("vacuum delta")?);
     ensure!(delta.db_pages < before, "{} -> {}", before, delta.db_pages);
-    ensure!(delta.pages.len() == delta.db_pages as usize, "a vacuum ships every page");
+    ensure!(
+        delta.pages.len() == delta.db_pages as usize,
+        "a vacuum ships every page"
+    );
     ensure!(c.leader.apply(delta.clone()).await? == ApplyOutcome::Applied);
     ensure!(c.follower.apply(delta).await? == ApplyOutcome::Applied);
     c.reference.execute_batch("VACUUM")?;
@@ -333,13 +406,17 @@ async fn open_reader_keeps_its_snapshot_across_applies() -> TestResult {
     let c = Cluster::new()?;
     c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
     c.write_one(&[&insert_rows(4000, 1)]).await?;
-    let readers = [Connection::open(c.leader.path())?, Connection::open(c.follower.path())?];
+    let readers = [
+        Connection::open(c.leader.path())?,
+        Connection::open(c.follower.path())?,
+    ];
     for r in &readers {
         r.execute_batch("BEGIN")?;
         ensure!(count(r, "t")? == 4000);
     }
     c.write_one(&[&insert_rows(1000, 2)]).await?;
-    c.write_one(&["CREATE TABLE v(x)", "INSERT INTO v VALUES(42)"]).await?;
+    c.write_one(&["CREATE TABLE v(x)", "INSERT INTO v VALUES(42)"])
+        .await?;
     c.write_one(&["DELETE FROM t WHERE id % 3 = 0"]).await?;
     // a truncating VACUUM while the snapshots are open
     let before = page_count(c.follower.path())?;
@@ -351,8 +428,11 @@ async fn open_reader_keeps_its_snapshot_across_applies() -> TestResult {
 
     for r in &readers {
         ensure!(count(r, "t")? == 4000, "snapshot moved");
-        let v_visible: i64 =
-            r.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'v'", [], |row| row.get(0))?;
+        let v_visible: i64 = r.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'v'",
+            [],
+            |row| row.get(0),
+        )?;
         ensure!(v_visible == 0);
         let check: String = r.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
         ensure!(check == "ok", "old snapshot: {check}");
@@ -378,7 +458,13 @@ impl Rng {
 async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
     let c = Cluster::new()?;
     for db in [&c.leader, &c.follower] {
-        db.applier.call(|a| a.connection().execute_batch("PRAGMA wal_autocheckpoint=20").map_err(DbError::from)).await?;
+        db.applier
+            .call(|a| {
+                a.connection()
+                    .execute_batch("PRAGMA wal_autocheckpoint=20")
+                    .map_err(DbError::from)
+            })
+            .await?;
     }
     c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
     let follower_conn = Connection::open(c.follower.path())?;
@@ -403,7 +489,8 @@ async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
             follower_conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         }
         ensure!(
-            snapshot::dump_raw_pages(c.leader.path())? == snapshot::dump_raw_pages(c.follower.path())?,
+            snapshot::dump_raw_pages(c.leader.path())?
+                == snapshot::dump_raw_pages(c.follower.path())?,
             "batch {i} diverged"
         );
     }
@@ -416,10 +503,15 @@ async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
 async fn duplicate_request_id_returns_first_result() -> TestResult {
     let c = Cluster::new()?;
     c.write_one(&[CREATE_T]).await?;
-    let first = c.write(vec![req("id-1", &["INSERT INTO t(a) VALUES('once')"])]).await?;
+    let first = c
+        .write(vec![req("id-1", &["INSERT INTO t(a) VALUES('once')"])])
+        .await?;
     let first = executed(&first.outcomes[0])?.to_vec();
 
-    let again = c.executor.execute_batch(vec![req("id-1", &["INSERT INTO t(a) VALUES('once')"])]).await?;
+    let again = c
+        .executor
+        .execute_batch(vec![req("id-1", &["INSERT INTO t(a) VALUES('once')"])])
+        .await?;
     ensure!(again.delta.is_none(), "a duplicate alone changes nothing");
     ensure!(again.outcomes == [WriteOutcome::Duplicate(first.clone())]);
 
@@ -452,10 +544,18 @@ async fn old_request_ids_are_pruned() -> TestResult {
         applier.apply(&result.delta.context("delta")?)?;
         Ok(())
     };
-    run(&mut executor, vec![req("old", &["CREATE TABLE t(x)"]), req("new", &["INSERT INTO t VALUES(1)"])])?;
+    run(
+        &mut executor,
+        vec![
+            req("old", &["CREATE TABLE t(x)"]),
+            req("new", &["INSERT INTO t VALUES(1)"]),
+        ],
+    )?;
     // age one id by two days behind raftlite's back
-    Connection::open(&path)?
-        .execute("UPDATE _raftlite_requests SET created_ms = created_ms - 172800000 WHERE id = 'old'", [])?;
+    Connection::open(&path)?.execute(
+        "UPDATE _raftlite_requests SET created_ms = created_ms - 172800000 WHERE id = 'old'",
+        [],
+    )?;
     executor.force_prune_next_batch();
     run(&mut executor, vec![req("", &["INSERT INTO t VALUES(2)"])])?;
     let ids: Vec<String> = Connection::open(&path)?
@@ -470,13 +570,18 @@ async fn old_request_ids_are_pruned() -> TestResult {
 async fn replayed_delta_is_skipped() -> TestResult {
     let c = Cluster::new()?;
     c.write_one(&[CREATE_T]).await?;
-    let result = c.write(vec![req("", &["INSERT INTO t(a) VALUES('r')"])]).await?;
+    let result = c
+        .write(vec![req("", &["INSERT INTO t(a) VALUES('r')"])])
+        .await?;
     let delta = Arc::new(result.delta.context("delta")?);
     let pages = snapshot::dump_raw_pages(c.follower.path())?;
     let version = c.follower.version().await?;
     ensure!(c.follower.apply(delta.clone()).await? == ApplyOutcome::Skipped);
     ensure!(c.leader.apply(delta).await? == ApplyOutcome::Skipped);
-    ensure!(snapshot::dump_raw_pages(c.follower.path())? == pages, "replay changed the database");
+    ensure!(
+        snapshot::dump_raw_pages(c.follower.path())? == pages,
+        "replay changed the database"
+    );
     ensure!(c.follower.version().await? == version);
     c.verify("replay")?;
     Ok(())
@@ -487,9 +592,18 @@ async fn stale_and_gapped_deltas_are_refused() -> TestResult {
     let c = Cluster::new()?;
     c.write_one(&[CREATE_T]).await?;
     // two batches captured on the same state: only the first may apply
-    let x = c.executor.execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])]).await?;
-    let y = c.executor.execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('y')"])]).await?;
-    let (x, y) = (Arc::new(x.delta.context("x")?), Arc::new(y.delta.context("y")?));
+    let x = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
+        .await?;
+    let y = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('y')"])])
+        .await?;
+    let (x, y) = (
+        Arc::new(x.delta.context("x")?),
+        Arc::new(y.delta.context("y")?),
+    );
     ensure!(x.base_version == y.base_version);
     ensure!(c.follower.apply(x.clone()).await? == ApplyOutcome::Applied);
     ensure!(c.follower.apply(y).await? == ApplyOutcome::Skipped);
@@ -498,7 +612,9 @@ async fn stale_and_gapped_deltas_are_refused() -> TestResult {
     let fresh = Database::open(c.dir.path().join("fresh.db"), DbOptions::default())?;
     ensure!(fresh.version().await? == 0);
     match fresh.apply(x).await {
-        Err(DbError::Corrupt(m)) => ensure!(m == "delta based on version 1 but database is at 0", "{m}"),
+        Err(DbError::Corrupt(m)) => {
+            ensure!(m == "delta based on version 1 but database is at 0", "{m}")
+        }
         other => anyhow::bail!("expected Corrupt, got {other:?}"),
     }
     ensure!(fresh.version().await? == 0);
@@ -511,49 +627,93 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
     c.write_one(&[CREATE_T]).await?;
     let cases: &[(&str, &str)] = &[
         ("ATTACH 'other.db' AS o", "ATTACH is not allowed"),
-        ("PRAGMA journal_mode=DELETE", "PRAGMA journal_mode is not allowed"),
-        ("PRAGMA cache_spill=OFF", "PRAGMA cache_spill is not allowed"),
+        (
+            "PRAGMA journal_mode=DELETE",
+            "PRAGMA journal_mode is not allowed",
+        ),
+        (
+            "PRAGMA cache_spill=OFF",
+            "PRAGMA cache_spill is not allowed",
+        ),
         ("BEGIN", "BEGIN is not allowed"),
         ("COMMIT", "COMMIT is not allowed"),
         ("SAVEPOINT s", "SAVEPOINT is not allowed"),
-        ("INSERT INTO _raftlite_meta(key, value) VALUES('version', 99)", "_raftlite_meta is internal"),
-        ("UPDATE _raftlite_meta SET value = 0", "_raftlite_meta is internal"),
-        ("DELETE FROM _RAFTLITE_REQUESTS", "_raftlite_requests is internal"),
-        ("CREATE TRIGGER tr AFTER INSERT ON _raftlite_requests BEGIN SELECT 1; END", "is internal"),
+        (
+            "INSERT INTO _raftlite_meta(key, value) VALUES('version', 99)",
+            "_raftlite_meta is internal",
+        ),
+        (
+            "UPDATE _raftlite_meta SET value = 0",
+            "_raftlite_meta is internal",
+        ),
+        (
+            "DELETE FROM _RAFTLITE_REQUESTS",
+            "_raftlite_requests is internal",
+        ),
+        (
+            "CREATE TRIGGER tr AFTER INSERT ON _raftlite_requests BEGIN SELECT 1; END",
+            "is internal",
+        ),
     ];
     for (sql, expected) in cases {
         let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
         match &result.outcomes[0] {
             WriteOutcome::Failed(DbError::PermissionDenied(m)) => {
-                ensure!(m.contains(expected), "{sql}: message {m:?} lacks {expected:?}")
+                ensure!(
+                    m.contains(expected),
+                    "{sql}: message {m:?} lacks {expected:?}"
+                )
             }
             other => anyhow::bail!("{sql}: expected PermissionDenied, got {other:?}"),
         }
         ensure!(result.delta.is_none());
     }
     // DEFENSIVE: no raw page writes
-    let result = c.executor.execute_batch(vec![req("", &["INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, zeroblob(4096))"])]).await?;
+    let result = c
+        .executor
+        .execute_batch(vec![req(
+            "",
+            &["INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, zeroblob(4096))"],
+        )])
+        .await?;
     ensure!(
         matches!(failed(&result.outcomes[0])?, DbError::PermissionDenied(m) if m == "writing sqlite_dbpage is not allowed"),
         "{:?}",
         result.outcomes
     );
 
-    let result = c.executor.execute_batch(vec![req("", &["INSRT INTO t VALUES(1)"])]).await?;
-    ensure!(matches!(failed(&result.outcomes[0])?, DbError::InvalidArgument(m) if m.contains("syntax error")));
-    let result = c.executor.execute_batch(vec![req("", &["INSERT INTO missing VALUES(1)"])]).await?;
-    ensure!(matches!(failed(&result.outcomes[0])?, DbError::InvalidArgument(m) if m == "no such table: missing"));
+    let result = c
+        .executor
+        .execute_batch(vec![req("", &["INSRT INTO t VALUES(1)"])])
+        .await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::InvalidArgument(m) if m.contains("syntax error"))
+    );
+    let result = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO missing VALUES(1)"])])
+        .await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::InvalidArgument(m) if m == "no such table: missing")
+    );
     let result = c
         .executor
         .execute_batch(vec![WriteRequest {
             request_id: String::new(),
-            statements: vec![Statement::with_params("INSERT INTO t(a) VALUES(?1)", vec![])],
+            statements: vec![Statement::with_params(
+                "INSERT INTO t(a) VALUES(?1)",
+                vec![],
+            )],
         }])
         .await?;
-    ensure!(matches!(failed(&result.outcomes[0])?, DbError::InvalidArgument(_)));
+    ensure!(matches!(
+        failed(&result.outcomes[0])?,
+        DbError::InvalidArgument(_)
+    ));
 
     // the executor's own bookkeeping still works after all those refusals
-    c.write(vec![req("after", &["INSERT INTO t(a) VALUES('ok')"])]).await?;
+    c.write(vec![req("after", &["INSERT INTO t(a) VALUES('ok')"])])
+        .await?;
     c.verify("after refusals")?;
     Ok(())
 }
@@ -575,8 +735,14 @@ async fn read_pool_refuses_writes() -> TestResult {
     let refused = [
         ("INSERT INTO t(a) VALUES('x')", READ_ONLY_MESSAGE),
         ("CREATE TABLE w(x)", READ_ONLY_MESSAGE),
-        ("VACUUM INTO '/tmp/raftlite-should-not-exist.db'", READ_ONLY_MESSAGE),
-        ("PRAGMA query_only=OFF", "PRAGMA query_only is not allowed in a query"),
+        (
+            "VACUUM INTO '/tmp/raftlite-should-not-exist.db'",
+            READ_ONLY_MESSAGE,
+        ),
+        (
+            "PRAGMA query_only=OFF",
+            "PRAGMA query_only is not allowed in a query",
+        ),
         ("BEGIN", "transaction control is not allowed"),
         ("ATTACH 'x.db' AS x", "ATTACH is not allowed"),
     ];
@@ -592,7 +758,10 @@ async fn read_pool_refuses_writes() -> TestResult {
     let chunks = collect(c.leader.reads().query(stmt("PRAGMA table_info(t)"), 0, 10)).await?;
     ensure!(chunks.iter().map(|ch| ch.rows.len()).sum::<usize>() == 3);
     match collect(c.leader.reads().query(stmt("SELECT * FROM nope"), 0, 10)).await {
-        Err(e) => ensure!(matches!(e.downcast_ref::<DbError>(), Some(DbError::InvalidArgument(_)))),
+        Err(e) => ensure!(matches!(
+            e.downcast_ref::<DbError>(),
+            Some(DbError::InvalidArgument(_))
+        )),
         Ok(_) => anyhow::bail!("query on a missing table succeeded"),
     }
     Ok(())
@@ -602,14 +771,22 @@ const READ_ONLY_MESSAGE: &str = "Query is read-only; send writes with Execute";
 
 #[tokio::test]
 async fn query_streams_in_bounded_chunks() -> TestResult {
-    let c = Cluster::with_options(DbOptions { read_threads: 1, ..DbOptions::default() })?;
-    c.write_one(&["CREATE TABLE n(id INTEGER PRIMARY KEY, label TEXT)"]).await?;
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&["CREATE TABLE n(id INTEGER PRIMARY KEY, label TEXT)"])
+        .await?;
     c.write_one(&["WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 100000)
          INSERT INTO n(label) SELECT 'row ' || value FROM s"])
         .await?;
 
     let reads = c.leader.reads();
-    let mut rx = reads.query(stmt("SELECT id, label, id * 2 AS twice FROM n ORDER BY id"), 0, 1000);
+    let mut rx = reads.query(
+        stmt("SELECT id, label, id * 2 AS twice FROM n ORDER BY id"),
+        0,
+        1000,
+    );
     let mut total = 0usize;
     let mut chunks = 0usize;
     let mut last_id = 0i64;
@@ -625,7 +802,9 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
         }
         ensure!(chunk.rows.len() <= 1000);
         for row in &chunk.rows {
-            let SqlValue::Integer(id) = row[0] else { anyhow::bail!("bad row {row:?}") };
+            let SqlValue::Integer(id) = row[0] else {
+                anyhow::bail!("bad row {row:?}")
+            };
             ensure!(id == last_id + 1);
             last_id = id;
         }
@@ -636,7 +815,10 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
             break;
         }
     }
-    ensure!(total == 100_000 && chunks >= 100, "{total} rows in {chunks} chunks");
+    ensure!(
+        total == 100_000 && chunks >= 100,
+        "{total} rows in {chunks} chunks"
+    );
 
     // max_rows cuts the result short and says so
     let chunks = collect(reads.query(stmt("SELECT id FROM n"), 2500, 1000)).await?;
@@ -673,24 +855,39 @@ async fn install_image_makes_fresh_follower_identical() -> TestResult {
     // a node with unrelated, larger data gets replaced entirely (including truncation)
     let fresh = Database::open(c.dir.path().join("fresh.db"), DbOptions::default())?;
     let other = fresh.open_executor()?;
-    let junk = other.execute_batch(vec![req("", &[CREATE_T, &insert_rows(9000, 9)])]).await?;
+    let junk = other
+        .execute_batch(vec![req("", &[CREATE_T, &insert_rows(9000, 9)])])
+        .await?;
     fresh.apply(Arc::new(junk.delta.context("junk")?)).await?;
     ensure!(page_count(fresh.path())? > info.pages);
 
     fresh.install_image(image).await?;
-    ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?, "image differs");
+    ensure!(
+        dump_pages(fresh.path())? == dump_pages(c.leader.path())?,
+        "image differs"
+    );
     ensure!(integrity(fresh.path())? == "ok");
     ensure!(fresh.version().await? == info.version);
 
     // and it keeps following the leader
-    let result = c.write(vec![req("", &["INSERT INTO t(a) VALUES('after image')"])]).await?;
-    ensure!(fresh.apply(Arc::new(result.delta.context("delta")?)).await? == ApplyOutcome::Applied);
+    let result = c
+        .write(vec![req("", &["INSERT INTO t(a) VALUES('after image')"])])
+        .await?;
+    ensure!(
+        fresh
+            .apply(Arc::new(result.delta.context("delta")?))
+            .await?
+            == ApplyOutcome::Applied
+    );
     ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?);
 
     // garbage is refused
     let garbage = c.dir.path().join("garbage");
     std::fs::write(&garbage, vec![7u8; 8192])?;
-    ensure!(matches!(fresh.install_image(garbage).await, Err(DbError::Corrupt(_))));
+    ensure!(matches!(
+        fresh.install_image(garbage).await,
+        Err(DbError::Corrupt(_))
+    ));
     ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?);
     Ok(())
 }
