@@ -215,7 +215,13 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateView {
             view_name: table_name,
         }
-        | AuthAction::CreateVtable { table_name, .. } => protect_table(table_name),
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempIndex { table_name, .. }
+        | AuthAction::CreateTempTrigger { table_name, .. }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        } => protect_table(table_name),
         _ => Ok(()),
     }
 }

@@ -651,6 +651,10 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
             "_raftlite_requests is internal",
         ),
         (
+            "CREATE TEMP TABLE _raftlite_requests(id)",
+            "_raftlite_requests is internal",
+        ),
+        (
             "CREATE TRIGGER tr AFTER INSERT ON _raftlite_requests BEGIN SELECT 1; END",
             "is internal",
         ),
