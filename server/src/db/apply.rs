@@ -95,6 +95,15 @@ impl Applier {
                 delta.base_version
             )));
         }
+        // Growing the file without carrying its new last page would leave page 1 claiming more
+        // pages than the file has ("malformed"); a delta from the executor always carries it.
+        if delta.db_pages > current_pages && delta.pages.last().map(|p| p.0) != Some(delta.db_pages)
+        {
+            return Err(DbError::Corrupt(format!(
+                "delta grows the database from {current_pages} to {} pages but lacks page {}",
+                delta.db_pages, delta.db_pages
+            )));
+        }
         {
             let mut insert = self.insert_page_statement()?;
             for (pgno, data) in delta.pages.iter().filter(|p| p.0 != 1) {

@@ -895,3 +895,41 @@ async fn install_image_makes_fresh_follower_identical() -> TestResult {
     ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?);
     Ok(())
 }
+
+#[tokio::test]
+async fn fresh_database_serves_reads_and_images() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = Database::open(dir.path().join("new.db"), DbOptions::default())?;
+    let chunks = collect(
+        db.reads()
+            .query(stmt("SELECT count(*) FROM sqlite_schema"), 0, 10),
+    )
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0)]]);
+    ensure!(db.version().await? == 0);
+    let info = db.build_image(dir.path().join("image.db")).await?;
+    ensure!(info.pages == 1 && info.version == 0 && info.page_size == PAGE_SIZE);
+    ensure!(dump_pages(db.path())?.len() == 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delta_without_its_new_last_page_is_refused() -> TestResult {
+    let c = Cluster::new()?;
+    let result = c
+        .executor
+        .execute_batch(vec![req("", &[CREATE_T, &insert_rows(500, 1)])])
+        .await?;
+    let mut delta = result.delta.context("delta")?;
+    let pages = dump_pages(c.follower.path())?;
+    delta.pages.pop();
+    match c.follower.apply(Arc::new(delta)).await {
+        Err(DbError::Corrupt(m)) => ensure!(m.contains("lacks page"), "{m}"),
+        other => anyhow::bail!("expected Corrupt, got {other:?}"),
+    }
+    ensure!(
+        dump_pages(c.follower.path())? == pages,
+        "a refused delta changed the database"
+    );
+    Ok(())
+}
