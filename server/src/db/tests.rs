@@ -933,3 +933,36 @@ async fn delta_without_its_new_last_page_is_refused() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn abandoned_capture_leaves_leader_unchanged() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
+    c.write_one(&[&insert_rows(2000, 1)]).await?;
+    let pages = snapshot::dump_raw_pages(c.leader.path())?;
+    // Raft never commits this one: it is captured and dropped.
+    let abandoned = c
+        .executor
+        .execute_batch(vec![req("lost", &[&insert_rows(20_000, 2)])])
+        .await?;
+    ensure!(abandoned.delta.context("delta")?.pages.len() > 500);
+    ensure!(
+        snapshot::dump_raw_pages(c.leader.path())? == pages,
+        "leader changed"
+    );
+    ensure!(c.leader.version().await? == c.follower.version().await?);
+    c.verify("after abandoned capture")?;
+
+    // The rolled-back frames are still in the -wal file; the next delta must not pick them up.
+    let small = c
+        .write(vec![req("lost", &["INSERT INTO t(a) VALUES('one row')"])])
+        .await?;
+    executed(&small.outcomes[0])?;
+    let small_pages = small.delta.context("delta")?.pages.len();
+    ensure!(
+        small_pages < 10,
+        "one-row delta carried {small_pages} pages"
+    );
+    c.verify("small write after abandoned capture")?;
+    Ok(())
+}
