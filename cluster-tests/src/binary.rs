@@ -25,7 +25,13 @@ pub fn raftlite_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
-        .map(|dir| if dir.is_relative() { workspace.join(dir) } else { dir })
+        .map(|dir| {
+            if dir.is_relative() {
+                workspace.join(dir)
+            } else {
+                dir
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     let path = target.join("debug").join("raftlite");
     assert!(

@@ -97,16 +97,57 @@ impl Checker {
         result
     }
 
+    /// Writes `count` keys `{prefix}-0 .. {prefix}-{count-1}` through `client`, a few at a
+    /// time, failing on the first error. Returns the highest log index acknowledged.
+    pub async fn write_many(
+        &self,
+        client: &Client,
+        prefix: &str,
+        count: usize,
+    ) -> anyhow::Result<u64> {
+        const LANES: usize = 4;
+        let mut lanes = tokio::task::JoinSet::new();
+        for lane in 0..LANES {
+            let (checker, client, prefix) = (self.clone(), client.clone(), prefix.to_string());
+            lanes.spawn(async move {
+                let mut highest = 0;
+                for i in (lane..count).step_by(LANES) {
+                    let key = format!("{prefix}-{i}");
+                    let written = checker
+                        .write(&client, &key, &format!("value of {key}"))
+                        .await
+                        .with_context(|| format!("write {key}"))?;
+                    highest = highest.max(written.log_index);
+                }
+                anyhow::Ok(highest)
+            });
+        }
+        let mut highest = 0;
+        while let Some(lane) = lanes.join_next().await {
+            highest = highest.max(lane.context("writer task")??);
+        }
+        Ok(highest)
+    }
+
     /// Records that a write of `key` is about to be sent. A key must be sent once only.
     pub fn record_sent(&self, key: &str, value: &str) {
-        let previous = self.ledger().sent.insert(key.to_string(), value.to_string());
-        assert!(previous.is_none(), "checker key {key:?} used twice by the scenario");
+        let previous = self
+            .ledger()
+            .sent
+            .insert(key.to_string(), value.to_string());
+        assert!(
+            previous.is_none(),
+            "checker key {key:?} used twice by the scenario"
+        );
     }
 
     /// Records that the cluster acknowledged the write of `key`.
     pub fn record_acked(&self, key: &str) {
         let mut ledger = self.ledger();
-        assert!(ledger.sent.contains_key(key), "acked key {key:?} was never sent");
+        assert!(
+            ledger.sent.contains_key(key),
+            "acked key {key:?} was never sent"
+        );
         ledger.acked.insert(key.to_string());
     }
 
@@ -187,7 +228,10 @@ impl Checker {
                     "node {id} disagrees with node {} on which unacknowledged writes applied, \
                      e.g. {:?}",
                     nodes[0],
-                    unacked.symmetric_difference(first).take(10).collect::<Vec<_>>()
+                    unacked
+                        .symmetric_difference(first)
+                        .take(10)
+                        .collect::<Vec<_>>()
                 )),
                 Some(_) => {}
             }
@@ -212,6 +256,8 @@ impl Checker {
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -275,7 +275,10 @@ impl Cluster {
         ensure!(
             named.iter().all(|l| *l == leader),
             "nodes disagree on the leader: {:?}",
-            statuses.iter().map(|(id, s)| (*id, s.leader)).collect::<Vec<_>>()
+            statuses
+                .iter()
+                .map(|(id, s)| (*id, s.leader))
+                .collect::<Vec<_>>()
         );
         let (_, own) = statuses
             .iter()
@@ -287,7 +290,10 @@ impl Cluster {
             .find(|n| n.id == leader)
             .map(|n| n.role.as_str())
             .unwrap_or("");
-        ensure!(role == "leader", "node {leader} is named leader but reports role {role:?}");
+        ensure!(
+            role == "leader",
+            "node {leader} is named leader but reports role {role:?}"
+        );
         Ok(leader)
     }
 
@@ -409,7 +415,10 @@ impl Drop for Cluster {
             eprintln!("{}", self.log_tails(40));
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
-                eprintln!("===== data directories and full logs kept in {} =====", kept.display());
+                eprintln!(
+                    "===== data directories and full logs kept in {} =====",
+                    kept.display()
+                );
             }
         }
         // The nodes' own Drop SIGKILLs and reaps every process by PID.

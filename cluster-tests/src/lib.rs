@@ -28,12 +28,28 @@ mod pages;
 mod wait;
 
 pub use binary::raftlite_binary;
-pub use checker::{Checker, CheckReport};
+pub use checker::{CheckReport, Checker};
 pub use cluster::{Cluster, ClusterOptions};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
 pub use wait::wait_until;
+
+/// Asserts that `result` is a gRPC status with `code` answered by a server (not a transport
+/// failure dressed as UNAVAILABLE) and returns its message.
+#[track_caller]
+pub fn expect_status<T: std::fmt::Debug>(
+    result: Result<T, client::Error>,
+    code: tonic::Code,
+    what: &str,
+) -> String {
+    match result {
+        Err(client::Error::Status {
+            code: got, message, ..
+        }) if got == code => message,
+        other => panic!("{what}: expected a {code:?} status from the server, got {other:?}"),
+    }
+}
 
 /// Sends `tracing` output (the scenarios' phase lines and the harness's own) to the test
 /// writer, so `--nocapture` shows it and a passing test stays quiet. `RUST_LOG` overrides the

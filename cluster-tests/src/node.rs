@@ -199,10 +199,14 @@ impl NodeProcess {
             }
         }
         let id = self.id;
-        let exited = wait_until(&format!("node {id} to exit after SIGTERM"), STOP_WITHIN, || {
-            let status = self.exit_status();
-            async move { status }
-        })
+        let exited = wait_until(
+            &format!("node {id} to exit after SIGTERM"),
+            STOP_WITHIN,
+            || {
+                let status = self.exit_status();
+                async move { status }
+            },
+        )
         .await;
         match exited {
             Ok(status) => {
@@ -236,7 +240,10 @@ impl NodeProcess {
     /// as a blank machine with the same id and address.
     pub fn wipe(&self) -> anyhow::Result<()> {
         if self.is_started() {
-            bail!("node {} must be stopped or killed before its data is wiped", self.id);
+            bail!(
+                "node {} must be stopped or killed before its data is wiped",
+                self.id
+            );
         }
         for entry in std::fs::read_dir(&self.data_dir)
             .with_context(|| format!("list {}", self.data_dir.display()))?
@@ -270,7 +277,9 @@ impl NodeProcess {
     }
 
     fn child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -13,11 +13,7 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// carries [`Fatal`] ends the wait at once (a node crashed: waiting longer cannot help). Every
 /// poll runs to completion: a check that can hang must bound itself (the harness's clients
 /// carry request timeouts).
-pub async fn wait_until<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
