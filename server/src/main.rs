@@ -3,9 +3,14 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raftlite::cli;
 
 #[derive(Parser)]
-#[command(name = "raftlite", version, about = "Highly available SQLite over Raft")]
+#[command(
+    name = "raftlite",
+    version,
+    about = "Highly available SQLite over Raft"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,11 +20,24 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(raftlite::config::ServeArgs),
+    /// Run SQL on a cluster: rows for a read, rows affected and log index for a write.
+    Sql(cli::sql::SqlArgs),
+    /// Show the cluster: leader, term, and every node's role and applied index.
+    Status(cli::status::StatusArgs),
+    /// Change the membership, move the leader, or take a snapshot.
+    Cluster(cli::cluster::ClusterArgs),
+    /// Start a local cluster on loopback with temporary data, until Ctrl-C.
+    Dev(cli::dev::DevArgs),
+    /// Start a local cluster and measure write/read latency and throughput.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -30,9 +48,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let config = raftlite::config::load(&args)?;
-                init_tracing(&config.log_level, config.log_format == raftlite::config::LogFormat::Json);
-                raftlite::serve::run(config).await.map(|_| ExitCode::SUCCESS)
+                init_tracing(
+                    &config.log_level,
+                    config.log_format == raftlite::config::LogFormat::Json,
+                );
+                raftlite::serve::run(config)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
             }
+            Command::Sql(args) => cli::sql::run(args).await,
+            Command::Status(args) => cli::status::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Dev(args) => cli::dev::run(args).await,
+            Command::Bench(args) => cli::bench::run(args).await,
         }
     });
     match result {
@@ -47,8 +75,11 @@ fn main() -> ExitCode {
 fn init_tracing(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     // openraft logs every vote and append at info; keep it at warn unless asked for.
-    let filter = EnvFilter::try_new(format!("openraft=warn,{level}")).unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(format!("openraft=warn,{level}"))
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

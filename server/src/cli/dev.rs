@@ -1,0 +1,96 @@
+//! `raftlite dev`: a local cluster in the foreground until Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::local_cluster::{LocalCluster, LocalClusterOptions};
+
+/// How long the nodes get to elect a leader.
+const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Run a local cluster of N nodes on 127.0.0.1 until Ctrl-C.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+    pub nodes: u64,
+    /// Node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7401)]
+    pub base_port: u16,
+    /// Keep data and logs here (default: a temporary directory, removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let options = LocalClusterOptions {
+        nodes: args.nodes,
+        base_port: Some(args.base_port),
+        data_dir: args.data_dir,
+    };
+    let mut cluster = LocalCluster::start(&options)?;
+    let leader = tokio::select! {
+        leader = cluster.wait_for_leader(ELECTION_DEADLINE) => leader,
+        _ = tokio::signal::ctrl_c() => {
+            cluster.stop().await?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let leader = match leader {
+        Ok(leader) => leader,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            cluster.stop().await?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print!("{}", banner(&cluster, leader));
+
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = check.tick() => {
+                if let Err(e) = cluster.check_running() {
+                    eprintln!("error: {e:#}");
+                    cluster.stop().await?;
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    eprintln!("stopping the nodes");
+    let temporary = cluster.is_temporary();
+    cluster.stop().await?;
+    if temporary {
+        eprintln!("removed the temporary data");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn banner(cluster: &LocalCluster, leader: u64) -> String {
+    let program = std::env::args().next().unwrap_or_else(|| "raftlite".into());
+    let mut out = format!(
+        "raftlite dev: {} nodes, data and logs in {}\n",
+        cluster.nodes().len(),
+        cluster.dir().display()
+    );
+    for node in cluster.nodes() {
+        let mark = if node.id == leader { "  (leader)" } else { "" };
+        out.push_str(&format!(
+            "  node {}  {}  log {}{mark}\n",
+            node.id,
+            node.addr,
+            node.log.display()
+        ));
+    }
+    out.push_str(&format!("leader: node {leader}\n"));
+    out.push_str(&format!(
+        "try:\n  {program} sql --addr {} \"CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v)\"\n  {program} status --addr {}\n",
+        cluster.addrs().join(","),
+        cluster.addrs()[0],
+    ));
+    out.push_str("Ctrl-C stops the cluster.\n");
+    out
+}

@@ -1,0 +1,320 @@
+//! A cluster of `raftlite serve` child processes on loopback, for `raftlite dev` and
+//! `raftlite bench`.
+//!
+//! Children run the current executable, each in its own process group (a Ctrl-C in the
+//! terminal reaches only the parent, which then stops them in order), with their output in
+//! `<dir>/node-<id>.log`. They are stopped by the PIDs started here: SIGTERM, then SIGKILL
+//! after a grace period; dropping a [`LocalCluster`] kills them outright.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use raftlite_client::{Client, ClientOptions};
+use tokio::process::{Child, Command};
+
+/// How long a stopped node may take to shut down before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a node's log shown when it fails.
+const LOG_TAIL_LINES: usize = 30;
+
+#[derive(Debug, Clone, Default)]
+pub struct LocalClusterOptions {
+    pub nodes: u64,
+    /// Node `i` listens on `base_port + i - 1`; `None` picks free ports.
+    pub base_port: Option<u16>,
+    /// Where data and logs go; `None`: a temporary directory removed on stop.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One child node.
+#[derive(Debug)]
+pub struct LocalNode {
+    pub id: u64,
+    pub addr: String,
+    pub log: PathBuf,
+    child: Child,
+    /// Asks only this node, once: for polling without the client's retries.
+    probe: Client,
+}
+
+#[derive(Debug)]
+pub struct LocalCluster {
+    nodes: Vec<LocalNode>,
+    dir: PathBuf,
+    /// Removes the data when dropped, if it is temporary.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl LocalCluster {
+    /// Starts the nodes (without waiting for them; see [`LocalCluster::wait_for_leader`]).
+    pub fn start(options: &LocalClusterOptions) -> anyhow::Result<LocalCluster> {
+        if options.nodes == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let (dir, temp) = match &options.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create data directory {}", dir.display()))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("raftlite-dev-")
+                    .tempdir()
+                    .context("create temporary directory")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let ports = match options.base_port {
+            Some(base) => consecutive_ports(base, options.nodes)?,
+            None => free_ports(options.nodes)?,
+        };
+        let peers: BTreeMap<u64, String> = (1..=options.nodes)
+            .zip(ports)
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .collect();
+        let exe = std::env::current_exe().context("find the raftlite executable")?;
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            dir,
+            temp: temp,
+        };
+        for (&id, addr) in &peers {
+            let node = spawn_node(&exe, &cluster.dir, id, addr, &peers)?;
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
+    }
+
+    pub fn nodes(&self) -> &[LocalNode] {
+        &self.nodes
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        self.temp.is_some()
+    }
+
+    /// Fails, with the end of its log, if a node has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            if let Some(status) = node
+                .child
+                .try_wait()
+                .with_context(|| format!("check node {}", node.id))?
+            {
+                bail!(
+                    "node {} exited early ({status}); end of {}:\n{}",
+                    node.id,
+                    node.log.display(),
+                    log_tail(&node.log)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the nodes until a majority names the same leader, and returns its id.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+            for node in &self.nodes {
+                if let Ok(status) = node.probe.status().await {
+                    if status.leader != 0 {
+                        *votes.entry(status.leader).or_default() += 1;
+                    }
+                }
+            }
+            let majority = self.nodes.len() / 2 + 1;
+            if let Some((&leader, _)) = votes.iter().find(|(_, &n)| n >= majority) {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- end of {}:\n{}", n.log.display(), log_tail(&n.log)))
+                    .collect();
+                bail!("no leader elected within {timeout:?}\n{}", tails.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node (SIGTERM, SIGKILL after a grace period) and removes temporary data.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            if let Some(pid) = node.child.id() {
+                terminate(pid);
+            }
+        }
+        for node in &mut self.nodes {
+            match tokio::time::timeout(STOP_GRACE, node.child.wait()).await {
+                Ok(result) => {
+                    result.with_context(|| format!("wait for node {}", node.id))?;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        node = node.id,
+                        "node did not stop within {STOP_GRACE:?}; killing it"
+                    );
+                    node.child
+                        .kill()
+                        .await
+                        .with_context(|| format!("kill node {}", node.id))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    id: u64,
+    addr: &str,
+    peers: &BTreeMap<u64, String>,
+) -> anyhow::Result<LocalNode> {
+    let data_dir = dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let log = dir.join(format!("node-{id}.log"));
+    let stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let stderr = stdout
+        .try_clone()
+        .with_context(|| format!("open {}", log.display()))?;
+    let peers_arg = peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let child = Command::new(exe)
+        .arg("serve")
+        .arg("--node-id")
+        .arg(id.to_string())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--listen")
+        .arg(addr)
+        .arg("--peers")
+        .arg(&peers_arg)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start node {id} ({})", exe.display()))?;
+    let probe_options = ClientOptions {
+        request_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        retry_deadline: Duration::ZERO,
+        ..ClientOptions::default()
+    };
+    let probe = Client::with_options([addr], probe_options)?;
+    Ok(LocalNode {
+        id,
+        addr: addr.to_string(),
+        log,
+        child,
+        probe,
+    })
+}
+
+/// Sends SIGTERM to a process this module started.
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a child we spawned and
+    // have not reaped yet, so it cannot name another process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+fn consecutive_ports(base: u16, nodes: u64) -> anyhow::Result<Vec<u16>> {
+    (0..nodes)
+        .map(|i| {
+            u16::try_from(u64::from(base) + i)
+                .ok()
+                .filter(|p| *p != 0)
+                .with_context(|| format!("port {base} + {i} is out of range"))
+        })
+        .collect()
+}
+
+/// Ports the OS reports free right now (all held at once, so they differ).
+fn free_ports(n: u64) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("find free ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// The last lines of a log file, or why it cannot be read.
+pub fn log_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        }
+        Err(e) => format!("(cannot read the log: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_consecutive_from_the_base() {
+        assert_eq!(
+            consecutive_ports(7401, 3).expect("in range"),
+            [7401, 7402, 7403]
+        );
+        assert!(consecutive_ports(65535, 2).is_err());
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(4).expect("ports");
+        let unique: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(unique.len(), 4);
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node-1.log");
+        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).expect("write");
+        let tail = log_tail(&path);
+        assert!(
+            tail.starts_with("line 71\n") && tail.ends_with("line 100"),
+            "{tail}"
+        );
+        assert!(log_tail(&dir.path().join("missing.log")).starts_with("(cannot read"));
+    }
+}

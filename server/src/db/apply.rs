@@ -1,0 +1,211 @@
+//! [`Applier`]: writes committed page deltas (and whole images) into the database.
+//!
+//! Every node — the leader included — applies every committed delta here, so all replicas go
+//! through the same code path and end up byte-identical. Pages are written through the
+//! writable `sqlite_dbpage` virtual table, in one transaction, so readers see either all of a
+//! delta or none of it, and the WAL/checkpoint machinery stays SQLite's.
+//!
+//! Rules (each found by breaking it in `spikes/pagedelta`):
+//! * **Dedicated connection.** `sqlite_dbpage` copies raw bytes beneath the btree layer, so
+//!   btree pages this connection decoded earlier go stale; nothing else may use it, and
+//!   `sqlite3_db_release_memory` drops its cache after every apply, error or not.
+//! * **Page 1 and the truncation last, in one statement.** Page 1 carries the schema cookie;
+//!   a statement started after it changed would reload the schema against the old page count.
+//!   A truncation (`INSERT (N+1, NULL)`) is cancelled by any later page write.
+//! * **Version check.** A delta applies only to a database at exactly its `base_version`;
+//!   a newer database means "already applied or stale" (skipped), an older one means a gap.
+//! * **`synchronous=FULL`**: the Raft layer may record a log entry as applied right after this
+//!   returns, so the write must survive power loss, not just a process crash.
+
+use super::delta::PageDelta;
+use super::error::{DbError, Result};
+use super::internal;
+use rusqlite::{ffi, params, Connection};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+/// What [`Applier::apply`] did with a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The pages were written; the database is now at `base_version + 1`.
+    Applied,
+    /// The database is already past the delta's base version: the delta was applied before
+    /// (replay after a crash) or captured on an older state. Nothing was written.
+    Skipped,
+}
+
+/// The connection that writes deltas and images. See the module docs.
+pub struct Applier {
+    conn: Connection,
+}
+
+/// SQLite file header magic (first 16 bytes of page 1).
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// Header bytes 18/19: file format write/read version, 2 = WAL.
+const FORMAT_VERSION_BYTES: std::ops::Range<usize> = 18..20;
+const WAL_FORMAT: u8 = 2;
+
+impl Applier {
+    /// Open the applier's connection on an existing WAL database.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Applier> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.execute_batch("PRAGMA synchronous=FULL")?;
+        Ok(Applier { conn })
+    }
+
+    /// Apply one delta atomically, subject to the version check.
+    pub fn apply(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
+        delta.validate()?;
+        let result = self.apply_in_transaction(delta);
+        self.end_write(result)
+    }
+
+    /// Overwrite the whole database with the image at `path`: a plain SQLite file with the
+    /// same page size (e.g. written by [`build_image`](super::snapshot::build_image)). No
+    /// version check — an image replaces whatever state this node had.
+    pub fn install_image(&self, path: &Path) -> Result<()> {
+        let result = self.install_in_transaction(path);
+        self.end_write(result.map(|()| ApplyOutcome::Applied))
+            .map(|_| ())
+    }
+
+    /// The database's version counter (0 before the first write).
+    pub fn version(&self) -> Result<u64> {
+        internal::read_version(&self.conn)
+    }
+
+    fn apply_in_transaction(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let current_pages = self.check_page_size(delta.page_size)?;
+        let db_version = internal::read_version(&self.conn)?;
+        if db_version > delta.base_version {
+            self.conn.execute_batch("ROLLBACK")?;
+            return Ok(ApplyOutcome::Skipped);
+        }
+        if db_version < delta.base_version {
+            return Err(DbError::Corrupt(format!(
+                "delta based on version {} but database is at {db_version}",
+                delta.base_version
+            )));
+        }
+        {
+            let mut insert = self.insert_page_statement()?;
+            for (pgno, data) in delta.pages.iter().filter(|p| p.0 != 1) {
+                insert.execute(params![pgno, data])?;
+            }
+        }
+        let page1 = delta
+            .pages
+            .first()
+            .filter(|p| p.0 == 1)
+            .map(|p| p.1.as_slice());
+        self.write_page1_and_size(page1, delta.db_pages, current_pages)?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(ApplyOutcome::Applied)
+    }
+
+    fn install_in_transaction(&self, path: &Path) -> Result<()> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut header = [0u8; 100];
+        file.read_exact(&mut header)
+            .map_err(|e| DbError::Corrupt(format!("image too short: {e}")))?;
+        if &header[..16] != SQLITE_MAGIC {
+            return Err(DbError::Corrupt("image is not an SQLite database".into()));
+        }
+        let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+            1 => 65536u32,
+            n => u32::from(n),
+        };
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(DbError::Corrupt(format!(
+                "image has invalid page size {page_size}"
+            )));
+        }
+        if len == 0 || len % u64::from(page_size) != 0 {
+            return Err(DbError::Corrupt(format!(
+                "image size {len} is not a multiple of its page size {page_size}"
+            )));
+        }
+        let image_pages = u32::try_from(len / u64::from(page_size))
+            .map_err(|_| DbError::TooLarge(format!("image of {len} bytes")))?;
+
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let current_pages = self.check_page_size(page_size)?;
+        // Stream the image page by page: it can be much larger than memory.
+        let mut file = std::fs::File::open(path)?;
+        let mut page1 = vec![0u8; page_size as usize];
+        file.read_exact(&mut page1)?;
+        page1[FORMAT_VERSION_BYTES].fill(WAL_FORMAT);
+        {
+            let mut insert = self.insert_page_statement()?;
+            let mut page = vec![0u8; page_size as usize];
+            for pgno in 2..=image_pages {
+                file.read_exact(&mut page)?;
+                insert.execute(params![pgno, page])?;
+            }
+        }
+        self.write_page1_and_size(Some(&page1), image_pages, current_pages)?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Current size in pages; errors if the database has pages of a different size.
+    fn check_page_size(&self, page_size: u32) -> Result<u32> {
+        let current: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages: u32 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages > 0 && current != page_size {
+            return Err(DbError::Corrupt(format!(
+                "page size mismatch: delta has {page_size}, database has {current}"
+            )));
+        }
+        Ok(pages)
+    }
+
+    fn insert_page_statement(&self) -> Result<rusqlite::CachedStatement<'_>> {
+        Ok(self
+            .conn
+            .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, ?2)")?)
+    }
+
+    /// Page 1 and the truncation, last and in ONE statement (see the module docs).
+    fn write_page1_and_size(
+        &self,
+        page1: Option<&[u8]>,
+        db_pages: u32,
+        current: u32,
+    ) -> Result<()> {
+        let truncate = db_pages < current;
+        match (page1, truncate) {
+            (Some(p1), true) => self.conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1), (?2, NULL)",
+                params![p1, db_pages + 1],
+            )?,
+            (Some(p1), false) => self.conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1)",
+                params![p1],
+            )?,
+            (None, true) => self.conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, NULL)",
+                params![db_pages + 1],
+            )?,
+            (None, false) => 0,
+        };
+        Ok(())
+    }
+
+    /// Roll back whatever is still open and drop the connection's (possibly stale) page cache.
+    fn end_write(&self, result: Result<ApplyOutcome>) -> Result<ApplyOutcome> {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback of a failed apply failed");
+            }
+        }
+        // SAFETY: the handle belongs to `self.conn`, which is open and used only on this
+        // thread; sqlite3_db_release_memory only frees unused cache memory of that connection.
+        unsafe { ffi::sqlite3_db_release_memory(self.conn.handle()) };
+        result
+    }
+}

@@ -1,0 +1,278 @@
+//! Capture the pages an open write transaction changed, without committing it.
+//!
+//! This is the leader half of the page-delta write path (proven in `spikes/pagedelta`):
+//!
+//! 1. [`start`] runs right after `BEGIN IMMEDIATE` and remembers page 1.
+//! 2. The caller runs its statements.
+//! 3. [`finish`] flushes every dirty page into the WAL as uncommitted frames
+//!    (`sqlite3_db_cacheflush`), takes their page numbers from the wal-index, adds page 1 if
+//!    it changed, and reads the current contents through `sqlite_dbpage`. The caller then
+//!    rolls back: the database never holds data Raft has not committed.
+//!
+//! Why the wal-index (`-shm`) and not the `-wal` file: SQLite writes one `aPgno[]` entry per
+//! appended frame and zeroes the entries past `mxFrame` on ROLLBACK, so entries
+//! `mxFrame+1 ..` up to the first zero are exactly this transaction's frames. Scanning the WAL
+//! file instead breaks on spilled frames (rewritten with zero salts until COMMIT) and picks up
+//! stale frames of rolled-back transactions. The mapping is reached through SQLite's own file
+//! handle (`SQLITE_FCNTL_FILE_POINTER` → `xShmMap`): opening the files ourselves would drop
+//! SQLite's POSIX locks when our descriptor closes.
+//!
+//! Why page 1 separately: the btree keeps page 1 referenced for the whole transaction, and
+//! `sqlite3_db_cacheflush` skips referenced pages, so page 1 never reaches the WAL here.
+//!
+//! Page *contents* always come from `sqlite_dbpage`, which reads through the pager and
+//! therefore sees the transaction's uncommitted state; page numbers beyond the transaction's
+//! final size (`PRAGMA page_count`) are dropped. Over-reporting a page number is harmless (its
+//! current image is shipped); missing one would not be, and cannot happen because every dirty
+//! page other than page 1 is in the WAL after the flush.
+
+use super::delta::PageDelta;
+use super::error::{DbError, Result};
+use rusqlite::{ffi, Connection, OptionalExtension};
+use std::collections::BTreeSet;
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+/// Size of one wal-index region (`WALINDEX_PGSZ`): 4096 `u32` page numbers + 8192 `u16` slots.
+const SHM_REGION_BYTES: c_int = 32768;
+/// Frames indexed per region (`HASHTABLE_NPAGE`).
+const FRAMES_PER_REGION: u32 = 4096;
+/// The wal-index header (two `WalIndexHdr` copies + `WalCkptInfo`) takes 136 bytes of region 0.
+const SHM_HEADER_WORDS: u32 = 136 / 4;
+/// Frames indexed by region 0 (`HASHTABLE_NPAGE_ONE`).
+const FRAMES_IN_REGION0: u32 = FRAMES_PER_REGION - SHM_HEADER_WORDS;
+/// Byte offset of `mxFrame` (last committed frame) in the first `WalIndexHdr` copy.
+const MX_FRAME_OFFSET: usize = 16;
+/// WAL file header and per-frame header sizes.
+const WAL_HEADER_BYTES: i64 = 32;
+const WAL_FRAME_HEADER_BYTES: i64 = 24;
+
+/// State remembered when a captured transaction starts.
+pub(crate) struct CaptureStart {
+    page1: Option<Vec<u8>>,
+}
+
+/// Call inside a freshly begun write transaction, before any statement changes the database.
+pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Internal(format!(
+            "page capture needs journal_mode=WAL, database is in {mode}"
+        )));
+    }
+    Ok(CaptureStart {
+        page1: read_page(conn, 1)?,
+    })
+}
+
+/// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
+/// cursors). The transaction stays open; the caller rolls it back.
+pub(crate) fn finish(
+    conn: &Connection,
+    start: CaptureStart,
+    base_version: u64,
+) -> Result<PageDelta> {
+    // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
+    // function only flushes that connection's page cache.
+    let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
+    check(rc, "sqlite3_db_cacheflush")?;
+
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let db_pages: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let mut pgnos = uncommitted_pgnos(conn, page_size)?;
+
+    let mut read = conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+    let page1: Option<Vec<u8>> = read.query_row([1u32], |r| r.get(0)).optional()?;
+    if page1 != start.page1 {
+        pgnos.insert(1);
+    }
+    let mut pages = Vec::with_capacity(pgnos.len());
+    for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
+        let data: Vec<u8> = read
+            .query_row([pgno], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
+        pages.push((pgno, data));
+    }
+    let delta = PageDelta {
+        page_size,
+        db_pages,
+        base_version,
+        pages,
+    };
+    delta.validate()?;
+    Ok(delta)
+}
+
+/// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
+pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT data FROM sqlite_dbpage WHERE pgno = ?1",
+            [pgno],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn check(rc: c_int, what: &str) -> Result<()> {
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        // SAFETY: sqlite3_errstr returns a pointer to a static, NUL-terminated string for any
+        // result code.
+        let msg = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errstr(rc)) };
+        Err(DbError::Internal(format!(
+            "{what} failed: {} ({rc})",
+            msg.to_string_lossy()
+        )))
+    }
+}
+
+/// SQLite's own `sqlite3_file` for the main database (`SQLITE_FCNTL_FILE_POINTER`) or its WAL
+/// (`SQLITE_FCNTL_JOURNAL_POINTER`).
+fn file_pointer(conn: &Connection, op: c_int) -> Result<*mut ffi::sqlite3_file> {
+    let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
+    // SAFETY: both opcodes write one `sqlite3_file*` into the pointed-to location; `file` lives
+    // for the duration of the call and the schema name is a static C string.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            op,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast::<c_void>(),
+        )
+    };
+    check(rc, "sqlite3_file_control")?;
+    // SAFETY: a non-null `file` returned by SQLite points to an open sqlite3_file whose
+    // `pMethods` is either null (closed) or a valid method table.
+    if file.is_null() || unsafe { (*file).pMethods.is_null() } {
+        return Err(DbError::Internal("database file handle is not open".into()));
+    }
+    Ok(file)
+}
+
+/// Map wal-index region `region` of the main database (without extending the `-shm` file).
+/// Returns `None` if the region does not exist yet.
+fn shm_region(file: *mut ffi::sqlite3_file, region: u32) -> Result<Option<*const u32>> {
+    // SAFETY: `file` comes from `file_pointer` (valid, open, non-null method table).
+    let map = unsafe { (*(*file).pMethods).xShmMap }
+        .ok_or_else(|| DbError::Internal("VFS has no xShmMap".into()))?;
+    let index = c_int::try_from(region)
+        .map_err(|_| DbError::Internal(format!("wal-index region {region} out of range")))?;
+    let mut mapped: *mut c_void = ptr::null_mut();
+    // SAFETY: xShmMap with bExtend=0 maps an existing region (or reports none) of the file's
+    // shared-memory index; the mapping stays valid while the connection keeps the database
+    // open, which outlives this capture. `mapped` is a valid out-pointer.
+    let rc = unsafe { map(file, index, SHM_REGION_BYTES, 0, &mut mapped) };
+    check(rc, "xShmMap")?;
+    Ok((!mapped.is_null()).then_some(mapped as *const u32))
+}
+
+/// Upper bound for frame numbers: frames the `-wal` file can hold at its current size.
+fn wal_frame_capacity(conn: &Connection, page_size: u32) -> Result<u32> {
+    let wal = file_pointer(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER)?;
+    // SAFETY: `wal` is SQLite's open WAL handle (checked non-null with a method table).
+    let size_fn = unsafe { (*(*wal).pMethods).xFileSize }
+        .ok_or_else(|| DbError::Internal("VFS has no xFileSize".into()))?;
+    let mut size: ffi::sqlite3_int64 = 0;
+    // SAFETY: xFileSize writes the file size into `size`, a valid out-pointer.
+    check(unsafe { size_fn(wal, &mut size) }, "xFileSize(wal)")?;
+    let frames = (size - WAL_HEADER_BYTES).max(0) / (WAL_FRAME_HEADER_BYTES + page_size as i64);
+    Ok(u32::try_from(frames).unwrap_or(u32::MAX))
+}
+
+/// Page numbers of the WAL frames appended by the open write transaction, read from the
+/// wal-index hash tables (see the module docs and SQLite's walformat documentation).
+fn uncommitted_pgnos(conn: &Connection, page_size: u32) -> Result<BTreeSet<u32>> {
+    let file = file_pointer(conn, ffi::SQLITE_FCNTL_FILE_POINTER)?;
+    let region0 = shm_region(file, 0)?
+        .ok_or_else(|| DbError::Internal("wal-index is not mapped (not in WAL mode?)".into()))?;
+    // SAFETY: region 0 is SHM_REGION_BYTES long and 4-byte aligned (mmap'd); mxFrame is the
+    // u32 at byte 16 of the first header copy. This connection holds the WAL write lock, so no
+    // other connection moves mxFrame while we read; read_volatile because the memory is shared.
+    let mx_frame = unsafe { ptr::read_volatile(region0.add(MX_FRAME_OFFSET / 4)) };
+    let last_possible = wal_frame_capacity(conn, page_size)?;
+
+    let mut pgnos = BTreeSet::new();
+    let mut current: Option<(u32, *const u32)> = None;
+    let mut frame = mx_frame.saturating_add(1); // 1-based frame number
+    while frame <= last_possible {
+        let region = (frame + FRAMES_PER_REGION - FRAMES_IN_REGION0 - 1) / FRAMES_PER_REGION;
+        let base = match current {
+            Some((r, base)) if r == region => base,
+            _ => match shm_region(file, region)? {
+                Some(base) => {
+                    current = Some((region, base));
+                    base
+                }
+                None => break,
+            },
+        };
+        let slot = if region == 0 {
+            SHM_HEADER_WORDS + frame - 1
+        } else {
+            (frame - 1 - FRAMES_IN_REGION0) % FRAMES_PER_REGION
+        };
+        // SAFETY: `slot` < 4096 (region 0: 34 + frame - 1 <= 34 + 4061; other regions: modulo
+        // 4096), so the read stays inside the mapped SHM_REGION_BYTES region.
+        let pgno = unsafe { ptr::read_volatile(base.add(slot as usize)) };
+        if pgno == 0 {
+            break;
+        }
+        pgnos.insert(pgno);
+        frame += 1;
+    }
+    Ok(pgnos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(path: &std::path::Path) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL;")?;
+        Ok(conn)
+    }
+
+    /// Capture of a transaction larger than the page cache: it must contain every page that a
+    /// plain commit of the same statements changes.
+    #[test]
+    fn captures_spilled_transaction_and_leaves_db_unchanged() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let conn = open(&dir.path().join("a.db"))?;
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT); CREATE INDEX t_a ON t(a);",
+        )?;
+        conn.execute_batch("PRAGMA cache_size=10")?;
+        let before: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let start = start(&conn)?;
+        conn.execute_batch(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000)
+             INSERT INTO t(a) SELECT hex(x * 2654435761 % 4294967296) FROM c",
+        )?;
+        let delta = finish(&conn, start, 5)?;
+        conn.execute_batch("ROLLBACK")?;
+
+        assert_eq!(delta.base_version, 5);
+        assert!(
+            delta.db_pages > before,
+            "{} pages after, {before} before",
+            delta.db_pages
+        );
+        // every page beyond the old end is new and must be in the delta, plus page 1
+        let pgnos: BTreeSet<u32> = delta.pages.iter().map(|p| p.0).collect();
+        assert!(pgnos.contains(&1));
+        for p in before + 1..=delta.db_pages {
+            assert!(pgnos.contains(&p), "new page {p} missing");
+        }
+        let after: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        assert_eq!(after, before, "capture must not commit");
+        let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+        assert_eq!(rows, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Cluster-style tests: leader and follower compared byte for byte.

@@ -1,0 +1,211 @@
+//! SQL values, statements and write requests as the SQLite layer sees them.
+//!
+//! These are plain domain types: the gRPC layer converts its prost messages into them at the
+//! edge (validating as it goes), and the Raft layer stores [`StatementOutcome`]s. Binding is
+//! strict — a wrong parameter count or an unknown name is the client's mistake and is reported
+//! as [`DbError::InvalidArgument`] instead of silently binding NULL.
+
+use super::error::{DbError, Result};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use serde::{Deserialize, Serialize};
+
+/// One SQLite value (the five storage classes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(i) => ValueRef::Integer(*i),
+            SqlValue::Real(f) => ValueRef::Real(*f),
+            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl From<ValueRef<'_>> for SqlValue {
+    fn from(v: ValueRef<'_>) -> Self {
+        match v {
+            ValueRef::Null => SqlValue::Null,
+            ValueRef::Integer(i) => SqlValue::Integer(i),
+            ValueRef::Real(f) => SqlValue::Real(f),
+            // SQLite TEXT is UTF-8 unless a client stored invalid bytes through a cast; keep
+            // the data rather than failing the whole query.
+            ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+        }
+    }
+}
+
+/// Parameters of one statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Params {
+    /// `?`, `?NNN` (and named parameters, by position).
+    Positional(Vec<SqlValue>),
+    /// `:name`, `@name`, `$name`; keys include the prefix, e.g. `":id"`.
+    Named(Vec<(String, SqlValue)>),
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params::Positional(Vec::new())
+    }
+}
+
+/// One SQL statement with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Params,
+}
+
+impl Statement {
+    /// A statement without parameters.
+    pub fn new(sql: impl Into<String>) -> Self {
+        Statement {
+            sql: sql.into(),
+            params: Params::default(),
+        }
+    }
+
+    /// A statement with positional parameters.
+    pub fn with_params(sql: impl Into<String>, params: Vec<SqlValue>) -> Self {
+        Statement {
+            sql: sql.into(),
+            params: Params::Positional(params),
+        }
+    }
+}
+
+/// A client write: its statements run atomically, in order. `request_id` deduplicates
+/// retries; an empty id disables deduplication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub request_id: String,
+    pub statements: Vec<Statement>,
+}
+
+/// Result of one executed write statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementOutcome {
+    pub rows_affected: u64,
+    pub last_insert_rowid: i64,
+}
+
+/// Bind `params` to a freshly prepared (or reset) statement.
+pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Result<()> {
+    let expected = stmt.parameter_count();
+    match params {
+        Params::Positional(values) => {
+            if values.len() != expected {
+                return Err(DbError::InvalidArgument(format!(
+                    "wrong number of parameters: {} given, statement has {expected}",
+                    values.len()
+                )));
+            }
+            for (i, v) in values.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, v)?;
+            }
+        }
+        Params::Named(pairs) => {
+            if pairs.len() != expected {
+                return Err(DbError::InvalidArgument(format!(
+                    "wrong number of parameters: {} given, statement has {expected}",
+                    pairs.len()
+                )));
+            }
+            let mut bound = vec![false; expected];
+            for (name, v) in pairs {
+                let idx = stmt
+                    .parameter_index(name)?
+                    .ok_or_else(|| DbError::InvalidArgument(format!("unknown parameter {name}")))?;
+                if std::mem::replace(&mut bound[idx - 1], true) {
+                    return Err(DbError::InvalidArgument(format!(
+                        "parameter {name} given twice"
+                    )));
+                }
+                stmt.raw_bind_parameter(idx, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    fn run(conn: &Connection, sql: &str, params: Params) -> Result<Vec<SqlValue>> {
+        let mut stmt = conn.prepare(sql)?;
+        bind(&mut stmt, &params)?;
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(SqlValue::from(row.get_ref(0)?));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn binds_positional_and_named() -> Result<()> {
+        let conn = Connection::open_in_memory()?;
+        let got = run(
+            &conn,
+            "SELECT ?1 || ?2",
+            Params::Positional(vec![SqlValue::Text("a".into()), SqlValue::Integer(1)]),
+        )?;
+        assert_eq!(got, vec![SqlValue::Text("a1".into())]);
+        let got = run(
+            &conn,
+            "SELECT :x + @y",
+            Params::Named(vec![
+                ("@y".into(), SqlValue::Integer(2)),
+                (":x".into(), SqlValue::Integer(40)),
+            ]),
+        )?;
+        assert_eq!(got, vec![SqlValue::Integer(42)]);
+        let got = run(
+            &conn,
+            "SELECT ?",
+            Params::Positional(vec![SqlValue::Blob(vec![1, 2])]),
+        )?;
+        assert_eq!(got, vec![SqlValue::Blob(vec![1, 2])]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_parameters() -> Result<()> {
+        let conn = Connection::open_in_memory()?;
+        let wrong_count = run(
+            &conn,
+            "SELECT ?1, ?2",
+            Params::Positional(vec![SqlValue::Null]),
+        );
+        assert!(matches!(wrong_count, Err(DbError::InvalidArgument(m)) if m.contains("1 given")));
+        let unknown = run(
+            &conn,
+            "SELECT :x",
+            Params::Named(vec![(":y".into(), SqlValue::Null)]),
+        );
+        assert!(matches!(unknown, Err(DbError::InvalidArgument(m)) if m.contains(":y")));
+        let twice = run(
+            &conn,
+            "SELECT :x, :z",
+            Params::Named(vec![
+                (":x".into(), SqlValue::Null),
+                (":x".into(), SqlValue::Null),
+            ]),
+        );
+        assert!(matches!(twice, Err(DbError::InvalidArgument(_))));
+        Ok(())
+    }
+}
