@@ -157,6 +157,8 @@ impl NodeProcess {
             .stderr(log);
         // The harness decides every setting through arguments; a RAFTLITE_* variable of the
         // developer's shell must not change a node behind the test's back.
+        // Plain log files: no colour escapes.
+        command.env("NO_COLOR", "1");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("RAFTLITE_") {
                 command.env_remove(key);
