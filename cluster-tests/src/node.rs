@@ -270,6 +270,13 @@ impl NodeProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// What the node logged since it was last started (the harness marks every start).
+    pub fn log_since_start(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let start = text.rfind("===== cluster-tests: start #").unwrap_or(0);
+        text[start..].to_string()
+    }
+
     /// Appends a harness note to the node's log so that its timeline shows what the test did.
     fn note(&self, what: &str) {
         tracing::debug!(node = self.id, "{what}");
