@@ -413,6 +413,11 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("\n===== cluster-tests: the test failed; node logs follow =====");
             eprintln!("{}", self.log_tails(40));
+            for node in self.nodes.values() {
+                for panic in node.panics() {
+                    eprintln!("!!!!! node {} panicked: {panic}", node.id());
+                }
+            }
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
                 eprintln!(

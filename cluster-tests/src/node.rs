@@ -270,6 +270,19 @@ impl NodeProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Panic messages in the node's log (a line with "panicked at" and the message after it),
+    /// across all its starts: the first thing to look at when a scenario fails.
+    pub fn panics(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("panicked at"))
+            .map(|(i, line)| format!("{line} {}", lines.get(i + 1).unwrap_or(&"")))
+            .collect()
+    }
+
     /// What the node logged since it was last started (the harness marks every start).
     pub fn log_since_start(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();

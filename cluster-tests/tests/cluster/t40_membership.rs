@@ -82,26 +82,19 @@ async fn learner_gets_data_but_no_vote() {
     for id in &followers {
         cluster.node(*id).kill().expect("kill a voter");
     }
-    let survivors = cluster.client_with([leader, learner], Duration::from_secs(3));
-    for (i, via) in [
-        (0, cluster.client_for(leader)),
-        (1, cluster.client_for(learner)),
-    ] {
-        let key = format!("no-quorum-{i}");
-        // Sent but never acknowledged: the audit allows it at most once (it may commit once
-        // the voters are back, as Raft permits for an entry the old leader appended).
-        let result = checker.write(&via, &key, "no quorum").await;
-        expect_status(
-            result,
-            Code::Unavailable,
-            "a write with one voter of three up (a learner does not make a quorum)",
-        );
+    // Each survivor must refuse the write with UNAVAILABLE within the client's 5 s request
+    // timeout. The outcomes are checked after the rest of the scenario, so that one failure
+    // here still shows whether the cluster recovers.
+    let mut no_quorum_outcomes = Vec::new();
+    for via in [leader, learner] {
+        let key = format!("no-quorum-via-{via}");
+        // Sent but never acknowledged: the audit allows it at most once (an entry the leader
+        // appended may still commit once the voters are back, as Raft permits).
+        let result = checker
+            .write(&cluster.client_for(via), &key, "no quorum")
+            .await;
+        no_quorum_outcomes.push((via, result));
     }
-    expect_status(
-        checker.write(&survivors, "no-quorum-2", "no quorum").await,
-        Code::Unavailable,
-        "a write through a client knowing both survivors",
-    );
     let learner_view = cluster
         .status_of(learner)
         .await
@@ -138,6 +131,19 @@ async fn learner_gets_data_but_no_vote() {
         .await
         .expect("every node has every acknowledged row");
     assert_eq!((report.nodes.len(), report.acked), (4, 90));
+    assert!(report.unacked_applied <= 2);
     cluster.assert_identical_pages().await;
+
+    info!("phase 7: the writes sent without a quorum were refused with UNAVAILABLE");
+    for (via, result) in no_quorum_outcomes {
+        expect_status(
+            result,
+            Code::Unavailable,
+            &format!(
+                "a write through node {via} while one voter of three was up (the learner does \
+                 not make a quorum)"
+            ),
+        );
+    }
     info!(?report, "t40 done");
 }
