@@ -272,17 +272,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let received = self
-            .receiving
-            .take()
-            .ok_or_else(|| snap_err(Some(meta), "no snapshot was being received"))?;
-        snapshot
-            .sync_all()
-            .await
-            .map_err(|e| snap_err(Some(meta), e))?;
-        drop(snapshot);
+        // Copy from the handle we were given (not from the path we handed out): openraft
+        // only promises that this handle holds the snapshot.
         let image = Self::image_path(&self.snapshot_dir, meta);
-        std::fs::rename(&received, &image).map_err(|e| snap_err(Some(meta), e))?;
+        let mut source = snapshot;
+        let copied = async {
+            use tokio::io::AsyncSeekExt;
+            source.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut dest = tokio::fs::File::create(&image).await?;
+            tokio::io::copy(&mut source, &mut dest).await?;
+            dest.sync_all().await
+        }
+        .await;
+        drop(source);
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        copied.map_err(|e| snap_err(Some(meta), format!("store received snapshot: {e}")))?;
         self.db
             .install_image(image.clone())
             .await
