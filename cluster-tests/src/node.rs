@@ -109,9 +109,20 @@ impl NodeProcess {
         self.child().is_some()
     }
 
-    /// Fails when the node was started and has since exited although nobody stopped it: a
-    /// crash, which a scenario must not mistake for slowness.
+    /// Fails when the node was started and has since exited although nobody stopped it, or
+    /// logged a panic since its start (a panicked Raft core leaves the process up but dead
+    /// inside): a crash, which a scenario must not mistake for slowness.
     pub fn ensure_alive(&self) -> anyhow::Result<()> {
+        let log = self.log_since_start();
+        if let Some(at) = log.find("panicked at") {
+            let line_start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+            let excerpt: String = log[line_start..]
+                .lines()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Err(Fatal(format!("node {} panicked: {excerpt}", self.id)).into());
+        }
         if let Some(status) = self.exit_status()? {
             return Err(Fatal(format!(
                 "node {} exited unexpectedly ({status}); last log lines:\n{}",
