@@ -31,9 +31,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn exit_when_raft_stops(node: Node) {
     let mut metrics = node.raft().metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
-            tracing::error!(error = %fatal, "raft stopped on a fatal error; exiting so the node is restarted");
-            std::process::exit(70);
+        match &metrics.borrow().running_state {
+            Ok(()) => {}
+            // A normal shutdown (SIGTERM): `run` finishes on its own.
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => {
+                tracing::error!(error = %fatal, "raft stopped on a fatal error; exiting so the node is restarted");
+                std::process::exit(70);
+            }
         }
         if metrics.changed().await.is_err() {
             return;

@@ -260,7 +260,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let path = self
             .snapshot_dir
             .join(format!("receiving-{}.db", uuid::Uuid::new_v4().simple()));
-        let file = tokio::fs::File::create(&path)
+        // Read-write: `install_snapshot` reads the received data back from this handle.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
             .await
             .map_err(|e| snap_err(None, e))?;
         self.receiving = Some(path);
