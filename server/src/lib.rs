@@ -7,6 +7,7 @@
 //! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
 //! `grpc` (tonic services), `cluster` (bootstrap, identity, re-sync), `config`, `cli`.
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod db;

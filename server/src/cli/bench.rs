@@ -107,7 +107,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let options = LocalClusterOptions { nodes: args.nodes, base_port: None, data_dir: None };
+    let options = LocalClusterOptions {
+        nodes: args.nodes,
+        base_port: None,
+        data_dir: None,
+    };
     let mut cluster = LocalCluster::start(&options)?;
     let outcome = tokio::select! {
         outcome = bench(&mut cluster, Duration::from_secs(args.seconds)) => outcome,
@@ -123,28 +127,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     if args.json {
         let phases: Vec<_> = reports.iter().map(PhaseReport::to_json).collect();
-        println!("{}", json!({ "nodes": args.nodes, "seconds_per_phase": args.seconds, "phases": phases }));
+        println!(
+            "{}",
+            json!({ "nodes": args.nodes, "seconds_per_phase": args.seconds, "phases": phases })
+        );
     } else {
         print!("{}", report_table(&reports));
     }
     let failed: Vec<&PhaseReport> = reports.iter().filter(|r| r.errors > 0).collect();
     for r in &failed {
-        eprintln!("error: phase {:?} saw {} errors, first: {}", r.name, r.errors, r.first_error.as_deref().unwrap_or("?"));
+        eprintln!(
+            "error: phase {:?} saw {} errors, first: {}",
+            r.name,
+            r.errors,
+            r.first_error.as_deref().unwrap_or("?")
+        );
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn bench(cluster: &mut LocalCluster, phase: Duration) -> anyhow::Result<Vec<PhaseReport>> {
     let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await?;
     let addrs = cluster.addrs();
-    let leader_addr = cluster.nodes().iter().find(|n| n.id == leader).map_or_else(|| addrs[0].clone(), |n| n.addr.clone());
-    eprintln!("bench: {} nodes, leader node {leader} at {leader_addr}, {} s per phase", addrs.len(), phase.as_secs());
+    let leader_addr = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.id == leader)
+        .map_or_else(|| addrs[0].clone(), |n| n.addr.clone());
+    eprintln!(
+        "bench: {} nodes, leader node {leader} at {leader_addr}, {} s per phase",
+        addrs.len(),
+        phase.as_secs()
+    );
 
     // Writers: the leader first, then the others. Readers: all nodes, rotated per client.
     let mut writer_addrs = vec![leader_addr.clone()];
     writer_addrs.extend(addrs.iter().filter(|a| **a != leader_addr).cloned());
     let writers = |n: usize| -> anyhow::Result<Vec<Client>> {
-        (0..n).map(|_| Client::connect(writer_addrs.iter().map(String::as_str)).map_err(Into::into)).collect()
+        (0..n)
+            .map(|_| Client::connect(writer_addrs.iter().map(String::as_str)).map_err(Into::into))
+            .collect()
     };
     let readers = |n: usize| -> anyhow::Result<Vec<Client>> {
         (0..n)
@@ -163,42 +189,87 @@ async fn bench(cluster: &mut LocalCluster, phase: Duration) -> anyhow::Result<Ve
 
     let mut reports = Vec::new();
     let insert = |client: Client, worker: usize| async move {
-        client.exec("INSERT INTO bench (client, payload) VALUES (?1, ?2)", [Value::from(worker as i64), Value::from(PAYLOAD)]).await?;
+        client
+            .exec(
+                "INSERT INTO bench (client, payload) VALUES (?1, ?2)",
+                [Value::from(worker as i64), Value::from(PAYLOAD)],
+            )
+            .await?;
         Ok::<u64, raftlite_client::Error>(1)
     };
     reports.push(run_phase("1-row insert, latency", writers(1)?, phase, insert).await);
     for n in WRITE_CLIENTS {
-        reports.push(run_phase(&format!("1-row insert, {n} clients"), writers(n)?, phase, insert).await);
+        reports.push(
+            run_phase(
+                &format!("1-row insert, {n} clients"),
+                writers(n)?,
+                phase,
+                insert,
+            )
+            .await,
+        );
     }
     let batch = Arc::new(multi_row_insert(ROWS_PER_TRANSACTION));
     reports.push(
-        run_phase(&format!("{ROWS_PER_TRANSACTION}-row transactions"), writers(1)?, phase, move |client, _| {
-            let batch = Arc::clone(&batch);
-            async move {
-                client.execute([(*batch).clone()]).await?;
-                Ok::<u64, raftlite_client::Error>(ROWS_PER_TRANSACTION as u64)
-            }
-        })
+        run_phase(
+            &format!("{ROWS_PER_TRANSACTION}-row transactions"),
+            writers(1)?,
+            phase,
+            move |client, _| {
+                let batch = Arc::clone(&batch);
+                async move {
+                    client.execute([(*batch).clone()]).await?;
+                    Ok::<u64, raftlite_client::Error>(ROWS_PER_TRANSACTION as u64)
+                }
+            },
+        )
         .await,
     );
 
     // Reads: random existing ids. The token of a fresh write makes at-index meaningful.
-    let token = setup.exec("INSERT INTO bench (client, payload) VALUES (-1, 'token')", None::<i64>).await?.log_index;
-    let rows = setup.query("SELECT max(id) FROM bench", None::<i64>).await?;
-    let max_id = rows.rows.first().map(|r| r.get::<Option<i64>>(0)).transpose()?.flatten().unwrap_or(1).max(1);
+    let token = setup
+        .exec(
+            "INSERT INTO bench (client, payload) VALUES (-1, 'token')",
+            None::<i64>,
+        )
+        .await?
+        .log_index;
+    let rows = setup
+        .query("SELECT max(id) FROM bench", None::<i64>)
+        .await?;
+    let max_id = rows
+        .rows
+        .first()
+        .map(|r| r.get::<Option<i64>>(0))
+        .transpose()?
+        .flatten()
+        .unwrap_or(1)
+        .max(1);
     for (label, consistency) in [
         ("stale", Consistency::Stale),
-        ("bounded", Consistency::Bounded { max_lag: BOUNDED_MAX_LAG }),
+        (
+            "bounded",
+            Consistency::Bounded {
+                max_lag: BOUNDED_MAX_LAG,
+            },
+        ),
         ("at-index", Consistency::AtIndex(token)),
         ("linearizable", Consistency::Linearizable),
     ] {
         let name = format!("point read, {label}, {READ_CLIENTS} clients");
-        let report = run_phase(&name, readers(READ_CLIENTS)?, phase, move |client, _| async move {
-            let id = rand::random::<u64>() % max_id as u64 + 1;
-            let statement = Statement::new("SELECT id, client, payload FROM bench WHERE id = ?1").bind(id as i64);
-            let rows = client.query_with(statement, consistency, 0).await?;
-            Ok::<u64, raftlite_client::Error>(rows.rows.len() as u64)
-        })
+        let report = run_phase(
+            &name,
+            readers(READ_CLIENTS)?,
+            phase,
+            move |client, _| async move {
+                let id = rand::random::<u64>() % max_id as u64 + 1;
+                let statement =
+                    Statement::new("SELECT id, client, payload FROM bench WHERE id = ?1")
+                        .bind(id as i64);
+                let rows = client.query_with(statement, consistency, 0).await?;
+                Ok::<u64, raftlite_client::Error>(rows.rows.len() as u64)
+            },
+        )
         .await;
         reports.push(report);
     }
@@ -210,7 +281,9 @@ const PAYLOAD: &str = "raftlite-bench-payload-0123456789";
 /// One INSERT of `rows` rows, its values bound as parameters.
 fn multi_row_insert(rows: usize) -> Statement {
     let values = vec!["(?, ?)"; rows].join(", ");
-    let mut statement = Statement::new(format!("INSERT INTO bench (client, payload) VALUES {values}"));
+    let mut statement = Statement::new(format!(
+        "INSERT INTO bench (client, payload) VALUES {values}"
+    ));
     for i in 0..rows {
         statement = statement.bind(-2).bind(format!("{PAYLOAD}-{i}"));
     }
@@ -220,7 +293,12 @@ fn multi_row_insert(rows: usize) -> Statement {
 /// Runs `op` in a loop on every client concurrently for `duration`. `op` returns the rows it
 /// handled. Each client stops at the first error (which is counted, not retried past the
 /// client's own retries).
-async fn run_phase<F, Fut>(name: &str, clients: Vec<Client>, duration: Duration, op: F) -> PhaseReport
+async fn run_phase<F, Fut>(
+    name: &str,
+    clients: Vec<Client>,
+    duration: Duration,
+    op: F,
+) -> PhaseReport
 where
     F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<u64, raftlite_client::Error>> + Send,
@@ -275,7 +353,9 @@ where
             }
             Err(e) => {
                 errors.fetch_add(1, Ordering::Relaxed);
-                report.first_error.get_or_insert_with(|| format!("worker failed: {e}"));
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("worker failed: {e}"));
             }
         }
     }
@@ -287,7 +367,10 @@ where
 
 pub fn report_table(reports: &[PhaseReport]) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    let mut rows = vec![["PHASE", "CLIENTS", "OPS/S", "ROWS/S", "P50 MS", "P99 MS", "ERRORS"].map(String::from)];
+    let mut rows = vec![[
+        "PHASE", "CLIENTS", "OPS/S", "ROWS/S", "P50 MS", "P99 MS", "ERRORS",
+    ]
+    .map(String::from)];
     for r in reports {
         rows.push([
             r.name.clone(),
@@ -324,7 +407,10 @@ mod tests {
     #[test]
     fn multi_row_insert_binds_two_values_per_row() {
         let s = multi_row_insert(3);
-        assert_eq!(s.sql(), "INSERT INTO bench (client, payload) VALUES (?, ?), (?, ?), (?, ?)");
+        assert_eq!(
+            s.sql(),
+            "INSERT INTO bench (client, payload) VALUES (?, ?), (?, ?), (?, ?)"
+        );
         assert_eq!(s.positional().len(), 6);
     }
 
@@ -341,10 +427,16 @@ mod tests {
             first_error: None,
         };
         assert_eq!(report.ops_per_sec(), 500.0);
-        let text = report_table(&[report.clone()]);
+        let text = report_table(std::slice::from_ref(&report));
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "PHASE                    CLIENTS  OPS/S  ROWS/S  P50 MS  P99 MS  ERRORS");
-        assert_eq!(lines[1], "1-row insert, 4 clients  4        500    500     2.00    3.00    0");
+        assert_eq!(
+            lines[0],
+            "PHASE                    CLIENTS  OPS/S  ROWS/S  P50 MS  P99 MS  ERRORS"
+        );
+        assert_eq!(
+            lines[1],
+            "1-row insert, 4 clients  4        500    500     2.00    3.00    0"
+        );
         let json = report.to_json();
         assert_eq!(json["ops_per_sec"], 500.0);
         assert_eq!(json["p50_ms"], 2.0);

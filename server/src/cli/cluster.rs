@@ -38,13 +38,23 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(fail(&e)),
     };
     let line = match args.action {
-        ClusterAction::AddLearner { id, addr } => client.add_learner(id, addr).await.map(|m| membership_line(&m)),
-        ClusterAction::AddVoter { id, addr } => client.add_voter(id, addr).await.map(|m| membership_line(&m)),
+        ClusterAction::AddLearner { id, addr } => client
+            .add_learner(id, addr)
+            .await
+            .map(|m| membership_line(&m)),
+        ClusterAction::AddVoter { id, addr } => client
+            .add_voter(id, addr)
+            .await
+            .map(|m| membership_line(&m)),
         ClusterAction::Remove { id } => client.remove_node(id).await.map(|m| membership_line(&m)),
-        ClusterAction::TransferLeader { id } => {
-            client.transfer_leadership(id).await.map(|s| format!("leader={} term={}", s.leader, s.term))
-        }
-        ClusterAction::Snapshot => client.trigger_snapshot().await.map(|s| format!("snapshot_index={}", s.snapshot_index)),
+        ClusterAction::TransferLeader { id } => client
+            .transfer_leadership(id)
+            .await
+            .map(|s| format!("leader={} term={}", s.leader, s.term)),
+        ClusterAction::Snapshot => client
+            .trigger_snapshot()
+            .await
+            .map(|s| format!("snapshot_index={}", s.snapshot_index)),
     };
     match line {
         Ok(line) => {
@@ -57,7 +67,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 
 pub fn membership_line(m: &MembershipResponse) -> String {
     let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    format!("log_index={} voters={} learners={}", m.log_index, ids(&m.voters), ids(&m.learners))
+    format!(
+        "log_index={} voters={} learners={}",
+        m.log_index,
+        ids(&m.voters),
+        ids(&m.learners)
+    )
 }
 
 #[cfg(test)]
@@ -75,21 +90,42 @@ mod tests {
     fn parses_actions() {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.cluster.action);
         assert_eq!(
-            parse(&["cluster", "--addr", "a:1", "add-voter", "4", "10.0.0.4:7401"]).expect("valid"),
-            ClusterAction::AddVoter { id: 4, addr: "10.0.0.4:7401".into() }
+            parse(&[
+                "cluster",
+                "--addr",
+                "a:1",
+                "add-voter",
+                "4",
+                "10.0.0.4:7401"
+            ])
+            .expect("valid"),
+            ClusterAction::AddVoter {
+                id: 4,
+                addr: "10.0.0.4:7401".into()
+            }
         );
-        assert_eq!(parse(&["cluster", "--addr", "a:1", "remove", "3"]).expect("valid"), ClusterAction::Remove { id: 3 });
+        assert_eq!(
+            parse(&["cluster", "--addr", "a:1", "remove", "3"]).expect("valid"),
+            ClusterAction::Remove { id: 3 }
+        );
         assert_eq!(
             parse(&["cluster", "--addr", "a:1", "transfer-leader", "2"]).expect("valid"),
             ClusterAction::TransferLeader { id: 2 }
         );
-        assert_eq!(parse(&["cluster", "--addr", "a:1", "snapshot"]).expect("valid"), ClusterAction::Snapshot);
+        assert_eq!(
+            parse(&["cluster", "--addr", "a:1", "snapshot"]).expect("valid"),
+            ClusterAction::Snapshot
+        );
         assert!(parse(&["cluster", "--addr", "a:1", "add-learner", "x", "a:2"]).is_err());
     }
 
     #[test]
     fn membership_line_lists_ids() {
-        let m = MembershipResponse { log_index: 9, voters: vec![1, 2, 3], learners: vec![] };
+        let m = MembershipResponse {
+            log_index: 9,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        };
         assert_eq!(membership_line(&m), "log_index=9 voters=1,2,3 learners=");
     }
 }

@@ -24,7 +24,11 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let options = LocalClusterOptions { nodes: args.nodes, base_port: Some(args.base_port), data_dir: args.data_dir };
+    let options = LocalClusterOptions {
+        nodes: args.nodes,
+        base_port: Some(args.base_port),
+        data_dir: args.data_dir,
+    };
     let mut cluster = LocalCluster::start(&options)?;
     let leader = tokio::select! {
         leader = cluster.wait_for_leader(ELECTION_DEADLINE) => leader,
@@ -67,10 +71,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 fn banner(cluster: &LocalCluster, leader: u64) -> String {
     let program = std::env::args().next().unwrap_or_else(|| "raftlite".into());
-    let mut out = format!("raftlite dev: {} nodes, data and logs in {}\n", cluster.nodes().len(), cluster.dir().display());
+    let mut out = format!(
+        "raftlite dev: {} nodes, data and logs in {}\n",
+        cluster.nodes().len(),
+        cluster.dir().display()
+    );
     for node in cluster.nodes() {
         let mark = if node.id == leader { "  (leader)" } else { "" };
-        out.push_str(&format!("  node {}  {}  log {}{mark}\n", node.id, node.addr, node.log.display()));
+        out.push_str(&format!(
+            "  node {}  {}  log {}{mark}\n",
+            node.id,
+            node.addr,
+            node.log.display()
+        ));
     }
     out.push_str(&format!("leader: node {leader}\n"));
     out.push_str(&format!(

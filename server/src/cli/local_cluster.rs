@@ -56,11 +56,15 @@ impl LocalCluster {
         }
         let (dir, temp) = match &options.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("create data directory {}", dir.display()))?;
                 (dir.clone(), None)
             }
             None => {
-                let temp = tempfile::Builder::new().prefix("raftlite-dev-").tempdir().context("create temporary directory")?;
+                let temp = tempfile::Builder::new()
+                    .prefix("raftlite-dev-")
+                    .tempdir()
+                    .context("create temporary directory")?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
@@ -68,9 +72,16 @@ impl LocalCluster {
             Some(base) => consecutive_ports(base, options.nodes)?,
             None => free_ports(options.nodes)?,
         };
-        let peers: BTreeMap<u64, String> = (1..=options.nodes).zip(ports).map(|(id, port)| (id, format!("127.0.0.1:{port}"))).collect();
+        let peers: BTreeMap<u64, String> = (1..=options.nodes)
+            .zip(ports)
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .collect();
         let exe = std::env::current_exe().context("find the raftlite executable")?;
-        let mut cluster = LocalCluster { nodes: Vec::new(), dir, temp: temp };
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            dir,
+            temp,
+        };
         for (&id, addr) in &peers {
             let node = spawn_node(&exe, &cluster.dir, id, addr, &peers)?;
             cluster.nodes.push(node);
@@ -90,15 +101,24 @@ impl LocalCluster {
         &self.dir
     }
 
-    pub fn istemporary(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         self.temp.is_some()
     }
 
     /// Fails, with the end of its log, if a node has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {
-            if let Some(status) = node.child.try_wait().with_context(|| format!("check node {}", node.id))? {
-                bail!("node {} exited early ({status}); end of {}:\n{}", node.id, node.log.display(), log_tail(&node.log));
+            if let Some(status) = node
+                .child
+                .try_wait()
+                .with_context(|| format!("check node {}", node.id))?
+            {
+                bail!(
+                    "node {} exited early ({status}); end of {}:\n{}",
+                    node.id,
+                    node.log.display(),
+                    log_tail(&node.log)
+                );
             }
         }
         Ok(())
@@ -146,8 +166,14 @@ impl LocalCluster {
                     result.with_context(|| format!("wait for node {}", node.id))?;
                 }
                 Err(_) => {
-                    tracing::warn!(node = node.id, "node did not stop within {STOP_GRACE:?}; killing it");
-                    node.child.kill().await.with_context(|| format!("kill node {}", node.id))?;
+                    tracing::warn!(
+                        node = node.id,
+                        "node did not stop within {STOP_GRACE:?}; killing it"
+                    );
+                    node.child
+                        .kill()
+                        .await
+                        .with_context(|| format!("kill node {}", node.id))?;
                 }
             }
         }
@@ -155,7 +181,13 @@ impl LocalCluster {
     }
 }
 
-fn spawn_node(exe: &Path, dir: &Path, id: u64, addr: &str, peers: &BTreeMap<u64, String>) -> anyhow::Result<LocalNode> {
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    id: u64,
+    addr: &str,
+    peers: &BTreeMap<u64, String>,
+) -> anyhow::Result<LocalNode> {
     let data_dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let log = dir.join(format!("node-{id}.log"));
@@ -164,8 +196,14 @@ fn spawn_node(exe: &Path, dir: &Path, id: u64, addr: &str, peers: &BTreeMap<u64,
         .append(true)
         .open(&log)
         .with_context(|| format!("open {}", log.display()))?;
-    let stderr = stdout.try_clone().with_context(|| format!("open {}", log.display()))?;
-    let peers_arg = peers.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
+    let stderr = stdout
+        .try_clone()
+        .with_context(|| format!("open {}", log.display()))?;
+    let peers_arg = peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let child = Command::new(exe)
         .arg("serve")
         .arg("--node-id")
@@ -190,12 +228,20 @@ fn spawn_node(exe: &Path, dir: &Path, id: u64, addr: &str, peers: &BTreeMap<u64,
         ..ClientOptions::default()
     };
     let probe = Client::with_options([addr], probe_options)?;
-    Ok(LocalNode { id, addr: addr.to_string(), log, child, probe })
+    Ok(LocalNode {
+        id,
+        addr: addr.to_string(),
+        log,
+        child,
+        probe,
+    })
 }
 
 /// Sends SIGTERM to a process this module started.
 fn terminate(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a child we spawned and
     // have not reaped yet, so it cannot name another process.
     unsafe {
@@ -220,7 +266,10 @@ fn free_ports(n: u64) -> anyhow::Result<Vec<u16>> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
         .context("find free ports")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// The last lines of a log file, or why it cannot be read.
@@ -241,7 +290,10 @@ mod tests {
 
     #[test]
     fn ports_are_consecutive_from_the_base() {
-        assert_eq!(consecutive_ports(7401, 3).expect("in range"), [7401, 7402, 7403]);
+        assert_eq!(
+            consecutive_ports(7401, 3).expect("in range"),
+            [7401, 7402, 7403]
+        );
         assert!(consecutive_ports(65535, 2).is_err());
     }
 
@@ -259,7 +311,10 @@ mod tests {
         let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, text).expect("write");
         let tail = log_tail(&path);
-        assert!(tail.starts_with("line 71\n") && tail.ends_with("line 100"), "{tail}");
+        assert!(
+            tail.starts_with("line 71\n") && tail.ends_with("line 100"),
+            "{tail}"
+        );
         assert!(log_tail(&dir.path().join("missing.log")).starts_with("(cannot read"));
     }
 }

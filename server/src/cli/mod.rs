@@ -21,7 +21,13 @@ use raftlite_client::{code_name, Client, Error};
 #[derive(Debug, Clone, clap::Args)]
 pub struct AddrArgs {
     /// Node to talk to (HOST:PORT); repeat or separate with commas to give several.
-    #[arg(long = "addr", value_name = "HOST:PORT", env = "RAFTLITE_ADDR", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "addr",
+        value_name = "HOST:PORT",
+        env = "RAFTLITE_ADDR",
+        value_delimiter = ',',
+        required = true
+    )]
     pub addrs: Vec<String>,
 }
 
@@ -49,10 +55,12 @@ pub fn fail(err: &Error) -> ExitCode {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -66,9 +74,15 @@ mod tests {
             message: "near \"SELEC\": syntax error".into(),
             leader_hint: None,
         };
-        assert_eq!(error_line(&err), "error: INVALID_ARGUMENT: near \"SELEC\": syntax error");
+        assert_eq!(
+            error_line(&err),
+            "error: INVALID_ARGUMENT: near \"SELEC\": syntax error"
+        );
         let err = Error::Transport("connection refused".into());
-        assert_eq!(error_line(&err), "error: UNAVAILABLE: transport error: connection refused");
+        assert_eq!(
+            error_line(&err),
+            "error: UNAVAILABLE: transport error: connection refused"
+        );
     }
 
     #[test]

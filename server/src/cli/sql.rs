@@ -64,7 +64,12 @@ pub struct SqlArgs {
 }
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
-    let params = match args.params.iter().map(|p| parse_param(p)).collect::<Result<Vec<_>, _>>() {
+    let params = match args
+        .params
+        .iter()
+        .map(|p| parse_param(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(params) => params,
         Err(message) => {
             eprintln!("error: INVALID_ARGUMENT: {message}");
@@ -77,14 +82,20 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if statements.len() > 1 && !params.is_empty() {
-        eprintln!("error: INVALID_ARGUMENT: parameters need a single statement, got {}", statements.len());
+        eprintln!(
+            "error: INVALID_ARGUMENT: parameters need a single statement, got {}",
+            statements.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     let kind = if args.read {
         StatementKind::Read
     } else if args.write {
         StatementKind::Write
-    } else if statements.iter().all(|s| classify(s) == StatementKind::Read) {
+    } else if statements
+        .iter()
+        .all(|s| classify(s) == StatementKind::Read)
+    {
         StatementKind::Read
     } else {
         StatementKind::Write
@@ -93,8 +104,10 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
         Ok(client) => client,
         Err(e) => return Ok(fail(&e)),
     };
-    let statements: Vec<Statement> =
-        statements.into_iter().map(|sql| Statement::new(sql).bind_all(params.iter().cloned())).collect();
+    let statements: Vec<Statement> = statements
+        .into_iter()
+        .map(|sql| Statement::new(sql).bind_all(params.iter().cloned()))
+        .collect();
     match kind {
         StatementKind::Write => match client.execute(statements).await {
             Ok(result) => {
@@ -106,18 +119,27 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
         StatementKind::Read => {
             let consistency = match args.consistency {
                 ConsistencyArg::Stale => Consistency::Stale,
-                ConsistencyArg::Bounded => Consistency::Bounded { max_lag: args.max_lag.unwrap_or(0) },
+                ConsistencyArg::Bounded => Consistency::Bounded {
+                    max_lag: args.max_lag.unwrap_or(0),
+                },
                 ConsistencyArg::AtIndex => Consistency::AtIndex(args.index.unwrap_or(0)),
                 ConsistencyArg::Linearizable => Consistency::Linearizable,
             };
-            let output = RowFormat { json: args.json, header: args.header };
+            let output = RowFormat {
+                json: args.json,
+                header: args.header,
+            };
             for statement in statements {
                 match print_query(&client, statement, consistency, args.max_rows, output).await {
                     Ok(()) => {}
                     Err(PrintError::Query(e)) => return Ok(fail(&e)),
                     // The reader went away (`| head`): not a failure of ours.
-                    Err(PrintError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-                    Err(PrintError::Output(e)) => return Err(anyhow::Error::new(e).context("write rows to stdout")),
+                    Err(PrintError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        break
+                    }
+                    Err(PrintError::Output(e)) => {
+                        return Err(anyhow::Error::new(e).context("write rows to stdout"))
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -156,7 +178,9 @@ async fn print_query(
     max_rows: u64,
     format: RowFormat,
 ) -> Result<(), PrintError> {
-    let mut rows = client.query_stream(statement, consistency, max_rows).await?;
+    let mut rows = client
+        .query_stream(statement, consistency, max_rows)
+        .await?;
     let columns = rows.columns().to_vec();
     let keys = json_keys(&columns);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -188,13 +212,23 @@ pub fn parse_param(raw: &str) -> Result<Value, String> {
         return Ok(Value::Text(text.to_string()));
     }
     if let Some(int) = raw.strip_prefix("int:") {
-        return int.trim().parse().map(Value::Integer).map_err(|e| format!("parameter {raw:?}: {e}"));
+        return int
+            .trim()
+            .parse()
+            .map(Value::Integer)
+            .map_err(|e| format!("parameter {raw:?}: {e}"));
     }
     if let Some(real) = raw.strip_prefix("real:") {
-        return real.trim().parse().map(Value::Real).map_err(|e| format!("parameter {raw:?}: {e}"));
+        return real
+            .trim()
+            .parse()
+            .map(Value::Real)
+            .map_err(|e| format!("parameter {raw:?}: {e}"));
     }
     if let Some(blob) = raw.strip_prefix("blob:") {
-        return parse_hex(blob).map(Value::Blob).map_err(|e| format!("parameter {raw:?}: {e}"));
+        return parse_hex(blob)
+            .map(Value::Blob)
+            .map_err(|e| format!("parameter {raw:?}: {e}"));
     }
     if raw == "null" || raw == "NULL" {
         return Ok(Value::Null);
@@ -203,7 +237,9 @@ pub fn parse_param(raw: &str) -> Result<Value, String> {
         return Ok(Value::Integer(int));
     }
     // Only plain decimal notation: Rust also parses "inf" and "NaN", which are text here.
-    let numeric = raw.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    let numeric = raw
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
     if numeric && raw.bytes().any(|b| b.is_ascii_digit()) {
         if let Ok(real) = raw.parse::<f64>() {
             return Ok(Value::Real(real));
@@ -214,7 +250,7 @@ pub fn parse_param(raw: &str) -> Result<Value, String> {
 
 fn parse_hex(hex: &str) -> Result<Vec<u8>, String> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..hex.len())
@@ -282,10 +318,20 @@ fn json_keys(columns: &[Column]) -> Vec<String> {
     keys
 }
 
-pub fn json_row(keys: &[String], values: &[Value]) -> serde_json::Value {
-    let object: serde_json::Map<String, serde_json::Value> =
-        keys.iter().cloned().zip(values.iter().map(json_value)).collect();
-    serde_json::Value::Object(object)
+/// One row as a JSON object, keys in column order (a `serde_json::Map` would sort them).
+pub fn json_row(keys: &[String], values: &[Value]) -> String {
+    let fields: Vec<String> = keys
+        .iter()
+        .zip(values)
+        .map(|(key, value)| {
+            format!(
+                "{}:{}",
+                serde_json::Value::from(key.as_str()),
+                json_value(value)
+            )
+        })
+        .collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 /// The line a write prints: totals over its statements, the rowid of the last one.
@@ -307,7 +353,10 @@ pub fn format_write(result: &ExecuteResult, json: bool) -> String {
         })
         .to_string()
     } else {
-        format!("rows_affected={rows_affected} last_insert_rowid={last_insert_rowid} log_index={}", result.log_index)
+        format!(
+            "rows_affected={rows_affected} last_insert_rowid={last_insert_rowid} log_index={}",
+            result.log_index
+        )
     }
 }
 
@@ -368,11 +417,20 @@ mod tests {
 
     #[test]
     fn formats_rows_as_json_objects() {
-        let columns = ["id", "v", "id"].map(|name| Column { name: name.into(), decl_type: String::new() });
+        let columns = ["id", "v", "id"].map(|name| Column {
+            name: name.into(),
+            decl_type: String::new(),
+        });
         let keys = json_keys(&columns);
         assert_eq!(keys, ["id", "v", "id_2"]);
-        let row = json_row(&keys, &[Value::Integer(1), Value::Blob(vec![1]), Value::Null]);
-        assert_eq!(row.to_string(), r#"{"id":1,"v":{"blob":"01"},"id_2":null}"#);
+        let row = json_row(
+            &keys,
+            &[Value::Integer(1), Value::Blob(vec![1]), Value::Null],
+        );
+        assert_eq!(row, r#"{"id":1,"v":{"blob":"01"},"id_2":null}"#);
+        let escaped = json_row(&["a\"b".to_string()], &[Value::Text("x\ny".into())]);
+        assert_eq!(escaped, r#"{"a\"b":"x\ny"}"#);
+        assert!(serde_json::from_str::<serde_json::Value>(&escaped).is_ok());
         assert_eq!(json_value(&Value::Real(f64::NAN)), serde_json::Value::Null);
         assert_eq!(json_value(&Value::Text("x".into())), json!("x"));
     }
@@ -381,14 +439,24 @@ mod tests {
     fn formats_write_results() {
         let result = ExecuteResult {
             results: vec![
-                StatementResult { rows_affected: 2, last_insert_rowid: 7 },
-                StatementResult { rows_affected: 1, last_insert_rowid: 9 },
+                StatementResult {
+                    rows_affected: 2,
+                    last_insert_rowid: 7,
+                },
+                StatementResult {
+                    rows_affected: 1,
+                    last_insert_rowid: 9,
+                },
             ],
             log_index: 12,
             deduplicated: false,
         };
-        assert_eq!(format_write(&result, false), "rows_affected=3 last_insert_rowid=9 log_index=12");
-        let json: serde_json::Value = serde_json::from_str(&format_write(&result, true)).expect("json");
+        assert_eq!(
+            format_write(&result, false),
+            "rows_affected=3 last_insert_rowid=9 log_index=12"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&format_write(&result, true)).expect("json");
         assert_eq!(json["rows_affected"], 3);
         assert_eq!(json["last_insert_rowid"], 9);
         assert_eq!(json["log_index"], 12);
@@ -398,8 +466,19 @@ mod tests {
     #[test]
     fn command_line_shape() {
         let cli = Cli::try_parse_from([
-            "sql", "--addr", "a:1,b:2", "--addr", "c:3", "--consistency", "bounded", "--max-lag", "5", "--json",
-            "SELECT ?1, ?2", "-7", "text:x",
+            "sql",
+            "--addr",
+            "a:1,b:2",
+            "--addr",
+            "c:3",
+            "--consistency",
+            "bounded",
+            "--max-lag",
+            "5",
+            "--json",
+            "SELECT ?1, ?2",
+            "-7",
+            "text:x",
         ])
         .expect("valid");
         assert_eq!(cli.sql.addr.addrs, ["a:1", "b:2", "c:3"]);
@@ -407,7 +486,17 @@ mod tests {
         assert_eq!(cli.sql.max_lag, Some(5));
         assert!(cli.sql.json);
         assert_eq!(cli.sql.params, ["-7", "text:x"]);
-        assert!(Cli::try_parse_from(["sql", "--addr", "a:1", "--consistency", "bounded", "SELECT 1"]).is_err());
-        assert!(Cli::try_parse_from(["sql", "--addr", "a:1", "--read", "--write", "SELECT 1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "sql",
+            "--addr",
+            "a:1",
+            "--consistency",
+            "bounded",
+            "SELECT 1"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["sql", "--addr", "a:1", "--read", "--write", "SELECT 1"]).is_err()
+        );
     }
 }

@@ -58,7 +58,12 @@ fn lex<'a>(sql: &'a str, mut on_token: impl FnMut(Token<'a>)) {
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
                     i += 1;
                 }
                 on_token(Token::Word(&sql[start..i]));
@@ -103,7 +108,8 @@ pub fn split_statements(sql: &str) -> Vec<String> {
                     first_words[words] = upper.clone();
                     trigger = first_words[0] == "CREATE"
                         && (first_words[1] == "TRIGGER"
-                            || (matches!(first_words[1].as_str(), "TEMP" | "TEMPORARY") && first_words[2] == "TRIGGER"));
+                            || (matches!(first_words[1].as_str(), "TEMP" | "TEMPORARY")
+                                && first_words[2] == "TRIGGER"));
                 }
                 words += 1;
                 if trigger {
@@ -161,9 +167,15 @@ mod tests {
 
     #[test]
     fn splits_at_top_level_semicolons() {
-        assert_eq!(split_statements("SELECT 1; SELECT 2;"), ["SELECT 1", "SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 1; SELECT 2;"),
+            ["SELECT 1", "SELECT 2"]
+        );
         assert_eq!(split_statements("  SELECT 1  "), ["SELECT 1"]);
-        assert_eq!(split_statements(";;  ; -- nothing\n /* here */ ;"), Vec::<String>::new());
+        assert_eq!(
+            split_statements(";;  ; -- nothing\n /* here */ ;"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -173,8 +185,14 @@ mod tests {
                       /* block; comment */ UPDATE t SET x = 1";
         let statements = split_statements(script);
         assert_eq!(statements.len(), 2, "{statements:?}");
-        assert_eq!(statements[0], "INSERT INTO t VALUES ('a;b', \"c;d\", `e;f`, [g;h], 'it''s;')");
-        assert!(statements[1].ends_with("UPDATE t SET x = 1"), "{statements:?}");
+        assert_eq!(
+            statements[0],
+            "INSERT INTO t VALUES ('a;b', \"c;d\", `e;f`, [g;h], 'it''s;')"
+        );
+        assert!(
+            statements[1].ends_with("UPDATE t SET x = 1"),
+            "{statements:?}"
+        );
     }
 
     #[test]
@@ -195,7 +213,10 @@ mod tests {
     fn unterminated_quotes_do_not_panic() {
         assert_eq!(split_statements("SELECT 'abc"), ["SELECT 'abc"]);
         assert_eq!(split_statements("SELECT 1 /* open"), ["SELECT 1 /* open"]);
-        assert_eq!(split_statements("SELECT 'é;ü'; SELECT 2"), ["SELECT 'é;ü'", "SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 'é;ü'; SELECT 2"),
+            ["SELECT 'é;ü'", "SELECT 2"]
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub fn status_table(status: &StatusResponse) -> String {
         status.applied_index,
         status.snapshot_index
     );
-    let mut rows = vec![["ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAG", "TERM"].map(String::from)];
+    let mut rows =
+        vec![["ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAG", "TERM"].map(String::from)];
     for n in &status.nodes {
         rows.push([
             n.id.to_string(),
@@ -102,7 +103,11 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     }
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -132,14 +137,25 @@ mod tests {
             commit_index: 10,
             applied_index: 9,
             snapshot_index: 0,
-            nodes: vec![node(1, "follower", 9, 1), node(2, "leader", 10, 0), node(3, "unreachable", 0, 10)],
+            nodes: vec![
+                node(1, "follower", 9, 1),
+                node(2, "leader", 10, 0),
+                node(3, "unreachable", 0, 10),
+            ],
         }
     }
 
     #[test]
     fn json_has_the_documented_shape() {
         let json = status_json(&sample());
-        for key in ["cluster_id", "leader", "term", "commit_index", "applied_index", "nodes"] {
+        for key in [
+            "cluster_id",
+            "leader",
+            "term",
+            "commit_index",
+            "applied_index",
+            "nodes",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["leader"], 2);
@@ -156,8 +172,17 @@ mod tests {
         let text = status_table(&sample());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "cluster c-1  (answered by node 1)");
-        assert_eq!(lines[1], "leader 2  term 3  commit 10  applied 9  snapshot 0");
-        assert_eq!(lines[3], "ID  ADDR            ROLE         VOTER  APPLIED  LAG  TERM");
-        assert_eq!(lines[6], "3   127.0.0.1:7403  unreachable  yes    0        10   3");
+        assert_eq!(
+            lines[1],
+            "leader 2  term 3  commit 10  applied 9  snapshot 0"
+        );
+        assert_eq!(
+            lines[3],
+            "ID  ADDR            ROLE         VOTER  APPLIED  LAG  TERM"
+        );
+        assert_eq!(
+            lines[6],
+            "3   127.0.0.1:7403  unreachable  yes    0        10   3"
+        );
     }
 }
