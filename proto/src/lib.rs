@@ -13,25 +13,39 @@ pub use v1::value::Kind;
 
 impl v1::Value {
     pub fn null() -> Self {
-        Self { kind: Some(Kind::Null(v1::Null {})) }
+        Self {
+            kind: Some(Kind::Null(v1::Null {})),
+        }
     }
     pub fn integer(v: i64) -> Self {
-        Self { kind: Some(Kind::Integer(v)) }
+        Self {
+            kind: Some(Kind::Integer(v)),
+        }
     }
     pub fn real(v: f64) -> Self {
-        Self { kind: Some(Kind::Real(v)) }
+        Self {
+            kind: Some(Kind::Real(v)),
+        }
     }
     pub fn text(v: impl Into<String>) -> Self {
-        Self { kind: Some(Kind::Text(v.into())) }
+        Self {
+            kind: Some(Kind::Text(v.into())),
+        }
     }
     pub fn blob(v: impl Into<Vec<u8>>) -> Self {
-        Self { kind: Some(Kind::Blob(v.into())) }
+        Self {
+            kind: Some(Kind::Blob(v.into())),
+        }
     }
 }
 
 impl v1::Statement {
     /// A statement with positional parameters.
     pub fn new(sql: impl Into<String>, params: Vec<v1::Value>) -> Self {
-        Self { sql: sql.into(), positional: params, named: Default::default() }
+        Self {
+            sql: sql.into(),
+            positional: params,
+            named: Default::default(),
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raftlite::cli;
 
 #[derive(Parser)]
 #[command(
@@ -19,16 +20,16 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(raftlite::config::ServeArgs),
-    /// Run SQL against a cluster.
-    Sql(raftlite::cli::sql::SqlArgs),
-    /// Show the cluster's status.
-    Status(raftlite::cli::status::StatusArgs),
-    /// Change membership or take a snapshot.
-    Cluster(raftlite::cli::cluster::ClusterArgs),
-    /// Run a local cluster until Ctrl-C.
-    Dev(raftlite::cli::dev::DevArgs),
-    /// Benchmark a local cluster.
-    Bench(raftlite::cli::bench::BenchArgs),
+    /// Run SQL on a cluster: rows for a read, rows affected and log index for a write.
+    Sql(cli::sql::SqlArgs),
+    /// Show the cluster: leader, term, and every node's role and applied index.
+    Status(cli::status::StatusArgs),
+    /// Change the membership, move the leader, or take a snapshot.
+    Cluster(cli::cluster::ClusterArgs),
+    /// Start a local cluster on loopback with temporary data, until Ctrl-C.
+    Dev(cli::dev::DevArgs),
+    /// Start a local cluster and measure write/read latency and throughput.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,11 +56,11 @@ fn main() -> ExitCode {
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }
-            Command::Sql(args) => raftlite::cli::sql::run(args).await,
-            Command::Status(args) => raftlite::cli::status::run(args).await,
-            Command::Cluster(args) => raftlite::cli::cluster::run(args).await,
-            Command::Dev(args) => raftlite::cli::dev::run(args).await,
-            Command::Bench(args) => raftlite::cli::bench::run(args).await,
+            Command::Sql(args) => cli::sql::run(args).await,
+            Command::Status(args) => cli::status::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Dev(args) => cli::dev::run(args).await,
+            Command::Bench(args) => cli::bench::run(args).await,
         }
     });
     match result {

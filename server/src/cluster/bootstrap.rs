@@ -25,20 +25,30 @@ pub async fn bootstrap(node: Node) -> anyhow::Result<()> {
     let peers = node.config().peers.clone();
     let lowest = peers.keys().next().copied().unwrap_or(node.id());
     if lowest != node.id() {
-        tracing::info!(node = node.id(), initializer = lowest, "new node: waiting to be contacted by the cluster");
+        tracing::info!(
+            node = node.id(),
+            initializer = lowest,
+            "new node: waiting to be contacted by the cluster"
+        );
         return Ok(());
     }
     let mut last_report = Instant::now();
     loop {
         match survey(&node, &peers).await {
             Survey::ClusterExists(who) => {
-                tracing::info!(peer = who, "a peer already belongs to a cluster: joining it instead of initializing");
+                tracing::info!(
+                    peer = who,
+                    "a peer already belongs to a cluster: joining it instead of initializing"
+                );
                 return Ok(());
             }
             Survey::AllEmpty => break,
             Survey::Missing(missing) => {
                 if last_report.elapsed() > Duration::from_secs(5) {
-                    tracing::info!(?missing, "waiting for every initial member to answer before initializing");
+                    tracing::info!(
+                        ?missing,
+                        "waiting for every initial member to answer before initializing"
+                    );
                     last_report = Instant::now();
                 }
             }
@@ -50,7 +60,10 @@ pub async fn bootstrap(node: Node) -> anyhow::Result<()> {
         tokio::time::sleep(RETRY).await;
     }
     let cluster_id = node.identity().create()?;
-    let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+    let members: BTreeMap<u64, BasicNode> = peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
     node.raft().initialize(members).await?;
     tracing::info!(%cluster_id, members = peers.len(), "initialized a new cluster");
     Ok(())

@@ -28,11 +28,17 @@ pub struct ClusterMismatch {
 impl ClusterIdentity {
     pub fn load(store: RaftStore) -> anyhow::Result<Self> {
         let id: Option<String> = store.read_meta(KEY_CLUSTER_ID)?;
-        Ok(Self { store, id: RwLock::new(id) })
+        Ok(Self {
+            store,
+            id: RwLock::new(id),
+        })
     }
 
     pub fn get(&self) -> Option<String> {
-        self.id.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.id
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Creates and durably stores a new cluster id (bootstrap only).
@@ -43,7 +49,8 @@ impl ClusterIdentity {
     }
 
     fn set(&self, id: &str) -> anyhow::Result<()> {
-        self.store.write_meta(KEY_CLUSTER_ID, &id.to_string(), Sync::Durable)?;
+        self.store
+            .write_meta(KEY_CLUSTER_ID, &id.to_string(), Sync::Durable)?;
         let mut guard = self.id.write().unwrap_or_else(|p| p.into_inner());
         *guard = Some(id.to_string());
         Ok(())
@@ -57,7 +64,10 @@ impl ClusterIdentity {
         }
         match self.get() {
             Some(ours) if ours == theirs => Ok(()),
-            Some(ours) => Err(ClusterMismatch { ours, theirs: theirs.to_string() }),
+            Some(ours) => Err(ClusterMismatch {
+                ours,
+                theirs: theirs.to_string(),
+            }),
             None => {
                 if let Err(e) = self.set(theirs) {
                     tracing::error!(error = %e, "could not store the cluster id");

@@ -55,8 +55,12 @@ pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
 fn restart_in_place() -> ! {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
-    let exe = std::env::current_exe().ok().or_else(|| args.next().map(Into::into));
-    let Some(exe) = exe else { std::process::exit(75) };
+    let exe = std::env::current_exe()
+        .ok()
+        .or_else(|| args.next().map(Into::into));
+    let Some(exe) = exe else {
+        std::process::exit(75)
+    };
     let rest: Vec<_> = std::env::args_os().skip(1).collect();
     let err = std::process::Command::new(exe).args(rest).exec();
     tracing::error!(error = %err, "re-sync: could not restart; exiting so the supervisor restarts the node");

@@ -67,7 +67,8 @@ impl Applier {
     /// version check — an image replaces whatever state this node had.
     pub fn install_image(&self, path: &Path) -> Result<()> {
         let result = self.install_in_transaction(path);
-        self.end_write(result.map(|()| ApplyOutcome::Applied)).map(|_| ())
+        self.end_write(result.map(|()| ApplyOutcome::Applied))
+            .map(|_| ())
     }
 
     /// The database's version counter (0 before the first write).
@@ -95,7 +96,11 @@ impl Applier {
                 insert.execute(params![pgno, data])?;
             }
         }
-        let page1 = delta.pages.first().filter(|p| p.0 == 1).map(|p| p.1.as_slice());
+        let page1 = delta
+            .pages
+            .first()
+            .filter(|p| p.0 == 1)
+            .map(|p| p.1.as_slice());
         self.write_page1_and_size(page1, delta.db_pages, current_pages)?;
         self.conn.execute_batch("COMMIT")?;
         Ok(ApplyOutcome::Applied)
@@ -115,7 +120,9 @@ impl Applier {
             n => u32::from(n),
         };
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-            return Err(DbError::Corrupt(format!("image has invalid page size {page_size}")));
+            return Err(DbError::Corrupt(format!(
+                "image has invalid page size {page_size}"
+            )));
         }
         if len == 0 || len % u64::from(page_size) != 0 {
             return Err(DbError::Corrupt(format!(
@@ -158,20 +165,28 @@ impl Applier {
     }
 
     fn insert_page_statement(&self) -> Result<rusqlite::CachedStatement<'_>> {
-        Ok(self.conn.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, ?2)")?)
+        Ok(self
+            .conn
+            .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, ?2)")?)
     }
 
     /// Page 1 and the truncation, last and in ONE statement (see the module docs).
-    fn write_page1_and_size(&self, page1: Option<&[u8]>, db_pages: u32, current: u32) -> Result<()> {
+    fn write_page1_and_size(
+        &self,
+        page1: Option<&[u8]>,
+        db_pages: u32,
+        current: u32,
+    ) -> Result<()> {
         let truncate = db_pages < current;
         match (page1, truncate) {
             (Some(p1), true) => self.conn.execute(
                 "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1), (?2, NULL)",
                 params![p1, db_pages + 1],
             )?,
-            (Some(p1), false) => self
-                .conn
-                .execute("INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1)", params![p1])?,
+            (Some(p1), false) => self.conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1)",
+                params![p1],
+            )?,
             (None, true) => self.conn.execute(
                 "INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, NULL)",
                 params![db_pages + 1],

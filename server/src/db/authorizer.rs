@@ -74,8 +74,12 @@ const READER_INTROSPECTION_PRAGMAS: &[&str] = &[
 ];
 
 /// PRAGMAs without an argument that still do something other than reading.
-const READER_DENIED_PRAGMAS: &[&str] =
-    &["wal_checkpoint", "optimize", "shrink_memory", "incremental_vacuum"];
+const READER_DENIED_PRAGMAS: &[&str] = &[
+    "wal_checkpoint",
+    "optimize",
+    "shrink_memory",
+    "incremental_vacuum",
+];
 
 /// Shared state between a connection and its authorizer callback.
 #[derive(Default)]
@@ -170,7 +174,9 @@ fn pragma_in(name: &str, list: &[&str]) -> bool {
 
 fn protect_internal(table: &str) -> Result<(), String> {
     if is_internal_table(table) {
-        Err(format!("{table} is internal to raftlite and cannot be modified"))
+        Err(format!(
+            "{table} is internal to raftlite and cannot be modified"
+        ))
     } else {
         Ok(())
     }
@@ -188,7 +194,9 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
             "{} is not allowed: each request already runs as one transaction",
             savepoint_word(operation)
         )),
-        AuthAction::Pragma { pragma_name, .. } if pragma_in(pragma_name, EXECUTOR_DENIED_PRAGMAS) => {
+        AuthAction::Pragma { pragma_name, .. }
+            if pragma_in(pragma_name, EXECUTOR_DENIED_PRAGMAS) =>
+        {
             Err(format!("PRAGMA {pragma_name} is not allowed"))
         }
         AuthAction::Insert { table_name }
@@ -201,7 +209,9 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::DropIndex { table_name, .. }
         | AuthAction::CreateTrigger { table_name, .. }
         | AuthAction::DropTrigger { table_name, .. }
-        | AuthAction::CreateView { view_name: table_name }
+        | AuthAction::CreateView {
+            view_name: table_name,
+        }
         | AuthAction::CreateVtable { table_name, .. } => protect_internal(table_name),
         _ => Ok(()),
     }
@@ -213,7 +223,10 @@ fn reader_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::Read { .. }
         | AuthAction::Function { .. }
         | AuthAction::Recursive => Ok(()),
-        AuthAction::Pragma { pragma_name, pragma_value } => {
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
             let inspect_only = pragma_in(pragma_name, READER_INTROSPECTION_PRAGMAS)
                 || (pragma_value.is_none() && !pragma_in(pragma_name, READER_DENIED_PRAGMAS));
             if inspect_only {

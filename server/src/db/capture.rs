@@ -60,12 +60,18 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
             "page capture needs journal_mode=WAL, database is in {mode}"
         )));
     }
-    Ok(CaptureStart { page1: read_page(conn, 1)? })
+    Ok(CaptureStart {
+        page1: read_page(conn, 1)?,
+    })
 }
 
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
 /// cursors). The transaction stays open; the caller rolls it back.
-pub(crate) fn finish(conn: &Connection, start: CaptureStart, base_version: u64) -> Result<PageDelta> {
+pub(crate) fn finish(
+    conn: &Connection,
+    start: CaptureStart,
+    base_version: u64,
+) -> Result<PageDelta> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
@@ -88,7 +94,12 @@ pub(crate) fn finish(conn: &Connection, start: CaptureStart, base_version: u64) 
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
         pages.push((pgno, data));
     }
-    let delta = PageDelta { page_size, db_pages, base_version, pages };
+    let delta = PageDelta {
+        page_size,
+        db_pages,
+        base_version,
+        pages,
+    };
     delta.validate()?;
     Ok(delta)
 }
@@ -96,7 +107,11 @@ pub(crate) fn finish(conn: &Connection, start: CaptureStart, base_version: u64) 
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
 pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .query_row("SELECT data FROM sqlite_dbpage WHERE pgno = ?1", [pgno], |r| r.get(0))
+        .query_row(
+            "SELECT data FROM sqlite_dbpage WHERE pgno = ?1",
+            [pgno],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
@@ -107,7 +122,10 @@ fn check(rc: c_int, what: &str) -> Result<()> {
         // SAFETY: sqlite3_errstr returns a pointer to a static, NUL-terminated string for any
         // result code.
         let msg = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errstr(rc)) };
-        Err(DbError::Internal(format!("{what} failed: {} ({rc})", msg.to_string_lossy())))
+        Err(DbError::Internal(format!(
+            "{what} failed: {} ({rc})",
+            msg.to_string_lossy()
+        )))
     }
 }
 
@@ -224,7 +242,9 @@ mod tests {
     fn captures_spilled_transaction_and_leaves_db_unchanged() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let conn = open(&dir.path().join("a.db"))?;
-        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT); CREATE INDEX t_a ON t(a);")?;
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT); CREATE INDEX t_a ON t(a);",
+        )?;
         conn.execute_batch("PRAGMA cache_size=10")?;
         let before: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
 
@@ -238,7 +258,11 @@ mod tests {
         conn.execute_batch("ROLLBACK")?;
 
         assert_eq!(delta.base_version, 5);
-        assert!(delta.db_pages > before, "{} pages after, {before} before", delta.db_pages);
+        assert!(
+            delta.db_pages > before,
+            "{} pages after, {before} before",
+            delta.db_pages
+        );
         // every page beyond the old end is new and must be in the delta, plus page 1
         let pgnos: BTreeSet<u32> = delta.pages.iter().map(|p| p.0).collect();
         assert!(pgnos.contains(&1));

@@ -106,7 +106,10 @@ impl PageDelta {
     /// input's size, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<PageDelta> {
         if bytes.len() < HEADER_LEN + CRC_LEN {
-            return Err(corrupt(format!("delta of {} bytes is too short", bytes.len())));
+            return Err(corrupt(format!(
+                "delta of {} bytes is too short",
+                bytes.len()
+            )));
         }
         if &bytes[..4] != MAGIC {
             return Err(corrupt("not a page delta (bad magic)"));
@@ -139,7 +142,12 @@ impl PageDelta {
             let data = r.take(page_size as usize)?.to_vec();
             pages.push((pgno, data));
         }
-        let delta = PageDelta { page_size, db_pages, base_version, pages };
+        let delta = PageDelta {
+            page_size,
+            db_pages,
+            base_version,
+            pages,
+        };
         delta.validate()?;
         Ok(delta)
     }
@@ -192,7 +200,11 @@ fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;
@@ -234,7 +246,9 @@ mod tests {
 
         let mut flipped = bytes.clone();
         flipped[HEADER_LEN + 10] ^= 1;
-        assert!(matches!(PageDelta::decode(&flipped), Err(DbError::Corrupt(m)) if m.contains("checksum")));
+        assert!(
+            matches!(PageDelta::decode(&flipped), Err(DbError::Corrupt(m)) if m.contains("checksum"))
+        );
         assert!(PageDelta::decode(&bytes[..bytes.len() - 1]).is_err());
 
         let mut unordered = sample();
@@ -257,24 +271,39 @@ mod tests {
         let mut bytes = sample().encode();
         // count field sits right before the first page
         bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(PageDelta::decode(&bytes), Err(DbError::Corrupt(_))));
+        assert!(matches!(
+            PageDelta::decode(&bytes),
+            Err(DbError::Corrupt(_))
+        ));
     }
 
     fn arb_delta() -> impl Strategy<Value = PageDelta> {
-        (prop::sample::select(vec![512u32, 1024, 4096]), 1u32..50, any::<u64>())
+        (
+            prop::sample::select(vec![512u32, 1024, 4096]),
+            1u32..50,
+            any::<u64>(),
+        )
             .prop_flat_map(|(page_size, db_pages, base_version)| {
                 let pgnos = prop::collection::btree_set(1..=db_pages, 0..5);
-                (Just(page_size), Just(db_pages), Just(base_version), pgnos, any::<u8>())
+                (
+                    Just(page_size),
+                    Just(db_pages),
+                    Just(base_version),
+                    pgnos,
+                    any::<u8>(),
+                )
             })
-            .prop_map(|(page_size, db_pages, base_version, pgnos, fill)| PageDelta {
-                page_size,
-                db_pages,
-                base_version,
-                pages: pgnos
-                    .into_iter()
-                    .map(|p| (p, vec![fill.wrapping_add(p as u8); page_size as usize]))
-                    .collect(),
-            })
+            .prop_map(
+                |(page_size, db_pages, base_version, pgnos, fill)| PageDelta {
+                    page_size,
+                    db_pages,
+                    base_version,
+                    pages: pgnos
+                        .into_iter()
+                        .map(|p| (p, vec![fill.wrapping_add(p as u8); page_size as usize]))
+                        .collect(),
+                },
+            )
     }
 
     proptest! {

@@ -94,7 +94,8 @@ fn starts_with_vacuum(sql: &str) -> bool {
             break;
         }
     }
-    rest.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("vacuum"))
+    rest.get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("vacuum"))
         && !rest[6..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -125,10 +126,17 @@ impl Executor {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(DbError::Internal(format!("executor needs a WAL database, got {mode}")));
+            return Err(DbError::Internal(format!(
+                "executor needs a WAL database, got {mode}"
+            )));
         }
         let lockdown = Lockdown::install(&mut conn, Policy::Executor)?;
-        Ok(Executor { conn, lockdown, db_path: path.to_path_buf(), batches_since_prune: 0 })
+        Ok(Executor {
+            conn,
+            lockdown,
+            db_path: path.to_path_buf(),
+            batches_since_prune: 0,
+        })
     }
 
     /// Execute a batch of write requests and capture its page delta; commits nothing.
@@ -203,12 +211,21 @@ impl Executor {
             Some((1, page1)) => page1[18..20].copy_from_slice(&live_page1[18..20]),
             _ => return Err(DbError::Internal("VACUUM INTO produced no page 1".into())),
         }
-        let delta = PageDelta { page_size, db_pages: pages.len() as u32, base_version, pages };
+        let delta = PageDelta {
+            page_size,
+            db_pages: pages.len() as u32,
+            base_version,
+            pages,
+        };
         delta.validate()?;
         Ok(delta)
     }
 
-    fn run_batch(&mut self, batch: &[WriteRequest], fatal: &mut [Option<DbError>]) -> Result<Attempt> {
+    fn run_batch(
+        &mut self,
+        batch: &[WriteRequest],
+        fatal: &mut [Option<DbError>],
+    ) -> Result<Attempt> {
         let (start, base_version) = {
             let _guard = self.lockdown.internal();
             let start = capture::start(&self.conn)?;
@@ -224,8 +241,14 @@ impl Executor {
                 outcomes.push(WriteOutcome::Failed(e.clone()));
                 continue;
             }
-            if request.statements.iter().any(|s| starts_with_vacuum(&s.sql)) {
-                outcomes.push(WriteOutcome::Failed(DbError::InvalidArgument(VACUUM_ALONE.into())));
+            if request
+                .statements
+                .iter()
+                .any(|s| starts_with_vacuum(&s.sql))
+            {
+                outcomes.push(WriteOutcome::Failed(DbError::InvalidArgument(
+                    VACUUM_ALONE.into(),
+                )));
                 continue;
             }
             let id = request.request_id.as_str();
@@ -243,7 +266,8 @@ impl Executor {
                     if !id.is_empty() {
                         internal::record_request(&self.conn, id, &results, now_ms)?;
                     }
-                    self.conn.execute_batch(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
+                    self.conn
+                        .execute_batch(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
                     outcomes.push(WriteOutcome::Executed(results));
                     executed_any = true;
                 }
@@ -261,7 +285,10 @@ impl Executor {
             }
         }
         if !executed_any {
-            return Ok(Attempt::Done(ExecutedBatch { delta: None, outcomes }));
+            return Ok(Attempt::Done(ExecutedBatch {
+                delta: None,
+                outcomes,
+            }));
         }
         let _guard = self.lockdown.internal();
         self.batches_since_prune += 1;
@@ -272,7 +299,10 @@ impl Executor {
         }
         internal::write_version(&self.conn, base_version + 1)?;
         let delta = capture::finish(&self.conn, start, base_version)?;
-        Ok(Attempt::Done(ExecutedBatch { delta: Some(delta), outcomes }))
+        Ok(Attempt::Done(ExecutedBatch {
+            delta: Some(delta),
+            outcomes,
+        }))
     }
 
     /// Run one request's statements; the first error ends the request.
@@ -280,14 +310,20 @@ impl Executor {
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
             self.lockdown.reset();
-            let mut stmt =
-                self.conn.prepare_cached(&statement.sql).map_err(|e| self.lockdown.client_error(e))?;
+            let mut stmt = self
+                .conn
+                .prepare_cached(&statement.sql)
+                .map_err(|e| self.lockdown.client_error(e))?;
             bind(&mut stmt, &statement.params)?;
             let changes_before = self.conn.total_changes();
             {
                 // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
                 let mut rows = stmt.raw_query();
-                while rows.next().map_err(|e| self.lockdown.client_error(e))?.is_some() {}
+                while rows
+                    .next()
+                    .map_err(|e| self.lockdown.client_error(e))?
+                    .is_some()
+                {}
             }
             // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
             // statements; report 0 for statements that changed nothing.
@@ -330,7 +366,10 @@ impl Executor {
 }
 
 fn vacuum_path(db_path: &Path) -> PathBuf {
-    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = db_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".vacuum-tmp");
     db_path.with_file_name(name)
 }
@@ -354,7 +393,10 @@ mod tests {
     use super::*;
 
     fn req(sql: &str) -> WriteRequest {
-        WriteRequest { request_id: String::new(), statements: vec![Statement::new(sql)] }
+        WriteRequest {
+            request_id: String::new(),
+            statements: vec![Statement::new(sql)],
+        }
     }
 
     #[test]

@@ -52,7 +52,11 @@ pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
         return Ok(0);
     }
     let v: Option<i64> = conn
-        .query_row("SELECT value FROM _raftlite_meta WHERE key = 'version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM _raftlite_meta WHERE key = 'version'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     u64::try_from(v.unwrap_or(0))
         .map_err(|_| DbError::Corrupt(format!("negative database version {v:?}")))
@@ -73,7 +77,11 @@ pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
 /// Stored results of an earlier request with this id, if any.
 pub(crate) fn lookup_request(conn: &Connection, id: &str) -> Result<Option<Vec<StatementOutcome>>> {
     let blob: Option<Vec<u8>> = conn
-        .query_row("SELECT results FROM _raftlite_requests WHERE id = ?1", [id], |r| r.get(0))
+        .query_row(
+            "SELECT results FROM _raftlite_requests WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
         .optional()?;
     blob.map(|b| decode_outcomes(&b)).transpose()
 }
@@ -145,8 +153,14 @@ mod tests {
     #[test]
     fn outcomes_round_trip_and_reject_garbage() -> Result<()> {
         let o = vec![
-            StatementOutcome { rows_affected: 3, last_insert_rowid: -1 },
-            StatementOutcome { rows_affected: 0, last_insert_rowid: i64::MAX },
+            StatementOutcome {
+                rows_affected: 3,
+                last_insert_rowid: -1,
+            },
+            StatementOutcome {
+                rows_affected: 0,
+                last_insert_rowid: i64::MAX,
+            },
         ];
         assert_eq!(decode_outcomes(&encode_outcomes(&o))?, o);
         assert_eq!(decode_outcomes(&encode_outcomes(&[]))?, vec![]);

@@ -120,7 +120,12 @@ impl Database {
         let applier = Applier::open(&path, options.busy_timeout)?;
         let applier = Worker::spawn("sqlite-applier", applier)?;
         let reads = ReadPool::open(&path, options.read_threads, options.busy_timeout)?;
-        Ok(Database { path, options, applier, reads })
+        Ok(Database {
+            path,
+            options,
+            applier,
+            reads,
+        })
     }
 
     /// Path of the database file.
@@ -130,13 +135,17 @@ impl Database {
 
     /// Apply a committed delta (in log order). See [`Applier::apply`].
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
-        self.applier.call(move |applier| applier.apply(&delta)).await
+        self.applier
+            .call(move |applier| applier.apply(&delta))
+            .await
     }
 
     /// Replace the whole database with the image file at `path`. See
     /// [`Applier::install_image`].
     pub async fn install_image(&self, path: PathBuf) -> Result<()> {
-        self.applier.call(move |applier| applier.install_image(&path)).await
+        self.applier
+            .call(move |applier| applier.install_image(&path))
+            .await
     }
 
     /// The database's version counter (number of deltas applied since creation).
@@ -151,9 +160,14 @@ impl Database {
 
     /// Open the executor (leader only; one at a time) on its own thread.
     pub fn open_executor(&self) -> Result<ExecutorHandle> {
-        let executor =
-            Executor::open(&self.path, self.options.busy_timeout, self.options.executor_cache_kib)?;
-        Ok(ExecutorHandle { worker: Worker::spawn("sqlite-executor", executor)? })
+        let executor = Executor::open(
+            &self.path,
+            self.options.busy_timeout,
+            self.options.executor_cache_kib,
+        )?;
+        Ok(ExecutorHandle {
+            worker: Worker::spawn("sqlite-executor", executor)?,
+        })
     }
 
     /// Write a consistent image of the database to `dest` (on a blocking thread).
@@ -173,7 +187,9 @@ pub struct ExecutorHandle {
 impl ExecutorHandle {
     /// See [`Executor::execute_batch`].
     pub async fn execute_batch(&self, batch: Vec<WriteRequest>) -> Result<ExecutedBatch> {
-        self.worker.call(move |executor| executor.execute_batch(&batch)).await
+        self.worker
+            .call(move |executor| executor.execute_batch(&batch))
+            .await
     }
 
     /// See [`Executor::execute_vacuum`].
@@ -191,7 +207,10 @@ fn prepare_file(path: &Path, busy_timeout: Duration) -> Result<()> {
     conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE}"))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(DbError::Internal(format!("could not switch {} to WAL (got {mode})", path.display())));
+        return Err(DbError::Internal(format!(
+            "could not switch {} to WAL (got {mode})",
+            path.display()
+        )));
     }
     let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
     if auto_vacuum != 0 {

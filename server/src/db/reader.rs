@@ -95,7 +95,12 @@ impl ReadPool {
         batch_rows: usize,
     ) -> mpsc::Receiver<Result<QueryChunk>> {
         let (chunks, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let job = Job { statement, max_rows, batch_rows: batch_rows.max(1), chunks };
+        let job = Job {
+            statement,
+            max_rows,
+            batch_rows: batch_rows.max(1),
+            chunks,
+        };
         if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
             // The channel has room: nothing was sent on it yet.
             let _ = job
@@ -132,8 +137,9 @@ fn run_job(conn: &Connection, lockdown: &Lockdown, job: Job) {
 /// Stream the rows; returns Ok when done or when the receiver went away.
 fn stream_rows(conn: &Connection, lockdown: &Lockdown, job: &Job) -> Result<()> {
     lockdown.reset();
-    let mut stmt =
-        conn.prepare_cached(&job.statement.sql).map_err(|e| lockdown.client_error(e))?;
+    let mut stmt = conn
+        .prepare_cached(&job.statement.sql)
+        .map_err(|e| lockdown.client_error(e))?;
     if !stmt.readonly() {
         return Err(DbError::PermissionDenied(READ_ONLY.into()));
     }
@@ -180,8 +186,21 @@ fn stream_rows(conn: &Connection, lockdown: &Lockdown, job: &Job) -> Result<()> 
 }
 
 /// Send one chunk, waiting for room (backpressure). False if the receiver is gone.
-fn send(job: &Job, columns: Vec<ColumnInfo>, rows: Vec<Vec<SqlValue>>, truncated: bool, done: bool) -> bool {
-    job.chunks.blocking_send(Ok(QueryChunk { columns, rows, truncated, done })).is_ok()
+fn send(
+    job: &Job,
+    columns: Vec<ColumnInfo>,
+    rows: Vec<Vec<SqlValue>>,
+    truncated: bool,
+    done: bool,
+) -> bool {
+    job.chunks
+        .blocking_send(Ok(QueryChunk {
+            columns,
+            rows,
+            truncated,
+            done,
+        }))
+        .is_ok()
 }
 
 fn value_size(v: &SqlValue) -> usize {

@@ -46,7 +46,10 @@ fn write_pages(conn: &Connection, dest: &Path) -> Result<ImageInfo> {
     let mut pages = 0u32;
     while let Some(row) = rows.next()? {
         let pgno: u32 = row.get(0)?;
-        let data = row.get_ref(1)?.as_blob().map_err(|e| DbError::Internal(e.to_string()))?;
+        let data = row
+            .get_ref(1)?
+            .as_blob()
+            .map_err(|e| DbError::Internal(e.to_string()))?;
         if pgno != pages + 1 || data.len() != page_size as usize {
             return Err(DbError::Internal(format!(
                 "unexpected page {pgno} ({} bytes) after page {pages}",
@@ -56,9 +59,15 @@ fn write_pages(conn: &Connection, dest: &Path) -> Result<ImageInfo> {
         out.write_all(data)?;
         pages = pgno;
     }
-    let file = out.into_inner().map_err(|e| DbError::Internal(e.to_string()))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| DbError::Internal(e.to_string()))?;
     file.sync_all()?;
-    Ok(ImageInfo { pages, page_size, version })
+    Ok(ImageInfo {
+        pages,
+        page_size,
+        version,
+    })
 }
 
 /// Every page of the database at `path`, in order, read through `sqlite_dbpage` in one read
@@ -66,7 +75,9 @@ fn write_pages(conn: &Connection, dest: &Path) -> Result<ImageInfo> {
 pub fn dump_pages(path: &Path) -> Result<Vec<Vec<u8>>> {
     let conn = open_read_only(path)?;
     let mut stmt = conn.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
-    let pages = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+    let pages = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
     Ok(pages)
 }
 

@@ -70,12 +70,18 @@ pub struct Statement {
 impl Statement {
     /// A statement without parameters.
     pub fn new(sql: impl Into<String>) -> Self {
-        Statement { sql: sql.into(), params: Params::default() }
+        Statement {
+            sql: sql.into(),
+            params: Params::default(),
+        }
     }
 
     /// A statement with positional parameters.
     pub fn with_params(sql: impl Into<String>, params: Vec<SqlValue>) -> Self {
-        Statement { sql: sql.into(), params: Params::Positional(params) }
+        Statement {
+            sql: sql.into(),
+            params: Params::Positional(params),
+        }
     }
 }
 
@@ -122,7 +128,9 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Resul
                     .parameter_index(name)?
                     .ok_or_else(|| DbError::InvalidArgument(format!("unknown parameter {name}")))?;
                 if std::mem::replace(&mut bound[idx - 1], true) {
-                    return Err(DbError::InvalidArgument(format!("parameter {name} given twice")));
+                    return Err(DbError::InvalidArgument(format!(
+                        "parameter {name} given twice"
+                    )));
                 }
                 stmt.raw_bind_parameter(idx, v)?;
             }
@@ -165,7 +173,11 @@ mod tests {
             ]),
         )?;
         assert_eq!(got, vec![SqlValue::Integer(42)]);
-        let got = run(&conn, "SELECT ?", Params::Positional(vec![SqlValue::Blob(vec![1, 2])]))?;
+        let got = run(
+            &conn,
+            "SELECT ?",
+            Params::Positional(vec![SqlValue::Blob(vec![1, 2])]),
+        )?;
         assert_eq!(got, vec![SqlValue::Blob(vec![1, 2])]);
         Ok(())
     }
@@ -173,14 +185,25 @@ mod tests {
     #[test]
     fn rejects_bad_parameters() -> Result<()> {
         let conn = Connection::open_in_memory()?;
-        let wrong_count = run(&conn, "SELECT ?1, ?2", Params::Positional(vec![SqlValue::Null]));
+        let wrong_count = run(
+            &conn,
+            "SELECT ?1, ?2",
+            Params::Positional(vec![SqlValue::Null]),
+        );
         assert!(matches!(wrong_count, Err(DbError::InvalidArgument(m)) if m.contains("1 given")));
-        let unknown = run(&conn, "SELECT :x", Params::Named(vec![(":y".into(), SqlValue::Null)]));
+        let unknown = run(
+            &conn,
+            "SELECT :x",
+            Params::Named(vec![(":y".into(), SqlValue::Null)]),
+        );
         assert!(matches!(unknown, Err(DbError::InvalidArgument(m)) if m.contains(":y")));
         let twice = run(
             &conn,
             "SELECT :x, :z",
-            Params::Named(vec![(":x".into(), SqlValue::Null), (":x".into(), SqlValue::Null)]),
+            Params::Named(vec![
+                (":x".into(), SqlValue::Null),
+                (":x".into(), SqlValue::Null),
+            ]),
         );
         assert!(matches!(twice, Err(DbError::InvalidArgument(_))));
         Ok(())

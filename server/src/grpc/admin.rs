@@ -38,7 +38,11 @@ pub(crate) fn member_to_proto(m: crate::node::status::MemberStatus) -> v1::NodeS
 impl AdminService {
     fn membership(&self, log_index: u64) -> v1::MembershipResponse {
         let (voters, learners) = self.node.members();
-        v1::MembershipResponse { log_index, voters, learners }
+        v1::MembershipResponse {
+            log_index,
+            voters,
+            learners,
+        }
     }
 
     /// The leader's Admin client when this node is not the leader.
@@ -47,18 +51,27 @@ impl AdminService {
         if hint.id == self.node.id() {
             return None;
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", hint.addr)).ok()?;
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", hint.addr)).ok()?;
         Some(AdminClient::new(endpoint.connect_lazy()))
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
-        Ok(Response::new(status_to_proto(self.node.cluster_status().await)))
+    async fn status(
+        &self,
+        _: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        Ok(Response::new(status_to_proto(
+            self.node.cluster_status().await,
+        )))
     }
 
-    async fn add_learner(&self, request: Request<v1::AddNodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
         validate_new_node(&r)?;
         match self.node.add_learner(r.node_id, r.addr.clone()).await {
@@ -70,7 +83,10 @@ impl Admin for AdminService {
         }
     }
 
-    async fn add_voter(&self, request: Request<v1::AddNodeRequest>) -> Result<Response<v1::MembershipResponse>, Status> {
+    async fn add_voter(
+        &self,
+        request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
         validate_new_node(&r)?;
         match self.node.add_voter(r.node_id, r.addr.clone()).await {
@@ -102,7 +118,9 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let r = request.into_inner();
         match self.node.transfer_leadership(r.node_id).await {
-            Ok(()) => Ok(Response::new(status_to_proto(self.node.cluster_status().await))),
+            Ok(()) => Ok(Response::new(status_to_proto(
+                self.node.cluster_status().await,
+            ))),
             Err(e) => match self.leader_client(&e) {
                 Some(mut leader) => leader.transfer_leadership(r).await,
                 None => Err(node_error_to_status(e)),
@@ -114,8 +132,14 @@ impl Admin for AdminService {
         &self,
         _: Request<v1::SnapshotRequest>,
     ) -> Result<Response<v1::SnapshotResponse>, Status> {
-        let index = self.node.trigger_snapshot().await.map_err(node_error_to_status)?;
-        Ok(Response::new(v1::SnapshotResponse { snapshot_index: index }))
+        let index = self
+            .node
+            .trigger_snapshot()
+            .await
+            .map_err(node_error_to_status)?;
+        Ok(Response::new(v1::SnapshotResponse {
+            snapshot_index: index,
+        }))
     }
 }
 
@@ -123,8 +147,15 @@ fn validate_new_node(r: &v1::AddNodeRequest) -> Result<(), Status> {
     if r.node_id == 0 {
         return Err(Status::invalid_argument("node_id must be at least 1"));
     }
-    if r.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-        return Err(Status::invalid_argument(format!("addr {:?} is not HOST:PORT", r.addr)));
+    if r.addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(Status::invalid_argument(format!(
+            "addr {:?} is not HOST:PORT",
+            r.addr
+        )));
     }
     Ok(())
 }

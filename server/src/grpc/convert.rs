@@ -17,7 +17,9 @@ const MAX_REQUEST_ID_BYTES: usize = 128;
 
 pub fn value_from_proto(v: v1::Value) -> Result<SqlValue, Status> {
     match v.kind {
-        None => Err(Status::invalid_argument("a parameter value has no type (set null, integer, real, text or blob)")),
+        None => Err(Status::invalid_argument(
+            "a parameter value has no type (set null, integer, real, text or blob)",
+        )),
         Some(Kind::Null(_)) => Ok(SqlValue::Null),
         Some(Kind::Integer(i)) => Ok(SqlValue::Integer(i)),
         Some(Kind::Real(r)) => Ok(SqlValue::Real(r)),
@@ -41,7 +43,12 @@ pub fn statement_from_proto(s: v1::Statement) -> Result<Statement, Status> {
         return Err(Status::invalid_argument("empty SQL statement"));
     }
     let params = match (s.positional.is_empty(), s.named.is_empty()) {
-        (_, true) => Params::Positional(s.positional.into_iter().map(value_from_proto).collect::<Result<_, _>>()?),
+        (_, true) => Params::Positional(
+            s.positional
+                .into_iter()
+                .map(value_from_proto)
+                .collect::<Result<_, _>>()?,
+        ),
         (true, false) => Params::Named(
             s.named
                 .into_iter()
@@ -49,7 +56,9 @@ pub fn statement_from_proto(s: v1::Statement) -> Result<Statement, Status> {
                 .collect::<Result<_, Status>>()?,
         ),
         (false, false) => {
-            return Err(Status::invalid_argument("a statement takes positional or named parameters, not both"))
+            return Err(Status::invalid_argument(
+                "a statement takes positional or named parameters, not both",
+            ))
         }
     };
     Ok(Statement { sql: s.sql, params })
@@ -57,25 +66,51 @@ pub fn statement_from_proto(s: v1::Statement) -> Result<Statement, Status> {
 
 fn statement_to_proto(s: &Statement) -> v1::Statement {
     let (positional, named) = match &s.params {
-        Params::Positional(p) => (p.iter().cloned().map(value_to_proto).collect(), Default::default()),
-        Params::Named(n) => (Vec::new(), n.iter().map(|(k, v)| (k.clone(), value_to_proto(v.clone()))).collect()),
+        Params::Positional(p) => (
+            p.iter().cloned().map(value_to_proto).collect(),
+            Default::default(),
+        ),
+        Params::Named(n) => (
+            Vec::new(),
+            n.iter()
+                .map(|(k, v)| (k.clone(), value_to_proto(v.clone())))
+                .collect(),
+        ),
     };
-    v1::Statement { sql: s.sql.clone(), positional, named }
+    v1::Statement {
+        sql: s.sql.clone(),
+        positional,
+        named,
+    }
 }
 
 pub fn write_request_from_proto(r: v1::ExecuteRequest) -> Result<WriteRequest, Status> {
     if r.request_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(Status::invalid_argument(format!("request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")));
+        return Err(Status::invalid_argument(format!(
+            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+        )));
     }
     if r.statements.is_empty() {
-        return Err(Status::invalid_argument("an Execute request needs at least one statement"));
+        return Err(Status::invalid_argument(
+            "an Execute request needs at least one statement",
+        ));
     }
-    let statements = r.statements.into_iter().map(statement_from_proto).collect::<Result<_, _>>()?;
-    Ok(WriteRequest { request_id: r.request_id, statements })
+    let statements = r
+        .statements
+        .into_iter()
+        .map(statement_from_proto)
+        .collect::<Result<_, _>>()?;
+    Ok(WriteRequest {
+        request_id: r.request_id,
+        statements,
+    })
 }
 
 pub fn write_request_to_proto(r: &WriteRequest) -> v1::ExecuteRequest {
-    v1::ExecuteRequest { request_id: r.request_id.clone(), statements: r.statements.iter().map(statement_to_proto).collect() }
+    v1::ExecuteRequest {
+        request_id: r.request_id.clone(),
+        statements: r.statements.iter().map(statement_to_proto).collect(),
+    }
 }
 
 pub fn write_reply_to_proto(r: WriteReply) -> v1::ExecuteResponse {
@@ -83,7 +118,10 @@ pub fn write_reply_to_proto(r: WriteReply) -> v1::ExecuteResponse {
         results: r
             .results
             .into_iter()
-            .map(|o| v1::StatementResult { rows_affected: o.rows_affected, last_insert_rowid: o.last_insert_rowid })
+            .map(|o| v1::StatementResult {
+                rows_affected: o.rows_affected,
+                last_insert_rowid: o.last_insert_rowid,
+            })
             .collect(),
         log_index: r.log_index,
         deduplicated: r.deduplicated,
@@ -95,7 +133,10 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
         results: r
             .results
             .into_iter()
-            .map(|o| StatementOutcome { rows_affected: o.rows_affected, last_insert_rowid: o.last_insert_rowid })
+            .map(|o| StatementOutcome {
+                rows_affected: o.rows_affected,
+                last_insert_rowid: o.last_insert_rowid,
+            })
             .collect(),
         log_index: r.log_index,
         deduplicated: r.deduplicated,
@@ -137,7 +178,9 @@ pub fn db_error_to_status(e: DbError) -> Status {
 
 pub fn node_error_to_status(e: NodeError) -> Status {
     match e {
-        NodeError::Unavailable { message, leader } => with_leader(Status::unavailable(message), leader.as_ref()),
+        NodeError::Unavailable { message, leader } => {
+            with_leader(Status::unavailable(message), leader.as_ref())
+        }
         NodeError::Db(e) => db_error_to_status(e),
         NodeError::InvalidArgument(m) => Status::invalid_argument(m),
         NodeError::TooLarge(m) => Status::resource_exhausted(m),
@@ -185,12 +228,18 @@ mod tests {
     fn mixed_parameters_are_refused() {
         let mut s = v1::Statement::new("SELECT ?", vec![v1::Value::integer(1)]);
         s.named.insert(":a".into(), v1::Value::integer(2));
-        assert_eq!(statement_from_proto(s).expect_err("must fail").code(), Code::InvalidArgument);
+        assert_eq!(
+            statement_from_proto(s).expect_err("must fail").code(),
+            Code::InvalidArgument
+        );
     }
 
     #[test]
     fn leader_hint_survives_a_round_trip() {
-        let hint = LeaderHint { id: 2, addr: "10.0.0.2:7000".into() };
+        let hint = LeaderHint {
+            id: 2,
+            addr: "10.0.0.2:7000".into(),
+        };
         let status = node_error_to_status(NodeError::unavailable("no", Some(hint.clone())));
         assert_eq!(status.code(), Code::Unavailable);
         match node_error_from_status(status, None) {
@@ -205,6 +254,9 @@ mod tests {
             request_id: "x".repeat(200),
             statements: vec![v1::Statement::new("SELECT 1", vec![])],
         };
-        assert_eq!(write_request_from_proto(r).expect_err("must fail").code(), Code::InvalidArgument);
+        assert_eq!(
+            write_request_from_proto(r).expect_err("must fail").code(),
+            Code::InvalidArgument
+        );
     }
 }

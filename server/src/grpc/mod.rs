@@ -19,7 +19,11 @@ use crate::node::Node;
 use crate::raft::codec::MAX_MESSAGE_BYTES;
 
 /// Serves every service of `node` on `listen` until `shutdown` resolves.
-pub async fn serve(node: Node, listen: SocketAddr, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    node: Node,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let max_request = node.config().max_request_bytes;
     // tonic's own limit sits above ours so an oversized request reaches our check and gets
@@ -31,9 +35,12 @@ pub async fn serve(node: Node, listen: SocketAddr, shutdown: impl Future<Output 
         .register_encoded_file_descriptor_set(raftlite_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build reflection service")?;
-    let sql = SqlServer::new(sql::SqlService { node: node.clone(), max_request_bytes: max_request })
-        .max_decoding_message_size(decode_limit)
-        .max_encoding_message_size(64 << 20);
+    let sql = SqlServer::new(sql::SqlService {
+        node: node.clone(),
+        max_request_bytes: max_request,
+    })
+    .max_decoding_message_size(decode_limit)
+    .max_encoding_message_size(64 << 20);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
     let peer = PeerServer::new(peer::PeerService { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)

@@ -24,7 +24,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 fn reply<T: serde::Serialize>(node: &Node, value: &T) -> Result<Response<v1::RaftMessage>, Status> {
-    let payload = codec::encode(value).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
+    let payload =
+        codec::encode(value).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
     Ok(Response::new(v1::RaftMessage {
         cluster_id: node.identity().get().unwrap_or_default(),
         from: node.id(),
@@ -42,7 +43,10 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn append_entries(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftMessage>, Status> {
         let msg = request.into_inner();
         if let Err(m) = self.node.identity().check_peer(&msg.cluster_id) {
             return Err(self.foreign_leader(m));
@@ -55,7 +59,10 @@ impl Peer for PeerService {
         reply(&self.node, &result)
     }
 
-    async fn vote(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftMessage>, Status> {
         let msg = request.into_inner();
         if let Err(m) = self.node.identity().check_peer(&msg.cluster_id) {
             tracing::warn!(from = msg.from, error = %m, "refusing a vote request from another cluster");
@@ -92,7 +99,17 @@ impl Peer for PeerService {
             file.write_all(&chunk?.data).await.map_err(io)?;
         }
         file.flush().await.map_err(io)?;
-        let result = self.node.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await;
+        let result = self
+            .node
+            .raft()
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+            )
+            .await;
         reply(&self.node, &result)
     }
 
@@ -101,17 +118,30 @@ impl Peer for PeerService {
         request: Request<v1::ExecuteRequest>,
     ) -> Result<Response<v1::ExecuteResponse>, Status> {
         let write = write_request_from_proto(request.into_inner())?;
-        let reply = self.node.execute(write, true).await.map_err(node_error_to_status)?;
+        let reply = self
+            .node
+            .execute(write, true)
+            .await
+            .map_err(node_error_to_status)?;
         Ok(Response::new(write_reply_to_proto(reply)))
     }
 
-    async fn read_index(&self, _: Request<v1::ReadIndexRequest>) -> Result<Response<v1::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _: Request<v1::ReadIndexRequest>,
+    ) -> Result<Response<v1::ReadIndexResponse>, Status> {
         let index = self.node.read_index().await.map_err(node_error_to_status)?;
         Ok(Response::new(v1::ReadIndexResponse { index }))
     }
 
-    async fn identity(&self, _: Request<v1::IdentityRequest>) -> Result<Response<v1::IdentityResponse>, Status> {
-        let initialized = self.node.has_raft_state().map_err(|e| Status::internal(e.to_string()))?;
+    async fn identity(
+        &self,
+        _: Request<v1::IdentityRequest>,
+    ) -> Result<Response<v1::IdentityResponse>, Status> {
+        let initialized = self
+            .node
+            .has_raft_state()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(v1::IdentityResponse {
             node_id: self.node.id(),
             cluster_id: self.node.identity().get().unwrap_or_default(),
@@ -119,11 +149,19 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn local_status(&self, _: Request<v1::LocalStatusRequest>) -> Result<Response<v1::NodeStatus>, Status> {
-        Ok(Response::new(super::admin::member_to_proto(self.node.local_status())))
+    async fn local_status(
+        &self,
+        _: Request<v1::LocalStatusRequest>,
+    ) -> Result<Response<v1::NodeStatus>, Status> {
+        Ok(Response::new(super::admin::member_to_proto(
+            self.node.local_status(),
+        )))
     }
 
-    async fn elect(&self, request: Request<v1::ElectRequest>) -> Result<Response<v1::ElectResponse>, Status> {
+    async fn elect(
+        &self,
+        request: Request<v1::ElectRequest>,
+    ) -> Result<Response<v1::ElectResponse>, Status> {
         let after = std::time::Duration::from_millis(request.into_inner().after_ms.min(10_000));
         self.node.elect_after(after);
         Ok(Response::new(v1::ElectResponse {}))

@@ -6,8 +6,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    consistency_from_proto, db_error_to_status, node_error_to_status, statement_from_proto, value_to_proto,
-    write_reply_to_proto, write_request_from_proto,
+    consistency_from_proto, db_error_to_status, node_error_to_status, statement_from_proto,
+    value_to_proto, write_reply_to_proto, write_request_from_proto,
 };
 use crate::db::QueryChunk;
 use crate::node::Node;
@@ -19,11 +19,20 @@ pub struct SqlService {
 
 fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
     v1::QueryResponse {
-        columns: chunk.columns.into_iter().map(|c| v1::Column { name: c.name, decl_type: c.decl_type }).collect(),
+        columns: chunk
+            .columns
+            .into_iter()
+            .map(|c| v1::Column {
+                name: c.name,
+                decl_type: c.decl_type.unwrap_or_default(),
+            })
+            .collect(),
         rows: chunk
             .rows
             .into_iter()
-            .map(|r| v1::Row { values: r.into_iter().map(value_to_proto).collect() })
+            .map(|r| v1::Row {
+                values: r.into_iter().map(value_to_proto).collect(),
+            })
             .collect(),
         applied_index,
         truncated: chunk.truncated,
@@ -42,24 +51,39 @@ pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Sql for SqlService {
-    async fn execute(&self, request: Request<v1::ExecuteRequest>) -> Result<Response<v1::ExecuteResponse>, Status> {
+    async fn execute(
+        &self,
+        request: Request<v1::ExecuteRequest>,
+    ) -> Result<Response<v1::ExecuteResponse>, Status> {
         check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
         let write = write_request_from_proto(request.into_inner())?;
-        let reply = self.node.execute(write, false).await.map_err(node_error_to_status)?;
+        let reply = self
+            .node
+            .execute(write, false)
+            .await
+            .map_err(node_error_to_status)?;
         Ok(Response::new(write_reply_to_proto(reply)))
     }
 
     type QueryStream = ReceiverStream<Result<v1::QueryResponse, Status>>;
 
-    async fn query(&self, request: Request<v1::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+    async fn query(
+        &self,
+        request: Request<v1::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
         check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
         let request = request.into_inner();
         let statement = statement_from_proto(
-            request.statement.ok_or_else(|| Status::invalid_argument("a Query request needs a statement"))?,
+            request
+                .statement
+                .ok_or_else(|| Status::invalid_argument("a Query request needs a statement"))?,
         )?;
         let consistency = consistency_from_proto(request.consistency);
-        let (applied, mut rows) =
-            self.node.query(statement, consistency, request.max_rows).await.map_err(node_error_to_status)?;
+        let (applied, mut rows) = self
+            .node
+            .query(statement, consistency, request.max_rows)
+            .await
+            .map_err(node_error_to_status)?;
         // The first chunk decides whether the statement is valid: its error is the call's status.
         let first = match rows.recv().await {
             Some(Ok(chunk)) => chunk,

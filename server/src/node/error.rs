@@ -14,7 +14,10 @@ pub enum NodeError {
     /// No leader, no quorum, leadership changed, or the node is not caught up. Retrying (with the
     /// same request id for writes) is safe.
     #[error("{message}")]
-    Unavailable { message: String, leader: Option<LeaderHint> },
+    Unavailable {
+        message: String,
+        leader: Option<LeaderHint>,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("{0}")]
@@ -29,7 +32,10 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn unavailable(message: impl Into<String>, leader: Option<LeaderHint>) -> Self {
-        NodeError::Unavailable { message: message.into(), leader }
+        NodeError::Unavailable {
+            message: message.into(),
+            leader,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {

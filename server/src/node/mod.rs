@@ -6,7 +6,7 @@ pub mod reads;
 pub mod status;
 pub mod write_path;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,13 +59,23 @@ impl Node {
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
         let db = Arc::new(
-            Database::open(&config.data_dir.join("db.sqlite"), DbOptions { read_threads: config.read_threads })
-                .context("open database")?,
+            Database::open(
+                config.data_dir.join("db.sqlite"),
+                DbOptions {
+                    read_threads: config.read_threads,
+                    ..Default::default()
+                },
+            )
+            .context("open database")?,
         );
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let state_machine =
-            StateMachine::open(db.clone(), store.clone(), config.data_dir.join("snapshots"), applied_tx)
-                .context("open state machine")?;
+        let state_machine = StateMachine::open(
+            db.clone(),
+            store.clone(),
+            config.data_dir.join("snapshots"),
+            applied_tx,
+        )
+        .context("open state machine")?;
         let log_store = LogStore::new(store.clone());
         let raft_config = openraft::Config {
             cluster_name: "raftlite".into(),
@@ -75,16 +85,24 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: 1000,
             install_snapshot_timeout: 60_000,
-            send_snapshot_timeout: 600_000,
             max_payload_entries: 64,
             ..Default::default()
         }
         .validate()
         .context("raft timings")?;
-        let network = Network { self_id: config.node_id, identity: identity.clone() };
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, state_machine)
-            .await
-            .context("start raft")?;
+        let network = Network {
+            self_id: config.node_id,
+            identity: identity.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("start raft")?;
         let executor = db.open_executor().context("open executor connection")?;
         let (writes, queue) = mpsc::channel(config.max_batch_requests * 4);
         let inner = Arc::new(NodeInner {
@@ -99,7 +117,12 @@ impl Node {
             leader_commit: Mutex::new((0, None)),
             peers: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(write_path::run_batcher(inner.clone(), executor, queue, config.max_batch_requests));
+        tokio::spawn(write_path::run_batcher(
+            inner.clone(),
+            executor,
+            queue,
+            config.max_batch_requests,
+        ));
         Ok(Node { inner })
     }
 
@@ -130,7 +153,11 @@ impl Node {
 
     /// Runs a write. On a follower it is forwarded to the leader; `forwarded` marks a write that
     /// already was (it is not forwarded twice).
-    pub async fn execute(&self, request: WriteRequest, forwarded: bool) -> Result<WriteReply, NodeError> {
+    pub async fn execute(
+        &self,
+        request: WriteRequest,
+        forwarded: bool,
+    ) -> Result<WriteReply, NodeError> {
         let inner = &self.inner;
         if inner.is_leader() {
             let (reply, rx) = oneshot::channel();
@@ -139,25 +166,40 @@ impl Node {
                 .send(write_path::PendingWrite { request, reply })
                 .await
                 .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
-            return rx.await.map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            return rx
+                .await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
         }
         let Some(leader) = inner.leader_hint() else {
-            return Err(NodeError::unavailable("no leader is elected at the moment; retry", None));
+            return Err(NodeError::unavailable(
+                "no leader is elected at the moment; retry",
+                None,
+            ));
         };
         if forwarded {
-            return Err(NodeError::unavailable("this node is not the leader", Some(leader)));
+            return Err(NodeError::unavailable(
+                "this node is not the leader",
+                Some(leader),
+            ));
         }
         let mut client = inner.peer(&leader.addr)?;
         let proto = crate::grpc::convert::write_request_to_proto(&request);
         match client.forward_execute(proto).await {
             Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
-            Err(status) => Err(crate::grpc::convert::node_error_from_status(status, Some(leader))),
+            Err(status) => Err(crate::grpc::convert::node_error_from_status(
+                status,
+                Some(leader),
+            )),
         }
     }
 
     /// Records the leader's commit index carried by an AppendEntries this follower received.
     pub fn note_leader_commit(&self, index: u64) {
-        let mut guard = self.inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .inner
+            .leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         guard.0 = guard.0.max(index);
         guard.1 = Some(Instant::now());
     }
@@ -165,7 +207,10 @@ impl Node {
     /// Leader only: a log index a linearizable read must wait for (Raft read index).
     pub async fn read_index(&self) -> Result<u64, NodeError> {
         let (read_log_id, _) = self.inner.raft.get_read_log_id().await.map_err(|e| {
-            NodeError::unavailable(format!("cannot confirm leadership for a linearizable read: {e}"), self.inner.leader_hint())
+            NodeError::unavailable(
+                format!("cannot confirm leadership for a linearizable read: {e}"),
+                self.inner.leader_hint(),
+            )
         })?;
         Ok(read_log_id.map(|l| l.index).unwrap_or(0))
     }
@@ -201,9 +246,16 @@ impl Node {
         } else if membership.get_node(&id).is_some() {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         } else {
-            return Err(NodeError::InvalidArgument(format!("node {id} is not a member of the cluster")));
+            return Err(NodeError::InvalidArgument(format!(
+                "node {id} is not a member of the cluster"
+            )));
         };
-        let resp = self.inner.raft.change_membership(change, false).await.map_err(|e| self.inner.membership_error(e))?;
+        let resp = self
+            .inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.inner.membership_error(e))?;
         tracing::info!(node = id, "node removed from the cluster");
         Ok(resp.log_id.index)
     }
@@ -218,12 +270,20 @@ impl Node {
     /// Builds a snapshot now and waits for it; returns its log index.
     pub async fn trigger_snapshot(&self) -> Result<u64, NodeError> {
         let target = self.applied_index();
-        self.inner.raft.trigger().snapshot().await.map_err(|e| NodeError::Internal(e.to_string()))?;
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let metrics = self
             .inner
             .raft
             .wait(Some(Duration::from_secs(120)))
-            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= target, "snapshot built")
+            .metrics(
+                |m| m.snapshot.map(|s| s.index).unwrap_or(0) >= target,
+                "snapshot built",
+            )
             .await
             .map_err(|e| NodeError::Timeout(format!("snapshot was not built in time: {e}")))?;
         Ok(metrics.snapshot.map(|s| s.index).unwrap_or(0))
@@ -233,7 +293,10 @@ impl Node {
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), NodeError> {
         let inner = &self.inner;
         if !inner.is_leader() {
-            return Err(NodeError::unavailable("only the leader can transfer leadership", inner.leader_hint()));
+            return Err(NodeError::unavailable(
+                "only the leader can transfer leadership",
+                inner.leader_hint(),
+            ));
         }
         if target == inner.id {
             return Ok(());
@@ -241,7 +304,9 @@ impl Node {
         let metrics = inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         if !membership.voter_ids().any(|v| v == target) {
-            return Err(NodeError::InvalidArgument(format!("node {target} is not a voter")));
+            return Err(NodeError::InvalidArgument(format!(
+                "node {target} is not a voter"
+            )));
         }
         let addr = membership
             .get_node(&target)
@@ -256,18 +321,25 @@ impl Node {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let _ = client
-                    .elect(raftlite_proto::v1::ElectRequest { after_ms: lease.as_millis() as u64 + 50 })
+                    .elect(raftlite_proto::v1::ElectRequest {
+                        after_ms: lease.as_millis() as u64 + 50,
+                    })
                     .await;
                 let got = inner
                     .raft
                     .wait(Some(lease * 4))
-                    .metrics(|m| m.current_leader.is_some() && m.current_leader != Some(inner.id), "leader moved")
+                    .metrics(
+                        |m| m.current_leader.is_some() && m.current_leader != Some(inner.id),
+                        "leader moved",
+                    )
                     .await;
                 if let Ok(m) = got {
                     return Ok(m.current_leader);
                 }
                 if Instant::now() > deadline {
-                    return Err(NodeError::Timeout("leadership transfer did not complete".into()));
+                    return Err(NodeError::Timeout(
+                        "leadership transfer did not complete".into(),
+                    ));
                 }
             }
         }
@@ -275,7 +347,10 @@ impl Node {
         inner.raft.runtime_config().heartbeat(true);
         match result? {
             Some(l) if l == target => Ok(()),
-            other => Err(NodeError::unavailable(format!("leadership moved to {other:?} instead of {target}; retry"), None)),
+            other => Err(NodeError::unavailable(
+                format!("leadership moved to {other:?} instead of {target}; retry"),
+                None,
+            )),
         }
     }
 
@@ -312,7 +387,10 @@ impl NodeInner {
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some(LeaderHint { id, addr: node.addr })
+        Some(LeaderHint {
+            id,
+            addr: node.addr,
+        })
     }
 
     pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, NodeError> {
@@ -320,7 +398,8 @@ impl NodeInner {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let client = peer_client(addr).map_err(|e| NodeError::Internal(format!("bad peer address {addr:?}: {e}")))?;
+        let client = peer_client(addr)
+            .map_err(|e| NodeError::Internal(format!("bad peer address {addr:?}: {e}")))?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -334,7 +413,8 @@ impl NodeInner {
             .metrics(
                 |m| {
                     m.state == ServerState::Leader
-                        && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+                        && m.last_applied
+                            .is_some_and(|l| l.leader_id.term == m.current_term)
                 },
                 "leader ready",
             )
@@ -342,18 +422,28 @@ impl NodeInner {
             .map(|_| ())
             .map_err(|_| {
                 let hint = self.leader_hint().filter(|l| l.id != id);
-                NodeError::unavailable("this node is no longer the leader or not ready yet; retry", hint)
+                NodeError::unavailable(
+                    "this node is no longer the leader or not ready yet; retry",
+                    hint,
+                )
             })
     }
 
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
         let mut rx = self.applied.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|&a| a >= index)).await {
-            Ok(Ok(_)) => Ok(()),
+        let reached = tokio::time::timeout(timeout, async {
+            rx.wait_for(|&a| a >= index).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(NodeError::unavailable("the node is shutting down", None)),
             Err(_) => Err(NodeError::unavailable(
-                format!("this node has applied up to {} and did not reach index {index} in time", self.applied_index()),
+                format!(
+                    "this node has applied up to {} and did not reach index {index} in time",
+                    self.applied_index()
+                ),
                 self.leader_hint(),
             )),
         }
@@ -362,14 +452,15 @@ impl NodeInner {
     fn membership_error<E: std::fmt::Display>(&self, e: E) -> NodeError {
         let text = e.to_string();
         if text.contains("forward request to") || text.contains("has to forward") {
-            NodeError::unavailable(format!("membership changes go through the leader: {text}"), self.leader_hint())
+            NodeError::unavailable(
+                format!("membership changes go through the leader: {text}"),
+                self.leader_hint(),
+            )
         } else {
-            NodeError::unavailable(format!("membership change failed: {text}"), self.leader_hint())
+            NodeError::unavailable(
+                format!("membership change failed: {text}"),
+                self.leader_hint(),
+            )
         }
-    }
-
-    /// Addresses of the initial members (from configuration).
-    pub fn configured_peers(&self) -> &BTreeMap<NodeId, String> {
-        &self.config.peers
     }
 }

@@ -26,7 +26,9 @@ const BATCH_ROWS: usize = 512;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReadConsistency {
     Stale,
-    Bounded { max_lag: u64 },
+    Bounded {
+        max_lag: u64,
+    },
     AtIndex(u64),
     #[default]
     Linearizable,
@@ -47,7 +49,10 @@ impl Node {
             ReadConsistency::AtIndex(index) => inner.wait_applied(index, READ_WAIT).await?,
             ReadConsistency::Bounded { max_lag } => {
                 if !inner.is_leader() {
-                    let (commit, heard) = *inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+                    let (commit, heard) = *inner
+                        .leader_commit
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     let limit = inner.config.election_timeout_max * 3;
                     match heard {
                         Some(at) if at.elapsed() <= limit => {}
@@ -58,29 +63,41 @@ impl Node {
                             ))
                         }
                     }
-                    inner.wait_applied(commit.saturating_sub(max_lag), READ_WAIT).await?;
+                    inner
+                        .wait_applied(commit.saturating_sub(max_lag), READ_WAIT)
+                        .await?;
                 }
             }
             ReadConsistency::Linearizable => {
-                let index = if inner.is_leader() { self.read_index().await? } else { self.remote_read_index().await? };
+                let index = if inner.is_leader() {
+                    self.read_index().await?
+                } else {
+                    self.remote_read_index().await?
+                };
                 inner.wait_applied(index, READ_WAIT).await?;
             }
         }
         let applied = inner.applied_index();
-        Ok((applied, inner.db.reads().query(statement, max_rows, BATCH_ROWS)))
+        Ok((
+            applied,
+            inner.db.reads().query(statement, max_rows, BATCH_ROWS),
+        ))
     }
 
     async fn remote_read_index(&self) -> Result<u64, NodeError> {
         let inner = &self.inner;
-        let leader = inner
-            .leader_hint()
-            .ok_or_else(|| NodeError::unavailable("no leader is elected at the moment; retry", None))?;
+        let leader = inner.leader_hint().ok_or_else(|| {
+            NodeError::unavailable("no leader is elected at the moment; retry", None)
+        })?;
         let mut client = inner.peer(&leader.addr)?;
         let mut request = tonic::Request::new(raftlite_proto::v1::ReadIndexRequest {});
         request.set_timeout(READ_WAIT);
         match client.read_index(request).await {
             Ok(r) => Ok(r.into_inner().index),
-            Err(status) => Err(crate::grpc::convert::node_error_from_status(status, Some(leader))),
+            Err(status) => Err(crate::grpc::convert::node_error_from_status(
+                status,
+                Some(leader),
+            )),
         }
     }
 }

@@ -46,7 +46,10 @@ impl Node {
     pub fn local_status(&self) -> MemberStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let addr = membership.get_node(&self.inner.id).map(|n| n.addr.clone()).unwrap_or_else(|| self.inner.config.advertise_addr.clone());
+        let addr = membership
+            .get_node(&self.inner.id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_else(|| self.inner.config.advertise_addr.clone());
         let applied = self.inner.applied_index();
         MemberStatus {
             id: self.inner.id,
@@ -65,7 +68,12 @@ impl Node {
         if self.inner.is_leader() {
             self.inner.applied_index()
         } else {
-            self.inner.leader_commit.lock().unwrap_or_else(|p| p.into_inner()).0.max(self.inner.applied_index())
+            self.inner
+                .leader_commit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .max(self.inner.applied_index())
         }
     }
 
@@ -108,13 +116,23 @@ impl Node {
             voter: false,
             term: 0,
         };
-        let Ok(mut client) = self.inner.peer(addr) else { return unreachable };
+        let Ok(mut client) = self.inner.peer(addr) else {
+            return unreachable;
+        };
         let mut request = tonic::Request::new(raftlite_proto::v1::LocalStatusRequest {});
         request.set_timeout(Duration::from_millis(500));
         match client.local_status(request).await {
             Ok(r) => {
                 let s = r.into_inner();
-                MemberStatus { id, addr: addr.to_string(), role: s.role, applied_index: s.applied_index, lag: 0, voter: s.voter, term: s.term }
+                MemberStatus {
+                    id,
+                    addr: addr.to_string(),
+                    role: s.role,
+                    applied_index: s.applied_index,
+                    lag: 0,
+                    voter: s.voter,
+                    term: s.term,
+                }
             }
             Err(_) => unreachable,
         }

@@ -61,8 +61,9 @@ pub(crate) async fn run_batcher(
             }
             continue;
         }
-        let (vacuums, writes): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|w| crate::db::is_vacuum(&w.request));
+        let (vacuums, writes): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|w| crate::db::is_vacuum(&w.request));
         if !writes.is_empty() {
             commit_batch(&node, &executor, writes, false).await;
         }
@@ -76,16 +77,27 @@ fn clone_unavailable(e: &NodeError) -> NodeError {
     NodeError::unavailable(e.to_string(), e.leader_hint().cloned())
 }
 
-async fn commit_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>, vacuum: bool) {
+async fn commit_batch(
+    node: &NodeInner,
+    executor: &ExecutorHandle,
+    batch: Vec<PendingWrite>,
+    vacuum: bool,
+) {
     let started = Instant::now();
     let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
-    let executed = if vacuum { executor.execute_vacuum().await } else { executor.execute_batch(requests).await };
+    let executed = if vacuum {
+        executor.execute_vacuum().await
+    } else {
+        executor.execute_batch(requests).await
+    };
     let ExecutedBatch { delta, outcomes } = match executed {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "executing a write batch failed");
             for w in batch {
-                let _ = w.reply.send(Err(NodeError::Internal(format!("executing the write failed: {e}"))));
+                let _ = w.reply.send(Err(NodeError::Internal(format!(
+                    "executing the write failed: {e}"
+                ))));
             }
             return;
         }
@@ -99,16 +111,24 @@ async fn commit_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<Pe
         let reply = match (outcome, &committed) {
             (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
             (_, Err(e)) => Err(clone_unavailable(e)),
-            (WriteOutcome::Executed(results), Ok(index)) => {
-                Ok(WriteReply { results, log_index: *index, deduplicated: false })
-            }
-            (WriteOutcome::Duplicate(results), Ok(index)) => {
-                Ok(WriteReply { results, log_index: *index, deduplicated: true })
-            }
+            (WriteOutcome::Executed(results), Ok(index)) => Ok(WriteReply {
+                results,
+                log_index: *index,
+                deduplicated: false,
+            }),
+            (WriteOutcome::Duplicate(results), Ok(index)) => Ok(WriteReply {
+                results,
+                log_index: *index,
+                deduplicated: true,
+            }),
         };
         let _ = w.reply.send(reply);
     }
-    tracing::debug!(batch_size, elapsed_us = started.elapsed().as_micros() as u64, "write batch committed");
+    tracing::debug!(
+        batch_size,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "write batch committed"
+    );
 }
 
 /// Proposes a delta and waits until it is applied on this node; returns its log index.

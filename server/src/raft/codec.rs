@@ -11,7 +11,10 @@ pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
 fn options() -> impl bincode::Options {
     use bincode::Options;
-    bincode::DefaultOptions::new().with_fixint_encoding().with_limit(MAX_MESSAGE_BYTES).reject_trailing_bytes()
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_MESSAGE_BYTES)
+        .reject_trailing_bytes()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
@@ -54,9 +57,9 @@ mod tests {
     fn entry_round_trips() {
         let entry: Entry = openraft::Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
-            payload: openraft::EntryPayload::Normal(crate::raft::types::Command::Delta(bytes::Bytes::from_static(
-                b"pages",
-            ))),
+            payload: openraft::EntryPayload::Normal(crate::raft::types::Command::Delta(
+                bytes::Bytes::from_static(b"pages"),
+            )),
         };
         let back: Entry = decode(&encode(&entry).expect("encode")).expect("decode");
         assert_eq!(back.log_id, entry.log_id);

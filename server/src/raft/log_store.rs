@@ -44,14 +44,18 @@ impl LogStore {
         Self { store }
     }
 
-    fn read_range(store: &RaftStore, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
+    fn read_range(
+        store: &RaftStore,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
         let tx = store.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
         for item in table.range::<u64>((start, end)).map_err(read_err)? {
             let (k, v) = item.map_err(read_err)?;
-            let entry: Entry =
-                super::codec::decode(v.value()).map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
+            let entry: Entry = super::codec::decode(v.value())
+                .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
             out.push(entry);
         }
         Ok(out)
@@ -60,14 +64,15 @@ impl LogStore {
     fn last_entry_id(store: &RaftStore) -> Result<Option<LogId>, StorageError> {
         let tx = store.db.begin_read().map_err(read_err)?;
         let table = tx.open_table(LOGS).map_err(read_err)?;
-        match table.last().map_err(read_err)? {
-            None => Ok(None),
+        let last = match table.last().map_err(read_err)? {
+            None => None,
             Some((k, v)) => {
                 let entry: Entry = super::codec::decode(v.value())
                     .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
-                Ok(Some(entry.log_id))
+                Some(entry.log_id)
             }
-        }
+        };
+        Ok(last)
     }
 }
 
@@ -90,7 +95,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             let last_purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
             let last = Self::last_entry_id(&store)?.or(last_purged);
-            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
         })
         .await
     }
@@ -121,7 +129,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || Ok(store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())).await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -161,7 +173,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(write_err)?;
             }
             tx.commit().map_err(write_err)
         })
@@ -175,9 +189,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut meta = tx.open_table(META).map_err(write_err)?;
                 let bytes = super::codec::encode(&log_id).map_err(write_err)?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
+                meta.insert(KEY_LAST_PURGED, bytes.as_slice())
+                    .map_err(write_err)?;
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(write_err)?;
             }
             tx.commit().map_err(write_err)
         })

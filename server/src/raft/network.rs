@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, Snapshot};
 use raftlite_proto::v1::peer_client::PeerClient;
@@ -62,7 +62,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             self_id: self.self_id,
             target,
             identity: self.identity.clone(),
-            client: peer_client(&node.addr).map_err(|e| format!("bad peer address {:?}: {e}", node.addr)),
+            client: peer_client(&node.addr)
+                .map_err(|e| format!("bad peer address {:?}: {e}", node.addr)),
         }
     }
 }
@@ -80,21 +81,34 @@ where
 
 fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(&status),
-        _ => RPCError::Network(NetworkError::new(&PeerError(format!("{}: {}", status.code(), status.message())))),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(&status)
+        }
+        _ => RPCError::Network(NetworkError::new(&PeerError(format!(
+            "{}: {}",
+            status.code(),
+            status.message()
+        )))),
     }
 }
 
 impl PeerConnection {
     fn envelope(&self, payload: Vec<u8>) -> RaftMessage {
-        RaftMessage { cluster_id: self.identity.get().unwrap_or_default(), from: self.self_id, payload }
+        RaftMessage {
+            cluster_id: self.identity.get().unwrap_or_default(),
+            from: self.self_id,
+            payload,
+        }
     }
 
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
         option: &RPCOption,
-        rpc: impl AsyncFnOnce(PeerClient<Channel>, tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+        rpc: impl AsyncFnOnce(
+            PeerClient<Channel>,
+            tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: serde::Serialize,
@@ -108,9 +122,16 @@ impl PeerConnection {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(self.envelope(payload));
         request.set_timeout(option.hard_ttl());
-        let reply = rpc(client, request).await.map_err(from_status)?.into_inner();
-        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(format!("undecodable reply: {e}")))))?;
+        let reply = rpc(client, request)
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.payload).map_err(|e| {
+                RPCError::Network(NetworkError::new(&PeerError(format!(
+                    "undecodable reply: {e}"
+                ))))
+            })?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -121,7 +142,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await).await
+        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
+            .await
     }
 
     async fn vote(
@@ -129,18 +151,23 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await).await
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         // Snapshots are sent whole by `full_snapshot`; openraft only calls this from its default
         // `full_snapshot`, which is overridden below.
-        Err(RPCError::Network(NetworkError::new(&PeerError("chunked snapshot RPC is not used".into()))))
+        Err(RPCError::Network(NetworkError::new(&PeerError(
+            "chunked snapshot RPC is not used".into(),
+        ))))
     }
 
     async fn full_snapshot(
@@ -152,9 +179,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = match &self.client {
             Ok(c) => c.clone(),
-            Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&PeerError(e.clone())))),
+            Err(e) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(&PeerError(
+                    e.clone(),
+                ))))
+            }
         };
-        let header = codec::encode(&(vote, snapshot.meta.clone())).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header = codec::encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let cluster_id = self.identity.get().unwrap_or_default();
         let from = self.self_id;
@@ -175,7 +207,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 }
                 buf.truncate(filled);
                 let chunk = SnapshotChunk {
-                    cluster_id: if first.is_some() { cluster_id.clone() } else { String::new() },
+                    cluster_id: if first.is_some() {
+                        cluster_id.clone()
+                    } else {
+                        String::new()
+                    },
                     from,
                     header: first.take().unwrap_or_default(),
                     data: buf,
@@ -198,7 +234,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         match reader.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
-            Err(e) => return Err(StreamingError::Network(NetworkError::new(&PeerError(e.to_string())))),
+            Err(e) => {
+                return Err(StreamingError::Network(NetworkError::new(&PeerError(
+                    e.to_string(),
+                ))))
+            }
         }
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
@@ -206,8 +246,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             }
             _ => StreamingError::Network(NetworkError::new(&PeerError(status.to_string()))),
         })?;
-        let decoded: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = codec::decode(&reply.into_inner().payload)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&PeerError(format!("undecodable reply: {e}")))))?;
+        let decoded: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            codec::decode(&reply.into_inner().payload).map_err(|e| {
+                StreamingError::Network(NetworkError::new(&PeerError(format!(
+                    "undecodable reply: {e}"
+                ))))
+            })?;
         decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -50,7 +50,8 @@ fn sm_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::error(e.to_string())).into()
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::error(e.to_string()))
+        .into()
 }
 
 impl StateMachine {
@@ -66,12 +67,22 @@ impl StateMachine {
         let last_applied: Option<LogId> = store.read_meta::<Option<LogId>>(KEY_APPLIED)?.flatten();
         let membership: StoredMembership = store.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
         applied_tx.send_replace(last_applied.map(|l| l.index).unwrap_or(0));
-        Ok(Self { db, store, snapshot_dir, last_applied, membership, receiving: None, applied_tx })
+        Ok(Self {
+            db,
+            store,
+            snapshot_dir,
+            last_applied,
+            membership,
+            receiving: None,
+            applied_tx,
+        })
     }
 
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
-        self.store.write_meta(KEY_APPLIED, &self.last_applied, sync)?;
-        self.store.write_meta(KEY_MEMBERSHIP, &self.membership, sync)
+        self.store
+            .write_meta(KEY_APPLIED, &self.last_applied, sync)?;
+        self.store
+            .write_meta(KEY_MEMBERSHIP, &self.membership, sync)
     }
 
     fn image_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -103,7 +114,10 @@ impl StateMachine {
             if !Self::image_path(dir, &meta).exists() {
                 continue;
             }
-            if best.as_ref().is_none_or(|b| meta.last_log_id > b.last_log_id) {
+            if best
+                .as_ref()
+                .is_none_or(|b| meta.last_log_id > b.last_log_id)
+            {
                 best = Some(meta);
             }
         }
@@ -113,10 +127,15 @@ impl StateMachine {
     /// Keeps the snapshot `keep` and removes every other image and metadata file (and snapshots
     /// being received only when `also_receiving`).
     fn remove_other_snapshots(dir: &Path, keep: &SnapshotMeta, also_receiving: bool) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             if stem != keep.snapshot_id && (also_receiving || !stem.starts_with("receiving-")) {
                 let _ = std::fs::remove_file(&path);
             }
@@ -130,9 +149,17 @@ impl StateMachine {
         std::fs::rename(&tmp, Self::meta_path(dir, meta)).map_err(|e| snap_err(Some(meta), e))
     }
 
-    async fn open_snapshot(dir: &Path, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file = tokio::fs::File::open(Self::image_path(dir, &meta)).await.map_err(|e| snap_err(Some(&meta), e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    async fn open_snapshot(
+        dir: &Path,
+        meta: SnapshotMeta,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let file = tokio::fs::File::open(Self::image_path(dir, &meta))
+            .await
+            .map_err(|e| snap_err(Some(&meta), e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -176,12 +203,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ApplyResult::NoOp
                 }
                 EntryPayload::Normal(Command::Delta(bytes)) => {
-                    let delta = PageDelta::decode(&bytes)
-                        .map_err(|e| sm_err(format!("decode delta at log index {}: {e}", entry.log_id.index)))?;
+                    let delta = PageDelta::decode(&bytes).map_err(|e| {
+                        sm_err(format!(
+                            "decode delta at log index {}: {e}",
+                            entry.log_id.index
+                        ))
+                    })?;
                     match self.db.apply(Arc::new(delta)).await {
                         Ok(ApplyOutcome::Applied) => ApplyResult::Applied,
                         Ok(ApplyOutcome::Skipped) => ApplyResult::Stale,
-                        Err(e) => return Err(sm_err(format!("apply log index {}: {e}", entry.log_id.index))),
+                        Err(e) => {
+                            return Err(sm_err(format!(
+                                "apply log index {}: {e}",
+                                entry.log_id.index
+                            )))
+                        }
                     }
                 }
             };
@@ -213,12 +249,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(_) => self.persist(Sync::Durable).map_err(|e| e.to_string()),
             Err(e) => Err(format!("build database image: {e}")),
         };
-        SnapshotBuilder { dir: self.snapshot_dir.clone(), meta, built }
+        SnapshotBuilder {
+            dir: self.snapshot_dir.clone(),
+            meta,
+            built,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snapshot_dir.join(format!("receiving-{}.db", uuid::Uuid::new_v4().simple()));
-        let file = tokio::fs::File::create(&path).await.map_err(|e| snap_err(None, e))?;
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.db", uuid::Uuid::new_v4().simple()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| snap_err(None, e))?;
         self.receiving = Some(path);
         Ok(Box::new(file))
     }
@@ -228,11 +272,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let received = self.receiving.take().ok_or_else(|| snap_err(Some(meta), "no snapshot was being received"))?;
-        snapshot.sync_all().await.map_err(|e| snap_err(Some(meta), e))?;
-        drop(snapshot);
+        // Copy from the handle we were given (not from the path we handed out): openraft
+        // only promises that this handle holds the snapshot.
         let image = Self::image_path(&self.snapshot_dir, meta);
-        std::fs::rename(&received, &image).map_err(|e| snap_err(Some(meta), e))?;
+        let mut source = snapshot;
+        let copied = async {
+            use tokio::io::AsyncSeekExt;
+            source.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut dest = tokio::fs::File::create(&image).await?;
+            tokio::io::copy(&mut source, &mut dest).await?;
+            dest.sync_all().await
+        }
+        .await;
+        drop(source);
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        copied.map_err(|e| snap_err(Some(meta), format!("store received snapshot: {e}")))?;
         self.db
             .install_image(image.clone())
             .await
@@ -242,7 +298,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.persist(Sync::Durable)?;
         Self::write_meta_file(&self.snapshot_dir, meta)?;
         Self::remove_other_snapshots(&self.snapshot_dir, meta, true);
-        self.applied_tx.send_replace(self.last_applied.map(|l| l.index).unwrap_or(0));
+        self.applied_tx
+            .send_replace(self.last_applied.map(|l| l.index).unwrap_or(0));
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }

@@ -36,9 +36,11 @@ pub enum Sync {
 impl RaftStore {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create data directory {}", dir.display()))?;
         let path = dir.join("raft.redb");
-        let db = redb::Database::create(&path).with_context(|| format!("open log store {}", path.display()))?;
+        let db = redb::Database::create(&path)
+            .with_context(|| format!("open log store {}", path.display()))?;
         let tx = db.begin_write().context("initialize log store")?;
         tx.open_table(LOGS).context("initialize log table")?;
         tx.open_table(META).context("initialize meta table")?;
@@ -47,7 +49,9 @@ impl RaftStore {
     }
 
     pub fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        let io = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read(AnyError::error(e.to_string())));
+        let io = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::read(AnyError::error(e.to_string())))
+        };
         let tx = self.db.begin_read().map_err(|e| io(&e))?;
         let table = tx.open_table(META).map_err(|e| io(&e))?;
         match table.get(key).map_err(|e| io(&e))? {
@@ -58,12 +62,20 @@ impl RaftStore {
         }
     }
 
-    pub fn write_meta<T: Serialize>(&self, key: &str, value: &T, sync: Sync) -> Result<(), StorageError> {
-        let io = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::write(AnyError::error(e.to_string())));
+    pub fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        sync: Sync,
+    ) -> Result<(), StorageError> {
+        let io = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::write(AnyError::error(e.to_string())))
+        };
         let bytes = super::codec::encode(value).map_err(|e| io(&e))?;
         let mut tx = self.db.begin_write().map_err(|e| io(&e))?;
         if sync == Sync::Lazy {
-            tx.set_durability(redb::Durability::None).map_err(|e| io(&e))?;
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| io(&e))?;
         }
         {
             let mut table = tx.open_table(META).map_err(|e| io(&e))?;
@@ -75,12 +87,15 @@ impl RaftStore {
     /// True when this node has any Raft state: a vote or log entries.
     pub fn has_raft_state(&self) -> Result<bool, StorageError> {
         use redb::ReadableTable;
-        let io = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read(AnyError::error(e.to_string())));
+        let io = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::read(AnyError::error(e.to_string())))
+        };
         if self.read_meta::<openraft::Vote<NodeId>>("vote")?.is_some() {
             return Ok(true);
         }
         let tx = self.db.begin_read().map_err(|e| io(&e))?;
         let logs = tx.open_table(LOGS).map_err(|e| io(&e))?;
-        Ok(logs.first().map_err(|e| io(&e))?.is_some())
+        let any = logs.first().map_err(|e| io(&e))?.is_some();
+        Ok(any)
     }
 }

@@ -1,6 +1,5 @@
 //! The openraft type configuration of raftlite and the log command it replicates.
 
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -62,4 +61,3 @@ pub type Vote = openraft::Vote<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
-

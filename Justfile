@@ -1,0 +1,39 @@
+# raftlite tasks. `just verify` is exactly what CI runs (.ci/run).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default:
+    @just --list
+
+# Build everything (debug).
+build:
+    cargo build --workspace --all-targets
+
+# Start a local 3-node cluster on loopback with temporary data (Ctrl-C stops it).
+dev nodes="3":
+    cargo run --release -p raftlite -- dev --nodes {{nodes}}
+
+# Run one node from a config file.
+run config:
+    cargo run --release -p raftlite -- serve --config {{config}}
+
+# Unit tests, openraft's storage suite, and the cluster scenarios with real node processes.
+test:
+    cargo build -p raftlite
+    cargo test --workspace --exclude cluster-tests
+    cargo test -p cluster-tests -- --test-threads=1
+
+# Formatting and lints.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+    cargo fmt --all
+
+# Benchmark on a local 3-node cluster (see BENCHMARKS.md).
+bench seconds="5":
+    cargo run --release -p raftlite -- bench --seconds {{seconds}}
+
+# What CI runs: lints, then every test.
+verify: lint test
