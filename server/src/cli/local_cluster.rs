@@ -214,6 +214,8 @@ fn spawn_node(
         .arg(addr)
         .arg("--peers")
         .arg(&peers_arg)
+        // Log files, not a terminal: no colour codes.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
