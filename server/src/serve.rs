@@ -19,10 +19,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "bootstrap failed");
         }
     });
+    tokio::spawn(exit_when_raft_stops(node.clone()));
     crate::grpc::serve(node.clone(), listen, shutdown_signal()).await?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// A node whose Raft core stopped on a fatal error must not keep answering as if it were
+/// healthy: log it and exit non-zero so the supervisor (Kubernetes, `raftlite dev`) restarts it.
+async fn exit_when_raft_stops(node: Node) {
+    let mut metrics = node.raft().metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            tracing::error!(error = %fatal, "raft stopped on a fatal error; exiting so the node is restarted");
+            std::process::exit(70);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -76,6 +76,11 @@ impl Applier {
         internal::read_version(&self.conn)
     }
 
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn apply_in_transaction(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let current_pages = self.check_page_size(delta.page_size)?;
@@ -88,6 +93,15 @@ impl Applier {
             return Err(DbError::Corrupt(format!(
                 "delta based on version {} but database is at {db_version}",
                 delta.base_version
+            )));
+        }
+        // Growing the file without carrying its new last page would leave page 1 claiming more
+        // pages than the file has ("malformed"); a delta from the executor always carries it.
+        if delta.db_pages > current_pages && delta.pages.last().map(|p| p.0) != Some(delta.db_pages)
+        {
+            return Err(DbError::Corrupt(format!(
+                "delta grows the database from {current_pages} to {} pages but lacks page {}",
+                delta.db_pages, delta.db_pages
             )));
         }
         {

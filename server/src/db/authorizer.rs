@@ -172,8 +172,11 @@ fn pragma_in(name: &str, list: &[&str]) -> bool {
     list.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
-fn protect_internal(table: &str) -> Result<(), String> {
-    if is_internal_table(table) {
+fn protect_table(table: &str) -> Result<(), String> {
+    if table.eq_ignore_ascii_case("sqlite_dbpage") {
+        // DEFENSIVE already makes it read-only; say so clearly.
+        Err("writing sqlite_dbpage is not allowed".into())
+    } else if is_internal_table(table) {
         Err(format!(
             "{table} is internal to raftlite and cannot be modified"
         ))
@@ -212,7 +215,13 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateView {
             view_name: table_name,
         }
-        | AuthAction::CreateVtable { table_name, .. } => protect_internal(table_name),
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempIndex { table_name, .. }
+        | AuthAction::CreateTempTrigger { table_name, .. }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        } => protect_table(table_name),
         _ => Ok(()),
     }
 }

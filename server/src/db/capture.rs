@@ -254,6 +254,19 @@ mod tests {
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000)
              INSERT INTO t(a) SELECT hex(x * 2654435761 % 4294967296) FROM c",
         )?;
+        let (mut spills, mut high) = (0, 0);
+        // SAFETY: valid open connection; the two out-pointers are live locals.
+        let rc = unsafe {
+            ffi::sqlite3_db_status(
+                conn.handle(),
+                ffi::SQLITE_DBSTATUS_CACHE_SPILL,
+                &mut spills,
+                &mut high,
+                0,
+            )
+        };
+        check(rc, "sqlite3_db_status")?;
+        assert!(spills > 0, "the transaction was meant to spill");
         let delta = finish(&conn, start, 5)?;
         conn.execute_batch("ROLLBACK")?;
 

@@ -60,6 +60,18 @@ impl DbError {
         }
     }
 
+    /// The message without the kind prefix (for status messages).
+    pub fn message(&self) -> &str {
+        match self {
+            DbError::InvalidArgument(m)
+            | DbError::Constraint(m)
+            | DbError::PermissionDenied(m)
+            | DbError::TooLarge(m)
+            | DbError::Corrupt(m)
+            | DbError::Internal(m) => m,
+        }
+    }
+
     /// True for errors that say something about the client's request rather than the node.
     pub fn is_client_error(&self) -> bool {
         matches!(

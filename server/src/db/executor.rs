@@ -358,11 +358,6 @@ impl Executor {
     pub(crate) fn force_prune_next_batch(&mut self) {
         self.batches_since_prune = PRUNE_EVERY_BATCHES;
     }
-
-    #[cfg(test)]
-    pub(crate) fn connection(&self) -> &Connection {
-        &self.conn
-    }
 }
 
 fn vacuum_path(db_path: &Path) -> PathBuf {

@@ -12,7 +12,9 @@
 //!   a client retry (e.g. after a leader failover) is answered from the table instead of being
 //!   applied twice.
 //!
-//! Clients cannot write these tables: the executor's authorizer refuses it.
+//! Clients cannot write these tables (nor create TEMP objects with their names): the
+//! executor's authorizer refuses it. Every statement here names the `main` schema anyway, so
+//! a shadowing TEMP table could never capture raftlite's bookkeeping.
 
 use super::error::{DbError, Result};
 use super::value::StatementOutcome;
@@ -22,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension};
 pub(crate) const INTERNAL_PREFIX: &str = "_raftlite_";
 
 const CREATE_TABLES: &str = "
-    CREATE TABLE IF NOT EXISTS _raftlite_meta(key TEXT PRIMARY KEY, value);
-    CREATE TABLE IF NOT EXISTS _raftlite_requests(
+    CREATE TABLE IF NOT EXISTS main._raftlite_meta(key TEXT PRIMARY KEY, value);
+    CREATE TABLE IF NOT EXISTS main._raftlite_requests(
         id TEXT PRIMARY KEY,
         results BLOB NOT NULL,
         created_ms INTEGER NOT NULL
@@ -44,7 +46,7 @@ pub(crate) fn ensure_tables(conn: &Connection) -> Result<()> {
 /// The database's version counter; 0 when the meta table does not exist yet.
 pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
     let exists: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')",
+        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')",
         [],
         |r| r.get(0),
     )?;
@@ -53,7 +55,7 @@ pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
     }
     let v: Option<i64> = conn
         .query_row(
-            "SELECT value FROM _raftlite_meta WHERE key = 'version'",
+            "SELECT value FROM main._raftlite_meta WHERE key = 'version'",
             [],
             |r| r.get(0),
         )
@@ -67,7 +69,7 @@ pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
     let v = i64::try_from(version)
         .map_err(|_| DbError::Internal(format!("version {version} overflows")))?;
     conn.execute(
-        "INSERT INTO _raftlite_meta(key, value) VALUES('version', ?1)
+        "INSERT INTO main._raftlite_meta(key, value) VALUES('version', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [v],
     )?;
@@ -78,7 +80,7 @@ pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
 pub(crate) fn lookup_request(conn: &Connection, id: &str) -> Result<Option<Vec<StatementOutcome>>> {
     let blob: Option<Vec<u8>> = conn
         .query_row(
-            "SELECT results FROM _raftlite_requests WHERE id = ?1",
+            "SELECT results FROM main._raftlite_requests WHERE id = ?1",
             [id],
             |r| r.get(0),
         )
@@ -94,7 +96,7 @@ pub(crate) fn record_request(
     now_ms: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO _raftlite_requests(id, results, created_ms) VALUES(?1, ?2, ?3)",
+        "INSERT INTO main._raftlite_requests(id, results, created_ms) VALUES(?1, ?2, ?3)",
         rusqlite::params![id, encode_outcomes(outcomes), now_ms],
     )?;
     Ok(())
@@ -104,8 +106,8 @@ pub(crate) fn record_request(
 /// insertion order), so one call costs a bounded amount of work inside a write batch.
 pub(crate) fn prune_requests(conn: &Connection, cutoff_ms: i64, limit: u32) -> Result<usize> {
     Ok(conn.execute(
-        "DELETE FROM _raftlite_requests
-         WHERE rowid IN (SELECT rowid FROM _raftlite_requests ORDER BY rowid LIMIT ?2)
+        "DELETE FROM main._raftlite_requests
+         WHERE rowid IN (SELECT rowid FROM main._raftlite_requests ORDER BY rowid LIMIT ?2)
            AND created_ms < ?1",
         rusqlite::params![cutoff_ms, limit],
     )?)

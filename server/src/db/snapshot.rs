@@ -71,8 +71,28 @@ fn write_pages(conn: &Connection, dest: &Path) -> Result<ImageInfo> {
 }
 
 /// Every page of the database at `path`, in order, read through `sqlite_dbpage` in one read
-/// transaction. Meant for tests and cluster checks that compare replicas byte for byte.
+/// transaction, for tests and cluster checks that compare replicas byte for byte.
+///
+/// Page 1's change counter (bytes 24..28) and "version-valid-for" (bytes 92..96) are zeroed.
+/// In WAL mode SQLite stamps them at every commit that writes page 1 with *that node's*
+/// previous counter + 1, so a node that installed an image counts differently from one that
+/// applied every delta since creation. SQLite itself does not rely on them in WAL mode (the
+/// wal-index replaces them); every other byte must match.
 pub fn dump_pages(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut pages = dump_raw_pages(path)?;
+    if let Some(page1) = pages.first_mut() {
+        page1[CHANGE_COUNTER].fill(0);
+        page1[VERSION_VALID_FOR].fill(0);
+    }
+    Ok(pages)
+}
+
+/// Page-1 header fields that differ between replicas with different commit histories.
+const CHANGE_COUNTER: std::ops::Range<usize> = 24..28;
+const VERSION_VALID_FOR: std::ops::Range<usize> = 92..96;
+
+/// Every page exactly as stored (see [`dump_pages`] for the comparable form).
+pub(crate) fn dump_raw_pages(path: &Path) -> Result<Vec<Vec<u8>>> {
     let conn = open_read_only(path)?;
     let mut stmt = conn.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")?;
     let pages = stmt

@@ -18,6 +18,22 @@ use raftlite_proto::v1::sql_server::SqlServer;
 use crate::node::Node;
 use crate::raft::codec::MAX_MESSAGE_BYTES;
 
+/// tonic refuses a message over its decode limit with OUT_OF_RANGE before our handlers run;
+/// gRPC's convention (and our contract) for "request too large" is RESOURCE_EXHAUSTED.
+fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|s| s == "11") {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "request%20is%20over%20the%20size%20limit%20(max_request_bytes)",
+            ),
+        );
+    }
+    response
+}
+
 /// Serves every service of `node` on `listen` until `shutdown` resolves.
 pub async fn serve(
     node: Node,
@@ -47,6 +63,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sql)

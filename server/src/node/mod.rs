@@ -83,7 +83,8 @@ impl Node {
             election_timeout_min: config.election_timeout_min.as_millis() as u64,
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep at most one snapshot interval of log behind a snapshot for lagging followers.
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             install_snapshot_timeout: 60_000,
             max_payload_entries: 64,
             ..Default::default()
@@ -419,14 +420,28 @@ impl NodeInner {
                 "leader ready",
             )
             .await
-            .map(|_| ())
             .map_err(|_| {
                 let hint = self.leader_hint().filter(|l| l.id != id);
                 NodeError::unavailable(
                     "this node is no longer the leader or not ready yet; retry",
                     hint,
                 )
-            })
+            })?;
+        self.check_quorum_contact()
+    }
+
+    /// On the leader: an error when it has not heard from a quorum for two election timeouts.
+    /// openraft 0.9 keeps a leader that lost its quorum in place; writes must not wait on it.
+    pub fn check_quorum_contact(&self) -> Result<(), NodeError> {
+        let limit = self.config.election_timeout_max * 2;
+        let since = self.raft.metrics().borrow().millis_since_quorum_ack;
+        match since {
+            Some(ms) if ms > limit.as_millis() as u64 => Err(NodeError::unavailable(
+                format!("the leader has not heard from a quorum for {ms} ms (no quorum); retry"),
+                None,
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until the applied index reaches `index`.

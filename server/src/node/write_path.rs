@@ -134,7 +134,25 @@ async fn commit_batch(
 /// Proposes a delta and waits until it is applied on this node; returns its log index.
 async fn propose(node: &NodeInner, delta: Bytes) -> Result<u64, NodeError> {
     let write = node.raft.client_write(Command::Delta(delta));
-    match tokio::time::timeout(PROPOSE_TIMEOUT, write).await {
+    let lost_quorum = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Err(e) = node.check_quorum_contact() {
+                return e;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(PROPOSE_TIMEOUT, write) => r,
+        e = lost_quorum => {
+            return Err(NodeError::unavailable(
+                format!("{e} (the write's outcome is unknown; retry with the same request id)"),
+                None,
+            ))
+        }
+    };
+    match outcome {
         Err(_) => Err(NodeError::unavailable(
             "the write was proposed but not committed in time (outcome unknown; retry with the same request id)",
             node.leader_hint(),

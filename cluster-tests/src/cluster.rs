@@ -1,0 +1,454 @@
+//! A cluster of real `raftlite serve` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use raftlite_client::proto::v1::StatusResponse;
+use raftlite_client::{Client, ClientOptions};
+
+use crate::node::NodeProcess;
+use crate::pages::{PageDigests, PageImage};
+use crate::wait::wait_until;
+
+/// How a cluster's nodes are configured. The defaults are the timings the scenarios are
+/// written for: 100 ms heartbeats and 300–600 ms election timeouts, so a failover takes about
+/// a second on a busy 2-core machine.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// `--snapshot-every`: build a snapshot (and purge the log) every N applied entries.
+    pub snapshot_every: Option<u64>,
+    /// `--max-request-bytes`; the server's default (16 MiB) when unset.
+    pub max_request_bytes: Option<usize>,
+    /// Further `raftlite serve` arguments, appended as given.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every: None,
+            max_request_bytes: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Running nodes, their temporary directory and a probe client per node.
+///
+/// Dropping it SIGKILLs every process it started. If the thread is panicking (a failed
+/// assertion), it first prints the tail of every node's log and keeps the directory.
+pub struct Cluster {
+    /// `None` once kept for a post-mortem.
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    binary: PathBuf,
+    options: ClusterOptions,
+    /// The initial members, as every node's `--peers` lists them.
+    initial: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, NodeProcess>,
+    /// One client per node that tries once, for status polling.
+    probes: BTreeMap<u64, Client>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) that form a fresh cluster on loopback. Returns once the
+    /// processes are spawned; use [`Cluster::wait_for_leader`] to wait for an election.
+    pub fn start(n: u64, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        ensure!(n >= 1, "a cluster needs at least one node");
+        let binary = crate::raftlite_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("raftlite-cluster-")
+            .tempdir()
+            .context("create the cluster's temporary directory")?;
+        let root = dir.path().to_path_buf();
+        let addrs = free_loopback_addrs(n as usize)?;
+        let initial: BTreeMap<u64, SocketAddr> = (1..=n).zip(addrs).collect();
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            root,
+            binary,
+            options,
+            initial: initial.clone(),
+            nodes: BTreeMap::new(),
+            probes: BTreeMap::new(),
+        };
+        for (id, addr) in initial {
+            let peers = cluster.initial.clone();
+            cluster.spawn_node(id, addr, &peers)?;
+        }
+        tracing::info!(
+            nodes = n,
+            dir = %cluster.root.display(),
+            binary = %cluster.binary.display(),
+            "cluster started"
+        );
+        Ok(cluster)
+    }
+
+    /// Starts one more node (the next id) that is not part of the initial membership: its
+    /// `--peers` are the initial members plus itself, so it waits to be added (as a learner
+    /// or voter) instead of bootstrapping. Returns its id.
+    pub fn start_extra_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.keys().next_back().copied().unwrap_or(0) + 1;
+        let addr = free_loopback_addrs(1)?[0];
+        let mut peers = self.initial.clone();
+        peers.insert(id, addr);
+        self.spawn_node(id, addr, &peers)?;
+        tracing::debug!(node = id, %addr, "extra node started");
+        Ok(id)
+    }
+
+    fn spawn_node(
+        &mut self,
+        id: u64,
+        addr: SocketAddr,
+        peers: &BTreeMap<u64, SocketAddr>,
+    ) -> anyhow::Result<()> {
+        let data_dir = self.root.join(format!("node-{id}"));
+        let log_path = self.root.join(format!("node-{id}.log"));
+        let node = NodeProcess::new(
+            id,
+            addr,
+            data_dir.clone(),
+            log_path,
+            self.binary.clone(),
+            self.serve_args(id, addr, &data_dir, peers),
+        );
+        node.start()?;
+        let probe = Client::with_options(
+            [node.endpoint()],
+            ClientOptions {
+                request_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(500),
+                retry_deadline: Duration::ZERO,
+                ..ClientOptions::default()
+            },
+        )?;
+        self.probes.insert(id, probe);
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    fn serve_args(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        data_dir: &Path,
+        peers: &BTreeMap<u64, SocketAddr>,
+    ) -> Vec<OsString> {
+        let o = &self.options;
+        let peers = peers
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args: Vec<OsString> = vec![
+            "serve".into(),
+            "--node-id".into(),
+            id.to_string().into(),
+            "--data-dir".into(),
+            data_dir.into(),
+            "--listen".into(),
+            addr.to_string().into(),
+            "--peers".into(),
+            peers.into(),
+            "--heartbeat-ms".into(),
+            o.heartbeat_ms.to_string().into(),
+            "--election-timeout-min-ms".into(),
+            o.election_timeout_min_ms.to_string().into(),
+            "--election-timeout-max-ms".into(),
+            o.election_timeout_max_ms.to_string().into(),
+        ];
+        if let Some(n) = o.snapshot_every {
+            args.extend(["--snapshot-every".into(), n.to_string().into()]);
+        }
+        if let Some(n) = o.max_request_bytes {
+            args.extend(["--max-request-bytes".into(), n.to_string().into()]);
+        }
+        args.extend(o.extra_args.iter().map(OsString::from));
+        args
+    }
+
+    /// The temporary directory holding every node's data directory and log.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// All node ids, started or not.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes the harness started and has not stopped or killed since (whether or
+    /// not they are still alive: see [`NodeProcess::ensure_alive`]).
+    pub fn started_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.is_started())
+            .map(NodeProcess::id)
+            .collect()
+    }
+
+    /// The node with id `id`. Panics on an unknown id (a bug in the scenario).
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    /// A client that knows every node (the way an application is configured), with a retry
+    /// deadline long enough to ride out a failover.
+    pub fn client(&self) -> Client {
+        self.client_with(self.ids(), Duration::from_secs(20))
+    }
+
+    /// A client that talks to node `id` only (so a check runs on that very node), retrying
+    /// retryable errors for at most 5 s.
+    pub fn client_for(&self, id: u64) -> Client {
+        self.client_with([id], Duration::from_secs(5))
+    }
+
+    /// A client for the nodes `ids` that retries for at most `retry_deadline`.
+    pub fn client_with(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+        retry_deadline: Duration,
+    ) -> Client {
+        let endpoints: Vec<String> = ids.into_iter().map(|id| self.node(id).endpoint()).collect();
+        Client::with_options(
+            endpoints,
+            ClientOptions {
+                request_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+                retry_deadline,
+                backoff_initial: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(250),
+            },
+        )
+        .expect("loopback endpoints are valid")
+    }
+
+    /// Node `id`'s own Status answer, one attempt with a 2 s timeout.
+    pub async fn status_of(&self, id: u64) -> anyhow::Result<StatusResponse> {
+        let probe = self
+            .probes
+            .get(&id)
+            .with_context(|| format!("no node {id}"))?;
+        probe
+            .status()
+            .await
+            .with_context(|| format!("Status on node {id}"))
+    }
+
+    /// The leader, if one is established right now: the node that every started node names
+    /// and that calls itself leader. `None` while an election is under way.
+    pub async fn leader_id(&self) -> Option<u64> {
+        self.established_leader().await.ok()
+    }
+
+    /// Waits until every started node names the same leader, which itself reports the
+    /// leader role; returns its id.
+    pub async fn wait_for_leader(&self, within: Duration) -> anyhow::Result<u64> {
+        let leader = wait_until("a leader all nodes agree on", within, || async {
+            self.established_leader().await.map(Some)
+        })
+        .await?;
+        tracing::debug!(leader, "leader established");
+        Ok(leader)
+    }
+
+    async fn established_leader(&self) -> anyhow::Result<u64> {
+        let statuses = self.statuses().await?;
+        let named: Vec<u64> = statuses.iter().map(|(_, s)| s.leader).collect();
+        let leader = named[0];
+        ensure!(leader != 0, "node {} knows no leader", statuses[0].0);
+        ensure!(
+            named.iter().all(|l| *l == leader),
+            "nodes disagree on the leader: {:?}",
+            statuses
+                .iter()
+                .map(|(id, s)| (*id, s.leader))
+                .collect::<Vec<_>>()
+        );
+        let (_, own) = statuses
+            .iter()
+            .find(|(id, _)| *id == leader)
+            .with_context(|| format!("the named leader {leader} is not running"))?;
+        let role = own
+            .nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .map(|n| n.role.as_str())
+            .unwrap_or("");
+        ensure!(
+            role == "leader",
+            "node {leader} is named leader but reports role {role:?}"
+        );
+        Ok(leader)
+    }
+
+    /// Status from every started node, failing fast (see [`crate::wait::Fatal`]) when one of
+    /// them has crashed.
+    async fn statuses(&self) -> anyhow::Result<Vec<(u64, StatusResponse)>> {
+        let ids = self.started_ids();
+        ensure!(!ids.is_empty(), "no node is running");
+        let mut statuses = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.node(id).ensure_alive()?;
+            statuses.push((id, self.status_of(id).await?));
+        }
+        Ok(statuses)
+    }
+
+    /// Waits until the cluster is quiet and whole: a leader is established, every started
+    /// node reports the same applied index as the leader and the leader's commit index, and
+    /// the leader sees no started node lagging. Returns that index.
+    ///
+    /// Call it once writes have stopped; under load it may never hold.
+    pub async fn wait_converged(&self, within: Duration) -> anyhow::Result<u64> {
+        let index = wait_until("all running nodes to converge", within, || async {
+            let leader = self.established_leader().await?;
+            let statuses = self.statuses().await?;
+            let (_, lead) = statuses
+                .iter()
+                .find(|(id, _)| *id == leader)
+                .context("the leader stopped answering")?;
+            let target = lead.applied_index;
+            ensure!(
+                lead.commit_index == target,
+                "leader {leader} has applied {target} of {} committed",
+                lead.commit_index
+            );
+            for (id, status) in &statuses {
+                ensure!(
+                    status.applied_index == target,
+                    "node {id} has applied {} of the leader's {target}",
+                    status.applied_index
+                );
+                let seen = lead
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == *id)
+                    .with_context(|| format!("the leader's status does not list node {id}"))?;
+                ensure!(
+                    seen.lag == 0 && seen.applied_index == target,
+                    "the leader sees node {id} as {} at {} with lag {}",
+                    seen.role,
+                    seen.applied_index,
+                    seen.lag
+                );
+            }
+            Ok(Some(target))
+        })
+        .await?;
+        tracing::debug!(index, "converged");
+        Ok(index)
+    }
+
+    /// Page images of the started nodes' databases, each read in one read transaction.
+    /// Meaningful once the cluster has converged and nothing writes.
+    pub async fn page_digests(&self) -> anyhow::Result<PageDigests> {
+        let dbs: Vec<(u64, PathBuf)> = self
+            .started_ids()
+            .into_iter()
+            .map(|id| (id, self.node(id).db_path()))
+            .collect();
+        let images = tokio::task::spawn_blocking(move || {
+            dbs.iter()
+                .map(|(id, path)| PageImage::read(*id, path))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await
+        .context("page reader thread")??;
+        Ok(PageDigests { images })
+    }
+
+    /// Waits for convergence, then asserts that every started node's database is
+    /// byte-identical, page by page.
+    pub async fn assert_identical_pages(&self) {
+        let index = self
+            .wait_converged(Duration::from_secs(20))
+            .await
+            .expect("the cluster converges before its pages are compared");
+        let digests = self.page_digests().await.expect("read every node's pages");
+        if let Err(e) = digests.ensure_identical() {
+            panic!("{e:#} (all nodes at applied index {index})");
+        }
+        tracing::info!(
+            nodes = digests.images.len(),
+            pages = digests.images[0].pages.len(),
+            index,
+            "replicas are byte-identical"
+        );
+    }
+
+    /// The last `lines` lines of every node's log, for a failure report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            out.push_str(&format!(
+                "----- node {} ({}), last {lines} lines of {} -----\n{}\n",
+                node.id(),
+                node.addr(),
+                node.log_path().display(),
+                node.log_tail(lines)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("\n===== cluster-tests: the test failed; node logs follow =====");
+            eprintln!("{}", self.log_tails(40));
+            for node in self.nodes.values() {
+                for panic in node.panics() {
+                    eprintln!("!!!!! node {} panicked: {panic}", node.id());
+                }
+            }
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!(
+                    "===== data directories and full logs kept in {} =====",
+                    kept.display()
+                );
+            }
+        }
+        // The nodes' own Drop SIGKILLs and reaps every process by PID.
+        for node in self.nodes.values() {
+            if node.is_started() {
+                let _ = node.kill();
+            }
+        }
+    }
+}
+
+/// `count` distinct loopback addresses with ports that were free a moment ago. All
+/// listeners are held until every port is chosen, so the ports differ; another process could
+/// take one before the node binds it, which the node's log would then show.
+fn free_loopback_addrs(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("bind a free loopback port")?;
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        bail!("no ports requested");
+    }
+    Ok(addrs)
+}

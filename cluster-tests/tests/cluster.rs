@@ -1,0 +1,15 @@
+//! Scenario tests against real `raftlite serve` processes, one integration-test binary.
+//!
+//! Build the server first, then run them one at a time (each starts its own cluster):
+//! `cargo build -p raftlite && cargo test -p cluster-tests -- --test-threads=1 --nocapture`
+//!
+//! Scenario files are numbered by theme; each reads as phases, one `tracing::info!` per phase.
+
+#[path = "cluster/t10_basic.rs"]
+mod t10_basic;
+#[path = "cluster/t20_failover.rs"]
+mod t20_failover;
+#[path = "cluster/t30_snapshot.rs"]
+mod t30_snapshot;
+#[path = "cluster/t40_membership.rs"]
+mod t40_membership;

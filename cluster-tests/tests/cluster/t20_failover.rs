@@ -1,0 +1,139 @@
+//! t20: the leader is SIGKILLed in the middle of a write load; nothing acknowledged is lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_tests::{init_tracing, wait_until, Checker, Cluster, ClusterOptions};
+use tracing::info;
+
+/// Concurrent writers, each with its own client that knows every node.
+const WRITERS: usize = 4;
+/// Acknowledged writes wanted before the kill, and again after it.
+const WRITES_PER_PHASE: usize = 100;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_sigkill_under_write_load_loses_nothing() {
+    init_tracing();
+
+    info!("phase 1: start three nodes, wait for a leader, create the audited table");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let old_leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let checker = Checker::new("failover_kv");
+    checker
+        .create_table(&cluster.client())
+        .await
+        .expect("create the table");
+
+    info!(
+        WRITERS,
+        "phase 2: start concurrent writers through clients that know every node"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let (checker, client, stop) = (checker.clone(), cluster.client(), stop.clone());
+        writers.spawn(async move {
+            let mut failures = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{writer}-{n}");
+                n += 1;
+                // A failure is an unknown outcome (the checker allows the key at most once);
+                // the client already retried it under the same request id until its deadline.
+                if let Err(e) = checker
+                    .write(&client, &key, &format!("{key} by writer {writer}"))
+                    .await
+                {
+                    failures.push(format!("{key}: {e}"));
+                }
+            }
+            failures
+        });
+    }
+    wait_until(
+        "the first acknowledged writes",
+        Duration::from_secs(20),
+        || async { Ok((checker.acked_count() >= WRITES_PER_PHASE).then_some(())) },
+    )
+    .await
+    .expect("writes are acknowledged before the kill");
+
+    let acked_at_kill = checker.acked_count();
+    info!(
+        old_leader,
+        acked_at_kill, "phase 3: SIGKILL the leader while the writers run"
+    );
+    let killed_at = Instant::now();
+    cluster.node(old_leader).kill().expect("kill the leader");
+
+    info!("phase 4: the two survivors elect a new leader");
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(15))
+        .await
+        .expect("a new leader among the survivors");
+    assert_ne!(
+        new_leader, old_leader,
+        "the killed node cannot be the leader"
+    );
+    let elected_after = killed_at.elapsed();
+
+    info!(
+        new_leader,
+        ?elected_after,
+        "phase 5: writes continue under the new leader"
+    );
+    wait_until(
+        "acknowledged writes after the kill",
+        Duration::from_secs(30),
+        || async { Ok((checker.acked_count() >= acked_at_kill + WRITES_PER_PHASE).then_some(())) },
+    )
+    .await
+    .expect("the writers make progress after the failover");
+
+    info!("phase 6: stop the writers");
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        failures.extend(done.expect("writer task"));
+    }
+    info!(
+        sent = checker.sent_count(),
+        acked = checker.acked_count(),
+        failed = failures.len(),
+        "writers stopped"
+    );
+    assert!(
+        failures.is_empty(),
+        "with a 20 s retry deadline no write should fail for good across one failover: {failures:?}"
+    );
+
+    info!(
+        old_leader,
+        "phase 7: restart the old leader; it rejoins as a follower and catches up"
+    );
+    cluster
+        .node(old_leader)
+        .restart()
+        .await
+        .expect("restart the old leader");
+    cluster
+        .wait_converged(Duration::from_secs(30))
+        .await
+        .expect("all three nodes converge");
+
+    info!(
+        "phase 8: audit every node, the old leader included, and compare the replicas page by page"
+    );
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("no acknowledged write lost or doubled");
+    assert_eq!(report.nodes.len(), 3);
+    assert_eq!(report.acked, checker.acked_count());
+    cluster.assert_identical_pages().await;
+    info!(?report, ?elected_after, "t20 done");
+}

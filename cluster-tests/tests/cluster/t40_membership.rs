@@ -1,0 +1,149 @@
+//! t40: a learner added with AddLearner receives the data but never counts toward a quorum.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cluster_tests::{expect_status, init_tracing, Checker, Cluster, ClusterOptions};
+use tonic::Code;
+use tracing::info;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn learner_gets_data_but_no_vote() {
+    init_tracing();
+
+    info!("phase 1: start three voters and write 50 rows");
+    let mut cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("membership_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "before-learner", 50)
+        .await
+        .expect("first writes");
+
+    info!("phase 2: start a fourth node and add it with AddLearner");
+    let learner = cluster.start_extra_node().expect("start a fourth node");
+    let added = client
+        .add_learner(learner, cluster.node(learner).addr().to_string())
+        .await
+        .expect("AddLearner");
+    assert_eq!(added.learners, vec![learner], "{added:?}");
+    assert_eq!(
+        added.voters.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3])
+    );
+
+    info!(
+        learner,
+        "phase 3: the learner receives every row and Status shows it as a non-voter"
+    );
+    checker
+        .write_many(&client, "after-learner", 20)
+        .await
+        .expect("writes after the learner joined");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("the learner holds every row");
+    assert_eq!(report.nodes.len(), 4);
+    for asked in [leader, learner] {
+        let status = cluster.status_of(asked).await.expect("status");
+        let entry = status
+            .nodes
+            .iter()
+            .find(|n| n.id == learner)
+            .unwrap_or_else(|| panic!("node {asked} lists the learner: {status:?}"));
+        assert!(
+            !entry.voter,
+            "node {asked} reports the learner as a voter: {entry:?}"
+        );
+        assert_eq!(entry.role, "learner", "as seen by node {asked}: {entry:?}");
+        let voters: BTreeSet<u64> = status
+            .nodes
+            .iter()
+            .filter(|n| n.voter)
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(voters, BTreeSet::from([1, 2, 3]), "as seen by node {asked}");
+    }
+
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    info!(
+        ?followers,
+        leader, "phase 4: SIGKILL two of the three voters; the leader and the learner stay up"
+    );
+    for id in &followers {
+        cluster.node(*id).kill().expect("kill a voter");
+    }
+    // Each survivor must refuse the write with UNAVAILABLE within the client's 5 s request
+    // timeout. The outcomes are checked after the rest of the scenario, so that one failure
+    // here still shows whether the cluster recovers.
+    let mut no_quorum_outcomes = Vec::new();
+    for via in [leader, learner] {
+        let key = format!("no-quorum-via-{via}");
+        // Sent but never acknowledged: the audit allows it at most once (an entry the leader
+        // appended may still commit once the voters are back, as Raft permits).
+        let result = checker
+            .write(&cluster.client_for(via), &key, "no quorum")
+            .await;
+        no_quorum_outcomes.push((via, result));
+    }
+    let learner_view = cluster
+        .status_of(learner)
+        .await
+        .expect("the learner answers Status");
+    let own = learner_view
+        .nodes
+        .iter()
+        .find(|n| n.id == learner)
+        .expect("lists itself");
+    assert!(
+        !own.voter && own.role == "learner",
+        "the learner must stay a learner without a quorum: {own:?}"
+    );
+
+    info!(
+        ?followers,
+        "phase 5: restart the two voters; writes work again and reach all four nodes"
+    );
+    for id in &followers {
+        cluster.node(*id).restart().await.expect("restart a voter");
+    }
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader once the quorum is back");
+    checker
+        .write_many(&client, "quorum-back", 20)
+        .await
+        .expect("writes with the quorum back");
+
+    info!("phase 6: audit all four nodes and compare the replicas page by page");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every node has every acknowledged row");
+    assert_eq!((report.nodes.len(), report.acked), (4, 90));
+    assert!(report.unacked_applied <= 2);
+    cluster.assert_identical_pages().await;
+
+    info!("phase 7: the writes sent without a quorum were refused with UNAVAILABLE");
+    for (via, result) in no_quorum_outcomes {
+        expect_status(
+            result,
+            Code::Unavailable,
+            &format!(
+                "a write through node {via} while one voter of three was up (the learner does \
+                 not make a quorum)"
+            ),
+        );
+    }
+    info!(?report, "t40 done");
+}
