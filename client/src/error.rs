@@ -82,7 +82,8 @@ impl From<tonic::Status> for Error {
             let mut cause = Some(source);
             while let Some(err) = cause {
                 let text = err.to_string();
-                if !message.contains(&text) {
+                // tonic's wrapper says only "transport error", which the variant already does.
+                if text != "transport error" && !message.contains(&text) {
                     message = format!("{message}: {text}");
                 }
                 cause = err.source();

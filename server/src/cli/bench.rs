@@ -427,7 +427,7 @@ mod tests {
             first_error: None,
         };
         assert_eq!(report.ops_per_sec(), 500.0);
-        let text = report_table(&[report.clone()]);
+        let text = report_table(std::slice::from_ref(&report));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],

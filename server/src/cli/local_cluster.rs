@@ -80,7 +80,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             dir,
-            temp: temp,
+            temp,
         };
         for (&id, addr) in &peers {
             let node = spawn_node(&exe, &cluster.dir, id, addr, &peers)?;
@@ -214,6 +214,8 @@ fn spawn_node(
         .arg(addr)
         .arg("--peers")
         .arg(&peers_arg)
+        // Log files, not a terminal: no colour codes.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

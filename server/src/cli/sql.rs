@@ -250,7 +250,7 @@ pub fn parse_param(raw: &str) -> Result<Value, String> {
 
 fn parse_hex(hex: &str) -> Result<Vec<u8>, String> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..hex.len())
@@ -318,13 +318,20 @@ fn json_keys(columns: &[Column]) -> Vec<String> {
     keys
 }
 
-pub fn json_row(keys: &[String], values: &[Value]) -> serde_json::Value {
-    let object: serde_json::Map<String, serde_json::Value> = keys
+/// One row as a JSON object, keys in column order (a `serde_json::Map` would sort them).
+pub fn json_row(keys: &[String], values: &[Value]) -> String {
+    let fields: Vec<String> = keys
         .iter()
-        .cloned()
-        .zip(values.iter().map(json_value))
+        .zip(values)
+        .map(|(key, value)| {
+            format!(
+                "{}:{}",
+                serde_json::Value::from(key.as_str()),
+                json_value(value)
+            )
+        })
         .collect();
-    serde_json::Value::Object(object)
+    format!("{{{}}}", fields.join(","))
 }
 
 /// The line a write prints: totals over its statements, the rowid of the last one.
@@ -420,7 +427,10 @@ mod tests {
             &keys,
             &[Value::Integer(1), Value::Blob(vec![1]), Value::Null],
         );
-        assert_eq!(row.to_string(), r#"{"id":1,"v":{"blob":"01"},"id_2":null}"#);
+        assert_eq!(row, r#"{"id":1,"v":{"blob":"01"},"id_2":null}"#);
+        let escaped = json_row(&["a\"b".to_string()], &[Value::Text("x\ny".into())]);
+        assert_eq!(escaped, r#"{"a\"b":"x\ny"}"#);
+        assert!(serde_json::from_str::<serde_json::Value>(&escaped).is_ok());
         assert_eq!(json_value(&Value::Real(f64::NAN)), serde_json::Value::Null);
         assert_eq!(json_value(&Value::Text("x".into())), json!("x"));
     }
