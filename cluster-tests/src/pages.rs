@@ -29,7 +29,10 @@ impl PageImage {
                 .context("prepare the sqlite_dbpage scan (is SQLITE_ENABLE_DBPAGE_VTAB set?)")?;
             let rows = stmt.query_map([], |row| {
                 let pgno: u32 = row.get(0)?;
-                let data: Vec<u8> = row.get(1)?;
+                let mut data: Vec<u8> = row.get(1)?;
+                if pgno == 1 {
+                    mask_file_change_counter(&mut data);
+                }
                 let mut hasher = DefaultHasher::new();
                 hasher.write(&data);
                 Ok((pgno, hasher.finish()))
@@ -39,6 +42,21 @@ impl PageImage {
         };
         tx.commit()?;
         Ok(PageImage { node, pages })
+    }
+}
+
+/// Zeroes page 1's "file change counter" (bytes 24..28) and "version-valid-for" (92..96).
+///
+/// SQLite's pager writes these itself at every commit that touches page 1, as *this file's*
+/// previous counter + 1; no SQL can set them. Nodes that applied the same deltas from the start
+/// agree on them, but a node rebuilt from a snapshot image counts from its own history, so its
+/// counter differs by a constant. They are file bookkeeping, not database content (SQLite does
+/// not read them in WAL mode); every other byte of every page must match.
+fn mask_file_change_counter(page1: &mut [u8]) {
+    for range in [24..28, 92..96] {
+        if let Some(bytes) = page1.get_mut(range) {
+            bytes.fill(0);
+        }
     }
 }
 
