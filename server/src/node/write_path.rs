@@ -102,6 +102,7 @@ async fn commit_batch(
             return;
         }
     };
+    let executed_us = started.elapsed().as_micros() as u64;
     let committed: Result<u64, NodeError> = match delta {
         None => Ok(node.applied_index()),
         Some(delta) => propose(node, Bytes::from(delta.encode())).await,
@@ -126,6 +127,7 @@ async fn commit_batch(
     }
     tracing::debug!(
         batch_size,
+        executed_us,
         elapsed_us = started.elapsed().as_micros() as u64,
         "write batch committed"
     );

@@ -7,6 +7,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
@@ -22,6 +24,30 @@ const KEY_LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     store: RaftStore,
+    purge_floor: PurgeFloor,
+}
+
+/// The highest log index the log store may physically delete. The archiver lowers it to what
+/// the archive already holds, so the Raft log is never purged past it; `u64::MAX` (the
+/// default) means no limit. openraft still considers the entries purged; they only stay on
+/// disk, readable by `LogStore::read_entries`, until the archive catches up.
+#[derive(Clone, Debug)]
+pub struct PurgeFloor(Arc<AtomicU64>);
+
+impl Default for PurgeFloor {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+}
+
+impl PurgeFloor {
+    pub fn set(&self, index: u64) {
+        self.0.store(index, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
@@ -41,7 +67,19 @@ async fn blocking<T: Send + 'static>(
 
 impl LogStore {
     pub fn new(store: RaftStore) -> Self {
-        Self { store }
+        Self { store, purge_floor: PurgeFloor::default() }
+    }
+
+    /// The handle that limits physical purging (see [`PurgeFloor`]).
+    pub fn purge_floor(&self) -> PurgeFloor {
+        self.purge_floor.clone()
+    }
+
+    /// Entries in `range` still on disk (including ones openraft purged but the purge floor
+    /// kept), for readers outside Raft such as the archiver.
+    pub async fn read_entries(&self, range: std::ops::Range<u64>) -> Result<Vec<Entry>, StorageError> {
+        let store = self.store.clone();
+        blocking(move || Self::read_range(&store, Bound::Included(range.start), Bound::Excluded(range.end))).await
     }
 
     fn read_range(
@@ -94,7 +132,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let store = self.store.clone();
         blocking(move || {
             let last_purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
-            let last = Self::last_entry_id(&store)?.or(last_purged);
+            // Entries the purge floor kept below `last_purged` do not count as the log's end.
+            let last = Self::last_entry_id(&store)?.max(last_purged);
             Ok(LogState {
                 last_purged_log_id: last_purged,
                 last_log_id: last,
@@ -144,6 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(write_err)?;
         let store = self.store.clone();
+        let started = std::time::Instant::now();
         let res = blocking(move || {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
@@ -155,6 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(write_err)
         })
         .await;
+        tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "log append");
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -184,6 +225,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let store = self.store.clone();
+        let delete_upto = log_id.index.min(self.purge_floor.get());
         blocking(move || {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
@@ -193,7 +235,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(write_err)?;
                 let mut table = tx.open_table(LOGS).map_err(write_err)?;
                 table
-                    .retain_in(..=log_id.index, |_, _| false)
+                    .retain_in(..=delete_upto, |_, _| false)
                     .map_err(write_err)?;
             }
             tx.commit().map_err(write_err)

@@ -194,6 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut results = Vec::new();
         for entry in entries {
             let result = match entry.payload {
@@ -224,7 +225,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied = Some(entry.log_id);
             results.push(result);
         }
+        let applied_us = started.elapsed().as_micros() as u64;
         self.persist(Sync::Lazy)?;
+        tracing::debug!(applied_us, total_us = started.elapsed().as_micros() as u64, "applied");
         if let Some(applied) = self.last_applied {
             self.applied_tx.send_replace(applied.index);
         }
