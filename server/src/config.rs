@@ -97,6 +97,11 @@ pub fn default_max_batch_requests() -> usize {
     1024
 }
 
+/// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
+pub fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+
 /// Default `log_level` (a `tracing` env-filter directive).
 pub fn default_log_level() -> String {
     "info".to_owned()
@@ -148,6 +153,24 @@ pub struct ServeArgs {
     /// May be left out only for a single-node cluster.
     #[arg(long, env = "RAFTLITE_PEERS", value_name = "ID=HOST:PORT,...", value_parser = peers_from_str)]
     pub peers: Option<BTreeMap<u64, String>>,
+
+    /// Instead of --peers: the StatefulSet NAME and headless SERVICE; pods 0..--replicas are
+    /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT.
+    /// Higher ordinals join the running cluster.
+    #[arg(
+        long,
+        env = "RAFTLITE_PEERS_FROM_STATEFULSET",
+        value_name = "NAME.SERVICE.NAMESPACE.svc.cluster.local:PORT"
+    )]
+    pub peers_from_statefulset: Option<String>,
+
+    /// With --peers-from-statefulset: how many pods form the initial membership.
+    #[arg(long, env = "RAFTLITE_REPLICAS", value_name = "N")]
+    pub replicas: Option<u64>,
+
+    /// Where Prometheus metrics are served (/metrics), or "off" [default: 0.0.0.0:9090].
+    #[arg(long, env = "RAFTLITE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 
     /// Leader heartbeat interval in milliseconds [default: 100].
     #[arg(long, env = "RAFTLITE_HEARTBEAT_MS", value_name = "MS")]
@@ -209,6 +232,9 @@ pub struct FileConfig {
     pub advertise_addr: Option<String>,
     #[serde(deserialize_with = "deserialize_peers")]
     pub peers: Option<BTreeMap<u64, String>>,
+    pub peers_from_statefulset: Option<String>,
+    pub replicas: Option<u64>,
+    pub metrics_addr: Option<String>,
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
@@ -219,6 +245,9 @@ pub struct FileConfig {
     pub max_batch_requests: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file key.
+    #[serde(skip)]
+    pub node_id_source: Option<String>,
 }
 
 /// Validated runtime configuration of a node.
@@ -231,8 +260,15 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HOST:PORT peers and clients use to reach this node; equals `peers[node_id]`.
     pub advertise_addr: String,
-    /// Initial membership, node id to HOST:PORT. Always contains this node.
+    /// Initial membership, node id to HOST:PORT. Contains this node, unless `auto_join`.
     pub peers: BTreeMap<u64, String>,
+    /// Peers came from a StatefulSet pattern: a node that is not a voter of the running
+    /// cluster (a scale-up, or a pod re-created after a scale-down) adds itself.
+    pub auto_join: bool,
+    /// Where `/metrics` is served; `None` when turned off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How the node id was derived from the pod, when it was (for the startup log).
+    pub node_id_source: Option<String>,
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -348,7 +384,9 @@ pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
     };
-    file.overlay(args).validate()
+    file.overlay(args)
+        .with_pod_identity(lookup_process_env, crate::cluster::pod::kernel_hostname)?
+        .validate()
 }
 
 /// Parses `1=host:port,2=host:port` (spaces around entries allowed, empty entries ignored).
@@ -548,6 +586,12 @@ impl FileConfig {
             listen: args.listen.clone().or(self.listen),
             advertise_addr: args.advertise_addr.clone().or(self.advertise_addr),
             peers: args.peers.clone().or(self.peers),
+            peers_from_statefulset: args
+                .peers_from_statefulset
+                .clone()
+                .or(self.peers_from_statefulset),
+            replicas: args.replicas.or(self.replicas),
+            metrics_addr: args.metrics_addr.clone().or(self.metrics_addr),
             heartbeat_ms: args.heartbeat_ms.or(self.heartbeat_ms),
             election_timeout_min_ms: args
                 .election_timeout_min_ms
@@ -562,7 +606,43 @@ impl FileConfig {
             max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
             log_format: args.log_format.or(self.log_format),
             log_level: args.log_level.clone().or(self.log_level),
+            node_id_source: self.node_id_source,
         }
+    }
+
+    /// When no `node_id` is given, derives it from the StatefulSet pod this node runs in
+    /// (`POD_NAME`, else `HOSTNAME`, else the hostname: ordinal + 1, see [`crate::cluster::pod`]).
+    /// A name that is not a StatefulSet pod name is an error that says how to fix it.
+    pub fn with_pod_identity(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+        kernel_hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        use crate::cluster::pod::{pod_identity, StatefulSetPeers};
+        if self.node_id.is_some() {
+            return Ok(self);
+        }
+        let identity = pod_identity(env, kernel_hostname).map_err(|problem| {
+            invalid(
+                &NODE_ID,
+                format!(
+                    "not set (--node-id, RAFTLITE_NODE_ID or node_id in the config file), and \
+                     {problem}"
+                ),
+            )
+        })?;
+        if let Some(Ok(statefulset)) = self
+            .peers_from_statefulset
+            .as_deref()
+            .map(StatefulSetPeers::parse)
+        {
+            statefulset
+                .check_member(&identity)
+                .map_err(|problem| invalid(&NODE_ID, problem))?;
+        }
+        self.node_id = Some(identity.node_id());
+        self.node_id_source = Some(identity.describe());
+        Ok(self)
     }
 
     /// Applies defaults and checks every setting. Errors name the setting and where to set it.
@@ -594,9 +674,45 @@ impl FileConfig {
             ));
         }
 
-        let mut peers = self.peers.unwrap_or_default();
+        let statefulset = match (self.peers_from_statefulset, self.replicas) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    &REPLICAS,
+                    "only applies with peers_from_statefulset (the initial members are pods \
+                     0..replicas of that StatefulSet)",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    setting: REPLICAS.key,
+                    flag: REPLICAS.flag,
+                    env: REPLICAS.env,
+                })
+            }
+            (Some(pattern), Some(replicas)) => {
+                let statefulset = crate::cluster::pod::StatefulSetPeers::parse(&pattern)
+                    .map_err(|problem| invalid(&PEERS_FROM_STATEFULSET, problem))?;
+                if replicas == 0 {
+                    return Err(invalid(&REPLICAS, "must be at least 1"));
+                }
+                if self.peers.is_some() {
+                    return Err(invalid(
+                        &PEERS_FROM_STATEFULSET,
+                        "give either peers or peers_from_statefulset, not both",
+                    ));
+                }
+                Some((statefulset, replicas))
+            }
+        };
+        let auto_join = statefulset.is_some();
+        let (mut peers, own_addr) = match statefulset {
+            // A pod beyond the initial members is not in peers: it joins the running cluster.
+            Some((sts, replicas)) => (sts.peers(replicas), Some(sts.node_addr(node_id))),
+            None => (self.peers.unwrap_or_default(), None),
+        };
         check_peers(&peers)?;
-        if !peers.is_empty() && !peers.contains_key(&node_id) {
+        if !auto_join && !peers.is_empty() && !peers.contains_key(&node_id) {
             let ids: Vec<_> = peers.keys().collect();
             return Err(invalid(
                 &PEERS,
@@ -607,7 +723,8 @@ impl FileConfig {
             ));
         }
 
-        let advertise_addr = match (self.advertise_addr, peers.get(&node_id)) {
+        let own_addr = peers.get(&node_id).cloned().or(own_addr);
+        let advertise_addr = match (self.advertise_addr, own_addr.as_ref()) {
             (Some(given), from_peers) => {
                 let given = given.trim().to_owned();
                 check_host_port(&given)
@@ -642,6 +759,17 @@ impl FileConfig {
         if peers.is_empty() {
             peers.insert(node_id, advertise_addr.clone());
         }
+
+        let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
+            None => Some(default_metrics_addr()),
+            Some("" | "off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    &METRICS_ADDR,
+                    format!("{text:?} is not HOST:PORT (an IP address and port, e.g. 0.0.0.0:9090) or \"off\""),
+                )
+            })?),
+        };
 
         let heartbeat_ms = self.heartbeat_ms.unwrap_or_else(default_heartbeat_ms);
         if heartbeat_ms == 0 {
@@ -722,6 +850,9 @@ impl FileConfig {
             listen,
             advertise_addr,
             peers,
+            auto_join,
+            metrics_addr,
+            node_id_source: self.node_id_source,
             heartbeat: Duration::from_millis(heartbeat_ms),
             election_timeout_min: Duration::from_millis(min_ms),
             election_timeout_max: Duration::from_millis(max_ms),
@@ -828,6 +959,21 @@ const PEERS: Setting = Setting {
     key: "peers",
     flag: "--peers",
     env: "RAFTLITE_PEERS",
+};
+const PEERS_FROM_STATEFULSET: Setting = Setting {
+    key: "peers_from_statefulset",
+    flag: "--peers-from-statefulset",
+    env: "RAFTLITE_PEERS_FROM_STATEFULSET",
+};
+const REPLICAS: Setting = Setting {
+    key: "replicas",
+    flag: "--replicas",
+    env: "RAFTLITE_REPLICAS",
+};
+const METRICS_ADDR: Setting = Setting {
+    key: "metrics_addr",
+    flag: "--metrics-addr",
+    env: "RAFTLITE_METRICS_ADDR",
 };
 const HEARTBEAT_MS: Setting = Setting {
     key: "heartbeat_ms",
@@ -1489,6 +1635,48 @@ mod tests {
             ),
             (FileConfig { log_level: Some(" ".into()), ..minimal() }, "log_level", "is empty"),
             (
+                FileConfig { replicas: Some(3), ..minimal() },
+                "replicas",
+                "only applies with peers_from_statefulset",
+            ),
+            (
+                FileConfig { peers_from_statefulset: Some("a.b:1".into()), ..minimal() },
+                "replicas",
+                "replicas: missing (set --replicas, RAFTLITE_REPLICAS",
+            ),
+            (
+                FileConfig {
+                    peers_from_statefulset: Some("a.b:1".into()),
+                    replicas: Some(0),
+                    ..minimal()
+                },
+                "replicas",
+                "at least 1",
+            ),
+            (
+                FileConfig {
+                    peers_from_statefulset: Some("a:1".into()),
+                    replicas: Some(3),
+                    ..minimal()
+                },
+                "peers_from_statefulset",
+                "is not NAME.SERVICE",
+            ),
+            (
+                FileConfig {
+                    peers_from_statefulset: Some("a.b:1".into()),
+                    replicas: Some(3),
+                    ..with_peers.clone()
+                },
+                "peers_from_statefulset",
+                "not both",
+            ),
+            (
+                FileConfig { metrics_addr: Some("localhost:9090".into()), ..minimal() },
+                "metrics_addr",
+                "is not HOST:PORT",
+            ),
+            (
                 FileConfig { log_level: Some("info,[".into()), ..minimal() },
                 "log_level",
                 "is not a log filter",
@@ -1505,6 +1693,92 @@ mod tests {
                 "expected {fragment:?} in {message:?}"
             );
         }
+    }
+
+    #[test]
+    fn node_id_from_the_pod_only_when_not_given() -> Result<(), ConfigError> {
+        let pod = [("POD_NAME", "raftlite-1")];
+        let given = minimal().with_pod_identity(env(&pod), || None)?;
+        assert_eq!((given.node_id, given.node_id_source), (Some(1), None));
+
+        let derived = FileConfig {
+            node_id: None,
+            ..minimal()
+        }
+        .with_pod_identity(env(&pod), || None)?;
+        assert_eq!(derived.node_id, Some(2));
+
+        let err = FileConfig {
+            node_id: None,
+            ..minimal()
+        }
+        .with_pod_identity(env(&[("HOSTNAME", "0.0.0.0")]), || None)
+        .expect_err("HOSTNAME=0.0.0.0");
+        assert_eq!(err.setting(), Some("node_id"));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("node_id: not set (--node-id"),
+            "{message}"
+        );
+        assert!(message.contains("is an IP address"), "{message}");
+
+        let err = FileConfig {
+            node_id: None,
+            peers_from_statefulset: Some("raftlite.raftlite:7000".into()),
+            replicas: Some(3),
+            ..minimal()
+        }
+        .with_pod_identity(env(&[("POD_NAME", "myapp-0")]), || None)
+        .expect_err("pod of another statefulset");
+        assert!(err.to_string().contains("StatefulSet \"myapp\""), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn peers_from_statefulset_and_joining_pods() -> Result<(), ConfigError> {
+        let sts = |node_id| FileConfig {
+            node_id: Some(node_id),
+            listen: Some("0.0.0.0:7000".into()),
+            peers_from_statefulset: Some("raftlite.raftlite.ns.svc.cluster.local:7000".into()),
+            replicas: Some(3),
+            ..minimal()
+        };
+        let first = sts(1).validate()?;
+        assert_eq!(first.peers.len(), 3);
+        assert_eq!(
+            first.advertise_addr,
+            "raftlite-0.raftlite.ns.svc.cluster.local:7000"
+        );
+        assert!(first.auto_join);
+        let joining = sts(4).validate()?;
+        assert!(!joining.peers.contains_key(&4));
+        assert_eq!(
+            joining.advertise_addr,
+            "raftlite-3.raftlite.ns.svc.cluster.local:7000"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn metrics_addr_default_off_and_explicit() -> Result<(), ConfigError> {
+        assert_eq!(
+            minimal().validate()?.metrics_addr,
+            Some(default_metrics_addr())
+        );
+        let off = FileConfig {
+            metrics_addr: Some("off".into()),
+            ..minimal()
+        };
+        assert_eq!(off.validate()?.metrics_addr, None);
+        let explicit = FileConfig {
+            metrics_addr: Some("127.0.0.1:9191".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            explicit.validate()?.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9191)))
+        );
+        Ok(())
     }
 
     #[test]
@@ -1553,12 +1827,46 @@ mod tests {
     }
 
     #[test]
-    fn example_file_refuses_to_start_without_node_id_or_pod_name() {
+    fn example_file_derives_node_id_from_pod_name() -> Result<(), ConfigError> {
+        let text = include_str!("../config.example.yaml");
+        let vars = [("POD_NAME", "raftlite-2")];
+        let config = FileConfig::from_yaml(text, Path::new("config.example.yaml"), env(&vars))?
+            .with_pod_identity(env(&vars), || None)?
+            .validate()?;
+        assert_eq!(config.node_id, 3);
+        assert_eq!(
+            config.node_id_source.as_deref(),
+            Some("POD_NAME=raftlite-2 (ordinal 2 + 1)")
+        );
+        assert_eq!(config.metrics_addr, Some(default_metrics_addr()));
+        assert!(!config.auto_join);
+
+        let vars = [
+            ("POD_NAME", "raftlite-4"),
+            ("POD_NAMESPACE", "prod"),
+            (
+                "PEERS_FROM_STATEFULSET",
+                "raftlite.raftlite.prod.svc.cluster.local:7000",
+            ),
+            ("REPLICAS", "3"),
+        ];
+        let mut file = FileConfig::from_yaml(text, Path::new("x.yaml"), env(&vars))?;
+        file.peers = None;
+        let config = file.with_pod_identity(env(&vars), || None)?.validate()?;
+        assert_eq!(config.node_id, 5);
+        assert!(config.auto_join);
+        assert_eq!(config.peers.len(), 3, "initial members only");
+        assert_eq!(
+            config.advertise_addr,
+            "raftlite-4.raftlite.prod.svc.cluster.local:7000"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn example_file_refuses_to_start_without_pod_name() {
         let text = include_str!("../config.example.yaml");
         let file = Path::new("config.example.yaml");
-        let err = FileConfig::from_yaml(text, file, env(&[("POD_NAME", "raftlite-1")]))
-            .expect_err("NODE_ID unset");
-        assert!(err.to_string().contains("NODE_ID is not set"), "{err}");
         let err = FileConfig::from_yaml(text, file, env(&[("NODE_ID", "1")]))
             .expect_err("POD_NAME unset");
         let line = text

@@ -11,6 +11,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         %listen,
         advertise = %node.config().advertise_addr,
         data_dir = %node.config().data_dir.display(),
+        node_id_from = node.config().node_id_source.as_deref().unwrap_or("configuration"),
         "raftlite node started"
     );
     let bootstrapping = node.clone();

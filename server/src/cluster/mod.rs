@@ -3,4 +3,5 @@
 
 pub mod bootstrap;
 pub mod identity;
+pub mod pod;
 pub mod resync;
