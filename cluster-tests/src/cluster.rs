@@ -175,6 +175,10 @@ impl Cluster {
         if let Some(n) = o.max_request_bytes {
             args.extend(["--max-request-bytes".into(), n.to_string().into()]);
         }
+        // Nodes share the host: no /metrics on the default port unless a scenario asks.
+        if !o.extra_args.iter().any(|a| a == "--metrics-addr") {
+            args.extend(["--metrics-addr".into(), "off".into()]);
+        }
         args.extend(o.extra_args.iter().map(OsString::from));
         args
     }

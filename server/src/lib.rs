@@ -5,13 +5,15 @@
 //! deltas to its own SQLite file, so replicas are byte-identical. See ARCHITECTURE.md.
 //!
 //! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
-//! `grpc` (tonic services), `cluster` (bootstrap, identity, re-sync), `config`, `cli`.
+//! `grpc` (tonic services), `cluster` (bootstrap, identity, pod identity, joining, re-sync),
+//! `metrics` (Prometheus), `config`, `cli`.
 
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod serve;

@@ -20,7 +20,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "bootstrap failed");
         }
     });
+    tokio::spawn(crate::cluster::join::join(node.clone()));
     tokio::spawn(exit_when_raft_stops(node.clone()));
+    if let Some(addr) = node.config().metrics_addr {
+        tokio::spawn(crate::metrics::serve(node.clone(), addr));
+    }
     crate::grpc::serve(node.clone(), listen, shutdown_signal()).await?;
     tracing::info!("shutting down");
     node.shutdown().await;

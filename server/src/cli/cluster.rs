@@ -1,7 +1,8 @@
 //! `raftlite cluster`: membership changes and snapshots.
 //!
 //! Output: membership changes print `log_index=N voters=1,2,3 learners=4`, `transfer-leader`
-//! prints `leader=N term=N`, `snapshot` prints `snapshot_index=N`.
+//! prints `leader=N term=N`, `snapshot` prints `snapshot_index=N`. `retain N` prints one
+//! membership line per removed node, or `unchanged voters=... learners=...`.
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ pub enum ClusterAction {
     TransferLeader { id: u64 },
     /// Take a snapshot on the node that answers.
     Snapshot,
+    /// Remove every member whose id is above N: what a StatefulSet scaled down to N replicas
+    /// keeps (node id = ordinal + 1). Moves the leadership first if the leader would go.
+    Retain { keep: u64 },
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +59,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             .trigger_snapshot()
             .await
             .map(|s| format!("snapshot_index={}", s.snapshot_index)),
+        ClusterAction::Retain { keep } => retain(&client, keep).await,
     };
     match line {
         Ok(line) => {
@@ -63,6 +68,61 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Ok(fail(&e)),
     }
+}
+
+/// Removes the members with an id above `keep`, highest first, after moving the leadership to
+/// a voter that stays.
+async fn retain(
+    client: &raftlite_client::Client,
+    keep: u64,
+) -> Result<String, raftlite_client::Error> {
+    if keep == 0 {
+        return Err(raftlite_client::Error::Status {
+            code: tonic::Code::InvalidArgument,
+            message: "retain 0 would remove every node".into(),
+            leader_hint: None,
+        });
+    }
+    let status = client.status().await?;
+    let mut leaving: Vec<u64> = status
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id > keep)
+        .collect();
+    leaving.sort_unstable_by(|a, b| b.cmp(a));
+    if leaving.is_empty() {
+        let ids = |voter: bool| {
+            status
+                .nodes
+                .iter()
+                .filter(|n| n.voter == voter)
+                .map(|n| n.id.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        return Ok(format!(
+            "unchanged voters={} learners={}",
+            ids(true),
+            ids(false)
+        ));
+    }
+    if status.leader > keep {
+        if let Some(target) = status
+            .nodes
+            .iter()
+            .filter(|n| n.voter && n.id <= keep)
+            .map(|n| n.id)
+            .min()
+        {
+            client.transfer_leadership(target).await?;
+        }
+    }
+    let mut lines = Vec::new();
+    for id in leaving {
+        lines.push(membership_line(&client.remove_node(id).await?));
+    }
+    Ok(lines.join("\n"))
 }
 
 pub fn membership_line(m: &MembershipResponse) -> String {
@@ -115,6 +175,10 @@ mod tests {
         assert_eq!(
             parse(&["cluster", "--addr", "a:1", "snapshot"]).expect("valid"),
             ClusterAction::Snapshot
+        );
+        assert_eq!(
+            parse(&["cluster", "--addr", "a:1", "retain", "3"]).expect("valid"),
+            ClusterAction::Retain { keep: 3 }
         );
         assert!(parse(&["cluster", "--addr", "a:1", "add-learner", "x", "a:2"]).is_err());
     }

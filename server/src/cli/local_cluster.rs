@@ -214,6 +214,9 @@ fn spawn_node(
         .arg(addr)
         .arg("--peers")
         .arg(&peers_arg)
+        // Several nodes on one host: each serves /metrics on a free loopback port (in its log).
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
         // Log files, not a terminal: no colour codes.
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

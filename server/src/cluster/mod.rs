@@ -3,5 +3,6 @@
 
 pub mod bootstrap;
 pub mod identity;
+pub mod join;
 pub mod pod;
 pub mod resync;

@@ -1,10 +1,11 @@
 //! tonic services: translate wire types, delegate to the node, map errors. No business logic.
 //!
 //! One listener serves the public `Sql` and `Admin` services, the peer-only `Peer` service,
-//! `grpc.health.v1` and server reflection.
+//! `grpc.health.v1` (readiness and liveness, see [`health`]) and server reflection.
 
 pub mod admin;
 pub mod convert;
+pub mod health;
 pub mod peer;
 pub mod sql;
 
@@ -46,7 +47,12 @@ pub async fn serve(
     // RESOURCE_EXHAUSTED with a readable message.
     let decode_limit = max_request.saturating_mul(2).max(8 << 20);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<SqlServer<sql::SqlService>>().await;
+    // Not ready until the node is caught up; `health::report` keeps the statuses current.
+    health.set_not_serving::<SqlServer<sql::SqlService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    tokio::spawn(health::report(node.clone(), health));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftlite_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

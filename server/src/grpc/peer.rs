@@ -110,6 +110,9 @@ impl Peer for PeerService {
                 },
             )
             .await;
+        if result.is_ok() {
+            self.node.metrics().snapshot_received();
+        }
         reply(&self.node, &result)
     }
 

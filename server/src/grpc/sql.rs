@@ -79,6 +79,7 @@ impl Sql for SqlService {
                 .ok_or_else(|| Status::invalid_argument("a Query request needs a statement"))?,
         )?;
         let consistency = consistency_from_proto(request.consistency);
+        let started = std::time::Instant::now();
         let (applied, mut rows) = self
             .node
             .query(statement, consistency, request.max_rows)
@@ -91,6 +92,7 @@ impl Sql for SqlService {
             None => return Err(Status::internal("the query ended without a result")),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let node = self.node.clone();
         tokio::spawn(async move {
             let mut done = first.done;
             if tx.send(Ok(chunk_to_proto(first, applied))).await.is_err() {
@@ -115,6 +117,7 @@ impl Sql for SqlService {
                     return;
                 }
             }
+            node.record_read(consistency, started.elapsed());
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

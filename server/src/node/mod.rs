@@ -48,6 +48,7 @@ pub(crate) struct NodeInner {
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Node {
@@ -117,6 +118,7 @@ impl Node {
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
             peers: Mutex::new(HashMap::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
@@ -147,6 +149,10 @@ impl Node {
         self.inner.applied_index()
     }
 
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     /// True when this node holds Raft state (a vote or log entries).
     pub fn has_raft_state(&self) -> Result<bool, crate::raft::types::StorageError> {
         self.inner.store.has_raft_state()
@@ -155,6 +161,19 @@ impl Node {
     /// Runs a write. On a follower it is forwarded to the leader; `forwarded` marks a write that
     /// already was (it is not forwarded twice).
     pub async fn execute(
+        &self,
+        request: WriteRequest,
+        forwarded: bool,
+    ) -> Result<WriteReply, NodeError> {
+        let started = Instant::now();
+        let result = self.execute_here_or_on_leader(request, forwarded).await;
+        self.inner
+            .metrics
+            .observe_write(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn execute_here_or_on_leader(
         &self,
         request: WriteRequest,
         forwarded: bool,

@@ -34,7 +34,24 @@ pub enum ReadConsistency {
     Linearizable,
 }
 
+impl ReadConsistency {
+    /// The level's name, as in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stale => "stale",
+            Self::Bounded { .. } => "bounded",
+            Self::AtIndex(_) => "at_index",
+            Self::Linearizable => "linearizable",
+        }
+    }
+}
+
 impl Node {
+    /// Records a finished query (from the request to its last row) in the read latency metrics.
+    pub fn record_read(&self, consistency: ReadConsistency, elapsed: Duration) {
+        self.inner.metrics.observe_read(consistency.name(), elapsed);
+    }
+
     /// Waits as the consistency level requires, then starts the query on the read pool. Returns
     /// the applied index the query ran at and the stream of row chunks.
     pub async fn query(

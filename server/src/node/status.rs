@@ -31,6 +31,23 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// Most entries a follower may be behind the commit index it knows of and still be ready.
+pub const READY_MAX_LAG: u64 = 100;
+
+/// Whether this node should get client traffic (the readiness probe).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not ready, and why, for the log.
+    NotReady(String),
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Self::Ready)
+    }
+}
+
 fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
@@ -60,6 +77,62 @@ impl Node {
             voter: membership.voter_ids().any(|v| v == self.inner.id),
             term: m.current_term,
         }
+    }
+
+    /// Ready means caught up: the node is a member, knows a leader, and (on a follower) heard
+    /// from it within three election timeouts and applied to within [`READY_MAX_LAG`] entries
+    /// of the commit index it announced. A leader is ready once it has applied an entry of its
+    /// own term (writes wait for that) and still hears from a quorum.
+    pub fn readiness(&self) -> Readiness {
+        let inner = &self.inner;
+        let m = inner.raft.metrics().borrow().clone();
+        if let Err(fatal) = &m.running_state {
+            return Readiness::NotReady(format!("raft stopped: {fatal}"));
+        }
+        if m.membership_config
+            .membership()
+            .get_node(&inner.id)
+            .is_none()
+        {
+            return Readiness::NotReady("not a member of the cluster (yet)".into());
+        }
+        let Some(leader) = m.current_leader else {
+            return Readiness::NotReady("no leader is known".into());
+        };
+        let applied = inner.applied_index();
+        if leader == inner.id {
+            if m.state != ServerState::Leader
+                || !m
+                    .last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term)
+            {
+                return Readiness::NotReady(
+                    "leader has not applied an entry of its own term yet".into(),
+                );
+            }
+            return match inner.check_quorum_contact() {
+                Ok(()) => Readiness::Ready,
+                Err(e) => Readiness::NotReady(e.to_string()),
+            };
+        }
+        let (commit, heard) = *inner
+            .leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let limit = inner.config.election_timeout_max * 3;
+        if !heard.is_some_and(|at| at.elapsed() <= limit) {
+            return Readiness::NotReady(format!(
+                "has not heard from leader {leader} in the last {limit:?}"
+            ));
+        }
+        let lag = commit.saturating_sub(applied);
+        if lag > READY_MAX_LAG {
+            return Readiness::NotReady(format!(
+                "catching up: applied {applied}, leader commit {commit} ({lag} behind, ready at \
+                 {READY_MAX_LAG})"
+            ));
+        }
+        Readiness::Ready
     }
 
     /// Best known commit index: the leader's applied index on the leader, the last announced one

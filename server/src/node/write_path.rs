@@ -125,6 +125,7 @@ async fn commit_batch(
         };
         let _ = w.reply.send(reply);
     }
+    node.metrics.observe_batch(batch_size, started.elapsed());
     tracing::debug!(
         batch_size,
         executed_us,

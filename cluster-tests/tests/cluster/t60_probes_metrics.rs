@@ -1,0 +1,166 @@
+//! t60: what Kubernetes and Prometheus see. Readiness (`grpc.health.v1`, service "" and
+//! `raftlite.v1.Sql`) is SERVING only while a node is caught up with a leader; liveness
+//! (`raftlite.v1.Admin`) stays SERVING while the process answers; `/metrics` reports the
+//! leader, indexes, per-follower replication lag and the latency histograms.
+
+use std::time::Duration;
+
+use cluster_tests::{init_tracing, wait_until, Checker, Cluster, ClusterOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tracing::info;
+
+const READINESS: &str = "";
+const SQL: &str = "raftlite.v1.Sql";
+const LIVENESS: &str = "raftlite.v1.Admin";
+
+async fn health(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status())
+}
+
+/// Waits until `service` on every node in `ids` reports `want`.
+async fn wait_health(cluster: &Cluster, ids: &[u64], service: &str, want: ServingStatus) {
+    let what = format!("health {service:?} = {want:?} on nodes {ids:?}");
+    wait_until(&what, Duration::from_secs(20), || async {
+        for &id in ids {
+            let got = health(&cluster.node(id).addr().to_string(), service).await?;
+            anyhow::ensure!(got == want, "node {id} reports {got:?}");
+        }
+        Ok(Some(()))
+    })
+    .await
+    .expect("health status");
+}
+
+/// The ephemeral port a node logged for `/metrics` (`--metrics-addr 127.0.0.1:0`).
+fn metrics_addr(cluster: &Cluster, id: u64) -> String {
+    let log = cluster.node(id).log_since_start();
+    let marker = "metrics served at http://";
+    let start = log.find(marker).expect("the node logs its metrics address") + marker.len();
+    let rest = &log[start..];
+    rest[..rest.find("/metrics").expect("address ends with /metrics")].to_owned()
+}
+
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: raftlite\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("application/openmetrics-text"),
+        "{response}"
+    );
+    response
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_liveness_and_metrics() {
+    init_tracing();
+
+    info!("phase 1: three nodes, every one ready once a leader is elected and it caught up");
+    let options = ClusterOptions {
+        extra_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let all = cluster.ids();
+    for service in [READINESS, SQL, LIVENESS] {
+        wait_health(&cluster, &all, service, ServingStatus::Serving).await;
+    }
+
+    info!("phase 2: writes and reads show up in the leader's and a follower's /metrics");
+    let client = cluster.client();
+    let checker = Checker::new("metrics_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "scraped", 20)
+        .await
+        .expect("writes");
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every row everywhere");
+    let text = scrape(&metrics_addr(&cluster, leader)).await;
+    assert_eq!(value(&text, "raftlite_is_leader "), 1.0);
+    assert_eq!(value(&text, "raftlite_leader_id "), leader as f64);
+    assert_eq!(value(&text, "raftlite_voters "), 3.0);
+    assert!(value(&text, "raftlite_term ") >= 1.0);
+    assert!(value(&text, "raftlite_applied_index ") >= 2.0, "{text}");
+    assert!(value(&text, "raftlite_commit_index ") >= value(&text, "raftlite_applied_index "));
+    assert!(value(&text, "raftlite_write_batch_size_count ") >= 1.0);
+    assert!(
+        value(
+            &text,
+            "raftlite_write_duration_seconds_count{outcome=\"ok\"} "
+        ) >= 1.0
+    );
+    for follower in all.iter().filter(|&&id| id != leader) {
+        let lag = value(
+            &text,
+            &format!("raftlite_replication_lag_entries{{follower=\"{follower}\"}} "),
+        );
+        assert!(lag >= 0.0);
+    }
+    let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
+    let text = scrape(&metrics_addr(&cluster, follower)).await;
+    assert_eq!(value(&text, "raftlite_is_leader "), 0.0);
+    assert_eq!(value(&text, "raftlite_leader_id "), leader as f64);
+    assert_eq!(value(&text, "raftlite_ready "), 1.0);
+    // The checker reads every node's own data with `stale` reads.
+    assert!(
+        value(
+            &text,
+            "raftlite_read_duration_seconds_count{consistency=\"stale\"} "
+        ) >= 1.0
+    );
+
+    info!("phase 3: the two followers die; the leader loses its quorum and stops being ready, but stays live");
+    let followers: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    for &id in &followers {
+        cluster.node(id).kill().expect("kill a follower");
+    }
+    wait_health(&cluster, &[leader], READINESS, ServingStatus::NotServing).await;
+    wait_health(&cluster, &[leader], SQL, ServingStatus::NotServing).await;
+    wait_health(&cluster, &[leader], LIVENESS, ServingStatus::Serving).await;
+
+    info!("phase 4: the followers come back; everyone is ready again");
+    for &id in &followers {
+        cluster.node(id).start().expect("restart a follower");
+    }
+    wait_health(&cluster, &all, READINESS, ServingStatus::Serving).await;
+}

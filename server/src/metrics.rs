@@ -1,0 +1,351 @@
+//! Prometheus metrics, served at `http://METRICS_ADDR/metrics` (default `0.0.0.0:9090`).
+//!
+//! Two kinds of series:
+//! - **State read at scrape time** from openraft's metrics and the node: leader, term,
+//!   commit/applied/last-log/snapshot index, readiness, and on the leader the replication lag
+//!   of every follower (entries between the leader's last log index and what the follower has
+//!   matched). Reading them when scraped keeps the hot paths free of bookkeeping.
+//! - **Events counted where they happen**: write and read latency histograms, the
+//!   group-commit batch size, leader changes and snapshots.
+//!
+//! # Key decisions and trade-offs
+//!
+//! - **One registry per node**, not a process-global one: `raftlite dev` and tests run several
+//!   nodes in one process and their series must not mix.
+//! - **A port that cannot be bound is logged, not fatal.** Metrics are for operators; a node
+//!   that refused to serve data because port 9090 was taken would trade availability for
+//!   observability. The error says which address and how to change it.
+//! - **OpenMetrics text** (`prometheus-client`'s encoder), which Prometheus scrapes natively.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::node::Node;
+
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub follower: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// stale, bounded, at_index or linearizable.
+    pub consistency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// ok or error.
+    pub outcome: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every series of one node.
+pub struct Metrics {
+    registry: Registry,
+    node_id: Gauge,
+    is_leader: Gauge,
+    leader_id: Gauge,
+    term: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    last_log_index: Gauge,
+    snapshot_index: Gauge,
+    ready: Gauge,
+    voters: Gauge,
+    learners: Gauge,
+    replication_lag: Family<FollowerLabels, Gauge>,
+    leader_changes: Counter,
+    snapshots: Counter,
+    snapshots_received: Counter,
+    write_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    read_duration: Family<ReadLabels, Histogram, fn() -> Histogram>,
+    batch_size: Histogram,
+    batch_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("raftlite"),
+            node_id: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_id: Gauge::default(),
+            term: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            ready: Gauge::default(),
+            voters: Gauge::default(),
+            learners: Gauge::default(),
+            replication_lag: Family::default(),
+            leader_changes: Counter::default(),
+            snapshots: Counter::default(),
+            snapshots_received: Counter::default(),
+            write_duration: Family::new_with_constructor(latency_histogram),
+            read_duration: Family::new_with_constructor(latency_histogram),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_duration: latency_histogram(),
+        };
+        let r = &mut m.registry;
+        r.register("node_id", "This node's id", m.node_id.clone());
+        r.register(
+            "is_leader",
+            "1 if this node is the leader",
+            m.is_leader.clone(),
+        );
+        r.register(
+            "leader_id",
+            "Id of the leader this node knows of (0: none)",
+            m.leader_id.clone(),
+        );
+        r.register("term", "Current Raft term", m.term.clone());
+        r.register(
+            "commit_index",
+            "Best known commit index (announced by the leader)",
+            m.commit_index.clone(),
+        );
+        r.register(
+            "applied_index",
+            "Last log index applied to the database",
+            m.applied_index.clone(),
+        );
+        r.register(
+            "last_log_index",
+            "Last index in this node's Raft log",
+            m.last_log_index.clone(),
+        );
+        r.register(
+            "snapshot_index",
+            "Log index of the latest snapshot",
+            m.snapshot_index.clone(),
+        );
+        r.register(
+            "ready",
+            "1 if the node is caught up and serves clients (the readiness probe)",
+            m.ready.clone(),
+        );
+        r.register("voters", "Voters in the membership", m.voters.clone());
+        r.register("learners", "Learners in the membership", m.learners.clone());
+        r.register(
+            "replication_lag_entries",
+            "On the leader: log entries each follower is behind the leader's last log index",
+            m.replication_lag.clone(),
+        );
+        r.register(
+            "leader_changes",
+            "Times this node saw the leader change",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "snapshots",
+            "Snapshots this node built or installed",
+            m.snapshots.clone(),
+        );
+        r.register(
+            "snapshots_received",
+            "Snapshots streamed to this node by a leader",
+            m.snapshots_received.clone(),
+        );
+        r.register_with_unit(
+            "write_duration",
+            "Write requests handled by this node (forwarded ones included), by outcome",
+            Unit::Seconds,
+            m.write_duration.clone(),
+        );
+        r.register_with_unit(
+            "read_duration",
+            "Queries served by this node, from request to last row, by consistency",
+            Unit::Seconds,
+            m.read_duration.clone(),
+        );
+        r.register(
+            "write_batch_size",
+            "Write requests per group commit (leader)",
+            m.batch_size.clone(),
+        );
+        r.register_with_unit(
+            "write_batch_duration",
+            "Execute, replicate and apply one group commit (leader)",
+            Unit::Seconds,
+            m.batch_duration.clone(),
+        );
+        m
+    }
+
+    pub fn observe_write(&self, elapsed: Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.write_duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_read(&self, consistency: &'static str, elapsed: Duration) {
+        self.read_duration
+            .get_or_create(&ReadLabels { consistency })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_batch(&self, requests: usize, elapsed: Duration) {
+        self.batch_size.observe(requests as f64);
+        self.batch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn snapshot_received(&self) {
+        self.snapshots_received.inc();
+    }
+
+    /// Reads the node's current state into the gauges and encodes every series.
+    pub fn render(&self, node: &Node) -> String {
+        let m = node.raft().metrics().borrow().clone();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.node_id.set(as_i64(node.id()));
+        self.is_leader
+            .set(i64::from(m.current_leader == Some(node.id())));
+        self.leader_id.set(as_i64(m.current_leader.unwrap_or(0)));
+        self.term.set(as_i64(m.current_term));
+        self.commit_index.set(as_i64(node.commit_index()));
+        self.applied_index.set(as_i64(node.applied_index()));
+        let last_log = m.last_log_index.unwrap_or(0);
+        self.last_log_index.set(as_i64(last_log));
+        self.snapshot_index
+            .set(as_i64(m.snapshot.map(|s| s.index).unwrap_or(0)));
+        self.ready.set(i64::from(node.readiness().is_ready()));
+        let membership = m.membership_config.membership();
+        self.voters
+            .set(as_i64(membership.voter_ids().count() as u64));
+        self.learners
+            .set(as_i64(membership.learner_ids().count() as u64));
+        self.replication_lag.clear();
+        for (follower, matched) in m.replication.iter().flatten() {
+            if *follower == node.id() {
+                continue;
+            }
+            let matched = matched.map(|l| l.index).unwrap_or(0);
+            self.replication_lag
+                .get_or_create(&FollowerLabels {
+                    follower: follower.to_string(),
+                })
+                .set(as_i64(last_log.saturating_sub(matched)));
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        text
+    }
+}
+
+/// Counts leader changes and snapshots as openraft reports them, until Raft stops.
+async fn watch_raft_events(node: Node) {
+    let mut rx = node.raft().metrics();
+    let (mut leader, mut snapshot) = {
+        let m = rx.borrow();
+        (m.current_leader, m.snapshot)
+    };
+    while rx.changed().await.is_ok() {
+        let m = rx.borrow().clone();
+        if m.current_leader != leader {
+            if m.current_leader.is_some() {
+                node.metrics().leader_changes.inc();
+            }
+            leader = m.current_leader;
+        }
+        if m.snapshot != snapshot {
+            node.metrics().snapshots.inc();
+            snapshot = m.snapshot;
+        }
+        if m.running_state.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `/metrics` of `node` on `addr` until the process ends. A port that cannot be bound
+/// is logged and the node runs on without metrics.
+pub async fn serve(node: Node, addr: SocketAddr) {
+    tokio::spawn(watch_raft_events(node.clone()));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                %addr, error = %e,
+                "cannot serve metrics; the node runs without them (set --metrics-addr or \
+                 RAFTLITE_METRICS_ADDR to another HOST:PORT, or \"off\")"
+            );
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %local, "metrics served at http://{local}/metrics");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&node, &request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            // A scraper that hangs up early is not worth a log line.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn respond<B>(
+    node: &Node,
+    request: &http::Request<B>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use http::{header, Method, StatusCode};
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, node.metrics().render(node)),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET\n".to_owned(),
+        ),
+    };
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
