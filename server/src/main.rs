@@ -26,6 +26,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Change the membership, move the leader, or take a snapshot.
     Cluster(cli::cluster::ClusterArgs),
+    /// Check a node's health (readiness by default): exit 0 only if SERVING.
+    Health(cli::health::HealthArgs),
     /// Start a local cluster on loopback with temporary data, until Ctrl-C.
     Dev(cli::dev::DevArgs),
     /// Start a local cluster and measure write/read latency and throughput.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
             Command::Sql(args) => cli::sql::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Health(args) => cli::health::run(args).await,
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
         }
@@ -77,8 +80,10 @@ fn init_tracing(level: &str, json: bool) {
     // openraft logs every vote and append at info; keep it at warn unless asked for.
     let filter = EnvFilter::try_new(format!("openraft=warn,{level}"))
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    // Colour only on a terminal: container logs (kubectl logs, docker logs) stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

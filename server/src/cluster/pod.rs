@@ -165,14 +165,14 @@ pub fn pod_identity(
                      (valueFrom: {fieldRef: {fieldPath: metadata.name}}), or set --node-id"
                 }
                 NameSource::HostnameEnv => {
-                    "do not set HOSTNAME in the image (ENV HOSTNAME=...) or in the pod spec; \
-                     Kubernetes sets it to the pod name. Better: set POD_NAME with the downward \
-                     API, which is read first, or set --node-id"
+                    "Kubernetes sets HOSTNAME to the pod name: do not override it in the image \
+                     (ENV HOSTNAME=...) or in the pod spec. Better: set POD_NAME with the \
+                     downward API, which is read first, or set --node-id"
                 }
                 NameSource::KernelHostname => FIX,
             };
             Err(format!(
-                "cannot derive this node's id from {} {problem}. {advice}",
+                "cannot derive this node's id from {}: {problem}. {advice}",
                 source.describe()
             ))
         }
@@ -349,15 +349,15 @@ mod tests {
         })
         .expect_err("HOSTNAME=0.0.0.0");
         assert!(
-            err.contains("from HOSTNAME \"0.0.0.0\" is an IP address"),
+            err.contains("from HOSTNAME: \"0.0.0.0\" is an IP address"),
             "{err}"
         );
-        assert!(err.contains("do not set HOSTNAME in the image"), "{err}");
+        assert!(err.contains("do not override it in the image"), "{err}");
         assert!(err.contains("POD_NAME"), "{err}");
 
         let err = pod_identity(env(&[("POD_NAME", "web")]), || None).expect_err("no ordinal");
         assert!(
-            err.contains("POD_NAME \"web\" is not a StatefulSet pod name"),
+            err.contains("POD_NAME: \"web\" is not a StatefulSet pod name"),
             "{err}"
         );
         assert!(err.contains("fieldPath: metadata.name"), "{err}");

@@ -1,0 +1,76 @@
+//! `raftlite health`: ask a node's `grpc.health.v1` service, exit 0 only if it is SERVING.
+//!
+//! For container health checks where no gRPC probe exists (docker compose, exec probes): the
+//! image has no shell and no `grpc_health_probe`. Service `""` (default) is readiness — the node
+//! is caught up with a leader; `raftlite.v1.Admin` is liveness — the process answers.
+//! Prints the status (`SERVING`, `NOT_SERVING`, ...) on stdout.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Check a node's health: exit 0 if SERVING (readiness by default).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// Node to ask (HOST:PORT).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "RAFTLITE_ADDR",
+        default_value = "127.0.0.1:7000"
+    )]
+    pub addr: String,
+    /// Health service name: "" for readiness, raftlite.v1.Admin for liveness.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let status = tokio::time::timeout(timeout, check(&args.addr, &args.service)).await;
+    match status {
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            Ok(
+                if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!("error: no answer from {} within {timeout:?}", args.addr);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn check(
+    addr: &str,
+    service: &str,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    use anyhow::Context;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health check of {service:?} on {addr}"))?;
+    Ok(response.into_inner().status())
+}
