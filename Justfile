@@ -31,9 +31,20 @@ lint:
 fmt:
     cargo fmt --all
 
+# The Helm chart: lint it with the Helm library (default values and variants), and check that
+# docker/compose.yaml mirrors it (ports, env, probes, config). Needs `pip install
+# --ignore-requires-python helm-sdkpy pyyaml jsonschema`; fails loudly without it.
+chart:
+    python3 helm/lint.py
+    python3 helm/check_compose.py
+
+# Build the container image from the host-built binary (FROM scratch, nothing pulled).
+image tag="raftlite:dev":
+    docker/build-image.sh {{tag}}
+
 # Benchmark on a local 3-node cluster (see BENCHMARKS.md).
 bench seconds="5":
     cargo run --release -p raftlite -- bench --seconds {{seconds}}
 
 # What CI runs: lints, then every test.
-verify: lint test
+verify: lint chart test
