@@ -31,8 +31,16 @@ use super::types::{
 };
 use crate::db::{ApplyOutcome, Database, PageDelta};
 
-const KEY_APPLIED: &str = "sm_applied";
-const KEY_MEMBERSHIP: &str = "sm_membership";
+const KEY_STATE: &str = "sm_state";
+
+/// What the state machine records in redb after applying: the last applied log id, the
+/// membership, and the database version that goes with them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    db_version: u64,
+}
 
 pub struct StateMachine {
     db: Arc<Database>,
@@ -40,6 +48,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Database version after the last applied entry.
+    db_version: u64,
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
@@ -57,32 +67,78 @@ fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageEr
 impl StateMachine {
     /// Opens the state machine over `db`. `applied_tx` publishes the applied log index for reads
     /// that wait for it.
-    pub fn open(
+    ///
+    /// Reconciles the recorded state with the database: applies run with
+    /// `synchronous=NORMAL`, so after a power loss the database can be older than the recorded
+    /// `last_applied`. Then the newest snapshot is installed again and the log is replayed from
+    /// it (it is never purged past a snapshot); deltas the database already holds are skipped
+    /// by their version.
+    pub async fn open(
         db: Arc<Database>,
         store: RaftStore,
         snapshot_dir: PathBuf,
         applied_tx: watch::Sender<u64>,
     ) -> anyhow::Result<Self> {
+        use anyhow::Context;
         std::fs::create_dir_all(&snapshot_dir)?;
-        let last_applied: Option<LogId> = store.read_meta::<Option<LogId>>(KEY_APPLIED)?.flatten();
-        let membership: StoredMembership = store.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
-        applied_tx.send_replace(last_applied.map(|l| l.index).unwrap_or(0));
-        Ok(Self {
+        let recorded: AppliedState = store.read_meta(KEY_STATE)?.unwrap_or_default();
+        let db_version = db.version().await.context("read the database version")?;
+        let mut sm = Self {
             db,
             store,
             snapshot_dir,
-            last_applied,
-            membership,
+            last_applied: recorded.last_applied,
+            membership: recorded.membership,
+            db_version,
             receiving: None,
             applied_tx,
-        })
+        };
+        if db_version < recorded.db_version {
+            tracing::warn!(
+                database = db_version,
+                recorded = recorded.db_version,
+                "the database is older than the recorded applied state (power loss?); replaying from the last snapshot"
+            );
+            sm.rewind_to_snapshot().await?;
+        }
+        sm.applied_tx
+            .send_replace(sm.last_applied.map(|l| l.index).unwrap_or(0));
+        Ok(sm)
+    }
+
+    /// Resets the database and the applied state to the newest snapshot (or to nothing).
+    async fn rewind_to_snapshot(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        match Self::newest_snapshot(&self.snapshot_dir)? {
+            Some(meta) => {
+                self.db
+                    .install_image(Self::image_path(&self.snapshot_dir, &meta))
+                    .await
+                    .context("reinstall the last snapshot")?;
+                self.last_applied = meta.last_log_id;
+                self.membership = meta.last_membership.clone();
+            }
+            None => {
+                self.last_applied = None;
+                self.membership = StoredMembership::default();
+            }
+        }
+        self.db_version = self
+            .db
+            .version()
+            .await
+            .context("read the database version")?;
+        self.persist(Sync::Durable)?;
+        Ok(())
     }
 
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
-        self.store
-            .write_meta(KEY_APPLIED, &self.last_applied, sync)?;
-        self.store
-            .write_meta(KEY_MEMBERSHIP, &self.membership, sync)
+        let state = AppliedState {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            db_version: self.db_version,
+        };
+        self.store.write_meta(KEY_STATE, &state, sync)
     }
 
     fn image_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -210,8 +266,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             entry.log_id.index
                         ))
                     })?;
+                    let next_version = delta.base_version + 1;
                     match self.db.apply(Arc::new(delta)).await {
-                        Ok(ApplyOutcome::Applied) => ApplyResult::Applied,
+                        Ok(ApplyOutcome::Applied) => {
+                            self.db_version = next_version;
+                            ApplyResult::Applied
+                        }
                         Ok(ApplyOutcome::Skipped) => ApplyResult::Stale,
                         Err(e) => {
                             return Err(sm_err(format!(
@@ -227,7 +287,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let applied_us = started.elapsed().as_micros() as u64;
         self.persist(Sync::Lazy)?;
-        tracing::debug!(applied_us, total_us = started.elapsed().as_micros() as u64, "applied");
+        tracing::debug!(
+            applied_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "applied"
+        );
         if let Some(applied) = self.last_applied {
             self.applied_tx.send_replace(applied.index);
         }
@@ -303,6 +367,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snap_err(Some(meta), format!("install snapshot image: {e}")))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.db_version = self
+            .db
+            .version()
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
         self.persist(Sync::Durable)?;
         Self::write_meta_file(&self.snapshot_dir, meta)?;
         Self::remove_other_snapshots(&self.snapshot_dir, meta, true);
