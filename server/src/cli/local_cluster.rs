@@ -154,6 +154,18 @@ impl LocalCluster {
     }
 
     /// Stops every node (SIGTERM, SIGKILL after a grace period) and removes temporary data.
+    /// SIGKILLs node `id` (the benchmark's failover phase). `stop` copes with the dead child.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))?;
+        node.child
+            .start_kill()
+            .with_context(|| format!("kill node {id}"))
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for node in &self.nodes {
             if let Some(pid) = node.child.id() {
