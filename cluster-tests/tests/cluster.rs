@@ -11,5 +11,7 @@ mod t10_basic;
 mod t20_failover;
 #[path = "cluster/t30_snapshot.rs"]
 mod t30_snapshot;
+#[path = "cluster/t35_resync.rs"]
+mod t35_resync;
 #[path = "cluster/t40_membership.rs"]
 mod t40_membership;
