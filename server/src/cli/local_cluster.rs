@@ -105,6 +105,21 @@ impl LocalCluster {
         self.temp.is_some()
     }
 
+    /// Nodes that have exited, with their exit status.
+    pub fn exited(&mut self) -> anyhow::Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(status) = node
+                .child
+                .try_wait()
+                .with_context(|| format!("check node {}", node.id))?
+            {
+                out.push((node.id, status.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Fails, with the end of its log, if a node has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {

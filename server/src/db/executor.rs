@@ -249,7 +249,10 @@ impl Executor {
                 .any(|s| starts_with_vacuum(&s.sql))
             {
                 let into = request.statements.iter().any(|s| {
-                    s.sql.split_whitespace().nth(1).is_some_and(|w| w.eq_ignore_ascii_case("into"))
+                    s.sql
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|w| w.eq_ignore_ascii_case("into"))
                 });
                 outcomes.push(WriteOutcome::Failed(if into {
                     DbError::PermissionDenied(VACUUM_INTO.into())
