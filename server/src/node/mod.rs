@@ -76,6 +76,7 @@ impl Node {
             config.data_dir.join("snapshots"),
             applied_tx,
         )
+        .await
         .context("open state machine")?;
         let log_store = LogStore::new(store.clone());
         let raft_config = openraft::Config {
