@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(raftlite::config::ServeArgs),
+    Serve(Box<raftlite::config::ServeArgs>),
     /// Run SQL on a cluster: rows for a read, rows affected and log index for a write.
     Sql(cli::sql::SqlArgs),
     /// Show the cluster: leader, term, and every node's role and applied index.

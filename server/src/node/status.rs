@@ -102,9 +102,8 @@ impl Node {
         let applied = inner.applied_index();
         if leader == inner.id {
             if m.state != ServerState::Leader
-                || !m
-                    .last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term)
+                || m.last_applied
+                    .is_none_or(|l| l.leader_id.term != m.current_term)
             {
                 return Readiness::NotReady(
                     "leader has not applied an entry of its own term yet".into(),
@@ -120,7 +119,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let limit = inner.config.election_timeout_max * 3;
-        if !heard.is_some_and(|at| at.elapsed() <= limit) {
+        if heard.is_none_or(|at| at.elapsed() > limit) {
             return Readiness::NotReady(format!(
                 "has not heard from leader {leader} in the last {limit:?}"
             ));
