@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Starts the compose mirror of the chart for real and checks it: a leader is elected, writes
+# go through every pod, a fourth pod joins by itself (scale-up), `cluster retain 3` removes it
+# (scale-down), a stopped pod comes back with its volume. Tears everything down at the end.
+#
+#   docker/smoke.sh            # uses image raftlite:dev (build it with docker/build-image.sh)
+#   RAFTLITE_IMAGE=raftlite:0.1.0 docker/smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+export RAFTLITE_IMAGE=${RAFTLITE_IMAGE:-raftlite:dev}
+project=raftlite-smoke-$$
+compose() { docker-compose -f compose.yaml -p "$project" --profile scale --profile tools "$@"; }
+ctl() { compose run --rm -T ctl "$@" 2>/dev/null; }
+trap 'compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+
+wait_for() { # what, seconds, command...
+    local what=$1 seconds=$2; shift 2
+    for _ in $(seq "$seconds"); do
+        if "$@" >/dev/null 2>&1; then echo "ok: $what"; return 0; fi
+        sleep 1
+    done
+    echo "FAIL: $what (after ${seconds}s)" >&2
+    compose logs --tail 30 >&2 || true
+    return 1
+}
+voters() { ctl status --addr raftlite:7000 --json | grep -o '"voter":true' | wc -l; }
+has_voters() { [ "$(voters)" = "$1" ] && ctl status --addr raftlite:7000 --json | grep -vq '"leader":0,'; }
+
+docker image inspect "$RAFTLITE_IMAGE" >/dev/null
+compose up -d raftlite-0 raftlite-1 raftlite-2 >/dev/null 2>&1
+wait_for "3 voters and a leader" 60 has_voters 3
+ctl sql --addr raftlite-1.raftlite-headless.default.svc.cluster.local:7000 "CREATE TABLE kv (k TEXT PRIMARY KEY, v)"
+for pod in 0 1 2; do
+    ctl sql --addr "raftlite-$pod.raftlite-headless.default.svc.cluster.local:7000" "INSERT INTO kv VALUES ('from-$pod', $pod)"
+done
+echo "ok: a write through every pod"
+
+compose up -d raftlite-3 >/dev/null 2>&1
+wait_for "raftlite-3 joined as the 4th voter" 60 has_voters 4
+ctl cluster --addr raftlite:7000 retain 3
+compose rm -sf raftlite-3 >/dev/null 2>&1
+wait_for "back to 3 voters" 30 has_voters 3
+
+compose stop raftlite-0 >/dev/null 2>&1
+ctl sql --addr raftlite:7000 "INSERT INTO kv VALUES ('while-0-down', 9)"
+compose start raftlite-0 >/dev/null 2>&1
+count() { [ "$(ctl sql --addr raftlite-0.raftlite-headless.default.svc.cluster.local:7000 --consistency stale "SELECT count(*) FROM kv")" = 4 ]; }
+wait_for "raftlite-0 is back with its volume and caught up (4 rows)" 60 count
+wait_for "every pod healthy" 60 bash -c "[ \$(docker-compose -f compose.yaml -p $project ps | grep -c '(healthy)') = 3 ]"
+echo "smoke test passed"
