@@ -8,6 +8,7 @@
 #   BASE_IMAGE  base image (default scratch). With scratch, the shared libraries `ldd` lists
 #               are copied in; with another base, only the binary (the base supplies glibc).
 #   SKIP_BUILD  1: use the binary already in the target directory
+#   BINARY      use this binary (implies SKIP_BUILD)
 #   CARGO_TARGET_DIR  honoured like cargo does
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,14 @@ case "$profile" in
     *) out=$profile ;;
 esac
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --locked --profile "$profile" -p raftlite --bin raftlite
+if [ -n "${BINARY:-}" ]; then
+    binary=$BINARY
+else
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        cargo build --locked --profile "$profile" -p raftlite --bin raftlite
+    fi
+    binary="$target_dir/$out/raftlite"
 fi
-binary="$target_dir/$out/raftlite"
 [ -x "$binary" ] || { echo "error: no binary at $binary (build it, or unset SKIP_BUILD)" >&2; exit 1; }
 
 context=$(mktemp -d)

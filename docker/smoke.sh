@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export RAFTLITE_IMAGE=${RAFTLITE_IMAGE:-raftlite:dev}
+# Free host ports: a smoke run must not collide with a compose cluster already running.
+for i in 0 1 2; do export "RAFTLITE_GRPC_PORT_$i=" "RAFTLITE_METRICS_PORT_$i="; done
 project=raftlite-smoke-$$
 compose() { docker-compose -f compose.yaml -p "$project" --profile scale --profile tools "$@"; }
 ctl() { compose run --rm -T ctl "$@" 2>/dev/null; }

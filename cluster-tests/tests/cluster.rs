@@ -17,3 +17,5 @@ mod t35_resync;
 mod t40_membership;
 #[path = "cluster/t60_probes_metrics.rs"]
 mod t60_probes_metrics;
+#[path = "cluster/t70_compose.rs"]
+mod t70_compose;
