@@ -6,9 +6,11 @@
 //!   openraft's `LogFlushed` callback. Returning early lets openraft replicate to followers
 //!   while the leader's own fsync runs, instead of after it; grouping turns concurrent
 //!   appends into one fsync.
-//! - Until their commit, appended entries live in an in-memory `pending` map that readers see
-//!   as part of the log (openraft may read an entry it accepted before it is durable, e.g. to
-//!   replicate it).
+//! - Appended entries go into an in-memory cache of the log's tail that readers see as part of
+//!   the log, before and after their commit (openraft reads an entry it accepted to replicate and
+//!   to apply it, often before it is durable). The cache keeps the newest entries, bounded by
+//!   count and bytes; only entries already durable are evicted. Reads that start inside the
+//!   cache never touch redb.
 //! - `save_vote`, `truncate` and `purge` are queued behind earlier appends and awaited; a vote
 //!   is durable when `save_vote` returns.
 //!
@@ -36,8 +38,8 @@ const KEY_LAST_PURGED: &str = "last_purged";
 pub struct LogStore {
     store: RaftStore,
     purge_floor: PurgeFloor,
-    /// Appended but not yet durable, by index.
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The tail of the log, by index (see the module docs).
+    pending: Arc<Mutex<TailCache>>,
     writer: mpsc::Sender<WriterOp>,
 }
 
@@ -61,6 +63,77 @@ impl PurgeFloor {
 
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Newest entries kept in memory (durable or not).
+const CACHE_ENTRIES: usize = 1024;
+const CACHE_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct TailCache {
+    entries: BTreeMap<u64, Entry>,
+    bytes: usize,
+    /// Highest index known durable; only entries up to it may be evicted.
+    durable_upto: u64,
+}
+
+fn entry_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(super::types::Command::Delta(b)) => b.len() + 64,
+        _ => 64,
+    }
+}
+
+impl TailCache {
+    fn insert(&mut self, entry: Entry) {
+        self.bytes += entry_bytes(&entry);
+        if let Some(old) = self.entries.insert(entry.log_id.index, entry) {
+            self.bytes -= entry_bytes(&old);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let mut bytes = self.bytes;
+        self.entries.retain(|index, entry| {
+            let k = keep(*index);
+            if !k {
+                bytes -= entry_bytes(entry);
+            }
+            k
+        });
+        self.bytes = bytes;
+    }
+
+    fn mark_durable(&mut self, upto: u64) {
+        self.durable_upto = self.durable_upto.max(upto);
+        while self.entries.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES {
+            match self.entries.first_key_value() {
+                Some((index, _)) if *index <= self.durable_upto => {
+                    if let Some((_, e)) = self.entries.pop_first() {
+                        self.bytes -= entry_bytes(&e);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Entries of `[start, end)` when the cache alone can answer: everything at or after its
+    /// first index went through it.
+    fn covering(&self, start: Bound<u64>, end: Bound<u64>) -> Option<Vec<Entry>> {
+        let first = *self.entries.first_key_value()?.0;
+        let from = match start {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        (from >= first).then(|| {
+            self.entries
+                .range((start, end))
+                .map(|(_, e)| e.clone())
+                .collect()
+        })
     }
 }
 
@@ -94,7 +167,7 @@ async fn blocking<T: Send + 'static>(
 
 impl LogStore {
     pub fn new(store: RaftStore) -> Self {
-        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let pending = Arc::new(Mutex::new(TailCache::default()));
         let (writer, ops) = mpsc::channel();
         let (thread_store, thread_pending) = (store.clone(), pending.clone());
         let spawned = std::thread::Builder::new()
@@ -127,18 +200,24 @@ impl LogStore {
             .await
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, TailCache> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Durable entries overlaid with pending ones. Pending is copied FIRST: an entry the writer
     /// makes durable (and drops from pending) meanwhile is then found in redb.
     async fn read(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
-        let pending: Vec<Entry> = self
-            .pending()
-            .range((start, end))
-            .map(|(_, e)| e.clone())
-            .collect();
+        let pending: Vec<Entry> = {
+            let cache = self.pending();
+            if let Some(hit) = cache.covering(start, end) {
+                return Ok(hit);
+            }
+            cache
+                .entries
+                .range((start, end))
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
         let store = self.store.clone();
         let durable = blocking(move || read_range(&store, start, end)).await?;
         let mut merged: BTreeMap<u64, Entry> =
@@ -198,11 +277,7 @@ fn last_durable_id(store: &RaftStore) -> Result<Option<LogId>, StorageError> {
 
 /// The writer thread: applies queued operations in order, grouping consecutive appends into
 /// one durable redb commit.
-fn run_writer(
-    store: RaftStore,
-    pending: Arc<Mutex<BTreeMap<u64, Entry>>>,
-    ops: mpsc::Receiver<WriterOp>,
-) {
+fn run_writer(store: RaftStore, pending: Arc<Mutex<TailCache>>, ops: mpsc::Receiver<WriterOp>) {
     let mut carried: Option<WriterOp> = None;
     loop {
         let op = match carried.take() {
@@ -230,16 +305,24 @@ fn run_writer(
                         Err(_) => break,
                     }
                 }
+                let started = std::time::Instant::now();
                 let result = write_entries(&store, batch.iter().flat_map(|(e, _)| e.iter()));
+                tracing::debug!(
+                    appends = batch.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "log flushed"
+                );
                 if result.is_ok() {
-                    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-                    for (log_id, _) in batch.iter().flat_map(|(e, _)| e.iter()) {
-                        if pending
-                            .get(&log_id.index)
-                            .is_some_and(|p| p.log_id == *log_id)
-                        {
-                            pending.remove(&log_id.index);
-                        }
+                    let upto = batch
+                        .iter()
+                        .flat_map(|(e, _)| e.iter())
+                        .map(|(l, _)| l.index)
+                        .max();
+                    if let Some(upto) = upto {
+                        pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .mark_durable(upto);
                     }
                 }
                 for (_, callback) in batch {
@@ -287,7 +370,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_pending = self.pending().last_key_value().map(|(_, e)| e.log_id);
+        let last_pending = self
+            .pending()
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
         let store = self.store.clone();
         let (last_purged, last_durable) = blocking(move || {
             let last_purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
@@ -345,7 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     entry.log_id,
                     super::codec::encode(&entry).map_err(write_err)?,
                 ));
-                pending.insert(entry.log_id.index, entry);
+                pending.insert(entry);
             }
         }
         self.writer
@@ -357,7 +444,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending().retain(|index, _| *index < log_id.index);
+        self.pending().retain(|index| index < log_id.index);
         self.run(move |store| {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
@@ -373,7 +460,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let delete_upto = log_id.index.min(self.purge_floor.get());
-        self.pending().retain(|index, _| *index > delete_upto);
+        self.pending().retain(|index| index > delete_upto);
         self.run(move |store| {
             let tx = store.db.begin_write().map_err(write_err)?;
             {
