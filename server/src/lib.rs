@@ -4,9 +4,10 @@
 //! committing, and replicates the delta through the Raft log; every node applies committed
 //! deltas to its own SQLite file, so replicas are byte-identical. See ARCHITECTURE.md.
 //!
-//! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
+//! Rooms: `archive` (object-store archive and restore), `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
 //! `grpc` (tonic services), `cluster` (bootstrap, identity, re-sync), `config`, `cli`.
 
+pub mod archive;
 pub mod cli;
 pub mod cluster;
 pub mod config;
