@@ -612,6 +612,31 @@ impl FileConfig {
         serde_yaml::from_str(&expanded).map_err(parse_error)
     }
 
+    /// The archive settings alone, validated (for `raftlite restore --config`).
+    pub fn archive_config(&self) -> Result<Option<ArchiveConfig>, ConfigError> {
+        let data_dir = match (&self.archive, &self.data_dir) {
+            (_, Some(d)) => d.clone(),
+            (Some(_), None) => PathBuf::new(),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    setting: DATA_DIR.key,
+                    flag: DATA_DIR.flag,
+                    env: DATA_DIR.env,
+                })
+            }
+        };
+        validate_archive(
+            &data_dir,
+            self.archive.clone(),
+            self.archive_endpoint.clone(),
+            self.archive_region.clone(),
+            self.archive_snapshot_interval_s,
+            self.archive_retention_s,
+            self.archive_flush_ms,
+            self.archive_max_held_entries,
+        )
+    }
+
     /// Lays the flags (and their environment variables) over this file's settings.
     pub fn overlay(self, args: &ServeArgs) -> Self {
         Self {

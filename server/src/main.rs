@@ -26,6 +26,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Change the membership, move the leader, or take a snapshot.
     Cluster(cli::cluster::ClusterArgs),
+    /// Rebuild a SQLite database from the archive (latest state, or a point in time).
+    Restore(cli::restore::RestoreArgs),
     /// Start a local cluster on loopback with temporary data, until Ctrl-C.
     Dev(cli::dev::DevArgs),
     /// Start a local cluster and measure write/read latency and throughput.
@@ -33,7 +35,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::restore::normalize_args(std::env::args_os()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +61,10 @@ fn main() -> ExitCode {
             Command::Sql(args) => cli::sql::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Restore(args) => {
+                init_tracing("warn", false);
+                cli::restore::run(args).await
+            }
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
         }

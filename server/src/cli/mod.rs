@@ -1,4 +1,4 @@
-//! Client subcommands of the `raftlite` binary: `sql`, `status`, `cluster`, and the local
+//! Client subcommands of the `raftlite` binary: `sql`, `status`, `cluster`, `restore`, and the local
 //! helpers `dev` and `bench`.
 //!
 //! Each subcommand is a `clap::Args` struct plus `run(args) -> ExitCode`. Their output is a
@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod dev;
 pub mod local_cluster;
+pub mod restore;
 pub mod sql;
 pub mod sql_text;
 pub mod status;

@@ -29,6 +29,7 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub members: Vec<MemberStatus>,
+    pub archive: crate::archive::ArchiveStatus,
 }
 
 fn role_name(state: ServerState) -> &'static str {
@@ -103,6 +104,7 @@ impl Node {
             applied_index: self.inner.applied_index(),
             snapshot_index: m.snapshot.map(|s| s.index).unwrap_or(0),
             members,
+            archive: self.inner.archive_status.get(),
         }
     }
 
