@@ -51,6 +51,8 @@ pub struct ArchiveStatus {
     pub generation: u64,
     /// Highest log index the archive holds without a gap (as this node last saw it).
     pub archived_index: u64,
+    /// Index of the newest snapshot in the archive.
+    pub snapshot_index: u64,
     /// Committed entries not archived yet (leader only).
     pub lag_entries: u64,
     /// Age of the oldest committed entry not archived yet, in ms (leader only).
@@ -150,6 +152,7 @@ struct Session {
     generation: u64,
     /// Highest index reached without a gap; `None` until the generation has a snapshot.
     tip: Option<u64>,
+    snapshot_index: u64,
     last_snapshot: Option<Instant>,
 }
 
@@ -169,6 +172,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
     );
     status.update(|s| {
         s.uploading = true;
+        s.snapshot_index = session.snapshot_index;
         s.generation = session.generation;
         s.archived_index = session.tip.unwrap_or(0);
         s.last_error.clear();
@@ -236,6 +240,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             }
             let index = ship_snapshot(node, archive, &session).await?;
             session.last_snapshot = Some(Instant::now());
+            status.update(|s| s.snapshot_index = index);
             // A snapshot past the segments restarts the chain from it (the entries between
             // are gone from the log); otherwise the segments continue where they were.
             if session.tip.is_none_or(|t| index > t) {
@@ -272,6 +277,7 @@ async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
         cluster: cluster.to_owned(),
         generation,
         tip: listing.tip(),
+        snapshot_index: listing.snapshots.last().map(|s| s.index).unwrap_or(0),
         last_snapshot: listing.snapshots.last().and_then(|s| {
             let age = chrono::Utc::now()
                 .signed_duration_since(s.object.last_modified)

@@ -37,9 +37,6 @@ pub use format::{ArchiveKey, FormatError};
 pub use restore::{RestorePlan, RestoreRequest, RestoreTarget, Restored};
 pub use store::{Archive, ArchiveLocation, ArchiveUrl};
 
-#[cfg(test)]
-mod tests;
-
 /// Whole-cluster recovery, run by the bootstrapping node before it initializes a new cluster:
 /// when the archive holds a cluster, rebuild its latest state into `db` and return the cluster
 /// id to keep and the new generation (already marked in the archive). `Ok(None)`: the archive

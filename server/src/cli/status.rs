@@ -3,7 +3,7 @@
 //! `--json` prints ONE object: `cluster_id`, `node_id` (the node that answered), `leader` (0:
 //! none), `term`, `commit_index`, `applied_index`, `snapshot_index` and `nodes`, each with
 //! `id`, `addr`, `role`, `applied_index`, `lag`, `voter`, `term`, and `archive` (`url`,
-//! `uploading`, `generation`, `archived_index`, `lag_entries`, `lag_ms`, `last_error`) as the
+//! `uploading`, `generation`, `archived_index`, `lag_entries`, `lag_ms`, `last_error`, `snapshot_index`) as the
 //! answering node sees it. Without it, a table.
 
 use std::process::ExitCode;
@@ -69,6 +69,7 @@ pub fn status_json(status: &StatusResponse) -> serde_json::Value {
             "lag_entries": a.lag_entries,
             "lag_ms": a.lag_ms,
             "last_error": a.last_error,
+            "snapshot_index": a.snapshot_index,
         })),
     })
 }
@@ -114,7 +115,10 @@ fn archive_line(a: &raftlite_client::proto::v1::ArchiveStatus) -> Option<String>
     if a.url.is_empty() {
         return None;
     }
-    let mut line = format!("archive {}  generation {}  archived {}", a.url, a.generation, a.archived_index);
+    let mut line = format!(
+        "archive {}  generation {}  archived {}  snapshot {}",
+        a.url, a.generation, a.archived_index, a.snapshot_index
+    );
     if a.uploading {
         line.push_str(&format!("  lag {} entries / {} ms", a.lag_entries, a.lag_ms));
     } else {

@@ -28,6 +28,7 @@ pub(crate) fn status_to_proto(s: crate::node::status::ClusterStatus) -> v1::Stat
             lag_entries: s.archive.lag_entries,
             lag_ms: s.archive.lag_ms,
             last_error: s.archive.last_error,
+            snapshot_index: s.archive.snapshot_index,
         }),
     }
 }
