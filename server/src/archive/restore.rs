@@ -51,6 +51,8 @@ pub struct RestorePlan {
     /// Segments continuing the snapshot, in order (possibly overlapping).
     pub segments: Vec<SegmentObject>,
     pub target: RestoreTarget,
+    /// A gap after the chain (missing segment): fatal if the restore runs into it.
+    pub hole: Option<String>,
 }
 
 /// What a restore produced.
@@ -150,6 +152,27 @@ fn plan_generation(
             segments.push(s.clone());
         }
     }
+    // A segment past the end of the chain means an object in between is missing: restoring
+    // only up to the hole would silently lose committed writes.
+    let mut hole = None;
+    if !matches!(target, RestoreTarget::Index(n) if end >= n) {
+        if let Some(after) = listing.segments.iter().find(|s| s.first > end + 1) {
+            let message = format!(
+                "the archive is missing log entries {}..={} of generation {generation} of \
+                 cluster {cluster_id}: the segment holding them is missing (the chain from \
+                 snapshot {} ends at {end}; the next object is {})",
+                end + 1,
+                after.first - 1,
+                snapshot.index,
+                after.object.name
+            );
+            match target {
+                // A point in time before the hole is still restorable exactly.
+                RestoreTarget::Time(_) => hole = Some(message),
+                _ => bail!(message),
+            }
+        }
+    }
     if let RestoreTarget::Index(n) = target {
         if end < n {
             let next = listing
@@ -171,6 +194,7 @@ fn plan_generation(
         snapshot,
         segments,
         target,
+        hole,
     }))
 }
 
@@ -241,7 +265,7 @@ pub async fn execute(
         _ => None,
     };
     let snapshot_index = plan.snapshot.index;
-    let apply_thread = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Vec<String>)> {
+    let apply_thread = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Vec<String>, bool)> {
         let applier = Applier::open(&applier_dest, Duration::from_secs(30))
             .context("open the restored database")?;
         let mut applied = snapshot_index;
@@ -287,10 +311,10 @@ pub async fn execute(
                 elapsed(t)
             ));
             if stop {
-                break;
+                return Ok((applied, deltas, lines, true));
             }
         }
-        Ok((applied, deltas, lines))
+        Ok((applied, deltas, lines, false))
     });
 
     let downloads = futures::stream::iter(plan.segments.iter().cloned().map(|s| {
@@ -344,12 +368,15 @@ pub async fn execute(
     }
     drop(tx);
     let applied = apply_thread.await.context("restore applier thread")?;
-    let (index, deltas_applied, lines) = match (applied, download_error) {
+    let (index, deltas_applied, lines, stopped) = match (applied, download_error) {
         (Err(e), _) | (Ok(_), Some(e)) => return Err(e),
         (Ok(done), None) => done,
     };
     for line in lines {
         progress(line);
+    }
+    if let (false, Some(hole)) = (stopped, &plan.hole) {
+        bail!("{hole}");
     }
     if let Some(n) = stop_index {
         ensure!(
