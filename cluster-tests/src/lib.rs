@@ -25,6 +25,7 @@ mod checker;
 mod cluster;
 mod node;
 mod pages;
+mod s3;
 mod wait;
 
 pub use binary::raftlite_binary;
@@ -32,6 +33,7 @@ pub use checker::{CheckReport, Checker};
 pub use cluster::{Cluster, ClusterOptions};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
+pub use s3::{MotoServer, S3Proxy};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
 pub use wait::wait_until;
 

@@ -13,3 +13,5 @@ mod t20_failover;
 mod t30_snapshot;
 #[path = "cluster/t40_membership.rs"]
 mod t40_membership;
+#[path = "cluster/t50_archive_restore.rs"]
+mod t50_archive_restore;
