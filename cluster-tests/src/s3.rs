@@ -23,6 +23,7 @@ impl MotoServer {
         let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -54,44 +55,6 @@ impl MotoServer {
     pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
         self.request("PUT", &format!("/{bucket}"), &[])
             .map(|_| ())
-    }
-
-    /// Overwrites an object with raw bytes (to corrupt an archive object on purpose).
-    pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) -> anyhow::Result<()> {
-        self.request("PUT", &format!("/{bucket}/{key}"), body)
-            .map(|_| ())
-    }
-
-    /// Deletes an object.
-    pub fn delete_object(&self, bucket: &str, key: &str) -> anyhow::Result<()> {
-        self.request("DELETE", &format!("/{bucket}/{key}"), &[])
-            .map(|_| ())
-    }
-
-    /// Object keys under `prefix`, from a plain ListObjectsV2 request.
-    pub fn list(&self, bucket: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut path = format!("/{bucket}?list-type=2&prefix={prefix}");
-            if let Some(t) = &token {
-                path.push_str(&format!("&continuation-token={t}"));
-            }
-            let body = self.request("GET", &path, &[])?;
-            let text = String::from_utf8_lossy(&body);
-            for part in text.split("<Key>").skip(1) {
-                if let Some((key, _)) = part.split_once("</Key>") {
-                    keys.push(key.to_string());
-                }
-            }
-            token = text
-                .split_once("<NextContinuationToken>")
-                .and_then(|(_, rest)| rest.split_once("</NextContinuationToken>"))
-                .map(|(t, _)| t.replace('=', "%3D").replace('+', "%2B").replace('/', "%2F"));
-            if token.is_none() {
-                return Ok(keys);
-            }
-        }
     }
 
     /// One HTTP/1.1 request; returns the body of a 2xx answer.

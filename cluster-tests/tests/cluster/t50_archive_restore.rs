@@ -1,7 +1,8 @@
 //! t50: the archive. Real nodes ship their log to a real S3 server (`moto_server` on loopback,
 //! behind a proxy the test can take down) or to a shared directory, and `raftlite restore`
 //! rebuilds databases from it: latest state, a log index in the middle, the Litestream flag
-//! cases, a whole lost cluster, a 100 MB database, and corrupted or missing objects.
+//! cases, an S3 outage, a whole lost cluster, a 100 MB database, and corrupted or missing
+//! objects.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -282,23 +283,6 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     assert_eq!(check, "ok");
     assert_eq!(rows.len(), acks.len() + during.len(), "nothing written during the outage is missing");
 
-    info!("phase 7: a corrupted segment and a missing segment make the restore fail, naming the object");
-    let keys = moto.list(BUCKET, "main/").expect("list the archive");
-    let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".seg.zst")).collect();
-    assert!(segments.len() >= 3, "several segments: {keys:?}");
-    let victim = segments[segments.len() - 2].clone();
-    moto.put_object(BUCKET, &victim, b"not an archive object").expect("corrupt");
-    let bad = dir.path().join("bad.db");
-    let bad_s = bad.to_str().expect("utf-8 path");
-    let out = restore(&["-endpoint", &endpoint, "-o", bad_s, &url]);
-    assert!(!out.status.success(), "a corrupted object fails the restore: {}", text(&out));
-    assert!(text(&out).contains(&victim), "the error names {victim}: {}", text(&out));
-    assert!(!bad.exists(), "no half-restored database is left behind");
-    moto.delete_object(BUCKET, &victim).expect("delete");
-    let out = restore(&["-endpoint", &endpoint, "-o", bad_s, &url]);
-    assert!(!out.status.success(), "a missing object fails the restore: {}", text(&out));
-    assert!(text(&out).contains("missing"), "{}", text(&out));
-    assert!(!bad.exists());
     info!("t50 S3 scenario done");
 }
 
@@ -362,6 +346,39 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     .await
     .expect("archive status");
     assert_eq!(generation, 2);
+
+    info!("phase 4: a corrupted segment and a missing segment make the restore fail, naming the object");
+    let gen1 = archive_dir
+        .path()
+        .join(&cluster_id)
+        .join("generations/00000001/segments");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&gen1)
+        .expect("list the segments")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "several segments: {segments:?}");
+    let victim = segments[segments.len() / 2].clone();
+    let victim_name = victim.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.db");
+    let bad_s = bad.to_str().expect("utf-8 path");
+    let gen1_args = ["-generation", "1", "-o", bad_s, url.as_str()];
+    restore_ok(&gen1_args);
+    std::fs::remove_file(&bad).expect("remove");
+    let mut bytes = std::fs::read(&victim).expect("read the segment");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&victim, &bytes).expect("corrupt the segment");
+    let out = restore(&gen1_args);
+    assert!(!out.status.success(), "a corrupted object fails the restore: {}", text(&out));
+    assert!(text(&out).contains(&victim_name), "the error names {victim_name}: {}", text(&out));
+    assert!(!bad.exists(), "no half-restored database is left behind");
+    std::fs::remove_file(&victim).expect("delete the segment");
+    let out = restore(&gen1_args);
+    assert!(!out.status.success(), "a missing object fails the restore: {}", text(&out));
+    assert!(text(&out).contains("missing"), "{}", text(&out));
+    assert!(!bad.exists());
     info!(?report, "t50 whole-cluster recovery done");
 }
 

@@ -46,7 +46,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub struct ArchiveStatus {
     /// The archive URL; empty when archiving is off.
     pub url: String,
-    /// True while this node (the leader) uploads.
+    /// True on the leader, which is responsible for uploading (even while uploads fail).
     pub uploading: bool,
     pub generation: u64,
     /// Highest log index the archive holds without a gap (as this node last saw it).
@@ -164,6 +164,8 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
         .identity()
         .get()
         .context("the node has no cluster id yet")?;
+    // This node is responsible from now on, whether or not the archive answers.
+    status.update(|s| s.uploading = true);
     let mut session = discover(archive, &cluster).await?;
     tracing::info!(
         generation = session.generation,

@@ -188,16 +188,6 @@ impl Archive {
                 ) {
                     b = b.with_access_key_id(id).with_secret_access_key(secret);
                 }
-                let custom_endpoint = location.endpoint.is_some()
-                    || std::env::var_os("AWS_ENDPOINT_URL").is_some()
-                    || std::env::var_os("AWS_ENDPOINT").is_some();
-                if custom_endpoint {
-                    // MinIO, moto and most S3-compatible servers want path-style requests;
-                    // plain http is their usual setup on a private network.
-                    b = b
-                        .with_virtual_hosted_style_request(false)
-                        .with_allow_http(true);
-                }
                 // The archiver retries with its own backoff and reports the lag; a request
                 // should fail in seconds, not hang through object_store's 3-minute default.
                 b = b
@@ -211,6 +201,17 @@ impl Archive {
                             .with_connect_timeout(Duration::from_secs(2))
                             .with_timeout(Duration::from_secs(120)),
                     );
+                let custom_endpoint = location.endpoint.is_some()
+                    || std::env::var_os("AWS_ENDPOINT_URL").is_some()
+                    || std::env::var_os("AWS_ENDPOINT").is_some();
+                if custom_endpoint {
+                    // MinIO, moto and most S3-compatible servers want path-style requests;
+                    // plain http is their usual setup on a private network. (After the client
+                    // options, which would reset allow_http.)
+                    b = b
+                        .with_virtual_hosted_style_request(false)
+                        .with_allow_http(true);
+                }
                 let s3 = b
                     .build()
                     .with_context(|| format!("configure S3 archive {}", location.url))?;

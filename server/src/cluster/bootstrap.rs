@@ -61,10 +61,24 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
         tokio::time::sleep(RETRY).await;
     }
     if let Some(archive) = &archive {
-        if let Some((restored, generation)) =
-            crate::archive::restore_for_bootstrap(archive, &node.config().data_dir, node.database())
-                .await?
-        {
+        // An unreachable archive is retried, never skipped: starting a fresh cluster over an
+        // archive that holds one would fork its history.
+        let recovered = loop {
+            match crate::archive::restore_for_bootstrap(
+                archive,
+                &node.config().data_dir,
+                node.database(),
+            )
+            .await
+            {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the archive before initializing; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        if let Some((restored, generation)) = recovered {
             return recover_cluster(&node, &peers, restored, generation).await;
         }
     }
