@@ -33,8 +33,8 @@ pub use checker::{CheckReport, Checker};
 pub use cluster::{Cluster, ClusterOptions};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
-pub use s3::{MotoServer, S3Proxy};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
+pub use s3::{MotoServer, S3Proxy};
 pub use wait::wait_until;
 
 /// Asserts that `result` is a gRPC status with `code` answered by a server (not a transport

@@ -23,7 +23,6 @@ impl MotoServer {
         let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,8 +52,7 @@ impl MotoServer {
 
     /// Creates a bucket with a plain (unsigned) `PUT /bucket`, which moto accepts.
     pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        self.request("PUT", &format!("/{bucket}"), &[])
-            .map(|_| ())
+        self.request("PUT", &format!("/{bucket}"), &[]).map(|_| ())
     }
 
     /// One HTTP/1.1 request; returns the body of a 2xx answer.
@@ -74,7 +72,10 @@ impl MotoServer {
         let text = String::from_utf8_lossy(&response);
         let status = text.split_whitespace().nth(1).unwrap_or("");
         if !status.starts_with('2') {
-            bail!("{method} {path}: moto answered {}", text.lines().next().unwrap_or(""));
+            bail!(
+                "{method} {path}: moto answered {}",
+                text.lines().next().unwrap_or("")
+            );
         }
         let start = response
             .windows(4)
@@ -153,10 +154,7 @@ impl S3Proxy {
                 s.connections.push(conn);
             }
         });
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .accept = Some(accept);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).accept = Some(accept);
         Ok(())
     }
 }

@@ -226,7 +226,11 @@ pub struct ServeArgs {
     pub archive_region: Option<String>,
 
     /// Seconds between full snapshots uploaded to the archive [default: 3600].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
+        value_name = "SECONDS"
+    )]
     pub archive_snapshot_interval_s: Option<u64>,
 
     /// Seconds archived snapshots are kept (the newest always is) [default: 86400].
@@ -890,7 +894,9 @@ fn validate_archive(
             ArchiveUrl::File { dir }
         }
     };
-    let endpoint = endpoint.map(|e| e.trim().to_owned()).filter(|e| !e.is_empty());
+    let endpoint = endpoint
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty());
     if let Some(e) = &endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return Err(invalid(
@@ -899,7 +905,9 @@ fn validate_archive(
             ));
         }
     }
-    let region = region.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    let region = region
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
     let snapshot_interval_s =
         snapshot_interval_s.unwrap_or_else(default_archive_snapshot_interval_s);
     if snapshot_interval_s == 0 {
@@ -1861,6 +1869,79 @@ data_dir: ${RAFTLITE_TEST_NEVER_SET_7f3a}
         let err = load(&missing).expect_err("no such file");
         assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("absent.yaml"), "{err}");
+        Ok(())
+    }
+
+    // ---- archive ----
+
+    #[test]
+    fn archive_defaults_to_a_directory_in_data_dir_and_none_turns_it_off() -> Result<(), ConfigError>
+    {
+        use crate::archive::ArchiveUrl;
+        let config = yaml("node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n", &[])?.validate()?;
+        let archive = config.archive.expect("archiving is on by default");
+        assert_eq!(
+            archive.location.url,
+            ArchiveUrl::File {
+                dir: "/d/archive".into()
+            }
+        );
+        assert_eq!(
+            archive.settings.snapshot_interval,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(archive.settings.max_held_entries, 50_000);
+        let off = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\narchive: none\n",
+            &[],
+        )?
+        .validate()?;
+        assert_eq!(off.archive, None);
+        let s3 = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\narchive: s3://b/p\n\
+             archive_endpoint: http://minio:9000\narchive_flush_ms: 50\n",
+            &[],
+        )?
+        .validate()?
+        .archive
+        .expect("on");
+        assert_eq!(
+            s3.location.url,
+            ArchiveUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p".into()
+            }
+        );
+        assert_eq!(s3.location.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(s3.settings.flush, Duration::from_millis(50));
+        Ok(())
+    }
+
+    #[test]
+    fn archive_errors_name_the_setting() -> Result<(), ConfigError> {
+        let base = "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n";
+        for (extra, setting) in [
+            ("archive: ftp://x\n", "archive"),
+            ("archive: file://relative\n", "archive"),
+            (
+                "archive: s3://b\narchive_endpoint: minio:9000\n",
+                "archive_endpoint",
+            ),
+            (
+                "archive_snapshot_interval_s: 0\n",
+                "archive_snapshot_interval_s",
+            ),
+            (
+                "archive_snapshot_interval_s: 600\narchive_retention_s: 60\n",
+                "archive_retention_s",
+            ),
+            ("archive_max_held_entries: 0\n", "archive_max_held_entries"),
+        ] {
+            let err = yaml(&format!("{base}{extra}"), &[])?
+                .validate()
+                .expect_err(extra);
+            assert_eq!(err.setting(), Some(setting), "{extra}: {err}");
+        }
         Ok(())
     }
 }

@@ -23,15 +23,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let bootstrapping = node.clone();
     let bootstrap_archive = archive.as_ref().map(|(a, _)| a.clone());
     tokio::spawn(async move {
-        if let Err(e) =
-            crate::cluster::bootstrap::bootstrap(bootstrapping, bootstrap_archive).await
+        if let Err(e) = crate::cluster::bootstrap::bootstrap(bootstrapping, bootstrap_archive).await
         {
             tracing::error!(error = %format!("{e:#}"), "bootstrap failed");
         }
     });
     if let Some((archive, settings)) = archive {
         tracing::info!(archive = %archive.url(), encrypted = archive.key().is_some(), "archiving to");
-        tokio::spawn(crate::archive::archiver::run(node.clone(), archive, settings));
+        tokio::spawn(crate::archive::archiver::run(
+            node.clone(),
+            archive,
+            settings,
+        ));
     }
     tokio::spawn(exit_when_raft_stops(node.clone()));
     crate::grpc::serve(node.clone(), listen, shutdown_signal()).await?;

@@ -61,14 +61,19 @@ fn text(out: &Output) -> String {
 #[track_caller]
 fn restore_ok(args: &[&str]) -> String {
     let out = restore(args);
-    assert!(out.status.success(), "restore {args:?} failed: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "restore {args:?} failed: {}",
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `SELECT k, v FROM table ORDER BY k` of a database file, and its integrity check.
 fn rows_of(db: &Path, table: &str) -> (Vec<(String, String)>, String) {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open database");
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
     let mut stmt = conn
         .prepare(&format!("SELECT k, v FROM {table} ORDER BY k"))
         .expect("prepare");
@@ -98,11 +103,18 @@ async fn archive_view(cluster: &Cluster) -> anyhow::Result<(u64, u64, String)> {
 }
 
 async fn wait_archived(cluster: &Cluster, index: u64, within: Duration) -> u64 {
-    wait_until("the archive to hold every acknowledged write", within, || async {
-        let (archived, _, err) = archive_view(cluster).await?;
-        anyhow::ensure!(archived >= index, "archived {archived} < {index} (last error: {err:?})");
-        Ok(Some(archived))
-    })
+    wait_until(
+        "the archive to hold every acknowledged write",
+        within,
+        || async {
+            let (archived, _, err) = archive_view(cluster).await?;
+            anyhow::ensure!(
+                archived >= index,
+                "archived {archived} < {index} (last error: {err:?})"
+            );
+            Ok(Some(archived))
+        },
+    )
     .await
     .expect("the archive catches up")
 }
@@ -127,8 +139,12 @@ async fn write_load(
     let mut tasks = tokio::task::JoinSet::new();
     let until = Instant::now() + duration;
     for lane in 0..lanes {
-        let (client, checker, acks, prefix) =
-            (client.clone(), checker.clone(), acks.clone(), prefix.to_string());
+        let (client, checker, acks, prefix) = (
+            client.clone(),
+            checker.clone(),
+            acks.clone(),
+            prefix.to_string(),
+        );
         tasks.spawn(async move {
             let mut i = 0;
             while Instant::now() < until {
@@ -158,16 +174,21 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     info!("phase 1: start moto_server, a bucket, a proxy in front of it, and three nodes archiving to it");
     let moto = MotoServer::start().expect("start moto_server");
     moto.create_bucket(BUCKET).expect("create the bucket");
-    let proxy = S3Proxy::start(moto.addr()).await.expect("start the S3 proxy");
-    let cluster = Cluster::start(3, s3_options("main", &proxy.endpoint(), &[]))
-        .expect("start the cluster");
+    let proxy = S3Proxy::start(moto.addr())
+        .await
+        .expect("start the S3 proxy");
+    let cluster =
+        Cluster::start(3, s3_options("main", &proxy.endpoint(), &[])).expect("start the cluster");
     cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
         .expect("a leader is elected");
     let client = cluster.client();
     let checker = Checker::new("archive_kv");
-    checker.create_table(&client).await.expect("create the table");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
 
     info!("phase 2: write under load from 8 clients for 4 s while sampling the leader's archived index");
     let samples: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
@@ -179,7 +200,10 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
             while sampling.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Ok(s) = probe.status().await {
                     if let Some(a) = s.archive.filter(|a| a.uploading) {
-                        samples.lock().expect("lock").push((Instant::now(), a.archived_index));
+                        samples
+                            .lock()
+                            .expect("lock")
+                            .push((Instant::now(), a.archived_index));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -216,7 +240,10 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     );
 
     info!("phase 3: restore the latest state and compare it with the live database");
-    cluster.wait_converged(Duration::from_secs(20)).await.expect("converged");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("s3://{BUCKET}/main");
     let endpoint = proxy.endpoint();
@@ -228,7 +255,11 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     let (live, _) = rows_of(&cluster.node(leader).db_path(), checker.table());
     let (restored, check) = rows_of(&latest, checker.table());
     assert_eq!(check, "ok");
-    assert_eq!(restored.len(), acks.len(), "every acknowledged write is restored");
+    assert_eq!(
+        restored.len(),
+        acks.len(),
+        "every acknowledged write is restored"
+    );
     assert_eq!(restored, live, "the restored database has the live rows");
 
     info!("phase 4: point-in-time restore to a log index in the middle of the load");
@@ -237,7 +268,15 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     let middle = by_index[by_index.len() / 2].1;
     let pit = dir.path().join("middle.db");
     let pit_s = pit.to_str().expect("utf-8 path");
-    restore_ok(&["--endpoint", &endpoint, "-index", &middle.to_string(), "-o", pit_s, &url]);
+    restore_ok(&[
+        "--endpoint",
+        &endpoint,
+        "-index",
+        &middle.to_string(),
+        "-o",
+        pit_s,
+        &url,
+    ]);
     let (rows, check) = rows_of(&pit, checker.table());
     assert_eq!(check, "ok");
     let expected: BTreeMap<&str, ()> = acks
@@ -250,19 +289,47 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
 
     info!("phase 5: the seed's restore flags: -if-db-not-exists, -if-replica-exists, -force");
     let before = std::fs::read(&pit).expect("read");
-    let out = restore_ok(&["-if-db-not-exists", "-if-replica-exists", "-endpoint", &endpoint, "-o", pit_s, &url]);
+    let out = restore_ok(&[
+        "-if-db-not-exists",
+        "-if-replica-exists",
+        "-endpoint",
+        &endpoint,
+        "-o",
+        pit_s,
+        &url,
+    ]);
     assert!(out.contains("skipped"), "{out}");
-    assert_eq!(std::fs::read(&pit).expect("read"), before, "an existing database is left alone");
+    assert_eq!(
+        std::fs::read(&pit).expect("read"),
+        before,
+        "an existing database is left alone"
+    );
     let empty_url = format!("s3://{BUCKET}/nothing-here");
     let fresh = dir.path().join("fresh.db");
     let fresh_s = fresh.to_str().expect("utf-8 path");
-    let out = restore_ok(&["-if-db-not-exists", "-if-replica-exists", "-endpoint", &endpoint, "-o", fresh_s, &empty_url]);
+    let out = restore_ok(&[
+        "-if-db-not-exists",
+        "-if-replica-exists",
+        "-endpoint",
+        &endpoint,
+        "-o",
+        fresh_s,
+        &empty_url,
+    ]);
     assert!(out.contains("skipped"), "{out}");
     assert!(!fresh.exists());
     let out = restore(&["-endpoint", &endpoint, "-o", fresh_s, &empty_url]);
-    assert!(!out.status.success(), "an empty archive without -if-replica-exists fails: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "an empty archive without -if-replica-exists fails: {}",
+        text(&out)
+    );
     let out = restore(&["-endpoint", &endpoint, "-o", pit_s, &url]);
-    assert!(!out.status.success(), "no overwrite without -force: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "no overwrite without -force: {}",
+        text(&out)
+    );
     assert!(text(&out).contains("-force"), "{}", text(&out));
     restore_ok(&["-force", "-endpoint", &endpoint, "-o", pit_s, &url]);
     assert_eq!(rows_of(&pit, checker.table()).0.len(), acks.len());
@@ -271,7 +338,11 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     proxy.down();
     let during = write_load(&client, &checker, "outage", 4, Duration::from_secs(4)).await;
     let (archived, _, err) = archive_view(&cluster).await.expect("archive status");
-    let last = during.iter().map(|a| a.1).max().expect("writes during the outage");
+    let last = during
+        .iter()
+        .map(|a| a.1)
+        .max()
+        .expect("writes during the outage");
     info!(archived, last, error = %err, "archive status while S3 is down");
     assert!(archived < last, "nothing can be archived while S3 is down");
     proxy.up().await.expect("bring S3 back");
@@ -281,7 +352,11 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     restore_ok(&["-endpoint", &endpoint, "-o", after_s, &url]);
     let (rows, check) = rows_of(&after, checker.table());
     assert_eq!(check, "ok");
-    assert_eq!(rows.len(), acks.len() + during.len(), "nothing written during the outage is missing");
+    assert_eq!(
+        rows.len(),
+        acks.len() + during.len(),
+        "nothing written during the outage is missing"
+    );
 
     info!("t50 S3 scenario done");
 }
@@ -293,7 +368,12 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     let url = format!("file://{}", archive_dir.path().display());
     info!(%url, "phase 1: three nodes archiving to a shared directory; 200 writes");
     let options = ClusterOptions {
-        extra_args: vec!["--archive".into(), url.clone(), "--archive-flush-ms".into(), "50".into()],
+        extra_args: vec![
+            "--archive".into(),
+            url.clone(),
+            "--archive-flush-ms".into(),
+            "50".into(),
+        ],
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(3, options).expect("start the cluster");
@@ -304,7 +384,10 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     let cluster_id = cluster.status_of(leader).await.expect("status").cluster_id;
     let client = cluster.client();
     let checker = Checker::new("dr_kv");
-    checker.create_table(&client).await.expect("create the table");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
     let last = checker
         .write_many(&client, "before-loss", 200)
         .await
@@ -331,18 +414,32 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
         .expect("all members rejoin the recovered cluster");
     let leader = cluster.leader_id().await.expect("leader");
     let status = cluster.status_of(leader).await.expect("status");
-    assert_eq!(status.cluster_id, cluster_id, "the archived cluster id is kept");
+    assert_eq!(
+        status.cluster_id, cluster_id,
+        "the archived cluster id is kept"
+    );
     checker
         .write_many(&client, "after-recovery", 20)
         .await
         .expect("the recovered cluster takes writes");
-    let report = checker.verify(&cluster).await.expect("every acknowledged write is back");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every acknowledged write is back");
     assert_eq!(report.acked, 220);
     cluster.assert_identical_pages().await;
-    let generation = wait_until("the recovered cluster archives into a new generation", Duration::from_secs(30), || async {
-        let a = cluster.status_of(cluster.leader_id().await.unwrap_or(1)).await?.archive;
-        Ok(a.filter(|a| a.uploading && a.snapshot_index > 0).map(|a| a.generation))
-    })
+    let generation = wait_until(
+        "the recovered cluster archives into a new generation",
+        Duration::from_secs(30),
+        || async {
+            let a = cluster
+                .status_of(cluster.leader_id().await.unwrap_or(1))
+                .await?
+                .archive;
+            Ok(a.filter(|a| a.uploading && a.snapshot_index > 0)
+                .map(|a| a.generation))
+        },
+    )
     .await
     .expect("archive status");
     assert_eq!(generation, 2);
@@ -359,7 +456,11 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     segments.sort();
     assert!(segments.len() >= 3, "several segments: {segments:?}");
     let victim = segments[segments.len() / 2].clone();
-    let victim_name = victim.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let victim_name = victim
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("bad.db");
     let bad_s = bad.to_str().expect("utf-8 path");
@@ -371,12 +472,24 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     bytes[last] ^= 0x40;
     std::fs::write(&victim, &bytes).expect("corrupt the segment");
     let out = restore(&gen1_args);
-    assert!(!out.status.success(), "a corrupted object fails the restore: {}", text(&out));
-    assert!(text(&out).contains(&victim_name), "the error names {victim_name}: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a corrupted object fails the restore: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&victim_name),
+        "the error names {victim_name}: {}",
+        text(&out)
+    );
     assert!(!bad.exists(), "no half-restored database is left behind");
     std::fs::remove_file(&victim).expect("delete the segment");
     let out = restore(&gen1_args);
-    assert!(!out.status.success(), "a missing object fails the restore: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a missing object fails the restore: {}",
+        text(&out)
+    );
     assert!(text(&out).contains("missing"), "{}", text(&out));
     assert!(!bad.exists());
     info!(?report, "t50 whole-cluster recovery done");
@@ -403,7 +516,10 @@ async fn large_database_restores_from_s3_and_matches() {
         .expect("leader");
     let client = cluster.client();
     client
-        .exec("CREATE TABLE big (k TEXT PRIMARY KEY, v BLOB NOT NULL)", Vec::<String>::new())
+        .exec(
+            "CREATE TABLE big (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
+            Vec::<String>::new(),
+        )
         .await
         .expect("create");
     let mut last = 0;
@@ -419,10 +535,14 @@ async fn large_database_restores_from_s3_and_matches() {
     }
 
     info!("phase 2: wait for a snapshot that holds every row, then restore with -v and time it");
-    wait_until("a snapshot of the whole database in the archive", Duration::from_secs(90), || async {
-        let (archived, snapshot, _) = archive_view(&cluster).await?;
-        Ok((snapshot >= last && archived >= last).then_some(()))
-    })
+    wait_until(
+        "a snapshot of the whole database in the archive",
+        Duration::from_secs(90),
+        || async {
+            let (archived, snapshot, _) = archive_view(&cluster).await?;
+            Ok((snapshot >= last && archived >= last).then_some(()))
+        },
+    )
     .await
     .expect("snapshot archived");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -433,7 +553,10 @@ async fn large_database_restores_from_s3_and_matches() {
     restore_ok(&["-v", "-endpoint", &endpoint, "-o", out_s, &url]);
     let elapsed = started.elapsed();
     let size = std::fs::metadata(&out_path).expect("restored file").len();
-    assert!(size >= 100 * MB as u64, "a database of at least 100 MB: {size}");
+    assert!(
+        size >= 100 * MB as u64,
+        "a database of at least 100 MB: {size}"
+    );
     info!(
         bytes = size,
         elapsed_ms = elapsed.as_millis() as u64,
@@ -444,8 +567,9 @@ async fn large_database_restores_from_s3_and_matches() {
     info!("phase 3: the restored database matches the live one row for row");
     let live_path = cluster.node(1).db_path();
     let read = |p: &Path| {
-        let conn = rusqlite::Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open");
+        let conn =
+            rusqlite::Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open");
         let rows: Vec<(String, Vec<u8>)> = conn
             .prepare("SELECT k, v FROM big ORDER BY k")
             .expect("prepare")

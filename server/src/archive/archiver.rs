@@ -235,7 +235,9 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             if session.tip.is_some() && applied > tip && applied - tip <= settings.max_held_entries
             {
                 // Segments first, so the older snapshot's chain stays unbroken.
-                if let Some(last) = ship_segment(node, archive, &session, &times, tip, applied).await? {
+                if let Some(last) =
+                    ship_segment(node, archive, &session, &times, tip, applied).await?
+                {
                     session.tip = Some(last);
                     continue;
                 }
@@ -269,7 +271,10 @@ async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
         Some(g) => *g,
         None => {
             archive
-                .put(&archive.started_path(cluster, 1), b"raftlite archive generation\n".to_vec())
+                .put(
+                    &archive.started_path(cluster, 1),
+                    b"raftlite archive generation\n".to_vec(),
+                )
                 .await?;
             1
         }
@@ -349,14 +354,25 @@ async fn ship_segment(
     let name = path.to_string();
     let key = archive.key().cloned();
     let object = tokio::task::spawn_blocking(move || {
-        format::encode_object(&name, &header, &format::encode_segment(&entries), key.as_ref())
+        format::encode_object(
+            &name,
+            &header,
+            &format::encode_segment(&entries),
+            key.as_ref(),
+        )
     })
     .await
     .context("segment encoder thread")?;
     let started = Instant::now();
     let size = object.len();
     archive.put(&path, object).await?;
-    tracing::debug!(first, last, size, upload_ms = started.elapsed().as_millis() as u64, "archive: segment uploaded");
+    tracing::debug!(
+        first,
+        last,
+        size,
+        upload_ms = started.elapsed().as_millis() as u64,
+        "archive: segment uploaded"
+    );
     Ok(Some(last))
 }
 
@@ -416,7 +432,10 @@ fn read_newest_snapshot(dir: &std::path::Path) -> anyhow::Result<(SnapshotMeta, 
         let Ok(meta) = crate::raft::codec::decode::<SnapshotMeta>(&bytes) else {
             continue;
         };
-        if best.as_ref().is_none_or(|b| meta.last_log_id > b.last_log_id) {
+        if best
+            .as_ref()
+            .is_none_or(|b| meta.last_log_id > b.last_log_id)
+        {
             best = Some(meta);
         }
     }

@@ -286,8 +286,8 @@ pub fn decode_object(
     } else {
         payload
     };
-    let body = zstd::stream::decode_all(compressed)
-        .map_err(|e| corrupt(object, format!("zstd: {e}")))?;
+    let body =
+        zstd::stream::decode_all(compressed).map_err(|e| corrupt(object, format!("zstd: {e}")))?;
     Ok((header, body))
 }
 
@@ -368,9 +368,7 @@ pub fn decode_segment(
         u32::from_le_bytes(a)
     };
     let count = read_u32(take(4)?) as u64;
-    if header.kind != ObjectKind::Segment
-        || count != header.last_index - header.first_index + 1
-    {
+    if header.kind != ObjectKind::Segment || count != header.last_index - header.first_index + 1 {
         return Err(corrupt(
             object,
             format!(
@@ -396,7 +394,12 @@ pub fn decode_segment(
         let body = match kind {
             0 => EntryBody::NoOp,
             1 => EntryBody::Delta(bytes::Bytes::copy_from_slice(bytes)),
-            k => return Err(corrupt(object, format!("entry {index} has unknown kind {k}"))),
+            k => {
+                return Err(corrupt(
+                    object,
+                    format!("entry {index} has unknown kind {k}"),
+                ))
+            }
         };
         entries.push(SegmentEntry {
             index,
@@ -498,7 +501,11 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         let truncated = &good[..good.len() - 3];
-        for (what, bytes) in [("flipped", &flipped[..]), ("truncated", truncated), ("empty", &[][..])] {
+        for (what, bytes) in [
+            ("flipped", &flipped[..]),
+            ("truncated", truncated),
+            ("empty", &[][..]),
+        ] {
             let err = decode_object(name, bytes, None).expect_err(what);
             assert!(matches!(err, FormatError::Corrupt { .. }), "{what}: {err}");
             assert!(err.to_string().contains(name), "{what}: {err}");

@@ -70,7 +70,10 @@ pub struct Restored {
 }
 
 /// Picks the objects for `request`. `Ok(None)`: the archive holds nothing to restore.
-pub async fn plan(archive: &Archive, request: &RestoreRequest) -> anyhow::Result<Option<RestorePlan>> {
+pub async fn plan(
+    archive: &Archive,
+    request: &RestoreRequest,
+) -> anyhow::Result<Option<RestorePlan>> {
     let cluster_id = match &request.cluster_id {
         Some(id) => id.clone(),
         None => {
@@ -114,9 +117,9 @@ pub async fn plan(archive: &Archive, request: &RestoreRequest) -> anyhow::Result
             "the archive of cluster {cluster_id} has no snapshot taken at or before {}",
             t.to_rfc3339()
         ),
-        RestoreTarget::Index(n) => bail!(
-            "no generation of cluster {cluster_id} holds a snapshot at or before index {n}"
-        ),
+        RestoreTarget::Index(n) => {
+            bail!("no generation of cluster {cluster_id} holds a snapshot at or before index {n}")
+        }
         RestoreTarget::Latest => bail!("the archive of cluster {cluster_id} has no snapshot"),
     }
 }
@@ -265,57 +268,58 @@ pub async fn execute(
         _ => None,
     };
     let snapshot_index = plan.snapshot.index;
-    let apply_thread = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Vec<String>, bool)> {
-        let applier = Applier::open(&applier_dest, Duration::from_secs(30))
-            .context("open the restored database")?;
-        let mut applied = snapshot_index;
-        let mut deltas = 0u64;
-        let mut lines = Vec::new();
-        for (name, entries, t) in rx {
-            let mut stop = false;
-            let before = applied;
-            for entry in entries {
-                if entry.index <= applied {
-                    continue;
-                }
-                ensure!(
-                    entry.index == applied + 1,
-                    "archive object {name}: entry {} does not follow {applied}",
-                    entry.index
-                );
-                if stop_index.is_some_and(|n| entry.index > n)
-                    || stop_time.is_some_and(|ms| entry.time_ms > ms)
-                {
-                    stop = true;
-                    break;
-                }
-                if let EntryBody::Delta(bytes) = &entry.body {
-                    let delta = PageDelta::decode(bytes).map_err(|e| {
-                        anyhow::anyhow!("archive object {name}: entry {}: {e}", entry.index)
-                    })?;
-                    match applier.apply(&delta) {
-                        Ok(ApplyOutcome::Applied) => deltas += 1,
-                        // Skipped on every node of the cluster too (a stale delta).
-                        Ok(ApplyOutcome::Skipped) => {}
-                        Err(e) => bail!(
-                            "archive object {name}: entry {} does not apply: {e}",
-                            entry.index
-                        ),
+    let apply_thread =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Vec<String>, bool)> {
+            let applier = Applier::open(&applier_dest, Duration::from_secs(30))
+                .context("open the restored database")?;
+            let mut applied = snapshot_index;
+            let mut deltas = 0u64;
+            let mut lines = Vec::new();
+            for (name, entries, t) in rx {
+                let mut stop = false;
+                let before = applied;
+                for entry in entries {
+                    if entry.index <= applied {
+                        continue;
                     }
+                    ensure!(
+                        entry.index == applied + 1,
+                        "archive object {name}: entry {} does not follow {applied}",
+                        entry.index
+                    );
+                    if stop_index.is_some_and(|n| entry.index > n)
+                        || stop_time.is_some_and(|ms| entry.time_ms > ms)
+                    {
+                        stop = true;
+                        break;
+                    }
+                    if let EntryBody::Delta(bytes) = &entry.body {
+                        let delta = PageDelta::decode(bytes).map_err(|e| {
+                            anyhow::anyhow!("archive object {name}: entry {}: {e}", entry.index)
+                        })?;
+                        match applier.apply(&delta) {
+                            Ok(ApplyOutcome::Applied) => deltas += 1,
+                            // Skipped on every node of the cluster too (a stale delta).
+                            Ok(ApplyOutcome::Skipped) => {}
+                            Err(e) => bail!(
+                                "archive object {name}: entry {} does not apply: {e}",
+                                entry.index
+                            ),
+                        }
+                    }
+                    applied = entry.index;
                 }
-                applied = entry.index;
+                lines.push(format!(
+                    "segment applied: {name} (entries {}..={applied}, {})",
+                    before + 1,
+                    elapsed(t)
+                ));
+                if stop {
+                    return Ok((applied, deltas, lines, true));
+                }
             }
-            lines.push(format!(
-                "segment applied: {name} (entries {}..={applied}, {})",
-                before + 1,
-                elapsed(t)
-            ));
-            if stop {
-                return Ok((applied, deltas, lines, true));
-            }
-        }
-        Ok((applied, deltas, lines, false))
-    });
+            Ok((applied, deltas, lines, false))
+        });
 
     let downloads = futures::stream::iter(plan.segments.iter().cloned().map(|s| {
         let archive = archive.clone();

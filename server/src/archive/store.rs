@@ -270,7 +270,11 @@ impl Archive {
     pub fn segment_path(&self, cluster: &str, generation: u64, first: u64, last: u64) -> Path {
         self.generation_dir(cluster, generation)
             .join("segments")
-            .join(format!("{}-{}.seg.zst", index_name(first), index_name(last)))
+            .join(format!(
+                "{}-{}.seg.zst",
+                index_name(first),
+                index_name(last)
+            ))
     }
 
     /// The object marking that a generation exists (written before its first snapshot).
@@ -314,10 +318,7 @@ impl Archive {
     pub async fn get(&self, path: &Path) -> anyhow::Result<bytes::Bytes> {
         let name = self.display_name(path);
         match self.store.get(path).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .with_context(|| format!("download {name}")),
+            Ok(r) => r.bytes().await.with_context(|| format!("download {name}")),
             Err(object_store::Error::NotFound { .. }) => {
                 bail!("archive object {name} is missing")
             }
@@ -362,7 +363,9 @@ impl Archive {
                 .map(|p| p.as_ref().to_owned())
                 .collect();
             if parts.len() >= 3 && parts[1] == "generations" {
-                let newest = clusters.entry(parts[0].clone()).or_insert(meta.last_modified);
+                let newest = clusters
+                    .entry(parts[0].clone())
+                    .or_insert(meta.last_modified);
                 *newest = (*newest).max(meta.last_modified);
             }
         }

@@ -24,7 +24,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::archive::{restore, Archive, ArchiveLocation, ArchiveUrl, RestoreRequest, RestoreTarget};
+use crate::archive::{
+    restore, Archive, ArchiveLocation, ArchiveUrl, RestoreRequest, RestoreTarget,
+};
 
 /// Rebuild a SQLite database from the archive (latest state or a point in time).
 #[derive(Debug, Clone, clap::Args)]
@@ -105,7 +107,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
     for arg in args {
         let text = arg.to_str().unwrap_or_default();
         if !in_restore {
-            in_restore = out.len() >= 1 && text == "restore";
+            in_restore = !out.is_empty() && text == "restore";
             out.push(arg);
             continue;
         }
@@ -152,7 +154,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let verbose = args.verbose;
     let progress = move |line: String| {
         if verbose {
-            eprintln!("{} {line}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            eprintln!(
+                "{} {line}",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
         }
     };
     let Some(plan) = restore::plan(&archive, &request).await? else {
@@ -287,6 +292,9 @@ mod tests {
             ]
         );
         let other = ["raftlite", "sql", "-index"].map(OsString::from);
-        assert_eq!(strings(&normalize_args(other)), ["raftlite", "sql", "-index"]);
+        assert_eq!(
+            strings(&normalize_args(other)),
+            ["raftlite", "sql", "-index"]
+        );
     }
 }

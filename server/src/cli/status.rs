@@ -120,7 +120,10 @@ fn archive_line(a: &raftlite_client::proto::v1::ArchiveStatus) -> Option<String>
         a.url, a.generation, a.archived_index, a.snapshot_index
     );
     if a.uploading {
-        line.push_str(&format!("  lag {} entries / {} ms", a.lag_entries, a.lag_ms));
+        line.push_str(&format!(
+            "  lag {} entries / {} ms",
+            a.lag_entries, a.lag_ms
+        ));
     } else {
         line.push_str("  (uploaded by the leader)");
     }

@@ -180,6 +180,9 @@ async fn recover_cluster(
             }
         }
     }
-    tracing::info!(members = peers.len(), "the recovered cluster has all its members");
+    tracing::info!(
+        members = peers.len(),
+        "the recovered cluster has all its members"
+    );
     Ok(())
 }

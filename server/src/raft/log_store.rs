@@ -67,7 +67,10 @@ async fn blocking<T: Send + 'static>(
 
 impl LogStore {
     pub fn new(store: RaftStore) -> Self {
-        Self { store, purge_floor: PurgeFloor::default() }
+        Self {
+            store,
+            purge_floor: PurgeFloor::default(),
+        }
     }
 
     /// The handle that limits physical purging (see [`PurgeFloor`]).
@@ -77,9 +80,19 @@ impl LogStore {
 
     /// Entries in `range` still on disk (including ones openraft purged but the purge floor
     /// kept), for readers outside Raft such as the archiver.
-    pub async fn read_entries(&self, range: std::ops::Range<u64>) -> Result<Vec<Entry>, StorageError> {
+    pub async fn read_entries(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
         let store = self.store.clone();
-        blocking(move || Self::read_range(&store, Bound::Included(range.start), Bound::Excluded(range.end))).await
+        blocking(move || {
+            Self::read_range(
+                &store,
+                Bound::Included(range.start),
+                Bound::Excluded(range.end),
+            )
+        })
+        .await
     }
 
     fn read_range(
@@ -195,7 +208,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(write_err)
         })
         .await;
-        tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "log append");
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "log append"
+        );
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

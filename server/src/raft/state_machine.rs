@@ -227,7 +227,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let applied_us = started.elapsed().as_micros() as u64;
         self.persist(Sync::Lazy)?;
-        tracing::debug!(applied_us, total_us = started.elapsed().as_micros() as u64, "applied");
+        tracing::debug!(
+            applied_us,
+            total_us = started.elapsed().as_micros() as u64,
+            "applied"
+        );
         if let Some(applied) = self.last_applied {
             self.applied_tx.send_replace(applied.index);
         }
