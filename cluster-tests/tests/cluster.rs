@@ -11,6 +11,8 @@ mod t10_basic;
 mod t20_failover;
 #[path = "cluster/t30_snapshot.rs"]
 mod t30_snapshot;
+#[path = "cluster/t35_resync.rs"]
+mod t35_resync;
 #[path = "cluster/t40_membership.rs"]
 mod t40_membership;
 #[path = "cluster/t50_archive_restore.rs"]

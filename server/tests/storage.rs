@@ -25,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             dir.path().join("snapshots"),
             applied_tx,
         )
+        .await
         .expect("open state machine");
         Ok((dir, LogStore::new(store), sm))
     }

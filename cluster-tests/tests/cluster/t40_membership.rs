@@ -147,3 +147,66 @@ async fn learner_gets_data_but_no_vote() {
     }
     info!(?report, "t40 done");
 }
+
+/// Leadership transfer (openraft 0.9 has none built in): the target becomes leader, every node
+/// agrees, and writes go on without loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn leadership_transfer_moves_the_leader() {
+    init_tracing();
+
+    info!("phase 1: start three voters and write 20 rows");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("transfer_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("first writes");
+
+    let target = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    info!(
+        leader,
+        target, "phase 2: transfer leadership through the other follower"
+    );
+    let via = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != target)
+        .expect("a second follower");
+    cluster
+        .client_for(via)
+        .transfer_leadership(target)
+        .await
+        .expect("TransferLeadership");
+    for id in cluster.ids() {
+        let status = cluster.status_of(id).await.expect("status");
+        assert_eq!(
+            status.leader, target,
+            "node {id} must see node {target} as leader: {status:?}"
+        );
+    }
+
+    info!("phase 3: writes continue under the new leader; nothing lost");
+    checker
+        .write_many(&client, "after", 20)
+        .await
+        .expect("writes after the transfer");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every node has every row");
+    assert_eq!(report.acked, 40);
+    cluster.assert_identical_pages().await;
+}

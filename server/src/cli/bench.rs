@@ -273,6 +273,33 @@ async fn bench(cluster: &mut LocalCluster, phase: Duration) -> anyhow::Result<Ve
         .await;
         reports.push(report);
     }
+
+    // Last, because it kills the leader: time from SIGKILL to the first acknowledged write, as
+    // a client that knows every node sees it (its retries and backoff included).
+    let survivor = writers(1)?.remove(0);
+    let killed_at = Instant::now();
+    cluster.kill(leader)?;
+    let outcome = survivor
+        .exec(
+            "INSERT INTO bench (client, payload) VALUES (?1, ?2)",
+            [Value::from(-1i64), Value::from(PAYLOAD)],
+        )
+        .await;
+    let elapsed = killed_at.elapsed();
+    let (errors, first_error) = match &outcome {
+        Ok(_) => (0, None),
+        Err(e) => (1, Some(e.to_string())),
+    };
+    reports.push(PhaseReport {
+        name: "leader SIGKILL -> first write".into(),
+        clients: 1,
+        ops: u64::from(outcome.is_ok()),
+        rows: u64::from(outcome.is_ok()),
+        elapsed,
+        latencies: vec![elapsed],
+        errors,
+        first_error,
+    });
     Ok(reports)
 }
 

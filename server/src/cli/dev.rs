@@ -48,12 +48,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     print!("{}", banner(&cluster, leader));
 
     let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = check.tick() => {
-                if let Err(e) = cluster.check_running() {
-                    eprintln!("error: {e:#}");
+                // A node that dies (say, killed to watch a failover) is reported once; the
+                // others keep serving. Only when every node is gone does `dev` give up.
+                let exited = cluster.exited()?;
+                for (id, status) in &exited {
+                    if reported.insert(*id) {
+                        eprintln!("node {id} exited ({status}); the other nodes keep serving");
+                    }
+                }
+                if exited.len() == cluster.nodes().len() {
+                    eprintln!("error: every node has exited");
                     cluster.stop().await?;
                     return Ok(ExitCode::FAILURE);
                 }

@@ -105,6 +105,21 @@ impl LocalCluster {
         self.temp.is_some()
     }
 
+    /// Nodes that have exited, with their exit status.
+    pub fn exited(&mut self) -> anyhow::Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(status) = node
+                .child
+                .try_wait()
+                .with_context(|| format!("check node {}", node.id))?
+            {
+                out.push((node.id, status.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Fails, with the end of its log, if a node has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {
@@ -154,6 +169,18 @@ impl LocalCluster {
     }
 
     /// Stops every node (SIGTERM, SIGKILL after a grace period) and removes temporary data.
+    /// SIGKILLs node `id` (the benchmark's failover phase). `stop` copes with the dead child.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))?;
+        node.child
+            .start_kill()
+            .with_context(|| format!("kill node {id}"))
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for node in &self.nodes {
             if let Some(pid) = node.child.id() {

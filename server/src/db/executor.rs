@@ -45,6 +45,8 @@ const STATEMENT_CACHE: usize = 256;
 /// Savepoint wrapped around each request.
 const REQUEST_SAVEPOINT: &str = "raftlite_request";
 const VACUUM_ALONE: &str = "VACUUM must be sent alone";
+const VACUUM_INTO: &str =
+    "VACUUM INTO is not allowed (it would write a file on the server); send a plain VACUUM";
 
 /// What happened to one request of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,9 +248,17 @@ impl Executor {
                 .iter()
                 .any(|s| starts_with_vacuum(&s.sql))
             {
-                outcomes.push(WriteOutcome::Failed(DbError::InvalidArgument(
-                    VACUUM_ALONE.into(),
-                )));
+                let into = request.statements.iter().any(|s| {
+                    s.sql
+                        .split_whitespace()
+                        .nth(1)
+                        .is_some_and(|w| w.eq_ignore_ascii_case("into"))
+                });
+                outcomes.push(WriteOutcome::Failed(if into {
+                    DbError::PermissionDenied(VACUUM_INTO.into())
+                } else {
+                    DbError::InvalidArgument(VACUUM_ALONE.into())
+                }));
                 continue;
             }
             let id = request.request_id.as_str();

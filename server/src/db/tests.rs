@@ -636,6 +636,7 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
             "PRAGMA cache_spill is not allowed",
         ),
         ("BEGIN", "BEGIN is not allowed"),
+        ("VACUUM INTO '/tmp/stolen.db'", "VACUUM INTO is not allowed"),
         ("COMMIT", "COMMIT is not allowed"),
         ("SAVEPOINT s", "SAVEPOINT is not allowed"),
         (

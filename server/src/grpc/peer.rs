@@ -55,7 +55,14 @@ impl Peer for PeerService {
         if let Some(commit) = rpc.leader_commit {
             self.node.note_leader_commit(commit.index);
         }
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len();
         let result = self.node.raft().append_entries(rpc).await;
+        tracing::debug!(
+            entries,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "append-entries handled"
+        );
         reply(&self.node, &result)
     }
 

@@ -78,6 +78,7 @@ impl Node {
             config.data_dir.join("snapshots"),
             applied_tx,
         )
+        .await
         .context("open state machine")?;
         let log_store = LogStore::new(store.clone());
         let archive_log = log_store.clone();

@@ -31,8 +31,16 @@ use super::types::{
 };
 use crate::db::{ApplyOutcome, Database, PageDelta};
 
-const KEY_APPLIED: &str = "sm_applied";
-const KEY_MEMBERSHIP: &str = "sm_membership";
+const KEY_STATE: &str = "sm_state";
+
+/// What the state machine records in redb after applying: the last applied log id, the
+/// membership, and the database version that goes with them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    db_version: u64,
+}
 
 pub struct StateMachine {
     db: Arc<Database>,
@@ -40,6 +48,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Database version after the last applied entry.
+    db_version: u64,
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
@@ -57,32 +67,78 @@ fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageEr
 impl StateMachine {
     /// Opens the state machine over `db`. `applied_tx` publishes the applied log index for reads
     /// that wait for it.
-    pub fn open(
+    ///
+    /// Reconciles the recorded state with the database: applies run with
+    /// `synchronous=NORMAL`, so after a power loss the database can be older than the recorded
+    /// `last_applied`. Then the newest snapshot is installed again and the log is replayed from
+    /// it (it is never purged past a snapshot); deltas the database already holds are skipped
+    /// by their version.
+    pub async fn open(
         db: Arc<Database>,
         store: RaftStore,
         snapshot_dir: PathBuf,
         applied_tx: watch::Sender<u64>,
     ) -> anyhow::Result<Self> {
+        use anyhow::Context;
         std::fs::create_dir_all(&snapshot_dir)?;
-        let last_applied: Option<LogId> = store.read_meta::<Option<LogId>>(KEY_APPLIED)?.flatten();
-        let membership: StoredMembership = store.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
-        applied_tx.send_replace(last_applied.map(|l| l.index).unwrap_or(0));
-        Ok(Self {
+        let recorded: AppliedState = store.read_meta(KEY_STATE)?.unwrap_or_default();
+        let db_version = db.version().await.context("read the database version")?;
+        let mut sm = Self {
             db,
             store,
             snapshot_dir,
-            last_applied,
-            membership,
+            last_applied: recorded.last_applied,
+            membership: recorded.membership,
+            db_version,
             receiving: None,
             applied_tx,
-        })
+        };
+        if db_version < recorded.db_version {
+            tracing::warn!(
+                database = db_version,
+                recorded = recorded.db_version,
+                "the database is older than the recorded applied state (power loss?); replaying from the last snapshot"
+            );
+            sm.rewind_to_snapshot().await?;
+        }
+        sm.applied_tx
+            .send_replace(sm.last_applied.map(|l| l.index).unwrap_or(0));
+        Ok(sm)
+    }
+
+    /// Resets the database and the applied state to the newest snapshot (or to nothing).
+    async fn rewind_to_snapshot(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        match Self::newest_snapshot(&self.snapshot_dir)? {
+            Some(meta) => {
+                self.db
+                    .install_image(Self::image_path(&self.snapshot_dir, &meta))
+                    .await
+                    .context("reinstall the last snapshot")?;
+                self.last_applied = meta.last_log_id;
+                self.membership = meta.last_membership.clone();
+            }
+            None => {
+                self.last_applied = None;
+                self.membership = StoredMembership::default();
+            }
+        }
+        self.db_version = self
+            .db
+            .version()
+            .await
+            .context("read the database version")?;
+        self.persist(Sync::Durable)?;
+        Ok(())
     }
 
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
-        self.store
-            .write_meta(KEY_APPLIED, &self.last_applied, sync)?;
-        self.store
-            .write_meta(KEY_MEMBERSHIP, &self.membership, sync)
+        let state = AppliedState {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            db_version: self.db_version,
+        };
+        self.store.write_meta(KEY_STATE, &state, sync)
     }
 
     fn image_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -210,8 +266,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             entry.log_id.index
                         ))
                     })?;
+                    let next_version = delta.base_version + 1;
                     match self.db.apply(Arc::new(delta)).await {
-                        Ok(ApplyOutcome::Applied) => ApplyResult::Applied,
+                        Ok(ApplyOutcome::Applied) => {
+                            self.db_version = next_version;
+                            ApplyResult::Applied
+                        }
                         Ok(ApplyOutcome::Skipped) => ApplyResult::Stale,
                         Err(e) => {
                             return Err(sm_err(format!(
@@ -307,6 +367,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snap_err(Some(meta), format!("install snapshot image: {e}")))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.db_version = self
+            .db
+            .version()
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
         self.persist(Sync::Durable)?;
         Self::write_meta_file(&self.snapshot_dir, meta)?;
         Self::remove_other_snapshots(&self.snapshot_dir, meta, true);
@@ -321,5 +386,103 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => Ok(None),
             Some(meta) => Ok(Some(Self::open_snapshot(&self.snapshot_dir, meta).await?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{DbOptions, Statement, WriteRequest};
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    fn entry(index: u64, delta: &PageDelta) -> Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Delta(bytes::Bytes::from(delta.encode()))),
+        }
+    }
+
+    async fn open_sm(db: Arc<Database>, dir: &Path) -> StateMachine {
+        let store = RaftStore::open(&dir.join("raft")).expect("open raft store");
+        let (applied_tx, _) = watch::channel(0);
+        StateMachine::open(db, store, dir.join("snapshots"), applied_tx)
+            .await
+            .expect("open state machine")
+    }
+
+    /// A database that lost its last applies (power loss with synchronous=NORMAL) is detected
+    /// at open: the last snapshot is reinstalled and replaying the log makes it whole again.
+    #[tokio::test]
+    async fn database_behind_recorded_state_rewinds_to_the_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leader = Arc::new(
+            Database::open(dir.path().join("leader.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let executor = leader.open_executor().expect("executor");
+        let mut deltas = Vec::new();
+        for sql in [
+            "CREATE TABLE t(x)",
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO t VALUES (2)",
+        ] {
+            let request = WriteRequest {
+                request_id: String::new(),
+                statements: vec![Statement::new(sql)],
+            };
+            let batch = executor
+                .execute_batch(vec![request])
+                .await
+                .expect("execute");
+            let delta = batch.delta.expect("a delta");
+            leader
+                .apply(Arc::new(delta.clone()))
+                .await
+                .expect("apply on the leader");
+            deltas.push(delta);
+        }
+
+        // A node applies entries 1 and 2, snapshots, applies 3: recorded db_version 3.
+        let node_dir = dir.path().join("node");
+        std::fs::create_dir_all(&node_dir).expect("create node dir");
+        let db = Arc::new(
+            Database::open(node_dir.join("db.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let mut sm = open_sm(db, &node_dir).await;
+        sm.apply(vec![entry(1, &deltas[0]), entry(2, &deltas[1])])
+            .await
+            .expect("apply 1..2");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot at 2");
+        sm.apply(vec![entry(3, &deltas[2])]).await.expect("apply 3");
+        drop(sm);
+
+        // "Power loss": the node's database is only at version 1.
+        let lost = Arc::new(
+            Database::open(node_dir.join("lost.sqlite"), DbOptions::default()).expect("open"),
+        );
+        lost.apply(Arc::new(deltas[0].clone()))
+            .await
+            .expect("apply 1");
+        let mut sm = open_sm(lost.clone(), &node_dir).await;
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(2), "rewound to the snapshot");
+        assert_eq!(
+            lost.version().await.expect("version"),
+            2,
+            "snapshot image reinstalled"
+        );
+
+        sm.apply(vec![entry(3, &deltas[2])])
+            .await
+            .expect("replay 3");
+        let want = crate::db::dump_pages(leader.path()).expect("leader pages");
+        let got = crate::db::dump_pages(lost.path()).expect("node pages");
+        assert!(
+            want == got,
+            "after the replay the node matches the leader page for page"
+        );
     }
 }

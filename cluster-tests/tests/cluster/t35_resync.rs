@@ -1,0 +1,123 @@
+//! t35: a node whose data belongs to ANOTHER cluster (a reused volume, LiteFS' "cannot stream
+//! from primary with a different cluster id") wipes itself and re-syncs, with no manual step.
+
+use std::time::Duration;
+
+use cluster_tests::{init_tracing, raftlite_binary, wait_until, Checker, Cluster, ClusterOptions};
+use raftlite_client::{Client, Consistency, Statement};
+use tracing::info;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_with_foreign_cluster_data_resyncs_by_itself() {
+    init_tracing();
+
+    info!("phase 1: start three nodes and write 30 rows");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("resync_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "before", 30)
+        .await
+        .expect("first writes");
+    let cluster_id = cluster.status_of(leader).await.expect("status").cluster_id;
+
+    let stray = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    info!(
+        stray,
+        "phase 2: give the follower's volume to a different, single-node cluster"
+    );
+    let node = cluster.node(stray);
+    node.stop().await.expect("stop the follower");
+    node.wipe().expect("wipe it");
+    let addr = node.addr().to_string();
+    let mut foreign = std::process::Command::new(raftlite_binary())
+        .args(["serve", "--node-id", &stray.to_string(), "--listen", &addr])
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["--peers", &format!("{stray}={addr}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a foreign single-node cluster on the volume");
+    let foreign_client = Client::connect([addr.as_str()]).expect("client");
+    wait_until(
+        "the foreign cluster to accept a write",
+        Duration::from_secs(20),
+        || {
+            let c = foreign_client.clone();
+            async move {
+                c.exec("CREATE TABLE foreign_only (x)", Vec::<i64>::new())
+                    .await
+                    .map(|_| Some(()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        },
+    )
+    .await
+    .expect("foreign cluster writable");
+    let foreign_id = foreign_client
+        .status()
+        .await
+        .expect("foreign status")
+        .cluster_id;
+    assert_ne!(foreign_id, cluster_id, "a second, different cluster");
+    foreign.kill().expect("kill the foreign node");
+    foreign.wait().expect("reap the foreign node");
+
+    info!("phase 3: start the follower with its original arguments: it must notice and re-sync");
+    node.start().expect("start the follower again");
+    checker
+        .write_many(&client, "after", 20)
+        .await
+        .expect("writes meanwhile");
+    cluster
+        .wait_converged(Duration::from_secs(40))
+        .await
+        .expect("the stray node re-syncs");
+    let status = cluster
+        .status_of(stray)
+        .await
+        .expect("status of the re-synced node");
+    assert_eq!(
+        status.cluster_id, cluster_id,
+        "it joined the real cluster again"
+    );
+    let log = node.log_since_start();
+    assert!(
+        log.contains("re-sync"),
+        "one clear log line says what happened:\n{log}"
+    );
+    let foreign_tables = cluster
+        .client_for(stray)
+        .query_with(
+            Statement::new("SELECT count(*) FROM sqlite_master WHERE name = 'foreign_only'"),
+            Consistency::Stale,
+            0,
+        )
+        .await
+        .expect("query the re-synced node");
+    assert_eq!(
+        foreign_tables.rows[0].get::<i64>(0).expect("count"),
+        0,
+        "nothing of the foreign cluster's data survives"
+    );
+
+    info!("phase 4: audit every node and compare pages");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every node has every row");
+    assert_eq!(report.acked, 50);
+    cluster.assert_identical_pages().await;
+}
