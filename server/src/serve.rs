@@ -21,7 +21,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "raftlite node started"
     );
     let bootstrapping = node.clone();
-    let bootstrap_archive = archive.as_ref().map(|(a, _)| a.clone());
+    // Whole-cluster recovery reads a shared archive; the default one inside this node's own
+    // data directory is empty whenever the node has no Raft state, so it is not consulted
+    // (keeping a fresh node's bootstrap as quick as without an archive).
+    let data_dir = node.config().data_dir.clone();
+    let bootstrap_archive = archive
+        .as_ref()
+        .map(|(a, _)| a.clone())
+        .filter(|a| !matches!(a.url(), crate::archive::ArchiveUrl::File { dir } if dir.starts_with(&data_dir)));
     tokio::spawn(async move {
         if let Err(e) = crate::cluster::bootstrap::bootstrap(bootstrapping, bootstrap_archive).await
         {
