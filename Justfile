@@ -23,6 +23,11 @@ test:
     cargo test --workspace --exclude cluster-tests
     cargo test -p cluster-tests -- --test-threads=1
 
+# Archive benchmark: commit-to-archive lag and restore throughput against moto_server.
+bench-archive:
+    cargo build -p raftlite
+    cargo test -p cluster-tests -- --test-threads=1 --nocapture t50_archive_restore::s3 t50_archive_restore::large
+
 # Formatting and lints.
 lint:
     cargo fmt --all -- --check

@@ -25,6 +25,7 @@ mod checker;
 mod cluster;
 mod node;
 mod pages;
+mod s3;
 mod wait;
 
 pub use binary::raftlite_binary;
@@ -33,6 +34,7 @@ pub use cluster::{Cluster, ClusterOptions};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
+pub use s3::{MotoServer, S3Proxy};
 pub use wait::wait_until;
 
 /// Asserts that `result` is a gRPC status with `code` answered by a server (not a transport

@@ -15,6 +15,8 @@ mod t30_snapshot;
 mod t35_resync;
 #[path = "cluster/t40_membership.rs"]
 mod t40_membership;
+#[path = "cluster/t50_archive_restore.rs"]
+mod t50_archive_restore;
 #[path = "cluster/t60_probes_metrics.rs"]
 mod t60_probes_metrics;
 #[path = "cluster/t70_compose.rs"]

@@ -107,6 +107,29 @@ pub fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// Default `archive_snapshot_interval_s`: one full snapshot an hour.
+pub fn default_archive_snapshot_interval_s() -> u64 {
+    3600
+}
+
+/// Default `archive_retention_s`: snapshots (and the log after them) are kept for a day.
+pub fn default_archive_retention_s() -> u64 {
+    24 * 3600
+}
+
+/// Default `archive_flush_ms`: how long new entries gather before a segment is uploaded.
+pub fn default_archive_flush_ms() -> u64 {
+    200
+}
+
+/// Default `archive_max_held_entries`: log entries kept for an archive that is behind.
+pub fn default_archive_max_held_entries() -> u64 {
+    50_000
+}
+
+/// `archive` value that turns archiving off.
+pub const ARCHIVE_NONE: &str = "none";
+
 /// The smallest accepted `max_request_bytes`.
 const MIN_REQUEST_BYTES: usize = 1024;
 /// The largest accepted `max_request_bytes`: protobuf messages cannot exceed 2 GiB, and a
@@ -209,6 +232,43 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTLITE_MAX_BATCH_REQUESTS", value_name = "N")]
     pub max_batch_requests: Option<usize>,
 
+    /// Archive URL: s3://BUCKET/PREFIX, file:///DIR, or "none" [default:
+    /// file://<data-dir>/archive]. S3 credentials: RAFTLITE_ACCESS_KEY_ID /
+    /// RAFTLITE_SECRET_ACCESS_KEY or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; encryption key:
+    /// RAFTLITE_ARCHIVE_KEY (64 hex digits).
+    #[arg(long, env = "RAFTLITE_ARCHIVE", value_name = "URL")]
+    pub archive: Option<String>,
+
+    /// S3 endpoint, e.g. http://minio:9000 (path-style requests) [default: AWS_ENDPOINT_URL,
+    /// else AWS].
+    #[arg(long, env = "RAFTLITE_ARCHIVE_ENDPOINT", value_name = "URL")]
+    pub archive_endpoint: Option<String>,
+
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "RAFTLITE_ARCHIVE_REGION", value_name = "REGION")]
+    pub archive_region: Option<String>,
+
+    /// Seconds between full snapshots uploaded to the archive [default: 3600].
+    #[arg(
+        long,
+        env = "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
+        value_name = "SECONDS"
+    )]
+    pub archive_snapshot_interval_s: Option<u64>,
+
+    /// Seconds archived snapshots are kept (the newest always is) [default: 86400].
+    #[arg(long, env = "RAFTLITE_ARCHIVE_RETENTION_S", value_name = "SECONDS")]
+    pub archive_retention_s: Option<u64>,
+
+    /// Milliseconds new log entries gather before a segment is uploaded [default: 200].
+    #[arg(long, env = "RAFTLITE_ARCHIVE_FLUSH_MS", value_name = "MS")]
+    pub archive_flush_ms: Option<u64>,
+
+    /// Most log entries kept for an archive that is behind; beyond, the archive is caught up
+    /// with a fresh snapshot [default: 50000].
+    #[arg(long, env = "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES", value_name = "N")]
+    pub archive_max_held_entries: Option<u64>,
+
     /// Log format [default: text].
     #[arg(long, env = "RAFTLITE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -243,11 +303,25 @@ pub struct FileConfig {
     pub auto_resync: Option<bool>,
     pub read_threads: Option<usize>,
     pub max_batch_requests: Option<usize>,
+    pub archive: Option<String>,
+    pub archive_endpoint: Option<String>,
+    pub archive_region: Option<String>,
+    pub archive_snapshot_interval_s: Option<u64>,
+    pub archive_retention_s: Option<u64>,
+    pub archive_flush_ms: Option<u64>,
+    pub archive_max_held_entries: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file key.
     #[serde(skip)]
     pub node_id_source: Option<String>,
+}
+
+/// The archive a node ships its log and snapshots to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    pub location: crate::archive::ArchiveLocation,
+    pub settings: crate::archive::ArchiverSettings,
 }
 
 /// Validated runtime configuration of a node.
@@ -280,6 +354,8 @@ pub struct Config {
     pub read_threads: usize,
     /// Group-commit cap, ≥ 1.
     pub max_batch_requests: usize,
+    /// `None`: archiving is off (`archive: none`).
+    pub archive: Option<ArchiveConfig>,
     pub log_format: LogFormat,
     /// A valid `tracing_subscriber::EnvFilter` directive.
     pub log_level: String,
@@ -578,6 +654,31 @@ impl FileConfig {
         serde_yaml::from_str(&expanded).map_err(parse_error)
     }
 
+    /// The archive settings alone, validated (for `raftlite restore --config`).
+    pub fn archive_config(&self) -> Result<Option<ArchiveConfig>, ConfigError> {
+        let data_dir = match (&self.archive, &self.data_dir) {
+            (_, Some(d)) => d.clone(),
+            (Some(_), None) => PathBuf::new(),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    setting: DATA_DIR.key,
+                    flag: DATA_DIR.flag,
+                    env: DATA_DIR.env,
+                })
+            }
+        };
+        validate_archive(
+            &data_dir,
+            self.archive.clone(),
+            self.archive_endpoint.clone(),
+            self.archive_region.clone(),
+            self.archive_snapshot_interval_s,
+            self.archive_retention_s,
+            self.archive_flush_ms,
+            self.archive_max_held_entries,
+        )
+    }
+
     /// Lays the flags (and their environment variables) over this file's settings.
     pub fn overlay(self, args: &ServeArgs) -> Self {
         Self {
@@ -604,6 +705,17 @@ impl FileConfig {
             auto_resync: args.auto_resync.or(self.auto_resync),
             read_threads: args.read_threads.or(self.read_threads),
             max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
+            archive: args.archive.clone().or(self.archive),
+            archive_endpoint: args.archive_endpoint.clone().or(self.archive_endpoint),
+            archive_region: args.archive_region.clone().or(self.archive_region),
+            archive_snapshot_interval_s: args
+                .archive_snapshot_interval_s
+                .or(self.archive_snapshot_interval_s),
+            archive_retention_s: args.archive_retention_s.or(self.archive_retention_s),
+            archive_flush_ms: args.archive_flush_ms.or(self.archive_flush_ms),
+            archive_max_held_entries: args
+                .archive_max_held_entries
+                .or(self.archive_max_held_entries),
             log_format: args.log_format.or(self.log_format),
             log_level: args.log_level.clone().or(self.log_level),
             node_id_source: self.node_id_source,
@@ -830,6 +942,17 @@ impl FileConfig {
             return Err(invalid(&MAX_BATCH_REQUESTS, "must be at least 1"));
         }
 
+        let archive = validate_archive(
+            &data_dir,
+            self.archive,
+            self.archive_endpoint,
+            self.archive_region,
+            self.archive_snapshot_interval_s,
+            self.archive_retention_s,
+            self.archive_flush_ms,
+            self.archive_max_held_entries,
+        )?;
+
         let log_level = self
             .log_level
             .map(|l| l.trim().to_owned())
@@ -861,10 +984,99 @@ impl FileConfig {
             auto_resync: self.auto_resync.unwrap_or_else(default_auto_resync),
             read_threads,
             max_batch_requests,
+            archive,
             log_format: self.log_format.unwrap_or_default(),
             log_level,
         })
     }
+}
+
+/// The archive settings: the URL (default `file://<data_dir>/archive`, `none` turns archiving
+/// off), the S3 endpoint and region, and the archiver's timings.
+#[allow(clippy::too_many_arguments)]
+fn validate_archive(
+    data_dir: &Path,
+    url: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    snapshot_interval_s: Option<u64>,
+    retention_s: Option<u64>,
+    flush_ms: Option<u64>,
+    max_held_entries: Option<u64>,
+) -> Result<Option<ArchiveConfig>, ConfigError> {
+    use crate::archive::{ArchiveLocation, ArchiveUrl, ArchiverSettings};
+    let url = match url.map(|u| u.trim().to_owned()) {
+        Some(u) if u.eq_ignore_ascii_case(ARCHIVE_NONE) => return Ok(None),
+        Some(u) if u.is_empty() => {
+            return Err(invalid(
+                &ARCHIVE,
+                "is empty: write s3://BUCKET/PREFIX, file:///DIR or none",
+            ))
+        }
+        Some(u) => ArchiveUrl::parse(&u).map_err(|e| invalid(&ARCHIVE, e))?,
+        None => {
+            let dir = if data_dir.is_absolute() {
+                data_dir.join("archive")
+            } else {
+                std::env::current_dir()
+                    .map(|cwd| cwd.join(data_dir).join("archive"))
+                    .map_err(|e| invalid(&ARCHIVE, format!("cannot resolve data_dir: {e}")))?
+            };
+            ArchiveUrl::File { dir }
+        }
+    };
+    let endpoint = endpoint
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty());
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(invalid(
+                &ARCHIVE_ENDPOINT,
+                format!("{e:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    let region = region
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    let snapshot_interval_s =
+        snapshot_interval_s.unwrap_or_else(default_archive_snapshot_interval_s);
+    if snapshot_interval_s == 0 {
+        return Err(invalid(&ARCHIVE_SNAPSHOT_INTERVAL_S, "must be at least 1"));
+    }
+    let retention_s = retention_s.unwrap_or_else(default_archive_retention_s);
+    if retention_s < snapshot_interval_s {
+        return Err(invalid(
+            &ARCHIVE_RETENTION_S,
+            format!(
+                "{retention_s} is shorter than archive_snapshot_interval_s                  ({snapshot_interval_s}): no point in time between snapshots could be restored"
+            ),
+        ));
+    }
+    let flush_ms = flush_ms.unwrap_or_else(default_archive_flush_ms);
+    if flush_ms > 60_000 {
+        return Err(invalid(
+            &ARCHIVE_FLUSH_MS,
+            format!("{flush_ms} is over a minute"),
+        ));
+    }
+    let max_held_entries = max_held_entries.unwrap_or_else(default_archive_max_held_entries);
+    if max_held_entries == 0 {
+        return Err(invalid(&ARCHIVE_MAX_HELD_ENTRIES, "must be at least 1"));
+    }
+    Ok(Some(ArchiveConfig {
+        location: ArchiveLocation {
+            url,
+            endpoint,
+            region,
+        },
+        settings: ArchiverSettings {
+            snapshot_interval: Duration::from_secs(snapshot_interval_s),
+            retention: Duration::from_secs(retention_s),
+            flush: Duration::from_millis(flush_ms),
+            max_held_entries,
+        },
+    }))
 }
 
 /// Checks every peer id and address, and that no two peers share an address.
@@ -1009,6 +1221,36 @@ const MAX_BATCH_REQUESTS: Setting = Setting {
     key: "max_batch_requests",
     flag: "--max-batch-requests",
     env: "RAFTLITE_MAX_BATCH_REQUESTS",
+};
+const ARCHIVE: Setting = Setting {
+    key: "archive",
+    flag: "--archive",
+    env: "RAFTLITE_ARCHIVE",
+};
+const ARCHIVE_ENDPOINT: Setting = Setting {
+    key: "archive_endpoint",
+    flag: "--archive-endpoint",
+    env: "RAFTLITE_ARCHIVE_ENDPOINT",
+};
+const ARCHIVE_SNAPSHOT_INTERVAL_S: Setting = Setting {
+    key: "archive_snapshot_interval_s",
+    flag: "--archive-snapshot-interval-s",
+    env: "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
+};
+const ARCHIVE_RETENTION_S: Setting = Setting {
+    key: "archive_retention_s",
+    flag: "--archive-retention-s",
+    env: "RAFTLITE_ARCHIVE_RETENTION_S",
+};
+const ARCHIVE_FLUSH_MS: Setting = Setting {
+    key: "archive_flush_ms",
+    flag: "--archive-flush-ms",
+    env: "RAFTLITE_ARCHIVE_FLUSH_MS",
+};
+const ARCHIVE_MAX_HELD_ENTRIES: Setting = Setting {
+    key: "archive_max_held_entries",
+    flag: "--archive-max-held-entries",
+    env: "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES",
 };
 const LOG_LEVEL: Setting = Setting {
     key: "log_level",
@@ -1935,6 +2177,79 @@ data_dir: ${RAFTLITE_TEST_NEVER_SET_7f3a}
         let err = load(&missing).expect_err("no such file");
         assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("absent.yaml"), "{err}");
+        Ok(())
+    }
+
+    // ---- archive ----
+
+    #[test]
+    fn archive_defaults_to_a_directory_in_data_dir_and_none_turns_it_off() -> Result<(), ConfigError>
+    {
+        use crate::archive::ArchiveUrl;
+        let config = yaml("node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n", &[])?.validate()?;
+        let archive = config.archive.expect("archiving is on by default");
+        assert_eq!(
+            archive.location.url,
+            ArchiveUrl::File {
+                dir: "/d/archive".into()
+            }
+        );
+        assert_eq!(
+            archive.settings.snapshot_interval,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(archive.settings.max_held_entries, 50_000);
+        let off = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\narchive: none\n",
+            &[],
+        )?
+        .validate()?;
+        assert_eq!(off.archive, None);
+        let s3 = yaml(
+            "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\narchive: s3://b/p\n\
+             archive_endpoint: http://minio:9000\narchive_flush_ms: 50\n",
+            &[],
+        )?
+        .validate()?
+        .archive
+        .expect("on");
+        assert_eq!(
+            s3.location.url,
+            ArchiveUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p".into()
+            }
+        );
+        assert_eq!(s3.location.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(s3.settings.flush, Duration::from_millis(50));
+        Ok(())
+    }
+
+    #[test]
+    fn archive_errors_name_the_setting() -> Result<(), ConfigError> {
+        let base = "node_id: 1\ndata_dir: /d\nlisten: 127.0.0.1:7001\n";
+        for (extra, setting) in [
+            ("archive: ftp://x\n", "archive"),
+            ("archive: file://relative\n", "archive"),
+            (
+                "archive: s3://b\narchive_endpoint: minio:9000\n",
+                "archive_endpoint",
+            ),
+            (
+                "archive_snapshot_interval_s: 0\n",
+                "archive_snapshot_interval_s",
+            ),
+            (
+                "archive_snapshot_interval_s: 600\narchive_retention_s: 60\n",
+                "archive_retention_s",
+            ),
+            ("archive_max_held_entries: 0\n", "archive_max_held_entries"),
+        ] {
+            let err = yaml(&format!("{base}{extra}"), &[])?
+                .validate()
+                .expect_err(extra);
+            assert_eq!(err.setting(), Some(setting), "{extra}: {err}");
+        }
         Ok(())
     }
 }

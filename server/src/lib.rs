@@ -6,8 +6,9 @@
 //!
 //! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
 //! `grpc` (tonic services), `cluster` (bootstrap, identity, pod identity, joining, re-sync),
-//! `metrics` (Prometheus), `config`, `cli`.
+//! `archive` (object-store archive and restore), `metrics` (Prometheus), `config`, `cli`.
 
+pub mod archive;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
@@ -28,6 +30,8 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Check a node's health (readiness by default): exit 0 only if SERVING.
     Health(cli::health::HealthArgs),
+    /// Rebuild a SQLite database from the archive (latest state, or a point in time).
+    Restore(cli::restore::RestoreArgs),
     /// Start a local cluster on loopback with temporary data, until Ctrl-C.
     Dev(cli::dev::DevArgs),
     /// Start a local cluster and measure write/read latency and throughput.
@@ -35,7 +39,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::restore::normalize_args(std::env::args_os()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,6 +66,10 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
             Command::Health(args) => cli::health::run(args).await,
+            Command::Restore(args) => {
+                init_tracing("warn", false);
+                cli::restore::run(args).await
+            }
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
         }

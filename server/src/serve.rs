@@ -5,6 +5,13 @@ use crate::node::Node;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    let archive = match &config.archive {
+        Some(a) => Some((
+            crate::archive::Archive::open(&a.location)?,
+            a.settings.clone(),
+        )),
+        None => None,
+    };
     let node = Node::start(config).await?;
     tracing::info!(
         node = node.id(),
@@ -15,12 +22,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "raftlite node started"
     );
     let bootstrapping = node.clone();
+    // Whole-cluster recovery reads a shared archive; the default one inside this node's own
+    // data directory is empty whenever the node has no Raft state, so it is not consulted
+    // (keeping a fresh node's bootstrap as quick as without an archive).
+    let data_dir = node.config().data_dir.clone();
+    let bootstrap_archive = archive
+        .as_ref()
+        .map(|(a, _)| a.clone())
+        .filter(|a| !matches!(a.url(), crate::archive::ArchiveUrl::File { dir } if dir.starts_with(&data_dir)));
     tokio::spawn(async move {
-        if let Err(e) = crate::cluster::bootstrap::bootstrap(bootstrapping).await {
-            tracing::error!(error = %e, "bootstrap failed");
+        if let Err(e) = crate::cluster::bootstrap::bootstrap(bootstrapping, bootstrap_archive).await
+        {
+            tracing::error!(error = %format!("{e:#}"), "bootstrap failed");
         }
     });
     tokio::spawn(crate::cluster::join::join(node.clone()));
+    if let Some((archive, settings)) = archive {
+        tracing::info!(archive = %archive.url(), encrypted = archive.key().is_some(), "archiving to");
+        tokio::spawn(crate::archive::archiver::run(
+            node.clone(),
+            archive,
+            settings,
+        ));
+    }
     tokio::spawn(exit_when_raft_stops(node.clone()));
     if let Some(addr) = node.config().metrics_addr {
         tokio::spawn(crate::metrics::serve(node.clone(), addr));

@@ -2,7 +2,9 @@
 //!
 //! `--json` prints ONE object: `cluster_id`, `node_id` (the node that answered), `leader` (0:
 //! none), `term`, `commit_index`, `applied_index`, `snapshot_index` and `nodes`, each with
-//! `id`, `addr`, `role`, `applied_index`, `lag`, `voter`, `term`. Without it, a table.
+//! `id`, `addr`, `role`, `applied_index`, `lag`, `voter`, `term`, and `archive` (`url`,
+//! `uploading`, `generation`, `archived_index`, `lag_entries`, `lag_ms`, `last_error`, `snapshot_index`) as the
+//! answering node sees it. Without it, a table.
 
 use std::process::ExitCode;
 
@@ -59,6 +61,16 @@ pub fn status_json(status: &StatusResponse) -> serde_json::Value {
         "applied_index": status.applied_index,
         "snapshot_index": status.snapshot_index,
         "nodes": nodes,
+        "archive": status.archive.as_ref().map(|a| json!({
+            "url": a.url,
+            "uploading": a.uploading,
+            "generation": a.generation,
+            "archived_index": a.archived_index,
+            "lag_entries": a.lag_entries,
+            "lag_ms": a.lag_ms,
+            "last_error": a.last_error,
+            "snapshot_index": a.snapshot_index,
+        })),
     })
 }
 
@@ -90,7 +102,36 @@ pub fn status_table(status: &StatusResponse) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    if let Some(line) = status.archive.as_ref().and_then(archive_line) {
+        out.push('\n');
+        out.push_str(&line);
+    }
     out
+}
+
+/// `archive URL  generation G  archived I  lag N entries / T ms  [error: ...]`, or nothing
+/// when archiving is off.
+fn archive_line(a: &raftlite_client::proto::v1::ArchiveStatus) -> Option<String> {
+    if a.url.is_empty() {
+        return None;
+    }
+    let mut line = format!(
+        "archive {}  generation {}  archived {}  snapshot {}",
+        a.url, a.generation, a.archived_index, a.snapshot_index
+    );
+    if a.uploading {
+        line.push_str(&format!(
+            "  lag {} entries / {} ms",
+            a.lag_entries, a.lag_ms
+        ));
+    } else {
+        line.push_str("  (uploaded by the leader)");
+    }
+    if !a.last_error.is_empty() {
+        line.push_str(&format!("  error: {}", a.last_error));
+    }
+    line.push('\n');
+    Some(line)
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -137,6 +178,7 @@ mod tests {
             commit_index: 10,
             applied_index: 9,
             snapshot_index: 0,
+            archive: None,
             nodes: vec![
                 node(1, "follower", 9, 1),
                 node(2, "leader", 10, 0),

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use openraft::BasicNode;
 use raftlite_proto::v1::IdentityRequest;
 
+use crate::archive::Archive;
 use crate::node::Node;
 
 const RETRY: Duration = Duration::from_millis(300);
 
-pub async fn bootstrap(node: Node) -> anyhow::Result<()> {
+pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<()> {
     if node.has_raft_state()? {
         tracing::info!(node = node.id(), "restarting with existing Raft state");
         return Ok(());
@@ -58,6 +59,28 @@ pub async fn bootstrap(node: Node) -> anyhow::Result<()> {
             return Ok(());
         }
         tokio::time::sleep(RETRY).await;
+    }
+    if let Some(archive) = &archive {
+        // An unreachable archive is retried, never skipped: starting a fresh cluster over an
+        // archive that holds one would fork its history.
+        let recovered = loop {
+            match crate::archive::restore_for_bootstrap(
+                archive,
+                &node.config().data_dir,
+                node.database(),
+            )
+            .await
+            {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the archive before initializing; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        if let Some((restored, generation)) = recovered {
+            return recover_cluster(&node, &peers, restored, generation).await;
+        }
     }
     let cluster_id = node.identity().create()?;
     let members: BTreeMap<u64, BasicNode> = peers
@@ -102,4 +125,64 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
     } else {
         Survey::Missing(missing)
     }
+}
+
+/// Whole-cluster recovery: the database already holds the archived state. Initialize a
+/// one-member cluster under the archived cluster id, take a snapshot and purge the log behind
+/// it, then add the other members: they catch up through a snapshot install, so every replica
+/// starts from the restored state (deltas alone would not carry it).
+async fn recover_cluster(
+    node: &Node,
+    peers: &std::collections::BTreeMap<u64, String>,
+    restored: crate::archive::Restored,
+    generation: u64,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    node.identity().adopt(&restored.cluster_id)?;
+    let me = BTreeMap::from([(node.id(), BasicNode::new(&node.config().advertise_addr))]);
+    node.raft().initialize(me).await?;
+    tracing::info!(
+        cluster_id = %restored.cluster_id,
+        restored_index = restored.index,
+        generation,
+        "recovered the cluster from the archive; adding the other members"
+    );
+    let mut ready = false;
+    for _ in 0..100 {
+        if node.is_leader() && node.applied_index() > 0 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(ready, "the recovered node did not become leader");
+    let index = node
+        .trigger_snapshot()
+        .await
+        .map_err(|e| anyhow::anyhow!("snapshot of the restored state: {e}"))?;
+    node.raft()
+        .trigger()
+        .purge_log(index)
+        .await
+        .context("purge the log behind the restored snapshot")?;
+    for (id, addr) in peers.iter().filter(|(id, _)| **id != node.id()) {
+        let mut last_report = Instant::now();
+        loop {
+            match node.add_voter(*id, addr.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    if last_report.elapsed() > Duration::from_secs(5) {
+                        tracing::info!(node = id, error = %e, "waiting to add a member to the recovered cluster");
+                        last_report = Instant::now();
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+    tracing::info!(
+        members = peers.len(),
+        "the recovered cluster has all its members"
+    );
+    Ok(())
 }

@@ -48,6 +48,11 @@ impl ClusterIdentity {
         Ok(id)
     }
 
+    /// Stores a cluster id restored from the archive (whole-cluster recovery, bootstrap only).
+    pub fn adopt(&self, id: &str) -> anyhow::Result<()> {
+        self.set(id)
+    }
+
     fn set(&self, id: &str) -> anyhow::Result<()> {
         self.store
             .write_meta(KEY_CLUSTER_ID, &id.to_string(), Sync::Durable)?;

@@ -20,6 +20,16 @@ pub(crate) fn status_to_proto(s: crate::node::status::ClusterStatus) -> v1::Stat
         applied_index: s.applied_index,
         snapshot_index: s.snapshot_index,
         nodes: s.members.into_iter().map(member_to_proto).collect(),
+        archive: Some(v1::ArchiveStatus {
+            url: s.archive.url,
+            uploading: s.archive.uploading,
+            generation: s.archive.generation,
+            archived_index: s.archive.archived_index,
+            lag_entries: s.archive.lag_entries,
+            lag_ms: s.archive.lag_ms,
+            last_error: s.archive.last_error,
+            snapshot_index: s.archive.snapshot_index,
+        }),
     }
 }
 

@@ -43,6 +43,9 @@ pub(crate) struct NodeInner {
     pub db: Arc<Database>,
     pub identity: Arc<ClusterIdentity>,
     pub store: RaftStore,
+    /// The log store Raft owns, for readers outside Raft (the archiver).
+    pub log_store: LogStore,
+    pub archive_status: crate::archive::ArchiveStatusHandle,
     writes: mpsc::Sender<write_path::PendingWrite>,
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
@@ -79,6 +82,7 @@ impl Node {
         .await
         .context("open state machine")?;
         let log_store = LogStore::new(store.clone());
+        let archive_log = log_store.clone();
         let raft_config = openraft::Config {
             cluster_name: "raftlite".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -115,6 +119,8 @@ impl Node {
             db,
             identity,
             store,
+            log_store: archive_log,
+            archive_status: Default::default(),
             writes,
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
@@ -152,6 +158,34 @@ impl Node {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
+
+    /// The applied log index, as a watch.
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    /// The Raft log store (read-only use outside Raft: the archiver).
+    pub fn log_store(&self) -> &LogStore {
+        &self.inner.log_store
+    }
+
+    /// The limit on physical log purging (see `PurgeFloor`).
+    pub fn purge_floor(&self) -> crate::raft::log_store::PurgeFloor {
+        self.inner.log_store.purge_floor()
+    }
+
+    pub fn archive_status(&self) -> crate::archive::ArchiveStatusHandle {
+        self.inner.archive_status.clone()
+    }
+
+    /// The database (whole-cluster restore installs into it before initializing).
+    pub fn database(&self) -> &Database {
+        &self.inner.db
     }
 
     /// True when this node holds Raft state (a vote or log entries).

@@ -29,6 +29,7 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub members: Vec<MemberStatus>,
+    pub archive: crate::archive::ArchiveStatus,
 }
 
 /// Most entries a follower may be behind the commit index it knows of and still be ready.
@@ -175,6 +176,7 @@ impl Node {
             applied_index: self.inner.applied_index(),
             snapshot_index: m.snapshot.map(|s| s.index).unwrap_or(0),
             members,
+            archive: self.inner.archive_status.get(),
         }
     }
 

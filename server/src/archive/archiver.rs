@@ -1,0 +1,493 @@
+//! The archiver: on the leader, ships every committed log entry to the archive in segments
+//! and uploads periodic snapshots; on every node, keeps the Raft log from being purged past
+//! what the archive may still need.
+//!
+//! A leader never trusts what it remembers: when it gains leadership it lists the archive and
+//! resumes after the highest index a snapshot plus continuous segments reach. If the entries
+//! after that are no longer in its log (it was a follower that purged them, or the archive was
+//! down for longer than `max_held_entries`), it uploads a fresh snapshot instead and continues
+//! from there. Upload errors are retried with exponential backoff; SQL keeps being served, and
+//! the lag shows in `raftlite status`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use openraft::EntryPayload;
+
+use super::format::{self, EntryBody, ObjectHeader, ObjectKind, SegmentEntry};
+use super::store::Archive;
+use crate::node::Node;
+use crate::raft::types::{Command, SnapshotMeta};
+
+/// How the archiver runs (from the node's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiverSettings {
+    /// Time between full snapshots.
+    pub snapshot_interval: Duration,
+    /// Snapshots older than this are deleted (the newest one always stays), with the segments
+    /// before the oldest snapshot kept.
+    pub retention: Duration,
+    /// How long new entries wait to be batched into one segment.
+    pub flush: Duration,
+    /// The most log entries a node keeps on disk for the archive beyond what Raft needs.
+    pub max_held_entries: u64,
+}
+
+/// Largest segment: entries and bytes.
+const SEGMENT_MAX_ENTRIES: u64 = 4096;
+const SEGMENT_MAX_BYTES: usize = 64 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What `raftlite status` shows about the archive, as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveStatus {
+    /// The archive URL; empty when archiving is off.
+    pub url: String,
+    /// True on the leader, which is responsible for uploading (even while uploads fail).
+    pub uploading: bool,
+    pub generation: u64,
+    /// Highest log index the archive holds without a gap (as this node last saw it).
+    pub archived_index: u64,
+    /// Index of the newest snapshot in the archive.
+    pub snapshot_index: u64,
+    /// Committed entries not archived yet (leader only).
+    pub lag_entries: u64,
+    /// Age of the oldest committed entry not archived yet, in ms (leader only).
+    pub lag_ms: u64,
+    /// The last upload error, empty after a success.
+    pub last_error: String,
+}
+
+/// Shared, cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveStatusHandle(Arc<Mutex<ArchiveStatus>>);
+
+impl ArchiveStatusHandle {
+    pub fn get(&self) -> ArchiveStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ArchiveStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When each applied index was first seen committed, as (index, ms) steps.
+#[derive(Default)]
+struct CommitTimes {
+    steps: VecDeque<(u64, u64)>,
+}
+
+impl CommitTimes {
+    fn observe(&mut self, applied: u64) {
+        if self.steps.back().is_none_or(|(i, _)| applied > *i) {
+            let ms = now_ms().max(self.steps.back().map(|s| s.1).unwrap_or(0));
+            self.steps.push_back((applied, ms));
+        }
+    }
+
+    /// The time of `index`: that of the first step reaching it; entries seen before this node
+    /// started observing get the oldest known time, or now.
+    fn time_of(&self, index: u64) -> u64 {
+        self.steps
+            .iter()
+            .find(|(i, _)| *i >= index)
+            .map(|s| s.1)
+            .unwrap_or_else(now_ms)
+    }
+
+    fn forget_through(&mut self, index: u64) {
+        while self.steps.front().is_some_and(|(i, _)| *i <= index) {
+            self.steps.pop_front();
+        }
+    }
+}
+
+/// Runs for the life of the node.
+pub async fn run(node: Node, archive: Archive, settings: ArchiverSettings) {
+    let status = node.archive_status();
+    status.update(|s| s.url = archive.url().to_string());
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if node.is_leader() && node.identity().get().is_some() {
+            match lead(&node, &archive, &settings).await {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "archive: upload failed");
+                    status.update(|s| s.last_error = format!("{e:#}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            continue;
+        }
+        status.update(|s| {
+            s.uploading = false;
+            s.lag_entries = 0;
+            s.lag_ms = 0;
+        });
+        // Followers keep `max_held_entries` of log so that, once leader, they can continue
+        // the archive where the previous leader left off.
+        let applied = node.applied_index();
+        node.purge_floor()
+            .set(applied.saturating_sub(settings.max_held_entries));
+        let mut metrics = node.raft().metrics();
+        let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+    }
+}
+
+/// Leader state, rebuilt from the archive at every leadership.
+struct Session {
+    cluster: String,
+    generation: u64,
+    /// Highest index reached without a gap; `None` until the generation has a snapshot.
+    tip: Option<u64>,
+    snapshot_index: u64,
+    last_snapshot: Option<Instant>,
+}
+
+/// One leadership: discover, then ship until leadership ends. Returns `Ok` when this node is
+/// no longer the leader; an error to retry after a backoff.
+async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> anyhow::Result<()> {
+    let status = node.archive_status();
+    let cluster = node
+        .identity()
+        .get()
+        .context("the node has no cluster id yet")?;
+    // This node is responsible from now on, whether or not the archive answers.
+    status.update(|s| s.uploading = true);
+    let mut session = discover(archive, &cluster).await?;
+    tracing::info!(
+        generation = session.generation,
+        archived_index = ?session.tip,
+        "archive: leader resumes from what the archive holds"
+    );
+    status.update(|s| {
+        s.uploading = true;
+        s.snapshot_index = session.snapshot_index;
+        s.generation = session.generation;
+        s.archived_index = session.tip.unwrap_or(0);
+        s.last_error.clear();
+    });
+    let mut applied_rx = node.applied_watch();
+    let mut times = CommitTimes::default();
+    times.observe(*applied_rx.borrow());
+    loop {
+        if !node.is_leader() {
+            status.update(|s| s.uploading = false);
+            return Ok(());
+        }
+        let applied = *applied_rx.borrow();
+        times.observe(applied);
+        let tip = session.tip.unwrap_or(0);
+        node.purge_floor()
+            .set(tip.max(applied.saturating_sub(settings.max_held_entries)));
+        status.update(|s| {
+            s.archived_index = tip;
+            s.lag_entries = applied.saturating_sub(tip);
+            s.lag_ms = if applied > tip {
+                now_ms().saturating_sub(times.time_of(tip + 1))
+            } else {
+                0
+            };
+        });
+
+        let snapshot_due = session.tip.is_none()
+            || applied.saturating_sub(tip) > settings.max_held_entries
+            || session
+                .last_snapshot
+                .is_none_or(|t| t.elapsed() >= settings.snapshot_interval);
+        if applied > tip && session.tip.is_some() && !snapshot_due {
+            // Let a burst of commits gather into one segment.
+            tokio::time::sleep(settings.flush).await;
+            let applied = *applied_rx.borrow();
+            times.observe(applied);
+            match ship_segment(node, archive, &session, &times, tip, applied).await? {
+                Some(last) => {
+                    session.tip = Some(last);
+                    times.forget_through(last.saturating_sub(1));
+                    status.update(|s| {
+                        s.archived_index = last;
+                        s.last_error.clear();
+                    });
+                }
+                None => {
+                    tracing::warn!(
+                        from = tip + 1,
+                        "archive: the log no longer holds the entries after the archive's end; uploading a fresh snapshot"
+                    );
+                    session.tip = None;
+                }
+            }
+            continue;
+        }
+        if snapshot_due {
+            if session.tip.is_some() && applied > tip && applied - tip <= settings.max_held_entries
+            {
+                // Segments first, so the older snapshot's chain stays unbroken.
+                if let Some(last) =
+                    ship_segment(node, archive, &session, &times, tip, applied).await?
+                {
+                    session.tip = Some(last);
+                    continue;
+                }
+            }
+            let index = ship_snapshot(node, archive, &session).await?;
+            session.last_snapshot = Some(Instant::now());
+            status.update(|s| s.snapshot_index = index);
+            // A snapshot past the segments restarts the chain from it (the entries between
+            // are gone from the log); otherwise the segments continue where they were.
+            if session.tip.is_none_or(|t| index > t) {
+                session.tip = Some(index);
+            }
+            status.update(|s| {
+                s.archived_index = session.tip.unwrap_or(0);
+                s.last_error.clear();
+            });
+            if let Err(e) = apply_retention(archive, &session, settings.retention).await {
+                tracing::warn!(error = %format!("{e:#}"), "archive: retention cleanup failed");
+            }
+            continue;
+        }
+        // Nothing to do: wait for a commit, or a leadership change (checked every second).
+        let _ = tokio::time::timeout(Duration::from_secs(1), applied_rx.changed()).await;
+    }
+}
+
+/// Lists the archive: the generation to write and where it ends.
+async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
+    let generations = archive.generations(cluster).await?;
+    let generation = match generations.last() {
+        Some(g) => *g,
+        None => {
+            archive
+                .put(
+                    &archive.started_path(cluster, 1),
+                    b"raftlite archive generation\n".to_vec(),
+                )
+                .await?;
+            1
+        }
+    };
+    let listing = archive.list_generation(cluster, generation).await?;
+    Ok(Session {
+        cluster: cluster.to_owned(),
+        generation,
+        tip: listing.tip(),
+        snapshot_index: listing.snapshots.last().map(|s| s.index).unwrap_or(0),
+        last_snapshot: listing.snapshots.last().and_then(|s| {
+            let age = chrono::Utc::now()
+                .signed_duration_since(s.object.last_modified)
+                .to_std()
+                .unwrap_or_default();
+            Instant::now().checked_sub(age)
+        }),
+    })
+}
+
+/// Uploads entries `tip+1 ..= applied` (capped in size). `Ok(None)` when the log no longer
+/// holds `tip + 1`.
+async fn ship_segment(
+    node: &Node,
+    archive: &Archive,
+    session: &Session,
+    times: &CommitTimes,
+    tip: u64,
+    applied: u64,
+) -> anyhow::Result<Option<u64>> {
+    let end = applied.min(tip + SEGMENT_MAX_ENTRIES);
+    let raw = node
+        .log_store()
+        .read_entries(tip + 1..end + 1)
+        .await
+        .map_err(|e| anyhow::anyhow!("read log entries {}..={end}: {e}", tip + 1))?;
+    if raw.first().map(|e| e.log_id.index) != Some(tip + 1) {
+        return Ok(None);
+    }
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut bytes = 0;
+    for e in raw {
+        let expected = tip + 1 + entries.len() as u64;
+        if e.log_id.index != expected {
+            bail!(
+                "the log has entry {} where {expected} was expected",
+                e.log_id.index
+            );
+        }
+        let body = match e.payload {
+            EntryPayload::Normal(Command::Delta(b)) => EntryBody::Delta(b),
+            EntryPayload::Blank | EntryPayload::Membership(_) => EntryBody::NoOp,
+        };
+        bytes += match &body {
+            EntryBody::Delta(b) => b.len(),
+            EntryBody::NoOp => 0,
+        };
+        entries.push(SegmentEntry {
+            index: e.log_id.index,
+            term: e.log_id.leader_id.term,
+            time_ms: times.time_of(e.log_id.index),
+            body,
+        });
+        if bytes >= SEGMENT_MAX_BYTES {
+            break;
+        }
+    }
+    let (first, last) = (tip + 1, tip + entries.len() as u64);
+    let header = ObjectHeader {
+        kind: ObjectKind::Segment,
+        first_index: first,
+        last_index: last,
+        time_ms: entries.last().map(|e| e.time_ms).unwrap_or(0),
+        encrypted: archive.key().is_some(),
+    };
+    let path = archive.segment_path(&session.cluster, session.generation, first, last);
+    let name = path.to_string();
+    let key = archive.key().cloned();
+    let object = tokio::task::spawn_blocking(move || {
+        format::encode_object(
+            &name,
+            &header,
+            &format::encode_segment(&entries),
+            key.as_ref(),
+        )
+    })
+    .await
+    .context("segment encoder thread")?;
+    let started = Instant::now();
+    let size = object.len();
+    archive.put(&path, object).await?;
+    tracing::debug!(
+        first,
+        last,
+        size,
+        upload_ms = started.elapsed().as_millis() as u64,
+        "archive: segment uploaded"
+    );
+    Ok(Some(last))
+}
+
+/// Takes a Raft snapshot now and uploads its image. Returns its index.
+async fn ship_snapshot(node: &Node, archive: &Archive, session: &Session) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    node.trigger_snapshot()
+        .await
+        .map_err(|e| anyhow::anyhow!("take a snapshot: {e}"))?;
+    let dir = node.config().data_dir.join("snapshots");
+    let (meta, image) = tokio::task::spawn_blocking(move || read_newest_snapshot(&dir))
+        .await
+        .context("snapshot reader thread")??;
+    let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+    let header = ObjectHeader {
+        kind: ObjectKind::Snapshot,
+        first_index: index,
+        last_index: index,
+        time_ms: now_ms(),
+        encrypted: archive.key().is_some(),
+    };
+    let path = archive.snapshot_path(&session.cluster, session.generation, index);
+    let name = path.to_string();
+    let key = archive.key().cloned();
+    let image_len = image.len();
+    let object = tokio::task::spawn_blocking(move || {
+        format::encode_object(&name, &header, &image, key.as_ref())
+    })
+    .await
+    .context("snapshot encoder thread")?;
+    let size = object.len();
+    archive.put(&path, object).await?;
+    tracing::info!(
+        index,
+        generation = session.generation,
+        image_bytes = image_len,
+        object_bytes = size,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "archive: snapshot uploaded"
+    );
+    Ok(index)
+}
+
+/// The newest complete Raft snapshot on disk: its metadata and image. The image file is opened
+/// before it is read, so a concurrent cleanup of older snapshots cannot cut it short.
+fn read_newest_snapshot(dir: &std::path::Path) -> anyhow::Result<(SnapshotMeta, Vec<u8>)> {
+    use std::io::Read;
+    let mut best: Option<SnapshotMeta> = None;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("meta") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(meta) = crate::raft::codec::decode::<SnapshotMeta>(&bytes) else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_none_or(|b| meta.last_log_id > b.last_log_id)
+        {
+            best = Some(meta);
+        }
+    }
+    let meta = best.context("no snapshot on disk")?;
+    let image_path = dir.join(format!("{}.db", meta.snapshot_id));
+    let mut file = std::fs::File::open(&image_path)
+        .with_context(|| format!("open snapshot image {}", image_path.display()))?;
+    let mut image = Vec::new();
+    file.read_to_end(&mut image)?;
+    Ok((meta, image))
+}
+
+/// Deletes snapshots older than `retention` (never the newest) and the segments that end
+/// before the oldest snapshot kept.
+async fn apply_retention(
+    archive: &Archive,
+    session: &Session,
+    retention: Duration,
+) -> anyhow::Result<()> {
+    let listing = archive
+        .list_generation(&session.cluster, session.generation)
+        .await?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+    let Some(newest) = listing.snapshots.last() else {
+        return Ok(());
+    };
+    let expired: Vec<_> = listing
+        .snapshots
+        .iter()
+        .filter(|s| s.index < newest.index && s.object.last_modified < cutoff)
+        .collect();
+    let oldest_kept = listing
+        .snapshots
+        .iter()
+        .find(|s| !expired.contains(s))
+        .map(|s| s.index)
+        .unwrap_or(newest.index);
+    for s in &expired {
+        archive.delete(&archive.path_of(&s.object)).await?;
+    }
+    let mut deleted_segments = 0;
+    for s in listing.segments.iter().filter(|s| s.last <= oldest_kept) {
+        archive.delete(&archive.path_of(&s.object)).await?;
+        deleted_segments += 1;
+    }
+    if !expired.is_empty() || deleted_segments > 0 {
+        tracing::info!(
+            snapshots = expired.len(),
+            segments = deleted_segments,
+            oldest_kept,
+            "archive: retention removed old objects"
+        );
+    }
+    Ok(())
+}
