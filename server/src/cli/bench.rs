@@ -276,6 +276,8 @@ async fn bench(cluster: &mut LocalCluster, phase: Duration) -> anyhow::Result<Ve
 
     // Last, because it kills the leader: time from SIGKILL to the first acknowledged write, as
     // a client that knows every node sees it (its retries and backoff included).
+    // The current leader: it may have moved since the start (a busy machine misses heartbeats).
+    let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await?;
     let survivor = writers(1)?.remove(0);
     let killed_at = Instant::now();
     cluster.kill(leader)?;
