@@ -55,10 +55,9 @@ async fn replication_reads_rejections_and_dedup() {
         );
         assert_eq!(written.results.len(), 1, "one result per statement");
         assert_eq!(written.results[0].rows_affected, 1);
-        assert!(
-            !written.deduplicated,
-            "a fresh request id is not a duplicate"
-        );
+        // `deduplicated` may be true here: on a starved machine the client can time out and
+        // retry under the same request id, and the first result comes back. Exactly-once is
+        // what the audit below checks; dedup itself is checked with fixed ids in phase 6.
         previous = written.log_index;
     }
 
