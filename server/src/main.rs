@@ -30,6 +30,9 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Check a node's health (readiness by default): exit 0 only if SERVING.
     Health(cli::health::HealthArgs),
+    /// Apply the numbered .sql files of a directory in order, each once (safe to run from
+    /// every pod or app replica at the same time).
+    Migrate(cli::migrate::MigrateArgs),
     /// Rebuild a SQLite database from the archive (latest state, or a point in time).
     Restore(cli::restore::RestoreArgs),
     /// Start a local cluster on loopback with temporary data, until Ctrl-C.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
             Command::Health(args) => cli::health::run(args).await,
+            Command::Migrate(args) => cli::migrate::run(args).await,
             Command::Restore(args) => {
                 init_tracing("warn", false);
                 cli::restore::run(args).await
