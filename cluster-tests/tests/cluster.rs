@@ -23,3 +23,5 @@ mod t60_probes_metrics;
 mod t70_compose;
 #[path = "cluster/t90_migrate.rs"]
 mod t90_migrate;
+#[path = "cluster/t95_overload.rs"]
+mod t95_overload;
