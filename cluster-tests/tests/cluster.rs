@@ -25,3 +25,5 @@ mod t70_compose;
 mod t90_migrate;
 #[path = "cluster/t95_overload.rs"]
 mod t95_overload;
+#[path = "cluster/t96_tracing.rs"]
+mod t96_tracing;
