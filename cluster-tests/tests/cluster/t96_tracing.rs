@@ -2,7 +2,8 @@
 //! (the real `opentelemetry.proto.collector.trace.v1.TraceService`, on loopback); a write sent
 //! to a follower must come out as ONE trace spanning both nodes: `sql.execute` and `forward`
 //! on the follower, `peer.forward_execute`, `write.batch`, `raft.propose` and `raft.apply` on
-//! the leader, each the child of the one before.
+//! the leader, each the child of the one before. The operator's log lines (`became leader`,
+//! `follower connected`, `follower caught up`, `following leader`) appear once per event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -178,5 +179,21 @@ async fn one_trace_follows_a_forwarded_write_through_the_leader() {
         info!(name = %span.name, node = %span.instance, "span");
     }
     assert!(chain.iter().all(|s| s.trace_id == chain[0].trace_id));
+
+    info!("phase 4: the operator's log lines, once per event");
+    let term = cluster.status_of(leader).await.expect("status").term;
+    let leader_log = cluster.node(leader).log_since_start();
+    let became = format!("became leader term={term}");
+    assert_eq!(leader_log.matches(&became).count(), 1, "{became}");
+    let this_term = &leader_log[leader_log.find(&became).expect("logged")..];
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        for event in ["follower connected", "follower caught up"] {
+            let line = format!("{event} follower={id}");
+            assert_eq!(this_term.matches(&line).count(), 1, "{line}");
+        }
+        let follower_log = cluster.node(id).log_since_start();
+        let following = format!("following leader leader={leader} term={term}");
+        assert_eq!(follower_log.matches(&following).count(), 1, "{following}");
+    }
     server.abort();
 }

@@ -2,6 +2,7 @@
 //! The gRPC services translate requests into calls on [`Node`] and map its errors.
 
 pub mod error;
+pub mod events;
 pub mod reads;
 pub mod status;
 pub mod write_path;
