@@ -169,7 +169,8 @@ mod tests {
         );
         let context = opentelemetry::Context::new().with_remote_span_context(span_context);
         let mut metadata = MetadataMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(&mut metadata));
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut MetadataInjector(&mut metadata));
         assert_eq!(
             metadata.get("traceparent").and_then(|v| v.to_str().ok()),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")

@@ -16,7 +16,8 @@ const CREATE: &str = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT N
 /// Not idempotent: applied twice, it would leave two rows.
 const SEED: &str = "INSERT INTO events VALUES ('seeded; once');\n\
                     INSERT INTO accounts (name) VALUES ('alice'), ('bob');\n";
-const INDEX: &str = "-- names are looked up often\nCREATE INDEX accounts_name ON accounts (name);\n";
+const INDEX: &str =
+    "-- names are looked up often\nCREATE INDEX accounts_name ON accounts (name);\n";
 
 async fn migrate(addrs: &str, dir: &Path) -> Output {
     tokio::process::Command::new(raftlite_binary())
@@ -81,7 +82,9 @@ async fn migrations_apply_once_from_everywhere() {
     write("0003_add_index.sql", INDEX);
     let addr = |id: u64| cluster.node(id).addr().to_string();
 
-    info!("phase 1: four concurrent runs against different nodes (init containers starting together)");
+    info!(
+        "phase 1: four concurrent runs against different nodes (init containers starting together)"
+    );
     let ids = cluster.ids();
     let targets: Vec<String> = (0..4).map(|i| addr(ids[i % ids.len()])).collect();
     let handles: Vec<_> = targets
@@ -109,7 +112,10 @@ async fn migrations_apply_once_from_everywhere() {
         }
     }
     info!(?applied, "runs finished");
-    assert!(applied.values().all(|&n| n <= 1), "a file applied twice: {applied:?}");
+    assert!(
+        applied.values().all(|&n| n <= 1),
+        "a file applied twice: {applied:?}"
+    );
     assert_eq!(scalar(&client, "SELECT count(*) FROM events").await, 1);
     assert_eq!(scalar(&client, "SELECT count(*) FROM accounts").await, 2);
     assert_eq!(
@@ -142,7 +148,10 @@ async fn migrations_apply_once_from_everywhere() {
     write("0004_audit.sql", "CREATE TABLE audit (at TEXT);");
     let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
     assert_eq!(lines.len(), 4);
-    assert!(lines[3].starts_with("applied 0004_audit.sql log_index="), "{lines:?}");
+    assert!(
+        lines[3].starts_with("applied 0004_audit.sql log_index="),
+        "{lines:?}"
+    );
     assert!(table_exists(&client, "audit").await);
 
     info!("phase 4: an applied file that was edited is refused, naming it and both checksums");
@@ -151,7 +160,10 @@ async fn migrations_apply_once_from_everywhere() {
     let out = migrate(&addr(leader), dir.path()).await;
     assert!(!out.status.success(), "an edited file must be refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("0002_seed.sql was changed after it was applied"), "{stderr}");
+    assert!(
+        stderr.contains("0002_seed.sql was changed after it was applied"),
+        "{stderr}"
+    );
     assert_eq!(
         stderr.matches("sha256 ").count(),
         2,
@@ -172,15 +184,24 @@ async fn migrations_apply_once_from_everywhere() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0005_broken.sql failed"), "{stderr}");
     assert!(stderr.contains("missing"), "SQLite's message: {stderr}");
-    assert!(!table_exists(&client, "half").await, "rolled back as a whole");
-    assert!(!table_exists(&client, "after_broken").await, "the run stopped");
+    assert!(
+        !table_exists(&client, "half").await,
+        "rolled back as a whole"
+    );
+    assert!(
+        !table_exists(&client, "after_broken").await,
+        "the run stopped"
+    );
     assert_eq!(
         scalar(&client, "SELECT count(*) FROM raftlite_migrations").await,
         4
     );
 
     info!("phase 6: the fixed migration and the next one apply");
-    write("0005_broken.sql", "CREATE TABLE half (x);\nINSERT INTO half VALUES (1);\n");
+    write(
+        "0005_broken.sql",
+        "CREATE TABLE half (x);\nINSERT INTO half VALUES (1);\n",
+    );
     let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
     assert!(lines[4].starts_with("applied 0005_broken.sql"), "{lines:?}");
     assert!(lines[5].starts_with("applied 0006_after.sql"), "{lines:?}");

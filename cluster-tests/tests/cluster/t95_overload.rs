@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_tests::{init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency};
 use cluster_tests::{client::Error, Statement};
+use cluster_tests::{init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency};
 use tracing::info;
 
 const LIMIT: usize = 3;
@@ -45,7 +45,10 @@ async fn a_flooded_node_sheds_quickly_and_keeps_serving() {
         .expect("create the table");
     let term = cluster.status_of(leader).await.expect("status").term;
 
-    info!(leader, FLOOD, LIMIT, "phase 1: flood the leader with slow queries, one attempt each");
+    info!(
+        leader,
+        FLOOD, LIMIT, "phase 1: flood the leader with slow queries, one attempt each"
+    );
     // No retries, a deadline far beyond the server's: what comes back is the server's answer.
     let once = Client::with_options(
         [cluster.node(leader).endpoint()],

@@ -95,7 +95,10 @@ fn find_chain(spans: &[SpanRecord], follower: u64, leader: u64) -> anyhow::Resul
         .iter()
         .find(|s| s.name == "sql.execute" && s.instance == instance(Role::Follower))
         .ok_or_else(|| anyhow::anyhow!("no sql.execute span from the follower yet"))?;
-    let trace: Vec<&SpanRecord> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    let trace: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
     let by_id: HashMap<&[u8], &SpanRecord> =
         trace.iter().map(|s| (s.span_id.as_slice(), *s)).collect();
     let mut chain = Vec::new();
@@ -160,7 +163,10 @@ async fn one_trace_follows_a_forwarded_write_through_the_leader() {
         .await
         .expect("create the table on the leader");
 
-    info!(follower, leader, "phase 2: a write sent to a follower, which forwards it");
+    info!(
+        follower,
+        leader, "phase 2: a write sent to a follower, which forwards it"
+    );
     cluster
         .client_for(follower)
         .exec("INSERT INTO traced VALUES (?1)", ["through the follower"])
@@ -169,10 +175,18 @@ async fn one_trace_follows_a_forwarded_write_through_the_leader() {
 
     info!("phase 3: one trace holds the whole chain, across both nodes");
     // The exporters batch spans (every 5 s by default); wait for them to arrive.
-    let chain = wait_until("the forwarded write's trace", Duration::from_secs(30), || {
-        let spans = receiver.spans.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        async move { find_chain(&spans, follower, leader).map(Some) }
-    })
+    let chain = wait_until(
+        "the forwarded write's trace",
+        Duration::from_secs(30),
+        || {
+            let spans = receiver
+                .spans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            async move { find_chain(&spans, follower, leader).map(Some) }
+        },
+    )
     .await
     .expect("one trace from the follower through the leader");
     for span in &chain {

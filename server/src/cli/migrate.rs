@@ -312,8 +312,7 @@ async fn migrate(client: &Client, files: &[Migration]) -> Result<(), String> {
         println!("already applied {name}");
     }
     for file in &plan.pending {
-        let mut statements: Vec<Statement> =
-            file.statements.iter().map(Statement::new).collect();
+        let mut statements: Vec<Statement> = file.statements.iter().map(Statement::new).collect();
         statements.push(Statement::new(INSERT_RECORD).bind_all([
             raftlite_client::Value::Integer(file.version as i64),
             raftlite_client::Value::Text(file.name.clone()),
@@ -367,7 +366,9 @@ fn error_message(e: &Error) -> String {
 async fn read_records(client: &Client) -> Result<Vec<AppliedMigration>, Error> {
     let rows = client
         .query_with(
-            Statement::new("SELECT version, name, sha256 FROM raftlite_migrations ORDER BY version"),
+            Statement::new(
+                "SELECT version, name, sha256 FROM raftlite_migrations ORDER BY version",
+            ),
             Consistency::Linearizable,
             0,
         )
@@ -508,7 +509,10 @@ mod tests {
         let err = plan(std::slice::from_ref(&edited), &[record(&a)]).expect_err("changed");
         let text = err.to_string();
         assert!(text.contains("0001_a.sql"), "{text}");
-        assert!(text.contains(&a.sha256) && text.contains(&edited.sha256), "{text}");
+        assert!(
+            text.contains(&a.sha256) && text.contains(&edited.sha256),
+            "{text}"
+        );
     }
 
     #[test]
@@ -516,8 +520,8 @@ mod tests {
         let a = migration("0001_a.sql", "CREATE TABLE a(x)");
         let b = migration("0002_b.sql", "CREATE TABLE b(x)");
         let c = migration("0003_c.sql", "CREATE TABLE c(x)");
-        let err = plan(&[a.clone(), b, c.clone()], &[record(&a), record(&c)])
-            .expect_err("out of order");
+        let err =
+            plan(&[a.clone(), b, c.clone()], &[record(&a), record(&c)]).expect_err("out of order");
         assert!(
             matches!(&err, PlanError::OutOfOrder { name, applied: 3, .. } if name == "0002_b.sql"),
             "{err:?}"

@@ -196,7 +196,10 @@ mod tests {
             grpc_timeout(&headers("250m")),
             Some(Duration::from_millis(250))
         );
-        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            grpc_timeout(&headers("2H")),
+            Some(Duration::from_secs(7200))
+        );
         assert_eq!(grpc_timeout(&headers("1M")), Some(Duration::from_secs(60)));
         assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
         assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
@@ -266,7 +269,10 @@ mod tests {
             .expect("infallible");
         assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED");
         // Raft traffic and health checks are not counted.
-        for path in ["/raftlite.v1.Peer/AppendEntries", "/grpc.health.v1.Health/Check"] {
+        for path in [
+            "/raftlite.v1.Peer/AppendEntries",
+            "/grpc.health.v1.Health/Check",
+        ] {
             let ok = svc.clone().oneshot(request(path, 0)).await.expect("ok");
             assert_eq!(grpc_status(&ok), None, "{path}");
         }
@@ -310,10 +316,9 @@ mod tests {
         );
         let mut svc = layer.layer(slow_service());
         let mut with_client_deadline = request("/raftlite.v1.Sql/Query", 60_000);
-        with_client_deadline.headers_mut().insert(
-            "grpc-timeout",
-            http::HeaderValue::from_static("100m"),
-        );
+        with_client_deadline
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("100m"));
         let late = svc
             .ready()
             .await

@@ -305,7 +305,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             use tracing::Instrument;
                             let index = entry.log_id.index;
                             apply
-                                .instrument(tracing::info_span!(parent: &parent, "raft.apply", index))
+                                .instrument(
+                                    tracing::info_span!(parent: &parent, "raft.apply", index),
+                                )
                                 .await
                         }
                         None => apply.await,
