@@ -60,7 +60,8 @@ pub struct MigrateArgs {
     /// container may start before the cluster is up).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub wait_s: u64,
-    /// Longest time one migration may take on the server (its deadline).
+    /// Deadline of one migration (the server's request_timeout_ms caps it; a migration that
+    /// overruns is retried under the same request id, so it still applies once).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub migration_timeout_s: u64,
     /// Directory holding `<version>_<name>.sql` files.
