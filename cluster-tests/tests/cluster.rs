@@ -21,3 +21,9 @@ mod t50_archive_restore;
 mod t60_probes_metrics;
 #[path = "cluster/t70_compose.rs"]
 mod t70_compose;
+#[path = "cluster/t90_migrate.rs"]
+mod t90_migrate;
+#[path = "cluster/t95_overload.rs"]
+mod t95_overload;
+#[path = "cluster/t96_tracing.rs"]
+mod t96_tracing;

@@ -82,6 +82,18 @@ pub fn default_max_request_bytes() -> usize {
     16 * 1024 * 1024
 }
 
+/// Default `max_concurrent_requests`: public requests (SQL, admin) a node serves at once;
+/// more are refused at once with RESOURCE_EXHAUSTED instead of queueing.
+pub fn default_max_concurrent_requests() -> usize {
+    1024
+}
+
+/// Default `request_timeout_ms`: the deadline of a public request whose client set a longer
+/// one or none (30 s).
+pub fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
 /// Default `auto_resync`: a node whose data belongs to another cluster wipes it and re-syncs.
 pub fn default_auto_resync() -> bool {
     true
@@ -215,6 +227,16 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTLITE_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
 
+    /// Most public requests (SQL, admin) served at once; beyond, requests are refused at once
+    /// with RESOURCE_EXHAUSTED. Raft traffic between nodes is never refused [default: 1024].
+    #[arg(long, env = "RAFTLITE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Deadline of a public request in milliseconds; a shorter client deadline (grpc-timeout)
+    /// wins. Past it the request answers DEADLINE_EXCEEDED [default: 30000].
+    #[arg(long, env = "RAFTLITE_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+
     /// Wipe and re-sync from peers when local data belongs to another cluster [default: true].
     #[arg(
         long,
@@ -269,6 +291,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES", value_name = "N")]
     pub archive_max_held_entries: Option<u64>,
 
+    /// OTLP/gRPC collector that receives traces, e.g. http://otel-collector:4317; unset or
+    /// "off": no trace export. Without this flag, its variable and the file setting, the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT is read [default: off].
+    #[arg(long, env = "RAFTLITE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format [default: text].
     #[arg(long, env = "RAFTLITE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -300,6 +328,8 @@ pub struct FileConfig {
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
     pub max_request_bytes: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
     pub auto_resync: Option<bool>,
     pub read_threads: Option<usize>,
     pub max_batch_requests: Option<usize>,
@@ -310,6 +340,7 @@ pub struct FileConfig {
     pub archive_retention_s: Option<u64>,
     pub archive_flush_ms: Option<u64>,
     pub archive_max_held_entries: Option<u64>,
+    pub otlp_endpoint: Option<String>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file key.
@@ -349,6 +380,10 @@ pub struct Config {
     /// Log entries between snapshots, ≥ 1.
     pub snapshot_every: u64,
     pub max_request_bytes: usize,
+    /// Public requests served at once, ≥ 1.
+    pub max_concurrent_requests: usize,
+    /// Deadline of a public request (a shorter client deadline wins).
+    pub request_timeout: Duration,
     pub auto_resync: bool,
     /// ≥ 1.
     pub read_threads: usize,
@@ -356,6 +391,8 @@ pub struct Config {
     pub max_batch_requests: usize,
     /// `None`: archiving is off (`archive: none`).
     pub archive: Option<ArchiveConfig>,
+    /// OTLP/gRPC endpoint traces are exported to; `None`: no export.
+    pub otlp_endpoint: Option<String>,
     pub log_format: LogFormat,
     /// A valid `tracing_subscriber::EnvFilter` directive.
     pub log_level: String,
@@ -453,6 +490,9 @@ impl ConfigError {
     }
 }
 
+/// The OpenTelemetry SDKs' standard variable, read when `otlp_endpoint` is set nowhere else.
+pub const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
 /// Reads the config file named by `--config` (if any), lays the flags and environment
 /// variables over it and validates the result.
 pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
@@ -460,7 +500,11 @@ pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
     };
-    file.overlay(args)
+    let mut merged = file.overlay(args);
+    if merged.otlp_endpoint.is_none() {
+        merged.otlp_endpoint = lookup_process_env(OTEL_ENDPOINT_ENV);
+    }
+    merged
         .with_pod_identity(lookup_process_env, crate::cluster::pod::kernel_hostname)?
         .validate()
 }
@@ -702,6 +746,10 @@ impl FileConfig {
                 .or(self.election_timeout_max_ms),
             snapshot_every: args.snapshot_every.or(self.snapshot_every),
             max_request_bytes: args.max_request_bytes.or(self.max_request_bytes),
+            max_concurrent_requests: args
+                .max_concurrent_requests
+                .or(self.max_concurrent_requests),
+            request_timeout_ms: args.request_timeout_ms.or(self.request_timeout_ms),
             auto_resync: args.auto_resync.or(self.auto_resync),
             read_threads: args.read_threads.or(self.read_threads),
             max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
@@ -716,6 +764,7 @@ impl FileConfig {
             archive_max_held_entries: args
                 .archive_max_held_entries
                 .or(self.archive_max_held_entries),
+            otlp_endpoint: args.otlp_endpoint.clone().or(self.otlp_endpoint),
             log_format: args.log_format.or(self.log_format),
             log_level: args.log_level.clone().or(self.log_level),
             node_id_source: self.node_id_source,
@@ -930,6 +979,19 @@ impl FileConfig {
             ));
         }
 
+        let max_concurrent_requests = self
+            .max_concurrent_requests
+            .unwrap_or_else(default_max_concurrent_requests);
+        if max_concurrent_requests == 0 {
+            return Err(invalid(&MAX_CONCURRENT_REQUESTS, "must be at least 1"));
+        }
+        let request_timeout_ms = self
+            .request_timeout_ms
+            .unwrap_or_else(default_request_timeout_ms);
+        if request_timeout_ms == 0 {
+            return Err(invalid(&REQUEST_TIMEOUT_MS, "must be at least 1"));
+        }
+
         let read_threads = self.read_threads.unwrap_or_else(default_read_threads);
         if read_threads == 0 {
             return Err(invalid(&READ_THREADS, "must be at least 1"));
@@ -952,6 +1014,25 @@ impl FileConfig {
             self.archive_flush_ms,
             self.archive_max_held_entries,
         )?;
+
+        let otlp_endpoint = match self.otlp_endpoint.as_deref().map(str::trim) {
+            None | Some("" | "off") => None,
+            Some(url) => {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(invalid(
+                        &OTLP_ENDPOINT,
+                        format!(
+                            "{url:?} is not an http:// or https:// URL of an OTLP/gRPC collector \
+                             (e.g. http://otel-collector:4317), or \"off\""
+                        ),
+                    ));
+                }
+                Some(url.to_owned())
+            }
+        };
 
         let log_level = self
             .log_level
@@ -981,10 +1062,13 @@ impl FileConfig {
             election_timeout_max: Duration::from_millis(max_ms),
             snapshot_every,
             max_request_bytes,
+            max_concurrent_requests,
+            request_timeout: Duration::from_millis(request_timeout_ms),
             auto_resync: self.auto_resync.unwrap_or_else(default_auto_resync),
             read_threads,
             max_batch_requests,
             archive,
+            otlp_endpoint,
             log_format: self.log_format.unwrap_or_default(),
             log_level,
         })
@@ -1211,6 +1295,21 @@ const MAX_REQUEST_BYTES_SETTING: Setting = Setting {
     key: "max_request_bytes",
     flag: "--max-request-bytes",
     env: "RAFTLITE_MAX_REQUEST_BYTES",
+};
+const MAX_CONCURRENT_REQUESTS: Setting = Setting {
+    key: "max_concurrent_requests",
+    flag: "--max-concurrent-requests",
+    env: "RAFTLITE_MAX_CONCURRENT_REQUESTS",
+};
+const REQUEST_TIMEOUT_MS: Setting = Setting {
+    key: "request_timeout_ms",
+    flag: "--request-timeout-ms",
+    env: "RAFTLITE_REQUEST_TIMEOUT_MS",
+};
+const OTLP_ENDPOINT: Setting = Setting {
+    key: "otlp_endpoint",
+    flag: "--otlp-endpoint",
+    env: "RAFTLITE_OTLP_ENDPOINT",
 };
 const READ_THREADS: Setting = Setting {
     key: "read_threads",
@@ -1580,6 +1679,9 @@ mod tests {
         assert_eq!(config.election_timeout_max, Duration::from_millis(600));
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.max_request_bytes, 16 * 1024 * 1024);
+        assert_eq!(config.max_concurrent_requests, 1024);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.otlp_endpoint, None);
         assert!(config.auto_resync);
         assert_eq!(config.read_threads, 4);
         assert_eq!(config.max_batch_requests, 1024);
@@ -1788,6 +1890,21 @@ mod tests {
                 "data_dir: missing (set --data-dir, RAFTLITE_DATA_DIR",
             ),
             (FileConfig { data_dir: Some("".into()), ..minimal() }, "data_dir", "is empty"),
+            (
+                FileConfig { max_concurrent_requests: Some(0), ..minimal() },
+                "max_concurrent_requests",
+                "max_concurrent_requests: must be at least 1",
+            ),
+            (
+                FileConfig { request_timeout_ms: Some(0), ..minimal() },
+                "request_timeout_ms",
+                "request_timeout_ms: must be at least 1",
+            ),
+            (
+                FileConfig { otlp_endpoint: Some("collector:4317".into()), ..minimal() },
+                "otlp_endpoint",
+                "otlp_endpoint: \"collector:4317\" is not an http:// or https:// URL",
+            ),
             (
                 FileConfig { listen: None, ..minimal() },
                 "listen",

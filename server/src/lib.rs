@@ -6,7 +6,8 @@
 //!
 //! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
 //! `grpc` (tonic services), `cluster` (bootstrap, identity, pod identity, joining, re-sync),
-//! `archive` (object-store archive and restore), `metrics` (Prometheus), `config`, `cli`.
+//! `archive` (object-store archive and restore), `metrics` (Prometheus), `telemetry` (logs,
+//! OTLP traces, trace-context propagation), `config`, `cli`.
 
 pub mod archive;
 pub mod cli;
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod serve;
+pub mod telemetry;

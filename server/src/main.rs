@@ -30,6 +30,9 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
     /// Check a node's health (readiness by default): exit 0 only if SERVING.
     Health(cli::health::HealthArgs),
+    /// Apply the numbered .sql files of a directory in order, each once (safe to run from
+    /// every pod or app replica at the same time).
+    Migrate(cli::migrate::MigrateArgs),
     /// Rebuild a SQLite database from the archive (latest state, or a point in time).
     Restore(cli::restore::RestoreArgs),
     /// Start a local cluster on loopback with temporary data, until Ctrl-C.
@@ -54,21 +57,26 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let config = raftlite::config::load(&args)?;
-                init_tracing(
+                let telemetry = raftlite::telemetry::init(
                     &config.log_level,
                     config.log_format == raftlite::config::LogFormat::Json,
-                );
-                raftlite::serve::run(config)
-                    .await
-                    .map(|_| ExitCode::SUCCESS)
+                    config.otlp_endpoint.as_deref(),
+                    Some(format!("node-{}", config.node_id)),
+                )?;
+                let result = raftlite::serve::run(config).await;
+                telemetry.shutdown().await;
+                result.map(|_| ExitCode::SUCCESS)
             }
             Command::Sql(args) => cli::sql::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
             Command::Health(args) => cli::health::run(args).await,
+            Command::Migrate(args) => cli::migrate::run(args).await,
             Command::Restore(args) => {
-                init_tracing("warn", false);
-                cli::restore::run(args).await
+                let telemetry = raftlite::telemetry::init("warn", false, None, None)?;
+                let result = cli::restore::run(args).await;
+                telemetry.shutdown().await;
+                result
             }
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
@@ -80,22 +88,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(level: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    // openraft logs every vote and append at info; keep it at warn unless asked for.
-    let filter = EnvFilter::try_new(format!("openraft=warn,{level}"))
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    // Colour only on a terminal: container logs (kubectl logs, docker logs) stay plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -76,6 +76,8 @@ pub struct Metrics {
     read_duration: Family<ReadLabels, Histogram, fn() -> Histogram>,
     batch_size: Histogram,
     batch_duration: Histogram,
+    requests_shed: Counter,
+    request_deadlines: Counter,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,8 @@ impl Metrics {
             read_duration: Family::new_with_constructor(latency_histogram),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_duration: latency_histogram(),
+            requests_shed: Counter::default(),
+            request_deadlines: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("node_id", "This node's id", m.node_id.clone());
@@ -191,7 +195,25 @@ impl Metrics {
             Unit::Seconds,
             m.batch_duration.clone(),
         );
+        r.register(
+            "requests_shed",
+            "Public requests refused with RESOURCE_EXHAUSTED at max_concurrent_requests",
+            m.requests_shed.clone(),
+        );
+        r.register(
+            "request_deadline_exceeded",
+            "Public requests answered DEADLINE_EXCEEDED (client deadline or request_timeout_ms)",
+            m.request_deadlines.clone(),
+        );
         m
+    }
+
+    pub fn request_shed(&self) {
+        self.requests_shed.inc();
+    }
+
+    pub fn request_deadline_exceeded(&self) {
+        self.request_deadlines.inc();
     }
 
     pub fn observe_write(&self, elapsed: Duration, ok: bool) {

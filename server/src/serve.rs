@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(exit_when_raft_stops(node.clone()));
+    tokio::spawn(crate::node::events::log_raft_events(node.clone()));
     if let Some(addr) = node.config().metrics_addr {
         tokio::spawn(crate::metrics::serve(node.clone(), addr));
     }

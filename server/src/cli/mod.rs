@@ -1,5 +1,5 @@
 //! Client subcommands of the `raftlite` binary: `sql`, `status`, `cluster`, `health`,
-//! `restore`, and the local helpers `dev` and `bench`.
+//! `migrate`, `restore`, and the local helpers `dev` and `bench`.
 //!
 //! Each subcommand is a `clap::Args` struct plus `run(args) -> ExitCode`. Their output is a
 //! contract that scripts rely on (see each module); errors go to stderr as
@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod dev;
 pub mod health;
 pub mod local_cluster;
+pub mod migrate;
 pub mod restore;
 pub mod sql;
 pub mod sql_text;

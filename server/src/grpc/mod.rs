@@ -1,11 +1,13 @@
 //! tonic services: translate wire types, delegate to the node, map errors. No business logic.
 //!
 //! One listener serves the public `Sql` and `Admin` services, the peer-only `Peer` service,
-//! `grpc.health.v1` (readiness and liveness, see [`health`]) and server reflection.
+//! `grpc.health.v1` (readiness and liveness, see [`health`]) and server reflection. The public
+//! services sit behind a concurrency limit and deadlines ([`limits`]); Raft traffic does not.
 
 pub mod admin;
 pub mod convert;
 pub mod health;
+pub mod limits;
 pub mod peer;
 pub mod sql;
 
@@ -67,11 +69,19 @@ pub async fn serve(
     let peer = PeerServer::new(peer::PeerService { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)
         .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
+    let limits = limits::LimitsLayer::new(
+        limits::Limits {
+            max_concurrent_requests: node.config().max_concurrent_requests,
+            request_timeout: node.config().request_timeout,
+        },
+        Some(node.inner.metrics.clone()),
+    );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,
         ))
+        .layer(limits)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sql)

@@ -127,13 +127,21 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::ExecuteRequest>,
     ) -> Result<Response<v1::ExecuteResponse>, Status> {
-        let write = write_request_from_proto(request.into_inner())?;
-        let reply = self
-            .node
-            .execute(write, true)
-            .await
-            .map_err(node_error_to_status)?;
-        Ok(Response::new(write_reply_to_proto(reply)))
+        use tracing::Instrument;
+        let span = tracing::info_span!("peer.forward_execute", node = self.node.id());
+        // The follower's `forward` span is the parent: one trace across both nodes.
+        crate::telemetry::continue_trace(&span, request.metadata());
+        async move {
+            let write = write_request_from_proto(request.into_inner())?;
+            let reply = self
+                .node
+                .execute(write, true)
+                .await
+                .map_err(node_error_to_status)?;
+            Ok(Response::new(write_reply_to_proto(reply)))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn read_index(

@@ -55,14 +55,26 @@ impl Sql for SqlService {
         &self,
         request: Request<v1::ExecuteRequest>,
     ) -> Result<Response<v1::ExecuteResponse>, Status> {
-        check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
-        let write = write_request_from_proto(request.into_inner())?;
-        let reply = self
-            .node
-            .execute(write, false)
-            .await
-            .map_err(node_error_to_status)?;
-        Ok(Response::new(write_reply_to_proto(reply)))
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "sql.execute",
+            node = self.node.id(),
+            statements = request.get_ref().statements.len()
+        );
+        // A client that sent a trace context (an instrumented app) gets the write in its trace.
+        crate::telemetry::continue_trace(&span, request.metadata());
+        async move {
+            check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
+            let write = write_request_from_proto(request.into_inner())?;
+            let reply = self
+                .node
+                .execute(write, false)
+                .await
+                .map_err(node_error_to_status)?;
+            Ok(Response::new(write_reply_to_proto(reply)))
+        }
+        .instrument(span)
+        .await
     }
 
     type QueryStream = ReceiverStream<Result<v1::QueryResponse, Status>>;

@@ -2,6 +2,7 @@
 //! The gRPC services translate requests into calls on [`Node`] and map its errors.
 
 pub mod error;
+pub mod events;
 pub mod reads;
 pub mod status;
 pub mod write_path;
@@ -52,6 +53,8 @@ pub(crate) struct NodeInner {
     leader_commit: Mutex<(u64, Option<Instant>)>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Spans of this leader's proposals, for the apply to join (tracing).
+    pub apply_spans: crate::raft::state_machine::ApplySpans,
 }
 
 impl Node {
@@ -81,6 +84,7 @@ impl Node {
         )
         .await
         .context("open state machine")?;
+        let apply_spans = state_machine.apply_spans();
         let log_store = LogStore::new(store.clone());
         let archive_log = log_store.clone();
         let raft_config = openraft::Config {
@@ -126,6 +130,7 @@ impl Node {
             leader_commit: Mutex::new((0, None)),
             peers: Mutex::new(HashMap::new()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            apply_spans,
         });
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
@@ -218,7 +223,11 @@ impl Node {
             let (reply, rx) = oneshot::channel();
             inner
                 .writes
-                .send(write_path::PendingWrite { request, reply })
+                .send(write_path::PendingWrite {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                })
                 .await
                 .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
             return rx
@@ -239,7 +248,14 @@ impl Node {
         }
         let mut client = inner.peer(&leader.addr)?;
         let proto = crate::grpc::convert::write_request_to_proto(&request);
-        match client.forward_execute(proto).await {
+        let span = tracing::info_span!("forward", leader = leader.id);
+        let forwarded = {
+            use tracing::Instrument;
+            let mut outgoing = tonic::Request::new(proto);
+            span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));
+            client.forward_execute(outgoing).instrument(span).await
+        };
+        match forwarded {
             Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
             Err(status) => Err(crate::grpc::convert::node_error_from_status(
                 status,

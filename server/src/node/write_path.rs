@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::error::NodeError;
 use super::NodeInner;
@@ -39,6 +40,8 @@ pub struct WriteReply {
 pub(crate) struct PendingWrite {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
+    /// The span of the request that queued it: the batch that carries it joins its trace.
+    pub span: tracing::Span,
 }
 
 pub(crate) async fn run_batcher(
@@ -55,21 +58,32 @@ pub(crate) async fn run_batcher(
                 Err(_) => break,
             }
         }
-        if let Err(e) = node.wait_leader_ready().await {
-            for w in batch {
-                let _ = w.reply.send(Err(clone_unavailable(&e)));
-            }
-            continue;
+        // One span per group commit, in the trace of its first request; the others link to it.
+        let span = tracing::info_span!(parent: &batch[0].span, "write.batch", size = batch.len());
+        for w in &batch[1..] {
+            span.follows_from(&w.span);
         }
-        let (vacuums, writes): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|w| crate::db::is_vacuum(&w.request));
-        if !writes.is_empty() {
-            commit_batch(&node, &executor, writes, false).await;
+        process_batch(&node, &executor, batch)
+            .instrument(span)
+            .await;
+    }
+}
+
+async fn process_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>) {
+    if let Err(e) = node.wait_leader_ready().await {
+        for w in batch {
+            let _ = w.reply.send(Err(clone_unavailable(&e)));
         }
-        for v in vacuums {
-            commit_batch(&node, &executor, vec![v], true).await;
-        }
+        return;
+    }
+    let (vacuums, writes): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|w| crate::db::is_vacuum(&w.request));
+    if !writes.is_empty() {
+        commit_batch(node, executor, writes, false).await;
+    }
+    for v in vacuums {
+        commit_batch(node, executor, vec![v], true).await;
     }
 }
 
@@ -105,7 +119,17 @@ async fn commit_batch(
     let executed_us = started.elapsed().as_micros() as u64;
     let committed: Result<u64, NodeError> = match delta {
         None => Ok(node.applied_index()),
-        Some(delta) => propose(node, Bytes::from(delta.encode())).await,
+        Some(delta) => {
+            // The leader's apply of this delta joins the batch's trace (see `ApplySpans`).
+            let base_version = delta.base_version;
+            let span = tracing::info_span!("raft.propose", base_version);
+            node.apply_spans.register(base_version, span.clone());
+            let committed = propose(node, Bytes::from(delta.encode()))
+                .instrument(span)
+                .await;
+            node.apply_spans.forget(base_version);
+            committed
+        }
     };
     let batch_size = batch.len();
     for (w, outcome) in batch.into_iter().zip(outcomes) {

@@ -53,6 +53,31 @@ pub struct StateMachine {
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
+    apply_spans: ApplySpans,
+}
+
+/// The spans of deltas this node proposed, by base version, so that their apply joins the
+/// write's trace. Only a leader registers (its pipeline is one delta deep); a follower's
+/// applies have no trace to join.
+#[derive(Clone, Default)]
+pub struct ApplySpans(Arc<std::sync::Mutex<std::collections::HashMap<u64, tracing::Span>>>);
+
+impl ApplySpans {
+    pub fn register(&self, base_version: u64, span: tracing::Span) {
+        self.lock().insert(base_version, span);
+    }
+
+    pub fn forget(&self, base_version: u64) {
+        self.lock().remove(&base_version);
+    }
+
+    fn get(&self, base_version: u64) -> Option<tracing::Span> {
+        self.lock().get(&base_version).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tracing::Span>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -65,6 +90,11 @@ fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageEr
 }
 
 impl StateMachine {
+    /// Where the write path registers the spans of its proposals (see [`ApplySpans`]).
+    pub fn apply_spans(&self) -> ApplySpans {
+        self.apply_spans.clone()
+    }
+
     /// Opens the state machine over `db`. `applied_tx` publishes the applied log index for reads
     /// that wait for it.
     ///
@@ -92,6 +122,7 @@ impl StateMachine {
             db_version,
             receiving: None,
             applied_tx,
+            apply_spans: ApplySpans::default(),
         };
         if db_version < recorded.db_version {
             tracing::warn!(
@@ -266,8 +297,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             entry.log_id.index
                         ))
                     })?;
-                    let next_version = delta.base_version + 1;
-                    match self.db.apply(Arc::new(delta)).await {
+                    let base_version = delta.base_version;
+                    let next_version = base_version + 1;
+                    let apply = self.db.apply(Arc::new(delta));
+                    let outcome = match self.apply_spans.get(base_version) {
+                        Some(parent) => {
+                            use tracing::Instrument;
+                            let index = entry.log_id.index;
+                            apply
+                                .instrument(
+                                    tracing::info_span!(parent: &parent, "raft.apply", index),
+                                )
+                                .await
+                        }
+                        None => apply.await,
+                    };
+                    match outcome {
                         Ok(ApplyOutcome::Applied) => {
                             self.db_version = next_version;
                             ApplyResult::Applied

@@ -1,0 +1,212 @@
+//! t90: `raftlite migrate` against real nodes, the way Kubernetes runs it — from every pod's
+//! init container and every app replica at once. Each file is applied exactly once, a second
+//! run changes nothing, an edited applied file is refused with both checksums, and a failing
+//! migration leaves nothing behind and stops the run.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cluster_tests::{init_tracing, raftlite_binary, Cluster, ClusterOptions, Consistency};
+use cluster_tests::{Client, Statement};
+use tracing::info;
+
+const CREATE: &str = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n\
+                      CREATE TABLE events (note TEXT);\n";
+/// Not idempotent: applied twice, it would leave two rows.
+const SEED: &str = "INSERT INTO events VALUES ('seeded; once');\n\
+                    INSERT INTO accounts (name) VALUES ('alice'), ('bob');\n";
+const INDEX: &str =
+    "-- names are looked up often\nCREATE INDEX accounts_name ON accounts (name);\n";
+
+async fn migrate(addrs: &str, dir: &Path) -> Output {
+    tokio::process::Command::new(raftlite_binary())
+        .args(["migrate", "--addr", addrs, "--wait-s", "20"])
+        .arg(dir)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run raftlite migrate")
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[track_caller]
+fn assert_success(out: &Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stdout_lines(out)
+}
+
+async fn scalar(client: &Client, sql: &str) -> i64 {
+    let rows = client
+        .query_with(Statement::new(sql), Consistency::Linearizable, 0)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.rows[0].get(0).expect("an integer")
+}
+
+async fn table_exists(client: &Client, name: &str) -> bool {
+    scalar(
+        client,
+        &format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{name}'"),
+    )
+    .await
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_apply_once_from_everywhere() {
+    init_tracing();
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let dir = tempfile::tempdir().expect("migrations dir");
+    let write = |name: &str, sql: &str| {
+        std::fs::write(dir.path().join(name), sql).expect("write a migration file");
+    };
+    write("0001_create.sql", CREATE);
+    write("0002_seed.sql", SEED);
+    write("0003_add_index.sql", INDEX);
+    let addr = |id: u64| cluster.node(id).addr().to_string();
+
+    info!(
+        "phase 1: four concurrent runs against different nodes (init containers starting together)"
+    );
+    let ids = cluster.ids();
+    let targets: Vec<String> = (0..4).map(|i| addr(ids[i % ids.len()])).collect();
+    let handles: Vec<_> = targets
+        .into_iter()
+        .map(|a| {
+            let d = dir.path().to_path_buf();
+            tokio::spawn(async move { migrate(&a, &d).await })
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for handle in handles {
+        runs.push(handle.await.expect("migrate task"));
+    }
+    let mut applied = std::collections::BTreeMap::<String, usize>::new();
+    for out in &runs {
+        let lines = assert_success(out);
+        assert_eq!(lines.len(), 3, "one line per file: {lines:?}");
+        for line in lines {
+            if let Some(rest) = line.strip_prefix("applied ") {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                *applied.entry(name.to_owned()).or_default() += 1;
+            } else {
+                assert!(line.starts_with("already applied "), "{line}");
+            }
+        }
+    }
+    info!(?applied, "runs finished");
+    assert!(
+        applied.values().all(|&n| n <= 1),
+        "a file applied twice: {applied:?}"
+    );
+    assert_eq!(scalar(&client, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM accounts").await, 2);
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM raftlite_migrations").await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'accounts_name'"
+        )
+        .await,
+        1
+    );
+
+    info!("phase 2: running again changes nothing");
+    let follower = *ids.iter().find(|&&id| id != leader).expect("a follower");
+    let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
+    assert_eq!(
+        lines,
+        [
+            "already applied 0001_create.sql",
+            "already applied 0002_seed.sql",
+            "already applied 0003_add_index.sql"
+        ]
+    );
+    assert_eq!(scalar(&client, "SELECT count(*) FROM events").await, 1);
+
+    info!("phase 3: a new file is applied alone, through a follower");
+    write("0004_audit.sql", "CREATE TABLE audit (at TEXT);");
+    let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[3].starts_with("applied 0004_audit.sql log_index="),
+        "{lines:?}"
+    );
+    assert!(table_exists(&client, "audit").await);
+
+    info!("phase 4: an applied file that was edited is refused, naming it and both checksums");
+    write("0002_seed.sql", &format!("{SEED}-- edited\n"));
+    write("0005_later.sql", "CREATE TABLE later (x);");
+    let out = migrate(&addr(leader), dir.path()).await;
+    assert!(!out.status.success(), "an edited file must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("0002_seed.sql was changed after it was applied"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("sha256 ").count(),
+        2,
+        "both checksums: {stderr}"
+    );
+    assert!(!table_exists(&client, "later").await, "nothing applied");
+    write("0002_seed.sql", SEED);
+    std::fs::remove_file(dir.path().join("0005_later.sql")).expect("remove");
+
+    info!("phase 5: a failing migration leaves nothing behind and stops the run");
+    write(
+        "0005_broken.sql",
+        "CREATE TABLE half (x);\nINSERT INTO half VALUES (1);\nINSERT INTO missing VALUES (1);\n",
+    );
+    write("0006_after.sql", "CREATE TABLE after_broken (x);");
+    let out = migrate(&addr(follower), dir.path()).await;
+    assert!(!out.status.success(), "a failing migration fails the run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0005_broken.sql failed"), "{stderr}");
+    assert!(stderr.contains("missing"), "SQLite's message: {stderr}");
+    assert!(
+        !table_exists(&client, "half").await,
+        "rolled back as a whole"
+    );
+    assert!(
+        !table_exists(&client, "after_broken").await,
+        "the run stopped"
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM raftlite_migrations").await,
+        4
+    );
+
+    info!("phase 6: the fixed migration and the next one apply");
+    write(
+        "0005_broken.sql",
+        "CREATE TABLE half (x);\nINSERT INTO half VALUES (1);\n",
+    );
+    let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
+    assert!(lines[4].starts_with("applied 0005_broken.sql"), "{lines:?}");
+    assert!(lines[5].starts_with("applied 0006_after.sql"), "{lines:?}");
+    assert_eq!(scalar(&client, "SELECT count(*) FROM half").await, 1);
+
+    info!("phase 7: every replica holds the same pages");
+    cluster.assert_identical_pages().await;
+}

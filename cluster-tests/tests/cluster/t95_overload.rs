@@ -1,0 +1,137 @@
+//! t95: overload. A node flooded with more slow requests than `--max-concurrent-requests`
+//! refuses the excess at once with RESOURCE_EXHAUSTED instead of queueing them, cuts the
+//! admitted ones off at `--request-timeout-ms` with DEADLINE_EXCEEDED, keeps Raft traffic and
+//! forwarded writes flowing (no election, a write through a follower commits), and serves
+//! normally once the flood is over.
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::{client::Error, Statement};
+use cluster_tests::{init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency};
+use tracing::info;
+
+const LIMIT: usize = 3;
+const FLOOD: usize = 12;
+/// Far more work than fits in the server's deadline on any machine.
+const SLOW_QUERY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                          WHERE x < 20000000) SELECT count(*) FROM c";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooded_node_sheds_quickly_and_keeps_serving() {
+    init_tracing();
+    let options = ClusterOptions {
+        extra_args: vec![
+            "--max-concurrent-requests".into(),
+            LIMIT.to_string(),
+            "--request-timeout-ms".into(),
+            "1000".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let follower = *cluster
+        .ids()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    let client = cluster.client();
+    client
+        .exec("CREATE TABLE hits (n INTEGER)", Vec::<i64>::new())
+        .await
+        .expect("create the table");
+    let term = cluster.status_of(leader).await.expect("status").term;
+
+    info!(
+        leader,
+        FLOOD, LIMIT, "phase 1: flood the leader with slow queries, one attempt each"
+    );
+    // No retries, a deadline far beyond the server's: what comes back is the server's answer.
+    let once = Client::with_options(
+        [cluster.node(leader).endpoint()],
+        ClientOptions {
+            request_timeout: Duration::from_secs(60),
+            retry_deadline: Duration::ZERO,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..FLOOD {
+        let once = once.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = once
+                .query_with(Statement::new(SLOW_QUERY), Consistency::Stale, 0)
+                .await;
+            let _ = tx.send((result.map(|_| ()), started.elapsed()));
+        });
+    }
+    drop(tx);
+
+    info!("phase 2: while the leader is saturated, a write through a follower still commits");
+    let forwarded = cluster
+        .client_for(follower)
+        .exec("INSERT INTO hits VALUES (?1)", [1_i64])
+        .await;
+
+    let mut shed = Vec::new();
+    let mut admitted = Vec::new();
+    while let Some((result, at)) = rx.recv().await {
+        match result {
+            Err(Error::Status {
+                code: tonic::Code::ResourceExhausted,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("max_concurrent_requests"), "{message}");
+                shed.push(at);
+            }
+            Err(Error::Status {
+                code: tonic::Code::DeadlineExceeded,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("request_timeout_ms"), "{message}");
+                admitted.push(at);
+            }
+            Ok(()) => admitted.push(at),
+            Err(other) => panic!("unexpected answer to a slow query: {other:?}"),
+        }
+    }
+    info!(?shed, ?admitted, "flood answered");
+    assert_eq!(admitted.len(), LIMIT, "exactly the limit is admitted");
+    assert_eq!(shed.len(), FLOOD - LIMIT, "the rest is refused");
+    let last_shed = shed.iter().max().expect("some were shed");
+    let first_admitted = admitted.iter().min().expect("some were admitted");
+    assert!(
+        last_shed < first_admitted,
+        "refusals must not queue behind admitted requests: last refusal at {last_shed:?}, \
+         first admitted answer at {first_admitted:?}"
+    );
+    assert!(
+        *first_admitted >= Duration::from_millis(1000),
+        "admitted requests run until request_timeout_ms"
+    );
+    let forwarded = forwarded.expect("a forwarded write is Raft traffic and is never shed");
+    assert!(forwarded.log_index > 0);
+
+    info!("phase 3: the flood is over; the node serves as before, with no election in between");
+    let direct = cluster.client_for(leader);
+    direct
+        .exec("INSERT INTO hits VALUES (?1)", [2_i64])
+        .await
+        .expect("a write on the leader after the flood");
+    let rows = direct
+        .query("SELECT count(*) FROM hits", Vec::<i64>::new())
+        .await
+        .expect("a read on the leader after the flood");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 2);
+    let status = cluster.status_of(leader).await.expect("status");
+    assert_eq!(status.term, term, "the flood caused no election");
+    assert_eq!(status.leader, leader);
+}

@@ -1,0 +1,339 @@
+//! Overload protection for the public services, as a `tower` layer in front of every route.
+//!
+//! - **Concurrency limit and load shedding.** At most `max_concurrent_requests` public
+//!   requests (`raftlite.v1.Sql`, `raftlite.v1.Admin`, reflection) run at once. One more is
+//!   refused at once with RESOURCE_EXHAUSTED — no queue: a queue in front of a saturated node
+//!   only turns overload into latency and then into timeouts for everyone. The client sees
+//!   the refusal in microseconds and can back off or try another node.
+//! - **Deadlines.** A public request gets the client's deadline (`grpc-timeout`) or the server
+//!   default `request_timeout_ms`, whichever is shorter; past it the handler is dropped and
+//!   the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
+//!   group-commit queue already): retrying with the same request id returns its real result.
+//! - **Exempt:** the peer service (`raftlite.v1.Peer`: Raft votes, appends, snapshots and
+//!   writes a follower forwards, which that follower already admitted) and `grpc.health.v1`
+//!   (a probe that failed under load would get a busy pod restarted). Shedding Raft traffic
+//!   would turn a load spike into elections.
+//! - Request size: `max_request_bytes`, checked by the handlers (RESOURCE_EXHAUSTED).
+//!
+//! # Key decisions and trade-offs
+//! - Our own small `tower::Service` rather than tower's `ConcurrencyLimit` + `LoadShed`:
+//!   tonic's `Server::layer` wraps every route, and those layers cannot tell Raft traffic from
+//!   client traffic; one per-path check keeps one semaphore for the public routes.
+//! - The permit is held until the handler returns its response. A query streams its later
+//!   row batches after that, bounded by the read pool (`read_threads`) instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+use crate::metrics::Metrics;
+
+/// The path prefixes of services that are never limited.
+const EXEMPT_PREFIXES: [&str; 2] = ["/raftlite.v1.Peer/", "/grpc.health.v1.Health/"];
+
+/// Settings of [`LimitsLayer`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+}
+
+/// Applies [`Limits`] to the public routes of a tonic server.
+#[derive(Clone)]
+pub struct LimitsLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    permits: Arc<Semaphore>,
+    limits: Limits,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl LimitsLayer {
+    pub fn new(limits: Limits, metrics: Option<Arc<Metrics>>) -> Self {
+        LimitsLayer {
+            shared: Arc::new(Shared {
+                permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                limits,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LimitsLayer {
+    type Service = LimitedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitedService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LimitedService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for LimitedService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Box::pin(self.inner.call(request));
+        }
+        let shared = &self.shared;
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            if let Some(m) = &shared.metrics {
+                m.request_shed();
+            }
+            let status = Status::resource_exhausted(format!(
+                "the node is overloaded: {} requests are in progress \
+                 (max_concurrent_requests); retry with backoff or on another node",
+                shared.limits.max_concurrent_requests
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let limit = shared.limits.request_timeout;
+        let deadline = match grpc_timeout(request.headers()) {
+            Some(client) if client < limit => client,
+            _ => limit,
+        };
+        let metrics = shared.metrics.clone();
+        // The clone is ready only if polled; the one we polled goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let _permit = permit;
+            match tokio::time::timeout(deadline, inner.call(request)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    if let Some(m) = &metrics {
+                        m.request_deadline_exceeded();
+                    }
+                    Ok(Status::deadline_exceeded(format!(
+                        "the request did not complete within {} ms (the client's deadline or \
+                         request_timeout_ms); a write may still commit: retry it with the same \
+                         request id",
+                        deadline.as_millis()
+                    ))
+                    .into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header: up to 8 digits and a unit
+/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). Malformed: ignored.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    fn headers(timeout: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "grpc-timeout",
+            http::HeaderValue::from_str(timeout).expect("ascii"),
+        );
+        h
+    }
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            grpc_timeout(&headers("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("2H")),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(grpc_timeout(&headers("1M")), Some(Duration::from_secs(60)));
+        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "5", "5s", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    /// A handler that takes as long as the request's `x-sleep-ms` header says.
+    fn slow_service() -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<String>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|req: http::Request<()>| async move {
+            let ms: u64 = req
+                .headers()
+                .get("x-sleep-ms")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(http::Response::new("done".to_owned()))
+        })
+    }
+
+    fn request(path: &str, sleep_ms: u64) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .header("x-sleep-ms", sleep_ms.to_string())
+            .body(())
+            .expect("request")
+    }
+
+    fn grpc_status(response: &http::Response<String>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_refused_at_once_and_peers_pass() {
+        let layer = LimitsLayer::new(
+            Limits {
+                max_concurrent_requests: 2,
+                request_timeout: Duration::from_secs(600),
+            },
+            None,
+        );
+        let svc = layer.layer(slow_service());
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(svc.oneshot(request("/raftlite.v1.Sql/Query", 1000)))
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // Both permits are taken: the next public request is refused without waiting.
+        let refused = svc
+            .clone()
+            .oneshot(request("/raftlite.v1.Sql/Execute", 0))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED");
+        // Raft traffic and health checks are not counted.
+        for path in [
+            "/raftlite.v1.Peer/AppendEntries",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            let ok = svc.clone().oneshot(request(path, 0)).await.expect("ok");
+            assert_eq!(grpc_status(&ok), None, "{path}");
+        }
+        for handle in slow {
+            let done = handle.await.expect("task").expect("infallible");
+            assert_eq!(grpc_status(&done), None);
+        }
+        // The permits are back.
+        let ok = svc
+            .clone()
+            .oneshot(request("/raftlite.v1.Sql/Execute", 0))
+            .await
+            .expect("ok");
+        assert_eq!(grpc_status(&ok), None);
+    }
+
+    #[tokio::test]
+    async fn deadlines_come_from_the_client_or_the_server_default() {
+        let layer = LimitsLayer::new(
+            Limits {
+                max_concurrent_requests: 8,
+                request_timeout: Duration::from_millis(100),
+            },
+            None,
+        );
+        let mut svc = layer.layer(slow_service());
+        let late = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(request("/raftlite.v1.Sql/Query", 60_000))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&late), Some("4"), "DEADLINE_EXCEEDED");
+        let layer = LimitsLayer::new(
+            Limits {
+                max_concurrent_requests: 8,
+                request_timeout: Duration::from_secs(600),
+            },
+            None,
+        );
+        let mut svc = layer.layer(slow_service());
+        let mut with_client_deadline = request("/raftlite.v1.Sql/Query", 60_000);
+        with_client_deadline
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("100m"));
+        let late = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(with_client_deadline)
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&late), Some("4"));
+        let in_time = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(request("/raftlite.v1.Sql/Query", 1))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&in_time), None);
+    }
+}
