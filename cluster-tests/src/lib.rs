@@ -23,14 +23,19 @@
 mod binary;
 mod checker;
 mod cluster;
+mod convergence;
+pub mod docker;
+mod load;
 mod node;
 mod pages;
 mod s3;
 mod wait;
 
-pub use binary::raftlite_binary;
+pub use binary::{counter_binary, raftlite_binary};
 pub use checker::{CheckReport, Checker};
 pub use cluster::{Cluster, ClusterOptions};
+pub use docker::{DockerCluster, DockerOptions};
+pub use load::{LoadLimits, LoadReport, WriteLoad};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};

@@ -21,3 +21,5 @@ mod t50_archive_restore;
 mod t60_probes_metrics;
 #[path = "cluster/t70_compose.rs"]
 mod t70_compose;
+#[path = "cluster/t80_chaos.rs"]
+mod t80_chaos;
