@@ -15,6 +15,12 @@
 //! * volume `RUN-data-raftlite-i` per pod, read from the host for the page comparison.
 //!
 //! Both networks are `--internal`: the containers reach nothing but each other and the host.
+//!
+//! Names resolve the way Kubernetes resolves them, not the way Docker does: every container
+//! gets the pods' names in `/etc/hosts` (`--add-host`, fixed addresses). Docker's embedded
+//! DNS, on an internal network, does not answer at all for the name of a stopped container
+//! (the lookup hangs until the resolver's 2 x 5 s timeout), where the cluster DNS answers at
+//! once; with it every connection attempt to a dead pod would stall for 10 s.
 //! Faults are explicit `docker` commands: kill (SIGKILL), stop (SIGTERM), delete a pod and
 //! create it again (what the StatefulSet controller does), delete its volume, partition and
 //! heal. Dropping the cluster removes its containers, volumes and networks (by label); if the
@@ -456,6 +462,12 @@ impl DockerCluster {
         for (k, v) in self.pod_env(ordinal) {
             args.extend(["--env".into(), format!("{k}={v}")]);
         }
+        for peer in &self.pods {
+            args.extend([
+                "--add-host".into(),
+                format!("raftlite-{}.{HEADLESS}:{}", peer.ordinal, peer.peer_ip),
+            ]);
+        }
         args.extend([self.images.raftlite.clone(), "serve".into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args).await?;
@@ -733,7 +745,10 @@ impl DockerCluster {
             .map(|i| format!("raftlite-{i}:{GRPC_PORT}"))
             .collect::<Vec<_>>()
             .join(",");
-        docker(&[
+        let ip_arg = ip.to_string();
+        let env_addr = format!("RAFTLITE_ADDR={raftlite_addr}");
+        let env_port = format!("PORT={COUNTER_PORT}");
+        let mut args: Vec<&str> = vec![
             "run",
             "--detach",
             "--name",
@@ -745,11 +760,11 @@ impl DockerCluster {
             "--network",
             &self.clients_net,
             "--ip",
-            &ip.to_string(),
+            &ip_arg,
             "--env",
-            &format!("RAFTLITE_ADDR={raftlite_addr}"),
+            &env_addr,
             "--env",
-            &format!("PORT={COUNTER_PORT}"),
+            &env_port,
             "--user",
             "10001:10001",
             "--read-only",
@@ -757,9 +772,17 @@ impl DockerCluster {
             "ALL",
             "--security-opt",
             "no-new-privileges:true",
-            &self.images.counter,
-        ])
-        .await?;
+        ];
+        let hosts: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| format!("raftlite-{}:{}", p.ordinal, p.client_ip))
+            .collect();
+        for host in &hosts {
+            args.extend(["--add-host", host]);
+        }
+        args.push(&self.images.counter);
+        docker(&args).await?;
         self.counter = Some(container);
         let counter = Counter {
             addr: SocketAddr::from((ip, COUNTER_PORT)),
