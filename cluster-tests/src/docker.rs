@@ -446,6 +446,11 @@ impl DockerCluster {
             &format!("{volume}:/var/lib/raftlite"),
             "--volume",
             &format!("{}:/etc/raftlite/raftlite.yaml:ro", config.display()),
+            // A node that exits on a fatal error is restarted, as the kubelet restarts a
+            // crashed container (compose: `restart: unless-stopped`). `docker kill` and
+            // `docker stop` count as explicit stops: the scenario starts the pod again.
+            "--restart",
+            "unless-stopped",
             // The chart's securityContext.
             "--user",
             "10001:10001",
@@ -566,6 +571,37 @@ impl DockerCluster {
         ])
         .await?;
         self.pod_mut(id).partitioned = false;
+        Ok(())
+    }
+
+    /// Fails, with the log of each, if a pod's container exited by itself and was restarted
+    /// (a node stops on a fatal error, expecting the kubelet to restart it). Pods the scenario
+    /// deleted and created again start counting anew.
+    pub async fn ensure_no_crash(&self) -> anyhow::Result<()> {
+        let mut crashed = Vec::new();
+        for pod in self.pods.iter().filter(|p| p.state != PodState::Absent) {
+            let restarts: u64 =
+                docker(&["inspect", "--format", "{{.RestartCount}}", &pod.container])
+                    .await?
+                    .parse()
+                    .context("parse RestartCount")?;
+            if restarts > 0 {
+                let logs = container_logs(&pod.container, 60).await?;
+                let fatal: Vec<&str> = logs
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+                    .take(10)
+                    .collect();
+                crashed.push(format!(
+                    "raftlite-{} exited by itself and was restarted {restarts} time(s); its errors:\n    {}",
+                    pod.ordinal,
+                    fatal.join("\n    ")
+                ));
+            }
+        }
+        if !crashed.is_empty() {
+            bail!("{}", crashed.join("\n"));
+        }
         Ok(())
     }
 
@@ -755,6 +791,8 @@ impl DockerCluster {
             &container,
             "--hostname",
             "counter",
+            "--restart",
+            "unless-stopped",
             "--label",
             &self.label,
             "--network",

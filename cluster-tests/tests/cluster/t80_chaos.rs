@@ -153,6 +153,10 @@ impl Chaos {
             .verify(&self.checker)
             .await
             .unwrap_or_else(|e| panic!("audit: {e:#}"));
+        self.cluster
+            .ensure_no_crash()
+            .await
+            .unwrap_or_else(|e| panic!("a node crashed during the scenario: {e:#}"));
         let (pages, index) = self
             .cluster
             .ensure_identical_pages()
