@@ -18,7 +18,8 @@
 //!
 //! The binary comes from `RAFTLITE_BIN`, else `<target>/debug/raftlite` where `<target>` is
 //! `CARGO_TARGET_DIR` or the workspace's `target/`. Build it first: see the README's test
-//! command (`cargo build -p raftlite && cargo test -p cluster-tests -- --test-threads=1`).
+//! command (`cargo build -p raftlite -p raftlite-counter && cargo test -p cluster-tests --
+//! --test-threads=1`). The Docker scenarios (t80, [`docker`]) also need Docker.
 
 mod binary;
 mod checker;

@@ -1,7 +1,7 @@
 //! Scenario tests against real `raftlite serve` processes, one integration-test binary.
 //!
 //! Build the server first, then run them one at a time (each starts its own cluster):
-//! `cargo build -p raftlite && cargo test -p cluster-tests -- --test-threads=1 --nocapture`
+//! `cargo build -p raftlite -p raftlite-counter && cargo test -p cluster-tests -- --test-threads=1 --nocapture`
 //!
 //! Scenario files are numbered by theme; each reads as phases, one `tracing::info!` per phase.
 
