@@ -119,6 +119,7 @@ fn build_images() -> anyhow::Result<Images> {
         ("raftlite", crate::raftlite_binary(), RAFTLITE_IMAGE),
         ("counter", crate::counter_binary(), COUNTER_IMAGE),
     ] {
+        let previous = docker_blocking(&["image", "inspect", "--format", "{{.Id}}", tag]).ok();
         let output = std::process::Command::new(&script)
             .arg(tag)
             .env("APP", app)
@@ -137,6 +138,12 @@ fn build_images() -> anyhow::Result<Images> {
             String::from_utf8_lossy(&output.stderr)
         );
         tracing::info!(tag, binary = %binary.display(), "image built FROM scratch");
+        // A rebuilt binary leaves the tag's previous image dangling: remove it (unless a
+        // container still uses it) so that repeated runs do not fill the disk.
+        let current = docker_blocking(&["image", "inspect", "--format", "{{.Id}}", tag])?;
+        if let Some(previous) = previous.filter(|p| *p != current) {
+            let _ = docker_blocking(&["image", "rm", &previous]);
+        }
     }
     Ok(Images {
         raftlite: RAFTLITE_IMAGE.into(),

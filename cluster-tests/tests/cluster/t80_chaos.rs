@@ -401,6 +401,11 @@ async fn pod_and_volume_deleted_resyncs_from_peers() {
         .wait_ready(victim, WITHIN)
         .await
         .expect("the pod is ready again");
+    let logs = chaos.cluster.logs(victim, 200).await.expect("logs");
+    assert!(
+        logs.contains("joined cluster"),
+        "the pod started empty and adopted the cluster's identity from its peers:\n{logs}"
+    );
     chaos.progress(50, "writes after the re-sync").await;
 
     info!("phase 4: stop the load and audit");
