@@ -121,6 +121,9 @@ impl Chaos {
         );
         assert!(load.acked > 0, "the load wrote nothing");
         assert!(visits.ok > 0, "no visit succeeded");
+        if !load.errors.is_empty() || !visits.errors.is_empty() {
+            tracing::warn!(writes = ?load.errors, visits = ?visits.errors, "failures beyond the clients' retries");
+        }
         if strict {
             assert_eq!(
                 load.failed, 0,
