@@ -19,7 +19,7 @@ run config:
 
 # Unit tests, openraft's storage suite, and the cluster scenarios with real node processes.
 test:
-    cargo build -p raftlite
+    cargo build -p raftlite -p raftlite-counter
     cargo test --workspace --exclude cluster-tests
     cargo test -p cluster-tests -- --test-threads=1
 
@@ -27,6 +27,13 @@ test:
 bench-archive:
     cargo build -p raftlite
     cargo test -p cluster-tests -- --test-threads=1 --nocapture t50_archive_restore::s3 t50_archive_restore::large
+
+# Chaos soak in Docker: hundreds of random faults (kill, delete, wipe, partition, restart) under
+# load, then the full audit; prints the fault counts. RAFTLITE_SOAK_FAULTS (200),
+# RAFTLITE_SOAK_MINUTES (60) and RAFTLITE_SOAK_SEED change it.
+soak faults="200":
+    cargo build -p raftlite -p raftlite-counter
+    RAFTLITE_SOAK_FAULTS={{faults}} cargo test -p cluster-tests -- --test-threads=1 --nocapture --ignored t80_chaos::soak
 
 # Formatting and lints.
 lint:

@@ -1,4 +1,4 @@
-//! Finding the `raftlite` binary under test.
+//! Finding the binaries under test.
 
 use std::path::{Path, PathBuf};
 
@@ -9,11 +9,26 @@ use std::path::{Path, PathBuf};
 /// Panics with the command to run when the binary does not exist: cargo cannot build another
 /// package's binary for an integration test, so the README's test command builds it first.
 pub fn raftlite_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("RAFTLITE_BIN") {
+    target_binary("raftlite", "RAFTLITE_BIN", "raftlite")
+}
+
+/// The example counter app (`examples/counter`) for the Docker scenarios:
+/// `RAFTLITE_COUNTER_BIN` if set, else `<target>/debug/raftlite-counter` (see
+/// [`raftlite_binary`]).
+pub fn counter_binary() -> PathBuf {
+    target_binary(
+        "raftlite-counter",
+        "RAFTLITE_COUNTER_BIN",
+        "raftlite-counter",
+    )
+}
+
+fn target_binary(name: &str, env: &str, package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         assert!(
             path.is_file(),
-            "RAFTLITE_BIN={} does not exist or is not a file",
+            "{env}={} does not exist or is not a file",
             path.display()
         );
         return path;
@@ -33,11 +48,11 @@ pub fn raftlite_binary() -> PathBuf {
             }
         })
         .unwrap_or_else(|| workspace.join("target"));
-    let path = target.join("debug").join("raftlite");
+    let path = target.join("debug").join(name);
     assert!(
         path.is_file(),
-        "the raftlite binary is missing at {}: build it first with `cargo build -p raftlite` \
-         (same CARGO_TARGET_DIR), or point RAFTLITE_BIN at one",
+        "the {name} binary is missing at {}: build it first with `cargo build -p {package}` \
+         (same CARGO_TARGET_DIR), or point {env} at one",
         path.display()
     );
     path

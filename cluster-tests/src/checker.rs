@@ -169,16 +169,31 @@ impl Checker {
             .wait_converged(Duration::from_secs(30))
             .await
             .context("converge before the audit")?;
+        let nodes: Vec<(u64, Client)> = cluster
+            .started_ids()
+            .into_iter()
+            .map(|id| (id, cluster.client_for(id)))
+            .collect();
+        self.audit(applied_index, &nodes).await
+    }
+
+    /// The audit of [`Checker::verify`] on a cluster that has converged at `applied_index`:
+    /// reads the table through each `(node id, client bound to that node)` with a stale read.
+    pub async fn audit(
+        &self,
+        applied_index: u64,
+        clients: &[(u64, Client)],
+    ) -> anyhow::Result<CheckReport> {
         let (sent, acked) = {
             let ledger = self.ledger();
             (ledger.sent.clone(), ledger.acked.clone())
         };
-        let nodes = cluster.started_ids();
+        let nodes: Vec<u64> = clients.iter().map(|(id, _)| *id).collect();
         let mut problems = Vec::new();
         let mut applied_unacked: Option<BTreeSet<String>> = None;
-        for &id in &nodes {
-            let rows = cluster
-                .client_for(id)
+        for (id, client) in clients {
+            let id = *id;
+            let rows = client
                 .query_with(
                     Statement::new(format!("SELECT k, v FROM {}", self.table)),
                     Consistency::Stale,

@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context};
 use raftlite_client::proto::v1::StatusResponse;
 use raftlite_client::{Client, ClientOptions};
 
+use crate::convergence::{agreed_leader, converged_index};
 use crate::node::NodeProcess;
 use crate::pages::{PageDigests, PageImage};
 use crate::wait::wait_until;
@@ -272,33 +273,7 @@ impl Cluster {
     }
 
     async fn established_leader(&self) -> anyhow::Result<u64> {
-        let statuses = self.statuses().await?;
-        let named: Vec<u64> = statuses.iter().map(|(_, s)| s.leader).collect();
-        let leader = named[0];
-        ensure!(leader != 0, "node {} knows no leader", statuses[0].0);
-        ensure!(
-            named.iter().all(|l| *l == leader),
-            "nodes disagree on the leader: {:?}",
-            statuses
-                .iter()
-                .map(|(id, s)| (*id, s.leader))
-                .collect::<Vec<_>>()
-        );
-        let (_, own) = statuses
-            .iter()
-            .find(|(id, _)| *id == leader)
-            .with_context(|| format!("the named leader {leader} is not running"))?;
-        let role = own
-            .nodes
-            .iter()
-            .find(|n| n.id == leader)
-            .map(|n| n.role.as_str())
-            .unwrap_or("");
-        ensure!(
-            role == "leader",
-            "node {leader} is named leader but reports role {role:?}"
-        );
-        Ok(leader)
+        agreed_leader(&self.statuses().await?)
     }
 
     /// Status from every started node, failing fast (see [`crate::wait::Fatal`]) when one of
@@ -321,38 +296,7 @@ impl Cluster {
     /// Call it once writes have stopped; under load it may never hold.
     pub async fn wait_converged(&self, within: Duration) -> anyhow::Result<u64> {
         let index = wait_until("all running nodes to converge", within, || async {
-            let leader = self.established_leader().await?;
-            let statuses = self.statuses().await?;
-            let (_, lead) = statuses
-                .iter()
-                .find(|(id, _)| *id == leader)
-                .context("the leader stopped answering")?;
-            let target = lead.applied_index;
-            ensure!(
-                lead.commit_index == target,
-                "leader {leader} has applied {target} of {} committed",
-                lead.commit_index
-            );
-            for (id, status) in &statuses {
-                ensure!(
-                    status.applied_index == target,
-                    "node {id} has applied {} of the leader's {target}",
-                    status.applied_index
-                );
-                let seen = lead
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == *id)
-                    .with_context(|| format!("the leader's status does not list node {id}"))?;
-                ensure!(
-                    seen.lag == 0 && seen.applied_index == target,
-                    "the leader sees node {id} as {} at {} with lag {}",
-                    seen.role,
-                    seen.applied_index,
-                    seen.lag
-                );
-            }
-            Ok(Some(target))
+            converged_index(&self.statuses().await?).map(Some)
         })
         .await?;
         tracing::debug!(index, "converged");

@@ -18,19 +18,25 @@
 //!
 //! The binary comes from `RAFTLITE_BIN`, else `<target>/debug/raftlite` where `<target>` is
 //! `CARGO_TARGET_DIR` or the workspace's `target/`. Build it first: see the README's test
-//! command (`cargo build -p raftlite && cargo test -p cluster-tests -- --test-threads=1`).
+//! command (`cargo build -p raftlite -p raftlite-counter && cargo test -p cluster-tests --
+//! --test-threads=1`). The Docker scenarios (t80, [`docker`]) also need Docker.
 
 mod binary;
 mod checker;
 mod cluster;
+mod convergence;
+pub mod docker;
+mod load;
 mod node;
 mod pages;
 mod s3;
 mod wait;
 
-pub use binary::raftlite_binary;
+pub use binary::{counter_binary, raftlite_binary};
 pub use checker::{CheckReport, Checker};
 pub use cluster::{Cluster, ClusterOptions};
+pub use docker::{DockerCluster, DockerOptions};
+pub use load::{LoadLimits, LoadReport, WriteLoad};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};

@@ -2,7 +2,7 @@
 //! through [`S3Proxy`], a TCP forwarder the scenario can take down and bring back (an S3
 //! outage without losing moto's in-memory objects).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +19,19 @@ impl MotoServer {
     /// Starts `moto_server` (from `MOTO_SERVER` or `PATH`) on a free loopback port and waits
     /// until it answers.
     pub fn start() -> anyhow::Result<MotoServer> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        MotoServer::start_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Like [`MotoServer::start`], on a free port of `ip`, a local address such as the
+    /// gateway of a Docker network (so that containers on it reach the server).
+    pub fn start_on(ip: IpAddr) -> anyhow::Result<MotoServer> {
+        let port = TcpListener::bind((ip, 0))
+            .with_context(|| format!("bind a free port on {ip}"))?
+            .local_addr()?
+            .port();
         let program = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", &ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -32,7 +41,7 @@ impl MotoServer {
             })?;
         let server = MotoServer {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(ip, port),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(server.addr).is_err() {

@@ -1,7 +1,7 @@
 //! Scenario tests against real `raftlite serve` processes, one integration-test binary.
 //!
 //! Build the server first, then run them one at a time (each starts its own cluster):
-//! `cargo build -p raftlite && cargo test -p cluster-tests -- --test-threads=1 --nocapture`
+//! `cargo build -p raftlite -p raftlite-counter && cargo test -p cluster-tests -- --test-threads=1 --nocapture`
 //!
 //! Scenario files are numbered by theme; each reads as phases, one `tracing::info!` per phase.
 
@@ -21,6 +21,8 @@ mod t50_archive_restore;
 mod t60_probes_metrics;
 #[path = "cluster/t70_compose.rs"]
 mod t70_compose;
+#[path = "cluster/t80_chaos.rs"]
+mod t80_chaos;
 #[path = "cluster/t90_migrate.rs"]
 mod t90_migrate;
 #[path = "cluster/t95_overload.rs"]
