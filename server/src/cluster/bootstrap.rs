@@ -139,6 +139,9 @@ async fn recover_cluster(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     node.identity().adopt(&restored.cluster_id)?;
+    // Peers that see this leader try to join (cluster/join.rs); hold them off until the
+    // restored state is a snapshot and the log behind it is purged, so they install it.
+    node.set_recovering(true);
     let me = BTreeMap::from([(node.id(), BasicNode::new(&node.config().advertise_addr))]);
     node.raft().initialize(me).await?;
     tracing::info!(
@@ -165,6 +168,17 @@ async fn recover_cluster(
         .purge_log(index)
         .await
         .context("purge the log behind the restored snapshot")?;
+    // `purge_log` only queues the purge: wait until openraft counts the log as purged, so a
+    // member added next is sent the snapshot, not the log from index 1.
+    node.raft()
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= index),
+            "log purged behind the restored snapshot",
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("purge the log behind the restored snapshot: {e}"))?;
+    node.set_recovering(false);
     for (id, addr) in peers.iter().filter(|(id, _)| **id != node.id()) {
         let mut last_report = Instant::now();
         loop {

@@ -52,6 +52,10 @@ pub(crate) struct NodeInner {
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
     peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+    /// Set while whole-cluster recovery has not yet snapshotted the restored state and purged
+    /// the log behind it: a member added before that would replay the log onto an empty
+    /// database instead of installing the snapshot.
+    recovering: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Spans of this leader's proposals, for the apply to join (tracing).
     pub apply_spans: crate::raft::state_machine::ApplySpans,
@@ -129,6 +133,7 @@ impl Node {
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
             peers: Mutex::new(HashMap::new()),
+            recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             apply_spans,
         });
@@ -286,7 +291,24 @@ impl Node {
         Ok(read_log_id.map(|l| l.index).unwrap_or(0))
     }
 
+    /// Marks whole-cluster recovery in progress: membership changes wait (see `recovering`).
+    pub fn set_recovering(&self, recovering: bool) {
+        self.inner
+            .recovering
+            .store(recovering, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<u64, NodeError> {
+        if self
+            .inner
+            .recovering
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(NodeError::unavailable(
+                "the cluster is being restored from the archive; members can join in a moment, retry",
+                None,
+            ));
+        }
         let resp = self
             .inner
             .raft

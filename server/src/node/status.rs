@@ -195,8 +195,12 @@ impl Node {
         };
         let mut request = tonic::Request::new(raftlite_proto::v1::LocalStatusRequest {});
         request.set_timeout(Duration::from_millis(500));
-        match client.local_status(request).await {
-            Ok(r) => {
+        // The bound covers name resolution and connecting too, not only the call: a peer whose
+        // name does not resolve must not stall the whole status.
+        let answer =
+            tokio::time::timeout(Duration::from_millis(500), client.local_status(request)).await;
+        match answer {
+            Ok(Ok(r)) => {
                 let s = r.into_inner();
                 MemberStatus {
                     id,
@@ -208,7 +212,7 @@ impl Node {
                     term: s.term,
                 }
             }
-            Err(_) => unreachable,
+            Ok(Err(_)) | Err(_) => unreachable,
         }
     }
 }
