@@ -141,7 +141,10 @@ pub async fn run(node: Node, archive: Archive, settings: ArchiverSettings) {
         let applied = node.applied_index();
         node.purge_floor()
             .set(applied.saturating_sub(settings.max_held_entries));
+        // A clone of openraft's receiver inherits a "seen" version that is never updated:
+        // mark the current metrics seen, or `changed()` returns at once and the loop spins.
         let mut metrics = node.raft().metrics();
+        metrics.borrow_and_update();
         let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
     }
 }
@@ -187,7 +190,9 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             status.update(|s| s.uploading = false);
             return Ok(());
         }
-        let applied = *applied_rx.borrow();
+        // `borrow_and_update` marks the value seen: with `borrow` the `changed()` wait at the
+        // bottom of the loop returns at once forever and the loop spins.
+        let applied = *applied_rx.borrow_and_update();
         times.observe(applied);
         let tip = session.tip.unwrap_or(0);
         node.purge_floor()
