@@ -72,6 +72,11 @@ pub struct Metrics {
     leader_changes: Counter,
     snapshots: Counter,
     snapshots_received: Counter,
+    archive_archived_index: Gauge,
+    archive_snapshot_index: Gauge,
+    archive_lag_entries: Gauge,
+    archive_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    archive_failing: Gauge,
     write_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     read_duration: Family<ReadLabels, Histogram, fn() -> Histogram>,
     batch_size: Histogram,
@@ -105,6 +110,11 @@ impl Metrics {
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
             snapshots_received: Counter::default(),
+            archive_archived_index: Gauge::default(),
+            archive_snapshot_index: Gauge::default(),
+            archive_lag_entries: Gauge::default(),
+            archive_lag_seconds: Gauge::default(),
+            archive_failing: Gauge::default(),
             write_duration: Family::new_with_constructor(latency_histogram),
             read_duration: Family::new_with_constructor(latency_histogram),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -171,6 +181,32 @@ impl Metrics {
             "snapshots_received",
             "Snapshots streamed to this node by a leader",
             m.snapshots_received.clone(),
+        );
+        r.register(
+            "archive_archived_index",
+            "Highest log index the archive holds without a gap (as this node last saw it)",
+            m.archive_archived_index.clone(),
+        );
+        r.register(
+            "archive_snapshot_index",
+            "Log index of the newest snapshot in the archive",
+            m.archive_snapshot_index.clone(),
+        );
+        r.register(
+            "archive_lag_entries",
+            "Committed entries not archived yet (leader; 0 elsewhere)",
+            m.archive_lag_entries.clone(),
+        );
+        r.register_with_unit(
+            "archive_lag",
+            "Age of the oldest committed entry not archived yet (leader; 0 elsewhere)",
+            Unit::Seconds,
+            m.archive_lag_seconds.clone(),
+        );
+        r.register(
+            "archive_failing",
+            "1 while the last archive upload failed (it is retried with backoff)",
+            m.archive_failing.clone(),
         );
         r.register_with_unit(
             "write_duration",
@@ -254,6 +290,15 @@ impl Metrics {
         self.snapshot_index
             .set(as_i64(m.snapshot.map(|s| s.index).unwrap_or(0)));
         self.ready.set(i64::from(node.readiness().is_ready()));
+        let archive = node.archive_status().get();
+        self.archive_archived_index
+            .set(as_i64(archive.archived_index));
+        self.archive_snapshot_index
+            .set(as_i64(archive.snapshot_index));
+        self.archive_lag_entries.set(as_i64(archive.lag_entries));
+        self.archive_lag_seconds.set(archive.lag_ms as f64 / 1000.0);
+        self.archive_failing
+            .set(i64::from(!archive.last_error.is_empty()));
         let membership = m.membership_config.membership();
         self.voters
             .set(as_i64(membership.voter_ids().count() as u64));

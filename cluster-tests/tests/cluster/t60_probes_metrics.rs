@@ -123,6 +123,24 @@ async fn readiness_liveness_and_metrics() {
     assert!(value(&text, "raftlite_applied_index ") >= 2.0, "{text}");
     assert!(value(&text, "raftlite_commit_index ") >= value(&text, "raftlite_applied_index "));
     assert!(value(&text, "raftlite_write_batch_size_count ") >= 1.0);
+    // The default archive (file://<data_dir>/archive) catches up within its flush interval:
+    // the leader's archive gauges reach the applied index and show no failure.
+    let applied = value(&text, "raftlite_applied_index ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&metrics_addr(&cluster, leader)).await;
+        let archived = value(&text, "raftlite_archive_archived_index ");
+        if archived >= applied {
+            assert_eq!(value(&text, "raftlite_archive_failing "), 0.0, "{text}");
+            assert_eq!(value(&text, "raftlite_archive_lag_entries "), 0.0, "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive gauges never reached applied index {applied}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         value(
             &text,
