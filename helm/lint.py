@@ -3,7 +3,7 @@
 
 Helm's lint renders every template and checks the result, Chart.yaml and values.schema.json.
 It runs on the default values and on variants that switch on the optional parts (archive and
-its Secret, restore init container, ServiceMonitor, hard anti-affinity, no hook, 5 replicas),
+its Secret, ServiceMonitor, hard anti-affinity, no hook, 5 replicas),
 each linted as a copy of the chart whose values.yaml has the overrides merged in.
 
     python3 helm/lint.py        # exit 0: clean; 1: lint found problems; 2: helm-sdkpy missing
@@ -25,13 +25,12 @@ SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
 
 VARIANTS = {
     "defaults": {},
-    "archive+secret+restore": {
+    "archive+secret": {
         "archive": {
             "url": "s3://bucket/raftlite",
             "endpoint": "http://minio:9000",
             "region": "us-east-1",
             "credentials": {"existingSecret": "raftlite-s3"},
-            "restore": {"enabled": True},
         }
     },
     "servicemonitor+hard-affinity": {
