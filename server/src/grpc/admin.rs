@@ -65,6 +65,25 @@ impl AdminService {
             tonic::transport::Endpoint::from_shared(format!("http://{}", hint.addr)).ok()?;
         Some(AdminClient::new(endpoint.connect_lazy()))
     }
+
+    /// Answers with this node's result, or, when this node is not the leader and knows who is,
+    /// with the leader's answer to the same request (`forward`).
+    async fn or_forward<T, Fut>(
+        &self,
+        local: Result<T, NodeError>,
+        forward: impl FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        match local {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(e) => match self.leader_client(&e) {
+                Some(leader) => forward(leader).await,
+                None => Err(node_error_to_status(e)),
+            },
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -84,13 +103,11 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
         validate_new_node(&r)?;
-        match self.node.add_learner(r.node_id, r.addr.clone()).await {
-            Ok(index) => Ok(Response::new(self.membership(index))),
-            Err(e) => match self.leader_client(&e) {
-                Some(mut leader) => leader.add_learner(r).await,
-                None => Err(node_error_to_status(e)),
-            },
-        }
+        let local = self.node.add_learner(r.node_id, r.addr.clone()).await;
+        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
+            leader.add_learner(r).await
+        })
+        .await
     }
 
     async fn add_voter(
@@ -99,13 +116,11 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
         validate_new_node(&r)?;
-        match self.node.add_voter(r.node_id, r.addr.clone()).await {
-            Ok(index) => Ok(Response::new(self.membership(index))),
-            Err(e) => match self.leader_client(&e) {
-                Some(mut leader) => leader.add_voter(r).await,
-                None => Err(node_error_to_status(e)),
-            },
-        }
+        let local = self.node.add_voter(r.node_id, r.addr.clone()).await;
+        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
+            leader.add_voter(r).await
+        })
+        .await
     }
 
     async fn remove_node(
@@ -113,13 +128,11 @@ impl Admin for AdminService {
         request: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
-        match self.node.remove_node(r.node_id).await {
-            Ok(index) => Ok(Response::new(self.membership(index))),
-            Err(e) => match self.leader_client(&e) {
-                Some(mut leader) => leader.remove_node(r).await,
-                None => Err(node_error_to_status(e)),
-            },
-        }
+        let local = self.node.remove_node(r.node_id).await;
+        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
+            leader.remove_node(r).await
+        })
+        .await
     }
 
     async fn transfer_leadership(
@@ -127,15 +140,14 @@ impl Admin for AdminService {
         request: Request<v1::TransferLeadershipRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let r = request.into_inner();
-        match self.node.transfer_leadership(r.node_id).await {
-            Ok(()) => Ok(Response::new(status_to_proto(
-                self.node.cluster_status().await,
-            ))),
-            Err(e) => match self.leader_client(&e) {
-                Some(mut leader) => leader.transfer_leadership(r).await,
-                None => Err(node_error_to_status(e)),
-            },
-        }
+        let local = match self.node.transfer_leadership(r.node_id).await {
+            Ok(()) => Ok(status_to_proto(self.node.cluster_status().await)),
+            Err(e) => Err(e),
+        };
+        self.or_forward(local, |mut leader| async move {
+            leader.transfer_leadership(r).await
+        })
+        .await
     }
 
     async fn trigger_snapshot(
