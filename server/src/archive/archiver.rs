@@ -190,8 +190,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             status.update(|s| s.uploading = false);
             return Ok(());
         }
-        // `borrow_and_update` marks the value seen: with `borrow` the `changed()` wait at the
-        // bottom of the loop returns at once forever and the loop spins.
+        // Marked seen here, so the wait at the bottom of the loop sleeps until the next apply.
         let applied = *applied_rx.borrow_and_update();
         times.observe(applied);
         let tip = session.tip.unwrap_or(0);
