@@ -5,7 +5,8 @@
 //! deltas to its own SQLite file, so replicas are byte-identical. See ARCHITECTURE.md.
 //!
 //! Rooms: `db` (SQLite only), `raft` (the openraft seam), `node` (write path, reads, status),
-//! `grpc` (tonic services), `cluster` (bootstrap, identity, pod identity, joining, re-sync),
+//! `grpc` (public tonic services), `peer` (all node-to-node traffic: the Raft network,
+//! forwarding, read index, identity, joining), `cluster` (bootstrap, identity, pod identity, joining, re-sync),
 //! `archive` (object-store archive and restore), `metrics` (Prometheus), `telemetry` (logs,
 //! OTLP traces, trace-context propagation), `config`, `cli`.
 
@@ -17,6 +18,7 @@ pub mod db;
 pub mod grpc;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod serve;
 pub mod telemetry;

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
-use raftlite_proto::v1::IdentityRequest;
 
 use crate::archive::Archive;
 use crate::node::Node;
@@ -104,20 +103,16 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
         if *id == node.id() {
             continue;
         }
-        let Ok(mut client) = node.inner.peer(addr) else {
+        let Ok(client) = node.inner.peer(addr) else {
             missing.push(*id);
             continue;
         };
-        let mut request = tonic::Request::new(IdentityRequest {});
-        request.set_timeout(Duration::from_secs(1));
-        match client.identity(request).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                if r.initialized || !r.cluster_id.is_empty() {
-                    return Survey::ClusterExists(*id);
-                }
+        match client.identity(Duration::from_secs(1)).await {
+            Some(peer) if peer.initialized || !peer.cluster_id.is_empty() => {
+                return Survey::ClusterExists(*id);
             }
-            Err(_) => missing.push(*id),
+            Some(_) => {}
+            None => missing.push(*id),
         }
     }
     if missing.is_empty() {

@@ -18,12 +18,11 @@
 
 use std::time::{Duration, Instant};
 
-use raftlite_client::{Client, ClientOptions};
-
-use crate::node::Node;
+use crate::node::{LeaderHint, MembershipChange, Node};
 
 const RETRY: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn join(node: Node) {
     if !node.config().auto_join {
@@ -41,46 +40,57 @@ pub async fn join(node: Node) {
     if others.is_empty() {
         return;
     }
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(1),
-        retry_deadline: Duration::from_secs(2),
-        ..ClientOptions::default()
-    };
-    let client = match Client::with_options(others.iter().map(String::as_str), options) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reach the initial members to join the cluster");
-            return;
-        }
-    };
     let mut last_report = Instant::now();
     loop {
-        let waiting = match client.status().await {
-            Ok(status) if status.leader == 0 => "no leader is elected yet".to_owned(),
-            Ok(status) => {
-                if status.nodes.iter().any(|n| n.id == id && n.voter) {
-                    tracing::debug!(node = id, "already a voter of the cluster");
-                    return;
-                }
-                tracing::info!(
-                    node = id, %addr, leader = status.leader,
-                    "not a voter of the running cluster: joining as a learner, then voter"
-                );
-                match client.add_voter(id, addr.clone()).await {
-                    Ok(m) => {
-                        tracing::info!(node = id, voters = ?m.voters, "joined the cluster as a voter");
-                        return;
-                    }
-                    Err(e) => format!("AddVoter failed: {e}"),
-                }
-            }
-            Err(e) => format!("no initial member answered: {e}"),
+        let waiting = match ask_to_join(&node, &others, &addr).await {
+            Ok(()) => return,
+            Err(reason) => reason,
         };
         if last_report.elapsed() >= REPORT_EVERY {
             tracing::info!(node = id, reason = %waiting, "waiting to join the cluster");
             last_report = Instant::now();
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One round: find the leader through the initial members and ask it to add this node.
+/// `Ok` once this node is a voter; otherwise why it is not (yet).
+async fn ask_to_join(node: &Node, others: &[String], addr: &str) -> Result<(), String> {
+    let id = node.id();
+    let mut leader = None;
+    for member in others {
+        let Ok(client) = node.inner.peer(member) else {
+            continue;
+        };
+        if let Some(peer) = client.identity(ASK_TIMEOUT).await {
+            if peer.voters.contains(&id) {
+                tracing::debug!(node = id, "already a voter of the cluster");
+                return Ok(());
+            }
+            if let Some(l) = peer.leader {
+                leader = Some(l);
+                break;
+            }
+        }
+    }
+    let Some(leader): Option<LeaderHint> = leader else {
+        return Err("no initial member answered with a leader".to_owned());
+    };
+    tracing::info!(
+        node = id, %addr, leader = leader.id,
+        "not a voter of the running cluster: joining as a learner, then voter"
+    );
+    let client = node.inner.peer(&leader.addr).map_err(|e| e.to_string())?;
+    let change = MembershipChange::AddVoter {
+        id,
+        addr: addr.to_owned(),
+    };
+    match client.forward_membership(&change, leader).await {
+        Ok(m) => {
+            tracing::info!(node = id, voters = ?m.voters, "joined the cluster as a voter");
+            Ok(())
+        }
+        Err(e) => Err(format!("AddVoter failed: {e}")),
     }
 }

@@ -1,10 +1,12 @@
-//! The public `Admin` service. Membership changes run on the leader: a follower forwards them.
+//! The public `Admin` service. Membership changes run on the leader: the node forwards them
+//! there from a follower (over the peer service).
 
-use raftlite_proto::v1::{self, admin_client::AdminClient, admin_server::Admin};
+use raftlite_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use super::convert::node_error_to_status;
-use crate::node::{Node, NodeError};
+use super::convert::{check_new_node, node_error_to_status};
+use crate::node::{MembershipChange, Node};
+use crate::peer::convert::{member_status_to_proto, membership_outcome_to_proto};
 
 pub struct AdminService {
     pub node: Node,
@@ -19,7 +21,7 @@ pub(crate) fn status_to_proto(s: crate::node::status::ClusterStatus) -> v1::Stat
         commit_index: s.commit_index,
         applied_index: s.applied_index,
         snapshot_index: s.snapshot_index,
-        nodes: s.members.into_iter().map(member_to_proto).collect(),
+        nodes: s.members.into_iter().map(member_status_to_proto).collect(),
         archive: Some(v1::ArchiveStatus {
             url: s.archive.url,
             uploading: s.archive.uploading,
@@ -33,56 +35,18 @@ pub(crate) fn status_to_proto(s: crate::node::status::ClusterStatus) -> v1::Stat
     }
 }
 
-pub(crate) fn member_to_proto(m: crate::node::status::MemberStatus) -> v1::NodeStatus {
-    v1::NodeStatus {
-        id: m.id,
-        addr: m.addr,
-        role: m.role,
-        applied_index: m.applied_index,
-        lag: m.lag,
-        voter: m.voter,
-        term: m.term,
-    }
-}
-
 impl AdminService {
-    fn membership(&self, log_index: u64) -> v1::MembershipResponse {
-        let (voters, learners) = self.node.members();
-        v1::MembershipResponse {
-            log_index,
-            voters,
-            learners,
-        }
-    }
-
-    /// The leader's Admin client when this node is not the leader.
-    fn leader_client(&self, err: &NodeError) -> Option<AdminClient<tonic::transport::Channel>> {
-        let hint = err.leader_hint()?;
-        if hint.id == self.node.id() {
-            return None;
-        }
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", hint.addr)).ok()?;
-        Some(AdminClient::new(endpoint.connect_lazy()))
-    }
-
-    /// Answers with this node's result, or, when this node is not the leader and knows who is,
-    /// with the leader's answer to the same request (`forward`).
-    async fn or_forward<T, Fut>(
+    /// Runs a membership change (on the leader, forwarded there by the node if need be).
+    async fn change(
         &self,
-        local: Result<T, NodeError>,
-        forward: impl FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
-    ) -> Result<Response<T>, Status>
-    where
-        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
-    {
-        match local {
-            Ok(answer) => Ok(Response::new(answer)),
-            Err(e) => match self.leader_client(&e) {
-                Some(leader) => forward(leader).await,
-                None => Err(node_error_to_status(e)),
-            },
-        }
+        change: MembershipChange,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let outcome = self
+            .node
+            .change_membership(change, false)
+            .await
+            .map_err(node_error_to_status)?;
+        Ok(Response::new(membership_outcome_to_proto(outcome)))
     }
 }
 
@@ -102,10 +66,10 @@ impl Admin for AdminService {
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
-        validate_new_node(&r)?;
-        let local = self.node.add_learner(r.node_id, r.addr.clone()).await;
-        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
-            leader.add_learner(r).await
+        check_new_node(&r)?;
+        self.change(MembershipChange::AddLearner {
+            id: r.node_id,
+            addr: r.addr,
         })
         .await
     }
@@ -115,10 +79,10 @@ impl Admin for AdminService {
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let r = request.into_inner();
-        validate_new_node(&r)?;
-        let local = self.node.add_voter(r.node_id, r.addr.clone()).await;
-        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
-            leader.add_voter(r).await
+        check_new_node(&r)?;
+        self.change(MembershipChange::AddVoter {
+            id: r.node_id,
+            addr: r.addr,
         })
         .await
     }
@@ -127,27 +91,22 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
-        let r = request.into_inner();
-        let local = self.node.remove_node(r.node_id).await;
-        self.or_forward(local.map(|i| self.membership(i)), |mut leader| async move {
-            leader.remove_node(r).await
-        })
-        .await
+        let id = request.into_inner().node_id;
+        self.change(MembershipChange::Remove { id }).await
     }
 
     async fn transfer_leadership(
         &self,
         request: Request<v1::TransferLeadershipRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        let r = request.into_inner();
-        let local = match self.node.transfer_leadership(r.node_id).await {
-            Ok(()) => Ok(status_to_proto(self.node.cluster_status().await)),
-            Err(e) => Err(e),
-        };
-        self.or_forward(local, |mut leader| async move {
-            leader.transfer_leadership(r).await
-        })
-        .await
+        let id = request.into_inner().node_id;
+        self.node
+            .change_membership(MembershipChange::TransferLeadership { id }, false)
+            .await
+            .map_err(node_error_to_status)?;
+        Ok(Response::new(status_to_proto(
+            self.node.cluster_status().await,
+        )))
     }
 
     async fn trigger_snapshot(
@@ -163,21 +122,4 @@ impl Admin for AdminService {
             snapshot_index: index,
         }))
     }
-}
-
-fn validate_new_node(r: &v1::AddNodeRequest) -> Result<(), Status> {
-    if r.node_id == 0 {
-        return Err(Status::invalid_argument("node_id must be at least 1"));
-    }
-    if r.addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
-        return Err(Status::invalid_argument(format!(
-            "addr {:?} is not HOST:PORT",
-            r.addr
-        )));
-    }
-    Ok(())
 }

@@ -143,6 +143,24 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
     })
 }
 
+/// Checks the node a membership change adds.
+pub fn check_new_node(r: &v1::AddNodeRequest) -> Result<(), Status> {
+    if r.node_id == 0 {
+        return Err(Status::invalid_argument("node_id must be at least 1"));
+    }
+    if r.addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(Status::invalid_argument(format!(
+            "addr {:?} is not HOST:PORT",
+            r.addr
+        )));
+    }
+    Ok(())
+}
+
 pub fn consistency_from_proto(c: Option<v1::ReadConsistency>) -> ReadConsistency {
     use v1::read_consistency::Level;
     match c.and_then(|c| c.level) {

@@ -8,7 +8,6 @@ pub mod admin;
 pub mod convert;
 pub mod health;
 pub mod limits;
-pub mod peer;
 pub mod sql;
 
 use std::future::Future;
@@ -66,7 +65,7 @@ pub async fn serve(
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(64 << 20);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
-    let peer = PeerServer::new(peer::PeerService { node: node.clone() })
+    let peer = PeerServer::new(crate::peer::service::PeerService { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)
         .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
     let limits = limits::LimitsLayer::new(

@@ -7,14 +7,12 @@ pub mod reads;
 pub mod status;
 pub mod write_path;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use raftlite_proto::v1::peer_client::PeerClient;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::Channel;
 
 pub use error::{LeaderHint, NodeError};
 pub use write_path::WriteReply;
@@ -22,14 +20,33 @@ pub use write_path::WriteReply;
 use crate::cluster::identity::ClusterIdentity;
 use crate::config::Config;
 use crate::db::{Database, DbOptions, WriteRequest};
+use crate::peer::network::Network;
+use crate::peer::{Dialer, PeerClient};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{peer_client, Network};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::RaftStore;
 use crate::raft::types::{NodeId, Raft};
 
 /// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A change of the cluster's membership or leadership (the admin calls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    AddLearner { id: NodeId, addr: String },
+    AddVoter { id: NodeId, addr: String },
+    Remove { id: NodeId },
+    TransferLeadership { id: NodeId },
+}
+
+/// The membership after a change, and the log index of the change (0 for a leadership
+/// transfer, which writes no entry of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipOutcome {
+    pub log_index: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
 
 /// Cheap handle to a running node.
 #[derive(Clone)]
@@ -51,7 +68,7 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
-    peers: Mutex<HashMap<String, PeerClient<Channel>>>,
+    dialer: Arc<Dialer>,
     /// Set while whole-cluster recovery has not yet snapshotted the restored state and purged
     /// the log behind it: a member added before that would replay the log onto an empty
     /// database instead of installing the snapshot.
@@ -105,9 +122,11 @@ impl Node {
         }
         .validate()
         .context("raft timings")?;
+        let dialer = Arc::new(Dialer::new());
         let network = Network {
             self_id: config.node_id,
             identity: identity.clone(),
+            dialer: dialer.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -132,7 +151,7 @@ impl Node {
             writes,
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
-            peers: Mutex::new(HashMap::new()),
+            dialer,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             apply_spans,
@@ -172,6 +191,11 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         self.inner.is_leader()
+    }
+
+    /// The leader this node knows, if any.
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        self.inner.leader_hint()
     }
 
     /// The applied log index, as a watch.
@@ -251,22 +275,10 @@ impl Node {
                 Some(leader),
             ));
         }
-        let mut client = inner.peer(&leader.addr)?;
-        let proto = crate::grpc::convert::write_request_to_proto(&request);
-        let span = tracing::info_span!("forward", leader = leader.id);
-        let forwarded = {
-            use tracing::Instrument;
-            let mut outgoing = tonic::Request::new(proto);
-            span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));
-            client.forward_execute(outgoing).instrument(span).await
-        };
-        match forwarded {
-            Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
-            Err(status) => Err(crate::grpc::convert::node_error_from_status(
-                status,
-                Some(leader),
-            )),
-        }
+        inner
+            .peer(&leader.addr)?
+            .forward_execute(&request, leader)
+            .await
     }
 
     /// Records the leader's commit index carried by an AppendEntries this follower received.
@@ -289,6 +301,43 @@ impl Node {
             )
         })?;
         Ok(read_log_id.map(|l| l.index).unwrap_or(0))
+    }
+
+    /// Runs a membership change on the leader: here, or forwarded to the leader when this node
+    /// is a follower that knows it (`forwarded` marks a change that already was).
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+        forwarded: bool,
+    ) -> Result<MembershipOutcome, NodeError> {
+        let local = match &change {
+            MembershipChange::AddLearner { id, addr } => self.add_learner(*id, addr.clone()).await,
+            MembershipChange::AddVoter { id, addr } => self.add_voter(*id, addr.clone()).await,
+            MembershipChange::Remove { id } => self.remove_node(*id).await,
+            MembershipChange::TransferLeadership { id } => {
+                self.transfer_leadership(*id).await.map(|()| 0)
+            }
+        };
+        let error = match local {
+            Ok(log_index) => {
+                let (voters, learners) = self.members();
+                return Ok(MembershipOutcome {
+                    log_index,
+                    voters,
+                    learners,
+                });
+            }
+            Err(e) => e,
+        };
+        match error.leader_hint().filter(|l| l.id != self.id()).cloned() {
+            Some(leader) if !forwarded => {
+                self.inner
+                    .peer(&leader.addr)?
+                    .forward_membership(&change, leader)
+                    .await
+            }
+            _ => Err(error),
+        }
     }
 
     /// Marks whole-cluster recovery in progress: membership changes wait (see `recovering`).
@@ -405,7 +454,7 @@ impl Node {
             .get_node(&target)
             .map(|n| n.addr.clone())
             .ok_or_else(|| NodeError::InvalidArgument(format!("node {target} has no address")))?;
-        let mut client = inner.peer(&addr)?;
+        let client = inner.peer(&addr)?;
         let lease = inner.config.election_timeout_max;
         let result = async {
             // Followers refuse to vote while the leader's lease is fresh: stop heartbeats so it
@@ -413,11 +462,7 @@ impl Node {
             inner.raft.runtime_config().heartbeat(false);
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let _ = client
-                    .elect(raftlite_proto::v1::ElectRequest {
-                        after_ms: lease.as_millis() as u64 + 50,
-                    })
-                    .await;
+                let _ = client.elect(lease + Duration::from_millis(50)).await;
                 let got = inner
                     .raft
                     .wait(Some(lease * 4))
@@ -486,15 +531,12 @@ impl NodeInner {
         })
     }
 
-    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, NodeError> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = peers.get(addr) {
-            return Ok(c.clone());
-        }
-        let client = peer_client(addr)
-            .map_err(|e| NodeError::Internal(format!("bad peer address {addr:?}: {e}")))?;
-        peers.insert(addr.to_string(), client.clone());
-        Ok(client)
+    /// A connection to the peer at `addr` (its peer address).
+    pub fn peer(&self, addr: &str) -> Result<PeerClient, NodeError> {
+        self.dialer
+            .proto_client(addr)
+            .map(PeerClient::new)
+            .map_err(NodeError::Internal)
     }
 
     /// Waits until this node is leader and has applied an entry of its own term, which means

@@ -106,15 +106,9 @@ impl Node {
         let leader = inner.leader_hint().ok_or_else(|| {
             NodeError::unavailable("no leader is elected at the moment; retry", None)
         })?;
-        let mut client = inner.peer(&leader.addr)?;
-        let mut request = tonic::Request::new(raftlite_proto::v1::ReadIndexRequest {});
-        request.set_timeout(READ_WAIT);
-        match client.read_index(request).await {
-            Ok(r) => Ok(r.into_inner().index),
-            Err(status) => Err(crate::grpc::convert::node_error_from_status(
-                status,
-                Some(leader),
-            )),
-        }
+        inner
+            .peer(&leader.addr)?
+            .read_index(READ_WAIT, leader)
+            .await
     }
 }

@@ -190,29 +190,19 @@ impl Node {
             voter: false,
             term: 0,
         };
-        let Ok(mut client) = self.inner.peer(addr) else {
+        let Ok(client) = self.inner.peer(addr) else {
             return unreachable;
         };
-        let mut request = tonic::Request::new(raftlite_proto::v1::LocalStatusRequest {});
-        request.set_timeout(Duration::from_millis(500));
-        // The bound covers name resolution and connecting too, not only the call: a peer whose
-        // name does not resolve must not stall the whole status.
-        let answer =
-            tokio::time::timeout(Duration::from_millis(500), client.local_status(request)).await;
-        match answer {
-            Ok(Ok(r)) => {
-                let s = r.into_inner();
-                MemberStatus {
-                    id,
-                    addr: addr.to_string(),
-                    role: s.role,
-                    applied_index: s.applied_index,
-                    lag: 0,
-                    voter: s.voter,
-                    term: s.term,
-                }
-            }
-            Ok(Err(_)) | Err(_) => unreachable,
+        // Bounded as a whole (name resolution and connecting included): a peer whose name does
+        // not resolve must not stall the whole status.
+        match client.local_status(Duration::from_millis(500)).await {
+            Some(s) => MemberStatus {
+                id,
+                addr: addr.to_string(),
+                lag: 0,
+                ..s
+            },
+            None => unreachable,
         }
     }
 }

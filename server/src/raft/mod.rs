@@ -1,11 +1,10 @@
 //! The openraft seam, one trait per file: `log_store` (RaftLogStorage in redb),
-//! `state_machine` (RaftStateMachine = the SQLite database), `network` (RaftNetwork over
-//! gRPC). `types` declares the type configuration, `codec` the one binary encoding, `store`
+//! `state_machine` (RaftStateMachine = the SQLite database); the third seam, RaftNetwork, lives
+//! with the rest of the node-to-node traffic in `peer::network`. `types` declares the type configuration, `codec` the one binary encoding, `store`
 //! the redb file they share.
 
 pub mod codec;
 pub mod log_store;
-pub mod network;
 pub mod state_machine;
 pub mod store;
 pub mod types;

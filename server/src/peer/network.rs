@@ -23,28 +23,18 @@ use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
-use super::codec;
-use super::types::{NodeId, TypeConfig, Vote};
+use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
+use crate::raft::codec;
+use crate::raft::types::{NodeId, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-
-/// Creates a lazily connected peer client for `addr` ("host:port").
-pub fn peer_client(addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(PeerClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(codec::MAX_MESSAGE_BYTES as usize)
-        .max_encoding_message_size(codec::MAX_MESSAGE_BYTES as usize))
-}
 
 #[derive(Clone)]
 pub struct Network {
     pub self_id: NodeId,
     pub identity: Arc<ClusterIdentity>,
+    pub dialer: Arc<Dialer>,
 }
 
 pub struct PeerConnection {
@@ -62,8 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             self_id: self.self_id,
             target,
             identity: self.identity.clone(),
-            client: peer_client(&node.addr)
-                .map_err(|e| format!("bad peer address {:?}: {e}", node.addr)),
+            client: self.dialer.proto_client(&node.addr),
         }
     }
 }

@@ -9,8 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{node_error_to_status, write_reply_to_proto, write_request_from_proto};
+use super::convert;
 use crate::cluster::identity::ClusterMismatch;
+use crate::grpc::convert::{node_error_to_status, write_reply_to_proto, write_request_from_proto};
 use crate::node::Node;
 use crate::raft::codec;
 use crate::raft::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
@@ -160,10 +161,14 @@ impl Peer for PeerService {
             .node
             .has_raft_state()
             .map_err(|e| Status::internal(e.to_string()))?;
+        let leader = self.node.leader_hint();
         Ok(Response::new(v1::IdentityResponse {
             node_id: self.node.id(),
             cluster_id: self.node.identity().get().unwrap_or_default(),
             initialized,
+            leader: leader.as_ref().map_or(0, |l| l.id),
+            leader_addr: leader.map(|l| l.addr).unwrap_or_default(),
+            voters: self.node.members().0,
         }))
     }
 
@@ -171,7 +176,7 @@ impl Peer for PeerService {
         &self,
         _: Request<v1::LocalStatusRequest>,
     ) -> Result<Response<v1::NodeStatus>, Status> {
-        Ok(Response::new(super::admin::member_to_proto(
+        Ok(Response::new(convert::member_status_to_proto(
             self.node.local_status(),
         )))
     }
@@ -183,5 +188,18 @@ impl Peer for PeerService {
         let after = std::time::Duration::from_millis(request.into_inner().after_ms.min(10_000));
         self.node.elect_after(after);
         Ok(Response::new(v1::ElectResponse {}))
+    }
+
+    async fn forward_admin(
+        &self,
+        request: Request<v1::AdminCall>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let change = convert::membership_change_from_proto(request.into_inner())?;
+        let outcome = self
+            .node
+            .change_membership(change, true)
+            .await
+            .map_err(node_error_to_status)?;
+        Ok(Response::new(convert::membership_outcome_to_proto(outcome)))
     }
 }

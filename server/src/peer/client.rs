@@ -1,0 +1,131 @@
+//! The typed calls a node makes on a peer. Errors come back as [`NodeError`]s with the same
+//! meaning the peer gave them, so a forwarded request fails for the client as it would have
+//! on the leader.
+
+use std::time::Duration;
+
+use raftlite_proto::v1;
+use raftlite_proto::v1::peer_client::PeerClient as ProtoClient;
+use tonic::transport::Channel;
+
+use super::convert;
+use crate::db::WriteRequest;
+use crate::node::status::MemberStatus;
+use crate::node::{LeaderHint, MembershipChange, MembershipOutcome, NodeError, WriteReply};
+
+/// What a peer says about itself (bootstrap asks every initial member before initializing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub node_id: u64,
+    /// Empty when the peer belongs to no cluster yet.
+    pub cluster_id: String,
+    /// The peer holds Raft state (a vote or log entries).
+    pub initialized: bool,
+    /// The leader the peer knows, if any.
+    pub leader: Option<LeaderHint>,
+    /// The voters of the peer's membership.
+    pub voters: Vec<u64>,
+}
+
+/// A connection to one peer.
+#[derive(Clone)]
+pub struct PeerClient {
+    inner: ProtoClient<Channel>,
+}
+
+impl PeerClient {
+    pub(crate) fn new(inner: ProtoClient<Channel>) -> Self {
+        Self { inner }
+    }
+
+    /// Runs a client's write on `leader` (this client's peer).
+    pub async fn forward_execute(
+        &self,
+        request: &WriteRequest,
+        leader: LeaderHint,
+    ) -> Result<WriteReply, NodeError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("forward", leader = leader.id);
+        let mut outgoing =
+            tonic::Request::new(crate::grpc::convert::write_request_to_proto(request));
+        // The leader's `peer.forward_execute` span continues this one: one trace across both.
+        span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));
+        match self
+            .inner
+            .clone()
+            .forward_execute(outgoing)
+            .instrument(span)
+            .await
+        {
+            Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
+            Err(status) => Err(convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+
+    /// Asks `leader` (this client's peer) for a linearizable read index.
+    pub async fn read_index(
+        &self,
+        timeout: Duration,
+        leader: LeaderHint,
+    ) -> Result<u64, NodeError> {
+        let mut request = tonic::Request::new(v1::ReadIndexRequest {});
+        request.set_timeout(timeout);
+        match self.inner.clone().read_index(request).await {
+            Ok(r) => Ok(r.into_inner().index),
+            Err(status) => Err(convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+
+    /// Runs a membership change on `leader` (this client's peer).
+    pub async fn forward_membership(
+        &self,
+        change: &MembershipChange,
+        leader: LeaderHint,
+    ) -> Result<MembershipOutcome, NodeError> {
+        let call = convert::membership_change_to_proto(change);
+        match self.inner.clone().forward_admin(call).await {
+            Ok(r) => Ok(convert::membership_outcome_from_proto(r.into_inner())),
+            Err(status) => Err(convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+
+    /// Who the peer is; `None` when it did not answer within `timeout`.
+    pub async fn identity(&self, timeout: Duration) -> Option<PeerIdentity> {
+        let mut request = tonic::Request::new(v1::IdentityRequest {});
+        request.set_timeout(timeout);
+        // The bound covers name resolution and connecting too, not only the call.
+        let answer = tokio::time::timeout(timeout, self.inner.clone().identity(request)).await;
+        let r = answer.ok()?.ok()?.into_inner();
+        Some(PeerIdentity {
+            node_id: r.node_id,
+            cluster_id: r.cluster_id,
+            initialized: r.initialized,
+            leader: (r.leader != 0).then_some(LeaderHint {
+                id: r.leader,
+                addr: r.leader_addr,
+            }),
+            voters: r.voters,
+        })
+    }
+
+    /// The peer's own view of itself; `None` when it did not answer within `timeout`.
+    pub async fn local_status(&self, timeout: Duration) -> Option<MemberStatus> {
+        let mut request = tonic::Request::new(v1::LocalStatusRequest {});
+        request.set_timeout(timeout);
+        let answer = tokio::time::timeout(timeout, self.inner.clone().local_status(request)).await;
+        Some(convert::member_status_from_proto(
+            answer.ok()?.ok()?.into_inner(),
+        ))
+    }
+
+    /// Asks the peer to start an election after `after` (leadership transfer).
+    pub async fn elect(&self, after: Duration) -> Result<(), tonic::Status> {
+        self.inner
+            .clone()
+            .elect(v1::ElectRequest {
+                after_ms: after.as_millis() as u64,
+            })
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,29 @@
+//! Node-to-node traffic: both sides of every call one node makes to another.
+//!
+//! - [`dialer`]: the one place a connection to a peer is built (and, with TLS, where the
+//!   node's certificate and the cluster CA are used); one pooled client per peer address.
+//! - [`client`]: typed calls a node makes on a peer — forward a write or a membership change
+//!   to the leader, ask the leader for a read index, ask a peer who it is or how it is doing,
+//!   ask a peer to start an election. Callers in `node/` and `cluster/` never see prost or
+//!   tonic types.
+//! - [`network`]: openraft's `RaftNetwork` (AppendEntries, Vote, streamed snapshots) over the
+//!   same clients.
+//! - [`service`]: the `raftlite.v1.Peer` service that answers all of the above.
+//! - [`convert`]: conversions between the peer messages and the node's types.
+//!
+//! # Key decisions and trade-offs
+//!
+//! - **One room owns both sides** (as rqlite's `cluster` package does): a change to how nodes
+//!   talk to each other — a new call, TLS, a size limit — is made in one place and cannot
+//!   miss one of the callers.
+//! - **Forwarded calls reuse the public messages** (`ExecuteRequest`, `AddNodeRequest`), so
+//!   their validation is the public API's; only the envelope of Raft messages is peer-only.
+
+pub mod client;
+pub mod convert;
+pub mod dialer;
+pub mod network;
+pub mod service;
+
+pub use client::PeerClient;
+pub use dialer::Dialer;
