@@ -5,7 +5,9 @@
 //! 1. **Sources.** [`ServeArgs`] holds the command-line flags. Each flag can also be read from a
 //!    `RAFTLITE_*` environment variable (clap's `env`), which is how the Helm chart sets them.
 //!    [`FileConfig`] is the optional YAML file named by `--config`. Every setting is an `Option`
-//!    in both, so "not given" is never confused with "given the default value".
+//!    in both, so "not given" is never confused with "given the default value". Both structs
+//!    come from one list, `settings!`, where each setting is declared once: its flag,
+//!    environment variable, file key, value type and help. Defaults live in [`defaults`].
 //! 2. **Validation.** [`load`] lays the flags over the file ([`FileConfig::overlay`]). Then
 //!    [`FileConfig::validate`] fills in the named defaults, checks every setting and produces the
 //!    runtime [`Config`], which has no `Option` where a value is required.
@@ -57,86 +59,95 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-/// Default `heartbeat_ms`: the leader's heartbeat interval.
-pub fn default_heartbeat_ms() -> u64 {
-    100
-}
+use defaults::*;
 
-/// Default `election_timeout_min_ms`. It must exceed two heartbeats.
-pub fn default_election_timeout_min_ms() -> u64 {
-    300
-}
+/// The value a setting takes when it is given nowhere (neither flag, environment variable nor
+/// config file). [`FileConfig::validate`] applies them.
+pub mod defaults {
+    use std::net::SocketAddr;
 
-/// Default `election_timeout_max_ms`.
-pub fn default_election_timeout_max_ms() -> u64 {
-    600
-}
+    /// Default `heartbeat_ms`: the leader's heartbeat interval.
+    pub fn default_heartbeat_ms() -> u64 {
+        100
+    }
 
-/// Default `snapshot_every`: log entries between snapshots.
-pub fn default_snapshot_every() -> u64 {
-    10_000
-}
+    /// Default `election_timeout_min_ms`. It must exceed two heartbeats.
+    pub fn default_election_timeout_min_ms() -> u64 {
+        300
+    }
 
-/// Default `max_request_bytes`: 16 MiB.
-pub fn default_max_request_bytes() -> usize {
-    16 * 1024 * 1024
-}
+    /// Default `election_timeout_max_ms`.
+    pub fn default_election_timeout_max_ms() -> u64 {
+        600
+    }
 
-/// Default `max_concurrent_requests`: public requests (SQL, admin) a node serves at once;
-/// more are refused at once with RESOURCE_EXHAUSTED instead of queueing.
-pub fn default_max_concurrent_requests() -> usize {
-    1024
-}
+    /// Default `snapshot_every`: log entries between snapshots.
+    pub fn default_snapshot_every() -> u64 {
+        10_000
+    }
 
-/// Default `request_timeout_ms`: the deadline of a public request whose client set a longer
-/// one or none (30 s).
-pub fn default_request_timeout_ms() -> u64 {
-    30_000
-}
+    /// Default `max_request_bytes`: 16 MiB.
+    pub fn default_max_request_bytes() -> usize {
+        16 * 1024 * 1024
+    }
 
-/// Default `auto_resync`: a node whose data belongs to another cluster wipes it and re-syncs.
-pub fn default_auto_resync() -> bool {
-    true
-}
+    /// Default `max_concurrent_requests`: public requests (SQL, admin) a node serves at once;
+    /// more are refused at once with RESOURCE_EXHAUSTED instead of queueing.
+    pub fn default_max_concurrent_requests() -> usize {
+        1024
+    }
 
-/// Default `read_threads`: SQLite connections serving reads.
-pub fn default_read_threads() -> usize {
-    4
-}
+    /// Default `request_timeout_ms`: the deadline of a public request whose client set a
+    /// longer one or none (30 s).
+    pub fn default_request_timeout_ms() -> u64 {
+        30_000
+    }
 
-/// Default `max_batch_requests`: the most write requests in one group commit.
-pub fn default_max_batch_requests() -> usize {
-    1024
-}
+    /// Default `auto_resync`: a node whose data belongs to another cluster wipes it and
+    /// re-syncs.
+    pub fn default_auto_resync() -> bool {
+        true
+    }
 
-/// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
-pub fn default_metrics_addr() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9090))
-}
+    /// Default `read_threads`: SQLite connections serving reads.
+    pub fn default_read_threads() -> usize {
+        4
+    }
 
-/// Default `log_level` (a `tracing` env-filter directive).
-pub fn default_log_level() -> String {
-    "info".to_owned()
-}
+    /// Default `max_batch_requests`: the most write requests in one group commit.
+    pub fn default_max_batch_requests() -> usize {
+        1024
+    }
 
-/// Default `archive_snapshot_interval_s`: one full snapshot an hour.
-pub fn default_archive_snapshot_interval_s() -> u64 {
-    3600
-}
+    /// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
+    pub fn default_metrics_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9090))
+    }
 
-/// Default `archive_retention_s`: snapshots (and the log after them) are kept for a day.
-pub fn default_archive_retention_s() -> u64 {
-    24 * 3600
-}
+    /// Default `log_level` (a `tracing` env-filter directive).
+    pub fn default_log_level() -> String {
+        "info".to_owned()
+    }
 
-/// Default `archive_flush_ms`: how long new entries gather before a segment is uploaded.
-pub fn default_archive_flush_ms() -> u64 {
-    200
-}
+    /// Default `archive_snapshot_interval_s`: one full snapshot an hour.
+    pub fn default_archive_snapshot_interval_s() -> u64 {
+        3600
+    }
 
-/// Default `archive_max_held_entries`: log entries kept for an archive that is behind.
-pub fn default_archive_max_held_entries() -> u64 {
-    50_000
+    /// Default `archive_retention_s`: snapshots (and the log after them) are kept for a day.
+    pub fn default_archive_retention_s() -> u64 {
+        24 * 3600
+    }
+
+    /// Default `archive_flush_ms`: how long new entries gather before a segment is uploaded.
+    pub fn default_archive_flush_ms() -> u64 {
+        200
+    }
+
+    /// Default `archive_max_held_entries`: log entries kept for an archive that is behind.
+    pub fn default_archive_max_held_entries() -> u64 {
+        50_000
+    }
 }
 
 /// `archive` value that turns archiving off.
@@ -159,193 +170,243 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `raftlite serve`. Each flag can also be set through its environment variable.
-/// A flag wins over its environment variable, and both win over the config file.
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
-pub struct ServeArgs {
-    /// YAML config file. `${VAR}` and `${VAR:-default}` in it are expanded.
-    #[arg(long, env = "RAFTLITE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+/// Where a setting can be given, for error messages.
+struct Setting {
+    /// The config file key (also the field name in [`ServeArgs`] and [`FileConfig`]).
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
 
+impl Setting {
+    /// The flag without its leading `--`, as clap's `long` wants it.
+    fn long(&self) -> &'static str {
+        self.flag.trim_start_matches('-')
+    }
+}
+
+/// Declares every setting once and generates from that one list:
+///
+/// - [`ServeArgs`]: the clap flags, each with its environment variable, value name and help
+///   (the doc comment);
+/// - [`FileConfig`]: the config file, one key per setting (the field name);
+/// - [`FileConfig::overlay`]: flag (or its environment variable) over file;
+/// - a [`Setting`] const per setting (key, flag, env), which error messages name.
+///
+/// An entry reads `field: Type = CONST("--flag", "RAFTLITE_ENV", "VALUE_NAME");`, optionally
+/// preceded by `#[arg(...)]` (extra clap attributes) and `#[serde(...)]` (extra serde
+/// attributes), in that order. Adding a setting: an entry here, its default in [`defaults`],
+/// its check in [`FileConfig::validate`], its field in [`Config`] and a documented line in
+/// `config.example.yaml` (a test checks the file).
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])?
+        $(#[serde($($serde:tt)*)])?
+        $field:ident: $ty:ty = $setting:ident($flag:literal, $env:literal, $value_name:literal);
+    )*) => {
+        $(
+            const $setting: Setting = Setting {
+                key: stringify!($field),
+                flag: $flag,
+                env: $env,
+            };
+        )*
+
+        /// Flags of `raftlite serve`. Each flag can also be set through its environment
+        /// variable. A flag wins over its environment variable, and both win over the config
+        /// file.
+        #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+        pub struct ServeArgs {
+            /// YAML config file. `${VAR}` and `${VAR:-default}` in it are expanded.
+            #[arg(long, env = "RAFTLITE_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(
+                    long = $setting.long(),
+                    env = $setting.env,
+                    value_name = $value_name
+                    $(, $($arg)*)?
+                )]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The config file: the same settings as [`ServeArgs`] (without `config`), with
+        /// snake_case keys. Absent keys stay `None`; [`FileConfig::validate`] applies the
+        /// named defaults.
+        ///
+        /// `peers` is accepted as a map (`{1: "host:port"}`), a list (`["1=host:port"]`) or a
+        /// string (`"1=host:port,2=host:port"`, handy with `${PEERS}`).
+        ///
+        /// Unknown keys are refused, unlike Neon's pageserver config, which ignores them so
+        /// that a rollback to an older binary can still read a newer file. Here a misspelt
+        /// key (`heartbeat: 50` for `heartbeat_ms`) would otherwise be dropped without a word
+        /// and the node would run on the default; users rely on the error. The cost: before
+        /// rolling back, remove keys the older version does not know (or set new settings
+        /// through `RAFTLITE_*` variables, which an older binary does not read).
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct FileConfig {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])?
+                pub $field: Option<$ty>,
+            )*
+            /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file
+            /// key.
+            #[serde(skip)]
+            pub node_id_source: Option<String>,
+        }
+
+        impl FileConfig {
+            /// Lays the flags (and their environment variables) over this file's settings.
+            pub fn overlay(self, args: &ServeArgs) -> Self {
+                Self {
+                    $($field: args.$field.clone().or(self.$field),)*
+                    node_id_source: self.node_id_source,
+                }
+            }
+        }
+    };
+}
+
+settings! {
     /// This node's id (1, 2, ...), unique in the cluster.
-    #[arg(long, env = "RAFTLITE_NODE_ID", value_name = "N")]
-    pub node_id: Option<u64>,
+    node_id: u64 = NODE_ID("--node-id", "RAFTLITE_NODE_ID", "N");
 
     /// Directory holding this node's SQLite database and Raft log.
-    #[arg(long, env = "RAFTLITE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = DATA_DIR("--data-dir", "RAFTLITE_DATA_DIR", "DIR");
 
     /// IP address and port the gRPC server binds, e.g. 0.0.0.0:7000.
-    #[arg(long, env = "RAFTLITE_LISTEN", value_name = "HOST:PORT")]
-    pub listen: Option<String>,
+    listen: String = LISTEN("--listen", "RAFTLITE_LISTEN", "HOST:PORT");
 
     /// Address peers and clients use to reach this node. Defaults to this node's entry in
     /// --peers, else to --listen (required if --listen is a wildcard address).
-    #[arg(long, env = "RAFTLITE_ADVERTISE_ADDR", value_name = "HOST:PORT")]
-    pub advertise_addr: Option<String>,
+    advertise_addr: String =
+        ADVERTISE_ADDR("--advertise-addr", "RAFTLITE_ADVERTISE_ADDR", "HOST:PORT");
 
     /// Full initial membership, e.g. 1=raftlite-0.raftlite:7000,2=raftlite-1.raftlite:7000.
     /// May be left out only for a single-node cluster.
-    #[arg(long, env = "RAFTLITE_PEERS", value_name = "ID=HOST:PORT,...", value_parser = peers_from_str)]
-    pub peers: Option<BTreeMap<u64, String>>,
+    #[arg(value_parser = peers_from_str)]
+    #[serde(deserialize_with = "deserialize_peers")]
+    peers: BTreeMap<u64, String> = PEERS("--peers", "RAFTLITE_PEERS", "ID=HOST:PORT,...");
 
     /// Instead of --peers: the StatefulSet NAME and headless SERVICE; pods 0..--replicas are
     /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT.
     /// Higher ordinals join the running cluster.
-    #[arg(
-        long,
-        env = "RAFTLITE_PEERS_FROM_STATEFULSET",
-        value_name = "NAME.SERVICE.NAMESPACE.svc.cluster.local:PORT"
-    )]
-    pub peers_from_statefulset: Option<String>,
+    peers_from_statefulset: String = PEERS_FROM_STATEFULSET(
+        "--peers-from-statefulset",
+        "RAFTLITE_PEERS_FROM_STATEFULSET",
+        "NAME.SERVICE.NAMESPACE.svc.cluster.local:PORT"
+    );
 
     /// With --peers-from-statefulset: how many pods form the initial membership.
-    #[arg(long, env = "RAFTLITE_REPLICAS", value_name = "N")]
-    pub replicas: Option<u64>,
+    replicas: u64 = REPLICAS("--replicas", "RAFTLITE_REPLICAS", "N");
 
     /// Where Prometheus metrics are served (/metrics), or "off" [default: 0.0.0.0:9090].
-    #[arg(long, env = "RAFTLITE_METRICS_ADDR", value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
+    metrics_addr: String = METRICS_ADDR("--metrics-addr", "RAFTLITE_METRICS_ADDR", "HOST:PORT");
 
     /// Leader heartbeat interval in milliseconds [default: 100].
-    #[arg(long, env = "RAFTLITE_HEARTBEAT_MS", value_name = "MS")]
-    pub heartbeat_ms: Option<u64>,
+    heartbeat_ms: u64 = HEARTBEAT_MS("--heartbeat-ms", "RAFTLITE_HEARTBEAT_MS", "MS");
 
     /// Lower bound of the randomized election timeout in milliseconds [default: 300].
-    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
-    pub election_timeout_min_ms: Option<u64>,
+    election_timeout_min_ms: u64 = ELECTION_TIMEOUT_MIN_MS(
+        "--election-timeout-min-ms",
+        "RAFTLITE_ELECTION_TIMEOUT_MIN_MS",
+        "MS"
+    );
 
     /// Upper bound of the randomized election timeout in milliseconds [default: 600].
-    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
-    pub election_timeout_max_ms: Option<u64>,
+    election_timeout_max_ms: u64 = ELECTION_TIMEOUT_MAX_MS(
+        "--election-timeout-max-ms",
+        "RAFTLITE_ELECTION_TIMEOUT_MAX_MS",
+        "MS"
+    );
 
     /// Take a snapshot every N log entries [default: 10000].
-    #[arg(long, env = "RAFTLITE_SNAPSHOT_EVERY", value_name = "N")]
-    pub snapshot_every: Option<u64>,
+    snapshot_every: u64 = SNAPSHOT_EVERY("--snapshot-every", "RAFTLITE_SNAPSHOT_EVERY", "N");
 
     /// Largest accepted request in bytes [default: 16777216 (16 MiB)].
-    #[arg(long, env = "RAFTLITE_MAX_REQUEST_BYTES", value_name = "BYTES")]
-    pub max_request_bytes: Option<usize>,
+    max_request_bytes: usize = MAX_REQUEST_BYTES_SETTING(
+        "--max-request-bytes",
+        "RAFTLITE_MAX_REQUEST_BYTES",
+        "BYTES"
+    );
 
     /// Most public requests (SQL, admin) served at once; beyond, requests are refused at once
     /// with RESOURCE_EXHAUSTED. Raft traffic between nodes is never refused [default: 1024].
-    #[arg(long, env = "RAFTLITE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
-    pub max_concurrent_requests: Option<usize>,
+    max_concurrent_requests: usize = MAX_CONCURRENT_REQUESTS(
+        "--max-concurrent-requests",
+        "RAFTLITE_MAX_CONCURRENT_REQUESTS",
+        "N"
+    );
 
     /// Deadline of a public request in milliseconds; a shorter client deadline (grpc-timeout)
     /// wins. Past it the request answers DEADLINE_EXCEEDED [default: 30000].
-    #[arg(long, env = "RAFTLITE_REQUEST_TIMEOUT_MS", value_name = "MS")]
-    pub request_timeout_ms: Option<u64>,
+    request_timeout_ms: u64 =
+        REQUEST_TIMEOUT_MS("--request-timeout-ms", "RAFTLITE_REQUEST_TIMEOUT_MS", "MS");
 
     /// Wipe and re-sync from peers when local data belongs to another cluster [default: true].
-    #[arg(
-        long,
-        env = "RAFTLITE_AUTO_RESYNC",
-        value_name = "BOOL",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub auto_resync: Option<bool>,
+    #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+    auto_resync: bool = AUTO_RESYNC("--auto-resync", "RAFTLITE_AUTO_RESYNC", "BOOL");
 
     /// Threads (SQLite connections) serving reads [default: 4].
-    #[arg(long, env = "RAFTLITE_READ_THREADS", value_name = "N")]
-    pub read_threads: Option<usize>,
+    read_threads: usize = READ_THREADS("--read-threads", "RAFTLITE_READ_THREADS", "N");
 
     /// Most write requests in one group commit [default: 1024].
-    #[arg(long, env = "RAFTLITE_MAX_BATCH_REQUESTS", value_name = "N")]
-    pub max_batch_requests: Option<usize>,
+    max_batch_requests: usize =
+        MAX_BATCH_REQUESTS("--max-batch-requests", "RAFTLITE_MAX_BATCH_REQUESTS", "N");
 
     /// Archive URL: s3://BUCKET/PREFIX, file:///DIR, or "none" [default:
     /// file://<data-dir>/archive]. S3 credentials: RAFTLITE_ACCESS_KEY_ID /
     /// RAFTLITE_SECRET_ACCESS_KEY or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; encryption key:
     /// RAFTLITE_ARCHIVE_KEY (64 hex digits).
-    #[arg(long, env = "RAFTLITE_ARCHIVE", value_name = "URL")]
-    pub archive: Option<String>,
+    archive: String = ARCHIVE("--archive", "RAFTLITE_ARCHIVE", "URL");
 
     /// S3 endpoint, e.g. http://minio:9000 (path-style requests) [default: AWS_ENDPOINT_URL,
     /// else AWS].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_ENDPOINT", value_name = "URL")]
-    pub archive_endpoint: Option<String>,
+    archive_endpoint: String =
+        ARCHIVE_ENDPOINT("--archive-endpoint", "RAFTLITE_ARCHIVE_ENDPOINT", "URL");
 
     /// S3 region [default: AWS_REGION, else us-east-1].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_REGION", value_name = "REGION")]
-    pub archive_region: Option<String>,
+    archive_region: String =
+        ARCHIVE_REGION("--archive-region", "RAFTLITE_ARCHIVE_REGION", "REGION");
 
     /// Seconds between full snapshots uploaded to the archive [default: 3600].
-    #[arg(
-        long,
-        env = "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
-        value_name = "SECONDS"
-    )]
-    pub archive_snapshot_interval_s: Option<u64>,
+    archive_snapshot_interval_s: u64 = ARCHIVE_SNAPSHOT_INTERVAL_S(
+        "--archive-snapshot-interval-s",
+        "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
+        "SECONDS"
+    );
 
     /// Seconds archived snapshots are kept (the newest always is) [default: 86400].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_RETENTION_S", value_name = "SECONDS")]
-    pub archive_retention_s: Option<u64>,
+    archive_retention_s: u64 =
+        ARCHIVE_RETENTION_S("--archive-retention-s", "RAFTLITE_ARCHIVE_RETENTION_S", "SECONDS");
 
     /// Milliseconds new log entries gather before a segment is uploaded [default: 200].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_FLUSH_MS", value_name = "MS")]
-    pub archive_flush_ms: Option<u64>,
+    archive_flush_ms: u64 =
+        ARCHIVE_FLUSH_MS("--archive-flush-ms", "RAFTLITE_ARCHIVE_FLUSH_MS", "MS");
 
     /// Most log entries kept for an archive that is behind; beyond, the archive is caught up
     /// with a fresh snapshot [default: 50000].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES", value_name = "N")]
-    pub archive_max_held_entries: Option<u64>,
+    archive_max_held_entries: u64 = ARCHIVE_MAX_HELD_ENTRIES(
+        "--archive-max-held-entries",
+        "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES",
+        "N"
+    );
 
     /// OTLP/gRPC collector that receives traces, e.g. http://otel-collector:4317; unset or
     /// "off": no trace export. Without this flag, its variable and the file setting, the
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT is read [default: off].
-    #[arg(long, env = "RAFTLITE_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: String = OTLP_ENDPOINT("--otlp-endpoint", "RAFTLITE_OTLP_ENDPOINT", "URL");
 
     /// Log format [default: text].
-    #[arg(long, env = "RAFTLITE_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    log_format: LogFormat = LOG_FORMAT("--log-format", "RAFTLITE_LOG_FORMAT", "FORMAT");
 
     /// Log filter, e.g. "info" or "info,raftlite=debug" [default: info].
-    #[arg(long, env = "RAFTLITE_LOG", value_name = "FILTER")]
-    pub log_level: Option<String>,
-}
-
-/// The config file: the same settings as [`ServeArgs`] (without `config`), with snake_case
-/// keys. Absent keys stay `None`; [`FileConfig::validate`] applies the named defaults.
-///
-/// `peers` is accepted as a map (`{1: "host:port"}`), a list (`["1=host:port"]`) or a string
-/// (`"1=host:port,2=host:port"`, handy with `${PEERS}`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileConfig {
-    pub node_id: Option<u64>,
-    pub data_dir: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub advertise_addr: Option<String>,
-    #[serde(deserialize_with = "deserialize_peers")]
-    pub peers: Option<BTreeMap<u64, String>>,
-    pub peers_from_statefulset: Option<String>,
-    pub replicas: Option<u64>,
-    pub metrics_addr: Option<String>,
-    pub heartbeat_ms: Option<u64>,
-    pub election_timeout_min_ms: Option<u64>,
-    pub election_timeout_max_ms: Option<u64>,
-    pub snapshot_every: Option<u64>,
-    pub max_request_bytes: Option<usize>,
-    pub max_concurrent_requests: Option<usize>,
-    pub request_timeout_ms: Option<u64>,
-    pub auto_resync: Option<bool>,
-    pub read_threads: Option<usize>,
-    pub max_batch_requests: Option<usize>,
-    pub archive: Option<String>,
-    pub archive_endpoint: Option<String>,
-    pub archive_region: Option<String>,
-    pub archive_snapshot_interval_s: Option<u64>,
-    pub archive_retention_s: Option<u64>,
-    pub archive_flush_ms: Option<u64>,
-    pub archive_max_held_entries: Option<u64>,
-    pub otlp_endpoint: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-    /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file key.
-    #[serde(skip)]
-    pub node_id_source: Option<String>,
+    log_level: String = LOG_LEVEL("--log-level", "RAFTLITE_LOG", "FILTER");
 }
 
 /// The archive a node ships its log and snapshots to.
@@ -721,54 +782,6 @@ impl FileConfig {
             self.archive_flush_ms,
             self.archive_max_held_entries,
         )
-    }
-
-    /// Lays the flags (and their environment variables) over this file's settings.
-    pub fn overlay(self, args: &ServeArgs) -> Self {
-        Self {
-            node_id: args.node_id.or(self.node_id),
-            data_dir: args.data_dir.clone().or(self.data_dir),
-            listen: args.listen.clone().or(self.listen),
-            advertise_addr: args.advertise_addr.clone().or(self.advertise_addr),
-            peers: args.peers.clone().or(self.peers),
-            peers_from_statefulset: args
-                .peers_from_statefulset
-                .clone()
-                .or(self.peers_from_statefulset),
-            replicas: args.replicas.or(self.replicas),
-            metrics_addr: args.metrics_addr.clone().or(self.metrics_addr),
-            heartbeat_ms: args.heartbeat_ms.or(self.heartbeat_ms),
-            election_timeout_min_ms: args
-                .election_timeout_min_ms
-                .or(self.election_timeout_min_ms),
-            election_timeout_max_ms: args
-                .election_timeout_max_ms
-                .or(self.election_timeout_max_ms),
-            snapshot_every: args.snapshot_every.or(self.snapshot_every),
-            max_request_bytes: args.max_request_bytes.or(self.max_request_bytes),
-            max_concurrent_requests: args
-                .max_concurrent_requests
-                .or(self.max_concurrent_requests),
-            request_timeout_ms: args.request_timeout_ms.or(self.request_timeout_ms),
-            auto_resync: args.auto_resync.or(self.auto_resync),
-            read_threads: args.read_threads.or(self.read_threads),
-            max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
-            archive: args.archive.clone().or(self.archive),
-            archive_endpoint: args.archive_endpoint.clone().or(self.archive_endpoint),
-            archive_region: args.archive_region.clone().or(self.archive_region),
-            archive_snapshot_interval_s: args
-                .archive_snapshot_interval_s
-                .or(self.archive_snapshot_interval_s),
-            archive_retention_s: args.archive_retention_s.or(self.archive_retention_s),
-            archive_flush_ms: args.archive_flush_ms.or(self.archive_flush_ms),
-            archive_max_held_entries: args
-                .archive_max_held_entries
-                .or(self.archive_max_held_entries),
-            otlp_endpoint: args.otlp_endpoint.clone().or(self.otlp_endpoint),
-            log_format: args.log_format.or(self.log_format),
-            log_level: args.log_level.clone().or(self.log_level),
-            node_id_source: self.node_id_source,
-        }
     }
 
     /// When no `node_id` is given, derives it from the StatefulSet pod this node runs in
@@ -1224,139 +1237,6 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Where a setting can be given, for error messages.
-struct Setting {
-    key: &'static str,
-    flag: &'static str,
-    env: &'static str,
-}
-
-const NODE_ID: Setting = Setting {
-    key: "node_id",
-    flag: "--node-id",
-    env: "RAFTLITE_NODE_ID",
-};
-const DATA_DIR: Setting = Setting {
-    key: "data_dir",
-    flag: "--data-dir",
-    env: "RAFTLITE_DATA_DIR",
-};
-const LISTEN: Setting = Setting {
-    key: "listen",
-    flag: "--listen",
-    env: "RAFTLITE_LISTEN",
-};
-const ADVERTISE_ADDR: Setting = Setting {
-    key: "advertise_addr",
-    flag: "--advertise-addr",
-    env: "RAFTLITE_ADVERTISE_ADDR",
-};
-const PEERS: Setting = Setting {
-    key: "peers",
-    flag: "--peers",
-    env: "RAFTLITE_PEERS",
-};
-const PEERS_FROM_STATEFULSET: Setting = Setting {
-    key: "peers_from_statefulset",
-    flag: "--peers-from-statefulset",
-    env: "RAFTLITE_PEERS_FROM_STATEFULSET",
-};
-const REPLICAS: Setting = Setting {
-    key: "replicas",
-    flag: "--replicas",
-    env: "RAFTLITE_REPLICAS",
-};
-const METRICS_ADDR: Setting = Setting {
-    key: "metrics_addr",
-    flag: "--metrics-addr",
-    env: "RAFTLITE_METRICS_ADDR",
-};
-const HEARTBEAT_MS: Setting = Setting {
-    key: "heartbeat_ms",
-    flag: "--heartbeat-ms",
-    env: "RAFTLITE_HEARTBEAT_MS",
-};
-const ELECTION_TIMEOUT_MIN_MS: Setting = Setting {
-    key: "election_timeout_min_ms",
-    flag: "--election-timeout-min-ms",
-    env: "RAFTLITE_ELECTION_TIMEOUT_MIN_MS",
-};
-const ELECTION_TIMEOUT_MAX_MS: Setting = Setting {
-    key: "election_timeout_max_ms",
-    flag: "--election-timeout-max-ms",
-    env: "RAFTLITE_ELECTION_TIMEOUT_MAX_MS",
-};
-const SNAPSHOT_EVERY: Setting = Setting {
-    key: "snapshot_every",
-    flag: "--snapshot-every",
-    env: "RAFTLITE_SNAPSHOT_EVERY",
-};
-const MAX_REQUEST_BYTES_SETTING: Setting = Setting {
-    key: "max_request_bytes",
-    flag: "--max-request-bytes",
-    env: "RAFTLITE_MAX_REQUEST_BYTES",
-};
-const MAX_CONCURRENT_REQUESTS: Setting = Setting {
-    key: "max_concurrent_requests",
-    flag: "--max-concurrent-requests",
-    env: "RAFTLITE_MAX_CONCURRENT_REQUESTS",
-};
-const REQUEST_TIMEOUT_MS: Setting = Setting {
-    key: "request_timeout_ms",
-    flag: "--request-timeout-ms",
-    env: "RAFTLITE_REQUEST_TIMEOUT_MS",
-};
-const OTLP_ENDPOINT: Setting = Setting {
-    key: "otlp_endpoint",
-    flag: "--otlp-endpoint",
-    env: "RAFTLITE_OTLP_ENDPOINT",
-};
-const READ_THREADS: Setting = Setting {
-    key: "read_threads",
-    flag: "--read-threads",
-    env: "RAFTLITE_READ_THREADS",
-};
-const MAX_BATCH_REQUESTS: Setting = Setting {
-    key: "max_batch_requests",
-    flag: "--max-batch-requests",
-    env: "RAFTLITE_MAX_BATCH_REQUESTS",
-};
-const ARCHIVE: Setting = Setting {
-    key: "archive",
-    flag: "--archive",
-    env: "RAFTLITE_ARCHIVE",
-};
-const ARCHIVE_ENDPOINT: Setting = Setting {
-    key: "archive_endpoint",
-    flag: "--archive-endpoint",
-    env: "RAFTLITE_ARCHIVE_ENDPOINT",
-};
-const ARCHIVE_SNAPSHOT_INTERVAL_S: Setting = Setting {
-    key: "archive_snapshot_interval_s",
-    flag: "--archive-snapshot-interval-s",
-    env: "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
-};
-const ARCHIVE_RETENTION_S: Setting = Setting {
-    key: "archive_retention_s",
-    flag: "--archive-retention-s",
-    env: "RAFTLITE_ARCHIVE_RETENTION_S",
-};
-const ARCHIVE_FLUSH_MS: Setting = Setting {
-    key: "archive_flush_ms",
-    flag: "--archive-flush-ms",
-    env: "RAFTLITE_ARCHIVE_FLUSH_MS",
-};
-const ARCHIVE_MAX_HELD_ENTRIES: Setting = Setting {
-    key: "archive_max_held_entries",
-    flag: "--archive-max-held-entries",
-    env: "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES",
-};
-const LOG_LEVEL: Setting = Setting {
-    key: "log_level",
-    flag: "--log-level",
-    env: "RAFTLITE_LOG",
-};
-
 fn required<T>(value: Option<T>, setting: &Setting) -> Result<T, ConfigError> {
     value.ok_or(ConfigError::Missing {
         setting: setting.key,
@@ -1763,6 +1643,19 @@ mod tests {
                 "--{:?} has no RAFTLITE_ env var",
                 arg.get_long()
             );
+        }
+    }
+
+    #[test]
+    fn each_flag_is_its_file_key_in_kebab_case() {
+        // The settings! list spells the flag and the field (the file key) separately.
+        use clap::CommandFactory;
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()), "{id}");
         }
     }
 
