@@ -44,8 +44,17 @@
 //! - **Trailing comments are expanded; full-line comments are not.** Telling whether a `#`
 //!   starts a comment or sits inside a quoted string needs a YAML parser. Full-line comments
 //!   are unambiguous, and skipping them lets the file document `${VAR}` in its comments.
-//! - **One address per node.** `advertise_addr` defaults to `peers[node_id]`. If both are
-//!   given, they must agree: the membership stores one address per node.
+//! - **Two ports, one host.** A node serves clients on `listen` and peers on `peer_listen`
+//!   (default: listen's port + 1), so the peer port can be closed to everyone but the other
+//!   nodes. `peers` are PEER addresses, which the membership stores. The client address
+//!   (`advertise_addr`) defaults to the host of this node's peer address with listen's port,
+//!   so one name per pod (the StatefulSet DNS name) serves both.
+//! - **Secure by default.** A node whose `listen` or `peer_listen` is not a loopback address
+//!   refuses to start without TLS (`tls_cert`, `tls_key`, `tls_ca`) and client tokens
+//!   (`auth_file`), unless `insecure` is set; the error names what to add. A local
+//!   `raftlite dev` cluster on 127.0.0.1 needs neither. `auto_resync` defaults to on only with
+//!   TLS: without it, anyone reaching the peer port could pose as another cluster's leader and
+//!   have the node wipe its data.
 //! - **Addresses are checked against the `HOSTNAME` class of mistakes.** A wildcard address
 //!   (`0.0.0.0`, `[::]`) is refused as an address to reach a node. Two peers sharing one
 //!   address are refused too: that is what every pod rendering the same name looks like.
@@ -103,10 +112,16 @@ pub mod defaults {
         30_000
     }
 
-    /// Default `auto_resync`: a node whose data belongs to another cluster wipes it and
-    /// re-syncs.
-    pub fn default_auto_resync() -> bool {
-        true
+    /// Default `auto_resync`: with TLS, a node whose data belongs to another cluster wipes it
+    /// and re-syncs. Without TLS it refuses: anyone who can reach the peer port could pose as
+    /// the leader of another cluster and have the node wipe its data.
+    pub fn default_auto_resync(tls_configured: bool) -> bool {
+        tls_configured
+    }
+
+    /// Default `max_snapshot_bytes`: 1 GiB, the Helm chart's default volume size.
+    pub fn default_max_snapshot_bytes() -> u64 {
+        1024 * 1024 * 1024
     }
 
     /// Default `read_threads`: SQLite connections serving reads.
@@ -158,6 +173,9 @@ const MIN_REQUEST_BYTES: usize = 1024;
 /// The largest accepted `max_request_bytes`: protobuf messages cannot exceed 2 GiB, and a
 /// request travels inside a Raft entry together with its page delta.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+/// The smallest accepted `max_snapshot_bytes`: an empty database's snapshot is far smaller,
+/// but a lower limit only makes snapshots fail.
+const MIN_SNAPSHOT_BYTES: u64 = 1024 * 1024;
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -279,23 +297,30 @@ settings! {
     /// Directory holding this node's SQLite database and Raft log.
     data_dir: PathBuf = DATA_DIR("--data-dir", "RAFTLITE_DATA_DIR", "DIR");
 
-    /// IP address and port the gRPC server binds, e.g. 0.0.0.0:7000.
+    /// IP address and port the client gRPC server (SQL, admin, health) binds, e.g.
+    /// 0.0.0.0:7000.
     listen: String = LISTEN("--listen", "RAFTLITE_LISTEN", "HOST:PORT");
 
-    /// Address peers and clients use to reach this node. Defaults to this node's entry in
-    /// --peers, else to --listen (required if --listen is a wildcard address).
+    /// IP address and port the peer gRPC server (Raft traffic between nodes) binds
+    /// [default: the IP of --listen, its port + 1].
+    peer_listen: String = PEER_LISTEN("--peer-listen", "RAFTLITE_PEER_LISTEN", "HOST:PORT");
+
+    /// Address clients are told to reach this node at (status, leader hints). Defaults to
+    /// the host of this node's entry in --peers with the port of --listen, else to --listen
+    /// (required if --listen is a wildcard address).
     advertise_addr: String =
         ADVERTISE_ADDR("--advertise-addr", "RAFTLITE_ADVERTISE_ADDR", "HOST:PORT");
 
-    /// Full initial membership, e.g. 1=raftlite-0.raftlite:7000,2=raftlite-1.raftlite:7000.
-    /// May be left out only for a single-node cluster.
+    /// Full initial membership as PEER addresses (the peers' --peer-listen ports), e.g.
+    /// 1=raftlite-0.raftlite:7001,2=raftlite-1.raftlite:7001. May be left out only for a
+    /// single-node cluster.
     #[arg(value_parser = peers_from_str)]
     #[serde(deserialize_with = "deserialize_peers")]
     peers: BTreeMap<u64, String> = PEERS("--peers", "RAFTLITE_PEERS", "ID=HOST:PORT,...");
 
     /// Instead of --peers: the StatefulSet NAME and headless SERVICE; pods 0..--replicas are
-    /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT.
-    /// Higher ordinals join the running cluster.
+    /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT, where
+    /// PORT is the peer port. Higher ordinals join the running cluster.
     peers_from_statefulset: String = PEERS_FROM_STATEFULSET(
         "--peers-from-statefulset",
         "RAFTLITE_PEERS_FROM_STATEFULSET",
@@ -304,6 +329,31 @@ settings! {
 
     /// With --peers-from-statefulset: how many pods form the initial membership.
     replicas: u64 = REPLICAS("--replicas", "RAFTLITE_REPLICAS", "N");
+
+    /// This node's TLS certificate (PEM), served on both ports and presented to peers. TLS
+    /// takes --tls-cert, --tls-key and --tls-ca together.
+    tls_cert: PathBuf = TLS_CERT("--tls-cert", "RAFTLITE_TLS_CERT", "FILE");
+
+    /// The private key (PEM) of --tls-cert.
+    tls_key: PathBuf = TLS_KEY("--tls-key", "RAFTLITE_TLS_KEY", "FILE");
+
+    /// The CA certificate (PEM) that signs the nodes' certificates; a peer must present a
+    /// certificate it signed (mutual TLS).
+    tls_ca: PathBuf = TLS_CA("--tls-ca", "RAFTLITE_TLS_CA", "FILE");
+
+    /// YAML file of the tokens clients may use (name, sha256 of the token, role: read, write
+    /// or admin); clients send `authorization: Bearer TOKEN`.
+    auth_file: PathBuf = AUTH_FILE("--auth-file", "RAFTLITE_AUTH_FILE", "FILE");
+
+    /// Serve a non-loopback address without TLS or without --auth-file. Without it such a
+    /// node refuses to start [default: false].
+    #[arg(
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure: bool = INSECURE("--insecure", "RAFTLITE_INSECURE", "BOOL");
 
     /// Where Prometheus metrics are served (/metrics), or "off" [default: 0.0.0.0:9090].
     metrics_addr: String = METRICS_ADDR("--metrics-addr", "RAFTLITE_METRICS_ADDR", "HOST:PORT");
@@ -335,6 +385,14 @@ settings! {
         "BYTES"
     );
 
+    /// Largest snapshot accepted from a peer, in bytes; at least 1048576 (1 MiB)
+    /// [default: 1073741824 (1 GiB)].
+    max_snapshot_bytes: u64 = MAX_SNAPSHOT_BYTES(
+        "--max-snapshot-bytes",
+        "RAFTLITE_MAX_SNAPSHOT_BYTES",
+        "BYTES"
+    );
+
     /// Most public requests (SQL, admin) served at once; beyond, requests are refused at once
     /// with RESOURCE_EXHAUSTED. Raft traffic between nodes is never refused [default: 1024].
     max_concurrent_requests: usize = MAX_CONCURRENT_REQUESTS(
@@ -348,7 +406,8 @@ settings! {
     request_timeout_ms: u64 =
         REQUEST_TIMEOUT_MS("--request-timeout-ms", "RAFTLITE_REQUEST_TIMEOUT_MS", "MS");
 
-    /// Wipe and re-sync from peers when local data belongs to another cluster [default: true].
+    /// Wipe and re-sync from peers when local data belongs to another cluster [default: true
+    /// with TLS, else false].
     #[arg(value_parser = clap::builder::BoolishValueParser::new())]
     auto_resync: bool = AUTO_RESYNC("--auto-resync", "RAFTLITE_AUTO_RESYNC", "BOOL");
 
@@ -416,18 +475,44 @@ pub struct ArchiveConfig {
     pub settings: crate::archive::ArchiverSettings,
 }
 
+/// The TLS files of a node: given all three or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificate (PEM) that peer certificates must be signed by.
+    pub ca: PathBuf,
+}
+
 /// Validated runtime configuration of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// This node's id, ≥ 1.
     pub node_id: u64,
     pub data_dir: PathBuf,
-    /// Address the gRPC server binds.
+    /// Address the client gRPC server (SQL, admin, health) binds.
     pub listen: SocketAddr,
-    /// HOST:PORT peers and clients use to reach this node; equals `peers[node_id]`.
+    /// Address the peer gRPC server (Raft traffic between nodes) binds; differs from
+    /// `listen`.
+    pub peer_listen: SocketAddr,
+    /// HOST:PORT clients are told to reach this node at (status, leader hints).
     pub advertise_addr: String,
-    /// Initial membership, node id to HOST:PORT. Contains this node, unless `auto_join`.
+    /// HOST:PORT peers reach this node at: `peers[node_id]` when this node is in `peers`.
+    pub peer_advertise_addr: String,
+    /// Initial membership, node id to PEER address (HOST:PORT). Contains this node, unless
+    /// `auto_join`.
     pub peers: BTreeMap<u64, String>,
+    /// `None`: no TLS, on either port.
+    pub tls: Option<TlsFiles>,
+    /// The client tokens file; `None`: clients are not authenticated.
+    pub auth_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or tokens (validation allowed it because
+    /// `insecure` was set; the node warns at start).
+    pub insecure: bool,
+    /// Largest snapshot accepted from a peer, in bytes, ≥ 1 MiB.
+    pub max_snapshot_bytes: u64,
     /// Peers came from a StatefulSet pattern: a node that is not a voter of the running
     /// cluster (a scale-up, or a pod re-created after a scale-down) adds itself.
     pub auto_join: bool,
@@ -445,6 +530,7 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Deadline of a public request (a shorter client deadline wins).
     pub request_timeout: Duration,
+    /// Wipe and re-sync when local data belongs to another cluster.
     pub auto_resync: bool,
     /// ≥ 1.
     pub read_threads: usize,
@@ -844,7 +930,51 @@ impl FileConfig {
         if listen.port() == 0 {
             return Err(invalid(
                 &LISTEN,
-                format!("{listen_text:?} has port 0: peers need a fixed port to connect to"),
+                format!("{listen_text:?} has port 0: clients need a fixed port to connect to"),
+            ));
+        }
+
+        let peer_listen = match self.peer_listen {
+            Some(text) => {
+                let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                    invalid(
+                        &PEER_LISTEN,
+                        format!(
+                            "{text:?} is not HOST:PORT \
+                             (an IP address and port to bind, e.g. 0.0.0.0:7001 or [::]:7001)"
+                        ),
+                    )
+                })?;
+                if addr.port() == 0 {
+                    return Err(invalid(
+                        &PEER_LISTEN,
+                        format!("{text:?} has port 0: peers need a fixed port to connect to"),
+                    ));
+                }
+                addr
+            }
+            None => {
+                let port = listen.port().checked_add(1).ok_or_else(|| {
+                    invalid(
+                        &PEER_LISTEN,
+                        format!(
+                            "missing: it defaults to the port of listen ({listen}) + 1, which is \
+                             out of range; set {}, {} or peer_listen in the config file",
+                            PEER_LISTEN.flag, PEER_LISTEN.env
+                        ),
+                    )
+                })?;
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
+        let same_ip = |a: IpAddr, b: IpAddr| a == b || a.is_unspecified() || b.is_unspecified();
+        if peer_listen.port() == listen.port() && same_ip(peer_listen.ip(), listen.ip()) {
+            return Err(invalid(
+                &PEER_LISTEN,
+                format!(
+                    "{peer_listen} takes the port of listen ({listen}): the peer port must \
+                     differ from the client port"
+                ),
             ));
         }
 
@@ -897,41 +1027,53 @@ impl FileConfig {
             ));
         }
 
+        // This node's PEER address: its entry in peers, else (a joining pod) its StatefulSet
+        // name. The client address others are told defaults to the same host, listen's port.
         let own_addr = peers.get(&node_id).cloned().or(own_addr);
         let advertise_addr = match (self.advertise_addr, own_addr.as_ref()) {
-            (Some(given), from_peers) => {
+            (Some(given), _) => {
                 let given = given.trim().to_owned();
                 check_host_port(&given)
                     .map_err(|e| invalid(&ADVERTISE_ADDR, format!("{given:?} {e}")))?;
-                if let Some(from_peers) = from_peers {
-                    if !from_peers.eq_ignore_ascii_case(&given) {
-                        return Err(invalid(
-                            &ADVERTISE_ADDR,
-                            format!(
-                                "{given:?} differs from this node's entry in peers \
-                                 ({node_id}={from_peers}); peers reach node {node_id} at the \
-                                 address in peers, so make them equal or leave advertise_addr out"
-                            ),
-                        ));
-                    }
-                }
                 given
             }
-            (None, Some(from_peers)) => from_peers.clone(),
+            (None, Some(own)) => with_port(own, listen.port()),
             (None, None) if listen.ip().is_unspecified() => {
                 return Err(invalid(
                     &ADVERTISE_ADDR,
                     format!(
-                        "missing: listen ({listen}) is a wildcard address that peers and clients \
-                         cannot connect to; set --advertise-addr, RAFTLITE_ADVERTISE_ADDR or \
+                        "missing: listen ({listen}) is a wildcard address that clients cannot \
+                         connect to; set --advertise-addr, RAFTLITE_ADVERTISE_ADDR or \
                          advertise_addr in the config file, or list this node in peers"
                     ),
                 ));
             }
             (None, None) => listen.to_string(),
         };
+        let peer_advertise_addr = match own_addr {
+            Some(own) => own,
+            None if !peer_listen.ip().is_unspecified() => peer_listen.to_string(),
+            None => with_port(&advertise_addr, peer_listen.port()),
+        };
         if peers.is_empty() {
-            peers.insert(node_id, advertise_addr.clone());
+            peers.insert(node_id, peer_advertise_addr.clone());
+        }
+
+        let tls = validate_tls(self.tls_cert, self.tls_key, self.tls_ca)?;
+        let auth_file = self.auth_file;
+        if auth_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(&AUTH_FILE, "is empty"));
+        }
+        let insecure = self.insecure.unwrap_or(false);
+
+        let max_snapshot_bytes = self
+            .max_snapshot_bytes
+            .unwrap_or_else(default_max_snapshot_bytes);
+        if max_snapshot_bytes < MIN_SNAPSHOT_BYTES {
+            return Err(invalid(
+                &MAX_SNAPSHOT_BYTES,
+                format!("{max_snapshot_bytes} is less than {MIN_SNAPSHOT_BYTES} (1 MiB)"),
+            ));
         }
 
         let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
@@ -1061,12 +1203,27 @@ impl FileConfig {
             ));
         }
 
+        // Last, so that a malformed setting is reported as such first.
+        check_exposure(
+            listen,
+            peer_listen,
+            tls.is_some(),
+            auth_file.is_some(),
+            insecure,
+        )?;
+
         Ok(Config {
             node_id,
             data_dir,
             listen,
+            peer_listen,
             advertise_addr,
+            peer_advertise_addr,
             peers,
+            tls: tls.clone(),
+            auth_file,
+            insecure,
+            max_snapshot_bytes,
             auto_join,
             metrics_addr,
             node_id_source: self.node_id_source,
@@ -1077,7 +1234,9 @@ impl FileConfig {
             max_request_bytes,
             max_concurrent_requests,
             request_timeout: Duration::from_millis(request_timeout_ms),
-            auto_resync: self.auto_resync.unwrap_or_else(default_auto_resync),
+            auto_resync: self
+                .auto_resync
+                .unwrap_or_else(|| default_auto_resync(tls.is_some())),
             read_threads,
             max_batch_requests,
             archive,
@@ -1174,6 +1333,105 @@ fn validate_archive(
             max_held_entries,
         },
     }))
+}
+
+/// TLS takes its three files together: all of them, or none.
+fn validate_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = [(&TLS_CERT, cert), (&TLS_KEY, key), (&TLS_CA, ca)];
+    for (setting, file) in &files {
+        if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(setting, "is empty"));
+        }
+    }
+    match files {
+        [(_, None), (_, None), (_, None)] => Ok(None),
+        [(_, Some(cert)), (_, Some(key)), (_, Some(ca))] => Ok(Some(TlsFiles { cert, key, ca })),
+        files => {
+            let given: Vec<String> = files
+                .iter()
+                .filter(|(_, file)| file.is_some())
+                .map(|(setting, _)| setting.key.to_owned())
+                .collect();
+            let missing: Vec<&Setting> = files
+                .iter()
+                .filter(|(_, file)| file.is_none())
+                .map(|(setting, _)| *setting)
+                .collect();
+            let add: Vec<String> = missing
+                .iter()
+                .map(|s| format!("{} ({}, {})", s.key, s.flag, s.env))
+                .collect();
+            Err(invalid(
+                missing[0],
+                format!(
+                    "missing: TLS takes tls_cert, tls_key and tls_ca together, and only {} {} \
+                     set; also set {}",
+                    and_list(&given),
+                    if given.len() == 1 { "is" } else { "are" },
+                    and_list(&add)
+                ),
+            ))
+        }
+    }
+}
+
+/// Secure by default: a node that listens beyond loopback needs TLS and client tokens, unless
+/// `insecure` says to run without them. The error names exactly what to add.
+fn check_exposure(
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    tls: bool,
+    auth_file: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if insecure {
+        return Ok(());
+    }
+    let exposed = [(&LISTEN, listen), (&PEER_LISTEN, peer_listen)]
+        .into_iter()
+        .find(|(_, addr)| !addr.ip().to_canonical().is_loopback());
+    let Some((setting, addr)) = exposed else {
+        return Ok(());
+    };
+    let mut add: Vec<String> = Vec::new();
+    if !tls {
+        add.extend([TLS_CERT.flag, TLS_KEY.flag, TLS_CA.flag].map(str::to_owned));
+    }
+    if !auth_file {
+        add.push(AUTH_FILE.flag.to_owned());
+    }
+    if add.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        setting,
+        format!(
+            "{addr} is not a loopback address, so the node needs TLS and client tokens: add {} \
+             (or {} to run without {})",
+            and_list(&add),
+            INSECURE.flag,
+            if add.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
+/// "a", "a and b", "a, b and c".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// `addr` (HOST:PORT, checked) with its port replaced.
+fn with_port(addr: &str, port: u16) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    format!("{host}:{port}")
 }
 
 /// Checks every peer id and address, and that no two peers share an address.
@@ -1298,9 +1556,10 @@ mod tests {
         }
     }
 
+    /// Peer addresses (port 7001, the chart's peer port).
     fn three_peers() -> BTreeMap<u64, String> {
         (1..=3)
-            .map(|id| (id, format!("raftlite-{}.raftlite:7000", id - 1)))
+            .map(|id| (id, format!("raftlite-{}.raftlite:7001", id - 1)))
             .collect()
     }
 
@@ -1562,7 +1821,12 @@ mod tests {
         assert_eq!(config.max_concurrent_requests, 1024);
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!(config.otlp_endpoint, None);
-        assert!(config.auto_resync);
+        assert!(!config.auto_resync, "off without TLS");
+        assert_eq!(config.max_snapshot_bytes, 1 << 30);
+        assert_eq!(
+            (config.tls, config.auth_file, config.insecure),
+            (None, None, false)
+        );
         assert_eq!(config.read_threads, 4);
         assert_eq!(config.max_batch_requests, 1024);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -1714,9 +1978,12 @@ mod tests {
     fn single_node_without_peers_lists_itself() -> Result<(), ConfigError> {
         let config = minimal().validate()?;
         assert_eq!(config.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(config.peer_listen, SocketAddr::from(([127, 0, 0, 1], 7002)));
+        assert_eq!(config.peer_advertise_addr, "127.0.0.1:7002");
         assert_eq!(
             config.peers,
-            BTreeMap::from([(1, "127.0.0.1:7001".to_owned())])
+            BTreeMap::from([(1, "127.0.0.1:7002".to_owned())]),
+            "peers are peer addresses"
         );
         Ok(())
     }
@@ -1725,26 +1992,41 @@ mod tests {
     fn advertise_addr_comes_from_flag_then_peers_then_listen() -> Result<(), ConfigError> {
         let wildcard = FileConfig {
             listen: Some("0.0.0.0:7000".into()),
+            insecure: Some(true),
             ..minimal()
         };
+        // The client address: the host of this node's peer address, listen's port.
         let from_peers = FileConfig {
             peers: Some(three_peers()),
             ..wildcard.clone()
         }
         .validate()?;
         assert_eq!(from_peers.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(from_peers.peer_advertise_addr, "raftlite-0.raftlite:7001");
         assert_eq!(from_peers.peers, three_peers());
 
+        // Without peers, the peer address is the advertised host with peer_listen's port.
         let given = FileConfig {
             advertise_addr: Some("raftlite-0.raftlite:7000".into()),
             ..wildcard.clone()
         }
         .validate()?;
         assert_eq!(given.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(given.peer_advertise_addr, "raftlite-0.raftlite:7001");
         assert_eq!(
             given.peers,
-            BTreeMap::from([(1, "raftlite-0.raftlite:7000".to_owned())])
+            BTreeMap::from([(1, "raftlite-0.raftlite:7001".to_owned())])
         );
+
+        // A client address need not match the peer address (a load balancer, another name).
+        let different = FileConfig {
+            advertise_addr: Some("db.example.com:443".into()),
+            peers: Some(three_peers()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(different.advertise_addr, "db.example.com:443");
+        assert_eq!(different.peer_advertise_addr, "raftlite-0.raftlite:7001");
 
         let ipv6 = FileConfig {
             listen: Some("[::1]:7000".into()),
@@ -1752,6 +2034,14 @@ mod tests {
         }
         .validate()?;
         assert_eq!(ipv6.advertise_addr, "[::1]:7000");
+        assert_eq!(ipv6.peer_advertise_addr, "[::1]:7001");
+        let ipv6_peers = FileConfig {
+            listen: Some("[::]:7000".into()),
+            peers: Some(BTreeMap::from([(1, "[fd00::1]:7001".to_owned())])),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(ipv6_peers.advertise_addr, "[fd00::1]:7000");
         Ok(())
     }
 
@@ -1829,11 +2119,6 @@ mod tests {
                 FileConfig { advertise_addr: Some("a".into()), ..minimal() },
                 "advertise_addr",
                 "advertise_addr: \"a\" is not HOST:PORT",
-            ),
-            (
-                FileConfig { advertise_addr: Some("other:7000".into()), ..with_peers.clone() },
-                "advertise_addr",
-                "differs from this node's entry in peers (1=raftlite-0.raftlite:7000)",
             ),
             (
                 FileConfig { node_id: Some(4), ..with_peers.clone() },
@@ -1988,10 +2273,12 @@ mod tests {
 
     #[test]
     fn peers_from_statefulset_and_joining_pods() -> Result<(), ConfigError> {
+        // The pattern's port is the PEER port; clients use listen's port on the same host.
         let sts = |node_id| FileConfig {
             node_id: Some(node_id),
             listen: Some("0.0.0.0:7000".into()),
-            peers_from_statefulset: Some("raftlite.raftlite.ns.svc.cluster.local:7000".into()),
+            insecure: Some(true),
+            peers_from_statefulset: Some("raftlite.raftlite.ns.svc.cluster.local:7001".into()),
             replicas: Some(3),
             ..minimal()
         };
@@ -2001,6 +2288,10 @@ mod tests {
             first.advertise_addr,
             "raftlite-0.raftlite.ns.svc.cluster.local:7000"
         );
+        assert_eq!(
+            first.peer_advertise_addr,
+            "raftlite-0.raftlite.ns.svc.cluster.local:7001"
+        );
         assert!(first.auto_join);
         let joining = sts(4).validate()?;
         assert!(!joining.peers.contains_key(&4));
@@ -2008,6 +2299,308 @@ mod tests {
             joining.advertise_addr,
             "raftlite-3.raftlite.ns.svc.cluster.local:7000"
         );
+        assert_eq!(
+            joining.peer_advertise_addr,
+            "raftlite-3.raftlite.ns.svc.cluster.local:7001"
+        );
+        Ok(())
+    }
+
+    // ---- security settings ----
+
+    /// TLS files and a tokens file: what a node on a non-loopback address needs.
+    fn secured(file: FileConfig) -> FileConfig {
+        FileConfig {
+            tls_cert: Some("/tls/node.crt".into()),
+            tls_key: Some("/tls/node.key".into()),
+            tls_ca: Some("/tls/ca.crt".into()),
+            auth_file: Some("/auth/auth.yaml".into()),
+            ..file
+        }
+    }
+
+    #[test]
+    fn peer_listen_defaults_to_the_next_port_of_listen() -> Result<(), ConfigError> {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            advertise_addr: Some("a:7000".into()),
+            insecure: Some(true),
+            ..minimal()
+        };
+        let derived = wildcard.clone().validate()?;
+        assert_eq!(derived.peer_listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
+        let explicit = FileConfig {
+            peer_listen: Some(" 10.0.0.5:9000 ".into()),
+            ..wildcard
+        }
+        .validate()?;
+        assert_eq!(
+            explicit.peer_listen,
+            SocketAddr::from(([10, 0, 0, 5], 9000))
+        );
+        assert_eq!(explicit.peer_advertise_addr, "10.0.0.5:9000");
+        Ok(())
+    }
+
+    #[test]
+    fn security_setting_errors_name_their_setting() {
+        let exposed = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            advertise_addr: Some("a:7000".into()),
+            ..minimal()
+        };
+        let cases: Vec<(FileConfig, &str, &str)> =
+            vec![
+            (
+                FileConfig { listen: Some("127.0.0.1:65535".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: missing: it defaults to the port of listen (127.0.0.1:65535) + 1, \
+                 which is out of range; set --peer-listen, RAFTLITE_PEER_LISTEN",
+            ),
+            (
+                FileConfig { peer_listen: Some("127.0.0.1:7001".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: 127.0.0.1:7001 takes the port of listen (127.0.0.1:7001)",
+            ),
+            (
+                FileConfig { peer_listen: Some("0.0.0.0:7001".into()), ..minimal() },
+                "peer_listen",
+                "takes the port of listen",
+            ),
+            (
+                FileConfig { peer_listen: Some("127.0.0.1:0".into()), ..minimal() },
+                "peer_listen",
+                "port 0",
+            ),
+            (
+                FileConfig { peer_listen: Some("localhost:7002".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: \"localhost:7002\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { tls_cert: Some("/c".into()), ..minimal() },
+                "tls_key",
+                "tls_key: missing: TLS takes tls_cert, tls_key and tls_ca together, and only \
+                 tls_cert is set; also set tls_key (--tls-key, RAFTLITE_TLS_KEY) and tls_ca \
+                 (--tls-ca, RAFTLITE_TLS_CA)",
+            ),
+            (
+                FileConfig { tls_key: Some("/k".into()), tls_ca: Some("/ca".into()), ..minimal() },
+                "tls_cert",
+                "and only tls_key and tls_ca are set; also set tls_cert (--tls-cert, \
+                 RAFTLITE_TLS_CERT)",
+            ),
+            (
+                FileConfig {
+                    tls_cert: Some("/c".into()),
+                    tls_key: Some("/k".into()),
+                    ..minimal()
+                },
+                "tls_ca",
+                "also set tls_ca (--tls-ca, RAFTLITE_TLS_CA)",
+            ),
+            (
+                FileConfig { tls_key: Some("".into()), ..secured(minimal()) },
+                "tls_key",
+                "tls_key: is empty",
+            ),
+            (
+                FileConfig { auth_file: Some("".into()), ..secured(minimal()) },
+                "auth_file",
+                "auth_file: is empty",
+            ),
+            (
+                FileConfig { max_snapshot_bytes: Some((1 << 20) - 1), ..minimal() },
+                "max_snapshot_bytes",
+                "max_snapshot_bytes: 1048575 is less than 1048576 (1 MiB)",
+            ),
+            (
+                exposed.clone(),
+                "listen",
+                "listen: 0.0.0.0:7000 is not a loopback address, so the node needs TLS and \
+                 client tokens: add --tls-cert, --tls-key, --tls-ca and --auth-file \
+                 (or --insecure to run without them)",
+            ),
+            (
+                FileConfig { auth_file: None, ..secured(exposed.clone()) },
+                "listen",
+                "add --auth-file (or --insecure to run without it)",
+            ),
+            (
+                FileConfig { auth_file: Some("/auth.yaml".into()), ..exposed.clone() },
+                "listen",
+                "add --tls-cert, --tls-key and --tls-ca (or --insecure to run without them)",
+            ),
+            (
+                FileConfig { peer_listen: Some("0.0.0.0:7002".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: 0.0.0.0:7002 is not a loopback address",
+            ),
+            (
+                FileConfig { insecure: Some(false), ..exposed.clone() },
+                "listen",
+                "is not a loopback address",
+            ),
+        ];
+        for (file, setting, fragment) in cases {
+            let description = format!("{file:?}");
+            let err = file.validate().expect_err(&description);
+            let message = err.to_string();
+            assert_eq!(err.setting(), Some(setting), "{message}");
+            assert!(message.starts_with(&format!("{setting}: ")), "{message}");
+            assert!(
+                message.contains(fragment),
+                "expected {fragment:?} in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_loopback_nodes_start_with_tls_and_tokens_or_insecure() -> Result<(), ConfigError> {
+        let exposed = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            peers: Some(three_peers()),
+            ..minimal()
+        };
+        let config = secured(exposed.clone()).validate()?;
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/tls/node.crt".into(),
+                key: "/tls/node.key".into(),
+                ca: "/tls/ca.crt".into(),
+            })
+        );
+        assert_eq!(
+            config.auth_file.as_deref(),
+            Some(Path::new("/auth/auth.yaml"))
+        );
+        assert!(!config.insecure);
+
+        let insecure = FileConfig {
+            insecure: Some(true),
+            ..exposed
+        }
+        .validate()?;
+        assert!(insecure.insecure);
+        assert_eq!((insecure.tls, insecure.auth_file), (None, None));
+
+        // Loopback, IPv4 or IPv6, needs neither.
+        for listen in ["127.0.0.1:7000", "127.1.2.3:7000", "[::1]:7000"] {
+            let local = FileConfig {
+                listen: Some(listen.into()),
+                ..minimal()
+            }
+            .validate()?;
+            assert_eq!((local.tls, local.insecure), (None, false), "{listen}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn auto_resync_defaults_to_on_only_with_tls() -> Result<(), ConfigError> {
+        let tls = FileConfig {
+            tls_cert: Some("/c".into()),
+            tls_key: Some("/k".into()),
+            tls_ca: Some("/ca".into()),
+            ..minimal()
+        };
+        assert!(!minimal().validate()?.auto_resync);
+        assert!(tls.clone().validate()?.auto_resync);
+        for explicit in [false, true] {
+            for file in [minimal(), tls.clone()] {
+                let config = FileConfig {
+                    auto_resync: Some(explicit),
+                    ..file
+                }
+                .validate()?;
+                assert_eq!(config.auto_resync, explicit, "an explicit value wins");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn max_snapshot_bytes_accepts_one_mib_and_more() -> Result<(), ConfigError> {
+        for bytes in [1 << 20, 5 << 30] {
+            let config = FileConfig {
+                max_snapshot_bytes: Some(bytes),
+                ..minimal()
+            }
+            .validate()?;
+            assert_eq!(config.max_snapshot_bytes, bytes);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn insecure_is_a_switch_on_the_command_line() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(parse_cli(&["--insecure"])?.insecure, Some(true));
+        let args = parse_cli(&["--insecure", "--node-id", "2"])?;
+        assert_eq!((args.insecure, args.node_id), (Some(true), Some(2)));
+        assert_eq!(parse_cli(&["--insecure=false"])?.insecure, Some(false));
+        assert_eq!(parse_cli(&[])?.insecure, None);
+
+        for (value, expected) in [("true", true), ("false", false)] {
+            std::env::set_var("RAFTLITE_INSECURE", value);
+            let parsed = parse_cli(&[]);
+            std::env::remove_var("RAFTLITE_INSECURE");
+            assert_eq!(
+                parsed?.insecure,
+                Some(expected),
+                "RAFTLITE_INSECURE={value}"
+            );
+        }
+
+        assert_eq!(yaml("insecure: true\n", &[])?.insecure, Some(true));
+        Ok(())
+    }
+
+    #[test]
+    fn security_flags_parse_into_serve_args() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&[
+            "--peer-listen",
+            "0.0.0.0:7001",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "--tls-ca",
+            "/ca",
+            "--auth-file",
+            "/a.yaml",
+            "--max-snapshot-bytes",
+            "2097152",
+        ])?;
+        assert_eq!(args.peer_listen.as_deref(), Some("0.0.0.0:7001"));
+        assert_eq!(
+            (
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
+                args.tls_ca.clone()
+            ),
+            (Some("/c".into()), Some("/k".into()), Some("/ca".into()))
+        );
+        assert_eq!(args.auth_file.as_deref(), Some(Path::new("/a.yaml")));
+        assert_eq!(args.max_snapshot_bytes, Some(2 << 20));
+
+        let file = yaml(
+            "peer_listen: 0.0.0.0:7001\ntls_cert: /c\ntls_key: /k\ntls_ca: /ca\n\
+             auth_file: /a.yaml\nmax_snapshot_bytes: 2097152\n",
+            &[],
+        )?;
+        let cli = ServeArgs {
+            peer_listen: file.peer_listen.clone(),
+            tls_cert: file.tls_cert.clone(),
+            tls_key: file.tls_key.clone(),
+            tls_ca: file.tls_ca.clone(),
+            auth_file: file.auth_file.clone(),
+            max_snapshot_bytes: file.max_snapshot_bytes,
+            ..ServeArgs::default()
+        };
+        assert_eq!(cli, args, "the file keys read the same values");
         Ok(())
     }
 
@@ -2058,20 +2651,37 @@ mod tests {
         let config = FileConfig::from_yaml(text, Path::new("config.example.yaml"), env(&vars))?
             .validate()?;
         let addr = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7000");
+        let peer = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7001");
         assert_eq!(config.node_id, 2);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftlite"));
         assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+        assert_eq!(config.peer_listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
         assert_eq!(config.advertise_addr, addr(1));
+        assert_eq!(config.peer_advertise_addr, peer(1));
         assert_eq!(
             config.peers,
-            BTreeMap::from([(1, addr(0)), (2, addr(1)), (3, addr(2))])
+            BTreeMap::from([(1, peer(0)), (2, peer(1)), (3, peer(2))])
         );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/etc/raftlite/tls/raftlite-1.crt".into(),
+                key: "/etc/raftlite/tls/raftlite-1.key".into(),
+                ca: "/etc/raftlite/tls/ca.crt".into(),
+            })
+        );
+        assert_eq!(
+            config.auth_file.as_deref(),
+            Some(Path::new("/etc/raftlite/auth/auth.yaml"))
+        );
+        assert!(!config.insecure);
+        assert_eq!(config.max_snapshot_bytes, 1 << 30);
         assert_eq!(config.heartbeat, Duration::from_millis(100));
         assert_eq!(config.election_timeout_min, Duration::from_millis(300));
         assert_eq!(config.election_timeout_max, Duration::from_millis(600));
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.max_request_bytes, 16 << 20);
-        assert!(config.auto_resync);
+        assert!(config.auto_resync, "on by default with TLS");
         assert_eq!((config.read_threads, config.max_batch_requests), (4, 1024));
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
