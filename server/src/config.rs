@@ -5,7 +5,9 @@
 //! 1. **Sources.** [`ServeArgs`] holds the command-line flags. Each flag can also be read from a
 //!    `RAFTLITE_*` environment variable (clap's `env`), which is how the Helm chart sets them.
 //!    [`FileConfig`] is the optional YAML file named by `--config`. Every setting is an `Option`
-//!    in both, so "not given" is never confused with "given the default value".
+//!    in both, so "not given" is never confused with "given the default value". Both structs
+//!    come from one list, `settings!`, where each setting is declared once: its flag,
+//!    environment variable, file key, value type and help. Defaults live in [`defaults`].
 //! 2. **Validation.** [`load`] lays the flags over the file ([`FileConfig::overlay`]). Then
 //!    [`FileConfig::validate`] fills in the named defaults, checks every setting and produces the
 //!    runtime [`Config`], which has no `Option` where a value is required.
@@ -42,8 +44,17 @@
 //! - **Trailing comments are expanded; full-line comments are not.** Telling whether a `#`
 //!   starts a comment or sits inside a quoted string needs a YAML parser. Full-line comments
 //!   are unambiguous, and skipping them lets the file document `${VAR}` in its comments.
-//! - **One address per node.** `advertise_addr` defaults to `peers[node_id]`. If both are
-//!   given, they must agree: the membership stores one address per node.
+//! - **Two ports, one host.** A node serves clients on `listen` and peers on `peer_listen`
+//!   (default: listen's port + 1), so the peer port can be closed to everyone but the other
+//!   nodes. `peers` are PEER addresses, which the membership stores. The client address
+//!   (`advertise_addr`) defaults to the host of this node's peer address with listen's port,
+//!   so one name per pod (the StatefulSet DNS name) serves both.
+//! - **Secure by default.** A node whose `listen` or `peer_listen` is not a loopback address
+//!   refuses to start without TLS (`tls_cert`, `tls_key`, `tls_ca`) and client tokens
+//!   (`auth_file`), unless `insecure` is set; the error names what to add. A local
+//!   `raftlite dev` cluster on 127.0.0.1 needs neither. `auto_resync` defaults to on only with
+//!   TLS: without it, anyone reaching the peer port could pose as another cluster's leader and
+//!   have the node wipe its data.
 //! - **Addresses are checked against the `HOSTNAME` class of mistakes.** A wildcard address
 //!   (`0.0.0.0`, `[::]`) is refused as an address to reach a node. Two peers sharing one
 //!   address are refused too: that is what every pod rendering the same name looks like.
@@ -57,86 +68,101 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-/// Default `heartbeat_ms`: the leader's heartbeat interval.
-pub fn default_heartbeat_ms() -> u64 {
-    100
-}
+use defaults::*;
 
-/// Default `election_timeout_min_ms`. It must exceed two heartbeats.
-pub fn default_election_timeout_min_ms() -> u64 {
-    300
-}
+/// The value a setting takes when it is given nowhere (neither flag, environment variable nor
+/// config file). [`FileConfig::validate`] applies them.
+pub mod defaults {
+    use std::net::SocketAddr;
 
-/// Default `election_timeout_max_ms`.
-pub fn default_election_timeout_max_ms() -> u64 {
-    600
-}
+    /// Default `heartbeat_ms`: the leader's heartbeat interval.
+    pub fn default_heartbeat_ms() -> u64 {
+        100
+    }
 
-/// Default `snapshot_every`: log entries between snapshots.
-pub fn default_snapshot_every() -> u64 {
-    10_000
-}
+    /// Default `election_timeout_min_ms`. It must exceed two heartbeats.
+    pub fn default_election_timeout_min_ms() -> u64 {
+        300
+    }
 
-/// Default `max_request_bytes`: 16 MiB.
-pub fn default_max_request_bytes() -> usize {
-    16 * 1024 * 1024
-}
+    /// Default `election_timeout_max_ms`.
+    pub fn default_election_timeout_max_ms() -> u64 {
+        600
+    }
 
-/// Default `max_concurrent_requests`: public requests (SQL, admin) a node serves at once;
-/// more are refused at once with RESOURCE_EXHAUSTED instead of queueing.
-pub fn default_max_concurrent_requests() -> usize {
-    1024
-}
+    /// Default `snapshot_every`: log entries between snapshots.
+    pub fn default_snapshot_every() -> u64 {
+        10_000
+    }
 
-/// Default `request_timeout_ms`: the deadline of a public request whose client set a longer
-/// one or none (30 s).
-pub fn default_request_timeout_ms() -> u64 {
-    30_000
-}
+    /// Default `max_request_bytes`: 16 MiB.
+    pub fn default_max_request_bytes() -> usize {
+        16 * 1024 * 1024
+    }
 
-/// Default `auto_resync`: a node whose data belongs to another cluster wipes it and re-syncs.
-pub fn default_auto_resync() -> bool {
-    true
-}
+    /// Default `max_concurrent_requests`: public requests (SQL, admin) a node serves at once;
+    /// more are refused at once with RESOURCE_EXHAUSTED instead of queueing.
+    pub fn default_max_concurrent_requests() -> usize {
+        1024
+    }
 
-/// Default `read_threads`: SQLite connections serving reads.
-pub fn default_read_threads() -> usize {
-    4
-}
+    /// Default `request_timeout_ms`: the deadline of a public request whose client set a
+    /// longer one or none (30 s).
+    pub fn default_request_timeout_ms() -> u64 {
+        30_000
+    }
 
-/// Default `max_batch_requests`: the most write requests in one group commit.
-pub fn default_max_batch_requests() -> usize {
-    1024
-}
+    /// Default `auto_resync`: with TLS, a node whose data belongs to another cluster wipes it
+    /// and re-syncs. Without TLS it refuses: anyone who can reach the peer port could pose as
+    /// the leader of another cluster and have the node wipe its data.
+    pub fn default_auto_resync(tls_configured: bool) -> bool {
+        tls_configured
+    }
 
-/// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
-pub fn default_metrics_addr() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9090))
-}
+    /// Default `max_snapshot_bytes`: 1 GiB, the Helm chart's default volume size.
+    pub fn default_max_snapshot_bytes() -> u64 {
+        1024 * 1024 * 1024
+    }
 
-/// Default `log_level` (a `tracing` env-filter directive).
-pub fn default_log_level() -> String {
-    "info".to_owned()
-}
+    /// Default `read_threads`: SQLite connections serving reads.
+    pub fn default_read_threads() -> usize {
+        4
+    }
 
-/// Default `archive_snapshot_interval_s`: one full snapshot an hour.
-pub fn default_archive_snapshot_interval_s() -> u64 {
-    3600
-}
+    /// Default `max_batch_requests`: the most write requests in one group commit.
+    pub fn default_max_batch_requests() -> usize {
+        1024
+    }
 
-/// Default `archive_retention_s`: snapshots (and the log after them) are kept for a day.
-pub fn default_archive_retention_s() -> u64 {
-    24 * 3600
-}
+    /// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
+    pub fn default_metrics_addr() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9090))
+    }
 
-/// Default `archive_flush_ms`: how long new entries gather before a segment is uploaded.
-pub fn default_archive_flush_ms() -> u64 {
-    200
-}
+    /// Default `log_level` (a `tracing` env-filter directive).
+    pub fn default_log_level() -> String {
+        "info".to_owned()
+    }
 
-/// Default `archive_max_held_entries`: log entries kept for an archive that is behind.
-pub fn default_archive_max_held_entries() -> u64 {
-    50_000
+    /// Default `archive_snapshot_interval_s`: one full snapshot an hour.
+    pub fn default_archive_snapshot_interval_s() -> u64 {
+        3600
+    }
+
+    /// Default `archive_retention_s`: snapshots (and the log after them) are kept for a day.
+    pub fn default_archive_retention_s() -> u64 {
+        24 * 3600
+    }
+
+    /// Default `archive_flush_ms`: how long new entries gather before a segment is uploaded.
+    pub fn default_archive_flush_ms() -> u64 {
+        200
+    }
+
+    /// Default `archive_max_held_entries`: log entries kept for an archive that is behind.
+    pub fn default_archive_max_held_entries() -> u64 {
+        50_000
+    }
 }
 
 /// `archive` value that turns archiving off.
@@ -147,6 +173,9 @@ const MIN_REQUEST_BYTES: usize = 1024;
 /// The largest accepted `max_request_bytes`: protobuf messages cannot exceed 2 GiB, and a
 /// request travels inside a Raft entry together with its page delta.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+/// The smallest accepted `max_snapshot_bytes`: an empty database's snapshot is far smaller,
+/// but a lower limit only makes snapshots fail.
+const MIN_SNAPSHOT_BYTES: u64 = 1024 * 1024;
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -159,193 +188,284 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `raftlite serve`. Each flag can also be set through its environment variable.
-/// A flag wins over its environment variable, and both win over the config file.
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
-pub struct ServeArgs {
-    /// YAML config file. `${VAR}` and `${VAR:-default}` in it are expanded.
-    #[arg(long, env = "RAFTLITE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+/// Where a setting can be given, for error messages.
+struct Setting {
+    /// The config file key (also the field name in [`ServeArgs`] and [`FileConfig`]).
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
 
+impl Setting {
+    /// The flag without its leading `--`, as clap's `long` wants it.
+    fn long(&self) -> &'static str {
+        self.flag.trim_start_matches('-')
+    }
+}
+
+/// Declares every setting once and generates from that one list:
+///
+/// - [`ServeArgs`]: the clap flags, each with its environment variable, value name and help
+///   (the doc comment);
+/// - [`FileConfig`]: the config file, one key per setting (the field name);
+/// - [`FileConfig::overlay`]: flag (or its environment variable) over file;
+/// - a [`Setting`] const per setting (key, flag, env), which error messages name.
+///
+/// An entry reads `field: Type = CONST("--flag", "RAFTLITE_ENV", "VALUE_NAME");`, optionally
+/// preceded by `#[arg(...)]` (extra clap attributes) and `#[serde(...)]` (extra serde
+/// attributes), in that order. Adding a setting: an entry here, its default in [`defaults`],
+/// its check in [`FileConfig::validate`], its field in [`Config`] and a documented line in
+/// `config.example.yaml` (a test checks the file).
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])?
+        $(#[serde($($serde:tt)*)])?
+        $field:ident: $ty:ty = $setting:ident($flag:literal, $env:literal, $value_name:literal);
+    )*) => {
+        $(
+            const $setting: Setting = Setting {
+                key: stringify!($field),
+                flag: $flag,
+                env: $env,
+            };
+        )*
+
+        /// Flags of `raftlite serve`. Each flag can also be set through its environment
+        /// variable. A flag wins over its environment variable, and both win over the config
+        /// file.
+        #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+        pub struct ServeArgs {
+            /// YAML config file. `${VAR}` and `${VAR:-default}` in it are expanded.
+            #[arg(long, env = "RAFTLITE_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(
+                    long = $setting.long(),
+                    env = $setting.env,
+                    value_name = $value_name
+                    $(, $($arg)*)?
+                )]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The config file: the same settings as [`ServeArgs`] (without `config`), with
+        /// snake_case keys. Absent keys stay `None`; [`FileConfig::validate`] applies the
+        /// named defaults.
+        ///
+        /// `peers` is accepted as a map (`{1: "host:port"}`), a list (`["1=host:port"]`) or a
+        /// string (`"1=host:port,2=host:port"`, handy with `${PEERS}`).
+        ///
+        /// Unknown keys are refused, unlike Neon's pageserver config, which ignores them so
+        /// that a rollback to an older binary can still read a newer file. Here a misspelt
+        /// key (`heartbeat: 50` for `heartbeat_ms`) would otherwise be dropped without a word
+        /// and the node would run on the default; users rely on the error. The cost: before
+        /// rolling back, remove keys the older version does not know (or set new settings
+        /// through `RAFTLITE_*` variables, which an older binary does not read).
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct FileConfig {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])?
+                pub $field: Option<$ty>,
+            )*
+            /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file
+            /// key.
+            #[serde(skip)]
+            pub node_id_source: Option<String>,
+        }
+
+        impl FileConfig {
+            /// Lays the flags (and their environment variables) over this file's settings.
+            pub fn overlay(self, args: &ServeArgs) -> Self {
+                Self {
+                    $($field: args.$field.clone().or(self.$field),)*
+                    node_id_source: self.node_id_source,
+                }
+            }
+        }
+    };
+}
+
+settings! {
     /// This node's id (1, 2, ...), unique in the cluster.
-    #[arg(long, env = "RAFTLITE_NODE_ID", value_name = "N")]
-    pub node_id: Option<u64>,
+    node_id: u64 = NODE_ID("--node-id", "RAFTLITE_NODE_ID", "N");
 
     /// Directory holding this node's SQLite database and Raft log.
-    #[arg(long, env = "RAFTLITE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = DATA_DIR("--data-dir", "RAFTLITE_DATA_DIR", "DIR");
 
-    /// IP address and port the gRPC server binds, e.g. 0.0.0.0:7000.
-    #[arg(long, env = "RAFTLITE_LISTEN", value_name = "HOST:PORT")]
-    pub listen: Option<String>,
+    /// IP address and port the client gRPC server (SQL, admin, health) binds, e.g.
+    /// 0.0.0.0:7000.
+    listen: String = LISTEN("--listen", "RAFTLITE_LISTEN", "HOST:PORT");
 
-    /// Address peers and clients use to reach this node. Defaults to this node's entry in
-    /// --peers, else to --listen (required if --listen is a wildcard address).
-    #[arg(long, env = "RAFTLITE_ADVERTISE_ADDR", value_name = "HOST:PORT")]
-    pub advertise_addr: Option<String>,
+    /// IP address and port the peer gRPC server (Raft traffic between nodes) binds
+    /// [default: the IP of --listen, its port + 1].
+    peer_listen: String = PEER_LISTEN("--peer-listen", "RAFTLITE_PEER_LISTEN", "HOST:PORT");
 
-    /// Full initial membership, e.g. 1=raftlite-0.raftlite:7000,2=raftlite-1.raftlite:7000.
-    /// May be left out only for a single-node cluster.
-    #[arg(long, env = "RAFTLITE_PEERS", value_name = "ID=HOST:PORT,...", value_parser = peers_from_str)]
-    pub peers: Option<BTreeMap<u64, String>>,
+    /// Address clients are told to reach this node at (status, leader hints). Defaults to
+    /// the host of this node's entry in --peers with the port of --listen, else to --listen
+    /// (required if --listen is a wildcard address).
+    advertise_addr: String =
+        ADVERTISE_ADDR("--advertise-addr", "RAFTLITE_ADVERTISE_ADDR", "HOST:PORT");
+
+    /// Full initial membership as PEER addresses (the peers' --peer-listen ports), e.g.
+    /// 1=raftlite-0.raftlite:7001,2=raftlite-1.raftlite:7001. May be left out only for a
+    /// single-node cluster.
+    #[arg(value_parser = peers_from_str)]
+    #[serde(deserialize_with = "deserialize_peers")]
+    peers: BTreeMap<u64, String> = PEERS("--peers", "RAFTLITE_PEERS", "ID=HOST:PORT,...");
 
     /// Instead of --peers: the StatefulSet NAME and headless SERVICE; pods 0..--replicas are
-    /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT.
-    /// Higher ordinals join the running cluster.
-    #[arg(
-        long,
-        env = "RAFTLITE_PEERS_FROM_STATEFULSET",
-        value_name = "NAME.SERVICE.NAMESPACE.svc.cluster.local:PORT"
-    )]
-    pub peers_from_statefulset: Option<String>,
+    /// the initial members (node id = ordinal + 1), reached at NAME-i.SERVICE...:PORT, where
+    /// PORT is the peer port. Higher ordinals join the running cluster.
+    peers_from_statefulset: String = PEERS_FROM_STATEFULSET(
+        "--peers-from-statefulset",
+        "RAFTLITE_PEERS_FROM_STATEFULSET",
+        "NAME.SERVICE.NAMESPACE.svc.cluster.local:PORT"
+    );
 
     /// With --peers-from-statefulset: how many pods form the initial membership.
-    #[arg(long, env = "RAFTLITE_REPLICAS", value_name = "N")]
-    pub replicas: Option<u64>,
+    replicas: u64 = REPLICAS("--replicas", "RAFTLITE_REPLICAS", "N");
+
+    /// This node's TLS certificate (PEM), served on both ports and presented to peers. TLS
+    /// takes --tls-cert, --tls-key and --tls-ca together.
+    tls_cert: PathBuf = TLS_CERT("--tls-cert", "RAFTLITE_TLS_CERT", "FILE");
+
+    /// The private key (PEM) of --tls-cert.
+    tls_key: PathBuf = TLS_KEY("--tls-key", "RAFTLITE_TLS_KEY", "FILE");
+
+    /// The CA certificate (PEM) that signs the nodes' certificates; a peer must present a
+    /// certificate it signed (mutual TLS).
+    tls_ca: PathBuf = TLS_CA("--tls-ca", "RAFTLITE_TLS_CA", "FILE");
+
+    /// YAML file of the tokens clients may use (name, sha256 of the token, role: read, write
+    /// or admin); clients send `authorization: Bearer TOKEN`.
+    auth_file: PathBuf = AUTH_FILE("--auth-file", "RAFTLITE_AUTH_FILE", "FILE");
+
+    /// Serve a non-loopback address without TLS or without --auth-file. Without it such a
+    /// node refuses to start [default: false].
+    #[arg(
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure: bool = INSECURE("--insecure", "RAFTLITE_INSECURE", "BOOL");
 
     /// Where Prometheus metrics are served (/metrics), or "off" [default: 0.0.0.0:9090].
-    #[arg(long, env = "RAFTLITE_METRICS_ADDR", value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
+    metrics_addr: String = METRICS_ADDR("--metrics-addr", "RAFTLITE_METRICS_ADDR", "HOST:PORT");
 
     /// Leader heartbeat interval in milliseconds [default: 100].
-    #[arg(long, env = "RAFTLITE_HEARTBEAT_MS", value_name = "MS")]
-    pub heartbeat_ms: Option<u64>,
+    heartbeat_ms: u64 = HEARTBEAT_MS("--heartbeat-ms", "RAFTLITE_HEARTBEAT_MS", "MS");
 
     /// Lower bound of the randomized election timeout in milliseconds [default: 300].
-    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
-    pub election_timeout_min_ms: Option<u64>,
+    election_timeout_min_ms: u64 = ELECTION_TIMEOUT_MIN_MS(
+        "--election-timeout-min-ms",
+        "RAFTLITE_ELECTION_TIMEOUT_MIN_MS",
+        "MS"
+    );
 
     /// Upper bound of the randomized election timeout in milliseconds [default: 600].
-    #[arg(long, env = "RAFTLITE_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
-    pub election_timeout_max_ms: Option<u64>,
+    election_timeout_max_ms: u64 = ELECTION_TIMEOUT_MAX_MS(
+        "--election-timeout-max-ms",
+        "RAFTLITE_ELECTION_TIMEOUT_MAX_MS",
+        "MS"
+    );
 
     /// Take a snapshot every N log entries [default: 10000].
-    #[arg(long, env = "RAFTLITE_SNAPSHOT_EVERY", value_name = "N")]
-    pub snapshot_every: Option<u64>,
+    snapshot_every: u64 = SNAPSHOT_EVERY("--snapshot-every", "RAFTLITE_SNAPSHOT_EVERY", "N");
 
     /// Largest accepted request in bytes [default: 16777216 (16 MiB)].
-    #[arg(long, env = "RAFTLITE_MAX_REQUEST_BYTES", value_name = "BYTES")]
-    pub max_request_bytes: Option<usize>,
+    max_request_bytes: usize = MAX_REQUEST_BYTES_SETTING(
+        "--max-request-bytes",
+        "RAFTLITE_MAX_REQUEST_BYTES",
+        "BYTES"
+    );
+
+    /// Largest snapshot accepted from a peer, in bytes; at least 1048576 (1 MiB)
+    /// [default: 1073741824 (1 GiB)].
+    max_snapshot_bytes: u64 = MAX_SNAPSHOT_BYTES(
+        "--max-snapshot-bytes",
+        "RAFTLITE_MAX_SNAPSHOT_BYTES",
+        "BYTES"
+    );
 
     /// Most public requests (SQL, admin) served at once; beyond, requests are refused at once
     /// with RESOURCE_EXHAUSTED. Raft traffic between nodes is never refused [default: 1024].
-    #[arg(long, env = "RAFTLITE_MAX_CONCURRENT_REQUESTS", value_name = "N")]
-    pub max_concurrent_requests: Option<usize>,
+    max_concurrent_requests: usize = MAX_CONCURRENT_REQUESTS(
+        "--max-concurrent-requests",
+        "RAFTLITE_MAX_CONCURRENT_REQUESTS",
+        "N"
+    );
 
     /// Deadline of a public request in milliseconds; a shorter client deadline (grpc-timeout)
     /// wins. Past it the request answers DEADLINE_EXCEEDED [default: 30000].
-    #[arg(long, env = "RAFTLITE_REQUEST_TIMEOUT_MS", value_name = "MS")]
-    pub request_timeout_ms: Option<u64>,
+    request_timeout_ms: u64 =
+        REQUEST_TIMEOUT_MS("--request-timeout-ms", "RAFTLITE_REQUEST_TIMEOUT_MS", "MS");
 
-    /// Wipe and re-sync from peers when local data belongs to another cluster [default: true].
-    #[arg(
-        long,
-        env = "RAFTLITE_AUTO_RESYNC",
-        value_name = "BOOL",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub auto_resync: Option<bool>,
+    /// Wipe and re-sync from peers when local data belongs to another cluster [default: true
+    /// with TLS, else false].
+    #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+    auto_resync: bool = AUTO_RESYNC("--auto-resync", "RAFTLITE_AUTO_RESYNC", "BOOL");
 
     /// Threads (SQLite connections) serving reads [default: 4].
-    #[arg(long, env = "RAFTLITE_READ_THREADS", value_name = "N")]
-    pub read_threads: Option<usize>,
+    read_threads: usize = READ_THREADS("--read-threads", "RAFTLITE_READ_THREADS", "N");
 
     /// Most write requests in one group commit [default: 1024].
-    #[arg(long, env = "RAFTLITE_MAX_BATCH_REQUESTS", value_name = "N")]
-    pub max_batch_requests: Option<usize>,
+    max_batch_requests: usize =
+        MAX_BATCH_REQUESTS("--max-batch-requests", "RAFTLITE_MAX_BATCH_REQUESTS", "N");
 
     /// Archive URL: s3://BUCKET/PREFIX, file:///DIR, or "none" [default:
     /// file://<data-dir>/archive]. S3 credentials: RAFTLITE_ACCESS_KEY_ID /
     /// RAFTLITE_SECRET_ACCESS_KEY or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; encryption key:
     /// RAFTLITE_ARCHIVE_KEY (64 hex digits).
-    #[arg(long, env = "RAFTLITE_ARCHIVE", value_name = "URL")]
-    pub archive: Option<String>,
+    archive: String = ARCHIVE("--archive", "RAFTLITE_ARCHIVE", "URL");
 
     /// S3 endpoint, e.g. http://minio:9000 (path-style requests) [default: AWS_ENDPOINT_URL,
     /// else AWS].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_ENDPOINT", value_name = "URL")]
-    pub archive_endpoint: Option<String>,
+    archive_endpoint: String =
+        ARCHIVE_ENDPOINT("--archive-endpoint", "RAFTLITE_ARCHIVE_ENDPOINT", "URL");
 
     /// S3 region [default: AWS_REGION, else us-east-1].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_REGION", value_name = "REGION")]
-    pub archive_region: Option<String>,
+    archive_region: String =
+        ARCHIVE_REGION("--archive-region", "RAFTLITE_ARCHIVE_REGION", "REGION");
 
     /// Seconds between full snapshots uploaded to the archive [default: 3600].
-    #[arg(
-        long,
-        env = "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
-        value_name = "SECONDS"
-    )]
-    pub archive_snapshot_interval_s: Option<u64>,
+    archive_snapshot_interval_s: u64 = ARCHIVE_SNAPSHOT_INTERVAL_S(
+        "--archive-snapshot-interval-s",
+        "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
+        "SECONDS"
+    );
 
     /// Seconds archived snapshots are kept (the newest always is) [default: 86400].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_RETENTION_S", value_name = "SECONDS")]
-    pub archive_retention_s: Option<u64>,
+    archive_retention_s: u64 =
+        ARCHIVE_RETENTION_S("--archive-retention-s", "RAFTLITE_ARCHIVE_RETENTION_S", "SECONDS");
 
     /// Milliseconds new log entries gather before a segment is uploaded [default: 200].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_FLUSH_MS", value_name = "MS")]
-    pub archive_flush_ms: Option<u64>,
+    archive_flush_ms: u64 =
+        ARCHIVE_FLUSH_MS("--archive-flush-ms", "RAFTLITE_ARCHIVE_FLUSH_MS", "MS");
 
     /// Most log entries kept for an archive that is behind; beyond, the archive is caught up
     /// with a fresh snapshot [default: 50000].
-    #[arg(long, env = "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES", value_name = "N")]
-    pub archive_max_held_entries: Option<u64>,
+    archive_max_held_entries: u64 = ARCHIVE_MAX_HELD_ENTRIES(
+        "--archive-max-held-entries",
+        "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES",
+        "N"
+    );
 
     /// OTLP/gRPC collector that receives traces, e.g. http://otel-collector:4317; unset or
     /// "off": no trace export. Without this flag, its variable and the file setting, the
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT is read [default: off].
-    #[arg(long, env = "RAFTLITE_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: String = OTLP_ENDPOINT("--otlp-endpoint", "RAFTLITE_OTLP_ENDPOINT", "URL");
 
     /// Log format [default: text].
-    #[arg(long, env = "RAFTLITE_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    log_format: LogFormat = LOG_FORMAT("--log-format", "RAFTLITE_LOG_FORMAT", "FORMAT");
 
     /// Log filter, e.g. "info" or "info,raftlite=debug" [default: info].
-    #[arg(long, env = "RAFTLITE_LOG", value_name = "FILTER")]
-    pub log_level: Option<String>,
-}
-
-/// The config file: the same settings as [`ServeArgs`] (without `config`), with snake_case
-/// keys. Absent keys stay `None`; [`FileConfig::validate`] applies the named defaults.
-///
-/// `peers` is accepted as a map (`{1: "host:port"}`), a list (`["1=host:port"]`) or a string
-/// (`"1=host:port,2=host:port"`, handy with `${PEERS}`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileConfig {
-    pub node_id: Option<u64>,
-    pub data_dir: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub advertise_addr: Option<String>,
-    #[serde(deserialize_with = "deserialize_peers")]
-    pub peers: Option<BTreeMap<u64, String>>,
-    pub peers_from_statefulset: Option<String>,
-    pub replicas: Option<u64>,
-    pub metrics_addr: Option<String>,
-    pub heartbeat_ms: Option<u64>,
-    pub election_timeout_min_ms: Option<u64>,
-    pub election_timeout_max_ms: Option<u64>,
-    pub snapshot_every: Option<u64>,
-    pub max_request_bytes: Option<usize>,
-    pub max_concurrent_requests: Option<usize>,
-    pub request_timeout_ms: Option<u64>,
-    pub auto_resync: Option<bool>,
-    pub read_threads: Option<usize>,
-    pub max_batch_requests: Option<usize>,
-    pub archive: Option<String>,
-    pub archive_endpoint: Option<String>,
-    pub archive_region: Option<String>,
-    pub archive_snapshot_interval_s: Option<u64>,
-    pub archive_retention_s: Option<u64>,
-    pub archive_flush_ms: Option<u64>,
-    pub archive_max_held_entries: Option<u64>,
-    pub otlp_endpoint: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-    /// Set by [`FileConfig::with_pod_identity`] when it derived `node_id`; not a file key.
-    #[serde(skip)]
-    pub node_id_source: Option<String>,
+    log_level: String = LOG_LEVEL("--log-level", "RAFTLITE_LOG", "FILTER");
 }
 
 /// The archive a node ships its log and snapshots to.
@@ -355,18 +475,44 @@ pub struct ArchiveConfig {
     pub settings: crate::archive::ArchiverSettings,
 }
 
+/// The TLS files of a node: given all three or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificate (PEM) that peer certificates must be signed by.
+    pub ca: PathBuf,
+}
+
 /// Validated runtime configuration of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// This node's id, ≥ 1.
     pub node_id: u64,
     pub data_dir: PathBuf,
-    /// Address the gRPC server binds.
+    /// Address the client gRPC server (SQL, admin, health) binds.
     pub listen: SocketAddr,
-    /// HOST:PORT peers and clients use to reach this node; equals `peers[node_id]`.
+    /// Address the peer gRPC server (Raft traffic between nodes) binds; differs from
+    /// `listen`.
+    pub peer_listen: SocketAddr,
+    /// HOST:PORT clients are told to reach this node at (status, leader hints).
     pub advertise_addr: String,
-    /// Initial membership, node id to HOST:PORT. Contains this node, unless `auto_join`.
+    /// HOST:PORT peers reach this node at: `peers[node_id]` when this node is in `peers`.
+    pub peer_advertise_addr: String,
+    /// Initial membership, node id to PEER address (HOST:PORT). Contains this node, unless
+    /// `auto_join`.
     pub peers: BTreeMap<u64, String>,
+    /// `None`: no TLS, on either port.
+    pub tls: Option<TlsFiles>,
+    /// The client tokens file; `None`: clients are not authenticated.
+    pub auth_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or tokens (validation allowed it because
+    /// `insecure` was set; the node warns at start).
+    pub insecure: bool,
+    /// Largest snapshot accepted from a peer, in bytes, ≥ 1 MiB.
+    pub max_snapshot_bytes: u64,
     /// Peers came from a StatefulSet pattern: a node that is not a voter of the running
     /// cluster (a scale-up, or a pod re-created after a scale-down) adds itself.
     pub auto_join: bool,
@@ -384,6 +530,7 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Deadline of a public request (a shorter client deadline wins).
     pub request_timeout: Duration,
+    /// Wipe and re-sync when local data belongs to another cluster.
     pub auto_resync: bool,
     /// ≥ 1.
     pub read_threads: usize,
@@ -723,54 +870,6 @@ impl FileConfig {
         )
     }
 
-    /// Lays the flags (and their environment variables) over this file's settings.
-    pub fn overlay(self, args: &ServeArgs) -> Self {
-        Self {
-            node_id: args.node_id.or(self.node_id),
-            data_dir: args.data_dir.clone().or(self.data_dir),
-            listen: args.listen.clone().or(self.listen),
-            advertise_addr: args.advertise_addr.clone().or(self.advertise_addr),
-            peers: args.peers.clone().or(self.peers),
-            peers_from_statefulset: args
-                .peers_from_statefulset
-                .clone()
-                .or(self.peers_from_statefulset),
-            replicas: args.replicas.or(self.replicas),
-            metrics_addr: args.metrics_addr.clone().or(self.metrics_addr),
-            heartbeat_ms: args.heartbeat_ms.or(self.heartbeat_ms),
-            election_timeout_min_ms: args
-                .election_timeout_min_ms
-                .or(self.election_timeout_min_ms),
-            election_timeout_max_ms: args
-                .election_timeout_max_ms
-                .or(self.election_timeout_max_ms),
-            snapshot_every: args.snapshot_every.or(self.snapshot_every),
-            max_request_bytes: args.max_request_bytes.or(self.max_request_bytes),
-            max_concurrent_requests: args
-                .max_concurrent_requests
-                .or(self.max_concurrent_requests),
-            request_timeout_ms: args.request_timeout_ms.or(self.request_timeout_ms),
-            auto_resync: args.auto_resync.or(self.auto_resync),
-            read_threads: args.read_threads.or(self.read_threads),
-            max_batch_requests: args.max_batch_requests.or(self.max_batch_requests),
-            archive: args.archive.clone().or(self.archive),
-            archive_endpoint: args.archive_endpoint.clone().or(self.archive_endpoint),
-            archive_region: args.archive_region.clone().or(self.archive_region),
-            archive_snapshot_interval_s: args
-                .archive_snapshot_interval_s
-                .or(self.archive_snapshot_interval_s),
-            archive_retention_s: args.archive_retention_s.or(self.archive_retention_s),
-            archive_flush_ms: args.archive_flush_ms.or(self.archive_flush_ms),
-            archive_max_held_entries: args
-                .archive_max_held_entries
-                .or(self.archive_max_held_entries),
-            otlp_endpoint: args.otlp_endpoint.clone().or(self.otlp_endpoint),
-            log_format: args.log_format.or(self.log_format),
-            log_level: args.log_level.clone().or(self.log_level),
-            node_id_source: self.node_id_source,
-        }
-    }
-
     /// When no `node_id` is given, derives it from the StatefulSet pod this node runs in
     /// (`POD_NAME`, else `HOSTNAME`, else the hostname: ordinal + 1, see [`crate::cluster::pod`]).
     /// A name that is not a StatefulSet pod name is an error that says how to fix it.
@@ -831,7 +930,51 @@ impl FileConfig {
         if listen.port() == 0 {
             return Err(invalid(
                 &LISTEN,
-                format!("{listen_text:?} has port 0: peers need a fixed port to connect to"),
+                format!("{listen_text:?} has port 0: clients need a fixed port to connect to"),
+            ));
+        }
+
+        let peer_listen = match self.peer_listen {
+            Some(text) => {
+                let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                    invalid(
+                        &PEER_LISTEN,
+                        format!(
+                            "{text:?} is not HOST:PORT \
+                             (an IP address and port to bind, e.g. 0.0.0.0:7001 or [::]:7001)"
+                        ),
+                    )
+                })?;
+                if addr.port() == 0 {
+                    return Err(invalid(
+                        &PEER_LISTEN,
+                        format!("{text:?} has port 0: peers need a fixed port to connect to"),
+                    ));
+                }
+                addr
+            }
+            None => {
+                let port = listen.port().checked_add(1).ok_or_else(|| {
+                    invalid(
+                        &PEER_LISTEN,
+                        format!(
+                            "missing: it defaults to the port of listen ({listen}) + 1, which is \
+                             out of range; set {}, {} or peer_listen in the config file",
+                            PEER_LISTEN.flag, PEER_LISTEN.env
+                        ),
+                    )
+                })?;
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
+        let same_ip = |a: IpAddr, b: IpAddr| a == b || a.is_unspecified() || b.is_unspecified();
+        if peer_listen.port() == listen.port() && same_ip(peer_listen.ip(), listen.ip()) {
+            return Err(invalid(
+                &PEER_LISTEN,
+                format!(
+                    "{peer_listen} takes the port of listen ({listen}): the peer port must \
+                     differ from the client port"
+                ),
             ));
         }
 
@@ -884,41 +1027,53 @@ impl FileConfig {
             ));
         }
 
+        // This node's PEER address: its entry in peers, else (a joining pod) its StatefulSet
+        // name. The client address others are told defaults to the same host, listen's port.
         let own_addr = peers.get(&node_id).cloned().or(own_addr);
         let advertise_addr = match (self.advertise_addr, own_addr.as_ref()) {
-            (Some(given), from_peers) => {
+            (Some(given), _) => {
                 let given = given.trim().to_owned();
                 check_host_port(&given)
                     .map_err(|e| invalid(&ADVERTISE_ADDR, format!("{given:?} {e}")))?;
-                if let Some(from_peers) = from_peers {
-                    if !from_peers.eq_ignore_ascii_case(&given) {
-                        return Err(invalid(
-                            &ADVERTISE_ADDR,
-                            format!(
-                                "{given:?} differs from this node's entry in peers \
-                                 ({node_id}={from_peers}); peers reach node {node_id} at the \
-                                 address in peers, so make them equal or leave advertise_addr out"
-                            ),
-                        ));
-                    }
-                }
                 given
             }
-            (None, Some(from_peers)) => from_peers.clone(),
+            (None, Some(own)) => with_port(own, listen.port()),
             (None, None) if listen.ip().is_unspecified() => {
                 return Err(invalid(
                     &ADVERTISE_ADDR,
                     format!(
-                        "missing: listen ({listen}) is a wildcard address that peers and clients \
-                         cannot connect to; set --advertise-addr, RAFTLITE_ADVERTISE_ADDR or \
+                        "missing: listen ({listen}) is a wildcard address that clients cannot \
+                         connect to; set --advertise-addr, RAFTLITE_ADVERTISE_ADDR or \
                          advertise_addr in the config file, or list this node in peers"
                     ),
                 ));
             }
             (None, None) => listen.to_string(),
         };
+        let peer_advertise_addr = match own_addr {
+            Some(own) => own,
+            None if !peer_listen.ip().is_unspecified() => peer_listen.to_string(),
+            None => with_port(&advertise_addr, peer_listen.port()),
+        };
         if peers.is_empty() {
-            peers.insert(node_id, advertise_addr.clone());
+            peers.insert(node_id, peer_advertise_addr.clone());
+        }
+
+        let tls = validate_tls(self.tls_cert, self.tls_key, self.tls_ca)?;
+        let auth_file = self.auth_file;
+        if auth_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(&AUTH_FILE, "is empty"));
+        }
+        let insecure = self.insecure.unwrap_or(false);
+
+        let max_snapshot_bytes = self
+            .max_snapshot_bytes
+            .unwrap_or_else(default_max_snapshot_bytes);
+        if max_snapshot_bytes < MIN_SNAPSHOT_BYTES {
+            return Err(invalid(
+                &MAX_SNAPSHOT_BYTES,
+                format!("{max_snapshot_bytes} is less than {MIN_SNAPSHOT_BYTES} (1 MiB)"),
+            ));
         }
 
         let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
@@ -1048,12 +1203,27 @@ impl FileConfig {
             ));
         }
 
+        // Last, so that a malformed setting is reported as such first.
+        check_exposure(
+            listen,
+            peer_listen,
+            tls.is_some(),
+            auth_file.is_some(),
+            insecure,
+        )?;
+
         Ok(Config {
             node_id,
             data_dir,
             listen,
+            peer_listen,
             advertise_addr,
+            peer_advertise_addr,
             peers,
+            tls: tls.clone(),
+            auth_file,
+            insecure,
+            max_snapshot_bytes,
             auto_join,
             metrics_addr,
             node_id_source: self.node_id_source,
@@ -1064,7 +1234,9 @@ impl FileConfig {
             max_request_bytes,
             max_concurrent_requests,
             request_timeout: Duration::from_millis(request_timeout_ms),
-            auto_resync: self.auto_resync.unwrap_or_else(default_auto_resync),
+            auto_resync: self
+                .auto_resync
+                .unwrap_or_else(|| default_auto_resync(tls.is_some())),
             read_threads,
             max_batch_requests,
             archive,
@@ -1163,6 +1335,105 @@ fn validate_archive(
     }))
 }
 
+/// TLS takes its three files together: all of them, or none.
+fn validate_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = [(&TLS_CERT, cert), (&TLS_KEY, key), (&TLS_CA, ca)];
+    for (setting, file) in &files {
+        if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(setting, "is empty"));
+        }
+    }
+    match files {
+        [(_, None), (_, None), (_, None)] => Ok(None),
+        [(_, Some(cert)), (_, Some(key)), (_, Some(ca))] => Ok(Some(TlsFiles { cert, key, ca })),
+        files => {
+            let given: Vec<String> = files
+                .iter()
+                .filter(|(_, file)| file.is_some())
+                .map(|(setting, _)| setting.key.to_owned())
+                .collect();
+            let missing: Vec<&Setting> = files
+                .iter()
+                .filter(|(_, file)| file.is_none())
+                .map(|(setting, _)| *setting)
+                .collect();
+            let add: Vec<String> = missing
+                .iter()
+                .map(|s| format!("{} ({}, {})", s.key, s.flag, s.env))
+                .collect();
+            Err(invalid(
+                missing[0],
+                format!(
+                    "missing: TLS takes tls_cert, tls_key and tls_ca together, and only {} {} \
+                     set; also set {}",
+                    and_list(&given),
+                    if given.len() == 1 { "is" } else { "are" },
+                    and_list(&add)
+                ),
+            ))
+        }
+    }
+}
+
+/// Secure by default: a node that listens beyond loopback needs TLS and client tokens, unless
+/// `insecure` says to run without them. The error names exactly what to add.
+fn check_exposure(
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    tls: bool,
+    auth_file: bool,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if insecure {
+        return Ok(());
+    }
+    let exposed = [(&LISTEN, listen), (&PEER_LISTEN, peer_listen)]
+        .into_iter()
+        .find(|(_, addr)| !addr.ip().to_canonical().is_loopback());
+    let Some((setting, addr)) = exposed else {
+        return Ok(());
+    };
+    let mut add: Vec<String> = Vec::new();
+    if !tls {
+        add.extend([TLS_CERT.flag, TLS_KEY.flag, TLS_CA.flag].map(str::to_owned));
+    }
+    if !auth_file {
+        add.push(AUTH_FILE.flag.to_owned());
+    }
+    if add.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        setting,
+        format!(
+            "{addr} is not a loopback address, so the node needs TLS and client tokens: add {} \
+             (or {} to run without {})",
+            and_list(&add),
+            INSECURE.flag,
+            if add.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
+/// "a", "a and b", "a, b and c".
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// `addr` (HOST:PORT, checked) with its port replaced.
+fn with_port(addr: &str, port: u16) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    format!("{host}:{port}")
+}
+
 /// Checks every peer id and address, and that no two peers share an address.
 fn check_peers(peers: &BTreeMap<u64, String>) -> Result<(), ConfigError> {
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -1223,139 +1494,6 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// Where a setting can be given, for error messages.
-struct Setting {
-    key: &'static str,
-    flag: &'static str,
-    env: &'static str,
-}
-
-const NODE_ID: Setting = Setting {
-    key: "node_id",
-    flag: "--node-id",
-    env: "RAFTLITE_NODE_ID",
-};
-const DATA_DIR: Setting = Setting {
-    key: "data_dir",
-    flag: "--data-dir",
-    env: "RAFTLITE_DATA_DIR",
-};
-const LISTEN: Setting = Setting {
-    key: "listen",
-    flag: "--listen",
-    env: "RAFTLITE_LISTEN",
-};
-const ADVERTISE_ADDR: Setting = Setting {
-    key: "advertise_addr",
-    flag: "--advertise-addr",
-    env: "RAFTLITE_ADVERTISE_ADDR",
-};
-const PEERS: Setting = Setting {
-    key: "peers",
-    flag: "--peers",
-    env: "RAFTLITE_PEERS",
-};
-const PEERS_FROM_STATEFULSET: Setting = Setting {
-    key: "peers_from_statefulset",
-    flag: "--peers-from-statefulset",
-    env: "RAFTLITE_PEERS_FROM_STATEFULSET",
-};
-const REPLICAS: Setting = Setting {
-    key: "replicas",
-    flag: "--replicas",
-    env: "RAFTLITE_REPLICAS",
-};
-const METRICS_ADDR: Setting = Setting {
-    key: "metrics_addr",
-    flag: "--metrics-addr",
-    env: "RAFTLITE_METRICS_ADDR",
-};
-const HEARTBEAT_MS: Setting = Setting {
-    key: "heartbeat_ms",
-    flag: "--heartbeat-ms",
-    env: "RAFTLITE_HEARTBEAT_MS",
-};
-const ELECTION_TIMEOUT_MIN_MS: Setting = Setting {
-    key: "election_timeout_min_ms",
-    flag: "--election-timeout-min-ms",
-    env: "RAFTLITE_ELECTION_TIMEOUT_MIN_MS",
-};
-const ELECTION_TIMEOUT_MAX_MS: Setting = Setting {
-    key: "election_timeout_max_ms",
-    flag: "--election-timeout-max-ms",
-    env: "RAFTLITE_ELECTION_TIMEOUT_MAX_MS",
-};
-const SNAPSHOT_EVERY: Setting = Setting {
-    key: "snapshot_every",
-    flag: "--snapshot-every",
-    env: "RAFTLITE_SNAPSHOT_EVERY",
-};
-const MAX_REQUEST_BYTES_SETTING: Setting = Setting {
-    key: "max_request_bytes",
-    flag: "--max-request-bytes",
-    env: "RAFTLITE_MAX_REQUEST_BYTES",
-};
-const MAX_CONCURRENT_REQUESTS: Setting = Setting {
-    key: "max_concurrent_requests",
-    flag: "--max-concurrent-requests",
-    env: "RAFTLITE_MAX_CONCURRENT_REQUESTS",
-};
-const REQUEST_TIMEOUT_MS: Setting = Setting {
-    key: "request_timeout_ms",
-    flag: "--request-timeout-ms",
-    env: "RAFTLITE_REQUEST_TIMEOUT_MS",
-};
-const OTLP_ENDPOINT: Setting = Setting {
-    key: "otlp_endpoint",
-    flag: "--otlp-endpoint",
-    env: "RAFTLITE_OTLP_ENDPOINT",
-};
-const READ_THREADS: Setting = Setting {
-    key: "read_threads",
-    flag: "--read-threads",
-    env: "RAFTLITE_READ_THREADS",
-};
-const MAX_BATCH_REQUESTS: Setting = Setting {
-    key: "max_batch_requests",
-    flag: "--max-batch-requests",
-    env: "RAFTLITE_MAX_BATCH_REQUESTS",
-};
-const ARCHIVE: Setting = Setting {
-    key: "archive",
-    flag: "--archive",
-    env: "RAFTLITE_ARCHIVE",
-};
-const ARCHIVE_ENDPOINT: Setting = Setting {
-    key: "archive_endpoint",
-    flag: "--archive-endpoint",
-    env: "RAFTLITE_ARCHIVE_ENDPOINT",
-};
-const ARCHIVE_SNAPSHOT_INTERVAL_S: Setting = Setting {
-    key: "archive_snapshot_interval_s",
-    flag: "--archive-snapshot-interval-s",
-    env: "RAFTLITE_ARCHIVE_SNAPSHOT_INTERVAL_S",
-};
-const ARCHIVE_RETENTION_S: Setting = Setting {
-    key: "archive_retention_s",
-    flag: "--archive-retention-s",
-    env: "RAFTLITE_ARCHIVE_RETENTION_S",
-};
-const ARCHIVE_FLUSH_MS: Setting = Setting {
-    key: "archive_flush_ms",
-    flag: "--archive-flush-ms",
-    env: "RAFTLITE_ARCHIVE_FLUSH_MS",
-};
-const ARCHIVE_MAX_HELD_ENTRIES: Setting = Setting {
-    key: "archive_max_held_entries",
-    flag: "--archive-max-held-entries",
-    env: "RAFTLITE_ARCHIVE_MAX_HELD_ENTRIES",
-};
-const LOG_LEVEL: Setting = Setting {
-    key: "log_level",
-    flag: "--log-level",
-    env: "RAFTLITE_LOG",
-};
 
 fn required<T>(value: Option<T>, setting: &Setting) -> Result<T, ConfigError> {
     value.ok_or(ConfigError::Missing {
@@ -1418,9 +1556,10 @@ mod tests {
         }
     }
 
+    /// Peer addresses (port 7001, the chart's peer port).
     fn three_peers() -> BTreeMap<u64, String> {
         (1..=3)
-            .map(|id| (id, format!("raftlite-{}.raftlite:7000", id - 1)))
+            .map(|id| (id, format!("raftlite-{}.raftlite:7001", id - 1)))
             .collect()
     }
 
@@ -1682,7 +1821,12 @@ mod tests {
         assert_eq!(config.max_concurrent_requests, 1024);
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!(config.otlp_endpoint, None);
-        assert!(config.auto_resync);
+        assert!(!config.auto_resync, "off without TLS");
+        assert_eq!(config.max_snapshot_bytes, 1 << 30);
+        assert_eq!(
+            (config.tls, config.auth_file, config.insecure),
+            (None, None, false)
+        );
         assert_eq!(config.read_threads, 4);
         assert_eq!(config.max_batch_requests, 1024);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -1767,6 +1911,19 @@ mod tests {
     }
 
     #[test]
+    fn each_flag_is_its_file_key_in_kebab_case() {
+        // The settings! list spells the flag and the field (the file key) separately.
+        use clap::CommandFactory;
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()), "{id}");
+        }
+    }
+
+    #[test]
     fn flags_parse_into_serve_args() -> Result<(), clap::Error> {
         let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let args = parse_cli(&[
@@ -1821,9 +1978,12 @@ mod tests {
     fn single_node_without_peers_lists_itself() -> Result<(), ConfigError> {
         let config = minimal().validate()?;
         assert_eq!(config.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(config.peer_listen, SocketAddr::from(([127, 0, 0, 1], 7002)));
+        assert_eq!(config.peer_advertise_addr, "127.0.0.1:7002");
         assert_eq!(
             config.peers,
-            BTreeMap::from([(1, "127.0.0.1:7001".to_owned())])
+            BTreeMap::from([(1, "127.0.0.1:7002".to_owned())]),
+            "peers are peer addresses"
         );
         Ok(())
     }
@@ -1832,26 +1992,41 @@ mod tests {
     fn advertise_addr_comes_from_flag_then_peers_then_listen() -> Result<(), ConfigError> {
         let wildcard = FileConfig {
             listen: Some("0.0.0.0:7000".into()),
+            insecure: Some(true),
             ..minimal()
         };
+        // The client address: the host of this node's peer address, listen's port.
         let from_peers = FileConfig {
             peers: Some(three_peers()),
             ..wildcard.clone()
         }
         .validate()?;
         assert_eq!(from_peers.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(from_peers.peer_advertise_addr, "raftlite-0.raftlite:7001");
         assert_eq!(from_peers.peers, three_peers());
 
+        // Without peers, the peer address is the advertised host with peer_listen's port.
         let given = FileConfig {
             advertise_addr: Some("raftlite-0.raftlite:7000".into()),
             ..wildcard.clone()
         }
         .validate()?;
         assert_eq!(given.advertise_addr, "raftlite-0.raftlite:7000");
+        assert_eq!(given.peer_advertise_addr, "raftlite-0.raftlite:7001");
         assert_eq!(
             given.peers,
-            BTreeMap::from([(1, "raftlite-0.raftlite:7000".to_owned())])
+            BTreeMap::from([(1, "raftlite-0.raftlite:7001".to_owned())])
         );
+
+        // A client address need not match the peer address (a load balancer, another name).
+        let different = FileConfig {
+            advertise_addr: Some("db.example.com:443".into()),
+            peers: Some(three_peers()),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(different.advertise_addr, "db.example.com:443");
+        assert_eq!(different.peer_advertise_addr, "raftlite-0.raftlite:7001");
 
         let ipv6 = FileConfig {
             listen: Some("[::1]:7000".into()),
@@ -1859,6 +2034,14 @@ mod tests {
         }
         .validate()?;
         assert_eq!(ipv6.advertise_addr, "[::1]:7000");
+        assert_eq!(ipv6.peer_advertise_addr, "[::1]:7001");
+        let ipv6_peers = FileConfig {
+            listen: Some("[::]:7000".into()),
+            peers: Some(BTreeMap::from([(1, "[fd00::1]:7001".to_owned())])),
+            ..wildcard.clone()
+        }
+        .validate()?;
+        assert_eq!(ipv6_peers.advertise_addr, "[fd00::1]:7000");
         Ok(())
     }
 
@@ -1936,11 +2119,6 @@ mod tests {
                 FileConfig { advertise_addr: Some("a".into()), ..minimal() },
                 "advertise_addr",
                 "advertise_addr: \"a\" is not HOST:PORT",
-            ),
-            (
-                FileConfig { advertise_addr: Some("other:7000".into()), ..with_peers.clone() },
-                "advertise_addr",
-                "differs from this node's entry in peers (1=raftlite-0.raftlite:7000)",
             ),
             (
                 FileConfig { node_id: Some(4), ..with_peers.clone() },
@@ -2095,10 +2273,12 @@ mod tests {
 
     #[test]
     fn peers_from_statefulset_and_joining_pods() -> Result<(), ConfigError> {
+        // The pattern's port is the PEER port; clients use listen's port on the same host.
         let sts = |node_id| FileConfig {
             node_id: Some(node_id),
             listen: Some("0.0.0.0:7000".into()),
-            peers_from_statefulset: Some("raftlite.raftlite.ns.svc.cluster.local:7000".into()),
+            insecure: Some(true),
+            peers_from_statefulset: Some("raftlite.raftlite.ns.svc.cluster.local:7001".into()),
             replicas: Some(3),
             ..minimal()
         };
@@ -2108,6 +2288,10 @@ mod tests {
             first.advertise_addr,
             "raftlite-0.raftlite.ns.svc.cluster.local:7000"
         );
+        assert_eq!(
+            first.peer_advertise_addr,
+            "raftlite-0.raftlite.ns.svc.cluster.local:7001"
+        );
         assert!(first.auto_join);
         let joining = sts(4).validate()?;
         assert!(!joining.peers.contains_key(&4));
@@ -2115,6 +2299,308 @@ mod tests {
             joining.advertise_addr,
             "raftlite-3.raftlite.ns.svc.cluster.local:7000"
         );
+        assert_eq!(
+            joining.peer_advertise_addr,
+            "raftlite-3.raftlite.ns.svc.cluster.local:7001"
+        );
+        Ok(())
+    }
+
+    // ---- security settings ----
+
+    /// TLS files and a tokens file: what a node on a non-loopback address needs.
+    fn secured(file: FileConfig) -> FileConfig {
+        FileConfig {
+            tls_cert: Some("/tls/node.crt".into()),
+            tls_key: Some("/tls/node.key".into()),
+            tls_ca: Some("/tls/ca.crt".into()),
+            auth_file: Some("/auth/auth.yaml".into()),
+            ..file
+        }
+    }
+
+    #[test]
+    fn peer_listen_defaults_to_the_next_port_of_listen() -> Result<(), ConfigError> {
+        let wildcard = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            advertise_addr: Some("a:7000".into()),
+            insecure: Some(true),
+            ..minimal()
+        };
+        let derived = wildcard.clone().validate()?;
+        assert_eq!(derived.peer_listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
+        let explicit = FileConfig {
+            peer_listen: Some(" 10.0.0.5:9000 ".into()),
+            ..wildcard
+        }
+        .validate()?;
+        assert_eq!(
+            explicit.peer_listen,
+            SocketAddr::from(([10, 0, 0, 5], 9000))
+        );
+        assert_eq!(explicit.peer_advertise_addr, "10.0.0.5:9000");
+        Ok(())
+    }
+
+    #[test]
+    fn security_setting_errors_name_their_setting() {
+        let exposed = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            advertise_addr: Some("a:7000".into()),
+            ..minimal()
+        };
+        let cases: Vec<(FileConfig, &str, &str)> =
+            vec![
+            (
+                FileConfig { listen: Some("127.0.0.1:65535".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: missing: it defaults to the port of listen (127.0.0.1:65535) + 1, \
+                 which is out of range; set --peer-listen, RAFTLITE_PEER_LISTEN",
+            ),
+            (
+                FileConfig { peer_listen: Some("127.0.0.1:7001".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: 127.0.0.1:7001 takes the port of listen (127.0.0.1:7001)",
+            ),
+            (
+                FileConfig { peer_listen: Some("0.0.0.0:7001".into()), ..minimal() },
+                "peer_listen",
+                "takes the port of listen",
+            ),
+            (
+                FileConfig { peer_listen: Some("127.0.0.1:0".into()), ..minimal() },
+                "peer_listen",
+                "port 0",
+            ),
+            (
+                FileConfig { peer_listen: Some("localhost:7002".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: \"localhost:7002\" is not HOST:PORT",
+            ),
+            (
+                FileConfig { tls_cert: Some("/c".into()), ..minimal() },
+                "tls_key",
+                "tls_key: missing: TLS takes tls_cert, tls_key and tls_ca together, and only \
+                 tls_cert is set; also set tls_key (--tls-key, RAFTLITE_TLS_KEY) and tls_ca \
+                 (--tls-ca, RAFTLITE_TLS_CA)",
+            ),
+            (
+                FileConfig { tls_key: Some("/k".into()), tls_ca: Some("/ca".into()), ..minimal() },
+                "tls_cert",
+                "and only tls_key and tls_ca are set; also set tls_cert (--tls-cert, \
+                 RAFTLITE_TLS_CERT)",
+            ),
+            (
+                FileConfig {
+                    tls_cert: Some("/c".into()),
+                    tls_key: Some("/k".into()),
+                    ..minimal()
+                },
+                "tls_ca",
+                "also set tls_ca (--tls-ca, RAFTLITE_TLS_CA)",
+            ),
+            (
+                FileConfig { tls_key: Some("".into()), ..secured(minimal()) },
+                "tls_key",
+                "tls_key: is empty",
+            ),
+            (
+                FileConfig { auth_file: Some("".into()), ..secured(minimal()) },
+                "auth_file",
+                "auth_file: is empty",
+            ),
+            (
+                FileConfig { max_snapshot_bytes: Some((1 << 20) - 1), ..minimal() },
+                "max_snapshot_bytes",
+                "max_snapshot_bytes: 1048575 is less than 1048576 (1 MiB)",
+            ),
+            (
+                exposed.clone(),
+                "listen",
+                "listen: 0.0.0.0:7000 is not a loopback address, so the node needs TLS and \
+                 client tokens: add --tls-cert, --tls-key, --tls-ca and --auth-file \
+                 (or --insecure to run without them)",
+            ),
+            (
+                FileConfig { auth_file: None, ..secured(exposed.clone()) },
+                "listen",
+                "add --auth-file (or --insecure to run without it)",
+            ),
+            (
+                FileConfig { auth_file: Some("/auth.yaml".into()), ..exposed.clone() },
+                "listen",
+                "add --tls-cert, --tls-key and --tls-ca (or --insecure to run without them)",
+            ),
+            (
+                FileConfig { peer_listen: Some("0.0.0.0:7002".into()), ..minimal() },
+                "peer_listen",
+                "peer_listen: 0.0.0.0:7002 is not a loopback address",
+            ),
+            (
+                FileConfig { insecure: Some(false), ..exposed.clone() },
+                "listen",
+                "is not a loopback address",
+            ),
+        ];
+        for (file, setting, fragment) in cases {
+            let description = format!("{file:?}");
+            let err = file.validate().expect_err(&description);
+            let message = err.to_string();
+            assert_eq!(err.setting(), Some(setting), "{message}");
+            assert!(message.starts_with(&format!("{setting}: ")), "{message}");
+            assert!(
+                message.contains(fragment),
+                "expected {fragment:?} in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_loopback_nodes_start_with_tls_and_tokens_or_insecure() -> Result<(), ConfigError> {
+        let exposed = FileConfig {
+            listen: Some("0.0.0.0:7000".into()),
+            peers: Some(three_peers()),
+            ..minimal()
+        };
+        let config = secured(exposed.clone()).validate()?;
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/tls/node.crt".into(),
+                key: "/tls/node.key".into(),
+                ca: "/tls/ca.crt".into(),
+            })
+        );
+        assert_eq!(
+            config.auth_file.as_deref(),
+            Some(Path::new("/auth/auth.yaml"))
+        );
+        assert!(!config.insecure);
+
+        let insecure = FileConfig {
+            insecure: Some(true),
+            ..exposed
+        }
+        .validate()?;
+        assert!(insecure.insecure);
+        assert_eq!((insecure.tls, insecure.auth_file), (None, None));
+
+        // Loopback, IPv4 or IPv6, needs neither.
+        for listen in ["127.0.0.1:7000", "127.1.2.3:7000", "[::1]:7000"] {
+            let local = FileConfig {
+                listen: Some(listen.into()),
+                ..minimal()
+            }
+            .validate()?;
+            assert_eq!((local.tls, local.insecure), (None, false), "{listen}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn auto_resync_defaults_to_on_only_with_tls() -> Result<(), ConfigError> {
+        let tls = FileConfig {
+            tls_cert: Some("/c".into()),
+            tls_key: Some("/k".into()),
+            tls_ca: Some("/ca".into()),
+            ..minimal()
+        };
+        assert!(!minimal().validate()?.auto_resync);
+        assert!(tls.clone().validate()?.auto_resync);
+        for explicit in [false, true] {
+            for file in [minimal(), tls.clone()] {
+                let config = FileConfig {
+                    auto_resync: Some(explicit),
+                    ..file
+                }
+                .validate()?;
+                assert_eq!(config.auto_resync, explicit, "an explicit value wins");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn max_snapshot_bytes_accepts_one_mib_and_more() -> Result<(), ConfigError> {
+        for bytes in [1 << 20, 5 << 30] {
+            let config = FileConfig {
+                max_snapshot_bytes: Some(bytes),
+                ..minimal()
+            }
+            .validate()?;
+            assert_eq!(config.max_snapshot_bytes, bytes);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn insecure_is_a_switch_on_the_command_line() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(parse_cli(&["--insecure"])?.insecure, Some(true));
+        let args = parse_cli(&["--insecure", "--node-id", "2"])?;
+        assert_eq!((args.insecure, args.node_id), (Some(true), Some(2)));
+        assert_eq!(parse_cli(&["--insecure=false"])?.insecure, Some(false));
+        assert_eq!(parse_cli(&[])?.insecure, None);
+
+        for (value, expected) in [("true", true), ("false", false)] {
+            std::env::set_var("RAFTLITE_INSECURE", value);
+            let parsed = parse_cli(&[]);
+            std::env::remove_var("RAFTLITE_INSECURE");
+            assert_eq!(
+                parsed?.insecure,
+                Some(expected),
+                "RAFTLITE_INSECURE={value}"
+            );
+        }
+
+        assert_eq!(yaml("insecure: true\n", &[])?.insecure, Some(true));
+        Ok(())
+    }
+
+    #[test]
+    fn security_flags_parse_into_serve_args() -> Result<(), Box<dyn std::error::Error>> {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let args = parse_cli(&[
+            "--peer-listen",
+            "0.0.0.0:7001",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+            "--tls-ca",
+            "/ca",
+            "--auth-file",
+            "/a.yaml",
+            "--max-snapshot-bytes",
+            "2097152",
+        ])?;
+        assert_eq!(args.peer_listen.as_deref(), Some("0.0.0.0:7001"));
+        assert_eq!(
+            (
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
+                args.tls_ca.clone()
+            ),
+            (Some("/c".into()), Some("/k".into()), Some("/ca".into()))
+        );
+        assert_eq!(args.auth_file.as_deref(), Some(Path::new("/a.yaml")));
+        assert_eq!(args.max_snapshot_bytes, Some(2 << 20));
+
+        let file = yaml(
+            "peer_listen: 0.0.0.0:7001\ntls_cert: /c\ntls_key: /k\ntls_ca: /ca\n\
+             auth_file: /a.yaml\nmax_snapshot_bytes: 2097152\n",
+            &[],
+        )?;
+        let cli = ServeArgs {
+            peer_listen: file.peer_listen.clone(),
+            tls_cert: file.tls_cert.clone(),
+            tls_key: file.tls_key.clone(),
+            tls_ca: file.tls_ca.clone(),
+            auth_file: file.auth_file.clone(),
+            max_snapshot_bytes: file.max_snapshot_bytes,
+            ..ServeArgs::default()
+        };
+        assert_eq!(cli, args, "the file keys read the same values");
         Ok(())
     }
 
@@ -2165,20 +2651,37 @@ mod tests {
         let config = FileConfig::from_yaml(text, Path::new("config.example.yaml"), env(&vars))?
             .validate()?;
         let addr = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7000");
+        let peer = |ordinal| format!("raftlite-{ordinal}.raftlite.prod.svc.cluster.local:7001");
         assert_eq!(config.node_id, 2);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftlite"));
         assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 7000)));
+        assert_eq!(config.peer_listen, SocketAddr::from(([0, 0, 0, 0], 7001)));
         assert_eq!(config.advertise_addr, addr(1));
+        assert_eq!(config.peer_advertise_addr, peer(1));
         assert_eq!(
             config.peers,
-            BTreeMap::from([(1, addr(0)), (2, addr(1)), (3, addr(2))])
+            BTreeMap::from([(1, peer(0)), (2, peer(1)), (3, peer(2))])
         );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/etc/raftlite/tls/raftlite-1.crt".into(),
+                key: "/etc/raftlite/tls/raftlite-1.key".into(),
+                ca: "/etc/raftlite/tls/ca.crt".into(),
+            })
+        );
+        assert_eq!(
+            config.auth_file.as_deref(),
+            Some(Path::new("/etc/raftlite/auth/auth.yaml"))
+        );
+        assert!(!config.insecure);
+        assert_eq!(config.max_snapshot_bytes, 1 << 30);
         assert_eq!(config.heartbeat, Duration::from_millis(100));
         assert_eq!(config.election_timeout_min, Duration::from_millis(300));
         assert_eq!(config.election_timeout_max, Duration::from_millis(600));
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.max_request_bytes, 16 << 20);
-        assert!(config.auto_resync);
+        assert!(config.auto_resync, "on by default with TLS");
         assert_eq!((config.read_threads, config.max_batch_requests), (4, 1024));
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");

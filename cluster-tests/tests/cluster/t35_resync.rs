@@ -12,7 +12,12 @@ async fn node_with_foreign_cluster_data_resyncs_by_itself() {
     init_tracing();
 
     info!("phase 1: start three nodes and write 30 rows");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    // Without TLS, auto_resync is off unless asked for.
+    let options = ClusterOptions {
+        extra_args: vec!["--auto-resync".into(), "true".into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
     let leader = cluster
         .wait_for_leader(Duration::from_secs(20))
         .await

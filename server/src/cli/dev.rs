@@ -15,7 +15,8 @@ pub struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     pub nodes: u64,
-    /// Node i listens on base-port + i - 1.
+    /// Node i serves clients on base-port + i - 1 and peers on base-port + nodes + i - 1
+    /// (3 nodes: clients on 7401-7403, peers on 7404-7406).
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
     /// Keep data and logs here (default: a temporary directory, removed on exit).

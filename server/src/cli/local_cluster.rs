@@ -23,7 +23,8 @@ const LOG_TAIL_LINES: usize = 30;
 #[derive(Debug, Clone, Default)]
 pub struct LocalClusterOptions {
     pub nodes: u64,
-    /// Node `i` listens on `base_port + i - 1`; `None` picks free ports.
+    /// Node `i` serves clients on `base_port + i - 1` and peers on `base_port + nodes + i - 1`
+    /// (see [`node_ports`]); `None` picks free ports.
     pub base_port: Option<u16>,
     /// Where data and logs go; `None`: a temporary directory removed on stop.
     pub data_dir: Option<PathBuf>,
@@ -68,13 +69,17 @@ impl LocalCluster {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let ports = match options.base_port {
-            Some(base) => consecutive_ports(base, options.nodes)?,
-            None => free_ports(options.nodes)?,
-        };
-        let peers: BTreeMap<u64, String> = (1..=options.nodes)
+        let ports = node_ports(options.base_port, options.nodes)?;
+        let addrs: BTreeMap<u64, (String, String)> = (1..=options.nodes)
             .zip(ports)
-            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+            .map(|(id, (client, peer))| {
+                let addr = |port| format!("127.0.0.1:{port}");
+                (id, (addr(client), addr(peer)))
+            })
+            .collect();
+        let peers: BTreeMap<u64, String> = addrs
+            .iter()
+            .map(|(&id, (_, peer))| (id, peer.clone()))
             .collect();
         let exe = std::env::current_exe().context("find the raftlite executable")?;
         let mut cluster = LocalCluster {
@@ -82,8 +87,8 @@ impl LocalCluster {
             dir,
             temp,
         };
-        for (&id, addr) in &peers {
-            let node = spawn_node(&exe, &cluster.dir, id, addr, &peers)?;
+        for (&id, (addr, peer_addr)) in &addrs {
+            let node = spawn_node(&exe, &cluster.dir, id, addr, peer_addr, &peers)?;
             cluster.nodes.push(node);
         }
         Ok(cluster)
@@ -213,6 +218,7 @@ fn spawn_node(
     dir: &Path,
     id: u64,
     addr: &str,
+    peer_addr: &str,
     peers: &BTreeMap<u64, String>,
 ) -> anyhow::Result<LocalNode> {
     let data_dir = dir.join(format!("node-{id}"));
@@ -237,8 +243,11 @@ fn spawn_node(
         .arg(id.to_string())
         .arg("--data-dir")
         .arg(&data_dir)
+        // Loopback only: no TLS or tokens needed.
         .arg("--listen")
         .arg(addr)
+        .arg("--peer-listen")
+        .arg(peer_addr)
         .arg("--peers")
         .arg(&peers_arg)
         // Several nodes on one host: each serves /metrics on a free loopback port (in its log).
@@ -279,6 +288,19 @@ fn terminate(pid: u32) {
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
+}
+
+/// The (client, peer) port of each node. With a base port, the nodes serve clients on the
+/// first `nodes` ports from `base` and peers on the next `nodes` (3 nodes from 7401: clients
+/// 7401-7403, peers 7404-7406); without one, free ports. Each node is given its peer port:
+/// the default, client port + 1, would be the next node's client port.
+fn node_ports(base: Option<u16>, nodes: u64) -> anyhow::Result<Vec<(u16, u16)>> {
+    let ports = match base {
+        Some(base) => consecutive_ports(base, 2 * nodes)?,
+        None => free_ports(2 * nodes)?,
+    };
+    let (client, peer) = ports.split_at(ports.len() / 2);
+    Ok(client.iter().copied().zip(peer.iter().copied()).collect())
 }
 
 fn consecutive_ports(base: u16, nodes: u64) -> anyhow::Result<Vec<u16>> {
@@ -327,6 +349,21 @@ mod tests {
             [7401, 7402, 7403]
         );
         assert!(consecutive_ports(65535, 2).is_err());
+    }
+
+    #[test]
+    fn peer_ports_follow_the_client_ports() {
+        assert_eq!(
+            node_ports(Some(7401), 3).expect("in range"),
+            [(7401, 7404), (7402, 7405), (7403, 7406)]
+        );
+        assert!(node_ports(Some(65533), 2).is_err());
+        let free = node_ports(None, 3).expect("ports");
+        let unique: std::collections::BTreeSet<_> = free
+            .iter()
+            .flat_map(|&(client, peer)| [client, peer])
+            .collect();
+        assert_eq!(unique.len(), 6);
     }
 
     #[test]

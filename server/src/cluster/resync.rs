@@ -2,7 +2,7 @@
 //!
 //! When the leader of another cluster sends this node entries or a snapshot, the node's data
 //! is from a previous incarnation (a reused volume, a recreated cluster). With `auto_resync`
-//! (the default) the node says so in one log line, removes its data directory's contents and
+//! (the default when TLS is configured) the node says so in one log line, removes its data directory's contents and
 //! restarts itself in place (`exec` of the same binary and arguments); it comes back empty and
 //! the leader fills it with a snapshot. Without `auto_resync` it refuses the messages and keeps
 //! its data for an operator to inspect.
