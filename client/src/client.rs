@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftlite_proto::v1::{self, admin_client::AdminClient, sql_client::SqlClient};
-use tonic::transport::Channel;
+
+use crate::endpoint::Transport as Channel;
 
 use crate::backoff::Backoff;
 use crate::endpoint::NodeEndpoint;
@@ -16,8 +17,9 @@ use crate::{Error, RowStream, Rows, Statement, Value};
 /// large cluster can exceed that).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Timeouts and retry policy of a [`Client`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Timeouts, retry policy and credentials of a [`Client`]. Its `Debug` output never shows the
+/// token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Longest wait for one attempt: a whole `Execute` or `Status`, or the next message of a
     /// query stream. Membership changes are not bounded by it (a new node may take long to
@@ -30,6 +32,26 @@ pub struct ClientOptions {
     /// First delay between retries; it doubles up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Sent as `authorization: Bearer TOKEN` with every call (nodes started with an auth file
+    /// require one).
+    pub token: Option<String>,
+    /// PEM of the CA that signed the nodes' certificates. With it (or with an `https://`
+    /// address) the client speaks TLS; an `https://` address without it is an error.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry_deadline", &self.retry_deadline)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca.as_ref().map(|c| c.len()))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -40,6 +62,8 @@ impl Default for ClientOptions {
             retry_deadline: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
+            token: None,
+            tls_ca: None,
         }
     }
 }
@@ -129,7 +153,7 @@ impl Client {
     ) -> Result<Client, Error> {
         let nodes = endpoints
             .into_iter()
-            .map(|e| NodeEndpoint::parse(&e.into(), options.connect_timeout))
+            .map(|e| NodeEndpoint::parse(&e.into(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
             return Err(Error::InvalidEndpoint("no endpoints given".into()));
@@ -272,15 +296,18 @@ impl Client {
         .await
     }
 
-    /// Adds a non-voting learner; returns once it has caught up.
+    /// Adds a non-voting learner; returns once it has caught up. `addr` is its client address,
+    /// `peer_addr` its peer address (`None`: the client address's port + 1).
     pub async fn add_learner(
         &self,
         node_id: u64,
         addr: impl Into<String>,
+        peer_addr: Option<String>,
     ) -> Result<v1::MembershipResponse, Error> {
         let request = v1::AddNodeRequest {
             node_id,
             addr: addr.into(),
+            peer_addr: peer_addr.unwrap_or_default(),
         };
         self.call(None, |channel| {
             let request = request.clone();
@@ -294,15 +321,18 @@ impl Client {
         .await
     }
 
-    /// Adds a voter (it joins as a learner, catches up, then is promoted).
+    /// Adds a voter (it joins as a learner, catches up, then is promoted). Addresses as for
+    /// [`Client::add_learner`].
     pub async fn add_voter(
         &self,
         node_id: u64,
         addr: impl Into<String>,
+        peer_addr: Option<String>,
     ) -> Result<v1::MembershipResponse, Error> {
         let request = v1::AddNodeRequest {
             node_id,
             addr: addr.into(),
+            peer_addr: peer_addr.unwrap_or_default(),
         };
         self.call(None, |channel| {
             let request = request.clone();

@@ -1,64 +1,138 @@
-//! Node endpoints: parsing and one lazily connected channel per endpoint.
+//! Node endpoints: parsing and one lazily connected channel per endpoint, with TLS and the
+//! bearer token when the options have them.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::Error;
+use crate::{ClientOptions, Error};
+
+/// A node's channel with the client's token added to every call.
+pub(crate) type Transport = InterceptedService<Channel, TokenInterceptor>;
+
+/// Adds `authorization: Bearer TOKEN` to every request (when there is a token).
+#[derive(Clone)]
+pub(crate) struct TokenInterceptor {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for TokenInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.header.as_ref().map(|_| "<redacted>");
+        f.debug_struct("TokenInterceptor")
+            .field("token", &token)
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            request.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// One node the client may talk to.
 #[derive(Debug)]
 pub(crate) struct NodeEndpoint {
-    /// Normalized URI, `http://host:port`.
+    /// Normalized URI, `http://host:port` or `https://host:port`.
     pub(crate) uri: String,
     endpoint: Endpoint,
+    token: TokenInterceptor,
     /// Created on first use: a channel spawns a background task, which needs a Tokio runtime,
     /// and `Client::connect` should not.
     channel: OnceLock<Channel>,
 }
 
 impl NodeEndpoint {
-    pub(crate) fn parse(raw: &str, connect_timeout: Duration) -> Result<Self, Error> {
-        let uri = normalize(raw)?;
-        let endpoint = Endpoint::from_shared(uri.clone())
+    pub(crate) fn parse(raw: &str, options: &ClientOptions) -> Result<Self, Error> {
+        let explicit_http = raw.trim().starts_with("http://");
+        let mut uri = normalize(raw)?;
+        let tls = uri.starts_with("https://") || (options.tls_ca.is_some() && !explicit_http);
+        if tls && uri.starts_with("http://") {
+            uri = uri.replacen("http://", "https://", 1);
+        }
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: {e}")))?
-            .connect_timeout(connect_timeout)
+            .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
+        if tls {
+            let Some(ca) = &options.tls_ca else {
+                return Err(Error::InvalidEndpoint(format!(
+                    "{raw:?}: an https:// address needs the CA certificate that signed the \
+                     nodes' certificates (--tls-ca FILE or RAFTLITE_TLS_CA)"
+                )));
+            };
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
+        }
+        let header = match &options.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        Error::InvalidEndpoint(
+                            "the token holds characters that cannot be sent in a header".into(),
+                        )
+                    })?,
+            ),
+        };
         Ok(NodeEndpoint {
             uri,
             endpoint,
+            token: TokenInterceptor { header },
             channel: OnceLock::new(),
         })
     }
 
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel
+    pub(crate) fn channel(&self) -> Transport {
+        let channel = self
+            .channel
             .get_or_init(|| self.endpoint.connect_lazy())
-            .clone()
+            .clone();
+        InterceptedService::new(channel, self.token.clone())
     }
 
     /// Whether `addr` (as a server reports a node's address) names this endpoint.
     pub(crate) fn matches(&self, addr: &str) -> bool {
-        normalize(addr).is_ok_and(|a| a == self.uri)
+        let host_port = |u: &str| {
+            u.split_once("://")
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or_default()
+        };
+        normalize(addr).is_ok_and(|a| host_port(&a) == host_port(&self.uri))
     }
 }
 
-/// Turns `host:port` or `http://host:port` into `http://host:port`; rejects anything else.
+/// Turns `host:port`, `http://host:port` or `https://host:port` into `http://host:port` (or
+/// `https://...`); rejects anything else.
 pub(crate) fn normalize(raw: &str) -> Result<String, Error> {
     let invalid = |why: &str| Error::InvalidEndpoint(format!("{raw:?}: {why}"));
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err(invalid("empty"));
     }
-    let rest = match trimmed.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (scheme, rest) = match trimmed.split_once("://") {
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
         Some((scheme, _)) => {
-            return Err(invalid(&format!("unsupported scheme {scheme:?}, use http")))
+            return Err(invalid(&format!(
+                "unsupported scheme {scheme:?}, use http or https"
+            )))
         }
-        None => trimmed,
+        None => ("http", trimmed),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains(['/', '?', '#', '@']) {
@@ -80,7 +154,7 @@ pub(crate) fn normalize(raw: &str) -> Result<String, Error> {
     if port == 0 {
         return Err(invalid("port 0"));
     }
-    let uri = format!("http://{host}:{port}");
+    let uri = format!("{scheme}://{host}:{port}");
     uri.parse::<tonic::codegen::http::Uri>()
         .map_err(|e| invalid(&e.to_string()))?;
     Ok(uri)
@@ -114,7 +188,7 @@ mod tests {
             "localhost:http",
             "localhost:0",
             "localhost:70000",
-            "https://localhost:7401",
+            "ftp://localhost:7401",
             "http://localhost:7401/path",
             "::1:7401",
             "bad host:1",
@@ -126,7 +200,7 @@ mod tests {
 
     #[test]
     fn matches_reported_addresses() {
-        let node = NodeEndpoint::parse("127.0.0.1:7401", Duration::from_secs(1)).expect("valid");
+        let node = NodeEndpoint::parse("127.0.0.1:7401", &ClientOptions::default()).expect("valid");
         assert!(node.matches("http://127.0.0.1:7401"));
         assert!(node.matches("127.0.0.1:7401"));
         assert!(!node.matches("127.0.0.1:7402"));

@@ -54,8 +54,10 @@ pub struct Cluster {
     root: PathBuf,
     binary: PathBuf,
     options: ClusterOptions,
-    /// The initial members, as every node's `--peers` lists them.
+    /// The initial members' client addresses.
     initial: BTreeMap<u64, SocketAddr>,
+    /// Every started node's peer address (`--peer-listen`); `--peers` lists the initial ones.
+    peer_addrs: BTreeMap<u64, SocketAddr>,
     nodes: BTreeMap<u64, NodeProcess>,
     /// One client per node that tries once, for status polling.
     probes: BTreeMap<u64, Client>,
@@ -72,20 +74,22 @@ impl Cluster {
             .tempdir()
             .context("create the cluster's temporary directory")?;
         let root = dir.path().to_path_buf();
-        let addrs = free_loopback_addrs(n as usize)?;
-        let initial: BTreeMap<u64, SocketAddr> = (1..=n).zip(addrs).collect();
+        let addrs = free_loopback_addrs(2 * n as usize)?;
+        let (client_addrs, peer_addrs) = addrs.split_at(n as usize);
+        let initial: BTreeMap<u64, SocketAddr> = (1..=n).zip(client_addrs.to_vec()).collect();
+        let peer_addrs: BTreeMap<u64, SocketAddr> = (1..=n).zip(peer_addrs.to_vec()).collect();
         let mut cluster = Cluster {
             dir: Some(dir),
             root,
             binary,
             options,
             initial: initial.clone(),
+            peer_addrs: peer_addrs.clone(),
             nodes: BTreeMap::new(),
             probes: BTreeMap::new(),
         };
         for (id, addr) in initial {
-            let peers = cluster.initial.clone();
-            cluster.spawn_node(id, addr, &peers)?;
+            cluster.spawn_node(id, addr, &peer_addrs)?;
         }
         tracing::info!(
             nodes = n,
@@ -101,9 +105,16 @@ impl Cluster {
     /// or voter) instead of bootstrapping. Returns its id.
     pub fn start_extra_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.keys().next_back().copied().unwrap_or(0) + 1;
-        let addr = free_loopback_addrs(1)?[0];
-        let mut peers = self.initial.clone();
-        peers.insert(id, addr);
+        let addrs = free_loopback_addrs(2)?;
+        let (addr, peer_addr) = (addrs[0], addrs[1]);
+        let mut peers: BTreeMap<u64, SocketAddr> = self
+            .peer_addrs
+            .iter()
+            .filter(|(id, _)| self.initial.contains_key(id))
+            .map(|(id, a)| (*id, *a))
+            .collect();
+        peers.insert(id, peer_addr);
+        self.peer_addrs.insert(id, peer_addr);
         self.spawn_node(id, addr, &peers)?;
         tracing::debug!(node = id, %addr, "extra node started");
         Ok(id)
@@ -148,6 +159,7 @@ impl Cluster {
         peers: &BTreeMap<u64, SocketAddr>,
     ) -> Vec<OsString> {
         let o = &self.options;
+        let peer_listen = peers[&id];
         let peers = peers
             .iter()
             .map(|(id, addr)| format!("{id}={addr}"))
@@ -161,6 +173,8 @@ impl Cluster {
             data_dir.into(),
             "--listen".into(),
             addr.to_string().into(),
+            "--peer-listen".into(),
+            peer_listen.to_string().into(),
             "--peers".into(),
             peers.into(),
             "--heartbeat-ms".into(),
@@ -182,6 +196,11 @@ impl Cluster {
         }
         args.extend(o.extra_args.iter().map(OsString::from));
         args
+    }
+
+    /// The peer address (`--peer-listen`) of node `id`.
+    pub fn peer_addr(&self, id: u64) -> SocketAddr {
+        self.peer_addrs[&id]
     }
 
     /// The temporary directory holding every node's data directory and log.
@@ -238,6 +257,7 @@ impl Cluster {
                 retry_deadline,
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(250),
+                ..ClientOptions::default()
             },
         )
         .expect("loopback endpoints are valid")

@@ -710,6 +710,7 @@ impl DockerCluster {
                 retry_deadline,
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(250),
+                ..ClientOptions::default()
             },
         )
         .expect("pod addresses are valid endpoints")

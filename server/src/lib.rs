@@ -22,3 +22,4 @@ pub mod peer;
 pub mod raft;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;

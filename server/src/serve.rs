@@ -16,6 +16,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node = node.id(),
         %listen,
+        peer_listen = %node.config().peer_listen,
         advertise = %node.config().advertise_addr,
         data_dir = %node.config().data_dir.display(),
         node_id_from = node.config().node_id_source.as_deref().unwrap_or("configuration"),
@@ -50,7 +51,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = node.config().metrics_addr {
         tokio::spawn(crate::metrics::serve(node.clone(), addr));
     }
-    crate::grpc::serve(node.clone(), listen, shutdown_signal()).await?;
+    if let Some(tls) = node.tls() {
+        tokio::spawn(tls.watch());
+    }
+    if node.config().insecure {
+        tracing::warn!(
+            tls = node.config().tls.is_some(),
+            auth = node.config().auth_file.is_some(),
+            "--insecure: serving without TLS or without tokens; anyone who can reach the ports can read, change or replace the data"
+        );
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peers = tokio::spawn(crate::peer::service::serve(
+        node.clone(),
+        node.config().peer_listen,
+        until_stopped(stopped.clone()),
+    ));
+    let clients = crate::grpc::serve(node.clone(), listen, until_stopped(stopped));
+    tokio::pin!(clients);
+    // Either listener failing (a port taken) stops the node; so does a signal.
+    let result = tokio::select! {
+        r = &mut clients => r,
+        r = peers => r.unwrap_or_else(|e| Err(anyhow::anyhow!("peer listener: {e}"))),
+        () = shutdown_signal() => {
+            let _ = stop.send(true);
+            clients.await
+        }
+    };
+    let _ = stop.send(true);
+    result?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

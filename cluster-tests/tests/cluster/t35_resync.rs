@@ -11,8 +11,7 @@ use tracing::info;
 async fn node_with_foreign_cluster_data_resyncs_by_itself() {
     init_tracing();
 
-    info!("phase 1: start three nodes and write 30 rows");
-    // Without TLS, auto_resync is off unless asked for.
+    info!("phase 1: start three nodes (re-sync on: without TLS it is off by default) and write 30 rows");
     let options = ClusterOptions {
         extra_args: vec!["--auto-resync".into(), "true".into()],
         ..ClusterOptions::default()
@@ -47,11 +46,13 @@ async fn node_with_foreign_cluster_data_resyncs_by_itself() {
     node.stop().await.expect("stop the follower");
     node.wipe().expect("wipe it");
     let addr = node.addr().to_string();
+    let peer_addr = cluster.peer_addr(stray).to_string();
     let mut foreign = std::process::Command::new(raftlite_binary())
         .args(["serve", "--node-id", &stray.to_string(), "--listen", &addr])
+        .args(["--peer-listen", &peer_addr])
         .arg("--data-dir")
         .arg(node.data_dir())
-        .args(["--peers", &format!("{stray}={addr}")])
+        .args(["--peers", &format!("{stray}={peer_addr}")])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start a foreign single-node cluster on the volume");

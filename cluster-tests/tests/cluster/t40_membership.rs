@@ -31,7 +31,11 @@ async fn learner_gets_data_but_no_vote() {
     info!("phase 2: start a fourth node and add it with AddLearner");
     let learner = cluster.start_extra_node().expect("start a fourth node");
     let added = client
-        .add_learner(learner, cluster.node(learner).addr().to_string())
+        .add_learner(
+            learner,
+            cluster.node(learner).addr().to_string(),
+            Some(cluster.peer_addr(learner).to_string()),
+        )
         .await
         .expect("AddLearner");
     assert_eq!(added.learners, vec![learner], "{added:?}");

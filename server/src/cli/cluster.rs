@@ -21,10 +21,23 @@ pub struct ClusterArgs {
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum ClusterAction {
-    /// Add a non-voting learner; returns once it has caught up.
-    AddLearner { id: u64, addr: String },
-    /// Add a voter: it joins as a learner, catches up, then is promoted.
-    AddVoter { id: u64, addr: String },
+    /// Add a non-voting learner; returns once it has caught up. ADDR is its client address.
+    AddLearner {
+        id: u64,
+        addr: String,
+        /// Its peer address [default: ADDR's port + 1].
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: Option<String>,
+    },
+    /// Add a voter: it joins as a learner, catches up, then is promoted. ADDR is its client
+    /// address.
+    AddVoter {
+        id: u64,
+        addr: String,
+        /// Its peer address [default: ADDR's port + 1].
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: Option<String>,
+    },
     /// Remove a voter or learner.
     Remove { id: u64 },
     /// Hand leadership to another voter.
@@ -42,12 +55,20 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(fail(&e)),
     };
     let line = match args.action {
-        ClusterAction::AddLearner { id, addr } => client
-            .add_learner(id, addr)
+        ClusterAction::AddLearner {
+            id,
+            addr,
+            peer_addr,
+        } => client
+            .add_learner(id, addr, peer_addr)
             .await
             .map(|m| membership_line(&m)),
-        ClusterAction::AddVoter { id, addr } => client
-            .add_voter(id, addr)
+        ClusterAction::AddVoter {
+            id,
+            addr,
+            peer_addr,
+        } => client
+            .add_voter(id, addr, peer_addr)
             .await
             .map(|m| membership_line(&m)),
         ClusterAction::Remove { id } => client.remove_node(id).await.map(|m| membership_line(&m)),
@@ -161,7 +182,8 @@ mod tests {
             .expect("valid"),
             ClusterAction::AddVoter {
                 id: 4,
-                addr: "10.0.0.4:7401".into()
+                addr: "10.0.0.4:7401".into(),
+                peer_addr: None,
             }
         );
         assert_eq!(

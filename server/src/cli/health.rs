@@ -14,14 +14,18 @@ use tonic_health::pb::HealthCheckRequest;
 /// Check a node's health: exit 0 if SERVING (readiness by default).
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthArgs {
-    /// Node to ask (HOST:PORT).
+    /// Node to ask (HOST:PORT, or https://HOST:PORT for TLS).
     #[arg(
         long,
         value_name = "HOST:PORT",
         env = "RAFTLITE_ADDR",
-        default_value = "127.0.0.1:7000"
+        default_value = "localhost:7000"
     )]
     pub addr: String,
+    /// CA certificate (PEM) that signed the node's certificate; turns TLS on. Health needs no
+    /// token.
+    #[arg(long, value_name = "FILE", env = "RAFTLITE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Health service name: "" for readiness, raftlite.v1.Admin for liveness.
     #[arg(long, default_value = "")]
     pub service: String,
@@ -32,7 +36,11 @@ pub struct HealthArgs {
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let status = tokio::time::timeout(timeout, check(&args.addr, &args.service)).await;
+    let status = tokio::time::timeout(
+        timeout,
+        check(&args.addr, args.tls_ca.as_deref(), &args.service),
+    )
+    .await;
     match status {
         Ok(Ok(status)) => {
             println!("{}", status.as_str_name());
@@ -57,11 +65,28 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
 
 async fn check(
     addr: &str,
+    tls_ca: Option<&std::path::Path>,
     service: &str,
 ) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
     use anyhow::Context;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let host_port = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .unwrap_or(addr);
+    let tls = addr.starts_with("https://") || (tls_ca.is_some() && !addr.starts_with("http://"));
+    let scheme = if tls { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{host_port}"))
         .with_context(|| format!("bad address {addr:?}"))?;
+    if tls {
+        let path =
+            tls_ca.context("an https:// address needs --tls-ca FILE (or RAFTLITE_TLS_CA)")?;
+        let ca = std::fs::read(path)
+            .with_context(|| format!("read the CA certificate {}", path.display()))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+    }
     let channel = endpoint
         .connect()
         .await

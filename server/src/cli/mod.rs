@@ -18,25 +18,67 @@ pub mod status;
 
 use std::process::ExitCode;
 
-use raftlite_client::{code_name, Client, Error};
+use raftlite_client::{code_name, Client, ClientOptions, Error};
 
-/// Nodes to talk to, shared by the client subcommands.
+/// Nodes to talk to and the credentials to use, shared by the client subcommands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AddrArgs {
-    /// Node to talk to (HOST:PORT); repeat or separate with commas to give several.
+    /// Node to talk to (HOST:PORT, or https://HOST:PORT for TLS); repeat or separate with
+    /// commas to give several.
     #[arg(
         long = "addr",
         value_name = "HOST:PORT",
         env = "RAFTLITE_ADDR",
         value_delimiter = ',',
-        required = true
+        default_value = "localhost:7000"
     )]
     pub addrs: Vec<String>,
+    /// Token sent as `authorization: Bearer TOKEN` (nodes with an auth file require one).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RAFTLITE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File holding the token (e.g. a mounted Secret); used when --token is not given.
+    #[arg(long, value_name = "FILE", env = "RAFTLITE_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed the nodes' certificates; turns TLS on.
+    #[arg(long, value_name = "FILE", env = "RAFTLITE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl AddrArgs {
+    /// Client options carrying the token and CA these arguments name.
+    pub fn options(&self) -> Result<ClientOptions, Error> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::InvalidEndpoint(format!("cannot read the {what} {}: {e}", path.display()))
+            })
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(file)) => Some(
+                String::from_utf8_lossy(&read(file, "token file")?)
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let tls_ca = match &self.tls_ca {
+            Some(file) => Some(read(file, "CA certificate")?),
+            None => None,
+        };
+        Ok(ClientOptions {
+            token,
+            tls_ca,
+            ..ClientOptions::default()
+        })
+    }
+
     pub fn client(&self) -> Result<Client, Error> {
-        Client::connect(self.addrs.iter().map(String::as_str))
+        Client::with_options(self.addrs.iter().map(String::as_str), self.options()?)
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! `--json` prints ONE object: `cluster_id`, `node_id` (the node that answered), `leader` (0:
 //! none), `term`, `commit_index`, `applied_index`, `snapshot_index` and `nodes`, each with
-//! `id`, `addr`, `role`, `applied_index`, `lag`, `voter`, `term`, and `archive` (`url`,
+//! `id`, `addr` (client address), `peer_addr`, `role`, `applied_index`, `lag`, `voter`, `term`, and `archive` (`url`,
 //! `uploading`, `generation`, `archived_index`, `lag_entries`, `lag_ms`, `last_error`, `snapshot_index`) as the
 //! answering node sees it. Without it, a table.
 
@@ -44,6 +44,7 @@ pub fn status_json(status: &StatusResponse) -> serde_json::Value {
             json!({
                 "id": n.id,
                 "addr": n.addr,
+                "peer_addr": n.peer_addr,
                 "role": n.role,
                 "applied_index": n.applied_index,
                 "lag": n.lag,
@@ -88,12 +89,22 @@ pub fn status_table(status: &StatusResponse) -> String {
         status.applied_index,
         status.snapshot_index
     );
-    let mut rows =
-        vec![["ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAG", "TERM"].map(String::from)];
+    let mut rows = vec![[
+        "ID",
+        "ADDR",
+        "PEER ADDR",
+        "ROLE",
+        "VOTER",
+        "APPLIED",
+        "LAG",
+        "TERM",
+    ]
+    .map(String::from)];
     for n in &status.nodes {
         rows.push([
             n.id.to_string(),
             n.addr.clone(),
+            n.peer_addr.clone(),
             n.role.clone(),
             if n.voter { "yes" } else { "no" }.to_string(),
             n.applied_index.to_string(),
@@ -164,6 +175,7 @@ mod tests {
         let node = |id: u64, role: &str, applied_index: u64, lag: u64| NodeStatus {
             id,
             addr: format!("127.0.0.1:740{id}"),
+            peer_addr: format!("127.0.0.1:741{id}"),
             role: role.into(),
             applied_index,
             lag,
@@ -220,11 +232,11 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "ID  ADDR            ROLE         VOTER  APPLIED  LAG  TERM"
+            "ID  ADDR            PEER ADDR       ROLE         VOTER  APPLIED  LAG  TERM"
         );
         assert_eq!(
             lines[6],
-            "3   127.0.0.1:7403  unreachable  yes    0        10   3"
+            "3   127.0.0.1:7403  127.0.0.1:7413  unreachable  yes    0        10   3"
         );
     }
 }

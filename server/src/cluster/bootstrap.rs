@@ -10,10 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use openraft::BasicNode;
-
 use crate::archive::Archive;
 use crate::node::Node;
+use crate::raft::types::NodeAddr;
 
 const RETRY: Duration = Duration::from_millis(300);
 
@@ -33,7 +32,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
         return Ok(());
     }
     let mut last_report = Instant::now();
-    loop {
+    let members = loop {
         match survey(&node, &peers).await {
             Survey::ClusterExists(who) => {
                 tracing::info!(
@@ -42,7 +41,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
                 );
                 return Ok(());
             }
-            Survey::AllEmpty => break,
+            Survey::AllEmpty(members) => break members,
             Survey::Missing(missing) => {
                 if last_report.elapsed() > Duration::from_secs(5) {
                     tracing::info!(
@@ -58,7 +57,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
             return Ok(());
         }
         tokio::time::sleep(RETRY).await;
-    }
+    };
     if let Some(archive) = &archive {
         // An unreachable archive is retried, never skipped: starting a fresh cluster over an
         // archive that holds one would fork its history.
@@ -78,29 +77,37 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
             }
         };
         if let Some((restored, generation)) = recovered {
-            return recover_cluster(&node, &peers, restored, generation).await;
+            return recover_cluster(&node, &members, restored, generation).await;
         }
     }
     let cluster_id = node.identity().create()?;
-    let members: BTreeMap<u64, BasicNode> = peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode::new(addr)))
-        .collect();
+    let count = members.len();
     node.raft().initialize(members).await?;
-    tracing::info!(%cluster_id, members = peers.len(), "initialized a new cluster");
+    tracing::info!(%cluster_id, members = count, "initialized a new cluster");
     Ok(())
 }
 
+/// This node's addresses, as its peers and clients reach it.
+fn own_addr(node: &Node) -> NodeAddr {
+    NodeAddr {
+        client: node.config().advertise_addr.clone(),
+        peer: node.config().peer_advertise_addr.clone(),
+    }
+}
+
 enum Survey {
-    AllEmpty,
+    /// Every initial member answered and has no state: their addresses.
+    AllEmpty(BTreeMap<u64, NodeAddr>),
     ClusterExists(u64),
     Missing(Vec<u64>),
 }
 
 async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
     let mut missing = Vec::new();
+    let mut members = BTreeMap::new();
     for (id, addr) in peers {
         if *id == node.id() {
+            members.insert(*id, own_addr(node));
             continue;
         }
         let Ok(client) = node.inner.peer(addr) else {
@@ -111,12 +118,20 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
             Some(peer) if peer.initialized || !peer.cluster_id.is_empty() => {
                 return Survey::ClusterExists(*id);
             }
-            Some(_) => {}
+            Some(peer) => {
+                members.insert(
+                    *id,
+                    NodeAddr {
+                        client: peer.client_addr,
+                        peer: addr.clone(),
+                    },
+                );
+            }
             None => missing.push(*id),
         }
     }
     if missing.is_empty() {
-        Survey::AllEmpty
+        Survey::AllEmpty(members)
     } else {
         Survey::Missing(missing)
     }
@@ -128,7 +143,7 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
 /// starts from the restored state (deltas alone would not carry it).
 async fn recover_cluster(
     node: &Node,
-    peers: &std::collections::BTreeMap<u64, String>,
+    peers: &BTreeMap<u64, NodeAddr>,
     restored: crate::archive::Restored,
     generation: u64,
 ) -> anyhow::Result<()> {
@@ -137,7 +152,7 @@ async fn recover_cluster(
     // Peers that see this leader try to join (cluster/join.rs); hold them off until the
     // restored state is a snapshot and the log behind it is purged, so they install it.
     node.set_recovering(true);
-    let me = BTreeMap::from([(node.id(), BasicNode::new(&node.config().advertise_addr))]);
+    let me = BTreeMap::from([(node.id(), own_addr(node))]);
     node.raft().initialize(me).await?;
     tracing::info!(
         cluster_id = %restored.cluster_id,

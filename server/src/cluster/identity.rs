@@ -61,11 +61,18 @@ impl ClusterIdentity {
         Ok(())
     }
 
-    /// Checks a peer's cluster id. Adopts it when this node has none yet; an empty id (a peer
-    /// that has not joined a cluster yet) is accepted.
+    /// Checks a peer's cluster id. Adopts it when this node has none yet. An empty id (a
+    /// message from a node in no cluster) is accepted only while this node has none either:
+    /// nodes of a cluster always send its id, so an empty one is no member's.
     pub fn check_peer(&self, theirs: &str) -> Result<(), ClusterMismatch> {
         if theirs.is_empty() {
-            return Ok(());
+            return match self.get() {
+                Some(ours) => Err(ClusterMismatch {
+                    ours,
+                    theirs: String::new(),
+                }),
+                None => Ok(()),
+            };
         }
         match self.get() {
             Some(ours) if ours == theirs => Ok(()),

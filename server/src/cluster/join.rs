@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::node::{LeaderHint, MembershipChange, Node};
+use crate::raft::types::NodeAddr;
 
 const RETRY: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -29,7 +30,10 @@ pub async fn join(node: Node) {
         return;
     }
     let id = node.id();
-    let addr = node.config().advertise_addr.clone();
+    let addr = NodeAddr {
+        client: node.config().advertise_addr.clone(),
+        peer: node.config().peer_advertise_addr.clone(),
+    };
     let others: Vec<String> = node
         .config()
         .peers
@@ -56,7 +60,7 @@ pub async fn join(node: Node) {
 
 /// One round: find the leader through the initial members and ask it to add this node.
 /// `Ok` once this node is a voter; otherwise why it is not (yet).
-async fn ask_to_join(node: &Node, others: &[String], addr: &str) -> Result<(), String> {
+async fn ask_to_join(node: &Node, others: &[String], addr: &NodeAddr) -> Result<(), String> {
     let id = node.id();
     let mut leader = None;
     for member in others {
@@ -81,10 +85,13 @@ async fn ask_to_join(node: &Node, others: &[String], addr: &str) -> Result<(), S
         node = id, %addr, leader = leader.id,
         "not a voter of the running cluster: joining as a learner, then voter"
     );
-    let client = node.inner.peer(&leader.addr).map_err(|e| e.to_string())?;
+    let client = node
+        .inner
+        .peer(&leader.peer_addr)
+        .map_err(|e| e.to_string())?;
     let change = MembershipChange::AddVoter {
         id,
-        addr: addr.to_owned(),
+        addr: addr.clone(),
     };
     match client.forward_membership(&change, leader).await {
         Ok(m) => {

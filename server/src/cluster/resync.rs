@@ -1,11 +1,23 @@
 //! Automatic re-sync of a node whose data belongs to another cluster.
 //!
 //! When the leader of another cluster sends this node entries or a snapshot, the node's data
-//! is from a previous incarnation (a reused volume, a recreated cluster). With `auto_resync`
-//! (the default when TLS is configured) the node says so in one log line, removes its data directory's contents and
-//! restarts itself in place (`exec` of the same binary and arguments); it comes back empty and
-//! the leader fills it with a snapshot. Without `auto_resync` it refuses the messages and keeps
-//! its data for an operator to inspect.
+//! is from a previous incarnation (a reused volume, a recreated cluster). The node then says so
+//! in one log line, removes its data directory's contents and restarts itself in place (`exec`
+//! of the same binary and arguments); it comes back empty and the leader fills it with a
+//! snapshot. Otherwise it refuses the messages and keeps its data for an operator to inspect.
+//!
+//! # Exactly when a node wipes its data
+//!
+//! All of these must hold:
+//! 1. `auto_resync` is on: the default with TLS; without TLS (loopback, `--insecure`) only when
+//!    set explicitly, since nothing then proves who sent the message.
+//! 2. The message is AppendEntries or InstallSnapshot (what a leader sends) with a cluster id
+//!    that is not empty and differs from this node's.
+//! 3. The sender is vouched for (`vouched`): its node id is in this node's configured peers
+//!    (`--peers` / the StatefulSet pattern) or current membership, and, with TLS, the message
+//!    came over mutual TLS with a certificate signed by the cluster CA that names that node
+//!    (`raftlite-node-<id>`, or the host of its configured peer address). With TLS, a message
+//!    without such a certificate never wipes anything, whatever `auto_resync` says.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,7 +26,16 @@ use crate::node::Node;
 
 static RESYNCING: AtomicBool = AtomicBool::new(false);
 
-pub fn foreign_leader(node: &Node, mismatch: &ClusterMismatch) {
+/// A leader of another cluster (`from`) sent this node entries or a snapshot. `vouched`: see
+/// the module docs (rule 3).
+pub fn foreign_leader(node: &Node, mismatch: &ClusterMismatch, from: u64, vouched: bool) {
+    if !vouched {
+        tracing::error!(
+            error = %mismatch, from,
+            "refusing a message from another cluster: its sender is not a configured peer or not authenticated"
+        );
+        return;
+    }
     if !node.config().auto_resync {
         tracing::error!(
             error = %mismatch,

@@ -4,7 +4,7 @@
 use raftlite_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use super::convert::{check_new_node, node_error_to_status};
+use super::convert::{new_node_from_proto, node_error_to_status};
 use crate::node::{MembershipChange, Node};
 use crate::peer::convert::{member_status_to_proto, membership_outcome_to_proto};
 
@@ -65,26 +65,16 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
-        let r = request.into_inner();
-        check_new_node(&r)?;
-        self.change(MembershipChange::AddLearner {
-            id: r.node_id,
-            addr: r.addr,
-        })
-        .await
+        let (id, addr) = new_node_from_proto(request.into_inner())?;
+        self.change(MembershipChange::AddLearner { id, addr }).await
     }
 
     async fn add_voter(
         &self,
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
-        let r = request.into_inner();
-        check_new_node(&r)?;
-        self.change(MembershipChange::AddVoter {
-            id: r.node_id,
-            addr: r.addr,
-        })
-        .await
+        let (id, addr) = new_node_from_proto(request.into_inner())?;
+        self.change(MembershipChange::AddVoter { id, addr }).await
     }
 
     async fn remove_node(

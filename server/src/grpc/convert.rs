@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use crate::db::{DbError, Params, SqlValue, Statement, StatementOutcome, WriteRequest};
 use crate::node::reads::ReadConsistency;
 use crate::node::{LeaderHint, NodeError, WriteReply};
+use crate::raft::types::{NodeAddr, NodeId};
 
 pub const LEADER_ID_HEADER: &str = "raftlite-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "raftlite-leader-addr";
@@ -143,22 +144,46 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
     })
 }
 
-/// Checks the node a membership change adds.
-pub fn check_new_node(r: &v1::AddNodeRequest) -> Result<(), Status> {
+/// The node a membership change adds: its id and addresses, checked. An empty peer address
+/// defaults to the client address's port + 1 (the default `--peer-listen`).
+pub fn new_node_from_proto(r: v1::AddNodeRequest) -> Result<(NodeId, NodeAddr), Status> {
     if r.node_id == 0 {
         return Err(Status::invalid_argument("node_id must be at least 1"));
     }
-    if r.addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
+    let split = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(host, p)| Some((host.to_owned(), p.parse::<u16>().ok()?)))
+            .filter(|(host, port)| !host.is_empty() && *port != 0)
+    };
+    let Some((host, port)) = split(&r.addr) else {
         return Err(Status::invalid_argument(format!(
             "addr {:?} is not HOST:PORT",
             r.addr
         )));
-    }
-    Ok(())
+    };
+    let peer = if r.peer_addr.is_empty() {
+        let peer_port = port.checked_add(1).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "addr {:?} has port 65535: give peer_addr (the peer port cannot be port + 1)",
+                r.addr
+            ))
+        })?;
+        format!("{host}:{peer_port}")
+    } else if split(&r.peer_addr).is_some() {
+        r.peer_addr
+    } else {
+        return Err(Status::invalid_argument(format!(
+            "peer_addr {:?} is not HOST:PORT",
+            r.peer_addr
+        )));
+    };
+    Ok((
+        r.node_id,
+        NodeAddr {
+            client: r.addr,
+            peer,
+        },
+    ))
 }
 
 pub fn consistency_from_proto(c: Option<v1::ReadConsistency>) -> ReadConsistency {
@@ -211,7 +236,11 @@ fn leader_from_metadata(status: &Status) -> Option<LeaderHint> {
     let md = status.metadata();
     let id = md.get(LEADER_ID_HEADER)?.to_str().ok()?.parse().ok()?;
     let addr = md.get(LEADER_ADDR_HEADER)?.to_str().ok()?.to_string();
-    Some(LeaderHint { id, addr })
+    Some(LeaderHint {
+        id,
+        addr,
+        peer_addr: String::new(),
+    })
 }
 
 /// Turns the status a peer answered a forwarded request with back into a node error, so it
@@ -257,6 +286,7 @@ mod tests {
         let hint = LeaderHint {
             id: 2,
             addr: "10.0.0.2:7000".into(),
+            peer_addr: String::new(),
         };
         let status = node_error_to_status(NodeError::unavailable("no", Some(hint.clone())));
         assert_eq!(status.code(), Code::Unavailable);

@@ -1,10 +1,12 @@
 //! tonic services: translate wire types, delegate to the node, map errors. No business logic.
 //!
-//! One listener serves the public `Sql` and `Admin` services, the peer-only `Peer` service,
-//! `grpc.health.v1` (readiness and liveness, see [`health`]) and server reflection. The public
-//! services sit behind a concurrency limit and deadlines ([`limits`]); Raft traffic does not.
+//! The client listener serves the public `Sql` and `Admin` services, `grpc.health.v1`
+//! (readiness and liveness, see [`health`]) and server reflection (listing only those). They
+//! sit behind a concurrency limit and deadlines ([`limits`]). The peer-only `Peer` service has
+//! a listener of its own (`crate::peer::service::serve`).
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod health;
 pub mod limits;
@@ -14,11 +16,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use raftlite_proto::v1::admin_server::AdminServer;
-use raftlite_proto::v1::peer_server::PeerServer;
 use raftlite_proto::v1::sql_server::SqlServer;
 
 use crate::node::Node;
-use crate::raft::codec::MAX_MESSAGE_BYTES;
 
 /// tonic refuses a message over its decode limit with OUT_OF_RANGE before our handlers run;
 /// gRPC's convention (and our contract) for "request too large" is RESOURCE_EXHAUSTED.
@@ -36,7 +36,7 @@ fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
     response
 }
 
-/// Serves every service of `node` on `listen` until `shutdown` resolves.
+/// Serves the client services of `node` on `listen` until `shutdown` resolves.
 pub async fn serve(
     node: Node,
     listen: SocketAddr,
@@ -56,6 +56,9 @@ pub async fn serve(
     tokio::spawn(health::report(node.clone(), health));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftlite_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("raftlite.v1.Sql")
+        .with_service_name("raftlite.v1.Admin")
+        .with_service_name("grpc.health.v1.Health")
         .build_v1()
         .context("build reflection service")?;
     let sql = SqlServer::new(sql::SqlService {
@@ -65,9 +68,17 @@ pub async fn serve(
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(64 << 20);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
-    let peer = PeerServer::new(crate::peer::service::PeerService { node: node.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
+    let auth = match &node.config().auth_file {
+        Some(path) => {
+            let file = auth::AuthFile::load(path).context("auth file (auth_file)")?;
+            tokio::spawn(file.clone().watch());
+            Some(auth::AuthLayer::new(file))
+        }
+        None => None,
+    };
+    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Client)
+        .await
+        .context("client listener (listen)")?;
     let limits = limits::LimitsLayer::new(
         limits::Limits {
             max_concurrent_requests: node.config().max_concurrent_requests,
@@ -76,17 +87,16 @@ pub async fn serve(
         Some(node.inner.metrics.clone()),
     );
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,
         ))
+        .layer(tower::util::option_layer(auth))
         .layer(limits)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sql)
         .add_service(admin)
-        .add_service(peer)
-        .serve_with_shutdown(listen, shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .with_context(|| format!("serve gRPC on {listen}"))
 }

@@ -6,7 +6,10 @@ use crate::db::DbError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderHint {
     pub id: u64,
+    /// The leader's client address (what clients are told).
     pub addr: String,
+    /// The leader's peer address (where forwarded requests go); empty when unknown.
+    pub peer_addr: String,
 }
 
 #[derive(Debug, thiserror::Error)]

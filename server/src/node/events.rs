@@ -32,7 +32,7 @@ pub struct RaftView {
 }
 
 impl RaftView {
-    pub fn from_metrics(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> Self {
+    pub fn from_metrics(m: &openraft::RaftMetrics<NodeId, crate::raft::types::NodeAddr>) -> Self {
         RaftView {
             id: m.id,
             is_leader: m.state == ServerState::Leader && m.current_leader == Some(m.id),

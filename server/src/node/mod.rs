@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{LeaderHint, NodeError};
@@ -25,7 +25,10 @@ use crate::peer::{Dialer, PeerClient};
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::RaftStore;
-use crate::raft::types::{NodeId, Raft};
+use crate::raft::types::{NodeAddr, NodeId, Raft};
+
+/// The directory (inside the data directory) holding snapshot images.
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,8 +36,8 @@ const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
 /// A change of the cluster's membership or leadership (the admin calls).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    AddLearner { id: NodeId, addr: String },
-    AddVoter { id: NodeId, addr: String },
+    AddLearner { id: NodeId, addr: NodeAddr },
+    AddVoter { id: NodeId, addr: NodeAddr },
     Remove { id: NodeId },
     TransferLeadership { id: NodeId },
 }
@@ -69,6 +72,8 @@ pub(crate) struct NodeInner {
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
     dialer: Arc<Dialer>,
+    /// TLS material of both listeners and of dialing peers; `None` without TLS.
+    tls: Option<Arc<crate::tls::Tls>>,
     /// Set while whole-cluster recovery has not yet snapshotted the restored state and purged
     /// the log behind it: a member added before that would replay the log onto an empty
     /// database instead of installing the snapshot.
@@ -100,7 +105,7 @@ impl Node {
         let state_machine = StateMachine::open(
             db.clone(),
             store.clone(),
-            config.data_dir.join("snapshots"),
+            config.data_dir.join(SNAPSHOT_DIR),
             applied_tx,
         )
         .await
@@ -122,7 +127,11 @@ impl Node {
         }
         .validate()
         .context("raft timings")?;
-        let dialer = Arc::new(Dialer::new());
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::Tls::load(files.clone()).context("TLS files")?),
+            None => None,
+        };
+        let dialer = Arc::new(Dialer::new(tls.clone()));
         let network = Network {
             self_id: config.node_id,
             identity: identity.clone(),
@@ -152,6 +161,7 @@ impl Node {
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
             dialer,
+            tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             apply_spans,
@@ -196,6 +206,38 @@ impl Node {
     /// The leader this node knows, if any.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
         self.inner.leader_hint()
+    }
+
+    /// TLS of the listeners and of dialing peers; `None` without TLS.
+    pub fn tls(&self) -> Option<Arc<crate::tls::Tls>> {
+        self.inner.tls.clone()
+    }
+
+    /// Every member of the current membership (voters and learners) and its addresses.
+    pub fn member_addrs(&self) -> std::collections::BTreeMap<NodeId, NodeAddr> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect()
+    }
+
+    /// The hosts of the members' peer addresses (a host appears once per member).
+    pub fn member_peer_hosts(&self) -> Vec<String> {
+        self.member_addrs()
+            .values()
+            .filter_map(|a| crate::tls::addr_host(&a.peer))
+            .collect()
+    }
+
+    /// A new, unused path for a snapshot being received (in the snapshot directory).
+    pub fn snapshot_receive_path(&self) -> std::path::PathBuf {
+        self.inner
+            .config
+            .data_dir
+            .join(SNAPSHOT_DIR)
+            .join(format!("receiving-{}.db", uuid::Uuid::new_v4().simple()))
     }
 
     /// The applied log index, as a watch.
@@ -276,7 +318,7 @@ impl Node {
             ));
         }
         inner
-            .peer(&leader.addr)?
+            .peer(&leader.peer_addr)?
             .forward_execute(&request, leader)
             .await
     }
@@ -332,7 +374,7 @@ impl Node {
         match error.leader_hint().filter(|l| l.id != self.id()).cloned() {
             Some(leader) if !forwarded => {
                 self.inner
-                    .peer(&leader.addr)?
+                    .peer(&leader.peer_addr)?
                     .forward_membership(&change, leader)
                     .await
             }
@@ -347,7 +389,7 @@ impl Node {
             .store(recovering, std::sync::atomic::Ordering::SeqCst);
     }
 
-    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<u64, NodeError> {
+    pub async fn add_learner(&self, id: NodeId, addr: NodeAddr) -> Result<u64, NodeError> {
         if self
             .inner
             .recovering
@@ -361,14 +403,14 @@ impl Node {
         let resp = self
             .inner
             .raft
-            .add_learner(id, BasicNode::new(addr), true)
+            .add_learner(id, addr, true)
             .await
             .map_err(|e| self.inner.membership_error(e))?;
         tracing::info!(node = id, "learner added and caught up");
         Ok(resp.log_id.index)
     }
 
-    pub async fn add_voter(&self, id: NodeId, addr: String) -> Result<u64, NodeError> {
+    pub async fn add_voter(&self, id: NodeId, addr: NodeAddr) -> Result<u64, NodeError> {
         self.add_learner(id, addr).await?;
         let resp = self
             .inner
@@ -452,7 +494,7 @@ impl Node {
         }
         let addr = membership
             .get_node(&target)
-            .map(|n| n.addr.clone())
+            .map(|n| n.peer.clone())
             .ok_or_else(|| NodeError::InvalidArgument(format!("node {target} has no address")))?;
         let client = inner.peer(&addr)?;
         let lease = inner.config.election_timeout_max;
@@ -527,7 +569,8 @@ impl NodeInner {
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some(LeaderHint {
             id,
-            addr: node.addr,
+            addr: node.client,
+            peer_addr: node.peer,
         })
     }
 

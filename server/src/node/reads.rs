@@ -107,7 +107,7 @@ impl Node {
             NodeError::unavailable("no leader is elected at the moment; retry", None)
         })?;
         inner
-            .peer(&leader.addr)?
+            .peer(&leader.peer_addr)?
             .read_index(READ_WAIT, leader)
             .await
     }

@@ -5,12 +5,13 @@ use std::time::Duration;
 use openraft::ServerState;
 
 use super::Node;
-use crate::raft::types::NodeId;
+use crate::raft::types::{NodeAddr, NodeId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
     pub id: NodeId,
     pub addr: String,
+    pub peer_addr: String,
     /// leader, follower, learner, candidate, shutdown, or unreachable.
     pub role: String,
     pub applied_index: u64,
@@ -66,12 +67,16 @@ impl Node {
         let membership = m.membership_config.membership();
         let addr = membership
             .get_node(&self.inner.id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_else(|| self.inner.config.advertise_addr.clone());
+            .cloned()
+            .unwrap_or_else(|| NodeAddr {
+                client: self.inner.config.advertise_addr.clone(),
+                peer: self.inner.config.peer_advertise_addr.clone(),
+            });
         let applied = self.inner.applied_index();
         MemberStatus {
             id: self.inner.id,
-            addr,
+            addr: addr.client,
+            peer_addr: addr.peer,
             role: role_name(m.state).to_string(),
             applied_index: applied,
             lag: self.commit_index().saturating_sub(applied),
@@ -161,7 +166,7 @@ impl Node {
             let mut status = if *id == self.inner.id {
                 self.local_status()
             } else {
-                self.remote_status(*id, &node.addr).await
+                self.remote_status(*id, node).await
             };
             status.voter = voter;
             status.lag = commit.saturating_sub(status.applied_index);
@@ -180,17 +185,18 @@ impl Node {
         }
     }
 
-    async fn remote_status(&self, id: NodeId, addr: &str) -> MemberStatus {
+    async fn remote_status(&self, id: NodeId, addr: &NodeAddr) -> MemberStatus {
         let unreachable = MemberStatus {
             id,
-            addr: addr.to_string(),
+            addr: addr.client.clone(),
+            peer_addr: addr.peer.clone(),
             role: "unreachable".into(),
             applied_index: 0,
             lag: 0,
             voter: false,
             term: 0,
         };
-        let Ok(client) = self.inner.peer(addr) else {
+        let Ok(client) = self.inner.peer(&addr.peer) else {
             return unreachable;
         };
         // Bounded as a whole (name resolution and connecting included): a peer whose name does
@@ -198,7 +204,8 @@ impl Node {
         match client.local_status(Duration::from_millis(500)).await {
             Some(s) => MemberStatus {
                 id,
-                addr: addr.to_string(),
+                addr: addr.client.clone(),
+                peer_addr: addr.peer.clone(),
                 lag: 0,
                 ..s
             },

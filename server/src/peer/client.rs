@@ -25,6 +25,8 @@ pub struct PeerIdentity {
     pub leader: Option<LeaderHint>,
     /// The voters of the peer's membership.
     pub voters: Vec<u64>,
+    /// The address clients reach the peer at.
+    pub client_addr: String,
 }
 
 /// A connection to one peer.
@@ -102,9 +104,11 @@ impl PeerClient {
             initialized: r.initialized,
             leader: (r.leader != 0).then_some(LeaderHint {
                 id: r.leader,
-                addr: r.leader_addr,
+                addr: String::new(),
+                peer_addr: r.leader_addr,
             }),
             voters: r.voters,
+            client_addr: r.client_addr,
         })
     }
 

@@ -5,7 +5,7 @@
 use raftlite_proto::v1;
 use tonic::Status;
 
-pub use crate::grpc::convert::node_error_from_status;
+pub use crate::grpc::convert::{new_node_from_proto, node_error_from_status};
 use crate::node::status::MemberStatus;
 use crate::node::{MembershipChange, MembershipOutcome};
 
@@ -14,11 +14,13 @@ pub fn membership_change_to_proto(change: &MembershipChange) -> v1::AdminCall {
     let call = match change {
         MembershipChange::AddLearner { id, addr } => Call::AddLearner(v1::AddNodeRequest {
             node_id: *id,
-            addr: addr.clone(),
+            addr: addr.client.clone(),
+            peer_addr: addr.peer.clone(),
         }),
         MembershipChange::AddVoter { id, addr } => Call::AddVoter(v1::AddNodeRequest {
             node_id: *id,
-            addr: addr.clone(),
+            addr: addr.client.clone(),
+            peer_addr: addr.peer.clone(),
         }),
         MembershipChange::Remove { id } => Call::RemoveNode(v1::RemoveNodeRequest { node_id: *id }),
         MembershipChange::TransferLeadership { id } => {
@@ -32,18 +34,12 @@ pub fn membership_change_from_proto(call: v1::AdminCall) -> Result<MembershipCha
     use v1::admin_call::Call;
     match call.call {
         Some(Call::AddLearner(r)) => {
-            crate::grpc::convert::check_new_node(&r)?;
-            Ok(MembershipChange::AddLearner {
-                id: r.node_id,
-                addr: r.addr,
-            })
+            let (id, addr) = new_node_from_proto(r)?;
+            Ok(MembershipChange::AddLearner { id, addr })
         }
         Some(Call::AddVoter(r)) => {
-            crate::grpc::convert::check_new_node(&r)?;
-            Ok(MembershipChange::AddVoter {
-                id: r.node_id,
-                addr: r.addr,
-            })
+            let (id, addr) = new_node_from_proto(r)?;
+            Ok(MembershipChange::AddVoter { id, addr })
         }
         Some(Call::RemoveNode(r)) => Ok(MembershipChange::Remove { id: r.node_id }),
         Some(Call::TransferLeadership(r)) => {
@@ -73,6 +69,7 @@ pub fn member_status_to_proto(m: MemberStatus) -> v1::NodeStatus {
     v1::NodeStatus {
         id: m.id,
         addr: m.addr,
+        peer_addr: m.peer_addr,
         role: m.role,
         applied_index: m.applied_index,
         lag: m.lag,
@@ -85,6 +82,7 @@ pub fn member_status_from_proto(s: v1::NodeStatus) -> MemberStatus {
     MemberStatus {
         id: s.id,
         addr: s.addr,
+        peer_addr: s.peer_addr,
         role: s.role,
         applied_index: s.applied_index,
         lag: s.lag,

@@ -1,23 +1,29 @@
-//! Connections to peers: one lazily connected, pooled gRPC channel per peer address.
+//! Connections to peers: one lazily connected, pooled gRPC channel per peer address; with TLS,
+//! over mutual TLS (`crate::tls::dial`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftlite_proto::v1::peer_client::PeerClient as ProtoClient;
 use tonic::transport::Channel;
 
-use crate::raft::codec::MAX_MESSAGE_BYTES;
+use super::PEER_MESSAGE_LIMIT;
+use crate::tls::Tls;
 
 /// Builds (and keeps) the connections this node opens to its peers.
-#[derive(Default)]
 pub struct Dialer {
     channels: Mutex<HashMap<String, ProtoClient<Channel>>>,
+    /// With TLS, peers are dialed with this node's certificate and only the cluster CA trusted.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Dialer {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(tls: Option<Arc<Tls>>) -> Self {
+        Dialer {
+            channels: Mutex::new(HashMap::new()),
+            tls,
+        }
     }
 
     /// The peer service at `addr` ("host:port"), connected on first use and reused after.
@@ -32,9 +38,19 @@ impl Dialer {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let client = ProtoClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES as usize)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES as usize);
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let tls = tls.clone();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: http::Uri| {
+                    let tls = tls.clone();
+                    async move { crate::tls::dial(&tls, &uri).await }
+                }))
+            }
+        };
+        let client = ProtoClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_LIMIT)
+            .max_encoding_message_size(PEER_MESSAGE_LIMIT);
         channels.insert(addr.to_owned(), client.clone());
         Ok(client)
     }

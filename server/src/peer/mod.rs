@@ -27,3 +27,8 @@ pub mod service;
 
 pub use client::PeerClient;
 pub use dialer::Dialer;
+
+/// Largest message either side of the peer service accepts: well above a batch of
+/// `max_payload_entries` log entries, far below what could exhaust a node's memory.
+/// Snapshots are streamed in 1 MiB chunks and bounded as a whole by `max_snapshot_bytes`.
+pub const PEER_MESSAGE_LIMIT: usize = 256 << 20;

@@ -17,7 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, OptionalSend, Snapshot};
+use openraft::{OptionalSend, Snapshot};
 use raftlite_proto::v1::peer_client::PeerClient;
 use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
 use crate::raft::codec;
-use crate::raft::types::{NodeId, TypeConfig, Vote};
+use crate::raft::types::{NodeAddr, NodeId, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -47,12 +47,12 @@ pub struct PeerConnection {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
         PeerConnection {
             self_id: self.self_id,
             target,
             identity: self.identity.clone(),
-            client: self.dialer.proto_client(&node.addr),
+            client: self.dialer.proto_client(&node.peer),
         }
     }
 }
@@ -61,14 +61,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[error("{0}")]
 struct PeerError(String);
 
-fn unreachable<E>(msg: impl std::fmt::Display) -> RPCError<NodeId, BasicNode, E>
+fn unreachable<E>(msg: impl std::fmt::Display) -> RPCError<NodeId, NodeAddr, E>
 where
     E: std::error::Error,
 {
     RPCError::Unreachable(Unreachable::new(&PeerError(msg.to_string())))
 }
 
-fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, NodeAddr, E> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             unreachable(&status)
@@ -98,7 +98,7 @@ impl PeerConnection {
             PeerClient<Channel>,
             tonic::Request<RaftMessage>,
         ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -130,7 +130,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
             .await
     }
@@ -139,7 +139,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
             .await
     }
@@ -150,7 +150,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
     > {
         // Snapshots are sent whole by `full_snapshot`; openraft only calls this from its default
         // `full_snapshot`, which is overridden below.

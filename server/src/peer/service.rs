@@ -1,23 +1,75 @@
-//! The peer-only service: Raft RPCs, streamed snapshot install, write forwarding, read index.
-//! Every message is checked against this node's cluster identity before it reaches Raft, and
-//! every payload is decoded with a size limit: garbage is INVALID_ARGUMENT, never a panic.
+//! The peer-only service: Raft RPCs, streamed snapshot install, write forwarding, read index,
+//! identity, membership changes and joining. It is served on the peer port only.
+//!
+//! # Who may send what
+//!
+//! With TLS (`tls_cert`/`tls_key`/`tls_ca`), the peer port asks every caller for a certificate
+//! signed by the cluster CA (mutual TLS); a connection without one never reaches this service.
+//! On top of that, each message is checked before anything is decoded or written:
+//!
+//! - **AppendEntries, Vote, InstallSnapshot** name their sender (`from`). The sender must be a
+//!   member of this node's membership (any sender while the node has none yet: a new node
+//!   waiting to be added) and, with TLS, its certificate must name that node
+//!   ([`crate::tls::PeerCert::names_node`]). Its cluster id must be this node's: a node that
+//!   belongs to a cluster refuses a message with an empty or different id.
+//! - **InstallSnapshot** also checks the sender's vote against this node's before a byte is
+//!   written, writes at most `max_snapshot_bytes` into a file it names itself (never after the
+//!   sender's `snapshot_id`), and removes that file whatever happens.
+//! - **Elect** (leadership transfer) is honoured, with TLS, only from the current leader.
+//! - **ForwardAdmin** from a member may change anything (the member checked the client's admin
+//!   token); from a node that is no member, only adding itself (a StatefulSet pod joining).
+//! - **ForwardExecute** obeys `max_request_bytes` like `Sql.Execute`.
+//! - **Re-sync** (wiping this node's data for another cluster's): see `cluster::resync`.
+//!
+//! Without TLS (loopback, or `--insecure`), a sender cannot be authenticated: the membership,
+//! cluster id, vote, size and file-name checks still hold, re-sync is off unless set explicitly.
+//! Every payload is decoded with a size limit: garbage is INVALID_ARGUMENT, never a panic.
 
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::Snapshot;
-use raftlite_proto::v1::{self, peer_server::Peer};
+use raftlite_proto::v1::{self, peer_server::Peer, peer_server::PeerServer};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use crate::cluster::identity::ClusterMismatch;
 use crate::grpc::convert::{node_error_to_status, write_reply_to_proto, write_request_from_proto};
-use crate::node::Node;
+use crate::node::{MembershipChange, Node};
 use crate::raft::codec;
 use crate::raft::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::tls::{ConnInfo, PeerCert};
 
 pub struct PeerService {
     pub node: Node,
+}
+
+/// Serves the peer service of `node` on `listen` (its own port, never the client port) until
+/// `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    listen: std::net::SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Peer)
+        .await
+        .context("peer listener (peer_listen)")?;
+    let peer = PeerServer::new(PeerService { node })
+        .max_decoding_message_size(super::PEER_MESSAGE_LIMIT)
+        .max_encoding_message_size(super::PEER_MESSAGE_LIMIT);
+    tonic::transport::Server::builder()
+        .add_service(peer)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .with_context(|| format!("serve the peer service on {listen}"))
+}
+
+/// The verified certificate of the connection a request came on.
+fn peer_cert<T>(request: &Request<T>) -> Option<std::sync::Arc<PeerCert>> {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.peer_cert.clone())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
@@ -35,10 +87,112 @@ fn reply<T: serde::Serialize>(node: &Node, value: &T) -> Result<Response<v1::Raf
 }
 
 impl PeerService {
-    /// Entries or a snapshot from a leader of another cluster: this node's data is foreign.
-    fn foreign_leader(&self, mismatch: ClusterMismatch) -> Status {
-        crate::cluster::resync::foreign_leader(&self.node, &mismatch);
-        Status::failed_precondition(mismatch.to_string())
+    /// A member may forward any change; a node that is no member may only add itself.
+    fn check_admin_sender(&self, cert: &PeerCert, change: &MembershipChange) -> Result<(), Status> {
+        let members = self.node.member_addrs();
+        if members
+            .iter()
+            .any(|(id, a)| self.cert_names(cert, *id, Some(&a.peer)))
+        {
+            return Ok(());
+        }
+        match change {
+            MembershipChange::AddLearner { id, addr } | MembershipChange::AddVoter { id, addr }
+                if self.cert_names(cert, *id, Some(&addr.peer)) =>
+            {
+                Ok(())
+            }
+            _ => Err(Status::permission_denied(
+                "a node that is not a member may only ask to add itself",
+            )),
+        }
+    }
+
+    fn tls_on(&self) -> bool {
+        self.node.tls().is_some()
+    }
+
+    /// True when `cert` names node `id` (at `peer_addr`, if known).
+    fn cert_names(&self, cert: &PeerCert, id: NodeId, peer_addr: Option<&str>) -> bool {
+        let hosts = self.node.member_peer_hosts();
+        let host = peer_addr.and_then(crate::tls::addr_host);
+        let unique = host
+            .as_ref()
+            .is_some_and(|h| hosts.iter().filter(|x| *x == h).count() <= 1);
+        cert.names_node(id, peer_addr, unique)
+    }
+
+    /// The checks every Raft message passes before it is decoded (see the module docs):
+    /// the sender is a member and, with TLS, the node its certificate names.
+    fn check_sender(&self, from: NodeId, cert: Option<&PeerCert>) -> Result<(), Status> {
+        let members = self.node.member_addrs();
+        let addr = members
+            .get(&from)
+            .map(|a| a.peer.clone())
+            .or_else(|| self.node.config().peers.get(&from).cloned());
+        if !members.is_empty() && !members.contains_key(&from) {
+            tracing::warn!(
+                from,
+                "refusing a Raft message from a node that is not a member"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a member of this cluster"
+            )));
+        }
+        if self.tls_on() {
+            let Some(cert) = cert else {
+                return Err(Status::unauthenticated(
+                    "the peer port requires a client certificate",
+                ));
+            };
+            if !self.cert_names(cert, from, addr.as_deref()) {
+                tracing::warn!(from, names = ?cert.names, "refusing a Raft message: the certificate does not name its sender");
+                return Err(Status::permission_denied(format!(
+                    "the client certificate does not name node {from} (it names {:?})",
+                    cert.names
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sender's cluster id against this node's. A message from a leader of another
+    /// cluster may make this node re-sync, under the rules in `cluster::resync`.
+    fn check_cluster(
+        &self,
+        theirs: &str,
+        from: NodeId,
+        from_leader: bool,
+        cert: Option<&PeerCert>,
+    ) -> Result<(), Status> {
+        let Err(mismatch) = self.node.identity().check_peer(theirs) else {
+            return Ok(());
+        };
+        if theirs.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "a message without a cluster id; this node belongs to cluster {}",
+                mismatch.ours
+            )));
+        }
+        if from_leader {
+            // This node's own membership belongs to the other cluster: the sender is vouched
+            // for by this node's configured peers (and, with TLS, its certificate).
+            let configured = self.node.config().peers.get(&from).cloned();
+            let known = configured.is_some() || self.node.member_addrs().contains_key(&from);
+            let authenticated = match cert {
+                Some(c) => self.cert_names(c, from, configured.as_deref()),
+                None => !self.tls_on(),
+            };
+            crate::cluster::resync::foreign_leader(
+                &self.node,
+                &mismatch,
+                from,
+                known && authenticated,
+            );
+        } else {
+            tracing::warn!(from, error = %mismatch, "refusing a message from another cluster");
+        }
+        Err(Status::failed_precondition(mismatch.to_string()))
     }
 }
 
@@ -48,11 +202,17 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
+        let cert = peer_cert(&request);
         let msg = request.into_inner();
-        if let Err(m) = self.node.identity().check_peer(&msg.cluster_id) {
-            return Err(self.foreign_leader(m));
-        }
+        self.check_cluster(&msg.cluster_id, msg.from, true, cert.as_deref())?;
+        self.check_sender(msg.from, cert.as_deref())?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg.payload, "append-entries request")?;
+        if rpc.vote.leader_id().voted_for() != Some(msg.from) {
+            return Err(Status::invalid_argument(format!(
+                "append-entries from node {} carries the vote of another leader",
+                msg.from
+            )));
+        }
         if let Some(commit) = rpc.leader_commit {
             self.node.note_leader_commit(commit.index);
         }
@@ -71,12 +231,17 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
+        let cert = peer_cert(&request);
         let msg = request.into_inner();
-        if let Err(m) = self.node.identity().check_peer(&msg.cluster_id) {
-            tracing::warn!(from = msg.from, error = %m, "refusing a vote request from another cluster");
-            return Err(Status::failed_precondition(m.to_string()));
-        }
+        self.check_cluster(&msg.cluster_id, msg.from, false, cert.as_deref())?;
+        self.check_sender(msg.from, cert.as_deref())?;
         let rpc: VoteRequest<NodeId> = decode(&msg.payload, "vote request")?;
+        if rpc.vote.leader_id().voted_for() != Some(msg.from) {
+            return Err(Status::invalid_argument(format!(
+                "vote request from node {} asks a vote for another node",
+                msg.from
+            )));
+        }
         let result = self.node.raft().vote(rpc).await;
         reply(&self.node, &result)
     }
@@ -85,26 +250,65 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<v1::SnapshotChunk>>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
+        let cert = peer_cert(&request);
         let mut stream = request.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        if let Err(m) = self.node.identity().check_peer(&first.cluster_id) {
-            return Err(self.foreign_leader(m));
+        self.check_cluster(&first.cluster_id, first.from, true, cert.as_deref())?;
+        self.check_sender(first.from, cert.as_deref())?;
+        let (vote, mut meta): (Vote, SnapshotMeta) = decode(&first.header, "snapshot header")?;
+        if vote.leader_id().voted_for() != Some(first.from) || !vote.is_committed() {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot from node {} must carry its committed leader vote",
+                first.from
+            )));
         }
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header, "snapshot header")?;
+        let ours = self.node.raft().metrics().borrow().vote;
+        if vote < ours {
+            return Err(Status::failed_precondition(format!(
+                "snapshot from node {} with a stale vote ({vote}; this node has {ours})",
+                first.from
+            )));
+        }
+        // The file is named here, never after the sender's snapshot id.
+        meta.snapshot_id = format!(
+            "{}-{}-{}",
+            meta.last_log_id.map(|l| l.leader_id.term).unwrap_or(0),
+            meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            uuid::Uuid::new_v4().simple()
+        );
         tracing::info!(from = first.from, index = ?meta.last_log_id.map(|l| l.index), "receiving snapshot");
-        let mut file = self
-            .node
-            .raft()
-            .begin_receiving_snapshot()
+        let limit = self.node.config().max_snapshot_bytes;
+        let received = ReceivedFile::create(self.node.snapshot_receive_path())
             .await
-            .map_err(|e| Status::unavailable(format!("cannot receive a snapshot now: {e}")))?;
+            .map_err(|e| Status::internal(format!("create the received snapshot file: {e}")))?;
+        let mut file = received
+            .open()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let io = |e: std::io::Error| Status::internal(format!("write received snapshot: {e}"));
-        file.write_all(&first.data).await.map_err(io)?;
-        while let Some(chunk) = stream.next().await {
-            file.write_all(&chunk?.data).await.map_err(io)?;
+        let mut total = 0u64;
+        let mut chunk = Some(first.data);
+        while let Some(data) = chunk.take() {
+            total += data.len() as u64;
+            if total > limit {
+                tracing::warn!(
+                    from = first.from,
+                    total,
+                    limit,
+                    "refusing a snapshot over max_snapshot_bytes"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot is over {limit} bytes (max_snapshot_bytes)"
+                )));
+            }
+            file.write_all(&data).await.map_err(io)?;
+            chunk = match stream.next().await {
+                Some(c) => Some(c?.data),
+                None => None,
+            };
         }
         file.flush().await.map_err(io)?;
         let result = self
@@ -114,10 +318,11 @@ impl Peer for PeerService {
                 vote,
                 Snapshot {
                     meta,
-                    snapshot: file,
+                    snapshot: Box::new(file),
                 },
             )
             .await;
+        drop(received);
         if result.is_ok() {
             self.node.metrics().snapshot_received();
         }
@@ -132,6 +337,14 @@ impl Peer for PeerService {
         let span = tracing::info_span!("peer.forward_execute", node = self.node.id());
         // The follower's `forward` span is the parent: one trace across both nodes.
         crate::telemetry::continue_trace(&span, request.metadata());
+        let limit = self.node.config().max_request_bytes;
+        let len = prost::Message::encoded_len(request.get_ref());
+        if len > limit {
+            return Err(Status::resource_exhausted(format!(
+                "forwarded request of {len} bytes is over the limit of {limit} bytes \
+                 (max_request_bytes)"
+            )));
+        }
         async move {
             let write = write_request_from_proto(request.into_inner())?;
             let reply = self
@@ -167,8 +380,9 @@ impl Peer for PeerService {
             cluster_id: self.node.identity().get().unwrap_or_default(),
             initialized,
             leader: leader.as_ref().map_or(0, |l| l.id),
-            leader_addr: leader.map(|l| l.addr).unwrap_or_default(),
+            leader_addr: leader.map(|l| l.peer_addr).unwrap_or_default(),
             voters: self.node.members().0,
+            client_addr: self.node.config().advertise_addr.clone(),
         }))
     }
 
@@ -185,6 +399,19 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::ElectRequest>,
     ) -> Result<Response<v1::ElectResponse>, Status> {
+        if self.tls_on() {
+            let cert = peer_cert(&request);
+            let leader = self.node.leader_hint();
+            let from_leader = match (&cert, &leader) {
+                (Some(c), Some(l)) => self.cert_names(c, l.id, Some(&l.peer_addr)),
+                _ => false,
+            };
+            if !from_leader {
+                return Err(Status::permission_denied(
+                    "only the current leader may ask this node to start an election",
+                ));
+            }
+        }
         let after = std::time::Duration::from_millis(request.into_inner().after_ms.min(10_000));
         self.node.elect_after(after);
         Ok(Response::new(v1::ElectResponse {}))
@@ -194,12 +421,51 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::AdminCall>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let cert = peer_cert(&request);
         let change = convert::membership_change_from_proto(request.into_inner())?;
+        if let Some(cert) = cert.as_deref() {
+            self.check_admin_sender(cert, &change)?;
+        }
         let outcome = self
             .node
             .change_membership(change, true)
             .await
             .map_err(node_error_to_status)?;
         Ok(Response::new(convert::membership_outcome_to_proto(outcome)))
+    }
+}
+
+/// A received snapshot's file, removed when dropped (installed or not): a refused, broken or
+/// abandoned transfer leaves nothing behind.
+struct ReceivedFile {
+    path: std::path::PathBuf,
+}
+
+impl ReceivedFile {
+    async fn create(path: std::path::PathBuf) -> std::io::Result<ReceivedFile> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(ReceivedFile { path })
+    }
+
+    /// Read-write: openraft reads the data back from this handle when installing.
+    async fn open(&self) -> std::io::Result<tokio::fs::File> {
+        tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .await
+    }
+}
+
+impl Drop for ReceivedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -389,6 +389,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        // The id names files in the snapshot directory: never a path (the peer service names
+        // received snapshots itself; this is the last line of defence).
+        if !is_plain_file_name(&meta.snapshot_id) {
+            return Err(snap_err(
+                Some(meta),
+                format!(
+                    "snapshot id {:?} is not a plain file name",
+                    meta.snapshot_id
+                ),
+            ));
+        }
         // Copy from the handle we were given (not from the path we handed out): openraft
         // only promises that this handle holds the snapshot.
         let image = Self::image_path(&self.snapshot_dir, meta);
@@ -432,6 +443,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(meta) => Ok(Some(Self::open_snapshot(&self.snapshot_dir, meta).await?)),
         }
     }
+}
+
+/// Letters, digits, `-` and `_` only, 1 to 128 of them: safe to use as a file name.
+fn is_plain_file_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[cfg(test)]

@@ -5,6 +5,20 @@ use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
 
+/// How a member of the cluster is reached: the address clients are told (status, leader
+/// hints) and the address its peers connect to (the peer service on its own port).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub client: String,
+    pub peer: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (peer {})", self.client, self.peer)
+    }
+}
+
 /// What a log entry asks the state machine to do.
 ///
 /// The page delta travels encoded (`db::PageDelta::encode`): the log never needs to look
@@ -48,7 +62,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = ApplyResult,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
@@ -58,6 +72,6 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
 pub type StorageError = openraft::StorageError<NodeId>;
