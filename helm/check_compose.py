@@ -59,7 +59,7 @@ def render_configmap(values):
     headless = f"{RELEASE}-headless"
     pattern = (
         f"{RELEASE}.{headless}.${{POD_NAMESPACE}}.svc.{values['clusterDomain']}"
-        f":{values['ports']['grpc']}"
+        f":{values['ports']['peer']}"
     )
 
     def substitute(m):

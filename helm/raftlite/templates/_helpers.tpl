@@ -34,11 +34,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The peer pattern NAME.HEADLESS.NAMESPACE.svc.DOMAIN:PORT: pod i is NAME-i.HEADLESS... .
+The peer pattern NAME.HEADLESS.NAMESPACE.svc.DOMAIN:PEER-PORT: pod i is NAME-i.HEADLESS... .
 ${POD_NAMESPACE} is expanded by raftlite from the downward API when it reads the file.
 */}}
 {{- define "raftlite.peerPattern" -}}
-{{- printf "%s.%s.${POD_NAMESPACE}.svc.%s:%d" (include "raftlite.fullname" .) (include "raftlite.headless" .) .Values.clusterDomain (int .Values.ports.grpc) }}
+{{- printf "%s.%s.${POD_NAMESPACE}.svc.%s:%d" (include "raftlite.fullname" .) (include "raftlite.headless" .) .Values.clusterDomain (int .Values.ports.peer) }}
 {{- end }}
 
 {{/*
