@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     pub max_request_bytes: Option<usize>,
     /// Further `raftlite serve` arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// TLS on both ports and tokens (see [`crate::Credentials`]); the harness's own clients
+    /// then use the CA and the admin token.
+    pub secure: bool,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +43,7 @@ impl Default for ClusterOptions {
             snapshot_every: None,
             max_request_bytes: None,
             extra_args: Vec::new(),
+            secure: false,
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeProcess>,
     /// One client per node that tries once, for status polling.
     probes: BTreeMap<u64, Client>,
+    /// With `ClusterOptions::secure`: the CA, certificates and tokens.
+    credentials: Option<crate::Credentials>,
 }
 
 impl Cluster {
@@ -78,6 +84,11 @@ impl Cluster {
         let (client_addrs, peer_addrs) = addrs.split_at(n as usize);
         let initial: BTreeMap<u64, SocketAddr> = (1..=n).zip(client_addrs.to_vec()).collect();
         let peer_addrs: BTreeMap<u64, SocketAddr> = (1..=n).zip(peer_addrs.to_vec()).collect();
+        let credentials = if options.secure {
+            Some(crate::Credentials::generate(&root.join("tls"), 1..=n)?)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             dir: Some(dir),
             root,
@@ -87,6 +98,7 @@ impl Cluster {
             peer_addrs: peer_addrs.clone(),
             nodes: BTreeMap::new(),
             probes: BTreeMap::new(),
+            credentials,
         };
         for (id, addr) in initial {
             cluster.spawn_node(id, addr, &peer_addrs)?;
@@ -115,6 +127,9 @@ impl Cluster {
             .collect();
         peers.insert(id, peer_addr);
         self.peer_addrs.insert(id, peer_addr);
+        if let Some(c) = &self.credentials {
+            c.issue_node(id)?;
+        }
         self.spawn_node(id, addr, &peers)?;
         tracing::debug!(node = id, %addr, "extra node started");
         Ok(id)
@@ -138,12 +153,12 @@ impl Cluster {
         );
         node.start()?;
         let probe = Client::with_options(
-            [node.endpoint()],
+            [self.endpoint_of(&node)],
             ClientOptions {
                 request_timeout: Duration::from_secs(2),
                 connect_timeout: Duration::from_millis(500),
                 retry_deadline: Duration::ZERO,
-                ..ClientOptions::default()
+                ..self.credential_options(Some("admin"))
             },
         )?;
         self.probes.insert(id, probe);
@@ -194,8 +209,53 @@ impl Cluster {
         if !o.extra_args.iter().any(|a| a == "--metrics-addr") {
             args.extend(["--metrics-addr".into(), "off".into()]);
         }
+        if let Some(c) = &self.credentials {
+            args.extend(c.serve_args(id));
+        }
         args.extend(o.extra_args.iter().map(OsString::from));
         args
+    }
+
+    /// How clients reach `node`: `https://` on a secure cluster.
+    fn endpoint_of(&self, node: &NodeProcess) -> String {
+        match self.credentials {
+            Some(_) => format!("https://{}", node.addr()),
+            None => node.endpoint(),
+        }
+    }
+
+    /// Client options with the CA and the token of `role` on a secure cluster; the defaults
+    /// otherwise.
+    fn credential_options(&self, role: Option<&str>) -> ClientOptions {
+        match &self.credentials {
+            Some(c) => c.client_options(role),
+            None => ClientOptions::default(),
+        }
+    }
+
+    /// The CA, certificates and tokens of a secure cluster.
+    pub fn credentials(&self) -> Option<&crate::Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// A client for every node with the token of `role` (`None`: no token); on a secure
+    /// cluster only.
+    pub fn client_as(&self, role: Option<&str>) -> Client {
+        let endpoints: Vec<String> = self
+            .ids()
+            .into_iter()
+            .map(|id| self.endpoint_of(self.node(id)))
+            .collect();
+        Client::with_options(
+            endpoints,
+            ClientOptions {
+                request_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+                retry_deadline: Duration::from_secs(5),
+                ..self.credential_options(role)
+            },
+        )
+        .expect("loopback endpoints are valid")
     }
 
     /// The peer address (`--peer-listen`) of node `id`.
@@ -248,7 +308,10 @@ impl Cluster {
         ids: impl IntoIterator<Item = u64>,
         retry_deadline: Duration,
     ) -> Client {
-        let endpoints: Vec<String> = ids.into_iter().map(|id| self.node(id).endpoint()).collect();
+        let endpoints: Vec<String> = ids
+            .into_iter()
+            .map(|id| self.endpoint_of(self.node(id)))
+            .collect();
         Client::with_options(
             endpoints,
             ClientOptions {
@@ -257,7 +320,7 @@ impl Cluster {
                 retry_deadline,
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(250),
-                ..ClientOptions::default()
+                ..self.credential_options(Some("admin"))
             },
         )
         .expect("loopback endpoints are valid")

@@ -30,6 +30,7 @@ mod load;
 mod node;
 mod pages;
 mod s3;
+mod security;
 mod wait;
 
 pub use binary::{counter_binary, raftlite_binary};
@@ -41,6 +42,7 @@ pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
 pub use s3::{MotoServer, S3Proxy};
+pub use security::{Credentials, ROLES};
 pub use wait::wait_until;
 
 /// Asserts that `result` is a gRPC status with `code` answered by a server (not a transport

@@ -7,6 +7,8 @@
 
 #[path = "cluster/t10_basic.rs"]
 mod t10_basic;
+#[path = "cluster/t15_security.rs"]
+mod t15_security;
 #[path = "cluster/t20_failover.rs"]
 mod t20_failover;
 #[path = "cluster/t30_snapshot.rs"]

@@ -1,0 +1,617 @@
+//! t15: trust boundaries. The attacks found against an open cluster, replayed against a TLS +
+//! token cluster of real processes (every one refused, nothing changed), the role matrix, the
+//! TLS checks, and the attacks that need no credentials against a cluster without TLS.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cluster_tests::{expect_status, init_tracing, Checker, Client, Cluster, ClusterOptions};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{CommittedLeaderId, LogId, StoredMembership};
+use raftlite::raft::codec;
+use raftlite::raft::types::{SnapshotMeta, TypeConfig, Vote};
+use raftlite_proto::v1;
+use raftlite_proto::v1::peer_client::PeerClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+use tracing::info;
+
+/// How an attacker (or a misconfigured peer) reaches a peer port.
+enum Dial<'a> {
+    Plain,
+    /// TLS trusting `ca`, with the client certificate `(cert, key)` if any.
+    Tls {
+        ca: &'a Path,
+        identity: Option<(&'a Path, &'a Path)>,
+    },
+}
+
+fn peer_client(addr: std::net::SocketAddr, dial: Dial<'_>) -> PeerClient<Channel> {
+    let channel = match dial {
+        Dial::Plain => Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy(),
+        Dial::Tls { ca, identity } => {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")))
+                .domain_name("localhost");
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(Identity::from_pem(
+                    std::fs::read(cert).expect("cert"),
+                    std::fs::read(key).expect("key"),
+                ));
+            }
+            Endpoint::from_shared(format!("https://{addr}"))
+                .expect("valid uri")
+                .connect_timeout(Duration::from_secs(2))
+                .tls_config(tls)
+                .expect("tls config")
+                .connect_lazy()
+        }
+    };
+    PeerClient::new(channel)
+        .max_encoding_message_size(512 << 20)
+        .max_decoding_message_size(512 << 20)
+}
+
+fn raft_message(cluster_id: &str, from: u64, payload: Vec<u8>) -> v1::RaftMessage {
+    v1::RaftMessage {
+        cluster_id: cluster_id.into(),
+        from,
+        payload,
+    }
+}
+
+/// A heartbeat from `leader` with a higher term than the cluster's: what deposes a leader.
+fn append_entries(term: u64, leader: u64) -> Vec<u8> {
+    let rpc = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    codec::encode(&rpc).expect("encode")
+}
+
+fn vote_request(term: u64, candidate: u64) -> Vec<u8> {
+    codec::encode(&VoteRequest::<u64>::new(Vote::new(term, candidate), None)).expect("encode")
+}
+
+/// The first chunk of a snapshot with this vote and snapshot id.
+fn snapshot_chunk(
+    cluster_id: &str,
+    from: u64,
+    vote: Vote,
+    snapshot_id: &str,
+    data: Vec<u8>,
+) -> v1::SnapshotChunk {
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(
+            CommittedLeaderId::new(vote.leader_id().term, from),
+            1_000_000,
+        )),
+        last_membership: StoredMembership::default(),
+        snapshot_id: snapshot_id.into(),
+    };
+    v1::SnapshotChunk {
+        cluster_id: cluster_id.into(),
+        from,
+        header: codec::encode(&(vote, meta)).expect("encode"),
+        data,
+    }
+}
+
+fn forward_execute(bytes: usize) -> v1::ExecuteRequest {
+    v1::ExecuteRequest {
+        request_id: "attack".into(),
+        statements: vec![v1::Statement::new(
+            "INSERT INTO attack VALUES (?1)",
+            vec![v1::Value::text("x".repeat(bytes))],
+        )],
+    }
+}
+
+/// A status the server answered with, or a transport failure (`None`).
+fn code_of<T>(result: Result<T, tonic::Status>) -> Option<Code> {
+    match result {
+        Ok(_) => Some(Code::Ok),
+        Err(s) => Some(s.code()),
+    }
+}
+
+/// The call never reached the service: the connection or TLS handshake was refused.
+fn assert_refused_at_transport<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
+    match result {
+        Ok(v) => panic!("{what}: the peer service answered {v:?}"),
+        Err(s) => assert!(
+            matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            ),
+            "{what}: expected a refused connection, got {s:?}"
+        ),
+    }
+}
+
+/// Every node still runs the process it started with (no crash, no re-sync restart).
+fn assert_no_node_restarted(cluster: &Cluster) {
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        node.ensure_alive().expect("node alive");
+        let log = node.log_since_start();
+        assert_eq!(
+            log.matches("raftlite node started").count(),
+            1,
+            "node {id} started once:\n{log}"
+        );
+        assert!(
+            !log.contains("re-sync:"),
+            "node {id} did not re-sync:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_token_cluster_refuses_every_attack() {
+    init_tracing();
+    info!("phase 1: a 3-node cluster with TLS on both ports and tokens; 20 rows written");
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            secure: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader over mutual TLS");
+    let client = cluster.client();
+    let checker = Checker::new("secure_kv");
+    checker.create_table(&client).await.expect("create table");
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("writes");
+    let before = cluster.status_of(leader).await.expect("status");
+    let creds = cluster.credentials().expect("secure cluster");
+    let ca_path = creds.ca_path();
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+
+    info!("phase 2: TLS checks on the client and peer ports");
+    let plaintext =
+        Client::connect([format!("http://{}", cluster.node(leader).addr())]).expect("client");
+    assert!(
+        plaintext.status().await.is_err(),
+        "a plaintext client is refused by the TLS client port"
+    );
+    let peer_addr = cluster.peer_addr(follower);
+    let identity = |id: u64| Some((creds.cert(id), creds.key(id)));
+    let no_cert = peer_client(
+        peer_addr,
+        Dial::Tls {
+            ca: &ca_path,
+            identity: None,
+        },
+    );
+    assert_refused_at_transport(
+        no_cert.clone().identity(v1::IdentityRequest {}).await,
+        "peer port without a client certificate",
+    );
+    let (rogue_cert, rogue_key) = creds.rogue_cert();
+    let rogue = peer_client(
+        peer_addr,
+        Dial::Tls {
+            ca: &ca_path,
+            identity: Some((&rogue_cert, &rogue_key)),
+        },
+    );
+    assert_refused_at_transport(
+        rogue.clone().identity(v1::IdentityRequest {}).await,
+        "peer port with a certificate of another CA",
+    );
+    let plain_peer = peer_client(peer_addr, Dial::Plain);
+    assert_refused_at_transport(
+        plain_peer.clone().identity(v1::IdentityRequest {}).await,
+        "plaintext peer",
+    );
+    // A real member's certificate speaking as another member: refused, whatever it says.
+    let impostor_id = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third node");
+    let (cert, key) = identity(impostor_id).expect("cert");
+    let impostor = peer_client(
+        peer_addr,
+        Dial::Tls {
+            ca: &ca_path,
+            identity: Some((&cert, &key)),
+        },
+    );
+    let forged = impostor
+        .clone()
+        .append_entries(raft_message(
+            &before.cluster_id,
+            leader,
+            append_entries(before.term + 5, leader),
+        ))
+        .await;
+    assert_eq!(
+        code_of(forged),
+        Some(Code::PermissionDenied),
+        "node {impostor_id}'s certificate cannot speak as node {leader}"
+    );
+    let forged_vote = impostor
+        .clone()
+        .vote(raft_message(
+            &before.cluster_id,
+            leader,
+            vote_request(before.term + 5, leader),
+        ))
+        .await;
+    assert_eq!(code_of(forged_vote), Some(Code::PermissionDenied));
+    let elect = impostor
+        .clone()
+        .elect(v1::ElectRequest { after_ms: 0 })
+        .await;
+    assert_eq!(
+        code_of(elect),
+        Some(Code::PermissionDenied),
+        "only the leader may ask for an election"
+    );
+    let foreign_admin = impostor
+        .clone()
+        .forward_admin(v1::AdminCall {
+            call: Some(v1::admin_call::Call::RemoveNode(v1::RemoveNodeRequest {
+                node_id: 42,
+            })),
+        })
+        .await;
+    assert_ne!(
+        code_of(foreign_admin),
+        Some(Code::PermissionDenied),
+        "a member may forward admin calls (node 42 is simply unknown)"
+    );
+
+    info!("phase 3: the role matrix (no token / read / write / admin × every call)");
+    let as_role = |role: Option<&str>| cluster.client_as(role);
+    for role in [None, Some("read"), Some("write"), Some("admin")] {
+        let c = as_role(role);
+        let level = match role {
+            None => 0,
+            Some("read") => 1,
+            Some("write") => 2,
+            _ => 3,
+        };
+        let expect = |needed: u8| {
+            if level == 0 {
+                Some(Code::Unauthenticated)
+            } else if level < needed {
+                Some(Code::PermissionDenied)
+            } else {
+                None
+            }
+        };
+        let check =
+            |what: &str, needed: u8, result: Result<(), cluster_tests::client::Error>| match (
+                expect(needed),
+                result,
+            ) {
+                (Some(code), Err(cluster_tests::client::Error::Status { code: got, .. })) => {
+                    assert_eq!(got, code, "{what} as {role:?}")
+                }
+                (Some(code), other) => {
+                    panic!("{what} as {role:?}: expected {code:?}, got {other:?}")
+                }
+                (None, Err(cluster_tests::client::Error::Status { code, message, .. })) => {
+                    assert!(
+                        !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                        "{what} as {role:?} is allowed but got {code:?}: {message}"
+                    )
+                }
+                (None, _) => {}
+            };
+        check(
+            "Query",
+            1,
+            c.query("SELECT count(*) FROM secure_kv", Vec::<i64>::new())
+                .await
+                .map(|_| ()),
+        );
+        check("Status", 1, c.status().await.map(|_| ()));
+        check(
+            "Execute",
+            2,
+            c.exec("CREATE TABLE IF NOT EXISTS matrix (x)", Vec::<i64>::new())
+                .await
+                .map(|_| ()),
+        );
+        // Admin calls whose arguments make them fail after the role check: nothing changes.
+        check(
+            "AddLearner",
+            3,
+            c.add_learner(0, "127.0.0.1:1", None).await.map(|_| ()),
+        );
+        check(
+            "AddVoter",
+            3,
+            c.add_voter(0, "127.0.0.1:1", None).await.map(|_| ()),
+        );
+        check("RemoveNode", 3, c.remove_node(42).await.map(|_| ()));
+        check(
+            "TransferLeadership",
+            3,
+            c.transfer_leadership(42).await.map(|_| ()),
+        );
+        check("TriggerSnapshot", 3, c.trigger_snapshot().await.map(|_| ()));
+    }
+    let denied = expect_status(
+        as_role(Some("write")).remove_node(follower).await,
+        Code::PermissionDenied,
+        "RemoveNode with a write token",
+    );
+    assert!(denied.contains("admin"), "names the role needed: {denied}");
+
+    info!("phase 4: the attacks found on the open cluster, without a peer certificate");
+    for what in ["plaintext", "TLS without a certificate"] {
+        for id in cluster.ids() {
+            let target = peer_client(
+                cluster.peer_addr(id),
+                if what == "plaintext" {
+                    Dial::Plain
+                } else {
+                    Dial::Tls {
+                        ca: &ca_path,
+                        identity: None,
+                    }
+                },
+            );
+            assert_refused_at_transport(
+                target
+                    .clone()
+                    .append_entries(raft_message(
+                        "made-up",
+                        leader,
+                        append_entries(before.term + 1, leader),
+                    ))
+                    .await,
+                "AppendEntries with a made-up cluster id",
+            );
+            let chunk = snapshot_chunk(
+                "",
+                leader,
+                Vote::new_committed(before.term + 1, leader),
+                "/tmp/raftlite-t15-pwned",
+                b"SQLite format 3\0".to_vec(),
+            );
+            assert_refused_at_transport(
+                target
+                    .clone()
+                    .install_snapshot(tokio_stream::iter(vec![chunk]))
+                    .await,
+                "InstallSnapshot with an empty cluster id and a path as snapshot id",
+            );
+            assert_refused_at_transport(
+                target
+                    .clone()
+                    .vote(raft_message(
+                        &before.cluster_id,
+                        99,
+                        vote_request(before.term + 1, 99),
+                    ))
+                    .await,
+                "Vote from a non-member",
+            );
+            assert_refused_at_transport(
+                target.clone().elect(v1::ElectRequest { after_ms: 0 }).await,
+                "Elect",
+            );
+            assert_refused_at_transport(
+                target.clone().forward_execute(forward_execute(64)).await,
+                "ForwardExecute",
+            );
+        }
+    }
+    let no_token = as_role(None);
+    expect_status(
+        no_token.remove_node(follower).await,
+        Code::Unauthenticated,
+        "RemoveNode without a token",
+    );
+    expect_status(
+        no_token.add_voter(7, "127.0.0.1:1", None).await,
+        Code::Unauthenticated,
+        "AddVoter without a token",
+    );
+
+    info!(
+        "phase 5: nothing changed: data, membership, term, files; replicas identical; no restart"
+    );
+    checker
+        .write_many(&client, "after", 10)
+        .await
+        .expect("writes after the attacks");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    let after = cluster.status_of(leader).await.expect("status");
+    assert_eq!(after.cluster_id, before.cluster_id);
+    assert_eq!(after.term, before.term, "no election was forced");
+    let ids = |s: &v1::StatusResponse| {
+        let mut v: Vec<(u64, bool)> = s.nodes.iter().map(|n| (n.id, n.voter)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&after), ids(&before), "membership unchanged");
+    assert!(!Path::new("/tmp/raftlite-t15-pwned.db").exists());
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every acknowledged write, exactly once");
+    cluster.assert_identical_pages().await;
+    assert_no_node_restarted(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
+    init_tracing();
+    info!("phase 1: a 3-node cluster on loopback without TLS; 1 MiB snapshot cap");
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: vec!["--max-snapshot-bytes".into(), (1u64 << 20).to_string()],
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let client = cluster.client();
+    let checker = Checker::new("open_kv");
+    checker.create_table(&client).await.expect("create table");
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("writes");
+    let before = cluster.status_of(leader).await.expect("status");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let target = peer_client(cluster.peer_addr(follower), Dial::Plain);
+
+    info!("phase 2: an empty or made-up cluster id is refused before anything is decoded");
+    for id in ["", "made-up-cluster"] {
+        let r = target
+            .clone()
+            .append_entries(raft_message(
+                id,
+                leader,
+                append_entries(before.term + 1, leader),
+            ))
+            .await;
+        assert_eq!(
+            code_of(r),
+            Some(Code::FailedPrecondition),
+            "cluster id {id:?}"
+        );
+    }
+
+    info!("phase 3: a vote from a node id outside the membership is refused");
+    let r = target
+        .clone()
+        .vote(raft_message(
+            &before.cluster_id,
+            99,
+            vote_request(before.term + 10, 99),
+        ))
+        .await;
+    assert_eq!(code_of(r), Some(Code::PermissionDenied));
+
+    info!("phase 4: a snapshot id that is a path never names a file");
+    let pwned = cluster.dir().join("pwned");
+    let chunk = snapshot_chunk(
+        &before.cluster_id,
+        leader,
+        Vote::new_committed(0, leader),
+        pwned.to_str().expect("utf-8 path"),
+        b"SQLite format 3\0junk".to_vec(),
+    );
+    let r = target
+        .clone()
+        .install_snapshot(tokio_stream::iter(vec![chunk]))
+        .await;
+    assert_eq!(
+        code_of(r),
+        Some(Code::FailedPrecondition),
+        "stale vote refused first"
+    );
+    assert!(!pwned.exists() && !pwned.with_extension("db").exists());
+
+    info!("phase 5: a snapshot over max_snapshot_bytes is refused and leaves no file");
+    let vote = Vote::new_committed(before.term, leader);
+    let chunks: Vec<v1::SnapshotChunk> = (0..3)
+        .map(|i| {
+            let mut c = snapshot_chunk(&before.cluster_id, leader, vote, "s", vec![0u8; 1 << 20]);
+            if i > 0 {
+                c.header.clear();
+                c.cluster_id.clear();
+            }
+            c
+        })
+        .collect();
+    let r = target
+        .clone()
+        .install_snapshot(tokio_stream::iter(chunks))
+        .await;
+    assert_eq!(code_of(r), Some(Code::ResourceExhausted));
+    let snapshots = cluster.node(follower).data_dir().join("snapshots");
+    let leftovers: Vec<_> = std::fs::read_dir(&snapshots)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("receiving-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "partial snapshot files left: {leftovers:?}"
+    );
+
+    info!("phase 6: oversized peer messages are refused");
+    let huge = target
+        .clone()
+        .append_entries(raft_message(
+            &before.cluster_id,
+            leader,
+            vec![0u8; 300 << 20],
+        ))
+        .await;
+    assert!(
+        matches!(
+            code_of(huge),
+            Some(Code::OutOfRange | Code::ResourceExhausted)
+        ),
+        "a 300 MB AppendEntries is refused"
+    );
+    let big_forward = target
+        .clone()
+        .forward_execute(forward_execute(20 << 20))
+        .await;
+    assert_eq!(
+        code_of(big_forward),
+        Some(Code::ResourceExhausted),
+        "ForwardExecute obeys max_request_bytes"
+    );
+
+    info!("phase 7: nothing changed; replicas identical; no node restarted");
+    checker
+        .write_many(&client, "after", 10)
+        .await
+        .expect("writes");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    let after = cluster.status_of(leader).await.expect("status");
+    assert_eq!(after.cluster_id, before.cluster_id);
+    assert_eq!(after.term, before.term, "no election was forced");
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every acknowledged write, exactly once");
+    cluster.assert_identical_pages().await;
+    assert_no_node_restarted(&cluster);
+}
