@@ -332,6 +332,23 @@ impl Cluster {
             .probes
             .get(&id)
             .with_context(|| format!("no node {id}"))?;
+        // A secure cluster's CA may have been rotated: a fresh probe reads the current one.
+        let fresh;
+        let probe = match &self.credentials {
+            None => probe,
+            Some(_) => {
+                fresh = Client::with_options(
+                    [self.endpoint_of(self.node(id))],
+                    ClientOptions {
+                        request_timeout: Duration::from_secs(2),
+                        connect_timeout: Duration::from_millis(500),
+                        retry_deadline: Duration::ZERO,
+                        ..self.credential_options(Some("admin"))
+                    },
+                )?;
+                &fresh
+            }
+        };
         probe
             .status()
             .await

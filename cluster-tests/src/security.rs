@@ -101,6 +101,49 @@ impl Credentials {
         Ok(())
     }
 
+    /// Rotates everything a cert-manager renewal with a new CA would: a new CA, and new
+    /// certificates for `ids` signed by it, each file replaced atomically. Tokens stay.
+    pub fn rotate_ca(&self, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<()> {
+        let (ca, ca_pem) = new_ca("raftlite test CA, rotated")?;
+        let write = |path: PathBuf, text: String| -> anyhow::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        };
+        // The CA goes first: a node that reloads between two files trusts both generations'
+        // signer only once its own certificate is new too, and retries until then.
+        write(self.ca_path(), ca_pem)?;
+        for id in ids {
+            let (cert, key) = leaf(
+                &ca,
+                vec![
+                    format!("raftlite-node-{id}"),
+                    "localhost".into(),
+                    "127.0.0.1".into(),
+                ],
+            )?;
+            write(self.key(id), key)?;
+            write(self.cert(id), cert)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the auth file's tokens: `entries` of (name, token, role).
+    pub fn write_auth_file(&self, entries: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+        let mut auth = String::from("tokens:\n");
+        for (name, token, role) in entries {
+            let hash = hex(&sha2::Sha256::digest(token.as_bytes()));
+            auth.push_str(&format!(
+                "  - name: {name}\n    sha256: {hash}\n    role: {role}\n"
+            ));
+        }
+        let tmp = self.auth_file().with_extension("tmp");
+        std::fs::write(&tmp, auth)?;
+        std::fs::rename(&tmp, self.auth_file())?;
+        Ok(())
+    }
+
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }

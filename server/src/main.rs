@@ -39,6 +39,8 @@ enum Command {
     Dev(cli::dev::DevArgs),
     /// Start a local cluster and measure write/read latency and throughput.
     Bench(cli::bench::BenchArgs),
+    /// Make client tokens: `raftlite token new --role write --name app`.
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             }
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::Token(args) => Ok(cli::token::run(args)),
         }
     });
     match result {

@@ -458,6 +458,100 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         .expect("every acknowledged write, exactly once");
     cluster.assert_identical_pages().await;
     assert_no_node_restarted(&cluster);
+
+    info!("phase 6: tokens rotate without a restart: a new token works, a removed one stops");
+    let rotated = "rotated-read-token-0123456789";
+    creds
+        .write_auth_file(&[
+            ("new-read", rotated, "read"),
+            ("test-admin", creds.token("admin"), "admin"),
+        ])
+        .expect("rewrite the auth file");
+    let query_with = |token: &str| {
+        let options = cluster_tests::ClientOptions {
+            token: Some(token.to_owned()),
+            tls_ca: Some(creds.ca_pem()),
+            retry_deadline: Duration::ZERO,
+            ..cluster_tests::ClientOptions::default()
+        };
+        let endpoint = format!("https://{}", cluster.node(follower).addr());
+        async move {
+            let c = Client::with_options([endpoint], options)?;
+            c.query("SELECT 1", Vec::<i64>::new()).await
+        }
+    };
+    cluster_tests::wait_until(
+        "the new token to be accepted",
+        Duration::from_secs(15),
+        || {
+            let q = query_with(rotated);
+            async move { Ok(q.await.ok().map(|_| ())) }
+        },
+    )
+    .await
+    .expect("new token accepted");
+    let old_read = creds.token("read").to_owned();
+    let refused = query_with(&old_read).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(cluster_tests::client::Error::Status {
+                code: Code::Unauthenticated,
+                ..
+            })
+        ),
+        "the removed token is refused after the reload: {refused:?}"
+    );
+
+    info!("phase 7: certificates rotate to a new CA without a restart; a restarted follower rejoins over the new ones");
+    creds.rotate_ca(cluster.ids()).expect("rotate the CA");
+    cluster_tests::wait_until(
+        "every node to serve the new certificate",
+        Duration::from_secs(20),
+        || {
+            let probes: Vec<_> = cluster
+                .ids()
+                .into_iter()
+                .map(|id| {
+                    let options = cluster_tests::ClientOptions {
+                        retry_deadline: Duration::ZERO,
+                        ..creds.client_options(Some("admin"))
+                    };
+                    let endpoint = format!("https://{}", cluster.node(id).addr());
+                    async move { Client::with_options([endpoint], options)?.status().await }
+                })
+                .collect();
+            async move {
+                for p in probes {
+                    if p.await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+    .expect("the new CA is trusted by clients of every node");
+    cluster
+        .node(follower)
+        .restart()
+        .await
+        .expect("restart a follower");
+    let fresh = cluster.client();
+    checker
+        .write_many(&fresh, "rotated", 10)
+        .await
+        .expect("writes after the rotation");
+    cluster
+        .wait_converged(Duration::from_secs(30))
+        .await
+        .expect("the restarted follower catches up over the new certificates");
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every write, exactly once");
+    cluster.assert_identical_pages().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

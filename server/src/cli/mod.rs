@@ -15,6 +15,7 @@ pub mod restore;
 pub mod sql;
 pub mod sql_text;
 pub mod status;
+pub mod token;
 
 use std::process::ExitCode;
 
