@@ -43,8 +43,12 @@
 //!   the captured transaction. Costs a delta the size of the whole database.
 //! * **Dedicated threads for every connection**, fed by channels: rusqlite blocks, tokio
 //!   workers must not. Applies run strictly in submission order on one thread.
-//! * **`synchronous=FULL` on the applier only.** The executor never commits; readers never
-//!   write. An applied delta survives power loss once `apply` returns.
+//! * **Only the applier commits, with `synchronous=NORMAL`.** The executor never commits;
+//!   readers never write. An applied delta survives a process crash once `apply` returns, but
+//!   not necessarily a power loss: WAL mode syncs at checkpoints, so the file may then lack the
+//!   last applies. The Raft log is the durable copy (fsynced before a write is acknowledged):
+//!   the state machine notices the older database by its recorded version and replays the log
+//!   from the last snapshot (see `apply` and `raft::state_machine`).
 //! * **Fixed 4096-byte pages, `auto_vacuum=NONE`.** All replicas must share the page size
 //!   (checked on apply); auto-vacuum would re-run btree logic over raw-written pages.
 

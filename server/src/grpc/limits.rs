@@ -9,16 +9,18 @@
 //!   default `request_timeout_ms`, whichever is shorter; past it the handler is dropped and
 //!   the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
 //!   group-commit queue already): retrying with the same request id returns its real result.
-//! - **Exempt:** the peer service (`raftlite.v1.Peer`: Raft votes, appends, snapshots and
-//!   writes a follower forwards, which that follower already admitted) and `grpc.health.v1`
-//!   (a probe that failed under load would get a busy pod restarted). Shedding Raft traffic
-//!   would turn a load spike into elections.
+//! - **Exempt:** `grpc.health.v1` (a probe that failed under load would get a busy pod
+//!   restarted). The peer service (Raft votes, appends, snapshots and writes a follower
+//!   forwards, which that follower already admitted) is not on this listener at all: it has
+//!   its own port, where shedding Raft traffic would turn a load spike into elections; its
+//!   messages are bounded by size there (`peer::PEER_MESSAGE_LIMIT`, `max_request_bytes` for
+//!   forwarded writes, `max_snapshot_bytes`).
 //! - Request size: `max_request_bytes`, checked by the handlers (RESOURCE_EXHAUSTED).
 //!
 //! # Key decisions and trade-offs
 //! - Our own small `tower::Service` rather than tower's `ConcurrencyLimit` + `LoadShed`:
-//!   tonic's `Server::layer` wraps every route, and those layers cannot tell Raft traffic from
-//!   client traffic; one per-path check keeps one semaphore for the public routes.
+//!   tonic's `Server::layer` wraps every route, and those layers cannot exempt the health
+//!   checks; one per-path check keeps one semaphore for the public routes.
 //! - The permit is held until the handler returns its response. A query streams its later
 //!   row batches after that, bounded by the read pool (`read_threads`) instead.
 
@@ -34,7 +36,7 @@ use tonic::Status;
 use crate::metrics::Metrics;
 
 /// The path prefixes of services that are never limited.
-const EXEMPT_PREFIXES: [&str; 2] = ["/raftlite.v1.Peer/", "/grpc.health.v1.Health/"];
+const EXEMPT_PREFIXES: [&str; 1] = ["/grpc.health.v1.Health/"];
 
 /// Settings of [`LimitsLayer`].
 #[derive(Debug, Clone)]
@@ -268,11 +270,8 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED");
-        // Raft traffic and health checks are not counted.
-        for path in [
-            "/raftlite.v1.Peer/AppendEntries",
-            "/grpc.health.v1.Health/Check",
-        ] {
+        // Health checks are not counted.
+        for path in ["/grpc.health.v1.Health/Check"] {
             let ok = svc.clone().oneshot(request(path, 0)).await.expect("ok");
             assert_eq!(grpc_status(&ok), None, "{path}");
         }
