@@ -112,6 +112,38 @@ fn forward_execute(bytes: usize) -> v1::ExecuteRequest {
     }
 }
 
+/// The services a node's server reflection lists, sorted.
+async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let reply = replies
+        .next()
+        .await
+        .expect("one reply")
+        .expect("a list of services");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}
+
 /// A status the server answered with, or a transport failure (`None`).
 fn code_of<T>(result: Result<T, tonic::Status>) -> Option<Code> {
     match result {
@@ -585,7 +617,29 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         .expect("a follower");
     let target = peer_client(cluster.peer_addr(follower), Dial::Plain);
 
-    info!("phase 2: an empty or made-up cluster id is refused before anything is decoded");
+    info!("phase 2: the peer service only on the peer port; reflection lists only the client services");
+    let on_client_port = peer_client(cluster.node(follower).addr(), Dial::Plain)
+        .identity(v1::IdentityRequest {})
+        .await;
+    assert_eq!(code_of(on_client_port), Some(Code::Unimplemented));
+    let sql_on_peer_port = raftlite_proto::v1::sql_client::SqlClient::new(
+        Endpoint::from_shared(format!("http://{}", cluster.peer_addr(follower)))
+            .expect("uri")
+            .connect_lazy(),
+    )
+    .execute(forward_execute(8))
+    .await;
+    assert_eq!(code_of(sql_on_peer_port), Some(Code::Unimplemented));
+    assert_eq!(
+        reflected_services(cluster.node(follower).addr()).await,
+        [
+            "grpc.health.v1.Health",
+            "raftlite.v1.Admin",
+            "raftlite.v1.Sql"
+        ]
+    );
+
+    info!("phase 3: an empty or made-up cluster id is refused before anything is decoded");
     for id in ["", "made-up-cluster"] {
         let r = target
             .clone()
@@ -602,7 +656,7 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         );
     }
 
-    info!("phase 3: a vote from a node id outside the membership is refused");
+    info!("phase 4: a vote from a node id outside the membership is refused");
     let r = target
         .clone()
         .vote(raft_message(
@@ -613,7 +667,7 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         .await;
     assert_eq!(code_of(r), Some(Code::PermissionDenied));
 
-    info!("phase 4: a snapshot id that is a path never names a file");
+    info!("phase 5: a snapshot id that is a path never names a file");
     let pwned = cluster.dir().join("pwned");
     let chunk = snapshot_chunk(
         &before.cluster_id,
@@ -633,7 +687,7 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
     );
     assert!(!pwned.exists() && !pwned.with_extension("db").exists());
 
-    info!("phase 5: a snapshot over max_snapshot_bytes is refused and leaves no file");
+    info!("phase 6: a snapshot over max_snapshot_bytes is refused and leaves no file");
     let vote = Vote::new_committed(before.term, leader);
     let chunks: Vec<v1::SnapshotChunk> = (0..3)
         .map(|i| {
@@ -664,7 +718,7 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         "partial snapshot files left: {leftovers:?}"
     );
 
-    info!("phase 6: oversized peer messages are refused");
+    info!("phase 7: oversized peer messages are refused");
     let huge = target
         .clone()
         .append_entries(raft_message(
@@ -690,7 +744,7 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         "ForwardExecute obeys max_request_bytes"
     );
 
-    info!("phase 7: nothing changed; replicas identical; no node restarted");
+    info!("phase 8: nothing changed; replicas identical; no node restarted");
     checker
         .write_many(&client, "after", 10)
         .await
