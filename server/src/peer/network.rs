@@ -30,6 +30,68 @@ use crate::raft::types::{NodeAddr, NodeId, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// Most entry bytes in one AppendEntries: half the peer message limit leaves room for the
+/// envelope and encoding overhead.
+const APPEND_BYTES_LIMIT: usize = super::PEER_MESSAGE_LIMIT / 2;
+
+/// About how many bytes `entry` takes on the wire.
+fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
+    use crate::raft::types::Command;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(Command::Delta(delta)) => delta.len() + 64,
+        _ => 1024,
+    }
+}
+
+/// Splits `rpc` into consecutive AppendEntries of at most `limit` entry bytes each (an entry
+/// larger than `limit` goes alone). One part, unchanged, in the common case.
+fn split_append(
+    rpc: AppendEntriesRequest<TypeConfig>,
+    limit: usize,
+) -> Vec<AppendEntriesRequest<TypeConfig>> {
+    let total: usize = rpc.entries.iter().map(entry_bytes).sum();
+    if total <= limit {
+        return vec![rpc];
+    }
+    let AppendEntriesRequest {
+        vote,
+        mut prev_log_id,
+        entries,
+        leader_commit,
+    } = rpc;
+    let mut parts = Vec::new();
+    let mut current: Vec<crate::raft::types::Entry> = Vec::new();
+    let mut bytes = 0;
+    let mut flush = |current: &mut Vec<crate::raft::types::Entry>,
+                     prev: &mut Option<openraft::LogId<NodeId>>| {
+        let Some(last) = current.last().map(|e| e.log_id) else {
+            return;
+        };
+        parts.push(AppendEntriesRequest {
+            vote,
+            prev_log_id: *prev,
+            entries: std::mem::take(current),
+            // Never announce a commit beyond what this part carries.
+            leader_commit: leader_commit.min(Some(last)),
+        });
+        *prev = Some(last);
+    };
+    for entry in entries {
+        let size = entry_bytes(&entry);
+        if !current.is_empty() && bytes + size > limit {
+            flush(&mut current, &mut prev_log_id);
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(entry);
+    }
+    flush(&mut current, &mut prev_log_id);
+    if let Some(last) = parts.last_mut() {
+        last.leader_commit = leader_commit;
+    }
+    parts
+}
+
 #[derive(Clone)]
 pub struct Network {
     pub self_id: NodeId,
@@ -131,8 +193,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await)
-            .await
+        // Several RPCs when the entries would not fit one peer message: each part is a valid
+        // AppendEntries continuing the previous one, so the follower never refuses a batch the
+        // leader assembled from entries it accepted one by one.
+        let mut reply = AppendEntriesResponse::Success;
+        for part in split_append(rpc, APPEND_BYTES_LIMIT) {
+            reply = self
+                .call(&part, &option, async |mut c, r| c.append_entries(r).await)
+                .await?;
+            if !matches!(reply, AppendEntriesResponse::Success) {
+                break;
+            }
+        }
+        Ok(reply)
     }
 
     async fn vote(
@@ -242,5 +315,63 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 ))))
             })?;
         decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{Command, Entry};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Delta(bytes::Bytes::from(vec![0u8; bytes]))),
+        }
+    }
+
+    #[test]
+    fn large_appends_are_split_into_consecutive_parts() {
+        let prev = Some(LogId::new(CommittedLeaderId::new(1, 1), 9));
+        let commit = Some(LogId::new(CommittedLeaderId::new(1, 1), 14));
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: prev,
+            entries: vec![
+                entry(10, 600),
+                entry(11, 600),
+                entry(12, 2000),
+                entry(13, 10),
+                entry(14, 10),
+            ],
+            leader_commit: commit,
+        };
+        let parts = split_append(rpc.clone(), 1000);
+        let indexes: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|p| p.entries.iter().map(|e| e.log_id.index).collect())
+            .collect();
+        assert_eq!(indexes, [vec![10], vec![11], vec![12], vec![13, 14]]);
+        let mut expected_prev = prev;
+        for p in &parts {
+            assert_eq!(
+                p.prev_log_id, expected_prev,
+                "each part continues the previous one"
+            );
+            let last = p.entries.last().map(|e| e.log_id);
+            assert!(
+                p.leader_commit <= last,
+                "no commit announced beyond the part"
+            );
+            expected_prev = last;
+        }
+        assert_eq!(parts.last().map(|p| p.leader_commit), Some(commit));
+        assert_eq!(
+            split_append(rpc.clone(), 1 << 20).len(),
+            1,
+            "small batches stay whole"
+        );
+        assert_eq!(split_append(rpc, 1 << 20)[0].entries.len(), 5);
     }
 }
