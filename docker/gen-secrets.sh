@@ -5,7 +5,7 @@
 #   docker/gen-secrets.sh DIR        (compose reads docker/secrets, or $RAFTLITE_SECRETS)
 #
 # DIR/tls/ca.crt                 the CA            -> /etc/raftlite/tls in every pod
-# DIR/tls/raftlite-<i>.crt/.key  pod i (0..3)      -> /etc/raftlite/tls
+# DIR/tls/raftlite-<i>.crt/.key  pod i (0..PODS-1) -> /etc/raftlite/tls
 # DIR/auth/auth.yaml             the tokens' SHA-256 hashes, roles admin / write
 #                                                  -> /etc/raftlite/auth/auth.yaml
 # DIR/tokens/admin               role admin        -> /etc/raftlite/tokens/admin (CLI in the pods)
@@ -17,6 +17,12 @@
 # raftlite[.default[.svc[.cluster.local]]], localhost and IP 127.0.0.1 (the ports compose
 # publishes on the host's loopback).
 #
+# Environment (both optional; compose needs neither):
+#   PODS            how many pod certificates (default 4: the three pods and the scale-up one)
+#   EXTRA_SANS_<i>  more SANs for pod i, in openssl's syntax ("IP:10.128.5.10,DNS:foo"): for a
+#                   harness that reaches pod i at another address (cluster-tests' Docker
+#                   scenarios connect from the host to the pods' IPs)
+#
 # Existing files are kept, as the chart keeps its Secrets on upgrade: a second run only adds
 # what is missing (auth.yaml is rewritten from the tokens). Delete DIR to start over.
 # For local development only: the files are readable by every user (the containers run as uid
@@ -26,7 +32,7 @@ set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 command -v openssl >/dev/null || { echo "error: openssl is needed" >&2; exit 1; }
 dir=$1
-pods=4 release=raftlite namespace=default domain=cluster.local days=3650
+pods=${PODS:-4} release=raftlite namespace=default domain=cluster.local days=3650
 umask 022
 mkdir -p "$dir/tls" "$dir/auth" "$dir/tokens"
 work=$(mktemp -d)
@@ -52,6 +58,8 @@ for i in $(seq 0 $((pods - 1))); do
         sans="$sans,DNS:$name,DNS:$name.$namespace,DNS:$name.$namespace.svc,DNS:$name.$namespace.svc.$domain"
     done
     sans="$sans,DNS:localhost,IP:127.0.0.1"
+    extra=EXTRA_SANS_$i
+    [ -z "${!extra:-}" ] || sans="$sans,${!extra}"
     cat >"$work/ext" <<EOF
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment

@@ -2,7 +2,8 @@
 # Starts the compose mirror of the chart for real and checks it: a leader is elected, writes
 # go through every pod, a fourth pod joins by itself (scale-up), `cluster retain 3` removes it
 # (scale-down), a stopped pod comes back with its volume; TLS and tokens on, as in the chart:
-# a request with an unknown token is refused. Tears everything down at the end.
+# the peer port refuses a client without a certificate, a request with an unknown token is
+# refused. Tears everything down at the end.
 #
 #   docker/smoke.sh            # uses image raftlite:dev (build it with docker/build-image.sh)
 #   RAFTLITE_IMAGE=raftlite:0.1.0 docker/smoke.sh
@@ -38,6 +39,18 @@ has_voters() { [ "$(voters)" = "$1" ] && ctl status --json | grep -vq '"leader":
 docker image inspect "$RAFTLITE_IMAGE" >/dev/null
 compose up -d raftlite-0 raftlite-1 raftlite-2 >/dev/null 2>&1
 wait_for "3 voters and a leader" 60 has_voters 3
+# The peers elected that leader on the peer port 7001, which speaks mutual TLS: a client with
+# the CA but without a certificate of its own is refused during the handshake. (With TLS 1.3
+# the server's alert may arrive after the client saw the connection close: either is a
+# refusal; a gRPC answer, even UNIMPLEMENTED, would mean the handshake succeeded.)
+if out=$(compose run --rm -T ctl health --service raftlite.v1.Admin \
+    --addr "https://raftlite-0.raftlite-headless.default.svc.cluster.local:7001" 2>&1); then
+    echo "FAIL: the peer port answered a client without a certificate" >&2
+    exit 1
+fi
+grep -Eq 'CertificateRequired|connection closed' <<<"$out" ||
+    { echo "FAIL: peer port: expected a refused handshake, got: $out" >&2; exit 1; }
+echo "ok: the peer port 7001 requires a client certificate (mutual TLS)"
 ctl sql --addr "$(pod 1)" "CREATE TABLE kv (k TEXT PRIMARY KEY, v)"
 for i in 0 1 2; do
     ctl sql --addr "$(pod "$i")" "INSERT INTO kv VALUES ('from-$i', $i)"

@@ -10,9 +10,18 @@
 //!   Disconnecting a pod from it is a network partition ([`DockerCluster::partition`]).
 //! * network `RUN-clients` (internal, a /24 of 10.128.0.0/10 picked at random): how the host
 //!   (the scenario's clients, probes and page reader), the counter app and the archive's S3
-//!   server reach the pods. Pod i has the fixed address `.10+i` and the name `raftlite-i`;
-//!   the counter app is `.100`; the host is the gateway `.1`, where `moto_server` listens.
+//!   server reach the pods. Pod i has the fixed address `.10+i` and the name `raftlite-i`
+//!   (the counter app knows it there by its headless-Service name, which its certificate
+//!   carries); the counter app is `.100`; the host is the gateway `.1`, where `moto_server`
+//!   listens.
 //! * volume `RUN-data-raftlite-i` per pod, read from the host for the page comparison.
+//!
+//! TLS and tokens are on, as in the chart: `docker/gen-secrets.sh` writes the run's CA, pod
+//! certificates and tokens into a temporary directory (the chart's Secrets), mounted like
+//! `docker/compose.yaml` mounts them. Pod i's certificate also names its address on the
+//! clients network, where the host reaches it. The harness' clients and probes speak TLS
+//! with the CA and send the admin token; the counter app gets the CA and the `app` token
+//! (role write).
 //!
 //! Both networks are `--internal`: the containers reach nothing but each other and the host.
 //!
@@ -26,8 +35,8 @@
 //! heal. Dropping the cluster removes its containers, volumes and networks (by label); if the
 //! test is failing it first prints the tail of every container's log.
 //!
-//! Docker is required: without it the images cannot be built and the scenarios fail, naming
-//! the command that failed.
+//! Docker (and openssl, for `docker/gen-secrets.sh`) is required: without it the scenarios
+//! fail, naming the command that failed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -52,6 +61,10 @@ const RAFTLITE_IMAGE: &str = "raftlite:cluster-tests-chaos";
 const COUNTER_IMAGE: &str = "raftlite-counter:cluster-tests-chaos";
 const HEADLESS: &str = "raftlite-headless.default.svc.cluster.local";
 const GRPC_PORT: u16 = 7000;
+/// Where the pods and the counter app find the run's certificates and tokens (as in the chart).
+const TLS_DIR: &str = "/etc/raftlite/tls";
+const AUTH_FILE: &str = "/etc/raftlite/auth/auth.yaml";
+const TOKENS_DIR: &str = "/etc/raftlite/tokens";
 const COUNTER_PORT: u16 = 8080;
 /// Bound on one `docker` command (a `docker stop` waits up to 30 s for a graceful exit).
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -158,6 +171,66 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A run's certificates and tokens, written by `docker/gen-secrets.sh` (the chart's Secrets):
+/// `tls/ca.crt`, `tls/raftlite-<i>.crt|.key`, `auth/auth.yaml`, `tokens/admin`, `tokens/app`.
+struct Secrets {
+    dir: tempfile::TempDir,
+    /// PEM of the CA.
+    ca: Vec<u8>,
+    /// The admin token: the harness' clients send it.
+    admin_token: String,
+}
+
+impl Secrets {
+    /// Runs `docker/gen-secrets.sh` for `pods` pods; pod i's certificate also names `ips[i]`.
+    async fn generate(pods: usize, ips: &[Ipv4Addr]) -> anyhow::Result<Secrets> {
+        let dir = tempfile::Builder::new()
+            .prefix("raftlite-chaos-secrets-")
+            .tempdir()
+            .context("create a directory for the run's certificates and tokens")?;
+        let script = workspace_root().join("docker/gen-secrets.sh");
+        let mut command = tokio::process::Command::new(&script);
+        command
+            .arg(dir.path())
+            .env("PODS", pods.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (i, ip) in ips.iter().enumerate() {
+            command.env(format!("EXTRA_SANS_{i}"), format!("IP:{ip}"));
+        }
+        let output = tokio::time::timeout(DOCKER_TIMEOUT, command.output())
+            .await
+            .with_context(|| format!("{} took over {DOCKER_TIMEOUT:?}", script.display()))?
+            .with_context(|| format!("run {}", script.display()))?;
+        ensure!(
+            output.status.success(),
+            "{} failed ({}): {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let read = |path: &str| {
+            let path = dir.path().join(path);
+            std::fs::read(&path).with_context(|| format!("read {}", path.display()))
+        };
+        let ca = read("tls/ca.crt")?;
+        let admin_token = String::from_utf8(read("tokens/admin")?)
+            .context("the admin token is not UTF-8")?
+            .trim()
+            .to_owned();
+        Ok(Secrets {
+            ca,
+            admin_token,
+            dir,
+        })
+    }
+
+    /// `HOST_PATH:CONTAINER_PATH:ro` for `docker --volume`.
+    fn mount(&self, path: &str, target: &str) -> String {
+        format!("{}:{target}:ro", self.dir.path().join(path).display())
+    }
+}
+
 /// How a [`DockerCluster`] is set up.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
@@ -216,6 +289,8 @@ pub struct DockerCluster {
     pods: Vec<Pod>,
     counter: Option<String>,
     moto: Option<MotoServer>,
+    /// Made once the networks (and so the pods' addresses) are known.
+    secrets: Option<Secrets>,
 }
 
 impl DockerCluster {
@@ -245,6 +320,7 @@ impl DockerCluster {
             pods: Vec::new(),
             counter: None,
             moto: None,
+            secrets: None,
         };
         // From here on, Drop cleans up whatever was created.
         cluster.clients_prefix = cluster.create_network(&cluster.clients_net.clone()).await?;
@@ -259,16 +335,19 @@ impl DockerCluster {
             moto.create_bucket(ARCHIVE_BUCKET)?;
             cluster.moto = Some(moto);
         }
-        for ordinal in 0..cluster.options.replicas {
-            let client_ip = cluster.ip(cluster.clients_prefix, 10 + ordinal as u8);
+        let client_ips: Vec<Ipv4Addr> = (0..cluster.options.replicas)
+            .map(|ordinal| cluster.ip(cluster.clients_prefix, 10 + ordinal as u8))
+            .collect();
+        cluster.secrets = Some(Secrets::generate(cluster.options.replicas, &client_ips).await?);
+        for (ordinal, client_ip) in client_ips.into_iter().enumerate() {
             let probe = Client::with_options(
-                [format!("{client_ip}:{GRPC_PORT}")],
-                ClientOptions {
+                [format!("https://{client_ip}:{GRPC_PORT}")],
+                cluster.client_options(ClientOptions {
                     request_timeout: Duration::from_secs(2),
                     connect_timeout: Duration::from_millis(500),
                     retry_deadline: Duration::ZERO,
                     ..ClientOptions::default()
-                },
+                }),
             )?;
             cluster.pods.push(Pod {
                 ordinal,
@@ -387,6 +466,33 @@ impl DockerCluster {
         SocketAddr::from((self.pod(id).client_ip, GRPC_PORT))
     }
 
+    /// Node `id`'s gRPC endpoint as the harness' clients use it: `https://IP:7000` (its
+    /// certificate names that address).
+    pub fn url(&self, id: u64) -> String {
+        format!("https://{}", self.addr(id))
+    }
+
+    fn secrets(&self) -> &Secrets {
+        self.secrets
+            .as_ref()
+            .expect("the secrets are made before any pod")
+    }
+
+    /// PEM of the run's CA, which signed every pod's certificate.
+    pub fn tls_ca(&self) -> &[u8] {
+        &self.secrets().ca
+    }
+
+    /// `options` with the run's CA and the admin token.
+    fn client_options(&self, options: ClientOptions) -> ClientOptions {
+        let secrets = self.secrets();
+        ClientOptions {
+            token: Some(secrets.admin_token.clone()),
+            tls_ca: Some(secrets.ca.clone()),
+            ..options
+        }
+    }
+
     /// Every environment variable of pod `ordinal`'s container.
     fn pod_env(&self, ordinal: usize) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
@@ -396,6 +502,23 @@ impl DockerCluster {
                 "RAFTLITE_CONFIG".into(),
                 "/etc/raftlite/raftlite.yaml".into(),
             ),
+            // TLS on the client port, mutual TLS on the peer port; tokens required.
+            (
+                "RAFTLITE_TLS_CERT".into(),
+                format!("{TLS_DIR}/raftlite-{ordinal}.crt"),
+            ),
+            (
+                "RAFTLITE_TLS_KEY".into(),
+                format!("{TLS_DIR}/raftlite-{ordinal}.key"),
+            ),
+            ("RAFTLITE_TLS_CA".into(), format!("{TLS_DIR}/ca.crt")),
+            ("RAFTLITE_AUTH_FILE".into(), AUTH_FILE.into()),
+            // For the CLI in the container, as in the chart: this node, the CA, the admin token.
+            (
+                "RAFTLITE_ADDR".into(),
+                format!("https://localhost:{GRPC_PORT}"),
+            ),
+            ("RAFTLITE_TOKEN_FILE".into(), format!("{TOKENS_DIR}/admin")),
         ];
         if let Some(moto) = &self.moto {
             env.extend(
@@ -453,6 +576,15 @@ impl DockerCluster {
             &format!("{volume}:/var/lib/raftlite"),
             "--volume",
             &format!("{}:/etc/raftlite/raftlite.yaml:ro", config.display()),
+            // The chart's Secrets, mounted as docker/compose.yaml mounts them.
+            "--volume",
+            &self.secrets().mount("tls", TLS_DIR),
+            "--volume",
+            &self.secrets().mount("auth", "/etc/raftlite/auth"),
+            "--volume",
+            &self
+                .secrets()
+                .mount("tokens/admin", &format!("{TOKENS_DIR}/admin")),
             // A node that exits on a fatal error is restarted, as the kubelet restarts a
             // crashed container (compose: `restart: unless-stopped`). `docker kill` and
             // `docker stop` count as explicit stops: the scenario starts the pod again.
@@ -667,16 +799,20 @@ impl DockerCluster {
     }
 
     /// Waits until node `id` reports ready the way the chart's readiness probe asks
-    /// (`grpc.health.v1`, service ""): it knows a leader and has caught up.
+    /// (`grpc.health.v1`, service "", over TLS): it knows a leader and has caught up.
     pub async fn wait_ready(&self, id: u64, within: Duration) -> anyhow::Result<()> {
-        let addr = self.addr(id);
+        let url = self.url(id);
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(self.tls_ca()));
         wait_until(
             &format!("{} to be ready", self.pod_name(id)),
             within,
-            || async move {
+            || async {
                 use tonic_health::pb::health_check_response::ServingStatus;
                 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                // TLS with the CA, no token: the health service needs none (like the probe).
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                    .tls_config(tls.clone())?
                     .connect_timeout(Duration::from_millis(500))
                     .timeout(Duration::from_secs(1))
                     .connect()
@@ -695,7 +831,8 @@ impl DockerCluster {
     }
 
     /// A client that knows every pod (as an application is configured), with a retry
-    /// deadline long enough to ride out a failover.
+    /// deadline long enough to ride out a failover. Like every client of the harness it speaks
+    /// TLS with the run's CA and sends the admin token.
     pub fn client(&self) -> Client {
         self.client_with(&self.ids(), Duration::from_secs(20))
     }
@@ -703,15 +840,15 @@ impl DockerCluster {
     /// A client for the pods `ids` that retries for at most `retry_deadline`.
     pub fn client_with(&self, ids: &[u64], retry_deadline: Duration) -> Client {
         Client::with_options(
-            ids.iter().map(|&id| self.addr(id).to_string()),
-            ClientOptions {
+            ids.iter().map(|&id| self.url(id)),
+            self.client_options(ClientOptions {
                 request_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(1),
                 retry_deadline,
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(250),
                 ..ClientOptions::default()
-            },
+            }),
         )
         .expect("pod addresses are valid endpoints")
     }
@@ -780,18 +917,29 @@ impl DockerCluster {
     }
 
     /// Starts the counter app (`examples/counter`) on the clients network, pointed at every
-    /// pod by name (`RAFTLITE_ADDR=raftlite-0:7000,...`), and waits until it counts visits.
+    /// pod by its headless-Service name over TLS (`RAFTLITE_ADDR=https://raftlite-0.raftlite-
+    /// headless.default.svc.cluster.local:7000,...`, names its certificate carries), with the
+    /// CA and the `app` token (role write) mounted as in `docker/compose.yaml`, and waits until
+    /// it counts visits.
     pub async fn start_counter(&mut self) -> anyhow::Result<Counter> {
         ensure!(self.counter.is_none(), "the counter app already runs");
         let container = format!("{}-counter", self.run);
         let ip = self.ip(self.clients_prefix, 100);
         let raftlite_addr = (0..self.pods.len())
-            .map(|i| format!("raftlite-{i}:{GRPC_PORT}"))
+            .map(|i| format!("https://raftlite-{i}.{HEADLESS}:{GRPC_PORT}"))
             .collect::<Vec<_>>()
             .join(",");
         let ip_arg = ip.to_string();
         let env_addr = format!("RAFTLITE_ADDR={raftlite_addr}");
         let env_port = format!("PORT={COUNTER_PORT}");
+        let env_ca = format!("RAFTLITE_TLS_CA={TLS_DIR}/ca.crt");
+        let env_token = format!("RAFTLITE_TOKEN_FILE={TOKENS_DIR}/app");
+        let mount_ca = self
+            .secrets()
+            .mount("tls/ca.crt", &format!("{TLS_DIR}/ca.crt"));
+        let mount_token = self
+            .secrets()
+            .mount("tokens/app", &format!("{TOKENS_DIR}/app"));
         let mut args: Vec<&str> = vec![
             "run",
             "--detach",
@@ -811,6 +959,14 @@ impl DockerCluster {
             &env_addr,
             "--env",
             &env_port,
+            "--env",
+            &env_ca,
+            "--env",
+            &env_token,
+            "--volume",
+            &mount_ca,
+            "--volume",
+            &mount_token,
             "--user",
             "10001:10001",
             "--read-only",
@@ -822,7 +978,7 @@ impl DockerCluster {
         let hosts: Vec<String> = self
             .pods
             .iter()
-            .map(|p| format!("raftlite-{}:{}", p.ordinal, p.client_ip))
+            .map(|p| format!("raftlite-{}.{HEADLESS}:{}", p.ordinal, p.client_ip))
             .collect();
         for host in &hosts {
             args.extend(["--add-host", host]);

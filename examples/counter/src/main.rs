@@ -6,9 +6,20 @@
 //! kill them, move them; the count lives in the raftlite cluster and survives any pod.
 //!
 //! Environment:
-//! * `RAFTLITE_ADDR` — the raftlite nodes, comma-separated `host:port` (default
-//!   `127.0.0.1:7000`). List every pod (or the client Service): the client fails over between
-//!   them and retries a write under the same request id, so a visit is counted once.
+//! * `RAFTLITE_ADDR` — the raftlite nodes, comma-separated `host:port` or `https://host:port`
+//!   (default `127.0.0.1:7000`). List every pod (or the client Service): the client fails over
+//!   between them and retries a write under the same request id, so a visit is counted once.
+//! * `RAFTLITE_TLS_CA` — file with the CA certificate (PEM) that signed the nodes'
+//!   certificates (the chart's Secret `<release>-tls`, key `ca.crt`). With it the app speaks
+//!   TLS; an `https://` address requires it.
+//! * `RAFTLITE_TOKEN` — the token sent as `authorization: Bearer TOKEN` (nodes started with
+//!   an auth file require one; the app needs role `write`). Or `RAFTLITE_TOKEN_FILE`: a file
+//!   holding it (a mounted Secret, e.g. the chart's `<release>-tokens`, key `app`), read once
+//!   at start; `RAFTLITE_TOKEN` wins when both are set. Surrounding whitespace is ignored.
+//!
+//!   `RAFTLITE_ADDR=https://raftlite:7000 RAFTLITE_TLS_CA=/etc/raftlite/tls/ca.crt \
+//!    RAFTLITE_TOKEN_FILE=/etc/raftlite/tokens/app raftlite-counter` (the compose file's
+//!   `counter` service does this).
 //! * `PORT` — the HTTP port (default 8080), bound on every interface.
 //! * `RUST_LOG` — log filter (default `info`).
 //!
@@ -125,6 +136,35 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// The token and CA the environment names (`RAFTLITE_TOKEN` or `RAFTLITE_TOKEN_FILE`,
+/// `RAFTLITE_TLS_CA`), read through `var` and `read`; empty variables count as unset.
+fn credentials(
+    var: impl Fn(&str) -> Option<String>,
+    read: impl Fn(&str) -> std::io::Result<Vec<u8>>,
+) -> anyhow::Result<(Option<String>, Option<Vec<u8>>)> {
+    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let token = match (var("RAFTLITE_TOKEN"), var("RAFTLITE_TOKEN_FILE")) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(file)) => {
+            let bytes = read(&file)
+                .with_context(|| format!("read the token file RAFTLITE_TOKEN_FILE={file}"))?;
+            let token = String::from_utf8(bytes)
+                .with_context(|| format!("the token file {file} is not UTF-8"))?;
+            anyhow::ensure!(!token.trim().is_empty(), "the token file {file} is empty");
+            Some(token.trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    let tls_ca = match var("RAFTLITE_TLS_CA") {
+        Some(file) => Some(
+            read(&file)
+                .with_context(|| format!("read the CA certificate RAFTLITE_TLS_CA={file}"))?,
+        ),
+        None => None,
+    };
+    Ok((token, tls_ca))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -135,15 +175,19 @@ async fn main() -> anyhow::Result<()> {
     let port: u16 = env_or("PORT", "8080")
         .parse()
         .context("PORT must be a port number")?;
+    let (token, tls_ca) = credentials(|name| std::env::var(name).ok(), |path| std::fs::read(path))?;
+    let (has_token, tls) = (token.is_some(), tls_ca.is_some());
     let client = Client::with_options(
         &addrs,
         ClientOptions {
             // Long enough to ride out a leader failover within one visit.
             retry_deadline: Duration::from_secs(15),
+            token,
+            tls_ca,
             ..ClientOptions::default()
         },
     )
-    .with_context(|| format!("RAFTLITE_ADDR={addrs:?} is not a list of host:port"))?;
+    .with_context(|| format!("RAFTLITE_ADDR={addrs:?}"))?;
     let app = Arc::new(App {
         client,
         schema: OnceCell::new(),
@@ -153,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
-    tracing::info!(%listen, raftlite = ?addrs, "counter listening");
+    tracing::info!(%listen, raftlite = ?addrs, tls, token = has_token, "counter listening");
     {
         let app = app.clone();
         tokio::spawn(async move {
@@ -207,5 +251,74 @@ mod tests {
             ["a:1".to_string(), "b:2".into(), "c:3".into()]
         );
         assert!(endpoints("").is_empty());
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn files(path: &str) -> std::io::Result<Vec<u8>> {
+        match path {
+            "/t/app" => Ok(b"file-token\n".to_vec()),
+            "/t/empty" => Ok(b" \n".to_vec()),
+            "/t/ca.crt" => Ok(b"PEM".to_vec()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment() {
+        assert_eq!(
+            credentials(env(&[]), files).expect("credentials"),
+            (None, None)
+        );
+        assert_eq!(
+            credentials(env(&[("RAFTLITE_TOKEN_FILE", "/t/app")]), files).expect("credentials"),
+            (Some("file-token".into()), None)
+        );
+        assert_eq!(
+            credentials(
+                env(&[
+                    ("RAFTLITE_TOKEN", " env-token "),
+                    ("RAFTLITE_TOKEN_FILE", "/t/app"),
+                    ("RAFTLITE_TLS_CA", "/t/ca.crt"),
+                ]),
+                files
+            )
+            .expect("credentials"),
+            (Some("env-token".into()), Some(b"PEM".to_vec()))
+        );
+        // Empty variables are unset.
+        assert_eq!(
+            credentials(
+                env(&[("RAFTLITE_TOKEN", ""), ("RAFTLITE_TLS_CA", "")]),
+                files
+            )
+            .expect("credentials"),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn unreadable_credentials_are_errors_naming_the_variable() {
+        let e = credentials(env(&[("RAFTLITE_TOKEN_FILE", "/t/missing")]), files)
+            .expect_err("an error");
+        assert!(
+            format!("{e:#}").contains("RAFTLITE_TOKEN_FILE=/t/missing"),
+            "{e:#}"
+        );
+        let e =
+            credentials(env(&[("RAFTLITE_TOKEN_FILE", "/t/empty")]), files).expect_err("an error");
+        assert!(format!("{e:#}").contains("empty"), "{e:#}");
+        let e =
+            credentials(env(&[("RAFTLITE_TLS_CA", "/t/missing")]), files).expect_err("an error");
+        assert!(
+            format!("{e:#}").contains("RAFTLITE_TLS_CA=/t/missing"),
+            "{e:#}"
+        );
     }
 }

@@ -54,6 +54,19 @@ pub struct StateMachine {
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
     apply_spans: ApplySpans,
+    /// Held while the snapshot directory changes (a snapshot built or installed: new meta
+    /// file, the others removed) and while the current snapshot is looked up and opened.
+    /// openraft runs the builder on a task of its own, concurrently with
+    /// `get_current_snapshot`; without it the lookup could find a snapshot the builder is
+    /// removing (ENOENT on open) or none at all, and either is a storage error that stops
+    /// raft.
+    snapshot_files: SnapshotFilesLock,
+}
+
+type SnapshotFilesLock = Arc<std::sync::Mutex<()>>;
+
+fn lock_files(lock: &SnapshotFilesLock) -> std::sync::MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The spans of deltas this node proposed, by base version, so that their apply joins the
@@ -123,6 +136,7 @@ impl StateMachine {
             receiving: None,
             applied_tx,
             apply_spans: ApplySpans::default(),
+            snapshot_files: SnapshotFilesLock::default(),
         };
         if db_version < recorded.db_version {
             tracing::warn!(
@@ -236,16 +250,14 @@ impl StateMachine {
         std::fs::rename(&tmp, Self::meta_path(dir, meta)).map_err(|e| snap_err(Some(meta), e))
     }
 
-    async fn open_snapshot(
-        dir: &Path,
-        meta: SnapshotMeta,
-    ) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file = tokio::fs::File::open(Self::image_path(dir, &meta))
-            .await
+    /// Opens snapshot `meta`'s image (under the snapshot files lock: once open, it stays
+    /// readable even if a newer snapshot removes the file).
+    fn open_snapshot(dir: &Path, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let file = std::fs::File::open(Self::image_path(dir, &meta))
             .map_err(|e| snap_err(Some(&meta), e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -255,6 +267,7 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
     meta: SnapshotMeta,
     built: Result<(), String>,
+    files: SnapshotFilesLock,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -262,10 +275,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         if let Err(e) = &self.built {
             return Err(snap_err(Some(&self.meta), e));
         }
-        StateMachine::write_meta_file(&self.dir, &self.meta)?;
-        StateMachine::remove_other_snapshots(&self.dir, &self.meta, false);
+        let snapshot = {
+            let _files = lock_files(&self.files);
+            StateMachine::write_meta_file(&self.dir, &self.meta)?;
+            StateMachine::remove_other_snapshots(&self.dir, &self.meta, false);
+            StateMachine::open_snapshot(&self.dir, self.meta.clone())?
+        };
         tracing::info!(index = ?self.meta.last_log_id.map(|l| l.index), "snapshot built");
-        StateMachine::open_snapshot(&self.dir, self.meta.clone()).await
+        Ok(snapshot)
     }
 }
 
@@ -365,6 +382,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             dir: self.snapshot_dir.clone(),
             meta,
             built,
+            files: self.snapshot_files.clone(),
         }
     }
 
@@ -429,8 +447,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| snap_err(Some(meta), e))?;
         self.persist(Sync::Durable)?;
-        Self::write_meta_file(&self.snapshot_dir, meta)?;
-        Self::remove_other_snapshots(&self.snapshot_dir, meta, true);
+        {
+            let _files = lock_files(&self.snapshot_files);
+            Self::write_meta_file(&self.snapshot_dir, meta)?;
+            Self::remove_other_snapshots(&self.snapshot_dir, meta, true);
+        }
         self.applied_tx
             .send_replace(self.last_applied.map(|l| l.index).unwrap_or(0));
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), snapshot = %meta.snapshot_id, "snapshot installed");
@@ -438,9 +459,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let _files = lock_files(&self.snapshot_files);
         match Self::newest_snapshot(&self.snapshot_dir)? {
             None => Ok(None),
-            Some(meta) => Ok(Some(Self::open_snapshot(&self.snapshot_dir, meta).await?)),
+            Some(meta) => Ok(Some(Self::open_snapshot(&self.snapshot_dir, meta)?)),
         }
     }
 }
@@ -549,5 +571,34 @@ mod tests {
             want == got,
             "after the replay the node matches the leader page for page"
         );
+    }
+
+    /// openraft builds a snapshot on a task of its own while the state machine worker serves
+    /// `get_current_snapshot` (e.g. to send a snapshot to a learner): the builder replacing the
+    /// previous snapshot meanwhile must not make the lookup fail or find nothing (either is a
+    /// storage error that stops raft, and the node exits).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn current_snapshot_while_a_new_one_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(
+            Database::open(dir.path().join("db.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let mut sm = open_sm(db, dir.path()).await;
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("first snapshot");
+        for round in 0..200 {
+            let mut builder = sm.get_snapshot_builder().await;
+            let build = tokio::spawn(async move { builder.build_snapshot().await.map(|_| ()) });
+            let current = sm.get_current_snapshot().await;
+            build
+                .await
+                .expect("builder task")
+                .unwrap_or_else(|e| panic!("round {round}: build: {e}"));
+            let current = current.unwrap_or_else(|e| panic!("round {round}: current: {e}"));
+            assert!(current.is_some(), "round {round}: no current snapshot");
+        }
     }
 }
