@@ -629,11 +629,11 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         ("ATTACH 'other.db' AS o", "ATTACH is not allowed"),
         (
             "PRAGMA journal_mode=DELETE",
-            "PRAGMA journal_mode is not allowed",
+            "pragma journal_mode is not allowed",
         ),
         (
             "PRAGMA cache_spill=OFF",
-            "PRAGMA cache_spill is not allowed",
+            "pragma cache_spill is not allowed",
         ),
         ("BEGIN", "BEGIN is not allowed"),
         ("VACUUM INTO '/tmp/stolen.db'", "VACUUM INTO is not allowed"),
@@ -723,6 +723,128 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
     Ok(())
 }
 
+#[tokio::test]
+async fn pragmas_that_change_shared_state_are_refused() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&["CREATE TABLE v(x INTEGER CHECK (x > 0))"])
+        .await?;
+    // Each found against real nodes: broke every client's writes or reads, let another
+    // client's bad row commit, or claimed success while doing nothing.
+    let refused = [
+        "PRAGMA hard_heap_limit=1",
+        "PRAGMA soft_heap_limit=1",
+        "PRAGMA ignore_check_constraints=ON",
+        "PRAGMA max_page_count=1",
+        "PRAGMA schema_version=99",
+        "PRAGMA foreign_keys=OFF",
+        "PRAGMA recursive_triggers=ON",
+        "PRAGMA defer_foreign_keys=ON",
+        "PRAGMA cache_size=1000000",
+        "PRAGMA temp_store=MEMORY",
+        "PRAGMA optimize",
+        "PRAGMA integrity_check",
+        "SELECT * FROM pragma_integrity_check",
+    ];
+    for sql in refused {
+        let name = sql
+            .trim_start_matches("PRAGMA ")
+            .trim_start_matches("SELECT * FROM pragma_")
+            .split('=')
+            .next()
+            .unwrap_or_default();
+        let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
+        match failed(&result.outcomes[0])? {
+            DbError::PermissionDenied(m)
+                if m.starts_with(&format!("pragma {name} is not allowed: ")) => {}
+            other => anyhow::bail!("{sql}: expected a refusal naming {name}, got {other:?}"),
+        }
+        ensure!(result.delta.is_none(), "{sql}");
+    }
+    // Another client's CHECK-violating row is still refused in the same batch.
+    let result = c
+        .write(vec![
+            req("", &["PRAGMA ignore_check_constraints=ON"]),
+            req("", &["INSERT INTO v VALUES(-1)"]),
+            req("", &["INSERT INTO v VALUES(1)"]),
+        ])
+        .await?;
+    ensure!(matches!(
+        failed(&result.outcomes[1])?,
+        DbError::Constraint(_)
+    ));
+    executed(&result.outcomes[2])?;
+    // Reads of a few values are fine on both sides.
+    let read = c
+        .write_one(&[
+            "PRAGMA foreign_keys",
+            "SELECT * FROM pragma_table_info('v')",
+        ])
+        .await?;
+    ensure!(read.len() == 2);
+    let chunks = collect(c.leader.reads().query(stmt("PRAGMA foreign_keys"), 0, 10)).await?;
+    ensure!(
+        chunks[0].rows == vec![vec![SqlValue::Integer(1)]],
+        "{chunks:?}"
+    );
+    let chunks = collect(c.leader.reads().query(stmt("PRAGMA quick_check"), 0, 10)).await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Text("ok".into())]]);
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA user_version = 3"), 0, 10),
+    )
+    .await
+    {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::PermissionDenied(m)) if m.contains("set it with Execute")),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("a query set user_version: {chunks:?}"),
+    }
+
+    // The application's header fields are replicated data: set them like any write.
+    c.write_one(&["PRAGMA user_version = 7", "PRAGMA application_id = 42"])
+        .await?;
+    c.verify("user_version")?;
+    for path in [c.leader.path(), c.follower.path()] {
+        let conn = Connection::open(path)?;
+        let got: (i64, i64) = conn.query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT application_id FROM pragma_application_id)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        ensure!(got == (7, 42), "{}: {got:?}", path.display());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn temp_objects_are_refused_on_the_executor() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    for sql in [
+        "CREATE TEMP TABLE t(x)",
+        "CREATE TEMPORARY VIEW w AS SELECT 1",
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.t BEGIN DELETE FROM main.t; END",
+    ] {
+        let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
+        ensure!(
+            matches!(failed(&result.outcomes[0])?, DbError::PermissionDenied(m) if m.starts_with("temporary tables")),
+            "{sql}: {:?}",
+            result.outcomes
+        );
+    }
+    // so a later request in the batch still writes the replicated table
+    c.write(vec![
+        req("", &["CREATE TEMP TABLE t(a, b)"]),
+        req("", &["INSERT INTO t(a) VALUES('kept')"]),
+    ])
+    .await?;
+    c.verify("after temp refusals")?;
+    ensure!(count(&Connection::open(c.follower.path())?, "t")? == 1);
+    Ok(())
+}
+
 async fn collect(
     mut rx: tokio::sync::mpsc::Receiver<Result<QueryChunk>>,
 ) -> anyhow::Result<Vec<QueryChunk>> {
@@ -744,10 +866,7 @@ async fn read_pool_refuses_writes() -> TestResult {
             "VACUUM INTO '/tmp/raftlite-should-not-exist.db'",
             READ_ONLY_MESSAGE,
         ),
-        (
-            "PRAGMA query_only=OFF",
-            "PRAGMA query_only is not allowed in a query",
-        ),
+        ("PRAGMA query_only=OFF", "pragma query_only is not allowed"),
         ("BEGIN", "transaction control is not allowed"),
         ("ATTACH 'x.db' AS x", "ATTACH is not allowed"),
     ];
