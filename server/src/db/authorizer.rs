@@ -22,7 +22,7 @@
 //! is only read, is refused naming the pragma: a pragma SQLite adds in a later version stays
 //! refused until someone decides otherwise. The few settings users legitimately need
 //! (`foreign_keys`, `recursive_triggers`) are node settings applied to every connection at
-//! open, so no request can leave state on a connection that the next
+//! open (see `bounds.rs`), so no request can leave state on a connection that the next
 //! request would see. For the same reason the executor refuses TEMP objects.
 
 use super::error::DbError;

@@ -22,11 +22,13 @@
 //! result as one delta.
 
 use super::authorizer::{Lockdown, Policy};
+use super::bounds::Bounds;
 use super::capture;
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
 use super::internal;
 use super::value::{bind, Statement, StatementOutcome, WriteRequest};
+use super::DbOptions;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,7 @@ fn starts_with_vacuum(sql: &str) -> bool {
 pub struct Executor {
     conn: Connection,
     lockdown: Arc<Lockdown>,
+    bounds: Bounds,
     db_path: PathBuf,
     batches_since_prune: u32,
 }
@@ -118,13 +121,13 @@ enum Attempt {
 }
 
 impl Executor {
-    /// Open the executor connection on an existing WAL database. `cache_kib` sizes its page
-    /// cache: transactions larger than that spill to the WAL (capture handles it).
-    pub fn open(path: &Path, busy_timeout: Duration, cache_kib: u32) -> Result<Executor> {
+    /// Open the executor connection on an existing WAL database. `executor_cache_kib` sizes
+    /// its page cache: transactions larger than that spill to the WAL (capture handles it).
+    pub fn open(path: &Path, options: &DbOptions) -> Result<Executor> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(busy_timeout)?;
+        conn.busy_timeout(options.busy_timeout)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{}", cache_kib.max(64)))?;
+        let bounds = Bounds::install(&mut conn, options, options.executor_cache_kib)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -136,6 +139,7 @@ impl Executor {
         Ok(Executor {
             conn,
             lockdown,
+            bounds,
             db_path: path.to_path_buf(),
             batches_since_prune: 0,
         })
@@ -317,23 +321,21 @@ impl Executor {
 
     /// Run one request's statements; the first error ends the request.
     fn run_statements(&self, statements: &[Statement]) -> Result<Vec<StatementOutcome>> {
+        let scope = self.bounds.enter(&self.conn)?;
+        let client_error = |e| scope.client_error(e, &self.lockdown);
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
             self.lockdown.reset();
             let mut stmt = self
                 .conn
                 .prepare_cached(&statement.sql)
-                .map_err(|e| self.lockdown.client_error(e))?;
+                .map_err(client_error)?;
             bind(&mut stmt, &statement.params)?;
             let changes_before = self.conn.total_changes();
             {
                 // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
                 let mut rows = stmt.raw_query();
-                while rows
-                    .next()
-                    .map_err(|e| self.lockdown.client_error(e))?
-                    .is_some()
-                {}
+                while rows.next().map_err(client_error)?.is_some() {}
             }
             // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
             // statements; report 0 for statements that changed nothing.

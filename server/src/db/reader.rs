@@ -11,11 +11,12 @@
 //! block on SQLite.
 
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
+use super::bounds::Bounds;
 use super::error::{DbError, Result};
 use super::value::{bind, SqlValue, Statement};
+use super::DbOptions;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Chunks buffered between a pool thread and the consumer.
@@ -56,25 +57,31 @@ pub struct ReadPool {
 }
 
 impl ReadPool {
-    /// Open `threads` read-only connections on `path` (at least one).
-    pub fn open(path: &Path, threads: usize, busy_timeout: Duration) -> Result<ReadPool> {
+    /// Open `options.read_threads` read-only connections on `path` (at least one).
+    pub fn open(path: &Path, options: &DbOptions) -> Result<ReadPool> {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..threads.max(1) {
+        for i in 0..options.read_threads.max(1) {
             let mut conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
-            conn.busy_timeout(busy_timeout)?;
+            conn.busy_timeout(options.busy_timeout)?;
             conn.execute_batch("PRAGMA query_only=ON")?;
+            let bounds = Bounds::install(&mut conn, options, options.reader_cache_kib)?;
             let lockdown = Lockdown::install(&mut conn, Policy::Reader)?;
+            let reader = Reader {
+                conn,
+                lockdown,
+                bounds,
+            };
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("sqlite-read-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        run_job(&conn, &lockdown, job);
+                        reader.run(job);
                     }
                 })
                 .map_err(|e| DbError::Internal(format!("spawn read thread: {e}")))?;
@@ -111,75 +118,87 @@ impl ReadPool {
     }
 }
 
-fn run_job(conn: &Connection, lockdown: &Lockdown, job: Job) {
-    let begun = {
-        let _guard = lockdown.internal();
-        conn.execute_batch("BEGIN")
-    };
-    let result = match begun {
-        Ok(()) => stream_rows(conn, lockdown, &job),
-        Err(e) => Err(DbError::from_sqlite(e)),
-    };
-    {
-        let _guard = lockdown.internal();
-        if !conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "ending a read transaction failed");
-            }
-        }
-    }
-    if let Err(e) = result {
-        // If the receiver is gone there is nobody left to tell.
-        let _ = job.chunks.blocking_send(Err(e));
-    }
+/// One pool thread's connection and what bounds it.
+struct Reader {
+    conn: Connection,
+    lockdown: std::sync::Arc<Lockdown>,
+    bounds: Bounds,
 }
 
-/// Stream the rows; returns Ok when done or when the receiver went away.
-fn stream_rows(conn: &Connection, lockdown: &Lockdown, job: &Job) -> Result<()> {
-    lockdown.reset();
-    let mut stmt = conn
-        .prepare_cached(&job.statement.sql)
-        .map_err(|e| lockdown.client_error(e))?;
-    if !stmt.readonly() {
-        return Err(DbError::PermissionDenied(READ_ONLY.into()));
-    }
-    bind(&mut stmt, &job.statement.params)?;
-    let mut columns: Vec<ColumnInfo> = stmt
-        .columns()
-        .map(|c| ColumnInfo {
-            name: c.name().to_string(),
-            decl_type: c.decl_type().map(str::to_string),
-        })
-        .collect();
-    let width = columns.len();
-
-    let mut rows = stmt.raw_query();
-    let mut chunk: Vec<Vec<SqlValue>> = Vec::new();
-    let mut chunk_bytes = 0usize;
-    let mut sent: u64 = 0;
-    loop {
-        let row = rows.next().map_err(|e| lockdown.client_error(e))?;
-        let Some(row) = row else {
-            send(job, std::mem::take(&mut columns), chunk, false, true);
-            return Ok(());
+impl Reader {
+    fn run(&self, job: Job) {
+        let begun = {
+            let _guard = self.lockdown.internal();
+            self.conn.execute_batch("BEGIN")
         };
-        if job.max_rows > 0 && sent == job.max_rows {
-            send(job, std::mem::take(&mut columns), chunk, true, true);
-            return Ok(());
+        let result = match begun {
+            Ok(()) => self.stream_rows(&job),
+            Err(e) => Err(DbError::from_sqlite(e)),
+        };
+        {
+            let _guard = self.lockdown.internal();
+            if !self.conn.is_autocommit() {
+                if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::warn!(error = %e, "ending a read transaction failed");
+                }
+            }
         }
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
-            let v = SqlValue::from(row.get_ref(i)?);
-            chunk_bytes += value_size(&v);
-            values.push(v);
+        if let Err(e) = result {
+            // If the receiver is gone there is nobody left to tell.
+            let _ = job.chunks.blocking_send(Err(e));
         }
-        chunk.push(values);
-        sent += 1;
-        if chunk.len() >= job.batch_rows || chunk_bytes >= MAX_CHUNK_BYTES {
-            let full = std::mem::take(&mut chunk);
-            chunk_bytes = 0;
-            if !send(job, std::mem::take(&mut columns), full, false, false) {
+    }
+
+    /// Stream the rows; returns Ok when done or when the receiver went away.
+    fn stream_rows(&self, job: &Job) -> Result<()> {
+        let scope = self.bounds.enter(&self.conn)?;
+        let client_error = |e| scope.client_error(e, &self.lockdown);
+        self.lockdown.reset();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&job.statement.sql)
+            .map_err(client_error)?;
+        if !stmt.readonly() {
+            return Err(DbError::PermissionDenied(READ_ONLY.into()));
+        }
+        bind(&mut stmt, &job.statement.params)?;
+        let mut columns: Vec<ColumnInfo> = stmt
+            .columns()
+            .map(|c| ColumnInfo {
+                name: c.name().to_string(),
+                decl_type: c.decl_type().map(str::to_string),
+            })
+            .collect();
+        let width = columns.len();
+
+        let mut rows = stmt.raw_query();
+        let mut chunk: Vec<Vec<SqlValue>> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut sent: u64 = 0;
+        loop {
+            let row = rows.next().map_err(client_error)?;
+            let Some(row) = row else {
+                send(job, std::mem::take(&mut columns), chunk, false, true);
                 return Ok(());
+            };
+            if job.max_rows > 0 && sent == job.max_rows {
+                send(job, std::mem::take(&mut columns), chunk, true, true);
+                return Ok(());
+            }
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                let v = SqlValue::from(row.get_ref(i)?);
+                chunk_bytes += value_size(&v);
+                values.push(v);
+            }
+            chunk.push(values);
+            sent += 1;
+            if chunk.len() >= job.batch_rows || chunk_bytes >= MAX_CHUNK_BYTES {
+                let full = std::mem::take(&mut chunk);
+                chunk_bytes = 0;
+                if !send(job, std::mem::take(&mut columns), full, false, false) {
+                    return Ok(());
+                }
             }
         }
     }

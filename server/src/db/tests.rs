@@ -538,7 +538,14 @@ async fn old_request_ids_are_pruned() -> TestResult {
     let path = dir.path().join("p.db");
     prepare_file(&path, Duration::from_secs(5))?;
     let applier = Applier::open(&path, Duration::from_secs(5))?;
-    let mut executor = Executor::open(&path, Duration::from_secs(5), 1024)?;
+    let mut executor = Executor::open(
+        &path,
+        &DbOptions {
+            busy_timeout: Duration::from_secs(5),
+            executor_cache_kib: 1024,
+            ..DbOptions::default()
+        },
+    )?;
     let run = |executor: &mut Executor, batch: Vec<WriteRequest>| -> anyhow::Result<()> {
         let result = executor.execute_batch(&batch)?;
         applier.apply(&result.delta.context("delta")?)?;
@@ -843,6 +850,178 @@ async fn temp_objects_are_refused_on_the_executor() -> TestResult {
     c.verify("after temp refusals")?;
     ensure!(count(&Connection::open(c.follower.path())?, "t")? == 1);
     Ok(())
+}
+
+fn too_large(e: &DbError, limit: usize) -> bool {
+    matches!(e, DbError::TooLarge(m)
+        if m.contains("string or blob too big") && m.contains(&format!("limit is {limit} bytes")))
+}
+
+#[tokio::test]
+async fn values_over_the_limit_fail_alone() -> TestResult {
+    const LIMIT: usize = 64 * 1024;
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_value_bytes: LIMIT,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let over = LIMIT + 1;
+    let result = c
+        .write(vec![
+            req("", &[&format!("INSERT INTO t(b) VALUES(zeroblob({over}))")]),
+            req(
+                "",
+                &[&format!(
+                    "INSERT INTO t(a) VALUES(length(randomblob({over})))"
+                )],
+            ),
+            req(
+                "",
+                &[&format!(
+                    "INSERT INTO t(a) VALUES(hex(zeroblob({})) || 'x')",
+                    LIMIT / 2
+                )],
+            ),
+            req(
+                "",
+                // the row, header included, must fit too
+                &[&format!(
+                    "INSERT INTO t(b) VALUES(zeroblob({}))",
+                    LIMIT - 64
+                )],
+            ),
+        ])
+        .await?;
+    for outcome in &result.outcomes[..3] {
+        ensure!(too_large(failed(outcome)?, LIMIT), "{outcome:?}");
+    }
+    executed(&result.outcomes[3])?;
+    c.verify("after oversized values")?;
+
+    // a bound parameter over the limit, and a query building one
+    let big = WriteRequest {
+        request_id: String::new(),
+        statements: vec![Statement::with_params(
+            "INSERT INTO t(b) VALUES(?1)",
+            vec![SqlValue::Blob(vec![0; over])],
+        )],
+    };
+    let result = c.executor.execute_batch(vec![big]).await?;
+    ensure!(matches!(failed(&result.outcomes[0])?, DbError::TooLarge(_)));
+    match collect(c.leader.reads().query(
+        stmt(&format!("SELECT length(randomblob({over}))")),
+        0,
+        10,
+    ))
+    .await
+    {
+        Err(e) => ensure!(
+            e.downcast_ref::<DbError>()
+                .is_some_and(|e| too_large(e, LIMIT)),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("an oversized value was built: {chunks:?}"),
+    }
+    // the stored maximum-size value reads back, and the reader keeps serving
+    let chunks = collect(c.leader.reads().query(
+        stmt("SELECT length(b) FROM t WHERE b IS NOT NULL"),
+        0,
+        10,
+    ))
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(LIMIT as i64 - 64)]]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tiny_value_limit_does_not_bind_raftlites_own_statements() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_value_bytes: 1024,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    // 4 KiB pages are captured, a 1.6 KiB result record is stored for the request id
+    let many: Vec<String> = (0..100)
+        .map(|i| format!("INSERT INTO t(a) VALUES('{i}')"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let result = c.write(vec![req("many", &many)]).await?;
+    ensure!(executed(&result.outcomes[0])?.len() == 100);
+    let again = c.executor.execute_batch(vec![req("many", &many)]).await?;
+    ensure!(matches!(&again.outcomes[0], WriteOutcome::Duplicate(r) if r.len() == 100));
+    c.write_one(&[&insert_rows(500, 1)]).await?;
+    c.verify("tiny value limit")?;
+    let result = c.executor.execute_vacuum().await?;
+    ensure!(result.delta.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreign_keys_and_recursive_triggers_are_node_settings() -> TestResult {
+    const SCHEMA: &[&str] = &[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE child(parent INTEGER REFERENCES parent(id))",
+        "CREATE TABLE countdown(n INTEGER)",
+        "CREATE TRIGGER down AFTER INSERT ON countdown WHEN new.n > 0
+         BEGIN INSERT INTO countdown VALUES(new.n - 1); END",
+    ];
+    // defaults: foreign keys enforced, triggers not recursive
+    let c = Cluster::new()?;
+    c.write_one(SCHEMA).await?;
+    let result = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO child VALUES(7)"])])
+        .await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::Constraint(m) if m.contains("FOREIGN KEY"))
+    );
+    c.write_one(&["INSERT INTO countdown VALUES(3)"]).await?;
+    ensure!(count(&Connection::open(c.leader.path())?, "countdown")? == 2);
+
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        foreign_keys: false,
+        recursive_triggers: true,
+        ..DbOptions::default()
+    })?;
+    c.reference
+        .execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = ON")?;
+    c.write_one(SCHEMA).await?;
+    c.write_one(&[
+        "INSERT INTO child VALUES(7)",
+        "INSERT INTO countdown VALUES(3)",
+    ])
+    .await?;
+    let leader = Connection::open(c.leader.path())?;
+    ensure!(count(&leader, "child")? == 1 && count(&leader, "countdown")? == 4);
+    let chunks = collect(c.leader.reads().query(
+        stmt("SELECT * FROM pragma_foreign_keys, pragma_recursive_triggers"),
+        0,
+        10,
+    ))
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0), SqlValue::Integer(1)]]);
+    Ok(())
+}
+
+#[test]
+fn heap_limit_covers_caches_and_values_and_is_only_raised() {
+    let options = DbOptions {
+        read_threads: 4,
+        max_value_bytes: 16 << 20,
+        ..DbOptions::default()
+    };
+    // 64 MiB base + 8 MiB executor cache + 4 x 2 MiB reader caches + 5 connections x 4 x 16 MiB
+    assert_eq!(options.heap_limit_bytes(), (64 + 8 + 8 + 320) << 20);
+    let high = 1 << 40;
+    assert_eq!(bounds::raise_heap_limit(high), high);
+    assert_eq!(
+        bounds::raise_heap_limit(options.heap_limit_bytes()),
+        high,
+        "never lowered"
+    );
 }
 
 async fn collect(
