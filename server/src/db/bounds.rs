@@ -28,13 +28,23 @@
 //!   while the small page allocations of the applier still fit. That is a last guard, not a
 //!   guarantee: to keep a node within a memory budget, size `max_value_bytes` (and the read
 //!   threads) so that [`DbOptions::heap_limit_bytes`] fits it.
+//! * **Time.** A progress handler checks the running client statement every
+//!   [`CHECK_EVERY_OPS`] VM instructions against its request's deadline and, for queries,
+//!   whether the consumer of its rows went away; either interrupts it inside SQLite
+//!   (`SQLITE_INTERRUPT`), reported as [`DbError::Timeout`]. SQLite rolls back an interrupted
+//!   write's whole transaction: the executor then reruns its batch without that request (as
+//!   for `RAISE(ROLLBACK)`), so the request fails alone. Not covered: time spent waiting for a
+//!   lock (`busy_timeout`), and single VM instructions that run long without reporting
+//!   progress (an in-memory sort is bounded by the page cache, `integrity_check` reports
+//!   progress).
 
 use super::authorizer::Lockdown;
 use super::error::{DbError, Result};
 use super::DbOptions;
 use rusqlite::limits::Limit;
 use rusqlite::{ffi, Connection, ErrorCode};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// SQLite's compile-time maximum length (`SQLITE_MAX_LENGTH`); `set_limit` cannot go above.
 pub const SQLITE_MAX_LENGTH: usize = 1_000_000_000;
@@ -42,9 +52,66 @@ pub const SQLITE_MAX_LENGTH: usize = 1_000_000_000;
 /// should not also forbid long statements made of small values.
 const MIN_SQL_LENGTH: usize = 1024 * 1024;
 
+/// VM instructions between two checks of a running client statement: a few microseconds
+/// of work, so an interrupt lands promptly, while the check (a clock read) costs nothing
+/// measurable.
+pub(crate) const CHECK_EVERY_OPS: i32 = 1000;
+
+/// Why a client statement was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its request's deadline passed.
+    Deadline,
+    /// Nobody waits for its results any more.
+    Cancelled,
+}
+
+impl Stop {
+    /// The error a stopped request answers with (if anyone still listens).
+    pub(crate) fn error(self, started: bool) -> DbError {
+        DbError::Timeout(
+            match (self, started) {
+                (Stop::Deadline, true) => {
+                    "the request's deadline passed while its statement ran; it was interrupted and \
+                 its changes rolled back"
+                }
+                (Stop::Deadline, false) => "the request's deadline passed before it could run",
+                (Stop::Cancelled, _) => "the query was cancelled: its client went away",
+            }
+            .into(),
+        )
+    }
+}
+
+/// Tells whether the consumer of a statement's results went away.
+pub(crate) type CancelCheck = Box<dyn Fn() -> bool + Send>;
+
+/// What the progress handler checks the running client statement against.
+#[derive(Default)]
+struct Watch {
+    deadline: Option<Instant>,
+    cancelled: Option<CancelCheck>,
+    stopped: Option<Stop>,
+}
+
+impl Watch {
+    /// True once the statement must stop (and from then on).
+    fn check(&mut self) -> bool {
+        if self.stopped.is_none() {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.stopped = Some(Stop::Deadline);
+            } else if self.cancelled.as_ref().is_some_and(|gone| gone()) {
+                self.stopped = Some(Stop::Cancelled);
+            }
+        }
+        self.stopped.is_some()
+    }
+}
+
 /// The bounds of one connection; see the module docs.
 pub(crate) struct Bounds {
     max_value_bytes: i32,
+    watch: Arc<Mutex<Watch>>,
 }
 
 impl Bounds {
@@ -68,14 +135,43 @@ impl Bounds {
             Limit::SQLITE_LIMIT_SQL_LENGTH,
             clamp_length(options.max_value_bytes.max(MIN_SQL_LENGTH)),
         )?;
-        let bounds = Bounds { max_value_bytes };
+        let watch = Arc::new(Mutex::new(Watch::default()));
+        let handler_watch = Arc::clone(&watch);
+        conn.progress_handler(CHECK_EVERY_OPS, Some(move || lock(&handler_watch).check()))?;
+        let bounds = Bounds {
+            max_value_bytes,
+            watch,
+        };
         bounds.lift(conn)?;
         Ok(bounds)
     }
 
-    /// Put the client limits in force until the returned scope is dropped. Run every client
-    /// statement (prepare, bind, step) inside one, and nothing of raftlite's own.
-    pub(crate) fn enter<'c>(&'c self, conn: &'c Connection) -> Result<ClientScope<'c>> {
+    /// Put the client limits in force, and have the progress handler stop client statements
+    /// at `deadline` or once `cancelled` says so, until the returned scope is dropped. Run
+    /// every client statement (prepare, bind, step) inside one, and nothing of raftlite's own.
+    /// Fails with [`DbError::Timeout`] if the deadline already passed (or the consumer left).
+    pub(crate) fn enter<'c>(
+        &'c self,
+        conn: &'c Connection,
+        deadline: Option<Instant>,
+        cancelled: Option<CancelCheck>,
+    ) -> Result<ClientScope<'c>> {
+        {
+            let mut watch = lock(&self.watch);
+            *watch = Watch {
+                deadline,
+                cancelled,
+                stopped: None,
+            };
+            if watch.check() {
+                let stop = watch.stopped.take();
+                *watch = Watch::default();
+                return Err(stop.map_or_else(
+                    || DbError::Internal("stopped without a reason".into()),
+                    |stop| stop.error(false),
+                ));
+            }
+        }
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, self.max_value_bytes)?;
         Ok(ClientScope { conn, bounds: self })
     }
@@ -98,6 +194,11 @@ impl ClientScope<'_> {
     /// refusal, the limit for a value too big, memory exhaustion as `TooLarge`.
     pub(crate) fn client_error(&self, e: rusqlite::Error, lockdown: &Lockdown) -> DbError {
         let code = e.sqlite_error_code();
+        if code == Some(ErrorCode::OperationInterrupted) {
+            if let Some(stop) = lock(&self.bounds.watch).stopped {
+                return stop.error(true);
+            }
+        }
         match (code, lockdown.client_error(e)) {
             (Some(ErrorCode::OutOfMemory), _) => DbError::TooLarge(
                 "out of memory: the statement holds more data at once than this node allows".into(),
@@ -113,6 +214,8 @@ impl ClientScope<'_> {
 
 impl Drop for ClientScope<'_> {
     fn drop(&mut self) {
+        // Also drops the cancellation check (and whatever it holds, e.g. a channel sender).
+        *lock(&self.bounds.watch) = Watch::default();
         if let Err(e) = self.bounds.lift(self.conn) {
             tracing::warn!(error = %e, "lifting the client length limit failed");
         }
@@ -133,6 +236,12 @@ pub(crate) fn raise_heap_limit(bytes: u64) -> u64 {
     // SAFETY: as above.
     unsafe { ffi::sqlite3_hard_heap_limit64(wanted) };
     wanted as u64
+}
+
+fn lock(watch: &Mutex<Watch>) -> MutexGuard<'_, Watch> {
+    watch
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -15,7 +15,11 @@
 //!
 //! Client SQL is locked down (see `authorizer.rs`) and `SQLITE_DBCONFIG_DEFENSIVE` is on, so
 //! clients cannot break capture (journal mode, cache spill, transactions) or write
-//! `sqlite_dbpage` and raftlite's tables directly.
+//! `sqlite_dbpage` and raftlite's tables directly. Client statements are bounded in size and
+//! time (see `bounds.rs`): a request past its [`WriteRequest::deadline`] is interrupted inside
+//! SQLite and fails alone with [`DbError::Timeout`]. If the interrupted statement was a write,
+//! SQLite has rolled back the whole transaction; the batch is then rerun without that request,
+//! like after `RAISE(ROLLBACK)`.
 //!
 //! `VACUUM` cannot run inside a transaction. [`Executor::execute_vacuum`] uses
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
@@ -34,7 +38,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Request ids are remembered this long.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -274,7 +278,7 @@ impl Executor {
                 }
             }
             self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
-            match self.run_statements(&request.statements) {
+            match self.run_statements(&request.statements, request.deadline) {
                 Ok(results) => {
                     let _guard = self.lockdown.internal();
                     if !id.is_empty() {
@@ -319,9 +323,14 @@ impl Executor {
         }))
     }
 
-    /// Run one request's statements; the first error ends the request.
-    fn run_statements(&self, statements: &[Statement]) -> Result<Vec<StatementOutcome>> {
-        let scope = self.bounds.enter(&self.conn)?;
+    /// Run one request's statements; the first error ends the request. Past `deadline` the
+    /// running statement is interrupted (see `bounds.rs`).
+    fn run_statements(
+        &self,
+        statements: &[Statement],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<StatementOutcome>> {
+        let scope = self.bounds.enter(&self.conn, deadline, None)?;
         let client_error = |e| scope.client_error(e, &self.lockdown);
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
@@ -402,6 +411,7 @@ mod tests {
     fn req(sql: &str) -> WriteRequest {
         WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::new(sql)],
         }
     }
@@ -413,6 +423,7 @@ mod tests {
         assert!(!is_vacuum(&req("VACUUM INTO 'x'")));
         assert!(!is_vacuum(&WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::new("VACUUM"), Statement::new("SELECT 1")],
         }));
         assert!(starts_with_vacuum("-- c\n /* x */ Vacuum into 'x'"));

@@ -20,6 +20,7 @@ fn req(id: &str, sqls: &[&str]) -> WriteRequest {
     WriteRequest {
         request_id: id.to_string(),
         statements: sqls.iter().map(|s| stmt(s)).collect(),
+        deadline: None,
     }
 }
 
@@ -332,6 +333,7 @@ async fn statement_results_report_changes_and_rowids() -> TestResult {
     let r = c
         .write(vec![WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![
                 Statement::with_params(
                     "INSERT INTO t(a) VALUES(?1), (?2)",
@@ -712,6 +714,7 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         .executor
         .execute_batch(vec![WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::with_params(
                 "INSERT INTO t(a) VALUES(?1)",
                 vec![],
@@ -788,17 +791,27 @@ async fn pragmas_that_change_shared_state_are_refused() -> TestResult {
         ])
         .await?;
     ensure!(read.len() == 2);
-    let chunks = collect(c.leader.reads().query(stmt("PRAGMA foreign_keys"), 0, 10)).await?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA foreign_keys"), 0, 10, None),
+    )
+    .await?;
     ensure!(
         chunks[0].rows == vec![vec![SqlValue::Integer(1)]],
         "{chunks:?}"
     );
-    let chunks = collect(c.leader.reads().query(stmt("PRAGMA quick_check"), 0, 10)).await?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA quick_check"), 0, 10, None),
+    )
+    .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Text("ok".into())]]);
     match collect(
         c.leader
             .reads()
-            .query(stmt("PRAGMA user_version = 3"), 0, 10),
+            .query(stmt("PRAGMA user_version = 3"), 0, 10, None),
     )
     .await
     {
@@ -902,6 +915,7 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
     // a bound parameter over the limit, and a query building one
     let big = WriteRequest {
         request_id: String::new(),
+        deadline: None,
         statements: vec![Statement::with_params(
             "INSERT INTO t(b) VALUES(?1)",
             vec![SqlValue::Blob(vec![0; over])],
@@ -913,6 +927,7 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
         stmt(&format!("SELECT length(randomblob({over}))")),
         0,
         10,
+        None,
     ))
     .await
     {
@@ -928,6 +943,7 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
         stmt("SELECT length(b) FROM t WHERE b IS NOT NULL"),
         0,
         10,
+        None,
     ))
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(LIMIT as i64 - 64)]]);
@@ -1000,6 +1016,7 @@ async fn foreign_keys_and_recursive_triggers_are_node_settings() -> TestResult {
         stmt("SELECT * FROM pragma_foreign_keys, pragma_recursive_triggers"),
         0,
         10,
+        None,
     ))
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0), SqlValue::Integer(1)]]);
@@ -1022,6 +1039,132 @@ fn heap_limit_covers_caches_and_values_and_is_only_raised() {
         high,
         "never lowered"
     );
+}
+
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+/// Guards a test against hanging forever if an interrupt never lands; not a timing assertion.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn soon(ms: u64) -> Option<std::time::Instant> {
+    Some(std::time::Instant::now() + Duration::from_millis(ms))
+}
+
+fn with_deadline(mut request: WriteRequest, deadline: Option<std::time::Instant>) -> WriteRequest {
+    request.deadline = deadline;
+    request
+}
+
+fn is_timeout(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<DbError>(), Some(DbError::Timeout(_)))
+}
+
+#[tokio::test]
+async fn endless_write_is_interrupted_and_fails_alone() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let endless_insert = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)
+                          INSERT INTO t(a) SELECT x FROM c";
+    // A read-only statement: only its savepoint is rolled back.
+    let batch = vec![
+        req("", &["INSERT INTO t(a) VALUES('before')"]),
+        with_deadline(req("", &[ENDLESS]), soon(200)),
+        req("", &["INSERT INTO t(a) VALUES('after')"]),
+    ];
+    let result = tokio::time::timeout(HANG_GUARD, c.write(batch)).await??;
+    executed(&result.outcomes[0])?;
+    ensure!(
+        matches!(failed(&result.outcomes[1])?, DbError::Timeout(m) if m.contains("interrupted")),
+        "{:?}",
+        result.outcomes[1]
+    );
+    executed(&result.outcomes[2])?;
+    // A write: SQLite rolls back the whole transaction; the batch reruns without it.
+    let batch = vec![
+        req("", &["INSERT INTO t(a) VALUES('before 2')"]),
+        with_deadline(req("", &[endless_insert]), soon(200)),
+        req("", &["INSERT INTO t(a) VALUES('after 2')"]),
+        with_deadline(req("", &["INSERT INTO t(a) VALUES('late')"]), soon(0)),
+    ];
+    let result = tokio::time::timeout(HANG_GUARD, c.write(batch)).await??;
+    for (i, expected) in [(1, "interrupted"), (3, "before it could run")] {
+        match failed(&result.outcomes[i])? {
+            DbError::Timeout(m) if m.contains(expected) => {}
+            other => anyhow::bail!("request {i}: {other:?}"),
+        }
+    }
+    executed(&result.outcomes[0])?;
+    executed(&result.outcomes[2])?;
+    c.verify("after interrupted writes")?;
+    ensure!(count(&Connection::open(c.follower.path())?, "t")? == 4);
+    // the executor's connection is not left interrupted
+    c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn endless_query_is_interrupted_at_its_deadline() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    let reads = c.leader.reads();
+    let result = tokio::time::timeout(
+        HANG_GUARD,
+        collect(reads.query(stmt(ENDLESS), 0, 10, soon(200))),
+    )
+    .await?;
+    match result {
+        Err(e) => ensure!(is_timeout(&e), "{e}"),
+        Ok(chunks) => anyhow::bail!("an endless query ended: {chunks:?}"),
+    }
+    // the only read thread is free again
+    let chunks = collect(reads.query(stmt("SELECT 1"), 0, 10, soon(10_000))).await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(1)]]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_query_nobody_waits_for_stops() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&["CREATE TABLE n(id INTEGER PRIMARY KEY, label TEXT)"])
+        .await?;
+    c.write_one(&[
+        "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 20000)
+         INSERT INTO n(label) SELECT printf('%0100d', v) FROM s",
+    ])
+    .await?;
+    let reads = c.leader.reads();
+
+    // dropped before its first row (no deadline): the progress handler notices
+    let running = reads.query(stmt(ENDLESS), 0, 10, None);
+    // queued behind it and dropped: skipped
+    drop(reads.query(stmt(ENDLESS), 0, 10, None));
+    drop(running);
+    let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
+    let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(20_000)]]);
+
+    // a client that stops reading holds the thread only until the deadline
+    let mut stalled = reads.query(stmt("SELECT * FROM n"), 0, 10, soon(300));
+    ensure!(stalled.recv().await.is_some());
+    let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
+    let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(20_000)]]);
+    // what the stalled client gets: the chunks that fit, then the end of the stream
+    let mut rows = 10;
+    while let Some(chunk) = stalled.recv().await {
+        match chunk {
+            Ok(chunk) => rows += chunk.rows.len(),
+            Err(e) => ensure!(matches!(e, DbError::Timeout(_)), "{e}"),
+        }
+    }
+    ensure!(rows < 20_000, "the stalled query ran to the end");
+    Ok(())
 }
 
 async fn collect(
@@ -1050,7 +1193,7 @@ async fn read_pool_refuses_writes() -> TestResult {
         ("ATTACH 'x.db' AS x", "ATTACH is not allowed"),
     ];
     for (sql, expected) in refused {
-        match collect(c.leader.reads().query(stmt(sql), 0, 10)).await {
+        match collect(c.leader.reads().query(stmt(sql), 0, 10, None)).await {
             Err(e) => match e.downcast_ref::<DbError>() {
                 Some(DbError::PermissionDenied(m)) if m.contains(expected) => {}
                 other => anyhow::bail!("{sql}: {other:?}"),
@@ -1058,9 +1201,20 @@ async fn read_pool_refuses_writes() -> TestResult {
             Ok(chunks) => anyhow::bail!("{sql}: succeeded with {chunks:?}"),
         }
     }
-    let chunks = collect(c.leader.reads().query(stmt("PRAGMA table_info(t)"), 0, 10)).await?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA table_info(t)"), 0, 10, None),
+    )
+    .await?;
     ensure!(chunks.iter().map(|ch| ch.rows.len()).sum::<usize>() == 3);
-    match collect(c.leader.reads().query(stmt("SELECT * FROM nope"), 0, 10)).await {
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT * FROM nope"), 0, 10, None),
+    )
+    .await
+    {
         Err(e) => ensure!(matches!(
             e.downcast_ref::<DbError>(),
             Some(DbError::InvalidArgument(_))
@@ -1089,6 +1243,7 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
         stmt("SELECT id, label, id * 2 AS twice FROM n ORDER BY id"),
         0,
         1000,
+        None,
     );
     let mut total = 0usize;
     let mut chunks = 0usize;
@@ -1124,19 +1279,20 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
     );
 
     // max_rows cuts the result short and says so
-    let chunks = collect(reads.query(stmt("SELECT id FROM n"), 2500, 1000)).await?;
+    let chunks = collect(reads.query(stmt("SELECT id FROM n"), 2500, 1000, None)).await?;
     let sizes: Vec<usize> = chunks.iter().map(|ch| ch.rows.len()).collect();
     ensure!(sizes.iter().sum::<usize>() == 2500, "{sizes:?}");
     let last = chunks.last().context("no chunks")?;
     ensure!(last.truncated && last.done);
-    let exact = collect(reads.query(stmt("SELECT id FROM n WHERE id <= 10"), 10, 1000)).await?;
+    let exact =
+        collect(reads.query(stmt("SELECT id FROM n WHERE id <= 10"), 10, 1000, None)).await?;
     ensure!(exact.len() == 1 && exact[0].rows.len() == 10 && !exact[0].truncated);
 
     // a dropped receiver stops the query; the (single) pool thread serves the next one
-    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10);
+    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10, None);
     let _first = rx.recv().await;
     drop(rx);
-    let chunks = collect(reads.query(stmt("SELECT count(*) FROM n"), 0, 10)).await?;
+    let chunks = collect(reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None)).await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(100_000)]]);
     Ok(())
 }
@@ -1201,7 +1357,7 @@ async fn fresh_database_serves_reads_and_images() -> TestResult {
     let db = Database::open(dir.path().join("new.db"), DbOptions::default())?;
     let chunks = collect(
         db.reads()
-            .query(stmt("SELECT count(*) FROM sqlite_schema"), 0, 10),
+            .query(stmt("SELECT count(*) FROM sqlite_schema"), 0, 10, None),
     )
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0)]]);
