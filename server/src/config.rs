@@ -134,6 +134,24 @@ pub mod defaults {
         1024
     }
 
+    /// Default `max_value_bytes`: 64 MiB, so that a value fits a Raft entry with room to
+    /// spare.
+    pub fn default_max_value_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+
+    /// Default `foreign_keys`: on. The bundled SQLite is built with
+    /// `SQLITE_DEFAULT_FOREIGN_KEYS=1`, so raftlite has always enforced foreign keys; turning
+    /// them off by default would quietly stop enforcing them after an upgrade.
+    pub fn default_foreign_keys() -> bool {
+        true
+    }
+
+    /// Default `recursive_triggers`: off, as in SQLite.
+    pub fn default_recursive_triggers() -> bool {
+        false
+    }
+
     /// Default `metrics_addr`: Prometheus scrapes `/metrics` on port 9090 of every pod.
     pub fn default_metrics_addr() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 9090))
@@ -173,6 +191,9 @@ const MIN_REQUEST_BYTES: usize = 1024;
 /// The largest accepted `max_request_bytes`: protobuf messages cannot exceed 2 GiB, and a
 /// request travels inside a Raft entry together with its page delta.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024 * 1024;
+/// The smallest accepted `max_value_bytes`. raftlite's own statements are not bound by it,
+/// so even this little never breaks the write path.
+const MIN_VALUE_BYTES: usize = 1024;
 /// The smallest accepted `max_snapshot_bytes`: an empty database's snapshot is far smaller,
 /// but a lower limit only makes snapshots fail.
 const MIN_SNAPSHOT_BYTES: u64 = 1024 * 1024;
@@ -418,6 +439,23 @@ settings! {
     max_batch_requests: usize =
         MAX_BATCH_REQUESTS("--max-batch-requests", "RAFTLITE_MAX_BATCH_REQUESTS", "N");
 
+    /// Largest string, blob or row a statement may build, bind or read, in bytes; bigger ones
+    /// fail with RESOURCE_EXHAUSTED. Also sizes SQLite's heap limit. At least 1024, at most
+    /// 1000000000 [default: 67108864 (64 MiB)].
+    max_value_bytes: usize =
+        MAX_VALUE_BYTES("--max-value-bytes", "RAFTLITE_MAX_VALUE_BYTES", "BYTES");
+
+    /// Enforce FOREIGN KEY constraints (SQLite's `PRAGMA foreign_keys`, the same for every
+    /// client; clients cannot change it) [default: true].
+    #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+    foreign_keys: bool = FOREIGN_KEYS("--foreign-keys", "RAFTLITE_FOREIGN_KEYS", "BOOL");
+
+    /// Let triggers fire triggers recursively (SQLite's `PRAGMA recursive_triggers`, the same
+    /// for every client) [default: false].
+    #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+    recursive_triggers: bool =
+        RECURSIVE_TRIGGERS("--recursive-triggers", "RAFTLITE_RECURSIVE_TRIGGERS", "BOOL");
+
     /// Archive URL: s3://BUCKET/PREFIX, file:///DIR, or "none" [default:
     /// file://<data-dir>/archive]. S3 credentials: RAFTLITE_ACCESS_KEY_ID /
     /// RAFTLITE_SECRET_ACCESS_KEY or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; encryption key:
@@ -536,6 +574,12 @@ pub struct Config {
     pub read_threads: usize,
     /// Group-commit cap, ≥ 1.
     pub max_batch_requests: usize,
+    /// Largest value (string, blob, row) of a statement, in `MIN_VALUE_BYTES..=1e9`.
+    pub max_value_bytes: usize,
+    /// `PRAGMA foreign_keys` of every connection that runs client SQL.
+    pub foreign_keys: bool,
+    /// `PRAGMA recursive_triggers` of every connection that runs client SQL.
+    pub recursive_triggers: bool,
     /// `None`: archiving is off (`archive: none`).
     pub archive: Option<ArchiveConfig>,
     /// OTLP/gRPC endpoint traces are exported to; `None`: no export.
@@ -543,6 +587,21 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A valid `tracing_subscriber::EnvFilter` directive.
     pub log_level: String,
+}
+
+impl Config {
+    /// The options of this node's SQLite database. A node also caps SQLite's process-wide heap
+    /// (see `db/bounds.rs`), sized from `max_value_bytes` and `read_threads`.
+    pub fn db_options(&self) -> crate::db::DbOptions {
+        crate::db::DbOptions {
+            read_threads: self.read_threads,
+            max_value_bytes: self.max_value_bytes,
+            foreign_keys: self.foreign_keys,
+            recursive_triggers: self.recursive_triggers,
+            limit_process_heap: true,
+            ..Default::default()
+        }
+    }
 }
 
 /// What is wrong with a `${...}` or `$` in the config file.
@@ -1159,6 +1218,18 @@ impl FileConfig {
             return Err(invalid(&MAX_BATCH_REQUESTS, "must be at least 1"));
         }
 
+        let max_value_bytes = self.max_value_bytes.unwrap_or_else(default_max_value_bytes);
+        let max_value_limit = crate::db::SQLITE_MAX_LENGTH;
+        if !(MIN_VALUE_BYTES..=max_value_limit).contains(&max_value_bytes) {
+            return Err(invalid(
+                &MAX_VALUE_BYTES,
+                format!(
+                    "{max_value_bytes} is outside {MIN_VALUE_BYTES}..={max_value_limit} \
+                     (1 KiB to SQLite's largest value)"
+                ),
+            ));
+        }
+
         let archive = validate_archive(
             &data_dir,
             self.archive,
@@ -1239,6 +1310,11 @@ impl FileConfig {
                 .unwrap_or_else(|| default_auto_resync(tls.is_some())),
             read_threads,
             max_batch_requests,
+            max_value_bytes,
+            foreign_keys: self.foreign_keys.unwrap_or_else(default_foreign_keys),
+            recursive_triggers: self
+                .recursive_triggers
+                .unwrap_or_else(default_recursive_triggers),
             archive,
             otlp_endpoint,
             log_format: self.log_format.unwrap_or_default(),
@@ -1829,6 +1905,12 @@ mod tests {
         );
         assert_eq!(config.read_threads, 4);
         assert_eq!(config.max_batch_requests, 1024);
+        assert_eq!(config.max_value_bytes, 64 << 20);
+        assert!(
+            config.foreign_keys,
+            "on, as raftlite's SQLite always had it"
+        );
+        assert!(!config.recursive_triggers);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
         Ok(())
@@ -1953,6 +2035,12 @@ mod tests {
             "2",
             "--max-batch-requests",
             "64",
+            "--max-value-bytes",
+            "1048576",
+            "--foreign-keys",
+            "false",
+            "--recursive-triggers",
+            "on",
             "--log-format",
             "json",
             "--log-level",
@@ -1964,6 +2052,11 @@ mod tests {
         assert_eq!(args.auto_resync, Some(false));
         assert_eq!(args.log_format, Some(LogFormat::Json));
         assert_eq!(args.max_batch_requests, Some(64));
+        assert_eq!(args.max_value_bytes, Some(1 << 20));
+        assert_eq!(
+            (args.foreign_keys, args.recursive_triggers),
+            (Some(false), Some(true))
+        );
         assert_eq!(
             parse_cli(&[])?,
             ServeArgs::default(),
@@ -2165,6 +2258,16 @@ mod tests {
                 "is outside",
             ),
             (FileConfig { read_threads: Some(0), ..minimal() }, "read_threads", "at least 1"),
+            (
+                FileConfig { max_value_bytes: Some(1023), ..minimal() },
+                "max_value_bytes",
+                "1023 is outside 1024..=1000000000",
+            ),
+            (
+                FileConfig { max_value_bytes: Some(1_000_000_001), ..minimal() },
+                "max_value_bytes",
+                "is outside",
+            ),
             (
                 FileConfig { max_batch_requests: Some(0), ..minimal() },
                 "max_batch_requests",

@@ -12,6 +12,18 @@
 //!
 //! SQLite reports a refusal as a bare "not authorized"; the authorizer records *why* so the
 //! client gets a useful message such as "ATTACH is not allowed".
+//!
+//! PRAGMAs are allow-listed ([`PRAGMAS`]), on the executor and on readers alike: read-only
+//! introspection (`table_info`, `index_list`, `foreign_key_list`, ...), the whole-database
+//! checks (`integrity_check`, `quick_check`) in queries only, reading a few values
+//! (`foreign_keys`, `page_count`, ...), and the application's own header fields
+//! (`user_version`, `application_id`), which the executor may also set because they are
+//! replicated data, not connection state. Every other pragma, and any value given to one that
+//! is only read, is refused naming the pragma: a pragma SQLite adds in a later version stays
+//! refused until someone decides otherwise. The few settings users legitimately need
+//! (`foreign_keys`, `recursive_triggers`) are node settings applied to every connection at
+//! open (see `bounds.rs`), so no request can leave state on a connection that the next
+//! request would see. For the same reason the executor refuses TEMP objects.
 
 use super::error::DbError;
 use super::internal::is_internal_table;
@@ -32,54 +44,105 @@ pub(crate) enum Policy {
     Reader,
 }
 
-/// PRAGMAs clients may not run on the executor: they would break capture (journal_mode,
-/// cache_spill, locking_mode, page_size, auto_vacuum), durability or integrity
-/// (synchronous, writable_schema, wal_checkpoint), or change connection state that later
-/// batches of other clients would inherit.
-const EXECUTOR_DENIED_PRAGMAS: &[&str] = &[
-    "journal_mode",
-    "page_size",
-    "cache_spill",
-    "auto_vacuum",
-    "locking_mode",
-    "writable_schema",
-    "wal_checkpoint",
-    "synchronous",
-    "query_only",
-    "cache_size",
-    "mmap_size",
-    "busy_timeout",
-    "wal_autocheckpoint",
-    "journal_size_limit",
-    "temp_store_directory",
-    "data_store_directory",
-    "case_sensitive_like",
-    "recursive_triggers",
-    "foreign_keys",
-    "trusted_schema",
+/// What a client may do with a PRAGMA. A pragma missing from [`PRAGMAS`] is refused
+/// everywhere, with or without a value: the list is an allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PragmaUse {
+    /// Reports the schema or the build. An argument names a table, an index or a schema,
+    /// never a setting, so any form is fine on any connection.
+    Introspect,
+    /// Walks the whole database: allowed in queries only, where it holds no lock that writes
+    /// wait for and its deadline bounds it.
+    Check,
+    /// Reads a value; setting it is refused (connection settings are the node's, the same for
+    /// every client; file settings are raftlite's).
+    Read,
+    /// A database header field that belongs to the application (`user_version`,
+    /// `application_id`): read anywhere; set on the executor, where the change is captured,
+    /// replicated and rolled back like any other write. It is not connection state.
+    AppHeader,
+}
+
+use PragmaUse::{AppHeader, Check, Introspect, Read};
+
+/// The pragmas clients may use, and how. Anything else is refused; a unit test checks every
+/// pragma SQLite knows against an explicit decision.
+const PRAGMAS: &[(&str, PragmaUse)] = &[
+    ("collation_list", Introspect),
+    ("compile_options", Introspect),
+    ("database_list", Introspect),
+    ("foreign_key_check", Introspect),
+    ("foreign_key_list", Introspect),
+    ("function_list", Introspect),
+    ("index_info", Introspect),
+    ("index_list", Introspect),
+    ("index_xinfo", Introspect),
+    ("module_list", Introspect),
+    ("pragma_list", Introspect),
+    ("table_info", Introspect),
+    ("table_list", Introspect),
+    ("table_xinfo", Introspect),
+    ("integrity_check", Check),
+    ("quick_check", Check),
+    ("auto_vacuum", Read),
+    ("data_version", Read),
+    ("encoding", Read),
+    ("foreign_keys", Read),
+    ("freelist_count", Read),
+    ("journal_mode", Read),
+    ("page_count", Read),
+    ("page_size", Read),
+    ("recursive_triggers", Read),
+    ("schema_version", Read),
+    ("application_id", AppHeader),
+    ("user_version", AppHeader),
 ];
 
-/// PRAGMAs that take an argument but only inspect the schema; fine on a read connection.
-const READER_INTROSPECTION_PRAGMAS: &[&str] = &[
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_info",
-    "index_xinfo",
-    "index_list",
-    "foreign_key_list",
-    "foreign_key_check",
-    "integrity_check",
-    "quick_check",
-];
+fn pragma_use(name: &str) -> Option<PragmaUse> {
+    PRAGMAS
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map(|&(_, usage)| usage)
+}
 
-/// PRAGMAs without an argument that still do something other than reading.
-const READER_DENIED_PRAGMAS: &[&str] = &[
-    "wal_checkpoint",
-    "optimize",
-    "shrink_memory",
-    "incremental_vacuum",
-];
+/// The decision on `PRAGMA name` (`value` = None) or `PRAGMA name = value` / `name(value)`.
+/// SQLite reports the pragma's argument as its value, whether it sets anything or not.
+fn pragma_rule(name: &str, value: Option<&str>, policy: Policy) -> Result<(), String> {
+    let usage = pragma_use(name);
+    let allowed = match (usage, value, policy) {
+        (Some(Introspect), _, _) => true,
+        (Some(Check), _, Policy::Reader) => true,
+        (Some(Read | AppHeader), None, _) => true,
+        (Some(AppHeader), Some(_), Policy::Executor) => true,
+        _ => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    let name = name.to_ascii_lowercase();
+    let why = match (name.as_str(), usage, policy) {
+        ("foreign_keys", ..) => "it is a node setting (--foreign-keys), the same for every client",
+        ("recursive_triggers", ..) => {
+            "it is a node setting (--recursive-triggers), the same for every client"
+        }
+        (_, Some(Check), _) => {
+            "it reads the whole database while every write waits; send it as a query"
+        }
+        (_, Some(AppHeader), Policy::Reader) => "a query is read-only; set it with Execute",
+        (_, Some(Read), _) => "its value can be read, not set",
+        _ => {
+            "only pragmas that read the schema or a few values are allowed; the connection \
+             and the file are configured by raftlite, the same for every client"
+        }
+    };
+    Err(format!("pragma {name} is not allowed: {why}"))
+}
+
+/// Creating TEMP objects on the executor: they would live on in the batch's transaction, where
+/// the next client's statements resolve names against them (a TEMP table named like a main
+/// table captures that client's writes, which are then never replicated).
+const NO_TEMP_OBJECTS: &str = "temporary tables, indexes, views and triggers are not allowed: \
+    they would outlive the request on a connection other clients share";
 
 /// Shared state between a connection and its authorizer callback.
 #[derive(Default)]
@@ -168,10 +231,6 @@ fn savepoint_word(op: TransactionOperation) -> &'static str {
     }
 }
 
-fn pragma_in(name: &str, list: &[&str]) -> bool {
-    list.iter().any(|p| p.eq_ignore_ascii_case(name))
-}
-
 fn protect_table(table: &str) -> Result<(), String> {
     if table.eq_ignore_ascii_case("sqlite_dbpage") {
         // DEFENSIVE already makes it read-only; say so clearly.
@@ -197,11 +256,16 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
             "{} is not allowed: each request already runs as one transaction",
             savepoint_word(operation)
         )),
-        AuthAction::Pragma { pragma_name, .. }
-            if pragma_in(pragma_name, EXECUTOR_DENIED_PRAGMAS) =>
-        {
-            Err(format!("PRAGMA {pragma_name} is not allowed"))
-        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => pragma_rule(pragma_name, pragma_value, Policy::Executor),
+        AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempIndex { table_name, .. }
+        | AuthAction::CreateTempTrigger { table_name, .. }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        } => protect_table(table_name).and(Err(NO_TEMP_OBJECTS.into())),
         AuthAction::Insert { table_name }
         | AuthAction::Delete { table_name }
         | AuthAction::Update { table_name, .. }
@@ -215,13 +279,7 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateView {
             view_name: table_name,
         }
-        | AuthAction::CreateVtable { table_name, .. }
-        | AuthAction::CreateTempTable { table_name }
-        | AuthAction::CreateTempIndex { table_name, .. }
-        | AuthAction::CreateTempTrigger { table_name, .. }
-        | AuthAction::CreateTempView {
-            view_name: table_name,
-        } => protect_table(table_name),
+        | AuthAction::CreateVtable { table_name, .. } => protect_table(table_name),
         _ => Ok(()),
     }
 }
@@ -235,20 +293,225 @@ fn reader_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
-        } => {
-            let inspect_only = pragma_in(pragma_name, READER_INTROSPECTION_PRAGMAS)
-                || (pragma_value.is_none() && !pragma_in(pragma_name, READER_DENIED_PRAGMAS));
-            if inspect_only {
-                Ok(())
-            } else {
-                Err(format!("PRAGMA {pragma_name} is not allowed in a query"))
-            }
-        }
+        } => pragma_rule(pragma_name, pragma_value, Policy::Reader),
         AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => Err("DETACH is not allowed".into()),
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
             Err("transaction control is not allowed in a query".into())
         }
         _ => Err(READ_ONLY.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decision on one pragma: allowed bare (`PRAGMA x`) and with a value (`PRAGMA x = t`,
+    /// `PRAGMA x(t)`; SQLite does not tell a table name from a setting), on the executor and on
+    /// a reader.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Decision {
+        executor_bare: bool,
+        executor_value: bool,
+        reader_bare: bool,
+        reader_value: bool,
+    }
+
+    const REFUSED: Decision = Decision {
+        executor_bare: false,
+        executor_value: false,
+        reader_bare: false,
+        reader_value: false,
+    };
+    const INTROSPECT: Decision = Decision {
+        executor_bare: true,
+        executor_value: true,
+        reader_bare: true,
+        reader_value: true,
+    };
+    const QUERY_ONLY: Decision = Decision {
+        executor_bare: false,
+        executor_value: false,
+        reader_bare: true,
+        reader_value: true,
+    };
+    const READ: Decision = Decision {
+        executor_bare: true,
+        executor_value: false,
+        reader_bare: true,
+        reader_value: false,
+    };
+    const APP_HEADER: Decision = Decision {
+        executor_bare: true,
+        executor_value: true,
+        reader_bare: true,
+        reader_value: false,
+    };
+
+    /// Every pragma of the bundled SQLite, decided on purpose. A new SQLite that knows more
+    /// pragmas fails `every_pragma_is_decided_on_purpose` until they are added here.
+    const EXPECTED: &[(&str, Decision)] = &[
+        ("analysis_limit", REFUSED),
+        ("application_id", APP_HEADER),
+        ("auto_vacuum", READ),
+        ("automatic_index", REFUSED),
+        ("busy_timeout", REFUSED),
+        ("cache_size", REFUSED),
+        ("cache_spill", REFUSED),
+        ("case_sensitive_like", REFUSED),
+        ("cell_size_check", REFUSED),
+        ("checkpoint_fullfsync", REFUSED),
+        ("collation_list", INTROSPECT),
+        ("compile_options", INTROSPECT),
+        ("count_changes", REFUSED),
+        ("data_version", READ),
+        ("database_list", INTROSPECT),
+        ("default_cache_size", REFUSED),
+        ("defer_foreign_keys", REFUSED),
+        ("empty_result_callbacks", REFUSED),
+        ("encoding", READ),
+        ("foreign_key_check", INTROSPECT),
+        ("foreign_key_list", INTROSPECT),
+        ("foreign_keys", READ),
+        ("freelist_count", READ),
+        ("full_column_names", REFUSED),
+        ("fullfsync", REFUSED),
+        ("function_list", INTROSPECT),
+        ("hard_heap_limit", REFUSED),
+        ("ignore_check_constraints", REFUSED),
+        ("incremental_vacuum", REFUSED),
+        ("index_info", INTROSPECT),
+        ("index_list", INTROSPECT),
+        ("index_xinfo", INTROSPECT),
+        ("integrity_check", QUERY_ONLY),
+        ("journal_mode", READ),
+        ("journal_size_limit", REFUSED),
+        ("legacy_alter_table", REFUSED),
+        ("locking_mode", REFUSED),
+        ("max_page_count", REFUSED),
+        ("mmap_size", REFUSED),
+        ("module_list", INTROSPECT),
+        ("optimize", REFUSED),
+        ("page_count", READ),
+        ("page_size", READ),
+        ("pragma_list", INTROSPECT),
+        ("query_only", REFUSED),
+        ("quick_check", QUERY_ONLY),
+        ("read_uncommitted", REFUSED),
+        ("recursive_triggers", READ),
+        ("reverse_unordered_selects", REFUSED),
+        ("schema_version", READ),
+        ("secure_delete", REFUSED),
+        ("short_column_names", REFUSED),
+        ("shrink_memory", REFUSED),
+        ("soft_heap_limit", REFUSED),
+        ("synchronous", REFUSED),
+        ("table_info", INTROSPECT),
+        ("table_list", INTROSPECT),
+        ("table_xinfo", INTROSPECT),
+        ("temp_store", REFUSED),
+        ("temp_store_directory", REFUSED),
+        ("threads", REFUSED),
+        ("trusted_schema", REFUSED),
+        ("user_version", APP_HEADER),
+        ("wal_autocheckpoint", REFUSED),
+        ("wal_checkpoint", REFUSED),
+        ("writable_schema", REFUSED),
+    ];
+
+    /// Prepare `sql` on a connection locked down with `policy`: Ok if allowed, else the
+    /// refusal message.
+    fn decide(conn: &mut Connection, policy: Policy, sql: &str) -> Result<(), String> {
+        let lockdown = Lockdown::install(conn, policy).map_err(|e| e.to_string())?;
+        lockdown.reset();
+        match conn.prepare(sql) {
+            Ok(_) => Ok(()),
+            Err(e) => match lockdown.client_error(e) {
+                DbError::PermissionDenied(m) => Err(m),
+                other => panic!("{sql}: not a refusal: {other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn every_pragma_is_decided_on_purpose() -> Result<(), DbError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.execute_batch("CREATE TABLE t(x); CREATE INDEX t_x ON t(x)")?;
+        let known: Vec<String> = conn
+            .prepare("PRAGMA pragma_list")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let listed: Vec<&str> = EXPECTED.iter().map(|(name, _)| *name).collect();
+        let undecided: Vec<&String> = known
+            .iter()
+            .filter(|k| !listed.contains(&k.as_str()))
+            .collect();
+        assert!(
+            undecided.is_empty(),
+            "SQLite knows pragmas that EXPECTED does not decide: {undecided:?}"
+        );
+        let unknown: Vec<&&str> = listed
+            .iter()
+            .filter(|l| !known.iter().any(|k| k == *l))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "EXPECTED lists unknown pragmas: {unknown:?}"
+        );
+
+        for &(name, expected) in EXPECTED {
+            let mut got = [false; 4];
+            for (slot, (policy, sql)) in [
+                (Policy::Executor, format!("PRAGMA {name}")),
+                (Policy::Executor, format!("PRAGMA {name} = t")),
+                (Policy::Reader, format!("PRAGMA {name}")),
+                (Policy::Reader, format!("PRAGMA {name}(t)")),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                got[slot] = match decide(&mut conn, policy, &sql) {
+                    Ok(()) => true,
+                    Err(message) => {
+                        assert!(
+                            message.starts_with(&format!("pragma {name} is not allowed: ")),
+                            "{sql} ({policy:?}): {message}"
+                        );
+                        false
+                    }
+                };
+            }
+            let got = Decision {
+                executor_bare: got[0],
+                executor_value: got[1],
+                reader_bare: got[2],
+                reader_value: got[3],
+            };
+            assert_eq!(got, expected, "pragma {name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refusals_name_the_pragma_and_the_reason() {
+        let refused = |name, value, policy| match pragma_rule(name, value, policy) {
+            Ok(()) => panic!("{name} {value:?} allowed"),
+            Err(m) => m,
+        };
+        assert_eq!(
+            refused("FOREIGN_KEYS", Some("ON"), Policy::Executor),
+            "pragma foreign_keys is not allowed: it is a node setting (--foreign-keys), the same for every client"
+        );
+        assert!(refused("integrity_check", None, Policy::Executor).contains("send it as a query"));
+        assert!(
+            refused("schema_version", Some("7"), Policy::Executor).contains("can be read, not set")
+        );
+        assert!(refused("user_version", Some("7"), Policy::Reader).contains("set it with Execute"));
+        assert!(refused("hard_heap_limit", Some("1"), Policy::Executor)
+            .starts_with("pragma hard_heap_limit is not allowed: only pragmas that read"));
+        assert!(refused("no_such_pragma", None, Policy::Reader)
+            .starts_with("pragma no_such_pragma is not allowed"));
+        assert!(pragma_rule("Table_Info", Some("t"), Policy::Executor).is_ok());
     }
 }

@@ -33,6 +33,14 @@ pub enum DbError {
     /// Anything else: I/O errors, a stopped worker thread, unexpected SQLite states.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request's deadline passed: its statement was interrupted inside SQLite (its
+    /// changes rolled back), or it never started.
+    #[error("deadline exceeded: {0}")]
+    Timeout(String),
+    /// The node refused the work at once because it is saturated (e.g. the read queue is
+    /// full); retrying later, or on another node, may succeed.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl DbError {
@@ -68,11 +76,14 @@ impl DbError {
             | DbError::PermissionDenied(m)
             | DbError::TooLarge(m)
             | DbError::Corrupt(m)
-            | DbError::Internal(m) => m,
+            | DbError::Internal(m)
+            | DbError::Timeout(m)
+            | DbError::Overloaded(m) => m,
         }
     }
 
     /// True for errors that say something about the client's request rather than the node.
+    /// A [`DbError::Timeout`] is one: the statement needed more time than its request allowed.
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
@@ -80,6 +91,7 @@ impl DbError {
                 | DbError::Constraint(_)
                 | DbError::PermissionDenied(_)
                 | DbError::TooLarge(_)
+                | DbError::Timeout(_)
         )
     }
 }

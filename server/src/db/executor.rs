@@ -15,24 +15,30 @@
 //!
 //! Client SQL is locked down (see `authorizer.rs`) and `SQLITE_DBCONFIG_DEFENSIVE` is on, so
 //! clients cannot break capture (journal mode, cache spill, transactions) or write
-//! `sqlite_dbpage` and raftlite's tables directly.
+//! `sqlite_dbpage` and raftlite's tables directly. Client statements are bounded in size and
+//! time (see `bounds.rs`): a request past its [`WriteRequest::deadline`] is interrupted inside
+//! SQLite and fails alone with [`DbError::Timeout`]. If the interrupted statement was a write,
+//! SQLite has rolled back the whole transaction; the batch is then rerun without that request,
+//! like after `RAISE(ROLLBACK)`.
 //!
 //! `VACUUM` cannot run inside a transaction. [`Executor::execute_vacuum`] uses
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
 //! result as one delta.
 
 use super::authorizer::{Lockdown, Policy};
+use super::bounds::Bounds;
 use super::capture;
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
 use super::internal;
 use super::value::{bind, Statement, StatementOutcome, WriteRequest};
+use super::DbOptions;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Request ids are remembered this long.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -105,6 +111,7 @@ fn starts_with_vacuum(sql: &str) -> bool {
 pub struct Executor {
     conn: Connection,
     lockdown: Arc<Lockdown>,
+    bounds: Bounds,
     db_path: PathBuf,
     batches_since_prune: u32,
 }
@@ -118,13 +125,13 @@ enum Attempt {
 }
 
 impl Executor {
-    /// Open the executor connection on an existing WAL database. `cache_kib` sizes its page
-    /// cache: transactions larger than that spill to the WAL (capture handles it).
-    pub fn open(path: &Path, busy_timeout: Duration, cache_kib: u32) -> Result<Executor> {
+    /// Open the executor connection on an existing WAL database. `executor_cache_kib` sizes
+    /// its page cache: transactions larger than that spill to the WAL (capture handles it).
+    pub fn open(path: &Path, options: &DbOptions) -> Result<Executor> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(busy_timeout)?;
+        conn.busy_timeout(options.busy_timeout)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{}", cache_kib.max(64)))?;
+        let bounds = Bounds::install(&mut conn, options, options.executor_cache_kib)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -136,6 +143,7 @@ impl Executor {
         Ok(Executor {
             conn,
             lockdown,
+            bounds,
             db_path: path.to_path_buf(),
             batches_since_prune: 0,
         })
@@ -270,7 +278,7 @@ impl Executor {
                 }
             }
             self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
-            match self.run_statements(&request.statements) {
+            match self.run_statements(&request.statements, request.deadline) {
                 Ok(results) => {
                     let _guard = self.lockdown.internal();
                     if !id.is_empty() {
@@ -315,25 +323,28 @@ impl Executor {
         }))
     }
 
-    /// Run one request's statements; the first error ends the request.
-    fn run_statements(&self, statements: &[Statement]) -> Result<Vec<StatementOutcome>> {
+    /// Run one request's statements; the first error ends the request. Past `deadline` the
+    /// running statement is interrupted (see `bounds.rs`).
+    fn run_statements(
+        &self,
+        statements: &[Statement],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<StatementOutcome>> {
+        let scope = self.bounds.enter(&self.conn, deadline, None)?;
+        let client_error = |e| scope.client_error(e, &self.lockdown);
         let mut results = Vec::with_capacity(statements.len());
         for statement in statements {
             self.lockdown.reset();
             let mut stmt = self
                 .conn
                 .prepare_cached(&statement.sql)
-                .map_err(|e| self.lockdown.client_error(e))?;
+                .map_err(client_error)?;
             bind(&mut stmt, &statement.params)?;
             let changes_before = self.conn.total_changes();
             {
                 // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
                 let mut rows = stmt.raw_query();
-                while rows
-                    .next()
-                    .map_err(|e| self.lockdown.client_error(e))?
-                    .is_some()
-                {}
+                while rows.next().map_err(client_error)?.is_some() {}
             }
             // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
             // statements; report 0 for statements that changed nothing.
@@ -400,6 +411,7 @@ mod tests {
     fn req(sql: &str) -> WriteRequest {
         WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::new(sql)],
         }
     }
@@ -411,6 +423,7 @@ mod tests {
         assert!(!is_vacuum(&req("VACUUM INTO 'x'")));
         assert!(!is_vacuum(&WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::new("VACUUM"), Statement::new("SELECT 1")],
         }));
         assert!(starts_with_vacuum("-- c\n /* x */ Vacuum into 'x'"));

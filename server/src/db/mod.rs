@@ -14,8 +14,9 @@
 //! Files, one job each: `value` (SQL values and requests), `error`, `delta` (the delta type
 //! and its wire codec), `capture` (changed pages of an open transaction), `apply` (writing
 //! deltas and images), `executor` (the leader's write connection), `reader` (the read pool),
-//! `snapshot` (images), `authorizer` (lock-down of client SQL), `internal` (raftlite's own
-//! tables), `worker` (SQLite on std threads, awaitable from tokio).
+//! `snapshot` (images), `authorizer` (lock-down of client SQL), `bounds` (node settings, size,
+//! memory and time bounds of client SQL), `internal` (raftlite's own tables), `worker` (SQLite
+//! on std threads, awaitable from tokio).
 //!
 //! # Key decisions and trade-offs
 //!
@@ -51,9 +52,17 @@
 //!   from the last snapshot (see `apply` and `raft::state_machine`).
 //! * **Fixed 4096-byte pages, `auto_vacuum=NONE`.** All replicas must share the page size
 //!   (checked on apply); auto-vacuum would re-run btree logic over raw-written pages.
+//! * **Clients share connections, so nothing a client sends may outlive its request or grow
+//!   without limit.** PRAGMAs are an allow-list and the SQL settings users need
+//!   (`foreign_keys`, `recursive_triggers`) are node settings, fixed at open (`authorizer`,
+//!   `bounds`). Values are capped by `max_value_bytes` (`SQLITE_LIMIT_LENGTH`), temporary data
+//!   spills to files, page caches are sized, and SQLite's process-wide heap has a last-guard
+//!   limit derived from those (`bounds`). The price: a value or row above the limit cannot be
+//!   written or read, and per-connection memory is bounded only indirectly.
 
 mod apply;
 mod authorizer;
+mod bounds;
 mod capture;
 mod delta;
 mod error;
@@ -68,6 +77,7 @@ mod worker;
 mod tests;
 
 pub use apply::{Applier, ApplyOutcome};
+pub use bounds::SQLITE_MAX_LENGTH;
 pub use delta::PageDelta;
 pub use error::{DbError, Result};
 pub use executor::{is_vacuum, ExecutedBatch, Executor, WriteOutcome};
@@ -94,6 +104,21 @@ pub struct DbOptions {
     pub busy_timeout: Duration,
     /// Page cache of the executor connection; larger transactions spill to the WAL.
     pub executor_cache_kib: u32,
+    /// Page cache of each read connection.
+    pub reader_cache_kib: u32,
+    /// Largest string, blob or row a client statement may build, bind or read
+    /// (`SQLITE_LIMIT_LENGTH`); at most [`SQLITE_MAX_LENGTH`]. See `bounds.rs`.
+    pub max_value_bytes: usize,
+    /// `PRAGMA foreign_keys` of every connection that runs client SQL. On by default: the
+    /// bundled SQLite is built with `SQLITE_DEFAULT_FOREIGN_KEYS=1`, and raftlite has always
+    /// enforced foreign keys.
+    pub foreign_keys: bool,
+    /// `PRAGMA recursive_triggers` of every connection that runs client SQL (off by default,
+    /// as in SQLite).
+    pub recursive_triggers: bool,
+    /// Set SQLite's process-wide hard heap limit to [`DbOptions::heap_limit_bytes`] when the
+    /// database opens (raised, never lowered, if the process already has a higher one).
+    pub limit_process_heap: bool,
 }
 
 impl Default for DbOptions {
@@ -102,7 +127,34 @@ impl Default for DbOptions {
             read_threads: 4,
             busy_timeout: Duration::from_secs(30),
             executor_cache_kib: 8 * 1024,
+            reader_cache_kib: 2 * 1024,
+            max_value_bytes: 64 * 1024 * 1024,
+            foreign_keys: true,
+            recursive_triggers: false,
+            limit_process_heap: false,
         }
+    }
+}
+
+/// Heap allowance, beyond page caches and client values, for everything else SQLite holds:
+/// the applier and image connections, schemas, prepared statements, lookaside.
+const HEAP_BASE_BYTES: u64 = 64 * 1024 * 1024;
+/// Maximum-size values a connection that runs client SQL may hold at once under the heap
+/// limit (a normal statement needs three: the value, its record, a copy).
+const HEAP_VALUES_PER_CONNECTION: u64 = 4;
+
+impl DbOptions {
+    /// The process-wide SQLite heap limit for these options (see `bounds.rs`): a fixed base,
+    /// the page caches, and four maximum-size values for the executor and each reader.
+    pub fn heap_limit_bytes(&self) -> u64 {
+        let threads = self.read_threads.max(1) as u64;
+        let caches = (u64::from(self.executor_cache_kib)
+            + threads * u64::from(self.reader_cache_kib))
+            * 1024;
+        let values = (threads + 1)
+            * HEAP_VALUES_PER_CONNECTION
+            * self.max_value_bytes.min(SQLITE_MAX_LENGTH) as u64;
+        HEAP_BASE_BYTES + caches + values
     }
 }
 
@@ -120,10 +172,13 @@ impl Database {
     /// briefly on file I/O; call it at startup or from `spawn_blocking`.
     pub fn open(path: impl AsRef<Path>, options: DbOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
+        if options.limit_process_heap {
+            bounds::raise_heap_limit(options.heap_limit_bytes());
+        }
         prepare_file(&path, options.busy_timeout)?;
         let applier = Applier::open(&path, options.busy_timeout)?;
         let applier = Worker::spawn("sqlite-applier", applier)?;
-        let reads = ReadPool::open(&path, options.read_threads, options.busy_timeout)?;
+        let reads = ReadPool::open(&path, &options)?;
         Ok(Database {
             path,
             options,
@@ -164,11 +219,7 @@ impl Database {
 
     /// Open the executor (leader only; one at a time) on its own thread.
     pub fn open_executor(&self) -> Result<ExecutorHandle> {
-        let executor = Executor::open(
-            &self.path,
-            self.options.busy_timeout,
-            self.options.executor_cache_kib,
-        )?;
+        let executor = Executor::open(&self.path, &self.options)?;
         Ok(ExecutorHandle {
             worker: Worker::spawn("sqlite-executor", executor)?,
         })

@@ -6,16 +6,28 @@
 //! `VACUUM INTO` or `PRAGMA wal_checkpoint` are refused). A query runs inside one read
 //! transaction — a consistent snapshot for the whole result — and hands rows to the caller
 //! through a small bounded tokio channel: a slow client slows the query down instead of
-//! making the node buffer a huge result, and a dropped receiver stops the query at the next
-//! chunk. The threads are plain std threads fed by a crossbeam channel, so tokio workers never
-//! block on SQLite.
+//! making the node buffer a huge result. The threads are plain std threads fed by a crossbeam
+//! channel, so tokio workers never block on SQLite.
+//!
+//! A query never holds its thread past its deadline, nor once nobody waits for it: the
+//! progress handler (see `bounds.rs`) interrupts it at the deadline or as soon as the
+//! receiver is dropped (even before its first row), waiting for room in the channel ends at
+//! the deadline too (a client that stops reading), and a job whose receiver was dropped while
+//! it waited in the queue is skipped.
 
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
+use super::bounds::Bounds;
+use super::bounds::Stop;
 use super::error::{DbError, Result};
 use super::value::{bind, SqlValue, Statement};
+use super::DbOptions;
 use rusqlite::{Connection, OpenFlags};
+use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Chunks buffered between a pool thread and the consumer.
@@ -47,6 +59,7 @@ struct Job {
     statement: Statement,
     max_rows: u64,
     batch_rows: usize,
+    deadline: Option<Instant>,
     chunks: mpsc::Sender<Result<QueryChunk>>,
 }
 
@@ -56,25 +69,31 @@ pub struct ReadPool {
 }
 
 impl ReadPool {
-    /// Open `threads` read-only connections on `path` (at least one).
-    pub fn open(path: &Path, threads: usize, busy_timeout: Duration) -> Result<ReadPool> {
+    /// Open `options.read_threads` read-only connections on `path` (at least one).
+    pub fn open(path: &Path, options: &DbOptions) -> Result<ReadPool> {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..threads.max(1) {
+        for i in 0..options.read_threads.max(1) {
             let mut conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
-            conn.busy_timeout(busy_timeout)?;
+            conn.busy_timeout(options.busy_timeout)?;
             conn.execute_batch("PRAGMA query_only=ON")?;
+            let bounds = Bounds::install(&mut conn, options, options.reader_cache_kib)?;
             let lockdown = Lockdown::install(&mut conn, Policy::Reader)?;
+            let reader = Reader {
+                conn,
+                lockdown,
+                bounds,
+            };
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("sqlite-read-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        run_job(&conn, &lockdown, job);
+                        reader.run(job);
                     }
                 })
                 .map_err(|e| DbError::Internal(format!("spawn read thread: {e}")))?;
@@ -87,18 +106,22 @@ impl ReadPool {
     /// Rows arrive in chunks of at most `batch_rows` rows (fewer if they are large); the last
     /// chunk has `done` set. `max_rows` = 0 means no limit; otherwise the result stops after
     /// `max_rows` rows and the last chunk has `truncated` set if more rows existed. An error
-    /// is the last item of the stream. Dropping the receiver cancels the query.
+    /// is the last item of the stream. Dropping the receiver cancels the query. Past
+    /// `deadline` the query is interrupted and, if the channel has room, the stream ends with
+    /// [`DbError::Timeout`].
     pub fn query(
         &self,
         statement: Statement,
         max_rows: u64,
         batch_rows: usize,
+        deadline: Option<Instant>,
     ) -> mpsc::Receiver<Result<QueryChunk>> {
         let (chunks, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let job = Job {
             statement,
             max_rows,
             batch_rows: batch_rows.max(1),
+            deadline,
             chunks,
         };
         if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
@@ -111,96 +134,162 @@ impl ReadPool {
     }
 }
 
-fn run_job(conn: &Connection, lockdown: &Lockdown, job: Job) {
-    let begun = {
-        let _guard = lockdown.internal();
-        conn.execute_batch("BEGIN")
-    };
-    let result = match begun {
-        Ok(()) => stream_rows(conn, lockdown, &job),
-        Err(e) => Err(DbError::from_sqlite(e)),
-    };
-    {
-        let _guard = lockdown.internal();
-        if !conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "ending a read transaction failed");
-            }
-        }
-    }
-    if let Err(e) = result {
-        // If the receiver is gone there is nobody left to tell.
-        let _ = job.chunks.blocking_send(Err(e));
-    }
+/// One pool thread's connection and what bounds it.
+struct Reader {
+    conn: Connection,
+    lockdown: Arc<Lockdown>,
+    bounds: Bounds,
 }
 
-/// Stream the rows; returns Ok when done or when the receiver went away.
-fn stream_rows(conn: &Connection, lockdown: &Lockdown, job: &Job) -> Result<()> {
-    lockdown.reset();
-    let mut stmt = conn
-        .prepare_cached(&job.statement.sql)
-        .map_err(|e| lockdown.client_error(e))?;
-    if !stmt.readonly() {
-        return Err(DbError::PermissionDenied(READ_ONLY.into()));
-    }
-    bind(&mut stmt, &job.statement.params)?;
-    let mut columns: Vec<ColumnInfo> = stmt
-        .columns()
-        .map(|c| ColumnInfo {
-            name: c.name().to_string(),
-            decl_type: c.decl_type().map(str::to_string),
-        })
-        .collect();
-    let width = columns.len();
-
-    let mut rows = stmt.raw_query();
-    let mut chunk: Vec<Vec<SqlValue>> = Vec::new();
-    let mut chunk_bytes = 0usize;
-    let mut sent: u64 = 0;
-    loop {
-        let row = rows.next().map_err(|e| lockdown.client_error(e))?;
-        let Some(row) = row else {
-            send(job, std::mem::take(&mut columns), chunk, false, true);
-            return Ok(());
+impl Reader {
+    fn run(&self, job: Job) {
+        if job.chunks.is_closed() {
+            return; // the consumer left while the job waited in the queue
+        }
+        let begun = {
+            let _guard = self.lockdown.internal();
+            self.conn.execute_batch("BEGIN")
         };
-        if job.max_rows > 0 && sent == job.max_rows {
-            send(job, std::mem::take(&mut columns), chunk, true, true);
-            return Ok(());
+        let result = match begun {
+            Ok(()) => self.stream_rows(&job),
+            Err(e) => Err(DbError::from_sqlite(e)),
+        };
+        {
+            let _guard = self.lockdown.internal();
+            if !self.conn.is_autocommit() {
+                if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::warn!(error = %e, "ending a read transaction failed");
+                }
+            }
         }
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
-            let v = SqlValue::from(row.get_ref(i)?);
-            chunk_bytes += value_size(&v);
-            values.push(v);
+        if let Err(e) = result {
+            // If the receiver is gone, or does not make room in time, nobody is left to tell.
+            let _ = send_until(&job.chunks, Err(e), job.deadline);
         }
-        chunk.push(values);
-        sent += 1;
-        if chunk.len() >= job.batch_rows || chunk_bytes >= MAX_CHUNK_BYTES {
-            let full = std::mem::take(&mut chunk);
-            chunk_bytes = 0;
-            if !send(job, std::mem::take(&mut columns), full, false, false) {
-                return Ok(());
+    }
+
+    /// Stream the rows; returns Ok when done or when the receiver went away.
+    fn stream_rows(&self, job: &Job) -> Result<()> {
+        let consumer = job.chunks.clone();
+        let scope = self.bounds.enter(
+            &self.conn,
+            job.deadline,
+            Some(Box::new(move || consumer.is_closed())),
+        )?;
+        let client_error = |e| scope.client_error(e, &self.lockdown);
+        self.lockdown.reset();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&job.statement.sql)
+            .map_err(client_error)?;
+        if !stmt.readonly() {
+            return Err(DbError::PermissionDenied(READ_ONLY.into()));
+        }
+        bind(&mut stmt, &job.statement.params)?;
+        let mut columns: Vec<ColumnInfo> = stmt
+            .columns()
+            .map(|c| ColumnInfo {
+                name: c.name().to_string(),
+                decl_type: c.decl_type().map(str::to_string),
+            })
+            .collect();
+        let width = columns.len();
+
+        let mut rows = stmt.raw_query();
+        let mut chunk: Vec<Vec<SqlValue>> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut sent: u64 = 0;
+        loop {
+            let row = rows.next().map_err(client_error)?;
+            let Some(row) = row else {
+                return send(job, std::mem::take(&mut columns), chunk, false, true);
+            };
+            if job.max_rows > 0 && sent == job.max_rows {
+                return send(job, std::mem::take(&mut columns), chunk, true, true);
+            }
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                let v = SqlValue::from(row.get_ref(i)?);
+                chunk_bytes += value_size(&v);
+                values.push(v);
+            }
+            chunk.push(values);
+            sent += 1;
+            if chunk.len() >= job.batch_rows || chunk_bytes >= MAX_CHUNK_BYTES {
+                let full = std::mem::take(&mut chunk);
+                chunk_bytes = 0;
+                send(job, std::mem::take(&mut columns), full, false, false)?;
             }
         }
     }
 }
 
-/// Send one chunk, waiting for room (backpressure). False if the receiver is gone.
+/// Send one chunk, waiting for room (backpressure) until the job's deadline. Ok if sent or
+/// if the receiver is gone (the query just ends); past the deadline, the timeout.
 fn send(
     job: &Job,
     columns: Vec<ColumnInfo>,
     rows: Vec<Vec<SqlValue>>,
     truncated: bool,
     done: bool,
-) -> bool {
-    job.chunks
-        .blocking_send(Ok(QueryChunk {
-            columns,
-            rows,
-            truncated,
-            done,
-        }))
-        .is_ok()
+) -> Result<()> {
+    let chunk = QueryChunk {
+        columns,
+        rows,
+        truncated,
+        done,
+    };
+    match send_until(&job.chunks, Ok(chunk), job.deadline) {
+        Ok(()) | Err(Stop::Cancelled) => Ok(()),
+        Err(stop) => Err(stop.error(true)),
+    }
+}
+
+/// Send `item` from a std thread, waiting for room until `deadline` (forever without one).
+/// The receiver going away ends the wait too. Needs no tokio runtime: the send future is
+/// polled here, and its waker unparks this thread.
+fn send_until<T>(
+    channel: &mpsc::Sender<T>,
+    item: T,
+    deadline: Option<Instant>,
+) -> std::result::Result<(), Stop> {
+    let item = match channel.try_send(item) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Cancelled),
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut sending = pin!(channel.send(item));
+    loop {
+        match sending.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(())) => return Ok(()),
+            Poll::Ready(Err(_)) => return Err(Stop::Cancelled),
+            Poll::Pending => match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Stop::Deadline);
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            },
+        }
+    }
+}
+
+/// Wakes a std thread parked in [`send_until`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 fn value_size(v: &SqlValue) -> usize {

@@ -20,6 +20,7 @@ fn req(id: &str, sqls: &[&str]) -> WriteRequest {
     WriteRequest {
         request_id: id.to_string(),
         statements: sqls.iter().map(|s| stmt(s)).collect(),
+        deadline: None,
     }
 }
 
@@ -332,6 +333,7 @@ async fn statement_results_report_changes_and_rowids() -> TestResult {
     let r = c
         .write(vec![WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![
                 Statement::with_params(
                     "INSERT INTO t(a) VALUES(?1), (?2)",
@@ -538,7 +540,14 @@ async fn old_request_ids_are_pruned() -> TestResult {
     let path = dir.path().join("p.db");
     prepare_file(&path, Duration::from_secs(5))?;
     let applier = Applier::open(&path, Duration::from_secs(5))?;
-    let mut executor = Executor::open(&path, Duration::from_secs(5), 1024)?;
+    let mut executor = Executor::open(
+        &path,
+        &DbOptions {
+            busy_timeout: Duration::from_secs(5),
+            executor_cache_kib: 1024,
+            ..DbOptions::default()
+        },
+    )?;
     let run = |executor: &mut Executor, batch: Vec<WriteRequest>| -> anyhow::Result<()> {
         let result = executor.execute_batch(&batch)?;
         applier.apply(&result.delta.context("delta")?)?;
@@ -629,11 +638,11 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         ("ATTACH 'other.db' AS o", "ATTACH is not allowed"),
         (
             "PRAGMA journal_mode=DELETE",
-            "PRAGMA journal_mode is not allowed",
+            "pragma journal_mode is not allowed",
         ),
         (
             "PRAGMA cache_spill=OFF",
-            "PRAGMA cache_spill is not allowed",
+            "pragma cache_spill is not allowed",
         ),
         ("BEGIN", "BEGIN is not allowed"),
         ("VACUUM INTO '/tmp/stolen.db'", "VACUUM INTO is not allowed"),
@@ -705,6 +714,7 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         .executor
         .execute_batch(vec![WriteRequest {
             request_id: String::new(),
+            deadline: None,
             statements: vec![Statement::with_params(
                 "INSERT INTO t(a) VALUES(?1)",
                 vec![],
@@ -720,6 +730,440 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
     c.write(vec![req("after", &["INSERT INTO t(a) VALUES('ok')"])])
         .await?;
     c.verify("after refusals")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pragmas_that_change_shared_state_are_refused() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&["CREATE TABLE v(x INTEGER CHECK (x > 0))"])
+        .await?;
+    // Each found against real nodes: broke every client's writes or reads, let another
+    // client's bad row commit, or claimed success while doing nothing.
+    let refused = [
+        "PRAGMA hard_heap_limit=1",
+        "PRAGMA soft_heap_limit=1",
+        "PRAGMA ignore_check_constraints=ON",
+        "PRAGMA max_page_count=1",
+        "PRAGMA schema_version=99",
+        "PRAGMA foreign_keys=OFF",
+        "PRAGMA recursive_triggers=ON",
+        "PRAGMA defer_foreign_keys=ON",
+        "PRAGMA cache_size=1000000",
+        "PRAGMA temp_store=MEMORY",
+        "PRAGMA optimize",
+        "PRAGMA integrity_check",
+        "SELECT * FROM pragma_integrity_check",
+    ];
+    for sql in refused {
+        let name = sql
+            .trim_start_matches("PRAGMA ")
+            .trim_start_matches("SELECT * FROM pragma_")
+            .split('=')
+            .next()
+            .unwrap_or_default();
+        let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
+        match failed(&result.outcomes[0])? {
+            DbError::PermissionDenied(m)
+                if m.starts_with(&format!("pragma {name} is not allowed: ")) => {}
+            other => anyhow::bail!("{sql}: expected a refusal naming {name}, got {other:?}"),
+        }
+        ensure!(result.delta.is_none(), "{sql}");
+    }
+    // Another client's CHECK-violating row is still refused in the same batch.
+    let result = c
+        .write(vec![
+            req("", &["PRAGMA ignore_check_constraints=ON"]),
+            req("", &["INSERT INTO v VALUES(-1)"]),
+            req("", &["INSERT INTO v VALUES(1)"]),
+        ])
+        .await?;
+    ensure!(matches!(
+        failed(&result.outcomes[1])?,
+        DbError::Constraint(_)
+    ));
+    executed(&result.outcomes[2])?;
+    // Reads of a few values are fine on both sides.
+    let read = c
+        .write_one(&[
+            "PRAGMA foreign_keys",
+            "SELECT * FROM pragma_table_info('v')",
+        ])
+        .await?;
+    ensure!(read.len() == 2);
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA foreign_keys"), 0, 10, None),
+    )
+    .await?;
+    ensure!(
+        chunks[0].rows == vec![vec![SqlValue::Integer(1)]],
+        "{chunks:?}"
+    );
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA quick_check"), 0, 10, None),
+    )
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Text("ok".into())]]);
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA user_version = 3"), 0, 10, None),
+    )
+    .await
+    {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::PermissionDenied(m)) if m.contains("set it with Execute")),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("a query set user_version: {chunks:?}"),
+    }
+
+    // The application's header fields are replicated data: set them like any write.
+    c.write_one(&["PRAGMA user_version = 7", "PRAGMA application_id = 42"])
+        .await?;
+    c.verify("user_version")?;
+    for path in [c.leader.path(), c.follower.path()] {
+        let conn = Connection::open(path)?;
+        let got: (i64, i64) = conn.query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT application_id FROM pragma_application_id)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        ensure!(got == (7, 42), "{}: {got:?}", path.display());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn temp_objects_are_refused_on_the_executor() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    for sql in [
+        "CREATE TEMP TABLE t(x)",
+        "CREATE TEMPORARY VIEW w AS SELECT 1",
+        "CREATE TEMP TRIGGER tr AFTER INSERT ON main.t BEGIN DELETE FROM main.t; END",
+    ] {
+        let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
+        ensure!(
+            matches!(failed(&result.outcomes[0])?, DbError::PermissionDenied(m) if m.starts_with("temporary tables")),
+            "{sql}: {:?}",
+            result.outcomes
+        );
+    }
+    // so a later request in the batch still writes the replicated table
+    c.write(vec![
+        req("", &["CREATE TEMP TABLE t(a, b)"]),
+        req("", &["INSERT INTO t(a) VALUES('kept')"]),
+    ])
+    .await?;
+    c.verify("after temp refusals")?;
+    ensure!(count(&Connection::open(c.follower.path())?, "t")? == 1);
+    Ok(())
+}
+
+fn too_large(e: &DbError, limit: usize) -> bool {
+    matches!(e, DbError::TooLarge(m)
+        if m.contains("string or blob too big") && m.contains(&format!("limit is {limit} bytes")))
+}
+
+#[tokio::test]
+async fn values_over_the_limit_fail_alone() -> TestResult {
+    const LIMIT: usize = 64 * 1024;
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_value_bytes: LIMIT,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let over = LIMIT + 1;
+    let result = c
+        .write(vec![
+            req("", &[&format!("INSERT INTO t(b) VALUES(zeroblob({over}))")]),
+            req(
+                "",
+                &[&format!(
+                    "INSERT INTO t(a) VALUES(length(randomblob({over})))"
+                )],
+            ),
+            req(
+                "",
+                &[&format!(
+                    "INSERT INTO t(a) VALUES(hex(zeroblob({})) || 'x')",
+                    LIMIT / 2
+                )],
+            ),
+            req(
+                "",
+                // the row, header included, must fit too
+                &[&format!(
+                    "INSERT INTO t(b) VALUES(zeroblob({}))",
+                    LIMIT - 64
+                )],
+            ),
+        ])
+        .await?;
+    for outcome in &result.outcomes[..3] {
+        ensure!(too_large(failed(outcome)?, LIMIT), "{outcome:?}");
+    }
+    executed(&result.outcomes[3])?;
+    c.verify("after oversized values")?;
+
+    // a bound parameter over the limit, and a query building one
+    let big = WriteRequest {
+        request_id: String::new(),
+        deadline: None,
+        statements: vec![Statement::with_params(
+            "INSERT INTO t(b) VALUES(?1)",
+            vec![SqlValue::Blob(vec![0; over])],
+        )],
+    };
+    let result = c.executor.execute_batch(vec![big]).await?;
+    ensure!(matches!(failed(&result.outcomes[0])?, DbError::TooLarge(_)));
+    match collect(c.leader.reads().query(
+        stmt(&format!("SELECT length(randomblob({over}))")),
+        0,
+        10,
+        None,
+    ))
+    .await
+    {
+        Err(e) => ensure!(
+            e.downcast_ref::<DbError>()
+                .is_some_and(|e| too_large(e, LIMIT)),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("an oversized value was built: {chunks:?}"),
+    }
+    // the stored maximum-size value reads back, and the reader keeps serving
+    let chunks = collect(c.leader.reads().query(
+        stmt("SELECT length(b) FROM t WHERE b IS NOT NULL"),
+        0,
+        10,
+        None,
+    ))
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(LIMIT as i64 - 64)]]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tiny_value_limit_does_not_bind_raftlites_own_statements() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_value_bytes: 1024,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    // 4 KiB pages are captured, a 1.6 KiB result record is stored for the request id
+    let many: Vec<String> = (0..100)
+        .map(|i| format!("INSERT INTO t(a) VALUES('{i}')"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let result = c.write(vec![req("many", &many)]).await?;
+    ensure!(executed(&result.outcomes[0])?.len() == 100);
+    let again = c.executor.execute_batch(vec![req("many", &many)]).await?;
+    ensure!(matches!(&again.outcomes[0], WriteOutcome::Duplicate(r) if r.len() == 100));
+    c.write_one(&[&insert_rows(500, 1)]).await?;
+    c.verify("tiny value limit")?;
+    let result = c.executor.execute_vacuum().await?;
+    ensure!(result.delta.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreign_keys_and_recursive_triggers_are_node_settings() -> TestResult {
+    const SCHEMA: &[&str] = &[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE child(parent INTEGER REFERENCES parent(id))",
+        "CREATE TABLE countdown(n INTEGER)",
+        "CREATE TRIGGER down AFTER INSERT ON countdown WHEN new.n > 0
+         BEGIN INSERT INTO countdown VALUES(new.n - 1); END",
+    ];
+    // defaults: foreign keys enforced, triggers not recursive
+    let c = Cluster::new()?;
+    c.write_one(SCHEMA).await?;
+    let result = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO child VALUES(7)"])])
+        .await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::Constraint(m) if m.contains("FOREIGN KEY"))
+    );
+    c.write_one(&["INSERT INTO countdown VALUES(3)"]).await?;
+    ensure!(count(&Connection::open(c.leader.path())?, "countdown")? == 2);
+
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        foreign_keys: false,
+        recursive_triggers: true,
+        ..DbOptions::default()
+    })?;
+    c.reference
+        .execute_batch("PRAGMA foreign_keys = OFF; PRAGMA recursive_triggers = ON")?;
+    c.write_one(SCHEMA).await?;
+    c.write_one(&[
+        "INSERT INTO child VALUES(7)",
+        "INSERT INTO countdown VALUES(3)",
+    ])
+    .await?;
+    let leader = Connection::open(c.leader.path())?;
+    ensure!(count(&leader, "child")? == 1 && count(&leader, "countdown")? == 4);
+    let chunks = collect(c.leader.reads().query(
+        stmt("SELECT * FROM pragma_foreign_keys, pragma_recursive_triggers"),
+        0,
+        10,
+        None,
+    ))
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0), SqlValue::Integer(1)]]);
+    Ok(())
+}
+
+#[test]
+fn heap_limit_covers_caches_and_values_and_is_only_raised() {
+    let options = DbOptions {
+        read_threads: 4,
+        max_value_bytes: 16 << 20,
+        ..DbOptions::default()
+    };
+    // 64 MiB base + 8 MiB executor cache + 4 x 2 MiB reader caches + 5 connections x 4 x 16 MiB
+    assert_eq!(options.heap_limit_bytes(), (64 + 8 + 8 + 320) << 20);
+    let high = 1 << 40;
+    assert_eq!(bounds::raise_heap_limit(high), high);
+    assert_eq!(
+        bounds::raise_heap_limit(options.heap_limit_bytes()),
+        high,
+        "never lowered"
+    );
+}
+
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+/// Guards a test against hanging forever if an interrupt never lands; not a timing assertion.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn soon(ms: u64) -> Option<std::time::Instant> {
+    Some(std::time::Instant::now() + Duration::from_millis(ms))
+}
+
+fn with_deadline(mut request: WriteRequest, deadline: Option<std::time::Instant>) -> WriteRequest {
+    request.deadline = deadline;
+    request
+}
+
+fn is_timeout(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<DbError>(), Some(DbError::Timeout(_)))
+}
+
+#[tokio::test]
+async fn endless_write_is_interrupted_and_fails_alone() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let endless_insert = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)
+                          INSERT INTO t(a) SELECT x FROM c";
+    // A read-only statement: only its savepoint is rolled back.
+    let batch = vec![
+        req("", &["INSERT INTO t(a) VALUES('before')"]),
+        with_deadline(req("", &[ENDLESS]), soon(200)),
+        req("", &["INSERT INTO t(a) VALUES('after')"]),
+    ];
+    let result = tokio::time::timeout(HANG_GUARD, c.write(batch)).await??;
+    executed(&result.outcomes[0])?;
+    ensure!(
+        matches!(failed(&result.outcomes[1])?, DbError::Timeout(m) if m.contains("interrupted")),
+        "{:?}",
+        result.outcomes[1]
+    );
+    executed(&result.outcomes[2])?;
+    // A write: SQLite rolls back the whole transaction; the batch reruns without it.
+    let batch = vec![
+        req("", &["INSERT INTO t(a) VALUES('before 2')"]),
+        with_deadline(req("", &[endless_insert]), soon(200)),
+        req("", &["INSERT INTO t(a) VALUES('after 2')"]),
+        with_deadline(req("", &["INSERT INTO t(a) VALUES('late')"]), soon(0)),
+    ];
+    let result = tokio::time::timeout(HANG_GUARD, c.write(batch)).await??;
+    for (i, expected) in [(1, "interrupted"), (3, "before it could run")] {
+        match failed(&result.outcomes[i])? {
+            DbError::Timeout(m) if m.contains(expected) => {}
+            other => anyhow::bail!("request {i}: {other:?}"),
+        }
+    }
+    executed(&result.outcomes[0])?;
+    executed(&result.outcomes[2])?;
+    c.verify("after interrupted writes")?;
+    ensure!(count(&Connection::open(c.follower.path())?, "t")? == 4);
+    // the executor's connection is not left interrupted
+    c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn endless_query_is_interrupted_at_its_deadline() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    let reads = c.leader.reads();
+    let result = tokio::time::timeout(
+        HANG_GUARD,
+        collect(reads.query(stmt(ENDLESS), 0, 10, soon(200))),
+    )
+    .await?;
+    match result {
+        Err(e) => ensure!(is_timeout(&e), "{e}"),
+        Ok(chunks) => anyhow::bail!("an endless query ended: {chunks:?}"),
+    }
+    // the only read thread is free again
+    let chunks = collect(reads.query(stmt("SELECT 1"), 0, 10, soon(10_000))).await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(1)]]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_query_nobody_waits_for_stops() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&["CREATE TABLE n(id INTEGER PRIMARY KEY, label TEXT)"])
+        .await?;
+    c.write_one(&[
+        "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 20000)
+         INSERT INTO n(label) SELECT printf('%0100d', v) FROM s",
+    ])
+    .await?;
+    let reads = c.leader.reads();
+
+    // dropped before its first row (no deadline): the progress handler notices
+    let running = reads.query(stmt(ENDLESS), 0, 10, None);
+    // queued behind it and dropped: skipped
+    drop(reads.query(stmt(ENDLESS), 0, 10, None));
+    drop(running);
+    let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
+    let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(20_000)]]);
+
+    // a client that stops reading holds the thread only until the deadline
+    let mut stalled = reads.query(stmt("SELECT * FROM n"), 0, 10, soon(300));
+    ensure!(stalled.recv().await.is_some());
+    let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
+    let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(20_000)]]);
+    // what the stalled client gets: the chunks that fit, then the end of the stream
+    let mut rows = 10;
+    while let Some(chunk) = stalled.recv().await {
+        match chunk {
+            Ok(chunk) => rows += chunk.rows.len(),
+            Err(e) => ensure!(matches!(e, DbError::Timeout(_)), "{e}"),
+        }
+    }
+    ensure!(rows < 20_000, "the stalled query ran to the end");
     Ok(())
 }
 
@@ -744,15 +1188,12 @@ async fn read_pool_refuses_writes() -> TestResult {
             "VACUUM INTO '/tmp/raftlite-should-not-exist.db'",
             READ_ONLY_MESSAGE,
         ),
-        (
-            "PRAGMA query_only=OFF",
-            "PRAGMA query_only is not allowed in a query",
-        ),
+        ("PRAGMA query_only=OFF", "pragma query_only is not allowed"),
         ("BEGIN", "transaction control is not allowed"),
         ("ATTACH 'x.db' AS x", "ATTACH is not allowed"),
     ];
     for (sql, expected) in refused {
-        match collect(c.leader.reads().query(stmt(sql), 0, 10)).await {
+        match collect(c.leader.reads().query(stmt(sql), 0, 10, None)).await {
             Err(e) => match e.downcast_ref::<DbError>() {
                 Some(DbError::PermissionDenied(m)) if m.contains(expected) => {}
                 other => anyhow::bail!("{sql}: {other:?}"),
@@ -760,9 +1201,20 @@ async fn read_pool_refuses_writes() -> TestResult {
             Ok(chunks) => anyhow::bail!("{sql}: succeeded with {chunks:?}"),
         }
     }
-    let chunks = collect(c.leader.reads().query(stmt("PRAGMA table_info(t)"), 0, 10)).await?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA table_info(t)"), 0, 10, None),
+    )
+    .await?;
     ensure!(chunks.iter().map(|ch| ch.rows.len()).sum::<usize>() == 3);
-    match collect(c.leader.reads().query(stmt("SELECT * FROM nope"), 0, 10)).await {
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT * FROM nope"), 0, 10, None),
+    )
+    .await
+    {
         Err(e) => ensure!(matches!(
             e.downcast_ref::<DbError>(),
             Some(DbError::InvalidArgument(_))
@@ -791,6 +1243,7 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
         stmt("SELECT id, label, id * 2 AS twice FROM n ORDER BY id"),
         0,
         1000,
+        None,
     );
     let mut total = 0usize;
     let mut chunks = 0usize;
@@ -826,19 +1279,20 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
     );
 
     // max_rows cuts the result short and says so
-    let chunks = collect(reads.query(stmt("SELECT id FROM n"), 2500, 1000)).await?;
+    let chunks = collect(reads.query(stmt("SELECT id FROM n"), 2500, 1000, None)).await?;
     let sizes: Vec<usize> = chunks.iter().map(|ch| ch.rows.len()).collect();
     ensure!(sizes.iter().sum::<usize>() == 2500, "{sizes:?}");
     let last = chunks.last().context("no chunks")?;
     ensure!(last.truncated && last.done);
-    let exact = collect(reads.query(stmt("SELECT id FROM n WHERE id <= 10"), 10, 1000)).await?;
+    let exact =
+        collect(reads.query(stmt("SELECT id FROM n WHERE id <= 10"), 10, 1000, None)).await?;
     ensure!(exact.len() == 1 && exact[0].rows.len() == 10 && !exact[0].truncated);
 
     // a dropped receiver stops the query; the (single) pool thread serves the next one
-    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10);
+    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10, None);
     let _first = rx.recv().await;
     drop(rx);
-    let chunks = collect(reads.query(stmt("SELECT count(*) FROM n"), 0, 10)).await?;
+    let chunks = collect(reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None)).await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(100_000)]]);
     Ok(())
 }
@@ -903,7 +1357,7 @@ async fn fresh_database_serves_reads_and_images() -> TestResult {
     let db = Database::open(dir.path().join("new.db"), DbOptions::default())?;
     let chunks = collect(
         db.reads()
-            .query(stmt("SELECT count(*) FROM sqlite_schema"), 0, 10),
+            .query(stmt("SELECT count(*) FROM sqlite_schema"), 0, 10, None),
     )
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(0)]]);

@@ -87,10 +87,15 @@ impl Statement {
 
 /// A client write: its statements run atomically, in order. `request_id` deduplicates
 /// retries; an empty id disables deduplication.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WriteRequest {
     pub request_id: String,
     pub statements: Vec<Statement>,
+    /// When the client stops waiting: a statement still running then is interrupted and the
+    /// request fails with [`DbError::Timeout`] (alone; the rest of its batch goes on). Local to
+    /// this node, never serialized: a forwarded request carries its deadline in its RPC.
+    #[serde(skip)]
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Result of one executed write statement.

@@ -104,6 +104,7 @@ pub fn write_request_from_proto(r: v1::ExecuteRequest) -> Result<WriteRequest, S
     Ok(WriteRequest {
         request_id: r.request_id,
         statements,
+        deadline: None,
     })
 }
 
@@ -216,6 +217,8 @@ pub fn db_error_to_status(e: DbError) -> Status {
         DbError::TooLarge(m) => Status::resource_exhausted(m),
         DbError::Corrupt(m) => Status::internal(m),
         DbError::Internal(m) => Status::internal(m),
+        DbError::Timeout(m) => Status::deadline_exceeded(m),
+        DbError::Overloaded(m) => Status::resource_exhausted(m),
     }
 }
 

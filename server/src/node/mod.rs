@@ -19,7 +19,7 @@ pub use write_path::WriteReply;
 
 use crate::cluster::identity::ClusterIdentity;
 use crate::config::Config;
-use crate::db::{Database, DbOptions, WriteRequest};
+use crate::db::{Database, WriteRequest};
 use crate::peer::network::Network;
 use crate::peer::{Dialer, PeerClient};
 use crate::raft::log_store::LogStore;
@@ -92,14 +92,8 @@ impl Node {
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
         let db = Arc::new(
-            Database::open(
-                config.data_dir.join("db.sqlite"),
-                DbOptions {
-                    read_threads: config.read_threads,
-                    ..Default::default()
-                },
-            )
-            .context("open database")?,
+            Database::open(config.data_dir.join("db.sqlite"), config.db_options())
+                .context("open database")?,
         );
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let state_machine = StateMachine::open(

@@ -97,7 +97,10 @@ impl Node {
         let applied = inner.applied_index();
         Ok((
             applied,
-            inner.db.reads().query(statement, max_rows, BATCH_ROWS),
+            inner
+                .db
+                .reads()
+                .query(statement, max_rows, BATCH_ROWS, None),
         ))
     }
 

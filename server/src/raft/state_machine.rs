@@ -515,6 +515,7 @@ mod tests {
             let request = WriteRequest {
                 request_id: String::new(),
                 statements: vec![Statement::new(sql)],
+                deadline: None,
             };
             let batch = executor
                 .execute_batch(vec![request])
