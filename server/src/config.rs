@@ -134,6 +134,18 @@ pub mod defaults {
         1024
     }
 
+    /// Default `statement_timeout_ms`: a write statement holds the one executor (every other
+    /// write waits), so it gets seconds, not the request's 30.
+    pub fn default_statement_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// Default `max_delta_bytes`: the pages one group commit may change, 64 MiB — one Raft
+    /// entry, well inside a peer message (256 MiB).
+    pub fn default_max_delta_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+
     /// Default `max_value_bytes`: 64 MiB, so that a value fits a Raft entry with room to
     /// spare.
     pub fn default_max_value_bytes() -> usize {
@@ -439,6 +451,21 @@ settings! {
     max_batch_requests: usize =
         MAX_BATCH_REQUESTS("--max-batch-requests", "RAFTLITE_MAX_BATCH_REQUESTS", "N");
 
+    /// Longest a client statement may run, in milliseconds; a shorter client deadline wins.
+    /// Past it the statement is interrupted inside SQLite and its request answers
+    /// DEADLINE_EXCEEDED [default: 5000].
+    statement_timeout_ms: u64 = STATEMENT_TIMEOUT_MS(
+        "--statement-timeout-ms",
+        "RAFTLITE_STATEMENT_TIMEOUT_MS",
+        "MS"
+    );
+
+    /// Most bytes of pages one write request (or group commit) may change; a request over it
+    /// is refused alone with RESOURCE_EXHAUSTED and never proposed. At least 1048576, at most
+    /// 134217728 (half a peer message) [default: 67108864 (64 MiB)].
+    max_delta_bytes: usize =
+        MAX_DELTA_BYTES("--max-delta-bytes", "RAFTLITE_MAX_DELTA_BYTES", "BYTES");
+
     /// Largest string, blob or row a statement may build, bind or read, in bytes; bigger ones
     /// fail with RESOURCE_EXHAUSTED. Also sizes SQLite's heap limit. At least 1024, at most
     /// 1000000000 [default: 67108864 (64 MiB)].
@@ -574,6 +601,10 @@ pub struct Config {
     pub read_threads: usize,
     /// Group-commit cap, ≥ 1.
     pub max_batch_requests: usize,
+    /// Longest a client statement runs (a shorter client deadline wins).
+    pub statement_timeout: Duration,
+    /// Most page bytes of one proposed delta.
+    pub max_delta_bytes: usize,
     /// Largest value (string, blob, row) of a statement, in `MIN_VALUE_BYTES..=1e9`.
     pub max_value_bytes: usize,
     /// `PRAGMA foreign_keys` of every connection that runs client SQL.
@@ -1218,6 +1249,24 @@ impl FileConfig {
             return Err(invalid(&MAX_BATCH_REQUESTS, "must be at least 1"));
         }
 
+        let statement_timeout_ms = self
+            .statement_timeout_ms
+            .unwrap_or_else(default_statement_timeout_ms);
+        if statement_timeout_ms == 0 {
+            return Err(invalid(&STATEMENT_TIMEOUT_MS, "must be at least 1"));
+        }
+        let max_delta_bytes = self.max_delta_bytes.unwrap_or_else(default_max_delta_bytes);
+        let max_delta_limit = crate::peer::PEER_MESSAGE_LIMIT / 2;
+        if !((1 << 20)..=max_delta_limit).contains(&max_delta_bytes) {
+            return Err(invalid(
+                &MAX_DELTA_BYTES,
+                format!(
+                    "{max_delta_bytes} is outside 1048576..={max_delta_limit} (1 MiB to half a \
+                     peer message: every delta must fit the Raft entry a follower accepts)"
+                ),
+            ));
+        }
+
         let max_value_bytes = self.max_value_bytes.unwrap_or_else(default_max_value_bytes);
         let max_value_limit = crate::db::SQLITE_MAX_LENGTH;
         if !(MIN_VALUE_BYTES..=max_value_limit).contains(&max_value_bytes) {
@@ -1310,6 +1359,8 @@ impl FileConfig {
                 .unwrap_or_else(|| default_auto_resync(tls.is_some())),
             read_threads,
             max_batch_requests,
+            statement_timeout: Duration::from_millis(statement_timeout_ms),
+            max_delta_bytes,
             max_value_bytes,
             foreign_keys: self.foreign_keys.unwrap_or_else(default_foreign_keys),
             recursive_triggers: self

@@ -40,6 +40,19 @@ fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
     }
 }
 
+/// When a statement must stop: after `limit`, or earlier if the client's deadline
+/// (`grpc-timeout`) is shorter.
+pub(crate) fn statement_deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    limit: std::time::Duration,
+) -> std::time::Instant {
+    let budget = match super::limits::grpc_timeout(metadata.as_ref()) {
+        Some(client) if client < limit => client,
+        _ => limit,
+    };
+    std::time::Instant::now() + budget
+}
+
 pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
     if len > limit {
         return Err(Status::resource_exhausted(format!(
@@ -65,7 +78,10 @@ impl Sql for SqlService {
         crate::telemetry::continue_trace(&span, request.metadata());
         async move {
             check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
-            let write = write_request_from_proto(request.into_inner())?;
+            let deadline =
+                statement_deadline(request.metadata(), self.node.config().statement_timeout);
+            let mut write = write_request_from_proto(request.into_inner())?;
+            write.deadline = Some(deadline);
             let reply = self
                 .node
                 .execute(write, false)
@@ -84,6 +100,9 @@ impl Sql for SqlService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
+        // A query (and the stream of its rows) gets the request's time, not a write
+        // statement's: it holds a read thread, never the executor.
+        let deadline = statement_deadline(request.metadata(), self.node.config().request_timeout);
         let request = request.into_inner();
         let statement = statement_from_proto(
             request
@@ -94,7 +113,7 @@ impl Sql for SqlService {
         let started = std::time::Instant::now();
         let (applied, mut rows) = self
             .node
-            .query(statement, consistency, request.max_rows)
+            .query(statement, consistency, request.max_rows, deadline)
             .await
             .map_err(node_error_to_status)?;
         // The first chunk decides whether the statement is valid: its error is the call's status.
@@ -107,8 +126,10 @@ impl Sql for SqlService {
         let node = self.node.clone();
         tokio::spawn(async move {
             let mut done = first.done;
-            if tx.send(Ok(chunk_to_proto(first, applied))).await.is_err() {
-                return;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, tx.send(Ok(chunk_to_proto(first, applied)))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
             while !done {
                 let msg = match rows.recv().await {
@@ -125,8 +146,12 @@ impl Sql for SqlService {
                         Err(Status::internal("the query stopped unexpectedly"))
                     }
                 };
-                if tx.send(msg).await.is_err() {
-                    return;
+                // A client that stops reading: past the deadline the stream ends and the
+                // query (waiting for room on its channel) stops.
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match tokio::time::timeout(left, tx.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return,
                 }
             }
             node.record_read(consistency, started.elapsed());

@@ -59,6 +59,7 @@ impl Node {
         statement: Statement,
         consistency: ReadConsistency,
         max_rows: u64,
+        deadline: std::time::Instant,
     ) -> Result<(u64, mpsc::Receiver<Result<QueryChunk, DbError>>), NodeError> {
         let inner = &self.inner;
         match consistency {
@@ -100,7 +101,7 @@ impl Node {
             inner
                 .db
                 .reads()
-                .query(statement, max_rows, BATCH_ROWS, None),
+                .query(statement, max_rows, BATCH_ROWS, Some(deadline)),
         ))
     }
 

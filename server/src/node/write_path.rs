@@ -117,16 +117,33 @@ async fn commit_batch(
         }
     };
     let executed_us = started.elapsed().as_micros() as u64;
-    let committed: Result<u64, NodeError> = match delta {
+    let encoded = delta.map(|d| (d.base_version, Bytes::from(d.encode())));
+    let limit = node.config.max_delta_bytes;
+    if let Some(size) = encoded.as_ref().map(|(_, b)| b.len()).filter(|s| *s > limit) {
+        if batch.len() > 1 {
+            // Which request made it this large is unknown: run each alone (nothing was
+            // committed), so only the one over the limit fails.
+            tracing::info!(size, limit, requests = batch.len(), "group commit over max_delta_bytes: running its requests one by one");
+            for w in batch {
+                Box::pin(commit_batch(node, executor, vec![w], vacuum)).await;
+            }
+        } else {
+            for w in batch {
+                let _ = w.reply.send(Err(NodeError::TooLarge(format!(
+                    "the write changes {size} bytes of pages, over the limit of {limit} bytes \
+                     (max_delta_bytes); split it into smaller transactions"
+                ))));
+            }
+        }
+        return;
+    }
+    let committed: Result<u64, NodeError> = match encoded {
         None => Ok(node.applied_index()),
-        Some(delta) => {
+        Some((base_version, bytes)) => {
             // The leader's apply of this delta joins the batch's trace (see `ApplySpans`).
-            let base_version = delta.base_version;
             let span = tracing::info_span!("raft.propose", base_version);
             node.apply_spans.register(base_version, span.clone());
-            let committed = propose(node, Bytes::from(delta.encode()))
-                .instrument(span)
-                .await;
+            let committed = propose(node, bytes).instrument(span).await;
             node.apply_spans.forget(base_version);
             committed
         }

@@ -345,8 +345,13 @@ impl Peer for PeerService {
                  (max_request_bytes)"
             )));
         }
+        let deadline = crate::grpc::sql::statement_deadline(
+            request.metadata(),
+            self.node.config().statement_timeout,
+        );
         async move {
-            let write = write_request_from_proto(request.into_inner())?;
+            let mut write = write_request_from_proto(request.into_inner())?;
+            write.deadline = Some(deadline);
             let reply = self
                 .node
                 .execute(write, true)
