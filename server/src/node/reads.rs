@@ -100,7 +100,7 @@ impl Node {
             inner
                 .db
                 .reads()
-                .query(statement, max_rows, BATCH_ROWS, None),
+                .query(statement, max_rows, BATCH_ROWS, None)?,
         ))
     }
 
