@@ -81,7 +81,7 @@ pub use bounds::SQLITE_MAX_LENGTH;
 pub use delta::PageDelta;
 pub use error::{DbError, Result};
 pub use executor::{is_vacuum, ExecutedBatch, Executor, WriteOutcome};
-pub use reader::{ColumnInfo, QueryChunk, ReadPool};
+pub use reader::{ColumnInfo, QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
 pub use snapshot::{build_image, dump_pages, ImageInfo};
 pub use value::{Params, SqlValue, Statement, StatementOutcome, WriteRequest};
 

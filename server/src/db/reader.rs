@@ -14,6 +14,12 @@
 //! receiver is dropped (even before its first row), waiting for room in the channel ends at
 //! the deadline too (a client that stops reading), and a job whose receiver was dropped while
 //! it waited in the queue is skipped.
+//!
+//! Admission is bounded: at most [`QUEUED_JOBS_PER_THREAD`] jobs per thread wait in the
+//! queue; past that [`ReadPool::query`] refuses at once with [`DbError::Overloaded`] instead
+//! of letting work pile up that would time out anyway. [`ReadPool::stuck_threads`] counts
+//! threads still busy with a job past its deadline (normally none: the interrupt lands within
+//! microseconds), which tells readiness whether the node can serve reads at all.
 
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
 use super::bounds::Bounds;
@@ -25,6 +31,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::future::Future;
 use std::path::Path;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -32,6 +39,8 @@ use tokio::sync::mpsc;
 
 /// Chunks buffered between a pool thread and the consumer.
 const CHANNEL_CHUNKS: usize = 2;
+/// Jobs that may wait in the queue, per read thread.
+pub const QUEUED_JOBS_PER_THREAD: usize = 4;
 /// A chunk is sent early once its values reach about this many bytes, whatever `batch_rows`.
 const MAX_CHUNK_BYTES: usize = 1 << 20;
 
@@ -66,13 +75,16 @@ struct Job {
 /// A pool of read-only connections on their own threads.
 pub struct ReadPool {
     jobs: crossbeam_channel::Sender<Job>,
+    busy: Arc<BusyThreads>,
 }
 
 impl ReadPool {
     /// Open `options.read_threads` read-only connections on `path` (at least one).
     pub fn open(path: &Path, options: &DbOptions) -> Result<ReadPool> {
-        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..options.read_threads.max(1) {
+        let threads = options.read_threads.max(1);
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(threads * QUEUED_JOBS_PER_THREAD);
+        let busy = Arc::new(BusyThreads::new(threads));
+        for i in 0..threads {
             let mut conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -89,16 +101,42 @@ impl ReadPool {
                 bounds,
             };
             let rx = rx.clone();
+            let busy = Arc::clone(&busy);
             std::thread::Builder::new()
                 .name(format!("sqlite-read-{i}"))
                 .spawn(move || {
                     for job in rx {
+                        let _busy = busy.start(i, job.deadline);
                         reader.run(job);
                     }
                 })
                 .map_err(|e| DbError::Internal(format!("spawn read thread: {e}")))?;
         }
-        Ok(ReadPool { jobs })
+        Ok(ReadPool { jobs, busy })
+    }
+
+    /// Read threads (and connections) of the pool.
+    pub fn threads(&self) -> usize {
+        self.busy.slots.len()
+    }
+
+    /// Threads running a job right now.
+    pub fn busy_threads(&self) -> usize {
+        self.busy.count(|slot| slot != IDLE)
+    }
+
+    /// Threads still running a job whose deadline is before `now`: the interrupt has not
+    /// landed (a lock wait, a long single step). When all threads are stuck, the node cannot
+    /// serve reads. Pass a `now` a little in the past to allow for the interrupt's latency.
+    pub fn stuck_threads(&self, now: Instant) -> usize {
+        let now = self.busy.offset(now);
+        self.busy
+            .count(|slot| slot != IDLE && slot != NO_DEADLINE && slot - 1 < now)
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
     }
 
     /// Run a read-only statement on a pool thread and stream its rows.
@@ -109,13 +147,15 @@ impl ReadPool {
     /// is the last item of the stream. Dropping the receiver cancels the query. Past
     /// `deadline` the query is interrupted and, if the channel has room, the stream ends with
     /// [`DbError::Timeout`].
+    ///
+    /// Fails at once, running nothing, with [`DbError::Overloaded`] when the queue is full.
     pub fn query(
         &self,
         statement: Statement,
         max_rows: u64,
         batch_rows: usize,
         deadline: Option<Instant>,
-    ) -> mpsc::Receiver<Result<QueryChunk>> {
+    ) -> Result<mpsc::Receiver<Result<QueryChunk>>> {
         let (chunks, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let job = Job {
             statement,
@@ -124,13 +164,67 @@ impl ReadPool {
             deadline,
             chunks,
         };
-        if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
-            // The channel has room: nothing was sent on it yet.
-            let _ = job
-                .chunks
-                .try_send(Err(DbError::Internal("read pool has stopped".into())));
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Err(DbError::Overloaded(format!(
+                "{} queries already wait for this node's {} read threads; retry later or \
+                 on another node",
+                self.queued(),
+                self.threads()
+            ))),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                Err(DbError::Internal("read pool has stopped".into()))
+            }
         }
-        rx
+    }
+}
+
+/// `BusyThreads` slot of an idle thread.
+const IDLE: u64 = 0;
+/// `BusyThreads` slot of a thread running a job without a deadline.
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// What each pool thread is doing, readable without locks: idle, busy without a deadline,
+/// or busy with a job due at `epoch` + (slot - 1) nanoseconds.
+struct BusyThreads {
+    epoch: Instant,
+    slots: Vec<AtomicU64>,
+}
+
+impl BusyThreads {
+    fn new(threads: usize) -> BusyThreads {
+        BusyThreads {
+            epoch: Instant::now(),
+            slots: (0..threads).map(|_| AtomicU64::new(IDLE)).collect(),
+        }
+    }
+
+    fn offset(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(NO_DEADLINE - 2)
+            .min(NO_DEADLINE - 2)
+    }
+
+    /// Mark thread `i` busy until the returned guard drops.
+    fn start(&self, i: usize, deadline: Option<Instant>) -> BusyGuard<'_> {
+        let slot = deadline.map_or(NO_DEADLINE, |d| self.offset(d) + 1);
+        self.slots[i].store(slot, Ordering::Relaxed);
+        BusyGuard(&self.slots[i])
+    }
+
+    fn count(&self, pred: impl Fn(u64) -> bool) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| pred(s.load(Ordering::Relaxed)))
+            .count()
+    }
+}
+
+struct BusyGuard<'a>(&'a AtomicU64);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(IDLE, Ordering::Relaxed);
     }
 }
 

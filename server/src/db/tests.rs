@@ -1141,16 +1141,16 @@ async fn a_query_nobody_waits_for_stops() -> TestResult {
     let reads = c.leader.reads();
 
     // dropped before its first row (no deadline): the progress handler notices
-    let running = reads.query(stmt(ENDLESS), 0, 10, None);
+    let running = reads.query(stmt(ENDLESS), 0, 10, None)?;
     // queued behind it and dropped: skipped
-    drop(reads.query(stmt(ENDLESS), 0, 10, None));
+    drop(reads.query(stmt(ENDLESS), 0, 10, None)?);
     drop(running);
     let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
     let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(20_000)]]);
 
     // a client that stops reading holds the thread only until the deadline
-    let mut stalled = reads.query(stmt("SELECT * FROM n"), 0, 10, soon(300));
+    let mut stalled = reads.query(stmt("SELECT * FROM n"), 0, 10, soon(300))?;
     ensure!(stalled.recv().await.is_some());
     let next = reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None);
     let chunks = tokio::time::timeout(HANG_GUARD, collect(next)).await??;
@@ -1167,9 +1167,80 @@ async fn a_query_nobody_waits_for_stops() -> TestResult {
     Ok(())
 }
 
+/// Wait until `n` read threads run a job (the queue hands jobs over asynchronously).
+async fn wait_busy(reads: &ReadPool, n: usize) -> TestResult {
+    tokio::time::timeout(HANG_GUARD, async {
+        while reads.busy_threads() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_read_queue_refuses_at_once() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    let reads = c.leader.reads();
+    let running = reads.query(stmt(ENDLESS), 0, 10, None)?;
+    wait_busy(reads, 1).await?;
+    let queued: Vec<_> = (0..QUEUED_JOBS_PER_THREAD)
+        .map(|_| reads.query(stmt("SELECT 1"), 0, 10, None))
+        .collect::<Result<_>>()?;
+    ensure!(reads.queued() == QUEUED_JOBS_PER_THREAD);
+    match reads.query(stmt("SELECT 1"), 0, 10, None) {
+        Err(DbError::Overloaded(m)) => {
+            ensure!(
+                m.contains("4 queries already wait for this node's 1 read threads"),
+                "{m}"
+            )
+        }
+        other => anyhow::bail!("expected Overloaded, got {other:?}"),
+    }
+    // once the endless query's client leaves, the queue drains and reads are admitted again
+    drop(running);
+    for rx in queued {
+        let chunks = tokio::time::timeout(HANG_GUARD, collect(Ok(rx))).await??;
+        ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(1)]]);
+    }
+    collect(reads.query(stmt("SELECT 1"), 0, 10, None)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn threads_busy_past_their_deadline_count_as_stuck() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 3,
+        ..DbOptions::default()
+    })?;
+    let reads = c.leader.reads();
+    ensure!(reads.threads() == 3 && reads.busy_threads() == 0);
+    let with_deadline = reads.query(stmt(ENDLESS), 0, 10, soon(600_000))?;
+    let without = reads.query(stmt(ENDLESS), 0, 10, None)?;
+    wait_busy(reads, 2).await?;
+    let now = std::time::Instant::now();
+    ensure!(reads.stuck_threads(now) == 0);
+    // seen from after the deadline, the thread that still runs it is stuck; the job without a
+    // deadline never is
+    ensure!(reads.stuck_threads(now + Duration::from_secs(3600)) == 1);
+    drop((with_deadline, without));
+    tokio::time::timeout(HANG_GUARD, async {
+        while reads.busy_threads() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await?;
+    ensure!(reads.stuck_threads(now + Duration::from_secs(3600)) == 0);
+    Ok(())
+}
+
 async fn collect(
-    mut rx: tokio::sync::mpsc::Receiver<Result<QueryChunk>>,
+    rx: Result<tokio::sync::mpsc::Receiver<Result<QueryChunk>>>,
 ) -> anyhow::Result<Vec<QueryChunk>> {
+    let mut rx = rx?;
     let mut chunks = Vec::new();
     while let Some(chunk) = rx.recv().await {
         chunks.push(chunk?);
@@ -1244,7 +1315,7 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
         0,
         1000,
         None,
-    );
+    )?;
     let mut total = 0usize;
     let mut chunks = 0usize;
     let mut last_id = 0i64;
@@ -1289,7 +1360,7 @@ async fn query_streams_in_bounded_chunks() -> TestResult {
     ensure!(exact.len() == 1 && exact[0].rows.len() == 10 && !exact[0].truncated);
 
     // a dropped receiver stops the query; the (single) pool thread serves the next one
-    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10, None);
+    let mut rx = reads.query(stmt("SELECT * FROM n"), 0, 10, None)?;
     let _first = rx.recv().await;
     drop(rx);
     let chunks = collect(reads.query(stmt("SELECT count(*) FROM n"), 0, 10, None)).await?;

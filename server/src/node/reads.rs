@@ -101,7 +101,7 @@ impl Node {
             inner
                 .db
                 .reads()
-                .query(statement, max_rows, BATCH_ROWS, Some(deadline)),
+                .query(statement, max_rows, BATCH_ROWS, Some(deadline))?,
         ))
     }
 

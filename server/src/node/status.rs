@@ -95,6 +95,16 @@ impl Node {
         if let Err(fatal) = &m.running_state {
             return Readiness::NotReady(format!("raft stopped: {fatal}"));
         }
+        // Every read thread still busy a second past its query's deadline: the interrupt has
+        // not landed, and no read can be served here until one frees up.
+        let reads = inner.db.reads();
+        let now = std::time::Instant::now();
+        let stuck = reads.stuck_threads(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+        if stuck > 0 && stuck == reads.threads() {
+            return Readiness::NotReady(format!(
+                "all {stuck} read threads are stuck past their queries' deadlines"
+            ));
+        }
         if m.membership_config
             .membership()
             .get_node(&inner.id)

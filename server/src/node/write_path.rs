@@ -119,11 +119,20 @@ async fn commit_batch(
     let executed_us = started.elapsed().as_micros() as u64;
     let encoded = delta.map(|d| (d.base_version, Bytes::from(d.encode())));
     let limit = node.config.max_delta_bytes;
-    if let Some(size) = encoded.as_ref().map(|(_, b)| b.len()).filter(|s| *s > limit) {
+    if let Some(size) = encoded
+        .as_ref()
+        .map(|(_, b)| b.len())
+        .filter(|s| *s > limit)
+    {
         if batch.len() > 1 {
             // Which request made it this large is unknown: run each alone (nothing was
             // committed), so only the one over the limit fails.
-            tracing::info!(size, limit, requests = batch.len(), "group commit over max_delta_bytes: running its requests one by one");
+            tracing::info!(
+                size,
+                limit,
+                requests = batch.len(),
+                "group commit over max_delta_bytes: running its requests one by one"
+            );
             for w in batch {
                 Box::pin(commit_batch(node, executor, vec![w], vacuum)).await;
             }
