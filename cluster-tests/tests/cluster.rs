@@ -9,6 +9,8 @@
 mod t10_basic;
 #[path = "cluster/t15_security.rs"]
 mod t15_security;
+#[path = "cluster/t16_bounded_work.rs"]
+mod t16_bounded_work;
 #[path = "cluster/t20_failover.rs"]
 mod t20_failover;
 #[path = "cluster/t30_snapshot.rs"]

@@ -1,0 +1,266 @@
+//! t16: bounded work. What a `write` client could do to stall or kill the cluster, replayed
+//! against 3 real nodes while a steady writer on another connection keeps committing: each
+//! gets a clear status, the steady writer never waits more than a second, the term does not
+//! change, no node exits, replicas end byte-identical and no node's peak RSS reaches 400 MB.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_tests::client::Error;
+use cluster_tests::{
+    init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency, Statement,
+};
+use tonic::Code;
+use tracing::info;
+
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+/// Peak resident memory allowed to any node (the issue's cap).
+const RSS_CAP_KIB: u64 = 400 * 1024;
+
+fn code<T: std::fmt::Debug>(result: &Result<T, Error>) -> Option<Code> {
+    match result {
+        Ok(_) => Some(Code::Ok),
+        Err(Error::Status { code, .. }) => Some(*code),
+        Err(other) => panic!("expected a status from the server, got {other:?}"),
+    }
+}
+
+/// `VmHWM` (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+fn client_with(cluster: &Cluster, request_timeout: Duration) -> Client {
+    let endpoints: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.node(id).endpoint())
+        .collect();
+    Client::with_options(
+        endpoints,
+        ClientOptions {
+            request_timeout,
+            retry_deadline: Duration::ZERO,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_statement_stalls_or_kills_the_cluster() {
+    init_tracing();
+    info!("phase 1: 3 nodes, statement timeout 500 ms, request timeout 3 s; a steady writer");
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: [
+                "--statement-timeout-ms",
+                "500",
+                "--request-timeout-ms",
+                "3000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let client = cluster.client();
+    client
+        .exec(
+            "CREATE TABLE steady (n INTEGER PRIMARY KEY, at INTEGER)",
+            Vec::<i64>::new(),
+        )
+        .await
+        .expect("create steady");
+    client
+        .exec(
+            "CREATE TABLE checked (v INTEGER CHECK (v > 0))",
+            Vec::<i64>::new(),
+        )
+        .await
+        .expect("create checked");
+    client
+        .exec("CREATE TABLE blobs (b BLOB)", Vec::<i64>::new())
+        .await
+        .expect("create blobs");
+    let term = cluster.status_of(leader).await.expect("status").term;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        let client = cluster.client();
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            let mut worst = Duration::ZERO;
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match client
+                    .exec("INSERT INTO steady VALUES (?1, ?2)", [n, n])
+                    .await
+                {
+                    Ok(_) => {
+                        worst = worst.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    Err(e) => panic!("the steady writer failed: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (n, worst)
+        })
+    };
+
+    info!("phase 2: an endless write is interrupted inside SQLite; its batch-mates commit");
+    let endless_write = client
+        .exec(
+            "INSERT INTO steady SELECT -x, 0 FROM \
+             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)",
+            Vec::<i64>::new(),
+        )
+        .await;
+    assert_eq!(code(&endless_write), Some(Code::DeadlineExceeded));
+
+    info!("phase 3: endless reads and abandoned queries do not take the read threads for good");
+    let short = client_with(&cluster, Duration::from_millis(300));
+    let mut abandoned = Vec::new();
+    for _ in 0..300 {
+        let c = short.clone();
+        abandoned.push(tokio::spawn(async move {
+            c.query_with(Statement::new(ENDLESS), Consistency::Stale, 0)
+                .await
+                .map(|_| ())
+        }));
+    }
+    for q in abandoned {
+        let r = q.await.expect("task");
+        assert!(r.is_err(), "an endless query never answers rows");
+    }
+    let slow = client_with(&cluster, Duration::from_secs(10));
+    let endless_read = slow
+        .query_with(Statement::new(ENDLESS), Consistency::Stale, 0)
+        .await;
+    assert_eq!(
+        code(&endless_read),
+        Some(Code::DeadlineExceeded),
+        "interrupted at the server's deadline"
+    );
+    // Streams opened and never read: they end at the request deadline (3 s).
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        unread.push(
+            slow.query_stream(
+                Statement::new(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10000000) SELECT x FROM c",
+                ),
+                Consistency::Stale,
+                0,
+            )
+            .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let answered = loop {
+        match slow
+            .query_with(Statement::new("SELECT count(*) FROM steady"), Consistency::Stale, 0)
+            .await
+        {
+            Ok(rows) => break rows,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "reads not yet back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reads did not come back after the stalled streams: {e}"),
+        }
+    };
+    assert_eq!(answered.rows.len(), 1);
+    drop(unread);
+
+    info!("phase 4: oversized values and deltas are refused alone (RESOURCE_EXHAUSTED)");
+    let big_blob = client
+        .exec("INSERT INTO blobs VALUES (zeroblob(200000000))", Vec::<i64>::new())
+        .await;
+    assert_eq!(code(&big_blob), Some(Code::ResourceExhausted));
+    let two_blobs = client
+        .execute([
+            Statement::new("INSERT INTO blobs VALUES (zeroblob(60000000))"),
+            Statement::new("INSERT INTO blobs VALUES (zeroblob(60000000))"),
+        ])
+        .await;
+    assert_eq!(code(&two_blobs), Some(Code::ResourceExhausted), "over max_delta_bytes");
+    let big_read = client
+        .query_with(
+            Statement::new("SELECT length(randomblob(900000000))"),
+            Consistency::Stale,
+            0,
+        )
+        .await;
+    assert_eq!(code(&big_read), Some(Code::ResourceExhausted));
+
+    info!("phase 5: pragmas that would change a connection for everyone are refused");
+    for pragma in [
+        "PRAGMA hard_heap_limit=1",
+        "PRAGMA ignore_check_constraints=ON",
+        "PRAGMA max_page_count=1",
+        "PRAGMA schema_version=5",
+        "PRAGMA foreign_keys=OFF",
+    ] {
+        let r = client.exec(pragma, Vec::<i64>::new()).await;
+        assert_eq!(code(&r), Some(Code::PermissionDenied), "{pragma}");
+        let r = client
+            .query_with(Statement::new(pragma), Consistency::Stale, 0)
+            .await;
+        assert_eq!(code(&r), Some(Code::PermissionDenied), "{pragma} as a query");
+    }
+    let bad_row = client
+        .exec("INSERT INTO checked VALUES (-1)", Vec::<i64>::new())
+        .await;
+    assert!(
+        bad_row.is_err(),
+        "CHECK constraints still hold for every client"
+    );
+
+    info!("phase 6: the steady writer never waited over a second; nothing else moved");
+    stop.store(true, Ordering::Relaxed);
+    let (writes, worst) = steady.await.expect("steady writer");
+    info!(writes, worst_gap_ms = worst.as_millis() as u64, "steady writer");
+    assert!(
+        worst <= Duration::from_secs(1),
+        "the longest gap between the steady writer's acknowledgements was {worst:?}"
+    );
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    assert_eq!(
+        cluster.status_of(leader).await.expect("status").term,
+        term,
+        "no election"
+    );
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        node.ensure_alive().expect("no node exited");
+        let pid = node.pid().expect("running");
+        let peak = peak_rss_kib(pid);
+        info!(node = id, peak_rss_mib = peak / 1024, "peak RSS");
+        assert!(
+            peak < RSS_CAP_KIB,
+            "node {id} peaked at {} MiB",
+            peak / 1024
+        );
+    }
+    cluster.assert_identical_pages().await;
+}
