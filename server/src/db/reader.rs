@@ -279,7 +279,7 @@ impl Reader {
         if !stmt.readonly() {
             return Err(DbError::PermissionDenied(READ_ONLY.into()));
         }
-        bind(&mut stmt, &job.statement.params)?;
+        bind(&mut stmt, &job.statement.params).map_err(|e| scope.name_limit(e))?;
         let mut columns: Vec<ColumnInfo> = stmt
             .columns()
             .map(|c| ColumnInfo {

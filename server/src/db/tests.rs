@@ -922,7 +922,11 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
         )],
     };
     let result = c.executor.execute_batch(vec![big]).await?;
-    ensure!(matches!(failed(&result.outcomes[0])?, DbError::TooLarge(_)));
+    ensure!(
+        too_large(failed(&result.outcomes[0])?, LIMIT),
+        "{:?}",
+        result.outcomes
+    );
     match collect(c.leader.reads().query(
         stmt(&format!("SELECT length(randomblob({over}))")),
         0,
