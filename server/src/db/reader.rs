@@ -22,8 +22,7 @@
 //! microseconds), which tells readiness whether the node can serve reads at all.
 
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
-use super::bounds::Bounds;
-use super::bounds::Stop;
+use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
 use super::value::{bind, SqlValue, Statement};
 use super::DbOptions;
