@@ -109,13 +109,13 @@ fn pragma_use(name: &str) -> Option<PragmaUse> {
 /// SQLite reports the pragma's argument as its value, whether it sets anything or not.
 fn pragma_rule(name: &str, value: Option<&str>, policy: Policy) -> Result<(), String> {
     let usage = pragma_use(name);
-    let allowed = match (usage, value, policy) {
-        (Some(Introspect), _, _) => true,
-        (Some(Check), _, Policy::Reader) => true,
-        (Some(Read | AppHeader), None, _) => true,
-        (Some(AppHeader), Some(_), Policy::Executor) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (usage, value, policy),
+        (Some(Introspect), _, _)
+            | (Some(Check), _, Policy::Reader)
+            | (Some(Read | AppHeader), None, _)
+            | (Some(AppHeader), Some(_), Policy::Executor)
+    );
     if allowed {
         return Ok(());
     }

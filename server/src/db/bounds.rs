@@ -67,19 +67,17 @@ pub(crate) enum Stop {
 }
 
 impl Stop {
-    /// The error a stopped request answers with (if anyone still listens).
+    /// The error a stopped request answers with (if anyone still listens); `started`: its
+    /// statement was running, rather than about to start.
     pub(crate) fn error(self, started: bool) -> DbError {
-        DbError::Timeout(
-            match (self, started) {
-                (Stop::Deadline, true) => {
-                    "the request's deadline passed while its statement ran; it was interrupted and \
-                 its changes rolled back"
-                }
-                (Stop::Deadline, false) => "the request's deadline passed before it could run",
-                (Stop::Cancelled, _) => "the query was cancelled: its client went away",
+        let message = match (self, started) {
+            (Stop::Deadline, true) => {
+                "the request's deadline passed while its statement ran; SQLite interrupted it"
             }
-            .into(),
-        )
+            (Stop::Deadline, false) => "the request's deadline passed before it could run",
+            (Stop::Cancelled, _) => "the query was cancelled: its client went away",
+        };
+        DbError::Timeout(message.into())
     }
 }
 
@@ -95,8 +93,8 @@ struct Watch {
 }
 
 impl Watch {
-    /// True once the statement must stop (and from then on).
-    fn check(&mut self) -> bool {
+    /// Why the statement must stop, once it must (and from then on).
+    fn check(&mut self) -> Option<Stop> {
         if self.stopped.is_none() {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 self.stopped = Some(Stop::Deadline);
@@ -104,7 +102,7 @@ impl Watch {
                 self.stopped = Some(Stop::Cancelled);
             }
         }
-        self.stopped.is_some()
+        self.stopped
     }
 }
 
@@ -137,7 +135,10 @@ impl Bounds {
         )?;
         let watch = Arc::new(Mutex::new(Watch::default()));
         let handler_watch = Arc::clone(&watch);
-        conn.progress_handler(CHECK_EVERY_OPS, Some(move || lock(&handler_watch).check()))?;
+        conn.progress_handler(
+            CHECK_EVERY_OPS,
+            Some(move || lock(&handler_watch).check().is_some()),
+        )?;
         let bounds = Bounds {
             max_value_bytes,
             watch,
@@ -163,13 +164,9 @@ impl Bounds {
                 cancelled,
                 stopped: None,
             };
-            if watch.check() {
-                let stop = watch.stopped.take();
+            if let Some(stop) = watch.check() {
                 *watch = Watch::default();
-                return Err(stop.map_or_else(
-                    || DbError::Internal("stopped without a reason".into()),
-                    |stop| stop.error(false),
-                ));
+                return Err(stop.error(false));
             }
         }
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, self.max_value_bytes)?;
@@ -190,24 +187,33 @@ pub(crate) struct ClientScope<'c> {
 }
 
 impl ClientScope<'_> {
-    /// Turn an error of a client statement into a `DbError`: the authorizer's reason for a
-    /// refusal, the limit for a value too big, memory exhaustion as `TooLarge`.
+    /// Turn an error of a client statement into a `DbError`: why the progress handler
+    /// stopped it, the authorizer's reason for a refusal, the limit for a value too big,
+    /// memory exhaustion (the heap limit) as `TooLarge`.
     pub(crate) fn client_error(&self, e: rusqlite::Error, lockdown: &Lockdown) -> DbError {
-        let code = e.sqlite_error_code();
-        if code == Some(ErrorCode::OperationInterrupted) {
-            if let Some(stop) = lock(&self.bounds.watch).stopped {
-                return stop.error(true);
+        match e.sqlite_error_code() {
+            Some(ErrorCode::OperationInterrupted) => {
+                let stopped = lock(&self.bounds.watch).stopped;
+                match stopped {
+                    Some(stop) => stop.error(true),
+                    None => lockdown.client_error(e),
+                }
             }
-        }
-        match (code, lockdown.client_error(e)) {
-            (Some(ErrorCode::OutOfMemory), _) => DbError::TooLarge(
+            Some(ErrorCode::OutOfMemory) => DbError::TooLarge(
                 "out of memory: the statement holds more data at once than this node allows".into(),
             ),
-            (Some(ErrorCode::TooBig), DbError::TooLarge(message)) => DbError::TooLarge(format!(
+            _ => self.name_limit(lockdown.client_error(e)),
+        }
+    }
+
+    /// Add the node's limit to a "too big" error (e.g. from binding a parameter).
+    pub(crate) fn name_limit(&self, e: DbError) -> DbError {
+        match e {
+            DbError::TooLarge(message) => DbError::TooLarge(format!(
                 "{message} (this node's limit is {} bytes per value or row)",
                 self.bounds.max_value_bytes
             )),
-            (_, other) => other,
+            other => other,
         }
     }
 }

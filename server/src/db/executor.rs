@@ -339,7 +339,7 @@ impl Executor {
                 .conn
                 .prepare_cached(&statement.sql)
                 .map_err(client_error)?;
-            bind(&mut stmt, &statement.params)?;
+            bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
             let changes_before = self.conn.total_changes();
             {
                 // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.

@@ -7,7 +7,7 @@
 //!                                  (BEGIN IMMEDIATE, SAVEPOINT per request, capture, ROLLBACK)
 //! Raft:    delta ─► log ─► committed on a majority
 //! every node (leader too):  Database::apply(delta)  ─► Applier (sqlite_dbpage, one txn)
-//! reads:   Database::reads().query(..)  ─► ReadPool threads, streamed chunks
+//! reads:   Database::reads().query(.., deadline)  ─► ReadPool threads, streamed chunks
 //! snapshots: Database::build_image / install_image
 //! ```
 //!
@@ -59,6 +59,14 @@
 //!   spills to files, page caches are sized, and SQLite's process-wide heap has a last-guard
 //!   limit derived from those (`bounds`). The price: a value or row above the limit cannot be
 //!   written or read, and per-connection memory is bounded only indirectly.
+//! * **Deadlines are enforced inside SQLite.** A progress handler interrupts a client
+//!   statement past its request's deadline ([`WriteRequest::deadline`], the `deadline` of
+//!   [`ReadPool::query`]) or once a query's receiver is dropped, so an abandoned or endless
+//!   statement frees the executor or its read thread within microseconds instead of running
+//!   on after its client left. An interrupted request fails alone with [`DbError::Timeout`].
+//! * **Reads are admitted, not queued without end.** The read queue holds a few jobs per
+//!   thread; beyond, a query is refused at once with [`DbError::Overloaded`], and
+//!   [`ReadPool::stuck_threads`] tells readiness when no thread can take a read.
 
 mod apply;
 mod authorizer;

@@ -22,8 +22,7 @@
 //! microseconds), which tells readiness whether the node can serve reads at all.
 
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
-use super::bounds::Bounds;
-use super::bounds::Stop;
+use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
 use super::value::{bind, SqlValue, Statement};
 use super::DbOptions;
@@ -279,7 +278,7 @@ impl Reader {
         if !stmt.readonly() {
             return Err(DbError::PermissionDenied(READ_ONLY.into()));
         }
-        bind(&mut stmt, &job.statement.params)?;
+        bind(&mut stmt, &job.statement.params).map_err(|e| scope.name_limit(e))?;
         let mut columns: Vec<ColumnInfo> = stmt
             .columns()
             .map(|c| ColumnInfo {

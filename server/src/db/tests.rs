@@ -922,7 +922,11 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
         )],
     };
     let result = c.executor.execute_batch(vec![big]).await?;
-    ensure!(matches!(failed(&result.outcomes[0])?, DbError::TooLarge(_)));
+    ensure!(
+        too_large(failed(&result.outcomes[0])?, LIMIT),
+        "{:?}",
+        result.outcomes
+    );
     match collect(c.leader.reads().query(
         stmt(&format!("SELECT length(randomblob({over}))")),
         0,
@@ -1234,6 +1238,77 @@ async fn threads_busy_past_their_deadline_count_as_stuck() -> TestResult {
     })
     .await?;
     ensure!(reads.stuck_threads(now + Duration::from_secs(3600)) == 0);
+    Ok(())
+}
+
+/// Set in the child process of `heap_limit_stops_a_statement_holding_many_values`.
+const HEAP_CHILD: &str = "RAFTLITE_TEST_HEAP_LIMIT_CHILD";
+
+#[test]
+fn heap_limit_stops_a_statement_holding_many_values() -> TestResult {
+    // The heap limit is process-wide: test it in a process of its own, running only the
+    // test below.
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "db::tests::heap_limit_child", "--ignored"])
+        .env(HEAP_CHILD, "1")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "run by heap_limit_stops_a_statement_holding_many_values in its own process"]
+async fn heap_limit_child() -> TestResult {
+    if std::env::var_os(HEAP_CHILD).is_none() {
+        return Ok(());
+    }
+    let options = DbOptions {
+        read_threads: 1,
+        max_value_bytes: 8 << 20,
+        limit_process_heap: true,
+        ..DbOptions::default()
+    };
+    // 64 MiB base + 10 MiB caches + 2 connections x 4 x 8 MiB
+    ensure!(options.heap_limit_bytes() == 138 << 20);
+    let c = Cluster::with_options(options)?;
+    c.write_one(&[CREATE_T]).await?;
+    // each value is within the limit, all of them together are not
+    let many: Vec<String> = (0..24).map(|_| "randomblob(8000000)".to_string()).collect();
+    let many = format!("SELECT {}", many.join(", "));
+    match collect(c.leader.reads().query(stmt(&many), 0, 10, None)).await {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::TooLarge(m)) if m.contains("out of memory")),
+            "{e}"
+        ),
+        Ok(_) => anyhow::bail!("24 x 8 MB held at once under a 138 MiB heap limit"),
+    }
+    let result = c
+        .write(vec![
+            req("", &["INSERT INTO t(a) VALUES('before')"]),
+            req("", &["INSERT INTO t(a) VALUES('rolled back')", &many]),
+            req("", &["INSERT INTO t(a) VALUES('after')"]),
+        ])
+        .await?;
+    ensure!(
+        matches!(failed(&result.outcomes[1])?, DbError::TooLarge(m) if m.contains("out of memory")),
+        "{:?}",
+        result.outcomes
+    );
+    executed(&result.outcomes[0])?;
+    executed(&result.outcomes[2])?;
+    c.verify("after statements over the heap limit")?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT count(*) FROM t"), 0, 10, None),
+    )
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(2)]]);
     Ok(())
 }
 
