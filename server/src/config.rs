@@ -630,6 +630,7 @@ impl Config {
             foreign_keys: self.foreign_keys,
             recursive_triggers: self.recursive_triggers,
             limit_process_heap: true,
+            max_delta_bytes: self.max_delta_bytes,
             ..Default::default()
         }
     }

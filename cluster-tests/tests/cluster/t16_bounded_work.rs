@@ -54,6 +54,37 @@ fn client_with(cluster: &Cluster, request_timeout: Duration) -> Client {
     .expect("client")
 }
 
+/// A small read answers within 6 s (retried while the node frees its read threads).
+async fn reads_answer(client: &Client, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let started = Instant::now();
+        match client
+            .query_with(
+                Statement::new("SELECT count(*) FROM steady"),
+                Consistency::Stale,
+                0,
+            )
+            .await
+        {
+            Ok(rows) => {
+                assert_eq!(rows.rows.len(), 1);
+                info!(
+                    when,
+                    ms = started.elapsed().as_millis() as u64,
+                    "reads answer"
+                );
+                return;
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "reads not yet back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reads did not come back {when}: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_statement_stalls_or_kills_the_cluster() {
     init_tracing();
@@ -97,6 +128,8 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         .await
         .expect("create blobs");
     let term = cluster.status_of(leader).await.expect("status").term;
+    // The attacker's client does not retry: each call shows the server's own answer.
+    let client = client_with(&cluster, Duration::from_secs(10));
 
     let stop = Arc::new(AtomicBool::new(false));
     let steady = {
@@ -150,6 +183,7 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         assert!(r.is_err(), "an endless query never answers rows");
     }
     let slow = client_with(&cluster, Duration::from_secs(10));
+    reads_answer(&slow, "after 300 abandoned queries").await;
     let endless_read = slow
         .query_with(Statement::new(ENDLESS), Consistency::Stale, 0)
         .await;
@@ -158,11 +192,15 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         Some(Code::DeadlineExceeded),
         "interrupted at the server's deadline"
     );
-    // Streams opened and never read: they end at the request deadline (3 s).
+    reads_answer(&slow, "after an endless read").await;
+    // Streams opened and never read (on their own connection: a client that never reads
+    // exhausts its own connection's HTTP/2 window): the node ends them at the request
+    // deadline (3 s) and its read threads go back to work.
+    let stalling = client_with(&cluster, Duration::from_secs(10));
     let mut unread = Vec::new();
     for _ in 0..4 {
         unread.push(
-            slow.query_stream(
+            stalling.query_stream(
                 Statement::new(
                     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10000000) SELECT x FROM c",
                 ),
@@ -172,26 +210,15 @@ async fn no_statement_stalls_or_kills_the_cluster() {
             .await,
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let answered = loop {
-        match slow
-            .query_with(Statement::new("SELECT count(*) FROM steady"), Consistency::Stale, 0)
-            .await
-        {
-            Ok(rows) => break rows,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "reads not yet back");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("reads did not come back after the stalled streams: {e}"),
-        }
-    };
-    assert_eq!(answered.rows.len(), 1);
+    reads_answer(&slow, "while 4 streams are never read").await;
     drop(unread);
 
     info!("phase 4: oversized values and deltas are refused alone (RESOURCE_EXHAUSTED)");
     let big_blob = client
-        .exec("INSERT INTO blobs VALUES (zeroblob(200000000))", Vec::<i64>::new())
+        .exec(
+            "INSERT INTO blobs VALUES (zeroblob(200000000))",
+            Vec::<i64>::new(),
+        )
         .await;
     assert_eq!(code(&big_blob), Some(Code::ResourceExhausted));
     let two_blobs = client
@@ -200,7 +227,11 @@ async fn no_statement_stalls_or_kills_the_cluster() {
             Statement::new("INSERT INTO blobs VALUES (zeroblob(60000000))"),
         ])
         .await;
-    assert_eq!(code(&two_blobs), Some(Code::ResourceExhausted), "over max_delta_bytes");
+    assert_eq!(
+        code(&two_blobs),
+        Some(Code::ResourceExhausted),
+        "over max_delta_bytes"
+    );
     let big_read = client
         .query_with(
             Statement::new("SELECT length(randomblob(900000000))"),
@@ -223,7 +254,11 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         let r = client
             .query_with(Statement::new(pragma), Consistency::Stale, 0)
             .await;
-        assert_eq!(code(&r), Some(Code::PermissionDenied), "{pragma} as a query");
+        assert_eq!(
+            code(&r),
+            Some(Code::PermissionDenied),
+            "{pragma} as a query"
+        );
     }
     let bad_row = client
         .exec("INSERT INTO checked VALUES (-1)", Vec::<i64>::new())
@@ -236,7 +271,11 @@ async fn no_statement_stalls_or_kills_the_cluster() {
     info!("phase 6: the steady writer never waited over a second; nothing else moved");
     stop.store(true, Ordering::Relaxed);
     let (writes, worst) = steady.await.expect("steady writer");
-    info!(writes, worst_gap_ms = worst.as_millis() as u64, "steady writer");
+    info!(
+        writes,
+        worst_gap_ms = worst.as_millis() as u64,
+        "steady writer"
+    );
     assert!(
         worst <= Duration::from_secs(1),
         "the longest gap between the steady writer's acknowledgements was {worst:?}"

@@ -71,6 +71,7 @@ pub(crate) fn finish(
     conn: &Connection,
     start: CaptureStart,
     base_version: u64,
+    max_bytes: usize,
 ) -> Result<PageDelta> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
@@ -85,6 +86,15 @@ pub(crate) fn finish(
     let page1: Option<Vec<u8>> = read.query_row([1u32], |r| r.get(0)).optional()?;
     if page1 != start.page1 {
         pgnos.insert(1);
+    }
+    // Checked on the page count, before a byte is read: an oversized transaction costs no
+    // memory here.
+    let bytes = pgnos.len().saturating_mul(page_size as usize);
+    if bytes > max_bytes {
+        return Err(DbError::TooLarge(format!(
+            "the write changes {bytes} bytes of pages, over the limit of {max_bytes} bytes \
+             (max_delta_bytes); split it into smaller transactions"
+        )));
     }
     let mut pages = Vec::with_capacity(pgnos.len());
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
@@ -267,7 +277,7 @@ mod tests {
         };
         check(rc, "sqlite3_db_status")?;
         assert!(spills > 0, "the transaction was meant to spill");
-        let delta = finish(&conn, start, 5)?;
+        let delta = finish(&conn, start, 5, usize::MAX)?;
         conn.execute_batch("ROLLBACK")?;
 
         assert_eq!(delta.base_version, 5);

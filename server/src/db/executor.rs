@@ -114,6 +114,7 @@ pub struct Executor {
     bounds: Bounds,
     db_path: PathBuf,
     batches_since_prune: u32,
+    max_delta_bytes: usize,
 }
 
 /// How a single attempt at a batch ended.
@@ -146,6 +147,7 @@ impl Executor {
             bounds,
             db_path: path.to_path_buf(),
             batches_since_prune: 0,
+            max_delta_bytes: options.max_delta_bytes,
         })
     }
 
@@ -316,7 +318,7 @@ impl Executor {
             internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
         }
         internal::write_version(&self.conn, base_version + 1)?;
-        let delta = capture::finish(&self.conn, start, base_version)?;
+        let delta = capture::finish(&self.conn, start, base_version, self.max_delta_bytes)?;
         Ok(Attempt::Done(ExecutedBatch {
             delta: Some(delta),
             outcomes,

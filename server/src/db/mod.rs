@@ -127,6 +127,10 @@ pub struct DbOptions {
     /// Set SQLite's process-wide hard heap limit to [`DbOptions::heap_limit_bytes`] when the
     /// database opens (raised, never lowered, if the process already has a higher one).
     pub limit_process_heap: bool,
+    /// Most page bytes one executed batch may capture; over it the batch fails with
+    /// [`DbError::TooLarge`] before its pages are read (the caller re-runs its requests one by
+    /// one, so only the one too large fails).
+    pub max_delta_bytes: usize,
 }
 
 impl Default for DbOptions {
@@ -140,6 +144,7 @@ impl Default for DbOptions {
             foreign_keys: true,
             recursive_triggers: false,
             limit_process_heap: false,
+            max_delta_bytes: 64 * 1024 * 1024,
         }
     }
 }

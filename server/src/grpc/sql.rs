@@ -124,10 +124,17 @@ impl Sql for SqlService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let node = self.node.clone();
+        // A client that does not take the next rows within the statement timeout loses the
+        // stream, so that a reader never stalls a read thread for long.
+        let idle = self.node.config().statement_timeout;
+        let wait = move || {
+            deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(idle)
+        };
         tokio::spawn(async move {
             let mut done = first.done;
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match tokio::time::timeout(left, tx.send(Ok(chunk_to_proto(first, applied)))).await {
+            match tokio::time::timeout(wait(), tx.send(Ok(chunk_to_proto(first, applied)))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return,
             }
@@ -148,8 +155,7 @@ impl Sql for SqlService {
                 };
                 // A client that stops reading: past the deadline the stream ends and the
                 // query (waiting for room on its channel) stops.
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match tokio::time::timeout(left, tx.send(msg)).await {
+                match tokio::time::timeout(wait(), tx.send(msg)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => return,
                 }

@@ -106,6 +106,9 @@ async fn commit_batch(
     };
     let ExecutedBatch { delta, outcomes } = match executed {
         Ok(b) => b,
+        Err(crate::db::DbError::TooLarge(why)) => {
+            return too_large(node, executor, batch, vacuum, why).await;
+        }
         Err(e) => {
             tracing::error!(error = %e, "executing a write batch failed");
             for w in batch {
@@ -124,27 +127,12 @@ async fn commit_batch(
         .map(|(_, b)| b.len())
         .filter(|s| *s > limit)
     {
-        if batch.len() > 1 {
-            // Which request made it this large is unknown: run each alone (nothing was
-            // committed), so only the one over the limit fails.
-            tracing::info!(
-                size,
-                limit,
-                requests = batch.len(),
-                "group commit over max_delta_bytes: running its requests one by one"
-            );
-            for w in batch {
-                Box::pin(commit_batch(node, executor, vec![w], vacuum)).await;
-            }
-        } else {
-            for w in batch {
-                let _ = w.reply.send(Err(NodeError::TooLarge(format!(
-                    "the write changes {size} bytes of pages, over the limit of {limit} bytes \
-                     (max_delta_bytes); split it into smaller transactions"
-                ))));
-            }
-        }
-        return;
+        // The capture checks the page bytes; the encoding adds a little per page.
+        let why = format!(
+            "the write's delta is {size} bytes, over the limit of {limit} bytes \
+             (max_delta_bytes); split it into smaller transactions"
+        );
+        return too_large(node, executor, batch, vacuum, why).await;
     }
     let committed: Result<u64, NodeError> = match encoded {
         None => Ok(node.applied_index()),
@@ -185,6 +173,28 @@ async fn commit_batch(
 }
 
 /// Proposes a delta and waits until it is applied on this node; returns its log index.
+/// A batch whose delta is over `max_delta_bytes`: nothing was committed. With several
+/// requests, which one made it this large is unknown, so each runs alone and only the one over
+/// the limit fails; a single request gets RESOURCE_EXHAUSTED naming the sizes.
+async fn too_large(
+    node: &NodeInner,
+    executor: &ExecutorHandle,
+    batch: Vec<PendingWrite>,
+    vacuum: bool,
+    why: String,
+) {
+    if batch.len() > 1 {
+        tracing::info!(requests = batch.len(), reason = %why, "group commit too large: running its requests one by one");
+        for w in batch {
+            Box::pin(commit_batch(node, executor, vec![w], vacuum)).await;
+        }
+    } else {
+        for w in batch {
+            let _ = w.reply.send(Err(NodeError::TooLarge(why.clone())));
+        }
+    }
+}
+
 async fn propose(node: &NodeInner, delta: Bytes) -> Result<u64, NodeError> {
     let write = node.raft.client_write(Command::Delta(delta));
     let lost_quorum = async {
