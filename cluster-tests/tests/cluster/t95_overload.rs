@@ -96,7 +96,12 @@ async fn a_flooded_node_sheds_quickly_and_keeps_serving() {
                 message,
                 ..
             }) => {
-                assert!(message.contains("request_timeout_ms"), "{message}");
+                // Either the limits layer's deadline or, a moment earlier, SQLite interrupted
+                // inside the statement at the same deadline.
+                assert!(
+                    message.contains("request_timeout_ms") || message.contains("interrupted"),
+                    "{message}"
+                );
                 admitted.push(at);
             }
             Ok(()) => admitted.push(at),
