@@ -152,15 +152,7 @@ impl Cluster {
             self.serve_args(id, addr, &data_dir, peers),
         );
         node.start()?;
-        let probe = Client::with_options(
-            [self.endpoint_of(&node)],
-            ClientOptions {
-                request_timeout: Duration::from_secs(2),
-                connect_timeout: Duration::from_millis(500),
-                retry_deadline: Duration::ZERO,
-                ..self.credential_options(Some("admin"))
-            },
-        )?;
+        let probe = self.probe_client(&node)?;
         self.probes.insert(id, probe);
         self.nodes.insert(id, node);
         Ok(())
@@ -214,6 +206,19 @@ impl Cluster {
         }
         args.extend(o.extra_args.iter().map(OsString::from));
         args
+    }
+
+    /// A client for `node` alone that tries once with a 2 s timeout (status polling).
+    fn probe_client(&self, node: &NodeProcess) -> anyhow::Result<Client> {
+        Ok(Client::with_options(
+            [self.endpoint_of(node)],
+            ClientOptions {
+                request_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_millis(500),
+                retry_deadline: Duration::ZERO,
+                ..self.credential_options(Some("admin"))
+            },
+        )?)
     }
 
     /// How clients reach `node`: `https://` on a secure cluster.
@@ -337,15 +342,7 @@ impl Cluster {
         let probe = match &self.credentials {
             None => probe,
             Some(_) => {
-                fresh = Client::with_options(
-                    [self.endpoint_of(self.node(id))],
-                    ClientOptions {
-                        request_timeout: Duration::from_secs(2),
-                        connect_timeout: Duration::from_millis(500),
-                        retry_deadline: Duration::ZERO,
-                        ..self.credential_options(Some("admin"))
-                    },
-                )?;
+                fresh = self.probe_client(self.node(id))?;
                 &fresh
             }
         };

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod raft;
+pub mod reload;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::server::WebPkiClientVerifier;
@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::config::TlsFiles;
+use crate::reload::{file_stamp, FileStamp};
 
 /// How often the files are checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
@@ -55,7 +56,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// What the node's TLS files hold, ready for use.
 struct Material {
-    stamp: Vec<(SystemTime, u64)>,
+    stamp: Vec<FileStamp>,
     client_port: Arc<ServerConfig>,
     peer_port: Arc<ServerConfig>,
     dial: Arc<ClientConfig>,
@@ -99,8 +100,14 @@ impl Tls {
         self.material().dial.clone()
     }
 
-    /// Re-reads the files when they changed. Returns true when new material is in use.
-    pub fn reload_if_changed(&self) -> bool {
+    /// Checks the files every [`RELOAD_CHECK`] for as long as the node runs.
+    pub async fn watch(self: Arc<Self>) {
+        crate::reload::watch(self, RELOAD_CHECK).await
+    }
+}
+
+impl crate::reload::Reloadable for Tls {
+    fn reload_if_changed(&self) -> bool {
         let Ok(stamp) = stamp(&self.files) else {
             // A file missing for a moment (a Secret being updated): keep what we have.
             return false;
@@ -120,26 +127,12 @@ impl Tls {
             }
         }
     }
-
-    /// Checks the files every [`RELOAD_CHECK`] for as long as the node runs.
-    pub async fn watch(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(RELOAD_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let tls = self.clone();
-            let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
-        }
-    }
 }
 
-fn stamp(files: &TlsFiles) -> std::io::Result<Vec<(SystemTime, u64)>> {
+fn stamp(files: &TlsFiles) -> std::io::Result<Vec<FileStamp>> {
     [&files.cert, &files.key, &files.ca]
         .into_iter()
-        .map(|p| {
-            let m = std::fs::metadata(p)?;
-            Ok((m.modified()?, m.len()))
-        })
+        .map(|p| file_stamp(p))
         .collect()
 }
 

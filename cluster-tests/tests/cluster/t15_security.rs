@@ -184,37 +184,67 @@ fn assert_no_node_restarted(cluster: &Cluster) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tls_and_token_cluster_refuses_every_attack() {
-    init_tracing();
-    info!("phase 1: a 3-node cluster with TLS on both ports and tokens; 20 rows written");
-    let cluster = Cluster::start(
-        3,
-        ClusterOptions {
-            secure: true,
-            ..ClusterOptions::default()
-        },
-    )
-    .expect("start the cluster");
+/// A started 3-node cluster with a leader and 20 rows in `table`, the status before any
+/// attack, and one follower.
+struct Started {
+    cluster: Cluster,
+    leader: u64,
+    follower: u64,
+    client: Client,
+    checker: Checker,
+    before: v1::StatusResponse,
+}
+
+async fn start_with_rows(options: ClusterOptions, table: &str) -> Started {
+    let cluster = Cluster::start(3, options).expect("start the cluster");
     let leader = cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
-        .expect("a leader over mutual TLS");
+        .expect("a leader");
     let client = cluster.client();
-    let checker = Checker::new("secure_kv");
+    let checker = Checker::new(table);
     checker.create_table(&client).await.expect("create table");
     checker
         .write_many(&client, "before", 20)
         .await
         .expect("writes");
     let before = cluster.status_of(leader).await.expect("status");
-    let creds = cluster.credentials().expect("secure cluster");
-    let ca_path = creds.ca_path();
     let follower = cluster
         .ids()
         .into_iter()
         .find(|id| *id != leader)
         .expect("a follower");
+    Started {
+        cluster,
+        leader,
+        follower,
+        client,
+        checker,
+        before,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_token_cluster_refuses_every_attack() {
+    init_tracing();
+    info!("phase 1: a 3-node cluster with TLS on both ports and tokens; 20 rows written");
+    let Started {
+        cluster,
+        leader,
+        follower,
+        client,
+        checker,
+        before,
+    } = start_with_rows(
+        ClusterOptions {
+            secure: true,
+            ..ClusterOptions::default()
+        },
+        "secure_kv",
+    )
+    .await;
+    let creds = cluster.credentials().expect("secure cluster");
+    let ca_path = creds.ca_path();
 
     info!("phase 2: TLS checks on the client and peer ports");
     let plaintext =
@@ -590,31 +620,21 @@ async fn tls_and_token_cluster_refuses_every_attack() {
 async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
     init_tracing();
     info!("phase 1: a 3-node cluster on loopback without TLS; 1 MiB snapshot cap");
-    let cluster = Cluster::start(
-        3,
+    let Started {
+        cluster,
+        leader,
+        follower,
+        client,
+        checker,
+        before,
+    } = start_with_rows(
         ClusterOptions {
             extra_args: vec!["--max-snapshot-bytes".into(), (1u64 << 20).to_string()],
             ..ClusterOptions::default()
         },
+        "open_kv",
     )
-    .expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
-    let client = cluster.client();
-    let checker = Checker::new("open_kv");
-    checker.create_table(&client).await.expect("create table");
-    checker
-        .write_many(&client, "before", 20)
-        .await
-        .expect("writes");
-    let before = cluster.status_of(leader).await.expect("status");
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    .await;
     let target = peer_client(cluster.peer_addr(follower), Dial::Plain);
 
     info!("phase 2: the peer service only on the peer port; reflection lists only the client services");

@@ -37,12 +37,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::Status;
+
+use crate::reload::{file_stamp, FileStamp};
 
 /// How often the auth file is checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(2);
@@ -166,13 +168,10 @@ fn parse_hex32(text: &str) -> anyhow::Result<[u8; 32]> {
     Ok(out)
 }
 
-/// When a file was last changed, and its size: what tells a new version.
-type Stamp = (SystemTime, u64);
-
 /// The auth file, re-read when it changes.
 pub struct AuthFile {
     path: PathBuf,
-    current: RwLock<(Option<Stamp>, Arc<Tokens>)>,
+    current: RwLock<(Option<FileStamp>, Arc<Tokens>)>,
 }
 
 impl AuthFile {
@@ -193,8 +192,14 @@ impl AuthFile {
             .clone()
     }
 
-    /// Re-reads the file when it changed; true when new tokens are in force.
-    pub fn reload_if_changed(&self) -> bool {
+    /// Checks the file every [`RELOAD_CHECK`] for as long as the node runs.
+    pub async fn watch(self: Arc<Self>) {
+        crate::reload::watch(self, RELOAD_CHECK).await
+    }
+}
+
+impl crate::reload::Reloadable for AuthFile {
+    fn reload_if_changed(&self) -> bool {
         let Ok(stamp) = file_stamp(&self.path) else {
             return false;
         };
@@ -216,24 +221,9 @@ impl AuthFile {
             }
         }
     }
-
-    pub async fn watch(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(RELOAD_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let file = self.clone();
-            let _ = tokio::task::spawn_blocking(move || file.reload_if_changed()).await;
-        }
-    }
 }
 
-fn file_stamp(path: &Path) -> std::io::Result<Stamp> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.modified()?, m.len()))
-}
-
-fn read(path: &Path) -> anyhow::Result<(Stamp, Tokens)> {
+fn read(path: &Path) -> anyhow::Result<(FileStamp, Tokens)> {
     let stamp = file_stamp(path).with_context(|| format!("read auth file {}", path.display()))?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read auth file {}", path.display()))?;
