@@ -13,6 +13,8 @@ mod t15_security;
 mod t16_bounded_work;
 #[path = "cluster/t20_failover.rs"]
 mod t20_failover;
+#[path = "cluster/t25_cut_off_leader.rs"]
+mod t25_cut_off_leader;
 #[path = "cluster/t30_snapshot.rs"]
 mod t30_snapshot;
 #[path = "cluster/t35_resync.rs"]

@@ -4,7 +4,8 @@
 //! - `Stale`: nothing. The data may be arbitrarily old on a partitioned or lagging node.
 //! - `Bounded { max_lag }`: the follower must have heard from the leader within three election
 //!   timeouts, and its applied index must be at most `max_lag` entries behind the commit index
-//!   the leader last announced. On the leader it is the same as stale (it is never behind).
+//!   the leader last announced. On the leader: a quorum must have acknowledged it within the
+//!   same window (a leader cut off from its quorum may already have been replaced).
 //! - `AtIndex(i)`: the node waits until it has applied log index `i` — pass the `log_index` a
 //!   write returned to read your own writes on any node. Monotonic per client.
 //! - `Linearizable`: the leader confirms with a quorum that it is still the leader (Raft read
@@ -66,7 +67,21 @@ impl Node {
             ReadConsistency::Stale => {}
             ReadConsistency::AtIndex(index) => inner.wait_applied(index, READ_WAIT).await?,
             ReadConsistency::Bounded { max_lag } => {
-                if !inner.is_leader() {
+                if inner.is_leader() {
+                    // A leader is never behind itself, but one cut off from its quorum may have
+                    // been replaced: the same window as a follower's, counted from the last
+                    // time a quorum acknowledged it.
+                    let limit = inner.config.election_timeout_max * 3;
+                    let m = inner.raft.metrics().borrow().clone();
+                    let alone = m.membership_config.membership().voter_ids().count() <= 1;
+                    let since = m.millis_since_quorum_ack;
+                    if !alone && since.is_none_or(|ms| ms > limit.as_millis() as u64) {
+                        return Err(NodeError::unavailable(
+                            format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
+                            None,
+                        ));
+                    }
+                } else {
                     let (commit, heard) = *inner
                         .leader_commit
                         .lock()
