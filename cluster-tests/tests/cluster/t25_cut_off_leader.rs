@@ -87,3 +87,68 @@ async fn bounded_reads_on_a_leader_cut_off_from_its_quorum() {
         cluster.node(id).ensure_alive().expect("no node exited");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_follower_move_on_from_a_paused_leader() {
+    init_tracing();
+    info!("phase 1: three nodes, a table");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let through_follower = cluster.client_for(follower);
+    through_follower
+        .exec("CREATE TABLE t (x)", Vec::<i64>::new())
+        .await
+        .expect("create through the follower");
+
+    info!("phase 2: pause the leader; a write through a follower is forwarded to the new leader within about two election timeouts");
+    let pid = cluster.node(leader).pid().expect("running");
+    signal(pid, libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let written = through_follower
+        .exec("INSERT INTO t VALUES (1)", Vec::<i64>::new())
+        .await;
+    let took = started.elapsed();
+    signal(pid, libc::SIGCONT);
+    written.expect("the write commits on the new leader");
+    info!(
+        took_ms = took.as_millis() as u64,
+        "forwarded write acknowledged"
+    );
+    // Election timeouts are 300-600 ms here: the forward gives up after 2 × 600 ms, a new
+    // leader is there by then or soon after. The client's own timeout is 5 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "the forward waited {took:?} for a leader that could not answer"
+    );
+
+    info!("phase 3: the old leader is back; the write is there exactly once on every node");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    for id in cluster.ids() {
+        let rows = cluster
+            .client_for(id)
+            .query_with(
+                Statement::new("SELECT count(*) FROM t"),
+                Consistency::Stale,
+                0,
+            )
+            .await
+            .expect("count");
+        assert_eq!(
+            rows.rows[0].get::<i64>(0).expect("count"),
+            1,
+            "node {id}: the write once"
+        );
+        cluster.node(id).ensure_alive().expect("no node exited");
+    }
+}

@@ -311,10 +311,77 @@ impl Node {
                 Some(leader),
             ));
         }
-        inner
-            .peer(&leader.peer_addr)?
-            .forward_execute(&request, leader)
-            .await
+        self.forward_to_leader(&request, leader).await
+    }
+
+    /// Forwards a write to `leader`. A forward that fails as unavailable, or gets no answer
+    /// within two election timeouts (the leader was cut off, paused or replaced), goes to the
+    /// leader known then — under the same request id, so a leader that did receive it answers
+    /// with its first result — until the request's deadline.
+    async fn forward_to_leader(
+        &self,
+        request: &WriteRequest,
+        mut leader: LeaderHint,
+    ) -> Result<WriteReply, NodeError> {
+        let inner = &self.inner;
+        let patience = inner.config.election_timeout_max * 2;
+        let deadline = request
+            .deadline
+            .unwrap_or_else(|| Instant::now() + inner.config.statement_timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let stuck = leader.id;
+            let peer = inner.peer(&leader.peer_addr)?;
+            let forward = tokio::time::timeout(
+                patience.min(left),
+                peer.forward_execute(request, leader.clone()),
+            );
+            // A new leader known meanwhile ends the wait at once: the old one cannot commit.
+            let moved = async {
+                loop {
+                    match inner.leader_hint() {
+                        Some(l) if l.id != stuck && l.id != inner.id => return l,
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            };
+            let attempt = tokio::select! {
+                r = forward => r,
+                l = moved => {
+                    tracing::info!(from = stuck, to = l.id, "leader changed during a forwarded write: forwarding it again");
+                    leader = l;
+                    continue;
+                }
+            };
+            let error = match attempt {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => NodeError::unavailable(
+                    format!(
+                        "leader {} did not answer a forwarded write in {patience:?}",
+                        leader.id
+                    ),
+                    None,
+                ),
+            };
+            // Wait (at most one more patience) for a leader other than the one that failed.
+            let waited_until = (Instant::now() + patience).min(deadline);
+            let next = loop {
+                match inner.leader_hint() {
+                    Some(l) if l.id != stuck && l.id != inner.id => break Some(l),
+                    _ if Instant::now() >= waited_until => break inner.leader_hint(),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            match next {
+                Some(l) if Instant::now() < deadline && l.id != inner.id => {
+                    tracing::info!(from = stuck, to = l.id, error = %error, "forwarding the write again");
+                    leader = l;
+                }
+                _ => return Err(error),
+            }
+        }
     }
 
     /// Records the leader's commit index carried by an AppendEntries this follower received.
