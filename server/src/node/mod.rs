@@ -374,8 +374,10 @@ impl Node {
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             };
+            // Only a different leader is worth another try: the one that failed (answered
+            // UNAVAILABLE, or could not answer) is given up on, so the client hears at once.
             match next {
-                Some(l) if Instant::now() < deadline && l.id != inner.id => {
+                Some(l) if Instant::now() < deadline && l.id != inner.id && l.id != stuck => {
                     tracing::info!(from = stuck, to = l.id, error = %error, "forwarding the write again");
                     leader = l;
                 }
