@@ -246,21 +246,7 @@ impl Cluster {
     /// A client for every node with the token of `role` (`None`: no token); on a secure
     /// cluster only.
     pub fn client_as(&self, role: Option<&str>) -> Client {
-        let endpoints: Vec<String> = self
-            .ids()
-            .into_iter()
-            .map(|id| self.endpoint_of(self.node(id)))
-            .collect();
-        Client::with_options(
-            endpoints,
-            ClientOptions {
-                request_timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(1),
-                retry_deadline: Duration::from_secs(5),
-                ..self.credential_options(role)
-            },
-        )
-        .expect("loopback endpoints are valid")
+        self.client_with_role(self.ids(), Duration::from_secs(5), role)
     }
 
     /// The peer address (`--peer-listen`) of node `id`.
@@ -313,6 +299,17 @@ impl Cluster {
         ids: impl IntoIterator<Item = u64>,
         retry_deadline: Duration,
     ) -> Client {
+        self.client_with_role(ids, retry_deadline, Some("admin"))
+    }
+
+    /// A client for the nodes `ids` with the token of `role` (on a secure cluster) that
+    /// retries for at most `retry_deadline`.
+    fn client_with_role(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+        retry_deadline: Duration,
+        role: Option<&str>,
+    ) -> Client {
         let endpoints: Vec<String> = ids
             .into_iter()
             .map(|id| self.endpoint_of(self.node(id)))
@@ -325,7 +322,7 @@ impl Cluster {
                 retry_deadline,
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(250),
-                ..self.credential_options(Some("admin"))
+                ..self.credential_options(role)
             },
         )
         .expect("loopback endpoints are valid")

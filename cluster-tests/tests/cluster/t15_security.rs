@@ -224,6 +224,36 @@ async fn start_with_rows(options: ClusterOptions, table: &str) -> Started {
     }
 }
 
+/// After the attacks: writes still commit and converge, the cluster id and term are those of
+/// `before` (no election), every acknowledged write is there once, replicas are
+/// byte-identical and no node restarted. Returns the status after.
+async fn assert_nothing_changed(
+    cluster: &Cluster,
+    checker: &Checker,
+    client: &Client,
+    leader: u64,
+    before: &v1::StatusResponse,
+) -> v1::StatusResponse {
+    checker
+        .write_many(client, "after", 10)
+        .await
+        .expect("writes after the attacks");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    let after = cluster.status_of(leader).await.expect("status");
+    assert_eq!(after.cluster_id, before.cluster_id);
+    assert_eq!(after.term, before.term, "no election was forced");
+    checker
+        .verify(cluster)
+        .await
+        .expect("every acknowledged write, exactly once");
+    cluster.assert_identical_pages().await;
+    assert_no_node_restarted(cluster);
+    after
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_and_token_cluster_refuses_every_attack() {
     init_tracing();
@@ -496,17 +526,7 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     info!(
         "phase 5: nothing changed: data, membership, term, files; replicas identical; no restart"
     );
-    checker
-        .write_many(&client, "after", 10)
-        .await
-        .expect("writes after the attacks");
-    cluster
-        .wait_converged(Duration::from_secs(20))
-        .await
-        .expect("converged");
-    let after = cluster.status_of(leader).await.expect("status");
-    assert_eq!(after.cluster_id, before.cluster_id);
-    assert_eq!(after.term, before.term, "no election was forced");
+    let after = assert_nothing_changed(&cluster, &checker, &client, leader, &before).await;
     let ids = |s: &v1::StatusResponse| {
         let mut v: Vec<(u64, bool)> = s.nodes.iter().map(|n| (n.id, n.voter)).collect();
         v.sort();
@@ -514,12 +534,6 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     };
     assert_eq!(ids(&after), ids(&before), "membership unchanged");
     assert!(!Path::new("/tmp/raftlite-t15-pwned.db").exists());
-    checker
-        .verify(&cluster)
-        .await
-        .expect("every acknowledged write, exactly once");
-    cluster.assert_identical_pages().await;
-    assert_no_node_restarted(&cluster);
 
     info!("phase 6: tokens rotate without a restart: a new token works, a removed one stops");
     let rotated = "rotated-read-token-0123456789";
@@ -765,21 +779,5 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
     );
 
     info!("phase 8: nothing changed; replicas identical; no node restarted");
-    checker
-        .write_many(&client, "after", 10)
-        .await
-        .expect("writes");
-    cluster
-        .wait_converged(Duration::from_secs(20))
-        .await
-        .expect("converged");
-    let after = cluster.status_of(leader).await.expect("status");
-    assert_eq!(after.cluster_id, before.cluster_id);
-    assert_eq!(after.term, before.term, "no election was forced");
-    checker
-        .verify(&cluster)
-        .await
-        .expect("every acknowledged write, exactly once");
-    cluster.assert_identical_pages().await;
-    assert_no_node_restarted(&cluster);
+    assert_nothing_changed(&cluster, &checker, &client, leader, &before).await;
 }

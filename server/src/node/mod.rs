@@ -209,8 +209,12 @@ impl Node {
 
     /// Every member of the current membership (voters and learners) and its addresses.
     pub fn member_addrs(&self) -> std::collections::BTreeMap<NodeId, NodeAddr> {
-        let m = self.inner.raft.metrics().borrow().clone();
-        m.membership_config
+        // Borrowed, not cloned: the peer service asks on every Raft message.
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
             .membership()
             .nodes()
             .map(|(id, a)| (*id, a.clone()))
@@ -337,11 +341,16 @@ impl Node {
                 peer.forward_execute(request, leader.clone()),
             );
             // A new leader known meanwhile ends the wait at once: the old one cannot commit.
-            let moved = async {
+            // Woken by Raft's metrics, not polled: an ordinary forward costs nothing here.
+            let mut metrics = inner.raft.metrics();
+            let moved = async move {
                 loop {
+                    if metrics.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
                     match inner.leader_hint() {
                         Some(l) if l.id != stuck && l.id != inner.id => return l,
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        _ => {}
                     }
                 }
             };

@@ -114,6 +114,10 @@ impl PeerService {
 
     /// True when `cert` names node `id` (at `peer_addr`, if known).
     fn cert_names(&self, cert: &PeerCert, id: NodeId, peer_addr: Option<&str>) -> bool {
+        // The explicit name needs no look at the membership (the usual case).
+        if cert.names_node(id, None, false) {
+            return true;
+        }
         let hosts = self.node.member_peer_hosts();
         let host = peer_addr.and_then(crate::tls::addr_host);
         let unique = host
