@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod events;
+pub mod prevote;
 pub mod reads;
 pub mod status;
 pub mod write_path;
@@ -15,6 +16,7 @@ use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{LeaderHint, NodeError};
+pub use prevote::PreVoteAnswer;
 pub use write_path::WriteReply;
 
 use crate::cluster::identity::ClusterIdentity;
@@ -71,6 +73,9 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
+    /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
+    /// pre-votes meanwhile, so no other follower races it into an election.
+    taking_over_until: Mutex<Option<Instant>>,
     dialer: Arc<Dialer>,
     /// TLS material of both listeners and of dialing peers; `None` without TLS.
     tls: Option<Arc<crate::tls::Tls>>,
@@ -154,12 +159,14 @@ impl Node {
             writes,
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
+            taking_over_until: Mutex::new(None),
             dialer,
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             apply_spans,
         });
+        tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
             executor,
@@ -289,19 +296,7 @@ impl Node {
     ) -> Result<WriteReply, NodeError> {
         let inner = &self.inner;
         if inner.is_leader() {
-            let (reply, rx) = oneshot::channel();
-            inner
-                .writes
-                .send(write_path::PendingWrite {
-                    request,
-                    reply,
-                    span: tracing::Span::current(),
-                })
-                .await
-                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
-            return rx
-                .await
-                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            return self.execute_here(request).await;
         }
         let Some(leader) = inner.leader_hint() else {
             return Err(NodeError::unavailable(
@@ -316,6 +311,25 @@ impl Node {
             ));
         }
         self.forward_to_leader(&request, leader).await
+    }
+
+    /// Runs a write on this node, the leader: through the batcher into a group commit.
+    async fn execute_here(&self, request: WriteRequest) -> Result<WriteReply, NodeError> {
+        let inner = &self.inner;
+        {
+            let (reply, rx) = oneshot::channel();
+            inner
+                .writes
+                .send(write_path::PendingWrite {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                })
+                .await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            rx.await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?
+        }
     }
 
     /// Forwards a write to `leader`. A forward that fails as unavailable, or gets no answer
@@ -349,7 +363,7 @@ impl Node {
                         std::future::pending::<()>().await;
                     }
                     match inner.leader_hint() {
-                        Some(l) if l.id != stuck && l.id != inner.id => return l,
+                        Some(l) if l.id != stuck => return l,
                         _ => {}
                     }
                 }
@@ -357,7 +371,11 @@ impl Node {
             let attempt = tokio::select! {
                 r = forward => r,
                 l = moved => {
-                    tracing::info!(from = stuck, to = l.id, "leader changed during a forwarded write: forwarding it again");
+                    tracing::info!(from = stuck, to = l.id, "leader changed during a forwarded write: sending it again");
+                    if l.id == inner.id {
+                        // This node won the election: run it here, under the same request id.
+                        return self.execute_here(request.clone()).await;
+                    }
                     leader = l;
                     continue;
                 }
@@ -378,7 +396,7 @@ impl Node {
             let waited_until = (Instant::now() + patience).min(deadline);
             let next = loop {
                 match inner.leader_hint() {
-                    Some(l) if l.id != stuck && l.id != inner.id => break Some(l),
+                    Some(l) if l.id != stuck => break Some(l),
                     _ if Instant::now() >= waited_until => break inner.leader_hint(),
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -386,7 +404,11 @@ impl Node {
             // Only a different leader is worth another try: the one that failed (answered
             // UNAVAILABLE, or could not answer) is given up on, so the client hears at once.
             match next {
-                Some(l) if Instant::now() < deadline && l.id != inner.id && l.id != stuck => {
+                Some(l) if Instant::now() < deadline && l.id == inner.id => {
+                    tracing::info!(from = stuck, error = %error, "this node became the leader: running the forwarded write here");
+                    return self.execute_here(request.clone()).await;
+                }
+                Some(l) if Instant::now() < deadline && l.id != stuck => {
                     tracing::info!(from = stuck, to = l.id, error = %error, "forwarding the write again");
                     leader = l;
                 }
@@ -608,6 +630,12 @@ impl Node {
 
     /// Peer request: start an election after `after` (leadership transfer).
     pub fn elect_after(&self, after: Duration) {
+        *self
+            .inner
+            .taking_over_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + after + self.inner.config.election_timeout_max * 2);
         let raft = self.inner.raft.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
