@@ -354,6 +354,9 @@ async fn bounded_reads(
                 0,
             )
             .await;
+        if sent.elapsed() > Duration::from_millis(500) {
+            tracing::warn!(took = ?sent.elapsed(), ?result, "a slow bounded read");
+        }
         if sent > window_end {
             late += 1;
             if result.is_ok() {

@@ -73,6 +73,9 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
+    /// When a quorum last acknowledged this leader (`None` on a follower); see
+    /// `reads::track_quorum_acks`.
+    quorum_acked_at: Mutex<Option<Instant>>,
     /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
     /// pre-votes meanwhile, so no other follower races it into an election.
     taking_over_until: Mutex<Option<Instant>>,
@@ -160,6 +163,7 @@ impl Node {
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
             taking_over_until: Mutex::new(None),
+            quorum_acked_at: Mutex::new(None),
             dialer,
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
@@ -167,6 +171,7 @@ impl Node {
             apply_spans,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
+        tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
             executor,
@@ -711,14 +716,24 @@ impl NodeInner {
     /// openraft 0.9 keeps a leader that lost its quorum in place; writes must not wait on it.
     pub fn check_quorum_contact(&self) -> Result<(), NodeError> {
         let limit = self.config.election_timeout_max * 2;
-        let since = self.raft.metrics().borrow().millis_since_quorum_ack;
-        match since {
-            Some(ms) if ms > limit.as_millis() as u64 => Err(NodeError::unavailable(
-                format!("the leader has not heard from a quorum for {ms} ms (no quorum); retry"),
+        match self.since_quorum_ack() {
+            Some(since) if since > limit => Err(NodeError::unavailable(
+                format!(
+                    "the leader has not heard from a quorum for {} ms (no quorum); retry",
+                    since.as_millis()
+                ),
                 None,
             )),
             _ => Ok(()),
         }
+    }
+
+    /// On the leader: how long ago a quorum last acknowledged it.
+    pub fn since_quorum_ack(&self) -> Option<Duration> {
+        self.quorum_acked_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|at| at.elapsed())
     }
 
     /// Waits until the applied index reaches `index`.
