@@ -111,6 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         base_port: None,
         data_dir: None,
+        ..LocalClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(&options)?;
     let outcome = tokio::select! {

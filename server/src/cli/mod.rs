@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod dev;
 pub mod health;
 pub mod local_cluster;
+pub mod local_credentials;
 pub mod migrate;
 pub mod restore;
 pub mod sql;
