@@ -6,10 +6,12 @@
 //! `error: <GRPC_CODE>: <message>` with exit code 1.
 
 pub mod bench;
+pub mod bench_floor;
 pub mod cluster;
 pub mod dev;
 pub mod health;
 pub mod local_cluster;
+pub mod local_credentials;
 pub mod migrate;
 pub mod restore;
 pub mod sql;
