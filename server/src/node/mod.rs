@@ -87,8 +87,8 @@ pub(crate) struct NodeInner {
     /// database instead of installing the snapshot.
     recovering: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Spans of this leader's proposals, for the apply to join (tracing).
-    pub apply_spans: crate::raft::state_machine::ApplySpans,
+    /// This leader's proposals in flight: their spans and commit notices (write path).
+    pub proposals: crate::raft::state_machine::Proposals,
 }
 
 impl Node {
@@ -112,7 +112,7 @@ impl Node {
         )
         .await
         .context("open state machine")?;
-        let apply_spans = state_machine.apply_spans();
+        let proposals = state_machine.proposals();
         let log_store = LogStore::new(store.clone());
         let archive_log = log_store.clone();
         let raft_config = openraft::Config {
@@ -168,7 +168,7 @@ impl Node {
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            apply_spans,
+            proposals,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
         tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
@@ -730,10 +730,21 @@ impl NodeInner {
 
     /// On the leader: how long ago a quorum last acknowledged it.
     pub fn since_quorum_ack(&self) -> Option<Duration> {
-        self.quorum_acked_at
+        let tracked = *self
+            .quorum_acked_at
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|at| at.elapsed())
+            .unwrap_or_else(|p| p.into_inner());
+        match tracked {
+            Some(at) => Some(at.elapsed()),
+            // The tracker has not seen this leadership's first figure yet (it has just begun):
+            // openraft's own, at most one tick old.
+            None => self
+                .raft
+                .metrics()
+                .borrow()
+                .millis_since_quorum_ack
+                .map(Duration::from_millis),
+        }
     }
 
     /// Waits until the applied index reaches `index`.
