@@ -124,17 +124,19 @@ impl Node {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
                     let limit = inner.config.election_timeout_max * 3;
-                    match heard {
-                        Some(at) if at.elapsed() <= limit => {}
+                    let left = match heard {
+                        Some(at) if at.elapsed() <= limit => limit - at.elapsed(),
                         _ => {
                             return Err(NodeError::unavailable(
                                 format!("this node has not heard from a leader in the last {limit:?}; a bounded read cannot be served"),
                                 inner.leader_hint(),
                             ))
                         }
-                    }
+                    };
+                    // Catching up may not outlast the window: a follower cut off before the
+                    // entries arrived answers UNAVAILABLE when it ends, not old data later.
                     inner
-                        .wait_applied(commit.saturating_sub(max_lag), READ_WAIT)
+                        .wait_applied(commit.saturating_sub(max_lag), left.min(READ_WAIT))
                         .await?;
                 }
             }
