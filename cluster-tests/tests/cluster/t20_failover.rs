@@ -137,3 +137,106 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     cluster.assert_identical_pages().await;
     info!(?report, ?elected_after, "t20 done");
 }
+
+/// Writers in the burst that precedes the double kill.
+const BURST_WRITERS: usize = 8;
+/// Acknowledged writes in that burst.
+const BURST_WRITES: usize = 300;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_of_three_sigkilled_right_after_a_burst_lose_nothing() {
+    init_tracing();
+
+    info!("phase 1: start three nodes, wait for a leader, create the audited table");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let checker = Checker::new("double_kill_kv");
+    checker
+        .create_table(&cluster.client())
+        .await
+        .expect("create the table");
+
+    info!(
+        BURST_WRITERS,
+        BURST_WRITES,
+        "phase 2: a burst of concurrent writes (group commits) until enough are acknowledged"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..BURST_WRITERS {
+        let (checker, client, stop) = (checker.clone(), cluster.client(), stop.clone());
+        writers.spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("b{writer}-{n}");
+                n += 1;
+                // An error is an unknown outcome: the audit allows such a key at most once.
+                let _ = checker.write(&client, &key, "burst").await;
+            }
+        });
+    }
+    wait_until("the burst", Duration::from_secs(60), || async {
+        Ok((checker.acked_count() >= BURST_WRITES).then_some(()))
+    })
+    .await
+    .expect("the burst is acknowledged");
+
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let acked = checker.acked_count();
+    info!(
+        leader,
+        follower, acked, "phase 3: SIGKILL the leader and a follower at once, writes in flight"
+    );
+    cluster.node(leader).kill().expect("kill the leader");
+    cluster.node(follower).kill().expect("kill a follower");
+    stop.store(true, Ordering::Relaxed);
+    // The clients retry against a cluster without a quorum until their deadline: stop them.
+    writers.abort_all();
+    while writers.join_next().await.is_some() {}
+
+    info!("phase 4: restart both; the cluster elects a leader and converges");
+    cluster
+        .node(leader)
+        .start()
+        .expect("restart the old leader");
+    cluster
+        .node(follower)
+        .start()
+        .expect("restart the follower");
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader after the restarts");
+    cluster
+        .wait_converged(Duration::from_secs(30))
+        .await
+        .expect("all three nodes converge");
+
+    info!("phase 5: every write acknowledged before the kill is on every node, exactly once");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("no acknowledged write lost or doubled");
+    assert_eq!(report.nodes.len(), 3);
+    assert!(
+        report.acked >= acked,
+        "{} acknowledged writes audited, {acked} acknowledged before the kill",
+        report.acked
+    );
+    cluster.assert_identical_pages().await;
+    for id in cluster.ids() {
+        assert!(
+            cluster.node(id).panics().is_empty(),
+            "node {id} panicked: {:?}",
+            cluster.node(id).panics()
+        );
+    }
+    info!(?report, "double kill audited");
+}
