@@ -34,6 +34,8 @@ const SNAPSHOT_DIR: &str = "snapshots";
 
 /// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Linearizable reads that may wait for the next read-index round before senders wait too.
+const READ_INDEX_QUEUE: usize = 4096;
 
 /// A change of the cluster's membership or leadership (the admin calls).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
+    /// Linearizable reads waiting for a read index (see `reads::confirm_read_indexes`).
+    read_indexes: mpsc::Sender<reads::ReadIndexWaiter>,
     /// When a quorum last acknowledged this leader (`None` on a follower); see
     /// `reads::track_quorum_acks`.
     quorum_acked_at: Mutex<Option<Instant>>,
@@ -150,6 +154,7 @@ impl Node {
         .context("start raft")?;
         let executor = db.open_executor().context("open executor connection")?;
         let (writes, queue) = mpsc::channel(config.max_batch_requests * 4);
+        let (read_indexes, read_index_queue) = mpsc::channel(READ_INDEX_QUEUE);
         let inner = Arc::new(NodeInner {
             id: config.node_id,
             config: config.clone(),
@@ -164,6 +169,7 @@ impl Node {
             leader_commit: Mutex::new((0, None)),
             taking_over_until: Mutex::new(None),
             quorum_acked_at: Mutex::new(None),
+            read_indexes,
             dialer,
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
@@ -172,6 +178,10 @@ impl Node {
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
         tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
+        tokio::spawn(reads::confirm_read_indexes(
+            Arc::downgrade(&inner),
+            read_index_queue,
+        ));
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
             executor,
@@ -434,14 +444,21 @@ impl Node {
     }
 
     /// Leader only: a log index a linearizable read must wait for (Raft read index).
+    /// Concurrent callers share one quorum confirmation (see `reads::confirm_read_indexes`).
     pub async fn read_index(&self) -> Result<u64, NodeError> {
-        let (read_log_id, _) = self.inner.raft.get_read_log_id().await.map_err(|e| {
+        let (tx, rx) = oneshot::channel();
+        let shutting_down = || NodeError::unavailable("the node is shutting down", None);
+        self.inner
+            .read_indexes
+            .send(tx)
+            .await
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?.map_err(|e| {
             NodeError::unavailable(
                 format!("cannot confirm leadership for a linearizable read: {e}"),
                 self.inner.leader_hint(),
             )
-        })?;
-        Ok(read_log_id.map(|l| l.index).unwrap_or(0))
+        })
     }
 
     /// Runs a membership change on the leader: here, or forwarded to the leader when this node

@@ -15,7 +15,7 @@
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Node, NodeError, NodeInner};
 use crate::db::{DbError, QueryChunk, Statement};
@@ -73,6 +73,39 @@ pub(super) async fn track_quorum_acks(node: Weak<NodeInner>) {
         }
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// A linearizable read waiting for the leader's read index, or why there is none.
+pub(super) type ReadIndexWaiter = oneshot::Sender<Result<u64, String>>;
+
+/// Answers the read-index requests of linearizable reads on the leader. Each round takes
+/// every request queued at that moment and confirms leadership with a quorum ONCE for all of
+/// them (openraft's `get_read_log_id` sends a heartbeat to the followers): a request queued
+/// while a round runs waits for the next one, so the confirmation it gets always began after it
+/// arrived — what a linearizable read needs. Under load many reads share one round trip.
+pub(super) async fn confirm_read_indexes(
+    node: Weak<NodeInner>,
+    mut queue: mpsc::Receiver<ReadIndexWaiter>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = queue.try_recv() {
+            waiters.push(w);
+        }
+        let Some(inner) = node.upgrade() else { return };
+        // Bounded: a round that cannot finish must not hold the next ones back.
+        let result = match tokio::time::timeout(READ_WAIT, inner.raft.get_read_log_id()).await {
+            Ok(Ok((read_log_id, _))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no quorum confirmed the leadership within {READ_WAIT:?}"
+            )),
+        };
+        drop(inner);
+        for w in waiters {
+            let _ = w.send(result.clone());
         }
     }
 }
