@@ -6,6 +6,7 @@
 //! `error: <GRPC_CODE>: <message>` with exit code 1.
 
 pub mod bench;
+pub mod bench_log;
 pub mod cluster;
 pub mod dev;
 pub mod health;
