@@ -6,7 +6,9 @@
 //! record:            payload length u32 | crc32 u32 | index u64 | payload
 //! ```
 //! All integers little-endian. A record's CRC covers its length, its index and its payload,
-//! so a torn length is caught as surely as a torn payload. Nothing here panics on bad input:
+//! so a torn length is caught as surely as a torn payload. A record header of 16 zero bytes
+//! marks the end of the records (the rest of the file is preallocated zeros). Nothing here
+//! panics on bad input:
 //! every way a file can be short or wrong is a [`Defect`].
 
 use std::fs::File;
@@ -122,7 +124,8 @@ pub struct Found {
 #[derive(Debug)]
 pub struct Scan {
     pub records: Vec<Found>,
-    /// End of the last good record: where the next one goes.
+    /// End of the last good record: where the next one goes. Less than the file's length
+    /// when zeros (preallocated space) or a defect follow.
     pub end: u64,
     /// The first unusable record, if the file does not end cleanly after the last good one.
     pub defect: Option<Defect>,
@@ -147,6 +150,10 @@ pub fn scan(file: &File, file_len: u64) -> io::Result<Scan> {
         }
         let mut h = [0u8; RECORD_HEADER_LEN as usize];
         reader.read_exact(&mut h)?;
+        if h == [0u8; RECORD_HEADER_LEN as usize] {
+            // The zeros of preallocated space: the records end here.
+            break None;
+        }
         let len = le_u32(&h[0..4]);
         let crc = le_u32(&h[4..8]);
         let index = le_u64(&h[8..16]);

@@ -48,6 +48,13 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Closes the log the way a restart does: opening trims the preallocated zeros after the
+/// records, so the file ends where its last record does.
+fn close_and_trim(wal: Wal, dir: &Path, options: WalOptions) {
+    drop(wal);
+    drop(Wal::open(dir, options).expect("reopen to trim"));
+}
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").len()
 }
@@ -74,7 +81,7 @@ fn torn_last_record_is_cut_and_appending_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..11);
-    drop(wal);
+    close_and_trim(wal, dir.path(), WalOptions::default());
     let last = segments(dir.path()).pop().expect("a segment");
     // Cut the file in the middle of the last record's payload.
     let len = file_len(&last);
@@ -100,7 +107,7 @@ fn torn_record_header_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..4);
-    drop(wal);
+    close_and_trim(wal, dir.path(), WalOptions::default());
     let last = segments(dir.path()).pop().expect("a segment");
     let good_len = file_len(&last);
     // Seven bytes of the next record's 16-byte header.
@@ -115,7 +122,7 @@ fn garbage_tail_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..6);
-    drop(wal);
+    close_and_trim(wal, dir.path(), WalOptions::default());
     let last = segments(dir.path()).pop().expect("a segment");
     let good_len = file_len(&last);
     // What a crash can leave after the last synced write: zeros (an extended file whose data
@@ -136,7 +143,7 @@ fn crc_mismatch_in_the_tail_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..6);
-    drop(wal);
+    close_and_trim(wal, dir.path(), WalOptions::default());
     let last = segments(dir.path()).pop().expect("a segment");
     // Flip one byte inside the last record's payload.
     let file = OpenOptions::new()
@@ -185,7 +192,7 @@ fn partial_header_of_a_new_last_segment_is_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..4);
-    drop(wal);
+    close_and_trim(wal, dir.path(), WalOptions::default());
     // A crash while the next segment's header was being written.
     let partial = dir.path().join(segment_name(2));
     std::fs::write(&partial, &segment::encode_header(2)[..11]).expect("write");
@@ -360,4 +367,78 @@ fn writer_groups_concurrent_appends_and_reports_each() {
     assert_eq!(reported, (1..=200).map(|i| (i, true)).collect::<Vec<_>>());
     assert!(truncated_rx.recv().expect("truncate done"));
     assert_holds(writer.reader(), 1..150);
+}
+
+#[test]
+fn preallocated_zeros_are_trimmed_and_never_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut wal = Wal::open(dir.path(), small_segments()).expect("open");
+    append_range(&mut wal, 1..3);
+    let only = segments(dir.path()).pop().expect("a segment");
+    let with_zeros = file_len(&only);
+    assert!(
+        with_zeros > (PREALLOCATE as u64),
+        "the first small append preallocates"
+    );
+    for i in 3..60 {
+        append_range(&mut wal, i..i + 1);
+    }
+    // Every segment but the last was trimmed to its records when the next one began.
+    let paths = segments(dir.path());
+    for path in &paths[..paths.len() - 1] {
+        assert!(file_len(path) < 4096, "{} is trimmed", path.display());
+    }
+    drop(wal);
+    let mut wal = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_holds(&wal.reader(), 1..60);
+    assert!(
+        file_len(paths.last().expect("last")) < 4096,
+        "the last is trimmed on open"
+    );
+    append_range(&mut wal, 60..62);
+    drop(wal);
+    let wal = Wal::open(dir.path(), small_segments()).expect("reopen again");
+    assert_holds(&wal.reader(), 1..62);
+}
+
+#[test]
+fn zeros_after_the_records_of_an_earlier_segment_are_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut wal = Wal::open(dir.path(), small_segments()).expect("open");
+    append_range(&mut wal, 1..40);
+    drop(wal);
+    let first = segments(dir.path()).remove(0);
+    append_bytes(&first, &[0u8; 100]);
+    let err = Wal::open(dir.path(), small_segments())
+        .err()
+        .expect("must not open");
+    assert!(
+        err.to_string().contains("zeros after its last record"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_behind_a_zero_gap_is_not_resurrected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    append_range(&mut wal, 1..6);
+    close_and_trim(wal, dir.path(), WalOptions::default());
+    // A torn batch of 6 and 7 in preallocated space: 6's pages never reached the disk (zeros),
+    // 7's did.
+    let last = segments(dir.path()).pop().expect("a segment");
+    let mut frame6 = Vec::new();
+    segment::encode_record(&mut frame6, 6, &payload(6)).expect("encode");
+    let mut frame7 = Vec::new();
+    segment::encode_record(&mut frame7, 7, &payload(7)).expect("encode");
+    append_bytes(&last, &vec![0u8; frame6.len()]);
+    append_bytes(&last, &frame7);
+
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_holds(&wal.reader(), 1..6);
+    // 6 arrives again, the same size: 7 must not line up behind it.
+    append_range(&mut wal, 6..7);
+    close_and_trim(wal, dir.path(), WalOptions::default());
+    let wal = Wal::open(dir.path(), WalOptions::default()).expect("reopen again");
+    assert_holds(&wal.reader(), 1..7);
 }
