@@ -13,7 +13,9 @@
 //! - `truncate` and `purge` are queued behind earlier appends and awaited. `purge` records the
 //!   purged log id durably before deleting segments, so a crash between the two leaves extra
 //!   entries, never a gap.
-//! - `save_vote` is a durable redb commit (rare: elections); `save_committed` a lazy one.
+//! - `save_vote` is a durable redb commit (rare: elections); `save_committed` a lazy one, made
+//!   on the writer thread behind the queued appends so that it never gets ahead of the
+//!   durable log (openraft re-applies up to it at start).
 //!
 //! Entries are bincode-encoded; the page delta inside travels as opaque bytes. No file I/O
 //! runs on a tokio worker: the writer is a std thread, and reads and redb commits use the
@@ -354,11 +356,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Lazy: a lost committed index is re-learned from the leader; it only saves re-applying.
+        // But it must never get ahead of this node's durable log: at start openraft re-applies
+        // the log up to it and fails on a missing entry. A node can learn that an entry is
+        // committed before its own append of it is on disk, so the write waits behind every
+        // queued append, on the writer thread, without making openraft wait.
         let store = self.store.clone();
-        blocking(move || store.write_meta(KEY_COMMITTED, &committed, Sync::Lazy)).await
+        self.wal
+            .after_writes(Box::new(move |appended| {
+                if appended.is_err() {
+                    return;
+                }
+                if let Err(e) = store.write_meta(KEY_COMMITTED, &committed, Sync::Lazy) {
+                    tracing::warn!(error = %e, "saving the committed log id failed");
+                }
+            }))
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        // After the queued `save_committed` writes.
+        let wal = self.wal.clone();
+        wal_op(move |done| wal.after_writes(done)).await?;
         let store = self.store.clone();
         blocking(move || Ok(store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())).await
     }

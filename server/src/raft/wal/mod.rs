@@ -586,6 +586,9 @@ enum Op {
         upto: u64,
         done: Done,
     },
+    AfterWrites {
+        done: Done,
+    },
 }
 
 /// A group-commit batch stops growing past this many payload bytes.
@@ -632,6 +635,14 @@ impl WalWriter {
             .map_err(|_| writer_gone())
     }
 
+    /// Runs `done` on the writer thread once every earlier operation is done: with `Ok` if
+    /// they all succeeded so far, with the error that stopped the log otherwise.
+    pub fn after_writes(&self, done: Done) -> io::Result<()> {
+        self.ops
+            .send(Op::AfterWrites { done })
+            .map_err(|_| writer_gone())
+    }
+
     /// Queues a purge behind every earlier append (see [`Wal::purge`]).
     pub fn purge(&self, upto: u64, done: Done) -> io::Result<()> {
         self.ops
@@ -661,6 +672,7 @@ fn run_writer(mut wal: Wal, queue: mpsc::Receiver<Op>) {
         match op {
             Op::Truncate { from, done } => done(wal.truncate(from)),
             Op::Purge { upto, done } => done(wal.purge(upto)),
+            Op::AfterWrites { done } => done(wal.check_usable()),
             Op::Append { records, done } => {
                 let mut bytes: usize = records.iter().map(|(_, p)| p.len()).sum();
                 let mut group = vec![(records, done)];

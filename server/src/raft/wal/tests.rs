@@ -341,17 +341,27 @@ fn writer_groups_concurrent_appends_and_reports_each() {
     let wal = Wal::open(dir.path(), small_segments()).expect("open");
     let writer = WalWriter::start(wal).expect("start");
     let (tx, rx) = mpsc::channel();
+    let reported = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for i in 1..=200u64 {
-        let tx = tx.clone();
+        let (tx, reported) = (tx.clone(), reported.clone());
         writer
             .append(
                 vec![(i, payload(i))],
                 Box::new(move |r| {
+                    reported.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = tx.send((i, r.is_ok()));
                 }),
             )
             .expect("queue");
     }
+    // What waits behind the appends (the committed index) runs after all of them.
+    let (after, after_rx) = mpsc::channel();
+    writer
+        .after_writes(Box::new(move |r| {
+            let seen = reported.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = after.send((seen, r.is_ok()));
+        }))
+        .expect("queue");
     let (truncated, truncated_rx) = mpsc::channel();
     writer
         .truncate(
@@ -366,6 +376,7 @@ fn writer_groups_concurrent_appends_and_reports_each() {
     reported.sort();
     assert_eq!(reported, (1..=200).map(|i| (i, true)).collect::<Vec<_>>());
     assert!(truncated_rx.recv().expect("truncate done"));
+    assert_eq!(after_rx.recv().expect("after_writes ran"), (200, true));
     assert_holds(writer.reader(), 1..150);
 }
 
