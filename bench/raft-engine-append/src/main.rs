@@ -67,7 +67,9 @@ fn measure(engine: Arc<Engine>, size: usize, appenders: usize, seconds: f64, reg
         .collect();
     let elapsed = started.elapsed();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
+    };
     let ops = latencies.len() as f64 / elapsed.as_secs_f64();
     println!(
         "| raft-engine 0.4 (write, sync) | {} | {} | {:.3} | {:.3} | {:.0} | {:.1} |",
@@ -87,7 +89,12 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dir" => dir = args.next(),
-            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).expect("--seconds N"),
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N")
+            }
             other => panic!("unknown argument {other}; usage: --dir DIR [--seconds N]"),
         }
     }
