@@ -317,14 +317,22 @@ impl Wal {
         }
     }
 
-    /// Runs a change; a failure makes the log refuse every later change.
-    fn guarded<T>(&mut self, change: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+    /// Runs a change (`what`, for the error); a failure makes the log refuse every later
+    /// change.
+    fn guarded<T>(
+        &mut self,
+        what: &str,
+        change: impl FnOnce(&mut Self) -> io::Result<T>,
+    ) -> io::Result<T> {
         self.check_usable()?;
-        let result = change(self);
-        if let Err(e) = &result {
+        change(self).map_err(|e| {
+            let e = io::Error::new(
+                e.kind(),
+                format!("{what} in the Raft log {}: {e}", self.dir.display()),
+            );
             self.failed = Some(e.to_string());
-        }
-        result
+            e
+        })
     }
 
     fn new_segment(&mut self) -> io::Result<()> {
@@ -357,7 +365,7 @@ impl Wal {
         &mut self,
         records: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> io::Result<()> {
-        self.guarded(|wal| wal.append_unguarded(records))
+        self.guarded("append", |wal| wal.append_unguarded(records))
     }
 
     fn append_unguarded<'a>(
@@ -481,7 +489,7 @@ impl Wal {
 
     /// Drops every record with index ≥ `from`, durably.
     pub fn truncate(&mut self, from: u64) -> io::Result<()> {
-        self.guarded(|wal| wal.truncate_unguarded(from))
+        self.guarded("truncate", |wal| wal.truncate_unguarded(from))
     }
 
     fn truncate_unguarded(&mut self, from: u64) -> io::Result<()> {
@@ -530,7 +538,7 @@ impl Wal {
     /// Deletes the oldest segments whose records all have index ≤ `upto`; the last segment
     /// always stays. Records at or below `upto` in a kept segment stay readable.
     pub fn purge(&mut self, upto: u64) -> io::Result<()> {
-        self.guarded(|wal| wal.purge_unguarded(upto))
+        self.guarded("purge", |wal| wal.purge_unguarded(upto))
     }
 
     fn purge_unguarded(&mut self, upto: u64) -> io::Result<()> {

@@ -290,6 +290,14 @@ fn overlapping_append_is_refused() {
     let p = payload(3);
     let err = wal.append([(3, p.as_slice())]).expect_err("overlap");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("append in the Raft log"), "{err}");
+    // A failed change stops the log until the node restarts and recovers from the files.
+    let next = payload(5);
+    let err = wal.append([(5, next.as_slice())]).expect_err("stopped");
+    assert!(err.to_string().contains("restart the node"), "{err}");
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_holds(&wal.reader(), 1..5);
 }
 
 #[test]
