@@ -183,7 +183,13 @@ impl Wal {
     /// Opens the log in `dir` (created if missing), rebuilding the index and cutting off a
     /// torn tail (see the module docs).
     pub fn open(dir: &Path, options: WalOptions) -> io::Result<Wal> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The directory's own entry must be durable before anything in it counts.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let item = item?;
