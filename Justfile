@@ -55,9 +55,11 @@ chart:
 image tag="raftlite:dev":
     docker/build-image.sh {{tag}}
 
-# Benchmark on a local 3-node cluster (see BENCHMARKS.md).
-bench seconds="5":
-    cargo run --release -p raftlite -- bench --seconds {{seconds}}
+# Benchmark on a local 3-node cluster, with the floor measured in the same run (see
+# BENCHMARKS.md). Production configuration by default; the plain run:
+# `just bench 5 --insecure --archive none`.
+bench seconds="5" *flags="":
+    cargo run --release -p raftlite -- bench --seconds {{seconds}} {{flags}}
 
 # What CI runs: lints, then every test.
 verify: lint chart test

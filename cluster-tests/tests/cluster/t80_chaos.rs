@@ -276,6 +276,108 @@ async fn leader_killed_repeatedly_under_load() {
     chaos.audit(count).await;
 }
 
+/// The pods' election timeouts (docker/raftlite.yaml: `election_timeout_max_ms: 600`).
+const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
+/// How long a node serves `bounded` reads without hearing from a quorum (README: three
+/// election timeouts).
+const BOUNDED_WINDOW: Duration = Duration::from_millis(3 * 600);
+/// One retry of a client: its first backoff (20 ms) and a round trip on a loaded machine.
+const ONE_RETRY: Duration = Duration::from_millis(500);
+
+/// Writes one key at a time through the pods `ids` only and records when each was
+/// acknowledged: the gaps show how long writes through those pods stalled.
+struct PacedWriter {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Instant>>,
+}
+
+impl PacedWriter {
+    fn start(chaos: &Chaos, ids: &[u64], prefix: &str) -> PacedWriter {
+        let client = chaos.cluster.client_with(ids, Duration::from_secs(20));
+        let checker = chaos.checker.clone();
+        let prefix = prefix.to_string();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0.. {
+                if *stopped.borrow() {
+                    break;
+                }
+                if checker
+                    .write(&client, &format!("{prefix}-{i}"), "paced")
+                    .await
+                    .is_ok()
+                {
+                    acks.push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acks
+        });
+        PacedWriter { stop, task }
+    }
+
+    /// Stops writing; returns the longest time without an acknowledgement around `at`.
+    async fn gap_around(self, at: Instant) -> Duration {
+        let _ = self.stop.send(true);
+        let acks = self.task.await.expect("paced writer");
+        let before = acks.iter().rev().find(|t| **t <= at).copied();
+        let after = acks.iter().find(|t| **t > at).copied();
+        match (before, after) {
+            (Some(b), Some(a)) => a - b,
+            _ => panic!(
+                "no write acknowledged on both sides of the fault ({} acks)",
+                acks.len()
+            ),
+        }
+    }
+}
+
+/// Sends `bounded` reads with `max_lag = 0` to pod `id` until `until`; returns how many were
+/// sent after `window_end` and how many of those were served.
+async fn bounded_reads(
+    chaos: &Chaos,
+    id: u64,
+    window_end: Instant,
+    until: Instant,
+) -> (usize, usize) {
+    let client = chaos.cluster.client_with(&[id], Duration::ZERO);
+    let statement =
+        cluster_tests::Statement::new(format!("SELECT count(*) FROM {}", chaos.checker.table()));
+    let (mut late, mut served_late) = (0, 0);
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let result = client
+            .query_with(
+                statement.clone(),
+                cluster_tests::Consistency::Bounded { max_lag: 0 },
+                0,
+            )
+            .await;
+        if sent.elapsed() > Duration::from_millis(500) {
+            tracing::warn!(took = ?sent.elapsed(), ?result, "a slow bounded read");
+        }
+        if sent > window_end {
+            late += 1;
+            if result.is_ok() {
+                served_late += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (late, served_late)
+}
+
+/// How many lines of pod `id`'s whole log contain `text`.
+async fn log_count(chaos: &Chaos, id: u64, text: &str) -> usize {
+    let logs = chaos.cluster.logs(id, 1_000_000).await.expect("logs");
+    logs.lines().filter(|l| l.contains(text)).count()
+}
+
+/// Partitions keep the promises of the README: a cut-off leader stops serving `bounded`
+/// reads after the window, writes through the other pods resume within about one election,
+/// nothing written to the isolated leader survives, and an isolated follower cannot depose a
+/// healthy leader when it returns (pre-vote).
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_partitioned_then_healed() {
     let mut chaos = Chaos::start("chaos_partition", DockerOptions::default()).await;
@@ -283,9 +385,50 @@ async fn leader_partitioned_then_healed() {
 
     let old = chaos.cluster.wait_for_leader(WITHIN).await.expect("leader");
     let old_term = chaos.cluster.status_of(old).await.expect("status").term;
+    let others: Vec<u64> = chaos
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+    let writers: Vec<(u64, PacedWriter)> = others
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                PacedWriter::start(&chaos, &[id], &format!("paced-{id}")),
+            )
+        })
+        .collect();
+    chaos
+        .progress(20, "paced writes through the followers")
+        .await;
+    let became_leader: usize = {
+        let mut n = 0;
+        for id in chaos.cluster.ids() {
+            n += log_count(&chaos, id, "became leader").await;
+        }
+        n
+    };
     info!(leader = %chaos.cluster.pod_name(old), term = old_term,
         "phase 2: cut the leader off from its peers (disconnect it from the pods network)");
     chaos.cluster.partition(old).await.expect("partition");
+    let cut_at = Instant::now();
+    let reads_until = cut_at + BOUNDED_WINDOW + Duration::from_secs(2);
+    let (late, served_late) =
+        bounded_reads(&chaos, old, cut_at + BOUNDED_WINDOW, reads_until).await;
+    info!(
+        late,
+        served_late, "bounded reads on the cut-off leader after the window"
+    );
+    assert!(
+        late >= 10,
+        "only {late} bounded reads were tried after the window"
+    );
+    assert_eq!(
+        served_late, 0,
+        "the cut-off leader served {served_late} of {late} bounded reads later than {BOUNDED_WINDOW:?} after losing its quorum"
+    );
     let majority = chaos.cluster.connected_ids();
     let new_leader = chaos
         .cluster
@@ -294,6 +437,16 @@ async fn leader_partitioned_then_healed() {
         .expect("the majority elects a new leader");
     info!(new_leader = %chaos.cluster.pod_name(new_leader), "the majority has a new leader");
     chaos.progress(50, "writes through the majority").await;
+    let bound = ELECTION_TIMEOUT_MAX * 2 + ONE_RETRY;
+    for (id, writer) in writers {
+        let gap = writer.gap_around(cut_at).await;
+        info!(through = %chaos.cluster.pod_name(id), ?gap, ?bound, "write gap through a follower");
+        assert!(
+            gap <= bound,
+            "writes through {} stalled {gap:?} when the leader was cut off (bound: two election timeouts and one retry, {bound:?})",
+            chaos.cluster.pod_name(id)
+        );
+    }
 
     info!("phase 3: writes sent only to the isolated old leader must all fail");
     let isolated = chaos.cluster.client_with(&[old], Duration::from_secs(3));
@@ -338,8 +491,83 @@ async fn leader_partitioned_then_healed() {
     );
     info!(leader = %chaos.cluster.pod_name(leader), term = rejoined.term, "healed");
     chaos.progress(30, "writes after healing").await;
+    let mut became_leader_after = 0;
+    for id in chaos.cluster.ids() {
+        became_leader_after += log_count(&chaos, id, "became leader").await;
+    }
+    assert_eq!(
+        became_leader_after - became_leader,
+        1,
+        "one leadership event, one 'became leader' line"
+    );
+    assert!(
+        log_count(&chaos, old, "stepped down").await >= 1,
+        "the old leader logs that it stepped down"
+    );
 
-    info!("phase 5: stop the load and audit; none of the isolated writes survived");
+    info!("phase 5: cut a follower off for many election timeouts; its term must not move");
+    let (leader, term) = {
+        let l = chaos.cluster.wait_for_leader(WITHIN).await.expect("leader");
+        (l, chaos.cluster.status_of(l).await.expect("status").term)
+    };
+    let follower = chaos
+        .cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    chaos.cluster.partition(follower).await.expect("partition");
+    let cut_at = Instant::now();
+    let (late, served_late) = bounded_reads(
+        &chaos,
+        follower,
+        cut_at + BOUNDED_WINDOW,
+        cut_at + BOUNDED_WINDOW + Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        late >= 10,
+        "only {late} bounded reads were tried after the window"
+    );
+    assert_eq!(
+        served_late, 0,
+        "the isolated follower served {served_late} bounded reads"
+    );
+    let isolated = chaos.cluster.status_of(follower).await.expect("status");
+    info!(follower = %chaos.cluster.pod_name(follower), term = isolated.term,
+        isolated_for = ?cut_at.elapsed(), "the isolated follower's term");
+    assert_eq!(
+        isolated.term, term,
+        "an isolated follower raised its term (no pre-vote?)"
+    );
+    assert!(
+        log_count(&chaos, follower, "pre-vote refused").await >= 1,
+        "the isolated follower logs why it does not start an election"
+    );
+
+    info!("phase 6: heal the follower; no election, same leader, same term");
+    chaos.cluster.heal(follower).await.expect("heal");
+    chaos
+        .progress(30, "writes after the follower returned")
+        .await;
+    wait_until("the follower to catch up", WITHIN, || async {
+        let l = chaos.cluster.status_of(leader).await?;
+        let f = chaos.cluster.status_of(follower).await?;
+        Ok((f.applied_index >= l.commit_index.saturating_sub(5)).then_some(()))
+    })
+    .await
+    .expect("caught up");
+    for id in chaos.cluster.ids() {
+        let s = chaos.cluster.status_of(id).await.expect("status");
+        assert_eq!(
+            (s.leader, s.term),
+            (leader, term),
+            "{} after the isolated follower returned",
+            chaos.cluster.pod_name(id)
+        );
+    }
+
+    info!("phase 7: stop the load and audit; none of the isolated writes survived");
     let count = chaos.stop_load(true).await;
     chaos.audit(count).await;
     for id in chaos.cluster.ids() {

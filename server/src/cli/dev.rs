@@ -29,6 +29,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         base_port: Some(args.base_port),
         data_dir: args.data_dir,
+        ..LocalClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(&options)?;
     let leader = tokio::select! {

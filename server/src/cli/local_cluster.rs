@@ -5,6 +5,12 @@
 //! terminal reaches only the parent, which then stops them in order), with their output in
 //! `<dir>/node-<id>.log`. They are stopped by the PIDs started here: SIGTERM, then SIGKILL
 //! after a grace period; dropping a [`LocalCluster`] kills them outright.
+//!
+//! By default the nodes run as `raftlite dev` wants them: plaintext on loopback, no tokens,
+//! and the archive the nodes' own settings give (`file://<data-dir>/archive` unless
+//! `RAFTLITE_ARCHIVE` says otherwise). [`LocalClusterOptions::secure`] gives them the
+//! production configuration instead (see [`LocalCredentials`]), and
+//! [`LocalClusterOptions::archive`] pins the archive setting.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use raftlite_client::{Client, ClientOptions};
 use tokio::process::{Child, Command};
+
+use super::local_credentials::LocalCredentials;
 
 /// How long a stopped node may take to shut down before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -28,12 +36,27 @@ pub struct LocalClusterOptions {
     pub base_port: Option<u16>,
     /// Where data and logs go; `None`: a temporary directory removed on stop.
     pub data_dir: Option<PathBuf>,
+    /// Mutual TLS between nodes, TLS and a token for clients, with credentials made for this
+    /// cluster in `<dir>/tls`.
+    pub secure: bool,
+    /// `None`: the nodes' own archive setting (flags, environment, default).
+    pub archive: Option<LocalArchive>,
+}
+
+/// The archive setting given to every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalArchive {
+    /// `file://<node data dir>/archive`, the default of `raftlite serve`, given explicitly.
+    DataDir,
+    /// `--archive none`.
+    Off,
 }
 
 /// One child node.
 #[derive(Debug)]
 pub struct LocalNode {
     pub id: u64,
+    /// How clients reach it: `HOST:PORT`, or `https://HOST:PORT` on a secure cluster.
     pub addr: String,
     pub log: PathBuf,
     child: Child,
@@ -45,6 +68,7 @@ pub struct LocalNode {
 pub struct LocalCluster {
     nodes: Vec<LocalNode>,
     dir: PathBuf,
+    credentials: Option<LocalCredentials>,
     /// Removes the data when dropped, if it is temporary.
     temp: Option<tempfile::TempDir>,
 }
@@ -82,13 +106,33 @@ impl LocalCluster {
             .map(|(&id, (_, peer))| (id, peer.clone()))
             .collect();
         let exe = std::env::current_exe().context("find the raftlite executable")?;
+        let credentials = if options.secure {
+            Some(LocalCredentials::generate(
+                &dir.join("tls"),
+                addrs.keys().copied(),
+            )?)
+        } else {
+            None
+        };
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             dir,
+            credentials,
             temp,
         };
         for (&id, (addr, peer_addr)) in &addrs {
-            let node = spawn_node(&exe, &cluster.dir, id, addr, peer_addr, &peers)?;
+            let node = spawn_node(
+                &exe,
+                &cluster.dir,
+                NodeSpec {
+                    id,
+                    addr,
+                    peer_addr,
+                    peers: &peers,
+                    credentials: cluster.credentials.as_ref(),
+                    archive: options.archive,
+                },
+            )?;
             cluster.nodes.push(node);
         }
         Ok(cluster)
@@ -104,6 +148,24 @@ impl LocalCluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the nodes run with TLS and tokens.
+    pub fn is_secure(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// `base` plus what this cluster's clients need: the CA and a `write` token when secure.
+    pub fn client_options(&self, base: ClientOptions) -> ClientOptions {
+        match &self.credentials {
+            Some(c) => c.client_options(base),
+            None => base,
+        }
+    }
+
+    /// The CA that signed the nodes' certificates, when secure.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.credentials.as_ref().map(LocalCredentials::ca_pem)
     }
 
     pub fn is_temporary(&self) -> bool {
@@ -173,7 +235,6 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every node (SIGTERM, SIGKILL after a grace period) and removes temporary data.
     /// SIGKILLs node `id` (the benchmark's failover phase). `stop` copes with the dead child.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self
@@ -186,6 +247,7 @@ impl LocalCluster {
             .with_context(|| format!("kill node {id}"))
     }
 
+    /// Stops every node (SIGTERM, SIGKILL after a grace period) and removes temporary data.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for node in &self.nodes {
             if let Some(pid) = node.child.id() {
@@ -213,14 +275,25 @@ impl LocalCluster {
     }
 }
 
-fn spawn_node(
-    exe: &Path,
-    dir: &Path,
+/// What one node is started with.
+struct NodeSpec<'a> {
     id: u64,
-    addr: &str,
-    peer_addr: &str,
-    peers: &BTreeMap<u64, String>,
-) -> anyhow::Result<LocalNode> {
+    addr: &'a str,
+    peer_addr: &'a str,
+    peers: &'a BTreeMap<u64, String>,
+    credentials: Option<&'a LocalCredentials>,
+    archive: Option<LocalArchive>,
+}
+
+fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<LocalNode> {
+    let NodeSpec {
+        id,
+        addr,
+        peer_addr,
+        peers,
+        credentials,
+        archive,
+    } = spec;
     let data_dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let log = dir.join(format!("node-{id}.log"));
@@ -237,13 +310,14 @@ fn spawn_node(
         .map(|(id, addr)| format!("{id}={addr}"))
         .collect::<Vec<_>>()
         .join(",");
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("serve")
         .arg("--node-id")
         .arg(id.to_string())
         .arg("--data-dir")
         .arg(&data_dir)
-        // Loopback only: no TLS or tokens needed.
+        // Loopback only: TLS and tokens are not required, only given when secure.
         .arg("--listen")
         .arg(addr)
         .arg("--peer-listen")
@@ -252,7 +326,20 @@ fn spawn_node(
         .arg(&peers_arg)
         // Several nodes on one host: each serves /metrics on a free loopback port (in its log).
         .arg("--metrics-addr")
-        .arg("127.0.0.1:0")
+        .arg("127.0.0.1:0");
+    if let Some(credentials) = credentials {
+        command.args(credentials.serve_args(id));
+    }
+    match archive {
+        None => {}
+        Some(LocalArchive::DataDir) => {
+            command.arg("--archive").arg(archive_url(&data_dir)?);
+        }
+        Some(LocalArchive::Off) => {
+            command.arg("--archive").arg("none");
+        }
+    }
+    let child = command
         // Log files, not a terminal: no colour codes.
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -262,20 +349,34 @@ fn spawn_node(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start node {id} ({})", exe.display()))?;
-    let probe_options = ClientOptions {
+    let mut probe_options = ClientOptions {
         request_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         retry_deadline: Duration::ZERO,
         ..ClientOptions::default()
     };
-    let probe = Client::with_options([addr], probe_options)?;
+    let addr = match credentials {
+        Some(c) => {
+            probe_options = c.client_options(probe_options);
+            format!("https://{addr}")
+        }
+        None => addr.to_owned(),
+    };
+    let probe = Client::with_options([addr.as_str()], probe_options)?;
     Ok(LocalNode {
         id,
-        addr: addr.to_string(),
+        addr,
         log,
         child,
         probe,
     })
+}
+
+/// `file://<dir>/archive` with `dir` made absolute (the URL needs an absolute path).
+fn archive_url(data_dir: &Path) -> anyhow::Result<String> {
+    let dir =
+        std::path::absolute(data_dir).with_context(|| format!("resolve {}", data_dir.display()))?;
+    Ok(format!("file://{}", dir.join("archive").display()))
 }
 
 /// Sends SIGTERM to a process this module started.
@@ -364,6 +465,18 @@ mod tests {
             .flat_map(|&(client, peer)| [client, peer])
             .collect();
         assert_eq!(unique.len(), 6);
+    }
+
+    #[test]
+    fn the_archive_url_is_absolute_and_under_the_data_dir() {
+        assert_eq!(
+            archive_url(Path::new("/d/node-1")).expect("absolute"),
+            "file:///d/node-1/archive"
+        );
+        let relative = archive_url(Path::new("node-2")).expect("resolved");
+        assert!(relative.starts_with("file:///"), "{relative}");
+        assert!(relative.ends_with("/node-2/archive"), "{relative}");
+        crate::archive::ArchiveUrl::parse(&relative).expect("a URL the node accepts");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! `error: <GRPC_CODE>: <message>` with exit code 1.
 
 pub mod bench;
+pub mod bench_floor;
 pub mod bench_log;
 pub mod cluster;
 pub mod dev;
 pub mod health;
 pub mod local_cluster;
+pub mod local_credentials;
 pub mod migrate;
 pub mod restore;
 pub mod sql;

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod events;
+pub mod prevote;
 pub mod reads;
 pub mod status;
 pub mod write_path;
@@ -15,6 +16,7 @@ use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{LeaderHint, NodeError};
+pub use prevote::PreVoteAnswer;
 pub use write_path::WriteReply;
 
 use crate::cluster::identity::ClusterIdentity;
@@ -73,6 +75,12 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
+    /// When a quorum last acknowledged this leader (`None` on a follower); see
+    /// `reads::track_quorum_acks`.
+    quorum_acked_at: Mutex<Option<Instant>>,
+    /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
+    /// pre-votes meanwhile, so no other follower races it into an election.
+    taking_over_until: Mutex<Option<Instant>>,
     dialer: Arc<Dialer>,
     /// TLS material of both listeners and of dialing peers; `None` without TLS.
     tls: Option<Arc<crate::tls::Tls>>,
@@ -81,8 +89,8 @@ pub(crate) struct NodeInner {
     /// database instead of installing the snapshot.
     recovering: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Spans of this leader's proposals, for the apply to join (tracing).
-    pub apply_spans: crate::raft::state_machine::ApplySpans,
+    /// This leader's proposals in flight: their spans and commit notices (write path).
+    pub proposals: crate::raft::state_machine::Proposals,
 }
 
 impl Node {
@@ -106,7 +114,7 @@ impl Node {
         )
         .await
         .context("open state machine")?;
-        let apply_spans = state_machine.apply_spans();
+        let proposals = state_machine.proposals();
         let log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
         let archive_log = log_store.clone();
         let raft_config = openraft::Config {
@@ -156,12 +164,16 @@ impl Node {
             writes,
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
+            taking_over_until: Mutex::new(None),
+            quorum_acked_at: Mutex::new(None),
             dialer,
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            apply_spans,
+            proposals,
         });
+        tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
+        tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
         tokio::spawn(write_path::run_batcher(
             inner.clone(),
             executor,
@@ -291,19 +303,7 @@ impl Node {
     ) -> Result<WriteReply, NodeError> {
         let inner = &self.inner;
         if inner.is_leader() {
-            let (reply, rx) = oneshot::channel();
-            inner
-                .writes
-                .send(write_path::PendingWrite {
-                    request,
-                    reply,
-                    span: tracing::Span::current(),
-                })
-                .await
-                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
-            return rx
-                .await
-                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            return self.execute_here(request).await;
         }
         let Some(leader) = inner.leader_hint() else {
             return Err(NodeError::unavailable(
@@ -318,6 +318,25 @@ impl Node {
             ));
         }
         self.forward_to_leader(&request, leader).await
+    }
+
+    /// Runs a write on this node, the leader: through the batcher into a group commit.
+    async fn execute_here(&self, request: WriteRequest) -> Result<WriteReply, NodeError> {
+        let inner = &self.inner;
+        {
+            let (reply, rx) = oneshot::channel();
+            inner
+                .writes
+                .send(write_path::PendingWrite {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                })
+                .await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
+            rx.await
+                .map_err(|_| NodeError::unavailable("the node is shutting down", None))?
+        }
     }
 
     /// Forwards a write to `leader`. A forward that fails as unavailable, or gets no answer
@@ -351,7 +370,7 @@ impl Node {
                         std::future::pending::<()>().await;
                     }
                     match inner.leader_hint() {
-                        Some(l) if l.id != stuck && l.id != inner.id => return l,
+                        Some(l) if l.id != stuck => return l,
                         _ => {}
                     }
                 }
@@ -359,7 +378,11 @@ impl Node {
             let attempt = tokio::select! {
                 r = forward => r,
                 l = moved => {
-                    tracing::info!(from = stuck, to = l.id, "leader changed during a forwarded write: forwarding it again");
+                    tracing::info!(from = stuck, to = l.id, "leader changed during a forwarded write: sending it again");
+                    if l.id == inner.id {
+                        // This node won the election: run it here, under the same request id.
+                        return self.execute_here(request.clone()).await;
+                    }
                     leader = l;
                     continue;
                 }
@@ -380,7 +403,7 @@ impl Node {
             let waited_until = (Instant::now() + patience).min(deadline);
             let next = loop {
                 match inner.leader_hint() {
-                    Some(l) if l.id != stuck && l.id != inner.id => break Some(l),
+                    Some(l) if l.id != stuck => break Some(l),
                     _ if Instant::now() >= waited_until => break inner.leader_hint(),
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -388,7 +411,11 @@ impl Node {
             // Only a different leader is worth another try: the one that failed (answered
             // UNAVAILABLE, or could not answer) is given up on, so the client hears at once.
             match next {
-                Some(l) if Instant::now() < deadline && l.id != inner.id && l.id != stuck => {
+                Some(l) if Instant::now() < deadline && l.id == inner.id => {
+                    tracing::info!(from = stuck, error = %error, "this node became the leader: running the forwarded write here");
+                    return self.execute_here(request.clone()).await;
+                }
+                Some(l) if Instant::now() < deadline && l.id != stuck => {
                     tracing::info!(from = stuck, to = l.id, error = %error, "forwarding the write again");
                     leader = l;
                 }
@@ -610,6 +637,12 @@ impl Node {
 
     /// Peer request: start an election after `after` (leadership transfer).
     pub fn elect_after(&self, after: Duration) {
+        *self
+            .inner
+            .taking_over_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + after + self.inner.config.election_timeout_max * 2);
         let raft = self.inner.raft.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -685,13 +718,34 @@ impl NodeInner {
     /// openraft 0.9 keeps a leader that lost its quorum in place; writes must not wait on it.
     pub fn check_quorum_contact(&self) -> Result<(), NodeError> {
         let limit = self.config.election_timeout_max * 2;
-        let since = self.raft.metrics().borrow().millis_since_quorum_ack;
-        match since {
-            Some(ms) if ms > limit.as_millis() as u64 => Err(NodeError::unavailable(
-                format!("the leader has not heard from a quorum for {ms} ms (no quorum); retry"),
+        match self.since_quorum_ack() {
+            Some(since) if since > limit => Err(NodeError::unavailable(
+                format!(
+                    "the leader has not heard from a quorum for {} ms (no quorum); retry",
+                    since.as_millis()
+                ),
                 None,
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// On the leader: how long ago a quorum last acknowledged it.
+    pub fn since_quorum_ack(&self) -> Option<Duration> {
+        let tracked = *self
+            .quorum_acked_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match tracked {
+            Some(at) => Some(at.elapsed()),
+            // The tracker has not seen this leadership's first figure yet (it has just begun):
+            // openraft's own, at most one tick old.
+            None => self
+                .raft
+                .metrics()
+                .borrow()
+                .millis_since_quorum_ack
+                .map(Duration::from_millis),
         }
     }
 

@@ -12,11 +12,12 @@
 //!   index), and the node waits until it has applied that index. Reflects every write that was
 //!   acknowledged before the query started. Followers ask the leader for the index.
 
-use std::time::Duration;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Node, NodeError};
+use super::{Node, NodeError, NodeInner};
 use crate::db::{DbError, QueryChunk, Statement};
 
 /// How long a read may wait for the node to catch up before answering UNAVAILABLE.
@@ -47,6 +48,35 @@ impl ReadConsistency {
     }
 }
 
+/// Keeps `NodeInner::quorum_acked_at`. openraft reports the age of the leader's last quorum
+/// acknowledgement (`millis_since_quorum_ack`) only when its core loop runs — every tick or
+/// message, so the figure can be one tick old or, with a stuck core, older. Turned into an
+/// instant as it arrives, it ages with the clock instead.
+pub(super) async fn track_quorum_acks(node: Weak<NodeInner>) {
+    let Some(mut metrics) = node.upgrade().map(|n| n.raft.metrics()) else {
+        return;
+    };
+    loop {
+        let ack = metrics
+            .borrow_and_update()
+            .millis_since_quorum_ack
+            // Rounded up: the figure is whole milliseconds, truncated.
+            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)));
+        match node.upgrade() {
+            None => return,
+            Some(inner) => {
+                *inner
+                    .quorum_acked_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = ack
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Node {
     /// Records a finished query (from the request to its last row) in the read latency metrics.
     pub fn record_read(&self, consistency: ReadConsistency, elapsed: Duration) {
@@ -72,10 +102,17 @@ impl Node {
                     // been replaced: the same window as a follower's, counted from the last
                     // time a quorum acknowledged it.
                     let limit = inner.config.election_timeout_max * 3;
-                    let m = inner.raft.metrics().borrow().clone();
-                    let alone = m.membership_config.membership().voter_ids().count() <= 1;
-                    let since = m.millis_since_quorum_ack;
-                    if !alone && since.is_none_or(|ms| ms > limit.as_millis() as u64) {
+                    let alone = inner
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .count()
+                        <= 1;
+                    let since = inner.since_quorum_ack();
+                    if !alone && since.is_none_or(|d| d > limit) {
                         return Err(NodeError::unavailable(
                             format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
                             None,
@@ -87,17 +124,19 @@ impl Node {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
                     let limit = inner.config.election_timeout_max * 3;
-                    match heard {
-                        Some(at) if at.elapsed() <= limit => {}
+                    let left = match heard {
+                        Some(at) if at.elapsed() <= limit => limit - at.elapsed(),
                         _ => {
                             return Err(NodeError::unavailable(
                                 format!("this node has not heard from a leader in the last {limit:?}; a bounded read cannot be served"),
                                 inner.leader_hint(),
                             ))
                         }
-                    }
+                    };
+                    // Catching up may not outlast the window: a follower cut off before the
+                    // entries arrived answers UNAVAILABLE when it ends, not old data later.
                     inner
-                        .wait_applied(commit.saturating_sub(max_lag), READ_WAIT)
+                        .wait_applied(commit.saturating_sub(max_lag), left.min(READ_WAIT))
                         .await?;
                 }
             }

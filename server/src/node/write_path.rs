@@ -3,10 +3,11 @@
 //! Writes queue on a channel. The batcher takes every write waiting at that moment (up to
 //! `max_batch_requests`), executes them together on the executor connection (each request in
 //! its own savepoint, so a failing one rolls back alone), captures the changed pages as ONE
-//! delta, rolls back, and proposes the delta through Raft. When the entry is committed and
-//! applied on the leader, every request gets its own result with the log index. Writes that
-//! arrive meanwhile form the next batch: that is what turns one-at-a-time Raft round trips
-//! into throughput.
+//! delta, rolls back, and proposes the delta through Raft. When the entry is committed (on a
+//! quorum's disks), every request gets its own result with the log index, before the leader
+//! applies it; reads that must see it wait for the applied index. Writes that arrive meanwhile
+//! form the next batch, executed once the delta is applied: that is what turns
+//! one-at-a-time Raft round trips into throughput.
 //!
 //! The executor must capture on exactly the state the delta will be applied to, so the
 //! pipeline is one delta deep, and a new leader executes only after it has applied an entry of
@@ -134,18 +135,46 @@ async fn commit_batch(
         );
         return too_large(node, executor, batch, vacuum, why).await;
     }
-    let committed: Result<u64, NodeError> = match encoded {
-        None => Ok(node.applied_index()),
-        Some((base_version, bytes)) => {
-            // The leader's apply of this delta joins the batch's trace (see `ApplySpans`).
-            let span = tracing::info_span!("raft.propose", base_version);
-            node.apply_spans.register(base_version, span.clone());
-            let committed = propose(node, bytes).instrument(span).await;
-            node.apply_spans.forget(base_version);
-            committed
-        }
-    };
     let batch_size = batch.len();
+    match encoded {
+        None => answer(batch, outcomes, Ok(node.applied_index())),
+        Some((base_version, bytes)) => {
+            // The leader's apply of this delta joins the batch's trace, and the clients hear
+            // as soon as it is committed (see `Proposals`).
+            let span = tracing::info_span!("raft.propose", base_version);
+            let committed = node.proposals.register(base_version, span.clone());
+            let proposal = propose(node, bytes).instrument(span);
+            tokio::pin!(proposal);
+            tokio::select! {
+                result = &mut proposal => answer(batch, outcomes, result),
+                Ok(index) = committed => {
+                    answer(batch, outcomes, Ok(index));
+                    // The next batch executes on the state this delta leads to: wait for the
+                    // apply before taking it.
+                    if let Err(e) = proposal.await {
+                        tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
+                        let _ = node.wait_applied(index, PROPOSE_TIMEOUT).await;
+                    }
+                }
+            }
+            node.proposals.forget(base_version);
+        }
+    }
+    node.metrics.observe_batch(batch_size, started.elapsed());
+    tracing::debug!(
+        batch_size,
+        executed_us,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "write batch committed"
+    );
+}
+
+/// Answers every request of a batch: its own outcome, or the batch's commit error.
+fn answer(
+    batch: Vec<PendingWrite>,
+    outcomes: Vec<WriteOutcome>,
+    committed: Result<u64, NodeError>,
+) {
     for (w, outcome) in batch.into_iter().zip(outcomes) {
         let reply = match (outcome, &committed) {
             (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
@@ -163,16 +192,8 @@ async fn commit_batch(
         };
         let _ = w.reply.send(reply);
     }
-    node.metrics.observe_batch(batch_size, started.elapsed());
-    tracing::debug!(
-        batch_size,
-        executed_us,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "write batch committed"
-    );
 }
 
-/// Proposes a delta and waits until it is applied on this node; returns its log index.
 /// A batch whose delta is over `max_delta_bytes`: nothing was committed. With several
 /// requests, which one made it this large is unknown, so each runs alone and only the one over
 /// the limit fails; a single request gets RESOURCE_EXHAUSTED naming the sizes.
@@ -195,6 +216,7 @@ async fn too_large(
     }
 }
 
+/// Proposes a delta and waits until it is applied on this node; returns its log index.
 async fn propose(node: &NodeInner, delta: Bytes) -> Result<u64, NodeError> {
     let write = node.raft.client_write(Command::Delta(delta));
     let lost_quorum = async {

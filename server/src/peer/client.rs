@@ -11,7 +11,11 @@ use tonic::transport::Channel;
 use super::convert;
 use crate::db::WriteRequest;
 use crate::node::status::MemberStatus;
-use crate::node::{LeaderHint, MembershipChange, MembershipOutcome, NodeError, WriteReply};
+use crate::node::{
+    LeaderHint, MembershipChange, MembershipOutcome, NodeError, PreVoteAnswer, WriteReply,
+};
+use crate::raft::codec;
+use crate::raft::types::{LogId, NodeId};
 
 /// What a peer says about itself (bootstrap asks every initial member before initializing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +124,32 @@ impl PeerClient {
         Some(convert::member_status_from_proto(
             answer.ok()?.ok()?.into_inner(),
         ))
+    }
+
+    /// Asks the peer whether it would vote for node `from` (this node) now: the pre-vote of
+    /// `node::prevote`. Fails when the peer did not answer within `timeout`.
+    pub async fn pre_vote(
+        &self,
+        cluster_id: &str,
+        from: NodeId,
+        last_log_id: Option<LogId>,
+        timeout: Duration,
+    ) -> Result<PreVoteAnswer, tonic::Status> {
+        let payload = codec::encode(&last_log_id)
+            .map_err(|e| tonic::Status::internal(format!("encode pre-vote: {e}")))?;
+        let mut request = tonic::Request::new(v1::RaftMessage {
+            cluster_id: cluster_id.to_string(),
+            from,
+            payload,
+        });
+        request.set_timeout(timeout);
+        // The bound covers name resolution and connecting too, not only the call.
+        let reply = tokio::time::timeout(timeout, self.inner.clone().pre_vote(request))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no answer in time"))??
+            .into_inner();
+        codec::decode(&reply.payload)
+            .map_err(|e| tonic::Status::internal(format!("undecodable pre-vote answer: {e}")))
     }
 
     /// Asks the peer to start an election after `after` (leadership transfer).

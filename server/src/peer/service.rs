@@ -25,7 +25,7 @@
 //! cluster id, vote, size and file-name checks still hold, re-sync is off unless set explicitly.
 //! Every payload is decoded with a size limit: garbage is INVALID_ARGUMENT, never a panic.
 
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::Snapshot;
 use raftlite_proto::v1::{self, peer_server::Peer, peer_server::PeerServer};
 use tokio::io::AsyncWriteExt;
@@ -36,7 +36,7 @@ use super::convert;
 use crate::grpc::convert::{node_error_to_status, write_reply_to_proto, write_request_from_proto};
 use crate::node::{MembershipChange, Node};
 use crate::raft::codec;
-use crate::raft::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::raft::types::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::tls::{ConnInfo, PeerCert};
 
 pub struct PeerService {
@@ -217,12 +217,17 @@ impl Peer for PeerService {
                 msg.from
             )));
         }
-        if let Some(commit) = rpc.leader_commit {
-            self.node.note_leader_commit(commit.index);
-        }
+        let commit = rpc.leader_commit;
         let started = std::time::Instant::now();
         let entries = rpc.entries.len();
         let result = self.node.raft().append_entries(rpc).await;
+        if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) =
+            &result
+        {
+            // Heard from the leader: only when it was accepted (a deposed leader's message is
+            // refused and must not count for bounded reads or pre-votes).
+            self.node.note_leader_commit(commit.map_or(0, |c| c.index));
+        }
         tracing::debug!(
             entries,
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -424,6 +429,19 @@ impl Peer for PeerService {
         let after = std::time::Duration::from_millis(request.into_inner().after_ms.min(10_000));
         self.node.elect_after(after);
         Ok(Response::new(v1::ElectResponse {}))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftMessage>, Status> {
+        let cert = peer_cert(&request);
+        let msg = request.into_inner();
+        self.check_cluster(&msg.cluster_id, msg.from, false, cert.as_deref())?;
+        self.check_sender(msg.from, cert.as_deref())?;
+        let last_log_id: Option<LogId> = decode(&msg.payload, "pre-vote request")?;
+        let answer = self.node.answer_pre_vote(msg.from, last_log_id).await;
+        reply(&self.node, &answer)
     }
 
     async fn forward_admin(

@@ -53,7 +53,7 @@ pub struct StateMachine {
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
-    apply_spans: ApplySpans,
+    proposals: Proposals,
     /// Held while the snapshot directory changes (a snapshot built or installed: new meta
     /// file, the others removed) and while the current snapshot is looked up and opened.
     /// openraft runs the builder on a task of its own, concurrently with
@@ -69,26 +69,62 @@ fn lock_files(lock: &SnapshotFilesLock) -> std::sync::MutexGuard<'_, ()> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The spans of deltas this node proposed, by base version, so that their apply joins the
-/// write's trace. Only a leader registers (its pipeline is one delta deep); a follower's
-/// applies have no trace to join.
+/// This leader's proposals in flight, by base version: the span their apply joins (tracing),
+/// and who waits to hear that the entry is committed. Only a leader registers (its pipeline is
+/// one delta deep); a follower's applies have nobody waiting.
 #[derive(Clone, Default)]
-pub struct ApplySpans(Arc<std::sync::Mutex<std::collections::HashMap<u64, tracing::Span>>>);
+pub struct Proposals(Arc<std::sync::Mutex<std::collections::HashMap<u64, Proposal>>>);
 
-impl ApplySpans {
-    pub fn register(&self, base_version: u64, span: tracing::Span) {
-        self.lock().insert(base_version, span);
+struct Proposal {
+    span: tracing::Span,
+    committed: Option<tokio::sync::oneshot::Sender<u64>>,
+}
+
+impl Proposals {
+    /// Registers the proposal of the delta on `base_version`. The receiver gets its log index
+    /// when the entry is committed and about to be applied: the write path answers its clients
+    /// then, without waiting for the apply (durability is the quorum's: it is on their disks).
+    /// It hears nothing when the delta turns out stale (a leadership change raced it).
+    pub fn register(
+        &self,
+        base_version: u64,
+        span: tracing::Span,
+    ) -> tokio::sync::oneshot::Receiver<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().insert(
+            base_version,
+            Proposal {
+                span,
+                committed: Some(tx),
+            },
+        );
+        rx
     }
 
     pub fn forget(&self, base_version: u64) {
         self.lock().remove(&base_version);
     }
 
-    fn get(&self, base_version: u64) -> Option<tracing::Span> {
-        self.lock().get(&base_version).cloned()
+    /// The proposal's span, and its commit notice when the delta will be applied.
+    fn committing(
+        &self,
+        base_version: u64,
+        will_apply: bool,
+    ) -> (
+        Option<tracing::Span>,
+        Option<tokio::sync::oneshot::Sender<u64>>,
+    ) {
+        let mut proposals = self.lock();
+        match proposals.get_mut(&base_version) {
+            None => (None, None),
+            Some(p) => (
+                Some(p.span.clone()),
+                if will_apply { p.committed.take() } else { None },
+            ),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, tracing::Span>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Proposal>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -103,9 +139,9 @@ fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageEr
 }
 
 impl StateMachine {
-    /// Where the write path registers the spans of its proposals (see [`ApplySpans`]).
-    pub fn apply_spans(&self) -> ApplySpans {
-        self.apply_spans.clone()
+    /// Where the write path registers its proposals (see [`Proposals`]).
+    pub fn proposals(&self) -> Proposals {
+        self.proposals.clone()
     }
 
     /// Opens the state machine over `db`. `applied_tx` publishes the applied log index for reads
@@ -135,7 +171,7 @@ impl StateMachine {
             db_version,
             receiving: None,
             applied_tx,
-            apply_spans: ApplySpans::default(),
+            proposals: Proposals::default(),
             snapshot_files: SnapshotFilesLock::default(),
         };
         if db_version < recorded.db_version {
@@ -316,8 +352,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     })?;
                     let base_version = delta.base_version;
                     let next_version = base_version + 1;
+                    let will_apply = base_version == self.db_version;
+                    let (span, committed) = self.proposals.committing(base_version, will_apply);
+                    if let Some(committed) = committed {
+                        let _ = committed.send(entry.log_id.index);
+                    }
                     let apply = self.db.apply(Arc::new(delta));
-                    let outcome = match self.apply_spans.get(base_version) {
+                    let outcome = match span {
                         Some(parent) => {
                             use tracing::Instrument;
                             let index = entry.log_id.index;
@@ -334,7 +375,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             self.db_version = next_version;
                             ApplyResult::Applied
                         }
-                        Ok(ApplyOutcome::Skipped) => ApplyResult::Stale,
+                        Ok(ApplyOutcome::Skipped) => {
+                            if will_apply {
+                                // Its writer was told it committed; the database disagrees.
+                                return Err(sm_err(format!(
+                                    "log index {}: the delta on version {base_version} was skipped although the state machine is at that version",
+                                    entry.log_id.index
+                                )));
+                            }
+                            ApplyResult::Stale
+                        }
                         Err(e) => {
                             return Err(sm_err(format!(
                                 "apply log index {}: {e}",

@@ -1,0 +1,352 @@
+//! The floor of `raftlite bench`: what the same machine does without raftlite, measured in
+//! the same run, in the cluster's own data directory (so on the same filesystem and disk).
+//!
+//! - **fsync**: a 4 KiB `pwrite` into a preallocated file, then `fdatasync`. Each sample
+//!   writes the next block, as a log with preallocated segments does (etcd's WAL). Also
+//!   measured, as an extra: the same with the file growing (append + `fdatasync`, which
+//!   also commits the new size).
+//! - **SQLite commit**: a fresh database in WAL mode with `synchronous=FULL`; each sample is one
+//!   autocommit 1-row INSERT (the same row shape the bench writes).
+//! - **gRPC round trip**: `grpc.health.v1.Health/Check` on one node's client port over one
+//!   connection, with the cluster's transport settings (TLS when the cluster uses TLS;
+//!   `TCP_NODELAY` as the client library sets it). The health service needs no token.
+//!
+//! Each is measured for at most [`BUDGET`] and [`MAX_SAMPLES`], after [`WARMUP`] unrecorded
+//! samples; the files are deleted afterwards.
+
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::bench::percentile;
+
+/// Longest time spent on one floor measurement.
+pub const BUDGET: Duration = Duration::from_secs(1);
+/// Most samples kept of one floor measurement.
+pub const MAX_SAMPLES: usize = 5_000;
+/// Samples taken and thrown away before measuring (first-touch, connection set-up).
+pub const WARMUP: usize = 20;
+const BLOCK: usize = 4096;
+
+/// Sorted durations of one measurement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    pub fn new(mut samples: Vec<Duration>) -> Samples {
+        samples.sort_unstable();
+        Samples(samples)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Percentile `p` (0..=100) in milliseconds; `None` without samples.
+    pub fn percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.0, p).map(|d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// The three floor measurements (and the growing-file fsync).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Floor {
+    pub fsync: Samples,
+    pub fsync_append: Samples,
+    pub sqlite_commit: Samples,
+    pub grpc_rtt: Samples,
+    /// Whether the gRPC round trip used TLS.
+    pub grpc_tls: bool,
+}
+
+impl Floor {
+    pub fn fsync_p50_ms(&self) -> Option<f64> {
+        self.fsync.percentile_ms(50.0)
+    }
+
+    pub fn sqlite_commit_p50_ms(&self) -> Option<f64> {
+        self.sqlite_commit.percentile_ms(50.0)
+    }
+
+    pub fn grpc_rtt_p50_ms(&self) -> Option<f64> {
+        self.grpc_rtt.percentile_ms(50.0)
+    }
+
+    /// The `floor` object of `raftlite bench --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let p = |s: &Samples, q: f64| s.percentile_ms(q);
+        json!({
+            "fsync_p50_ms": p(&self.fsync, 50.0),
+            "fsync_p99_ms": p(&self.fsync, 99.0),
+            "fsync_samples": self.fsync.len(),
+            "fsync_append_p50_ms": p(&self.fsync_append, 50.0),
+            "fsync_append_p99_ms": p(&self.fsync_append, 99.0),
+            "fsync_append_samples": self.fsync_append.len(),
+            "sqlite_commit_p50_ms": p(&self.sqlite_commit, 50.0),
+            "sqlite_commit_p99_ms": p(&self.sqlite_commit, 99.0),
+            "sqlite_commit_samples": self.sqlite_commit.len(),
+            "grpc_rtt_p50_ms": p(&self.grpc_rtt, 50.0),
+            "grpc_rtt_p99_ms": p(&self.grpc_rtt, 99.0),
+            "grpc_rtt_samples": self.grpc_rtt.len(),
+            "grpc_tls": self.grpc_tls,
+        })
+    }
+
+    /// Lines printed under the table.
+    pub fn describe(&self) -> String {
+        let ms = |s: &Samples, q: f64| {
+            s.percentile_ms(q)
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+        };
+        let line = |label: &str, s: &Samples| {
+            format!(
+                "  {label:<44} p50 {} ms  p99 {} ms  ({} samples)\n",
+                ms(s, 50.0),
+                ms(s, 99.0),
+                s.len()
+            )
+        };
+        let rtt = if self.grpc_tls {
+            "gRPC health check round trip (TLS)"
+        } else {
+            "gRPC health check round trip (plaintext)"
+        };
+        [
+            line("4 KiB write + fdatasync (preallocated)", &self.fsync),
+            line(
+                "4 KiB append + fdatasync (growing file)",
+                &self.fsync_append,
+            ),
+            line(
+                "SQLite WAL synchronous=FULL 1-row commit",
+                &self.sqlite_commit,
+            ),
+            line(rtt, &self.grpc_rtt),
+        ]
+        .concat()
+    }
+}
+
+/// Runs `op` after [`WARMUP`] unrecorded calls until `budget` or `max` samples.
+pub fn sample_blocking<E>(
+    budget: Duration,
+    max: usize,
+    mut op: impl FnMut(usize) -> Result<(), E>,
+) -> Result<Samples, E> {
+    for i in 0..WARMUP {
+        op(i)?;
+    }
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < max && started.elapsed() < budget {
+        let t0 = Instant::now();
+        op(WARMUP + samples.len())?;
+        samples.push(t0.elapsed());
+    }
+    Ok(Samples::new(samples))
+}
+
+/// 4 KiB `pwrite` + `fdatasync` into a preallocated file in `dir`, one block after another
+/// (wrapping around at the end of the file).
+pub fn fsync_preallocated(dir: &Path, budget: Duration, max: usize) -> anyhow::Result<Samples> {
+    let path = dir.join("floor-fsync.dat");
+    let blocks = max + WARMUP;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    // Real blocks, not a sparse file: written and synced once before measuring.
+    let zeros = vec![0u8; BLOCK * 256];
+    let mut left = blocks * BLOCK;
+    let mut writer = std::io::BufWriter::new(&file);
+    while left > 0 {
+        let n = left.min(zeros.len());
+        writer.write_all(&zeros[..n])?;
+        left -= n;
+    }
+    writer.flush()?;
+    drop(writer);
+    file.sync_all()?;
+    let block = [0x5au8; BLOCK];
+    let samples = sample_blocking(budget, max, |i| {
+        file.write_all_at(&block, ((i % blocks) * BLOCK) as u64)?;
+        file.sync_data()
+    });
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    samples.with_context(|| format!("write and fdatasync {}", path.display()))
+}
+
+/// 4 KiB append + `fdatasync` to a file in `dir` that grows with every sample.
+pub fn fsync_append(dir: &Path, budget: Duration, max: usize) -> anyhow::Result<Samples> {
+    let path = dir.join("floor-append.dat");
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let block = [0x5au8; BLOCK];
+    let samples = sample_blocking(budget, max, |_| {
+        file.write_all(&block)?;
+        file.sync_data()
+    });
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    samples.with_context(|| format!("append and fdatasync {}", path.display()))
+}
+
+/// One autocommit 1-row INSERT per sample into a fresh WAL database in `dir` with
+/// `synchronous=FULL`.
+pub fn sqlite_commit(
+    dir: &Path,
+    payload: &str,
+    budget: Duration,
+    max: usize,
+) -> anyhow::Result<Samples> {
+    let path = dir.join("floor.db");
+    let samples = (|| {
+        let db = rusqlite::Connection::open(&path)?;
+        let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            anyhow::bail!("SQLite did not switch to WAL (journal_mode={mode})");
+        }
+        db.execute_batch(
+            "PRAGMA synchronous=FULL;
+             CREATE TABLE bench (id INTEGER PRIMARY KEY, client INTEGER NOT NULL, payload TEXT NOT NULL);",
+        )?;
+        let mut insert = db.prepare("INSERT INTO bench (client, payload) VALUES (?1, ?2)")?;
+        let samples = sample_blocking(budget, max, |i| {
+            insert
+                .execute(rusqlite::params![i as i64, payload])
+                .map(drop)
+        })?;
+        Ok(samples)
+    })();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("floor.db{suffix}")));
+    }
+    samples.with_context(|| format!("SQLite commits in {}", path.display()))
+}
+
+/// `grpc.health.v1.Health/Check` round trips to `addr` (`http://` or `https://`) over one
+/// connection; `tls_ca` is the CA for `https://`.
+pub async fn grpc_rtt(
+    addr: &str,
+    tls_ca: Option<&[u8]>,
+    budget: Duration,
+    max: usize,
+) -> anyhow::Result<Samples> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("bad address {addr:?}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    if let Some(ca) = tls_ca {
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let mut health = HealthClient::new(channel);
+    for _ in 0..WARMUP {
+        health_check(&mut health, addr).await?;
+    }
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < max && started.elapsed() < budget {
+        let t0 = Instant::now();
+        health_check(&mut health, addr).await?;
+        samples.push(t0.elapsed());
+    }
+    Ok(Samples::new(samples))
+}
+
+async fn health_check(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    addr: &str,
+) -> anyhow::Result<()> {
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(drop)
+        .with_context(|| format!("health check on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FEW: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn sampling_stops_at_the_sample_cap_after_the_warmup() {
+        let mut calls = Vec::new();
+        let samples = sample_blocking(FEW, 7, |i| {
+            calls.push(i);
+            Ok::<(), ()>(())
+        })
+        .expect("no error");
+        assert_eq!(samples.len(), 7);
+        assert_eq!(calls, (0..WARMUP + 7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sampling_stops_at_the_first_error() {
+        let result = sample_blocking(FEW, 100, |i| if i == 3 { Err(i) } else { Ok(()) });
+        assert_eq!(result, Err(3));
+    }
+
+    #[test]
+    fn samples_are_sorted_for_percentiles() {
+        let ms = Duration::from_millis;
+        let s = Samples::new(vec![ms(3), ms(1), ms(2), ms(4)]);
+        assert_eq!(s.percentile_ms(50.0), Some(2.0));
+        assert_eq!(s.percentile_ms(99.0), Some(4.0));
+        assert_eq!(Samples::default().percentile_ms(50.0), None);
+    }
+
+    #[test]
+    fn disk_measurements_leave_no_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fsync = fsync_preallocated(dir.path(), FEW, 30).expect("fsync");
+        let append = fsync_append(dir.path(), FEW, 30).expect("append");
+        let commit = sqlite_commit(dir.path(), "payload", FEW, 30).expect("sqlite");
+        for s in [&fsync, &append, &commit] {
+            assert_eq!(s.len(), 30);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn the_floor_object_has_the_three_p50s() {
+        let ms = Duration::from_millis;
+        let floor = Floor {
+            fsync: Samples::new(vec![ms(1)]),
+            fsync_append: Samples::new(vec![ms(2)]),
+            sqlite_commit: Samples::new(vec![ms(3)]),
+            grpc_rtt: Samples::new(vec![ms(4)]),
+            grpc_tls: true,
+        };
+        let json = floor.to_json();
+        assert_eq!(json["fsync_p50_ms"], 1.0);
+        assert_eq!(json["sqlite_commit_p50_ms"], 3.0);
+        assert_eq!(json["grpc_rtt_p50_ms"], 4.0);
+        assert_eq!(json["grpc_tls"], true);
+        assert!(floor.describe().contains("(TLS)"));
+    }
+}

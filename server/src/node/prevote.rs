@@ -1,0 +1,307 @@
+//! Pre-vote: a voter may start an election only when a quorum of voters would vote for it.
+//!
+//! openraft 0.9 has no pre-vote. Without one, a follower cut off from the others times out
+//! again and again and raises its term each time; when the partition heals, that term reaches
+//! the healthy leader (in the follower's answers to AppendEntries) and the leader steps down:
+//! needless elections, writes stalled for each. openraft's own guard — a follower refuses to
+//! vote while its leader's lease is valid — does not help here: it keeps the returning node
+//! from winning, not its term from deposing the leader.
+//!
+//! So every node's election timer is gated (`runtime_config().elect(..)`), and opens only
+//! after a pre-vote poll succeeds, as in Raft's pre-vote (§9.6 of Ongaro's thesis):
+//! - While the node hears from a leader, the gate is closed and nobody is asked (the timer
+//!   could not fire anyway).
+//! - Once it has not heard from a leader for half the minimum election timeout, it asks every
+//!   other voter over the peer port, each heartbeat interval: would you vote for me now? A
+//!   voter says yes when it is not the leader, has not heard from a leader within the leader
+//!   lease (openraft's: the maximum election timeout; within it the real vote would be
+//!   refused), and the asker's log is at least as up to date as its own. Answering changes
+//!   nothing on the voter.
+//! - With yes from a quorum (the asker counts itself; a joint membership needs both halves),
+//!   the gate opens. Without one it closes: an isolated node keeps its term.
+//! - Once the gate is open and the node itself has not heard from a leader for a lease, it
+//!   starts the election after a random pause of up to half the minimum election timeout
+//!   (split votes), instead of waiting for openraft's timer, which would add a whole election
+//!   timeout on top of the lease: the poll has just shown that a quorum lost the leader.
+//!   openraft's timer stays as the fallback (and retries after a split vote).
+//!
+//! Leadership transfer (`Elect` from the leader) bypasses the gate on purpose: openraft's
+//! `trigger().elect()` ignores it. While the target waits to start that election it refuses
+//! pre-votes, so the other followers (who stopped hearing the leader too) do not race it.
+
+use std::collections::BTreeSet;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftLogStorage;
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use super::{Node, NodeInner};
+use crate::raft::types::{LogId, NodeId};
+
+/// A voter's answer to a pre-vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteAnswer {
+    pub granted: bool,
+    /// Why not, for the asker's log.
+    pub reason: String,
+}
+
+impl Node {
+    /// Answers node `from`'s pre-vote: would this node vote for it in an election now?
+    pub async fn answer_pre_vote(&self, from: NodeId, last_log_id: Option<LogId>) -> PreVoteAnswer {
+        let inner = &self.inner;
+        let deny = |reason: String| PreVoteAnswer {
+            granted: false,
+            reason,
+        };
+        if inner.raft.metrics().borrow().state == ServerState::Leader {
+            return deny(format!("node {} is the leader", inner.id));
+        }
+        let taking_over = *inner
+            .taking_over_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if taking_over.is_some_and(|until| Instant::now() < until) {
+            return deny(format!(
+                "node {} is taking over leadership (transfer)",
+                inner.id
+            ));
+        }
+        if let Some(ago) = inner.heard_from_leader() {
+            if ago < lease(inner) {
+                return deny(format!(
+                    "node {} heard from the leader {} ms ago",
+                    inner.id,
+                    ago.as_millis()
+                ));
+            }
+        }
+        match inner.last_log_id().await {
+            Ok(mine) if last_log_id < mine => deny(format!(
+                "node {} has a newer log ({mine:?}) than node {from} ({last_log_id:?})",
+                inner.id
+            )),
+            Ok(_) => PreVoteAnswer {
+                granted: true,
+                reason: String::new(),
+            },
+            Err(e) => deny(format!("node {} cannot read its log: {e}", inner.id)),
+        }
+    }
+}
+
+impl NodeInner {
+    /// How long ago this follower last accepted an AppendEntries from a leader.
+    pub(super) fn heard_from_leader(&self) -> Option<Duration> {
+        let (_, at) = *self.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+        at.map(|at| at.elapsed())
+    }
+
+    async fn last_log_id(&self) -> Result<Option<LogId>, crate::raft::types::StorageError> {
+        Ok(self.log_store.clone().get_log_state().await?.last_log_id)
+    }
+}
+
+/// openraft's leader lease: a voter refuses votes this long after it last heard from its
+/// leader.
+fn lease(inner: &NodeInner) -> Duration {
+    inner.config.election_timeout_max
+}
+
+/// Whether this node's election timer may run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Gate {
+    /// Leader, learner or single voter: nothing to ask.
+    Unchecked,
+    /// A quorum would vote for this node.
+    Granted,
+    /// A leader is heard from: no poll, nothing to log.
+    HearsLeader,
+    /// The last poll did not reach a quorum.
+    Refused(String),
+}
+
+/// Keeps this node's election gate (see the module docs) until the node is dropped or Raft
+/// stops.
+pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Closed until the first poll: a restarted node must not time out into an election
+    // before its leader's first heartbeat arrives.
+    if let Some(inner) = node.upgrade() {
+        inner.raft.runtime_config().elect(false);
+    }
+    let mut open = false;
+    let started = Instant::now();
+    let mut last = Gate::Unchecked;
+    let mut elected_at: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = node.upgrade() else { return };
+        if inner.raft.metrics().has_changed().is_err() {
+            return; // Raft has shut down.
+        }
+        // Since the last accepted AppendEntries, or since this process started.
+        let quiet_for = inner
+            .heard_from_leader()
+            .map_or(started.elapsed(), |ago| ago.min(started.elapsed()));
+        let gate = poll(&inner, quiet_for).await;
+        let want = matches!(gate, Gate::Unchecked | Gate::Granted);
+        if want != open {
+            inner.raft.runtime_config().elect(want);
+            open = want;
+        }
+        match (&last, &gate) {
+            (Gate::Refused(_), Gate::Granted) => {
+                tracing::info!("pre-vote granted by a quorum: elections allowed again")
+            }
+            (Gate::Refused(_), Gate::Refused(_)) => {}
+            (_, Gate::Refused(why)) => {
+                tracing::info!(reason = %why, "pre-vote refused: no election until a quorum would vote for this node")
+            }
+            _ => {}
+        }
+        if gate == Gate::Granted && prompt_election_due(&inner, quiet_for, elected_at) {
+            elected_at = Some(Instant::now());
+            start_election(&inner).await;
+        }
+        last = gate;
+    }
+}
+
+/// True when this follower has not heard from a leader for a lease and has not started an
+/// election within the last lease (openraft retries a failed one by itself).
+fn prompt_election_due(
+    inner: &NodeInner,
+    quiet_for: Duration,
+    elected_at: Option<Instant>,
+) -> bool {
+    let lease = lease(inner);
+    let quiet = quiet_for >= lease;
+    let state = inner.raft.metrics().borrow().state;
+    quiet && state == ServerState::Follower && elected_at.is_none_or(|at| at.elapsed() >= lease)
+}
+
+/// Starts an election after a random pause (see the module docs), unless a leader spoke up
+/// meanwhile.
+async fn start_election(inner: &NodeInner) {
+    use rand::Rng;
+    let spread = inner.config.election_timeout_min / 2;
+    let pause = rand::thread_rng().gen_range(Duration::ZERO..=spread);
+    tokio::time::sleep(pause).await;
+    if inner
+        .heard_from_leader()
+        .is_some_and(|ago| ago < lease(inner))
+        || inner.raft.metrics().borrow().state != ServerState::Follower
+    {
+        return;
+    }
+    tracing::info!("the leader is gone for a quorum of voters: starting an election");
+    if let Err(e) = inner.raft.trigger().elect().await {
+        tracing::warn!(error = %e, "could not start an election");
+    }
+}
+
+async fn poll(inner: &NodeInner, quiet_for: Duration) -> Gate {
+    let metrics = inner.raft.metrics().borrow().clone();
+    if metrics.state == ServerState::Leader {
+        return Gate::Unchecked;
+    }
+    let membership = metrics.membership_config.membership().clone();
+    let configs = membership.get_joint_config().clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters.len() <= 1 || !voters.contains(&inner.id) {
+        // A single voter elects itself at once; a learner never elects.
+        return Gate::Unchecked;
+    }
+    if quiet_for < inner.config.election_timeout_min / 2 {
+        return Gate::HearsLeader;
+    }
+    let last_log_id = match inner.last_log_id().await {
+        Ok(l) => l,
+        Err(e) => return Gate::Refused(format!("cannot read the local log: {e}")),
+    };
+    let cluster_id = inner.identity.get().unwrap_or_default();
+    let timeout = inner.config.election_timeout_min;
+    let asks = voters.iter().filter(|v| **v != inner.id).map(|&v| {
+        let addr = membership.get_node(&v).map(|n| n.peer.clone());
+        let cluster_id = cluster_id.clone();
+        async move {
+            let answer = match addr {
+                None => Err(format!("node {v} has no address")),
+                Some(addr) => match inner.peer(&addr) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(peer) => peer
+                        .pre_vote(&cluster_id, inner.id, last_log_id, timeout)
+                        .await
+                        .map_err(|e| format!("node {v}: {e}")),
+                },
+            };
+            (v, answer)
+        }
+    });
+    let started = Instant::now();
+    let mut granted = BTreeSet::from([inner.id]);
+    let mut refusals = Vec::new();
+    for (v, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(a) if a.granted => {
+                granted.insert(v);
+            }
+            Ok(a) => refusals.push(a.reason),
+            Err(e) => refusals.push(e),
+        }
+    }
+    if quorum_granted(&configs, &granted) {
+        Gate::Granted
+    } else {
+        Gate::Refused(format!(
+            "{} of {} voters would vote for this node (asked for {} ms): {}",
+            granted.len(),
+            voters.len(),
+            started.elapsed().as_millis(),
+            refusals.join("; ")
+        ))
+    }
+}
+
+/// True when `granted` holds a majority of every configuration of a (possibly joint)
+/// membership.
+fn quorum_granted(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>) -> bool {
+    !configs.is_empty()
+        && configs
+            .iter()
+            .all(|c| c.iter().filter(|v| granted.contains(v)).count() * 2 > c.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_of_every_configuration() {
+        let three = vec![set(&[1, 2, 3])];
+        assert!(quorum_granted(&three, &set(&[1, 2])));
+        assert!(!quorum_granted(&three, &set(&[1])), "an isolated node");
+        assert!(
+            !quorum_granted(&three, &set(&[1, 4])),
+            "a non-member does not count"
+        );
+        let four = vec![set(&[1, 2, 3, 4])];
+        assert!(
+            !quorum_granted(&four, &set(&[1, 2])),
+            "half is not a majority"
+        );
+        // Joint membership {1,2,3} -> {3,4,5}: both halves must agree.
+        let joint = vec![set(&[1, 2, 3]), set(&[3, 4, 5])];
+        assert!(!quorum_granted(&joint, &set(&[1, 2, 3])));
+        assert!(quorum_granted(&joint, &set(&[2, 3, 4])));
+        assert!(!quorum_granted(&[], &set(&[1])));
+    }
+}
