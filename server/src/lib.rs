@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod failpoint;
 pub mod grpc;
 pub mod metrics;
 pub mod node;

@@ -39,6 +39,9 @@ enum Command {
     Dev(cli::dev::DevArgs),
     /// Start a local cluster and measure write/read latency and throughput.
     Bench(cli::bench::BenchArgs),
+    /// Micro-benchmark of Raft log append engines on the disk of DIR (BENCHMARKS.md).
+    #[command(hide = true)]
+    BenchLog(cli::bench_log::BenchLogArgs),
     /// Make client tokens: `raftlite token new --role write --name app`.
     Token(cli::token::TokenArgs),
 }
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             }
             Command::Dev(args) => cli::dev::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::BenchLog(args) => cli::bench_log::run(args).await,
             Command::Token(args) => Ok(cli::token::run(args)),
         }
     });

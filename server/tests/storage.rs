@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against raftlite's redb log store and SQLite state
+//! openraft's storage conformance suite against raftlite's WAL log store and SQLite state
 //! machine (real files in a temporary directory).
 
 use std::sync::Arc;
@@ -27,7 +27,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         )
         .await
         .expect("open state machine");
-        Ok((dir, LogStore::new(store), sm))
+        let log = LogStore::open(store, &dir.path().join("raft-log")).expect("open log store");
+        Ok((dir, log, sm))
     }
 }
 
@@ -35,4 +36,175 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(Builder)?;
     Ok(())
+}
+
+// ---- Crash tests of the Raft log's engine (`raftlite::raft::wal`) ----
+//
+// The test binary runs itself as a child (the ignored test `wal_crash_child`) that appends
+// from several threads and prints `flushed N` when entry N is reported durable. The child dies
+// at a fail point (`failpoints` feature, armed by RAFTLITE_FAILPOINT) or by SIGKILL; the parent
+// then reopens the log and checks that every entry reported flushed is there, intact, and
+// that the log is one contiguous run with nothing after a torn record.
+
+use std::io::BufRead;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use raftlite::raft::wal::{Wal, WalOptions, WalWriter};
+
+const CHILD_DIR_ENV: &str = "RAFTLITE_WAL_CRASH_DIR";
+const CHILD_APPENDS: u64 = 3000;
+
+/// Entry `index`'s payload: sizes from a few bytes to 96 KiB, so that groups span pages.
+fn crash_payload(index: u64) -> Vec<u8> {
+    let len = match index % 10 {
+        0 => 96 << 10,
+        1..=3 => 4 << 10,
+        _ => 20 + (index as usize * 13) % 500,
+    };
+    (0..len).map(|i| (i as u64 ^ index) as u8).collect()
+}
+
+#[test]
+#[ignore = "child process of the WAL crash tests"]
+fn wal_crash_child() {
+    let dir = std::env::var(CHILD_DIR_ENV).expect("run by the crash tests only");
+    let options = WalOptions {
+        segment_bytes: 512 << 10,
+    };
+    let wal = Wal::open(std::path::Path::new(&dir), options).expect("open WAL");
+    let writer = WalWriter::start(wal).expect("start writer");
+    let next = std::sync::Arc::new(std::sync::Mutex::new(1u64));
+    let appenders: Vec<_> = (0..4)
+        .map(|_| {
+            let (writer, next) = (writer.clone(), next.clone());
+            std::thread::spawn(move || loop {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let index = {
+                    let mut next = next.lock().expect("lock");
+                    let index = *next;
+                    if index > CHILD_APPENDS {
+                        return;
+                    }
+                    *next += 1;
+                    writer
+                        .append(
+                            vec![(index, crash_payload(index))],
+                            Box::new(move |r| {
+                                if r.is_ok() {
+                                    println!("flushed {index}");
+                                }
+                                let _ = tx.send(r.is_ok());
+                            }),
+                        )
+                        .expect("queue append");
+                    index
+                };
+                assert!(rx.recv().expect("append completes"), "append {index}");
+            })
+        })
+        .collect();
+    for a in appenders {
+        a.join().expect("appender");
+    }
+}
+
+/// Starts the child on `dir` with the fail point `failpoint` armed (if any).
+fn start_child(dir: &std::path::Path, failpoint: Option<&str>) -> std::process::Child {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["wal_crash_child", "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CHILD_DIR_ENV, dir)
+        .env_remove("RAFTLITE_FAILPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(point) = failpoint {
+        command.env("RAFTLITE_FAILPOINT", point);
+    }
+    command.spawn().expect("start child")
+}
+
+fn flushed_index(line: &str) -> Option<u64> {
+    line.strip_prefix("flushed ")?.trim().parse().ok()
+}
+
+/// Reopens the log after the child died and checks it against what the child was told.
+fn check_after_crash(dir: &std::path::Path, flushed: &[u64]) {
+    let options = WalOptions {
+        segment_bytes: 512 << 10,
+    };
+    let mut wal = Wal::open(dir, options.clone()).expect("reopen after the crash");
+    let records = wal.reader().read(0, u64::MAX).expect("read the log");
+    let last = records.last().map(|(i, _)| *i).unwrap_or(0);
+    for (position, (index, payload)) in records.iter().enumerate() {
+        assert_eq!(*index, position as u64 + 1, "the log is one contiguous run");
+        assert!(*payload == crash_payload(*index), "entry {index} is intact");
+    }
+    let max_flushed = flushed.iter().copied().max().unwrap_or(0);
+    assert!(
+        max_flushed <= last,
+        "entry {max_flushed} was reported flushed but the log ends at {last}"
+    );
+    // The node goes on: the next append works and survives another reopen.
+    let next = crash_payload(last + 1);
+    wal.append([(last + 1, next.as_slice())])
+        .expect("append after recovery");
+    drop(wal);
+    let wal = Wal::open(dir, options).expect("reopen again");
+    assert_eq!(wal.reader().last_index(), Some(last + 1));
+}
+
+#[test]
+fn wal_crash_at_every_append_phase() {
+    let phases = [
+        "wal-before-write",
+        "wal-torn-write",
+        "wal-after-write",
+        "wal-after-sync",
+    ];
+    for phase in phases {
+        for hit in [1, 40] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let armed = format!("{phase}@{hit}");
+            let output = start_child(dir.path(), Some(&armed))
+                .wait_with_output()
+                .expect("run child");
+            assert_eq!(
+                output.status.signal(),
+                Some(libc::SIGABRT),
+                "the child dies at {armed}: {:?}",
+                output.status
+            );
+            let flushed: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(flushed_index)
+                .collect();
+            if hit > 1 {
+                assert!(!flushed.is_empty(), "appends were flushed before {armed}");
+            }
+            check_after_crash(dir.path(), &flushed);
+        }
+    }
+}
+
+#[test]
+fn wal_sigkill_during_appends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = start_child(dir.path(), None);
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut flushed = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("read child output");
+        if let Some(index) = flushed_index(&line) {
+            flushed.push(index);
+        }
+        if flushed.len() == 500 {
+            child.kill().expect("SIGKILL the child");
+            break;
+        }
+    }
+    let status = child.wait().expect("reap child");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    check_after_crash(dir.path(), &flushed);
 }

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_floor;
+pub mod bench_log;
 pub mod cluster;
 pub mod dev;
 pub mod health;

@@ -31,6 +31,8 @@ use crate::raft::types::{NodeAddr, NodeId, Raft};
 
 /// The directory (inside the data directory) holding snapshot images.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// The Raft log's segment files (`raft::wal`).
+const RAFT_LOG_DIR: &str = "raft-log";
 
 /// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,7 +119,7 @@ impl Node {
         .await
         .context("open state machine")?;
         let proposals = state_machine.proposals();
-        let log_store = LogStore::new(store.clone());
+        let log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
         let archive_log = log_store.clone();
         let raft_config = openraft::Config {
             cluster_name: "raftlite".into(),
@@ -286,7 +288,7 @@ impl Node {
 
     /// True when this node holds Raft state (a vote or log entries).
     pub fn has_raft_state(&self) -> Result<bool, crate::raft::types::StorageError> {
-        self.inner.store.has_raft_state()
+        Ok(self.inner.store.has_vote()? || !self.inner.log_store.is_empty())
     }
 
     /// Runs a write. On a follower it is forwarded to the leader; `forwarded` marks a write that

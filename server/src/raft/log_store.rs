@@ -1,34 +1,39 @@
-//! `RaftLogStorage`: the Raft log, vote and committed index in redb.
+//! `RaftLogStorage`: the Raft log in the WAL (`raft::wal`), the vote and the committed and
+//! purged log ids in redb (`raft::store`).
 //!
-//! All mutations go, in order, through one writer thread that owns the redb write path:
-//! - `append` hands the entries to the writer and returns at once; the writer commits
-//!   (fsync) every append queued at that moment in ONE redb transaction and only then calls
-//!   openraft's `LogFlushed` callback. Returning early lets openraft replicate to followers
-//!   while the leader's own fsync runs, instead of after it; grouping turns concurrent
-//!   appends into one fsync.
+//! - `append` encodes the entries, hands them to the WAL's writer thread and returns at once;
+//!   the writer writes every append queued at that moment with one `write` and one
+//!   `fdatasync` (group commit) and only then calls openraft's `LogFlushed` callback.
+//!   Returning early lets openraft replicate to followers while the leader's own sync runs.
 //! - Appended entries go into an in-memory cache of the log's tail that readers see as part of
-//!   the log, before and after their commit (openraft reads an entry it accepted to replicate and
-//!   to apply it, often before it is durable). The cache keeps the newest entries, bounded by
-//!   count and bytes; only entries already durable are evicted. Reads that start inside the
-//!   cache never touch redb.
-//! - `save_vote`, `truncate` and `purge` are queued behind earlier appends and awaited; a vote
-//!   is durable when `save_vote` returns.
+//!   the log, before and after they are durable (openraft reads an entry it accepted to
+//!   replicate and to apply it, often before it is durable). The cache keeps the newest
+//!   entries, bounded by count and bytes; only entries already durable are evicted. Reads that
+//!   start inside the cache touch no file.
+//! - `truncate` and `purge` are queued behind earlier appends and awaited. `purge` records the
+//!   purged log id durably before deleting segments, so a crash between the two leaves extra
+//!   entries, never a gap.
+//! - `save_vote` is a durable redb commit (rare: elections); `save_committed` a lazy one, made
+//!   on the writer thread behind the queued appends so that it never gets ahead of the
+//!   durable log (openraft re-applies up to it at start).
 //!
-//! Entries are bincode-encoded; the page delta inside travels as opaque bytes. No redb I/O runs
-//! on a tokio worker: the writer is a std thread and reads use the blocking pool.
+//! Entries are bincode-encoded; the page delta inside travels as opaque bytes. No file I/O
+//! runs on a tokio worker: the writer is a std thread, and reads and redb commits use the
+//! blocking pool.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
-use redb::{ReadableDatabase, ReadableTable};
 
-use super::store::{RaftStore, Sync, LOGS, META};
+use super::store::{RaftStore, Sync};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::wal::{Wal, WalOptions, WalWriter};
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -40,7 +45,10 @@ pub struct LogStore {
     purge_floor: PurgeFloor,
     /// The tail of the log, by index (see the module docs).
     pending: Arc<Mutex<TailCache>>,
-    writer: mpsc::Sender<WriterOp>,
+    wal: WalWriter,
+    /// Lowest index readers may see: purged entries stay in the WAL until their whole segment
+    /// goes, but read as gone (like the entries the redb log deleted one by one).
+    first_visible: Arc<AtomicU64>,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -93,6 +101,13 @@ impl TailCache {
         }
     }
 
+    /// Forgets entries ≥ `from` (a truncation): entries appended there later are new and not
+    /// durable, whatever was durable at those indexes before.
+    fn truncate(&mut self, from: u64) {
+        self.retain(|index| index < from);
+        self.durable_upto = self.durable_upto.min(from.saturating_sub(1));
+    }
+
     fn retain(&mut self, keep: impl Fn(u64) -> bool) {
         let mut bytes = self.bytes;
         self.entries.retain(|index, entry| {
@@ -137,19 +152,6 @@ impl TailCache {
     }
 }
 
-type StoreJob = Box<dyn FnOnce(&RaftStore) -> Result<(), StorageError> + Send>;
-
-enum WriterOp {
-    Append {
-        entries: Vec<(LogId, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
-    },
-    Run {
-        job: StoreJob,
-        done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
-    },
-}
-
 fn read_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read_logs(AnyError::error(e.to_string())).into()
 }
@@ -158,36 +160,65 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_logs(AnyError::error(e.to_string())).into()
 }
 
-/// Runs blocking redb reads off the async workers.
+/// Runs blocking file or redb work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
     tokio::task::spawn_blocking(f).await.map_err(read_err)?
 }
 
+/// `[start, end)` of a range of log indexes.
+fn half_open(start: Bound<u64>, end: Bound<u64>) -> (u64, u64) {
+    let from = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match end {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    let entry: Entry = super::codec::decode(bytes)
+        .map_err(|e| read_err(format!("decode log entry {index}: {e}")))?;
+    if entry.log_id.index != index {
+        return Err(read_err(format!(
+            "the WAL record of index {index} holds entry {}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
+}
+
 impl LogStore {
-    pub fn new(store: RaftStore) -> Self {
-        let pending = Arc::new(Mutex::new(TailCache::default()));
-        let (writer, ops) = mpsc::channel();
-        let (thread_store, thread_pending) = (store.clone(), pending.clone());
-        let spawned = std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || run_writer(thread_store, thread_pending, ops));
-        if let Err(e) = spawned {
-            // Without the thread every write fails with a clear error (the channel is closed).
-            tracing::error!(error = %e, "cannot start the log writer thread");
-        }
-        Self {
+    /// Opens the log in `dir` (the WAL's directory; recovery runs here, see `raft::wal`) and
+    /// starts its writer thread. `store` holds the vote and the committed and purged ids.
+    pub fn open(store: RaftStore, dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let wal = Wal::open(dir, WalOptions::default())
+            .with_context(|| format!("open the Raft log in {}", dir.display()))?;
+        let wal = WalWriter::start(wal).context("start the Raft log writer thread")?;
+        Ok(Self {
             store,
             purge_floor: PurgeFloor::default(),
-            pending,
-            writer,
-        }
+            pending: Arc::new(Mutex::new(TailCache::default())),
+            wal,
+            first_visible: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// The handle that limits physical purging (see [`PurgeFloor`]).
     pub fn purge_floor(&self) -> PurgeFloor {
         self.purge_floor.clone()
+    }
+
+    /// True when the log holds no entry (durable or not).
+    pub fn is_empty(&self) -> bool {
+        self.pending().entries.is_empty() && self.wal.reader().last_index().is_none()
     }
 
     /// Entries in `range` still in the log (including ones openraft purged but the purge floor
@@ -205,8 +236,15 @@ impl LogStore {
     }
 
     /// Durable entries overlaid with pending ones. Pending is copied FIRST: an entry the writer
-    /// makes durable (and drops from pending) meanwhile is then found in redb.
+    /// makes durable (and the cache evicts) meanwhile is then found in the WAL, whose index is
+    /// updated before the cache learns the entry is durable.
     async fn read(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = half_open(start, end);
+        let from = from.max(self.first_visible.load(Ordering::SeqCst));
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let (start, end) = (Bound::Included(from), Bound::Excluded(to));
         let pending: Vec<Entry> = {
             let cache = self.pending();
             if let Some(hit) = cache.covering(start, end) {
@@ -218,142 +256,55 @@ impl LogStore {
                 .map(|(_, e)| e.clone())
                 .collect()
         };
-        let store = self.store.clone();
-        let durable = blocking(move || read_range(&store, start, end)).await?;
+        // Only what the cache does not hold comes from the files.
+        let to = pending.first().map_or(to, |e| to.min(e.log_id.index));
+        let reader = self.wal.reader().clone();
+        let durable = blocking(move || {
+            reader
+                .read(from, to)
+                .map_err(|e| read_err(format!("read log entries {from}..{to}: {e}")))?
+                .into_iter()
+                .map(|(index, bytes)| decode_entry(index, &bytes))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
         let mut merged: BTreeMap<u64, Entry> =
             durable.into_iter().map(|e| (e.log_id.index, e)).collect();
         merged.extend(pending.into_iter().map(|e| (e.log_id.index, e)));
         Ok(merged.into_values().collect())
     }
 
-    /// Queues `job` behind every earlier write and waits for it.
-    async fn run(
-        &self,
-        job: impl FnOnce(&RaftStore) -> Result<(), StorageError> + Send + 'static,
-    ) -> Result<(), StorageError> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(WriterOp::Run {
-                job: Box::new(job),
-                done,
-            })
-            .map_err(|_| write_err("the log writer thread is gone"))?;
-        result
-            .await
-            .map_err(|_| write_err("the log writer thread is gone"))?
-    }
-}
-
-fn read_range(
-    store: &RaftStore,
-    start: Bound<u64>,
-    end: Bound<u64>,
-) -> Result<Vec<Entry>, StorageError> {
-    let tx = store.db.begin_read().map_err(read_err)?;
-    let table = tx.open_table(LOGS).map_err(read_err)?;
-    let mut out = Vec::new();
-    for item in table.range::<u64>((start, end)).map_err(read_err)? {
-        let (k, v) = item.map_err(read_err)?;
-        let entry: Entry = super::codec::decode(v.value())
-            .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
-        out.push(entry);
-    }
-    Ok(out)
-}
-
-fn last_durable_id(store: &RaftStore) -> Result<Option<LogId>, StorageError> {
-    let tx = store.db.begin_read().map_err(read_err)?;
-    let table = tx.open_table(LOGS).map_err(read_err)?;
-    let last = match table.last().map_err(read_err)? {
-        None => None,
-        Some((k, v)) => {
-            let entry: Entry = super::codec::decode(v.value())
-                .map_err(|e| read_err(format!("decode log entry {}: {e}", k.value())))?;
-            Some(entry.log_id)
-        }
-    };
-    Ok(last)
-}
-
-/// The writer thread: applies queued operations in order, grouping consecutive appends into
-/// one durable redb commit.
-fn run_writer(store: RaftStore, pending: Arc<Mutex<TailCache>>, ops: mpsc::Receiver<WriterOp>) {
-    let mut carried: Option<WriterOp> = None;
-    loop {
-        let op = match carried.take() {
-            Some(op) => op,
-            None => match ops.recv() {
-                Ok(op) => op,
-                Err(_) => return,
-            },
+    /// The log id of the last entry in the WAL.
+    fn last_durable_id(&self) -> Result<Option<LogId>, StorageError> {
+        let reader = self.wal.reader();
+        let Some(last) = reader.last_index() else {
+            return Ok(None);
         };
-        match op {
-            WriterOp::Run { job, done } => {
-                let _ = done.send(job(&store));
-            }
-            WriterOp::Append { entries, callback } => {
-                let mut batch = vec![(entries, callback)];
-                loop {
-                    match ops.try_recv() {
-                        Ok(WriterOp::Append { entries, callback }) => {
-                            batch.push((entries, callback))
-                        }
-                        Ok(other) => {
-                            carried = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let started = std::time::Instant::now();
-                let result = write_entries(&store, batch.iter().flat_map(|(e, _)| e.iter()));
-                tracing::debug!(
-                    appends = batch.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "log flushed"
-                );
-                if result.is_ok() {
-                    let upto = batch
-                        .iter()
-                        .flat_map(|(e, _)| e.iter())
-                        .map(|(l, _)| l.index)
-                        .max();
-                    if let Some(upto) = upto {
-                        pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .mark_durable(upto);
-                    }
-                }
-                for (_, callback) in batch {
-                    let outcome = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(e.to_string())),
-                    };
-                    callback.log_io_completed(outcome);
-                }
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "writing the Raft log failed");
-                }
-            }
+        match reader
+            .read(last, last + 1)
+            .map_err(|e| read_err(format!("read the last log entry: {e}")))?
+            .pop()
+        {
+            Some((index, bytes)) => Ok(Some(decode_entry(index, &bytes)?.log_id)),
+            // Truncated meanwhile: the cache or the next call has the answer.
+            None => Ok(None),
         }
     }
 }
 
-fn write_entries<'a>(
-    store: &RaftStore,
-    entries: impl Iterator<Item = &'a (LogId, Vec<u8>)>,
+/// Awaits a queued WAL operation.
+async fn wal_op(
+    queue: impl FnOnce(super::wal::Done) -> std::io::Result<()>,
 ) -> Result<(), StorageError> {
-    let tx = store.db.begin_write().map_err(write_err)?;
-    {
-        let mut table = tx.open_table(LOGS).map_err(write_err)?;
-        for (log_id, bytes) in entries {
-            table
-                .insert(log_id.index, bytes.as_slice())
-                .map_err(write_err)?;
-        }
-    }
-    tx.commit().map_err(write_err)
+    let (done, result) = tokio::sync::oneshot::channel();
+    queue(Box::new(move |r| {
+        let _ = done.send(r);
+    }))
+    .map_err(write_err)?;
+    result
+        .await
+        .map_err(|_| write_err("the Raft log writer thread is gone"))?
+        .map_err(write_err)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -375,10 +326,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .last_key_value()
             .map(|(_, e)| e.log_id);
-        let store = self.store.clone();
+        let this = self.clone();
         let (last_purged, last_durable) = blocking(move || {
-            let last_purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
-            Ok((last_purged, last_durable_id(&store)?))
+            let last_purged: Option<LogId> = this.store.read_meta(KEY_LAST_PURGED)?;
+            Ok((last_purged, this.last_durable_id()?))
         })
         .await?;
         // Entries the purge floor kept below `last_purged` do not count as the log's end.
@@ -394,9 +345,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let vote = *vote;
-        self.run(move |store| store.write_meta(KEY_VOTE, &vote, Sync::Durable))
-            .await
+        let (vote, store) = (*vote, self.store.clone());
+        blocking(move || store.write_meta(KEY_VOTE, &vote, Sync::Durable)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -406,11 +356,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Lazy: a lost committed index is re-learned from the leader; it only saves re-applying.
-        self.run(move |store| store.write_meta(KEY_COMMITTED, &committed, Sync::Lazy))
-            .await
+        // But it must never get ahead of this node's durable log: at start openraft re-applies
+        // the log up to it and fails on a missing entry. A node can learn that an entry is
+        // committed before its own append of it is on disk, so the write waits behind every
+        // queued append, on the writer thread, without making openraft wait.
+        let store = self.store.clone();
+        self.wal
+            .after_writes(Box::new(move |appended| {
+                if appended.is_err() {
+                    return;
+                }
+                if let Err(e) = store.write_meta(KEY_COMMITTED, &committed, Sync::Lazy) {
+                    tracing::warn!(error = %e, "saving the committed log id failed");
+                }
+            }))
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        // After the queued `save_committed` writes.
+        let wal = self.wal.clone();
+        wal_op(move |done| wal.after_writes(done)).await?;
         let store = self.store.clone();
         blocking(move || Ok(store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())).await
     }
@@ -424,57 +390,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
+        let mut records = Vec::new();
         {
             let mut pending = self.pending();
             for entry in entries {
-                encoded.push((
-                    entry.log_id,
+                records.push((
+                    entry.log_id.index,
                     super::codec::encode(&entry).map_err(write_err)?,
                 ));
                 pending.insert(entry);
             }
         }
-        self.writer
-            .send(WriterOp::Append {
-                entries: encoded,
-                callback,
-            })
-            .map_err(|_| write_err("the log writer thread is gone"))
+        let upto = records.last().map(|(index, _)| *index);
+        let cache = self.pending.clone();
+        self.wal
+            .append(
+                records,
+                Box::new(move |result| {
+                    if let (Ok(()), Some(upto)) = (&result, upto) {
+                        cache
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .mark_durable(upto);
+                    }
+                    callback.log_io_completed(result);
+                }),
+            )
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending().retain(|index| index < log_id.index);
-        self.run(move |store| {
-            let tx = store.db.begin_write().map_err(write_err)?;
-            {
-                let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(write_err)?;
-            }
-            tx.commit().map_err(write_err)
-        })
-        .await
+        self.pending().truncate(log_id.index);
+        let wal = self.wal.clone();
+        wal_op(move |done| wal.truncate(log_id.index, done)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // First the purged id, durably: a crash before the segments go leaves extra entries
+        // below it, which readers skip; the other order could leave a gap above it.
+        let store = self.store.clone();
+        blocking(move || store.write_meta(KEY_LAST_PURGED, &log_id, Sync::Durable)).await?;
         let delete_upto = log_id.index.min(self.purge_floor.get());
+        self.first_visible
+            .fetch_max(delete_upto.saturating_add(1), Ordering::SeqCst);
         self.pending().retain(|index| index > delete_upto);
-        self.run(move |store| {
-            let tx = store.db.begin_write().map_err(write_err)?;
-            {
-                let mut meta = tx.open_table(META).map_err(write_err)?;
-                let bytes = super::codec::encode(&log_id).map_err(write_err)?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice())
-                    .map_err(write_err)?;
-                let mut table = tx.open_table(LOGS).map_err(write_err)?;
-                table
-                    .retain_in(..=delete_upto, |_, _| false)
-                    .map_err(write_err)?;
-            }
-            tx.commit().map_err(write_err)
-        })
-        .await
+        let wal = self.wal.clone();
+        wal_op(move |done| wal.purge(delete_upto, done)).await
     }
 }

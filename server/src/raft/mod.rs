@@ -1,10 +1,12 @@
-//! The openraft seam, one trait per file: `log_store` (RaftLogStorage in redb),
+//! The openraft seam, one trait per file: `log_store` (RaftLogStorage on the WAL),
 //! `state_machine` (RaftStateMachine = the SQLite database); the third seam, RaftNetwork, lives
-//! with the rest of the node-to-node traffic in `peer::network`. `types` declares the type configuration, `codec` the one binary encoding, `store`
-//! the redb file they share.
+//! with the rest of the node-to-node traffic in `peer::network`. `types` declares the type
+//! configuration, `codec` the one binary encoding, `wal` the log's storage engine (segment
+//! files, group commit, recovery), `store` the redb file of the vote and metadata.
 
 pub mod codec;
 pub mod log_store;
 pub mod state_machine;
 pub mod store;
 pub mod types;
+pub mod wal;

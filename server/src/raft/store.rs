@@ -1,9 +1,12 @@
-//! The node's redb file (`raft.redb` in the data directory): Raft log, vote, and small
-//! metadata of the state machine and cluster identity.
+//! The node's redb file (`raft.redb` in the data directory): the vote, the committed and purged
+//! log ids, and small metadata of the state machine and cluster identity — everything Raft
+//! keeps on disk except the log itself, which is in the WAL (`raft-log/`, see `raft::wal`).
 //!
 //! redb rather than sled: sled 0.34 is unmaintained and has reports of databases that do not
 //! open again after an abrupt stop; our users kill pods on purpose. redb commits are
-//! crash-safe (copy-on-write with a checksummed commit slot).
+//! crash-safe (copy-on-write with a checksummed commit slot). These keys change rarely (a vote
+//! per election, a purge per snapshot) or lazily, so a B-tree commit costs nothing that
+//! matters here; the log's appends, which do pay per write, left redb for that reason.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +18,8 @@ use serde::Serialize;
 
 use super::types::{NodeId, StorageError};
 
-pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+/// Where the Raft log was before the WAL (read only to refuse such a directory, see `open`).
+const LEGACY_LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Shared handle to the node's redb database.
@@ -42,9 +46,9 @@ impl RaftStore {
         let db = redb::Database::create(&path)
             .with_context(|| format!("open log store {}", path.display()))?;
         let tx = db.begin_write().context("initialize log store")?;
-        tx.open_table(LOGS).context("initialize log table")?;
         tx.open_table(META).context("initialize meta table")?;
         tx.commit().context("initialize log store")?;
+        refuse_legacy_log(&db, &path)?;
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -84,18 +88,31 @@ impl RaftStore {
         tx.commit().map_err(|e| io(&e))
     }
 
-    /// True when this node has any Raft state: a vote or log entries.
-    pub fn has_raft_state(&self) -> Result<bool, StorageError> {
-        use redb::ReadableTable;
-        let io = |e: &dyn std::fmt::Display| {
-            StorageError::from(StorageIOError::read(AnyError::error(e.to_string())))
-        };
-        if self.read_meta::<openraft::Vote<NodeId>>("vote")?.is_some() {
-            return Ok(true);
-        }
-        let tx = self.db.begin_read().map_err(|e| io(&e))?;
-        let logs = tx.open_table(LOGS).map_err(|e| io(&e))?;
-        let any = logs.first().map_err(|e| io(&e))?.is_some();
-        Ok(any)
+    /// True when this node has voted (part of "has Raft state"; the log is the other part).
+    pub fn has_vote(&self) -> Result<bool, StorageError> {
+        Ok(self.read_meta::<openraft::Vote<NodeId>>("vote")?.is_some())
     }
+}
+
+/// Before the WAL, the log was a table of this file. The format changed without a migration
+/// (pre-1.0): a directory that still has entries there is refused with a clear message instead
+/// of starting with an empty log next to a vote.
+fn refuse_legacy_log(db: &redb::Database, path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use redb::ReadableTableMetadata;
+    let tx = db.begin_read().context("read log store")?;
+    let entries = match tx.open_table(LEGACY_LOGS) {
+        Ok(table) => table.len().context("read the old log table")?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e).context("read the old log table"),
+    };
+    if entries > 0 {
+        anyhow::bail!(
+            "{} holds {entries} Raft log entries in the format of raftlite before the WAL; the \
+             log format changed and there is no migration: move this data directory away and \
+             let the node join again (it re-syncs from the cluster)",
+            path.display()
+        );
+    }
+    Ok(())
 }
