@@ -448,16 +448,21 @@ impl Node {
     /// Leader only: a log index a linearizable read must wait for (Raft read index).
     /// Concurrent callers share one quorum confirmation (see `reads::confirm_read_indexes`).
     pub async fn read_index(&self) -> Result<u64, NodeError> {
-        let (tx, rx) = oneshot::channel();
+        self.queue_read_index(true).await
+    }
+
+    /// A read index from this node as leader, or (unless `leader_only`) from the leader.
+    async fn queue_read_index(&self, leader_only: bool) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
         let shutting_down = || NodeError::unavailable("the node is shutting down", None);
         self.inner
             .read_indexes
-            .send(tx)
+            .send(reads::ReadIndexWaiter { reply, leader_only })
             .await
             .map_err(|_| shutting_down())?;
         rx.await.map_err(|_| shutting_down())?.map_err(|e| {
             NodeError::unavailable(
-                format!("cannot confirm leadership for a linearizable read: {e}"),
+                format!("no read index for a linearizable read: {e}"),
                 self.inner.leader_hint(),
             )
         })
@@ -677,6 +682,13 @@ impl Node {
 }
 
 impl NodeInner {
+    /// On the leader: records that its entry `index` is committed (bounded reads wait for the
+    /// applied index to reach it).
+    pub(crate) fn note_committed(&self, index: u64) {
+        let mut guard = self.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0 = guard.0.max(index);
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }

@@ -77,14 +77,20 @@ pub(super) async fn track_quorum_acks(node: Weak<NodeInner>) {
     }
 }
 
-/// A linearizable read waiting for the leader's read index, or why there is none.
-pub(super) type ReadIndexWaiter = oneshot::Sender<Result<u64, String>>;
+/// A linearizable read waiting for a read index, or why there is none.
+pub(super) struct ReadIndexWaiter {
+    pub reply: oneshot::Sender<Result<u64, String>>,
+    /// Asked by a follower over the peer port: only this node's own confirmation, as leader,
+    /// will do (a follower does not pass the question on).
+    pub leader_only: bool,
+}
 
-/// Answers the read-index requests of linearizable reads on the leader. Each round takes
-/// every request queued at that moment and confirms leadership with a quorum ONCE for all of
-/// them (openraft's `get_read_log_id` sends a heartbeat to the followers): a request queued
-/// while a round runs waits for the next one, so the confirmation it gets always began after it
-/// arrived — what a linearizable read needs. Under load many reads share one round trip.
+/// Answers the read-index requests of linearizable reads. Each round takes every request
+/// queued at that moment and gets ONE read index for all of them: on the leader, one quorum
+/// confirmation (openraft's `get_read_log_id` sends a heartbeat to the followers); on a
+/// follower, one `Peer.ReadIndex` call to the leader (which batches those in turn). A request
+/// queued while a round runs waits for the next one, so the confirmation it gets always began
+/// after it arrived — what a linearizable read needs. Under load many reads share one round.
 pub(super) async fn confirm_read_indexes(
     node: Weak<NodeInner>,
     mut queue: mpsc::Receiver<ReadIndexWaiter>,
@@ -95,18 +101,42 @@ pub(super) async fn confirm_read_indexes(
             waiters.push(w);
         }
         let Some(inner) = node.upgrade() else { return };
-        // Bounded: a round that cannot finish must not hold the next ones back.
-        let result = match tokio::time::timeout(READ_WAIT, inner.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _))) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no quorum confirmed the leadership within {READ_WAIT:?}"
-            )),
+        let leader = inner.is_leader();
+        let not_leader = || format!("node {} is not the leader", inner.id);
+        let result = if leader {
+            // Bounded: a round that cannot finish must not hold the next ones back.
+            match tokio::time::timeout(READ_WAIT, inner.raft.get_read_log_id()).await {
+                Ok(Ok((read_log_id, _))) => Ok(read_log_id.map_or(0, |l| l.index)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no quorum confirmed the leadership within {READ_WAIT:?}"
+                )),
+            }
+        } else if waiters.iter().any(|w| !w.leader_only) {
+            inner.remote_read_index().await.map_err(|e| e.to_string())
+        } else {
+            Err(not_leader())
         };
-        drop(inner);
         for w in waiters {
-            let _ = w.send(result.clone());
+            let answer = if w.leader_only && !leader {
+                Err(not_leader())
+            } else {
+                result.clone()
+            };
+            let _ = w.reply.send(answer);
         }
+    }
+}
+
+impl NodeInner {
+    /// Asks the leader for a read index over the peer port.
+    async fn remote_read_index(&self) -> Result<u64, NodeError> {
+        let leader = self.leader_hint().ok_or_else(|| {
+            NodeError::unavailable("no leader is elected at the moment; retry", None)
+        })?;
+        self.peer(&leader.peer_addr)?
+            .read_index(READ_WAIT, leader)
+            .await
     }
 }
 
@@ -131,9 +161,8 @@ impl Node {
             ReadConsistency::AtIndex(index) => inner.wait_applied(index, READ_WAIT).await?,
             ReadConsistency::Bounded { max_lag } => {
                 if inner.is_leader() {
-                    // A leader is never behind itself, but one cut off from its quorum may have
-                    // been replaced: the same window as a follower's, counted from the last
-                    // time a quorum acknowledged it.
+                    // One cut off from its quorum may have been replaced: the same window as a
+                    // follower's, counted from the last time a quorum acknowledged it.
                     let limit = inner.config.election_timeout_max * 3;
                     let alone = inner
                         .raft
@@ -151,6 +180,15 @@ impl Node {
                             None,
                         ));
                     }
+                    // A write is answered once committed, a moment before the leader applies it.
+                    let committed = inner
+                        .leader_commit
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    inner
+                        .wait_applied(committed.saturating_sub(max_lag), READ_WAIT)
+                        .await?;
                 } else {
                     let (commit, heard) = *inner
                         .leader_commit
@@ -174,11 +212,7 @@ impl Node {
                 }
             }
             ReadConsistency::Linearizable => {
-                let index = if inner.is_leader() {
-                    self.read_index().await?
-                } else {
-                    self.remote_read_index().await?
-                };
+                let index = self.queue_read_index(false).await?;
                 inner.wait_applied(index, READ_WAIT).await?;
             }
         }
@@ -190,16 +224,5 @@ impl Node {
                 .reads()
                 .query(statement, max_rows, BATCH_ROWS, Some(deadline))?,
         ))
-    }
-
-    async fn remote_read_index(&self) -> Result<u64, NodeError> {
-        let inner = &self.inner;
-        let leader = inner.leader_hint().ok_or_else(|| {
-            NodeError::unavailable("no leader is elected at the moment; retry", None)
-        })?;
-        inner
-            .peer(&leader.peer_addr)?
-            .read_index(READ_WAIT, leader)
-            .await
     }
 }

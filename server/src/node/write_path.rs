@@ -148,6 +148,7 @@ async fn commit_batch(
             tokio::select! {
                 result = &mut proposal => answer(batch, outcomes, result),
                 Ok(index) = committed => {
+                    node.note_committed(index);
                     answer(batch, outcomes, Ok(index));
                     // The next batch executes on the state this delta leads to: wait for the
                     // apply before taking it.
