@@ -241,21 +241,12 @@ pub async fn grpc_rtt(
     budget: Duration,
     max: usize,
 ) -> anyhow::Result<Samples> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("bad address {addr:?}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
-    if let Some(ca) = tls_ca {
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connect to {addr}"))?;
+    let channel = super::health::connect(endpoint, addr, tls_ca).await?;
     let mut health = HealthClient::new(channel);
     for _ in 0..WARMUP {
         health_check(&mut health, addr).await?;

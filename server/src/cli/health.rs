@@ -75,27 +75,42 @@ async fn check(
         .unwrap_or(addr);
     let tls = addr.starts_with("https://") || (tls_ca.is_some() && !addr.starts_with("http://"));
     let scheme = if tls { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{host_port}"))
-        .with_context(|| format!("bad address {addr:?}"))?;
-    if tls {
+    let ca = if tls {
         let path =
             tls_ca.context("an https:// address needs --tls-ca FILE (or RAFTLITE_TLS_CA)")?;
-        let ca = std::fs::read(path)
-            .with_context(|| format!("read the CA certificate {}", path.display()))?;
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connect to {addr}"))?;
-    let response = HealthClient::new(channel)
+        Some(
+            std::fs::read(path)
+                .with_context(|| format!("read the CA certificate {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{host_port}"))
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let response = HealthClient::new(connect(endpoint, addr, ca.as_deref()).await?)
         .check(HealthCheckRequest {
             service: service.to_owned(),
         })
         .await
         .with_context(|| format!("health check of {service:?} on {addr}"))?;
     Ok(response.into_inner().status())
+}
+
+/// Connects `endpoint` (named `addr` in errors), over TLS with `ca` when given.
+pub async fn connect(
+    mut endpoint: tonic::transport::Endpoint,
+    addr: &str,
+    ca: Option<&[u8]>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context;
+    if let Some(ca) = ca {
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))
 }

@@ -126,6 +126,21 @@ impl PeerService {
         cert.names_node(id, peer_addr, unique)
     }
 
+    /// A Raft message (not from a leader: Vote, PreVote) that passed the cluster and sender
+    /// checks, and its decoded payload.
+    fn admit<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Request<v1::RaftMessage>,
+        what: &str,
+    ) -> Result<(v1::RaftMessage, T), Status> {
+        let cert = peer_cert(&request);
+        let msg = request.into_inner();
+        self.check_cluster(&msg.cluster_id, msg.from, false, cert.as_deref())?;
+        self.check_sender(msg.from, cert.as_deref())?;
+        let payload = decode(&msg.payload, what)?;
+        Ok((msg, payload))
+    }
+
     /// The checks every Raft message passes before it is decoded (see the module docs):
     /// the sender is a member and, with TLS, the node its certificate names.
     fn check_sender(&self, from: NodeId, cert: Option<&PeerCert>) -> Result<(), Status> {
@@ -240,11 +255,7 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
-        let cert = peer_cert(&request);
-        let msg = request.into_inner();
-        self.check_cluster(&msg.cluster_id, msg.from, false, cert.as_deref())?;
-        self.check_sender(msg.from, cert.as_deref())?;
-        let rpc: VoteRequest<NodeId> = decode(&msg.payload, "vote request")?;
+        let (msg, rpc): (_, VoteRequest<NodeId>) = self.admit(request, "vote request")?;
         if rpc.vote.leader_id().voted_for() != Some(msg.from) {
             return Err(Status::invalid_argument(format!(
                 "vote request from node {} asks a vote for another node",
@@ -435,11 +446,7 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
-        let cert = peer_cert(&request);
-        let msg = request.into_inner();
-        self.check_cluster(&msg.cluster_id, msg.from, false, cert.as_deref())?;
-        self.check_sender(msg.from, cert.as_deref())?;
-        let last_log_id: Option<LogId> = decode(&msg.payload, "pre-vote request")?;
+        let (msg, last_log_id): (_, Option<LogId>) = self.admit(request, "pre-vote request")?;
         let answer = self.node.answer_pre_vote(msg.from, last_log_id).await;
         reply(&self.node, &answer)
     }
