@@ -10,9 +10,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use raftlite::cli::local_credentials::{leaf, new_ca, node_names};
+use raftlite::cli::token::auth_entry;
+use raftlite::grpc::auth::Role;
 use raftlite_client::ClientOptions;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use sha2::Digest;
+use rcgen::{Issuer, KeyPair};
 
 /// The roles of the auth file, in increasing power.
 pub const ROLES: [&str; 3] = ["read", "write", "admin"];
@@ -23,26 +25,18 @@ pub struct Credentials {
     tokens: BTreeMap<&'static str, String>,
 }
 
-fn new_ca(name: &str) -> anyhow::Result<(Issuer<'static, KeyPair>, String)> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((Issuer::new(params, key), cert.pem()))
-}
-
-fn leaf(issuer: &Issuer<'static, KeyPair>, names: Vec<String>) -> anyhow::Result<(String, String)> {
-    let params = CertificateParams::new(names)?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Auth-file lines for `entries` of (name, token, role), as `raftlite token new` writes them.
+fn auth_file_text(entries: &[(&str, &str, &str)]) -> anyhow::Result<String> {
+    let mut auth = String::from("tokens:\n");
+    for (name, token, role) in entries {
+        let role = Role::parse(role).with_context(|| format!("no role {role:?}"))?;
+        auth.push_str(&auth_entry(name, role, token));
+    }
+    Ok(auth)
 }
 
 impl Credentials {
@@ -52,17 +46,22 @@ impl Credentials {
         std::fs::create_dir_all(dir).context("create the credentials directory")?;
         let (ca, ca_pem) = new_ca("raftlite test CA")?;
         std::fs::write(dir.join("ca.crt"), ca_pem)?;
-        let mut tokens = BTreeMap::new();
-        let mut auth = String::from("tokens:\n");
-        for role in ROLES {
-            let token = format!("{role}-{}", hex(&rand::random::<[u8; 16]>()));
-            let hash = hex(&sha2::Sha256::digest(token.as_bytes()));
-            auth.push_str(&format!(
-                "  - name: test-{role}\n    sha256: {hash}\n    role: {role}\n"
-            ));
-            tokens.insert(role, token);
-        }
-        std::fs::write(dir.join("auth.yaml"), auth)?;
+        let tokens: BTreeMap<&'static str, String> = ROLES
+            .iter()
+            .map(|role| {
+                (
+                    *role,
+                    format!("{role}-{}", hex(&rand::random::<[u8; 16]>())),
+                )
+            })
+            .collect();
+        let names: Vec<String> = ROLES.iter().map(|role| format!("test-{role}")).collect();
+        let entries: Vec<(&str, &str, &str)> = ROLES
+            .iter()
+            .zip(&names)
+            .map(|(role, name)| (name.as_str(), tokens[role].as_str(), *role))
+            .collect();
+        std::fs::write(dir.join("auth.yaml"), auth_file_text(&entries)?)?;
         let creds = Credentials {
             dir: dir.to_owned(),
             ca,
@@ -73,14 +72,7 @@ impl Credentials {
         }
         let (rogue_ca, rogue_pem) = new_ca("not the cluster's CA")?;
         std::fs::write(dir.join("rogue-ca.crt"), rogue_pem)?;
-        let (cert, key) = leaf(
-            &rogue_ca,
-            vec![
-                "raftlite-node-1".into(),
-                "localhost".into(),
-                "127.0.0.1".into(),
-            ],
-        )?;
+        let (cert, key) = leaf(&rogue_ca, node_names(1))?;
         std::fs::write(dir.join("rogue-node-1.crt"), cert)?;
         std::fs::write(dir.join("rogue-node-1.key"), key)?;
         Ok(creds)
@@ -88,14 +80,7 @@ impl Credentials {
 
     /// Issues (or re-issues) node `id`'s certificate.
     pub fn issue_node(&self, id: u64) -> anyhow::Result<()> {
-        let (cert, key) = leaf(
-            &self.ca,
-            vec![
-                format!("raftlite-node-{id}"),
-                "localhost".into(),
-                "127.0.0.1".into(),
-            ],
-        )?;
+        let (cert, key) = leaf(&self.ca, node_names(id))?;
         std::fs::write(self.cert(id), cert)?;
         std::fs::write(self.key(id), key)?;
         Ok(())
@@ -115,14 +100,7 @@ impl Credentials {
         // signer only once its own certificate is new too, and retries until then.
         write(self.ca_path(), ca_pem)?;
         for id in ids {
-            let (cert, key) = leaf(
-                &ca,
-                vec![
-                    format!("raftlite-node-{id}"),
-                    "localhost".into(),
-                    "127.0.0.1".into(),
-                ],
-            )?;
+            let (cert, key) = leaf(&ca, node_names(id))?;
             write(self.key(id), key)?;
             write(self.cert(id), cert)?;
         }
@@ -131,15 +109,8 @@ impl Credentials {
 
     /// Replaces the auth file's tokens: `entries` of (name, token, role).
     pub fn write_auth_file(&self, entries: &[(&str, &str, &str)]) -> anyhow::Result<()> {
-        let mut auth = String::from("tokens:\n");
-        for (name, token, role) in entries {
-            let hash = hex(&sha2::Sha256::digest(token.as_bytes()));
-            auth.push_str(&format!(
-                "  - name: {name}\n    sha256: {hash}\n    role: {role}\n"
-            ));
-        }
         let tmp = self.auth_file().with_extension("tmp");
-        std::fs::write(&tmp, auth)?;
+        std::fs::write(&tmp, auth_file_text(entries)?)?;
         std::fs::rename(&tmp, self.auth_file())?;
         Ok(())
     }

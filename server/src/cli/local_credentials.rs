@@ -42,20 +42,43 @@ impl std::fmt::Debug for LocalCredentials {
     }
 }
 
+/// A new self-signed CA named `name`: the issuer of leaf certificates, and its PEM.
+pub fn new_ca(name: &str) -> anyhow::Result<(Issuer<'static, KeyPair>, String)> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate()?;
+    let pem = params.self_signed(&key)?.pem();
+    Ok((Issuer::new(params, key), pem))
+}
+
+/// A certificate for `names` signed by `issuer`, and its new private key, both PEM.
+pub fn leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    names: Vec<String>,
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(names)?.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The names a node's certificate carries on loopback: the identity the peer port checks
+/// (`raftlite-node-<id>`) and the addresses peers and clients dial.
+pub fn node_names(id: u64) -> Vec<String> {
+    vec![
+        crate::tls::node_name(id),
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+    ]
+}
+
 impl LocalCredentials {
     /// Writes `ca.crt`, `node-<id>.crt` and `node-<id>.key` for each of `ids`, and
     /// `auth.yaml`, into `dir` (created if missing).
     pub fn generate(dir: &Path, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create the credentials directory {}", dir.display()))?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "raftlite local cluster CA");
-        let ca_key = KeyPair::generate()?;
-        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (issuer, ca_pem) = new_ca("raftlite local cluster CA")?;
         write_file(&dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
         let credentials = LocalCredentials {
             dir: dir.to_owned(),
@@ -63,15 +86,9 @@ impl LocalCredentials {
             token: super::token::new_token(),
         };
         for id in ids {
-            let params = CertificateParams::new(vec![
-                crate::tls::node_name(id),
-                "127.0.0.1".to_owned(),
-                "localhost".to_owned(),
-            ])?;
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &issuer)?;
-            write_file(&credentials.cert(id), cert.pem().as_bytes(), 0o644)?;
-            write_file(&credentials.key(id), key.serialize_pem().as_bytes(), 0o600)?;
+            let (cert, key) = leaf(&issuer, node_names(id))?;
+            write_file(&credentials.cert(id), cert.as_bytes(), 0o644)?;
+            write_file(&credentials.key(id), key.as_bytes(), 0o600)?;
         }
         let auth = format!(
             "tokens:\n{}",
