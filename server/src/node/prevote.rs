@@ -12,7 +12,7 @@
 //! - While the node hears from a leader, the gate is closed and nobody is asked (the timer
 //!   could not fire anyway).
 //! - Once it has not heard from a leader for half the minimum election timeout, it asks every
-//!   other voter over the peer port, each heartbeat interval: would you vote for me now? A
+//!   other voter over the peer port, every half heartbeat interval: would you vote for me now? A
 //!   voter says yes when it is not the leader, has not heard from a leader within the leader
 //!   lease (openraft's: the maximum election timeout; within it the real vote would be
 //!   refused), and the asker's log is at least as up to date as its own. Answering changes
@@ -20,9 +20,10 @@
 //! - With yes from a quorum (the asker counts itself; a joint membership needs both halves),
 //!   the gate opens. Without one it closes: an isolated node keeps its term.
 //! - Once the gate is open and the node itself has not heard from a leader for a lease, it
-//!   starts the election after a random pause of up to half the minimum election timeout
-//!   (split votes), instead of waiting for openraft's timer, which would add a whole election
-//!   timeout on top of the lease: the poll has just shown that a quorum lost the leader.
+//!   starts the election (the granting voters in the order of their ids, a short pause apart,
+//!   so that they do not split the vote) instead of waiting for openraft's timer, which would
+//!   add a whole election timeout on top of the lease: the poll has just shown that a quorum
+//!   lost the leader.
 //!   openraft's timer stays as the fallback (and retries after a split vote).
 //!
 //! Leadership transfer (`Elect` from the leader) bypasses the gate on purpose: openraft's
@@ -115,8 +116,8 @@ fn lease(inner: &NodeInner) -> Duration {
 enum Gate {
     /// Leader, learner or single voter: nothing to ask.
     Unchecked,
-    /// A quorum would vote for this node.
-    Granted,
+    /// A quorum would vote for this node: the voters that said yes, itself included.
+    Granted(BTreeSet<NodeId>),
     /// A leader is heard from: no poll, nothing to log.
     HearsLeader,
     /// The last poll did not reach a quorum.
@@ -126,7 +127,9 @@ enum Gate {
 /// Keeps this node's election gate (see the module docs) until the node is dropped or Raft
 /// stops.
 pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
-    let mut ticker = tokio::time::interval(heartbeat);
+    // Half a heartbeat: how late after the lease an election can start (the poll itself is
+    // skipped, and costs nothing, while the leader is heard).
+    let mut ticker = tokio::time::interval(heartbeat / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Closed until the first poll: a restarted node must not time out into an election
     // before its leader's first heartbeat arrives.
@@ -148,13 +151,13 @@ pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
             .heard_from_leader()
             .map_or(started.elapsed(), |ago| ago.min(started.elapsed()));
         let gate = poll(&inner, quiet_for).await;
-        let want = matches!(gate, Gate::Unchecked | Gate::Granted);
+        let want = matches!(gate, Gate::Unchecked | Gate::Granted(_));
         if want != open {
             inner.raft.runtime_config().elect(want);
             open = want;
         }
         match (&last, &gate) {
-            (Gate::Refused(_), Gate::Granted) => {
+            (Gate::Refused(_), Gate::Granted(_)) => {
                 tracing::info!("pre-vote granted by a quorum: elections allowed again")
             }
             (Gate::Refused(_), Gate::Refused(_)) => {}
@@ -163,9 +166,11 @@ pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
             }
             _ => {}
         }
-        if gate == Gate::Granted && prompt_election_due(&inner, quiet_for, elected_at) {
-            elected_at = Some(Instant::now());
-            start_election(&inner).await;
+        if let Gate::Granted(granted) = &gate {
+            if prompt_election_due(&inner, quiet_for, elected_at) {
+                elected_at = Some(Instant::now());
+                start_election(&inner, granted).await;
+            }
         }
         last = gate;
     }
@@ -184,17 +189,23 @@ fn prompt_election_due(
     quiet && state == ServerState::Follower && elected_at.is_none_or(|at| at.elapsed() >= lease)
 }
 
-/// Starts an election after a random pause (see the module docs), unless a leader spoke up
-/// meanwhile.
-async fn start_election(inner: &NodeInner) {
+/// Starts an election after a pause (see the module docs), unless a leader spoke up or
+/// another voter started one meanwhile. The voters that granted the pre-vote go in order of
+/// their ids, a quarter of the minimum election timeout apart, plus a little jitter: the
+/// lowest starts first, and the others see its vote request before their turn, so two
+/// candidates rarely split the vote (which would cost openraft's election timeout again).
+async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
     use rand::Rng;
-    let spread = inner.config.election_timeout_min / 2;
-    let pause = rand::thread_rng().gen_range(Duration::ZERO..=spread);
-    tokio::time::sleep(pause).await;
+    let rank = granted.iter().take_while(|id| **id < inner.id).count() as u32;
+    let jitter = rand::thread_rng().gen_range(Duration::ZERO..=inner.config.heartbeat / 4);
+    let term = inner.raft.metrics().borrow().current_term;
+    tokio::time::sleep(inner.config.election_timeout_min / 4 * rank + jitter).await;
+    let now = inner.raft.metrics().borrow().clone();
     if inner
         .heard_from_leader()
         .is_some_and(|ago| ago < lease(inner))
-        || inner.raft.metrics().borrow().state != ServerState::Follower
+        || now.state != ServerState::Follower
+        || now.current_term != term
     {
         return;
     }
@@ -255,7 +266,7 @@ async fn poll(inner: &NodeInner, quiet_for: Duration) -> Gate {
         }
     }
     if quorum_granted(&configs, &granted) {
-        Gate::Granted
+        Gate::Granted(granted)
     } else {
         Gate::Refused(format!(
             "{} of {} voters would vote for this node (asked for {} ms): {}",
