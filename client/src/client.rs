@@ -11,7 +11,7 @@ use crate::endpoint::Transport as Channel;
 
 use crate::backoff::Backoff;
 use crate::endpoint::NodeEndpoint;
-use crate::{Error, RowStream, Rows, Statement, Value};
+use crate::{Column, Error, Row, RowStream, Rows, Statement, Transaction, Value};
 
 /// Largest response message accepted (tonic's default is 4 MiB; a row batch or a status of a
 /// large cluster can exceed that).
@@ -86,14 +86,38 @@ pub enum Consistency {
 }
 
 /// Outcome of one statement of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StatementResult {
+    /// Rows the statement inserted, updated or deleted.
     pub rows_affected: u64,
+    /// The rowid of the last row this request (or transaction) inserted so far, as SQLite's
+    /// `last_insert_rowid()` would answer on a connection of its own; 0 before any insert.
     pub last_insert_rowid: i64,
+    /// For a statement that returns rows (`INSERT/UPDATE/DELETE ... RETURNING`, or a `SELECT`
+    /// inside a transaction): its columns and rows. Empty otherwise.
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+}
+
+impl TryFrom<v1::StatementResult> for StatementResult {
+    type Error = Error;
+
+    fn try_from(s: v1::StatementResult) -> Result<Self, Error> {
+        Ok(StatementResult {
+            rows_affected: s.rows_affected,
+            last_insert_rowid: s.last_insert_rowid,
+            columns: s.columns.into_iter().map(Column::from).collect(),
+            rows: s
+                .rows
+                .into_iter()
+                .map(Row::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 /// Outcome of a write.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ExecuteResult {
     /// One result per statement, in order.
     pub results: Vec<StatementResult>,
@@ -103,20 +127,19 @@ pub struct ExecuteResult {
     pub deduplicated: bool,
 }
 
-impl From<v1::ExecuteResponse> for ExecuteResult {
-    fn from(r: v1::ExecuteResponse) -> Self {
-        ExecuteResult {
+impl TryFrom<v1::ExecuteResponse> for ExecuteResult {
+    type Error = Error;
+
+    fn try_from(r: v1::ExecuteResponse) -> Result<Self, Error> {
+        Ok(ExecuteResult {
             results: r
                 .results
                 .into_iter()
-                .map(|s| StatementResult {
-                    rows_affected: s.rows_affected,
-                    last_insert_rowid: s.last_insert_rowid,
-                })
-                .collect(),
+                .map(StatementResult::try_from)
+                .collect::<Result<_, _>>()?,
             log_index: r.log_index,
             deduplicated: r.deduplicated,
-        }
+        })
     }
 }
 
@@ -206,6 +229,7 @@ impl Client {
                 .into_iter()
                 .map(|s| v1::Statement::from(s.into()))
                 .collect(),
+            transaction_id: String::new(),
         };
         let timeout = self.inner.options.request_timeout;
         let response = self
@@ -215,10 +239,36 @@ impl Client {
                 async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
             })
             .await?;
+        self.note_write(response.log_index);
+        response.try_into()
+    }
+
+    /// Begins an interactive transaction (see [`Transaction`]) on whichever node answers; the
+    /// transaction lives on the leader. Waits while another transaction holds the write lock.
+    pub async fn begin(&self) -> Result<Transaction, Error> {
+        let timeout = self.inner.options.request_timeout;
+        let (id, channel) = self
+            .call(Some(timeout), |channel| {
+                let mut request = tonic::Request::new(v1::BeginRequest {});
+                request.set_timeout(timeout);
+                async move {
+                    let id = sql_client(channel.clone())
+                        .begin(request)
+                        .await?
+                        .into_inner()
+                        .transaction_id;
+                    Ok((id, channel))
+                }
+            })
+            .await?;
+        Ok(Transaction::new(self.clone(), id, channel))
+    }
+
+    /// Records an acknowledged write's log index as the read-your-writes token.
+    pub(crate) fn note_write(&self, log_index: u64) {
         self.inner
             .write_token
-            .fetch_max(response.log_index, Ordering::AcqRel);
-        Ok(response.into())
+            .fetch_max(log_index, Ordering::AcqRel);
     }
 
     /// Runs one write statement with positional parameters.
@@ -385,6 +435,7 @@ impl Client {
             statement: Some(statement.into()),
             consistency: Some(self.read_consistency(consistency)),
             max_rows,
+            transaction_id: String::new(),
         }
     }
 
@@ -405,7 +456,7 @@ impl Client {
 
     /// Runs `attempt` against the preferred node, and on a retryable error against the next
     /// ones with backoff until `retry_deadline` has passed. `timeout` bounds each attempt.
-    async fn call<T, F, Fut>(&self, timeout: Option<Duration>, mut attempt: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, timeout: Option<Duration>, mut attempt: F) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -459,7 +510,7 @@ impl Client {
     }
 }
 
-fn sql_client(channel: Channel) -> SqlClient<Channel> {
+pub(crate) fn sql_client(channel: Channel) -> SqlClient<Channel> {
     SqlClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
@@ -467,10 +518,22 @@ fn admin_client(channel: Channel) -> AdminClient<Channel> {
     AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
+/// Sends a query and collects its rows.
+pub(crate) async fn collect_query(
+    channel: Channel,
+    request: tonic::Request<v1::QueryRequest>,
+    timeout: Duration,
+) -> Result<Rows, Error> {
+    open_query(channel, request, timeout)
+        .await?
+        .collect_rows()
+        .await
+}
+
 /// Sends a query and waits, at most `timeout`, for its first message (the columns).
 async fn open_query(
     channel: Channel,
-    request: v1::QueryRequest,
+    request: impl tonic::IntoRequest<v1::QueryRequest>,
     timeout: Duration,
 ) -> Result<RowStream, Error> {
     let open = async {

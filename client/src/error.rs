@@ -42,6 +42,13 @@ impl Error {
         }
     }
 
+    /// True when an interactive transaction ended before its commit (idle timeout, leader
+    /// change, a statement that rolled it back): nothing of it was applied; run the whole
+    /// transaction again.
+    pub fn is_aborted(&self) -> bool {
+        self.code() == Code::Aborted
+    }
+
     /// The leader the server pointed to, if any.
     pub fn leader_hint(&self) -> Option<(u64, &str)> {
         match self {

@@ -52,12 +52,14 @@ mod endpoint;
 mod error;
 mod rows;
 mod statement;
+mod transaction;
 mod value;
 
 pub use client::{Client, ClientOptions, Consistency, ExecuteResult, StatementResult};
 pub use error::{code_name, Error};
 pub use rows::{Column, Row, RowStream, Rows};
 pub use statement::Statement;
+pub use transaction::{CommitResult, Transaction};
 pub use value::{FromValue, Value};
 
 /// The wire types, for admin answers such as [`proto::v1::StatusResponse`].

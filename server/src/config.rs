@@ -134,6 +134,12 @@ pub mod defaults {
         1024
     }
 
+    /// Default `transaction_idle_timeout_ms`: an interactive transaction holds the write lock,
+    /// so one whose client went quiet is rolled back soon.
+    pub fn default_transaction_idle_timeout_ms() -> u64 {
+        5_000
+    }
+
     /// Default `statement_timeout_ms`: a write statement holds the one executor (every other
     /// write waits), so it gets seconds, not the request's 30.
     pub fn default_statement_timeout_ms() -> u64 {
@@ -460,6 +466,14 @@ settings! {
         "MS"
     );
 
+    /// An interactive transaction with no call for this long, in milliseconds, is rolled back
+    /// (it holds the write lock meanwhile) [default: 5000].
+    transaction_idle_timeout_ms: u64 = TRANSACTION_IDLE_TIMEOUT_MS(
+        "--transaction-idle-timeout-ms",
+        "RAFTLITE_TRANSACTION_IDLE_TIMEOUT_MS",
+        "MS"
+    );
+
     /// Most bytes of pages one write request (or group commit) may change; a request over it
     /// is refused alone with RESOURCE_EXHAUSTED and never proposed. At least 1048576, at most
     /// 134217728 (half a peer message) [default: 67108864 (64 MiB)].
@@ -603,6 +617,8 @@ pub struct Config {
     pub max_batch_requests: usize,
     /// Longest a client statement runs (a shorter client deadline wins).
     pub statement_timeout: Duration,
+    /// An interactive transaction idle this long is rolled back.
+    pub transaction_idle_timeout: Duration,
     /// Most page bytes of one proposed delta.
     pub max_delta_bytes: usize,
     /// Largest value (string, blob, row) of a statement, in `MIN_VALUE_BYTES..=1e9`.
@@ -1256,6 +1272,12 @@ impl FileConfig {
         if statement_timeout_ms == 0 {
             return Err(invalid(&STATEMENT_TIMEOUT_MS, "must be at least 1"));
         }
+        let transaction_idle_timeout_ms = self
+            .transaction_idle_timeout_ms
+            .unwrap_or_else(default_transaction_idle_timeout_ms);
+        if transaction_idle_timeout_ms == 0 {
+            return Err(invalid(&TRANSACTION_IDLE_TIMEOUT_MS, "must be at least 1"));
+        }
         let max_delta_bytes = self.max_delta_bytes.unwrap_or_else(default_max_delta_bytes);
         let max_delta_limit = crate::peer::PEER_MESSAGE_LIMIT / 2;
         if !((1 << 20)..=max_delta_limit).contains(&max_delta_bytes) {
@@ -1361,6 +1383,7 @@ impl FileConfig {
             read_threads,
             max_batch_requests,
             statement_timeout: Duration::from_millis(statement_timeout_ms),
+            transaction_idle_timeout: Duration::from_millis(transaction_idle_timeout_ms),
             max_delta_bytes,
             max_value_bytes,
             foreign_keys: self.foreign_keys.unwrap_or_else(default_foreign_keys),

@@ -114,6 +114,16 @@ pub(crate) fn finish(
     Ok(delta)
 }
 
+/// Whether the open transaction has changed any page since [`start`] (flushes the page cache
+/// to find out, as [`finish`] does).
+pub(crate) fn changed(conn: &Connection, start: &CaptureStart) -> Result<bool> {
+    // SAFETY: as in `finish`.
+    let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
+    check(rc, "sqlite3_db_cacheflush")?;
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(!uncommitted_pgnos(conn, page_size)?.is_empty() || read_page(conn, 1)? != start.page1)
+}
+
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
 pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>> {
     Ok(conn

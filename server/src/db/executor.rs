@@ -27,11 +27,13 @@
 
 use super::authorizer::{Lockdown, Policy};
 use super::bounds::Bounds;
-use super::capture;
+use super::capture::{self, CaptureStart};
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
 use super::internal;
-use super::value::{bind, Statement, StatementOutcome, WriteRequest};
+use super::value::{
+    bind, ColumnInfo, SqlValue, Statement, StatementOutcome, WriteRequest, MAX_RESULT_BYTES,
+};
 use super::DbOptions;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
@@ -53,6 +55,9 @@ const REQUEST_SAVEPOINT: &str = "raftlite_request";
 const VACUUM_ALONE: &str = "VACUUM must be sent alone";
 const VACUUM_INTO: &str =
     "VACUUM INTO is not allowed (it would write a file on the server); send a plain VACUUM";
+/// Most bytes of returned rows one group commit holds at once (its requests' answers wait for
+/// the commit together); a request past it fails alone with a retryable error.
+const MAX_BATCH_RESULT_BYTES: usize = 64 << 20;
 
 /// What happened to one request of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +94,24 @@ pub fn is_vacuum(request: &WriteRequest) -> bool {
     }
 }
 
+/// The error for a request that holds a VACUUM among other statements (or `VACUUM INTO`).
+fn refuse_vacuum(statements: &[Statement]) -> Option<DbError> {
+    if !statements.iter().any(|s| starts_with_vacuum(&s.sql)) {
+        return None;
+    }
+    let into = statements.iter().any(|s| {
+        s.sql
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.eq_ignore_ascii_case("into"))
+    });
+    Some(if into {
+        DbError::PermissionDenied(VACUUM_INTO.into())
+    } else {
+        DbError::InvalidArgument(VACUUM_ALONE.into())
+    })
+}
+
 /// True if the statement's first keyword is VACUUM (ignoring leading whitespace/comments).
 fn starts_with_vacuum(sql: &str) -> bool {
     let mut rest = sql;
@@ -115,6 +138,29 @@ pub struct Executor {
     db_path: PathBuf,
     batches_since_prune: u32,
     max_delta_bytes: usize,
+    /// Bytes of returned rows the current batch may still hold.
+    result_budget: usize,
+    /// The interactive transaction open on this connection, if any.
+    transaction: Option<OpenTransaction>,
+}
+
+/// An interactive transaction: `BEGIN IMMEDIATE` is open and nothing else runs on the
+/// executor until [`Executor::commit`] or [`Executor::rollback`].
+struct OpenTransaction {
+    start: CaptureStart,
+    base_version: u64,
+}
+
+/// How one call of an interactive transaction ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransactionStep {
+    /// The statements ran; their changes are part of the transaction.
+    Done(Vec<StatementOutcome>),
+    /// They failed and were rolled back alone; the transaction is still open.
+    Failed(DbError),
+    /// They failed in a way that ended the whole transaction (e.g. `RAISE(ROLLBACK)`, an
+    /// interrupted write): nothing of it remains.
+    Ended(DbError),
 }
 
 /// How a single attempt at a batch ended.
@@ -148,6 +194,8 @@ impl Executor {
             db_path: path.to_path_buf(),
             batches_since_prune: 0,
             max_delta_bytes: options.max_delta_bytes,
+            result_budget: MAX_BATCH_RESULT_BYTES,
+            transaction: None,
         })
     }
 
@@ -156,6 +204,7 @@ impl Executor {
     /// An `Err` means the batch as a whole could not run (I/O error, internal failure); client
     /// mistakes are per-request [`WriteOutcome::Failed`] entries.
     pub fn execute_batch(&mut self, batch: &[WriteRequest]) -> Result<ExecutedBatch> {
+        self.refuse_if_in_transaction()?;
         let mut fatal: Vec<Option<DbError>> = vec![None; batch.len()];
         loop {
             self.internal_sql("BEGIN IMMEDIATE")?;
@@ -173,6 +222,7 @@ impl Executor {
 
     /// Run `VACUUM` as a full-image delta (see the module docs).
     pub fn execute_vacuum(&mut self) -> Result<ExecutedBatch> {
+        self.refuse_if_in_transaction()?;
         let tmp = vacuum_path(&self.db_path);
         remove_if_exists(&tmp)?;
         let result = self.vacuum_into(&tmp);
@@ -181,10 +231,7 @@ impl Executor {
         cleanup?;
         Ok(ExecutedBatch {
             delta: Some(delta),
-            outcomes: vec![WriteOutcome::Executed(vec![StatementOutcome {
-                rows_affected: 0,
-                last_insert_rowid: 0,
-            }])],
+            outcomes: vec![WriteOutcome::Executed(vec![StatementOutcome::default()])],
         })
     }
 
@@ -246,6 +293,7 @@ impl Executor {
             (start, version)
         };
         let now_ms = unix_millis();
+        self.result_budget = MAX_BATCH_RESULT_BYTES;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut executed_any = false;
         for (i, request) in batch.iter().enumerate() {
@@ -253,22 +301,8 @@ impl Executor {
                 outcomes.push(WriteOutcome::Failed(e.clone()));
                 continue;
             }
-            if request
-                .statements
-                .iter()
-                .any(|s| starts_with_vacuum(&s.sql))
-            {
-                let into = request.statements.iter().any(|s| {
-                    s.sql
-                        .split_whitespace()
-                        .nth(1)
-                        .is_some_and(|w| w.eq_ignore_ascii_case("into"))
-                });
-                outcomes.push(WriteOutcome::Failed(if into {
-                    DbError::PermissionDenied(VACUUM_INTO.into())
-                } else {
-                    DbError::InvalidArgument(VACUUM_ALONE.into())
-                }));
+            if let Some(refused) = refuse_vacuum(&request.statements) {
+                outcomes.push(WriteOutcome::Failed(refused));
                 continue;
             }
             let id = request.request_id.as_str();
@@ -280,6 +314,7 @@ impl Executor {
                 }
             }
             self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
+            self.reset_last_insert_rowid();
             match self.run_statements(&request.statements, request.deadline) {
                 Ok(results) => {
                     let _guard = self.lockdown.internal();
@@ -326,15 +361,27 @@ impl Executor {
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the
-    /// running statement is interrupted (see `bounds.rs`).
+    /// running statement is interrupted (see `bounds.rs`). Rows a statement returns are kept,
+    /// up to [`MAX_RESULT_BYTES`] for the request and what is left of the batch's budget.
     fn run_statements(
-        &self,
+        &mut self,
         statements: &[Statement],
         deadline: Option<Instant>,
     ) -> Result<Vec<StatementOutcome>> {
+        let (results, result_bytes) = self.step_statements(statements, deadline)?;
+        self.result_budget -= result_bytes;
+        Ok(results)
+    }
+
+    fn step_statements(
+        &self,
+        statements: &[Statement],
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<StatementOutcome>, usize)> {
         let scope = self.bounds.enter(&self.conn, deadline, None)?;
         let client_error = |e| scope.client_error(e, &self.lockdown);
         let mut results = Vec::with_capacity(statements.len());
+        let mut result_bytes = 0usize;
         for statement in statements {
             self.lockdown.reset();
             let mut stmt = self
@@ -343,10 +390,34 @@ impl Executor {
                 .map_err(client_error)?;
             bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
             let changes_before = self.conn.total_changes();
+            let columns = ColumnInfo::of(&stmt);
+            let mut rows = Vec::new();
             {
                 // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
-                let mut rows = stmt.raw_query();
-                while rows.next().map_err(client_error)?.is_some() {}
+                let mut cursor = stmt.raw_query();
+                while let Some(row) = cursor.next().map_err(client_error)? {
+                    let mut values = Vec::with_capacity(columns.len());
+                    for i in 0..columns.len() {
+                        let value = SqlValue::from(row.get_ref(i).map_err(client_error)?);
+                        result_bytes += value.size();
+                        values.push(value);
+                    }
+                    if result_bytes > MAX_RESULT_BYTES {
+                        return Err(DbError::TooLarge(format!(
+                            "the request returns more than {MAX_RESULT_BYTES} bytes of rows; \
+                             return fewer rows or columns (e.g. RETURNING only the keys), or \
+                             query them afterwards"
+                        )));
+                    }
+                    if result_bytes > self.result_budget {
+                        return Err(DbError::Overloaded(
+                            "the writes running together with this one return too many rows \
+                             at once; retry"
+                                .into(),
+                        ));
+                    }
+                    rows.push(values);
+                }
             }
             // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
             // statements; report 0 for statements that changed nothing.
@@ -358,9 +429,144 @@ impl Executor {
             results.push(StatementOutcome {
                 rows_affected,
                 last_insert_rowid: self.conn.last_insert_rowid(),
+                columns,
+                rows,
             });
         }
-        Ok(results)
+        Ok((results, result_bytes))
+    }
+
+    /// `last_insert_rowid` is per request (or transaction): what SQLite would answer on a
+    /// connection of its own, never an earlier request's rowid or raftlite's bookkeeping.
+    fn reset_last_insert_rowid(&self) {
+        // SAFETY: `handle()` is this connection's valid open handle, used on its own thread;
+        // the call only sets an integer on it.
+        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), 0) }
+    }
+
+    /// Open an interactive transaction: `BEGIN IMMEDIATE` (the write lock) until
+    /// [`Executor::commit`] or [`Executor::rollback`]; group commits wait meanwhile.
+    pub fn begin(&mut self) -> Result<()> {
+        self.refuse_if_in_transaction()?;
+        self.internal_sql("BEGIN IMMEDIATE")?;
+        let opened = (|| {
+            let _guard = self.lockdown.internal();
+            let start = capture::start(&self.conn)?;
+            let base_version = internal::read_version(&self.conn)?;
+            internal::ensure_tables(&self.conn)?;
+            Ok(OpenTransaction {
+                start,
+                base_version,
+            })
+        })();
+        match opened {
+            Ok(open) => {
+                self.reset_last_insert_rowid();
+                self.transaction = Some(open);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.end_transaction();
+                Err(e)
+            }
+        }
+    }
+
+    /// Run statements inside the open transaction, atomically (a savepoint of their own).
+    pub fn transaction_execute(
+        &mut self,
+        statements: &[Statement],
+        deadline: Option<Instant>,
+    ) -> Result<TransactionStep> {
+        if self.transaction.is_none() {
+            return Err(DbError::Internal("no transaction is open".into()));
+        }
+        if let Some(refused) = refuse_vacuum(statements) {
+            return Ok(TransactionStep::Failed(refused));
+        }
+        self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
+        self.result_budget = MAX_RESULT_BYTES;
+        match self.run_statements(statements, deadline) {
+            Ok(results) => {
+                self.internal_sql(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
+                Ok(TransactionStep::Done(results))
+            }
+            Err(e) if self.conn.is_autocommit() => {
+                self.transaction = None;
+                Ok(TransactionStep::Ended(e))
+            }
+            Err(e) => {
+                self.internal_sql(&format!(
+                    "ROLLBACK TO {REQUEST_SAVEPOINT}; RELEASE {REQUEST_SAVEPOINT}"
+                ))?;
+                Ok(TransactionStep::Failed(e))
+            }
+        }
+    }
+
+    /// End the open transaction and capture what it wrote as one delta (rolled back here like
+    /// every batch); `None` if it wrote nothing. A non-empty `request_id` is recorded in the
+    /// delta, so that a retried Commit finds it.
+    pub fn commit(&mut self, request_id: &str) -> Result<Option<PageDelta>> {
+        let open = self
+            .transaction
+            .take()
+            .ok_or_else(|| DbError::Internal("no transaction is open".into()))?;
+        let captured = self.capture_transaction(open, request_id);
+        let rolled_back = self.end_transaction();
+        let delta = captured?;
+        rolled_back?;
+        Ok(delta)
+    }
+
+    fn capture_transaction(
+        &mut self,
+        open: OpenTransaction,
+        request_id: &str,
+    ) -> Result<Option<PageDelta>> {
+        let _guard = self.lockdown.internal();
+        if !capture::changed(&self.conn, &open.start)? {
+            return Ok(None);
+        }
+        if !request_id.is_empty() {
+            if internal::lookup_request(&self.conn, request_id)?.is_some() {
+                return Err(DbError::InvalidArgument(format!(
+                    "request id {request_id:?} was already used by another write; use a new \
+                     id for each commit"
+                )));
+            }
+            internal::record_request(&self.conn, request_id, &[], unix_millis())?;
+        }
+        internal::write_version(&self.conn, open.base_version + 1)?;
+        capture::finish(
+            &self.conn,
+            open.start,
+            open.base_version,
+            self.max_delta_bytes,
+        )
+        .map(Some)
+    }
+
+    /// Whether a write with this request id has been applied (as seen by this connection: the
+    /// committed state, plus an open transaction's own writes, which never record ids).
+    pub fn request_recorded(&self, request_id: &str) -> Result<bool> {
+        let _guard = self.lockdown.internal();
+        internal::request_recorded(&self.conn, request_id)
+    }
+
+    /// Discard the open transaction (a no-op without one).
+    pub fn rollback(&mut self) -> Result<()> {
+        self.transaction = None;
+        self.end_transaction()
+    }
+
+    fn refuse_if_in_transaction(&self) -> Result<()> {
+        match self.transaction {
+            Some(_) => Err(DbError::Internal(
+                "an interactive transaction is open on the executor".into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn internal_sql(&self, sql: &str) -> Result<()> {

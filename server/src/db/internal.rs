@@ -17,7 +17,7 @@
 //! a shadowing TEMP table could never capture raftlite's bookkeeping.
 
 use super::error::{DbError, Result};
-use super::value::StatementOutcome;
+use super::value::{ColumnInfo, SqlValue, StatementOutcome};
 use rusqlite::{Connection, OptionalExtension};
 
 /// Prefix of every internal table; clients may not create or write such tables.
@@ -88,6 +88,16 @@ pub(crate) fn lookup_request(conn: &Connection, id: &str) -> Result<Option<Vec<S
     blob.map(|b| decode_outcomes(&b)).transpose()
 }
 
+/// Whether a request id is recorded; false while the table does not exist yet.
+pub(crate) fn request_recorded(conn: &Connection, id: &str) -> Result<bool> {
+    let table: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_requests')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(table && lookup_request(conn, id)?.is_some())
+}
+
 /// Record a request id with its results.
 pub(crate) fn record_request(
     conn: &Connection,
@@ -113,39 +123,157 @@ pub(crate) fn prune_requests(conn: &Connection, cutoff_ms: i64, limit: u32) -> R
     )?)
 }
 
-/// Results are stored as a count followed by (rows_affected u64, last_insert_rowid i64), all
-/// little-endian: small, stable and independent of any serialization crate's format.
+/// Results are stored in a small binary format of our own, little-endian, independent of any
+/// serialization crate: `RLR2`, the outcome count (u32), then per outcome rows_affected (u64),
+/// last_insert_rowid (i64), the column count (u32) with each column's name and declared type,
+/// and the row count (u32) with each row's values (a tag byte, then i64 / f64 bits /
+/// length-prefixed bytes). Rows recorded before RETURNING was kept have no magic: a count and
+/// two numbers per outcome.
+const RESULTS_MAGIC: &[u8; 4] = b"RLR2";
+
 fn encode_outcomes(outcomes: &[StatementOutcome]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + outcomes.len() * 16);
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut out = Vec::with_capacity(8 + outcomes.len() * 24);
+    out.extend_from_slice(RESULTS_MAGIC);
     out.extend_from_slice(&(outcomes.len() as u32).to_le_bytes());
     for o in outcomes {
         out.extend_from_slice(&o.rows_affected.to_le_bytes());
         out.extend_from_slice(&o.last_insert_rowid.to_le_bytes());
+        out.extend_from_slice(&(o.columns.len() as u32).to_le_bytes());
+        for c in &o.columns {
+            bytes(&mut out, c.name.as_bytes());
+            match &c.decl_type {
+                None => out.push(0),
+                Some(t) => {
+                    out.push(1);
+                    bytes(&mut out, t.as_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&(o.rows.len() as u32).to_le_bytes());
+        for row in &o.rows {
+            for v in row {
+                match v {
+                    SqlValue::Null => out.push(0),
+                    SqlValue::Integer(i) => {
+                        out.push(1);
+                        out.extend_from_slice(&i.to_le_bytes());
+                    }
+                    SqlValue::Real(f) => {
+                        out.push(2);
+                        out.extend_from_slice(&f.to_bits().to_le_bytes());
+                    }
+                    SqlValue::Text(t) => {
+                        out.push(3);
+                        bytes(&mut out, t.as_bytes());
+                    }
+                    SqlValue::Blob(b) => {
+                        out.push(4);
+                        bytes(&mut out, b);
+                    }
+                }
+            }
+        }
     }
     out
 }
 
-fn decode_outcomes(bytes: &[u8]) -> Result<Vec<StatementOutcome>> {
-    let bad = || DbError::Corrupt("malformed stored request results".into());
-    let (count, rest) = bytes.split_first_chunk::<4>().ok_or_else(bad)?;
-    let count = u32::from_le_bytes(*count) as usize;
-    if rest.len() != count.checked_mul(16).ok_or_else(bad)? {
-        return Err(bad());
+/// Reads the stored format back; anything malformed is [`DbError::Corrupt`], never a panic.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(DbError::Corrupt("malformed stored request results".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
     }
-    Ok(rest
-        .chunks_exact(16)
-        .map(|c| {
-            let (a, b) = c.split_at(8);
-            let mut rows = [0u8; 8];
-            let mut rowid = [0u8; 8];
-            rows.copy_from_slice(a);
-            rowid.copy_from_slice(b);
-            StatementOutcome {
-                rows_affected: u64::from_le_bytes(rows),
-                last_insert_rowid: i64::from_le_bytes(rowid),
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<usize> {
+        Ok(u32::from_le_bytes(self.array()?) as usize)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String> {
+        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+    /// A count of items that each take at least `min_bytes`: a count the rest cannot hold is
+    /// malformed (and must not size an allocation).
+    fn count(&mut self, min_bytes: usize) -> Result<usize> {
+        let n = self.u32()?;
+        if n.saturating_mul(min_bytes) > self.0.len() {
+            return Err(DbError::Corrupt("malformed stored request results".into()));
+        }
+        Ok(n)
+    }
+}
+
+fn decode_outcomes(stored: &[u8]) -> Result<Vec<StatementOutcome>> {
+    let mut c = Cursor(stored);
+    let v2 = stored.starts_with(RESULTS_MAGIC);
+    if v2 {
+        c.take(RESULTS_MAGIC.len())?;
+    }
+    let count = c.count(16)?;
+    let mut outcomes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut o = StatementOutcome {
+            rows_affected: c.u64()?,
+            last_insert_rowid: c.u64()? as i64,
+            ..StatementOutcome::default()
+        };
+        if v2 {
+            for _ in 0..c.count(5)? {
+                let name = c.text()?;
+                let decl_type = match c.u8()? {
+                    0 => None,
+                    _ => Some(c.text()?),
+                };
+                o.columns.push(ColumnInfo { name, decl_type });
             }
-        })
-        .collect())
+            let width = o.columns.len();
+            for _ in 0..c.count(width.max(1))? {
+                let mut row = Vec::with_capacity(width);
+                for _ in 0..width {
+                    row.push(match c.u8()? {
+                        0 => SqlValue::Null,
+                        1 => SqlValue::Integer(c.u64()? as i64),
+                        2 => SqlValue::Real(f64::from_bits(c.u64()?)),
+                        3 => SqlValue::Text(c.text()?),
+                        4 => SqlValue::Blob(c.bytes()?.to_vec()),
+                        tag => {
+                            return Err(DbError::Corrupt(format!(
+                                "stored request results: unknown value tag {tag}"
+                            )))
+                        }
+                    });
+                }
+                o.rows.push(row);
+            }
+        }
+        outcomes.push(o);
+    }
+    if !c.0.is_empty() {
+        return Err(DbError::Corrupt("malformed stored request results".into()));
+    }
+    Ok(outcomes)
 }
 
 #[cfg(test)]
@@ -158,16 +286,50 @@ mod tests {
             StatementOutcome {
                 rows_affected: 3,
                 last_insert_rowid: -1,
+                ..Default::default()
             },
             StatementOutcome {
-                rows_affected: 0,
+                rows_affected: 2,
                 last_insert_rowid: i64::MAX,
+                columns: vec![
+                    ColumnInfo {
+                        name: "id".into(),
+                        decl_type: Some("INTEGER".into()),
+                    },
+                    ColumnInfo {
+                        name: "v + 1".into(),
+                        decl_type: None,
+                    },
+                ],
+                rows: vec![
+                    vec![SqlValue::Integer(-7), SqlValue::Real(1.5)],
+                    vec![SqlValue::Text("é".into()), SqlValue::Blob(vec![0, 255])],
+                    vec![SqlValue::Null, SqlValue::Null],
+                ],
             },
         ];
-        assert_eq!(decode_outcomes(&encode_outcomes(&o))?, o);
+        let encoded = encode_outcomes(&o);
+        assert_eq!(decode_outcomes(&encoded)?, o);
         assert_eq!(decode_outcomes(&encode_outcomes(&[]))?, vec![]);
+        // Every cut-off prefix is an error, never a panic or a huge allocation.
+        for len in 0..encoded.len() {
+            assert!(decode_outcomes(&encoded[..len]).is_err(), "prefix {len}");
+        }
         assert!(decode_outcomes(&[1, 0, 0, 0, 1]).is_err());
         assert!(decode_outcomes(&[0xff; 4]).is_err());
+        assert!(decode_outcomes(b"RLR2\xff\xff\xff\x7f").is_err());
+        // The format before RETURNING: a count, then two numbers per outcome.
+        let mut old = 1u32.to_le_bytes().to_vec();
+        old.extend_from_slice(&5u64.to_le_bytes());
+        old.extend_from_slice(&9i64.to_le_bytes());
+        assert_eq!(
+            decode_outcomes(&old)?,
+            vec![StatementOutcome {
+                rows_affected: 5,
+                last_insert_rowid: 9,
+                ..Default::default()
+            }]
+        );
         Ok(())
     }
 

@@ -88,10 +88,12 @@ pub use apply::{Applier, ApplyOutcome};
 pub use bounds::SQLITE_MAX_LENGTH;
 pub use delta::PageDelta;
 pub use error::{DbError, Result};
-pub use executor::{is_vacuum, ExecutedBatch, Executor, WriteOutcome};
-pub use reader::{ColumnInfo, QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
+pub use executor::{is_vacuum, ExecutedBatch, Executor, TransactionStep, WriteOutcome};
+pub use reader::{QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
 pub use snapshot::{build_image, dump_pages, ImageInfo};
-pub use value::{Params, SqlValue, Statement, StatementOutcome, WriteRequest};
+pub use value::{
+    ColumnInfo, Params, SqlValue, Statement, StatementOutcome, WriteRequest, MAX_RESULT_BYTES,
+};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -247,7 +249,8 @@ impl Database {
     }
 }
 
-/// The leader's [`Executor`], running on its own thread.
+/// The leader's [`Executor`], running on its own thread. Clones share it.
+#[derive(Clone)]
 pub struct ExecutorHandle {
     worker: Worker<Executor>,
 }
@@ -263,6 +266,41 @@ impl ExecutorHandle {
     /// See [`Executor::execute_vacuum`].
     pub async fn execute_vacuum(&self) -> Result<ExecutedBatch> {
         self.worker.call(|executor| executor.execute_vacuum()).await
+    }
+
+    /// See [`Executor::begin`].
+    pub async fn begin(&self) -> Result<()> {
+        self.worker.call(|executor| executor.begin()).await
+    }
+
+    /// See [`Executor::transaction_execute`].
+    pub async fn transaction_execute(
+        &self,
+        statements: Vec<Statement>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<TransactionStep> {
+        self.worker
+            .call(move |executor| executor.transaction_execute(&statements, deadline))
+            .await
+    }
+
+    /// See [`Executor::commit`].
+    pub async fn commit(&self, request_id: String) -> Result<Option<PageDelta>> {
+        self.worker
+            .call(move |executor| executor.commit(&request_id))
+            .await
+    }
+
+    /// See [`Executor::request_recorded`].
+    pub async fn request_recorded(&self, request_id: String) -> Result<bool> {
+        self.worker
+            .call(move |executor| executor.request_recorded(&request_id))
+            .await
+    }
+
+    /// See [`Executor::rollback`].
+    pub async fn rollback(&self) -> Result<()> {
+        self.worker.call(|executor| executor.rollback()).await
     }
 }
 

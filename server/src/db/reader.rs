@@ -24,7 +24,7 @@
 use super::authorizer::{Lockdown, Policy, READ_ONLY};
 use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
-use super::value::{bind, SqlValue, Statement};
+use super::value::{bind, ColumnInfo, SqlValue, Statement};
 use super::DbOptions;
 use rusqlite::{Connection, OpenFlags};
 use std::future::Future;
@@ -42,14 +42,6 @@ const CHANNEL_CHUNKS: usize = 2;
 pub const QUEUED_JOBS_PER_THREAD: usize = 4;
 /// A chunk is sent early once its values reach about this many bytes, whatever `batch_rows`.
 const MAX_CHUNK_BYTES: usize = 1 << 20;
-
-/// Name and declared type of a result column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColumnInfo {
-    pub name: String,
-    /// Declared type (`INTEGER`, `TEXT`, ...); `None` for expressions.
-    pub decl_type: Option<String>,
-}
 
 /// One piece of a streamed query result.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,13 +271,7 @@ impl Reader {
             return Err(DbError::PermissionDenied(READ_ONLY.into()));
         }
         bind(&mut stmt, &job.statement.params).map_err(|e| scope.name_limit(e))?;
-        let mut columns: Vec<ColumnInfo> = stmt
-            .columns()
-            .map(|c| ColumnInfo {
-                name: c.name().to_string(),
-                decl_type: c.decl_type().map(str::to_string),
-            })
-            .collect();
+        let mut columns = ColumnInfo::of(&stmt);
         let width = columns.len();
 
         let mut rows = stmt.raw_query();
@@ -303,7 +289,7 @@ impl Reader {
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
                 let v = SqlValue::from(row.get_ref(i)?);
-                chunk_bytes += value_size(&v);
+                chunk_bytes += v.size();
                 values.push(v);
             }
             chunk.push(values);
@@ -382,13 +368,5 @@ impl Wake for ThreadWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.unpark();
-    }
-}
-
-fn value_size(v: &SqlValue) -> usize {
-    match v {
-        SqlValue::Text(s) => s.len() + 8,
-        SqlValue::Blob(b) => b.len() + 8,
-        _ => 8,
     }
 }

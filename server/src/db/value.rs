@@ -98,12 +98,54 @@ pub struct WriteRequest {
     pub deadline: Option<std::time::Instant>,
 }
 
+impl SqlValue {
+    /// Roughly the bytes this value takes in memory and on the wire (for result limits).
+    pub fn size(&self) -> usize {
+        match self {
+            SqlValue::Text(s) => s.len() + 8,
+            SqlValue::Blob(b) => b.len() + 8,
+            _ => 8,
+        }
+    }
+}
+
+/// Name and declared type of a result column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// Declared type (`INTEGER`, `TEXT`, ...); `None` for expressions.
+    pub decl_type: Option<String>,
+}
+
+impl ColumnInfo {
+    /// The result columns of a prepared statement.
+    pub(crate) fn of(stmt: &rusqlite::Statement<'_>) -> Vec<ColumnInfo> {
+        stmt.columns()
+            .map(|c| ColumnInfo {
+                name: c.name().to_string(),
+                decl_type: c.decl_type().map(str::to_string),
+            })
+            .collect()
+    }
+}
+
 /// Result of one executed write statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatementOutcome {
     pub rows_affected: u64,
+    /// What `sqlite3_last_insert_rowid()` answers after this statement on a connection that
+    /// ran only this request (or interactive transaction): 0 before its first insert.
     pub last_insert_rowid: i64,
+    /// For a statement that returns rows (`... RETURNING`, a `SELECT`): its columns and every
+    /// row, bounded by [`MAX_RESULT_BYTES`] per request. Empty otherwise.
+    pub columns: Vec<ColumnInfo>,
+    pub rows: Vec<Vec<SqlValue>>,
 }
+
+/// Most bytes of returned rows one write request (or one call of a transaction) may produce:
+/// they travel in one response message and, for a request with an id, are kept for its
+/// deduplicated retries. A request past it fails alone with RESOURCE_EXHAUSTED.
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
 
 /// Bind `params` to a freshly prepared (or reset) statement.
 pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Result<()> {

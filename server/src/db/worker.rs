@@ -10,9 +10,17 @@ use tokio::sync::oneshot;
 
 type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 
-/// Handle to the thread; dropping it lets the thread finish queued jobs and exit.
+/// Handle to the thread; dropping every clone lets the thread finish queued jobs and exit.
 pub(crate) struct Worker<T> {
     jobs: crossbeam_channel::Sender<Job<T>>,
+}
+
+impl<T> Clone for Worker<T> {
+    fn clone(&self) -> Self {
+        Worker {
+            jobs: self.jobs.clone(),
+        }
+    }
 }
 
 impl<T: Send + 'static> Worker<T> {

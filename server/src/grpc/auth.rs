@@ -85,7 +85,10 @@ pub fn required_role(path: &str) -> Option<Role> {
     Some(match path {
         "/raftlite.v1.Sql/Query" | "/raftlite.v1.Admin/Status" => Role::Read,
         p if p.starts_with("/grpc.reflection.") => Role::Read,
-        "/raftlite.v1.Sql/Execute" => Role::Write,
+        "/raftlite.v1.Sql/Execute"
+        | "/raftlite.v1.Sql/Begin"
+        | "/raftlite.v1.Sql/Commit"
+        | "/raftlite.v1.Sql/Rollback" => Role::Write,
         _ => Role::Admin,
     })
 }
@@ -231,10 +234,31 @@ fn read(path: &Path) -> anyhow::Result<(FileStamp, Tokens)> {
     Ok((stamp, tokens))
 }
 
-/// Why a request was refused, as the status the client gets.
-pub fn authorize(tokens: &Tokens, path: &str, authorization: Option<&[u8]>) -> Result<(), Status> {
+/// Who made a request: the name and role of its token. Handlers find it in the request's
+/// extensions (absent on a node without an auth file: everyone is the same anonymous caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The name of the caller of `request` ("" without an auth file).
+pub fn principal_name<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}
+
+/// Who sent the request, or why it was refused, as the status the client gets.
+pub fn authorize(
+    tokens: &Tokens,
+    path: &str,
+    authorization: Option<&[u8]>,
+) -> Result<Option<Principal>, Status> {
     let Some(needed) = required_role(path) else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(header) = authorization else {
         return Err(Status::unauthenticated(
@@ -263,7 +287,10 @@ pub fn authorize(tokens: &Tokens, path: &str, authorization: Option<&[u8]>) -> R
             role.name()
         )));
     }
-    Ok(())
+    Ok(Some(Principal {
+        name: name.to_string(),
+        role: *role,
+    }))
 }
 
 /// Checks every request's token against the auth file (see the module docs).
@@ -310,14 +337,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let tokens = self.file.tokens();
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         match authorize(&tokens, request.uri().path(), header) {
-            Ok(()) => futures::future::Either::Left(self.inner.call(request)),
+            Ok(principal) => {
+                if let Some(principal) = principal {
+                    request.extensions_mut().insert(principal);
+                }
+                futures::future::Either::Left(self.inner.call(request))
+            }
             Err(status) => {
                 futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
             }
@@ -348,21 +380,29 @@ mod tests {
         let t = tokens();
         let call = |path: &str, token: Option<&str>| {
             let header = token.map(|t| format!("Bearer {t}"));
-            authorize(&t, path, header.as_deref().map(str::as_bytes)).map_err(|s| s.code())
+            authorize(&t, path, header.as_deref().map(str::as_bytes))
+                .map(|p| p.map(|p| p.name))
+                .map_err(|s| s.code())
         };
+        let ok = |name: &str| Ok(Some(name.to_string()));
         use tonic::Code::{PermissionDenied, Unauthenticated};
         let query = "/raftlite.v1.Sql/Query";
         let execute = "/raftlite.v1.Sql/Execute";
         let add_voter = "/raftlite.v1.Admin/AddVoter";
         let health = "/grpc.health.v1.Health/Check";
-        assert_eq!(call(health, None), Ok(()));
+        assert_eq!(call(health, None), Ok(None));
         assert_eq!(call(query, None), Err(Unauthenticated));
         assert_eq!(call(query, Some("nope")), Err(Unauthenticated));
-        assert_eq!(call(query, Some("read-token")), Ok(()));
+        assert_eq!(call(query, Some("read-token")), ok("r"));
         assert_eq!(call(execute, Some("read-token")), Err(PermissionDenied));
-        assert_eq!(call(execute, Some("write-token")), Ok(()));
+        assert_eq!(call(execute, Some("write-token")), ok("w"));
+        for tx in ["Begin", "Commit", "Rollback"] {
+            let path = format!("/raftlite.v1.Sql/{tx}");
+            assert_eq!(call(&path, Some("read-token")), Err(PermissionDenied), "{tx}");
+            assert_eq!(call(&path, Some("write-token")), ok("w"), "{tx}");
+        }
         assert_eq!(call(add_voter, Some("write-token")), Err(PermissionDenied));
-        assert_eq!(call(add_voter, Some("admin-token")), Ok(()));
+        assert_eq!(call(add_voter, Some("admin-token")), ok("a"));
         assert_eq!(
             call("/raftlite.v1.Admin/Unknown", Some("write-token")),
             Err(PermissionDenied)

@@ -7,9 +7,11 @@ use raftlite_proto::Kind;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::db::{DbError, Params, SqlValue, Statement, StatementOutcome, WriteRequest};
+use crate::db::{
+    ColumnInfo, DbError, Params, SqlValue, Statement, StatementOutcome, WriteRequest,
+};
 use crate::node::reads::ReadConsistency;
-use crate::node::{LeaderHint, NodeError, WriteReply};
+use crate::node::{LeaderHint, NodeError, TransactionCall, TransactionReply, WriteReply};
 use crate::raft::types::{NodeAddr, NodeId};
 
 pub const LEADER_ID_HEADER: &str = "raftlite-leader-id";
@@ -86,11 +88,7 @@ fn statement_to_proto(s: &Statement) -> v1::Statement {
 }
 
 pub fn write_request_from_proto(r: v1::ExecuteRequest) -> Result<WriteRequest, Status> {
-    if r.request_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
-        )));
-    }
+    check_request_id(&r.request_id)?;
     if r.statements.is_empty() {
         return Err(Status::invalid_argument(
             "an Execute request needs at least one statement",
@@ -112,19 +110,59 @@ pub fn write_request_to_proto(r: &WriteRequest) -> v1::ExecuteRequest {
     v1::ExecuteRequest {
         request_id: r.request_id.clone(),
         statements: r.statements.iter().map(statement_to_proto).collect(),
+        transaction_id: String::new(),
     }
+}
+
+pub fn column_to_proto(c: ColumnInfo) -> v1::Column {
+    v1::Column {
+        name: c.name,
+        decl_type: c.decl_type.unwrap_or_default(),
+    }
+}
+
+pub fn row_to_proto(r: Vec<SqlValue>) -> v1::Row {
+    v1::Row {
+        values: r.into_iter().map(value_to_proto).collect(),
+    }
+}
+
+pub fn outcome_to_proto(o: StatementOutcome) -> v1::StatementResult {
+    v1::StatementResult {
+        rows_affected: o.rows_affected,
+        last_insert_rowid: o.last_insert_rowid,
+        columns: o.columns.into_iter().map(column_to_proto).collect(),
+        rows: o.rows.into_iter().map(row_to_proto).collect(),
+    }
+}
+
+/// A result a peer (the leader) answered; a malformed one is the leader's fault, not the
+/// client's.
+pub fn outcome_from_proto(o: v1::StatementResult) -> Result<StatementOutcome, NodeError> {
+    let bad = |e: Status| NodeError::Internal(format!("the leader sent a bad result: {}", e.message()));
+    Ok(StatementOutcome {
+        rows_affected: o.rows_affected,
+        last_insert_rowid: o.last_insert_rowid,
+        columns: o
+            .columns
+            .into_iter()
+            .map(|c| ColumnInfo {
+                decl_type: Some(c.decl_type).filter(|t| !t.is_empty()),
+                name: c.name,
+            })
+            .collect(),
+        rows: o
+            .rows
+            .into_iter()
+            .map(|r| r.values.into_iter().map(value_from_proto).collect())
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+    })
 }
 
 pub fn write_reply_to_proto(r: WriteReply) -> v1::ExecuteResponse {
     v1::ExecuteResponse {
-        results: r
-            .results
-            .into_iter()
-            .map(|o| v1::StatementResult {
-                rows_affected: o.rows_affected,
-                last_insert_rowid: o.last_insert_rowid,
-            })
-            .collect(),
+        results: r.results.into_iter().map(outcome_to_proto).collect(),
         log_index: r.log_index,
         deduplicated: r.deduplicated,
     }
@@ -135,13 +173,147 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
         results: r
             .results
             .into_iter()
-            .map(|o| StatementOutcome {
-                rows_affected: o.rows_affected,
-                last_insert_rowid: o.last_insert_rowid,
-            })
-            .collect(),
+            .map(outcome_from_proto)
+            .collect::<Result<_, _>>()?,
         log_index: r.log_index,
         deduplicated: r.deduplicated,
+    })
+}
+
+fn check_request_id(id: &str) -> Result<(), Status> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A transaction id is 32 hex digits (what `Begin` hands out); anything else is refused before
+/// it reaches the node.
+pub fn check_transaction_id(id: &str) -> Result<(), Status> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(
+            "transaction_id must be the id Begin returned (32 hex digits)",
+        ));
+    }
+    Ok(())
+}
+
+/// `Execute` inside a transaction (`transaction_id` set).
+pub fn transaction_execute_from_proto(r: v1::ExecuteRequest) -> Result<TransactionCall, Status> {
+    check_transaction_id(&r.transaction_id)?;
+    let transaction_id = r.transaction_id.clone();
+    let write = write_request_from_proto(r)?;
+    Ok(TransactionCall::Execute {
+        transaction_id,
+        request_id: write.request_id,
+        statements: write.statements,
+    })
+}
+
+pub fn commit_from_proto(r: v1::CommitRequest) -> Result<TransactionCall, Status> {
+    check_transaction_id(&r.transaction_id)?;
+    check_request_id(&r.request_id)?;
+    Ok(TransactionCall::Commit {
+        transaction_id: r.transaction_id,
+        request_id: r.request_id,
+    })
+}
+
+pub fn rollback_from_proto(r: v1::RollbackRequest) -> Result<TransactionCall, Status> {
+    check_transaction_id(&r.transaction_id)?;
+    Ok(TransactionCall::Rollback {
+        transaction_id: r.transaction_id,
+    })
+}
+
+pub fn transaction_call_to_proto(principal: &str, call: &TransactionCall) -> v1::TransactionCall {
+    use v1::transaction_call::Call;
+    let call = match call {
+        TransactionCall::Begin => Call::Begin(v1::BeginRequest {}),
+        TransactionCall::Execute {
+            transaction_id,
+            request_id,
+            statements,
+        } => Call::Execute(v1::ExecuteRequest {
+            request_id: request_id.clone(),
+            statements: statements.iter().map(statement_to_proto).collect(),
+            transaction_id: transaction_id.clone(),
+        }),
+        TransactionCall::Commit {
+            transaction_id,
+            request_id,
+        } => Call::Commit(v1::CommitRequest {
+            transaction_id: transaction_id.clone(),
+            request_id: request_id.clone(),
+        }),
+        TransactionCall::Rollback { transaction_id } => Call::Rollback(v1::RollbackRequest {
+            transaction_id: transaction_id.clone(),
+        }),
+    };
+    v1::TransactionCall {
+        principal: principal.to_string(),
+        call: Some(call),
+    }
+}
+
+/// A forwarded call, checked like the client's own call was on the follower.
+pub fn transaction_call_from_proto(
+    c: v1::TransactionCall,
+) -> Result<(String, TransactionCall), Status> {
+    use v1::transaction_call::Call;
+    let call = match c.call {
+        None => return Err(Status::invalid_argument("a transaction call without a call")),
+        Some(Call::Begin(_)) => TransactionCall::Begin,
+        Some(Call::Execute(r)) => transaction_execute_from_proto(r)?,
+        Some(Call::Commit(r)) => commit_from_proto(r)?,
+        Some(Call::Rollback(r)) => rollback_from_proto(r)?,
+    };
+    Ok((c.principal, call))
+}
+
+pub fn transaction_reply_to_proto(r: TransactionReply) -> v1::TransactionReply {
+    use v1::transaction_reply::Reply;
+    let reply = match r {
+        TransactionReply::Begun { transaction_id } => {
+            Reply::Begin(v1::BeginResponse { transaction_id })
+        }
+        TransactionReply::Executed(results) => Reply::Execute(v1::ExecuteResponse {
+            results: results.into_iter().map(outcome_to_proto).collect(),
+            log_index: 0,
+            deduplicated: false,
+        }),
+        TransactionReply::Committed {
+            log_index,
+            deduplicated,
+        } => Reply::Commit(v1::CommitResponse {
+            log_index,
+            deduplicated,
+        }),
+        TransactionReply::RolledBack => Reply::Rollback(v1::RollbackResponse {}),
+    };
+    v1::TransactionReply { reply: Some(reply) }
+}
+
+pub fn transaction_reply_from_proto(r: v1::TransactionReply) -> Result<TransactionReply, NodeError> {
+    use v1::transaction_reply::Reply;
+    Ok(match r.reply {
+        None => return Err(NodeError::Internal("the leader sent an empty transaction reply".into())),
+        Some(Reply::Begin(b)) => TransactionReply::Begun {
+            transaction_id: b.transaction_id,
+        },
+        Some(Reply::Execute(e)) => TransactionReply::Executed(
+            e.results
+                .into_iter()
+                .map(outcome_from_proto)
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Reply::Commit(c)) => TransactionReply::Committed {
+            log_index: c.log_index,
+            deduplicated: c.deduplicated,
+        },
+        Some(Reply::Rollback(_)) => TransactionReply::RolledBack,
     })
 }
 
@@ -232,6 +404,7 @@ pub fn node_error_to_status(e: NodeError) -> Status {
         NodeError::TooLarge(m) => Status::resource_exhausted(m),
         NodeError::Timeout(m) => Status::deadline_exceeded(m),
         NodeError::Internal(m) => Status::internal(m),
+        NodeError::Aborted(m) => Status::aborted(m),
     }
 }
 
@@ -257,6 +430,7 @@ pub fn node_error_from_status(status: Status, leader: Option<LeaderHint>) -> Nod
         Code::ResourceExhausted => NodeError::TooLarge(message),
         Code::DeadlineExceeded => NodeError::Timeout(message),
         Code::Internal => NodeError::Internal(message),
+        Code::Aborted => NodeError::Aborted(message),
         _ => {
             let hint = leader_from_metadata(&status).or(leader);
             NodeError::unavailable(format!("the leader could not be reached: {message}"), hint)

@@ -5,12 +5,15 @@ use raftlite_proto::v1::{self, sql_server::Sql};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::principal_name;
 use super::convert::{
-    consistency_from_proto, db_error_to_status, node_error_to_status, statement_from_proto,
-    value_to_proto, write_reply_to_proto, write_request_from_proto,
+    check_transaction_id, column_to_proto, commit_from_proto, consistency_from_proto,
+    db_error_to_status, node_error_to_status, outcome_to_proto, rollback_from_proto,
+    row_to_proto, statement_from_proto, transaction_execute_from_proto, write_reply_to_proto,
+    write_request_from_proto,
 };
 use crate::db::QueryChunk;
-use crate::node::Node;
+use crate::node::{Node, TransactionCall, TransactionReply};
 
 pub struct SqlService {
     pub node: Node,
@@ -19,21 +22,8 @@ pub struct SqlService {
 
 fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
     v1::QueryResponse {
-        columns: chunk
-            .columns
-            .into_iter()
-            .map(|c| v1::Column {
-                name: c.name,
-                decl_type: c.decl_type.unwrap_or_default(),
-            })
-            .collect(),
-        rows: chunk
-            .rows
-            .into_iter()
-            .map(|r| v1::Row {
-                values: r.into_iter().map(value_to_proto).collect(),
-            })
-            .collect(),
+        columns: chunk.columns.into_iter().map(column_to_proto).collect(),
+        rows: chunk.rows.into_iter().map(row_to_proto).collect(),
         applied_index,
         truncated: chunk.truncated,
         done: chunk.done,
@@ -62,6 +52,26 @@ pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
     Ok(())
 }
 
+impl SqlService {
+    /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
+    async fn transaction(
+        &self,
+        principal: String,
+        metadata: &tonic::metadata::MetadataMap,
+        call: TransactionCall,
+    ) -> Result<TransactionReply, Status> {
+        let deadline = statement_deadline(metadata, self.node.config().statement_timeout);
+        self.node
+            .transaction(&principal, call, deadline, false)
+            .await
+            .map_err(node_error_to_status)
+    }
+}
+
+fn unexpected(reply: TransactionReply) -> Status {
+    Status::internal(format!("unexpected transaction reply {reply:?}"))
+}
+
 #[tonic::async_trait]
 impl Sql for SqlService {
     async fn execute(
@@ -78,6 +88,19 @@ impl Sql for SqlService {
         crate::telemetry::continue_trace(&span, request.metadata());
         async move {
             check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
+            if !request.get_ref().transaction_id.is_empty() {
+                let principal = principal_name(&request);
+                let (metadata, _, message) = request.into_parts();
+                let call = transaction_execute_from_proto(message)?;
+                return match self.transaction(principal, &metadata, call).await? {
+                    TransactionReply::Executed(results) => Ok(Response::new(v1::ExecuteResponse {
+                        results: results.into_iter().map(outcome_to_proto).collect(),
+                        log_index: 0,
+                        deduplicated: false,
+                    })),
+                    other => Err(unexpected(other)),
+                };
+            }
             let deadline =
                 statement_deadline(request.metadata(), self.node.config().statement_timeout);
             let mut write = write_request_from_proto(request.into_inner())?;
@@ -102,6 +125,9 @@ impl Sql for SqlService {
         check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
         // A query (and the stream of its rows) gets the request's time, not a write
         // statement's: it holds a read thread, never the executor.
+        if !request.get_ref().transaction_id.is_empty() {
+            return self.transaction_query(request).await;
+        }
         let deadline = statement_deadline(request.metadata(), self.node.config().request_timeout);
         let request = request.into_inner();
         let statement = statement_from_proto(
@@ -162,6 +188,94 @@ impl Sql for SqlService {
             }
             node.record_read(consistency, started.elapsed());
         });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn begin(
+        &self,
+        request: Request<v1::BeginRequest>,
+    ) -> Result<Response<v1::BeginResponse>, Status> {
+        let principal = principal_name(&request);
+        match self
+            .transaction(principal, request.metadata(), TransactionCall::Begin)
+            .await?
+        {
+            TransactionReply::Begun { transaction_id } => {
+                Ok(Response::new(v1::BeginResponse { transaction_id }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let principal = principal_name(&request);
+        let (metadata, _, message) = request.into_parts();
+        let call = commit_from_proto(message)?;
+        match self.transaction(principal, &metadata, call).await? {
+            TransactionReply::Committed {
+                log_index,
+                deduplicated,
+            } => Ok(Response::new(v1::CommitResponse {
+                log_index,
+                deduplicated,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<v1::RollbackRequest>,
+    ) -> Result<Response<v1::RollbackResponse>, Status> {
+        let principal = principal_name(&request);
+        let (metadata, _, message) = request.into_parts();
+        let call = rollback_from_proto(message)?;
+        match self.transaction(principal, &metadata, call).await? {
+            TransactionReply::RolledBack => Ok(Response::new(v1::RollbackResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl SqlService {
+    /// A query inside a transaction: its one statement runs on the leader's executor, in the
+    /// transaction, and all its rows come back in one message.
+    async fn transaction_query(
+        &self,
+        request: Request<v1::QueryRequest>,
+    ) -> Result<Response<ReceiverStream<Result<v1::QueryResponse, Status>>>, Status> {
+        let principal = principal_name(&request);
+        let (metadata, _, message) = request.into_parts();
+        check_transaction_id(&message.transaction_id)?;
+        let statement = statement_from_proto(
+            message
+                .statement
+                .ok_or_else(|| Status::invalid_argument("a Query request needs a statement"))?,
+        )?;
+        let call = TransactionCall::Execute {
+            transaction_id: message.transaction_id,
+            request_id: String::new(),
+            statements: vec![statement],
+        };
+        let mut outcome = match self.transaction(principal, &metadata, call).await? {
+            TransactionReply::Executed(mut results) if results.len() == 1 => results.remove(0),
+            other => return Err(unexpected(other)),
+        };
+        let max = usize::try_from(message.max_rows).unwrap_or(usize::MAX);
+        let truncated = max > 0 && outcome.rows.len() > max;
+        outcome.rows.truncate(if max > 0 { max } else { usize::MAX });
+        let response = v1::QueryResponse {
+            columns: outcome.columns.into_iter().map(column_to_proto).collect(),
+            rows: outcome.rows.into_iter().map(row_to_proto).collect(),
+            applied_index: self.node.applied_index(),
+            truncated,
+            done: true,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.send(Ok(response)).await;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

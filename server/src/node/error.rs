@@ -31,6 +31,11 @@ pub enum NodeError {
     Timeout(String),
     #[error("{0}")]
     Internal(String),
+    /// An interactive transaction ended before its commit (idle timeout, leader change, a
+    /// statement that rolled it back, or an unknown id): nothing of it was applied; retrying
+    /// the whole transaction is safe.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl NodeError {

@@ -6,6 +6,7 @@ pub mod events;
 pub mod prevote;
 pub mod reads;
 pub mod status;
+pub mod transaction;
 pub mod write_path;
 
 use std::collections::BTreeSet;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{LeaderHint, NodeError};
 pub use prevote::PreVoteAnswer;
+pub use transaction::{TransactionCall, TransactionReply};
 pub use write_path::WriteReply;
 
 use crate::cluster::identity::ClusterIdentity;
@@ -73,7 +75,11 @@ pub(crate) struct NodeInner {
     /// The log store Raft owns, for readers outside Raft (the archiver).
     pub log_store: LogStore,
     pub archive_status: crate::archive::ArchiveStatusHandle,
-    writes: mpsc::Sender<write_path::PendingWrite>,
+    writes: mpsc::Sender<write_path::WriteJob>,
+    /// The leader's executor, for lookups outside the write queue (a retried Commit).
+    executor: crate::db::ExecutorHandle,
+    /// The interactive transaction open on this leader (see `transaction.rs`).
+    transactions: transaction::OpenTransactions,
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Mutex<(u64, Option<Instant>)>,
@@ -167,6 +173,8 @@ impl Node {
             log_store: archive_log,
             archive_status: Default::default(),
             writes,
+            executor: executor.clone(),
+            transactions: Default::default(),
             applied: applied_rx,
             leader_commit: Mutex::new((0, None)),
             taking_over_until: Mutex::new(None),
@@ -306,6 +314,35 @@ impl Node {
         result
     }
 
+    /// Runs one call of an interactive transaction. A follower forwards it to the leader
+    /// (once: a transaction lives on one leader, a new leader does not know it); `forwarded`
+    /// marks a call that already was. `principal` names the token that made the call.
+    pub async fn transaction(
+        &self,
+        principal: &str,
+        call: TransactionCall,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<TransactionReply, NodeError> {
+        let inner = &self.inner;
+        if inner.is_leader() {
+            return inner.transaction_here(principal, call, deadline).await;
+        }
+        let leader = match inner.leader_hint() {
+            Some(leader) if !forwarded => leader,
+            hint => {
+                return Err(NodeError::unavailable(
+                    "this node is not the leader (and knows no leader to forward to); retry",
+                    hint,
+                ))
+            }
+        };
+        let peer = inner.peer(&leader.peer_addr)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        peer.forward_transaction(principal, &call, left, leader)
+            .await
+    }
+
     async fn execute_here_or_on_leader(
         &self,
         request: WriteRequest,
@@ -337,11 +374,11 @@ impl Node {
             let (reply, rx) = oneshot::channel();
             inner
                 .writes
-                .send(write_path::PendingWrite {
+                .send(write_path::WriteJob::Write(write_path::PendingWrite {
                     request,
                     reply,
                     span: tracing::Span::current(),
-                })
+                }))
                 .await
                 .map_err(|_| NodeError::unavailable("the node is shutting down", None))?;
             rx.await

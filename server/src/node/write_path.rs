@@ -38,6 +38,13 @@ pub struct WriteReply {
     pub deduplicated: bool,
 }
 
+/// What the write queue carries: a write for the next group commit, or an interactive
+/// transaction waiting for the executor (see `transaction.rs`).
+pub(crate) enum WriteJob {
+    Write(PendingWrite),
+    Begin(super::transaction::PendingBegin),
+}
+
 pub(crate) struct PendingWrite {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
@@ -48,25 +55,39 @@ pub(crate) struct PendingWrite {
 pub(crate) async fn run_batcher(
     node: Arc<NodeInner>,
     executor: ExecutorHandle,
-    mut queue: mpsc::Receiver<PendingWrite>,
+    mut queue: mpsc::Receiver<WriteJob>,
     max_batch: usize,
 ) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
+    while let Some(job) = queue.recv().await {
+        let mut batch = Vec::new();
+        // A transaction takes its turn in queue order: the writes before it commit first.
+        let mut begin = None;
+        match job {
+            WriteJob::Write(w) => batch.push(w),
+            WriteJob::Begin(b) => begin = Some(b),
+        }
+        while begin.is_none() && batch.len() < max_batch {
             match queue.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(WriteJob::Write(w)) => batch.push(w),
+                Ok(WriteJob::Begin(b)) => begin = Some(b),
                 Err(_) => break,
             }
         }
-        // One span per group commit, in the trace of its first request; the others link to it.
-        let span = tracing::info_span!(parent: &batch[0].span, "write.batch", size = batch.len());
-        for w in &batch[1..] {
-            span.follows_from(&w.span);
+        if !batch.is_empty() {
+            // One span per group commit, in the trace of its first request; the others link
+            // to it.
+            let span =
+                tracing::info_span!(parent: &batch[0].span, "write.batch", size = batch.len());
+            for w in &batch[1..] {
+                span.follows_from(&w.span);
+            }
+            process_batch(&node, &executor, batch)
+                .instrument(span)
+                .await;
         }
-        process_batch(&node, &executor, batch)
-            .instrument(span)
-            .await;
+        if let Some(begin) = begin {
+            super::transaction::run(&node, &executor, begin).await;
+        }
     }
 }
 
@@ -139,26 +160,10 @@ async fn commit_batch(
     match encoded {
         None => answer(batch, outcomes, Ok(node.applied_index())),
         Some((base_version, bytes)) => {
-            // The leader's apply of this delta joins the batch's trace, and the clients hear
-            // as soon as it is committed (see `Proposals`).
-            let span = tracing::info_span!("raft.propose", base_version);
-            let committed = node.proposals.register(base_version, span.clone());
-            let proposal = propose(node, bytes).instrument(span);
-            tokio::pin!(proposal);
-            tokio::select! {
-                result = &mut proposal => answer(batch, outcomes, result),
-                Ok(index) = committed => {
-                    node.note_committed(index);
-                    answer(batch, outcomes, Ok(index));
-                    // The next batch executes on the state this delta leads to: wait for the
-                    // apply before taking it.
-                    if let Err(e) = proposal.await {
-                        tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
-                        let _ = node.wait_applied(index, PROPOSE_TIMEOUT).await;
-                    }
-                }
-            }
-            node.proposals.forget(base_version);
+            replicate_encoded(node, base_version, bytes, |committed| {
+                answer(batch, outcomes, committed)
+            })
+            .await
         }
     }
     node.metrics.observe_batch(batch_size, started.elapsed());
@@ -168,6 +173,52 @@ async fn commit_batch(
         elapsed_us = started.elapsed().as_micros() as u64,
         "write batch committed"
     );
+}
+
+/// Proposes a captured delta, calls `on_commit` as soon as it is committed (or failed), and
+/// returns once it is applied here: the next delta executes on the state this one leads to.
+pub(crate) async fn replicate(
+    node: &NodeInner,
+    delta: crate::db::PageDelta,
+    on_commit: impl FnOnce(Result<u64, NodeError>),
+) {
+    let base_version = delta.base_version;
+    let bytes = Bytes::from(delta.encode());
+    let limit = node.config.max_delta_bytes;
+    if bytes.len() > limit {
+        return on_commit(Err(NodeError::TooLarge(format!(
+            "the transaction's delta is {} bytes, over the limit of {limit} bytes \
+             (max_delta_bytes); split it into smaller transactions",
+            bytes.len()
+        ))));
+    }
+    replicate_encoded(node, base_version, bytes, on_commit).await
+}
+
+async fn replicate_encoded(
+    node: &NodeInner,
+    base_version: u64,
+    bytes: Bytes,
+    on_commit: impl FnOnce(Result<u64, NodeError>),
+) {
+    // The leader's apply of this delta joins the batch's trace, and the clients hear as soon
+    // as it is committed (see `Proposals`).
+    let span = tracing::info_span!("raft.propose", base_version);
+    let committed = node.proposals.register(base_version, span.clone());
+    let proposal = propose(node, bytes).instrument(span);
+    tokio::pin!(proposal);
+    tokio::select! {
+        result = &mut proposal => on_commit(result),
+        Ok(index) = committed => {
+            node.note_committed(index);
+            on_commit(Ok(index));
+            if let Err(e) = proposal.await {
+                tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
+                let _ = node.wait_applied(index, PROPOSE_TIMEOUT).await;
+            }
+        }
+    }
+    node.proposals.forget(base_version);
 }
 
 /// Answers every request of a batch: its own outcome, or the batch's commit error.

@@ -12,7 +12,8 @@ use super::convert;
 use crate::db::WriteRequest;
 use crate::node::status::MemberStatus;
 use crate::node::{
-    LeaderHint, MembershipChange, MembershipOutcome, NodeError, PreVoteAnswer, WriteReply,
+    LeaderHint, MembershipChange, MembershipOutcome, NodeError, PreVoteAnswer, TransactionCall,
+    TransactionReply, WriteReply,
 };
 use crate::raft::codec;
 use crate::raft::types::{LogId, NodeId};
@@ -64,6 +65,25 @@ impl PeerClient {
             .await
         {
             Ok(resp) => crate::grpc::convert::write_reply_from_proto(resp.into_inner()),
+            Err(status) => Err(convert::node_error_from_status(status, Some(leader))),
+        }
+    }
+
+    /// Runs a call of an interactive transaction on `leader` (this client's peer) for the
+    /// token `principal`, within `timeout`.
+    pub async fn forward_transaction(
+        &self,
+        principal: &str,
+        call: &TransactionCall,
+        timeout: Duration,
+        leader: LeaderHint,
+    ) -> Result<TransactionReply, NodeError> {
+        let mut request = tonic::Request::new(crate::grpc::convert::transaction_call_to_proto(
+            principal, call,
+        ));
+        request.set_timeout(timeout);
+        match self.inner.clone().forward_transaction(request).await {
+            Ok(resp) => crate::grpc::convert::transaction_reply_from_proto(resp.into_inner()),
             Err(status) => Err(convert::node_error_from_status(status, Some(leader))),
         }
     }

@@ -383,6 +383,34 @@ impl Peer for PeerService {
         .await
     }
 
+    async fn forward_transaction(
+        &self,
+        request: Request<v1::TransactionCall>,
+    ) -> Result<Response<v1::TransactionReply>, Status> {
+        let limit = self.node.config().max_request_bytes;
+        let len = prost::Message::encoded_len(request.get_ref());
+        if len > limit {
+            return Err(Status::resource_exhausted(format!(
+                "forwarded transaction call of {len} bytes is over the limit of {limit} bytes \
+                 (max_request_bytes)"
+            )));
+        }
+        let deadline = crate::grpc::sql::statement_deadline(
+            request.metadata(),
+            self.node.config().statement_timeout,
+        );
+        let (principal, call) =
+            crate::grpc::convert::transaction_call_from_proto(request.into_inner())?;
+        let reply = self
+            .node
+            .transaction(&principal, call, deadline, true)
+            .await
+            .map_err(node_error_to_status)?;
+        Ok(Response::new(
+            crate::grpc::convert::transaction_reply_to_proto(reply),
+        ))
+    }
+
     async fn read_index(
         &self,
         _: Request<v1::ReadIndexRequest>,

@@ -1,0 +1,145 @@
+//! Interactive transactions: read, decide, write, then commit — as one atomic write.
+
+use std::time::Duration;
+
+use raftlite_proto::v1;
+
+use crate::client::{sql_client, Client};
+use crate::endpoint::Transport as Channel;
+use crate::{Error, Rows, Statement, StatementResult};
+
+/// Outcome of [`Transaction::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitResult {
+    /// Raft log index that made the transaction durable (a read-your-writes token); 0 when the
+    /// transaction wrote nothing.
+    pub log_index: u64,
+    /// True when a retried Commit found the transaction already committed.
+    pub deduplicated: bool,
+}
+
+/// An open interactive transaction, from [`Client::begin`].
+///
+/// Every statement sees the transaction's own writes; other writes wait until it ends (it
+/// holds the write lock like SQLite's `BEGIN IMMEDIATE`), so keep it short. The server rolls
+/// it back after its idle timeout without a call (5 s by default), and aborts it when the
+/// leader changes: such calls fail with [`Error::is_aborted`] — nothing of the transaction was
+/// applied, run it again from the start. Dropping it without [`Transaction::commit`] leaves
+/// it to that timeout; call [`Transaction::rollback`] to release the lock at once.
+///
+/// Calls inside the transaction go to the node that began it and are not retried on another
+/// node (only the leader knows the transaction); [`Transaction::commit`] is retried like a
+/// write, under one request id, so a commit applies once.
+#[derive(Debug)]
+pub struct Transaction {
+    client: Client,
+    id: String,
+    channel: Channel,
+}
+
+impl Transaction {
+    pub(crate) fn new(client: Client, id: String, channel: Channel) -> Self {
+        Transaction {
+            client,
+            id,
+            channel,
+        }
+    }
+
+    /// The server's id of this transaction.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn timeout(&self) -> Duration {
+        self.client.options().request_timeout
+    }
+
+    /// Runs `statements` atomically inside the transaction (if one fails, none of them
+    /// applies; the transaction stays open unless the error says it was aborted). Rows of
+    /// statements that return them (`RETURNING`, `SELECT`) are in the results.
+    pub async fn execute(
+        &mut self,
+        statements: impl IntoIterator<Item = impl Into<Statement>>,
+    ) -> Result<Vec<StatementResult>, Error> {
+        let mut request = tonic::Request::new(v1::ExecuteRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            statements: statements
+                .into_iter()
+                .map(|s| v1::Statement::from(s.into()))
+                .collect(),
+            transaction_id: self.id.clone(),
+        });
+        request.set_timeout(self.timeout());
+        let response = sql_client(self.channel.clone())
+            .execute(request)
+            .await?
+            .into_inner();
+        response
+            .results
+            .into_iter()
+            .map(StatementResult::try_from)
+            .collect()
+    }
+
+    /// Runs one write statement with positional parameters inside the transaction.
+    pub async fn exec(
+        &mut self,
+        sql: impl Into<String>,
+        params: impl IntoIterator<Item = impl Into<crate::Value>>,
+    ) -> Result<StatementResult, Error> {
+        let mut results = self.execute([Statement::new(sql).bind_all(params)]).await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Transport("the server answered no result".into()))
+    }
+
+    /// Runs a query inside the transaction: it sees the transaction's own writes.
+    pub async fn query(
+        &mut self,
+        sql: impl Into<String>,
+        params: impl IntoIterator<Item = impl Into<crate::Value>>,
+    ) -> Result<Rows, Error> {
+        let mut request = tonic::Request::new(v1::QueryRequest {
+            statement: Some(Statement::new(sql).bind_all(params).into()),
+            consistency: None,
+            max_rows: 0,
+            transaction_id: self.id.clone(),
+        });
+        request.set_timeout(self.timeout());
+        crate::client::collect_query(self.channel.clone(), request, self.timeout()).await
+    }
+
+    /// Commits: the whole transaction becomes one replicated write. Retried on retryable
+    /// errors (on any node) under one request id, so it applies once.
+    pub async fn commit(self) -> Result<CommitResult, Error> {
+        let request = v1::CommitRequest {
+            transaction_id: self.id.clone(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let timeout = self.timeout();
+        let response = self
+            .client
+            .call(Some(timeout), |channel| {
+                let mut request = tonic::Request::new(request.clone());
+                request.set_timeout(timeout);
+                async move { Ok(sql_client(channel).commit(request).await?.into_inner()) }
+            })
+            .await?;
+        self.client.note_write(response.log_index);
+        Ok(CommitResult {
+            log_index: response.log_index,
+            deduplicated: response.deduplicated,
+        })
+    }
+
+    /// Discards the transaction and releases the write lock.
+    pub async fn rollback(self) -> Result<(), Error> {
+        let mut request = tonic::Request::new(v1::RollbackRequest {
+            transaction_id: self.id.clone(),
+        });
+        request.set_timeout(self.timeout());
+        sql_client(self.channel.clone()).rollback(request).await?;
+        Ok(())
+    }
+}
