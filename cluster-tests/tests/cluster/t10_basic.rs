@@ -253,6 +253,7 @@ async fn replication_reads_rejections_and_dedup() {
     let request = v1::ExecuteRequest {
         request_id: "t10-exactly-once".into(),
         statements: vec![checker.insert("exactly-once", "one").into()],
+        transaction_id: String::new(),
     };
     checker.record_sent("exactly-once", "one");
     let mut answers = Vec::new();

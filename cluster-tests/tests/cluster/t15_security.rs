@@ -109,6 +109,7 @@ fn forward_execute(bytes: usize) -> v1::ExecuteRequest {
             "INSERT INTO attack VALUES (?1)",
             vec![v1::Value::text("x".repeat(bytes))],
         )],
+        transaction_id: String::new(),
     }
 }
 

@@ -5,7 +5,11 @@
 //!   reals with a decimal point; `--header` first prints the column names. With `--json`, one
 //!   object per row, `{"column": value}`, blobs as `{"blob": "0a0b"}`.
 //! - a write prints `rows_affected=N last_insert_rowid=N log_index=N`; with `--json`, one
-//!   object with those keys plus `deduplicated` and the per-statement `results`.
+//!   object with those keys plus `deduplicated` and the per-statement `results` (with the
+//!   `columns` and `rows` of statements that return rows).
+//! - a write whose statements return rows (`... RETURNING`) prints those rows like a query
+//!   (`--header` too) and then its `rows_affected=..` line on stderr, so that
+//!   `id=$(raftlite sql "INSERT .. RETURNING id")` captures just the rows.
 //! - an error prints `error: <GRPC_CODE>: <message>` on stderr and exits with 1.
 
 use std::io::Write as _;
@@ -111,7 +115,17 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
     match kind {
         StatementKind::Write => match client.execute(statements).await {
             Ok(result) => {
-                println!("{}", format_write(&result, args.json));
+                let summary = format_write(&result, args.json);
+                let rows = returned_rows(&result, args.header);
+                if args.json || rows.is_empty() {
+                    println!("{summary}");
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    for line in rows {
+                        let _ = writeln!(out, "{line}");
+                    }
+                    eprintln!("{summary}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Ok(fail(&e)),
@@ -334,6 +348,20 @@ pub fn json_row(keys: &[String], values: &[Value]) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
+/// The text lines of the rows a write's statements returned (`RETURNING`), each statement's
+/// column names first with `header`.
+pub fn returned_rows(result: &ExecuteResult, header: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in result.results.iter().filter(|r| !r.columns.is_empty()) {
+        if header {
+            let names: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+            lines.push(names.join("\t"));
+        }
+        lines.extend(r.rows.iter().map(|row| text_row(row.values())));
+    }
+    lines
+}
+
 /// The line a write prints: totals over its statements, the rowid of the last one.
 pub fn format_write(result: &ExecuteResult, json: bool) -> String {
     let rows_affected: u64 = result.results.iter().map(|r| r.rows_affected).sum();
@@ -342,7 +370,23 @@ pub fn format_write(result: &ExecuteResult, json: bool) -> String {
         let results: Vec<_> = result
             .results
             .iter()
-            .map(|r| json!({ "rows_affected": r.rows_affected, "last_insert_rowid": r.last_insert_rowid }))
+            .map(|r| {
+                let mut o = json!({ "rows_affected": r.rows_affected, "last_insert_rowid": r.last_insert_rowid });
+                if !r.columns.is_empty() {
+                    let keys = json_keys(&r.columns);
+                    let rows: Vec<serde_json::Value> = r
+                        .rows
+                        .iter()
+                        .map(|row| {
+                            let fields = keys.iter().cloned().zip(row.values().iter().map(json_value));
+                            serde_json::Value::Object(fields.collect())
+                        })
+                        .collect();
+                    o["columns"] = json!(keys);
+                    o["rows"] = json!(rows);
+                }
+                o
+            })
             .collect();
         json!({
             "rows_affected": rows_affected,
@@ -442,10 +486,16 @@ mod tests {
                 StatementResult {
                     rows_affected: 2,
                     last_insert_rowid: 7,
+                    ..Default::default()
                 },
                 StatementResult {
                     rows_affected: 1,
                     last_insert_rowid: 9,
+                    columns: vec![Column {
+                        name: "id".into(),
+                        decl_type: "INTEGER".into(),
+                    }],
+                    rows: vec![raftlite_client::Row::new(vec![Value::Integer(9)])],
                 },
             ],
             log_index: 12,
@@ -461,6 +511,11 @@ mod tests {
         assert_eq!(json["last_insert_rowid"], 9);
         assert_eq!(json["log_index"], 12);
         assert_eq!(json["results"][0]["rows_affected"], 2);
+        assert!(json["results"][0].get("rows").is_none());
+        assert_eq!(json["results"][1]["columns"], json!(["id"]));
+        assert_eq!(json["results"][1]["rows"], json!([{ "id": 9 }]));
+        assert_eq!(returned_rows(&result, false), ["9"]);
+        assert_eq!(returned_rows(&result, true), ["id", "9"]);
     }
 
     #[test]

@@ -478,10 +478,64 @@ mod tests {
         let r = v1::ExecuteRequest {
             request_id: "x".repeat(200),
             statements: vec![v1::Statement::new("SELECT 1", vec![])],
+            transaction_id: String::new(),
         };
         assert_eq!(
             write_request_from_proto(r).expect_err("must fail").code(),
             Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn transaction_calls_are_checked_and_round_trip() {
+        let id = "0123456789abcdef0123456789ABCDEF".to_string();
+        for bad in ["", "x", "../../etc", &"0".repeat(33), "g123456789abcdef0123456789abcdef"] {
+            assert!(check_transaction_id(bad).is_err(), "{bad:?}");
+        }
+        let commit = v1::CommitRequest {
+            transaction_id: id.clone(),
+            request_id: "r".repeat(129),
+        };
+        assert_eq!(
+            commit_from_proto(commit).expect_err("long id").code(),
+            Code::InvalidArgument
+        );
+        let calls = [
+            TransactionCall::Begin,
+            TransactionCall::Execute {
+                transaction_id: id.clone(),
+                request_id: "e1".into(),
+                statements: vec![Statement::with_params(
+                    "INSERT INTO t VALUES(?1)",
+                    vec![SqlValue::Blob(vec![1])],
+                )],
+            },
+            TransactionCall::Commit {
+                transaction_id: id.clone(),
+                request_id: "c1".into(),
+            },
+            TransactionCall::Rollback { transaction_id: id },
+        ];
+        for call in calls {
+            let wire = transaction_call_to_proto("app", &call);
+            assert_eq!(
+                transaction_call_from_proto(wire).expect("valid"),
+                ("app".to_string(), call)
+            );
+        }
+        let reply = TransactionReply::Executed(vec![StatementOutcome {
+            rows_affected: 1,
+            last_insert_rowid: 4,
+            columns: vec![ColumnInfo {
+                name: "n".into(),
+                decl_type: Some("INTEGER".into()),
+            }],
+            rows: vec![vec![SqlValue::Integer(4)], vec![SqlValue::Null]],
+        }]);
+        assert_eq!(
+            transaction_reply_from_proto(transaction_reply_to_proto(reply.clone()))
+                .expect("valid"),
+            reply
         );
     }
 }
