@@ -456,7 +456,11 @@ impl Client {
 
     /// Runs `attempt` against the preferred node, and on a retryable error against the next
     /// ones with backoff until `retry_deadline` has passed. `timeout` bounds each attempt.
-    pub(crate) async fn call<T, F, Fut>(&self, timeout: Option<Duration>, mut attempt: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        timeout: Option<Duration>,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,

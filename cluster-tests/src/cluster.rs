@@ -304,7 +304,7 @@ impl Cluster {
 
     /// A client for the nodes `ids` with the token of `role` (on a secure cluster) that
     /// retries for at most `retry_deadline`.
-    fn client_with_role(
+    pub fn client_with_role(
         &self,
         ids: impl IntoIterator<Item = u64>,
         retry_deadline: Duration,

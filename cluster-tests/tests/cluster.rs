@@ -7,6 +7,8 @@
 
 #[path = "cluster/t10_basic.rs"]
 mod t10_basic;
+#[path = "cluster/t12_transactions.rs"]
+mod t12_transactions;
 #[path = "cluster/t15_security.rs"]
 mod t15_security;
 #[path = "cluster/t16_bounded_work.rs"]

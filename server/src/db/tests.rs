@@ -1583,7 +1583,10 @@ async fn last_insert_rowid_is_the_requests_own() -> TestResult {
     c.write_one(&["CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER)"])
         .await?;
     let inserted = c
-        .write(vec![req("i1", &["INSERT INTO kv VALUES('a', 1), ('b', 2)"])])
+        .write(vec![req(
+            "i1",
+            &["INSERT INTO kv VALUES('a', 1), ('b', 2)"],
+        )])
         .await?;
     ensure!(executed(&inserted.outcomes[0])?[0].last_insert_rowid == 2);
     for n in 0..3 {
@@ -1614,10 +1617,16 @@ async fn last_insert_rowid_is_the_requests_own() -> TestResult {
 #[tokio::test]
 async fn returning_rows_survive_deduplication() -> TestResult {
     let c = Cluster::new()?;
-    c.write_one(&["CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER)", "INSERT INTO counter VALUES(1, 0)"])
-        .await?;
+    c.write_one(&[
+        "CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER)",
+        "INSERT INTO counter VALUES(1, 0)",
+    ])
+    .await?;
     let first = c
-        .write(vec![req("inc", &["UPDATE counter SET n = n + 1 RETURNING n, 'x' || n AS label, x'00ff', 1.5, NULL"])])
+        .write(vec![req(
+            "inc",
+            &["UPDATE counter SET n = n + 1 RETURNING n, 'x' || n AS label, x'00ff', 1.5, NULL"],
+        )])
         .await?;
     let first = executed(&first.outcomes[0])?.to_vec();
     ensure!(
@@ -1633,7 +1642,10 @@ async fn returning_rows_survive_deduplication() -> TestResult {
     );
     ensure!(first[0].columns[1].name == "label" && first[0].columns[1].decl_type.is_none());
     let retry = c
-        .write(vec![req("inc", &["UPDATE counter SET n = n + 1 RETURNING n, 'x' || n AS label, x'00ff', 1.5, NULL"])])
+        .write(vec![req(
+            "inc",
+            &["UPDATE counter SET n = n + 1 RETURNING n, 'x' || n AS label, x'00ff', 1.5, NULL"],
+        )])
         .await?;
     match &retry.outcomes[0] {
         WriteOutcome::Duplicate(stored) => ensure!(*stored == first, "{stored:?}"),
@@ -1680,8 +1692,11 @@ async fn oversized_returning_fails_alone() -> TestResult {
 #[tokio::test]
 async fn interactive_transaction_commits_as_one_delta() -> TestResult {
     let c = Cluster::new()?;
-    c.write_one(&["CREATE TABLE acct(id INTEGER PRIMARY KEY, balance INTEGER CHECK (balance >= 0))", "INSERT INTO acct VALUES(1, 100), (2, 0)"])
-        .await?;
+    c.write_one(&[
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, balance INTEGER CHECK (balance >= 0))",
+        "INSERT INTO acct VALUES(1, 100), (2, 0)",
+    ])
+    .await?;
     let version = c.leader.version().await?;
     c.executor.begin().await?;
     let step = c
@@ -1723,14 +1738,21 @@ async fn interactive_transaction_commits_as_one_delta() -> TestResult {
     );
     let step = c
         .executor
-        .transaction_execute(vec![stmt("SELECT sum(balance), max(balance) FROM acct")], None)
+        .transaction_execute(
+            vec![stmt("SELECT sum(balance), max(balance) FROM acct")],
+            None,
+        )
         .await?;
     ensure!(
         matches!(&step, TransactionStep::Done(r) if r[0].rows == [[SqlValue::Integer(100), SqlValue::Integer(70)]]),
         "own writes visible, the failed call undone: {step:?}"
     );
     // Nothing is visible outside before the commit, and a batch is refused meanwhile.
-    ensure!(c.executor.execute_batch(vec![req("", &["DELETE FROM acct"])]).await.is_err());
+    ensure!(c
+        .executor
+        .execute_batch(vec![req("", &["DELETE FROM acct"])])
+        .await
+        .is_err());
     let delta = c
         .executor
         .commit("tx-1".into())
@@ -1757,13 +1779,19 @@ async fn interactive_transaction_commits_as_one_delta() -> TestResult {
 #[tokio::test]
 async fn transaction_rollback_and_ends() -> TestResult {
     let c = Cluster::new()?;
-    c.write_one(&["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT UNIQUE)", "INSERT INTO t VALUES(1, 'a')"])
-        .await?;
+    c.write_one(&[
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT UNIQUE)",
+        "INSERT INTO t VALUES(1, 'a')",
+    ])
+    .await?;
     c.executor.begin().await?;
     c.executor
         .transaction_execute(vec![stmt("SELECT * FROM t")], None)
         .await?;
-    ensure!(c.executor.commit("ro".into()).await?.is_none(), "read-only: no delta");
+    ensure!(
+        c.executor.commit("ro".into()).await?.is_none(),
+        "read-only: no delta"
+    );
     ensure!(!c.executor.request_recorded("ro".into()).await?);
 
     c.executor.begin().await?;
@@ -1776,8 +1804,14 @@ async fn transaction_rollback_and_ends() -> TestResult {
         .executor
         .transaction_execute(vec![stmt("INSERT OR ROLLBACK INTO t VALUES(3, 'a')")], None)
         .await?;
-    ensure!(matches!(step, TransactionStep::Ended(DbError::Constraint(_))), "{step:?}");
-    ensure!(c.executor.commit(String::new()).await.is_err(), "it is gone");
+    ensure!(
+        matches!(step, TransactionStep::Ended(DbError::Constraint(_))),
+        "{step:?}"
+    );
+    ensure!(
+        c.executor.commit(String::new()).await.is_err(),
+        "it is gone"
+    );
     c.write_one(&["INSERT INTO t VALUES(4, 'd')"]).await?;
     c.verify("rollbacks")?;
     Ok(())

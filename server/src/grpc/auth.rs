@@ -398,7 +398,11 @@ mod tests {
         assert_eq!(call(execute, Some("write-token")), ok("w"));
         for tx in ["Begin", "Commit", "Rollback"] {
             let path = format!("/raftlite.v1.Sql/{tx}");
-            assert_eq!(call(&path, Some("read-token")), Err(PermissionDenied), "{tx}");
+            assert_eq!(
+                call(&path, Some("read-token")),
+                Err(PermissionDenied),
+                "{tx}"
+            );
             assert_eq!(call(&path, Some("write-token")), ok("w"), "{tx}");
         }
         assert_eq!(call(add_voter, Some("write-token")), Err(PermissionDenied));

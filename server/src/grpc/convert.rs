@@ -7,9 +7,7 @@ use raftlite_proto::Kind;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::db::{
-    ColumnInfo, DbError, Params, SqlValue, Statement, StatementOutcome, WriteRequest,
-};
+use crate::db::{ColumnInfo, DbError, Params, SqlValue, Statement, StatementOutcome, WriteRequest};
 use crate::node::reads::ReadConsistency;
 use crate::node::{LeaderHint, NodeError, TransactionCall, TransactionReply, WriteReply};
 use crate::raft::types::{NodeAddr, NodeId};
@@ -139,7 +137,8 @@ pub fn outcome_to_proto(o: StatementOutcome) -> v1::StatementResult {
 /// A result a peer (the leader) answered; a malformed one is the leader's fault, not the
 /// client's.
 pub fn outcome_from_proto(o: v1::StatementResult) -> Result<StatementOutcome, NodeError> {
-    let bad = |e: Status| NodeError::Internal(format!("the leader sent a bad result: {}", e.message()));
+    let bad =
+        |e: Status| NodeError::Internal(format!("the leader sent a bad result: {}", e.message()));
     Ok(StatementOutcome {
         rows_affected: o.rows_affected,
         last_insert_rowid: o.last_insert_rowid,
@@ -264,7 +263,11 @@ pub fn transaction_call_from_proto(
 ) -> Result<(String, TransactionCall), Status> {
     use v1::transaction_call::Call;
     let call = match c.call {
-        None => return Err(Status::invalid_argument("a transaction call without a call")),
+        None => {
+            return Err(Status::invalid_argument(
+                "a transaction call without a call",
+            ))
+        }
         Some(Call::Begin(_)) => TransactionCall::Begin,
         Some(Call::Execute(r)) => transaction_execute_from_proto(r)?,
         Some(Call::Commit(r)) => commit_from_proto(r)?,
@@ -296,10 +299,16 @@ pub fn transaction_reply_to_proto(r: TransactionReply) -> v1::TransactionReply {
     v1::TransactionReply { reply: Some(reply) }
 }
 
-pub fn transaction_reply_from_proto(r: v1::TransactionReply) -> Result<TransactionReply, NodeError> {
+pub fn transaction_reply_from_proto(
+    r: v1::TransactionReply,
+) -> Result<TransactionReply, NodeError> {
     use v1::transaction_reply::Reply;
     Ok(match r.reply {
-        None => return Err(NodeError::Internal("the leader sent an empty transaction reply".into())),
+        None => {
+            return Err(NodeError::Internal(
+                "the leader sent an empty transaction reply".into(),
+            ))
+        }
         Some(Reply::Begin(b)) => TransactionReply::Begun {
             transaction_id: b.transaction_id,
         },
@@ -489,7 +498,13 @@ mod tests {
     #[test]
     fn transaction_calls_are_checked_and_round_trip() {
         let id = "0123456789abcdef0123456789ABCDEF".to_string();
-        for bad in ["", "x", "../../etc", &"0".repeat(33), "g123456789abcdef0123456789abcdef"] {
+        for bad in [
+            "",
+            "x",
+            "../../etc",
+            &"0".repeat(33),
+            "g123456789abcdef0123456789abcdef",
+        ] {
             assert!(check_transaction_id(bad).is_err(), "{bad:?}");
         }
         let commit = v1::CommitRequest {
@@ -533,8 +548,7 @@ mod tests {
             rows: vec![vec![SqlValue::Integer(4)], vec![SqlValue::Null]],
         }]);
         assert_eq!(
-            transaction_reply_from_proto(transaction_reply_to_proto(reply.clone()))
-                .expect("valid"),
+            transaction_reply_from_proto(transaction_reply_to_proto(reply.clone())).expect("valid"),
             reply
         );
     }

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use super::auth::principal_name;
 use super::convert::{
     check_transaction_id, column_to_proto, commit_from_proto, consistency_from_proto,
-    db_error_to_status, node_error_to_status, outcome_to_proto, rollback_from_proto,
-    row_to_proto, statement_from_proto, transaction_execute_from_proto, write_reply_to_proto,
+    db_error_to_status, node_error_to_status, outcome_to_proto, rollback_from_proto, row_to_proto,
+    statement_from_proto, transaction_execute_from_proto, write_reply_to_proto,
     write_request_from_proto,
 };
 use crate::db::QueryChunk;
@@ -266,7 +266,9 @@ impl SqlService {
         };
         let max = usize::try_from(message.max_rows).unwrap_or(usize::MAX);
         let truncated = max > 0 && outcome.rows.len() > max;
-        outcome.rows.truncate(if max > 0 { max } else { usize::MAX });
+        outcome
+            .rows
+            .truncate(if max > 0 { max } else { usize::MAX });
         let response = v1::QueryResponse {
             columns: outcome.columns.into_iter().map(column_to_proto).collect(),
             rows: outcome.rows.into_iter().map(row_to_proto).collect(),

@@ -198,7 +198,9 @@ impl NodeInner {
                     reply,
                 };
                 calls.send(call).await.map_err(|_| not_open())?;
-                Ok(TransactionReply::Executed(rx.await.map_err(|_| not_open())??))
+                Ok(TransactionReply::Executed(
+                    rx.await.map_err(|_| not_open())??,
+                ))
             }
             TransactionCall::Commit {
                 transaction_id,
@@ -243,7 +245,11 @@ impl NodeInner {
             return Err(not_open());
         }
         self.wait_leader_ready().await?;
-        if self.executor.request_recorded(request_id.to_string()).await? {
+        if self
+            .executor
+            .request_recorded(request_id.to_string())
+            .await?
+        {
             Ok(TransactionReply::Committed {
                 log_index: self.applied_index(),
                 deduplicated: true,
@@ -382,7 +388,11 @@ async fn commit(
         }
         Err(DbError::TooLarge(why)) => return Err(NodeError::TooLarge(why)),
         Err(e @ DbError::InvalidArgument(_)) => return Err(NodeError::Db(e)),
-        Err(e) => return Err(NodeError::Internal(format!("capturing the commit failed: {e}"))),
+        Err(e) => {
+            return Err(NodeError::Internal(format!(
+                "capturing the commit failed: {e}"
+            )))
+        }
     };
     let (tx, rx) = oneshot::channel();
     write_path::replicate(node, delta, move |committed| {
@@ -439,8 +449,14 @@ mod tests {
             committing: false,
         });
         assert!(open.calls("t1", "app").is_ok());
-        assert!(matches!(open.calls("t1", "other"), Err(NodeError::Aborted(_))));
-        assert!(matches!(open.calls("t2", "app"), Err(NodeError::Aborted(_))));
+        assert!(matches!(
+            open.calls("t1", "other"),
+            Err(NodeError::Aborted(_))
+        ));
+        assert!(matches!(
+            open.calls("t2", "app"),
+            Err(NodeError::Aborted(_))
+        ));
         open.set_committing("t1");
         assert!(matches!(
             open.calls("t1", "app"),

@@ -1,0 +1,347 @@
+//! t12: what apps need beyond one-shot batches: RETURNING rows and `last_insert_rowid` through
+//! every path (direct, forwarded, deduplicated retry), and interactive transactions (own
+//! writes, isolation, idle timeout, commit through a follower, a leader killed mid-transaction).
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::client::{Error, Value};
+use cluster_tests::{expect_status, init_tracing, Cluster, ClusterOptions, Consistency, Statement};
+use tonic::Code;
+use tracing::info;
+
+const CREATE: &str = "CREATE TABLE counter(id INTEGER PRIMARY KEY, name TEXT UNIQUE, n INTEGER)";
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn returning_rowids_and_transactions_on_every_path() {
+    init_tracing();
+    info!("phase 1: a secure 3-node cluster (tokens, TLS); idle transactions end after 1 s");
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            secure: true,
+            extra_args: vec!["--transaction-idle-timeout-ms".into(), "1000".into()],
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let options = |id: u64| cluster.client_with_role([id], Duration::from_secs(5), Some("write"));
+    let (on_leader, via_f1, via_f2) = (options(leader), options(f1), options(f2));
+    on_leader
+        .execute([
+            CREATE,
+            "INSERT INTO counter(name, n) VALUES('a', 0), ('b', 0)",
+        ])
+        .await
+        .expect("create");
+
+    info!("phase 2: RETURNING rows come back directly and through a follower");
+    for (client, expected) in [(&on_leader, 1), (&via_f1, 2)] {
+        let r = client
+            .execute(["UPDATE counter SET n = n + 1 WHERE name = 'a' RETURNING n, name"])
+            .await
+            .expect("update returning");
+        let s = &r.results[0];
+        assert_eq!(s.rows_affected, 1);
+        assert_eq!(
+            s.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["n", "name"]
+        );
+        assert_eq!(s.rows.len(), 1, "{s:?}");
+        assert_eq!(int(&s.rows[0].values()[0]), expected);
+        assert_eq!(s.rows[0].values()[1], Value::Text("a".into()));
+        assert_eq!(s.last_insert_rowid, 0, "an UPDATE inserted nothing: {s:?}");
+    }
+
+    info!("phase 3: a retried request id through another follower answers the same rows");
+    let insert =
+        [Statement::new("INSERT INTO counter(name, n) VALUES(?1, 7) RETURNING id, n").bind("c")];
+    let first = via_f1
+        .execute_with_id("t12-insert-c", insert.clone())
+        .await
+        .expect("insert");
+    let retry = via_f2
+        .execute_with_id("t12-insert-c", insert)
+        .await
+        .expect("retry");
+    assert!(!first.deduplicated && retry.deduplicated);
+    assert_eq!(
+        first.results, retry.results,
+        "the first result, rows included"
+    );
+    assert_eq!(first.results[0].last_insert_rowid, 3);
+    assert_eq!(int(&first.results[0].rows[0].values()[0]), 3);
+    let count = on_leader
+        .query(
+            "SELECT count(*) FROM counter WHERE name = 'c'",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("count");
+    assert_eq!(
+        count.rows[0].get::<i64>(0).expect("count"),
+        1,
+        "applied once"
+    );
+
+    info!("phase 4: a transaction through follower f1 reads, decides and writes; others do not see it before the commit");
+    let mut tx = via_f1.begin().await.expect("begin through a follower");
+    let n = tx
+        .query(
+            "SELECT n FROM counter WHERE name = 'a'",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("read in the transaction");
+    let n: i64 = n.rows[0].get(0).expect("n");
+    let updated = tx
+        .exec(
+            "UPDATE counter SET n = ?1 WHERE name = 'a' RETURNING n",
+            [n * 10],
+        )
+        .await
+        .expect("write in the transaction");
+    assert_eq!(int(&updated.rows[0].values()[0]), n * 10);
+    let inserted = tx
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('d', 1)",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("insert in the transaction");
+    assert_eq!(inserted.last_insert_rowid, 4);
+    let own = tx
+        .query(
+            "SELECT n FROM counter WHERE name IN ('a', 'd') ORDER BY name",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("own writes");
+    assert_eq!(own.rows.len(), 2, "the transaction sees its own insert");
+    let outside = on_leader
+        .query(
+            "SELECT n FROM counter WHERE name = 'a'",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("outside read");
+    assert_eq!(
+        outside.rows[0].get::<i64>(0).expect("n"),
+        n,
+        "not visible before the commit"
+    );
+    // A constraint failure fails that call alone; the transaction goes on.
+    let dup = tx
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('a', 0)",
+            Vec::<Value>::new(),
+        )
+        .await;
+    expect_status(
+        dup,
+        Code::FailedPrecondition,
+        "duplicate name in the transaction",
+    );
+
+    info!("phase 5: a write from another client waits for the transaction (BEGIN IMMEDIATE), then runs after it");
+    let waiting = {
+        let client = via_f2.clone();
+        tokio::spawn(async move {
+            client
+                .execute(["UPDATE counter SET n = n + 1 WHERE name = 'a' RETURNING n"])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the other write waits for the transaction"
+    );
+    let committed = tx.commit().await.expect("commit through a follower");
+    assert!(committed.log_index > 0 && !committed.deduplicated);
+    let after = waiting
+        .await
+        .expect("join")
+        .expect("the waiting write runs");
+    assert_eq!(
+        int(&after.results[0].rows[0].values()[0]),
+        n * 10 + 1,
+        "it ran on the committed transaction"
+    );
+    let seen = via_f2
+        .query_with(
+            Statement::new("SELECT count(*) FROM counter WHERE name = 'd'"),
+            Consistency::AtIndex(committed.log_index),
+            0,
+        )
+        .await
+        .expect("read at the commit's index on f2");
+    assert_eq!(seen.rows[0].get::<i64>(0).expect("count"), 1);
+
+    info!("phase 6: an idle transaction is rolled back after 1 s; a write waits for it no longer than that");
+    let mut idle = on_leader.begin().await.expect("begin");
+    idle.exec(
+        "INSERT INTO counter(name, n) VALUES('idle', 0)",
+        Vec::<Value>::new(),
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    on_leader
+        .execute(["INSERT INTO counter(name, n) VALUES('after-idle', 0)"])
+        .await
+        .expect("a write after the idle timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "the write waited for the idle timeout, not longer: {waited:?}"
+    );
+    let gone = idle
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('late', 0)",
+            Vec::<Value>::new(),
+        )
+        .await;
+    let message = expect_status(gone, Code::Aborted, "a call after the idle timeout");
+    assert!(
+        message.contains("run the whole transaction again"),
+        "{message}"
+    );
+
+    info!("phase 7: rollback discards; a read-only transaction commits at index 0");
+    let mut discarded = via_f2.begin().await.expect("begin");
+    discarded
+        .exec("DELETE FROM counter", Vec::<Value>::new())
+        .await
+        .expect("delete");
+    discarded.rollback().await.expect("rollback");
+    let mut read_only = via_f2.begin().await.expect("begin");
+    read_only
+        .query("SELECT count(*) FROM counter", Vec::<Value>::new())
+        .await
+        .expect("read");
+    assert_eq!(read_only.commit().await.expect("commit").log_index, 0);
+    let left = on_leader
+        .query("SELECT name FROM counter ORDER BY id", Vec::<Value>::new())
+        .await
+        .expect("rows");
+    let names: Vec<String> = left.rows.iter().map(|r| r.get(0).expect("name")).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c", "d", "after-idle"],
+        "idle and rolled back writes are gone"
+    );
+
+    info!("phase 8: a read-only token may not begin a transaction");
+    let reader = cluster.client_as(Some("read"));
+    expect_status(
+        reader.begin().await.map(|_| ()),
+        Code::PermissionDenied,
+        "Begin with a read token",
+    );
+    cluster.assert_identical_pages().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_killed_mid_transaction_applies_nothing() {
+    init_tracing();
+    info!("phase 1: three nodes; a transaction begun through a follower writes 50 rows");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let client = cluster.client();
+    client.execute([CREATE]).await.expect("create");
+    let via_follower = cluster.client_for(follower);
+    let mut tx = via_follower.begin().await.expect("begin");
+    for i in 0..50 {
+        tx.exec(
+            "INSERT INTO counter(name, n) VALUES(?1, ?2)",
+            [Value::Text(format!("tx-{i}")), Value::Integer(i)],
+        )
+        .await
+        .expect("write in the transaction");
+    }
+
+    info!(
+        leader,
+        "phase 2: SIGKILL the leader; the transaction is aborted, never half-applied"
+    );
+    cluster.node(leader).kill().expect("kill the leader");
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let outcome = loop {
+        let r = tx
+            .exec(
+                "INSERT INTO counter(name, n) VALUES('after-kill', 0)",
+                Vec::<Value>::new(),
+            )
+            .await;
+        match r {
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Err(e @ Error::Status { .. }) => assert!(e.is_aborted(), "ABORTED, got {e:?}"),
+        other => panic!("the transaction must be aborted, got {other:?}"),
+    }
+    expect_status(
+        tx.commit().await,
+        Code::Aborted,
+        "commit of the aborted transaction",
+    );
+
+    info!("phase 3: nothing of it exists; a new transaction on the new leader commits");
+    let rows = client
+        .query("SELECT count(*) FROM counter", Vec::<Value>::new())
+        .await
+        .expect("count");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 0);
+    let mut again = client.begin().await.expect("begin on the new leader");
+    again
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('retried', 1)",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("write");
+    again.commit().await.expect("commit");
+    cluster
+        .node(leader)
+        .restart()
+        .await
+        .expect("restart the old leader");
+    cluster.assert_identical_pages().await;
+}
