@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 from .errors import Error, InterfaceError, OperationalError, TransactionAborted
 from .transport import Failure, RetryPolicy, Transport
@@ -29,6 +29,9 @@ from .wire import pb, pb_grpc
 
 if TYPE_CHECKING:
     from .cursor import Cursor
+
+T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 CONSISTENCY_LEVELS = "linearizable, stale, bounded:N, at_index:N, read_your_writes"
 
@@ -211,7 +214,7 @@ class Connection:
         else:
             request.consistency.CopyFrom(self._read_consistency())
 
-        def attempt(stub: pb_grpc.SqlStub, timeout: float, metadata: Any) -> QueryResult:
+        def attempt(stub: pb_grpc.SqlStub, timeout: float, metadata: Metadata) -> QueryResult:
             columns: list[pb.Column] = []
             rows: list[tuple[SQLValue, ...]] = []
             done = False
@@ -231,20 +234,22 @@ class Connection:
         as one transaction of their own under a fresh request id."""
         if self._transaction_id is None and not self._autocommit:
             self._begin()
-        if self._transaction_id is None:
-            request = pb.ExecuteRequest(request_id=str(uuid.uuid4()), statements=statements)
-            response: pb.ExecuteResponse = self._call(
-                lambda stub, t, md: stub.Execute(request, timeout=t, metadata=md)
+        in_transaction = self._transaction_id is not None
+        if in_transaction:
+            request = pb.ExecuteRequest(
+                transaction_id=self._transaction_id, statements=statements
             )
-            self._note_write(response.log_index)
-            return response
-        request = pb.ExecuteRequest(transaction_id=self._transaction_id, statements=statements)
-        # Not resent: without a request id of its own a second copy could apply twice.
-        return self._call(
+        else:
+            request = pb.ExecuteRequest(request_id=str(uuid.uuid4()), statements=statements)
+        # Inside a transaction a write is not resent: it has no request id of its own, so a
+        # second copy could apply twice.
+        response: pb.ExecuteResponse = self._call(
             lambda stub, t, md: stub.Execute(request, timeout=t, metadata=md),
-            retry=False,
-            in_transaction=True,
+            retry=not in_transaction,
+            in_transaction=in_transaction,
         )
+        self._note_write(response.log_index)  # 0 inside a transaction: its Commit counts
+        return response
 
     def _begin(self) -> None:
         """Opens a transaction. Resent on failure like a read: a lost answer leaves an orphan
@@ -258,7 +263,15 @@ class Connection:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _call(self, attempt: Any, *, retry: bool = True, in_transaction: bool = False) -> Any:
+    def _call(
+        self,
+        attempt: Callable[[pb_grpc.SqlStub, float, Metadata], T],
+        *,
+        retry: bool = True,
+        in_transaction: bool = False,
+    ) -> T:
+        """Runs one call through the transport, with the timeout and the token; an ABORTED
+        answer inside a transaction means the server has ended it."""
         self._check_open()
         timeout = self._transport.policy.timeout
         metadata = self._transport.metadata

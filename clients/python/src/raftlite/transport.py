@@ -103,7 +103,7 @@ class Transport:
                 else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
             )
             self._channels[node] = channel
-        return pb_grpc.SqlStub(channel)
+        return pb_grpc.SqlStub(channel)  # type: ignore[no-untyped-call] # generated, untyped
 
     def call(self, attempt: Callable[[pb_grpc.SqlStub], T], *, retry: bool) -> T:
         """Runs `attempt` on the preferred node; with `retry`, a retryable failure runs it again
