@@ -237,3 +237,12 @@ def test_cursor_iteration_and_fetchmany(nodes):
     assert cur.fetchmany(1) == [(1, "x")]
     assert cur.fetchmany() == [(2, None)]
     assert cur.fetchmany() == []
+
+
+def test_a_node_without_the_call_says_which_call(nodes):
+    nodes[0].fail("Begin", grpc.StatusCode.UNIMPLEMENTED, "")
+    with pytest.raises(raftlite.NotSupportedError) as e:
+        connect(nodes).execute("INSERT INTO t VALUES (1)")
+    assert str(e.value).startswith(
+        f"the node does not implement Sql.Begin (UNIMPLEMENTED from {nodes[0].addr})"
+    )

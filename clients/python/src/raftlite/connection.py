@@ -109,7 +109,7 @@ class Connection:
             transaction_id=self._transaction_id, request_id=str(uuid.uuid4())
         )
         try:
-            response = self._call(lambda stub, t, md: stub.Commit(request, timeout=t, metadata=md))
+            response = self._unary("Commit", request)
         finally:
             # Committed, aborted, or left to the server's idle timeout: over for this client.
             self._transaction_id = None
@@ -124,7 +124,7 @@ class Connection:
         request = pb.RollbackRequest(transaction_id=self._transaction_id)
         self._transaction_id = None
         try:
-            self._call(lambda stub, t, md: stub.Rollback(request, timeout=t, metadata=md))
+            self._unary("Rollback", request)
         except TransactionAborted:
             pass
         except OperationalError as e:
@@ -227,7 +227,7 @@ class Connection:
                 raise Failure("UNAVAILABLE", "the query stream ended before its last message")
             return QueryResult(columns, rows)
 
-        return self._call(attempt, in_transaction=self._transaction_id is not None)
+        return self._call("Query", attempt, in_transaction=self._transaction_id is not None)
 
     def _execute(self, statements: list[pb.Statement]) -> pb.ExecuteResponse:
         """Runs writes atomically: in the open transaction (opened now unless autocommit), or
@@ -243,10 +243,8 @@ class Connection:
             request = pb.ExecuteRequest(request_id=str(uuid.uuid4()), statements=statements)
         # Inside a transaction a write is not resent: it has no request id of its own, so a
         # second copy could apply twice.
-        response: pb.ExecuteResponse = self._call(
-            lambda stub, t, md: stub.Execute(request, timeout=t, metadata=md),
-            retry=not in_transaction,
-            in_transaction=in_transaction,
+        response: pb.ExecuteResponse = self._unary(
+            "Execute", request, retry=not in_transaction, in_transaction=in_transaction
         )
         self._note_write(response.log_index)  # 0 inside a transaction: its Commit counts
         return response
@@ -256,15 +254,25 @@ class Connection:
         transaction that the server rolls back after its idle timeout."""
         if self._transaction_id is not None:
             raise OperationalError("cannot start a transaction within a transaction")
-        response = self._call(
-            lambda stub, t, md: stub.Begin(pb.BeginRequest(), timeout=t, metadata=md)
-        )
+        response = self._unary("Begin", pb.BeginRequest())
         self._transaction_id = response.transaction_id
 
     # --- internals -----------------------------------------------------------------------
 
+    def _unary(
+        self, method: str, request: Any, *, retry: bool = True, in_transaction: bool = False
+    ) -> Any:
+        """Calls the unary method `method` (Execute, Begin, Commit, Rollback) with `request`."""
+        return self._call(
+            method,
+            lambda stub, t, md: getattr(stub, method)(request, timeout=t, metadata=md),
+            retry=retry,
+            in_transaction=in_transaction,
+        )
+
     def _call(
         self,
+        method: str,
         attempt: Callable[[pb_grpc.SqlStub, float, Metadata], T],
         *,
         retry: bool = True,
@@ -277,7 +285,7 @@ class Connection:
         metadata = self._transport.metadata
         try:
             return self._transport.call(
-                lambda stub: attempt(stub, timeout, metadata), retry=retry
+                method, lambda stub: attempt(stub, timeout, metadata), retry=retry
             )
         except TransactionAborted:
             if in_transaction:

@@ -105,8 +105,8 @@ class Transport:
             self._channels[node] = channel
         return pb_grpc.SqlStub(channel)  # type: ignore[no-untyped-call] # generated, untyped
 
-    def call(self, attempt: Callable[[pb_grpc.SqlStub], T], *, retry: bool) -> T:
-        """Runs `attempt` on the preferred node; with `retry`, a retryable failure runs it again
+    def call(self, method: str, attempt: Callable[[pb_grpc.SqlStub], T], *, retry: bool) -> T:
+        """Runs `attempt` (a call of Sql.`method`) on the preferred node; with `retry`, a retryable failure runs it again
         on the next node (or the hinted leader) with backoff until the retry deadline.
         Raises the PEP 249 error of the last failure."""
         started = time.monotonic()
@@ -118,7 +118,7 @@ class Transport:
             try:
                 result = attempt(self.stub(node))
             except grpc.RpcError as e:
-                failure = _failure(e, self.nodes[node])
+                failure = _failure(e, self.nodes[node], method)
             except Failure as e:  # raised by `attempt` itself, e.g. a stream cut short
                 failure = replace(e, node=self.nodes[node])
             else:
@@ -155,7 +155,7 @@ class Transport:
         self._channels.clear()
 
 
-def _failure(e: grpc.RpcError, node: str) -> Failure:
+def _failure(e: grpc.RpcError, node: str, method: str) -> Failure:
     """Reads code, message and leader hint from a failed call (`grpc.RpcError` is also a
     `grpc.Call` for every failure of a call)."""
     code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -165,7 +165,13 @@ def _failure(e: grpc.RpcError, node: str) -> Failure:
         for key, value in [*(e.trailing_metadata() or ()), *(e.initial_metadata() or ())]:
             if key == LEADER_ADDR_KEY and isinstance(value, str) and value:
                 leader = value
-    return Failure(code.name, message or "", node, leader)
+    if not message:
+        message = (
+            f"the node does not implement Sql.{method}"
+            if code == grpc.StatusCode.UNIMPLEMENTED
+            else f"Sql.{method} failed without a message"
+        )
+    return Failure(code.name, message, node, leader)
 
 
 def _host_port(addr: str) -> str:
