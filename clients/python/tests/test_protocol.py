@@ -96,7 +96,7 @@ def test_a_transaction_begins_at_the_first_write_and_carries_its_id(nodes):
     cur.execute("SELECT n FROM counter")
     (execute,) = all_calls(nodes, "Execute")
     queries = all_calls(nodes, "Query")
-    assert execute.transaction_id == "tx1" and not execute.request_id
+    assert execute.transaction_id == "tx1" and len(execute.request_id) == 36
     assert [q.transaction_id for q in queries] == ["", "tx1"]
     # The commit is resent under its first request id.
     nodes[0].fail("Commit", UNAVAILABLE, "leader went away")
@@ -109,17 +109,29 @@ def test_a_transaction_begins_at_the_first_write_and_carries_its_id(nodes):
     assert len(all_calls(nodes, "Commit")) == 2
 
 
-def test_writes_inside_a_transaction_are_not_resent(nodes):
+def test_writes_inside_a_transaction_are_resent_under_their_request_id(nodes):
     conn = connect(nodes)
     conn.execute("INSERT INTO t VALUES (1)")
     nodes[0].fail("Execute", UNAVAILABLE, "connection reset")
-    with pytest.raises(raftlite.OperationalError, match="connection reset"):
-        conn.execute("INSERT INTO t VALUES (2)")
-    assert len(all_calls(nodes, "Execute")) == 2
-    assert conn.in_transaction  # still the application's to commit or roll back
+    conn.execute("INSERT INTO t VALUES (2)")
+    first, second, third = all_calls(nodes, "Execute")
+    assert second.request_id == third.request_id != first.request_id
+    assert {first.transaction_id, second.transaction_id, third.transaction_id} == {"tx1"}
+    assert conn.in_transaction
     conn.rollback()
     assert all_calls(nodes, "Rollback")[0].transaction_id == "tx1"
     assert not conn.in_transaction
+
+
+def test_an_error_inside_a_transaction_leaves_it_open(nodes):
+    conn = connect(nodes)
+    conn.execute("INSERT INTO t VALUES (1)")
+    nodes[0].fail("Execute", grpc.StatusCode.FAILED_PRECONDITION, "UNIQUE constraint failed")
+    with pytest.raises(raftlite.IntegrityError):
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.in_transaction
+    conn.commit()
+    assert all_calls(nodes, "Commit")[0].transaction_id == "tx1"
 
 
 def test_aborted_ends_the_transaction(nodes):

@@ -5,10 +5,15 @@ Transactions behave as in Python's `sqlite3` module: unless `autocommit` is on, 
 write (any statement sent to `Execute`) opens an interactive transaction (`Begin`, which the
 server runs like SQLite's `BEGIN IMMEDIATE` on the leader); every later statement, reads
 included, runs inside it and sees its writes; `commit()` and `rollback()` end it. Outside a
-transaction each write is one `Execute` under a fresh request id, resent under the same id on
-failures where that is safe, so it applies once. Calls inside a transaction are not resent
-(the transaction lives on the leader, and a leader change aborts it), except `Commit`, which
-is recorded under its own request id, and reads and `Rollback`, which change nothing.
+transaction each write is one `Execute` of its own.
+
+Every call that fails where sending it again may succeed is sent again (see transport.py),
+and that is safe for each of them: a write (`Execute`, also inside a transaction) and a
+`Commit` carry a request id under which the server answers a repeat with the first result;
+reads and `Rollback` change nothing; a `Begin` whose answer was lost leaves a transaction that
+the server rolls back after its idle timeout. The transaction itself lives on the leader, and
+any node forwards its calls there; when the leader changes the transaction is aborted, and
+the next call says so (`TransactionAborted`): the application runs it again from the start.
 
 The connection remembers the highest Raft log index of its acknowledged writes and commits,
 so `consistency="read_your_writes"` reads, on whatever node answers, data that includes them.
@@ -230,28 +235,25 @@ class Connection:
         return self._call("Query", attempt, in_transaction=self._transaction_id is not None)
 
     def _execute(self, statements: list[pb.Statement]) -> pb.ExecuteResponse:
-        """Runs writes atomically: in the open transaction (opened now unless autocommit), or
-        as one transaction of their own under a fresh request id."""
+        """Runs writes atomically, under a fresh request id: in the open transaction (opened
+        now unless autocommit), or as one transaction of their own."""
         if self._transaction_id is None and not self._autocommit:
             self._begin()
         in_transaction = self._transaction_id is not None
-        if in_transaction:
-            request = pb.ExecuteRequest(
-                transaction_id=self._transaction_id, statements=statements
-            )
-        else:
-            request = pb.ExecuteRequest(request_id=str(uuid.uuid4()), statements=statements)
-        # Inside a transaction a write is not resent: it has no request id of its own, so a
-        # second copy could apply twice.
+        request = pb.ExecuteRequest(
+            request_id=str(uuid.uuid4()),
+            statements=statements,
+            transaction_id=self._transaction_id or "",
+        )
         response: pb.ExecuteResponse = self._unary(
-            "Execute", request, retry=not in_transaction, in_transaction=in_transaction
+            "Execute", request, in_transaction=in_transaction
         )
         self._note_write(response.log_index)  # 0 inside a transaction: its Commit counts
         return response
 
     def _begin(self) -> None:
-        """Opens a transaction. Resent on failure like a read: a lost answer leaves an orphan
-        transaction that the server rolls back after its idle timeout."""
+        """Opens a transaction (resent on failure: a lost answer leaves an orphan transaction,
+        holding the write lock until the server's idle timeout rolls it back)."""
         if self._transaction_id is not None:
             raise OperationalError("cannot start a transaction within a transaction")
         response = self._unary("Begin", pb.BeginRequest())
@@ -259,14 +261,11 @@ class Connection:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _unary(
-        self, method: str, request: Any, *, retry: bool = True, in_transaction: bool = False
-    ) -> Any:
+    def _unary(self, method: str, request: Any, *, in_transaction: bool = False) -> Any:
         """Calls the unary method `method` (Execute, Begin, Commit, Rollback) with `request`."""
         return self._call(
             method,
             lambda stub, t, md: getattr(stub, method)(request, timeout=t, metadata=md),
-            retry=retry,
             in_transaction=in_transaction,
         )
 
@@ -275,7 +274,6 @@ class Connection:
         method: str,
         attempt: Callable[[pb_grpc.SqlStub, float, Metadata], T],
         *,
-        retry: bool = True,
         in_transaction: bool = False,
     ) -> T:
         """Runs one call through the transport, with the timeout and the token; an ABORTED
@@ -285,7 +283,7 @@ class Connection:
         metadata = self._transport.metadata
         try:
             return self._transport.call(
-                method, lambda stub: attempt(stub, timeout, metadata), retry=retry
+                method, lambda stub: attempt(stub, timeout, metadata)
             )
         except TransactionAborted:
             if in_transaction:

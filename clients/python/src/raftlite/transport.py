@@ -6,8 +6,8 @@ answered last. A call that fails in a way where sending it again may succeed —
 leader, no quorum, node down or unreachable) or DEADLINE_EXCEEDED — is sent again, to the
 leader when the server named it in the status metadata (`raftlite-leader-id`,
 `raftlite-leader-addr`), else to the next node, after an exponential backoff with jitter,
-until the retry deadline has passed. The caller decides which calls may be resent: writes
-only under the same request id, so the server applies them once.
+until the retry deadline has passed. Every call the client makes is safe to resend (see
+connection.py): writes go under the same request id, so the server applies them once.
 """
 
 from __future__ import annotations
@@ -105,10 +105,10 @@ class Transport:
             self._channels[node] = channel
         return pb_grpc.SqlStub(channel)  # type: ignore[no-untyped-call] # generated, untyped
 
-    def call(self, method: str, attempt: Callable[[pb_grpc.SqlStub], T], *, retry: bool) -> T:
-        """Runs `attempt` (a call of Sql.`method`) on the preferred node; with `retry`, a retryable failure runs it again
-        on the next node (or the hinted leader) with backoff until the retry deadline.
-        Raises the PEP 249 error of the last failure."""
+    def call(self, method: str, attempt: Callable[[pb_grpc.SqlStub], T]) -> T:
+        """Runs `attempt` (a call of Sql.`method`) on the preferred node; a retryable failure
+        runs it again on the next node (or the hinted leader) with backoff until the retry
+        deadline. Raises the PEP 249 error of the last failure."""
         started = time.monotonic()
         delay = self.policy.backoff_initial
         node = self._preferred
@@ -125,7 +125,7 @@ class Transport:
                 self._preferred = node
                 return result
             elapsed = time.monotonic() - started
-            if not retry or not is_retryable(failure.code):
+            if not is_retryable(failure.code):
                 raise failure.to_error()
             if elapsed >= self.policy.retry_deadline:
                 error = failure.to_error()
