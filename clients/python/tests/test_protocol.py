@@ -258,3 +258,17 @@ def test_a_node_without_the_call_says_which_call(nodes):
     assert str(e.value).startswith(
         f"the node does not implement Sql.Begin (UNIMPLEMENTED from {nodes[0].addr})"
     )
+
+
+def test_the_tls_ca_file_must_hold_a_certificate(tmp_path):
+    with pytest.raises(raftlite.InterfaceError, match="cannot read the tls_ca file"):
+        raftlite.connect(f"raftlite://a:1?tls_ca={tmp_path}/missing.crt")
+    key = tmp_path / "ca.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n...\n")
+    with pytest.raises(raftlite.InterfaceError, match="holds no PEM certificate"):
+        raftlite.connect(f"raftlite://a:1?tls_ca={key}")
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(raftlite.InterfaceError, match="unknown connect\\(\\) options: isolation_level"):
+        raftlite.connect("raftlite://a:1", isolation_level=None)

@@ -84,6 +84,11 @@ class Connection:
                 ca_pem = Path(self.target.tls_ca).read_bytes()
             except OSError as e:
                 raise InterfaceError(f"cannot read the tls_ca file {self.target.tls_ca}: {e}")
+            if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
+                raise InterfaceError(
+                    f"the tls_ca file {self.target.tls_ca} holds no PEM certificate (it should "
+                    "be the CA certificate that signed the nodes' certificates, ca.crt)"
+                )
         self._transport = Transport(
             self.target.nodes,
             token=self.target.token,
