@@ -24,16 +24,14 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from .cursor import Cursor
 from .errors import Error, InterfaceError, OperationalError, TransactionAborted
 from .transport import Failure, RetryPolicy, Transport
 from .url import Target, parse_url
 from .values import SQLValue, row_from_wire
 from .wire import pb, pb_grpc
-
-if TYPE_CHECKING:
-    from .cursor import Cursor
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -104,8 +102,6 @@ class Connection:
     # --- PEP 249 -------------------------------------------------------------------------
 
     def cursor(self) -> Cursor:
-        from .cursor import Cursor
-
         self._check_open()
         return Cursor(self)
 

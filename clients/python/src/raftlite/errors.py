@@ -134,7 +134,7 @@ def error_for_status(code: str, message: str, node: Optional[str] = None) -> Err
         text += f" from {node}"
     text += ")"
     hint = _HINT_BY_CODE.get(code)
-    if hint:
+    if hint and not (code == "ABORTED" and "again" in message):  # the server said it already
         text += f": {hint}"
     return cls(text, code=code, server_message=message, node=node)
 
