@@ -132,3 +132,17 @@ def test_lastrowid_is_the_statements_own(conn, table):
     for _ in range(3):
         cur = conn.execute(f"UPDATE {table} SET v = v + 1 WHERE k = 'hello'")
         assert (cur.rowcount, cur.lastrowid) == (1, 0)
+
+
+def test_statements_reach_the_right_call(conn, table):
+    """Reads (SELECT, VALUES, EXPLAIN, PRAGMA, WITH ... SELECT) go to Query, the rest to
+    Execute; each kind runs on the real server."""
+    conn.execute(f"CREATE TABLE {table} (k INTEGER PRIMARY KEY, v TEXT)")
+    cur = conn.execute(f"WITH n(x) AS (VALUES (1), (2)) INSERT INTO {table} (k) SELECT x FROM n")
+    assert cur.rowcount == 2 and cur.description is None
+    cur.execute(f"WITH n AS (SELECT k FROM {table}) SELECT count(*) AS c FROM n")
+    assert cur.fetchall() == [(2,)] and cur.description[0][0] == "c" and cur.rowcount == -1
+    assert cur.execute("VALUES (1, 'a')").fetchall() == [(1, "a")]
+    assert [r[1] for r in cur.execute(f"PRAGMA table_info({table})")] == ["k", "v"]
+    assert cur.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table}").fetchall()
+    assert cur.execute("/* leading comment */ -- and another\n SELECT 7").fetchone() == (7,)
