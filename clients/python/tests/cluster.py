@@ -19,7 +19,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import raftlite
 from raftlite.url import parse_url
@@ -62,7 +61,7 @@ class DevCluster:
         self.nodes = nodes
         self.secure = secure
         self.base_port = free_base_port(2 * nodes)
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.banner = ""
 
@@ -72,10 +71,14 @@ class DevCluster:
 
     def start(self) -> DevCluster:
         command = [
-            str(self.binary), "dev",
-            "--nodes", str(self.nodes),
-            "--base-port", str(self.base_port),
-            "--data-dir", str(self.dir / "data"),
+            str(self.binary),
+            "dev",
+            "--nodes",
+            str(self.nodes),
+            "--base-port",
+            str(self.base_port),
+            "--data-dir",
+            str(self.dir / "data"),
         ]
         if self.secure:
             command.append("--secure")

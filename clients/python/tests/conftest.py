@@ -5,12 +5,12 @@ server binary."""
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from cluster import DevCluster, raftlite_binary
 
 import raftlite
-from cluster import DevCluster, raftlite_binary
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, name: str, secure: bool) -> Iterator[DevCluster]:

@@ -7,7 +7,7 @@ Each node records the requests it got; `fail` queues statuses it answers instead
 from __future__ import annotations
 
 from concurrent import futures
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 
@@ -17,15 +17,16 @@ from raftlite.wire import pb, pb_grpc
 class FakeNode(pb_grpc.SqlServicer):
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
-        self.failures: dict[str, list[tuple[grpc.StatusCode, str, Optional[str]]]] = {}
+        self.failures: dict[str, list[tuple[grpc.StatusCode, str, str | None]]] = {}
         self.log_index = 0
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_SqlServicer_to_server(self, self.server)
         self.addr = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
 
-    def fail(self, method: str, code: grpc.StatusCode, message: str = "no",
-             leader: Optional[str] = None) -> None:
+    def fail(
+        self, method: str, code: grpc.StatusCode, message: str = "no", leader: str | None = None
+    ) -> None:
         """The next `method` call answers `code`, naming `leader` in the metadata."""
         self.failures.setdefault(method, []).append((code, message, leader))
 

@@ -55,7 +55,9 @@ def test_qmark_and_named_parameters(conn, table):
     conn.execute(f"INSERT INTO {table} VALUES (?, ?)", ["a", 1])
     conn.execute(f"INSERT INTO {table} VALUES (:k, :v)", {"k": "b", "v": 2})
     conn.execute(f"INSERT INTO {table} VALUES (@k, $v)", {"k": "c", "v": 3})
-    conn.execute(f"UPDATE {table} SET v = v * :factor WHERE k <> :skip", {"factor": 10, "skip": "c"})
+    conn.execute(
+        f"UPDATE {table} SET v = v * :factor WHERE k <> :skip", {"factor": 10, "skip": "c"}
+    )
     rows = conn.execute(f"SELECT k, v FROM {table} WHERE v >= ? ORDER BY k", (3,)).fetchall()
     assert rows == [("a", 10), ("b", 20), ("c", 3)]
     row = conn.execute(f"SELECT v FROM {table} WHERE k = :k", {"k": "b"}).fetchone()
@@ -70,7 +72,16 @@ def test_values_round_trip_including_blobs_and_null(conn, table):
     assert [r[0] for r in rows] == values
     assert [type(r[0]) for r in rows] == [type(v) for v in values]
     assert [r[1] for r in rows] == [
-        "null", "integer", "integer", "integer", "real", "real", "text", "text", "blob", "blob"
+        "null",
+        "integer",
+        "integer",
+        "integer",
+        "real",
+        "real",
+        "text",
+        "text",
+        "blob",
+        "blob",
     ]
 
 
@@ -113,7 +124,9 @@ def test_read_consistency_levels(cluster, table):
 def test_returning_rows_come_back_from_writes(conn, table):
     """Needs the server's RETURNING support (issue 10, point 1)."""
     conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT, n INTEGER)")
-    cur = conn.execute(f"INSERT INTO {table} (name, n) VALUES ('a', 1), ('b', 2) RETURNING id, name")
+    cur = conn.execute(
+        f"INSERT INTO {table} (name, n) VALUES ('a', 1), ('b', 2) RETURNING id, name"
+    )
     assert [d[0] for d in cur.description] == ["id", "name"]
     assert cur.fetchall() == [(1, "a"), (2, "b")]
     assert (cur.rowcount, cur.lastrowid) == (2, 2)

@@ -41,6 +41,13 @@ def test_messages_keep_the_server_words_and_the_code():
 
 def test_retryable_codes_are_those_of_the_rust_client():
     assert is_retryable("UNAVAILABLE") and is_retryable("DEADLINE_EXCEEDED")
-    for code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "ABORTED",
-                 "RESOURCE_EXHAUSTED", "INTERNAL", "UNAUTHENTICATED"):
+    for code in (
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "ABORTED",
+        "RESOURCE_EXHAUSTED",
+        "INTERNAL",
+        "UNAUTHENTICATED",
+    ):
         assert not is_retryable(code)

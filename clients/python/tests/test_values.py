@@ -45,9 +45,18 @@ def test_module_globals():
     assert raftlite.apilevel == "2.0"
     assert raftlite.threadsafety == 1
     assert raftlite.paramstyle == "qmark"
-    for name in ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
-                 "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
-                 "NotSupportedError"):
+    for name in (
+        "Warning",
+        "Error",
+        "InterfaceError",
+        "DatabaseError",
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+    ):
         assert issubclass(getattr(raftlite, name), Exception)
     assert issubclass(raftlite.TransactionAborted, raftlite.OperationalError)
     assert issubclass(raftlite.IntegrityError, raftlite.DatabaseError)

@@ -22,9 +22,10 @@ so `consistency="read_your_writes"` reads, on whatever node answers, data that i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .cursor import Cursor
 from .errors import Error, InterfaceError, OperationalError, TransactionAborted
@@ -81,7 +82,9 @@ class Connection:
             try:
                 ca_pem = Path(self.target.tls_ca).read_bytes()
             except OSError as e:
-                raise InterfaceError(f"cannot read the tls_ca file {self.target.tls_ca}: {e}")
+                raise InterfaceError(
+                    f"cannot read the tls_ca file {self.target.tls_ca}: {e}"
+                ) from e
             if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
                 raise InterfaceError(
                     f"the tls_ca file {self.target.tls_ca} holds no PEM certificate (it should "
@@ -95,7 +98,7 @@ class Connection:
         )
         self._consistency = parse_consistency(consistency)
         self._autocommit = bool(autocommit)
-        self._transaction_id: Optional[str] = None
+        self._transaction_id: str | None = None
         self._last_write_index = 0
         self._closed = False
 
@@ -154,9 +157,9 @@ class Connection:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         """As in `sqlite3`: commits if the block succeeded, else rolls back; does not close."""
         if exc_type is None:
@@ -283,9 +286,7 @@ class Connection:
         timeout = self._transport.policy.timeout
         metadata = self._transport.metadata
         try:
-            return self._transport.call(
-                method, lambda stub: attempt(stub, timeout, metadata)
-            )
+            return self._transport.call(method, lambda stub: attempt(stub, timeout, metadata))
         except TransactionAborted:
             if in_transaction:
                 self._transaction_id = None  # the server has ended it

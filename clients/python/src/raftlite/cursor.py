@@ -8,8 +8,9 @@ connection does next. Writes report `rowcount` (rows changed) and `lastrowid`, a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import InterfaceError, ProgrammingError
 from .statements import Route, bind, route
@@ -32,18 +33,18 @@ class Cursor:
         #: Rows `fetchmany()` returns by default.
         self.arraysize = 1
         self._closed = False
-        self._lastrowid: Optional[int] = None
+        self._lastrowid: int | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.description: Optional[tuple[Description, ...]] = None
+        self.description: tuple[Description, ...] | None = None
         #: Rows the last write changed; -1 after a query (PEP 249).
         self.rowcount = -1
         self._rows: list[Row] = []
         self._next = 0
 
     @property
-    def lastrowid(self) -> Optional[int]:
+    def lastrowid(self) -> int | None:
         """The rowid of the last row the last write inserted, as SQLite's
         `last_insert_rowid()` answers for it; None before any write."""
         return self._lastrowid
@@ -82,7 +83,7 @@ class Cursor:
         self._set_write(self.connection._execute(statements).results)
         return self
 
-    def fetchone(self) -> Optional[Row]:
+    def fetchone(self) -> Row | None:
         self._check_open()
         if self._next >= len(self._rows):
             return None
@@ -90,7 +91,7 @@ class Cursor:
         self._next += 1
         return row
 
-    def fetchmany(self, size: Optional[int] = None) -> list[Row]:
+    def fetchmany(self, size: int | None = None) -> list[Row]:
         self._check_open()
         count = self.arraysize if size is None else size
         rows = self._rows[self._next : self._next + max(count, 0)]
@@ -110,7 +111,7 @@ class Cursor:
     def setinputsizes(self, sizes: Any) -> None:
         """Does nothing (PEP 249 allows it): values are sent with their own types."""
 
-    def setoutputsize(self, size: Any, column: Optional[int] = None) -> None:
+    def setoutputsize(self, size: Any, column: int | None = None) -> None:
         """Does nothing (PEP 249 allows it)."""
 
     def __iter__(self) -> Iterator[Row]:
@@ -127,9 +128,9 @@ class Cursor:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 

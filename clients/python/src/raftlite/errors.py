@@ -8,8 +8,6 @@ message keeps the server's own words (SQLite's message for SQL errors) and the c
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class Warning(Exception):  # noqa: A001 - the name PEP 249 prescribes
     """Important warnings (PEP 249). raftlite raises none today."""
@@ -27,9 +25,9 @@ class Error(Exception):
         self,
         message: str,
         *,
-        code: Optional[str] = None,
-        server_message: Optional[str] = None,
-        node: Optional[str] = None,
+        code: str | None = None,
+        server_message: str | None = None,
+        node: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -122,7 +120,7 @@ _HINT_BY_CODE: dict[str, str] = {
 }
 
 
-def error_for_status(code: str, message: str, node: Optional[str] = None) -> Error:
+def error_for_status(code: str, message: str, node: str | None = None) -> Error:
     """The exception for a gRPC status `code` (its name) with the server's `message`.
 
     >>> str(error_for_status("FAILED_PRECONDITION", "UNIQUE constraint failed: t.k"))

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from .errors import ProgrammingError
 from .values import to_wire
@@ -107,9 +107,7 @@ def route(sql: str) -> Route:
         # `PRAGMA name = value` sets something; `PRAGMA name` and `PRAGMA name(arg)` read.
         return Route.EXECUTE if any(t.text == "=" for t in tokens) else Route.QUERY
     if first == "WITH":
-        main = next(
-            (t.text for t in words[1:] if t.depth == 0 and t.text in _MAIN_KEYWORDS), None
-        )
+        main = next((t.text for t in words[1:] if t.depth == 0 and t.text in _MAIN_KEYWORDS), None)
         return Route.QUERY if main in ("SELECT", "VALUES") else Route.EXECUTE
     if first == "BEGIN":
         return Route.BEGIN
@@ -161,8 +159,3 @@ def _lookup(parameters: Mapping[str, Any], name: str) -> Any:
         if key in parameters:
             return parameters[key]
     raise ProgrammingError(f"no value for the named parameter {name} in the parameters given")
-
-
-def leading_keyword(sql: str) -> Optional[str]:
-    """The statement's first keyword, upper-case (for messages)."""
-    return next((t.text for t in _tokens(sql) if t.kind == "word"), None)

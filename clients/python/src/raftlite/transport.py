@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import grpc
 
@@ -46,7 +47,7 @@ class Failure(Exception):
     code: str
     message: str
     node: str = ""
-    leader_addr: Optional[str] = None
+    leader_addr: str | None = None
 
     def to_error(self) -> Error:
         return error_for_status(self.code, self.message, self.node)
@@ -69,8 +70,8 @@ class Transport:
         self,
         nodes: Sequence[str],
         *,
-        token: Optional[str],
-        tls_ca_pem: Optional[bytes],
+        token: str | None,
+        tls_ca_pem: bytes | None,
         policy: RetryPolicy,
     ) -> None:
         self.nodes = list(nodes)

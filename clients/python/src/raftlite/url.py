@@ -11,7 +11,6 @@ connection is plaintext (fine on loopback). Both parts of the credential are per
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 from urllib.parse import parse_qsl, unquote
 
 from .errors import InterfaceError
@@ -24,9 +23,9 @@ class Target:
     """A parsed URL. Its repr never shows the token."""
 
     nodes: tuple[str, ...]
-    name: Optional[str] = None
-    token: Optional[str] = field(default=None, repr=False)
-    tls_ca: Optional[str] = None
+    name: str | None = None
+    token: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
 
 
 def parse_url(url: str) -> Target:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 from .errors import DataError, InterfaceError, ProgrammingError
 from .wire import pb
@@ -130,6 +130,6 @@ def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802
     return Timestamp(*time.localtime(ticks)[:6])
 
 
-def type_code(decl_type: str) -> Optional[str]:
+def type_code(decl_type: str) -> str | None:
     """The `description` type code of a column: its declared type, None for an expression."""
     return decl_type or None
