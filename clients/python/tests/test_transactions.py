@@ -101,3 +101,31 @@ def test_sql_begin_and_commit_statements(cluster, counter):
     conn.execute("COMMIT")
     assert count(conn, counter) == 2
     conn.close()
+
+
+def test_read_decide_write_loses_no_update(cluster, counter):
+    """Four connections each read n, then write n + 1, in a transaction begun before the read:
+    transactions run one after another, so every increment counts."""
+    errors: list[BaseException] = []
+
+    def increment() -> None:
+        conn = raftlite.connect(cluster.url, timeout=20, retry_deadline=30)
+        try:
+            conn.execute("BEGIN")
+            (n,) = conn.execute(f"SELECT n FROM {counter} WHERE id = 1").fetchone()
+            conn.execute(f"UPDATE {counter} SET n = ? WHERE id = 1", (n + 1,))
+            conn.commit()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=increment) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    check = raftlite.connect(cluster.url)
+    assert check.execute(f"SELECT n FROM {counter}").fetchone() == (5,)
+    check.close()
