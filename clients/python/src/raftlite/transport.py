@@ -1,0 +1,181 @@
+"""Channels to the nodes, and the retry policy of the Rust client (`client/src/client.rs`).
+
+Any node serves any call (followers forward writes and transaction calls to the leader), so
+the client keeps one lazily connected channel per node and sends each call to the node that
+answered last. A call that fails in a way where sending it again may succeed — UNAVAILABLE (no
+leader, no quorum, node down or unreachable) or DEADLINE_EXCEEDED — is sent again, to the
+leader when the server named it in the status metadata (`raftlite-leader-id`,
+`raftlite-leader-addr`), else to the next node, after an exponential backoff with jitter,
+until the retry deadline has passed. Every call the client makes is safe to resend (see
+connection.py): writes go under the same request id, so the server applies them once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, TypeVar
+
+import grpc
+
+from .errors import Error, InterfaceError, error_for_status, is_retryable
+from .wire import pb_grpc
+
+T = TypeVar("T")
+
+LEADER_ADDR_KEY = "raftlite-leader-addr"
+# Row batches and RETURNING results can exceed gRPC's default 4 MiB (the Rust client's limit).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# gRPC reconnects to a failed node after a backoff that grows to minutes by default; a node
+# that comes back (a restarted leader) should be usable again within seconds.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+]
+
+
+@dataclass
+class Failure(Exception):
+    """A failed attempt: the gRPC code name, the message and what the server hinted."""
+
+    code: str
+    message: str
+    node: str = ""
+    leader_addr: str | None = None
+
+    def to_error(self) -> Error:
+        return error_for_status(self.code, self.message, self.node)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one attempt may take, how long to keep retrying, and the backoff between."""
+
+    timeout: float = 5.0
+    retry_deadline: float = 10.0
+    backoff_initial: float = 0.02
+    backoff_max: float = 0.5
+
+
+class Transport:
+    """One channel per node, the node to try first, and the retry loop."""
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        *,
+        token: str | None,
+        tls_ca_pem: bytes | None,
+        policy: RetryPolicy,
+    ) -> None:
+        self.nodes = list(nodes)
+        self.policy = policy
+        self._credentials = (
+            grpc.ssl_channel_credentials(root_certificates=tls_ca_pem)
+            if tls_ca_pem is not None
+            else None
+        )
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if token is not None:
+            header = f"Bearer {token.strip()}"
+            if not header.isascii() or any(c in header for c in "\r\n"):
+                raise InterfaceError("the token holds characters that cannot be sent in a header")
+            self._metadata = (("authorization", header),)
+        self._channels: dict[int, grpc.Channel] = {}
+        self._preferred = 0
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def stub(self, node: int) -> pb_grpc.SqlStub:
+        channel = self._channels.get(node)
+        if channel is None:
+            target = self.nodes[node]
+            channel = (
+                grpc.secure_channel(target, self._credentials, options=_CHANNEL_OPTIONS)
+                if self._credentials is not None
+                else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            )
+            self._channels[node] = channel
+        return pb_grpc.SqlStub(channel)  # type: ignore[no-untyped-call] # generated, untyped
+
+    def call(self, method: str, attempt: Callable[[pb_grpc.SqlStub], T]) -> T:
+        """Runs `attempt` (a call of Sql.`method`) on the preferred node; a retryable failure
+        runs it again on the next node (or the hinted leader) with backoff until the retry
+        deadline. Raises the PEP 249 error of the last failure."""
+        started = time.monotonic()
+        delay = self.policy.backoff_initial
+        node = self._preferred
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = attempt(self.stub(node))
+            except grpc.RpcError as e:
+                failure = _failure(e, self.nodes[node], method)
+            except Failure as e:  # raised by `attempt` itself, e.g. a stream cut short
+                failure = replace(e, node=self.nodes[node])
+            else:
+                self._preferred = node
+                return result
+            elapsed = time.monotonic() - started
+            if not is_retryable(failure.code):
+                raise failure.to_error()
+            if elapsed >= self.policy.retry_deadline:
+                error = failure.to_error()
+                error.args = (
+                    f"{error.args[0]}; gave up after {attempts} attempts in {elapsed:.1f} s "
+                    f"on {', '.join(self.nodes)}",
+                )
+                raise error
+            node = self._next_node(node, failure)
+            self._preferred = node
+            pause = random.uniform(delay / 2, delay)
+            time.sleep(min(pause, self.policy.retry_deadline - elapsed))
+            delay = min(delay * 2, self.policy.backoff_max)
+
+    def _next_node(self, current: int, failure: Failure) -> int:
+        """The hinted leader if it is one of our nodes, else the next node in turn."""
+        if failure.leader_addr:
+            hinted = _host_port(failure.leader_addr)
+            for i, node in enumerate(self.nodes):
+                if node == hinted:
+                    return i
+        return (current + 1) % len(self.nodes)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+
+def _failure(e: grpc.RpcError, node: str, method: str) -> Failure:
+    """Reads code, message and leader hint from a failed call (`grpc.RpcError` is also a
+    `grpc.Call` for every failure of a call)."""
+    code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = e.details() if isinstance(e, grpc.Call) else str(e)
+    leader = None
+    if isinstance(e, grpc.Call):
+        for key, value in [*(e.trailing_metadata() or ()), *(e.initial_metadata() or ())]:
+            if key == LEADER_ADDR_KEY and isinstance(value, str) and value:
+                leader = value
+    if not message:
+        message = (
+            f"the node does not implement Sql.{method}"
+            if code == grpc.StatusCode.UNIMPLEMENTED
+            else f"Sql.{method} failed without a message"
+        )
+    return Failure(code.name, message, node, leader)
+
+
+def _host_port(addr: str) -> str:
+    """`host:port` of an address as the server reports it (maybe with a scheme)."""
+    addr = addr.strip().rstrip("/")
+    return addr.split("://", 1)[1] if "://" in addr else addr

@@ -1,0 +1,131 @@
+"""Interactive transactions against a real cluster (needs Begin/Commit/Rollback and
+transaction_id on the server: issue 10, point 2). Connections default to autocommit off, as
+in sqlite3: the first write opens the transaction."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import raftlite
+
+
+@pytest.fixture
+def counter(conn, table):
+    conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, n INTEGER)")
+    conn.execute(f"INSERT INTO {table} VALUES (1, 1)")
+    return table
+
+
+def count(conn, table):
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_own_writes_are_visible_inside_and_commit_shows_them_to_others(cluster, counter):
+    tx = raftlite.connect(cluster.url)
+    other = raftlite.connect(cluster.url)
+    cur = tx.cursor()
+    cur.execute(f"INSERT INTO {counter} VALUES (2, 20)")
+    assert tx.in_transaction
+    cur.execute(f"UPDATE {counter} SET n = n + 1 WHERE id = 1")
+    assert cur.execute(f"SELECT id, n FROM {counter} ORDER BY id").fetchall() == [(1, 2), (2, 20)]
+    assert other.execute(f"SELECT id, n FROM {counter} ORDER BY id").fetchall() == [(1, 1)]
+    tx.commit()
+    assert not tx.in_transaction and tx.last_write_index > 0
+    assert other.execute(f"SELECT id, n FROM {counter} ORDER BY id").fetchall() == [(1, 2), (2, 20)]
+    tx.close()
+    other.close()
+
+
+def test_rollback_discards(cluster, counter):
+    tx = raftlite.connect(cluster.url)
+    tx.execute(f"INSERT INTO {counter} VALUES (2, 20)")
+    assert count(tx, counter) == 2
+    tx.rollback()
+    assert count(tx, counter) == 1
+    with pytest.raises(LookupError):
+        with tx:
+            tx.execute(f"INSERT INTO {counter} VALUES (3, 30)")
+            raise LookupError("the block fails")
+    assert count(tx, counter) == 1
+    with tx:
+        tx.execute(f"INSERT INTO {counter} VALUES (4, 40)")
+    assert count(tx, counter) == 2
+    tx.close()
+
+
+def test_the_issue_example_returning_in_a_transaction(cluster, counter):
+    conn = raftlite.connect(cluster.url)
+    cur = conn.cursor()
+    cur.execute(f"UPDATE {counter} SET n = n + 1 RETURNING n")
+    assert cur.fetchone()[0] == 2
+    conn.commit()
+    assert conn.execute(f"SELECT n FROM {counter}").fetchone() == (2,)
+    conn.close()
+
+
+def test_a_second_writer_waits_until_the_first_commits(cluster, counter):
+    """BEGIN IMMEDIATE semantics: the second connection's write is applied after the first
+    transaction, on top of it (n = (1 + 1) * 10), never in between."""
+    first = raftlite.connect(cluster.url)
+    second = raftlite.connect(cluster.url, autocommit=True, timeout=20, retry_deadline=30)
+    first.execute(f"UPDATE {counter} SET n = n + 1")
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            second.execute(f"UPDATE {counter} SET n = n * 10")
+        except BaseException as e:  # reported by the main thread
+            failure.append(e)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert not done.wait(1.0), f"the second write did not wait for the transaction: {failure}"
+    assert first.execute(f"SELECT n FROM {counter}").fetchone() == (2,)
+    first.commit()
+    writer.join(30)
+    assert done.is_set() and not failure, failure
+    assert first.execute(f"SELECT n FROM {counter}").fetchone() == (20,)
+    first.close()
+    second.close()
+
+
+def test_sql_begin_and_commit_statements(cluster, counter):
+    conn = raftlite.connect(cluster.url, autocommit=True)
+    conn.execute("BEGIN")
+    conn.execute(f"INSERT INTO {counter} VALUES (2, 2)")
+    assert conn.in_transaction
+    conn.execute("COMMIT")
+    assert count(conn, counter) == 2
+    conn.close()
+
+
+def test_read_decide_write_loses_no_update(cluster, counter):
+    """Four connections each read n, then write n + 1, in a transaction begun before the read:
+    transactions run one after another, so every increment counts."""
+    errors: list[BaseException] = []
+
+    def increment() -> None:
+        conn = raftlite.connect(cluster.url, timeout=20, retry_deadline=30)
+        try:
+            conn.execute("BEGIN")
+            (n,) = conn.execute(f"SELECT n FROM {counter} WHERE id = 1").fetchone()
+            conn.execute(f"UPDATE {counter} SET n = ? WHERE id = 1", (n + 1,))
+            conn.commit()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=increment) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    check = raftlite.connect(cluster.url)
+    assert check.execute(f"SELECT n FROM {counter}").fetchone() == (5,)
+    check.close()
