@@ -17,11 +17,19 @@ dev nodes="3":
 run config:
     cargo run --release -p raftlite -- serve --config {{config}}
 
-# Unit tests, openraft's storage suite, and the cluster scenarios with real node processes.
+# Unit tests, openraft's storage suite, the cluster scenarios with real node processes, and the
+# Python client's tests against real clusters.
 test:
     cargo build -p raftlite -p raftlite-counter
     cargo test --workspace --exclude cluster-tests
     cargo test -p cluster-tests -- --test-threads=1
+    just test-python
+
+# The Python client (clients/python): installed from source (its gRPC code generated from
+# proto/ at build time), then pytest against `raftlite dev` clusters of target/debug/raftlite.
+test-python:
+    python3 -m pip install --quiet ./clients/python
+    cd clients/python && python3 -m pytest -q
 
 # Archive benchmark: commit-to-archive lag and restore throughput against moto_server.
 bench-archive:
