@@ -1,8 +1,8 @@
 //! `raftlite-counter`: the Litestream Kubernetes guide's `myapp`, with its count in raftlite.
 //!
 //! An HTTP server whose `GET /` answers "This server has been visited N times." Each visit
-//! increments one row in raftlite through `raftlite-client` and reads it back at the write's
-//! log index (read-your-writes), so the app keeps no state: run as many replicas as you like,
+//! increments one row in raftlite through `raftlite-client` and gets the new count back from
+//! the same write (`RETURNING`), so the app keeps no state: run as many replicas as you like,
 //! kill them, move them; the count lives in the raftlite cluster and survives any pod.
 //!
 //! Environment:
@@ -35,7 +35,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use raftlite_client::{Client, ClientOptions, Consistency, Statement};
+use raftlite_client::{Client, ClientOptions};
 use tokio::sync::OnceCell;
 
 /// Created once per app start; both statements are idempotent, so every replica runs them.
@@ -43,8 +43,7 @@ const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO counter (id, n) VALUES (1, 0)",
 ];
-const INCREMENT: &str = "UPDATE counter SET n = n + 1 WHERE id = 1";
-const READ: &str = "SELECT n FROM counter WHERE id = 1";
+const INCREMENT: &str = "UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n";
 
 /// What every request handler shares.
 struct App {
@@ -65,23 +64,13 @@ impl App {
             .map(|_| ())
     }
 
-    /// Counts one visit and returns the count, which includes this visit.
-    ///
-    /// The increment and the read are two requests: the read runs at the increment's log
-    /// index, on whichever node answers, so it sees this visit (and possibly visits that
-    /// landed in between, as any counter read after an increment would).
+    /// Counts one visit and returns the count, which includes this visit: one round trip,
+    /// the increment answers its own result. A retry after a failover is answered from the
+    /// stored result, rows included, so the count shown is the one this visit made.
     async fn visit(&self) -> Result<i64, raftlite_client::Error> {
         self.ensure_schema().await?;
         let written = self.client.execute([INCREMENT]).await?;
-        let rows = self
-            .client
-            .query_with(
-                Statement::new(READ),
-                Consistency::AtIndex(written.log_index),
-                1,
-            )
-            .await?;
-        match rows.rows.first() {
+        match written.results.first().and_then(|r| r.rows.first()) {
             Some(row) => row.get(0),
             None => Err(raftlite_client::Error::Conversion(
                 "table counter has no row".into(),
