@@ -140,6 +140,12 @@ pub mod defaults {
         5_000
     }
 
+    /// Default `transaction_max_ms`: the longest an interactive transaction holds the write
+    /// lock, however busy its client keeps it.
+    pub fn default_transaction_max_ms() -> u64 {
+        60_000
+    }
+
     /// Default `statement_timeout_ms`: a write statement holds the one executor (every other
     /// write waits), so it gets seconds, not the request's 30.
     pub fn default_statement_timeout_ms() -> u64 {
@@ -474,6 +480,14 @@ settings! {
         "MS"
     );
 
+    /// An interactive transaction is rolled back this long after it began, in milliseconds,
+    /// however busy (no client holds the write lock longer) [default: 60000].
+    transaction_max_ms: u64 = TRANSACTION_MAX_MS(
+        "--transaction-max-ms",
+        "RAFTLITE_TRANSACTION_MAX_MS",
+        "MS"
+    );
+
     /// Most bytes of pages one write request (or group commit) may change; a request over it
     /// is refused alone with RESOURCE_EXHAUSTED and never proposed. At least 1048576, at most
     /// 134217728 (half a peer message) [default: 67108864 (64 MiB)].
@@ -619,6 +633,8 @@ pub struct Config {
     pub statement_timeout: Duration,
     /// An interactive transaction idle this long is rolled back.
     pub transaction_idle_timeout: Duration,
+    /// An interactive transaction open this long is rolled back, however busy.
+    pub transaction_max: Duration,
     /// Most page bytes of one proposed delta.
     pub max_delta_bytes: usize,
     /// Largest value (string, blob, row) of a statement, in `MIN_VALUE_BYTES..=1e9`.
@@ -1278,6 +1294,12 @@ impl FileConfig {
         if transaction_idle_timeout_ms == 0 {
             return Err(invalid(&TRANSACTION_IDLE_TIMEOUT_MS, "must be at least 1"));
         }
+        let transaction_max_ms = self
+            .transaction_max_ms
+            .unwrap_or_else(default_transaction_max_ms);
+        if transaction_max_ms == 0 {
+            return Err(invalid(&TRANSACTION_MAX_MS, "must be at least 1"));
+        }
         let max_delta_bytes = self.max_delta_bytes.unwrap_or_else(default_max_delta_bytes);
         let max_delta_limit = crate::peer::PEER_MESSAGE_LIMIT / 2;
         if !((1 << 20)..=max_delta_limit).contains(&max_delta_bytes) {
@@ -1384,6 +1406,7 @@ impl FileConfig {
             max_batch_requests,
             statement_timeout: Duration::from_millis(statement_timeout_ms),
             transaction_idle_timeout: Duration::from_millis(transaction_idle_timeout_ms),
+            transaction_max: Duration::from_millis(transaction_max_ms),
             max_delta_bytes,
             max_value_bytes,
             foreign_keys: self.foreign_keys.unwrap_or_else(default_foreign_keys),

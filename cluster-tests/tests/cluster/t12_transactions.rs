@@ -21,12 +21,17 @@ fn int(v: &Value) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn returning_rowids_and_transactions_on_every_path() {
     init_tracing();
-    info!("phase 1: a secure 3-node cluster (tokens, TLS); idle transactions end after 1 s");
+    info!("phase 1: a secure 3-node cluster (tokens, TLS); transactions end after 1 s idle or 3 s open");
     let cluster = Cluster::start(
         3,
         ClusterOptions {
             secure: true,
-            extra_args: vec!["--transaction-idle-timeout-ms".into(), "1000".into()],
+            extra_args: vec![
+                "--transaction-idle-timeout-ms".into(),
+                "1000".into(),
+                "--transaction-max-ms".into(),
+                "3000".into(),
+            ],
             ..ClusterOptions::default()
         },
     )
@@ -251,7 +256,45 @@ async fn returning_rowids_and_transactions_on_every_path() {
         "idle and rolled back writes are gone"
     );
 
-    info!("phase 8: a read-only token may not begin a transaction");
+    info!("phase 8: a client that keeps its transaction busy loses it after 3 s; a waiting write then runs");
+    let mut busy = on_leader.begin().await.expect("begin");
+    let began = Instant::now();
+    let waiting = {
+        let client = via_f1.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            client
+                .execute(["INSERT INTO counter(name, n) VALUES('behind-busy', 0)"])
+                .await
+                .map(|_| started.elapsed())
+        })
+    };
+    let ended = loop {
+        let r = busy
+            .query("SELECT count(*) FROM counter", Vec::<Value>::new())
+            .await;
+        if r.is_err() || began.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    expect_status(
+        ended,
+        Code::Aborted,
+        "a call past the transaction's time limit",
+    );
+    let held = began.elapsed();
+    assert!(
+        held >= Duration::from_millis(2800) && held < Duration::from_secs(6),
+        "held for the limit: {held:?}"
+    );
+    let waited = waiting
+        .await
+        .expect("join")
+        .expect("the waiting write runs");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    info!("phase 9: a read-only token may not begin a transaction");
     let reader = cluster.client_as(Some("read"));
     expect_status(
         reader.begin().await.map(|_| ()),

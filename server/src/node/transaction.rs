@@ -6,7 +6,8 @@
 //! `BEGIN IMMEDIATE` and serves only that transaction's calls until it ends. Other writes wait
 //! in the queue meanwhile, as they would wait for SQLite's write lock, and group commit goes on
 //! once it ends. It ends on `Commit`, `Rollback`, a statement that rolled it back, an idle
-//! period of `transaction_idle_timeout` without a call, or a leadership change: in every case
+//! period of `transaction_idle_timeout` without a call, `transaction_max` after it began
+//! (however busy: it holds the write lock), or a leadership change: in every case
 //! but a successful commit nothing of it remains (the executor never commits; see `db`).
 //!
 //! * **Unary calls with an id**, not a stream: every language's gRPC client makes unary calls
@@ -139,9 +140,9 @@ impl OpenTransactions {
 
 fn not_open() -> NodeError {
     NodeError::Aborted(
-        "the transaction is not open on the leader (rolled back after its idle timeout, \
-         ended by an error or a leader change, or never begun here): nothing of it was \
-         applied; run the whole transaction again"
+        "the transaction is not open on the leader (rolled back after its idle timeout or \
+         its time limit, ended by an error or a leader change, or never begun here): nothing of \
+         it was applied; run the whole transaction again"
             .into(),
     )
 }
@@ -263,6 +264,11 @@ impl NodeInner {
 /// Serves one transaction on the executor, from `Begin` to its end (called by the batcher,
 /// which takes no other write meanwhile).
 pub(crate) async fn run(node: &NodeInner, executor: &ExecutorHandle, begin: PendingBegin) {
+    if begin.reply.is_closed() {
+        // Its caller stopped waiting (deadline) while another transaction held the lock: do
+        // not open one nobody will use.
+        return;
+    }
     if let Err(e) = node.wait_leader_ready().await {
         let _ = begin.reply.send(Err(e));
         return;
@@ -299,12 +305,14 @@ async fn serve(
     calls: &mut mpsc::Receiver<Call>,
 ) {
     let idle = node.config.transaction_idle_timeout;
+    let ends_at = Instant::now() + node.config.transaction_max;
     let term = node.raft.metrics().borrow().current_term;
     // Calls retried under the same request id answer their first result.
     let mut answered: HashMap<String, Vec<StatementOutcome>> = HashMap::new();
     loop {
+        let left = ends_at.saturating_duration_since(Instant::now());
         let call = tokio::select! {
-            call = tokio::time::timeout(idle, calls.recv()) => call,
+            call = tokio::time::timeout(idle.min(left), calls.recv()) => call,
             () = leadership_lost(node, term) => {
                 tracing::info!(transaction = %id, "leadership changed: interactive transaction aborted");
                 return;
@@ -313,6 +321,10 @@ async fn serve(
         let call = match call {
             Ok(Some(call)) => call,
             Ok(None) => return,
+            Err(_) if left <= idle => {
+                tracing::warn!(transaction = %id, limit_ms = node.config.transaction_max.as_millis() as u64, "interactive transaction open too long: rolled back");
+                return;
+            }
             Err(_) => {
                 tracing::info!(transaction = %id, idle_ms = idle.as_millis() as u64, "interactive transaction idle: rolled back");
                 return;
