@@ -4,9 +4,35 @@
 
 use std::time::{Duration, Instant};
 
+use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
 use cluster_tests::client::{Error, Value};
 use cluster_tests::{expect_status, init_tracing, Cluster, ClusterOptions, Consistency, Statement};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
+
+/// A raw Sql client over TLS on `addr` sending `token`: what an attacker with its own valid
+/// token can send.
+fn raw_sql(addr: std::net::SocketAddr, ca: Vec<u8>) -> SqlClient<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    SqlClient::new(
+        Endpoint::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy(),
+    )
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
 use tracing::info;
 
 const CREATE: &str = "CREATE TABLE counter(id INTEGER PRIMARY KEY, name TEXT UNIQUE, n INTEGER)";
@@ -165,6 +191,63 @@ async fn returning_rowids_and_transactions_on_every_path() {
         dup,
         Code::FailedPrecondition,
         "duplicate name in the transaction",
+    );
+
+    info!("phase 4b: another valid token that learned the transaction id can neither use, commit nor end it");
+    let credentials = cluster.credentials().expect("secure");
+    let mut attacker = raw_sql(cluster.node(leader).addr(), credentials.ca_pem());
+    let admin = credentials.token("admin");
+    let hijack = attacker
+        .execute(with_token(
+            v1::ExecuteRequest {
+                request_id: String::new(),
+                statements: vec![v1::Statement::new("DELETE FROM counter", vec![])],
+                transaction_id: tx.id().to_string(),
+            },
+            admin,
+        ))
+        .await;
+    assert_eq!(hijack.map(|_| ()).map_err(|s| s.code()), Err(Code::Aborted));
+    let hijack = attacker
+        .commit(with_token(
+            v1::CommitRequest {
+                transaction_id: tx.id().to_string(),
+                request_id: "hijack".into(),
+            },
+            admin,
+        ))
+        .await;
+    assert_eq!(hijack.map(|_| ()).map_err(|s| s.code()), Err(Code::Aborted));
+    let ended = attacker
+        .rollback(with_token(
+            v1::RollbackRequest {
+                transaction_id: tx.id().to_string(),
+            },
+            admin,
+        ))
+        .await;
+    assert!(
+        ended.is_ok(),
+        "a rollback of an unknown transaction is a no-op: {ended:?}"
+    );
+    let still = tx
+        .query("SELECT count(*) FROM counter", Vec::<Value>::new())
+        .await
+        .expect("the owner's transaction is untouched");
+    assert_eq!(still.rows[0].get::<i64>(0).expect("count"), 4);
+    let forged = attacker
+        .execute(with_token(
+            v1::ExecuteRequest {
+                request_id: String::new(),
+                statements: vec![v1::Statement::new("SELECT 1", vec![])],
+                transaction_id: "../../etc/passwd".into(),
+            },
+            admin,
+        ))
+        .await;
+    assert_eq!(
+        forged.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
     );
 
     info!("phase 5: a write from another client waits for the transaction (BEGIN IMMEDIATE), then runs after it");
