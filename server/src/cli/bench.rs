@@ -2,7 +2,8 @@
 //!
 //! Phases, each bounded by `--seconds`: single-client 1-row insert latency; 1-row insert
 //! throughput with 1, 4, 16 and 64 concurrent clients; 1,000-row transactions (one
-//! multi-row INSERT with bound parameters); point SELECTs by primary key from 16 clients
+//! multi-row INSERT with bound parameters); an interactive read-modify-write transaction
+//! (Begin, Query, Execute, Commit) from one client; point SELECTs by primary key from 16 clients
 //! at each read consistency; and last (3 nodes or more), SIGKILL of the leader and the time
 //! until the first write is acknowledged. Writers connect to the leader first (followers
 //! would forward); readers spread over all nodes. Every client is its own [`Client`] with its
@@ -25,7 +26,7 @@
 //!
 //! | phase | ratio | reads as |
 //! |---|---|---|
-//! | 1-row insert, latency | p50 ÷ SQLite commit p50 | a replicated write costs this many local commits (lower is better) |
+//! | 1-row insert, latency; read-modify-write transaction | p50 ÷ SQLite commit p50 | a replicated write costs this many local commits (lower is better) |
 //! | 1-row inserts, N clients; 1,000-row transactions | rows/s × SQLite commit p50 | rows made durable in the time of one local commit (higher is better; 1 = one client committing locally back to back) |
 //! | point reads | reads/s × gRPC round trip p50 | reads answered in the time of one bare round trip (higher is better; 1 = one client calling back to back) |
 //! | leader SIGKILL | none | bounded by the election timeout, not by the floor |
@@ -506,6 +507,33 @@ async fn bench(
                     client.execute([(*batch).clone()]).await?;
                     Ok::<u64, raftlite_client::Error>(ROWS_PER_TRANSACTION as u64)
                 }
+            },
+        )
+        .await,
+    );
+
+    // An interactive transaction that reads, decides and writes: four round trips to the
+    // leader (Begin, Query, Execute, Commit) and one replicated delta.
+    reports.push(
+        run_phase(
+            "read-modify-write transaction, latency",
+            PhaseKind::Latency,
+            writers(1)?,
+            phase,
+            |client, worker| async move {
+                let mut tx = client.begin().await?;
+                let rows = tx.query("SELECT max(id) FROM bench", None::<i64>).await?;
+                let max: Option<i64> = rows.rows.first().map(|r| r.get(0)).transpose()?.flatten();
+                tx.exec(
+                    "INSERT INTO bench (client, payload) VALUES (?1, ?2)",
+                    [
+                        Value::from(worker as i64),
+                        Value::from(max.unwrap_or(0).to_string()),
+                    ],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<u64, raftlite_client::Error>(1)
             },
         )
         .await,
