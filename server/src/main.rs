@@ -21,7 +21,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(Box<raftlite::config::ServeArgs>),
+    Serve {
+        #[command(flatten)]
+        args: Box<raftlite::config::ServeArgs>,
+        #[command(flatten)]
+        local: cli::local_cleanup::LocalNodeArgs,
+    },
     /// Run SQL on a cluster: rows for a read, rows affected and log index for a write.
     Sql(cli::sql::SqlArgs),
     /// Show the cluster: leader, term, and every node's role and applied index.
@@ -60,8 +65,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => {
+            Command::Serve { args, local } => {
                 let config = raftlite::config::load(&args)?;
+                let cleanup = cli::local_cleanup::NodeCleanup::start(&local, &config.data_dir)?;
                 let telemetry = raftlite::telemetry::init(
                     &config.log_level,
                     config.log_format == raftlite::config::LogFormat::Json,
@@ -70,6 +76,9 @@ fn main() -> ExitCode {
                 )?;
                 let result = raftlite::serve::run(config).await;
                 telemetry.shutdown().await;
+                if let Some(cleanup) = cleanup {
+                    cleanup.finish();
+                }
                 result.map(|_| ExitCode::SUCCESS)
             }
             Command::Sql(args) => cli::sql::run(args).await,

@@ -46,7 +46,7 @@ use raftlite_client::{Client, ClientOptions, Consistency, Statement, Value};
 use serde_json::json;
 
 use super::bench_floor::{self, Floor};
-use super::local_cluster::{LocalArchive, LocalCluster, LocalClusterOptions};
+use super::local_cluster::{LocalArchive, LocalCluster, LocalClusterOptions, StopSignals};
 use super::status::table;
 
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
@@ -305,10 +305,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     eprintln!("bench: {}", config.describe());
+    let mut signals = StopSignals::install()?;
     let mut cluster = LocalCluster::start(&options)?;
     let outcome = tokio::select! {
         outcome = bench(&mut cluster, Duration::from_secs(args.seconds)) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        signal = signals.recv() => Err(anyhow::anyhow!("interrupted ({signal})")),
     };
     cluster.stop().await?;
     let (floor, reports) = match outcome {

@@ -1,10 +1,14 @@
 //! `raftlite dev`: a local cluster in the foreground until Ctrl-C.
+//!
+//! SIGTERM and SIGHUP stop it the way Ctrl-C does: the nodes are stopped, then the temporary
+//! data is removed. If `dev` itself is killed (SIGKILL), its nodes stop too and the last one
+//! out removes the temporary data (see [`super::local_cleanup`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::local_cluster::{LocalCluster, LocalClusterOptions};
+use super::local_cluster::{LocalCluster, LocalClusterOptions, StopSignals};
 
 /// How long the nodes get to elect a leader.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
@@ -25,6 +29,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = StopSignals::install()?;
     let options = LocalClusterOptions {
         nodes: args.nodes,
         base_port: Some(args.base_port),
@@ -34,7 +39,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut cluster = LocalCluster::start(&options)?;
     let leader = tokio::select! {
         leader = cluster.wait_for_leader(ELECTION_DEADLINE) => leader,
-        _ = tokio::signal::ctrl_c() => {
+        signal = signals.recv() => {
+            note(&format!("{signal}: stopping the nodes"));
             cluster.stop().await?;
             return Ok(ExitCode::FAILURE);
         }
@@ -51,33 +57,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let mut reported = std::collections::HashSet::new();
-    loop {
+    let signal = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            signal = signals.recv() => break signal,
             _ = check.tick() => {
                 // A node that dies (say, killed to watch a failover) is reported once; the
                 // others keep serving. Only when every node is gone does `dev` give up.
                 let exited = cluster.exited()?;
                 for (id, status) in &exited {
                     if reported.insert(*id) {
-                        eprintln!("node {id} exited ({status}); the other nodes keep serving");
+                        note(&format!("node {id} exited ({status}); the other nodes keep serving"));
                     }
                 }
                 if exited.len() == cluster.nodes().len() {
-                    eprintln!("error: every node has exited");
+                    note("error: every node has exited");
                     cluster.stop().await?;
                     return Ok(ExitCode::FAILURE);
                 }
             }
         }
-    }
-    eprintln!("stopping the nodes");
+    };
+    note(&format!("{signal}: stopping the nodes"));
     let temporary = cluster.is_temporary();
     cluster.stop().await?;
     if temporary {
-        eprintln!("removed the temporary data");
+        note("removed the temporary data");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A line on stderr that may have nowhere to go: after SIGHUP the terminal is gone, and
+/// `eprintln!` would panic on the failed write before the nodes are stopped.
+fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn banner(cluster: &LocalCluster, leader: u64) -> String {

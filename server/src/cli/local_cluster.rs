@@ -4,7 +4,11 @@
 //! Children run the current executable, each in its own process group (a Ctrl-C in the
 //! terminal reaches only the parent, which then stops them in order), with their output in
 //! `<dir>/node-<id>.log`. They are stopped by the PIDs started here: SIGTERM, then SIGKILL
-//! after a grace period; dropping a [`LocalCluster`] kills them outright.
+//! after a grace period; dropping a [`LocalCluster`] kills them outright. A launcher that
+//! dies without stopping them (SIGKILL) takes them along: each node gets SIGTERM from the
+//! kernel when its parent dies (`PR_SET_PDEATHSIG`), and the last node out removes temporary
+//! data (see [`super::local_cleanup`]). [`StopSignals`] are the signals on which a launcher
+//! stops its cluster.
 //!
 //! By default the nodes run as `raftlite dev` wants them: plaintext on loopback, no tokens,
 //! and the archive the nodes' own settings give (`file://<data-dir>/archive` unless
@@ -21,6 +25,7 @@ use anyhow::{bail, Context as _};
 use raftlite_client::{Client, ClientOptions};
 use tokio::process::{Child, Command};
 
+use super::local_cleanup::LauncherLock;
 use super::local_credentials::LocalCredentials;
 
 /// How long a stopped node may take to shut down before it is killed.
@@ -71,6 +76,9 @@ pub struct LocalCluster {
     credentials: Option<LocalCredentials>,
     /// Removes the data when dropped, if it is temporary.
     temp: Option<tempfile::TempDir>,
+    /// Held while this process runs, on temporary data: tells the nodes that their launcher
+    /// is alive and will remove the data itself.
+    _launcher_lock: Option<LauncherLock>,
 }
 
 impl LocalCluster {
@@ -79,18 +87,19 @@ impl LocalCluster {
         if options.nodes == 0 {
             bail!("a cluster needs at least one node");
         }
-        let (dir, temp) = match &options.data_dir {
+        let (dir, temp, launcher_lock) = match &options.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("create data directory {}", dir.display()))?;
-                (dir.clone(), None)
+                (dir.clone(), None, None)
             }
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("raftlite-dev-")
                     .tempdir()
                     .context("create temporary directory")?;
-                (temp.path().to_path_buf(), Some(temp))
+                let lock = LauncherLock::acquire(temp.path())?;
+                (temp.path().to_path_buf(), Some(temp), Some(lock))
             }
         };
         let ports = node_ports(options.base_port, options.nodes)?;
@@ -119,6 +128,7 @@ impl LocalCluster {
             dir,
             credentials,
             temp,
+            _launcher_lock: launcher_lock,
         };
         for (&id, (addr, peer_addr)) in &addrs {
             let node = spawn_node(
@@ -131,6 +141,7 @@ impl LocalCluster {
                     peers: &peers,
                     credentials: cluster.credentials.as_ref(),
                     archive: options.archive,
+                    temporary: cluster.temp.is_some(),
                 },
             )?;
             cluster.nodes.push(node);
@@ -275,6 +286,40 @@ impl LocalCluster {
     }
 }
 
+/// The signals on which a launcher stops its cluster: SIGINT (Ctrl-C), SIGTERM (`kill`,
+/// `timeout`, a container stop) and SIGHUP (its terminal closed). Their default action would
+/// end the launcher at once and leave the nodes to the kernel's `PR_SET_PDEATHSIG`.
+#[derive(Debug)]
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Catches the three signals from now on (install before starting the cluster: a signal
+    /// that arrives meanwhile is kept until [`StopSignals::recv`]).
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch =
+            |kind: SignalKind, name: &str| signal(kind).with_context(|| format!("catch {name}"));
+        Ok(StopSignals {
+            interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: catch(SignalKind::terminate(), "SIGTERM")?,
+            hangup: catch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for one of them; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
 /// What one node is started with.
 struct NodeSpec<'a> {
     id: u64,
@@ -283,8 +328,14 @@ struct NodeSpec<'a> {
     peers: &'a BTreeMap<u64, String>,
     credentials: Option<&'a LocalCredentials>,
     archive: Option<LocalArchive>,
+    /// The data is the launcher's temporary directory: the node removes it if it outlives
+    /// the launcher.
+    temporary: bool,
 }
 
+/// Spawns a node. It gets SIGTERM when the thread that spawned it ends
+/// (`PR_SET_PDEATHSIG` follows the parent *thread*): spawn from the thread that runs the
+/// launcher's main future (what `block_on` runs), never from a pool thread that may retire.
 fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<LocalNode> {
     let NodeSpec {
         id,
@@ -293,6 +344,7 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         peers,
         credentials,
         archive,
+        temporary,
     } = spec;
     let data_dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
@@ -339,6 +391,10 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
             command.arg("--archive").arg("none");
         }
     }
+    if temporary {
+        command.arg("--local-cluster-dir").arg(dir);
+    }
+    die_with_launcher(&mut command)?;
     let child = command
         // Log files, not a terminal: no colour codes.
         .env("NO_COLOR", "1")
@@ -370,6 +426,29 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         child,
         probe,
     })
+}
+
+/// Makes the child get SIGTERM when this process dies, however it dies (`PR_SET_PDEATHSIG`),
+/// so that a launcher killed with SIGKILL leaves no node running.
+fn die_with_launcher(command: &mut Command) -> anyhow::Result<()> {
+    let launcher = libc::pid_t::try_from(std::process::id()).context("this process's id")?;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: prctl(2) and getppid(2) are, and it neither
+    // allocates nor takes locks (`from_raw_os_error` and `last_os_error` do not allocate).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher died between fork and prctl: nothing will signal this child, so
+            // it must not start.
+            if libc::getppid() != launcher {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// `file://<dir>/archive` with `dir` made absolute (the URL needs an absolute path).

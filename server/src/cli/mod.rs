@@ -11,6 +11,7 @@ pub mod bench_log;
 pub mod cluster;
 pub mod dev;
 pub mod health;
+pub mod local_cleanup;
 pub mod local_cluster;
 pub mod local_credentials;
 pub mod migrate;
