@@ -11,7 +11,7 @@ use crate::endpoint::Transport as Channel;
 
 use crate::backoff::Backoff;
 use crate::endpoint::NodeEndpoint;
-use crate::{Column, Error, Row, RowStream, Rows, Statement, Transaction, Value};
+use crate::{ClusterUrl, Column, Error, Row, RowStream, Rows, Statement, Transaction, Value};
 
 /// Largest response message accepted (tonic's default is 4 MiB; a row batch or a status of a
 /// large cluster can exceed that).
@@ -189,6 +189,18 @@ impl Client {
                 write_token: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// A client for the cluster a `raftlite://[NAME:TOKEN@]HOST:PORT[,HOST:PORT...][?tls_ca=PATH]`
+    /// URL names, with its token and CA (see [`ClusterUrl`]) and default options otherwise.
+    pub fn from_url(url: &str) -> Result<Client, Error> {
+        Self::from_url_with_options(url, ClientOptions::default())
+    }
+
+    /// Like [`Client::from_url`]; the URL's token and CA replace those of `options`.
+    pub fn from_url_with_options(url: &str, options: ClientOptions) -> Result<Client, Error> {
+        let url = ClusterUrl::parse(url)?;
+        Self::with_options(url.endpoints(), url.client_options(options)?)
     }
 
     /// The endpoints as normalized URIs (`http://host:port`).
@@ -577,6 +589,26 @@ mod tests {
             client.endpoints().collect::<Vec<_>>(),
             ["http://127.0.0.1:7401", "http://127.0.0.1:7402"]
         );
+    }
+
+    #[test]
+    fn from_url_takes_the_nodes_and_token() {
+        let client =
+            Client::from_url("raftlite://app:s3cret@127.0.0.1:7401,127.0.0.1:7402").expect("valid");
+        assert_eq!(
+            client.endpoints().collect::<Vec<_>>(),
+            ["http://127.0.0.1:7401", "http://127.0.0.1:7402"]
+        );
+        assert_eq!(client.options().token.as_deref(), Some("s3cret"));
+        assert!(!format!("{client:?}").contains("s3cret"));
+        let err =
+            Client::from_url("raftlite://app:s3cret@127.0.0.1:7401?tls_ca=/nonexistent/ca.crt")
+                .expect_err("no CA file");
+        assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+        assert!(matches!(
+            Client::from_url("127.0.0.1:7401"),
+            Err(Error::InvalidEndpoint(_))
+        ));
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub enum Error {
     /// The request did not reach a server or its connection broke (refused, reset, GOAWAY).
     #[error("transport error: {0}")]
     Transport(String),
-    /// An endpoint that is not `host:port` or `http://host:port`.
+    /// An endpoint that is not `host:port`, `http(s)://host:port` or a valid `raftlite://`
+    /// URL, or credentials that cannot be used (an unreadable CA file, a token that is not
+    /// header-safe).
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),
     /// A value that does not convert to the requested type, or a malformed server message.

@@ -13,6 +13,10 @@
 //!   client's read-your-writes token ([`Client::last_write_index`]);
 //!   [`Consistency::ReadYourWrites`] reads it on whatever node answers, without a round trip
 //!   to the leader.
+//! * **Addresses**: [`Client::connect`] takes `host:port` (or `https://host:port`) per node;
+//!   [`Client::from_url`] takes one `raftlite://[NAME:TOKEN@]HOST:PORT[,...][?tls_ca=PATH]`
+//!   URL with the credentials, the syntax the `raftlite` CLI and the Python client share
+//!   ([`ClusterUrl`]).
 //! * **Admin** calls ([`Client::status`], membership changes, snapshots) return the wire
 //!   types of [`proto`].
 //!
@@ -53,6 +57,7 @@ mod error;
 mod rows;
 mod statement;
 mod transaction;
+mod url;
 mod value;
 
 pub use client::{Client, ClientOptions, Consistency, ExecuteResult, StatementResult};
@@ -60,6 +65,7 @@ pub use error::{code_name, Error};
 pub use rows::{Column, Row, RowStream, Rows};
 pub use statement::Statement;
 pub use transaction::{CommitResult, Transaction};
+pub use url::ClusterUrl;
 pub use value::{FromValue, Value};
 
 /// The wire types, for admin answers such as [`proto::v1::StatusResponse`].

@@ -280,18 +280,11 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let options = match args.addr.options() {
-        Ok(o) => o,
-        Err(e) => return Ok(super::fail(&e)),
-    };
-    let client = match Client::with_options(
-        args.addr.addrs.iter().map(String::as_str),
-        ClientOptions {
-            request_timeout: Duration::from_secs(args.migration_timeout_s.max(1)),
-            retry_deadline: Duration::from_secs(args.wait_s),
-            ..options
-        },
-    ) {
+    let client = match args.addr.client_with(ClientOptions {
+        request_timeout: Duration::from_secs(args.migration_timeout_s.max(1)),
+        retry_deadline: Duration::from_secs(args.wait_s),
+        ..ClientOptions::default()
+    }) {
         Ok(client) => client,
         Err(e) => return Ok(super::fail(&e)),
     };

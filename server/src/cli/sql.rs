@@ -536,7 +536,10 @@ mod tests {
             "text:x",
         ])
         .expect("valid");
-        assert_eq!(cli.sql.addr.addrs, ["a:1", "b:2", "c:3"]);
+        assert_eq!(
+            cli.sql.addr.targets().expect("valid").0,
+            ["a:1", "b:2", "c:3"]
+        );
         assert_eq!(cli.sql.consistency, ConsistencyArg::Bounded);
         assert_eq!(cli.sql.max_lag, Some(5));
         assert!(cli.sql.json);
