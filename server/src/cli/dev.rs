@@ -26,6 +26,11 @@ pub struct DevArgs {
     /// Keep data and logs here (default: a temporary directory, removed on exit).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Run as in production: mutual TLS between the nodes, TLS and a token for clients, with
+    /// a CA, certificates and a token made for this cluster (in DIR/tls). The banner's URL
+    /// carries the token and the CA.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -34,6 +39,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         base_port: Some(args.base_port),
         data_dir: args.data_dir,
+        secure: args.secure,
         ..LocalClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(&options)?;
@@ -95,8 +101,13 @@ fn note(line: &str) {
 
 fn banner(cluster: &LocalCluster, leader: u64) -> String {
     let program = std::env::args().next().unwrap_or_else(|| "raftlite".into());
+    let security = if cluster.is_secure() {
+        "mutual TLS between nodes, TLS and a token for clients"
+    } else {
+        "plaintext, no tokens"
+    };
     let mut out = format!(
-        "raftlite dev: {} nodes, data and logs in {}\n",
+        "raftlite dev: {} nodes ({security}), data and logs in {}\n",
         cluster.nodes().len(),
         cluster.dir().display()
     );
@@ -110,11 +121,33 @@ fn banner(cluster: &LocalCluster, leader: u64) -> String {
         ));
     }
     out.push_str(&format!("leader: node {leader}\n"));
+    // The URL holds the token when secure: it is printed for the user who started the
+    // cluster, like the rest of the banner, and dies with the cluster.
+    let url = cluster.url().to_url_with_token();
+    out.push_str(&format!("url: {url}\n"));
+    let addr = shell_quote(&url);
     out.push_str(&format!(
-        "try:\n  {program} sql --addr {} \"CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v)\"\n  {program} status --addr {}\n",
-        cluster.addrs().join(","),
-        cluster.addrs()[0],
+        "try:\n  {program} sql --addr {addr} \"CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v)\"\n  {program} status --addr {addr}\n"
     ));
     out.push_str("Ctrl-C stops the cluster.\n");
     out
+}
+
+/// `s` as one shell word: single-quoted (a URL's `?` would be a glob, its `&` a background job).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_keeps_one_word() {
+        assert_eq!(
+            shell_quote("raftlite://h:1?tls_ca=/a b"),
+            "'raftlite://h:1?tls_ca=/a b'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
 }

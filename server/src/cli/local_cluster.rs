@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use raftlite_client::{Client, ClientOptions};
+use raftlite_client::{Client, ClientOptions, ClusterUrl};
 use tokio::process::{Child, Command};
 
 use super::local_cleanup::LauncherLock;
@@ -171,6 +171,20 @@ impl LocalCluster {
         match &self.credentials {
             Some(c) => c.client_options(base),
             None => base,
+        }
+    }
+
+    /// The URL clients use: `raftlite://HOST:PORT,...`, with the token and the CA's absolute
+    /// path when secure.
+    pub fn url(&self) -> ClusterUrl {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| n.addr.trim_start_matches("https://").to_owned());
+        let url = ClusterUrl::new(nodes);
+        match &self.credentials {
+            Some(c) => c.url(url),
+            None => url,
         }
     }
 

@@ -17,13 +17,14 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use raftlite_client::ClientOptions;
+use raftlite_client::{ClientOptions, ClusterUrl};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 use crate::grpc::auth::Role;
 
-/// Name of the token in the auth file (and in the nodes' logs).
-const TOKEN_NAME: &str = "local-cluster";
+/// Name of the token in the auth file and the nodes' logs, and the label of the cluster's URL
+/// (`raftlite://dev:TOKEN@...`).
+const TOKEN_NAME: &str = "dev";
 
 /// The CA, node certificates and token of one local cluster.
 #[derive(Clone)]
@@ -78,6 +79,9 @@ impl LocalCredentials {
     pub fn generate(dir: &Path, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create the credentials directory {}", dir.display()))?;
+        // Absolute: the paths end up in a URL that works from any directory.
+        let dir =
+            &std::path::absolute(dir).with_context(|| format!("resolve {}", dir.display()))?;
         let (issuer, ca_pem) = new_ca("raftlite local cluster CA")?;
         write_file(&dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
         let credentials = LocalCredentials {
@@ -131,6 +135,12 @@ impl LocalCredentials {
             "--auth-file".into(),
             self.auth_file().into(),
         ]
+    }
+
+    /// `base` with the `write` token and the CA's path (TLS on).
+    pub fn url(&self, base: ClusterUrl) -> ClusterUrl {
+        base.with_token(TOKEN_NAME, &self.token)
+            .with_tls_ca(self.ca_path())
     }
 
     /// `base` with the CA (TLS on) and the `write` token.
@@ -194,6 +204,10 @@ mod tests {
             !format!("{creds:?}").contains(token),
             "the token is not in Debug"
         );
+        let url = creds.url(ClusterUrl::new(["127.0.0.1:7401"]));
+        assert_eq!(url.token(), Some(token));
+        assert_eq!(url.tls_ca, Some(creds.ca_path()));
+        assert!(creds.ca_path().is_absolute());
     }
 
     #[test]

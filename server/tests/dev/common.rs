@@ -1,10 +1,5 @@
-//! `raftlite dev` takes its nodes along however it ends: asked to stop by SIGTERM or SIGHUP
-//! (as by Ctrl-C: nodes stopped, temporary data removed), or killed with SIGKILL (the nodes
-//! get SIGTERM from the kernel and the last one out removes the temporary data).
-//!
-//! Real processes: the built binary runs `dev --nodes 3` on free ports; the nodes are found
-//! as the launcher's children in /proc before the signal, and afterwards must be gone, their
-//! client and peer ports free again, and the temporary directory removed.
+//! A `raftlite dev` cluster of the built binary on free ports, and the process checks the
+//! tests make on it.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
@@ -13,19 +8,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const NODES: u16 = 3;
+pub const NODES: u16 = 3;
 /// Election plus start-up of three debug-build nodes on a busy machine.
 const BANNER_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the nodes may take to stop (their graceful shutdown) once the launcher is gone.
-const STOP_DEADLINE: Duration = Duration::from_secs(15);
+pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
 /// A running `raftlite dev`: kills whatever is left of it when dropped (a failed test must
 /// not leave nodes holding ports).
-struct Dev {
-    launcher: Child,
-    nodes: Vec<i32>,
-    dir: PathBuf,
-    ports: Vec<u16>,
+pub struct Dev {
+    pub launcher: Child,
+    /// The node processes (the launcher's children once its banner is out).
+    pub nodes: Vec<i32>,
+    /// The directory of data and logs the banner names.
+    pub dir: PathBuf,
+    /// Client ports, then peer ports.
+    pub ports: Vec<u16>,
+    /// The banner, line by line.
+    pub banner: Vec<String>,
+}
+
+impl Dev {
+    /// The banner line that starts with `prefix`, without the prefix.
+    pub fn banner_value(&self, prefix: &str) -> &str {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {:#?}", self.banner))
+    }
 }
 
 impl Drop for Dev {
@@ -66,10 +76,14 @@ fn free_port_range() -> u16 {
     panic!("no {count} consecutive free ports");
 }
 
-fn start_dev(base: u16) -> Dev {
+/// Starts `raftlite dev --nodes 3` with `extra` arguments on free ports and waits for its
+/// banner.
+pub fn start_dev(extra: &[&str]) -> Dev {
+    let base = free_port_range();
     let mut launcher = Command::new(env!("CARGO_BIN_EXE_raftlite"))
         .args(["dev", "--nodes", &NODES.to_string()])
         .args(["--base-port", &base.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -97,6 +111,7 @@ fn start_dev(base: u16) -> Dev {
         nodes: Vec::new(),
         dir: PathBuf::new(),
         ports: (base..base + 2 * NODES).collect(),
+        banner: Vec::new(),
     };
     let banner = rx
         .recv_timeout(BANNER_DEADLINE)
@@ -112,6 +127,7 @@ fn start_dev(base: u16) -> Dev {
         .unwrap_or_else(|| panic!("no directory in {first:?}"));
     assert!(dir.is_dir(), "{}", dir.display());
     dev.dir = dir;
+    dev.banner = banner;
     let launcher_pid = i32::try_from(dev.launcher.id()).expect("a pid");
     dev.nodes = children_of(launcher_pid);
     assert_eq!(
@@ -157,11 +173,11 @@ fn stat(pid: i32) -> Option<(char, i32)> {
 
 /// A process that exists and is not a zombie (an orphan may wait to be reaped by an init
 /// that never does; it has released its ports and files already).
-fn is_running(pid: i32) -> bool {
+pub fn is_running(pid: i32) -> bool {
     stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
 }
 
-fn signal(pid: u32, signal: i32) {
+pub fn signal(pid: u32, signal: i32) {
     let pid = i32::try_from(pid).expect("a pid");
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our child, not reaped.
     let rc = unsafe { libc::kill(pid, signal) };
@@ -169,7 +185,7 @@ fn signal(pid: u32, signal: i32) {
 }
 
 /// Polls `check` until it holds or `deadline` passes; returns whether it held.
-fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + deadline;
     loop {
         if check() {
@@ -182,7 +198,7 @@ fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn assert_all_gone(dev: &Dev, expect_dir_removed: bool) {
+pub fn assert_all_gone(dev: &Dev, expect_dir_removed: bool) {
     let running = |dev: &Dev| -> Vec<i32> {
         dev.nodes
             .iter()
@@ -228,33 +244,19 @@ fn list(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The launcher stops its nodes and exits 0, as on Ctrl-C.
-fn stops_gracefully_on(sig: i32) {
-    let mut dev = start_dev(free_port_range());
-    signal(dev.launcher.id(), sig);
-    let exited = eventually(STOP_DEADLINE, || {
-        dev.launcher.try_wait().ok().flatten().is_some()
-    });
-    assert_all_gone(&dev, true);
-    assert!(exited, "the launcher did not exit after signal {sig}");
-    let status = dev.launcher.wait().expect("status");
-    assert!(status.success(), "launcher: {status}");
-}
-
-#[test]
-fn sigterm_stops_the_nodes_and_removes_the_data() {
-    stops_gracefully_on(libc::SIGTERM);
-}
-
-#[test]
-fn sighup_stops_the_nodes_and_removes_the_data() {
-    stops_gracefully_on(libc::SIGHUP);
-}
-
-#[test]
-fn sigkill_of_the_launcher_takes_the_nodes_and_the_data_along() {
-    let mut dev = start_dev(free_port_range());
-    signal(dev.launcher.id(), libc::SIGKILL);
-    let _ = dev.launcher.wait();
-    assert_all_gone(&dev, true);
+/// Runs the `raftlite` CLI with `args`; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftlite"))
+        .args(args)
+        .env_remove("RAFTLITE_ADDR")
+        .env_remove("RAFTLITE_TOKEN")
+        .env_remove("RAFTLITE_TOKEN_FILE")
+        .env_remove("RAFTLITE_TLS_CA")
+        .output()
+        .expect("run raftlite");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

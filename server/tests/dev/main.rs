@@ -1,0 +1,6 @@
+//! `raftlite dev` and the commands run against it, as real processes of the built binary:
+//! how it stops on signals, its secure mode and URL.
+
+mod common;
+mod secure;
+mod signals;
