@@ -161,7 +161,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-enum PrintError {
+pub(crate) enum PrintError {
     Query(raftlite_client::Error),
     Output(std::io::Error),
 }
@@ -179,13 +179,13 @@ impl From<std::io::Error> for PrintError {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct RowFormat {
-    json: bool,
-    header: bool,
+pub(crate) struct RowFormat {
+    pub(crate) json: bool,
+    pub(crate) header: bool,
 }
 
 /// Streams one query's rows to stdout as they arrive.
-async fn print_query(
+pub(crate) async fn print_query(
     client: &Client,
     statement: Statement,
     consistency: Consistency,

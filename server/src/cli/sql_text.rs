@@ -81,7 +81,42 @@ fn lex<'a>(sql: &'a str, mut on_token: impl FnMut(Token<'a>)) {
 /// (`CREATE TRIGGER .. BEGIN ..; ..; END`). Statements are trimmed, without their `;`;
 /// empty ones (only whitespace or comments) are dropped.
 pub fn split_statements(sql: &str) -> Vec<String> {
-    let mut statements = Vec::new();
+    let cuts = cut(sql);
+    let mut statements = cuts.statements(sql);
+    if cuts.tail_has_content {
+        statements.push(sql[cuts.tail..].trim().to_string());
+    }
+    statements
+}
+
+/// The statements of `sql` that a `;` ends (as [`split_statements`] cuts them), and the rest
+/// after the last such `;`: an unfinished statement, or only whitespace and comments. An
+/// interactive shell runs the first and keeps reading the rest.
+pub fn split_terminated(sql: &str) -> (Vec<String>, &str) {
+    let cuts = cut(sql);
+    (cuts.statements(sql), &sql[cuts.tail..])
+}
+
+/// Where the statements of a script are.
+struct Cuts {
+    /// Byte ranges of the statements a `;` ends, without it.
+    terminated: Vec<(usize, usize)>,
+    /// Offset after the last `;` that ends a statement.
+    tail: usize,
+    /// Whether the tail holds more than whitespace and comments.
+    tail_has_content: bool,
+}
+
+impl Cuts {
+    fn statements(&self, sql: &str) -> Vec<String> {
+        self.terminated
+            .iter()
+            .map(|&(from, to)| sql[from..to].trim().to_string())
+            .collect()
+    }
+}
+
+fn cut(sql: &str) -> Cuts {
     let mut start = 0;
     let mut words = 0_usize; // words seen in the current statement
     let mut has_content = false;
@@ -124,13 +159,11 @@ pub fn split_statements(sql: &str) -> Vec<String> {
         }
         has_content = true;
     });
-    if has_content {
-        cuts.push((start, sql.len()));
+    Cuts {
+        terminated: cuts,
+        tail: start,
+        tail_has_content: has_content,
     }
-    for (from, to) in cuts {
-        statements.push(sql[from..to].trim().to_string());
-    }
-    statements
 }
 
 /// Read or write, by the heuristic scripts rely on: `SELECT`, `VALUES`, `EXPLAIN`, `WITH`
@@ -193,6 +226,27 @@ mod tests {
             statements[1].ends_with("UPDATE t SET x = 1"),
             "{statements:?}"
         );
+    }
+
+    #[test]
+    fn terminated_statements_and_the_unfinished_rest() {
+        assert_eq!(
+            split_terminated("SELECT 1; SELECT\n 2"),
+            (vec!["SELECT 1".to_string()], " SELECT\n 2")
+        );
+        assert_eq!(
+            split_terminated("INSERT INTO t VALUES ('a;b');\n"),
+            (vec!["INSERT INTO t VALUES ('a;b')".to_string()], "\n")
+        );
+        // Inside a quote or a trigger body a `;` ends nothing yet.
+        assert_eq!(split_terminated("SELECT 'a;").0, Vec::<String>::new());
+        let trigger = "CREATE TRIGGER t AFTER INSERT ON x BEGIN UPDATE y SET n = n + 1;";
+        assert_eq!(split_terminated(trigger), (vec![], trigger));
+        let script = format!("{trigger} END; -- done");
+        let (done, rest) = split_terminated(&script);
+        assert_eq!(done.len(), 1);
+        assert_eq!(rest, " -- done");
+        assert!(split_statements(rest).is_empty());
     }
 
     #[test]
