@@ -29,6 +29,8 @@ enum Command {
     },
     /// Run SQL on a cluster: rows for a read, rows affected and log index for a write.
     Sql(cli::sql::SqlArgs),
+    /// Interactive SQL shell: line editing, history, multi-line statements, .help.
+    Shell(cli::shell::ShellArgs),
     /// Show the cluster: leader, term, and every node's role and applied index.
     Status(cli::status::StatusArgs),
     /// Change the membership, move the leader, or take a snapshot.
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
                 result.map(|_| ExitCode::SUCCESS)
             }
             Command::Sql(args) => cli::sql::run(args).await,
+            Command::Shell(args) => cli::shell::run(args).await,
             Command::Status(args) => cli::status::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
             Command::Health(args) => cli::health::run(args).await,

@@ -1,5 +1,5 @@
-//! Client subcommands of the `raftlite` binary: `sql`, `status`, `cluster`, `health`,
-//! `migrate`, `restore`, and the local helpers `dev` and `bench`.
+//! Client subcommands of the `raftlite` binary: `sql`, `shell`, `status`, `cluster`,
+//! `health`, `migrate`, `restore`, and the local helpers `dev` and `bench`.
 //!
 //! Each subcommand is a `clap::Args` struct plus `run(args) -> ExitCode`. Their output is a
 //! contract that scripts rely on (see each module); errors go to stderr as
@@ -16,6 +16,7 @@ pub mod local_cluster;
 pub mod local_credentials;
 pub mod migrate;
 pub mod restore;
+pub mod shell;
 pub mod sql;
 pub mod sql_text;
 pub mod status;

@@ -1,0 +1,359 @@
+//! `raftlite shell`: an interactive SQL shell on a cluster.
+//!
+//! Line editing and history by rustyline; the history is kept in `~/.raftlite_history`
+//! (`--history FILE` or `RAFTLITE_HISTORY` to move it). A statement may span lines: it ends at
+//! a `;` outside quotes, comments and trigger bodies (the lexer of `raftlite sql`), and several
+//! on one line run in order. Each statement runs on its own: reads through Query at the
+//! session's consistency, writes through Execute; results print as `raftlite sql --header`
+//! prints them, errors as `error: CODE: message`, and the shell goes on. Ctrl-C drops an
+//! unfinished statement, or stops waiting for a running one; Ctrl-D or `.quit` leaves.
+//!
+//! Dot-commands: `.tables`, `.schema [TABLE]`, `.status`, `.consistency [LEVEL]`, `.help`,
+//! `.quit`. Interactive transactions (`.begin`, `.commit`, `.rollback`) are not here yet:
+//! they need the client's transaction API.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use raftlite_client::{Client, Consistency, Statement};
+use rustyline::error::ReadlineError;
+use rustyline::DefaultEditor;
+
+use super::sql::{format_write, print_query, text_row, PrintError, RowFormat};
+use super::sql_text::{classify, split_statements, split_terminated, StatementKind};
+use super::{error_line, fail, AddrArgs};
+
+const PROMPT: &str = "raftlite> ";
+const CONTINUATION: &str = "     ...> ";
+const HISTORY_FILE: &str = ".raftlite_history";
+
+const HELP: &str = "\
+SQL statements end with ';' and may span lines; reads are queried, writes executed.
+.tables              list the tables and views
+.schema [TABLE]      show the CREATE statements (of TABLE)
+.status              show the cluster: leader, term, every node's role and applied index
+.consistency [LEVEL] show or set the read consistency: linearizable, read-your-writes,
+                     stale, bounded N (at most N log entries behind), at-index N
+.help                show this
+.quit                leave (also .exit or Ctrl-D)";
+
+/// Interactive SQL shell: line editing, history, multi-line statements, dot-commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub addr: AddrArgs,
+    /// History file (default: ~/.raftlite_history).
+    #[arg(long, value_name = "FILE", env = "RAFTLITE_HISTORY")]
+    pub history: Option<PathBuf>,
+}
+
+pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let client = match args.addr.client() {
+        Ok(client) => client,
+        Err(e) => return Ok(fail(&e)),
+    };
+    let mut editor = DefaultEditor::new().context("start the line editor")?;
+    let interactive = std::io::stdin().is_terminal();
+    // Only what is typed goes into the history, not a script piped in.
+    let mut history = args
+        .history
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|home| PathBuf::from(home).join(HISTORY_FILE))
+        })
+        .filter(|_| interactive);
+    if let Some(path) = &history {
+        match editor.load_history(path) {
+            Ok(()) => {}
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: cannot read the history {}: {e}", path.display()),
+        }
+    }
+    if interactive {
+        println!(
+            "raftlite shell on {}. Enter SQL ending with ';', .help for help, .quit to leave.",
+            client.endpoints().collect::<Vec<_>>().join(",")
+        );
+    }
+    let mut shell = Shell {
+        client,
+        consistency: Consistency::Linearizable,
+        interactive,
+    };
+    let mut pending = String::new();
+    loop {
+        let prompt = if pending.is_empty() {
+            PROMPT
+        } else {
+            CONTINUATION
+        };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            // Ctrl-C: drop what was typed so far, as sqlite3 does.
+            Err(ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e).context("read a line"),
+        };
+        if pending.is_empty() && line.trim_start().starts_with('.') {
+            remember(&mut editor, &mut history, line.trim());
+            if shell.dot_command(line.trim()).await? == Flow::Quit {
+                break;
+            }
+            continue;
+        }
+        if pending.is_empty() && line.trim().is_empty() {
+            continue;
+        }
+        pending.push_str(&line);
+        pending.push('\n');
+        let (statements, rest) = split_terminated(&pending);
+        if statements.is_empty() {
+            continue;
+        }
+        let entered = pending[..pending.len() - rest.len()].trim().to_owned();
+        // Only whitespace or a comment after the last `;`: nothing is left to finish.
+        let rest = if split_statements(rest).is_empty() {
+            String::new()
+        } else {
+            rest.to_owned()
+        };
+        remember(&mut editor, &mut history, &entered);
+        for statement in statements {
+            shell.run_sql(statement).await?;
+        }
+        pending = rest;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Adds `entry` to the history and saves it at once (a shell killed later keeps it). After a
+/// failed save, says so once and keeps the history in memory only.
+fn remember(editor: &mut DefaultEditor, path: &mut Option<PathBuf>, entry: &str) {
+    if editor.add_history_entry(entry).is_err() {
+        return;
+    }
+    if let Some(file) = path.as_ref() {
+        if let Err(e) = editor.save_history(file) {
+            eprintln!(
+                "warning: cannot write the history {}: {e}; it is kept for this session only",
+                file.display()
+            );
+            *path = None;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct Shell {
+    client: Client,
+    consistency: Consistency,
+    /// Whether Ctrl-C can come from a terminal (then it stops waiting for a statement).
+    interactive: bool,
+}
+
+impl Shell {
+    /// Runs one statement and prints its outcome. Only a failure to print ends the shell.
+    async fn run_sql(&self, sql: String) -> anyhow::Result<()> {
+        let run = async {
+            match classify(&sql) {
+                StatementKind::Write => match self.client.execute([Statement::new(sql)]).await {
+                    Ok(result) => {
+                        println!("{}", format_write(&result, false));
+                        Ok(())
+                    }
+                    Err(e) => Err(PrintError::Query(e)),
+                },
+                StatementKind::Read => {
+                    let format = RowFormat {
+                        json: false,
+                        header: true,
+                    };
+                    print_query(
+                        &self.client,
+                        Statement::new(sql),
+                        self.consistency,
+                        0,
+                        format,
+                    )
+                    .await
+                }
+            }
+        };
+        self.report(self.interruptible(run).await)
+    }
+
+    /// Runs `work`; with a terminal, Ctrl-C stops waiting for it.
+    async fn interruptible(
+        &self,
+        work: impl std::future::Future<Output = Result<(), PrintError>>,
+    ) -> Option<Result<(), PrintError>> {
+        if !self.interactive {
+            return Some(work.await);
+        }
+        tokio::select! {
+            result = work => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    }
+
+    fn report(&self, outcome: Option<Result<(), PrintError>>) -> anyhow::Result<()> {
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(PrintError::Query(e))) => {
+                eprintln!("{}", error_line(&e));
+                Ok(())
+            }
+            Some(Err(PrintError::Output(e))) => {
+                Err(anyhow::Error::new(e).context("write to stdout"))
+            }
+            None => {
+                eprintln!("interrupted (a write may still have been applied)");
+                Ok(())
+            }
+        }
+    }
+
+    async fn dot_command(&mut self, line: &str) -> anyhow::Result<Flow> {
+        let mut words = line.split_whitespace();
+        let command = words.next().unwrap_or_default();
+        let args: Vec<&str> = words.collect();
+        match (command, args.as_slice()) {
+            (".quit" | ".exit", []) => return Ok(Flow::Quit),
+            (".help", []) => println!("{HELP}"),
+            (".tables", []) => {
+                let sql = "SELECT name FROM sqlite_schema \
+                           WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                           AND name NOT LIKE '\\_raftlite\\_%' ESCAPE '\\' ORDER BY name";
+                let outcome = self
+                    .interruptible(self.print_column(Statement::new(sql), ""))
+                    .await;
+                self.report(outcome)?;
+            }
+            (".schema", [] | [_]) => {
+                let mut sql = String::from(
+                    "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL \
+                     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                     AND name NOT LIKE '\\_raftlite\\_%' ESCAPE '\\'",
+                );
+                if !args.is_empty() {
+                    sql.push_str(" AND tbl_name = ?1 COLLATE NOCASE");
+                }
+                sql.push_str(" ORDER BY tbl_name, type DESC, name");
+                let statement = Statement::new(sql).bind_all(args.iter().map(|t| t.to_string()));
+                let outcome = self.interruptible(self.print_column(statement, ";")).await;
+                self.report(outcome)?;
+            }
+            (".status", []) => {
+                let status = async {
+                    let status = self.client.status().await?;
+                    print!("{}", super::status::status_table(&status));
+                    Ok::<(), PrintError>(())
+                };
+                let outcome = self.interruptible(status).await;
+                self.report(outcome)?;
+            }
+            (".consistency", []) => println!("{}", consistency_name(self.consistency)),
+            (".consistency", level) => match parse_consistency(level) {
+                Ok(consistency) => {
+                    self.consistency = consistency;
+                    println!("consistency: {}", consistency_name(consistency));
+                }
+                Err(message) => eprintln!("error: INVALID_ARGUMENT: {message}"),
+            },
+            (".quit" | ".exit" | ".help" | ".tables" | ".status" | ".schema", _) => {
+                eprintln!("error: INVALID_ARGUMENT: wrong arguments for {command}; see .help");
+            }
+            _ => eprintln!("error: INVALID_ARGUMENT: unknown command {command}; see .help"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Prints the first column of each row of a query, followed by `suffix`.
+    async fn print_column(&self, statement: Statement, suffix: &str) -> Result<(), PrintError> {
+        let rows = self
+            .client
+            .query_with(statement, self.consistency, 0)
+            .await?;
+        for row in &rows.rows {
+            println!(
+                "{}{suffix}",
+                text_row(&row.values()[..1.min(row.values().len())])
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `linearizable`, `read-your-writes`, `stale`, `bounded N` or `at-index N`.
+fn parse_consistency(words: &[&str]) -> Result<Consistency, String> {
+    let number = |n: &str| {
+        n.parse::<u64>()
+            .map_err(|_| format!("{n:?} is not a non-negative integer"))
+    };
+    match words {
+        ["linearizable"] => Ok(Consistency::Linearizable),
+        ["read-your-writes"] => Ok(Consistency::ReadYourWrites),
+        ["stale"] => Ok(Consistency::Stale),
+        ["bounded", n] => Ok(Consistency::Bounded {
+            max_lag: number(n)?,
+        }),
+        ["at-index", n] => Ok(Consistency::AtIndex(number(n)?)),
+        _ => Err(format!(
+            "unknown consistency {:?}; one of: linearizable, read-your-writes, stale, bounded N, at-index N",
+            words.join(" ")
+        )),
+    }
+}
+
+fn consistency_name(consistency: Consistency) -> String {
+    match consistency {
+        Consistency::Linearizable => "linearizable".into(),
+        Consistency::ReadYourWrites => "read-your-writes".into(),
+        Consistency::Stale => "stale".into(),
+        Consistency::Bounded { max_lag } => format!("bounded {max_lag}"),
+        Consistency::AtIndex(index) => format!("at-index {index}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_levels_parse_and_print_back() {
+        for text in [
+            "linearizable",
+            "read-your-writes",
+            "stale",
+            "bounded 5",
+            "at-index 42",
+        ] {
+            let words: Vec<&str> = text.split(' ').collect();
+            let level = parse_consistency(&words).expect(text);
+            assert_eq!(consistency_name(level), text);
+        }
+        assert_eq!(
+            parse_consistency(&["bounded", "7"]),
+            Ok(Consistency::Bounded { max_lag: 7 })
+        );
+        for bad in [
+            &["bounded"][..],
+            &["bounded", "-1"],
+            &["fresh"],
+            &["stale", "1"],
+        ] {
+            assert!(parse_consistency(bad).is_err(), "{bad:?}");
+        }
+    }
+}
