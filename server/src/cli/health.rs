@@ -8,13 +8,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use raftlite_client::ClusterUrl;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// Check a node's health: exit 0 if SERVING (readiness by default).
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthArgs {
-    /// Node to ask (HOST:PORT, or https://HOST:PORT for TLS).
+    /// Node to ask (HOST:PORT, or https://HOST:PORT for TLS); of a raftlite:// URL, its first
+    /// node, with its tls_ca (its token is not needed).
     #[arg(
         long,
         value_name = "HOST:PORT",
@@ -36,11 +38,12 @@ pub struct HealthArgs {
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let status = tokio::time::timeout(
-        timeout,
-        check(&args.addr, args.tls_ca.as_deref(), &args.service),
-    )
-    .await;
+    let (addr, tls_ca) = match target(&args) {
+        Ok(target) => target,
+        Err(e) => return Ok(super::fail(&e)),
+    };
+    let status =
+        tokio::time::timeout(timeout, check(&addr, tls_ca.as_deref(), &args.service)).await;
     match status {
         Ok(Ok(status)) => {
             println!("{}", status.as_str_name());
@@ -57,10 +60,25 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {
-            eprintln!("error: no answer from {} within {timeout:?}", args.addr);
+            eprintln!("error: no answer from {addr} within {timeout:?}");
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The node to ask and the CA to trust: `--addr` and `--tls-ca` as given, or a URL's first
+/// node and CA (`--tls-ca` still wins). Never the URL itself, which may hold a token.
+fn target(
+    args: &HealthArgs,
+) -> Result<(String, Option<std::path::PathBuf>), raftlite_client::Error> {
+    if !ClusterUrl::is_url(&args.addr) {
+        return Ok((args.addr.clone(), args.tls_ca.clone()));
+    }
+    let url = ClusterUrl::parse(&args.addr)?;
+    let addr = url.endpoints().into_iter().next().ok_or_else(|| {
+        raftlite_client::Error::InvalidEndpoint("raftlite:// URL: no node".into())
+    })?;
+    Ok((addr, args.tls_ca.clone().or(url.tls_ca)))
 }
 
 async fn check(
@@ -113,4 +131,32 @@ pub async fn connect(
         .connect()
         .await
         .with_context(|| format!("connect to {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(addr: &str, tls_ca: Option<&str>) -> HealthArgs {
+        HealthArgs {
+            addr: addr.to_owned(),
+            tls_ca: tls_ca.map(Into::into),
+            service: String::new(),
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_url_gives_its_first_node_and_ca_never_its_token() {
+        let url = "raftlite://app:s3cret@10.0.0.1:7000,10.0.0.2:7000?tls_ca=/ca.crt";
+        let (addr, ca) = target(&args(url, None)).expect("valid");
+        assert_eq!(addr, "https://10.0.0.1:7000");
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("/ca.crt")));
+        let (_, ca) = target(&args(url, Some("/flag.crt"))).expect("valid");
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("/flag.crt")));
+        let (addr, ca) = target(&args("localhost:7000", None)).expect("valid");
+        assert_eq!((addr.as_str(), ca), ("localhost:7000", None));
+        let err = target(&args("raftlite://app:s3cret@h", None)).expect_err("no port");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
 }
