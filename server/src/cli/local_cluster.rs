@@ -83,6 +83,8 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts the nodes (without waiting for them; see [`LocalCluster::wait_for_leader`]).
+    /// Call it from the thread that lives as long as the cluster (the one `block_on` runs
+    /// the launcher on): the nodes get SIGTERM when the thread that spawned them ends.
     pub fn start(options: &LocalClusterOptions) -> anyhow::Result<LocalCluster> {
         if options.nodes == 0 {
             bail!("a cluster needs at least one node");

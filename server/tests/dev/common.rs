@@ -65,7 +65,9 @@ fn free_port_range() -> u16 {
     let salt = std::process::id() % 997;
     for _ in 0..200 {
         let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = u16::try_from(20_000 + (salt * 31 + slot * 10) % 30_000).expect("in range");
+        // Below Linux's ephemeral range (32768-60999), where outgoing connections could take
+        // a port between this check and the launcher's bind.
+        let base = u16::try_from(20_000 + (salt * 31 + slot * 10) % 12_000).expect("in range");
         let held: Result<Vec<TcpListener>, _> = (base..base + count)
             .map(|p| TcpListener::bind(("127.0.0.1", p)))
             .collect();
