@@ -4,8 +4,8 @@
 //! (`--history FILE` or `RAFTLITE_HISTORY` to move it). A statement may span lines: it ends at
 //! a `;` outside quotes, comments and trigger bodies (the lexer of `raftlite sql`), and several
 //! on one line run in order. Each statement runs on its own: reads through Query at the
-//! session's consistency, writes through Execute; results print as `raftlite sql --header`
-//! prints them, errors as `error: CODE: message`, and the shell goes on. Ctrl-C drops an
+//! session's consistency, writes through Execute; results (and the rows of `... RETURNING`)
+//! print as `raftlite sql --header` prints them, errors as `error: CODE: message`, and the shell goes on. Ctrl-C drops an
 //! unfinished statement, or stops waiting for a running one; Ctrl-D or `.quit` leaves.
 //!
 //! Dot-commands: `.tables`, `.schema [TABLE]`, `.status`, `.consistency [LEVEL]`, `.help`,
@@ -21,7 +21,7 @@ use raftlite_client::{Client, Consistency, Statement};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use super::sql::{format_write, print_query, text_row, PrintError, RowFormat};
+use super::sql::{format_write, print_query, returned_rows, text_row, PrintError, RowFormat};
 use super::sql_text::{classify, split_statements, split_terminated, StatementKind};
 use super::{error_line, fail, AddrArgs};
 
@@ -169,6 +169,10 @@ impl Shell {
             match classify(&sql) {
                 StatementKind::Write => match self.client.execute([Statement::new(sql)]).await {
                     Ok(result) => {
+                        // `... RETURNING` rows first, as `raftlite sql --header` prints them.
+                        for line in returned_rows(&result, true) {
+                            println!("{line}");
+                        }
                         println!("{}", format_write(&result, false));
                         Ok(())
                     }

@@ -153,6 +153,9 @@ fn an_interactive_session_through_a_pseudo_terminal() {
     shell.expect("rows_affected=1 last_insert_rowid=1 ");
     shell.send("SELECT k, v FROM kv;\r");
     shell.expect("k\tv\r\na\t42\r\n");
+    // A write's RETURNING rows, then its summary.
+    shell.send("UPDATE kv SET v = v + 1 RETURNING v AS now;\r");
+    shell.expect("now\r\n43\r\nrows_affected=1 ");
 
     // Line editing: a typo erased with backspace; then the up arrow brings it back.
     shell.send("SELECT 9\x7f1 + 1 AS two;\r");
