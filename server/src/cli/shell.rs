@@ -21,7 +21,7 @@ use raftlite_client::{Client, Consistency, Statement};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use super::sql::{format_write, print_query, returned_rows, text_row, PrintError, RowFormat};
+use super::sql::{format_write, print_query, returned_rows, text_value, PrintError, RowFormat};
 use super::sql_text::{classify, split_statements, split_terminated, StatementKind};
 use super::{error_line, fail, AddrArgs};
 
@@ -289,11 +289,8 @@ impl Shell {
             .client
             .query_with(statement, self.consistency, 0)
             .await?;
-        for row in &rows.rows {
-            println!(
-                "{}{suffix}",
-                text_row(&row.values()[..1.min(row.values().len())])
-            );
+        for value in rows.rows.iter().filter_map(|row| row.values().first()) {
+            println!("{}{suffix}", text_value(value));
         }
         Ok(())
     }
