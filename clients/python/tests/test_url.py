@@ -36,12 +36,26 @@ def test_the_token_never_shows():
         ("raftlite://::1:7000", "IPv6"),
         ("raftlite://tokenonly@a:1", "NAME:TOKEN@"),
         ("raftlite://app:@a:1", "NAME:TOKEN@"),
+        ("raftlite://:tok@a:1", "the NAME is empty"),
+        ("raftlite://a:t%zz@h:1", "two hex digits"),
+        ("raftlite://a:1?tls_ca=/x&tls_ca=/y", "tls_ca given twice"),
+        ("raftlite://a:1#frag", "fragment"),
+        ("raftlite://https://a:1", "another scheme"),
         ("raftlite://a:1?tls-ca=/x", "unknown parameter 'tls-ca'"),
         ("raftlite://a:1?tls_ca=", "tls_ca needs"),
-        ("raftlite://a:1/db", "port must be"),
+        ("raftlite://a:1/db", "a path is not allowed"),
     ],
 )
 def test_malformed_urls_say_what_is_wrong(url, why):
     with pytest.raises(InterfaceError, match="invalid raftlite URL") as e:
         parse_url(url)
     assert why in str(e.value)
+
+
+def test_same_rules_as_the_rust_client():
+    # Scheme in any case, a trailing slash, spaces around nodes, strict %-decoding, '+' kept.
+    t = parse_url(" RaftLite://a%40b:t%3Ak%25+@h:1, h2:2/?tls_ca=/my%20dir/c+a.crt ")
+    assert t.nodes == ("h:1", "h2:2")
+    assert (t.name, t.token, t.tls_ca) == ("a@b", "t:k%+", "/my dir/c+a.crt")
+    # The credentials end at the LAST '@': a token may hold an '@' unescaped.
+    assert parse_url("raftlite://app:to@ken@h:1").token == "to@ken"

@@ -8,16 +8,18 @@
 //! print as `raftlite sql --header` prints them, errors as `error: CODE: message`, and the shell goes on. Ctrl-C drops an
 //! unfinished statement, or stops waiting for a running one; Ctrl-D or `.quit` leaves.
 //!
-//! Dot-commands: `.tables`, `.schema [TABLE]`, `.status`, `.consistency [LEVEL]`, `.help`,
-//! `.quit`. Interactive transactions (`.begin`, `.commit`, `.rollback`) are not here yet:
-//! they need the client's transaction API.
+//! Dot-commands: `.tables`, `.schema [TABLE]`, `.status`, `.consistency [LEVEL]`, `.begin`,
+//! `.commit`, `.rollback`, `.help`, `.quit`. `.begin` (or `BEGIN;`) opens an interactive
+//! transaction: the prompt becomes `raftlite*> `, every statement runs in it and sees its own
+//! writes, and `.commit`/`COMMIT;` or `.rollback`/`ROLLBACK;` ends it. A transaction the
+//! server ended (idle timeout, leader change) is reported and the prompt returns to normal.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use raftlite_client::{Client, Consistency, Statement};
+use raftlite_client::{Client, Consistency, Statement, Transaction};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -26,6 +28,7 @@ use super::sql_text::{classify, split_statements, split_terminated, StatementKin
 use super::{error_line, fail, AddrArgs};
 
 const PROMPT: &str = "raftlite> ";
+const TRANSACTION_PROMPT: &str = "raftlite*> ";
 const CONTINUATION: &str = "     ...> ";
 const HISTORY_FILE: &str = ".raftlite_history";
 
@@ -36,6 +39,9 @@ SQL statements end with ';' and may span lines; reads are queried, writes execut
 .status              show the cluster: leader, term, every node's role and applied index
 .consistency [LEVEL] show or set the read consistency: linearizable, read-your-writes,
                      stale, bounded N (at most N log entries behind), at-index N
+.begin               open a transaction (also BEGIN;): statements see its own writes, others
+                     wait for it; .commit (COMMIT;) replicates it, .rollback (ROLLBACK;)
+                     discards it
 .help                show this
 .quit                leave (also .exit or Ctrl-D)";
 
@@ -82,13 +88,14 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         client,
         consistency: Consistency::Linearizable,
         interactive,
+        transaction: None,
     };
     let mut pending = String::new();
     loop {
-        let prompt = if pending.is_empty() {
-            PROMPT
-        } else {
-            CONTINUATION
+        let prompt = match (pending.is_empty(), shell.transaction.is_some()) {
+            (false, _) => CONTINUATION,
+            (true, false) => PROMPT,
+            (true, true) => TRANSACTION_PROMPT,
         };
         let line = match editor.readline(prompt) {
             Ok(line) => line,
@@ -125,7 +132,10 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         };
         remember(&mut editor, &mut history, &entered);
         for statement in statements {
-            shell.run_sql(statement).await?;
+            match transaction_word(&statement) {
+                Some(word) => shell.transaction_command(word).await?,
+                None => shell.run_sql(statement).await?,
+            }
         }
         pending = rest;
     }
@@ -160,11 +170,104 @@ struct Shell {
     consistency: Consistency,
     /// Whether Ctrl-C can come from a terminal (then it stops waiting for a statement).
     interactive: bool,
+    /// The interactive transaction `.begin` opened, until it ends.
+    transaction: Option<Transaction>,
+}
+
+/// `BEGIN`, `COMMIT`, `END` or `ROLLBACK` typed as SQL (optionally `... TRANSACTION`, any
+/// `BEGIN` kind): the shell maps them to its transaction commands.
+fn transaction_word(sql: &str) -> Option<&'static str> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["BEGIN"] | ["BEGIN", "TRANSACTION"] => Some(".begin"),
+        ["BEGIN", "DEFERRED" | "IMMEDIATE" | "EXCLUSIVE"]
+        | ["BEGIN", "DEFERRED" | "IMMEDIATE" | "EXCLUSIVE", "TRANSACTION"] => Some(".begin"),
+        ["COMMIT" | "END"] | ["COMMIT" | "END", "TRANSACTION"] => Some(".commit"),
+        ["ROLLBACK"] | ["ROLLBACK", "TRANSACTION"] => Some(".rollback"),
+        _ => None,
+    }
 }
 
 impl Shell {
+    /// `.begin`, `.commit` or `.rollback`.
+    async fn transaction_command(&mut self, command: &str) -> anyhow::Result<()> {
+        match (command, self.transaction.take()) {
+            (".begin", Some(open)) => {
+                eprintln!("error: FAILED_PRECONDITION: a transaction is already open; .commit or .rollback it first");
+                self.transaction = Some(open);
+            }
+            (".begin", None) => match self.interruptible(self.client.begin()).await {
+                Some(Ok(tx)) => self.transaction = Some(tx),
+                Some(Err(e)) => eprintln!("{}", error_line(&e)),
+                None => eprintln!(
+                    "interrupted (a transaction begun meanwhile ends after its idle timeout)"
+                ),
+            },
+            (_, None) => {
+                eprintln!("error: FAILED_PRECONDITION: no transaction is open (.begin opens one)");
+            }
+            (".commit", Some(tx)) => match tx.commit().await {
+                Ok(done) => println!("committed log_index={}", done.log_index),
+                Err(e) => eprintln!("{}", error_line(&e)),
+            },
+            (_, Some(tx)) => match tx.rollback().await {
+                Ok(()) => println!("rolled back"),
+                Err(e) => eprintln!("{}", error_line(&e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Runs one statement inside the open transaction; a transaction the server ended is
+    /// dropped (the prompt says so).
+    async fn run_in_transaction(&mut self, sql: String) -> anyhow::Result<()> {
+        let Some(mut tx) = self.transaction.take() else {
+            return Ok(());
+        };
+        let outcome = match self.interruptible(tx.execute([Statement::new(sql)])).await {
+            Some(Ok(results)) => {
+                let result = raftlite_client::ExecuteResult {
+                    results,
+                    ..Default::default()
+                };
+                for line in returned_rows(&result, true) {
+                    println!("{line}");
+                }
+                if result.results.iter().all(|r| r.columns.is_empty()) {
+                    let changed: u64 = result.results.iter().map(|r| r.rows_affected).sum();
+                    let rowid = result.results.last().map_or(0, |r| r.last_insert_rowid);
+                    println!(
+                        "rows_affected={changed} last_insert_rowid={rowid} (in the transaction)"
+                    );
+                }
+                Ok(())
+            }
+            Some(Err(e)) if e.is_aborted() => {
+                eprintln!("{}", error_line(&e));
+                eprintln!("the transaction has ended: nothing of it was applied");
+                return Ok(());
+            }
+            Some(Err(e)) => Err(PrintError::Query(e)),
+            None => {
+                eprintln!("interrupted; the transaction stays open");
+                Ok(())
+            }
+        };
+        self.transaction = Some(tx);
+        self.report(Some(outcome))
+    }
+
     /// Runs one statement and prints its outcome. Only a failure to print ends the shell.
-    async fn run_sql(&self, sql: String) -> anyhow::Result<()> {
+    async fn run_sql(&mut self, sql: String) -> anyhow::Result<()> {
+        if self.transaction.is_some() {
+            return self.run_in_transaction(sql).await;
+        }
         let run = async {
             match classify(&sql) {
                 StatementKind::Write => match self.client.execute([Statement::new(sql)]).await {
@@ -197,11 +300,8 @@ impl Shell {
         self.report(self.interruptible(run).await)
     }
 
-    /// Runs `work`; with a terminal, Ctrl-C stops waiting for it.
-    async fn interruptible(
-        &self,
-        work: impl std::future::Future<Output = Result<(), PrintError>>,
-    ) -> Option<Result<(), PrintError>> {
+    /// Runs `work`; with a terminal, Ctrl-C stops waiting for it (`None`).
+    async fn interruptible<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
         if !self.interactive {
             return Some(work.await);
         }
@@ -267,6 +367,7 @@ impl Shell {
                 let outcome = self.interruptible(status).await;
                 self.report(outcome)?;
             }
+            (".begin" | ".commit" | ".rollback", []) => self.transaction_command(command).await?,
             (".consistency", []) => println!("{}", consistency_name(self.consistency)),
             (".consistency", level) => match parse_consistency(level) {
                 Ok(consistency) => {
@@ -275,7 +376,11 @@ impl Shell {
                 }
                 Err(message) => eprintln!("error: INVALID_ARGUMENT: {message}"),
             },
-            (".quit" | ".exit" | ".help" | ".tables" | ".status" | ".schema", _) => {
+            (
+                ".quit" | ".exit" | ".help" | ".tables" | ".status" | ".schema" | ".begin"
+                | ".commit" | ".rollback",
+                _,
+            ) => {
                 eprintln!("error: INVALID_ARGUMENT: wrong arguments for {command}; see .help");
             }
             _ => eprintln!("error: INVALID_ARGUMENT: unknown command {command}; see .help"),
@@ -330,6 +435,22 @@ fn consistency_name(consistency: Consistency) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_statements_become_commands() {
+        for (sql, want) in [
+            ("BEGIN", Some(".begin")),
+            ("begin immediate transaction;", Some(".begin")),
+            (" Commit ", Some(".commit")),
+            ("END TRANSACTION", Some(".commit")),
+            ("rollback;", Some(".rollback")),
+            ("ROLLBACK TO sp", None),
+            ("BEGINNING", None),
+            ("SELECT 'BEGIN'", None),
+        ] {
+            assert_eq!(transaction_word(sql), want, "{sql}");
+        }
+    }
 
     #[test]
     fn consistency_levels_parse_and_print_back() {

@@ -188,8 +188,39 @@ fn an_interactive_session_through_a_pseudo_terminal() {
     shell.expect("leader");
     shell.send("SELEC 1;\r");
     shell.expect("error: INVALID_ARGUMENT: near \"SELEC\": syntax error");
+
+    // A transaction: its prompt, its own writes visible inside, nothing outside before the
+    // commit (a second shell reads), then committed; a rolled-back one leaves nothing.
     shell.send(".begin\r");
-    shell.expect("error: INVALID_ARGUMENT: unknown command .begin");
+    shell.expect("raftlite*> ");
+    shell.send("INSERT INTO kv VALUES ('b', 1) RETURNING k;\r");
+    shell.expect("k\r\nb\r\n");
+    shell.send("SELECT count(*) AS n FROM kv;\r");
+    shell.expect("n\r\n2\r\n");
+    let outside = std::process::Command::new(env!("CARGO_BIN_EXE_raftlite"))
+        .args(["sql", "--addr", &url, "SELECT count(*) FROM kv"])
+        .output()
+        .expect("raftlite sql");
+    assert_eq!(
+        String::from_utf8_lossy(&outside.stdout).trim(),
+        "1",
+        "{outside:?}"
+    );
+    shell.send(".begin\r");
+    shell.expect("a transaction is already open");
+    shell.send("COMMIT;\r");
+    shell.expect("committed log_index=");
+    shell.expect("raftlite> ");
+    shell.send("BEGIN;\r");
+    shell.expect("raftlite*> ");
+    shell.send("DELETE FROM kv;\r");
+    shell.expect("rows_affected=2 ");
+    shell.send(".rollback\r");
+    shell.expect("rolled back");
+    shell.send("SELECT count(*) AS n FROM kv;\r");
+    shell.expect("n\r\n2\r\n");
+    shell.send(".commit\r");
+    shell.expect("no transaction is open");
     shell.send(".help\r");
     shell.expect(".quit");
 

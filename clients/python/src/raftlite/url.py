@@ -11,7 +11,6 @@ connection is plaintext (fine on loopback). Both parts of the credential are per
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
 
 from .errors import InterfaceError
 
@@ -31,29 +30,75 @@ class Target:
 def parse_url(url: str) -> Target:
     """Parses a connection URL; raises InterfaceError saying what is wrong with it.
 
+    The rules are the Rust client's (`raftlite_client::ClusterUrl`), so a URL means the same
+    to the CLI and to Python: the scheme in any case; no fragment, no path (a trailing `/` is
+    fine); credentials are everything before the last `@`, `NAME:TOKEN` with both non-empty;
+    `%XX` escapes are decoded in NAME, TOKEN and the CA path (`+` stays `+`); the only
+    parameter is `tls_ca`, at most once.
+
     >>> parse_url("raftlite://app:s3cret@10.0.0.1:7000,10.0.0.2:7000?tls_ca=/etc/ca.crt")
     Target(nodes=('10.0.0.1:7000', '10.0.0.2:7000'), name='app', tls_ca='/etc/ca.crt')
     """
-    if not isinstance(url, str) or not url.startswith(SCHEME):
+    if not isinstance(url, str) or not url.strip()[: len(SCHEME)].lower() == SCHEME:
         raise _invalid(url, f"it must start with {SCHEME}")
-    rest = url[len(SCHEME) :]
-    rest, _, query = rest.partition("?")
-    credentials, at, hosts = rest.rpartition("@")
+    rest = url.strip()[len(SCHEME) :]
+    if "#" in rest:
+        raise _invalid(url, "a fragment (#...) is not allowed; write # in a value as %23")
+    authority, _, query = rest.partition("?")
+    if "://" in authority:
+        raise _invalid(url, "expected host:port after raftlite://, not another scheme")
+    authority = authority[:-1] if authority.endswith("/") else authority
+    if "/" in authority:
+        raise _invalid(url, "a path is not allowed after the nodes")
+    credentials, at, hosts = authority.rpartition("@")
     name = token = None
     if at:
         raw_name, colon, raw_token = credentials.partition(":")
-        if not colon or not raw_token:
+        if not colon:
             raise _invalid(url, "credentials must be NAME:TOKEN@ (the name is only a label)")
-        name, token = unquote(raw_name), unquote(raw_token)
-    nodes = tuple(_host_port(url, part) for part in hosts.split(","))
+        name, token = _decode(url, raw_name, "NAME"), _decode(url, raw_token, "TOKEN")
+        if not name:
+            raise _invalid(url, "credentials must be NAME:TOKEN@: the NAME is empty")
+        if not token.strip():
+            raise _invalid(url, "credentials must be NAME:TOKEN@: the TOKEN is empty")
+    nodes = tuple(_host_port(url, part.strip()) for part in hosts.split(","))
     tls_ca = None
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
         if key != "tls_ca":
             raise _invalid(url, f"unknown parameter {key!r} (the only one is tls_ca)")
-        if not value:
+        if tls_ca is not None:
+            raise _invalid(url, "tls_ca given twice")
+        tls_ca = _decode(url, value, "tls_ca")
+        if not tls_ca:
             raise _invalid(url, "tls_ca needs the path of a CA certificate file")
-        tls_ca = value
     return Target(nodes=nodes, name=name, token=token, tls_ca=tls_ca)
+
+
+def _decode(url: str, part: str, what: str) -> str:
+    """Strict %XX decoding (a bad escape is an error, not kept as is); `+` is not a space."""
+    out = bytearray()
+    raw = part.encode()
+    i = 0
+    while i < len(raw):
+        if raw[i] == ord("%"):
+            pair = raw[i + 1 : i + 3]
+            try:
+                if len(pair) != 2:
+                    raise ValueError
+                out.append(int(pair, 16))
+            except ValueError:
+                raise _invalid(url, f"{what}: '%' is not followed by two hex digits") from None
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        raise _invalid(url, f"{what}: %-escapes do not decode to UTF-8") from None
 
 
 def _host_port(url: str, part: str) -> str:
@@ -76,7 +121,7 @@ def _invalid(url: object, why: str) -> InterfaceError:
     # The message must not leak the token: show the URL with it masked.
     shown = url
     if isinstance(url, str) and "@" in url:
-        head, _, tail = url.partition("://")
+        head, _, tail = url.strip().partition("://")
         creds, _, hosts = tail.rpartition("@")
         shown = f"{head}://{creds.partition(':')[0]}:***@{hosts}"
     return InterfaceError(f"invalid raftlite URL {shown!r}: {why}")
