@@ -264,6 +264,11 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// All node ids but `id` (the followers of leader `id`), in id order.
+    pub fn ids_except(&self, id: u64) -> Vec<u64> {
+        self.nodes.keys().copied().filter(|n| *n != id).collect()
+    }
+
     /// Ids of the nodes the harness started and has not stopped or killed since (whether or
     /// not they are still alive: see [`NodeProcess::ensure_alive`]).
     pub fn started_ids(&self) -> Vec<u64> {

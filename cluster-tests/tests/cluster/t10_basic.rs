@@ -23,11 +23,7 @@ async fn replication_reads_rejections_and_dedup() {
         .wait_for_leader(Duration::from_secs(20))
         .await
         .expect("a leader is elected");
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let (f1, f2) = (followers[0], followers[1]);
     let via_f1 = cluster.client_for(f1);
 

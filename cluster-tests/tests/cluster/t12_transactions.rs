@@ -66,11 +66,7 @@ async fn returning_rowids_and_transactions_on_every_path() {
         .wait_for_leader(Duration::from_secs(20))
         .await
         .expect("a leader is elected");
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let (f1, f2) = (followers[0], followers[1]);
     let options = |id: u64| cluster.client_with_role([id], Duration::from_secs(5), Some("write"));
     let (on_leader, via_f1, via_f2) = (options(leader), options(f1), options(f2));
@@ -396,11 +392,7 @@ async fn leader_killed_mid_transaction_applies_nothing() {
         .wait_for_leader(Duration::from_secs(20))
         .await
         .expect("a leader is elected");
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.ids_except(leader)[0];
     let client = cluster.client();
     client.execute([CREATE]).await.expect("create");
     let via_follower = cluster.client_for(follower);

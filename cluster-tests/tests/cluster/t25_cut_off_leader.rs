@@ -40,9 +40,8 @@ async fn bounded_reads_on_a_leader_cut_off_from_its_quorum() {
 
     info!("phase 2: pause both followers; within 3 election timeouts the leader refuses bounded reads");
     let followers: Vec<u32> = cluster
-        .ids()
+        .ids_except(leader)
         .into_iter()
-        .filter(|id| *id != leader)
         .map(|id| cluster.node(id).pid().expect("running"))
         .collect();
     for pid in &followers {

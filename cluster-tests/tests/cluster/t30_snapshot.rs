@@ -26,11 +26,7 @@ async fn lagging_and_wiped_followers_catch_up() {
         .wait_for_leader(Duration::from_secs(20))
         .await
         .expect("a leader is elected");
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let (lagging, wiped) = (followers[0], followers[1]);
     let client = cluster.client();
     let checker = Checker::new("snapshot_kv");
