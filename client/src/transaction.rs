@@ -11,8 +11,8 @@ use crate::{Error, Rows, Statement, StatementResult};
 /// Outcome of [`Transaction::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitResult {
-    /// Raft log index that made the transaction durable (a read-your-writes token); 0 when the
-    /// transaction wrote nothing.
+    /// Raft log index that made the transaction durable (a read-your-writes token); when the
+    /// transaction wrote nothing, the leader's applied index it read at.
     pub log_index: u64,
     /// True when a retried Commit found the transaction already committed.
     pub deduplicated: bool,
@@ -27,14 +27,20 @@ pub struct CommitResult {
 /// applied, run it again from the start. Dropping it without [`Transaction::commit`] leaves
 /// it to that timeout; call [`Transaction::rollback`] to release the lock at once.
 ///
-/// Calls inside the transaction go to the node that began it and are not retried on another
-/// node (only the leader knows the transaction); [`Transaction::commit`] is retried like a
-/// write, under one request id, so a commit applies once.
+/// Calls inside the transaction go to the node that began it (only the leader knows the
+/// transaction): a call that fails retryably (UNAVAILABLE, a timeout, a broken connection) is
+/// sent again there under the same request id, which the server answers with the first result,
+/// so it runs once. [`Transaction::commit`] is retried like a write, on any node, under one
+/// request id, so a commit applies once. If `commit` still fails retryably when the retry
+/// deadline passes, its outcome is unknown: read to find out before running it again.
 #[derive(Debug)]
 pub struct Transaction {
     client: Client,
     id: String,
     channel: Channel,
+    /// Set by commit and rollback; a transaction dropped without either is rolled back in the
+    /// background so that it does not hold the write lock until its idle timeout.
+    ended: bool,
 }
 
 impl Transaction {
@@ -43,6 +49,7 @@ impl Transaction {
             client,
             id,
             channel,
+            ended: false,
         }
     }
 
@@ -62,19 +69,35 @@ impl Transaction {
         &mut self,
         statements: impl IntoIterator<Item = impl Into<Statement>>,
     ) -> Result<Vec<StatementResult>, Error> {
-        let mut request = tonic::Request::new(v1::ExecuteRequest {
+        let message = v1::ExecuteRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
             statements: statements
                 .into_iter()
                 .map(|s| v1::Statement::from(s.into()))
                 .collect(),
             transaction_id: self.id.clone(),
-        });
-        request.set_timeout(self.timeout());
-        let response = sql_client(self.channel.clone())
-            .execute(request)
-            .await?
-            .into_inner();
+        };
+        let timeout = self.timeout();
+        let options = self.client.options();
+        let started = std::time::Instant::now();
+        let mut backoff =
+            crate::backoff::Backoff::new(options.backoff_initial, options.backoff_max);
+        let response = loop {
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(timeout);
+            let attempt =
+                tokio::time::timeout(timeout, sql_client(self.channel.clone()).execute(request))
+                    .await
+                    .map_err(|_| Error::timeout(timeout))
+                    .and_then(|r| r.map_err(Error::from));
+            match attempt {
+                Ok(response) => break response.into_inner(),
+                Err(e) if e.is_retryable() && started.elapsed() < options.retry_deadline => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         response
             .results
             .into_iter()
@@ -112,7 +135,8 @@ impl Transaction {
 
     /// Commits: the whole transaction becomes one replicated write. Retried on retryable
     /// errors (on any node) under one request id, so it applies once.
-    pub async fn commit(self) -> Result<CommitResult, Error> {
+    pub async fn commit(mut self) -> Result<CommitResult, Error> {
+        self.ended = true;
         let request = v1::CommitRequest {
             transaction_id: self.id.clone(),
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -134,12 +158,32 @@ impl Transaction {
     }
 
     /// Discards the transaction and releases the write lock.
-    pub async fn rollback(self) -> Result<(), Error> {
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        self.ended = true;
         let mut request = tonic::Request::new(v1::RollbackRequest {
             transaction_id: self.id.clone(),
         });
         request.set_timeout(self.timeout());
         sql_client(self.channel.clone()).rollback(request).await?;
         Ok(())
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // Best effort, without blocking: the server's idle timeout remains the backstop.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut request = tonic::Request::new(v1::RollbackRequest {
+                transaction_id: std::mem::take(&mut self.id),
+            });
+            request.set_timeout(self.timeout());
+            let channel = self.channel.clone();
+            runtime.spawn(async move {
+                let _ = sql_client(channel).rollback(request).await;
+            });
+        }
     }
 }

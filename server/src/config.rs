@@ -140,10 +140,13 @@ pub mod defaults {
         5_000
     }
 
+    /// Most `transaction_max_ms`: below the applier's 30 s wait for the write lock.
+    pub const MAX_TRANSACTION_MAX_MS: u64 = 25_000;
+
     /// Default `transaction_max_ms`: the longest an interactive transaction holds the write
     /// lock, however busy its client keeps it.
     pub fn default_transaction_max_ms() -> u64 {
-        60_000
+        20_000
     }
 
     /// Default `statement_timeout_ms`: a write statement holds the one executor (every other
@@ -481,7 +484,8 @@ settings! {
     );
 
     /// An interactive transaction is rolled back this long after it began, in milliseconds,
-    /// however busy (no client holds the write lock longer) [default: 60000].
+    /// however busy (no client holds the write lock longer). At most 25000: the applier waits
+    /// at most 30 s for the write lock [default: 20000].
     transaction_max_ms: u64 = TRANSACTION_MAX_MS(
         "--transaction-max-ms",
         "RAFTLITE_TRANSACTION_MAX_MS",
@@ -1297,8 +1301,14 @@ impl FileConfig {
         let transaction_max_ms = self
             .transaction_max_ms
             .unwrap_or_else(default_transaction_max_ms);
-        if transaction_max_ms == 0 {
-            return Err(invalid(&TRANSACTION_MAX_MS, "must be at least 1"));
+        if !(1..=MAX_TRANSACTION_MAX_MS).contains(&transaction_max_ms) {
+            return Err(invalid(
+                &TRANSACTION_MAX_MS,
+                format!(
+                    "{transaction_max_ms} is outside 1..={MAX_TRANSACTION_MAX_MS} (a transaction \
+                     holds the write lock, and the applier waits at most 30 s for it)"
+                ),
+            ));
         }
         let max_delta_bytes = self.max_delta_bytes.unwrap_or_else(default_max_delta_bytes);
         let max_delta_limit = crate::peer::PEER_MESSAGE_LIMIT / 2;

@@ -242,12 +242,14 @@ pub struct Principal {
     pub role: Role,
 }
 
-/// The name of the caller of `request` ("" without an auth file).
+/// Who the caller of `request` is, as one string: its token's name and role (`app:write`; ""
+/// without an auth file). Names need not be unique in the auth file, so the role is part of it:
+/// a `read` token named like a `write` one is another caller.
 pub fn principal_name<T>(request: &tonic::Request<T>) -> String {
     request
         .extensions()
         .get::<Principal>()
-        .map(|p| p.name.clone())
+        .map(|p| format!("{}:{}", p.name, p.role.name()))
         .unwrap_or_default()
 }
 

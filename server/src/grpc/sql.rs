@@ -60,7 +60,13 @@ impl SqlService {
         metadata: &tonic::metadata::MetadataMap,
         call: TransactionCall,
     ) -> Result<TransactionReply, Status> {
-        let deadline = statement_deadline(metadata, self.node.config().statement_timeout);
+        // A commit replicates (and may wait for a new leader to look it up): the request's
+        // time, not a statement's.
+        let limit = match call {
+            TransactionCall::Commit { .. } => self.node.config().request_timeout,
+            _ => self.node.config().statement_timeout,
+        };
+        let deadline = statement_deadline(metadata, limit);
         self.node
             .transaction(&principal, call, deadline, false)
             .await

@@ -22,7 +22,6 @@
 //! * **A retried call inside a transaction** (same request id on `Execute`) answers its first
 //!   result: the transaction keeps its calls' request ids in memory.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -226,12 +225,17 @@ impl NodeInner {
                 Err(e) => Err(e),
             },
             TransactionCall::Rollback { transaction_id } => {
-                // Rolling back a transaction that already ended is not an error: it is gone.
-                if let Ok(calls) = self.transactions.calls(&transaction_id, principal) {
-                    let (reply, rx) = oneshot::channel();
-                    if calls.send(Call::Rollback { reply }).await.is_ok() {
-                        let _ = rx.await;
+                match self.transactions.calls(&transaction_id, principal) {
+                    Ok(calls) => {
+                        let (reply, rx) = oneshot::channel();
+                        if calls.send(Call::Rollback { reply }).await.is_ok() {
+                            let _ = rx.await;
+                        }
                     }
+                    // Being committed: too late to roll back, and its outcome is not known yet.
+                    Err(e @ NodeError::Unavailable { .. }) => return Err(e),
+                    // Already ended: nothing of it remains, which is what a rollback wants.
+                    Err(_) => {}
                 }
                 Ok(TransactionReply::RolledBack)
             }
@@ -273,6 +277,16 @@ pub(crate) async fn run(node: &NodeInner, executor: &ExecutorHandle, begin: Pend
         let _ = begin.reply.send(Err(e));
         return;
     }
+    // Everything this leader proposed is applied before the write lock is taken: the applier
+    // must never wait for a transaction.
+    write_path::settle(node).await;
+    if !node.is_leader() {
+        let _ = begin.reply.send(Err(NodeError::unavailable(
+            "this node stopped being the leader; retry",
+            node.leader_hint(),
+        )));
+        return;
+    }
     if let Err(e) = executor.begin().await {
         let _ = begin
             .reply
@@ -307,8 +321,9 @@ async fn serve(
     let idle = node.config.transaction_idle_timeout;
     let ends_at = Instant::now() + node.config.transaction_max;
     let term = node.raft.metrics().borrow().current_term;
-    // Calls retried under the same request id answer their first result.
-    let mut answered: HashMap<String, Vec<StatementOutcome>> = HashMap::new();
+    // A call retried under the same request id answers its first result. Calls of one
+    // transaction are sequential, so only the last one can be retried: only it is kept.
+    let mut last_answer: Option<(String, Vec<StatementOutcome>)> = None;
     loop {
         let left = ends_at.saturating_duration_since(Instant::now());
         let call = tokio::select! {
@@ -337,18 +352,21 @@ async fn serve(
                 deadline,
                 reply,
             } => {
-                if let Some(first) = answered.get(&request_id) {
+                if let Some((_, first)) = last_answer
+                    .as_ref()
+                    .filter(|(id, _)| !request_id.is_empty() && *id == request_id)
+                {
                     let _ = reply.send(Ok(first.clone()));
                     continue;
                 }
+                // No statement runs past the transaction's own time limit.
                 let step = executor
-                    .transaction_execute(statements, Some(deadline))
+                    .transaction_execute(statements, Some(deadline.min(ends_at)))
                     .await;
                 let (answer, ended) = match step {
                     Ok(TransactionStep::Done(results)) => {
-                        if !request_id.is_empty() {
-                            answered.insert(request_id, results.clone());
-                        }
+                        last_answer =
+                            (!request_id.is_empty()).then(|| (request_id, results.clone()));
                         (Ok(results), false)
                     }
                     Ok(TransactionStep::Failed(e)) => (Err(NodeError::Db(e)), false),
@@ -359,7 +377,12 @@ async fn serve(
                         ))),
                         true,
                     ),
-                    Err(e) => (Err(NodeError::Internal(e.to_string())), true),
+                    Err(e) => (
+                        Err(NodeError::Internal(format!(
+                            "{e}; the transaction was rolled back"
+                        ))),
+                        true,
+                    ),
                 };
                 let _ = reply.send(answer);
                 if ended {
@@ -392,9 +415,10 @@ async fn commit(
 ) -> Result<TransactionReply, NodeError> {
     let delta = match executor.commit(request_id).await {
         Ok(Some(delta)) => delta,
+        // Wrote nothing: nothing to replicate; the index it read at is the token.
         Ok(None) => {
             return Ok(TransactionReply::Committed {
-                log_index: 0,
+                log_index: node.applied_index(),
                 deduplicated: false,
             })
         }

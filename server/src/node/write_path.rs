@@ -208,7 +208,16 @@ async fn replicate_encoded(
     let proposal = propose(node, bytes).instrument(span);
     tokio::pin!(proposal);
     tokio::select! {
-        result = &mut proposal => on_commit(result),
+        result = &mut proposal => {
+            let unknown = result.is_err();
+            on_commit(result);
+            if unknown {
+                // The entry may still commit and apply: nothing may be captured before it
+                // settles, or the next delta would be built on a state it changes (and share
+                // its base version).
+                settle(node).await;
+            }
+        }
         Ok(index) = committed => {
             node.note_committed(index);
             on_commit(Ok(index));
@@ -219,6 +228,33 @@ async fn replicate_encoded(
         }
     }
     node.proposals.forget(base_version);
+}
+
+/// After a proposal whose outcome is unknown: waits until everything in this leader's log is
+/// applied, or until it no longer leads that term (a new leader applies every earlier entry
+/// before it executes anything). A leader without a quorum waits here, as its writes could not
+/// commit anyway.
+pub(crate) async fn settle(node: &NodeInner) {
+    let mut metrics = node.raft.metrics();
+    let (target, term) = {
+        let m = metrics.borrow_and_update();
+        (m.last_log_index.unwrap_or(0), m.current_term)
+    };
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            if applied >= target
+                || m.current_term != term
+                || m.state != openraft::ServerState::Leader
+            {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Answers every request of a batch: its own outcome, or the batch's commit error.

@@ -18,7 +18,9 @@
 //! - **Elect** (leadership transfer) is honoured, with TLS, only from the current leader.
 //! - **ForwardAdmin** from a member may change anything (the member checked the client's admin
 //!   token); from a node that is no member, only adding itself (a StatefulSet pod joining).
-//! - **ForwardExecute** obeys `max_request_bytes` like `Sql.Execute`.
+//! - **ForwardExecute** and **ForwardTransaction** obey `max_request_bytes` like `Sql.Execute`;
+//!   a forwarded transaction call is checked again here (ids, sizes) and answers only the token
+//!   named in it (the follower checked that token).
 //! - **Re-sync** (wiping this node's data for another cluster's): see `cluster::resync`.
 //!
 //! Without TLS (loopback, or `--insecure`), a sender cannot be authenticated: the membership,
@@ -395,12 +397,15 @@ impl Peer for PeerService {
                  (max_request_bytes)"
             )));
         }
-        let deadline = crate::grpc::sql::statement_deadline(
-            request.metadata(),
-            self.node.config().statement_timeout,
-        );
+        let metadata = request.metadata().clone();
         let (principal, call) =
             crate::grpc::convert::transaction_call_from_proto(request.into_inner())?;
+        // The follower sent its client's remaining time; a commit may use the request's.
+        let limit = match call {
+            crate::node::TransactionCall::Commit { .. } => self.node.config().request_timeout,
+            _ => self.node.config().statement_timeout,
+        };
+        let deadline = crate::grpc::sql::statement_deadline(&metadata, limit);
         let reply = self
             .node
             .transaction(&principal, call, deadline, true)
