@@ -117,11 +117,19 @@ pub(crate) fn finish(
 /// Whether the open transaction has changed any page since [`start`] (flushes the page cache
 /// to find out, as [`finish`] does).
 pub(crate) fn changed(conn: &Connection, start: &CaptureStart) -> Result<bool> {
+    Ok(changed_bytes(conn)? > 0 || read_page(conn, 1)? != start.page1)
+}
+
+/// Bytes of the pages the open transaction has changed so far, page 1 aside (flushes the page
+/// cache to count them, as [`finish`] does): what its delta would carry.
+pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
     // SAFETY: as in `finish`.
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
     check(rc, "sqlite3_db_cacheflush")?;
     let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    Ok(!uncommitted_pgnos(conn, page_size)?.is_empty() || read_page(conn, 1)? != start.page1)
+    Ok(uncommitted_pgnos(conn, page_size)?
+        .len()
+        .saturating_mul(page_size as usize))
 }
 
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).

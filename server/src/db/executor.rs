@@ -405,8 +405,8 @@ impl Executor {
                     if result_bytes > MAX_RESULT_BYTES {
                         return Err(DbError::TooLarge(format!(
                             "the request returns more than {MAX_RESULT_BYTES} bytes of rows; \
-                             return fewer rows or columns (e.g. RETURNING only the keys), or \
-                             query them afterwards"
+                             return fewer rows or columns (e.g. RETURNING only the keys, or a \
+                             LIMIT), or query them outside a write"
                         )));
                     }
                     if result_bytes > self.result_budget {
@@ -486,7 +486,10 @@ impl Executor {
         }
         self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
         self.result_budget = MAX_RESULT_BYTES;
-        match self.run_statements(statements, deadline) {
+        match self
+            .run_statements(statements, deadline)
+            .and_then(|results| self.check_transaction_size().map(|()| results))
+        {
             Ok(results) => {
                 self.internal_sql(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
                 Ok(TransactionStep::Done(results))
@@ -502,6 +505,25 @@ impl Executor {
                 Ok(TransactionStep::Failed(e))
             }
         }
+    }
+
+    /// A transaction's delta is checked after each call, not only at its commit: the call that
+    /// takes it past `max_delta_bytes` fails alone (its savepoint), before the transaction
+    /// fills the disk for the rest of its time.
+    fn check_transaction_size(&self) -> Result<()> {
+        let bytes = {
+            let _guard = self.lockdown.internal();
+            capture::changed_bytes(&self.conn)?
+        };
+        if bytes > self.max_delta_bytes {
+            return Err(DbError::TooLarge(format!(
+                "the transaction would change {bytes} bytes of pages, over the limit of {} \
+                 bytes (max_delta_bytes); this call was undone, the transaction stays open: \
+                 commit what it holds and split the rest into further transactions",
+                self.max_delta_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// End the open transaction and capture what it wrote as one delta (rolled back here like

@@ -1816,3 +1816,51 @@ async fn transaction_rollback_and_ends() -> TestResult {
     c.verify("rollbacks")?;
     Ok(())
 }
+
+/// A transaction cannot grow past max_delta_bytes: the call that would take it over fails
+/// alone (undone), the transaction stays open and commits what it held.
+#[tokio::test]
+async fn transaction_past_max_delta_bytes_fails_the_call_alone() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_delta_bytes: 256 * 1024,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&["CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB)"])
+        .await?;
+    c.executor.begin().await?;
+    let small = c
+        .executor
+        .transaction_execute(
+            vec![stmt("INSERT INTO big(b) VALUES(zeroblob(1000))")],
+            None,
+        )
+        .await?;
+    ensure!(matches!(small, TransactionStep::Done(_)), "{small:?}");
+    let huge = c
+        .executor
+        .transaction_execute(
+            vec![stmt(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100)
+                 INSERT INTO big(b) SELECT zeroblob(8000) FROM c",
+            )],
+            None,
+        )
+        .await?;
+    ensure!(
+        matches!(&huge, TransactionStep::Failed(DbError::TooLarge(m)) if m.contains("max_delta_bytes")),
+        "{huge:?}"
+    );
+    let delta = c
+        .executor
+        .commit(String::new())
+        .await?
+        .context("the first insert is kept")?;
+    let delta = Arc::new(PageDelta::decode(&delta.encode())?);
+    ensure!(c.leader.apply(delta.clone()).await? == ApplyOutcome::Applied);
+    ensure!(c.follower.apply(delta).await? == ApplyOutcome::Applied);
+    c.reference
+        .execute_batch("INSERT INTO big(b) VALUES(zeroblob(1000))")?;
+    c.verify("transaction size")?;
+    Ok(())
+}
