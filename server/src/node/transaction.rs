@@ -243,13 +243,18 @@ impl NodeInner {
     }
 
     /// The outcome of a Commit whose transaction is no longer open: its request id is in the
-    /// database if (and only if) it committed. Asked on a ready leader, which has applied
-    /// everything earlier leaders committed.
+    /// database if (and only if) it committed. Asked on a ready leader whose whole log is
+    /// applied: it has applied everything earlier leaders committed and every entry of its own.
     async fn commit_outcome(&self, request_id: &str) -> Result<TransactionReply, NodeError> {
         if request_id.is_empty() {
             return Err(not_open());
         }
         self.wait_leader_ready().await?;
+        // An entry of unknown outcome (this commit's, say) must settle first: until then
+        // "not recorded" would not mean "never committed".
+        if !write_path::settled(self, write_path::SETTLE_TIMEOUT).await {
+            return Err(write_path::unsettled(self));
+        }
         if self
             .executor
             .request_recorded(request_id.to_string())
@@ -279,12 +284,8 @@ pub(crate) async fn run(node: &NodeInner, executor: &ExecutorHandle, begin: Pend
     }
     // Everything this leader proposed is applied before the write lock is taken: the applier
     // must never wait for a transaction.
-    write_path::settle(node).await;
-    if !node.is_leader() {
-        let _ = begin.reply.send(Err(NodeError::unavailable(
-            "this node stopped being the leader; retry",
-            node.leader_hint(),
-        )));
+    if !write_path::settled(node, write_path::SETTLE_TIMEOUT).await {
+        let _ = begin.reply.send(Err(write_path::unsettled(node)));
         return;
     }
     if let Err(e) = executor.begin().await {

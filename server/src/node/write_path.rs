@@ -30,6 +30,9 @@ use crate::raft::types::{ApplyResult, Command};
 /// How long a proposal may take before its requests are answered UNAVAILABLE (outcome unknown;
 /// a retry with the same request id returns the real result).
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a batch (or a Begin) waits for an earlier entry of unknown outcome to settle before
+/// its requests are answered UNAVAILABLE, unexecuted.
+pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteReply {
@@ -92,7 +95,12 @@ pub(crate) async fn run_batcher(
 }
 
 async fn process_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>) {
-    if let Err(e) = node.wait_leader_ready().await {
+    let ready = match node.wait_leader_ready().await {
+        Ok(()) if settled(node, SETTLE_TIMEOUT).await => Ok(()),
+        Ok(()) => Err(unsettled(node)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = ready {
         for w in batch {
             let _ = w.reply.send(Err(clone_unavailable(&e)));
         }
@@ -208,16 +216,8 @@ async fn replicate_encoded(
     let proposal = propose(node, bytes).instrument(span);
     tokio::pin!(proposal);
     tokio::select! {
-        result = &mut proposal => {
-            let unknown = result.is_err();
-            on_commit(result);
-            if unknown {
-                // The entry may still commit and apply: nothing may be captured before it
-                // settles, or the next delta would be built on a state it changes (and share
-                // its base version).
-                settle(node).await;
-            }
-        }
+        // On an error the entry may still commit: the next capture waits for it (`settled`).
+        result = &mut proposal => on_commit(result),
         Ok(index) = committed => {
             node.note_committed(index);
             on_commit(Ok(index));
@@ -230,31 +230,34 @@ async fn replicate_encoded(
     node.proposals.forget(base_version);
 }
 
-/// After a proposal whose outcome is unknown: waits until everything in this leader's log is
-/// applied, or until it no longer leads that term (a new leader applies every earlier entry
-/// before it executes anything). A leader without a quorum waits here, as its writes could not
-/// commit anyway.
-pub(crate) async fn settle(node: &NodeInner) {
+/// Whether everything in this leader's log is applied, waiting at most `within`. Nothing may
+/// be captured before: after a proposal whose outcome is unknown (a timeout, a lost quorum),
+/// its entry may still commit, and a delta captured meanwhile would be built on a state that
+/// entry changes (and share its base version, so the entry's commit would answer for it).
+/// Returns at once on the normal path, where the previous delta is applied before the next.
+pub(crate) async fn settled(node: &NodeInner, within: Duration) -> bool {
     let mut metrics = node.raft.metrics();
-    let (target, term) = {
-        let m = metrics.borrow_and_update();
-        (m.last_log_index.unwrap_or(0), m.current_term)
-    };
+    let mut applied = node.applied.clone();
+    let until = tokio::time::Instant::now() + within;
     loop {
-        {
-            let m = metrics.borrow_and_update();
-            let applied = m.last_applied.map_or(0, |l| l.index);
-            if applied >= target
-                || m.current_term != term
-                || m.state != openraft::ServerState::Leader
-            {
-                return;
-            }
+        let target = metrics.borrow_and_update().last_log_index.unwrap_or(0);
+        if *applied.borrow_and_update() >= target {
+            return true;
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return false },
+            changed = applied.changed() => if changed.is_err() { return false },
+            () = tokio::time::sleep_until(until) => return false,
         }
     }
+}
+
+/// The answer while an earlier write's outcome is unknown.
+pub(crate) fn unsettled(node: &NodeInner) -> NodeError {
+    NodeError::unavailable(
+        "an earlier write's outcome is not known yet (no quorum?); retry with the same request id",
+        node.leader_hint(),
+    )
 }
 
 /// Answers every request of a batch: its own outcome, or the batch's commit error.
