@@ -471,6 +471,34 @@ impl Client {
     pub(crate) async fn call<T, F, Fut>(
         &self,
         timeout: Option<Duration>,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.retry(None, timeout, attempt).await
+    }
+
+    /// Like [`Client::call`], but every attempt goes to `channel` (the node holding an
+    /// interactive transaction).
+    pub(crate) async fn call_on<T, F, Fut>(
+        &self,
+        channel: &Channel,
+        timeout: Option<Duration>,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.retry(Some(channel), timeout, attempt).await
+    }
+
+    async fn retry<T, F, Fut>(
+        &self,
+        pinned: Option<&Channel>,
+        timeout: Option<Duration>,
         mut attempt: F,
     ) -> Result<T, Error>
     where
@@ -482,7 +510,11 @@ impl Client {
         let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         let mut node = self.inner.preferred.load(Ordering::Relaxed) % self.inner.nodes.len();
         loop {
-            let future = attempt(self.inner.nodes[node].channel());
+            let channel = match pinned {
+                Some(channel) => channel.clone(),
+                None => self.inner.nodes[node].channel(),
+            };
+            let future = attempt(channel);
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit, future)
                     .await
@@ -491,7 +523,9 @@ impl Client {
             };
             let err = match result {
                 Ok(value) => {
-                    self.inner.preferred.store(node, Ordering::Relaxed);
+                    if pinned.is_none() {
+                        self.inner.preferred.store(node, Ordering::Relaxed);
+                    }
                     return Ok(value);
                 }
                 Err(err) if !err.is_retryable() => return Err(err),
@@ -502,6 +536,10 @@ impl Client {
                 return Err(err);
             }
             let delay = backoff.next_delay().min(options.retry_deadline - elapsed);
+            if pinned.is_some() {
+                tokio::time::sleep(delay).await;
+                continue;
+            }
             let next = self.next_node(node, &err);
             tracing::debug!(
                 endpoint = %self.inner.nodes[node].uri,

@@ -78,26 +78,14 @@ impl Transaction {
             transaction_id: self.id.clone(),
         };
         let timeout = self.timeout();
-        let options = self.client.options();
-        let started = std::time::Instant::now();
-        let mut backoff =
-            crate::backoff::Backoff::new(options.backoff_initial, options.backoff_max);
-        let response = loop {
-            let mut request = tonic::Request::new(message.clone());
-            request.set_timeout(timeout);
-            let attempt =
-                tokio::time::timeout(timeout, sql_client(self.channel.clone()).execute(request))
-                    .await
-                    .map_err(|_| Error::timeout(timeout))
-                    .and_then(|r| r.map_err(Error::from));
-            match attempt {
-                Ok(response) => break response.into_inner(),
-                Err(e) if e.is_retryable() && started.elapsed() < options.retry_deadline => {
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let response = self
+            .client
+            .call_on(&self.channel, Some(timeout), |channel| {
+                let mut request = tonic::Request::new(message.clone());
+                request.set_timeout(timeout);
+                async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
+            })
+            .await?;
         response
             .results
             .into_iter()

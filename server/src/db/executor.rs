@@ -144,8 +144,9 @@ pub struct Executor {
     transaction: Option<OpenTransaction>,
 }
 
-/// An interactive transaction: `BEGIN IMMEDIATE` is open and nothing else runs on the
-/// executor until [`Executor::commit`] or [`Executor::rollback`].
+/// A captured write transaction in progress (a batch, or an interactive transaction, which
+/// keeps `BEGIN IMMEDIATE` open and nothing else runs on the executor until
+/// [`Executor::commit`] or [`Executor::rollback`]).
 struct OpenTransaction {
     start: CaptureStart,
     base_version: u64,
@@ -285,13 +286,7 @@ impl Executor {
         batch: &[WriteRequest],
         fatal: &mut [Option<DbError>],
     ) -> Result<Attempt> {
-        let (start, base_version) = {
-            let _guard = self.lockdown.internal();
-            let start = capture::start(&self.conn)?;
-            let version = internal::read_version(&self.conn)?;
-            internal::ensure_tables(&self.conn)?;
-            (start, version)
-        };
+        let open = self.start_capture()?;
         let now_ms = unix_millis();
         self.result_budget = MAX_BATCH_RESULT_BYTES;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -352,8 +347,7 @@ impl Executor {
             let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
             internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
         }
-        internal::write_version(&self.conn, base_version + 1)?;
-        let delta = capture::finish(&self.conn, start, base_version, self.max_delta_bytes)?;
+        let delta = self.finish_capture(open)?;
         Ok(Attempt::Done(ExecutedBatch {
             delta: Some(delta),
             outcomes,
@@ -449,17 +443,7 @@ impl Executor {
     pub fn begin(&mut self) -> Result<()> {
         self.refuse_if_in_transaction()?;
         self.internal_sql("BEGIN IMMEDIATE")?;
-        let opened = (|| {
-            let _guard = self.lockdown.internal();
-            let start = capture::start(&self.conn)?;
-            let base_version = internal::read_version(&self.conn)?;
-            internal::ensure_tables(&self.conn)?;
-            Ok(OpenTransaction {
-                start,
-                base_version,
-            })
-        })();
-        match opened {
+        match self.start_capture() {
             Ok(open) => {
                 self.reset_last_insert_rowid();
                 self.transaction = Some(open);
@@ -559,6 +543,25 @@ impl Executor {
             }
             internal::record_request(&self.conn, request_id, &[], unix_millis())?;
         }
+        self.finish_capture(open).map(Some)
+    }
+
+    /// Right after `BEGIN IMMEDIATE`: remember what capture needs and the version the delta
+    /// will be based on (a batch and an interactive transaction start alike).
+    fn start_capture(&self) -> Result<OpenTransaction> {
+        let _guard = self.lockdown.internal();
+        let start = capture::start(&self.conn)?;
+        let base_version = internal::read_version(&self.conn)?;
+        internal::ensure_tables(&self.conn)?;
+        Ok(OpenTransaction {
+            start,
+            base_version,
+        })
+    }
+
+    /// Bump the version and capture the changed pages as one delta (the caller rolls back).
+    /// Runs under the internal lock-down guard.
+    fn finish_capture(&self, open: OpenTransaction) -> Result<PageDelta> {
         internal::write_version(&self.conn, open.base_version + 1)?;
         capture::finish(
             &self.conn,
@@ -566,7 +569,6 @@ impl Executor {
             open.base_version,
             self.max_delta_bytes,
         )
-        .map(Some)
     }
 
     /// Whether a write with this request id has been applied (as seen by this connection: the

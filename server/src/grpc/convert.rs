@@ -167,6 +167,15 @@ pub fn write_reply_to_proto(r: WriteReply) -> v1::ExecuteResponse {
     }
 }
 
+/// The answer to an `Execute` inside a transaction: nothing is durable yet, so no log index.
+pub fn transaction_results_to_proto(results: Vec<StatementOutcome>) -> v1::ExecuteResponse {
+    write_reply_to_proto(WriteReply {
+        results,
+        log_index: 0,
+        deduplicated: false,
+    })
+}
+
 pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, NodeError> {
     Ok(WriteReply {
         results: r
@@ -282,11 +291,9 @@ pub fn transaction_reply_to_proto(r: TransactionReply) -> v1::TransactionReply {
         TransactionReply::Begun { transaction_id } => {
             Reply::Begin(v1::BeginResponse { transaction_id })
         }
-        TransactionReply::Executed(results) => Reply::Execute(v1::ExecuteResponse {
-            results: results.into_iter().map(outcome_to_proto).collect(),
-            log_index: 0,
-            deduplicated: false,
-        }),
+        TransactionReply::Executed(results) => {
+            Reply::Execute(transaction_results_to_proto(results))
+        }
         TransactionReply::Committed {
             log_index,
             deduplicated,

@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 use super::auth::principal_name;
 use super::convert::{
     check_transaction_id, column_to_proto, commit_from_proto, consistency_from_proto,
-    db_error_to_status, node_error_to_status, outcome_to_proto, rollback_from_proto, row_to_proto,
-    statement_from_proto, transaction_execute_from_proto, write_reply_to_proto,
-    write_request_from_proto,
+    db_error_to_status, node_error_to_status, rollback_from_proto, row_to_proto,
+    statement_from_proto, transaction_execute_from_proto, transaction_results_to_proto,
+    write_reply_to_proto, write_request_from_proto,
 };
 use crate::db::QueryChunk;
 use crate::node::{Node, TransactionCall, TransactionReply};
@@ -99,11 +99,9 @@ impl Sql for SqlService {
                 let (metadata, _, message) = request.into_parts();
                 let call = transaction_execute_from_proto(message)?;
                 return match self.transaction(principal, &metadata, call).await? {
-                    TransactionReply::Executed(results) => Ok(Response::new(v1::ExecuteResponse {
-                        results: results.into_iter().map(outcome_to_proto).collect(),
-                        log_index: 0,
-                        deduplicated: false,
-                    })),
+                    TransactionReply::Executed(results) => {
+                        Ok(Response::new(transaction_results_to_proto(results)))
+                    }
                     other => Err(unexpected(other)),
                 };
             }
