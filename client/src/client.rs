@@ -224,7 +224,7 @@ impl Client {
         &self,
         statements: impl IntoIterator<Item = impl Into<Statement>>,
     ) -> Result<ExecuteResult, Error> {
-        self.execute_with_id(uuid::Uuid::new_v4().to_string(), statements)
+        self.execute_with_id(crate::new_request_id(), statements)
             .await
     }
 

@@ -70,7 +70,7 @@ impl Transaction {
         statements: impl IntoIterator<Item = impl Into<Statement>>,
     ) -> Result<Vec<StatementResult>, Error> {
         let message = v1::ExecuteRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: crate::new_request_id(),
             statements: statements
                 .into_iter()
                 .map(|s| v1::Statement::from(s.into()))
@@ -127,7 +127,7 @@ impl Transaction {
         self.ended = true;
         let request = v1::CommitRequest {
             transaction_id: self.id.clone(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: crate::new_request_id(),
         };
         let timeout = self.timeout();
         let response = self

@@ -4,11 +4,15 @@ transaction calls, read consistency and the read-your-writes token."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import grpc
 import pytest
 from fake_node import FakeNode
 
 import raftlite
+from raftlite.connection import new_request_id
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -276,3 +280,14 @@ def test_unknown_options_are_refused():
         raftlite.InterfaceError, match="unknown connect\\(\\) options: isolation_level"
     ):
         raftlite.connect("raftlite://a:1", isolation_level=None)
+
+
+def test_request_ids_are_unique_uuid7_in_time_order() -> None:
+    """Writes of one group commit should share pages of the server's request-id index: ids
+    made later sort later (UUIDv7), and they stay unique."""
+    first = [new_request_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_request_id()
+    assert len(set(first)) == 1000
+    assert all(uuid.UUID(i).version == 7 for i in first)
+    assert all(i < later for i in first)
