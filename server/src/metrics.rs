@@ -44,6 +44,12 @@ pub struct ReadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadIndexLabels {
+    /// lease (the leader's read lease) or quorum (a heartbeat round to the followers).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// ok or error.
     pub outcome: &'static str,
@@ -79,6 +85,7 @@ pub struct Metrics {
     archive_failing: Gauge,
     write_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     read_duration: Family<ReadLabels, Histogram, fn() -> Histogram>,
+    read_indexes: Family<ReadIndexLabels, Counter>,
     batch_size: Histogram,
     batch_duration: Histogram,
     requests_shed: Counter,
@@ -117,6 +124,7 @@ impl Metrics {
             archive_failing: Gauge::default(),
             write_duration: Family::new_with_constructor(latency_histogram),
             read_duration: Family::new_with_constructor(latency_histogram),
+            read_indexes: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_duration: latency_histogram(),
             requests_shed: Counter::default(),
@@ -232,6 +240,12 @@ impl Metrics {
             m.batch_duration.clone(),
         );
         r.register(
+            "read_indexes",
+            "Read indexes this leader gave linearizable reads, by source: its read lease, or a \
+             quorum round",
+            m.read_indexes.clone(),
+        );
+        r.register(
             "requests_shed",
             "Public requests refused with RESOURCE_EXHAUSTED at max_concurrent_requests",
             m.requests_shed.clone(),
@@ -263,6 +277,12 @@ impl Metrics {
         self.read_duration
             .get_or_create(&ReadLabels { consistency })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn read_index_given(&self, source: &'static str) {
+        self.read_indexes
+            .get_or_create(&ReadIndexLabels { source })
+            .inc();
     }
 
     pub fn observe_batch(&self, requests: usize, elapsed: Duration) {

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use cluster_tests::{init_tracing, wait_until, Checker, Cluster, ClusterOptions};
+use cluster_tests::{
+    init_tracing, wait_until, Checker, Cluster, ClusterOptions, Consistency, Statement,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -115,7 +117,25 @@ async fn readiness_liveness_and_metrics() {
         .verify(&cluster)
         .await
         .expect("every row everywhere");
+    // Linearizable reads on a leader a quorum acknowledged moments ago take its read lease
+    // instead of a heartbeat round (heartbeats every 100 ms keep it, 150 ms long).
+    let on_leader = cluster.client_for(leader);
+    for _ in 0..20 {
+        on_leader
+            .query_with(
+                Statement::new("SELECT count(*) FROM metrics_kv"),
+                Consistency::Linearizable,
+                0,
+            )
+            .await
+            .expect("a linearizable read on the leader");
+    }
     let text = scrape(&metrics_addr(&cluster, leader)).await;
+    let leased = value(&text, "raftlite_read_indexes_total{source=\"lease\"} ");
+    assert!(
+        leased >= 10.0,
+        "{leased} of 20 reads used the lease:\n{text}"
+    );
     assert_eq!(value(&text, "raftlite_is_leader "), 1.0);
     assert_eq!(value(&text, "raftlite_leader_id "), leader as f64);
     assert_eq!(value(&text, "raftlite_voters "), 3.0);

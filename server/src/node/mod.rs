@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod events;
+pub mod lease;
 pub mod prevote;
 pub mod reads;
 pub mod status;
@@ -88,6 +89,10 @@ pub(crate) struct NodeInner {
     /// When a quorum last acknowledged this leader (`None` on a follower); see
     /// `reads::track_quorum_acks`.
     quorum_acked_at: Mutex<Option<Instant>>,
+    /// The leader's read lease (see `lease.rs`).
+    lease: Arc<lease::LeaderLease>,
+    /// When this process opened the node.
+    started: Instant,
     /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
     /// pre-votes meanwhile, so no other follower races it into an election.
     taking_over_until: Mutex<Option<Instant>>,
@@ -146,10 +151,12 @@ impl Node {
             None => None,
         };
         let dialer = Arc::new(Dialer::new(tls.clone()));
+        let lease = Arc::new(lease::LeaderLease::default());
         let network = Network {
             self_id: config.node_id,
             identity: identity.clone(),
             dialer: dialer.clone(),
+            lease: lease.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -179,6 +186,8 @@ impl Node {
             leader_commit: Mutex::new((0, None)),
             taking_over_until: Mutex::new(None),
             quorum_acked_at: Mutex::new(None),
+            lease,
+            started: Instant::now(),
             read_indexes,
             dialer,
             tls,
@@ -471,6 +480,17 @@ impl Node {
         }
     }
 
+    /// The peer service, before it hands a vote request for `term` to openraft. A leader's read
+    /// lease ends when it could vote someone else in. A node that started less than a lease
+    /// ago answers once a lease has passed since its start: it may have acknowledged a leader
+    /// just before it stopped, and openraft, which forgets that on a restart, would grant the
+    /// vote at once while that leader still serves reads from its lease (`lease.rs`).
+    pub async fn before_vote(&self, term: u64) {
+        self.inner.lease.vote_requested(term);
+        let until = self.inner.started + prevote::lease(&self.inner);
+        tokio::time::sleep_until(until.into()).await;
+    }
+
     /// Records the leader's commit index carried by an AppendEntries this follower received.
     pub fn note_leader_commit(&self, index: u64) {
         let mut guard = self
@@ -490,6 +510,10 @@ impl Node {
 
     /// A read index from this node as leader, or (unless `leader_only`) from the leader.
     async fn queue_read_index(&self, leader_only: bool) -> Result<u64, NodeError> {
+        if let Some(index) = self.inner.lease_read_index() {
+            self.inner.metrics.read_index_given("lease");
+            return Ok(index);
+        }
         let (reply, rx) = oneshot::channel();
         let shutting_down = || NodeError::unavailable("the node is shutting down", None);
         self.inner
@@ -724,6 +748,37 @@ impl NodeInner {
     pub(crate) fn note_committed(&self, index: u64) {
         let mut guard = self.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
         guard.0 = guard.0.max(index);
+    }
+
+    /// On a ready leader that holds its read lease (see `lease.rs`): the read index of a
+    /// linearizable read, without a quorum round. The highest index it answered a write for
+    /// (it answers at commit, a moment before it applies) or, if higher, its applied index.
+    pub(crate) fn lease_read_index(&self) -> Option<u64> {
+        let (term, quorums) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let ready = m.state == ServerState::Leader
+                && m.current_leader == Some(self.id)
+                && m.last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term);
+            if !ready {
+                return None;
+            }
+            (
+                m.current_term,
+                m.membership_config.membership().get_joint_config().clone(),
+            )
+        };
+        let window = self.config.election_timeout_min / 2;
+        if !self.lease.held(self.id, term, &quorums, window) {
+            return None;
+        }
+        let answered = self
+            .leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        Some(answered.max(self.applied_index()))
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -70,14 +70,16 @@ impl Node {
                 inner.id
             ));
         }
-        if let Some(ago) = inner.heard_from_leader() {
-            if ago < lease(inner) {
-                return deny(format!(
-                    "node {} heard from the leader {} ms ago",
-                    inner.id,
-                    ago.as_millis()
-                ));
-            }
+        // Never heard from a leader since it started: it may have just before it stopped.
+        let ago = inner
+            .heard_from_leader()
+            .unwrap_or_else(|| inner.started.elapsed());
+        if ago < lease(inner) {
+            return deny(format!(
+                "node {} heard from the leader {} ms ago (or started since)",
+                inner.id,
+                ago.as_millis()
+            ));
         }
         match inner.last_log_id().await {
             Ok(mine) if last_log_id < mine => deny(format!(
@@ -107,7 +109,7 @@ impl NodeInner {
 
 /// openraft's leader lease: a voter refuses votes this long after it last heard from its
 /// leader.
-fn lease(inner: &NodeInner) -> Duration {
+pub(super) fn lease(inner: &NodeInner) -> Duration {
     inner.config.election_timeout_max
 }
 
@@ -151,7 +153,15 @@ pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
             .heard_from_leader()
             .map_or(started.elapsed(), |ago| ago.min(started.elapsed()));
         let gate = poll(&inner, quiet_for).await;
-        let want = matches!(gate, Gate::Unchecked | Gate::Granted(_));
+        // A restarted voter may have acknowledged a leader just before it stopped, and that
+        // leader may still be serving reads from its lease (`lease.rs`): no election of its
+        // own for a lease after it started (openraft's timer, which forgets the last heartbeat
+        // on a restart, would start one at once).
+        let want = match gate {
+            Gate::Unchecked => true,
+            Gate::Granted(_) => started.elapsed() >= lease(&inner),
+            Gate::HearsLeader | Gate::Refused(_) => false,
+        };
         if want != open {
             inner.raft.runtime_config().elect(want);
             open = want;

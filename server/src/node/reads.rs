@@ -10,7 +10,9 @@
 //!   write returned to read your own writes on any node. Monotonic per client.
 //! - `Linearizable`: the leader confirms with a quorum that it is still the leader (Raft read
 //!   index), and the node waits until it has applied that index. Reflects every write that was
-//!   acknowledged before the query started. Followers ask the leader for the index.
+//!   acknowledged before the query started. Followers ask the leader for the index. A leader
+//!   that holds its read lease (`lease.rs`: a quorum acknowledged it moments ago, so no other
+//!   leader can exist yet) skips the quorum round.
 
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -117,6 +119,11 @@ pub(super) async fn confirm_read_indexes(
         } else {
             Err(not_leader())
         };
+        if leader && result.is_ok() {
+            for _ in &waiters {
+                inner.metrics.read_index_given("quorum");
+            }
+        }
         for w in waiters {
             let answer = if w.leader_only && !leader {
                 Err(not_leader())

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
+use crate::node::lease::LeaderLease;
 use crate::raft::codec;
 use crate::raft::types::{NodeAddr, NodeId, TypeConfig, Vote};
 
@@ -97,6 +98,8 @@ pub struct Network {
     pub self_id: NodeId,
     pub identity: Arc<ClusterIdentity>,
     pub dialer: Arc<Dialer>,
+    /// Told of every AppendEntries a follower accepted (the leader's read lease).
+    pub lease: Arc<LeaderLease>,
 }
 
 pub struct PeerConnection {
@@ -104,6 +107,7 @@ pub struct PeerConnection {
     target: NodeId,
     identity: Arc<ClusterIdentity>,
     client: Result<PeerClient<Channel>, String>,
+    lease: Arc<LeaderLease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -115,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             identity: self.identity.clone(),
             client: self.dialer.proto_client(&node.peer),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -196,6 +201,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // Several RPCs when the entries would not fit one peer message: each part is a valid
         // AppendEntries continuing the previous one, so the follower never refuses a batch the
         // leader assembled from entries it accepted one by one.
+        let term = rpc.vote.leader_id().term;
+        let sent = Instant::now();
         let mut reply = AppendEntriesResponse::Success;
         for part in split_append(rpc, APPEND_BYTES_LIMIT) {
             reply = self
@@ -204,6 +211,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             if !matches!(reply, AppendEntriesResponse::Success) {
                 break;
             }
+        }
+        // Any answer but a higher vote means the follower took this leader's term, as of a
+        // message sent no earlier than `sent`.
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.lease.acknowledged(self.target, term, sent);
         }
         Ok(reply)
     }

@@ -264,6 +264,9 @@ impl Peer for PeerService {
                 msg.from
             )));
         }
+        // Before openraft can grant it: from here on this node, if leader, reads with a quorum
+        // round again (see `node::lease`).
+        self.node.before_vote(rpc.vote.leader_id().term).await;
         let result = self.node.raft().vote(rpc).await;
         reply(&self.node, &result)
     }

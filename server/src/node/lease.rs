@@ -1,0 +1,175 @@
+//! The leader's read lease: a linearizable read served without a quorum round.
+//!
+//! A read index normally costs a heartbeat to the followers and their answers
+//! (`reads::confirm_read_indexes`). A leader that a quorum acknowledged very recently can skip
+//! it, because no other leader can have been elected since:
+//!
+//! - A follower that accepted an AppendEntries (a heartbeat is one) refuses to vote for anyone
+//!   else for a leader lease (openraft: the maximum election timeout), and it does not start an
+//!   election of its own within that time either (pre-vote and openraft's timer). Counted from
+//!   when it *received* the message, which is after the leader *sent* it.
+//! - A restart must not shorten that: openraft forgets when it last heard from a leader, so a
+//!   node answers vote requests (`Node::before_vote`) and pre-votes, and opens its own election
+//!   gate, only a lease after it started (`prevote.rs`).
+//! - So if a quorum of voters accepted messages the leader sent at or after `t`, every quorum
+//!   that could elect someone else contains one of them, and no candidate can win before
+//!   `t + election_timeout_max`. The lease lasts until `t + election_timeout_min / 2`, by this
+//!   node's monotonic clock: a wide margin for clock rates and scheduling.
+//! - The leader itself may grant its vote to a candidate (openraft does not refresh a leader's
+//!   own vote time). The peer service tells the lease about every vote request *before*
+//!   openraft sees it ([`LeaderLease::vote_requested`]); a request for a later term ends the
+//!   lease for the current term, so a read that starts after the leader could have voted
+//!   someone else in takes the quorum round again.
+//! - A leadership transfer stops heartbeats and sends the target's vote request here, so it
+//!   ends the lease the same way.
+//!
+//! What the read then waits for: the highest index this leader has answered a write for, and
+//! everything applied (the leader is ready: it applied an entry of its own term, so everything
+//! earlier leaders committed is applied). The acknowledgements are recorded by the network
+//! layer from the AppendEntries it sends, with the instant each was sent, so they do not
+//! depend on when openraft reports its metrics.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::raft::types::NodeId;
+
+#[derive(Default)]
+pub struct LeaderLease {
+    state: Mutex<LeaseState>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    /// Per follower: the term of the latest AppendEntries it accepted, and when that was sent.
+    acked: HashMap<NodeId, (u64, Instant)>,
+    /// The highest term a vote request to this node asked for.
+    vote_requested_term: u64,
+}
+
+impl LeaderLease {
+    /// The network layer: `target` accepted an AppendEntries of `term` sent at `sent`.
+    pub fn acknowledged(&self, target: NodeId, term: u64, sent: Instant) {
+        let mut state = self.lock();
+        let entry = state.acked.entry(target).or_insert((term, sent));
+        if (term, sent) > *entry {
+            *entry = (term, sent);
+        }
+    }
+
+    /// The peer service, before it hands a vote request for `term` to openraft.
+    pub fn vote_requested(&self, term: u64) {
+        let mut state = self.lock();
+        state.vote_requested_term = state.vote_requested_term.max(term);
+    }
+
+    /// Whether this node, leader in `term`, holds the lease now: in every configuration of
+    /// `quorums` (two during a joint membership change) a majority of voters — this node
+    /// counting itself — accepted an AppendEntries of `term` sent within `window`, and no vote
+    /// request has asked for a later term.
+    pub fn held(
+        &self,
+        self_id: NodeId,
+        term: u64,
+        quorums: &[BTreeSet<NodeId>],
+        window: Duration,
+    ) -> bool {
+        let state = self.lock();
+        if state.vote_requested_term > term || quorums.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let fresh = |id: &NodeId| {
+            *id == self_id
+                || state.acked.get(id).is_some_and(|&(t, sent)| {
+                    t == term && now.saturating_duration_since(sent) < window
+                })
+        };
+        quorums
+            .iter()
+            .all(|voters| voters.iter().filter(|id| fresh(id)).count() * 2 > voters.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voters(ids: &[NodeId]) -> Vec<BTreeSet<NodeId>> {
+        vec![ids.iter().copied().collect()]
+    }
+
+    const WINDOW: Duration = Duration::from_millis(150);
+
+    #[test]
+    fn a_quorum_of_fresh_acknowledgements_of_this_term_holds_the_lease() {
+        let lease = LeaderLease::default();
+        let three = voters(&[1, 2, 3]);
+        assert!(
+            !lease.held(1, 5, &three, WINDOW),
+            "no follower has answered"
+        );
+        lease.acknowledged(2, 4, Instant::now());
+        assert!(
+            !lease.held(1, 5, &three, WINDOW),
+            "an earlier term's answer"
+        );
+        lease.acknowledged(2, 5, Instant::now() - Duration::from_millis(200));
+        assert!(!lease.held(1, 5, &three, WINDOW), "sent too long ago");
+        lease.acknowledged(3, 5, Instant::now());
+        assert!(lease.held(1, 5, &three, WINDOW));
+        assert!(lease.held(1, 5, &voters(&[1]), WINDOW), "a single voter");
+        assert!(
+            !lease.held(1, 5, &voters(&[1, 2, 3, 4, 5]), WINDOW),
+            "2 of 5"
+        );
+        assert!(!lease.held(1, 5, &[], WINDOW));
+    }
+
+    #[test]
+    fn a_joint_membership_needs_a_majority_of_both_configurations() {
+        let lease = LeaderLease::default();
+        lease.acknowledged(2, 7, Instant::now());
+        let joint = vec![
+            [1, 2, 3].into_iter().collect(),
+            [1, 4, 5].into_iter().collect(),
+        ];
+        assert!(!lease.held(1, 7, &joint, WINDOW));
+        lease.acknowledged(5, 7, Instant::now());
+        assert!(lease.held(1, 7, &joint, WINDOW));
+    }
+
+    #[test]
+    fn a_vote_request_for_a_later_term_ends_the_lease_of_this_term() {
+        let lease = LeaderLease::default();
+        let three = voters(&[1, 2, 3]);
+        lease.acknowledged(2, 5, Instant::now());
+        lease.vote_requested(5);
+        assert!(
+            lease.held(1, 5, &three, WINDOW),
+            "a request for this term changes nothing"
+        );
+        lease.vote_requested(6);
+        lease.acknowledged(3, 5, Instant::now());
+        assert!(!lease.held(1, 5, &three, WINDOW));
+        lease.acknowledged(2, 6, Instant::now());
+        assert!(
+            lease.held(1, 6, &three, WINDOW),
+            "leader again in the later term"
+        );
+    }
+
+    #[test]
+    fn an_older_acknowledgement_never_replaces_a_newer_one() {
+        let lease = LeaderLease::default();
+        let now = Instant::now();
+        lease.acknowledged(2, 5, now);
+        lease.acknowledged(2, 5, now - Duration::from_secs(1));
+        assert!(lease.held(1, 5, &voters(&[1, 2, 3]), WINDOW));
+    }
+}
