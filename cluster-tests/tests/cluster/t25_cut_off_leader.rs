@@ -2,7 +2,8 @@
 //! keeps running and keeps thinking it leads) must not serve `bounded` reads from data that
 //! may already be old; once the followers are back it serves them again. Nor linearizable
 //! reads: its read lease runs out when the quorum's acknowledgements get old, and a paused
-//! leader that resumes after a new one took over never answers from its old data.
+//! leader that resumes after a new one took over never answers from its old data. The other
+//! way round, followers that stall for a moment do not cost a healthy leader its leadership.
 
 use std::time::Duration;
 
@@ -234,4 +235,43 @@ async fn a_resumed_old_leader_never_answers_linearizable_reads_from_old_data() {
         .wait_converged(Duration::from_secs(20))
         .await
         .expect("converged");
+}
+
+/// Followers that stall for a moment (a slow disk, a paused VM) time out one AppendEntries.
+/// That must not pause replication to them: with openraft's 500 ms back-off on top of the
+/// stall, both would hear nothing for longer than an election timeout and depose a healthy
+/// leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_stalling_for_a_moment_keep_the_leader() {
+    init_tracing();
+    info!("phase 1: three nodes");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let term = cluster.status_of(leader).await.expect("status").term;
+    let followers: Vec<u32> = cluster
+        .ids_except(leader)
+        .into_iter()
+        .map(|id| cluster.node(id).pid().expect("running"))
+        .collect();
+
+    info!("phase 2: three times, both followers stall for 300 ms; no election follows");
+    for round in 0..3 {
+        for pid in &followers {
+            signal(*pid, libc::SIGSTOP);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for pid in &followers {
+            signal(*pid, libc::SIGCONT);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let status = cluster.status_of(leader).await.expect("status");
+        assert_eq!(
+            (status.leader, status.term),
+            (leader, term),
+            "round {round}: the leader changed after a 300 ms stall of its followers"
+        );
+    }
 }

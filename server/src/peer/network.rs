@@ -135,11 +135,14 @@ where
     RPCError::Unreachable(Unreachable::new(&PeerError(msg.to_string())))
 }
 
+/// A node that cannot be reached (connection refused or reset) is `Unreachable`: openraft then
+/// pauses replication to it for 500 ms. An RPC that merely ran out of time (the deadline is one
+/// heartbeat interval, so one slow fsync on the follower does it) is not: pausing would leave
+/// that follower without heartbeats for five intervals, and with a second slow one a quorum
+/// could lose the leader and elect another for nothing. It is retried at the next heartbeat.
 fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, NodeAddr, E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            unreachable(&status)
-        }
+        tonic::Code::Unavailable => unreachable(&status),
         _ => RPCError::Network(NetworkError::new(&PeerError(format!(
             "{}: {}",
             status.code(),
@@ -335,6 +338,20 @@ mod tests {
     use super::*;
     use crate::raft::types::{Command, Entry};
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    #[test]
+    fn only_a_refused_connection_pauses_replication() {
+        type Error = RPCError<NodeId, NodeAddr, RaftError<NodeId>>;
+        let refused: Error = from_status(tonic::Status::unavailable("connection refused"));
+        assert!(matches!(refused, RPCError::Unreachable(_)));
+        for slow in [
+            tonic::Status::cancelled("Timeout expired"),
+            tonic::Status::deadline_exceeded("deadline"),
+        ] {
+            let slow: Error = from_status(slow);
+            assert!(matches!(slow, RPCError::Network(_)), "{slow}");
+        }
+    }
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {
