@@ -128,9 +128,7 @@ class Connection:
         self._check_open()
         if self._transaction_id is None:
             return
-        request = pb.CommitRequest(
-            transaction_id=self._transaction_id, request_id=new_request_id()
-        )
+        request = pb.CommitRequest(transaction_id=self._transaction_id, request_id=new_request_id())
         try:
             response = self._unary("Commit", request)
         finally:
