@@ -352,7 +352,10 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     assert_eq!(code_of(forged_vote), Some(Code::PermissionDenied));
     let elect = impostor
         .clone()
-        .elect(v1::ElectRequest { after_ms: 0 })
+        .elect(v1::ElectRequest {
+            after_ms: 0,
+            term: 0,
+        })
         .await;
     assert_eq!(
         code_of(elect),
@@ -503,7 +506,13 @@ async fn tls_and_token_cluster_refuses_every_attack() {
                 "Vote from a non-member",
             );
             assert_refused_at_transport(
-                target.clone().elect(v1::ElectRequest { after_ms: 0 }).await,
+                target
+                    .clone()
+                    .elect(v1::ElectRequest {
+                        after_ms: 0,
+                        term: 0,
+                    })
+                    .await,
                 "Elect",
             );
             assert_refused_at_transport(

@@ -1,4 +1,5 @@
-//! t20: the leader is SIGKILLed in the middle of a write load; nothing acknowledged is lost.
+//! t20: the leader is SIGKILLed in the middle of a write load; nothing acknowledged is lost. A
+//! leader killed and started again at once leads only after winning an election.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -239,4 +240,63 @@ async fn two_of_three_sigkilled_right_after_a_burst_lose_nothing() {
         );
     }
     info!(?report, "double kill audited");
+}
+
+/// A leader SIGKILLed and started again at once, before the followers miss it, must not go on
+/// leading its old term: the followers may hold a committed entry its own disk lost, and it
+/// would write a different one under the same log id. It leads again, if at all, only through
+/// an election in a later term.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_restarted_at_once_leads_only_through_an_election() {
+    init_tracing();
+    info!("phase 1: three nodes, writes acknowledged");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let client = cluster.client();
+    let checker = Checker::new("restart_kv");
+    checker.create_table(&client).await.expect("create");
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("writes before the kill");
+    let term = cluster.status_of(leader).await.expect("status").term;
+
+    info!("phase 2: SIGKILL the leader and start it again at once");
+    cluster.node(leader).kill().expect("kill the leader");
+    cluster.node(leader).start().expect("start it again");
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader after the restart");
+    let status = cluster.status_of(new_leader).await.expect("status");
+    assert!(
+        status.term > term,
+        "node {new_leader} leads term {} after the restart, the term of before",
+        status.term
+    );
+    assert!(
+        cluster
+            .node(leader)
+            .log_since_start()
+            .contains("it leads again only by winning an election"),
+        "the restarted node says it gave up its old leadership"
+    );
+
+    info!("phase 3: writes go on; nothing acknowledged is lost; replicas identical");
+    checker
+        .write_many(&client, "after", 20)
+        .await
+        .expect("writes after the restart");
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every acknowledged write");
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    cluster.assert_identical_pages().await;
 }

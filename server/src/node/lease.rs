@@ -20,8 +20,26 @@
 //!   openraft sees it ([`LeaderLease::vote_requested`]); a request for a later term ends the
 //!   lease for the current term, so a read that starts after the leader could have voted
 //!   someone else in takes the quorum round again.
-//! - A leadership transfer stops heartbeats and sends the target's vote request here, so it
-//!   ends the lease the same way.
+//! - raftlite's own prompt election (`prevote.rs`) makes a follower vote for itself without
+//!   openraft's lease check. It is decided under a lock against AppendEntries being handled,
+//!   and refuses the old term's AppendEntries until the term moved on, so an answer counted
+//!   here always precedes that follower's quiet lease. Only Success and PartialSuccess
+//!   answers count, the same ones that follower counts as heard.
+//! - A leadership transfer also makes the target vote for itself at once: the leader gives up
+//!   the lease for the rest of its term when it starts one, and the target ignores a transfer
+//!   request of another term.
+//! - A node restarted after leading does not resume leading its term
+//!   (`LogStore::demote_restored_leader`): it must win an election, after which everything
+//!   committed before is applied before it serves a read.
+//!
+//! Accepted risk: the clock is `Instant` (CLOCK_MONOTONIC), which does not advance while the
+//! machine is suspended. A leader whose host suspends and resumes within the window could
+//! count acknowledgements from before the suspension as fresh. Servers running a cluster do
+//! not suspend; a paused process is covered (t25).
+//!
+//! Any vote request for a later term turns the lease off for the rest of the term, even one
+//! the leader refused: the reads then take the quorum round, correct and slower, until the
+//! next term.
 //!
 //! What the read then waits for: the highest index this leader has answered a write for, and
 //! everything applied (the leader is ready: it applied an entry of its own term, so everything

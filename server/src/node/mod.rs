@@ -93,6 +93,8 @@ pub(crate) struct NodeInner {
     lease: Arc<lease::LeaderLease>,
     /// When this process opened the node.
     started: Instant,
+    /// AppendEntries being handled, against a prompt election being decided (`prevote.rs`).
+    campaign: Mutex<prevote::Campaign>,
     /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
     /// pre-votes meanwhile, so no other follower races it into an election.
     taking_over_until: Mutex<Option<Instant>>,
@@ -131,6 +133,15 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
+        if let Some(term) = log_store
+            .demote_restored_leader(config.node_id)
+            .context("read the saved vote")?
+        {
+            tracing::info!(
+                term,
+                "this node led term {term} before it stopped: it leads again only by winning an election"
+            );
+        }
         let archive_log = log_store.clone();
         let raft_config = openraft::Config {
             cluster_name: "raftlite".into(),
@@ -188,6 +199,7 @@ impl Node {
             quorum_acked_at: Mutex::new(None),
             lease,
             started: Instant::now(),
+            campaign: Mutex::new(Default::default()),
             read_indexes,
             dialer,
             tls,
@@ -491,6 +503,14 @@ impl Node {
         tokio::time::sleep_until(until.into()).await;
     }
 
+    /// The peer service, before it hands an AppendEntries of `term` to openraft: refused while
+    /// this node is starting an election it decided on (the leader must not count this node's
+    /// answer for its read lease once it may vote for itself); otherwise counted as in flight
+    /// until the guard drops.
+    pub fn begin_append(&self, term: u64) -> Result<prevote::AppendGuard<'_>, NodeError> {
+        prevote::AppendGuard::enter(&self.inner, term)
+    }
+
     /// Records the leader's commit index carried by an AppendEntries this follower received.
     pub fn note_leader_commit(&self, index: u64) {
         let mut guard = self
@@ -682,13 +702,18 @@ impl Node {
             .ok_or_else(|| NodeError::InvalidArgument(format!("node {target} has no address")))?;
         let client = inner.peer(&addr)?;
         let lease = inner.config.election_timeout_max;
+        // The target will vote for itself without waiting for the lease it granted this
+        // leader, and writes keep reaching it until then: no read lease for the rest of this
+        // term, whatever becomes of the transfer.
+        let term = metrics.current_term;
+        inner.lease.vote_requested(term + 1);
         let result = async {
             // Followers refuse to vote while the leader's lease is fresh: stop heartbeats so it
             // expires, and let only the target time out into an election.
             inner.raft.runtime_config().heartbeat(false);
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let _ = client.elect(lease + Duration::from_millis(50)).await;
+                let _ = client.elect(lease + Duration::from_millis(50), term).await;
                 let got = inner
                     .raft
                     .wait(Some(lease * 4))
@@ -719,7 +744,16 @@ impl Node {
     }
 
     /// Peer request: start an election after `after` (leadership transfer).
-    pub fn elect_after(&self, after: Duration) {
+    pub fn elect_after(&self, after: Duration, term: u64) {
+        let current = || self.inner.raft.metrics().borrow().current_term;
+        if term != 0 && term != current() {
+            tracing::info!(
+                term,
+                current = current(),
+                "ignored a leadership transfer of another term"
+            );
+            return;
+        }
         *self
             .inner
             .taking_over_until
@@ -729,6 +763,13 @@ impl Node {
         let raft = self.inner.raft.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
+            // Only for the leadership that asked: a later term may have a leader holding its
+            // read lease with this node's acknowledgements (see `lease.rs`).
+            let now = raft.metrics().borrow().current_term;
+            if term != 0 && now != term {
+                tracing::info!(term, now, "leadership transfer outdated: no election");
+                return;
+            }
             if let Err(e) = raft.trigger().elect().await {
                 tracing::warn!(error = %e, "could not start an election");
             }

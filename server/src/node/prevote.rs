@@ -204,6 +204,48 @@ fn prompt_election_due(
 /// their ids, a quarter of the minimum election timeout apart, plus a little jitter: the
 /// lowest starts first, and the others see its vote request before their turn, so two
 /// candidates rarely split the vote (which would cost openraft's election timeout again).
+/// A prompt election against AppendEntries that arrive meanwhile. `trigger().elect()` makes
+/// this node vote for itself without the lease openraft keeps for its leader, so the decision
+/// is taken under this lock: only when no AppendEntries is being handled and none was accepted
+/// within a lease; and from then until the election has moved the term on, AppendEntries of
+/// the old term are refused. Otherwise one accepted just before the election would let the old
+/// leader count this node for its read lease (`lease.rs`) while it helps elect another.
+#[derive(Default)]
+pub struct Campaign {
+    appends_in_flight: u32,
+    /// The term this node was in when it decided to start an election.
+    from_term: Option<u64>,
+}
+
+pub struct AppendGuard<'a> {
+    inner: &'a NodeInner,
+}
+
+impl<'a> AppendGuard<'a> {
+    pub(super) fn enter(inner: &'a NodeInner, term: u64) -> Result<Self, super::NodeError> {
+        let mut campaign = inner.campaign.lock().unwrap_or_else(|p| p.into_inner());
+        if campaign.from_term.is_some_and(|t| term <= t) {
+            return Err(super::NodeError::unavailable(
+                format!("node {} is starting an election", inner.id),
+                None,
+            ));
+        }
+        campaign.appends_in_flight += 1;
+        Ok(Self { inner })
+    }
+}
+
+impl Drop for AppendGuard<'_> {
+    fn drop(&mut self) {
+        let mut campaign = self
+            .inner
+            .campaign
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        campaign.appends_in_flight = campaign.appends_in_flight.saturating_sub(1);
+    }
+}
+
 async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
     use rand::Rng;
     let rank = granted.iter().take_while(|id| **id < inner.id).count() as u32;
@@ -219,10 +261,31 @@ async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
     {
         return;
     }
+    {
+        let mut campaign = inner.campaign.lock().unwrap_or_else(|p| p.into_inner());
+        let heard = inner
+            .heard_from_leader()
+            .is_some_and(|ago| ago < lease(inner));
+        if campaign.appends_in_flight > 0 || heard {
+            return;
+        }
+        campaign.from_term = Some(term);
+    }
     tracing::info!("the leader is gone for a quorum of voters: starting an election");
     if let Err(e) = inner.raft.trigger().elect().await {
         tracing::warn!(error = %e, "could not start an election");
     }
+    // Until the election has raised the term (or for a lease if it never starts).
+    let _ = inner
+        .raft
+        .wait(Some(lease(inner)))
+        .metrics(|m| m.current_term > term, "election started")
+        .await;
+    inner
+        .campaign
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .from_term = None;
 }
 
 async fn poll(inner: &NodeInner, quiet_for: Duration) -> Gate {

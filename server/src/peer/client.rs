@@ -173,11 +173,12 @@ impl PeerClient {
     }
 
     /// Asks the peer to start an election after `after` (leadership transfer).
-    pub async fn elect(&self, after: Duration) -> Result<(), tonic::Status> {
+    pub async fn elect(&self, after: Duration, term: u64) -> Result<(), tonic::Status> {
         self.inner
             .clone()
             .elect(v1::ElectRequest {
                 after_ms: after.as_millis() as u64,
+                term,
             })
             .await
             .map(|_| ())

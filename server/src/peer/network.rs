@@ -139,7 +139,7 @@ where
 /// pauses replication to it for 500 ms. An RPC that merely ran out of time (the deadline is one
 /// heartbeat interval, so one slow fsync on the follower does it) is not: pausing would leave
 /// that follower without heartbeats for five intervals, and with a second slow one a quorum
-/// could lose the leader and elect another for nothing. It is retried at the next heartbeat.
+/// could lose the leader and elect another for nothing. openraft resends it at once.
 fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, NodeAddr, E> {
     match status.code() {
         tonic::Code::Unavailable => unreachable(&status),
@@ -215,9 +215,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 break;
             }
         }
-        // Any answer but a higher vote means the follower took this leader's term, as of a
-        // message sent no earlier than `sent`.
-        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+        // The follower took this leader's term and counts it as heard (raftlite's own
+        // election check, `prevote.rs`, counts only these answers), as of a message sent no
+        // earlier than `sent`.
+        if matches!(
+            reply,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        ) {
             self.lease.acknowledged(self.target, term, sent);
         }
         Ok(reply)

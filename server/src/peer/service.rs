@@ -237,6 +237,10 @@ impl Peer for PeerService {
         let commit = rpc.leader_commit;
         let started = std::time::Instant::now();
         let entries = rpc.entries.len();
+        let _in_flight = self
+            .node
+            .begin_append(rpc.vote.leader_id().term)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let result = self.node.raft().append_entries(rpc).await;
         if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) =
             &result
@@ -473,8 +477,9 @@ impl Peer for PeerService {
                 ));
             }
         }
-        let after = std::time::Duration::from_millis(request.into_inner().after_ms.min(10_000));
-        self.node.elect_after(after);
+        let request = request.into_inner();
+        let after = std::time::Duration::from_millis(request.after_ms.min(10_000));
+        self.node.elect_after(after, request.term);
         Ok(Response::new(v1::ElectResponse {}))
     }
 

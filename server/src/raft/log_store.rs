@@ -211,6 +211,32 @@ impl LogStore {
         })
     }
 
+    /// Before Raft starts: if the saved vote says this node led its term, keep the vote but
+    /// not the leadership, and return the term. openraft would otherwise resume leading that
+    /// term at once, without an election. A write can be committed by the followers alone
+    /// while the leader's own append of it is not yet on disk; a leader that crashed then and
+    /// resumed would append a different entry under the same log id (same term and index),
+    /// and the followers, seeing a log id they hold, would keep the old one: two histories.
+    /// A leader it resumed could also answer reads from a committed index that went back with
+    /// the restart. Uncommitted, the vote still binds this node for its term; it becomes
+    /// leader again only by winning an election in a later term, which a node missing a
+    /// committed entry cannot win.
+    pub fn demote_restored_leader(
+        &self,
+        self_id: super::types::NodeId,
+    ) -> anyhow::Result<Option<u64>> {
+        let vote: Option<Vote> = self.store.read_meta(KEY_VOTE)?;
+        match vote {
+            Some(v) if v.is_committed() && v.leader_id().voted_for() == Some(self_id) => {
+                let term = v.leader_id().term;
+                self.store
+                    .write_meta(KEY_VOTE, &Vote::new(term, self_id), Sync::Durable)?;
+                Ok(Some(term))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The handle that limits physical purging (see [`PurgeFloor`]).
     pub fn purge_floor(&self) -> PurgeFloor {
         self.purge_floor.clone()
