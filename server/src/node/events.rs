@@ -52,34 +52,12 @@ impl RaftView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RaftEvent {
-    BecameLeader {
-        term: u64,
-    },
-    /// Leader again in the term it already had when this process started: openraft 0.9
-    /// restores a committed leadership of its own after a restart. No election happened.
-    ResumedLeadership {
-        term: u64,
-    },
-    SteppedDown {
-        term: u64,
-        leader: Option<NodeId>,
-    },
-    Following {
-        leader: NodeId,
-        term: u64,
-    },
-    FollowerConnected {
-        follower: NodeId,
-        lag: u64,
-    },
-    FollowerCaughtUp {
-        follower: NodeId,
-        matched: u64,
-    },
-    FollowerFellBehind {
-        follower: NodeId,
-        lag: u64,
-    },
+    BecameLeader { term: u64 },
+    SteppedDown { term: u64, leader: Option<NodeId> },
+    Following { leader: NodeId, term: u64 },
+    FollowerConnected { follower: NodeId, lag: u64 },
+    FollowerCaughtUp { follower: NodeId, matched: u64 },
+    FollowerFellBehind { follower: NodeId, lag: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +70,6 @@ enum FollowerState {
 #[derive(Debug, Default)]
 pub struct EventTracker {
     /// The term of the first view this process saw (from its stored vote).
-    first_term: Option<u64>,
     was_leader: bool,
     leader: Option<NodeId>,
     followers: BTreeMap<NodeId, FollowerState>,
@@ -101,13 +78,10 @@ pub struct EventTracker {
 impl EventTracker {
     pub fn observe(&mut self, view: &RaftView) -> Vec<RaftEvent> {
         let mut events = Vec::new();
-        let first_term = *self.first_term.get_or_insert(view.term);
         if view.is_leader && !self.was_leader {
-            events.push(if view.term > first_term || first_term == 0 {
-                RaftEvent::BecameLeader { term: view.term }
-            } else {
-                RaftEvent::ResumedLeadership { term: view.term }
-            });
+            // Always through an election: a restarted leader does not resume its term
+            // (`LogStore::demote_restored_leader`).
+            events.push(RaftEvent::BecameLeader { term: view.term });
             self.followers.clear();
         } else if !view.is_leader && self.was_leader {
             events.push(RaftEvent::SteppedDown {
@@ -160,10 +134,6 @@ impl EventTracker {
 fn log(event: &RaftEvent) {
     match *event {
         RaftEvent::BecameLeader { term } => tracing::info!(term, "became leader"),
-        RaftEvent::ResumedLeadership { term } => tracing::info!(
-            term,
-            "resumed leadership of the term it had before the restart (no election; it steps down if the cluster moved on)"
-        ),
         RaftEvent::SteppedDown { term, leader } => {
             tracing::warn!(term, new_leader = ?leader, "stepped down: no longer the leader")
         }
@@ -214,36 +184,6 @@ mod tests {
             last_log_index: last,
             replication: followers.iter().copied().collect(),
         }
-    }
-
-    #[test]
-    fn a_restart_that_keeps_the_old_term_resumes_rather_than_becomes() {
-        let mut t = EventTracker::default();
-        assert_eq!(
-            t.observe(&leader(5, 10, &[])),
-            [RaftEvent::ResumedLeadership { term: 5 }],
-            "no election happened: the stored leadership of term 5 was restored"
-        );
-        let follower = RaftView {
-            id: 1,
-            term: 6,
-            leader: Some(2),
-            ..Default::default()
-        };
-        assert_eq!(
-            t.observe(&follower),
-            [
-                RaftEvent::SteppedDown {
-                    term: 6,
-                    leader: Some(2)
-                },
-                RaftEvent::Following { leader: 2, term: 6 }
-            ]
-        );
-        assert_eq!(
-            t.observe(&leader(7, 12, &[])),
-            [RaftEvent::BecameLeader { term: 7 }]
-        );
     }
 
     #[test]
