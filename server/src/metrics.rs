@@ -279,10 +279,10 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn read_index_given(&self, source: &'static str) {
+    pub fn read_indexes_given(&self, source: &'static str, reads: usize) {
         self.read_indexes
             .get_or_create(&ReadIndexLabels { source })
-            .inc();
+            .inc_by(reads as u64);
     }
 
     pub fn observe_batch(&self, requests: usize, elapsed: Duration) {

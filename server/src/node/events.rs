@@ -69,7 +69,6 @@ enum FollowerState {
 /// Turns successive [`RaftView`]s into events, each reported once.
 #[derive(Debug, Default)]
 pub struct EventTracker {
-    /// The term of the first view this process saw (from its stored vote).
     was_leader: bool,
     leader: Option<NodeId>,
     followers: BTreeMap<NodeId, FollowerState>,

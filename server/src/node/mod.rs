@@ -531,7 +531,7 @@ impl Node {
     /// A read index from this node as leader, or (unless `leader_only`) from the leader.
     async fn queue_read_index(&self, leader_only: bool) -> Result<u64, NodeError> {
         if let Some(index) = self.inner.lease_read_index() {
-            self.inner.metrics.read_index_given("lease");
+            self.inner.metrics.read_indexes_given("lease", 1);
             return Ok(index);
         }
         let (reply, rx) = oneshot::channel();
@@ -745,11 +745,11 @@ impl Node {
 
     /// Peer request: start an election after `after` (leadership transfer).
     pub fn elect_after(&self, after: Duration, term: u64) {
-        let current = || self.inner.raft.metrics().borrow().current_term;
-        if term != 0 && term != current() {
+        let current = self.inner.raft.metrics().borrow().current_term;
+        if term != 0 && term != current {
             tracing::info!(
                 term,
-                current = current(),
+                current,
                 "ignored a leadership transfer of another term"
             );
             return;
@@ -783,6 +783,14 @@ impl Node {
     }
 }
 
+/// Leader, and it has applied an entry of its own term: everything earlier leaders committed
+/// is applied, and the executor sees it.
+fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
+    m.state == ServerState::Leader
+        && m.last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term)
+}
+
 impl NodeInner {
     /// On the leader: records that its entry `index` is committed (bounded reads wait for the
     /// applied index to reach it).
@@ -798,11 +806,7 @@ impl NodeInner {
         let (term, quorums) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            let ready = m.state == ServerState::Leader
-                && m.current_leader == Some(self.id)
-                && m.last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term);
-            if !ready {
+            if !leader_ready(&m) || m.current_leader != Some(self.id) {
                 return None;
             }
             (
@@ -857,14 +861,7 @@ impl NodeInner {
         let id = self.id;
         self.raft
             .wait(Some(LEADER_READY_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.state == ServerState::Leader
-                        && m.last_applied
-                            .is_some_and(|l| l.leader_id.term == m.current_term)
-                },
-                "leader ready",
-            )
+            .metrics(leader_ready, "leader ready")
             .await
             .map_err(|_| {
                 let hint = self.leader_hint().filter(|l| l.id != id);

@@ -199,11 +199,6 @@ fn prompt_election_due(
     quiet && state == ServerState::Follower && elected_at.is_none_or(|at| at.elapsed() >= lease)
 }
 
-/// Starts an election after a pause (see the module docs), unless a leader spoke up or
-/// another voter started one meanwhile. The voters that granted the pre-vote go in order of
-/// their ids, a quarter of the minimum election timeout apart, plus a little jitter: the
-/// lowest starts first, and the others see its vote request before their turn, so two
-/// candidates rarely split the vote (which would cost openraft's election timeout again).
 /// A prompt election against AppendEntries that arrive meanwhile. `trigger().elect()` makes
 /// this node vote for itself without the lease openraft keeps for its leader, so the decision
 /// is taken under this lock: only when no AppendEntries is being handled and none was accepted
@@ -221,9 +216,15 @@ pub struct AppendGuard<'a> {
     inner: &'a NodeInner,
 }
 
+impl NodeInner {
+    fn campaign(&self) -> std::sync::MutexGuard<'_, Campaign> {
+        self.campaign.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl<'a> AppendGuard<'a> {
     pub(super) fn enter(inner: &'a NodeInner, term: u64) -> Result<Self, super::NodeError> {
-        let mut campaign = inner.campaign.lock().unwrap_or_else(|p| p.into_inner());
+        let mut campaign = inner.campaign();
         if campaign.from_term.is_some_and(|t| term <= t) {
             return Err(super::NodeError::unavailable(
                 format!("node {} is starting an election", inner.id),
@@ -237,15 +238,16 @@ impl<'a> AppendGuard<'a> {
 
 impl Drop for AppendGuard<'_> {
     fn drop(&mut self) {
-        let mut campaign = self
-            .inner
-            .campaign
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut campaign = self.inner.campaign();
         campaign.appends_in_flight = campaign.appends_in_flight.saturating_sub(1);
     }
 }
 
+/// Starts an election after a pause (see the module docs), unless a leader spoke up or
+/// another voter started one meanwhile. The voters that granted the pre-vote go in order of
+/// their ids, a quarter of the minimum election timeout apart, plus a little jitter: the
+/// lowest starts first, and the others see its vote request before their turn, so two
+/// candidates rarely split the vote (which would cost openraft's election timeout again).
 async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
     use rand::Rng;
     let rank = granted.iter().take_while(|id| **id < inner.id).count() as u32;
@@ -253,16 +255,12 @@ async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
     let term = inner.raft.metrics().borrow().current_term;
     tokio::time::sleep(inner.config.election_timeout_min / 4 * rank + jitter).await;
     let now = inner.raft.metrics().borrow().clone();
-    if inner
-        .heard_from_leader()
-        .is_some_and(|ago| ago < lease(inner))
-        || now.state != ServerState::Follower
-        || now.current_term != term
-    {
+    if now.state != ServerState::Follower || now.current_term != term {
         return;
     }
     {
-        let mut campaign = inner.campaign.lock().unwrap_or_else(|p| p.into_inner());
+        // Decided under the lock that AppendEntries take (see `Campaign`).
+        let mut campaign = inner.campaign();
         let heard = inner
             .heard_from_leader()
             .is_some_and(|ago| ago < lease(inner));
@@ -281,11 +279,7 @@ async fn start_election(inner: &NodeInner, granted: &BTreeSet<NodeId>) {
         .wait(Some(lease(inner)))
         .metrics(|m| m.current_term > term, "election started")
         .await;
-    inner
-        .campaign
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .from_term = None;
+    inner.campaign().from_term = None;
 }
 
 async fn poll(inner: &NodeInner, quiet_for: Duration) -> Gate {

@@ -120,9 +120,7 @@ pub(super) async fn confirm_read_indexes(
             Err(not_leader())
         };
         if leader && result.is_ok() {
-            for _ in &waiters {
-                inner.metrics.read_index_given("quorum");
-            }
+            inner.metrics.read_indexes_given("quorum", waiters.len());
         }
         for w in waiters {
             let answer = if w.leader_only && !leader {

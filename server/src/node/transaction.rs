@@ -249,12 +249,9 @@ impl NodeInner {
         if request_id.is_empty() {
             return Err(not_open());
         }
-        self.wait_leader_ready().await?;
         // An entry of unknown outcome (this commit's, say) must settle first: until then
         // "not recorded" would not mean "never committed".
-        if !write_path::settled(self, write_path::SETTLE_TIMEOUT).await {
-            return Err(write_path::unsettled(self));
-        }
+        write_path::ready_to_capture(self).await?;
         if self
             .executor
             .request_recorded(request_id.to_string())
@@ -278,14 +275,10 @@ pub(crate) async fn run(node: &NodeInner, executor: &ExecutorHandle, begin: Pend
         // not open one nobody will use.
         return;
     }
-    if let Err(e) = node.wait_leader_ready().await {
-        let _ = begin.reply.send(Err(e));
-        return;
-    }
     // Everything this leader proposed is applied before the write lock is taken: the applier
     // must never wait for a transaction.
-    if !write_path::settled(node, write_path::SETTLE_TIMEOUT).await {
-        let _ = begin.reply.send(Err(write_path::unsettled(node)));
+    if let Err(e) = write_path::ready_to_capture(node).await {
+        let _ = begin.reply.send(Err(e));
         return;
     }
     if let Err(e) = executor.begin().await {

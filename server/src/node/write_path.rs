@@ -32,7 +32,7 @@ use crate::raft::types::{ApplyResult, Command};
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch (or a Begin) waits for an earlier entry of unknown outcome to settle before
 /// its requests are answered UNAVAILABLE, unexecuted.
-pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteReply {
@@ -95,12 +95,7 @@ pub(crate) async fn run_batcher(
 }
 
 async fn process_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>) {
-    let ready = match node.wait_leader_ready().await {
-        Ok(()) if settled(node, SETTLE_TIMEOUT).await => Ok(()),
-        Ok(()) => Err(unsettled(node)),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = ready {
+    if let Err(e) = ready_to_capture(node).await {
         for w in batch {
             let _ = w.reply.send(Err(clone_unavailable(&e)));
         }
@@ -230,12 +225,27 @@ async fn replicate_encoded(
     node.proposals.forget(base_version);
 }
 
+/// Before anything is captured (a batch, a Begin) or looked up as committed or not (a retried
+/// Commit): this node is a ready leader and its whole log is applied ([`settled`]), or the
+/// error to answer, unexecuted.
+pub(crate) async fn ready_to_capture(node: &NodeInner) -> Result<(), NodeError> {
+    node.wait_leader_ready().await?;
+    if settled(node, SETTLE_TIMEOUT).await {
+        Ok(())
+    } else {
+        Err(NodeError::unavailable(
+            "an earlier write's outcome is not known yet (no quorum?); retry with the same request id",
+            node.leader_hint(),
+        ))
+    }
+}
+
 /// Whether everything in this leader's log is applied, waiting at most `within`. Nothing may
 /// be captured before: after a proposal whose outcome is unknown (a timeout, a lost quorum),
 /// its entry may still commit, and a delta captured meanwhile would be built on a state that
 /// entry changes (and share its base version, so the entry's commit would answer for it).
 /// Returns at once on the normal path, where the previous delta is applied before the next.
-pub(crate) async fn settled(node: &NodeInner, within: Duration) -> bool {
+async fn settled(node: &NodeInner, within: Duration) -> bool {
     let mut metrics = node.raft.metrics();
     let mut applied = node.applied.clone();
     let until = tokio::time::Instant::now() + within;
@@ -250,14 +260,6 @@ pub(crate) async fn settled(node: &NodeInner, within: Duration) -> bool {
             () = tokio::time::sleep_until(until) => return false,
         }
     }
-}
-
-/// The answer while an earlier write's outcome is unknown.
-pub(crate) fn unsettled(node: &NodeInner) -> NodeError {
-    NodeError::unavailable(
-        "an earlier write's outcome is not known yet (no quorum?); retry with the same request id",
-        node.leader_hint(),
-    )
 }
 
 /// Answers every request of a batch: its own outcome, or the batch's commit error.
