@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -482,20 +482,16 @@ impl Drop for Cluster {
     }
 }
 
-/// `count` distinct loopback addresses with ports that were free a moment ago. All
-/// listeners are held until every port is chosen, so the ports differ; another process could
-/// take one before the node binds it, which the node's log would then show.
+/// `count` distinct loopback addresses with ports that were free a moment ago, outside the
+/// ephemeral range (so no outgoing connection takes one before the node binds it); anything
+/// else that takes one would show in the node's log.
 fn free_loopback_addrs(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("bind a free loopback port")?;
-    let addrs = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<Result<Vec<_>, _>>()?;
-    if addrs.is_empty() {
+    if count == 0 {
         bail!("no ports requested");
     }
-    Ok(addrs)
+    let ports = raftlite::cli::local_cluster::free_loopback_ports(count as u64)?;
+    Ok(ports
+        .into_iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect())
 }

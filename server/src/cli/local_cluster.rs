@@ -493,7 +493,7 @@ fn terminate(pid: u32) {
 fn node_ports(base: Option<u16>, nodes: u64) -> anyhow::Result<Vec<(u16, u16)>> {
     let ports = match base {
         Some(base) => consecutive_ports(base, 2 * nodes)?,
-        None => free_ports(2 * nodes)?,
+        None => free_loopback_ports(2 * nodes)?,
     };
     let (client, peer) = ports.split_at(ports.len() / 2);
     Ok(client.iter().copied().zip(peer.iter().copied()).collect())
@@ -510,16 +510,71 @@ fn consecutive_ports(base: u16, nodes: u64) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
-/// Ports the OS reports free right now (all held at once, so they differ).
-fn free_ports(n: u64) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("find free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+/// `n` distinct loopback ports, free right now, chosen outside the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port found free is released before the node binds it,
+/// and an outgoing connection (of this cluster or of anything else on the host) could take an
+/// ephemeral one in between. Starts at a different place in each process and call, so
+/// launchers running side by side rarely probe the same ports.
+pub fn free_loopback_ports(n: u64) -> anyhow::Result<Vec<u16>> {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (low, high) = ephemeral_range();
+    let range = outside_ephemeral(low, high);
+    let span = u32::from(range.end - range.start);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut next =
+        (std::process::id().wrapping_mul(7919) ^ nanos ^ call.wrapping_mul(104_729)) % span;
+    let mut held = Vec::new();
+    for _ in 0..span {
+        if held.len() as u64 == n {
+            break;
+        }
+        let port = range.start + u16::try_from(next).unwrap_or(0);
+        next = (next + 1) % span;
+        // All listeners are held until every port is chosen, so the ports differ.
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() as u64 != n {
+        anyhow::bail!(
+            "found only {} of {n} free loopback ports in {range:?}",
+            held.len()
+        );
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// The kernel's ephemeral port range, or Linux's default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(str::parse::<u16>);
+            Some((parts.next()?.ok()?, parts.next()?.ok()?))
+        })
+        .filter(|(low, high)| low <= high)
+        .unwrap_or((32_768, 60_999))
+}
+
+/// The larger stretch of unprivileged ports (from 10000, clear of common well-known
+/// services) below or above the ephemeral range `low..=high`.
+fn outside_ephemeral(low: u16, high: u16) -> std::ops::Range<u16> {
+    const FIRST: u16 = 10_000;
+    let below = FIRST..low.max(FIRST);
+    let above = high.saturating_add(1).max(FIRST)..u16::MAX;
+    let len = |r: &std::ops::Range<u16>| r.end.saturating_sub(r.start);
+    if len(&below) >= len(&above) && len(&below) >= 1_000 {
+        below
+    } else if len(&above) >= 1_000 {
+        above
+    } else {
+        // The ephemeral range covers nearly everything: probe it all.
+        FIRST..u16::MAX
+    }
 }
 
 /// The last lines of a log file, or why it cannot be read.
@@ -575,10 +630,22 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
-        let ports = free_ports(4).expect("ports");
+    fn free_ports_are_distinct_and_not_ephemeral() {
+        let ports = free_loopback_ports(4).expect("ports");
         let unique: std::collections::BTreeSet<_> = ports.iter().collect();
         assert_eq!(unique.len(), 4);
+        let (low, high) = ephemeral_range();
+        assert!(
+            ports.iter().all(|p| !(low..=high).contains(p)),
+            "{ports:?} in {low}-{high}"
+        );
+    }
+
+    #[test]
+    fn the_range_outside_the_ephemeral_one() {
+        assert_eq!(outside_ephemeral(32_768, 60_999), 10_000..32_768);
+        assert_eq!(outside_ephemeral(1_024, 20_000), 20_001..u16::MAX);
+        assert_eq!(outside_ephemeral(1_024, 65_000), 10_000..u16::MAX);
     }
 
     #[test]
