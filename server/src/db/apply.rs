@@ -23,7 +23,7 @@
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
 use super::internal;
-use rusqlite::{ffi, params, Connection};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
@@ -107,18 +107,20 @@ impl Applier {
                 delta.db_pages, delta.db_pages
             )));
         }
+        // Patches need this node's image of the page at the base version: read each page
+        // before it is written (page 1 before any), within this transaction.
+        let page1 = match delta.pages.first().filter(|p| p.0 == 1) {
+            Some((_, image)) => Some(image.resolve(|| self.read_page(1))?),
+            None => None,
+        };
         {
             let mut insert = self.insert_page_statement()?;
-            for (pgno, data) in delta.pages.iter().filter(|p| p.0 != 1) {
+            for (pgno, image) in delta.pages.iter().filter(|p| p.0 != 1) {
+                let data = image.resolve(|| self.read_page(*pgno))?;
                 insert.execute(params![pgno, data])?;
             }
         }
-        let page1 = delta
-            .pages
-            .first()
-            .filter(|p| p.0 == 1)
-            .map(|p| p.1.as_slice());
-        self.write_page1_and_size(page1, delta.db_pages, current_pages)?;
+        self.write_page1_and_size(page1.as_deref(), delta.db_pages, current_pages)?;
         self.conn.execute_batch("COMMIT")?;
         Ok(ApplyOutcome::Applied)
     }
@@ -179,6 +181,14 @@ impl Applier {
             )));
         }
         Ok(pages)
+    }
+
+    /// This connection's image of a page (`None` beyond the end of the database).
+    fn read_page(&self, pgno: u32) -> Result<Option<Vec<u8>>> {
+        let mut read = self
+            .conn
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        Ok(read.query_row([pgno], |r| r.get(0)).optional()?)
     }
 
     fn insert_page_statement(&self) -> Result<rusqlite::CachedStatement<'_>> {

@@ -6,8 +6,10 @@
 //! 2. The caller runs its statements.
 //! 3. [`finish`] flushes every dirty page into the WAL as uncommitted frames
 //!    (`sqlite3_db_cacheflush`), takes their page numbers from the wal-index, adds page 1 if
-//!    it changed, and reads the current contents through `sqlite_dbpage`. The caller then
-//!    rolls back: the database never holds data Raft has not committed.
+//!    it changed, and reads the current contents through `sqlite_dbpage`. Each page that the
+//!    base database already has travels as a patch against its base image (read through a
+//!    second, read-only connection, which sees only committed data) when that is smaller.
+//!    The caller then rolls back: the database never holds data Raft has not committed.
 //!
 //! Why the wal-index (`-shm`) and not the `-wal` file: SQLite writes one `aPgno[]` entry per
 //! appended frame and zeroes the entries past `mxFrame` on ROLLBACK, so entries
@@ -26,7 +28,7 @@
 //! current image is shipped); missing one would not be, and cannot happen because every dirty
 //! page other than page 1 is in the WAL after the flush.
 
-use super::delta::PageDelta;
+use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
 use rusqlite::{ffi, Connection, OptionalExtension};
 use std::collections::BTreeSet;
@@ -66,9 +68,12 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
 }
 
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
-/// cursors). The transaction stays open; the caller rolls it back.
+/// cursors). The transaction stays open; the caller rolls it back. `base` is a read-only
+/// connection to the same database: while `conn` holds the write lock, what it reads is the
+/// state the delta is based on.
 pub(crate) fn finish(
     conn: &Connection,
+    base: &Connection,
     start: CaptureStart,
     base_version: u64,
     max_bytes: usize,
@@ -97,13 +102,20 @@ pub(crate) fn finish(
         )));
     }
     let mut pages = Vec::with_capacity(pgnos.len());
+    let mut base_pages = BaseReader::begin(base)?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
         let data: Vec<u8> = read
             .query_row([pgno], |r| r.get(0))
             .optional()?
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
-        pages.push((pgno, data));
+        let base_image = if pgno == 1 {
+            start.page1.clone()
+        } else {
+            base_pages.page(pgno)?
+        };
+        pages.push((pgno, PageImage::between(base_image.as_deref(), data)));
     }
+    base_pages.end()?;
     let delta = PageDelta {
         page_size,
         db_pages,
@@ -112,6 +124,52 @@ pub(crate) fn finish(
     };
     delta.validate()?;
     Ok(delta)
+}
+
+/// Pages of the committed database, read in one read transaction on the base connection.
+struct BaseReader<'c> {
+    conn: &'c Connection,
+    pages: u32,
+    open: bool,
+}
+
+impl<'c> BaseReader<'c> {
+    fn begin(conn: &'c Connection) -> Result<BaseReader<'c>> {
+        conn.execute_batch("BEGIN")?;
+        let mut reader = BaseReader {
+            conn,
+            pages: 0,
+            open: true,
+        };
+        reader.pages = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        Ok(reader)
+    }
+
+    /// The committed image of `pgno`, or `None` for a page beyond the committed database.
+    fn page(&mut self, pgno: u32) -> Result<Option<Vec<u8>>> {
+        if pgno > self.pages {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        Ok(stmt.query_row([pgno], |r| r.get(0)).optional()?)
+    }
+
+    fn end(mut self) -> Result<()> {
+        self.open = false;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+}
+
+impl Drop for BaseReader<'_> {
+    fn drop(&mut self) {
+        // A read transaction left open would keep checkpoints from finishing.
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// Whether the open transaction has changed any page since [`start`] (flushes the page cache
@@ -295,7 +353,8 @@ mod tests {
         };
         check(rc, "sqlite3_db_status")?;
         assert!(spills > 0, "the transaction was meant to spill");
-        let delta = finish(&conn, start, 5, usize::MAX)?;
+        let base = open(&dir.path().join("a.db"))?;
+        let delta = finish(&conn, &base, start, 5, usize::MAX)?;
         conn.execute_batch("ROLLBACK")?;
 
         assert_eq!(delta.base_version, 5);

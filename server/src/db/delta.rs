@@ -4,24 +4,45 @@
 //! the network. The format is deliberately simple and checked strictly:
 //!
 //! ```text
-//! magic "RLPD" | format u8 (=1) | page_size u32 | db_pages u32 | base_version u64 | count u32
-//! count x (pgno u32 | page image [page_size])
+//! magic "RLPD" | format u8 (=2) | page_size u32 | db_pages u32 | base_version u64 | count u32
+//! count x (pgno u32 | kind u8 | body)
+//!   kind 0, a full image:  page image [page_size]
+//!   kind 1, a patch:       base_crc u32 | new_crc u32 | runs u32
+//!                          runs x (offset u32 | len u32 | bytes [len])
 //! crc32 (IEEE) of everything before it, u32
 //! ```
-//! All integers are little-endian. The decoder computes the exact expected length from the
-//! header and rejects anything else before allocating, so a garbage length can never cause a
-//! huge allocation, and every rule an applier relies on (power-of-two page size, ascending
-//! page numbers within the database size, full page images) is validated here once.
+//! All integers are little-endian. Format 1 (still decoded: logs and archives written before
+//! it) had no kind byte and only full images.
+//!
+//! A patch carries only the byte runs that differ from the page's image at `base_version`:
+//! a one-row insert changes a few dozen bytes of each 4 KiB page it touches, and every delta is
+//! written to two logs, sent to each follower and archived. The applier reads its own copy of
+//! the page, checks it against `base_crc`, patches it and checks the result against
+//! `new_crc`, so a replica whose page differs from the leader's stops with an error instead of
+//! diverging further. Pages new to the database and pages that changed by more than half are
+//! full images.
+//!
+//! The decoder checks every length against the bytes left before allocating, so a garbage
+//! length can never cause a huge allocation, and every rule an applier relies on (power-of-two
+//! page size, ascending page numbers within the database size, full images of the page size,
+//! ascending runs inside the page) is validated here once.
 
 use super::error::{DbError, Result};
 
 const MAGIC: &[u8; 4] = b"RLPD";
-const FORMAT: u8 = 1;
+/// The format written; [`FORMAT_FULL_PAGES`] is still read.
+const FORMAT: u8 = 2;
+const FORMAT_FULL_PAGES: u8 = 1;
+const KIND_FULL: u8 = 0;
+const KIND_PATCH: u8 = 1;
+/// Equal bytes between two differing runs below which they are sent as one run (a run's
+/// header is 8 bytes).
+const MERGE_GAP: usize = 8;
 /// magic + format + page_size + db_pages + base_version + count
 const HEADER_LEN: usize = 4 + 1 + 4 + 4 + 8 + 4;
 const CRC_LEN: usize = 4;
 
-/// Full images of the pages a transaction changed.
+/// The pages a transaction changed: full images or patches against the base version.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PageDelta {
     /// Page size of the database the delta was captured from.
@@ -31,8 +52,114 @@ pub struct PageDelta {
     /// The internal version counter the executor saw when it captured the delta. An applier
     /// applies it only to a database at exactly this version.
     pub base_version: u64,
-    /// `(pgno, full page image)`, strictly ascending `pgno`.
-    pub pages: Vec<(u32, Vec<u8>)>,
+    /// `(pgno, new contents)`, strictly ascending `pgno`.
+    pub pages: Vec<(u32, PageImage)>,
+}
+
+/// A page's new contents in a delta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageImage {
+    Full(Vec<u8>),
+    Patch(PagePatch),
+}
+
+/// The byte runs in which a page differs from its image at the delta's base version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagePatch {
+    /// CRC-32 of the base image the runs apply to.
+    pub base_crc: u32,
+    /// CRC-32 of the image after the runs are applied.
+    pub new_crc: u32,
+    /// `(offset, bytes)`, ascending and not overlapping.
+    pub runs: Vec<(u32, Vec<u8>)>,
+}
+
+impl PageImage {
+    /// `new` as a patch against `base` when that is less than half a page, else in full.
+    /// `base` is the page at the delta's base version (same length as `new`), or `None` for a
+    /// page the base database does not have.
+    pub fn between(base: Option<&[u8]>, new: Vec<u8>) -> PageImage {
+        let Some(base) = base.filter(|b| b.len() == new.len()) else {
+            return PageImage::Full(new);
+        };
+        let mut runs: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut carried = 0usize;
+        let mut i = 0usize;
+        while i < new.len() {
+            if base[i] == new[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            // Extend through differing bytes and through short equal gaps.
+            let mut end = i + 1;
+            let mut j = end;
+            while j < new.len() {
+                if base[j] != new[j] {
+                    end = j + 1;
+                    j += 1;
+                } else if j - end < MERGE_GAP {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            carried += 8 + (end - start);
+            if carried * 2 >= new.len() {
+                return PageImage::Full(new);
+            }
+            runs.push((start as u32, new[start..end].to_vec()));
+            i = end;
+        }
+        PageImage::Patch(PagePatch {
+            base_crc: crc32(base),
+            new_crc: crc32(&new),
+            runs,
+        })
+    }
+
+    /// The full new image, given the page's current image (read only for a patch).
+    pub fn resolve(&self, base: impl FnOnce() -> Result<Option<Vec<u8>>>) -> Result<Vec<u8>> {
+        match self {
+            PageImage::Full(data) => Ok(data.clone()),
+            PageImage::Patch(patch) => {
+                let base = base()?.ok_or_else(|| {
+                    corrupt("a page patch for a page this database does not have")
+                })?;
+                patch.apply(base)
+            }
+        }
+    }
+
+    /// Bytes of page contents carried (a patch: its runs).
+    pub fn carried_bytes(&self) -> usize {
+        match self {
+            PageImage::Full(data) => data.len(),
+            PageImage::Patch(p) => p.runs.iter().map(|(_, b)| b.len()).sum(),
+        }
+    }
+}
+
+impl PagePatch {
+    /// Apply the runs to `base`, which must be the image they were computed against.
+    pub fn apply(&self, mut base: Vec<u8>) -> Result<Vec<u8>> {
+        if crc32(&base) != self.base_crc {
+            return Err(corrupt(
+                "a page patch does not match this node's copy of the page (replicas diverged?)",
+            ));
+        }
+        for (offset, bytes) in &self.runs {
+            let start = *offset as usize;
+            let target = base
+                .get_mut(start..start + bytes.len())
+                .ok_or_else(|| corrupt("a page patch run lies outside the page"))?;
+            target.copy_from_slice(bytes);
+        }
+        if crc32(&base) != self.new_crc {
+            return Err(corrupt("a patched page does not match the leader's image"));
+        }
+        Ok(base)
+    }
 }
 
 impl std::fmt::Debug for PageDelta {
@@ -43,14 +170,15 @@ impl std::fmt::Debug for PageDelta {
             .field("db_pages", &self.db_pages)
             .field("base_version", &self.base_version)
             .field("pgnos", &self.pages.iter().map(|p| p.0).collect::<Vec<_>>())
+            .field("payload_bytes", &self.payload_bytes())
             .finish()
     }
 }
 
 impl PageDelta {
-    /// Total bytes of page images carried.
+    /// Bytes of page contents carried (full images and patch runs).
     pub fn payload_bytes(&self) -> usize {
-        self.pages.len() * self.page_size as usize
+        self.pages.iter().map(|(_, p)| p.carried_bytes()).sum()
     }
 
     /// Check the invariants every applier relies on.
@@ -59,8 +187,9 @@ impl PageDelta {
         if self.db_pages == 0 {
             return Err(corrupt("database size of 0 pages"));
         }
+        let page_size = self.page_size as usize;
         let mut prev = 0u32;
-        for (pgno, data) in &self.pages {
+        for (pgno, image) in &self.pages {
             if *pgno <= prev {
                 return Err(corrupt(format!("page {pgno} out of order (after {prev})")));
             }
@@ -70,12 +199,27 @@ impl PageDelta {
                     self.db_pages
                 )));
             }
-            if data.len() != self.page_size as usize {
-                return Err(corrupt(format!(
-                    "page {pgno} has {} bytes, page size is {}",
-                    data.len(),
-                    self.page_size
-                )));
+            match image {
+                PageImage::Full(data) if data.len() != page_size => {
+                    return Err(corrupt(format!(
+                        "page {pgno} has {} bytes, page size is {}",
+                        data.len(),
+                        self.page_size
+                    )));
+                }
+                PageImage::Full(_) => {}
+                PageImage::Patch(patch) => {
+                    let mut end = 0usize;
+                    for (offset, bytes) in &patch.runs {
+                        let start = *offset as usize;
+                        if bytes.is_empty() || start < end || start + bytes.len() > page_size {
+                            return Err(corrupt(format!(
+                                "page {pgno}: patch runs empty, out of order or outside the page"
+                            )));
+                        }
+                        end = start + bytes.len();
+                    }
+                }
             }
             prev = *pgno;
         }
@@ -84,8 +228,19 @@ impl PageDelta {
 
     /// Serialize to the wire format described in the module docs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + self.pages.len() * (4 + self.page_size as usize) + 4);
+        let body: usize = self
+            .pages
+            .iter()
+            .map(|(_, p)| {
+                5 + match p {
+                    PageImage::Full(d) => d.len(),
+                    PageImage::Patch(patch) => {
+                        12 + patch.runs.iter().map(|(_, b)| 8 + b.len()).sum::<usize>()
+                    }
+                }
+            })
+            .sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + body + CRC_LEN);
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
         out.extend_from_slice(&self.page_size.to_le_bytes());
@@ -93,17 +248,34 @@ impl PageDelta {
         out.extend_from_slice(&self.base_version.to_le_bytes());
         // A delta never holds more than u32::MAX pages: page numbers are u32 and unique.
         out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
-        for (pgno, data) in &self.pages {
+        for (pgno, image) in &self.pages {
             out.extend_from_slice(&pgno.to_le_bytes());
-            out.extend_from_slice(data);
+            match image {
+                PageImage::Full(data) => {
+                    out.push(KIND_FULL);
+                    out.extend_from_slice(data);
+                }
+                PageImage::Patch(patch) => {
+                    out.push(KIND_PATCH);
+                    out.extend_from_slice(&patch.base_crc.to_le_bytes());
+                    out.extend_from_slice(&patch.new_crc.to_le_bytes());
+                    // Runs and their lengths are bounded by the page size (at most 65536).
+                    out.extend_from_slice(&(patch.runs.len() as u32).to_le_bytes());
+                    for (offset, bytes) in &patch.runs {
+                        out.extend_from_slice(&offset.to_le_bytes());
+                        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                        out.extend_from_slice(bytes);
+                    }
+                }
+            }
         }
         let crc = crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Parse and validate the wire format. Never panics and never allocates more than the
-    /// input's size, whatever the bytes.
+    /// Parse and validate the wire format (this one or format 1). Never panics and never
+    /// allocates more than the input's size, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<PageDelta> {
         if bytes.len() < HEADER_LEN + CRC_LEN {
             return Err(corrupt(format!(
@@ -114,33 +286,67 @@ impl PageDelta {
         if &bytes[..4] != MAGIC {
             return Err(corrupt("not a page delta (bad magic)"));
         }
-        if bytes[4] != FORMAT {
-            return Err(corrupt(format!("unknown delta format {}", bytes[4])));
-        }
-        let mut r = Reader { buf: &bytes[5..] };
-        let page_size = r.u32()?;
-        let db_pages = r.u32()?;
-        let base_version = r.u64()?;
-        let count = r.u32()?;
-        check_page_size(page_size)?;
-        let expected = (count as u64) * (4 + page_size as u64) + (HEADER_LEN + CRC_LEN) as u64;
-        if expected != bytes.len() as u64 {
-            return Err(corrupt(format!(
-                "delta length {} does not match {count} pages of {page_size} bytes",
-                bytes.len()
-            )));
+        let format = bytes[4];
+        if format != FORMAT && format != FORMAT_FULL_PAGES {
+            return Err(corrupt(format!("unknown delta format {format}")));
         }
         let (body, crc_bytes) = bytes.split_at(bytes.len() - CRC_LEN);
         let stored = u32::from_le_bytes(crc_bytes.try_into().map_err(|_| corrupt("crc"))?);
         if crc32(body) != stored {
             return Err(corrupt("checksum mismatch"));
         }
-        // `count` is now bounded by the input length, so this allocation is safe.
+        let mut r = Reader { buf: &body[5..] };
+        let page_size = r.u32()?;
+        let db_pages = r.u32()?;
+        let base_version = r.u64()?;
+        let count = r.u32()?;
+        check_page_size(page_size)?;
+        // Each page takes at least 5 bytes (pgno, kind): `count` is bounded by the input before
+        // anything is allocated for it.
+        if u64::from(count) * 5 > r.buf.len() as u64 {
+            return Err(corrupt(format!(
+                "delta declares {count} pages in {} bytes",
+                bytes.len()
+            )));
+        }
         let mut pages = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let pgno = r.u32()?;
-            let data = r.take(page_size as usize)?.to_vec();
-            pages.push((pgno, data));
+            let kind = if format == FORMAT_FULL_PAGES {
+                KIND_FULL
+            } else {
+                r.u8()?
+            };
+            let image = match kind {
+                KIND_FULL => PageImage::Full(r.take(page_size as usize)?.to_vec()),
+                KIND_PATCH => {
+                    let base_crc = r.u32()?;
+                    let new_crc = r.u32()?;
+                    let n = r.u32()?;
+                    if u64::from(n) * 9 > r.buf.len() as u64 {
+                        return Err(corrupt(format!("page {pgno}: {n} patch runs declared")));
+                    }
+                    let mut runs = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        let offset = r.u32()?;
+                        let len = r.u32()?;
+                        runs.push((offset, r.take(len as usize)?.to_vec()));
+                    }
+                    PageImage::Patch(PagePatch {
+                        base_crc,
+                        new_crc,
+                        runs,
+                    })
+                }
+                other => return Err(corrupt(format!("page {pgno}: unknown kind {other}"))),
+            };
+            pages.push((pgno, image));
+        }
+        if !r.buf.is_empty() {
+            return Err(corrupt(format!(
+                "{} bytes after the last page of the delta",
+                r.buf.len()
+            )));
         }
         let delta = PageDelta {
             page_size,
@@ -178,6 +384,9 @@ impl<'a> Reader<'a> {
         self.buf = tail;
         Ok(head)
     }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
     fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -208,8 +417,28 @@ mod tests {
             page_size: 512,
             db_pages: 9,
             base_version: 7,
-            pages: vec![(1, vec![1; 512]), (4, vec![4; 512]), (9, vec![9; 512])],
+            pages: vec![
+                (1, PageImage::Full(vec![1; 512])),
+                (
+                    4,
+                    PageImage::between(Some(&[0; 512]), patched(&[0; 512], 100, b"row")),
+                ),
+                (9, PageImage::Full(vec![9; 512])),
+            ],
         }
+    }
+
+    fn patched(base: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut page = base.to_vec();
+        page[at..at + bytes.len()].copy_from_slice(bytes);
+        page
+    }
+
+    /// Rewrites the trailing checksum after a test edited the bytes before it.
+    fn reseal(bytes: &mut Vec<u8>) {
+        bytes.truncate(bytes.len() - CRC_LEN);
+        let crc = crc32(bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
     }
 
     #[test]
@@ -220,6 +449,7 @@ mod tests {
     #[test]
     fn round_trip_and_rejections() -> Result<()> {
         let d = sample();
+        assert!(matches!(d.pages[1].1, PageImage::Patch(_)));
         let bytes = d.encode();
         assert_eq!(PageDelta::decode(&bytes)?, d);
 
@@ -242,18 +472,110 @@ mod tests {
         let mut odd_size = sample();
         odd_size.page_size = 1000;
         assert!(odd_size.validate().is_err());
+        let mut outside = sample();
+        outside.pages[1].1 = PageImage::Patch(PagePatch {
+            base_crc: 0,
+            new_crc: 0,
+            runs: vec![(510, vec![1, 2, 3])],
+        });
+        assert!(PageDelta::decode(&outside.encode()).is_err());
+        let mut overlapping = sample();
+        overlapping.pages[1].1 = PageImage::Patch(PagePatch {
+            base_crc: 0,
+            new_crc: 0,
+            runs: vec![(10, vec![1, 2, 3]), (11, vec![4])],
+        });
+        assert!(PageDelta::decode(&overlapping.encode()).is_err());
         Ok(())
     }
 
     #[test]
-    fn huge_declared_count_is_rejected_without_allocating() {
+    fn huge_declared_counts_are_rejected_without_allocating() {
         let mut bytes = sample().encode();
-        // count field sits right before the first page
+        // The page count sits right before the first page.
         bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        reseal(&mut bytes);
         assert!(matches!(
             PageDelta::decode(&bytes),
-            Err(DbError::Corrupt(_))
+            Err(DbError::Corrupt(m)) if m.contains("declares")
         ));
+        // The run count of the patched page: after page 1 (4 + 1 + 512 bytes), its pgno and
+        // kind (5) and both checksums (8).
+        let mut bytes = sample().encode();
+        let runs_at = HEADER_LEN + 517 + 5 + 8;
+        bytes[runs_at..runs_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(matches!(
+            PageDelta::decode(&bytes),
+            Err(DbError::Corrupt(m)) if m.contains("runs declared")
+        ));
+    }
+
+    #[test]
+    fn format_1_deltas_still_decode() -> Result<()> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.push(FORMAT_FULL_PAGES);
+        bytes.extend_from_slice(&512u32.to_le_bytes());
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&41u64.to_le_bytes());
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        for pgno in [1u32, 3] {
+            bytes.extend_from_slice(&pgno.to_le_bytes());
+            bytes.extend_from_slice(&[pgno as u8; 512]);
+        }
+        let crc = crc32(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let d = PageDelta::decode(&bytes)?;
+        assert_eq!(d.base_version, 41);
+        assert_eq!(
+            d.pages,
+            vec![
+                (1, PageImage::Full(vec![1; 512])),
+                (3, PageImage::Full(vec![3; 512]))
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_small_change_travels_as_a_small_patch() -> Result<()> {
+        let base: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let mut new = patched(&base, 100, b"a new row");
+        new[4000] ^= 0xFF;
+        let image = PageImage::between(Some(&base), new.clone());
+        let PageImage::Patch(patch) = &image else {
+            panic!("expected a patch, got {image:?}");
+        };
+        assert_eq!(patch.runs.len(), 2);
+        assert!(image.carried_bytes() <= 10, "{}", image.carried_bytes());
+        assert_eq!(image.resolve(|| Ok(Some(base.clone())))?, new);
+        Ok(())
+    }
+
+    #[test]
+    fn a_patch_refuses_a_base_it_was_not_made_from() {
+        let base = vec![0u8; 4096];
+        let image = PageImage::between(Some(&base), patched(&base, 10, b"x"));
+        let other = patched(&base, 2000, b"y");
+        assert!(matches!(
+            image.resolve(|| Ok(Some(other))),
+            Err(DbError::Corrupt(m)) if m.contains("diverged")
+        ));
+        assert!(image.resolve(|| Ok(None)).is_err());
+    }
+
+    #[test]
+    fn new_pages_and_large_changes_travel_in_full() {
+        let new = vec![5u8; 4096];
+        assert_eq!(
+            PageImage::between(None, new.clone()),
+            PageImage::Full(new.clone())
+        );
+        assert_eq!(
+            PageImage::between(Some(&[0u8; 4096]), new.clone()),
+            PageImage::Full(new)
+        );
     }
 
     fn arb_delta() -> impl Strategy<Value = PageDelta> {
@@ -279,7 +601,12 @@ mod tests {
                     base_version,
                     pages: pgnos
                         .into_iter()
-                        .map(|p| (p, vec![fill.wrapping_add(p as u8); page_size as usize]))
+                        .map(|p| {
+                            let new = vec![fill.wrapping_add(p as u8); page_size as usize];
+                            // Every other page as a patch against a page that differs a little.
+                            let base = (p % 2 == 0).then(|| patched(&new, p as usize, &[!fill]));
+                            (p, PageImage::between(base.as_deref(), new))
+                        })
                         .collect(),
                 },
             )
@@ -302,8 +629,32 @@ mod tests {
         }
 
         #[test]
+        fn random_bodies_with_a_valid_checksum_never_panic(
+            tail in prop::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let mut bytes = sample().encode()[..HEADER_LEN].to_vec();
+            bytes.extend_from_slice(&tail);
+            bytes.extend_from_slice(&[0; CRC_LEN]);
+            reseal(&mut bytes);
+            let _ = PageDelta::decode(&bytes);
+        }
+
+        #[test]
         fn encode_decode_round_trips(d in arb_delta()) {
             prop_assert_eq!(PageDelta::decode(&d.encode()).ok(), Some(d));
+        }
+
+        #[test]
+        fn patches_rebuild_the_new_page(
+            base in prop::collection::vec(any::<u8>(), 512),
+            edits in prop::collection::vec((0usize..512, any::<u8>()), 0..40),
+        ) {
+            let mut new = base.clone();
+            for (at, byte) in edits {
+                new[at] = byte;
+            }
+            let image = PageImage::between(Some(&base), new.clone());
+            prop_assert_eq!(image.resolve(|| Ok(Some(base.clone()))).ok(), Some(new));
         }
     }
 }

@@ -28,7 +28,7 @@
 use super::authorizer::{Lockdown, Policy};
 use super::bounds::Bounds;
 use super::capture::{self, CaptureStart};
-use super::delta::PageDelta;
+use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
 use super::internal;
 use super::value::{
@@ -133,6 +133,9 @@ fn starts_with_vacuum(sql: &str) -> bool {
 /// The leader's write connection. See the module docs.
 pub struct Executor {
     conn: Connection,
+    /// Read-only connection to the same database: the committed pages a delta's patches are
+    /// computed against (see `capture`). Runs no client SQL.
+    base: Connection,
     lockdown: Arc<Lockdown>,
     bounds: Bounds,
     db_path: PathBuf,
@@ -188,8 +191,16 @@ impl Executor {
             )));
         }
         let lockdown = Lockdown::install(&mut conn, Policy::Executor)?;
+        let base = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        base.busy_timeout(options.busy_timeout)?;
+        // Reads only the pages a batch changed, and only once each.
+        base.execute_batch("PRAGMA cache_size = -256")?;
         Ok(Executor {
             conn,
+            base,
             lockdown,
             bounds,
             db_path: path.to_path_buf(),
@@ -262,13 +273,16 @@ impl Executor {
             let mut stmt = copy.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
-                pages.push((row.get::<_, u32>(0)?, row.get::<_, Vec<u8>>(1)?));
+                pages.push((
+                    row.get::<_, u32>(0)?,
+                    PageImage::Full(row.get::<_, Vec<u8>>(1)?),
+                ));
             }
         }
         // VACUUM INTO writes a rollback-journal file (format bytes 1/1); replicas stay in WAL
         // mode, so keep the live database's bytes 18/19.
         match pages.first_mut() {
-            Some((1, page1)) => page1[18..20].copy_from_slice(&live_page1[18..20]),
+            Some((1, PageImage::Full(page1))) => page1[18..20].copy_from_slice(&live_page1[18..20]),
             _ => return Err(DbError::Internal("VACUUM INTO produced no page 1".into())),
         }
         let delta = PageDelta {
@@ -565,6 +579,7 @@ impl Executor {
         internal::write_version(&self.conn, open.base_version + 1)?;
         capture::finish(
             &self.conn,
+            &self.base,
             open.start,
             open.base_version,
             self.max_delta_bytes,

@@ -22,7 +22,10 @@
 //!
 //! * **Replicate pages, not statements.** Replicas are byte-identical whatever the SQL does
 //!   (`random()`, time functions, triggers, planner choices). The price is bandwidth: a delta
-//!   carries full 4 KiB pages, and random-key index inserts touch many of them.
+//!   carries every page a transaction touched, and random-key index inserts touch many. A page
+//!   the base database has travels as a patch (the byte runs that differ, checked against
+//!   CRCs of the base and new images on apply) when that is under half a page: a 1-row insert
+//!   changes tens of bytes of each 4 KiB page (`delta`).
 //! * **Capture, then roll back.** The leader never commits on its own; every node (leader
 //!   included) changes its database only by applying committed deltas. A leader crash can
 //!   therefore never leave uncommitted data behind. The price is doing the write work twice
@@ -86,7 +89,7 @@ mod tests;
 
 pub use apply::{Applier, ApplyOutcome};
 pub use bounds::SQLITE_MAX_LENGTH;
-pub use delta::PageDelta;
+pub use delta::{PageDelta, PageImage, PagePatch};
 pub use error::{DbError, Result};
 pub use executor::{is_vacuum, ExecutedBatch, Executor, TransactionStep, WriteOutcome};
 pub use reader::{QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
