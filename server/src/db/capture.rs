@@ -6,9 +6,10 @@
 //! 2. The caller runs its statements.
 //! 3. [`finish`] flushes every dirty page into the WAL as uncommitted frames
 //!    (`sqlite3_db_cacheflush`), takes their page numbers from the wal-index, adds page 1 if
-//!    it changed, and reads the current contents through `sqlite_dbpage`. Each page that the
-//!    base database already has travels as a patch against its base image (read through a
-//!    second, read-only connection, which sees only committed data) when that is smaller.
+//!    it changed, and reads the current contents through `sqlite_dbpage`. Each page other than
+//!    page 1 that the base database already has travels as a patch against its base image
+//!    (read through a second, read-only connection, which sees only committed data) when that
+//!    is smaller.
 //!    The caller then rolls back: the database never holds data Raft has not committed.
 //!
 //! Why the wal-index (`-shm`) and not the `-wal` file: SQLite writes one `aPgno[]` entry per
@@ -108,12 +109,15 @@ pub(crate) fn finish(
             .query_row([pgno], |r| r.get(0))
             .optional()?
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
-        let base_image = if pgno == 1 {
-            start.page1.clone()
+        // Page 1 always in full: its change counter and SQLite version bytes are each node's
+        // own (a node that installed an image counts differently), so no base image of it is
+        // common to all replicas.
+        let image = if pgno == 1 {
+            PageImage::Full(data)
         } else {
-            base_pages.page(pgno)?
+            PageImage::between(base_pages.page(pgno)?.as_deref(), data)
         };
-        pages.push((pgno, PageImage::between(base_image.as_deref(), data)));
+        pages.push((pgno, image));
     }
     base_pages.end()?;
     let delta = PageDelta {
@@ -157,8 +161,8 @@ impl<'c> BaseReader<'c> {
     }
 
     fn end(mut self) -> Result<()> {
-        self.open = false;
         self.conn.execute_batch("COMMIT")?;
+        self.open = false;
         Ok(())
     }
 }

@@ -19,13 +19,15 @@
 //! written to two logs, sent to each follower and archived. The applier reads its own copy of
 //! the page, checks it against `base_crc`, patches it and checks the result against
 //! `new_crc`, so a replica whose page differs from the leader's stops with an error instead of
-//! diverging further. Pages new to the database and pages that changed by more than half are
-//! full images.
+//! diverging further. Page 1, pages new to the database and pages that changed by more than
+//! half are full images: page 1 holds each node's own change counter and SQLite version
+//! (bytes 24..28 and 92..100), so it has no base image common to all replicas.
 //!
-//! The decoder checks every length against the bytes left before allocating, so a garbage
-//! length can never cause a huge allocation, and every rule an applier relies on (power-of-two
-//! page size, ascending page numbers within the database size, full images of the page size,
-//! ascending runs inside the page) is validated here once.
+//! The decoder checks every count and length against the bytes left before allocating, so a
+//! garbage length can never cause a large allocation (at most a small multiple of the input),
+//! and every rule an applier relies on (power-of-two page size, ascending page numbers within
+//! the database size, full images of the page size, page 1 in full, ascending runs inside the
+//! page) is validated here once.
 
 use super::error::{DbError, Result};
 
@@ -35,6 +37,11 @@ const FORMAT: u8 = 2;
 const FORMAT_FULL_PAGES: u8 = 1;
 const KIND_FULL: u8 = 0;
 const KIND_PATCH: u8 = 1;
+/// The fewest bytes a page takes in the format: pgno, kind, and a patch's two checksums and
+/// run count (a full image is longer).
+const MIN_PAGE_BYTES: u64 = 4 + 1 + 12;
+/// The fewest bytes a patch run takes: offset, length, one byte.
+const MIN_RUN_BYTES: u64 = 4 + 4 + 1;
 /// Equal bytes between two differing runs below which they are sent as one run (a run's
 /// header is 8 bytes).
 const MERGE_GAP: usize = 8;
@@ -150,8 +157,9 @@ impl PagePatch {
         }
         for (offset, bytes) in &self.runs {
             let start = *offset as usize;
+            let end = start.saturating_add(bytes.len());
             let target = base
-                .get_mut(start..start + bytes.len())
+                .get_mut(start..end)
                 .ok_or_else(|| corrupt("a page patch run lies outside the page"))?;
             target.copy_from_slice(bytes);
         }
@@ -208,16 +216,20 @@ impl PageDelta {
                     )));
                 }
                 PageImage::Full(_) => {}
+                PageImage::Patch(_) if *pgno == 1 => {
+                    return Err(corrupt("page 1 must travel as a full image"));
+                }
                 PageImage::Patch(patch) => {
                     let mut end = 0usize;
                     for (offset, bytes) in &patch.runs {
                         let start = *offset as usize;
-                        if bytes.is_empty() || start < end || start + bytes.len() > page_size {
+                        let run_end = start.saturating_add(bytes.len());
+                        if bytes.is_empty() || start < end || run_end > page_size {
                             return Err(corrupt(format!(
                                 "page {pgno}: patch runs empty, out of order or outside the page"
                             )));
                         }
-                        end = start + bytes.len();
+                        end = run_end;
                     }
                 }
             }
@@ -275,7 +287,7 @@ impl PageDelta {
     }
 
     /// Parse and validate the wire format (this one or format 1). Never panics and never
-    /// allocates more than the input's size, whatever the bytes.
+    /// allocates more than a small multiple of the input's size, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<PageDelta> {
         if bytes.len() < HEADER_LEN + CRC_LEN {
             return Err(corrupt(format!(
@@ -301,9 +313,14 @@ impl PageDelta {
         let base_version = r.u64()?;
         let count = r.u32()?;
         check_page_size(page_size)?;
-        // Each page takes at least 5 bytes (pgno, kind): `count` is bounded by the input before
-        // anything is allocated for it.
-        if u64::from(count) * 5 > r.buf.len() as u64 {
+        // Each page takes at least MIN_PAGE_BYTES (format 1: its full image): `count` is
+        // bounded by the input before anything is allocated for it.
+        let min_page = if format == FORMAT_FULL_PAGES {
+            4 + u64::from(page_size)
+        } else {
+            MIN_PAGE_BYTES
+        };
+        if u64::from(count) * min_page > r.buf.len() as u64 {
             return Err(corrupt(format!(
                 "delta declares {count} pages in {} bytes",
                 bytes.len()
@@ -323,7 +340,7 @@ impl PageDelta {
                     let base_crc = r.u32()?;
                     let new_crc = r.u32()?;
                     let n = r.u32()?;
-                    if u64::from(n) * 9 > r.buf.len() as u64 {
+                    if u64::from(n) * MIN_RUN_BYTES > r.buf.len() as u64 {
                         return Err(corrupt(format!("page {pgno}: {n} patch runs declared")));
                     }
                     let mut runs = Vec::with_capacity(n as usize);
@@ -479,6 +496,15 @@ mod tests {
             runs: vec![(510, vec![1, 2, 3])],
         });
         assert!(PageDelta::decode(&outside.encode()).is_err());
+        let mut page1_patch = sample();
+        page1_patch.pages[0].1 = PageImage::Patch(PagePatch {
+            base_crc: 0,
+            new_crc: 0,
+            runs: vec![(0, vec![1])],
+        });
+        assert!(
+            matches!(PageDelta::decode(&page1_patch.encode()), Err(DbError::Corrupt(m)) if m.contains("page 1"))
+        );
         let mut overlapping = sample();
         overlapping.pages[1].1 = PageImage::Patch(PagePatch {
             base_crc: 0,

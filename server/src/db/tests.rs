@@ -1492,6 +1492,16 @@ async fn install_image_makes_fresh_follower_identical() -> TestResult {
             == ApplyOutcome::Applied
     );
     ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?);
+    // A write that changes page 1 (the schema) applies too, although this node's page 1
+    // counts its commits differently from the leader's.
+    let result = c
+        .write(vec![req("", &["CREATE TABLE after_image(x)"])])
+        .await?;
+    let delta = result.delta.context("delta")?;
+    ensure!(delta.pages.first().is_some_and(|p| p.0 == 1));
+    ensure!(fresh.apply(Arc::new(delta)).await? == ApplyOutcome::Applied);
+    ensure!(dump_pages(fresh.path())? == dump_pages(c.leader.path())?);
+    ensure!(integrity(fresh.path())? == "ok");
 
     // garbage is refused
     let garbage = c.dir.path().join("garbage");
