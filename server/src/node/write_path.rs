@@ -216,9 +216,12 @@ async fn replicate_encoded(
         Ok(index) = committed => {
             node.note_committed(index);
             on_commit(Ok(index));
-            if let Err(e) = proposal.await {
+            // The next delta executes on the state this one leads to. The state machine
+            // publishes the applied index as soon as the pages are written; openraft's answer
+            // to the proposal comes a round through its core later, and is not needed (the
+            // entry is committed and not stale, or it would not have been announced).
+            if let Err(e) = node.wait_applied(index, PROPOSE_TIMEOUT).await {
                 tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
-                let _ = node.wait_applied(index, PROPOSE_TIMEOUT).await;
             }
         }
     }

@@ -398,15 +398,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             results.push(result);
         }
         let applied_us = started.elapsed().as_micros() as u64;
+        // Published before the applied state is recorded: the database already holds these
+        // entries, and the leader's next batch waits for exactly this.
+        if let Some(applied) = self.last_applied {
+            self.applied_tx.send_replace(applied.index);
+        }
         self.persist(Sync::Lazy)?;
         tracing::debug!(
             applied_us,
             total_us = started.elapsed().as_micros() as u64,
             "applied"
         );
-        if let Some(applied) = self.last_applied {
-            self.applied_tx.send_replace(applied.index);
-        }
         Ok(results)
     }
 
