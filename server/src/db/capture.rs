@@ -31,7 +31,11 @@
 
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
+use super::internal::internal_sql;
 use rusqlite::{ffi, Connection, OptionalExtension};
+
+/// One page through `sqlite_dbpage`.
+const READ_PAGE: &str = internal_sql!("SELECT data FROM sqlite_dbpage WHERE pgno = ?1");
 use std::collections::BTreeSet;
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -57,7 +61,9 @@ pub(crate) struct CaptureStart {
 
 /// Call inside a freshly begun write transaction, before any statement changes the database.
 pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let mode: String = conn
+        .prepare_cached(internal_sql!("PRAGMA journal_mode"))?
+        .query_row([], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(DbError::Internal(format!(
             "page capture needs journal_mode=WAL, database is in {mode}"
@@ -84,11 +90,13 @@ pub(crate) fn finish(
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
     check(rc, "sqlite3_db_cacheflush")?;
 
-    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let db_pages: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let page_size = page_size(conn)?;
+    let db_pages: u32 = conn
+        .prepare_cached(internal_sql!("PRAGMA page_count"))?
+        .query_row([], |r| r.get(0))?;
     let mut pgnos = uncommitted_pgnos(conn, page_size)?;
 
-    let mut read = conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+    let mut read = conn.prepare_cached(READ_PAGE)?;
     let page1: Option<Vec<u8>> = read.query_row([1u32], |r| r.get(0)).optional()?;
     if page1 != start.page1 {
         pgnos.insert(1);
@@ -139,13 +147,15 @@ struct BaseReader<'c> {
 
 impl<'c> BaseReader<'c> {
     fn begin(conn: &'c Connection) -> Result<BaseReader<'c>> {
-        conn.execute_batch("BEGIN")?;
+        conn.prepare_cached("BEGIN")?.execute([])?;
         let mut reader = BaseReader {
             conn,
             pages: 0,
             open: true,
         };
-        reader.pages = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        reader.pages = conn
+            .prepare_cached("PRAGMA page_count")?
+            .query_row([], |r| r.get(0))?;
         Ok(reader)
     }
 
@@ -154,14 +164,12 @@ impl<'c> BaseReader<'c> {
         if pgno > self.pages {
             return Ok(None);
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        let mut stmt = self.conn.prepare_cached(READ_PAGE)?;
         Ok(stmt.query_row([pgno], |r| r.get(0)).optional()?)
     }
 
     fn end(mut self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
         self.open = false;
         Ok(())
     }
@@ -188,7 +196,7 @@ pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
     // SAFETY: as in `finish`.
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
     check(rc, "sqlite3_db_cacheflush")?;
-    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_size = page_size(conn)?;
     Ok(uncommitted_pgnos(conn, page_size)?
         .len()
         .saturating_mul(page_size as usize))
@@ -197,12 +205,15 @@ pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
 pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .query_row(
-            "SELECT data FROM sqlite_dbpage WHERE pgno = ?1",
-            [pgno],
-            |r| r.get(0),
-        )
+        .prepare_cached(READ_PAGE)?
+        .query_row([pgno], |r| r.get(0))
         .optional()?)
+}
+
+fn page_size(conn: &Connection) -> Result<u32> {
+    Ok(conn
+        .prepare_cached(internal_sql!("PRAGMA page_size"))?
+        .query_row([], |r| r.get(0))?)
 }
 
 fn check(rc: c_int, what: &str) -> Result<()> {

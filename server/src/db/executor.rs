@@ -30,7 +30,7 @@ use super::bounds::Bounds;
 use super::capture::{self, CaptureStart};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
-use super::internal;
+use super::internal::{self, internal_sql};
 use super::value::{
     bind, ColumnInfo, SqlValue, Statement, StatementOutcome, WriteRequest, MAX_RESULT_BYTES,
 };
@@ -51,7 +51,10 @@ const PRUNE_LIMIT: u32 = 1000;
 /// Client statements kept prepared between batches.
 const STATEMENT_CACHE: usize = 256;
 /// Savepoint wrapped around each request.
-const REQUEST_SAVEPOINT: &str = "raftlite_request";
+/// Each request's savepoint inside a batch or a transaction.
+const SAVEPOINT: &str = internal_sql!("SAVEPOINT raftlite_request");
+const RELEASE: &str = internal_sql!("RELEASE raftlite_request");
+const ROLLBACK_TO: &str = internal_sql!("ROLLBACK TO raftlite_request");
 const VACUUM_ALONE: &str = "VACUUM must be sent alone";
 const VACUUM_INTO: &str =
     "VACUUM INTO is not allowed (it would write a file on the server); send a plain VACUUM";
@@ -175,6 +178,32 @@ enum Attempt {
     Retry,
 }
 
+/// A client statement: from the statement cache, or prepared afresh when its text could name a
+/// cached internal statement (see `internal::is_internal_sql`).
+enum CachedOrNot<'c> {
+    Cached(rusqlite::CachedStatement<'c>),
+    Fresh(rusqlite::Statement<'c>),
+}
+
+impl<'c> std::ops::Deref for CachedOrNot<'c> {
+    type Target = rusqlite::Statement<'c>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            CachedOrNot::Cached(s) => s,
+            CachedOrNot::Fresh(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for CachedOrNot<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            CachedOrNot::Cached(s) => s,
+            CachedOrNot::Fresh(s) => s,
+        }
+    }
+}
+
 impl Executor {
     /// Open the executor connection on an existing WAL database. `executor_cache_kib` sizes
     /// its page cache: transactions larger than that spill to the WAL (capture handles it).
@@ -219,7 +248,7 @@ impl Executor {
         self.refuse_if_in_transaction()?;
         let mut fatal: Vec<Option<DbError>> = vec![None; batch.len()];
         loop {
-            self.internal_sql("BEGIN IMMEDIATE")?;
+            self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
             let attempt = self.run_batch(batch, &mut fatal);
             let rolled_back = self.end_transaction();
             match attempt? {
@@ -322,7 +351,7 @@ impl Executor {
                     continue;
                 }
             }
-            self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
+            self.internal_sql(SAVEPOINT)?;
             self.reset_last_insert_rowid();
             match self.run_statements(&request.statements, request.deadline) {
                 Ok(results) => {
@@ -330,8 +359,7 @@ impl Executor {
                     if !id.is_empty() {
                         internal::record_request(&self.conn, id, &results, now_ms)?;
                     }
-                    self.conn
-                        .execute_batch(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
+                    self.internal_sql(RELEASE)?;
                     outcomes.push(WriteOutcome::Executed(results));
                     executed_any = true;
                 }
@@ -341,9 +369,8 @@ impl Executor {
                     return Ok(Attempt::Retry);
                 }
                 Err(e) => {
-                    self.internal_sql(&format!(
-                        "ROLLBACK TO {REQUEST_SAVEPOINT}; RELEASE {REQUEST_SAVEPOINT}"
-                    ))?;
+                    self.internal_sql(ROLLBACK_TO)?;
+                    self.internal_sql(RELEASE)?;
                     outcomes.push(WriteOutcome::Failed(e));
                 }
             }
@@ -392,10 +419,15 @@ impl Executor {
         let mut result_bytes = 0usize;
         for statement in statements {
             self.lockdown.reset();
-            let mut stmt = self
-                .conn
-                .prepare_cached(&statement.sql)
-                .map_err(client_error)?;
+            // Never a cached internal statement: the authorizer runs at prepare time.
+            let prepared = if internal::is_internal_sql(&statement.sql) {
+                self.conn.prepare(&statement.sql).map(CachedOrNot::Fresh)
+            } else {
+                self.conn
+                    .prepare_cached(&statement.sql)
+                    .map(CachedOrNot::Cached)
+            };
+            let mut stmt = prepared.map_err(client_error)?;
             bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
             let changes_before = self.conn.total_changes();
             let columns = ColumnInfo::of(&stmt);
@@ -456,7 +488,7 @@ impl Executor {
     /// [`Executor::commit`] or [`Executor::rollback`]; group commits wait meanwhile.
     pub fn begin(&mut self) -> Result<()> {
         self.refuse_if_in_transaction()?;
-        self.internal_sql("BEGIN IMMEDIATE")?;
+        self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
         match self.start_capture() {
             Ok(open) => {
                 self.reset_last_insert_rowid();
@@ -482,14 +514,14 @@ impl Executor {
         if let Some(refused) = refuse_vacuum(statements) {
             return Ok(TransactionStep::Failed(refused));
         }
-        self.internal_sql(&format!("SAVEPOINT {REQUEST_SAVEPOINT}"))?;
+        self.internal_sql(SAVEPOINT)?;
         self.result_budget = MAX_RESULT_BYTES;
         match self
             .run_statements(statements, deadline)
             .and_then(|results| self.check_transaction_size().map(|()| results))
         {
             Ok(results) => {
-                self.internal_sql(&format!("RELEASE {REQUEST_SAVEPOINT}"))?;
+                self.internal_sql(RELEASE)?;
                 Ok(TransactionStep::Done(results))
             }
             Err(e) if self.conn.is_autocommit() => {
@@ -497,9 +529,8 @@ impl Executor {
                 Ok(TransactionStep::Ended(e))
             }
             Err(e) => {
-                self.internal_sql(&format!(
-                    "ROLLBACK TO {REQUEST_SAVEPOINT}; RELEASE {REQUEST_SAVEPOINT}"
-                ))?;
+                self.internal_sql(ROLLBACK_TO)?;
+                self.internal_sql(RELEASE)?;
                 Ok(TransactionStep::Failed(e))
             }
         }
@@ -608,9 +639,10 @@ impl Executor {
         }
     }
 
-    fn internal_sql(&self, sql: &str) -> Result<()> {
+    /// One of raftlite's own statements (`internal_sql!`), from the statement cache.
+    fn internal_sql(&self, sql: &'static str) -> Result<()> {
         let _guard = self.lockdown.internal();
-        self.conn.execute_batch(sql)?;
+        self.conn.prepare_cached(sql)?.execute([])?;
         Ok(())
     }
 
@@ -619,7 +651,7 @@ impl Executor {
         if self.conn.is_autocommit() {
             return Ok(());
         }
-        self.internal_sql("ROLLBACK")
+        self.internal_sql(internal_sql!("ROLLBACK"))
     }
 
     #[cfg(test)]

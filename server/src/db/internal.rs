@@ -20,16 +20,42 @@ use super::error::{DbError, Result};
 use super::value::{ColumnInfo, SqlValue, StatementOutcome};
 use rusqlite::{Connection, OptionalExtension};
 
+/// How every statement raftlite itself prepares on a connection that also runs client SQL
+/// begins. Internal statements go into the connection's statement cache (parsing them afresh
+/// cost about a quarter of a small batch's execution), and that cache is shared with client
+/// statements, keyed by the trimmed text. The authorizer that keeps clients off internal
+/// tables runs when a statement is prepared, not when a cached one is reused: so the client
+/// path never takes a statement whose trimmed text starts with this marker from the cache
+/// (see [`is_internal_sql`]), and a client cannot be handed a statement prepared for
+/// raftlite.
+pub(crate) const INTERNAL_SQL_MARKER: &str = "/*raftlite-internal*/ ";
+
+/// An internal statement's text: the literal behind [`INTERNAL_SQL_MARKER`].
+macro_rules! internal_sql {
+    ($sql:literal) => {
+        concat!("/*raftlite-internal*/ ", $sql)
+    };
+}
+pub(crate) use internal_sql;
+
+/// Whether client SQL could name a cached internal statement (its trimmed text, the cache's
+/// key, starts with [`INTERNAL_SQL_MARKER`]): such SQL is prepared afresh, never from the cache.
+pub(crate) fn is_internal_sql(sql: &str) -> bool {
+    sql.trim().starts_with(INTERNAL_SQL_MARKER.trim_end())
+}
+
 /// Prefix of every internal table; clients may not create or write such tables.
 pub(crate) const INTERNAL_PREFIX: &str = "_raftlite_";
 
-const CREATE_TABLES: &str = "
-    CREATE TABLE IF NOT EXISTS main._raftlite_meta(key TEXT PRIMARY KEY, value);
-    CREATE TABLE IF NOT EXISTS main._raftlite_requests(
+const CREATE_META: &str =
+    internal_sql!("CREATE TABLE IF NOT EXISTS main._raftlite_meta(key TEXT PRIMARY KEY, value)");
+const CREATE_REQUESTS: &str = internal_sql!(
+    "CREATE TABLE IF NOT EXISTS main._raftlite_requests(
         id TEXT PRIMARY KEY,
         results BLOB NOT NULL,
         created_ms INTEGER NOT NULL
-    );";
+    )"
+);
 
 /// True if `name` is (or would be) an internal table.
 pub(crate) fn is_internal_table(name: &str) -> bool {
@@ -39,26 +65,26 @@ pub(crate) fn is_internal_table(name: &str) -> bool {
 
 /// Create the internal tables if missing (a no-op that changes no page when they exist).
 pub(crate) fn ensure_tables(conn: &Connection) -> Result<()> {
-    conn.execute_batch(CREATE_TABLES)?;
+    conn.prepare_cached(CREATE_META)?.execute([])?;
+    conn.prepare_cached(CREATE_REQUESTS)?.execute([])?;
     Ok(())
 }
 
 /// The database's version counter; 0 when the meta table does not exist yet.
 pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
-    let exists: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')",
-        [],
-        |r| r.get(0),
-    )?;
+    let exists: bool = conn
+        .prepare_cached(internal_sql!(
+            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')"
+        ))?
+        .query_row([], |r| r.get(0))?;
     if !exists {
         return Ok(0);
     }
     let v: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM main._raftlite_meta WHERE key = 'version'",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached(internal_sql!(
+            "SELECT value FROM main._raftlite_meta WHERE key = 'version'"
+        ))?
+        .query_row([], |r| r.get(0))
         .optional()?;
     u64::try_from(v.unwrap_or(0))
         .map_err(|_| DbError::Corrupt(format!("negative database version {v:?}")))
@@ -68,33 +94,32 @@ pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
 pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
     let v = i64::try_from(version)
         .map_err(|_| DbError::Internal(format!("version {version} overflows")))?;
-    conn.execute(
+    conn.prepare_cached(internal_sql!(
         "INSERT INTO main._raftlite_meta(key, value) VALUES('version', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [v],
-    )?;
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    ))?
+    .execute([v])?;
     Ok(())
 }
 
 /// Stored results of an earlier request with this id, if any.
 pub(crate) fn lookup_request(conn: &Connection, id: &str) -> Result<Option<Vec<StatementOutcome>>> {
     let blob: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT results FROM main._raftlite_requests WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
+        .prepare_cached(internal_sql!(
+            "SELECT results FROM main._raftlite_requests WHERE id = ?1"
+        ))?
+        .query_row([id], |r| r.get(0))
         .optional()?;
     blob.map(|b| decode_outcomes(&b)).transpose()
 }
 
 /// Whether a request id is recorded; false while the table does not exist yet.
 pub(crate) fn request_recorded(conn: &Connection, id: &str) -> Result<bool> {
-    let table: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_requests')",
-        [],
-        |r| r.get(0),
-    )?;
+    let table: bool = conn
+        .prepare_cached(internal_sql!(
+            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_requests')"
+        ))?
+        .query_row([], |r| r.get(0))?;
     Ok(table && lookup_request(conn, id)?.is_some())
 }
 
@@ -105,22 +130,23 @@ pub(crate) fn record_request(
     outcomes: &[StatementOutcome],
     now_ms: i64,
 ) -> Result<()> {
-    conn.execute(
-        "INSERT INTO main._raftlite_requests(id, results, created_ms) VALUES(?1, ?2, ?3)",
-        rusqlite::params![id, encode_outcomes(outcomes), now_ms],
-    )?;
+    conn.prepare_cached(internal_sql!(
+        "INSERT INTO main._raftlite_requests(id, results, created_ms) VALUES(?1, ?2, ?3)"
+    ))?
+    .execute(rusqlite::params![id, encode_outcomes(outcomes), now_ms])?;
     Ok(())
 }
 
 /// Forget request ids recorded before `cutoff_ms`. Looks only at the oldest `limit` rows (in
 /// insertion order), so one call costs a bounded amount of work inside a write batch.
 pub(crate) fn prune_requests(conn: &Connection, cutoff_ms: i64, limit: u32) -> Result<usize> {
-    Ok(conn.execute(
-        "DELETE FROM main._raftlite_requests
-         WHERE rowid IN (SELECT rowid FROM main._raftlite_requests ORDER BY rowid LIMIT ?2)
-           AND created_ms < ?1",
-        rusqlite::params![cutoff_ms, limit],
-    )?)
+    Ok(conn
+        .prepare_cached(internal_sql!(
+            "DELETE FROM main._raftlite_requests
+             WHERE rowid IN (SELECT rowid FROM main._raftlite_requests ORDER BY rowid LIMIT ?2)
+               AND created_ms < ?1"
+        ))?
+        .execute(rusqlite::params![cutoff_ms, limit])?)
 }
 
 /// Results are stored in a small binary format of our own, little-endian, independent of any

@@ -1958,3 +1958,36 @@ async fn a_patch_for_a_page_that_differs_here_is_refused() -> TestResult {
     ensure!(count(&conn, "t")? == 1);
     Ok(())
 }
+
+/// raftlite's own statements are cached on the executor's connection, and SQLite's authorizer
+/// runs when a statement is prepared. A client that sends the exact text of a cached internal
+/// statement (with or without surrounding whitespace, the cache's key is the trimmed text)
+/// must get a freshly prepared one, which the authorizer refuses, not raftlite's.
+#[tokio::test]
+async fn client_sql_with_an_internal_statements_text_is_not_taken_from_the_cache() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&["CREATE TABLE t(x)"]).await?;
+    // Every internal statement of a batch is now in the cache.
+    c.write_one(&["INSERT INTO t VALUES(1)"]).await?;
+    let version = c.leader.version().await?;
+    let upsert = internal::internal_sql!(
+        "INSERT INTO main._raftlite_meta(key, value) VALUES('version', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    );
+    for sql in [upsert.to_string(), format!("  \n{upsert}\t ")] {
+        let request = WriteRequest {
+            request_id: String::new(),
+            statements: vec![Statement {
+                sql,
+                params: Params::Positional(vec![SqlValue::Integer(999_999)]),
+            }],
+            deadline: None,
+        };
+        let result = c.write(vec![request]).await?;
+        let error = failed(&result.outcomes[0])?;
+        ensure!(matches!(error, DbError::PermissionDenied(_)), "{error:?}");
+    }
+    ensure!(c.leader.version().await? == version);
+    c.verify("after the refused statements")?;
+    Ok(())
+}
