@@ -7,8 +7,10 @@
 //!
 //! raftlite's own statements (BEGIN, SAVEPOINT, the internal tables, ...) run on the same
 //! connections, so the policy is bypassed while an [`InternalGuard`] is alive. Client
-//! statements are prepared only while no guard exists; the prepared-statement cache is used
-//! for client SQL only, so an internal statement can never be reused by a client.
+//! statements are prepared only while no guard exists. The prepared-statement cache holds both
+//! (the authorizer runs only when a statement is prepared), so internal statements start with
+//! `internal::INTERNAL_SQL_MARKER` and client SQL that does is never taken from the cache: an
+//! internal statement can never be reused by a client.
 //!
 //! SQLite reports a refusal as a bare "not authorized"; the authorizer records *why* so the
 //! client gets a useful message such as "ATTACH is not allowed".

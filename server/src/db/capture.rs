@@ -210,10 +210,10 @@ pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>>
         .optional()?)
 }
 
+/// Not from the statement cache: SQLite compiles the current page size into the prepared
+/// `PRAGMA page_size` as a constant.
 fn page_size(conn: &Connection) -> Result<u32> {
-    Ok(conn
-        .prepare_cached(internal_sql!("PRAGMA page_size"))?
-        .query_row([], |r| r.get(0))?)
+    Ok(conn.query_row("PRAGMA page_size", [], |r| r.get(0))?)
 }
 
 fn check(rc: c_int, what: &str) -> Result<()> {

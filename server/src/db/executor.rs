@@ -359,7 +359,8 @@ impl Executor {
                     if !id.is_empty() {
                         internal::record_request(&self.conn, id, &results, now_ms)?;
                     }
-                    self.internal_sql(RELEASE)?;
+                    // Under the guard above (`internal_sql` would end it on return).
+                    self.conn.prepare_cached(RELEASE)?.execute([])?;
                     outcomes.push(WriteOutcome::Executed(results));
                     executed_any = true;
                 }
