@@ -20,10 +20,11 @@
 //!   the log from its last snapshot (see `raft::state_machine`). The Raft log is the durable
 //!   copy, so the database does not need to pay an fsync per apply.
 
+use super::capture::read_page;
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
 use super::internal;
-use rusqlite::{ffi, params, Connection, OptionalExtension};
+use rusqlite::{ffi, params, Connection};
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
@@ -110,14 +111,14 @@ impl Applier {
         // Patches need this node's image of the page at the base version: read each page
         // before it is written (page 1 before any), within this transaction.
         let page1 = match delta.pages.first().filter(|p| p.0 == 1) {
-            Some((_, image)) => Some(image.resolve(|| self.read_page(1))?),
+            Some((_, image)) => Some(image.resolve(|| read_page(&self.conn, 1))?),
             None => None,
         };
         {
             let mut insert = self.insert_page_statement()?;
             for (pgno, image) in delta.pages.iter().filter(|p| p.0 != 1) {
-                let data = image.resolve(|| self.read_page(*pgno))?;
-                insert.execute(params![pgno, data])?;
+                let data = image.resolve(|| read_page(&self.conn, *pgno))?;
+                insert.execute(params![pgno, &*data])?;
             }
         }
         self.write_page1_and_size(page1.as_deref(), delta.db_pages, current_pages)?;
@@ -181,14 +182,6 @@ impl Applier {
             )));
         }
         Ok(pages)
-    }
-
-    /// This connection's image of a page (`None` beyond the end of the database).
-    fn read_page(&self, pgno: u32) -> Result<Option<Vec<u8>>> {
-        let mut read = self
-            .conn
-            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
-        Ok(read.query_row([pgno], |r| r.get(0)).optional()?)
     }
 
     fn insert_page_statement(&self) -> Result<rusqlite::CachedStatement<'_>> {

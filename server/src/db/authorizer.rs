@@ -31,7 +31,7 @@ use super::error::DbError;
 use super::internal::is_internal_table;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Message for any write attempted through the read pool.
@@ -149,7 +149,8 @@ const NO_TEMP_OBJECTS: &str = "temporary tables, indexes, views and triggers are
 /// Shared state between a connection and its authorizer callback.
 #[derive(Default)]
 pub(crate) struct Lockdown {
-    internal: AtomicBool,
+    /// Internal guards alive (they nest: a guard dropped inside another leaves it in force).
+    internal: AtomicUsize,
     last_denial: Mutex<Option<String>>,
 }
 
@@ -159,7 +160,7 @@ impl Lockdown {
         let lockdown = Arc::new(Lockdown::default());
         let state = Arc::clone(&lockdown);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            if state.internal.load(Ordering::Acquire) {
+            if state.internal.load(Ordering::Acquire) > 0 {
                 return Authorization::Allow;
             }
             let verdict = match policy {
@@ -181,7 +182,7 @@ impl Lockdown {
 
     /// Bypass the policy until the guard is dropped (raftlite's own statements).
     pub(crate) fn internal(&self) -> InternalGuard<'_> {
-        self.internal.store(true, Ordering::Release);
+        self.internal.fetch_add(1, Ordering::AcqRel);
         InternalGuard(self)
     }
 
@@ -210,7 +211,7 @@ pub(crate) struct InternalGuard<'a>(&'a Lockdown);
 
 impl Drop for InternalGuard<'_> {
     fn drop(&mut self) {
-        self.0.internal.store(false, Ordering::Release);
+        self.0.internal.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -33,9 +33,6 @@ use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
 use super::internal::internal_sql;
 use rusqlite::{ffi, Connection, OptionalExtension};
-
-/// One page through `sqlite_dbpage`.
-const READ_PAGE: &str = internal_sql!("SELECT data FROM sqlite_dbpage WHERE pgno = ?1");
 use std::collections::BTreeSet;
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -96,9 +93,7 @@ pub(crate) fn finish(
         .query_row([], |r| r.get(0))?;
     let mut pgnos = uncommitted_pgnos(conn, page_size)?;
 
-    let mut read = conn.prepare_cached(READ_PAGE)?;
-    let page1: Option<Vec<u8>> = read.query_row([1u32], |r| r.get(0)).optional()?;
-    if page1 != start.page1 {
+    if read_page(conn, 1)? != start.page1 {
         pgnos.insert(1);
     }
     // Checked on the page count, before a byte is read: an oversized transaction costs no
@@ -111,11 +106,9 @@ pub(crate) fn finish(
         )));
     }
     let mut pages = Vec::with_capacity(pgnos.len());
-    let mut base_pages = BaseReader::begin(base)?;
+    let base_pages = BaseReader::begin(base)?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
-        let data: Vec<u8> = read
-            .query_row([pgno], |r| r.get(0))
-            .optional()?
+        let data = read_page(conn, pgno)?
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
         // Page 1 always in full: its change counter and SQLite version bytes are each node's
         // own (a node that installed an image counts differently), so no base image of it is
@@ -138,49 +131,33 @@ pub(crate) fn finish(
     Ok(delta)
 }
 
-/// Pages of the committed database, read in one read transaction on the base connection.
+/// Pages of the committed database, read in one read transaction on the base connection
+/// (rolled back if dropped: a read transaction left open would keep checkpoints from
+/// finishing).
 struct BaseReader<'c> {
-    conn: &'c Connection,
+    tx: rusqlite::Transaction<'c>,
     pages: u32,
-    open: bool,
 }
 
 impl<'c> BaseReader<'c> {
     fn begin(conn: &'c Connection) -> Result<BaseReader<'c>> {
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        let mut reader = BaseReader {
-            conn,
-            pages: 0,
-            open: true,
-        };
-        reader.pages = conn
+        let tx = conn.unchecked_transaction()?;
+        let pages = tx
             .prepare_cached("PRAGMA page_count")?
             .query_row([], |r| r.get(0))?;
-        Ok(reader)
+        Ok(BaseReader { tx, pages })
     }
 
     /// The committed image of `pgno`, or `None` for a page beyond the committed database.
-    fn page(&mut self, pgno: u32) -> Result<Option<Vec<u8>>> {
+    fn page(&self, pgno: u32) -> Result<Option<Vec<u8>>> {
         if pgno > self.pages {
             return Ok(None);
         }
-        let mut stmt = self.conn.prepare_cached(READ_PAGE)?;
-        Ok(stmt.query_row([pgno], |r| r.get(0)).optional()?)
+        read_page(&self.tx, pgno)
     }
 
-    fn end(mut self) -> Result<()> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl Drop for BaseReader<'_> {
-    fn drop(&mut self) {
-        // A read transaction left open would keep checkpoints from finishing.
-        if self.open {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
+    fn end(self) -> Result<()> {
+        Ok(self.tx.commit()?)
     }
 }
 
@@ -205,7 +182,9 @@ pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
 pub(crate) fn read_page(conn: &Connection, pgno: u32) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .prepare_cached(READ_PAGE)?
+        .prepare_cached(internal_sql!(
+            "SELECT data FROM sqlite_dbpage WHERE pgno = ?1"
+        ))?
         .query_row([pgno], |r| r.get(0))
         .optional()?)
 }

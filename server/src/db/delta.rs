@@ -125,15 +125,19 @@ impl PageImage {
         })
     }
 
-    /// The full new image, given the page's current image (read only for a patch).
-    pub fn resolve(&self, base: impl FnOnce() -> Result<Option<Vec<u8>>>) -> Result<Vec<u8>> {
+    /// The full new image, given the page's current image (read only for a patch; a full
+    /// image is borrowed, not copied).
+    pub fn resolve(
+        &self,
+        base: impl FnOnce() -> Result<Option<Vec<u8>>>,
+    ) -> Result<std::borrow::Cow<'_, [u8]>> {
         match self {
-            PageImage::Full(data) => Ok(data.clone()),
+            PageImage::Full(data) => Ok(std::borrow::Cow::Borrowed(data)),
             PageImage::Patch(patch) => {
                 let base = base()?.ok_or_else(|| {
                     corrupt("a page patch for a page this database does not have")
                 })?;
-                patch.apply(base)
+                patch.apply(base).map(std::borrow::Cow::Owned)
             }
         }
     }
@@ -680,7 +684,10 @@ mod tests {
                 new[at] = byte;
             }
             let image = PageImage::between(Some(&base), new.clone());
-            prop_assert_eq!(image.resolve(|| Ok(Some(base.clone()))).ok(), Some(new));
+            prop_assert_eq!(
+                image.resolve(|| Ok(Some(base.clone()))).ok().map(|p| p.into_owned()),
+                Some(new)
+            );
         }
     }
 }

@@ -50,8 +50,7 @@ const PRUNE_EVERY_BATCHES: u32 = 128;
 const PRUNE_LIMIT: u32 = 1000;
 /// Client statements kept prepared between batches.
 const STATEMENT_CACHE: usize = 256;
-/// Savepoint wrapped around each request.
-/// Each request's savepoint inside a batch or a transaction.
+/// Savepoint wrapped around each request, in a batch or a transaction.
 const SAVEPOINT: &str = internal_sql!("SAVEPOINT raftlite_request");
 const RELEASE: &str = internal_sql!("RELEASE raftlite_request");
 const ROLLBACK_TO: &str = internal_sql!("ROLLBACK TO raftlite_request");
@@ -359,8 +358,7 @@ impl Executor {
                     if !id.is_empty() {
                         internal::record_request(&self.conn, id, &results, now_ms)?;
                     }
-                    // Under the guard above (`internal_sql` would end it on return).
-                    self.conn.prepare_cached(RELEASE)?.execute([])?;
+                    self.internal_sql(RELEASE)?;
                     outcomes.push(WriteOutcome::Executed(results));
                     executed_any = true;
                 }

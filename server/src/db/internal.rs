@@ -20,6 +20,13 @@ use super::error::{DbError, Result};
 use super::value::{ColumnInfo, SqlValue, StatementOutcome};
 use rusqlite::{Connection, OptionalExtension};
 
+/// An internal statement's text: the literal behind [`INTERNAL_SQL_MARKER`].
+macro_rules! internal_sql {
+    ($sql:literal) => {
+        concat!("/*raftlite-internal*/ ", $sql)
+    };
+}
+
 /// How every statement raftlite itself prepares on a connection that also runs client SQL
 /// begins. Internal statements go into the connection's statement cache (parsing them afresh
 /// cost about a quarter of a small batch's execution), and that cache is shared with client
@@ -28,14 +35,8 @@ use rusqlite::{Connection, OptionalExtension};
 /// path never takes a statement whose trimmed text starts with this marker from the cache
 /// (see [`is_internal_sql`]), and a client cannot be handed a statement prepared for
 /// raftlite.
-pub(crate) const INTERNAL_SQL_MARKER: &str = "/*raftlite-internal*/ ";
+pub(crate) const INTERNAL_SQL_MARKER: &str = internal_sql!("");
 
-/// An internal statement's text: the literal behind [`INTERNAL_SQL_MARKER`].
-macro_rules! internal_sql {
-    ($sql:literal) => {
-        concat!("/*raftlite-internal*/ ", $sql)
-    };
-}
 pub(crate) use internal_sql;
 
 /// Whether client SQL could name a cached internal statement (its trimmed text, the cache's
