@@ -14,6 +14,9 @@
 //!   A truncation (`INSERT (N+1, NULL)`) is cancelled by any later page write.
 //! * **Version check.** A delta applies only to a database at exactly its `base_version`;
 //!   a newer database means "already applied or stale" (skipped), an older one means a gap.
+//!   A delta captured on top of another in flight (`parent_tag`) also needs the database to
+//!   hold that tag; at its version with another tag, the delta below it was lost and another
+//!   took its place (skipped, stale).
 //! * **`synchronous=NORMAL`**: an apply is atomic and survives a process crash without an
 //!   fsync of its own (WAL mode syncs at checkpoints). After a power loss the file may lack the
 //!   last applies; the Raft layer detects that by the database version it recorded and replays
@@ -23,6 +26,7 @@
 use super::capture::read_page;
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
+use super::executor::WriteGate;
 use super::internal;
 use rusqlite::{ffi, params, Connection};
 use std::io::Read;
@@ -42,6 +46,7 @@ pub enum ApplyOutcome {
 /// The connection that writes deltas and images. See the module docs.
 pub struct Applier {
     conn: Connection,
+    gate: WriteGate,
 }
 
 /// SQLite file header magic (first 16 bytes of page 1).
@@ -56,12 +61,21 @@ impl Applier {
         let conn = Connection::open(path)?;
         conn.busy_timeout(busy_timeout)?;
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
-        Ok(Applier { conn })
+        Ok(Applier {
+            conn,
+            gate: WriteGate::default(),
+        })
+    }
+
+    /// The gate this applier's writes take; the executor on the same database shares it.
+    pub fn gate(&self) -> WriteGate {
+        self.gate.clone()
     }
 
     /// Apply one delta atomically, subject to the version check.
     pub fn apply(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
         delta.validate()?;
+        let _held = self.gate.hold();
         let result = self.apply_in_transaction(delta);
         self.end_write(result)
     }
@@ -70,14 +84,18 @@ impl Applier {
     /// same page size (e.g. written by [`build_image`](super::snapshot::build_image)). No
     /// version check — an image replaces whatever state this node had.
     pub fn install_image(&self, path: &Path) -> Result<()> {
+        let _held = self.gate.hold();
         let result = self.install_in_transaction(path);
         self.end_write(result.map(|()| ApplyOutcome::Applied))
             .map(|_| ())
     }
 
-    /// The database's version counter (0 before the first write).
-    pub fn version(&self) -> Result<u64> {
-        internal::read_version(&self.conn)
+    /// The database's version counter (0 before the first write) and tag (see `delta.rs`).
+    pub fn state(&self) -> Result<(u64, u64)> {
+        Ok((
+            internal::read_version(&self.conn)?,
+            internal::read_tag(&self.conn)?,
+        ))
     }
 
     #[cfg(test)]
@@ -89,7 +107,11 @@ impl Applier {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let current_pages = self.check_page_size(delta.page_size)?;
         let db_version = internal::read_version(&self.conn)?;
-        if db_version > delta.base_version {
+        if db_version > delta.base_version
+            || (db_version == delta.base_version
+                && delta.parent_tag != 0
+                && internal::read_tag(&self.conn)? != delta.parent_tag)
+        {
             self.conn.execute_batch("ROLLBACK")?;
             return Ok(ApplyOutcome::Skipped);
         }

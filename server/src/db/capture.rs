@@ -29,6 +29,7 @@
 //! current image is shipped); missing one would not be, and cannot happen because every dirty
 //! page other than page 1 is in the WAL after the flush.
 
+use super::chain::{Overlay, MAX_LINK_BYTES};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
 use super::internal::internal_sql;
@@ -56,6 +57,13 @@ pub(crate) struct CaptureStart {
     page1: Option<Vec<u8>>,
 }
 
+impl CaptureStart {
+    /// Page 1 as the transaction found it.
+    pub(crate) fn page1(&self) -> Option<&[u8]> {
+        self.page1.as_deref()
+    }
+}
+
 /// Call inside a freshly begun write transaction, before any statement changes the database.
 pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
     let mode: String = conn
@@ -71,17 +79,27 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
     })
 }
 
+/// What [`finish`] captured: the delta, and the full new images of its pages when they are
+/// few enough for the write pipeline to keep (see `chain.rs`).
+pub(crate) struct Captured {
+    pub delta: PageDelta,
+    pub images: Option<Vec<(u32, Vec<u8>)>>,
+}
+
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
 /// cursors). The transaction stays open; the caller rolls it back. `base` is a read-only
 /// connection to the same database: while `conn` holds the write lock, what it reads is the
-/// state the delta is based on.
+/// committed state. The delta is based on that state with the pipeline's `overlay` on top:
+/// pages the overlay holds are compared with, and patched against, its images (and left out
+/// when this transaction did not change them).
 pub(crate) fn finish(
     conn: &Connection,
     base: &Connection,
     start: CaptureStart,
-    base_version: u64,
+    (base_version, tag): (u64, u64),
+    overlay: &Overlay,
     max_bytes: usize,
-) -> Result<PageDelta> {
+) -> Result<Captured> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
@@ -92,7 +110,7 @@ pub(crate) fn finish(
         .prepare_cached(internal_sql!("PRAGMA page_count"))?
         .query_row([], |r| r.get(0))?;
     let mut pgnos = uncommitted_pgnos(conn, page_size)?;
-
+    pgnos.remove(&1);
     if read_page(conn, 1)? != start.page1 {
         pgnos.insert(1);
     }
@@ -105,18 +123,26 @@ pub(crate) fn finish(
              (max_delta_bytes); split it into smaller transactions"
         )));
     }
+    let mut images = (bytes <= MAX_LINK_BYTES).then(Vec::new);
     let mut pages = Vec::with_capacity(pgnos.len());
     let base_pages = BaseReader::begin(base)?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
         let data = read_page(conn, pgno)?
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
+        let laid = overlay.pages.get(&pgno).filter(|_| pgno != 1);
+        if laid.is_some_and(|before| before.as_slice() == data.as_slice()) {
+            continue; // the overlay wrote it; this transaction did not change it
+        }
+        if let Some(images) = images.as_mut() {
+            images.push((pgno, data.clone()));
+        }
         // Page 1 always in full: its change counter and SQLite version bytes are each node's
         // own (a node that installed an image counts differently), so no base image of it is
         // common to all replicas.
-        let image = if pgno == 1 {
-            PageImage::Full(data)
-        } else {
-            PageImage::between(base_pages.page(pgno)?.as_deref(), data)
+        let image = match laid {
+            _ if pgno == 1 => PageImage::Full(data),
+            Some(before) => PageImage::between(Some(before.as_slice()), data),
+            None => PageImage::between(base_pages.page(pgno)?.as_deref(), data),
         };
         pages.push((pgno, image));
     }
@@ -125,10 +151,12 @@ pub(crate) fn finish(
         page_size,
         db_pages,
         base_version,
+        tag,
+        parent_tag: overlay.parent_tag,
         pages,
     };
     delta.validate()?;
-    Ok(delta)
+    Ok(Captured { delta, images })
 }
 
 /// Pages of the committed database, read in one read transaction on the base connection
@@ -348,10 +376,10 @@ mod tests {
         check(rc, "sqlite3_db_status")?;
         assert!(spills > 0, "the transaction was meant to spill");
         let base = open(&dir.path().join("a.db"))?;
-        let delta = finish(&conn, &base, start, 5, usize::MAX)?;
+        let delta = finish(&conn, &base, start, (5, 9), &Overlay::default(), usize::MAX)?.delta;
         conn.execute_batch("ROLLBACK")?;
 
-        assert_eq!(delta.base_version, 5);
+        assert_eq!((delta.base_version, delta.tag, delta.parent_tag), (5, 9, 0));
         assert!(
             delta.db_pages > before,
             "{} pages after, {before} before",

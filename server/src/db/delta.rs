@@ -4,15 +4,24 @@
 //! the network. The format is deliberately simple and checked strictly:
 //!
 //! ```text
-//! magic "RLPD" | format u8 (=2) | page_size u32 | db_pages u32 | base_version u64 | count u32
+//! magic "RLPD" | format u8 (=3) | page_size u32 | db_pages u32 | base_version u64
+//!   | tag u64 | parent_tag u64 | count u32
 //! count x (pgno u32 | kind u8 | body)
 //!   kind 0, a full image:  page image [page_size]
 //!   kind 1, a patch:       base_crc u32 | new_crc u32 | runs u32
 //!                          runs x (offset u32 | len u32 | bytes [len])
 //! crc32 (IEEE) of everything before it, u32
 //! ```
-//! All integers are little-endian. Format 1 (still decoded: logs and archives written before
-//! it) had no kind byte and only full images.
+//! All integers are little-endian. Format 2 (still decoded, like every older format: logs and
+//! archives written before) had no tags; format 1 had no kind byte either, only full images.
+//!
+//! `tag` is a random number the executor stores in the database with the delta (the meta
+//! table's `tag` row), naming the state the delta leads to. `parent_tag`, when not 0, names
+//! the state the delta was captured on: a leader that executes a batch on top of a delta
+//! still in flight (the write pipeline) sets it, and the delta applies only to a database
+//! whose tag is exactly that. The version alone cannot tell: if the delta below it was lost
+//! in a leadership change and another leader's delta took its version, the version matches
+//! but the pages do not.
 //!
 //! A patch carries only the byte runs that differ from the page's image at `base_version`:
 //! a one-row insert changes a few dozen bytes of each 4 KiB page it touches, and every delta is
@@ -32,8 +41,9 @@
 use super::error::{DbError, Result};
 
 const MAGIC: &[u8; 4] = b"RLPD";
-/// The format written; [`FORMAT_FULL_PAGES`] is still read.
-const FORMAT: u8 = 2;
+/// The format written; [`FORMAT_UNTAGGED`] and [`FORMAT_FULL_PAGES`] are still read.
+const FORMAT: u8 = 3;
+const FORMAT_UNTAGGED: u8 = 2;
 const FORMAT_FULL_PAGES: u8 = 1;
 const KIND_FULL: u8 = 0;
 const KIND_PATCH: u8 = 1;
@@ -45,8 +55,10 @@ const MIN_RUN_BYTES: u64 = 4 + 4 + 1;
 /// Equal bytes between two differing runs below which they are sent as one run (a run's
 /// header is 8 bytes).
 const MERGE_GAP: usize = 8;
-/// magic + format + page_size + db_pages + base_version + count
-const HEADER_LEN: usize = 4 + 1 + 4 + 4 + 8 + 4;
+/// magic + format + page_size + db_pages + base_version + tag + parent_tag + count
+const HEADER_LEN: usize = 4 + 1 + 4 + 4 + 8 + 8 + 8 + 4;
+/// The header of formats 1 and 2 (no tags).
+const UNTAGGED_HEADER_LEN: usize = HEADER_LEN - 16;
 const CRC_LEN: usize = 4;
 
 /// The pages a transaction changed: full images or patches against the base version.
@@ -59,6 +71,11 @@ pub struct PageDelta {
     /// The internal version counter the executor saw when it captured the delta. An applier
     /// applies it only to a database at exactly this version.
     pub base_version: u64,
+    /// The tag the delta stores in the database (0: none, a delta of an older format).
+    pub tag: u64,
+    /// When not 0, the delta applies only to a database holding this tag (see the module
+    /// docs): it was captured on top of another delta not yet committed.
+    pub parent_tag: u64,
     /// `(pgno, new contents)`, strictly ascending `pgno`.
     pub pages: Vec<(u32, PageImage)>,
 }
@@ -181,6 +198,8 @@ impl std::fmt::Debug for PageDelta {
             .field("page_size", &self.page_size)
             .field("db_pages", &self.db_pages)
             .field("base_version", &self.base_version)
+            .field("tag", &self.tag)
+            .field("parent_tag", &self.parent_tag)
             .field("pgnos", &self.pages.iter().map(|p| p.0).collect::<Vec<_>>())
             .field("payload_bytes", &self.payload_bytes())
             .finish()
@@ -262,6 +281,8 @@ impl PageDelta {
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&self.db_pages.to_le_bytes());
         out.extend_from_slice(&self.base_version.to_le_bytes());
+        out.extend_from_slice(&self.tag.to_le_bytes());
+        out.extend_from_slice(&self.parent_tag.to_le_bytes());
         // A delta never holds more than u32::MAX pages: page numbers are u32 and unique.
         out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
         for (pgno, image) in &self.pages {
@@ -290,10 +311,10 @@ impl PageDelta {
         out
     }
 
-    /// Parse and validate the wire format (this one or format 1). Never panics and never
+    /// Parse and validate the wire format (this one or an older one). Never panics and never
     /// allocates more than a small multiple of the input's size, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<PageDelta> {
-        if bytes.len() < HEADER_LEN + CRC_LEN {
+        if bytes.len() < UNTAGGED_HEADER_LEN + CRC_LEN {
             return Err(corrupt(format!(
                 "delta of {} bytes is too short",
                 bytes.len()
@@ -303,7 +324,7 @@ impl PageDelta {
             return Err(corrupt("not a page delta (bad magic)"));
         }
         let format = bytes[4];
-        if format != FORMAT && format != FORMAT_FULL_PAGES {
+        if ![FORMAT, FORMAT_UNTAGGED, FORMAT_FULL_PAGES].contains(&format) {
             return Err(corrupt(format!("unknown delta format {format}")));
         }
         let (body, crc_bytes) = bytes.split_at(bytes.len() - CRC_LEN);
@@ -315,6 +336,11 @@ impl PageDelta {
         let page_size = r.u32()?;
         let db_pages = r.u32()?;
         let base_version = r.u64()?;
+        let (tag, parent_tag) = if format == FORMAT {
+            (r.u64()?, r.u64()?)
+        } else {
+            (0, 0)
+        };
         let count = r.u32()?;
         check_page_size(page_size)?;
         // Each page takes at least MIN_PAGE_BYTES (format 1: its full image): `count` is
@@ -373,6 +399,8 @@ impl PageDelta {
             page_size,
             db_pages,
             base_version,
+            tag,
+            parent_tag,
             pages,
         };
         delta.validate()?;
@@ -438,6 +466,8 @@ mod tests {
             page_size: 512,
             db_pages: 9,
             base_version: 7,
+            tag: 0x1234_5678_9abc_def0,
+            parent_tag: 42,
             pages: vec![
                 (1, PageImage::Full(vec![1; 512])),
                 (
@@ -542,6 +572,22 @@ mod tests {
     }
 
     #[test]
+    fn format_2_deltas_still_decode_untagged() -> Result<()> {
+        // Format 2 is format 3 without the two tags.
+        let mut delta = sample();
+        let mut bytes = delta.encode();
+        bytes[4] = FORMAT_UNTAGGED;
+        bytes.drain(UNTAGGED_HEADER_LEN - 4..HEADER_LEN - 4);
+        bytes.truncate(bytes.len() - CRC_LEN);
+        let crc = crc32(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        delta.tag = 0;
+        delta.parent_tag = 0;
+        assert_eq!(PageDelta::decode(&bytes)?, delta);
+        Ok(())
+    }
+
+    #[test]
     fn format_1_deltas_still_decode() -> Result<()> {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(MAGIC);
@@ -629,6 +675,8 @@ mod tests {
                     page_size,
                     db_pages,
                     base_version,
+                    tag: u64::from(fill),
+                    parent_tag: base_version,
                     pages: pgnos
                         .into_iter()
                         .map(|p| {

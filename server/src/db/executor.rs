@@ -28,6 +28,7 @@
 use super::authorizer::{Lockdown, Policy};
 use super::bounds::Bounds;
 use super::capture::{self, CaptureStart};
+use super::chain::{Chain, Link, Overlay};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
 use super::internal::{self, internal_sql};
@@ -75,11 +76,25 @@ pub enum WriteOutcome {
 
 /// Result of a batch: the delta to replicate (if anything executed) and one outcome per
 /// request, in request order.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExecutedBatch {
     /// `None` when every request failed or was a duplicate: nothing to replicate.
     pub delta: Option<PageDelta>,
     pub outcomes: Vec<WriteOutcome>,
+    /// When the delta may have the next batch executed on top of it before it is applied:
+    /// hand it back in [`Pipeline::OnTop`] once the delta is proposed.
+    pub link: Option<Link>,
+}
+
+/// What a batch is executed on (see `chain.rs`).
+#[derive(Debug)]
+pub enum Pipeline {
+    /// The database as committed: nothing is in flight (every delta proposed is applied or
+    /// known to be lost).
+    Settled,
+    /// The committed database with the deltas still in flight on top: those handed in before,
+    /// not yet applied, and this link (the previous batch's delta, just proposed).
+    OnTop(Option<Link>),
 }
 
 /// True for a request whose only statement is `VACUUM` (case and surrounding whitespace and
@@ -147,6 +162,23 @@ pub struct Executor {
     result_budget: usize,
     /// The interactive transaction open on this connection, if any.
     transaction: Option<OpenTransaction>,
+    /// Deltas proposed and not yet applied, which batches are executed on top of.
+    chain: Chain,
+    /// Taken with the applier's around each batch (see [`WriteGate`]).
+    gate: WriteGate,
+}
+
+/// Serialises the executor's batches and the applier's applies on one node: both take
+/// SQLite's write lock, and waiting for it in SQLite's busy handler sleeps a millisecond or
+/// more, longer than either holds it. With the write pipeline the leader applies one delta
+/// while it executes the next batch.
+#[derive(Clone, Default)]
+pub struct WriteGate(Arc<std::sync::Mutex<()>>);
+
+impl WriteGate {
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A captured write transaction in progress (a batch, or an interactive transaction, which
@@ -155,6 +187,10 @@ pub struct Executor {
 struct OpenTransaction {
     start: CaptureStart,
     base_version: u64,
+    /// The database size in pages when the transaction started.
+    pages: u32,
+    /// What the write pipeline laid beneath it.
+    overlay: Overlay,
 }
 
 /// How one call of an interactive transaction ended.
@@ -236,7 +272,14 @@ impl Executor {
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
             transaction: None,
+            chain: Chain::default(),
+            gate: WriteGate::default(),
         })
+    }
+
+    /// Share the applier's gate (see [`WriteGate`]).
+    pub fn share_gate(&mut self, gate: WriteGate) {
+        self.gate = gate;
     }
 
     /// Execute a batch of write requests and capture its page delta; commits nothing.
@@ -244,7 +287,22 @@ impl Executor {
     /// An `Err` means the batch as a whole could not run (I/O error, internal failure); client
     /// mistakes are per-request [`WriteOutcome::Failed`] entries.
     pub fn execute_batch(&mut self, batch: &[WriteRequest]) -> Result<ExecutedBatch> {
+        self.execute_batch_on(batch, Pipeline::Settled)
+    }
+
+    /// [`Executor::execute_batch`], on top of the deltas in flight (see `chain.rs`).
+    pub fn execute_batch_on(
+        &mut self,
+        batch: &[WriteRequest],
+        pipeline: Pipeline,
+    ) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
+        match pipeline {
+            Pipeline::Settled => self.chain.clear(),
+            Pipeline::OnTop(link) => self.chain.extend(link),
+        }
+        let gate = self.gate.clone();
+        let _held = gate.hold();
         let mut fatal: Vec<Option<DbError>> = vec![None; batch.len()];
         loop {
             self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
@@ -263,6 +321,7 @@ impl Executor {
     /// Run `VACUUM` as a full-image delta (see the module docs).
     pub fn execute_vacuum(&mut self) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
+        self.chain.clear();
         let tmp = vacuum_path(&self.db_path);
         remove_if_exists(&tmp)?;
         let result = self.vacuum_into(&tmp);
@@ -272,6 +331,7 @@ impl Executor {
         Ok(ExecutedBatch {
             delta: Some(delta),
             outcomes: vec![WriteOutcome::Executed(vec![StatementOutcome::default()])],
+            link: None,
         })
     }
 
@@ -293,6 +353,8 @@ impl Executor {
         let base_version = internal::read_version(&copy)?;
         internal::ensure_tables(&copy)?;
         internal::write_version(&copy, base_version + 1)?;
+        let tag = new_tag();
+        internal::write_tag(&copy, tag)?;
         copy.execute_batch("COMMIT")?;
 
         let page_size: u32 = copy.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -317,6 +379,8 @@ impl Executor {
             page_size,
             db_pages: pages.len() as u32,
             base_version,
+            tag,
+            parent_tag: 0,
             pages,
         };
         delta.validate()?;
@@ -378,6 +442,7 @@ impl Executor {
             return Ok(Attempt::Done(ExecutedBatch {
                 delta: None,
                 outcomes,
+                link: None,
             }));
         }
         let _guard = self.lockdown.internal();
@@ -387,10 +452,11 @@ impl Executor {
             let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
             internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
         }
-        let delta = self.finish_capture(open)?;
+        let (delta, link) = self.finish_capture(open)?;
         Ok(Attempt::Done(ExecutedBatch {
             delta: Some(delta),
             outcomes,
+            link,
         }))
     }
 
@@ -487,6 +553,7 @@ impl Executor {
     /// [`Executor::commit`] or [`Executor::rollback`]; group commits wait meanwhile.
     pub fn begin(&mut self) -> Result<()> {
         self.refuse_if_in_transaction()?;
+        self.chain.clear();
         self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
         match self.start_capture() {
             Ok(open) => {
@@ -587,33 +654,50 @@ impl Executor {
             }
             internal::record_request(&self.conn, request_id, &[], unix_millis())?;
         }
-        self.finish_capture(open).map(Some)
+        self.finish_capture(open).map(|(delta, _)| Some(delta))
     }
 
-    /// Right after `BEGIN IMMEDIATE`: remember what capture needs and the version the delta
-    /// will be based on (a batch and an interactive transaction start alike).
-    fn start_capture(&self) -> Result<OpenTransaction> {
+    /// Right after `BEGIN IMMEDIATE`: lay the deltas in flight beneath the transaction, and
+    /// remember what capture needs and the version the delta will be based on (a batch and an
+    /// interactive transaction start alike; an interactive one has no chain).
+    fn start_capture(&mut self) -> Result<OpenTransaction> {
         let _guard = self.lockdown.internal();
+        let overlay = self.chain.lay(&self.conn)?;
         let start = capture::start(&self.conn)?;
         let base_version = internal::read_version(&self.conn)?;
+        let pages = self
+            .conn
+            .prepare_cached(internal_sql!("PRAGMA page_count"))?
+            .query_row([], |r| r.get(0))?;
         internal::ensure_tables(&self.conn)?;
         Ok(OpenTransaction {
             start,
             base_version,
+            pages,
+            overlay,
         })
     }
 
-    /// Bump the version and capture the changed pages as one delta (the caller rolls back).
-    /// Runs under the internal lock-down guard.
-    fn finish_capture(&self, open: OpenTransaction) -> Result<PageDelta> {
+    /// Bump the version, store a new tag and capture the changed pages as one delta (the
+    /// caller rolls back), with its link for the pipeline when it can be stacked on. Runs
+    /// under the internal lock-down guard.
+    fn finish_capture(&self, open: OpenTransaction) -> Result<(PageDelta, Option<Link>)> {
+        let tag = new_tag();
         internal::write_version(&self.conn, open.base_version + 1)?;
-        capture::finish(
+        internal::write_tag(&self.conn, tag)?;
+        let page1_before = open.start.page1().map(<[u8]>::to_vec);
+        let captured = capture::finish(
             &self.conn,
             &self.base,
             open.start,
-            open.base_version,
+            (open.base_version, tag),
+            &open.overlay,
             self.max_delta_bytes,
-        )
+        )?;
+        let link = captured.images.and_then(|images| {
+            Link::stackable(&captured.delta, images, page1_before.as_deref(), open.pages)
+        });
+        Ok((captured.delta, link))
     }
 
     /// Whether a write with this request id has been applied (as seen by this connection: the
@@ -672,6 +756,16 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// A delta's tag: random, never 0 (0 means "no tag").
+fn new_tag() -> u64 {
+    loop {
+        let tag: u64 = rand::random();
+        if tag != 0 {
+            return tag;
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //!   captured transaction. A delta records the value it was captured on (`base_version`), and
 //!   an applier applies it only to a database at exactly that version. That makes replaying a
 //!   log suffix after a crash a no-op for deltas already applied, and refuses deltas captured
-//!   on an older state.
+//!   on an older state. Key `tag`: the tag of the last delta applied (see `delta.rs`), which a
+//!   delta captured on top of another one in flight must find.
 //! * `_raftlite_requests(id, results, created_ms)`: request ids with their encoded results, so
 //!   a client retry (e.g. after a leader failover) is answered from the table instead of being
 //!   applied twice.
@@ -73,20 +74,7 @@ pub(crate) fn ensure_tables(conn: &Connection) -> Result<()> {
 
 /// The database's version counter; 0 when the meta table does not exist yet.
 pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
-    let exists: bool = conn
-        .prepare_cached(internal_sql!(
-            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')"
-        ))?
-        .query_row([], |r| r.get(0))?;
-    if !exists {
-        return Ok(0);
-    }
-    let v: Option<i64> = conn
-        .prepare_cached(internal_sql!(
-            "SELECT value FROM main._raftlite_meta WHERE key = 'version'"
-        ))?
-        .query_row([], |r| r.get(0))
-        .optional()?;
+    let v = read_meta(conn, "version")?;
     u64::try_from(v.unwrap_or(0))
         .map_err(|_| DbError::Corrupt(format!("negative database version {v:?}")))
 }
@@ -95,11 +83,44 @@ pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
 pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
     let v = i64::try_from(version)
         .map_err(|_| DbError::Internal(format!("version {version} overflows")))?;
+    write_meta(conn, "version", v)
+}
+
+/// The tag of the last delta applied (see `delta.rs`); 0 when none was stored (a database
+/// written before tags).
+pub(crate) fn read_tag(conn: &Connection) -> Result<u64> {
+    // Stored as the i64 with the same bits.
+    Ok(read_meta(conn, "tag")?.map_or(0, |t| t as u64))
+}
+
+/// Set the tag (the meta table must exist).
+pub(crate) fn write_tag(conn: &Connection, tag: u64) -> Result<()> {
+    write_meta(conn, "tag", tag as i64)
+}
+
+fn read_meta(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    let exists: bool = conn
+        .prepare_cached(internal_sql!(
+            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')"
+        ))?
+        .query_row([], |r| r.get(0))?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(conn
+        .prepare_cached(internal_sql!(
+            "SELECT value FROM main._raftlite_meta WHERE key = ?1"
+        ))?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn write_meta(conn: &Connection, key: &str, value: i64) -> Result<()> {
     conn.prepare_cached(internal_sql!(
-        "INSERT INTO main._raftlite_meta(key, value) VALUES('version', ?1)
+        "INSERT INTO main._raftlite_meta(key, value) VALUES(?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value"
     ))?
-    .execute([v])?;
+    .execute(rusqlite::params![key, value])?;
     Ok(())
 }
 
@@ -368,6 +389,10 @@ mod tests {
         assert_eq!(read_version(&conn)?, 0);
         write_version(&conn, 41)?;
         write_version(&conn, 42)?;
+        assert_eq!(read_version(&conn)?, 42);
+        assert_eq!(read_tag(&conn)?, 0);
+        write_tag(&conn, u64::MAX - 1)?;
+        assert_eq!(read_tag(&conn)?, u64::MAX - 1);
         assert_eq!(read_version(&conn)?, 42);
         assert!(is_internal_table("_RaftLite_meta"));
         assert!(!is_internal_table("raftlite_meta"));

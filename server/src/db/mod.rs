@@ -75,6 +75,7 @@ mod apply;
 mod authorizer;
 mod bounds;
 mod capture;
+mod chain;
 mod delta;
 mod error;
 mod executor;
@@ -89,9 +90,12 @@ mod tests;
 
 pub use apply::{Applier, ApplyOutcome};
 pub use bounds::SQLITE_MAX_LENGTH;
+pub use chain::Link;
 pub use delta::{PageDelta, PageImage, PagePatch};
 pub use error::{DbError, Result};
-pub use executor::{is_vacuum, ExecutedBatch, Executor, TransactionStep, WriteOutcome};
+pub use executor::{
+    is_vacuum, ExecutedBatch, Executor, Pipeline, TransactionStep, WriteGate, WriteOutcome,
+};
 pub use reader::{QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
 pub use snapshot::{build_image, dump_pages, ImageInfo};
 pub use value::{
@@ -181,6 +185,7 @@ impl DbOptions {
 pub struct Database {
     path: PathBuf,
     options: DbOptions,
+    gate: WriteGate,
     applier: Worker<Applier>,
     reads: ReadPool,
 }
@@ -195,11 +200,13 @@ impl Database {
         }
         prepare_file(&path, options.busy_timeout)?;
         let applier = Applier::open(&path, options.busy_timeout)?;
+        let gate = applier.gate();
         let applier = Worker::spawn("sqlite-applier", applier)?;
         let reads = ReadPool::open(&path, &options)?;
         Ok(Database {
             path,
             options,
+            gate,
             applier,
             reads,
         })
@@ -227,7 +234,12 @@ impl Database {
 
     /// The database's version counter (number of deltas applied since creation).
     pub async fn version(&self) -> Result<u64> {
-        self.applier.call(|applier| applier.version()).await
+        Ok(self.state().await?.0)
+    }
+
+    /// The database's version counter and the tag of its last delta (see `delta.rs`).
+    pub async fn state(&self) -> Result<(u64, u64)> {
+        self.applier.call(|applier| applier.state()).await
     }
 
     /// The read pool.
@@ -237,7 +249,8 @@ impl Database {
 
     /// Open the executor (leader only; one at a time) on its own thread.
     pub fn open_executor(&self) -> Result<ExecutorHandle> {
-        let executor = Executor::open(&self.path, &self.options)?;
+        let mut executor = Executor::open(&self.path, &self.options)?;
+        executor.share_gate(self.gate.clone());
         Ok(ExecutorHandle {
             worker: Worker::spawn("sqlite-executor", executor)?,
         })
@@ -263,6 +276,17 @@ impl ExecutorHandle {
     pub async fn execute_batch(&self, batch: Vec<WriteRequest>) -> Result<ExecutedBatch> {
         self.worker
             .call(move |executor| executor.execute_batch(&batch))
+            .await
+    }
+
+    /// See [`Executor::execute_batch_on`].
+    pub async fn execute_batch_on(
+        &self,
+        batch: Vec<WriteRequest>,
+        pipeline: Pipeline,
+    ) -> Result<ExecutedBatch> {
+        self.worker
+            .call(move |executor| executor.execute_batch_on(&batch, pipeline))
             .await
     }
 

@@ -1991,3 +1991,186 @@ async fn client_sql_with_an_internal_statements_text_is_not_taken_from_the_cache
     c.verify("after the refused statements")?;
     Ok(())
 }
+
+/// Executes each batch on top of the deltas before it, none of them applied yet (the write
+/// pipeline, up to `depth` in flight), then applies them in order on leader and follower.
+async fn write_pipelined(
+    c: &Cluster,
+    batches: Vec<Vec<WriteRequest>>,
+    depth: usize,
+) -> anyhow::Result<Vec<PageDelta>> {
+    let mut in_flight: std::collections::VecDeque<PageDelta> = Default::default();
+    let mut link = None;
+    let mut all = Vec::new();
+    let mut stacked = 0;
+    for batch in batches {
+        if in_flight.len() >= depth {
+            apply_both(c, in_flight.pop_front().context("in flight")?).await?;
+        }
+        let pipeline = Pipeline::OnTop(link.take());
+        let result = c.executor.execute_batch_on(batch.clone(), pipeline).await?;
+        for (request, outcome) in batch.iter().zip(&result.outcomes) {
+            if matches!(outcome, WriteOutcome::Executed(_)) {
+                c.reference_commit(request)?;
+            }
+        }
+        if let Some(delta) = result.delta {
+            if delta.parent_tag != 0 {
+                stacked += 1;
+            }
+            let decoded = PageDelta::decode(&delta.encode())?;
+            all.push(decoded.clone());
+            in_flight.push_back(decoded);
+        }
+        link = result.link;
+    }
+    for delta in in_flight {
+        apply_both(c, delta).await?;
+    }
+    ensure!(stacked > 0, "no batch ran on top of another");
+    Ok(all)
+}
+
+async fn apply_both(c: &Cluster, delta: PageDelta) -> TestResult {
+    let delta = Arc::new(delta);
+    ensure!(c.leader.apply(delta.clone()).await? == ApplyOutcome::Applied);
+    ensure!(c.follower.apply(delta).await? == ApplyOutcome::Applied);
+    Ok(())
+}
+
+/// The write pipeline: batches executed on top of deltas not yet applied give, applied in
+/// order, byte-identical replicas holding what the reference committed one by one — with the
+/// file growing under the chain, pages split, the free list used, and rows updated and deleted
+/// that only the chain holds.
+#[tokio::test]
+async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
+    let mut batches = Vec::new();
+    for i in 0..40u32 {
+        let mut batch = vec![req(
+            &format!("grow-{i}"),
+            &[&insert_rows(1 + i % 7 * 20, i)],
+        )];
+        if i % 5 == 4 {
+            batch.push(req(
+                "",
+                &["UPDATE t SET b = zeroblob(300) WHERE id % 7 = 0"],
+            ));
+        }
+        if i % 9 == 8 {
+            batch.push(req("", &["DELETE FROM t WHERE id % 5 = 0"]));
+        }
+        batches.push(batch);
+    }
+    for depth in [2, 4] {
+        let before = page_count(c.leader.path())?;
+        let deltas = write_pipelined(&c, batches.clone(), depth).await?;
+        ensure!(deltas.len() == batches.len());
+        ensure!(
+            page_count(c.leader.path())? > before,
+            "the chain grew the file"
+        );
+        c.verify(&format!("pipelined, depth {depth}"))?;
+        // Request ids the chain recorded are found by the next batches (replayed: duplicates).
+        let replay = c
+            .executor
+            .execute_batch_on(batches[0].clone(), Pipeline::Settled)
+            .await?;
+        ensure!(matches!(replay.outcomes[0], WriteOutcome::Duplicate(_)));
+        batches = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|r| WriteRequest {
+                        request_id: format!("{}-again", r.request_id),
+                        ..r.clone()
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+    Ok(())
+}
+
+/// A delta captured on top of one that is then lost (another delta took its version, as
+/// after a leadership change) is skipped, not applied to pages it was not captured on.
+#[tokio::test]
+async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let first = c
+        .executor
+        .execute_batch_on(
+            vec![req("", &["INSERT INTO t(a) VALUES('lost')"])],
+            Pipeline::Settled,
+        )
+        .await?;
+    let on_top = c
+        .executor
+        .execute_batch_on(
+            vec![req("", &["INSERT INTO t(a) VALUES('after the lost one')"])],
+            Pipeline::OnTop(first.link),
+        )
+        .await?;
+    let lost = first.delta.context("a delta")?;
+    let on_top_tags = on_top
+        .delta
+        .as_ref()
+        .map(|d| (d.parent_tag, d.base_version));
+    ensure!(on_top_tags == Some((lost.tag, lost.base_version + 1)));
+    // Another leader's delta on the same version replaces the lost one.
+    let other_leader = c.leader.open_executor()?;
+    let other_request = req("", &["INSERT INTO t(a) VALUES('other leader')"]);
+    let other = other_leader
+        .execute_batch(vec![other_request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+    ensure!(other.base_version == lost.base_version && other.parent_tag == 0);
+    apply_both(&c, PageDelta::decode(&other.encode())?).await?;
+    c.reference_commit(&other_request)?;
+    let pages = snapshot::dump_raw_pages(c.follower.path())?;
+    ensure!(c.follower.version().await? == lost.base_version + 1);
+    let on_top_delta = Arc::new(PageDelta::decode(
+        &on_top.delta.context("a delta")?.encode(),
+    )?);
+    ensure!(c.follower.apply(on_top_delta.clone()).await? == ApplyOutcome::Skipped);
+    ensure!(c.leader.apply(on_top_delta).await? == ApplyOutcome::Skipped);
+    ensure!(snapshot::dump_raw_pages(c.follower.path())? == pages);
+    c.verify("after the skipped delta")?;
+    // The executor's chain is out of step now: the next batch on top of it fails whole,
+    // unexecuted, and a settled one runs.
+    let stale = c
+        .executor
+        .execute_batch_on(
+            vec![req("", &["INSERT INTO t(a) VALUES('never')"])],
+            Pipeline::OnTop(on_top.link),
+        )
+        .await;
+    ensure!(
+        matches!(&stale, Err(DbError::Internal(m)) if m.contains("out of step")),
+        "{stale:?}"
+    );
+    c.write_one(&["INSERT INTO t(a) VALUES('settled')"]).await?;
+    c.verify("settled again")?;
+    Ok(())
+}
+
+/// Only plain deltas are stacked on: a schema change, VACUUM and a delta shrinking the file
+/// are not (the executor's connection keeps the schema and the file size in memory).
+#[tokio::test]
+async fn schema_changes_are_not_stacked_on() -> TestResult {
+    let c = Cluster::new()?;
+    let created = c.write(vec![req("", &[CREATE_T])]).await?;
+    ensure!(created.link.is_none(), "CREATE TABLE gave a link");
+    let inserted = c.write(vec![req("", &[&insert_rows(50, 1)])]).await?;
+    ensure!(inserted.link.is_some(), "an INSERT gave no link");
+    let indexed = c
+        .write(vec![req("", &["CREATE INDEX t_a ON t(a)"])])
+        .await?;
+    ensure!(indexed.link.is_none(), "CREATE INDEX gave a link");
+    let vacuumed = c.executor.execute_vacuum().await?;
+    ensure!(vacuumed.link.is_none());
+    Ok(())
+}

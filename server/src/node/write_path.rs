@@ -1,31 +1,39 @@
-//! The leader's write path: group commit, capture, propose, answer.
+//! The leader's write path: group commit, capture, propose, answer — pipelined.
 //!
 //! Writes queue on a channel. The batcher takes every write waiting at that moment (up to
 //! `max_batch_requests`), executes them together on the executor connection (each request in
 //! its own savepoint, so a failing one rolls back alone), captures the changed pages as ONE
 //! delta, rolls back, and proposes the delta through Raft. When the entry is committed (on a
 //! quorum's disks), every request gets its own result with the log index, before the leader
-//! applies it; reads that must see it wait for the applied index. Writes that arrive meanwhile
-//! form the next batch, executed once the delta is applied: that is what turns
-//! one-at-a-time Raft round trips into throughput.
+//! applies it; reads that must see it wait for the applied index.
 //!
-//! The executor must capture on exactly the state the delta will be applied to, so the
-//! pipeline is one delta deep, and a new leader executes only after it has applied an entry of
-//! its own term (everything earlier is then applied). A delta that still races with a
-//! leadership change is detected by its base version and skipped on every node; its requests
-//! get UNAVAILABLE and a retry with the same request id is safe.
+//! Writes that arrive meanwhile form the next batch, and it does not wait for the first: the
+//! executor runs it on top of the deltas still in flight (up to [`PIPELINE_DEPTH`] of them;
+//! see `db::chain`), so capture, the Raft round trip and the apply of consecutive batches
+//! overlap. Proposals are sent to Raft in capture order. A delta captured on top of another
+//! names that one's tag and applies only right after it; if one is lost (a leadership
+//! change, a lost quorum), those after it are skipped as stale on every node, their requests
+//! get UNAVAILABLE (a retry with the same request id is safe), and the next batch waits until
+//! everything in the log is applied ([`settled`]) and executes on the committed state. So
+//! does a batch after a delta that cannot be stacked on (a schema change, a large delta,
+//! VACUUM, an interactive transaction), and a new leader before its first batch.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::error::NodeError;
 use super::NodeInner;
-use crate::db::{ExecutedBatch, ExecutorHandle, StatementOutcome, WriteOutcome, WriteRequest};
-use crate::raft::types::{ApplyResult, Command};
+use crate::db::{
+    ExecutedBatch, ExecutorHandle, Link, Pipeline, StatementOutcome, WriteOutcome, WriteRequest,
+};
+use crate::raft::types::{ApplyResult, Command, TypeConfig};
+use openraft::raft::responder::Responder;
 
 /// How long a proposal may take before its requests are answered UNAVAILABLE (outcome unknown;
 /// a retry with the same request id returns the real result).
@@ -55,12 +63,16 @@ pub(crate) struct PendingWrite {
     pub span: tracing::Span,
 }
 
+/// Most deltas in flight (proposed, not yet committed) at once.
+pub(crate) const PIPELINE_DEPTH: usize = 3;
+
 pub(crate) async fn run_batcher(
     node: Arc<NodeInner>,
     executor: ExecutorHandle,
     mut queue: mpsc::Receiver<WriteJob>,
     max_batch: usize,
 ) {
+    let mut pipe = Pipe::default();
     while let Some(job) = queue.recv().await {
         let mut batch = Vec::new();
         // A transaction takes its turn in queue order: the writes before it commit first.
@@ -84,31 +96,97 @@ pub(crate) async fn run_batcher(
             for w in &batch[1..] {
                 span.follows_from(&w.span);
             }
-            process_batch(&node, &executor, batch)
+            process_batch(&node, &executor, batch, &mut pipe)
                 .instrument(span)
                 .await;
         }
         if let Some(begin) = begin {
+            pipe.drain().await;
             super::transaction::run(&node, &executor, begin).await;
         }
     }
 }
 
-async fn process_batch(node: &NodeInner, executor: &ExecutorHandle, batch: Vec<PendingWrite>) {
-    if let Err(e) = ready_to_capture(node).await {
-        for w in batch {
-            let _ = w.reply.send(Err(clone_unavailable(&e)));
+/// The batcher's deltas in flight.
+#[derive(Default)]
+struct Pipe {
+    /// One task per delta in flight, oldest first: answers its requests when the entry is
+    /// committed or failed, and yields whether it was committed.
+    in_flight: VecDeque<JoinHandle<bool>>,
+    /// `Some` when the next batch may run on top of what is in flight, with the link of the
+    /// last delta proposed (`None` inside when that batch produced no delta). `None` after a
+    /// failure, a delta that cannot be stacked on, or at the start: settle first.
+    stack: Option<Option<Link>>,
+}
+
+impl Pipe {
+    /// What the next batch executes on, once there is room in the pipeline; or the error to
+    /// answer it with, unexecuted.
+    async fn next(&mut self, node: &NodeInner) -> Result<Pipeline, NodeError> {
+        loop {
+            while self.in_flight.front().is_some_and(|t| t.is_finished()) {
+                self.pop().await;
+            }
+            if self.stack.is_none() {
+                self.drain().await;
+                ready_to_capture(node).await?;
+                return Ok(Pipeline::Settled);
+            }
+            if self.in_flight.len() < PIPELINE_DEPTH {
+                node.wait_leader_ready().await?;
+                return Ok(Pipeline::OnTop(self.stack.take().flatten()));
+            }
+            self.pop().await;
         }
-        return;
     }
+
+    /// Waits for the oldest delta in flight; a failed one ends the chain.
+    async fn pop(&mut self) {
+        if let Some(task) = self.in_flight.pop_front() {
+            if !task.await.unwrap_or(false) {
+                self.stack = None;
+            }
+        }
+    }
+
+    /// Waits for every delta in flight; the next batch settles first.
+    async fn drain(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.pop().await;
+        }
+        self.stack = None;
+    }
+}
+
+async fn process_batch(
+    node: &Arc<NodeInner>,
+    executor: &ExecutorHandle,
+    batch: Vec<PendingWrite>,
+    pipe: &mut Pipe,
+) {
     let (vacuums, writes): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .partition(|w| crate::db::is_vacuum(&w.request));
     if !writes.is_empty() {
-        commit_batch(node, executor, writes, false).await;
+        match pipe.next(node).await {
+            Ok(pipeline) => commit_batch(node, executor, writes, pipeline, pipe).await,
+            Err(e) => refuse(writes, &e),
+        }
     }
     for v in vacuums {
-        commit_batch(node, executor, vec![v], true).await;
+        // VACUUM rewrites every page: on the committed state, and nothing on top of it.
+        pipe.drain().await;
+        if let Err(e) = ready_to_capture(node).await {
+            refuse(vec![v], &e);
+            continue;
+        }
+        commit_vacuum(node, executor, v).await;
+    }
+}
+
+fn refuse(batch: Vec<PendingWrite>, e: &NodeError) {
+    for w in batch {
+        let _ = w.reply.send(Err(clone_unavailable(e)));
     }
 }
 
@@ -117,25 +195,28 @@ fn clone_unavailable(e: &NodeError) -> NodeError {
 }
 
 async fn commit_batch(
-    node: &NodeInner,
+    node: &Arc<NodeInner>,
     executor: &ExecutorHandle,
     batch: Vec<PendingWrite>,
-    vacuum: bool,
+    pipeline: Pipeline,
+    pipe: &mut Pipe,
 ) {
     let started = Instant::now();
     let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
-    let executed = if vacuum {
-        executor.execute_vacuum().await
-    } else {
-        executor.execute_batch(requests).await
-    };
-    let ExecutedBatch { delta, outcomes } = match executed {
+    let executed = executor.execute_batch_on(requests, pipeline).await;
+    let ExecutedBatch {
+        delta,
+        outcomes,
+        link,
+    } = match executed {
         Ok(b) => b,
         Err(crate::db::DbError::TooLarge(why)) => {
-            return too_large(node, executor, batch, vacuum, why).await;
+            // Nothing of it was proposed: what is in flight is unchanged.
+            return too_large(node, executor, batch, why, pipe).await;
         }
         Err(e) => {
             tracing::error!(error = %e, "executing a write batch failed");
+            pipe.stack = None;
             for w in batch {
                 let _ = w.reply.send(Err(NodeError::Internal(format!(
                     "executing the write failed: {e}"
@@ -145,47 +226,66 @@ async fn commit_batch(
         }
     };
     let executed_us = started.elapsed().as_micros() as u64;
-    let encoded = delta.map(|d| (d.base_version, Bytes::from(d.encode())));
+    let Some(delta) = delta else {
+        // Nothing to replicate; the chain in flight is unchanged.
+        pipe.stack = Some(None);
+        return answer(batch, outcomes, Ok(node.applied_index()));
+    };
+    let tag = delta.tag;
+    let bytes = Bytes::from(delta.encode());
     let limit = node.config.max_delta_bytes;
-    if let Some(size) = encoded
-        .as_ref()
-        .map(|(_, b)| b.len())
-        .filter(|s| *s > limit)
-    {
+    if bytes.len() > limit {
         // The capture checks the page bytes; the encoding adds a little per page.
         let why = format!(
-            "the write's delta is {size} bytes, over the limit of {limit} bytes \
-             (max_delta_bytes); split it into smaller transactions"
+            "the write's delta is {} bytes, over the limit of {limit} bytes \
+             (max_delta_bytes); split it into smaller transactions",
+            bytes.len()
         );
-        return too_large(node, executor, batch, vacuum, why).await;
+        return too_large(node, executor, batch, why, pipe).await;
     }
     let batch_size = batch.len();
-    match encoded {
-        None => answer(batch, outcomes, Ok(node.applied_index())),
-        Some((base_version, bytes)) => {
-            replicate_encoded(node, base_version, bytes, |committed| {
-                answer(batch, outcomes, committed)
-            })
-            .await
+    let metrics = node.metrics.clone();
+    let task = propose(node, tag, bytes, move |committed| {
+        answer(batch, outcomes, committed);
+        metrics.observe_batch(batch_size, started.elapsed());
+    })
+    .await;
+    pipe.in_flight.push_back(task);
+    pipe.stack = link.map(Some);
+    tracing::debug!(batch_size, executed_us, "write batch proposed");
+}
+
+async fn commit_vacuum(node: &NodeInner, executor: &ExecutorHandle, v: PendingWrite) {
+    let executed = match executor.execute_vacuum().await {
+        Ok(executed) => executed,
+        Err(e) => {
+            tracing::error!(error = %e, "VACUUM failed");
+            let _ = v.reply.send(Err(match e {
+                crate::db::DbError::TooLarge(why) => NodeError::TooLarge(why),
+                e => NodeError::Internal(format!("executing the write failed: {e}")),
+            }));
+            return;
         }
-    }
-    node.metrics.observe_batch(batch_size, started.elapsed());
-    tracing::debug!(
-        batch_size,
-        executed_us,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "write batch committed"
-    );
+    };
+    let Some(delta) = executed.delta else {
+        return answer(vec![v], executed.outcomes, Ok(node.applied_index()));
+    };
+    let outcomes = executed.outcomes;
+    replicate(node, delta, move |committed| {
+        answer(vec![v], outcomes, committed)
+    })
+    .await;
 }
 
 /// Proposes a captured delta, calls `on_commit` as soon as it is committed (or failed), and
-/// returns once it is applied here: the next delta executes on the state this one leads to.
+/// returns once it is applied here: for what runs on the committed state alone (an
+/// interactive transaction's commit, VACUUM).
 pub(crate) async fn replicate(
     node: &NodeInner,
     delta: crate::db::PageDelta,
     on_commit: impl FnOnce(Result<u64, NodeError>),
 ) {
-    let base_version = delta.base_version;
+    let tag = delta.tag;
     let bytes = Bytes::from(delta.encode());
     let limit = node.config.max_delta_bytes;
     if bytes.len() > limit {
@@ -195,37 +295,132 @@ pub(crate) async fn replicate(
             bytes.len()
         ))));
     }
-    replicate_encoded(node, base_version, bytes, on_commit).await
-}
-
-async fn replicate_encoded(
-    node: &NodeInner,
-    base_version: u64,
-    bytes: Bytes,
-    on_commit: impl FnOnce(Result<u64, NodeError>),
-) {
-    // The leader's apply of this delta joins the batch's trace, and the clients hear as soon
-    // as it is committed (see `Proposals`).
-    let span = tracing::info_span!("raft.propose", base_version);
-    let committed = node.proposals.register(base_version, span.clone());
-    let proposal = propose(node, bytes).instrument(span);
-    tokio::pin!(proposal);
-    tokio::select! {
-        // On an error the entry may still commit: the next capture waits for it (`settled`).
-        result = &mut proposal => on_commit(result),
-        Ok(index) = committed => {
-            node.note_committed(index);
-            on_commit(Ok(index));
-            // The next delta executes on the state this one leads to. The state machine
-            // publishes the applied index as soon as the pages are written; openraft's answer
-            // to the proposal comes a round through its core later, and is not needed (the
-            // entry is committed and not stale, or it would not have been announced).
-            if let Err(e) = node.wait_applied(index, PROPOSE_TIMEOUT).await {
-                tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
-            }
+    let (committed, sent) = send(node, tag, bytes).await;
+    let result = until_committed(node, tag, sent, committed).await;
+    let index = result.as_ref().ok().copied();
+    on_commit(result);
+    if let Some(index) = index {
+        if let Err(e) = node.wait_applied(index, PROPOSE_TIMEOUT).await {
+            tracing::warn!(index, error = %e, "a committed write's apply was not confirmed");
         }
     }
-    node.proposals.forget(base_version);
+}
+
+/// Sends a delta to Raft — in call order: a delta captured on top of another is proposed
+/// after it — and returns the task that calls `on_commit` when it is committed or failed
+/// (and yields whether it was committed).
+async fn propose(
+    node: &Arc<NodeInner>,
+    tag: u64,
+    bytes: Bytes,
+    on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
+) -> JoinHandle<bool> {
+    let (committed, sent) = send(node, tag, bytes).await;
+    let node = node.clone();
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let result = until_committed(&node, tag, sent, committed).await;
+            let ok = result.is_ok();
+            on_commit(result);
+            ok
+        }
+        .instrument(span),
+    )
+}
+
+/// Where openraft answers a proposal.
+type Response =
+    <<TypeConfig as openraft::RaftTypeConfig>::Responder as Responder<TypeConfig>>::Receiver;
+type Sent = Result<Response, openraft::error::Fatal<crate::raft::types::NodeId>>;
+
+/// Registers the delta's commit notice and hands it to Raft's core.
+async fn send(
+    node: &NodeInner,
+    tag: u64,
+    bytes: Bytes,
+) -> (tokio::sync::oneshot::Receiver<u64>, Sent) {
+    // The leader's apply of this delta joins the batch's trace (see `Proposals`).
+    let span = tracing::info_span!("raft.propose", tag);
+    let committed = node.proposals.register(tag, span);
+    let sent = node.raft.client_write_ff(Command::Delta(bytes)).await;
+    (committed, sent)
+}
+
+/// The delta's log index once it is committed, or why it was not (maybe not yet: the outcome
+/// of a timeout or a lost quorum is unknown, and the next capture settles first).
+async fn until_committed(
+    node: &NodeInner,
+    tag: u64,
+    sent: Sent,
+    committed: tokio::sync::oneshot::Receiver<u64>,
+) -> Result<u64, NodeError> {
+    let result = match sent {
+        Err(fatal) => Err(NodeError::unavailable(
+            format!("the write could not be proposed: {fatal} (retry with the same request id)"),
+            node.leader_hint(),
+        )),
+        Ok(response) => {
+            let response = answered(node, response);
+            tokio::pin!(response);
+            tokio::select! {
+                result = &mut response => result,
+                // The state machine announces the entry as it is about to apply it: committed,
+                // and not stale (or it would not be announced). openraft's own answer comes a
+                // round through its core later.
+                Ok(index) = committed => {
+                    node.note_committed(index);
+                    Ok(index)
+                }
+            }
+        }
+    };
+    node.proposals.forget(tag);
+    result
+}
+
+/// openraft's answer to a proposal, bounded by [`PROPOSE_TIMEOUT`] and by the leader's contact
+/// with a quorum.
+async fn answered(node: &NodeInner, response: Response) -> Result<u64, NodeError> {
+    let lost_quorum = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Err(e) = node.check_quorum_contact() {
+                return e;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(PROPOSE_TIMEOUT, response) => r,
+        e = lost_quorum => {
+            return Err(NodeError::unavailable(
+                format!("{e} (the write's outcome is unknown; retry with the same request id)"),
+                None,
+            ))
+        }
+    };
+    match outcome {
+        Err(_) => Err(NodeError::unavailable(
+            "the write was proposed but not committed in time (outcome unknown; retry with the same request id)",
+            node.leader_hint(),
+        )),
+        Ok(Err(_)) => Err(NodeError::unavailable(
+            "the write's proposal was dropped (leadership change?); retry with the same request id",
+            node.leader_hint(),
+        )),
+        Ok(Ok(Err(e))) => Err(NodeError::unavailable(
+            format!("the write could not be committed: {e} (retry with the same request id)"),
+            node.leader_hint(),
+        )),
+        Ok(Ok(Ok(resp))) => match resp.data {
+            ApplyResult::Applied => Ok(resp.log_id.index),
+            ApplyResult::Stale | ApplyResult::NoOp => Err(NodeError::unavailable(
+                "the write raced with a leadership change and was not applied; retry",
+                node.leader_hint(),
+            )),
+        },
+    }
 }
 
 /// Before anything is captured (a batch, a Begin) or looked up as committed or not (a retried
@@ -294,60 +489,27 @@ fn answer(
 /// requests, which one made it this large is unknown, so each runs alone and only the one over
 /// the limit fails; a single request gets RESOURCE_EXHAUSTED naming the sizes.
 async fn too_large(
-    node: &NodeInner,
+    node: &Arc<NodeInner>,
     executor: &ExecutorHandle,
     batch: Vec<PendingWrite>,
-    vacuum: bool,
     why: String,
+    pipe: &mut Pipe,
 ) {
     if batch.len() > 1 {
         tracing::info!(requests = batch.len(), reason = %why, "group commit too large: running its requests one by one");
         for w in batch {
-            Box::pin(commit_batch(node, executor, vec![w], vacuum)).await;
+            // Each on the committed state: the pipeline is drained first.
+            pipe.stack = None;
+            match pipe.next(node).await {
+                Ok(pipeline) => {
+                    Box::pin(commit_batch(node, executor, vec![w], pipeline, pipe)).await
+                }
+                Err(e) => refuse(vec![w], &e),
+            }
         }
     } else {
         for w in batch {
             let _ = w.reply.send(Err(NodeError::TooLarge(why.clone())));
         }
-    }
-}
-
-/// Proposes a delta and waits until it is applied on this node; returns its log index.
-async fn propose(node: &NodeInner, delta: Bytes) -> Result<u64, NodeError> {
-    let write = node.raft.client_write(Command::Delta(delta));
-    let lost_quorum = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tick.tick().await;
-            if let Err(e) = node.check_quorum_contact() {
-                return e;
-            }
-        }
-    };
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(PROPOSE_TIMEOUT, write) => r,
-        e = lost_quorum => {
-            return Err(NodeError::unavailable(
-                format!("{e} (the write's outcome is unknown; retry with the same request id)"),
-                None,
-            ))
-        }
-    };
-    match outcome {
-        Err(_) => Err(NodeError::unavailable(
-            "the write was proposed but not committed in time (outcome unknown; retry with the same request id)",
-            node.leader_hint(),
-        )),
-        Ok(Err(e)) => Err(NodeError::unavailable(
-            format!("the write could not be committed: {e} (retry with the same request id)"),
-            node.leader_hint(),
-        )),
-        Ok(Ok(resp)) => match resp.data {
-            ApplyResult::Applied => Ok(resp.log_id.index),
-            ApplyResult::Stale | ApplyResult::NoOp => Err(NodeError::unavailable(
-                "the write raced with a leadership change and was not applied; retry",
-                node.leader_hint(),
-            )),
-        },
     }
 }

@@ -50,6 +50,8 @@ pub struct StateMachine {
     membership: StoredMembership,
     /// Database version after the last applied entry.
     db_version: u64,
+    /// The database's tag after the last applied entry (see `db::delta`).
+    db_tag: u64,
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
@@ -69,9 +71,10 @@ fn lock_files(lock: &SnapshotFilesLock) -> std::sync::MutexGuard<'_, ()> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// This leader's proposals in flight, by base version: the span their apply joins (tracing),
-/// and who waits to hear that the entry is committed. Only a leader registers (its pipeline is
-/// one delta deep); a follower's applies have nobody waiting.
+/// This leader's proposals in flight, by their delta's tag: the span their apply joins
+/// (tracing), and who waits to hear that the entry is committed. Only a leader registers; a
+/// follower's applies have nobody waiting. By tag, not by base version: a delta of another
+/// leader on the same version (after this one's was lost) must not answer for it.
 #[derive(Clone, Default)]
 pub struct Proposals(Arc<std::sync::Mutex<std::collections::HashMap<u64, Proposal>>>);
 
@@ -81,18 +84,14 @@ struct Proposal {
 }
 
 impl Proposals {
-    /// Registers the proposal of the delta on `base_version`. The receiver gets its log index
+    /// Registers the proposal of the delta tagged `tag`. The receiver gets its log index
     /// when the entry is committed and about to be applied: the write path answers its clients
     /// then, without waiting for the apply (durability is the quorum's: it is on their disks).
     /// It hears nothing when the delta turns out stale (a leadership change raced it).
-    pub fn register(
-        &self,
-        base_version: u64,
-        span: tracing::Span,
-    ) -> tokio::sync::oneshot::Receiver<u64> {
+    pub fn register(&self, tag: u64, span: tracing::Span) -> tokio::sync::oneshot::Receiver<u64> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.lock().insert(
-            base_version,
+            tag,
             Proposal {
                 span,
                 committed: Some(tx),
@@ -101,21 +100,21 @@ impl Proposals {
         rx
     }
 
-    pub fn forget(&self, base_version: u64) {
-        self.lock().remove(&base_version);
+    pub fn forget(&self, tag: u64) {
+        self.lock().remove(&tag);
     }
 
     /// The proposal's span, and its commit notice when the delta will be applied.
     fn committing(
         &self,
-        base_version: u64,
+        tag: u64,
         will_apply: bool,
     ) -> (
         Option<tracing::Span>,
         Option<tokio::sync::oneshot::Sender<u64>>,
     ) {
         let mut proposals = self.lock();
-        match proposals.get_mut(&base_version) {
+        match proposals.get_mut(&tag) {
             None => (None, None),
             Some(p) => (
                 Some(p.span.clone()),
@@ -161,7 +160,7 @@ impl StateMachine {
         use anyhow::Context;
         std::fs::create_dir_all(&snapshot_dir)?;
         let recorded: AppliedState = store.read_meta(KEY_STATE)?.unwrap_or_default();
-        let db_version = db.version().await.context("read the database version")?;
+        let (db_version, db_tag) = db.state().await.context("read the database version")?;
         let mut sm = Self {
             db,
             store,
@@ -169,6 +168,7 @@ impl StateMachine {
             last_applied: recorded.last_applied,
             membership: recorded.membership,
             db_version,
+            db_tag,
             receiving: None,
             applied_tx,
             proposals: Proposals::default(),
@@ -204,11 +204,8 @@ impl StateMachine {
                 self.membership = StoredMembership::default();
             }
         }
-        self.db_version = self
-            .db
-            .version()
-            .await
-            .context("read the database version")?;
+        (self.db_version, self.db_tag) =
+            self.db.state().await.context("read the database version")?;
         self.persist(Sync::Durable)?;
         Ok(())
     }
@@ -352,8 +349,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     })?;
                     let base_version = delta.base_version;
                     let next_version = base_version + 1;
-                    let will_apply = base_version == self.db_version;
-                    let (span, committed) = self.proposals.committing(base_version, will_apply);
+                    let tag = delta.tag;
+                    // Exactly the applier's check (`db::apply`), on the state it keeps here.
+                    let will_apply = base_version == self.db_version
+                        && (delta.parent_tag == 0 || delta.parent_tag == self.db_tag);
+                    let (span, committed) = self.proposals.committing(tag, will_apply);
                     if let Some(committed) = committed {
                         let _ = committed.send(entry.log_id.index);
                     }
@@ -373,6 +373,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     match outcome {
                         Ok(ApplyOutcome::Applied) => {
                             self.db_version = next_version;
+                            if tag != 0 {
+                                self.db_tag = tag;
+                            }
                             ApplyResult::Applied
                         }
                         Ok(ApplyOutcome::Skipped) => {
@@ -493,11 +496,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snap_err(Some(meta), format!("install snapshot image: {e}")))?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.db_version = self
-            .db
-            .version()
-            .await
-            .map_err(|e| snap_err(Some(meta), e))?;
+        (self.db_version, self.db_tag) =
+            self.db.state().await.map_err(|e| snap_err(Some(meta), e))?;
         self.persist(Sync::Durable)?;
         {
             let _files = lock_files(&self.snapshot_files);
