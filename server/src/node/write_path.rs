@@ -111,8 +111,8 @@ pub(crate) async fn run_batcher(
 #[derive(Default)]
 struct Pipe {
     /// One task per delta in flight, oldest first: answers its requests when the entry is
-    /// committed or failed, and yields whether it was committed.
-    in_flight: VecDeque<JoinHandle<bool>>,
+    /// committed or failed, and yields its log index if it was committed.
+    in_flight: VecDeque<JoinHandle<Option<u64>>>,
     /// `Some` when the next batch may run on top of what is in flight, with the link of the
     /// last delta proposed (`None` inside when that batch produced no delta). `None` after a
     /// failure, a delta that cannot be stacked on, or at the start: settle first.
@@ -140,21 +140,29 @@ impl Pipe {
         }
     }
 
-    /// Waits for the oldest delta in flight; a failed one ends the chain.
-    async fn pop(&mut self) {
-        if let Some(task) = self.in_flight.pop_front() {
-            if !task.await.unwrap_or(false) {
-                self.stack = None;
-            }
+    /// Waits for the oldest delta in flight: its log index, or `None` if it failed, which
+    /// ends the chain.
+    async fn pop(&mut self) -> Option<u64> {
+        let task = self.in_flight.pop_front()?;
+        let committed = task.await.ok().flatten();
+        if committed.is_none() {
+            self.stack = None;
         }
+        committed
     }
 
-    /// Waits for every delta in flight; the next batch settles first.
-    async fn drain(&mut self) {
+    /// Waits for every delta in flight; the next batch settles first. Returns the last one's
+    /// log index if all of them were committed.
+    async fn drain(&mut self) -> Option<Option<u64>> {
+        let mut last = Some(None);
         while !self.in_flight.is_empty() {
-            self.pop().await;
+            match self.pop().await {
+                Some(index) => last = last.map(|_| Some(index)),
+                None => last = None,
+            }
         }
         self.stack = None;
+        last
     }
 }
 
@@ -228,8 +236,24 @@ async fn commit_batch(
     let executed_us = started.elapsed().as_micros() as u64;
     let Some(delta) = delta else {
         // Nothing to replicate; the chain in flight is unchanged.
-        pipe.stack = Some(None);
-        return answer(batch, outcomes, Ok(node.applied_index()));
+        if pipe.in_flight.is_empty() {
+            pipe.stack = Some(None);
+            return answer(batch, outcomes, Ok(node.applied_index()));
+        }
+        // The outcomes were found on deltas still in flight (a retried request id recorded by
+        // one, a constraint one of them broke): they stand only once those are committed.
+        let committed = match pipe.drain().await {
+            Some(Some(index)) => node
+                .wait_applied(index, PROPOSE_TIMEOUT)
+                .await
+                .map(|()| node.applied_index()),
+            Some(None) => Ok(node.applied_index()),
+            None => Err(NodeError::unavailable(
+                "an earlier write this one depends on was not committed; retry",
+                node.leader_hint(),
+            )),
+        };
+        return answer(batch, outcomes, committed);
     };
     let tag = delta.tag;
     let bytes = Bytes::from(delta.encode());
@@ -308,22 +332,22 @@ pub(crate) async fn replicate(
 
 /// Sends a delta to Raft — in call order: a delta captured on top of another is proposed
 /// after it — and returns the task that calls `on_commit` when it is committed or failed
-/// (and yields whether it was committed).
+/// (and yields its log index if it was committed).
 async fn propose(
     node: &Arc<NodeInner>,
     tag: u64,
     bytes: Bytes,
     on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
-) -> JoinHandle<bool> {
+) -> JoinHandle<Option<u64>> {
     let (committed, sent) = send(node, tag, bytes).await;
     let node = node.clone();
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
             let result = until_committed(&node, tag, sent, committed).await;
-            let ok = result.is_ok();
+            let index = result.as_ref().ok().copied();
             on_commit(result);
-            ok
+            index
         }
         .instrument(span),
     )
@@ -460,7 +484,8 @@ async fn settled(node: &NodeInner, within: Duration) -> bool {
     }
 }
 
-/// Answers every request of a batch: its own outcome, or the batch's commit error.
+/// Answers every request of a batch: its own outcome, or the batch's commit error (which
+/// voids any outcome: the batch may have run on top of deltas that were lost with it).
 fn answer(
     batch: Vec<PendingWrite>,
     outcomes: Vec<WriteOutcome>,
@@ -468,8 +493,9 @@ fn answer(
 ) {
     for (w, outcome) in batch.into_iter().zip(outcomes) {
         let reply = match (outcome, &committed) {
-            (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
+            // First: an outcome found on deltas in flight is void if they were not committed.
             (_, Err(e)) => Err(clone_unavailable(e)),
+            (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
             (WriteOutcome::Executed(results), Ok(index)) => Ok(WriteReply {
                 results,
                 log_index: *index,
