@@ -114,15 +114,26 @@ pub(crate) fn finish(
     if read_page(conn, 1)? != start.page1 {
         pgnos.insert(1);
     }
-    // Checked on the page count, before a byte is read: an oversized transaction costs no
-    // memory here.
-    let bytes = pgnos.len().saturating_mul(page_size as usize);
-    if bytes > max_bytes {
-        return Err(DbError::TooLarge(format!(
-            "the write changes {bytes} bytes of pages, over the limit of {max_bytes} bytes \
-             (max_delta_bytes); split it into smaller transactions"
-        )));
+    // Checked on the page count, before a byte is read (an oversized transaction costs no
+    // memory here), leaving out the pipeline's pages (bounded), which may not have changed;
+    // checked again once they are known.
+    let too_large = |pages: usize| {
+        let bytes = pages.saturating_mul(page_size as usize);
+        (bytes > max_bytes).then(|| {
+            DbError::TooLarge(format!(
+                "the write changes {bytes} bytes of pages, over the limit of {max_bytes} bytes \
+                 (max_delta_bytes); split it into smaller transactions"
+            ))
+        })
+    };
+    let own = pgnos
+        .iter()
+        .filter(|p| !overlay.pages.contains_key(p))
+        .count();
+    if let Some(e) = too_large(own) {
+        return Err(e);
     }
+    let bytes = pgnos.len().saturating_mul(page_size as usize);
     let mut images = (bytes <= MAX_LINK_BYTES).then(Vec::new);
     let mut pages = Vec::with_capacity(pgnos.len());
     let base_pages = BaseReader::begin(base)?;
@@ -147,6 +158,9 @@ pub(crate) fn finish(
         pages.push((pgno, image));
     }
     base_pages.end()?;
+    if let Some(e) = too_large(pages.len()) {
+        return Err(e);
+    }
     let delta = PageDelta {
         page_size,
         db_pages,

@@ -799,6 +799,17 @@ impl NodeInner {
         guard.0 = guard.0.max(index);
     }
 
+    /// The read-your-writes token of a write that found its answer without a delta of its
+    /// own (a retried request id, a failure): everything it saw is committed up to here.
+    pub(crate) fn committed_token(&self) -> u64 {
+        let noted = self
+            .leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        noted.max(self.applied_index())
+    }
+
     /// On a ready leader that holds its read lease (see `lease.rs`): the read index of a
     /// linearizable read, without a quorum round. The highest index it answered a write for
     /// (it answers at commit, a moment before it applies) or, if higher, its applied index.

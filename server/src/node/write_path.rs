@@ -124,8 +124,13 @@ impl Pipe {
     /// answer it with, unexecuted.
     async fn next(&mut self, node: &NodeInner) -> Result<Pipeline, NodeError> {
         loop {
-            while self.in_flight.front().is_some_and(|t| t.is_finished()) {
-                self.pop().await;
+            // Any delta in flight that already failed ends the chain, not only the oldest.
+            while let Some(at) = self.in_flight.iter().position(|t| t.is_finished()) {
+                if let Some(task) = self.in_flight.remove(at) {
+                    if task.await.ok().flatten().is_none() {
+                        self.stack = None;
+                    }
+                }
             }
             if self.stack.is_none() {
                 self.drain().await;
@@ -211,6 +216,7 @@ async fn commit_batch(
 ) {
     let started = Instant::now();
     let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
+    let on_top = matches!(pipeline, Pipeline::OnTop(_));
     let executed = executor.execute_batch_on(requests, pipeline).await;
     let ExecutedBatch {
         delta,
@@ -223,8 +229,18 @@ async fn commit_batch(
             return too_large(node, executor, batch, why, pipe).await;
         }
         Err(e) => {
-            tracing::error!(error = %e, "executing a write batch failed");
             pipe.stack = None;
+            // On top of deltas in flight, the chain may be out of step with the database
+            // after a leadership change (`db::chain`): nothing ran, and a retry settles first.
+            if on_top {
+                tracing::warn!(error = %e, "executing a write batch on the pipeline failed");
+                let error = NodeError::unavailable(
+                    format!("the write did not run: {e}"),
+                    node.leader_hint(),
+                );
+                return refuse(batch, &error);
+            }
+            tracing::error!(error = %e, "executing a write batch failed");
             for w in batch {
                 let _ = w.reply.send(Err(NodeError::Internal(format!(
                     "executing the write failed: {e}"
@@ -235,19 +251,16 @@ async fn commit_batch(
     };
     let executed_us = started.elapsed().as_micros() as u64;
     let Some(delta) = delta else {
-        // Nothing to replicate; the chain in flight is unchanged.
+        // Nothing to replicate; the chain in flight is unchanged. The outcomes may have been
+        // found on deltas still in flight (a retried request id recorded by one, a constraint
+        // one of them broke): they stand only once those are committed, and the answer's
+        // index covers them.
         if pipe.in_flight.is_empty() {
             pipe.stack = Some(None);
-            return answer(batch, outcomes, Ok(node.applied_index()));
+            return answer(batch, outcomes, Ok(node.committed_token()));
         }
-        // The outcomes were found on deltas still in flight (a retried request id recorded by
-        // one, a constraint one of them broke): they stand only once those are committed.
         let committed = match pipe.drain().await {
-            Some(Some(index)) => node
-                .wait_applied(index, PROPOSE_TIMEOUT)
-                .await
-                .map(|()| node.applied_index()),
-            Some(None) => Ok(node.applied_index()),
+            Some(_) => Ok(node.committed_token()),
             None => Err(NodeError::unavailable(
                 "an earlier write this one depends on was not committed; retry",
                 node.leader_hint(),
