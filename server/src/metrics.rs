@@ -50,6 +50,13 @@ pub struct ReadIndexLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchBaseLabels {
+    /// committed (executed on the committed database) or in_flight (on top of deltas still
+    /// in flight: the write pipeline).
+    pub base: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// ok or error.
     pub outcome: &'static str,
@@ -88,6 +95,7 @@ pub struct Metrics {
     read_indexes: Family<ReadIndexLabels, Counter>,
     batch_size: Histogram,
     batch_duration: Histogram,
+    batches: Family<BatchBaseLabels, Counter>,
     requests_shed: Counter,
     request_deadlines: Counter,
 }
@@ -127,6 +135,7 @@ impl Metrics {
             read_indexes: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_duration: latency_histogram(),
+            batches: Family::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
         };
@@ -235,9 +244,15 @@ impl Metrics {
         );
         r.register_with_unit(
             "write_batch_duration",
-            "Execute, replicate and apply one group commit (leader)",
+            "Execute and commit one group commit, until its requests are answered (leader)",
             Unit::Seconds,
             m.batch_duration.clone(),
+        );
+        r.register(
+            "write_batches",
+            "Group commits this leader proposed, by what they were executed on: the committed \
+             database, or deltas still in flight (the write pipeline)",
+            m.batches.clone(),
         );
         r.register(
             "read_indexes",
@@ -288,6 +303,15 @@ impl Metrics {
     pub fn observe_batch(&self, requests: usize, elapsed: Duration) {
         self.batch_size.observe(requests as f64);
         self.batch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn batch_proposed(&self, on_deltas_in_flight: bool) {
+        let base = if on_deltas_in_flight {
+            "in_flight"
+        } else {
+            "committed"
+        };
+        self.batches.get_or_create(&BatchBaseLabels { base }).inc();
     }
 
     pub fn snapshot_received(&self) {

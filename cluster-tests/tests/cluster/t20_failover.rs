@@ -9,7 +9,7 @@ use cluster_tests::{init_tracing, wait_until, Checker, Cluster, ClusterOptions};
 use tracing::info;
 
 /// Concurrent writers, each with its own client that knows every node.
-const WRITERS: usize = 4;
+const WRITERS: usize = 8;
 /// Acknowledged writes wanted before the kill, and again after it.
 const WRITES_PER_PHASE: usize = 100;
 

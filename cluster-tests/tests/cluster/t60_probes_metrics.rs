@@ -110,7 +110,7 @@ async fn readiness_liveness_and_metrics() {
         .await
         .expect("create the table");
     checker
-        .write_many(&client, "scraped", 20)
+        .write_many(&client, "scraped", 200)
         .await
         .expect("writes");
     checker
@@ -143,6 +143,12 @@ async fn readiness_liveness_and_metrics() {
     assert!(value(&text, "raftlite_applied_index ") >= 2.0, "{text}");
     assert!(value(&text, "raftlite_commit_index ") >= value(&text, "raftlite_applied_index "));
     assert!(value(&text, "raftlite_write_batch_size_count ") >= 1.0);
+    // Four concurrent writers: batches are executed on top of deltas still in flight.
+    let stacked = value(&text, "raftlite_write_batches_total{base=\"in_flight\"} ");
+    assert!(
+        stacked >= 1.0,
+        "no batch ran on the write pipeline:\n{text}"
+    );
     // The default archive (file://<data_dir>/archive) catches up within its flush interval:
     // the leader's archive gauges reach the applied index and show no failure.
     let applied = value(&text, "raftlite_applied_index ");

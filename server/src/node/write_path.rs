@@ -268,7 +268,7 @@ async fn commit_batch(
         };
         return answer(batch, outcomes, committed);
     };
-    let tag = delta.tag;
+    let (tag, stacked) = (delta.tag, delta.parent_tag != 0);
     let bytes = Bytes::from(delta.encode());
     let limit = node.config.max_delta_bytes;
     if bytes.len() > limit {
@@ -288,6 +288,7 @@ async fn commit_batch(
     })
     .await;
     pipe.in_flight.push_back(task);
+    node.metrics.batch_proposed(stacked);
     pipe.stack = link.map(Some);
     tracing::debug!(batch_size, executed_us, "write batch proposed");
 }
