@@ -115,14 +115,22 @@ struct Pipe {
     in_flight: VecDeque<JoinHandle<Option<u64>>>,
     /// `Some` when the next batch may run on top of what is in flight, with the link of the
     /// last delta proposed (`None` inside when that batch produced no delta). `None` after a
-    /// failure, a delta that cannot be stacked on, or at the start: settle first.
+    /// failure, a delta that cannot be stacked on, a new term, or at the start: settle first.
     stack: Option<Option<Link>>,
+    /// The term the last batch was executed in.
+    term: u64,
 }
 
 impl Pipe {
     /// What the next batch executes on, once there is room in the pipeline; or the error to
     /// answer it with, unexecuted.
     async fn next(&mut self, node: &NodeInner) -> Result<Pipeline, NodeError> {
+        // A chain never crosses terms: what this node proposed in an earlier term may be lost
+        // (its successors would only be skipped as stale), so a new term settles first.
+        let term = node.raft.metrics().borrow().current_term;
+        if std::mem::replace(&mut self.term, term) != term {
+            self.stack = None;
+        }
         loop {
             // Any delta in flight that already failed ends the chain, not only the oldest.
             while let Some(at) = self.in_flight.iter().position(|t| t.is_finished()) {
