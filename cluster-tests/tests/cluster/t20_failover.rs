@@ -1,5 +1,6 @@
-//! t20: the leader is SIGKILLed in the middle of a write load; nothing acknowledged is lost. A
-//! leader killed and started again at once leads only after winning an election.
+//! t20: the leader is SIGKILLed, or paused and resumed, in the middle of a write load; nothing
+//! acknowledged is lost. A leader killed and started again at once leads only after winning an
+//! election.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,28 +34,7 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
         WRITERS,
         "phase 2: start concurrent writers through clients that know every node"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = tokio::task::JoinSet::new();
-    for writer in 0..WRITERS {
-        let (checker, client, stop) = (checker.clone(), cluster.client(), stop.clone());
-        writers.spawn(async move {
-            let mut failures = Vec::new();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("w{writer}-{n}");
-                n += 1;
-                // A failure is an unknown outcome (the checker allows the key at most once);
-                // the client already retried it under the same request id until its deadline.
-                if let Err(e) = checker
-                    .write(&client, &key, &format!("{key} by writer {writer}"))
-                    .await
-                {
-                    failures.push(format!("{key}: {e}"));
-                }
-            }
-            failures
-        });
-    }
+    let writers = Writers::start(&cluster, &checker, WRITERS);
     wait_until(
         "the first acknowledged writes",
         Duration::from_secs(20),
@@ -96,11 +76,7 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     .expect("the writers make progress after the failover");
 
     info!("phase 6: stop the writers");
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    while let Some(done) = writers.join_next().await {
-        failures.extend(done.expect("writer task"));
-    }
+    let failures = writers.stop().await;
     info!(
         sent = checker.sent_count(),
         acked = checker.acked_count(),
@@ -137,6 +113,134 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     assert_eq!(report.acked, checker.acked_count());
     cluster.assert_identical_pages().await;
     info!(?report, ?elected_after, "t20 done");
+}
+
+/// Concurrent writers, each with its own client that knows every node, writing new keys
+/// until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<Vec<String>>,
+}
+
+impl Writers {
+    fn start(cluster: &Cluster, checker: &Checker, count: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..count {
+            let (checker, client, stop) = (checker.clone(), cluster.client(), stop.clone());
+            tasks.spawn(async move {
+                let mut failures = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{writer}-{n}");
+                    n += 1;
+                    // A failure is an unknown outcome (the checker allows the key at most
+                    // once); the client already retried it under the same request id until
+                    // its deadline.
+                    if let Err(e) = checker
+                        .write(&client, &key, &format!("{key} by writer {writer}"))
+                        .await
+                    {
+                        failures.push(format!("{key}: {e}"));
+                    }
+                }
+                failures
+            });
+        }
+        Writers { stop, tasks }
+    }
+
+    /// Stops the writers; returns the writes that failed for good.
+    async fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        while let Some(done) = self.tasks.join_next().await {
+            failures.extend(done.expect("writer task"));
+        }
+        failures
+    }
+}
+
+async fn acked_at_least(checker: &Checker, what: &str, count: usize) {
+    wait_until(what, Duration::from_secs(30), || async {
+        Ok((checker.acked_count() >= count).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The write pipeline across a leadership change without a crash: the leader is paused
+/// (SIGSTOP) with deltas in flight, the others elect a new leader and go on writing, and the
+/// old leader resumes with its chain of uncommitted deltas still in memory. Those deltas are
+/// lost, the batches it stacks on them are skipped on every node, its clients retry elsewhere
+/// under the same request ids: every acknowledged write is there exactly once, and the
+/// replicas are byte-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_paused_under_write_load_resumes_as_a_follower_and_loses_nothing() {
+    init_tracing();
+    info!("phase 1: three nodes, a leader, the audited table, {WRITERS} writers");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let old_leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let checker = Checker::new("paused_kv");
+    checker
+        .create_table(&cluster.client())
+        .await
+        .expect("create the table");
+    let writers = Writers::start(&cluster, &checker, WRITERS);
+    acked_at_least(&checker, "writes before the pause", WRITES_PER_PHASE).await;
+
+    info!(
+        old_leader,
+        "phase 2: SIGSTOP the leader while the writers run"
+    );
+    let pid = cluster.node(old_leader).pid().expect("running");
+    // SAFETY: kill(2) on a child process this harness started; no memory involved.
+    let stopped = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    assert_eq!(stopped, 0, "SIGSTOP the leader");
+    // Only a new leader among the other two can acknowledge these.
+    let acked = checker.acked_count();
+    acked_at_least(
+        &checker,
+        "writes under a new leader",
+        acked + WRITES_PER_PHASE,
+    )
+    .await;
+
+    info!("phase 3: the old leader resumes with its chain in memory");
+    // SAFETY: as above.
+    let resumed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    assert_eq!(resumed, 0, "SIGCONT the old leader");
+    let acked = checker.acked_count();
+    acked_at_least(
+        &checker,
+        "writes after the resume",
+        acked + WRITES_PER_PHASE,
+    )
+    .await;
+    let failures = writers.stop().await;
+    assert!(
+        failures.is_empty(),
+        "with a 20 s retry deadline no write should fail for good: {failures:?}"
+    );
+
+    info!("phase 4: converge and audit every node, the old leader included");
+    cluster
+        .wait_converged(Duration::from_secs(30))
+        .await
+        .expect("all three nodes converge");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("no acknowledged write lost or doubled");
+    assert_eq!(report.nodes.len(), 3);
+    cluster.assert_identical_pages().await;
+    for id in cluster.ids() {
+        cluster.node(id).ensure_alive().expect("no node exited");
+    }
+    info!(?report, "paused leader audited");
 }
 
 /// Writers in the burst that precedes the double kill.
