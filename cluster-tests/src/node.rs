@@ -87,6 +87,14 @@ impl NodeProcess {
         self.child().as_ref().map(Child::id)
     }
 
+    /// Sends `sig` to the running process (SIGSTOP pauses it, SIGCONT resumes it).
+    pub fn send_signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        match self.child().as_ref() {
+            Some(child) => signal(child, sig),
+            None => anyhow::bail!("node {} is not running", self.id),
+        }
+    }
+
     /// True while the process the harness started is alive.
     pub fn is_running(&self) -> bool {
         matches!(self.exit_status(), Ok(None))

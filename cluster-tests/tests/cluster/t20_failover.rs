@@ -19,16 +19,7 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     init_tracing();
 
     info!("phase 1: start three nodes, wait for a leader, create the audited table");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let old_leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let checker = Checker::new("failover_kv");
-    checker
-        .create_table(&cluster.client())
-        .await
-        .expect("create the table");
+    let (cluster, old_leader, checker) = three_nodes_with("failover_kv").await;
 
     info!(
         WRITERS,
@@ -115,6 +106,21 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     info!(?report, ?elected_after, "t20 done");
 }
 
+/// Three nodes, their leader, and the audited table `table`.
+async fn three_nodes_with(table: &str) -> (Cluster, u64, Checker) {
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let checker = Checker::new(table);
+    checker
+        .create_table(&cluster.client())
+        .await
+        .expect("create the table");
+    (cluster, leader, checker)
+}
+
 /// Concurrent writers, each with its own client that knows every node, writing new keys
 /// until stopped.
 struct Writers {
@@ -161,7 +167,9 @@ impl Writers {
     }
 }
 
-async fn acked_at_least(checker: &Checker, what: &str, count: usize) {
+/// Waits for [`WRITES_PER_PHASE`] more acknowledged writes than now.
+async fn more_acked(checker: &Checker, what: &str) {
+    let count = checker.acked_count() + WRITES_PER_PHASE;
     wait_until(what, Duration::from_secs(30), || async {
         Ok((checker.acked_count() >= count).then_some(()))
     })
@@ -179,47 +187,26 @@ async fn acked_at_least(checker: &Checker, what: &str, count: usize) {
 async fn leader_paused_under_write_load_resumes_as_a_follower_and_loses_nothing() {
     init_tracing();
     info!("phase 1: three nodes, a leader, the audited table, {WRITERS} writers");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let old_leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let checker = Checker::new("paused_kv");
-    checker
-        .create_table(&cluster.client())
-        .await
-        .expect("create the table");
+    let (cluster, old_leader, checker) = three_nodes_with("paused_kv").await;
     let writers = Writers::start(&cluster, &checker, WRITERS);
-    acked_at_least(&checker, "writes before the pause", WRITES_PER_PHASE).await;
+    more_acked(&checker, "writes before the pause").await;
 
     info!(
         old_leader,
         "phase 2: SIGSTOP the leader while the writers run"
     );
-    let pid = cluster.node(old_leader).pid().expect("running");
-    // SAFETY: kill(2) on a child process this harness started; no memory involved.
-    let stopped = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-    assert_eq!(stopped, 0, "SIGSTOP the leader");
+    let paused = cluster.node(old_leader);
+    paused
+        .send_signal(libc::SIGSTOP)
+        .expect("SIGSTOP the leader");
     // Only a new leader among the other two can acknowledge these.
-    let acked = checker.acked_count();
-    acked_at_least(
-        &checker,
-        "writes under a new leader",
-        acked + WRITES_PER_PHASE,
-    )
-    .await;
+    more_acked(&checker, "writes under a new leader").await;
 
     info!("phase 3: the old leader resumes with its chain in memory");
-    // SAFETY: as above.
-    let resumed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-    assert_eq!(resumed, 0, "SIGCONT the old leader");
-    let acked = checker.acked_count();
-    acked_at_least(
-        &checker,
-        "writes after the resume",
-        acked + WRITES_PER_PHASE,
-    )
-    .await;
+    paused
+        .send_signal(libc::SIGCONT)
+        .expect("SIGCONT the old leader");
+    more_acked(&checker, "writes after the resume").await;
     let failures = writers.stop().await;
     assert!(
         failures.is_empty(),
@@ -253,16 +240,7 @@ async fn two_of_three_sigkilled_right_after_a_burst_lose_nothing() {
     init_tracing();
 
     info!("phase 1: start three nodes, wait for a leader, create the audited table");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let checker = Checker::new("double_kill_kv");
-    checker
-        .create_table(&cluster.client())
-        .await
-        .expect("create the table");
+    let (cluster, leader, checker) = three_nodes_with("double_kill_kv").await;
 
     info!(
         BURST_WRITERS,
