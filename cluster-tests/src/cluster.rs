@@ -197,6 +197,11 @@ impl Cluster {
         if let Some(n) = o.max_request_bytes {
             args.extend(["--max-request-bytes".into(), n.to_string().into()]);
         }
+        // The write pipeline is off by default (it pays only where nodes have cores of their
+        // own); the scenarios run it, so that every failure they inject meets it.
+        if !o.extra_args.iter().any(|a| a == "--write-pipeline-depth") {
+            args.extend(["--write-pipeline-depth".into(), "3".into()]);
+        }
         // Nodes share the host: no /metrics on the default port unless a scenario asks.
         if !o.extra_args.iter().any(|a| a == "--metrics-addr") {
             args.extend(["--metrics-addr".into(), "off".into()]);

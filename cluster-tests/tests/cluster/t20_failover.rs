@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{init_tracing, wait_until, Checker, Cluster, ClusterOptions};
+use cluster_tests::{
+    init_tracing, metric_value, metrics_addr, scrape, wait_until, Checker, Cluster, ClusterOptions,
+};
 use tracing::info;
 
 /// Concurrent writers, each with its own client that knows every node.
@@ -19,7 +21,8 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     init_tracing();
 
     info!("phase 1: start three nodes, wait for a leader, create the audited table");
-    let (cluster, old_leader, checker) = three_nodes_with("failover_kv").await;
+    let (cluster, old_leader, checker) =
+        three_nodes_with("failover_kv", ClusterOptions::default()).await;
 
     info!(
         WRITERS,
@@ -107,8 +110,8 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
 }
 
 /// Three nodes, their leader, and the audited table `table`.
-async fn three_nodes_with(table: &str) -> (Cluster, u64, Checker) {
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+async fn three_nodes_with(table: &str, options: ClusterOptions) -> (Cluster, u64, Checker) {
+    let cluster = Cluster::start(3, options).expect("start the cluster");
     let leader = cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
@@ -177,19 +180,29 @@ async fn more_acked(checker: &Checker, what: &str) {
     .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// The write pipeline across a leadership change without a crash: the leader is paused
-/// (SIGSTOP) with deltas in flight, the others elect a new leader and go on writing, and the
-/// old leader resumes with its chain of uncommitted deltas still in memory. Those deltas are
-/// lost, the batches it stacks on them are skipped on every node, its clients retry elsewhere
-/// under the same request ids: every acknowledged write is there exactly once, and the
-/// replicas are byte-identical.
+/// The write pipeline across a leadership change without a crash: the leader, which has been
+/// executing batches on top of deltas in flight, is paused (SIGSTOP) with deltas in flight;
+/// the others elect a new leader and go on writing, and the old leader resumes with its chain
+/// still in memory. Its deltas in flight are committed by the new leader or lost, its clients
+/// retry elsewhere under the same request ids, and it follows: every acknowledged write is
+/// there exactly once, and the replicas are byte-identical.
 #[tokio::test(flavor = "multi_thread")]
-async fn leader_paused_under_write_load_resumes_as_a_follower_and_loses_nothing() {
+async fn leader_paused_under_write_load_loses_nothing_when_it_resumes() {
     init_tracing();
     info!("phase 1: three nodes, a leader, the audited table, {WRITERS} writers");
-    let (cluster, old_leader, checker) = three_nodes_with("paused_kv").await;
+    let metrics = ClusterOptions {
+        extra_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        ..ClusterOptions::default()
+    };
+    let (cluster, old_leader, checker) = three_nodes_with("paused_kv", metrics).await;
     let writers = Writers::start(&cluster, &checker, WRITERS);
     more_acked(&checker, "writes before the pause").await;
+    let text = scrape(&metrics_addr(&cluster, old_leader)).await;
+    let stacked = metric_value(&text, "raftlite_write_batches_total{base=\"in_flight\"} ");
+    assert!(
+        stacked >= 1.0,
+        "the leader never used the write pipeline:\n{text}"
+    );
 
     info!(
         old_leader,
@@ -223,11 +236,16 @@ async fn leader_paused_under_write_load_resumes_as_a_follower_and_loses_nothing(
         .await
         .expect("no acknowledged write lost or doubled");
     assert_eq!(report.nodes.len(), 3);
+    assert_eq!(report.acked, checker.acked_count());
     cluster.assert_identical_pages().await;
     for id in cluster.ids() {
         cluster.node(id).ensure_alive().expect("no node exited");
     }
-    info!(?report, "paused leader audited");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    info!(?report, leader, "paused leader audited");
 }
 
 /// Writers in the burst that precedes the double kill.
@@ -240,7 +258,8 @@ async fn two_of_three_sigkilled_right_after_a_burst_lose_nothing() {
     init_tracing();
 
     info!("phase 1: start three nodes, wait for a leader, create the audited table");
-    let (cluster, leader, checker) = three_nodes_with("double_kill_kv").await;
+    let (cluster, leader, checker) =
+        three_nodes_with("double_kill_kv", ClusterOptions::default()).await;
 
     info!(
         BURST_WRITERS,

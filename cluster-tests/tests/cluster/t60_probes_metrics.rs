@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    init_tracing, wait_until, Checker, Cluster, ClusterOptions, Consistency, Statement,
+    init_tracing, metric_value, metrics_addr, scrape, wait_until, Checker, Cluster, ClusterOptions,
+    Consistency, Statement,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -44,43 +44,6 @@ async fn wait_health(cluster: &Cluster, ids: &[u64], service: &str, want: Servin
     })
     .await
     .expect("health status");
-}
-
-/// The ephemeral port a node logged for `/metrics` (`--metrics-addr 127.0.0.1:0`).
-fn metrics_addr(cluster: &Cluster, id: u64) -> String {
-    let log = cluster.node(id).log_since_start();
-    let marker = "metrics served at http://";
-    let start = log.find(marker).expect("the node logs its metrics address") + marker.len();
-    let rest = &log[start..];
-    rest[..rest.find("/metrics").expect("address ends with /metrics")].to_owned()
-}
-
-async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: raftlite\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read the response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(
-        response.contains("application/openmetrics-text"),
-        "{response}"
-    );
-    response
-}
-
-/// The value of the series whose line starts with `series` (name and labels).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,34 +94,48 @@ async fn readiness_liveness_and_metrics() {
             .expect("a linearizable read on the leader");
     }
     let text = scrape(&metrics_addr(&cluster, leader)).await;
-    let leased = value(&text, "raftlite_read_indexes_total{source=\"lease\"} ");
+    let leased = metric_value(&text, "raftlite_read_indexes_total{source=\"lease\"} ");
     assert!(
         leased >= 10.0,
         "{leased} of 20 reads used the lease:\n{text}"
     );
-    assert_eq!(value(&text, "raftlite_is_leader "), 1.0);
-    assert_eq!(value(&text, "raftlite_leader_id "), leader as f64);
-    assert_eq!(value(&text, "raftlite_voters "), 3.0);
-    assert!(value(&text, "raftlite_term ") >= 1.0);
-    assert!(value(&text, "raftlite_applied_index ") >= 2.0, "{text}");
-    assert!(value(&text, "raftlite_commit_index ") >= value(&text, "raftlite_applied_index "));
-    assert!(value(&text, "raftlite_write_batch_size_count ") >= 1.0);
+    assert_eq!(metric_value(&text, "raftlite_is_leader "), 1.0);
+    assert_eq!(metric_value(&text, "raftlite_leader_id "), leader as f64);
+    assert_eq!(metric_value(&text, "raftlite_voters "), 3.0);
+    assert!(metric_value(&text, "raftlite_term ") >= 1.0);
+    assert!(
+        metric_value(&text, "raftlite_applied_index ") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "raftlite_commit_index ")
+            >= metric_value(&text, "raftlite_applied_index ")
+    );
+    assert!(metric_value(&text, "raftlite_write_batch_size_count ") >= 1.0);
     // Four concurrent writers: batches are executed on top of deltas still in flight.
-    let stacked = value(&text, "raftlite_write_batches_total{base=\"in_flight\"} ");
+    let stacked = metric_value(&text, "raftlite_write_batches_total{base=\"in_flight\"} ");
     assert!(
         stacked >= 1.0,
         "no batch ran on the write pipeline:\n{text}"
     );
     // The default archive (file://<data_dir>/archive) catches up within its flush interval:
     // the leader's archive gauges reach the applied index and show no failure.
-    let applied = value(&text, "raftlite_applied_index ");
+    let applied = metric_value(&text, "raftlite_applied_index ");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = scrape(&metrics_addr(&cluster, leader)).await;
-        let archived = value(&text, "raftlite_archive_archived_index ");
+        let archived = metric_value(&text, "raftlite_archive_archived_index ");
         if archived >= applied {
-            assert_eq!(value(&text, "raftlite_archive_failing "), 0.0, "{text}");
-            assert_eq!(value(&text, "raftlite_archive_lag_entries "), 0.0, "{text}");
+            assert_eq!(
+                metric_value(&text, "raftlite_archive_failing "),
+                0.0,
+                "{text}"
+            );
+            assert_eq!(
+                metric_value(&text, "raftlite_archive_lag_entries "),
+                0.0,
+                "{text}"
+            );
             break;
         }
         assert!(
@@ -168,13 +145,13 @@ async fn readiness_liveness_and_metrics() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        value(
+        metric_value(
             &text,
             "raftlite_write_duration_seconds_count{outcome=\"ok\"} "
         ) >= 1.0
     );
     for follower in all.iter().filter(|&&id| id != leader) {
-        let lag = value(
+        let lag = metric_value(
             &text,
             &format!("raftlite_replication_lag_entries{{follower=\"{follower}\"}} "),
         );
@@ -182,12 +159,12 @@ async fn readiness_liveness_and_metrics() {
     }
     let follower = *all.iter().find(|&&id| id != leader).expect("a follower");
     let text = scrape(&metrics_addr(&cluster, follower)).await;
-    assert_eq!(value(&text, "raftlite_is_leader "), 0.0);
-    assert_eq!(value(&text, "raftlite_leader_id "), leader as f64);
-    assert_eq!(value(&text, "raftlite_ready "), 1.0);
+    assert_eq!(metric_value(&text, "raftlite_is_leader "), 0.0);
+    assert_eq!(metric_value(&text, "raftlite_leader_id "), leader as f64);
+    assert_eq!(metric_value(&text, "raftlite_ready "), 1.0);
     // The checker reads every node's own data with `stale` reads.
     assert!(
-        value(
+        metric_value(
             &text,
             "raftlite_read_duration_seconds_count{consistency=\"stale\"} "
         ) >= 1.0

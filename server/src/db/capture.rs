@@ -133,8 +133,9 @@ pub(crate) fn finish(
     if let Some(e) = too_large(own) {
         return Err(e);
     }
-    let bytes = pgnos.len().saturating_mul(page_size as usize);
-    let mut images = (bytes <= MAX_LINK_BYTES).then(Vec::new);
+    // The pages' full images for the pipeline, while they stay within a link's size.
+    let mut images = Some(Vec::new());
+    let mut image_bytes = 0usize;
     let mut pages = Vec::with_capacity(pgnos.len());
     let base_pages = BaseReader::begin(base)?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
@@ -143,6 +144,10 @@ pub(crate) fn finish(
         let laid = overlay.pages.get(&pgno).filter(|_| pgno != 1);
         if laid.is_some_and(|before| before.as_slice() == data.as_slice()) {
             continue; // the overlay wrote it; this transaction did not change it
+        }
+        image_bytes += data.len();
+        if image_bytes > MAX_LINK_BYTES {
+            images = None;
         }
         if let Some(images) = images.as_mut() {
             images.push((pgno, data.clone()));

@@ -139,7 +139,7 @@ impl Chain {
         if first.base_version != version || (first.parent_tag != 0 && first.parent_tag != tag) {
             let found = (first.base_version, first.parent_tag);
             self.links.clear();
-            return Err(DbError::Internal(format!(
+            return Err(DbError::Stale(format!(
                 "the write pipeline is out of step with the database (a delta on version {} \
                  after tag {:#x} is in flight; the database is at version {version}, tag \
                  {tag:#x}); retry",

@@ -41,6 +41,10 @@ pub enum DbError {
     /// full); retrying later, or on another node, may succeed.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The work was prepared on a state that changed under it (the write pipeline's deltas in
+    /// flight after a leadership change): nothing ran, and a retry runs on the current state.
+    #[error("stale: {0}")]
+    Stale(String),
 }
 
 impl DbError {
@@ -78,7 +82,8 @@ impl DbError {
             | DbError::Corrupt(m)
             | DbError::Internal(m)
             | DbError::Timeout(m)
-            | DbError::Overloaded(m) => m,
+            | DbError::Overloaded(m)
+            | DbError::Stale(m) => m,
         }
     }
 

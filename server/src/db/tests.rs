@@ -2149,7 +2149,7 @@ async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
         )
         .await;
     ensure!(
-        matches!(&stale, Err(DbError::Internal(m)) if m.contains("out of step")),
+        matches!(&stale, Err(DbError::Stale(m)) if m.contains("out of step")),
         "{stale:?}"
     );
     c.write_one(&["INSERT INTO t(a) VALUES('settled')"]).await?;

@@ -407,6 +407,7 @@ pub fn db_error_to_status(e: DbError) -> Status {
         DbError::Internal(m) => Status::internal(m),
         DbError::Timeout(m) => Status::deadline_exceeded(m),
         DbError::Overloaded(m) => Status::resource_exhausted(m),
+        DbError::Stale(m) => Status::unavailable(m),
     }
 }
 

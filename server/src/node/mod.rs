@@ -218,6 +218,7 @@ impl Node {
             executor,
             queue,
             config.max_batch_requests,
+            config.write_pipeline_depth,
         ));
         Ok(Node { inner })
     }

@@ -7,10 +7,12 @@
 //! quorum's disks), every request gets its own result with the log index, before the leader
 //! applies it; reads that must see it wait for the applied index.
 //!
-//! Writes that arrive meanwhile form the next batch, and it does not wait for the first: the
-//! executor runs it on top of the deltas still in flight (up to [`PIPELINE_DEPTH`] of them;
-//! see `db::chain`), so capture, the Raft round trip and the apply of consecutive batches
-//! overlap. Proposals are sent to Raft in capture order. A delta captured on top of another
+//! Writes that arrive meanwhile form the next batch, and it does not wait for the first: while
+//! a delta is still waiting for its quorum, the executor runs the next batch on top of the
+//! deltas not yet applied (up to `write_pipeline_depth` in flight; see `db::chain`), so capture,
+//! the Raft round trip and the apply of consecutive batches overlap. Once everything is
+//! committed it waits for the leader's apply instead (already running, and cheaper than
+//! laying the pages again). Proposals are sent to Raft in capture order. A delta captured on top of another
 //! names that one's tag and applies only right after it; if one is lost (a leadership
 //! change, a lost quorum), those after it are skipped as stale on every node, their requests
 //! get UNAVAILABLE (a retry with the same request id is safe), and the next batch waits until
@@ -63,16 +65,17 @@ pub(crate) struct PendingWrite {
     pub span: tracing::Span,
 }
 
-/// Most deltas in flight (proposed, not yet committed) at once.
-pub(crate) const PIPELINE_DEPTH: usize = 3;
-
 pub(crate) async fn run_batcher(
     node: Arc<NodeInner>,
     executor: ExecutorHandle,
     mut queue: mpsc::Receiver<WriteJob>,
     max_batch: usize,
+    depth: usize,
 ) {
-    let mut pipe = Pipe::default();
+    let mut pipe = Pipe {
+        depth,
+        ..Pipe::default()
+    };
     while let Some(job) = queue.recv().await {
         let mut batch = Vec::new();
         // A transaction takes its turn in queue order: the writes before it commit first.
@@ -81,6 +84,12 @@ pub(crate) async fn run_batcher(
             WriteJob::Write(w) => batch.push(w),
             WriteJob::Begin(b) => begin = Some(b),
         }
+        // Where the batch runs is settled before it is collected: the writes that arrive while
+        // it waits for room in the pipeline, or for the leader's apply, join it.
+        let place = match batch.is_empty() {
+            true => None,
+            false => Some(pipe.next(&node).await),
+        };
         while begin.is_none() && batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(WriteJob::Write(w)) => batch.push(w),
@@ -88,7 +97,7 @@ pub(crate) async fn run_batcher(
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
+        if let Some(place) = place {
             // One span per group commit, in the trace of its first request; the others link
             // to it.
             let span =
@@ -96,7 +105,7 @@ pub(crate) async fn run_batcher(
             for w in &batch[1..] {
                 span.follows_from(&w.span);
             }
-            process_batch(&node, &executor, batch, &mut pipe)
+            process_batch(&node, &executor, batch, place, &mut pipe)
                 .instrument(span)
                 .await;
         }
@@ -119,6 +128,8 @@ struct Pipe {
     stack: Option<Option<Link>>,
     /// The term the last batch was executed in.
     term: u64,
+    /// Most deltas in flight at once (`write_pipeline_depth`); 1: none is stacked on.
+    depth: usize,
 }
 
 impl Pipe {
@@ -140,13 +151,20 @@ impl Pipe {
                     }
                 }
             }
-            if self.stack.is_none() {
+            // With every delta committed, only the leader's own applies are outstanding: they
+            // are running, and waiting for them costs less than laying their pages again.
+            if self.stack.is_none() || self.in_flight.is_empty() {
                 self.drain().await;
                 ready_to_capture(node).await?;
                 return Ok(Pipeline::Settled);
             }
-            if self.in_flight.len() < PIPELINE_DEPTH {
+            if self.in_flight.len() < self.depth {
                 node.wait_leader_ready().await?;
+                let now = node.raft.metrics().borrow().current_term;
+                if std::mem::replace(&mut self.term, now) != now {
+                    self.stack = None;
+                    continue;
+                }
                 return Ok(Pipeline::OnTop(self.stack.take().flatten()));
             }
             self.pop().await;
@@ -183,13 +201,14 @@ async fn process_batch(
     node: &Arc<NodeInner>,
     executor: &ExecutorHandle,
     batch: Vec<PendingWrite>,
+    place: Result<Pipeline, NodeError>,
     pipe: &mut Pipe,
 ) {
     let (vacuums, writes): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .partition(|w| crate::db::is_vacuum(&w.request));
     if !writes.is_empty() {
-        match pipe.next(node).await {
+        match place {
             Ok(pipeline) => commit_batch(node, executor, writes, pipeline, pipe).await,
             Err(e) => refuse(writes, &e),
         }
@@ -224,7 +243,6 @@ async fn commit_batch(
 ) {
     let started = Instant::now();
     let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
-    let on_top = matches!(pipeline, Pipeline::OnTop(_));
     let executed = executor.execute_batch_on(requests, pipeline).await;
     let ExecutedBatch {
         delta,
@@ -236,18 +254,19 @@ async fn commit_batch(
             // Nothing of it was proposed: what is in flight is unchanged.
             return too_large(node, executor, batch, why, pipe).await;
         }
+        Err(crate::db::DbError::Stale(why)) => {
+            // The chain was out of step with the database (a leadership change): nothing ran,
+            // and a retry settles first.
+            pipe.stack = None;
+            tracing::warn!(reason = %why, "a write batch on the pipeline did not run");
+            let error = NodeError::unavailable(
+                format!("the write did not run: {why}; retry"),
+                node.leader_hint(),
+            );
+            return refuse(batch, &error);
+        }
         Err(e) => {
             pipe.stack = None;
-            // On top of deltas in flight, the chain may be out of step with the database
-            // after a leadership change (`db::chain`): nothing ran, and a retry settles first.
-            if on_top {
-                tracing::warn!(error = %e, "executing a write batch on the pipeline failed");
-                let error = NodeError::unavailable(
-                    format!("the write did not run: {e}"),
-                    node.leader_hint(),
-                );
-                return refuse(batch, &error);
-            }
             tracing::error!(error = %e, "executing a write batch failed");
             for w in batch {
                 let _ = w.reply.send(Err(NodeError::Internal(format!(
@@ -516,6 +535,7 @@ fn answer(
     for (w, outcome) in batch.into_iter().zip(outcomes) {
         let reply = match (outcome, &committed) {
             // First: an outcome found on deltas in flight is void if they were not committed.
+            (_, Err(NodeError::TooLarge(why))) => Err(NodeError::TooLarge(why.clone())),
             (_, Err(e)) => Err(clone_unavailable(e)),
             (WriteOutcome::Failed(e), _) => Err(NodeError::Db(e)),
             (WriteOutcome::Executed(results), Ok(index)) => Ok(WriteReply {
