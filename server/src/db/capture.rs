@@ -80,7 +80,7 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
 }
 
 /// What [`finish`] captured: the delta, and the full new images of its pages when they are
-/// few enough for the write pipeline to keep (see `chain.rs`).
+/// wanted (`keep_images`) and few enough for the write pipeline to keep (see `chain.rs`).
 pub(crate) struct Captured {
     pub delta: PageDelta,
     pub images: Option<Vec<(u32, Vec<u8>)>>,
@@ -99,6 +99,7 @@ pub(crate) fn finish(
     (base_version, tag): (u64, u64),
     overlay: &Overlay,
     max_bytes: usize,
+    keep_images: bool,
 ) -> Result<Captured> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
@@ -134,7 +135,7 @@ pub(crate) fn finish(
         return Err(e);
     }
     // The pages' full images for the pipeline, while they stay within a link's size.
-    let mut images = Some(Vec::new());
+    let mut images = keep_images.then(Vec::new);
     let mut image_bytes = 0usize;
     let mut pages = Vec::with_capacity(pgnos.len());
     let base_pages = BaseReader::begin(base)?;
@@ -395,7 +396,16 @@ mod tests {
         check(rc, "sqlite3_db_status")?;
         assert!(spills > 0, "the transaction was meant to spill");
         let base = open(&dir.path().join("a.db"))?;
-        let delta = finish(&conn, &base, start, (5, 9), &Overlay::default(), usize::MAX)?.delta;
+        let delta = finish(
+            &conn,
+            &base,
+            start,
+            (5, 9),
+            &Overlay::default(),
+            usize::MAX,
+            false,
+        )?
+        .delta;
         conn.execute_batch("ROLLBACK")?;
 
         assert_eq!((delta.base_version, delta.tag, delta.parent_tag), (5, 9, 0));

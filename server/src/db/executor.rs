@@ -166,6 +166,8 @@ pub struct Executor {
     chain: Chain,
     /// Taken with the applier's around each batch (see [`WriteGate`]).
     gate: WriteGate,
+    /// Whether batches return a [`Link`] (a write pipeline deeper than one uses them).
+    links: bool,
 }
 
 /// Serialises the executor's batches and the applier's applies on one node: both take
@@ -274,7 +276,14 @@ impl Executor {
             transaction: None,
             chain: Chain::default(),
             gate: WriteGate::default(),
+            links: true,
         })
+    }
+
+    /// Whether batches return a [`Link`] for the write pipeline (default true). Without, a
+    /// capture keeps no copy of its pages.
+    pub fn keep_links(&mut self, keep: bool) {
+        self.links = keep;
     }
 
     /// Share the applier's gate (see [`WriteGate`]).
@@ -693,6 +702,7 @@ impl Executor {
             (open.base_version, tag),
             &open.overlay,
             self.max_delta_bytes,
+            self.links,
         )?;
         let link = captured.images.and_then(|images| {
             Link::stackable(&captured.delta, images, page1_before.as_deref(), open.pages)

@@ -249,8 +249,15 @@ impl Database {
 
     /// Open the executor (leader only; one at a time) on its own thread.
     pub fn open_executor(&self) -> Result<ExecutorHandle> {
+        self.open_executor_with_links(true)
+    }
+
+    /// [`Database::open_executor`]; `links`: whether its batches return links for the write
+    /// pipeline (only a pipeline deeper than one uses them).
+    pub fn open_executor_with_links(&self, links: bool) -> Result<ExecutorHandle> {
         let mut executor = Executor::open(&self.path, &self.options)?;
         executor.share_gate(self.gate.clone());
+        executor.keep_links(links);
         Ok(ExecutorHandle {
             worker: Worker::spawn("sqlite-executor", executor)?,
         })

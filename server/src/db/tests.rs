@@ -2174,3 +2174,24 @@ async fn schema_changes_are_not_stacked_on() -> TestResult {
     ensure!(vacuumed.link.is_none());
     Ok(())
 }
+
+/// Without a write pipeline the executor keeps no copy of a batch's pages.
+#[tokio::test]
+async fn an_executor_without_links_returns_none() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let plain = c.leader.open_executor_with_links(false)?;
+    let result = plain
+        .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
+        .await?;
+    ensure!(
+        result.delta.is_some() && result.link.is_none(),
+        "{result:?}"
+    );
+    let linked = c
+        .executor
+        .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
+        .await?;
+    ensure!(linked.link.is_some(), "{linked:?}");
+    Ok(())
+}

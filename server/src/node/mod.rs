@@ -178,7 +178,9 @@ impl Node {
         )
         .await
         .context("start raft")?;
-        let executor = db.open_executor().context("open executor connection")?;
+        let executor = db
+            .open_executor_with_links(config.write_pipeline_depth > 1)
+            .context("open executor connection")?;
         let (writes, queue) = mpsc::channel(config.max_batch_requests * 4);
         let (read_indexes, read_index_queue) = mpsc::channel(READ_INDEX_QUEUE);
         let inner = Arc::new(NodeInner {
