@@ -7,18 +7,22 @@
 //! quorum's disks), every request gets its own result with the log index, before the leader
 //! applies it; reads that must see it wait for the applied index.
 //!
-//! Writes that arrive meanwhile form the next batch, and it does not wait for the first: while
-//! a delta is still waiting for its quorum, the executor runs the next batch on top of the
-//! deltas not yet applied (up to `write_pipeline_depth` in flight; see `db::chain`), so capture,
-//! the Raft round trip and the apply of consecutive batches overlap. Once everything is
-//! committed it waits for the leader's apply instead (already running, and cheaper than
-//! laying the pages again). Proposals are sent to Raft in capture order. A delta captured on top of another
-//! names that one's tag and applies only right after it; if one is lost (a leadership
-//! change, a lost quorum), those after it are skipped as stale on every node, their requests
-//! get UNAVAILABLE (a retry with the same request id is safe), and the next batch waits until
-//! everything in the log is applied ([`settled`]) and executes on the committed state. So
-//! does a batch after a delta that cannot be stacked on (a schema change, a large delta,
-//! VACUUM, an interactive transaction), and a new leader before its first batch.
+//! Writes that arrive meanwhile form the next batch. With `write_pipeline_depth` 1 (the
+//! default) it waits for the previous one's commit and the leader's apply, and collects every
+//! write that arrived meanwhile. With a deeper pipeline it does not wait for the round trip:
+//! while a delta is still waiting for its quorum, the executor runs the next batch on top of
+//! the deltas not yet applied (see `db::chain`), so capture, the Raft round trip and the
+//! apply of consecutive batches overlap; once everything is committed it waits for the apply
+//! instead (already running, and cheaper than laying the pages again). Either way the batcher
+//! knows where a batch will run before it collects it, so any wait makes the batch larger.
+//!
+//! Proposals are sent to Raft in capture order. A delta captured on top of another names that
+//! one's tag and applies only right after it; if one is lost (a leadership change, a lost
+//! quorum), those after it are skipped as stale on every node, their requests get UNAVAILABLE
+//! (a retry with the same request id is safe), and the next batch waits until everything in
+//! the log is applied ([`settled`]) and executes on the committed state. So does a batch
+//! after a delta that cannot be stacked on (a schema change, a large delta, VACUUM, an
+//! interactive transaction), and the first batch of a new term.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
