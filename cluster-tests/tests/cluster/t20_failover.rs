@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_tests::{
-    init_tracing, metric_value, metrics_addr, scrape, wait_until, Checker, Cluster, ClusterOptions,
+    init_tracing, metric_value, metrics_addr, scrape, wait_until, CheckReport, Checker, Cluster,
+    ClusterOptions,
 };
 use tracing::info;
 
@@ -99,13 +100,7 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     info!(
         "phase 8: audit every node, the old leader included, and compare the replicas page by page"
     );
-    let report = checker
-        .verify(&cluster)
-        .await
-        .expect("no acknowledged write lost or doubled");
-    assert_eq!(report.nodes.len(), 3);
-    assert_eq!(report.acked, checker.acked_count());
-    cluster.assert_identical_pages().await;
+    let report = audit(&cluster, &checker).await;
     info!(?report, ?elected_after, "t20 done");
 }
 
@@ -122,6 +117,18 @@ async fn three_nodes_with(table: &str, options: ClusterOptions) -> (Cluster, u64
         .await
         .expect("create the table");
     (cluster, leader, checker)
+}
+
+/// Every acknowledged write exactly once on all three nodes, and the replicas byte-identical.
+async fn audit(cluster: &Cluster, checker: &Checker) -> CheckReport {
+    let report = checker
+        .verify(cluster)
+        .await
+        .expect("no acknowledged write lost or doubled");
+    assert_eq!(report.nodes.len(), 3);
+    assert_eq!(report.acked, checker.acked_count());
+    cluster.assert_identical_pages().await;
+    report
 }
 
 /// Concurrent writers, each with its own client that knows every node, writing new keys
@@ -231,13 +238,7 @@ async fn leader_paused_under_write_load_loses_nothing_when_it_resumes() {
         .wait_converged(Duration::from_secs(30))
         .await
         .expect("all three nodes converge");
-    let report = checker
-        .verify(&cluster)
-        .await
-        .expect("no acknowledged write lost or doubled");
-    assert_eq!(report.nodes.len(), 3);
-    assert_eq!(report.acked, checker.acked_count());
-    cluster.assert_identical_pages().await;
+    let report = audit(&cluster, &checker).await;
     for id in cluster.ids() {
         cluster.node(id).ensure_alive().expect("no node exited");
     }
