@@ -107,19 +107,20 @@ impl Applier {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let current_pages = self.check_page_size(delta.page_size)?;
         let db_version = internal::read_version(&self.conn)?;
-        if db_version > delta.base_version
-            || (db_version == delta.base_version
-                && delta.parent_tag != 0
-                && internal::read_tag(&self.conn)? != delta.parent_tag)
-        {
-            self.conn.execute_batch("ROLLBACK")?;
-            return Ok(ApplyOutcome::Skipped);
-        }
         if db_version < delta.base_version {
             return Err(DbError::Corrupt(format!(
                 "delta based on version {} but database is at {db_version}",
                 delta.base_version
             )));
+        }
+        // The tag matters only to a delta that names its parent.
+        let db_tag = match delta.parent_tag {
+            0 => 0,
+            _ => internal::read_tag(&self.conn)?,
+        };
+        if !delta.applies_to(db_version, db_tag) {
+            self.conn.execute_batch("ROLLBACK")?;
+            return Ok(ApplyOutcome::Skipped);
         }
         // Growing the file without carrying its new last page would leave page 1 claiming more
         // pages than the file has ("malformed"); a delta from the executor always carries it.

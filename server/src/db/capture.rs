@@ -79,11 +79,13 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
     })
 }
 
-/// What [`finish`] captured: the delta, and the full new images of its pages when they are
-/// wanted (`keep_images`) and few enough for the write pipeline to keep (see `chain.rs`).
+/// What [`finish`] captured: the delta, the full new images of its pages when they are wanted
+/// (`keep_images`) and few enough for the write pipeline to keep (see `chain.rs`), and the
+/// database size the transaction started from.
 pub(crate) struct Captured {
     pub delta: PageDelta,
     pub images: Option<Vec<(u32, Vec<u8>)>>,
+    pub pages_before: u32,
 }
 
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
@@ -95,7 +97,7 @@ pub(crate) struct Captured {
 pub(crate) fn finish(
     conn: &Connection,
     base: &Connection,
-    start: CaptureStart,
+    start: &CaptureStart,
     (base_version, tag): (u64, u64),
     overlay: &Overlay,
     max_bytes: usize,
@@ -163,6 +165,7 @@ pub(crate) fn finish(
         };
         pages.push((pgno, image));
     }
+    let pages_before = overlay.db_pages.unwrap_or(base_pages.pages);
     base_pages.end()?;
     if let Some(e) = too_large(pages.len()) {
         return Err(e);
@@ -176,7 +179,11 @@ pub(crate) fn finish(
         pages,
     };
     delta.validate()?;
-    Ok(Captured { delta, images })
+    Ok(Captured {
+        delta,
+        images,
+        pages_before,
+    })
 }
 
 /// Pages of the committed database, read in one read transaction on the base connection
@@ -399,7 +406,7 @@ mod tests {
         let delta = finish(
             &conn,
             &base,
-            start,
+            &start,
             (5, 9),
             &Overlay::default(),
             usize::MAX,

@@ -23,7 +23,7 @@
 //!   ([`Link::stackable`]): the next batch waits for it to be applied.
 
 use super::capture::read_page;
-use super::delta::PageDelta;
+use super::delta::{follows, PageDelta};
 use super::error::{DbError, Result};
 use super::internal::{self, internal_sql};
 use rusqlite::config::DbConfig;
@@ -53,7 +53,7 @@ pub struct Link {
 impl Link {
     /// The link for a delta, if the next batch may be executed on top of it. `images` are the
     /// full new images of the delta's pages (in its order); `page1_before` is page 1 as the
-    /// transaction found it, `pages_before` the database size.
+    /// transaction found it, `pages_before` the database size it started from.
     pub(crate) fn stackable(
         delta: &PageDelta,
         images: Vec<(u32, Vec<u8>)>,
@@ -109,11 +109,13 @@ pub(crate) struct Chain {
 }
 
 /// What [`Chain::lay`] put beneath the transaction: the newest image of each page the chain
-/// wrote (the base a new delta's patches are computed against) and the chain's last tag.
+/// wrote (the base a new delta's patches are computed against), the chain's last tag, and the
+/// database size it leaves (`None`: nothing laid).
 #[derive(Default)]
 pub(crate) struct Overlay {
     pub pages: BTreeMap<u32, Arc<Vec<u8>>>,
     pub parent_tag: u64,
+    pub db_pages: Option<u32>,
 }
 
 impl Chain {
@@ -128,6 +130,9 @@ impl Chain {
     /// Right after `BEGIN IMMEDIATE`, before anything else reads the database: forget the
     /// links already applied and write the pages of the rest into the transaction.
     pub(crate) fn lay(&mut self, conn: &Connection) -> Result<Overlay> {
+        if self.links.is_empty() {
+            return Ok(Overlay::default());
+        }
         let version = internal::read_version(conn)?;
         while self.links.front().is_some_and(|l| l.base_version < version) {
             self.links.pop_front();
@@ -136,7 +141,7 @@ impl Chain {
             return Ok(Overlay::default());
         };
         let tag = internal::read_tag(conn)?;
-        if first.base_version != version || (first.parent_tag != 0 && first.parent_tag != tag) {
+        if !follows(first.base_version, first.parent_tag, version, tag) {
             let found = (first.base_version, first.parent_tag);
             self.links.clear();
             return Err(DbError::Stale(format!(
@@ -168,6 +173,7 @@ impl Chain {
         Ok(Overlay {
             pages,
             parent_tag: last,
+            db_pages: Some(db_pages),
         })
     }
 }

@@ -206,7 +206,19 @@ impl std::fmt::Debug for PageDelta {
     }
 }
 
+/// Whether a delta on `base_version` that names `parent_tag` applies to a database at
+/// `version` holding `tag` (see the module docs). The applier, the state machine and the
+/// write pipeline all decide by this one rule.
+pub(crate) fn follows(base_version: u64, parent_tag: u64, version: u64, tag: u64) -> bool {
+    base_version == version && (parent_tag == 0 || parent_tag == tag)
+}
+
 impl PageDelta {
+    /// Whether this delta applies to a database at `version` holding `tag`.
+    pub fn applies_to(&self, version: u64, tag: u64) -> bool {
+        follows(self.base_version, self.parent_tag, version, tag)
+    }
+
     /// Bytes of page contents carried (full images and patch runs).
     pub fn payload_bytes(&self) -> usize {
         self.pages.iter().map(|(_, p)| p.carried_bytes()).sum()

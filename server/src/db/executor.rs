@@ -189,8 +189,6 @@ impl WriteGate {
 struct OpenTransaction {
     start: CaptureStart,
     base_version: u64,
-    /// The database size in pages when the transaction started.
-    pages: u32,
     /// What the write pipeline laid beneath it.
     overlay: Overlay,
 }
@@ -674,15 +672,10 @@ impl Executor {
         let overlay = self.chain.lay(&self.conn)?;
         let start = capture::start(&self.conn)?;
         let base_version = internal::read_version(&self.conn)?;
-        let pages = self
-            .conn
-            .prepare_cached(internal_sql!("PRAGMA page_count"))?
-            .query_row([], |r| r.get(0))?;
         internal::ensure_tables(&self.conn)?;
         Ok(OpenTransaction {
             start,
             base_version,
-            pages,
             overlay,
         })
     }
@@ -694,18 +687,22 @@ impl Executor {
         let tag = new_tag();
         internal::write_version(&self.conn, open.base_version + 1)?;
         internal::write_tag(&self.conn, tag)?;
-        let page1_before = open.start.page1().map(<[u8]>::to_vec);
         let captured = capture::finish(
             &self.conn,
             &self.base,
-            open.start,
+            &open.start,
             (open.base_version, tag),
             &open.overlay,
             self.max_delta_bytes,
             self.links,
         )?;
         let link = captured.images.and_then(|images| {
-            Link::stackable(&captured.delta, images, page1_before.as_deref(), open.pages)
+            Link::stackable(
+                &captured.delta,
+                images,
+                open.start.page1(),
+                captured.pages_before,
+            )
         });
         Ok((captured.delta, link))
     }

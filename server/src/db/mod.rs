@@ -37,7 +37,8 @@
 //! * **A version counter inside the database** (`_raftlite_meta`), bumped in every delta.
 //!   Apply is idempotent under replay and refuses deltas captured on a different state,
 //!   without any state outside the replicated file. The Raft layer must still execute a batch
-//!   only after the previous delta was applied locally, or the new delta is stale (skipped).
+//!   only after the previous delta was applied locally, or on top of it (the write pipeline,
+//!   `chain.rs`, whose deltas name their parent's tag), or the new delta is stale (skipped).
 //! * **Request ids live in the same database** (`_raftlite_requests`), written in the same
 //!   savepoint as the request's changes, so dedup survives failover exactly as far as the
 //!   data does. Ids are pruned after 24 hours, a few at a time inside regular batches.

@@ -802,8 +802,10 @@ impl NodeInner {
         guard.0 = guard.0.max(index);
     }
 
-    /// The read-your-writes token of a write that found its answer without a delta of its
-    /// own (a retried request id, a failure): everything it saw is committed up to here.
+    /// The highest index this leader answered a write for (it answers at commit, a moment
+    /// before it applies) or, if higher, its applied index: everything committed that a client
+    /// may have seen. The read index of a leased read, and the token of a write answered
+    /// without a delta of its own (a retried request id, a failure).
     pub(crate) fn committed_token(&self) -> u64 {
         let noted = self
             .leader_commit
@@ -832,12 +834,7 @@ impl NodeInner {
         if !self.lease.held(self.id, term, &quorums, window) {
             return None;
         }
-        let answered = self
-            .leader_commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        Some(answered.max(self.applied_index()))
+        Some(self.committed_token())
     }
 
     pub fn applied_index(&self) -> u64 {

@@ -124,12 +124,11 @@ pub(crate) async fn run_batcher(
 #[derive(Default)]
 struct Pipe {
     /// One task per delta in flight, oldest first: answers its requests when the entry is
-    /// committed or failed, and yields its log index if it was committed.
-    in_flight: VecDeque<JoinHandle<Option<u64>>>,
-    /// `Some` when the next batch may run on top of what is in flight, with the link of the
-    /// last delta proposed (`None` inside when that batch produced no delta). `None` after a
-    /// failure, a delta that cannot be stacked on, a new term, or at the start: settle first.
-    stack: Option<Option<Link>>,
+    /// committed or failed, and yields whether it was committed.
+    in_flight: VecDeque<JoinHandle<bool>>,
+    /// The link of the last delta proposed, when the next batch may run on top of what is in
+    /// flight. `None` after a failure, a delta that cannot be stacked on, or a settle.
+    stack: Option<Link>,
     /// The term the last batch was executed in.
     term: u64,
     /// Most deltas in flight at once (`write_pipeline_depth`); 1: none is stacked on.
@@ -140,65 +139,67 @@ impl Pipe {
     /// What the next batch executes on, once there is room in the pipeline; or the error to
     /// answer it with, unexecuted.
     async fn next(&mut self, node: &NodeInner) -> Result<Pipeline, NodeError> {
-        // A chain never crosses terms: what this node proposed in an earlier term may be lost
-        // (its successors would only be skipped as stale), so a new term settles first.
-        let term = node.raft.metrics().borrow().current_term;
-        if std::mem::replace(&mut self.term, term) != term {
-            self.stack = None;
-        }
         loop {
             // Any delta in flight that already failed ends the chain, not only the oldest.
             while let Some(at) = self.in_flight.iter().position(|t| t.is_finished()) {
                 if let Some(task) = self.in_flight.remove(at) {
-                    if task.await.ok().flatten().is_none() {
-                        self.stack = None;
-                    }
+                    self.finished(task).await;
                 }
             }
             // With every delta committed, only the leader's own applies are outstanding: they
             // are running, and waiting for them costs less than laying their pages again.
             if self.stack.is_none() || self.in_flight.is_empty() {
-                self.drain().await;
-                ready_to_capture(node).await?;
+                self.settle(node).await?;
                 return Ok(Pipeline::Settled);
             }
             if self.in_flight.len() < self.depth {
                 node.wait_leader_ready().await?;
-                let now = node.raft.metrics().borrow().current_term;
-                if std::mem::replace(&mut self.term, now) != now {
+                // A chain never crosses terms: what this node proposed in an earlier term may
+                // be lost (its successors would only be skipped as stale).
+                if self.term != current_term(node) {
                     self.stack = None;
                     continue;
                 }
-                return Ok(Pipeline::OnTop(self.stack.take().flatten()));
+                return Ok(Pipeline::OnTop(self.stack.take()));
             }
-            self.pop().await;
+            if let Some(task) = self.in_flight.pop_front() {
+                self.finished(task).await;
+            }
         }
     }
 
-    /// Waits for the oldest delta in flight: its log index, or `None` if it failed, which
-    /// ends the chain.
-    async fn pop(&mut self) -> Option<u64> {
-        let task = self.in_flight.pop_front()?;
-        let committed = task.await.ok().flatten();
-        if committed.is_none() {
+    /// Waits for a delta's task; a failed one ends the chain. Returns whether it committed.
+    async fn finished(&mut self, task: JoinHandle<bool>) -> bool {
+        let committed = task.await.unwrap_or(false);
+        if !committed {
             self.stack = None;
         }
         committed
     }
 
-    /// Waits for every delta in flight; the next batch settles first. Returns the last one's
-    /// log index if all of them were committed.
-    async fn drain(&mut self) -> Option<Option<u64>> {
-        let mut last = Some(None);
-        while !self.in_flight.is_empty() {
-            match self.pop().await {
-                Some(index) => last = last.map(|_| Some(index)),
-                None => last = None,
-            }
+    /// Waits for every delta in flight; the next batch settles first. Returns whether all of
+    /// them were committed.
+    async fn drain(&mut self) -> bool {
+        let mut all = true;
+        while let Some(task) = self.in_flight.pop_front() {
+            all &= self.finished(task).await;
         }
         self.stack = None;
-        last
+        all
     }
+
+    /// Drains the pipeline and waits until this ready leader has applied its whole log: what
+    /// runs next, runs on the committed state.
+    async fn settle(&mut self, node: &NodeInner) -> Result<(), NodeError> {
+        self.drain().await;
+        ready_to_capture(node).await?;
+        self.term = current_term(node);
+        Ok(())
+    }
+}
+
+fn current_term(node: &NodeInner) -> u64 {
+    node.raft.metrics().borrow().current_term
 }
 
 async fn process_batch(
@@ -219,8 +220,7 @@ async fn process_batch(
     }
     for v in vacuums {
         // VACUUM rewrites every page: on the committed state, and nothing on top of it.
-        pipe.drain().await;
-        if let Err(e) = ready_to_capture(node).await {
+        if let Err(e) = pipe.settle(node).await {
             refuse(vec![v], &e);
             continue;
         }
@@ -286,13 +286,9 @@ async fn commit_batch(
         // found on deltas still in flight (a retried request id recorded by one, a constraint
         // one of them broke): they stand only once those are committed, and the answer's
         // index covers them.
-        if pipe.in_flight.is_empty() {
-            pipe.stack = Some(None);
-            return answer(batch, outcomes, Ok(node.committed_token()));
-        }
         let committed = match pipe.drain().await {
-            Some(_) => Ok(node.committed_token()),
-            None => Err(NodeError::unavailable(
+            true => Ok(node.committed_token()),
+            false => Err(NodeError::unavailable(
                 "an earlier write this one depends on was not committed; retry",
                 node.leader_hint(),
             )),
@@ -300,17 +296,10 @@ async fn commit_batch(
         return answer(batch, outcomes, committed);
     };
     let (tag, stacked) = (delta.tag, delta.parent_tag != 0);
-    let bytes = Bytes::from(delta.encode());
-    let limit = node.config.max_delta_bytes;
-    if bytes.len() > limit {
-        // The capture checks the page bytes; the encoding adds a little per page.
-        let why = format!(
-            "the write's delta is {} bytes, over the limit of {limit} bytes \
-             (max_delta_bytes); split it into smaller transactions",
-            bytes.len()
-        );
-        return too_large(node, executor, batch, why, pipe).await;
-    }
+    let bytes = match encoded_within_limit(node, &delta, "write") {
+        Ok(bytes) => bytes,
+        Err(why) => return too_large(node, executor, batch, why, pipe).await,
+    };
     let batch_size = batch.len();
     let metrics = node.metrics.clone();
     let task = propose(node, tag, bytes, move |committed| {
@@ -320,7 +309,7 @@ async fn commit_batch(
     .await;
     pipe.in_flight.push_back(task);
     node.metrics.batch_proposed(stacked);
-    pipe.stack = link.map(Some);
+    pipe.stack = link;
     tracing::debug!(batch_size, executed_us, "write batch proposed");
 }
 
@@ -355,15 +344,10 @@ pub(crate) async fn replicate(
     on_commit: impl FnOnce(Result<u64, NodeError>),
 ) {
     let tag = delta.tag;
-    let bytes = Bytes::from(delta.encode());
-    let limit = node.config.max_delta_bytes;
-    if bytes.len() > limit {
-        return on_commit(Err(NodeError::TooLarge(format!(
-            "the transaction's delta is {} bytes, over the limit of {limit} bytes \
-             (max_delta_bytes); split it into smaller transactions",
-            bytes.len()
-        ))));
-    }
+    let bytes = match encoded_within_limit(node, &delta, "transaction") {
+        Ok(bytes) => bytes,
+        Err(why) => return on_commit(Err(NodeError::TooLarge(why))),
+    };
     let (committed, sent) = send(node, tag, bytes).await;
     let result = until_committed(node, tag, sent, committed).await;
     let index = result.as_ref().ok().copied();
@@ -375,24 +359,43 @@ pub(crate) async fn replicate(
     }
 }
 
+/// The delta's wire bytes, or why they are over `max_delta_bytes` (the capture checks the page
+/// bytes; the encoding adds a little per page). `what` names it to the client.
+fn encoded_within_limit(
+    node: &NodeInner,
+    delta: &crate::db::PageDelta,
+    what: &str,
+) -> Result<Bytes, String> {
+    let bytes = Bytes::from(delta.encode());
+    let limit = node.config.max_delta_bytes;
+    if bytes.len() > limit {
+        return Err(format!(
+            "the {what}'s delta is {} bytes, over the limit of {limit} bytes \
+             (max_delta_bytes); split it into smaller transactions",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Sends a delta to Raft — in call order: a delta captured on top of another is proposed
 /// after it — and returns the task that calls `on_commit` when it is committed or failed
-/// (and yields its log index if it was committed).
+/// (and yields whether it was committed).
 async fn propose(
     node: &Arc<NodeInner>,
     tag: u64,
     bytes: Bytes,
     on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
-) -> JoinHandle<Option<u64>> {
+) -> JoinHandle<bool> {
     let (committed, sent) = send(node, tag, bytes).await;
     let node = node.clone();
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
             let result = until_committed(&node, tag, sent, committed).await;
-            let index = result.as_ref().ok().copied();
+            let committed = result.is_ok();
             on_commit(result);
-            index
+            committed
         }
         .instrument(span),
     )
@@ -571,10 +574,10 @@ async fn too_large(
         tracing::info!(requests = batch.len(), reason = %why, "group commit too large: running its requests one by one");
         for w in batch {
             // Each on the committed state: the pipeline is drained first.
-            pipe.stack = None;
-            match pipe.next(node).await {
-                Ok(pipeline) => {
-                    Box::pin(commit_batch(node, executor, vec![w], pipeline, pipe)).await
+            match pipe.settle(node).await {
+                Ok(()) => {
+                    let settled = Pipeline::Settled;
+                    Box::pin(commit_batch(node, executor, vec![w], settled, pipe)).await
                 }
                 Err(e) => refuse(vec![w], &e),
             }

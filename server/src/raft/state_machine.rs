@@ -350,9 +350,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let base_version = delta.base_version;
                     let next_version = base_version + 1;
                     let tag = delta.tag;
-                    // Exactly the applier's check (`db::apply`), on the state it keeps here.
-                    let will_apply = base_version == self.db_version
-                        && (delta.parent_tag == 0 || delta.parent_tag == self.db_tag);
+                    // The applier's check (`db::apply`), on the state it keeps here.
+                    let will_apply = delta.applies_to(self.db_version, self.db_tag);
                     let (span, committed) = self.proposals.committing(tag, will_apply);
                     if let Some(committed) = committed {
                         let _ = committed.send(entry.log_id.index);
