@@ -96,6 +96,9 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_duration: Histogram,
     batches: Family<BatchBaseLabels, Counter>,
+    commits_in_place: Counter,
+    /// The database's count of commits in place when last rendered.
+    commits_in_place_seen: std::sync::atomic::AtomicU64,
     requests_shed: Counter,
     request_deadlines: Counter,
 }
@@ -136,6 +139,8 @@ impl Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_duration: latency_histogram(),
             batches: Family::default(),
+            commits_in_place: Counter::default(),
+            commits_in_place_seen: Default::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
         };
@@ -255,6 +260,12 @@ impl Metrics {
             m.batches.clone(),
         );
         r.register(
+            "write_batches_committed_in_place",
+            "Group commits whose transaction this leader kept open and committed once Raft \
+             committed their delta, instead of applying the delta (write_pipeline_depth 1)",
+            m.commits_in_place.clone(),
+        );
+        r.register(
             "read_indexes",
             "Read indexes this leader gave linearizable reads, by source: its read lease, or a \
              quorum round",
@@ -334,6 +345,11 @@ impl Metrics {
         self.snapshot_index
             .set(as_i64(m.snapshot.map(|s| s.index).unwrap_or(0)));
         self.ready.set(i64::from(node.readiness().is_ready()));
+        let in_place = node.database().committed_in_place();
+        let seen = self
+            .commits_in_place_seen
+            .fetch_max(in_place, std::sync::atomic::Ordering::Relaxed);
+        self.commits_in_place.inc_by(in_place.saturating_sub(seen));
         let archive = node.archive_status().get();
         self.archive_archived_index
             .set(as_i64(archive.archived_index));

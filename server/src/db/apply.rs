@@ -1,7 +1,10 @@
 //! [`Applier`]: writes committed page deltas (and whole images) into the database.
 //!
-//! Every node — the leader included — applies every committed delta here, so all replicas go
-//! through the same code path and end up byte-identical. Pages are written through the
+//! Every node applies every committed delta here, so all replicas go through the same code
+//! path and end up byte-identical. The one exception is the leader's own batch still open on
+//! its executor (no write pipeline): that is committed in place, which writes the very pages
+//! the delta carries (see `Database::apply`); only page 1's change counter, which each file
+//! keeps for itself, may differ. Pages are written through the
 //! writable `sqlite_dbpage` virtual table, in one transaction, so readers see either all of a
 //! delta or none of it, and the WAL/checkpoint machinery stays SQLite's.
 //!
@@ -49,6 +52,10 @@ pub struct Applier {
     gate: WriteGate,
 }
 
+fn batch_open() -> DbError {
+    DbError::Internal("the executor keeps a batch open on this database".into())
+}
+
 /// SQLite file header magic (first 16 bytes of page 1).
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Header bytes 18/19: file format write/read version, 2 = WAL.
@@ -74,20 +81,41 @@ impl Applier {
 
     /// Apply one delta atomically, subject to the version check.
     pub fn apply(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
+        self.apply_unless_batch_open(delta)?.ok_or_else(batch_open)
+    }
+
+    /// [`Applier::apply`]; `None`, with nothing done, while the executor sharing the gate
+    /// keeps a batch open for its commit in place (it holds SQLite's write lock: end it first).
+    pub(crate) fn apply_unless_batch_open(
+        &self,
+        delta: &PageDelta,
+    ) -> Result<Option<ApplyOutcome>> {
         delta.validate()?;
-        let _held = self.gate.hold();
+        let held = self.gate.hold();
+        if held.open_batch.is_some() {
+            return Ok(None);
+        }
         let result = self.apply_in_transaction(delta);
-        self.end_write(result)
+        self.end_write(result).map(Some)
     }
 
     /// Overwrite the whole database with the image at `path`: a plain SQLite file with the
     /// same page size (e.g. written by [`build_image`](super::snapshot::build_image)). No
     /// version check — an image replaces whatever state this node had.
     pub fn install_image(&self, path: &Path) -> Result<()> {
-        let _held = self.gate.hold();
+        self.install_image_unless_batch_open(path)?
+            .ok_or_else(batch_open)
+    }
+
+    /// [`Applier::install_image`], or `None` as [`Applier::apply_unless_batch_open`].
+    pub(crate) fn install_image_unless_batch_open(&self, path: &Path) -> Result<Option<()>> {
+        let held = self.gate.hold();
+        if held.open_batch.is_some() {
+            return Ok(None);
+        }
         let result = self.install_in_transaction(path);
         self.end_write(result.map(|()| ApplyOutcome::Applied))
-            .map(|_| ())
+            .map(|_| Some(()))
     }
 
     /// The database's version counter (0 before the first write) and tag (see `delta.rs`).

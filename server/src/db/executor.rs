@@ -10,8 +10,12 @@
 //! * the version counter in `_raftlite_meta` is bumped once per batch that executed something,
 //!   and the delta carries the old value as `base_version` (see `internal.rs`).
 //!
-//! The executor never commits: its database only changes when the applier applies a delta
-//! that Raft committed. A leader that dies mid-batch leaves nothing behind.
+//! The executor commits nothing Raft has not committed: a batch's transaction is rolled back,
+//! and the database only changes when the delta is applied once Raft committed it. Without a
+//! write pipeline (`write_pipeline_depth` 1, the default) the leader instead keeps the batch's
+//! transaction open until then and commits it in place ([`Executor::commit_in_place`]): the
+//! same pages, without laying them again. A leader that dies mid-batch leaves nothing behind
+//! either way: an open transaction dies with its connection.
 //!
 //! Client SQL is locked down (see `authorizer.rs`) and `SQLITE_DBCONFIG_DEFENSIVE` is on, so
 //! clients cannot break capture (journal mode, cache spill, transactions) or write
@@ -168,18 +172,38 @@ pub struct Executor {
     gate: WriteGate,
     /// Whether batches return a [`Link`] (a write pipeline deeper than one uses them).
     links: bool,
+    /// Whether a batch's transaction stays open until its delta is committed, to be committed
+    /// in place (see [`Executor::commit_in_place`]) instead of rolled back and applied.
+    in_place: bool,
+    /// The tag of the batch this connection keeps open for its commit in place.
+    open_batch: Option<u64>,
 }
 
 /// Serialises the executor's batches and the applier's applies on one node: both take
 /// SQLite's write lock, and waiting for it in SQLite's busy handler sleeps a millisecond or
 /// more, longer than either holds it. With the write pipeline the leader applies one delta
 /// while it executes the next batch.
+///
+/// It also records the batch the executor keeps open for its commit in place (see
+/// [`Executor::commit_in_place`]): that transaction holds SQLite's write lock after the gate
+/// is released, so the applier checks here before it writes, and a delta must first end it.
 #[derive(Clone, Default)]
-pub struct WriteGate(Arc<std::sync::Mutex<()>>);
+pub struct WriteGate(Arc<std::sync::Mutex<GateState>>);
+
+#[derive(Default)]
+pub(crate) struct GateState {
+    /// The tag of the executor's batch kept open for its commit in place.
+    pub(crate) open_batch: Option<u64>,
+}
 
 impl WriteGate {
-    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the executor keeps a batch open for its commit in place.
+    pub(crate) fn batch_open(&self) -> bool {
+        self.hold().open_batch.is_some()
     }
 }
 
@@ -245,6 +269,8 @@ impl Executor {
     pub fn open(path: &Path, options: &DbOptions) -> Result<Executor> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(options.busy_timeout)?;
+        // As the applier's: a batch committed in place is in the Raft log already.
+        conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         let bounds = Bounds::install(&mut conn, options, options.executor_cache_kib)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -275,6 +301,8 @@ impl Executor {
             chain: Chain::default(),
             gate: WriteGate::default(),
             links: true,
+            in_place: false,
+            open_batch: None,
         })
     }
 
@@ -282,6 +310,12 @@ impl Executor {
     /// capture keeps no copy of its pages.
     pub fn keep_links(&mut self, keep: bool) {
         self.links = keep;
+    }
+
+    /// Whether a batch's transaction stays open for [`Executor::commit_in_place`] (default
+    /// false: rolled back, and the delta applied like on every other node). Not with links.
+    pub fn commit_batches_in_place(&mut self, in_place: bool) {
+        self.in_place = in_place && !self.links;
     }
 
     /// Share the applier's gate (see [`WriteGate`]).
@@ -309,25 +343,83 @@ impl Executor {
             Pipeline::OnTop(link) => self.chain.extend(link),
         }
         let gate = self.gate.clone();
-        let _held = gate.hold();
+        let mut held = gate.hold();
+        self.end_open_batch_held(&mut held)?;
         let mut fatal: Vec<Option<DbError>> = vec![None; batch.len()];
         loop {
             self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
             let attempt = self.run_batch(batch, &mut fatal);
-            let rolled_back = self.end_transaction();
-            match attempt? {
-                Attempt::Done(executed) => {
-                    rolled_back?;
+            match attempt {
+                Ok(Attempt::Done(executed)) => {
+                    match &executed.delta {
+                        // Open until its delta is committed; the applier waits for it.
+                        Some(delta) if self.in_place => {
+                            self.open_batch = Some(delta.tag);
+                            held.open_batch = Some(delta.tag);
+                        }
+                        _ => self.end_transaction()?,
+                    }
                     return Ok(executed);
                 }
-                Attempt::Retry => rolled_back?,
+                Ok(Attempt::Retry) => self.end_transaction()?,
+                Err(e) => {
+                    let _ = self.end_transaction();
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// Commit the batch kept open since it was executed, once its delta (tagged `tag`) is
+    /// committed by Raft: the leader's database then holds exactly the pages the delta carries,
+    /// as every other node's does once it applied it, without laying them again. Returns
+    /// whether it did; if the batch open is another one (its delta was lost, or not yet
+    /// committed and this delta comes first), that batch is rolled back and the caller applies
+    /// the delta as any node does.
+    pub fn commit_in_place(&mut self, tag: u64) -> Result<bool> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        match self.open_batch {
+            Some(open) if open == tag => {
+                self.open_batch = None;
+                held.open_batch = None;
+                match self.internal_sql(internal_sql!("COMMIT")) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "committing a batch in place failed; applying its delta instead");
+                        self.end_transaction()?;
+                        Ok(false)
+                    }
+                }
+            }
+            _ => {
+                self.end_open_batch_held(&mut held)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Roll back the batch kept open for its commit in place, if any: what runs next on this
+    /// connection, or the applier, must not see or wait for it. Its delta, if Raft commits it,
+    /// is applied like on every other node.
+    pub fn end_open_batch(&mut self) -> Result<()> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        self.end_open_batch_held(&mut held)
+    }
+
+    fn end_open_batch_held(&mut self, held: &mut GateState) -> Result<()> {
+        if self.open_batch.take().is_some() {
+            held.open_batch = None;
+            self.end_transaction()?;
+        }
+        Ok(())
     }
 
     /// Run `VACUUM` as a full-image delta (see the module docs).
     pub fn execute_vacuum(&mut self) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
+        self.end_open_batch()?;
         self.chain.clear();
         let tmp = vacuum_path(&self.db_path);
         remove_if_exists(&tmp)?;
@@ -560,6 +652,7 @@ impl Executor {
     /// [`Executor::commit`] or [`Executor::rollback`]; group commits wait meanwhile.
     pub fn begin(&mut self) -> Result<()> {
         self.refuse_if_in_transaction()?;
+        self.end_open_batch()?;
         self.chain.clear();
         self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
         match self.start_capture() {
@@ -709,7 +802,8 @@ impl Executor {
 
     /// Whether a write with this request id has been applied (as seen by this connection: the
     /// committed state, plus an open transaction's own writes, which never record ids).
-    pub fn request_recorded(&self, request_id: &str) -> Result<bool> {
+    pub fn request_recorded(&mut self, request_id: &str) -> Result<bool> {
+        self.end_open_batch()?;
         let _guard = self.lockdown.internal();
         internal::request_recorded(&self.conn, request_id)
     }
@@ -747,6 +841,15 @@ impl Executor {
     #[cfg(test)]
     pub(crate) fn force_prune_next_batch(&mut self) {
         self.batches_since_prune = PRUNE_EVERY_BATCHES;
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // The applier must not wait for a batch nobody will commit.
+        if let Err(e) = self.end_open_batch() {
+            tracing::warn!(error = %e, "rolling back the batch kept open failed");
+        }
     }
 }
 

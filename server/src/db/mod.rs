@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! leader:  WriteRequest batch ─► ExecutorHandle ─► ExecutedBatch { delta, outcomes }
-//!                                  (BEGIN IMMEDIATE, SAVEPOINT per request, capture, ROLLBACK)
+//!                                  (BEGIN IMMEDIATE, SAVEPOINT per request, capture, then
+//!                                   ROLLBACK, or kept open without a write pipeline)
 //! Raft:    delta ─► log ─► committed on a majority
-//! every node (leader too):  Database::apply(delta)  ─► Applier (sqlite_dbpage, one txn)
+//! every node:  Database::apply(delta)  ─► Applier (sqlite_dbpage, one txn)
+//!              (the leader's own batch kept open: committed in place instead)
 //! reads:   Database::reads().query(.., deadline)  ─► ReadPool threads, streamed chunks
 //! snapshots: Database::build_image / install_image
 //! ```
@@ -26,10 +28,14 @@
 //!   the base database has travels as a patch (the byte runs that differ, checked against
 //!   CRCs of the base and new images on apply) when that is under half a page: a 1-row insert
 //!   changes tens of bytes of each 4 KiB page (`delta`).
-//! * **Capture, then roll back.** The leader never commits on its own; every node (leader
-//!   included) changes its database only by applying committed deltas. A leader crash can
-//!   therefore never leave uncommitted data behind. The price is doing the write work twice
-//!   on the leader (execute + apply), measured at 1.3–2x a plain commit in the spike.
+//! * **Capture, then roll back or hold.** The leader never commits what Raft has not; every
+//!   node changes its database only once a delta is committed. A leader crash can therefore
+//!   never leave uncommitted data behind. With the write pipeline the leader rolls back and
+//!   applies the delta later like any node, doing the write work twice (1.3–2x a plain commit
+//!   in the spike). Without it (the default) the leader holds the batch's transaction open
+//!   until the delta is committed and then commits it in place: the same pages, no second
+//!   pass (about 10 % less CPU and latency per 1-row write, BENCHMARKS.md, session 8). A delta
+//!   that is not the open batch's rolls the batch back first.
 //! * **Page numbers from the wal-index, contents from `sqlite_dbpage`**, page 1 diffed
 //!   separately — the only capture method that survived cache spills and rolled-back frames
 //!   in the spike. It relies on WAL mode and SQLite's documented wal-index layout; the
@@ -189,6 +195,11 @@ pub struct Database {
     gate: WriteGate,
     applier: Worker<Applier>,
     reads: ReadPool,
+    /// The executor, when it keeps batches open for their commit in place: a delta it
+    /// executed is committed there rather than applied (see [`Database::apply`]).
+    in_place: std::sync::Mutex<Option<Worker<Executor>>>,
+    /// Deltas committed in place since the database was opened.
+    committed_in_place: std::sync::atomic::AtomicU64,
 }
 
 impl Database {
@@ -210,6 +221,8 @@ impl Database {
             gate,
             applier,
             reads,
+            in_place: Default::default(),
+            committed_in_place: Default::default(),
         })
     }
 
@@ -219,18 +232,71 @@ impl Database {
     }
 
     /// Apply a committed delta (in log order). See [`Applier::apply`].
+    ///
+    /// On the leader, the batch that produced the delta may still be open on the executor
+    /// (see [`Executor::commit_in_place`]): it is committed there, which leaves the database
+    /// exactly as applying the delta would (every page the delta carries, with the same bytes;
+    /// page 1's change counter, each file's own, aside) at a fraction of the cost. Any other
+    /// open batch is rolled back first and the delta applied.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
-        self.applier
-            .call(move |applier| applier.apply(&delta))
-            .await
+        loop {
+            if self.gate.batch_open() {
+                let tag = delta.tag;
+                if self.executor_call(move |e| e.commit_in_place(tag)).await? {
+                    self.committed_in_place
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(ApplyOutcome::Applied);
+                }
+            }
+            let delta = delta.clone();
+            let applied = self
+                .applier
+                .call(move |applier| applier.apply_unless_batch_open(&delta))
+                .await?;
+            if let Some(outcome) = applied {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// How many deltas [`Database::apply`] committed in place (the rest were applied).
+    pub fn committed_in_place(&self) -> u64 {
+        self.committed_in_place
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replace the whole database with the image file at `path`. See
     /// [`Applier::install_image`].
     pub async fn install_image(&self, path: PathBuf) -> Result<()> {
-        self.applier
-            .call(move |applier| applier.install_image(&path))
-            .await
+        loop {
+            if self.gate.batch_open() {
+                self.executor_call(|e| e.end_open_batch()).await?;
+            }
+            let path = path.clone();
+            let installed = self
+                .applier
+                .call(move |applier| applier.install_image_unless_batch_open(&path))
+                .await?;
+            if installed.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Run `f` on the executor that keeps batches open; an error if there is none (then no
+    /// batch can be open).
+    async fn executor_call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Executor) -> Result<R> + Send + 'static,
+    {
+        let executor = self
+            .in_place
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| DbError::Internal("a batch is open but no executor holds it".into()))?;
+        executor.call(f).await
     }
 
     /// The database's version counter (number of deltas applied since creation).
@@ -254,14 +320,18 @@ impl Database {
     }
 
     /// [`Database::open_executor`]; `links`: whether its batches return links for the write
-    /// pipeline (only a pipeline deeper than one uses them).
+    /// pipeline (only a pipeline deeper than one uses them). Without links, the leader commits
+    /// each batch in place once its delta is committed (see [`Database::apply`]).
     pub fn open_executor_with_links(&self, links: bool) -> Result<ExecutorHandle> {
         let mut executor = Executor::open(&self.path, &self.options)?;
         executor.share_gate(self.gate.clone());
         executor.keep_links(links);
-        Ok(ExecutorHandle {
-            worker: Worker::spawn("sqlite-executor", executor)?,
-        })
+        executor.commit_batches_in_place(!links);
+        let worker = Worker::spawn("sqlite-executor", executor)?;
+        if !links {
+            *self.in_place.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker.clone());
+        }
+        Ok(ExecutorHandle { worker })
     }
 
     /// Write a consistent image of the database to `dest` (on a blocking thread).

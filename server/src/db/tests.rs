@@ -87,6 +87,8 @@ struct Cluster {
     executor: ExecutorHandle,
     follower: Database,
     reference: Connection,
+    /// Whether the executor gives links (pipelined) or commits in place.
+    links: bool,
 }
 
 impl Cluster {
@@ -97,10 +99,27 @@ impl Cluster {
         })
     }
 
+    /// The leader's executor commits its batches in place, as a node's does without a write
+    /// pipeline (the default).
     fn with_options(options: DbOptions) -> anyhow::Result<Cluster> {
+        Self::with(options, false)
+    }
+
+    /// A leader whose executor gives links, for the write pipeline.
+    fn pipelined() -> anyhow::Result<Cluster> {
+        Self::with(
+            DbOptions {
+                read_threads: 2,
+                ..DbOptions::default()
+            },
+            true,
+        )
+    }
+
+    fn with(options: DbOptions, links: bool) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let leader = Database::open(dir.path().join("leader.db"), options.clone())?;
-        let executor = leader.open_executor()?;
+        let executor = leader.open_executor_with_links(links)?;
         let follower = Database::open(dir.path().join("follower.db"), options)?;
         let reference = Connection::open(dir.path().join("reference.db"))?;
         reference.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL;")?;
@@ -110,6 +129,7 @@ impl Cluster {
             executor,
             follower,
             reference,
+            links,
         })
     }
 
@@ -147,12 +167,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Every page of a replica, to compare. A pipelined leader applied the same deltas as the
+    /// follower from the same start: fully identical, page-1 change counter included. A leader
+    /// that commits in place stamps page 1's change counter (bytes 24..28 and 92..96) from its
+    /// own connection's count, as a node rebuilt from an image does: those bytes are masked
+    /// (see `snapshot::dump_pages`); every other byte must match.
+    fn pages(&self, path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+        Ok(match self.links {
+            true => snapshot::dump_raw_pages(path)?,
+            false => snapshot::dump_pages(path)?,
+        })
+    }
+
     /// Leader and follower byte-identical and intact; rows equal to the reference.
     fn verify(&self, step: &str) -> TestResult {
         let (l, f) = (self.leader.path(), self.follower.path());
-        // Leader and follower applied the same deltas from the same start: fully identical,
-        // page-1 change counter included.
-        let (lp, fp) = (snapshot::dump_raw_pages(l)?, snapshot::dump_raw_pages(f)?);
+        let (lp, fp) = (self.pages(l)?, self.pages(f)?);
         ensure!(
             lp.len() == fp.len(),
             "{step}: leader has {} pages, follower {}",
@@ -498,8 +528,7 @@ async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
             follower_conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         }
         ensure!(
-            snapshot::dump_raw_pages(c.leader.path())?
-                == snapshot::dump_raw_pages(c.follower.path())?,
+            c.pages(c.leader.path())? == c.pages(c.follower.path())?,
             "batch {i} diverged"
         );
     }
@@ -2044,7 +2073,7 @@ async fn apply_both(c: &Cluster, delta: PageDelta) -> TestResult {
 /// that only the chain holds.
 #[tokio::test]
 async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult {
-    let c = Cluster::new()?;
+    let c = Cluster::pipelined()?;
     c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
     let mut batches = Vec::new();
     for i in 0..40u32 {
@@ -2097,7 +2126,7 @@ async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult 
 /// after a leadership change) is skipped, not applied to pages it was not captured on.
 #[tokio::test]
 async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
-    let c = Cluster::new()?;
+    let c = Cluster::pipelined()?;
     c.write_one(&[CREATE_T]).await?;
     let first = c
         .executor
@@ -2161,7 +2190,7 @@ async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
 /// are not (the executor's connection keeps the schema and the file size in memory).
 #[tokio::test]
 async fn schema_changes_are_not_stacked_on() -> TestResult {
-    let c = Cluster::new()?;
+    let c = Cluster::pipelined()?;
     let created = c.write(vec![req("", &[CREATE_T])]).await?;
     ensure!(created.link.is_none(), "CREATE TABLE gave a link");
     let inserted = c.write(vec![req("", &[&insert_rows(50, 1)])]).await?;
@@ -2178,20 +2207,180 @@ async fn schema_changes_are_not_stacked_on() -> TestResult {
 /// Without a write pipeline the executor keeps no copy of a batch's pages.
 #[tokio::test]
 async fn an_executor_without_links_returns_none() -> TestResult {
-    let c = Cluster::new()?;
+    let c = Cluster::pipelined()?;
     c.write_one(&[CREATE_T]).await?;
     let plain = c.leader.open_executor_with_links(false)?;
-    let result = plain
-        .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
-        .await?;
+    let request = req("", &["INSERT INTO t(a) VALUES('x')"]);
+    let result = plain.execute_batch(vec![request.clone()]).await?;
     ensure!(
         result.delta.is_some() && result.link.is_none(),
         "{result:?}"
     );
+    // Its batch is open for its commit in place until its delta is applied.
+    apply_both(&c, result.delta.context("a delta")?).await?;
+    c.reference_commit(&request)?;
     let linked = c
         .executor
         .execute_batch(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
         .await?;
     ensure!(linked.link.is_some(), "{linked:?}");
+    Ok(())
+}
+
+/// Without a write pipeline the leader keeps a batch's transaction open until its delta is
+/// committed, then commits it in place: nobody sees the batch before, the database holds
+/// exactly what applying the delta gives after (the follower's pages), and the applier wrote
+/// nothing.
+#[tokio::test]
+async fn a_batch_is_committed_in_place_once_its_delta_is() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
+    let in_place_before = c.leader.committed_in_place();
+    let request = req("in-place", &[&insert_rows(300, 3)]);
+    let result = c.executor.execute_batch(vec![request.clone()]).await?;
+    let delta = result.delta.context("a delta")?;
+    ensure!(c.leader.gate.batch_open(), "the batch was not kept open");
+    let reader = Connection::open(c.leader.path())?;
+    ensure!(count(&reader, "t")? == 0, "the open batch is visible");
+    let version = c.leader.version().await?;
+    let applier_changes = applier_changes_of(&c.leader).await?;
+    let follower_changes = applier_changes_of(&c.follower).await?;
+
+    apply_both(&c, PageDelta::decode(&delta.encode())?).await?;
+    ensure!(
+        applier_changes_of(&c.follower).await? > follower_changes,
+        "an apply counts no changes"
+    );
+    c.reference_commit(&request)?;
+    ensure!(!c.leader.gate.batch_open());
+    ensure!(c.leader.committed_in_place() == in_place_before + 1);
+    ensure!(c.leader.version().await? == version + 1);
+    ensure!(count(&reader, "t")? == 300);
+    ensure!(
+        applier_changes_of(&c.leader).await? == applier_changes,
+        "the leader's applier wrote the delta"
+    );
+    c.verify("committed in place")?;
+    // The request id it recorded is found, as after an apply.
+    let replay = c.executor.execute_batch(vec![request]).await?;
+    ensure!(matches!(replay.outcomes[0], WriteOutcome::Duplicate(_)));
+    ensure!(replay.delta.is_none() && !c.leader.gate.batch_open());
+    Ok(())
+}
+
+/// Rows the applier's connection has written since it opened.
+async fn applier_changes_of(db: &Database) -> anyhow::Result<u64> {
+    Ok(db
+        .applier
+        .call(|a| Ok(a.connection().total_changes()))
+        .await?)
+}
+
+/// A batch kept open whose delta is lost (another leader's delta took its version) is rolled
+/// back when that delta arrives, which is applied; the lost one is then skipped. Without the
+/// gate's record the applier would wait on SQLite's write lock until its busy timeout.
+#[tokio::test]
+async fn an_open_batch_gives_way_to_another_leaders_delta() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        busy_timeout: Duration::from_secs(2),
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let lost = c
+        .executor
+        .execute_batch(vec![req("lost", &["INSERT INTO t(a) VALUES('lost')"])])
+        .await?
+        .delta
+        .context("a delta")?;
+    ensure!(c.leader.gate.batch_open());
+    // Another leader, on a copy of the same committed state.
+    let other_dir = tempfile::tempdir()?;
+    let other_path = other_dir.path().join("other.db");
+    c.follower.build_image(other_path.clone()).await?;
+    let other = Database::open(&other_path, DbOptions::default())?;
+    let other_request = req("other", &["INSERT INTO t(a) VALUES('other leader')"]);
+    let replacing = other
+        .open_executor()?
+        .execute_batch(vec![other_request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+    ensure!(replacing.base_version == lost.base_version);
+
+    let started = std::time::Instant::now();
+    apply_both(&c, PageDelta::decode(&replacing.encode())?).await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(1),
+        "the apply waited for the open batch"
+    );
+    c.reference_commit(&other_request)?;
+    ensure!(!c.leader.gate.batch_open());
+    let lost = Arc::new(PageDelta::decode(&lost.encode())?);
+    ensure!(c.leader.apply(lost.clone()).await? == ApplyOutcome::Skipped);
+    ensure!(c.follower.apply(lost).await? == ApplyOutcome::Skipped);
+    c.verify("the other leader's delta")?;
+    let reader = Connection::open(c.leader.path())?;
+    let rows: Vec<String> = reader
+        .prepare("SELECT a FROM t ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ensure!(rows == ["other leader"], "{rows:?}");
+    // The executor goes on from the committed state.
+    c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
+    c.verify("after the next batch")?;
+    Ok(())
+}
+
+/// An image installed while a batch is open (a leader deposed and rebuilt from a snapshot)
+/// rolls the batch back first; so does the next batch, VACUUM or transaction on the executor.
+#[tokio::test]
+async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        busy_timeout: Duration::from_secs(2),
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    c.write_one(&[&insert_rows(100, 1)]).await?;
+    let image = c.dir.path().join("image.db");
+    c.follower.build_image(image.clone()).await?;
+    let never = c
+        .executor
+        .execute_batch(vec![req("", &["DELETE FROM t"])])
+        .await?;
+    ensure!(never.delta.is_some() && c.leader.gate.batch_open());
+    c.leader.install_image(image).await?;
+    ensure!(!c.leader.gate.batch_open());
+    c.verify("image installed over an open batch")?;
+
+    // Never committed: the next batch runs on the committed state without it.
+    c.executor
+        .execute_batch(vec![req("", &["DELETE FROM t"])])
+        .await?;
+    let next = c
+        .write(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
+        .await?;
+    ensure!(executed(&next.outcomes[0])?[0].rows_affected == 1);
+    let reader = Connection::open(c.leader.path())?;
+    ensure!(count(&reader, "t")? == 101);
+    c.verify("after the abandoned batches")?;
+    // VACUUM and an interactive transaction roll an open batch back too.
+    c.executor
+        .execute_batch(vec![req("", &["DELETE FROM t"])])
+        .await?;
+    let vacuum = c.executor.execute_vacuum().await?;
+    ensure!(!c.leader.gate.batch_open());
+    apply_both(
+        &c,
+        PageDelta::decode(&vacuum.delta.context("a delta")?.encode())?,
+    )
+    .await?;
+    c.executor
+        .execute_batch(vec![req("", &["DELETE FROM t"])])
+        .await?;
+    c.executor.begin().await?;
+    ensure!(!c.leader.gate.batch_open());
+    c.executor.rollback().await?;
+    ensure!(count(&reader, "t")? == 101);
+    c.verify("after VACUUM and a transaction")?;
     Ok(())
 }
