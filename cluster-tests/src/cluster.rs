@@ -198,7 +198,9 @@ impl Cluster {
             args.extend(["--max-request-bytes".into(), n.to_string().into()]);
         }
         // The write pipeline is off by default (it pays only where nodes have cores of their
-        // own); the scenarios run it, so that every failure they inject meets it.
+        // own); the scenarios run it, so that every failure they inject meets it. The default
+        // (the leader commits its batches in place) is what t20's depth-1 scenarios and the
+        // compose and chaos scenarios (t70, t80) run.
         if !o.extra_args.iter().any(|a| a == "--write-pipeline-depth") {
             args.extend(["--write-pipeline-depth".into(), "3".into()]);
         }

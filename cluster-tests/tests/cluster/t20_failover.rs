@@ -193,22 +193,54 @@ async fn more_acked(checker: &Checker, what: &str) {
 /// still in memory. Its deltas in flight are committed by the new leader or lost, its clients
 /// retry elsewhere under the same request ids, and it follows: every acknowledged write is
 /// there exactly once, and the replicas are byte-identical.
+/// With the write pipeline (depth 3) the paused leader holds deltas in flight and batches
+/// executed on top of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_paused_under_write_load_loses_nothing_when_it_resumes() {
+    leader_paused_under_write_load(
+        3,
+        "raftlite_write_batches_total{base=\"in_flight\"} ",
+        "paused_kv",
+    )
+    .await;
+}
+
+/// Without it (the default) the paused leader holds a batch's transaction open for its commit
+/// in place; resumed, it must roll it back for the new leader's deltas, not wait on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_paused_with_a_batch_open_loses_nothing_when_it_resumes() {
+    leader_paused_under_write_load(
+        1,
+        "raftlite_write_batches_committed_in_place_total ",
+        "paused_open_kv",
+    )
+    .await;
+}
+
+/// SIGSTOP the leader under 8 writers, let a new leader take 100 writes, SIGCONT it; `used`
+/// names the metric that shows the leader's write path at `depth` was exercised.
+async fn leader_paused_under_write_load(depth: usize, used: &str, table: &str) {
     init_tracing();
-    info!("phase 1: three nodes, a leader, the audited table, {WRITERS} writers");
+    info!(
+        depth,
+        "phase 1: three nodes, a leader, the audited table, {WRITERS} writers"
+    );
     let metrics = ClusterOptions {
-        extra_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        extra_args: vec![
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--write-pipeline-depth".into(),
+            depth.to_string(),
+        ],
         ..ClusterOptions::default()
     };
-    let (cluster, old_leader, checker) = three_nodes_with("paused_kv", metrics).await;
+    let (cluster, old_leader, checker) = three_nodes_with(table, metrics).await;
     let writers = Writers::start(&cluster, &checker, WRITERS);
     more_acked(&checker, "writes before the pause").await;
     let text = scrape(&metrics_addr(&cluster, old_leader)).await;
-    let stacked = metric_value(&text, "raftlite_write_batches_total{base=\"in_flight\"} ");
     assert!(
-        stacked >= 1.0,
-        "the leader never used the write pipeline:\n{text}"
+        metric_value(&text, used) >= 1.0,
+        "the leader's write path at depth {depth} was not used ({used}):\n{text}"
     );
 
     info!(
@@ -259,8 +291,12 @@ async fn two_of_three_sigkilled_right_after_a_burst_lose_nothing() {
     init_tracing();
 
     info!("phase 1: start three nodes, wait for a leader, create the audited table");
-    let (cluster, leader, checker) =
-        three_nodes_with("double_kill_kv", ClusterOptions::default()).await;
+    // At the default depth: the leader commits its batches in place.
+    let default_depth = ClusterOptions {
+        extra_args: vec!["--write-pipeline-depth".into(), "1".into()],
+        ..ClusterOptions::default()
+    };
+    let (cluster, leader, checker) = three_nodes_with("double_kill_kv", default_depth).await;
 
     info!(
         BURST_WRITERS,
