@@ -92,7 +92,7 @@ impl Applier {
     ) -> Result<Option<ApplyOutcome>> {
         delta.validate()?;
         let held = self.gate.hold();
-        if held.open_batch.is_some() {
+        if held.batch_open() {
             return Ok(None);
         }
         let result = self.apply_in_transaction(delta);
@@ -110,7 +110,7 @@ impl Applier {
     /// [`Applier::install_image`], or `None` as [`Applier::apply_unless_batch_open`].
     pub(crate) fn install_image_unless_batch_open(&self, path: &Path) -> Result<Option<()>> {
         let held = self.gate.hold();
-        if held.open_batch.is_some() {
+        if held.batch_open() {
             return Ok(None);
         }
         let result = self.install_in_transaction(path);

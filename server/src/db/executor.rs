@@ -175,8 +175,9 @@ pub struct Executor {
     /// Whether a batch's transaction stays open until its delta is committed, to be committed
     /// in place (see [`Executor::commit_in_place`]) instead of rolled back and applied.
     in_place: bool,
-    /// The tag of the batch this connection keeps open for its commit in place.
-    open_batch: Option<u64>,
+    /// The batch this connection keeps open for its commit in place: its delta's tag and base
+    /// version.
+    open_batch: Option<(u64, u64)>,
 }
 
 /// Serialises the executor's batches and the applier's applies on one node: both take
@@ -188,22 +189,45 @@ pub struct Executor {
 /// [`Executor::commit_in_place`]): that transaction holds SQLite's write lock after the gate
 /// is released, so the applier checks here before it writes, and a delta must first end it.
 #[derive(Clone, Default)]
-pub struct WriteGate(Arc<std::sync::Mutex<GateState>>);
+pub struct WriteGate(Arc<Gate>);
 
 #[derive(Default)]
+struct Gate {
+    lock: std::sync::Mutex<GateState>,
+    /// A copy of [`GateState::open_batch`], read without waiting for the lock.
+    open_batch: std::sync::atomic::AtomicBool,
+}
+
+/// What the gate guards.
+#[derive(Default)]
 pub(crate) struct GateState {
-    /// The tag of the executor's batch kept open for its commit in place.
-    pub(crate) open_batch: Option<u64>,
+    /// Whether the executor keeps a batch open for its commit in place. Decides only under
+    /// the lock; set through [`WriteGate::set_batch_open`].
+    open_batch: bool,
+}
+
+impl GateState {
+    pub(crate) fn batch_open(&self) -> bool {
+        self.open_batch
+    }
 }
 
 impl WriteGate {
     pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the executor keeps a batch open for its commit in place.
+    /// Whether the executor keeps a batch open for its commit in place, as last recorded: a
+    /// hint for async callers (it takes no lock); the applier decides under [`WriteGate::hold`].
     pub(crate) fn batch_open(&self) -> bool {
-        self.hold().open_batch.is_some()
+        self.0.open_batch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_batch_open(&self, held: &mut GateState, open: bool) {
+        held.open_batch = open;
+        self.0
+            .open_batch
+            .store(open, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -354,8 +378,8 @@ impl Executor {
                     match &executed.delta {
                         // Open until its delta is committed; the applier waits for it.
                         Some(delta) if self.in_place => {
-                            self.open_batch = Some(delta.tag);
-                            held.open_batch = Some(delta.tag);
+                            self.open_batch = Some((delta.tag, delta.base_version));
+                            gate.set_batch_open(&mut held, true);
                         }
                         _ => self.end_transaction()?,
                     }
@@ -370,33 +394,27 @@ impl Executor {
         }
     }
 
-    /// Commit the batch kept open since it was executed, once its delta (tagged `tag`) is
-    /// committed by Raft: the leader's database then holds exactly the pages the delta carries,
-    /// as every other node's does once it applied it, without laying them again. Returns
-    /// whether it did; if the batch open is another one (its delta was lost, or not yet
-    /// committed and this delta comes first), that batch is rolled back and the caller applies
-    /// the delta as any node does.
-    pub fn commit_in_place(&mut self, tag: u64) -> Result<bool> {
+    /// Commit the batch kept open since it was executed, once its delta is committed by
+    /// Raft: the leader's database then holds exactly the pages the delta carries, as every
+    /// other node's does once it applied it, without laying them again. Returns whether it
+    /// did. If the batch open is another one (same tag and base version, or it is not this
+    /// delta's: its delta was lost, or this delta comes first), that batch is rolled back and
+    /// the caller applies the delta as any node does; so it is if its `COMMIT` fails.
+    pub fn commit_in_place(&mut self, delta: &PageDelta) -> Result<bool> {
         let gate = self.gate.clone();
         let mut held = gate.hold();
-        match self.open_batch {
-            Some(open) if open == tag => {
-                self.open_batch = None;
-                held.open_batch = None;
-                match self.internal_sql(internal_sql!("COMMIT")) {
-                    Ok(()) => Ok(true),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "committing a batch in place failed; applying its delta instead");
-                        self.end_transaction()?;
-                        Ok(false)
-                    }
-                }
-            }
-            _ => {
-                self.end_open_batch_held(&mut held)?;
-                Ok(false)
-            }
+        if self.open_batch != Some((delta.tag, delta.base_version)) {
+            self.end_open_batch_held(&mut held)?;
+            return Ok(false);
         }
+        if let Err(e) = self.internal_sql(internal_sql!("COMMIT")) {
+            tracing::warn!(error = %e, "committing a batch in place failed; applying its delta instead");
+            self.end_open_batch_held(&mut held)?;
+            return Ok(false);
+        }
+        self.open_batch = None;
+        gate.set_batch_open(&mut held, false);
+        Ok(true)
     }
 
     /// Roll back the batch kept open for its commit in place, if any: what runs next on this
@@ -408,10 +426,13 @@ impl Executor {
         self.end_open_batch_held(&mut held)
     }
 
+    /// The gate is told the batch is gone only once it is: a failed `ROLLBACK` leaves it
+    /// recorded, and the applier refuses to wait on its lock.
     fn end_open_batch_held(&mut self, held: &mut GateState) -> Result<()> {
-        if self.open_batch.take().is_some() {
-            held.open_batch = None;
+        if self.open_batch.is_some() {
             self.end_transaction()?;
+            self.open_batch = None;
+            self.gate.set_batch_open(held, false);
         }
         Ok(())
     }
@@ -802,15 +823,21 @@ impl Executor {
 
     /// Whether a write with this request id has been applied (as seen by this connection: the
     /// committed state, plus an open transaction's own writes, which never record ids).
-    pub fn request_recorded(&mut self, request_id: &str) -> Result<bool> {
-        self.end_open_batch()?;
+    /// With a batch open for its commit in place, the committed state is read through the
+    /// read-only connection instead, and the batch stays open.
+    pub fn request_recorded(&self, request_id: &str) -> Result<bool> {
+        if self.open_batch.is_some() {
+            return internal::request_recorded(&self.base, request_id);
+        }
         let _guard = self.lockdown.internal();
         internal::request_recorded(&self.conn, request_id)
     }
 
-    /// Discard the open transaction (a no-op without one).
+    /// Discard the open transaction (a no-op without one), or a batch kept open.
     pub fn rollback(&mut self) -> Result<()> {
-        self.transaction = None;
+        if self.transaction.take().is_none() {
+            return self.end_open_batch();
+        }
         self.end_transaction()
     }
 

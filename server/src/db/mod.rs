@@ -239,10 +239,13 @@ impl Database {
     /// page 1's change counter, each file's own, aside) at a fraction of the cost. Any other
     /// open batch is rolled back first and the delta applied.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
-        loop {
+        for _ in 0..OPEN_BATCH_ROUNDS {
             if self.gate.batch_open() {
-                let tag = delta.tag;
-                if self.executor_call(move |e| e.commit_in_place(tag)).await? {
+                let ours = delta.clone();
+                if self
+                    .executor_call(move |e| e.commit_in_place(&ours))
+                    .await?
+                {
                     self.committed_in_place
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(ApplyOutcome::Applied);
@@ -257,6 +260,7 @@ impl Database {
                 return Ok(outcome);
             }
         }
+        Err(batch_stays_open())
     }
 
     /// How many deltas [`Database::apply`] committed in place (the rest were applied).
@@ -268,7 +272,7 @@ impl Database {
     /// Replace the whole database with the image file at `path`. See
     /// [`Applier::install_image`].
     pub async fn install_image(&self, path: PathBuf) -> Result<()> {
-        loop {
+        for _ in 0..OPEN_BATCH_ROUNDS {
             if self.gate.batch_open() {
                 self.executor_call(|e| e.end_open_batch()).await?;
             }
@@ -281,6 +285,7 @@ impl Database {
                 return Ok(());
             }
         }
+        Err(batch_stays_open())
     }
 
     /// Run `f` on the executor that keeps batches open; an error if there is none (then no
@@ -323,13 +328,20 @@ impl Database {
     /// pipeline (only a pipeline deeper than one uses them). Without links, the leader commits
     /// each batch in place once its delta is committed (see [`Database::apply`]).
     pub fn open_executor_with_links(&self, links: bool) -> Result<ExecutorHandle> {
+        let mut in_place = self.in_place.lock().unwrap_or_else(|p| p.into_inner());
+        if !links && in_place.is_some() {
+            // Its open batch could only be ended by itself.
+            return Err(DbError::Internal(
+                "an executor that commits in place is already open on this database".into(),
+            ));
+        }
         let mut executor = Executor::open(&self.path, &self.options)?;
         executor.share_gate(self.gate.clone());
         executor.keep_links(links);
         executor.commit_batches_in_place(!links);
         let worker = Worker::spawn("sqlite-executor", executor)?;
         if !links {
-            *self.in_place.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker.clone());
+            *in_place = Some(worker.clone());
         }
         Ok(ExecutorHandle { worker })
     }
@@ -403,10 +415,24 @@ impl ExecutorHandle {
             .await
     }
 
+    /// See [`Executor::end_open_batch`].
+    pub async fn end_open_batch(&self) -> Result<()> {
+        self.worker.call(|executor| executor.end_open_batch()).await
+    }
+
     /// See [`Executor::rollback`].
     pub async fn rollback(&self) -> Result<()> {
         self.worker.call(|executor| executor.rollback()).await
     }
+}
+
+/// How often [`Database::apply`] ends an open batch and tries the applier again. Each round
+/// ends the batch open when it began; a new one opens only once the log is applied (the
+/// batcher settles first), so the second round applies.
+const OPEN_BATCH_ROUNDS: usize = 8;
+
+fn batch_stays_open() -> DbError {
+    DbError::Internal("the executor's open batch could not be ended".into())
 }
 
 /// Create the file if needed and put it into the shape every connection relies on.

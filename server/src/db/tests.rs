@@ -2261,6 +2261,20 @@ async fn a_batch_is_committed_in_place_once_its_delta_is() -> TestResult {
         "the leader's applier wrote the delta"
     );
     c.verify("committed in place")?;
+    // A request id only the open batch holds is not yet recorded, and asking leaves the batch
+    // open for its commit in place.
+    let open = c
+        .executor
+        .execute_batch(vec![req("open-id", &["DELETE FROM t"])])
+        .await?;
+    ensure!(!c.executor.request_recorded("open-id".into()).await?);
+    ensure!(c.executor.request_recorded("in-place".into()).await?);
+    ensure!(c.leader.gate.batch_open());
+    apply_both(&c, open.delta.context("a delta")?).await?;
+    c.reference_commit(&req("", &["DELETE FROM t"]))?;
+    ensure!(c.leader.committed_in_place() == in_place_before + 2);
+    ensure!(c.executor.request_recorded("open-id".into()).await?);
+    c.verify("second batch committed in place")?;
     // The request id it recorded is found, as after an apply.
     let replay = c.executor.execute_batch(vec![request]).await?;
     ensure!(matches!(replay.outcomes[0], WriteOutcome::Duplicate(_)));
@@ -2307,12 +2321,7 @@ async fn an_open_batch_gives_way_to_another_leaders_delta() -> TestResult {
         .context("a delta")?;
     ensure!(replacing.base_version == lost.base_version);
 
-    let started = std::time::Instant::now();
     apply_both(&c, PageDelta::decode(&replacing.encode())?).await?;
-    ensure!(
-        started.elapsed() < Duration::from_secs(1),
-        "the apply waited for the open batch"
-    );
     c.reference_commit(&other_request)?;
     ensure!(!c.leader.gate.batch_open());
     let lost = Arc::new(PageDelta::decode(&lost.encode())?);
@@ -2341,6 +2350,19 @@ async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> Tes
     })?;
     c.write_one(&[CREATE_T]).await?;
     c.write_one(&[&insert_rows(100, 1)]).await?;
+    // The image holds one delta the leader has not seen.
+    let ahead_path = c.dir.path().join("ahead.db");
+    c.follower.build_image(ahead_path.clone()).await?;
+    let ahead = Database::open(&ahead_path, DbOptions::default())?;
+    let ahead_request = req("", &["DELETE FROM t WHERE id > 99"]);
+    let ahead_delta = ahead
+        .open_executor()?
+        .execute_batch(vec![ahead_request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+    c.follower.apply(Arc::new(ahead_delta)).await?;
+    c.reference_commit(&ahead_request)?;
     let image = c.dir.path().join("image.db");
     c.follower.build_image(image.clone()).await?;
     let never = c
@@ -2361,7 +2383,7 @@ async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> Tes
         .await?;
     ensure!(executed(&next.outcomes[0])?[0].rows_affected == 1);
     let reader = Connection::open(c.leader.path())?;
-    ensure!(count(&reader, "t")? == 101);
+    ensure!(count(&reader, "t")? == 100);
     c.verify("after the abandoned batches")?;
     // VACUUM and an interactive transaction roll an open batch back too.
     c.executor
@@ -2380,7 +2402,7 @@ async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> Tes
     c.executor.begin().await?;
     ensure!(!c.leader.gate.batch_open());
     c.executor.rollback().await?;
-    ensure!(count(&reader, "t")? == 101);
+    ensure!(count(&reader, "t")? == 100);
     c.verify("after VACUUM and a transaction")?;
     Ok(())
 }

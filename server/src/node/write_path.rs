@@ -583,6 +583,10 @@ async fn too_large(
             }
         }
     } else {
+        // Executed, never proposed: nothing will commit it in place.
+        if let Err(e) = executor.end_open_batch().await {
+            tracing::warn!(error = %e, "ending an oversized batch failed");
+        }
         for w in batch {
             let _ = w.reply.send(Err(NodeError::TooLarge(why.clone())));
         }

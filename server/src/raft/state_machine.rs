@@ -548,6 +548,75 @@ mod tests {
             .expect("open state machine")
     }
 
+    fn request(sql: &str) -> WriteRequest {
+        WriteRequest {
+            request_id: String::new(),
+            statements: vec![Statement::new(sql)],
+            deadline: None,
+        }
+    }
+
+    /// On a leader without a write pipeline, an entry whose delta is the batch still open on
+    /// the executor is committed in place (Applied, the version moves on); an entry from
+    /// another leader on the same version rolls the open batch back and is applied, and the
+    /// open batch's own entry then is stale.
+    #[tokio::test]
+    async fn entries_of_the_open_batch_are_committed_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(
+            Database::open(dir.path().join("leader.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let executor = db.open_executor_with_links(false).expect("executor");
+        let mut sm = open_sm(db.clone(), dir.path()).await;
+        let create = executor
+            .execute_batch(vec![request("CREATE TABLE t(x)")])
+            .await
+            .expect("execute")
+            .delta
+            .expect("a delta");
+        let results = sm.apply(vec![entry(1, &create)]).await.expect("apply 1");
+        assert!(matches!(results[..], [ApplyResult::Applied]), "{results:?}");
+        assert_eq!(db.committed_in_place(), 1);
+        assert_eq!(db.version().await.expect("version"), 1);
+
+        let lost = executor
+            .execute_batch(vec![request("INSERT INTO t VALUES ('lost')")])
+            .await
+            .expect("execute")
+            .delta
+            .expect("a delta");
+        let other_db =
+            Database::open(dir.path().join("other.sqlite"), DbOptions::default()).expect("open");
+        other_db
+            .apply(Arc::new(create.clone()))
+            .await
+            .expect("apply on the other");
+        let other = other_db
+            .open_executor()
+            .expect("executor")
+            .execute_batch(vec![request("INSERT INTO t VALUES ('other')")])
+            .await
+            .expect("execute")
+            .delta
+            .expect("a delta");
+        assert_eq!(other.base_version, lost.base_version);
+        let results = sm
+            .apply(vec![entry(2, &other), entry(3, &lost)])
+            .await
+            .expect("apply 2..3");
+        assert!(
+            matches!(results[..], [ApplyResult::Applied, ApplyResult::Stale]),
+            "{results:?}"
+        );
+        assert_eq!(db.committed_in_place(), 1);
+        let conn = rusqlite::Connection::open(db.path()).expect("open");
+        let rows: Vec<String> = conn
+            .prepare("SELECT x FROM t")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(rows, ["other"]);
+    }
+
     /// A database that lost its last applies (power loss with synchronous=NORMAL) is detected
     /// at open: the last snapshot is reinstalled and replaying the log makes it whole again.
     #[tokio::test]
