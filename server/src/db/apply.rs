@@ -126,7 +126,6 @@ impl Applier {
         ))
     }
 
-    #[cfg(test)]
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -293,8 +293,10 @@ impl Executor {
     pub fn open(path: &Path, options: &DbOptions) -> Result<Executor> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(options.busy_timeout)?;
-        // As the applier's: a batch committed in place is in the Raft log already.
+        // As the applier's: a batch committed in place is in the Raft log already, and the
+        // database's checkpointer checkpoints.
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        super::checkpoint::leave_to_checkpointer(&conn)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         let bounds = Bounds::install(&mut conn, options, options.executor_cache_kib)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

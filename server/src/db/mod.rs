@@ -83,6 +83,7 @@ mod authorizer;
 mod bounds;
 mod capture;
 mod chain;
+mod checkpoint;
 mod delta;
 mod error;
 mod executor;
@@ -200,6 +201,7 @@ pub struct Database {
     in_place: std::sync::Mutex<Option<Worker<Executor>>>,
     /// Deltas committed in place since the database was opened.
     committed_in_place: std::sync::atomic::AtomicU64,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl Database {
@@ -212,9 +214,11 @@ impl Database {
         }
         prepare_file(&path, options.busy_timeout)?;
         let applier = Applier::open(&path, options.busy_timeout)?;
+        checkpoint::leave_to_checkpointer(applier.connection())?;
         let gate = applier.gate();
         let applier = Worker::spawn("sqlite-applier", applier)?;
         let reads = ReadPool::open(&path, &options)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         Ok(Database {
             path,
             options,
@@ -223,6 +227,7 @@ impl Database {
             reads,
             in_place: Default::default(),
             committed_in_place: Default::default(),
+            _checkpointer: checkpointer,
         })
     }
 

@@ -2406,3 +2406,37 @@ async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> Tes
     c.verify("after VACUUM and a transaction")?;
     Ok(())
 }
+
+/// No commit checkpoints (the writing connections leave it to the checkpointer): the pages
+/// reach the database file within a few checkpoint intervals all the same, on leader and
+/// follower.
+#[tokio::test]
+async fn the_checkpointer_moves_committed_pages_into_the_database_file() -> TestResult {
+    let c = Cluster::new()?;
+    let autocheckpoint: i64 = c
+        .leader
+        .applier
+        .call(|a| {
+            Ok(a.connection()
+                .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?)
+        })
+        .await?;
+    ensure!(autocheckpoint == 0, "the applier checkpoints on commit");
+    c.write_one(&[CREATE_T]).await?;
+    c.write_one(&[&insert_rows(2000, 7)]).await?;
+    let pages = u64::from(page_count(c.leader.path())?);
+    ensure!(pages > 50);
+    for db in [&c.leader, &c.follower] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(db.path())?.len() < pages * u64::from(PAGE_SIZE) {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{} was not checkpointed",
+                db.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    c.verify("checkpointed")?;
+    Ok(())
+}
