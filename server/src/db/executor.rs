@@ -538,7 +538,10 @@ impl Executor {
             }
             self.internal_sql(SAVEPOINT)?;
             self.reset_last_insert_rowid();
-            match self.run_statements(&request.statements, request.deadline) {
+            let ran = self
+                .run_statements(&request.statements, request.deadline)
+                .and_then(|results| self.no_deferred_violation().map(|()| results));
+            match ran {
                 Ok(results) => {
                     let _guard = self.lockdown.internal();
                     if !id.is_empty() {
@@ -663,6 +666,38 @@ impl Executor {
         Ok((results, result_bytes))
     }
 
+    /// A client's request (or interactive transaction) is its transaction: a deferred foreign
+    /// key (`DEFERRABLE INITIALLY DEFERRED`) still violated at its end fails it, as SQLite's
+    /// `COMMIT` would. The batch's own `COMMIT` never checks (the executor rolls back, or
+    /// commits only at the delta's commit).
+    fn no_deferred_violation(&self) -> Result<()> {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: `handle()` is this connection's valid open handle, used on its own thread;
+        // the call only reads a counter into the two integers.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+                &mut current,
+                &mut highest,
+                0,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(DbError::Internal(format!(
+                "reading the deferred foreign key count failed ({rc})"
+            )));
+        }
+        match current {
+            0 => Ok(()),
+            _ => Err(DbError::Constraint(
+                "FOREIGN KEY constraint failed: a deferred foreign key is still violated at the \
+                 end of the write"
+                    .into(),
+            )),
+        }
+    }
+
     /// `last_insert_rowid` is per request (or transaction): what SQLite would answer on a
     /// connection of its own, never an earlier request's rowid or raftlite's bookkeeping.
     fn reset_last_insert_rowid(&self) {
@@ -764,6 +799,7 @@ impl Executor {
         open: OpenTransaction,
         request_id: &str,
     ) -> Result<Option<PageDelta>> {
+        self.no_deferred_violation()?;
         let _guard = self.lockdown.internal();
         if !capture::changed(&self.conn, &open.start)? {
             return Ok(None);
