@@ -57,6 +57,9 @@ async fn returning_rowids_and_transactions_on_every_path() {
                 "1000".into(),
                 "--transaction-max-ms".into(),
                 "3000".into(),
+                // The default: a transaction's commit is kept open and committed in place.
+                "--write-pipeline-depth".into(),
+                "1".into(),
             ],
             ..ClusterOptions::default()
         },

@@ -788,6 +788,14 @@ impl Executor {
             .take()
             .ok_or_else(|| DbError::Internal("no transaction is open".into()))?;
         let captured = self.capture_transaction(open, request_id);
+        if let (Ok(Some(delta)), true) = (&captured, self.in_place) {
+            // Kept open for its commit in place, like a batch.
+            let gate = self.gate.clone();
+            let mut held = gate.hold();
+            self.open_batch = Some((delta.tag, delta.base_version));
+            gate.set_batch_open(&mut held, true);
+            return captured;
+        }
         let rolled_back = self.end_transaction();
         let delta = captured?;
         rolled_back?;

@@ -1798,8 +1798,12 @@ async fn interactive_transaction_commits_as_one_delta() -> TestResult {
         .await?
         .context("the transaction wrote")?;
     ensure!(delta.base_version == version);
+    // Kept open until its delta is committed, then committed in place, as a batch.
+    ensure!(c.leader.gate.batch_open());
+    let in_place = c.leader.committed_in_place();
     let delta = Arc::new(PageDelta::decode(&delta.encode())?);
     ensure!(c.leader.apply(delta.clone()).await? == ApplyOutcome::Applied);
+    ensure!(c.leader.committed_in_place() == in_place + 1);
     ensure!(c.follower.apply(delta).await? == ApplyOutcome::Applied);
     c.reference.execute_batch(
         "UPDATE acct SET balance = balance - 30 WHERE id = 1; UPDATE acct SET balance = balance + 30 WHERE id = 2;",

@@ -417,7 +417,10 @@ async fn commit(
             })
         }
         Err(DbError::TooLarge(why)) => return Err(NodeError::TooLarge(why)),
-        Err(e @ DbError::InvalidArgument(_)) => return Err(NodeError::Db(e)),
+        // A request id used before, or a deferred foreign key still violated.
+        Err(e @ (DbError::InvalidArgument(_) | DbError::Constraint(_))) => {
+            return Err(NodeError::Db(e))
+        }
         Err(e) => {
             return Err(NodeError::Internal(format!(
                 "capturing the commit failed: {e}"
@@ -429,7 +432,15 @@ async fn commit(
         let _ = tx.send(committed);
     })
     .await;
-    match rx.await {
+    let committed = rx.await;
+    if !matches!(committed, Ok(Ok(_))) {
+        // Kept open for its commit in place, which will not come here (if Raft still
+        // commits it, it is applied like on any node).
+        if let Err(e) = executor.end_open_batch().await {
+            tracing::warn!(error = %e, "ending a transaction kept open failed");
+        }
+    }
+    match committed {
         Ok(Ok(log_index)) => Ok(TransactionReply::Committed {
             log_index,
             deduplicated: false,
