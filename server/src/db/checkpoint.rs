@@ -4,12 +4,18 @@
 //! SQLite's automatic checkpoint runs inside the `COMMIT` that crosses 1,000 WAL frames: on a
 //! node that is the applier's (or the leader's executor's) commit, with two fsyncs of up to
 //! 4 MiB, while the next write waits for that apply. Measured on a 3-node cluster on one disk,
-//! that put 7–12 ms stalls into 1 % of sequential 1-row writes (BENCHMARKS.md, session 8). The
-//! writing connections therefore set `wal_autocheckpoint=0`, and this thread runs a `PASSIVE`
-//! checkpoint every [`INTERVAL`]: it never blocks a writer or a reader, copies what no reader
-//! still needs, and lets the next writer restart the WAL from its start. Content is unaffected:
-//! when a node checkpoints never changes its pages (the spike's finding), only how large its
-//! WAL grows between checkpoints (a tick's worth of writes, instead of 1,000 frames).
+//! that put 7–12 ms stalls into 1 % of sequential 1-row writes (BENCHMARKS.md, session 8). This
+//! thread runs a `PASSIVE` checkpoint every [`INTERVAL`] instead: it never blocks a writer or a
+//! reader and copies what no reader still needs. Content is unaffected: when a node
+//! checkpoints never changes its pages (the spike's finding).
+//!
+//! It cannot restart the WAL, though: SQLite goes back to the WAL's start only when a write
+//! transaction begins with every frame already copied, and a busy leader opens its next batch
+//! within microseconds of committing the last (commit in place), before any checkpoint of
+//! another thread can finish. So the writing connections keep a backstop: they checkpoint
+//! inside the commit that crosses [`BACKSTOP_FRAMES`] (16 MiB of 4 KiB pages, against SQLite's
+//! default 1,000), when little is left to copy, and the next writer restarts the WAL. Without
+//! it a leader's WAL grew by every frame it wrote.
 
 use super::error::{DbError, Result};
 use rusqlite::Connection;
@@ -18,6 +24,10 @@ use std::time::Duration;
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(100);
+/// WAL frames past which a commit checkpoints itself (and the next writer restarts the WAL).
+pub(crate) const BACKSTOP_FRAMES: u32 = 4096;
+/// Least time between two warnings of a failing checkpoint.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Stops its thread when dropped.
 pub(crate) struct Checkpointer {
@@ -34,11 +44,15 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
+                let mut warned: Option<std::time::Instant> = None;
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(INTERVAL)
                 {
                     if let Err(e) = checkpoint(&conn) {
-                        tracing::warn!(database = %name, error = %e, "WAL checkpoint failed");
+                        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                            warned = Some(std::time::Instant::now());
+                            tracing::warn!(database = %name, error = %e, "WAL checkpoint failed (commits still checkpoint past the backstop)");
+                        }
                     }
                 }
             })
@@ -53,8 +67,9 @@ fn checkpoint(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Leave checkpoints to the [`Checkpointer`] on a connection that commits.
+/// Leave checkpoints to the [`Checkpointer`] on a connection that commits, but for the
+/// backstop (see the module docs).
 pub(crate) fn leave_to_checkpointer(conn: &Connection) -> Result<()> {
-    conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={BACKSTOP_FRAMES}"))?;
     Ok(())
 }

@@ -779,9 +779,10 @@ impl Executor {
         Ok(())
     }
 
-    /// End the open transaction and capture what it wrote as one delta (rolled back here like
-    /// every batch); `None` if it wrote nothing. A non-empty `request_id` is recorded in the
-    /// delta, so that a retried Commit finds it.
+    /// End the open transaction and capture what it wrote as one delta (rolled back here, or
+    /// kept open for its commit in place, like a batch); `None` if it wrote nothing. A
+    /// non-empty `request_id` is recorded in the delta, so that a retried Commit finds it. A
+    /// deferred foreign key still violated fails it, and it is rolled back.
     pub fn commit(&mut self, request_id: &str) -> Result<Option<PageDelta>> {
         let open = self
             .transaction
@@ -807,7 +808,12 @@ impl Executor {
         open: OpenTransaction,
         request_id: &str,
     ) -> Result<Option<PageDelta>> {
-        self.no_deferred_violation()?;
+        self.no_deferred_violation().map_err(|e| match e {
+            DbError::Constraint(m) => {
+                DbError::Constraint(format!("{m}; the transaction was rolled back"))
+            }
+            e => e,
+        })?;
         let _guard = self.lockdown.internal();
         if !capture::changed(&self.conn, &open.start)? {
             return Ok(None);
@@ -903,7 +909,8 @@ impl Executor {
         Ok(())
     }
 
-    /// ROLLBACK whatever is open: the executor never commits.
+    /// ROLLBACK whatever is open (the executor commits only in place, see
+    /// [`Executor::commit_in_place`]).
     fn end_transaction(&self) -> Result<()> {
         if self.conn.is_autocommit() {
             return Ok(());

@@ -54,8 +54,8 @@
 //!   the captured transaction. Costs a delta the size of the whole database.
 //! * **Dedicated threads for every connection**, fed by channels: rusqlite blocks, tokio
 //!   workers must not. Applies run strictly in submission order on one thread.
-//! * **Only the applier commits, with `synchronous=NORMAL`.** The executor never commits;
-//!   readers never write. An applied delta survives a process crash once `apply` returns, but
+//! * **Only the applier commits, with `synchronous=NORMAL`**, and the executor, only a batch
+//!   whose delta Raft committed (commit in place, same setting); readers never write. An applied delta survives a process crash once `apply` returns, but
 //!   not necessarily a power loss: WAL mode syncs at checkpoints, so the file may then lack the
 //!   last applies. The Raft log is the durable copy (fsynced before a write is acknowledged):
 //!   the state machine notices the older database by its recorded version and replays the log

@@ -8,7 +8,8 @@
 //! once it ends. It ends on `Commit`, `Rollback`, a statement that rolled it back, an idle
 //! period of `transaction_idle_timeout` without a call, `transaction_max` after it began
 //! (however busy: it holds the write lock), or a leadership change: in every case
-//! but a successful commit nothing of it remains (the executor never commits; see `db`).
+//! but a successful commit nothing of it remains (the executor commits only what Raft
+//! committed; see `db`).
 //!
 //! * **Unary calls with an id**, not a stream: every language's gRPC client makes unary calls
 //!   easily (a DB-API connection is synchronous), and a follower forwards each call to the
