@@ -41,7 +41,7 @@ use super::value::{
 };
 use super::DbOptions;
 use rusqlite::config::DbConfig;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -593,9 +593,44 @@ impl Executor {
         statements: &[Statement],
         deadline: Option<Instant>,
     ) -> Result<Vec<StatementOutcome>> {
+        let schema = self.schema_version()?;
         let (results, result_bytes) = self.step_statements(statements, deadline)?;
+        if self.schema_version()? != schema {
+            self.refuse_references_to_internal_tables()?;
+        }
         self.result_budget -= result_bytes;
         Ok(results)
+    }
+
+    fn schema_version(&self) -> Result<i64> {
+        let _guard = self.lockdown.internal();
+        Ok(self
+            .conn
+            .prepare_cached(internal_sql!("PRAGMA main.schema_version"))?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// A client table may not name one of raftlite's tables in a foreign key: deleting old
+    /// request ids (or any internal write) would then fail whole batches, other clients'
+    /// writes included, or cascade into the client's rows. Checked after a request changed the
+    /// schema, so it fails alone.
+    fn refuse_references_to_internal_tables(&self) -> Result<()> {
+        let _guard = self.lockdown.internal();
+        let referencing: Option<String> = self
+            .conn
+            .prepare_cached(internal_sql!(
+                "SELECT s.name FROM main.sqlite_schema AS s, pragma_foreign_key_list(s.name) AS f
+                 WHERE s.type = 'table' AND f.\"table\" LIKE '\\_raftlite\\_%' ESCAPE '\\' LIMIT 1"
+            ))?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        match referencing {
+            None => Ok(()),
+            Some(table) => Err(DbError::PermissionDenied(format!(
+                "table {table:?} has a foreign key to one of raftlite's internal tables \
+                 (_raftlite_*); reference your own tables only"
+            ))),
+        }
     }
 
     fn step_statements(

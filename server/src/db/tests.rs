@@ -2531,3 +2531,59 @@ async fn the_leaders_wal_stays_bounded_under_back_to_back_batches() -> TestResul
     c.verify("after back-to-back batches")?;
     Ok(())
 }
+
+/// The attack: a client table with a foreign key to `_raftlite_requests` would make the
+/// pruning of old request ids fail every 128th batch whole (other clients' writes with it), or
+/// cascade into the client's rows. Such a table is refused, by CREATE or ALTER, and the
+/// request fails alone.
+#[tokio::test]
+async fn client_tables_cannot_reference_raftlites_tables() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let result = c
+        .write(vec![
+            req(
+                "",
+                &["CREATE TABLE evil(rid TEXT REFERENCES _raftlite_requests(id) ON DELETE CASCADE)"],
+            ),
+            req("", &["ALTER TABLE t ADD COLUMN rid TEXT REFERENCES _RAFTLITE_REQUESTS(id)"]),
+            req("", &["INSERT INTO t(a) VALUES ('others go on')"]),
+            req("", &["CREATE TABLE fine(id INTEGER PRIMARY KEY, tid REFERENCES t(id))"]),
+        ])
+        .await?;
+    for refused in &result.outcomes[..2] {
+        let e = failed(refused)?;
+        ensure!(
+            matches!(e, DbError::PermissionDenied(m) if m.contains("_raftlite")),
+            "{e:?}"
+        );
+    }
+    executed(&result.outcomes[2])?;
+    executed(&result.outcomes[3])?;
+    let reader = Connection::open(c.leader.path())?;
+    let evil: i64 = reader.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'evil'",
+        [],
+        |r| r.get(0),
+    )?;
+    ensure!(evil == 0, "the table was created");
+    ensure!(count(&reader, "t")? == 1);
+    c.verify("after the refused references")?;
+    // An interactive transaction is refused the same way, per call.
+    c.executor.begin().await?;
+    let step = c
+        .executor
+        .transaction_execute(
+            vec![stmt(
+                "CREATE TABLE evil2(rid REFERENCES _raftlite_meta(key))",
+            )],
+            None,
+        )
+        .await?;
+    ensure!(
+        matches!(&step, TransactionStep::Failed(DbError::PermissionDenied(_))),
+        "{step:?}"
+    );
+    c.executor.rollback().await?;
+    Ok(())
+}
