@@ -97,6 +97,8 @@ pub struct Metrics {
     batch_duration: Histogram,
     batches: Family<BatchBaseLabels, Counter>,
     commits_in_place: Counter,
+    wal_frames: Gauge,
+    checkpoint_failures: Gauge,
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
     requests_shed: Counter,
@@ -140,6 +142,8 @@ impl Metrics {
             batch_duration: latency_histogram(),
             batches: Family::default(),
             commits_in_place: Counter::default(),
+            wal_frames: Gauge::default(),
+            checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
@@ -266,6 +270,17 @@ impl Metrics {
             m.commits_in_place.clone(),
         );
         r.register(
+            "sqlite_wal_frames",
+            "Pages in the database's WAL at the last background checkpoint (it restarts from its \
+             start once all are copied; a commit checkpoints past 4096)",
+            m.wal_frames.clone(),
+        );
+        r.register(
+            "sqlite_checkpoint_failures",
+            "Background WAL checkpoints that failed since the node started",
+            m.checkpoint_failures.clone(),
+        );
+        r.register(
             "read_indexes",
             "Read indexes this leader gave linearizable reads, by source: its read lease, or a \
              quorum round",
@@ -345,6 +360,9 @@ impl Metrics {
         self.snapshot_index
             .set(as_i64(m.snapshot.map(|s| s.index).unwrap_or(0)));
         self.ready.set(i64::from(node.readiness().is_ready()));
+        let (wal_frames, checkpoint_failures) = node.database().wal_status();
+        self.wal_frames.set(as_i64(wal_frames));
+        self.checkpoint_failures.set(as_i64(checkpoint_failures));
         let in_place = node.database().committed_in_place();
         let seen = self
             .commits_in_place_seen

@@ -162,6 +162,12 @@ async fn readiness_liveness_and_metrics() {
     assert_eq!(metric_value(&text, "raftlite_is_leader "), 0.0);
     assert_eq!(metric_value(&text, "raftlite_leader_id "), leader as f64);
     assert_eq!(metric_value(&text, "raftlite_ready "), 1.0);
+    // The background checkpointer reports, and has not failed.
+    assert!(metric_value(&text, "raftlite_sqlite_wal_frames ") >= 0.0);
+    assert_eq!(
+        metric_value(&text, "raftlite_sqlite_checkpoint_failures "),
+        0.0
+    );
     // The checker reads every node's own data with `stale` reads.
     assert!(
         metric_value(

@@ -20,6 +20,8 @@
 use super::error::{DbError, Result};
 use rusqlite::Connection;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the WAL is checkpointed.
@@ -32,6 +34,16 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Stops its thread when dropped.
 pub(crate) struct Checkpointer {
     _stop: crossbeam_channel::Sender<()>,
+    status: Arc<Status>,
+}
+
+/// What the last checkpoints found, for `/metrics`.
+#[derive(Default)]
+struct Status {
+    /// Frames in the WAL at the last checkpoint.
+    wal_frames: AtomicU64,
+    /// Checkpoints that failed since the start.
+    failures: AtomicU64,
 }
 
 impl Checkpointer {
@@ -41,6 +53,8 @@ impl Checkpointer {
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let name = path.display().to_string();
+        let status = Arc::new(Status::default());
+        let seen = status.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
@@ -48,7 +62,14 @@ impl Checkpointer {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(INTERVAL)
                 {
-                    if let Err(e) = checkpoint(&conn) {
+                    let result = checkpoint(&conn);
+                    match &result {
+                        Ok(frames) => seen.wal_frames.store(*frames, Ordering::Relaxed),
+                        Err(_) => {
+                            seen.failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Err(e) = result {
                         if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                             warned = Some(std::time::Instant::now());
                             tracing::warn!(database = %name, error = %e, "WAL checkpoint failed (commits still checkpoint past the backstop)");
@@ -57,14 +78,29 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| DbError::Internal(format!("spawn the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { _stop: stop })
+        Ok(Checkpointer {
+            _stop: stop,
+            status,
+        })
+    }
+
+    /// Frames in the WAL at the last checkpoint (the WAL's size in pages; it restarts from
+    /// its start once all are copied).
+    pub(crate) fn wal_frames(&self) -> u64 {
+        self.status.wal_frames.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoints that failed since the database was opened.
+    pub(crate) fn failures(&self) -> u64 {
+        self.status.failures.load(Ordering::Relaxed)
     }
 }
 
-/// One `PASSIVE` checkpoint; a no-op when every frame is in the database already.
-fn checkpoint(conn: &Connection) -> Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    Ok(())
+/// One `PASSIVE` checkpoint (a no-op when every frame is in the database already); the
+/// frames in the WAL.
+fn checkpoint(conn: &Connection) -> Result<u64> {
+    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    Ok(u64::try_from(frames).unwrap_or(0))
 }
 
 /// Leave checkpoints to the [`Checkpointer`] on a connection that commits, but for the

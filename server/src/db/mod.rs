@@ -201,7 +201,7 @@ pub struct Database {
     in_place: std::sync::Mutex<Option<Worker<Executor>>>,
     /// Deltas committed in place since the database was opened.
     committed_in_place: std::sync::atomic::AtomicU64,
-    _checkpointer: checkpoint::Checkpointer,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 impl Database {
@@ -227,7 +227,7 @@ impl Database {
             reads,
             in_place: Default::default(),
             committed_in_place: Default::default(),
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -266,6 +266,12 @@ impl Database {
             }
         }
         Err(batch_stays_open())
+    }
+
+    /// Frames in the WAL at the checkpointer's last checkpoint, and how many of its
+    /// checkpoints failed (see `checkpoint.rs`).
+    pub fn wal_status(&self) -> (u64, u64) {
+        (self.checkpointer.wal_frames(), self.checkpointer.failures())
     }
 
     /// How many deltas [`Database::apply`] committed in place (the rest were applied).

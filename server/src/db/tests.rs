@@ -2445,6 +2445,12 @@ async fn the_checkpointer_moves_committed_pages_into_the_database_file() -> Test
         }
     }
     c.verify("checkpointed")?;
+    // What it found is reported for /metrics.
+    let (frames, failures) = c.leader.wal_status();
+    ensure!(
+        frames > 0 && failures == 0,
+        "{frames} frames, {failures} failures"
+    );
     Ok(())
 }
 
