@@ -91,12 +91,7 @@ impl Applier {
         delta: &PageDelta,
     ) -> Result<Option<ApplyOutcome>> {
         delta.validate()?;
-        let held = self.gate.hold();
-        if held.batch_open() {
-            return Ok(None);
-        }
-        let result = self.apply_in_transaction(delta);
-        self.end_write(result).map(Some)
+        self.unless_batch_open(|| self.apply_in_transaction(delta))
     }
 
     /// Overwrite the whole database with the image at `path`: a plain SQLite file with the
@@ -109,13 +104,24 @@ impl Applier {
 
     /// [`Applier::install_image`], or `None` as [`Applier::apply_unless_batch_open`].
     pub(crate) fn install_image_unless_batch_open(&self, path: &Path) -> Result<Option<()>> {
+        let installed = self.unless_batch_open(|| {
+            self.install_in_transaction(path)
+                .map(|()| ApplyOutcome::Applied)
+        })?;
+        Ok(installed.map(|_| ()))
+    }
+
+    /// Runs `write` under the gate and ends it (see [`Applier::end_write`]); `None`, with
+    /// nothing done, while the executor keeps a batch open.
+    fn unless_batch_open(
+        &self,
+        write: impl FnOnce() -> Result<ApplyOutcome>,
+    ) -> Result<Option<ApplyOutcome>> {
         let held = self.gate.hold();
         if held.batch_open() {
             return Ok(None);
         }
-        let result = self.install_in_transaction(path);
-        self.end_write(result.map(|()| ApplyOutcome::Applied))
-            .map(|_| Some(()))
+        self.end_write(write()).map(Some)
     }
 
     /// The database's version counter (0 before the first write) and tag (see `delta.rs`).

@@ -196,6 +196,8 @@ struct Gate {
     lock: std::sync::Mutex<GateState>,
     /// A copy of [`GateState::open_batch`], read without waiting for the lock.
     open_batch: std::sync::atomic::AtomicBool,
+    /// Batches committed in place since the database was opened.
+    committed_in_place: std::sync::atomic::AtomicU64,
 }
 
 /// What the gate guards.
@@ -221,6 +223,13 @@ impl WriteGate {
     /// hint for async callers (it takes no lock); the applier decides under [`WriteGate::hold`].
     pub(crate) fn batch_open(&self) -> bool {
         self.0.open_batch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many batches the executor committed in place (the rest were applied).
+    pub(crate) fn committed_in_place(&self) -> u64 {
+        self.0
+            .committed_in_place
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set_batch_open(&self, held: &mut GateState, open: bool) {
@@ -378,11 +387,7 @@ impl Executor {
             match attempt {
                 Ok(Attempt::Done(executed)) => {
                     match &executed.delta {
-                        // Open until its delta is committed; the applier waits for it.
-                        Some(delta) if self.in_place => {
-                            self.open_batch = Some((delta.tag, delta.base_version));
-                            gate.set_batch_open(&mut held, true);
-                        }
+                        Some(delta) if self.in_place => self.keep_open(&mut held, delta),
                         _ => self.end_transaction()?,
                     }
                     return Ok(executed);
@@ -416,7 +421,17 @@ impl Executor {
         }
         self.open_batch = None;
         gate.set_batch_open(&mut held, false);
+        gate.0
+            .committed_in_place
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Leave the transaction that captured `delta` open until its delta is committed; the
+    /// applier refuses to wait for it meanwhile.
+    fn keep_open(&mut self, held: &mut GateState, delta: &PageDelta) {
+        self.open_batch = Some((delta.tag, delta.base_version));
+        self.gate.set_batch_open(held, true);
     }
 
     /// Roll back the batch kept open for its commit in place, if any: what runs next on this
@@ -827,9 +842,7 @@ impl Executor {
         if let (Ok(Some(delta)), true) = (&captured, self.in_place) {
             // Kept open for its commit in place, like a batch.
             let gate = self.gate.clone();
-            let mut held = gate.hold();
-            self.open_batch = Some((delta.tag, delta.base_version));
-            gate.set_batch_open(&mut held, true);
+            self.keep_open(&mut gate.hold(), delta);
             return captured;
         }
         let rolled_back = self.end_transaction();

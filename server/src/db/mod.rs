@@ -199,8 +199,6 @@ pub struct Database {
     /// The executor, when it keeps batches open for their commit in place: a delta it
     /// executed is committed there rather than applied (see [`Database::apply`]).
     in_place: std::sync::Mutex<Option<Worker<Executor>>>,
-    /// Deltas committed in place since the database was opened.
-    committed_in_place: std::sync::atomic::AtomicU64,
     checkpointer: checkpoint::Checkpointer,
 }
 
@@ -226,7 +224,6 @@ impl Database {
             applier,
             reads,
             in_place: Default::default(),
-            committed_in_place: Default::default(),
             checkpointer,
         })
     }
@@ -244,28 +241,19 @@ impl Database {
     /// page 1's change counter, each file's own, aside) at a fraction of the cost. Any other
     /// open batch is rolled back first and the delta applied.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
-        for _ in 0..OPEN_BATCH_ROUNDS {
-            if self.gate.batch_open() {
-                let ours = delta.clone();
-                if self
-                    .executor_call(move |e| e.commit_in_place(&ours))
-                    .await?
-                {
-                    self.committed_in_place
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(ApplyOutcome::Applied);
+        self.past_open_batch(
+            || {
+                let delta = delta.clone();
+                move |e: &mut Executor| {
+                    Ok(e.commit_in_place(&delta)?.then_some(ApplyOutcome::Applied))
                 }
-            }
-            let delta = delta.clone();
-            let applied = self
-                .applier
-                .call(move |applier| applier.apply_unless_batch_open(&delta))
-                .await?;
-            if let Some(outcome) = applied {
-                return Ok(outcome);
-            }
-        }
-        Err(batch_stays_open())
+            },
+            || {
+                let delta = delta.clone();
+                move |a: &mut Applier| a.apply_unless_batch_open(&delta)
+            },
+        )
+        .await
     }
 
     /// Frames in the WAL at the checkpointer's last checkpoint, and how many of its
@@ -276,24 +264,45 @@ impl Database {
 
     /// How many deltas [`Database::apply`] committed in place (the rest were applied).
     pub fn committed_in_place(&self) -> u64 {
-        self.committed_in_place
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.gate.committed_in_place()
     }
 
     /// Replace the whole database with the image file at `path`. See
     /// [`Applier::install_image`].
     pub async fn install_image(&self, path: PathBuf) -> Result<()> {
+        self.past_open_batch(
+            || |e: &mut Executor| e.end_open_batch().map(|()| None),
+            || {
+                let path = path.clone();
+                move |a: &mut Applier| a.install_image_unless_batch_open(&path)
+            },
+        )
+        .await
+    }
+
+    /// A write through the applier, once the executor's open batch is out of its way: while
+    /// one is open, `on_executor` runs there first (it commits the batch in place, which may
+    /// finish the write, or ends it); then `on_applier`, which does nothing while a batch is
+    /// open. Each round ends the batch open when it began; a new one opens only once the log
+    /// is applied (the batcher settles first), so the second round writes.
+    async fn past_open_batch<R, E, A>(
+        &self,
+        on_executor: impl Fn() -> E,
+        on_applier: impl Fn() -> A,
+    ) -> Result<R>
+    where
+        R: Send + 'static,
+        E: FnOnce(&mut Executor) -> Result<Option<R>> + Send + 'static,
+        A: FnOnce(&mut Applier) -> Result<Option<R>> + Send + 'static,
+    {
         for _ in 0..OPEN_BATCH_ROUNDS {
             if self.gate.batch_open() {
-                self.executor_call(|e| e.end_open_batch()).await?;
+                if let Some(done) = self.executor_call(on_executor()).await? {
+                    return Ok(done);
+                }
             }
-            let path = path.clone();
-            let installed = self
-                .applier
-                .call(move |applier| applier.install_image_unless_batch_open(&path))
-                .await?;
-            if installed.is_some() {
-                return Ok(());
+            if let Some(done) = self.applier.call(on_applier()).await? {
+                return Ok(done);
             }
         }
         Err(batch_stays_open())
@@ -437,9 +446,7 @@ impl ExecutorHandle {
     }
 }
 
-/// How often [`Database::apply`] ends an open batch and tries the applier again. Each round
-/// ends the batch open when it began; a new one opens only once the log is applied (the
-/// batcher settles first), so the second round applies.
+/// Rounds of [`Database::past_open_batch`] before it gives up.
 const OPEN_BATCH_ROUNDS: usize = 8;
 
 fn batch_stays_open() -> DbError {

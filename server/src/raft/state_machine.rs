@@ -556,6 +556,16 @@ mod tests {
         }
     }
 
+    /// The delta of `sql` run alone on `executor`.
+    async fn execute(executor: &crate::db::ExecutorHandle, sql: &str) -> PageDelta {
+        executor
+            .execute_batch(vec![request(sql)])
+            .await
+            .expect("execute")
+            .delta
+            .expect("a delta")
+    }
+
     /// On a leader without a write pipeline, an entry whose delta is the batch still open on
     /// the executor is committed in place (Applied, the version moves on); an entry from
     /// another leader on the same version rolls the open batch back and is applied, and the
@@ -568,37 +578,21 @@ mod tests {
         );
         let executor = db.open_executor_with_links(false).expect("executor");
         let mut sm = open_sm(db.clone(), dir.path()).await;
-        let create = executor
-            .execute_batch(vec![request("CREATE TABLE t(x)")])
-            .await
-            .expect("execute")
-            .delta
-            .expect("a delta");
+        let create = execute(&executor, "CREATE TABLE t(x)").await;
         let results = sm.apply(vec![entry(1, &create)]).await.expect("apply 1");
         assert!(matches!(results[..], [ApplyResult::Applied]), "{results:?}");
         assert_eq!(db.committed_in_place(), 1);
         assert_eq!(db.version().await.expect("version"), 1);
 
-        let lost = executor
-            .execute_batch(vec![request("INSERT INTO t VALUES ('lost')")])
-            .await
-            .expect("execute")
-            .delta
-            .expect("a delta");
+        let lost = execute(&executor, "INSERT INTO t VALUES ('lost')").await;
         let other_db =
             Database::open(dir.path().join("other.sqlite"), DbOptions::default()).expect("open");
         other_db
             .apply(Arc::new(create.clone()))
             .await
             .expect("apply on the other");
-        let other = other_db
-            .open_executor()
-            .expect("executor")
-            .execute_batch(vec![request("INSERT INTO t VALUES ('other')")])
-            .await
-            .expect("execute")
-            .delta
-            .expect("a delta");
+        let other_executor = other_db.open_executor().expect("executor");
+        let other = execute(&other_executor, "INSERT INTO t VALUES ('other')").await;
         assert_eq!(other.base_version, lost.base_version);
         let results = sm
             .apply(vec![entry(2, &other), entry(3, &lost)])
