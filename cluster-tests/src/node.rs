@@ -289,6 +289,15 @@ impl NodeProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The node's log lines at level WARN or ERROR, across all its starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        text.lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Panic messages in the node's log (a line with "panicked at" and the message after it),
     /// across all its starts: the first thing to look at when a scenario fails.
     pub fn panics(&self) -> Vec<String> {

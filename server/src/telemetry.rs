@@ -46,6 +46,11 @@ impl Telemetry {
     }
 }
 
+/// openraft's chatter, capped at warn unless asked for. Its responder warns whenever nobody
+/// waits for a proposal's answer, and the write path stops waiting once the state machine
+/// announced the commit (`node::write_path`): one warning per write, saying nothing.
+const QUIET: &str = "openraft=warn,openraft::raft::responder=error";
+
 /// Installs the global subscriber: logs filtered by `level` (openraft's chatter capped at
 /// warn unless asked for), and OTLP export of spans when `otlp_endpoint` is set. Call it
 /// inside the Tokio runtime (the exporter's gRPC channel lives there).
@@ -56,8 +61,8 @@ pub fn init(
     service_instance: Option<String>,
 ) -> anyhow::Result<Telemetry> {
     use anyhow::Context;
-    let filter = EnvFilter::try_new(format!("openraft=warn,{level}"))
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_new(format!("{QUIET},{level}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
     // Colour only on a terminal: container logs (kubectl logs, docker logs) stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = (!json).then(|| {

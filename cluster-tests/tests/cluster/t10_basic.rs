@@ -37,6 +37,7 @@ async fn replication_reads_rejections_and_dedup() {
         created.log_index > 0,
         "a write returns its Raft log index: {created:?}"
     );
+    let warned_before = cluster.node(leader).warnings().len();
     let mut previous = created.log_index;
     for i in 0..20 {
         let key = format!("row-{i}");
@@ -56,6 +57,16 @@ async fn replication_reads_rejections_and_dedup() {
         // what the audit below checks; dedup itself is checked with fixed ids in phase 6.
         previous = written.log_index;
     }
+
+    // A healthy cluster's log does not grow with its writes (openraft's responder warned once
+    // per write while nobody waited for its answer).
+    let warnings = cluster.node(leader).warnings();
+    assert!(
+        warnings.len() - warned_before < 10,
+        "the leader logged {} warnings during 20 healthy writes:\n{}",
+        warnings.len() - warned_before,
+        warnings[warned_before..].join("\n")
+    );
 
     info!("phase 3: every node holds all 21 writes (stale reads on each node after convergence)");
     let report = checker
