@@ -393,6 +393,19 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
         .await
         .expect("writes");
     wait_archived(&cluster, last, Duration::from_secs(30)).await;
+    // A healthy start archives without a failed upload (the leader used to ask for its first
+    // snapshot before it had applied anything, and warned that none was on disk).
+    let failed: Vec<String> = cluster
+        .node(leader)
+        .warnings()
+        .into_iter()
+        .filter(|line| line.contains("archive"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the archiver warned on a healthy cluster:\n{}",
+        failed.join("\n")
+    );
 
     info!("phase 2: lose every node and every volume (SIGKILL, wipe), then start them again");
     for id in cluster.ids() {

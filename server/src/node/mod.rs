@@ -660,6 +660,19 @@ impl Node {
 
     /// Builds a snapshot now and waits for it; returns its log index.
     pub async fn trigger_snapshot(&self) -> Result<u64, NodeError> {
+        // openraft builds no snapshot of nothing: a leader asked moments after its election,
+        // before it applied its first entry, would find none on disk.
+        self.inner
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(1), "an entry applied")
+            .await
+            .map_err(|e| {
+                NodeError::unavailable(
+                    format!("nothing is applied yet, so there is nothing to snapshot: {e}"),
+                    self.inner.leader_hint(),
+                )
+            })?;
         let target = self.applied_index();
         self.inner
             .raft
