@@ -291,9 +291,18 @@ impl NodeProcess {
 
     /// The node's log lines at level WARN or ERROR, across all its starts.
     pub fn warnings(&self) -> Vec<String> {
+        self.log_lines(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+    }
+
+    /// The node's log lines that contain `text`, across all its starts.
+    pub fn log_lines_with(&self, text: &str) -> Vec<String> {
+        self.log_lines(|line| line.contains(text))
+    }
+
+    fn log_lines(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         text.lines()
-            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .filter(|line| keep(line))
             .map(str::to_owned)
             .collect()
     }

@@ -320,6 +320,23 @@ async fn replication_reads_rejections_and_dedup() {
         .write(&via_f1, "after-huge-request", "still fine")
         .await
         .expect("f1 still takes writes after a huge request");
+
+    info!("phase 9: idle for 12 s, no follower polls for votes (openraft's idle heartbeats come every 150 ms)");
+    let polls = |cluster: &Cluster| -> Vec<String> {
+        followers
+            .iter()
+            .flat_map(|&f| cluster.node(f).log_lines_with("pre-vote refused"))
+            .collect()
+    };
+    let polled_before = polls(&cluster).len();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let polled = polls(&cluster);
+    assert_eq!(
+        polled.len(),
+        polled_before,
+        "followers of a healthy, idle leader polled for votes:\n{}",
+        polled[polled_before..].join("\n")
+    );
     info!(?report, "t10 done");
 }
 

@@ -11,8 +11,9 @@
 //! after a pre-vote poll succeeds, as in Raft's pre-vote (§9.6 of Ongaro's thesis):
 //! - While the node hears from a leader, the gate is closed and nobody is asked (the timer
 //!   could not fire anyway).
-//! - Once it has not heard from a leader for half the minimum election timeout, it asks every
-//!   other voter over the peer port, every half heartbeat interval: would you vote for me now? A
+//! - Once it has not heard from a leader for half the minimum election timeout (at least two
+//!   of openraft's idle heartbeat intervals: `poll_after`), it asks every other voter over the
+//!   peer port, every half heartbeat interval: would you vote for me now? A
 //!   voter says yes when it is not the leader, has not heard from a leader within the leader
 //!   lease (openraft's: the maximum election timeout; within it the real vote would be
 //!   refused), and the asker's log is at least as up to date as its own. Answering changes
@@ -111,6 +112,17 @@ impl NodeInner {
 /// leader.
 pub(super) fn lease(inner: &NodeInner) -> Duration {
     inner.config.election_timeout_max
+}
+
+/// How long a voter goes without hearing from a leader before it polls: half the minimum
+/// election timeout, but at least two of the leader's real idle heartbeat intervals, and at
+/// most a lease. openraft 0.9 sends an idle heartbeat on its tick, every 1.5 × `heartbeat`
+/// (150 ms by default, which is also half the default minimum election timeout), so with one
+/// interval as the threshold healthy idle followers polled, and logged a refused pre-vote,
+/// whenever a heartbeat came a millisecond late. No failover waits for it: the voters grant a
+/// pre-vote only once they too have not heard from a leader for a lease.
+fn poll_after(heartbeat: Duration, election_timeout_min: Duration, lease: Duration) -> Duration {
+    (election_timeout_min / 2).max(heartbeat * 3).min(lease)
 }
 
 /// Whether this node's election timer may run, and why.
@@ -294,7 +306,8 @@ async fn poll(inner: &NodeInner, quiet_for: Duration) -> Gate {
         // A single voter elects itself at once; a learner never elects.
         return Gate::Unchecked;
     }
-    if quiet_for < inner.config.election_timeout_min / 2 {
+    let config = &inner.config;
+    if quiet_for < poll_after(config.heartbeat, config.election_timeout_min, lease(inner)) {
         return Gate::HearsLeader;
     }
     let last_log_id = match inner.last_log_id().await {
@@ -360,6 +373,21 @@ mod tests {
 
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_follower_hearing_idle_heartbeats_does_not_poll() {
+        let ms = Duration::from_millis;
+        // The defaults: heartbeat 100 ms, elections 300–600 ms. openraft's idle heartbeats
+        // come every 150 ms (its tick); one a little late must not start a poll.
+        let after = poll_after(ms(100), ms(300), ms(600));
+        assert!(after > ms(150) + ms(50), "polls after {after:?}");
+        // A follower cut off polls well within a lease, so it can be elected once the other
+        // voters' lease runs out.
+        assert!(after <= ms(600) / 2, "polls after {after:?}");
+        // Long election timeouts keep half of the minimum; never more than a lease.
+        assert_eq!(poll_after(ms(100), ms(2_000), ms(4_000)), ms(1_000));
+        assert_eq!(poll_after(ms(100), ms(250), ms(280)), ms(280));
     }
 
     #[test]
