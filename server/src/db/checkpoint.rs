@@ -62,17 +62,14 @@ impl Checkpointer {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(INTERVAL)
                 {
-                    let result = checkpoint(&conn);
-                    match &result {
-                        Ok(frames) => seen.wal_frames.store(*frames, Ordering::Relaxed),
-                        Err(_) => {
+                    match checkpoint(&conn) {
+                        Ok(frames) => seen.wal_frames.store(frames, Ordering::Relaxed),
+                        Err(e) => {
                             seen.failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if let Err(e) = result {
-                        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                            warned = Some(std::time::Instant::now());
-                            tracing::warn!(database = %name, error = %e, "WAL checkpoint failed (commits still checkpoint past the backstop)");
+                            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                                warned = Some(std::time::Instant::now());
+                                tracing::warn!(database = %name, error = %e, "WAL checkpoint failed (commits still checkpoint past the backstop)");
+                            }
                         }
                     }
                 }
