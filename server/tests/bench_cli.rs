@@ -80,7 +80,22 @@ fn the_default_configuration_runs_with_tls_tokens_and_the_archive() {
 
 #[test]
 fn insecure_without_archive_on_one_node_has_no_failover_phase() {
-    let json = bench(&["--insecure", "--archive", "none", "--nodes", "1"]);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kept = dir.path().join("kept");
+    let kept_arg = kept.to_str().expect("a UTF-8 path");
+    let json = bench(&[
+        "--insecure",
+        "--archive",
+        "none",
+        "--nodes",
+        "1",
+        "--data-dir",
+        kept_arg,
+    ]);
+    // --data-dir keeps the node's data and log.
+    let log = std::fs::read_to_string(kept.join("node-1.log")).expect("the node's log is kept");
+    assert!(log.contains("raftlite node started"), "{log}");
+    assert!(kept.join("node-1").is_dir());
     let config = &json["configuration"];
     assert_eq!(config["name"], "--insecure --archive none", "{config}");
     assert_eq!(config["peer_mtls"], false, "{config}");
@@ -89,4 +104,22 @@ fn insecure_without_archive_on_one_node_has_no_failover_phase() {
     let phases = json["phases"].as_array().expect("phases");
     check_ratios(phases);
     assert!(phases.iter().all(|p| p["kind"] != "failover"), "{phases:?}");
+}
+
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("data.db"), b"someone's data").expect("write a file");
+    let out = Command::new(env!("CARGO_BIN_EXE_raftlite"))
+        .args(["bench", "--seconds", "1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run raftlite bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.path().join("data.db")).expect("the file is still there"),
+        b"someone's data"
+    );
 }

@@ -191,3 +191,71 @@ async fn readiness_liveness_and_metrics() {
     }
     wait_health(&cluster, &all, READINESS, ServingStatus::Serving).await;
 }
+
+/// Writes through four lanes at once in the test below.
+const GATHERED_WRITES: usize = 400;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_share_group_commits() {
+    init_tracing();
+
+    info!("phase 1: three nodes at the default pipeline depth, with metrics");
+    let options = ClusterOptions {
+        extra_args: vec![
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--write-pipeline-depth".into(),
+            "1".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client_for(leader);
+    let checker = Checker::new("gathered_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "warm", 40)
+        .await
+        .expect("warm-up writes");
+
+    info!(
+        GATHERED_WRITES,
+        "phase 2: four writers, each sending its next write when the last is answered"
+    );
+    let batches = |text: &str| {
+        (
+            metric_value(text, "raftlite_write_batch_size_count "),
+            metric_value(text, "raftlite_write_batch_size_sum "),
+        )
+    };
+    let before = batches(&scrape(&metrics_addr(&cluster, leader)).await);
+    checker
+        .write_many(&client, "gathered", GATHERED_WRITES)
+        .await
+        .expect("writes");
+    let text = scrape(&metrics_addr(&cluster, leader)).await;
+    let after = batches(&text);
+    let (count, requests) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(requests, GATHERED_WRITES as f64, "{text}");
+    // The four are answered together at each commit. Unless the next batch waits the moment
+    // it takes them all to come back, the first starts it alone and the rest wait a whole
+    // round for the batch after: about two writes per batch instead of four (debug builds:
+    // 2.02-2.12 in three runs without the wait, 3.88-4.0 in five with it).
+    let mean = requests / count;
+    info!(count, mean, "group commits of the four writers");
+    assert!(
+        mean >= 3.0,
+        "{count} group commits for {requests} writes from four writers: {mean:.2} per batch"
+    );
+    checker
+        .verify(&cluster)
+        .await
+        .expect("every row everywhere");
+}

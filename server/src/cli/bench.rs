@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// Archive of every node: `local` (its default, file://<data-dir>/archive) or `none`.
     #[arg(long, value_enum, default_value_t = BenchArchive::Local)]
     pub archive: BenchArchive,
+    /// Keep the cluster's data and the nodes' logs in DIR, which must be empty or new
+    /// (default: a temporary directory, removed on exit). With `RAFTLITE_LOG`, which the nodes
+    /// inherit, their logs show what each phase did.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -294,10 +299,18 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = BenchConfig::from_args(&args);
+    if let Some(dir) = &args.data_dir {
+        let used = std::fs::read_dir(dir).map(|mut d| d.next().is_some());
+        anyhow::ensure!(
+            !matches!(used, Ok(true)),
+            "{} is not empty: the bench starts a new cluster, give it an empty or new directory",
+            dir.display()
+        );
+    }
     let options = LocalClusterOptions {
         nodes: args.nodes,
         base_port: None,
-        data_dir: None,
+        data_dir: args.data_dir.clone(),
         secure: config.secure,
         archive: Some(match config.archive {
             BenchArchive::Local => LocalArchive::DataDir,

@@ -396,7 +396,15 @@ impl ExecutorHandle {
         pipeline: Pipeline,
     ) -> Result<ExecutedBatch> {
         self.worker
-            .call(move |executor| executor.execute_batch_on(&batch, pipeline))
+            .call(move |executor| {
+                let started = std::time::Instant::now();
+                let executed = executor.execute_batch_on(&batch, pipeline);
+                tracing::debug!(
+                    on_thread_us = started.elapsed().as_micros() as u64,
+                    "write batch executed"
+                );
+                executed
+            })
             .await
     }
 

@@ -401,6 +401,7 @@ impl Node {
                 .send(write_path::WriteJob::Write(write_path::PendingWrite {
                     request,
                     reply,
+                    queued: std::time::Instant::now(),
                     span: tracing::Span::current(),
                 }))
                 .await

@@ -8,13 +8,15 @@
 //! applies it; reads that must see it wait for the applied index.
 //!
 //! Writes that arrive meanwhile form the next batch. With `write_pipeline_depth` 1 (the
-//! default) it waits for the previous one's commit and the leader's apply, and collects every
-//! write that arrived meanwhile. With a deeper pipeline it does not wait for the round trip:
-//! while a delta is still waiting for its quorum, the executor runs the next batch on top of
-//! the deltas not yet applied (see `db::chain`), so capture, the Raft round trip and the
-//! apply of consecutive batches overlap; once everything is committed it waits for the apply
-//! instead (already running, and cheaper than laying the pages again). Either way the batcher
-//! knows where a batch will run before it collects it, so any wait makes the batch larger.
+//! default) it waits for the previous one's commit and the leader's apply, collects every
+//! write that arrived meanwhile, and waits a moment ([`gather`]) for the rest of the writers
+//! the last batch answered, so concurrent writers stay in one batch. With a deeper pipeline
+//! it does not wait for the round trip: while a delta is still waiting for its quorum, the
+//! executor runs the next batch on top of the deltas not yet applied (see `db::chain`), so
+//! capture, the Raft round trip and the apply of consecutive batches overlap; once
+//! everything is committed it waits for the apply instead (already running, and cheaper than
+//! laying the pages again). Either way the batcher knows where a batch will run before it
+//! collects it, so any wait makes the batch larger.
 //!
 //! Proposals are sent to Raft in capture order. A delta captured on top of another names that
 //! one's tag and applies only right after it; if one is lost (a leadership change, a lost
@@ -47,6 +49,9 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch (or a Begin) waits for an earlier entry of unknown outcome to settle before
 /// its requests are answered UNAVAILABLE, unexecuted.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a batch waits for the writers the last one answered (see [`gather`]), however long
+/// the last batch took.
+const MAX_GATHER_WAIT: Duration = Duration::from_millis(3);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteReply {
@@ -65,6 +70,8 @@ pub(crate) enum WriteJob {
 pub(crate) struct PendingWrite {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
+    /// When it was queued: before or after the last batch was answered (see [`gather`]).
+    pub queued: Instant,
     /// The span of the request that queued it: the batch that carries it joins its trace.
     pub span: tracing::Span,
 }
@@ -80,6 +87,9 @@ pub(crate) async fn run_batcher(
         depth,
         ..Pipe::default()
     };
+    // How many writes the last batch that ran on the settled state carried: their writers
+    // were answered together and are likely to send their next writes together.
+    let mut returning = 0;
     while let Some(job) = queue.recv().await {
         let mut batch = Vec::new();
         // A transaction takes its turn in queue order: the writes before it commit first.
@@ -101,6 +111,16 @@ pub(crate) async fn run_batcher(
                 Err(_) => break,
             }
         }
+        if let (Some(Ok(Pipeline::Settled)), Some(last)) = (&place, &pipe.answered) {
+            // The writes that were already waiting when the last batch was answered, and its
+            // writers coming back.
+            let waiting = batch.iter().filter(|w| w.queued < last.at).count();
+            let expected = (waiting + returning).min(max_batch);
+            gather(&mut queue, &mut batch, &mut begin, expected, last).await;
+        }
+        // A writer that left costs one gather, not one per batch: the next expects only
+        // those who came.
+        returning = batch.len();
         if let Some(place) = place {
             // One span per group commit, in the trace of its first request; the others link
             // to it.
@@ -120,12 +140,50 @@ pub(crate) async fn run_batcher(
     }
 }
 
+/// Waits for `batch` to have `expected` writes (or for a transaction), for at most half the
+/// time the `last` batch took (and [`MAX_GATHER_WAIT`]).
+///
+/// Without it, concurrent writers split into alternating batches: the first writer back
+/// after a commit starts the next batch alone, the others arrive microseconds later and wait
+/// a whole round trip for the batch after it, so each write takes about two. Waiting for the
+/// writers the last batch answered keeps them in one batch. The wait counts from the first
+/// write back, not from the answer: a load generator or a network slow to turn around delays
+/// them all alike. It is bounded by half a batch's time, what a writer missing the batch
+/// would wait twice over. (Tokio's timers tick in milliseconds: a wait ends on the tick after
+/// its deadline.)
+async fn gather(
+    queue: &mut mpsc::Receiver<WriteJob>,
+    batch: &mut Vec<PendingWrite>,
+    begin: &mut Option<super::transaction::PendingBegin>,
+    expected: usize,
+    last: &Answered,
+) {
+    if begin.is_some() || batch.len() >= expected {
+        return;
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + (last.took / 2).min(MAX_GATHER_WAIT));
+    while begin.is_none() && batch.len() < expected {
+        match tokio::time::timeout_at(deadline, queue.recv()).await {
+            Ok(Some(WriteJob::Write(w))) => batch.push(w),
+            Ok(Some(WriteJob::Begin(b))) => *begin = Some(b),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    tracing::debug!(
+        expected,
+        gathered = batch.len(),
+        waited_us = started.elapsed().as_micros() as u64,
+        "write batch gathered"
+    );
+}
+
 /// The batcher's deltas in flight.
 #[derive(Default)]
 struct Pipe {
     /// One task per delta in flight, oldest first: answers its requests when the entry is
     /// committed or failed, and yields whether it was committed.
-    in_flight: VecDeque<JoinHandle<bool>>,
+    in_flight: VecDeque<JoinHandle<Answered>>,
     /// The link of the last delta proposed, when the next batch may run on top of what is in
     /// flight. `None` after a failure, a delta that cannot be stacked on, or a settle.
     stack: Option<Link>,
@@ -133,6 +191,8 @@ struct Pipe {
     term: u64,
     /// Most deltas in flight at once (`write_pipeline_depth`); 1: none is stacked on.
     depth: usize,
+    /// The last delta to finish: when its requests were answered, and how long that took.
+    answered: Option<Answered>,
 }
 
 impl Pipe {
@@ -169,8 +229,13 @@ impl Pipe {
     }
 
     /// Waits for a delta's task; a failed one ends the chain. Returns whether it committed.
-    async fn finished(&mut self, task: JoinHandle<bool>) -> bool {
-        let committed = task.await.unwrap_or(false);
+    async fn finished(&mut self, task: JoinHandle<Answered>) -> bool {
+        let Ok(answered) = task.await else {
+            self.stack = None;
+            return false;
+        };
+        let committed = answered.committed;
+        self.answered = Some(answered);
         if !committed {
             self.stack = None;
         }
@@ -302,7 +367,7 @@ async fn commit_batch(
     };
     let batch_size = batch.len();
     let metrics = node.metrics.clone();
-    let task = propose(node, tag, bytes, move |committed| {
+    let task = propose(node, tag, bytes, started, move |committed| {
         answer(batch, outcomes, committed);
         metrics.observe_batch(batch_size, started.elapsed());
     })
@@ -378,15 +443,23 @@ fn encoded_within_limit(
     Ok(bytes)
 }
 
+/// What a proposal's task yields: whether the delta was committed, when its requests were
+/// answered, and how long that took from the start of their batch.
+struct Answered {
+    committed: bool,
+    at: Instant,
+    took: Duration,
+}
+
 /// Sends a delta to Raft — in call order: a delta captured on top of another is proposed
-/// after it — and returns the task that calls `on_commit` when it is committed or failed
-/// (and yields whether it was committed).
+/// after it — and returns the task that calls `on_commit` when it is committed or failed.
 async fn propose(
     node: &Arc<NodeInner>,
     tag: u64,
     bytes: Bytes,
+    started: Instant,
     on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
-) -> JoinHandle<bool> {
+) -> JoinHandle<Answered> {
     let (committed, sent) = send(node, tag, bytes).await;
     let node = node.clone();
     let span = tracing::Span::current();
@@ -395,7 +468,12 @@ async fn propose(
             let result = until_committed(&node, tag, sent, committed).await;
             let committed = result.is_ok();
             on_commit(result);
-            committed
+            let at = Instant::now();
+            Answered {
+                committed,
+                at,
+                took: at - started,
+            }
         }
         .instrument(span),
     )
