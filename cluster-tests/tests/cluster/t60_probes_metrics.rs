@@ -247,7 +247,7 @@ async fn concurrent_writers_share_group_commits() {
     // The four are answered together at each commit. Unless the next batch waits the moment
     // it takes them all to come back, the first starts it alone and the rest wait a whole
     // round for the batch after: about two writes per batch instead of four (debug builds:
-    // 2.02-2.12 in three runs without the wait, 3.88-4.0 in five with it).
+    // 2.02-2.12 in three runs without the wait, 3.42-3.96 in five with it).
     let mean = requests / count;
     info!(count, mean, "group commits of the four writers");
     assert!(

@@ -9,8 +9,9 @@
 //!
 //! Writes that arrive meanwhile form the next batch. With `write_pipeline_depth` 1 (the
 //! default) it waits for the previous one's commit and the leader's apply, collects every
-//! write that arrived meanwhile, and waits a moment ([`gather`]) for the rest of the writers
-//! the last batch answered, so concurrent writers stay in one batch. With a deeper pipeline
+//! write that arrived meanwhile, and waits a moment ([`Returns::gather`]) for the writers the
+//! last batch answered that usually come back at once, so concurrent writers stay in one
+//! batch. With a deeper pipeline
 //! it does not wait for the round trip: while a delta is still waiting for its quorum, the
 //! executor runs the next batch on top of the deltas not yet applied (see `db::chain`), so
 //! capture, the Raft round trip and the apply of consecutive batches overlap; once
@@ -49,8 +50,8 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch (or a Begin) waits for an earlier entry of unknown outcome to settle before
 /// its requests are answered UNAVAILABLE, unexecuted.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest a batch waits for the writers the last one answered (see [`gather`]), however long
-/// the last batch took.
+/// Longest a batch waits for the writers the last one answered (see [`Returns::gather`]),
+/// however long the last batch took.
 const MAX_GATHER_WAIT: Duration = Duration::from_millis(3);
 
 #[derive(Clone, Debug, PartialEq)]
@@ -70,7 +71,7 @@ pub(crate) enum WriteJob {
 pub(crate) struct PendingWrite {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
-    /// When it was queued: before or after the last batch was answered (see [`gather`]).
+    /// When it was queued: before or after the last batch was answered (see [`Returns::gather`]).
     pub queued: Instant,
     /// The span of the request that queued it: the batch that carries it joins its trace.
     pub span: tracing::Span,
@@ -87,9 +88,7 @@ pub(crate) async fn run_batcher(
         depth,
         ..Pipe::default()
     };
-    // How many writes the last batch that ran on the settled state carried: their writers
-    // were answered together and are likely to send their next writes together.
-    let mut returning = 0;
+    let mut returns = Returns::default();
     while let Some(job) = queue.recv().await {
         let mut batch = Vec::new();
         // A transaction takes its turn in queue order: the writes before it commit first.
@@ -112,15 +111,11 @@ pub(crate) async fn run_batcher(
             }
         }
         if let (Some(Ok(Pipeline::Settled)), Some(last)) = (&place, &pipe.answered) {
-            // The writes that were already waiting when the last batch was answered, and its
-            // writers coming back.
-            let waiting = batch.iter().filter(|w| w.queued < last.at).count();
-            let expected = (waiting + returning).min(max_batch);
-            gather(&mut queue, &mut batch, &mut begin, expected, last).await;
+            returns
+                .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
+                .await;
         }
-        // A writer that left costs one gather, not one per batch: the next expects only
-        // those who came.
-        returning = batch.len();
+        returns.last_batch = batch.len();
         if let Some(place) = place {
             // One span per group commit, in the trace of its first request; the others link
             // to it.
@@ -140,42 +135,89 @@ pub(crate) async fn run_batcher(
     }
 }
 
-/// Waits for `batch` to have `expected` writes (or for a transaction), for at most half the
-/// time the `last` batch took (and [`MAX_GATHER_WAIT`]).
-///
-/// Without it, concurrent writers split into alternating batches: the first writer back
-/// after a commit starts the next batch alone, the others arrive microseconds later and wait
-/// a whole round trip for the batch after it, so each write takes about two. Waiting for the
-/// writers the last batch answered keeps them in one batch. The wait counts from the first
-/// write back, not from the answer: a load generator or a network slow to turn around delays
-/// them all alike. It is bounded by half a batch's time, what a writer missing the batch
-/// would wait twice over. (Tokio's timers tick in milliseconds: a wait ends on the tick after
-/// its deadline.)
-async fn gather(
-    queue: &mut mpsc::Receiver<WriteJob>,
-    batch: &mut Vec<PendingWrite>,
-    begin: &mut Option<super::transaction::PendingBegin>,
-    expected: usize,
-    last: &Answered,
-) {
-    if begin.is_some() || batch.len() >= expected {
-        return;
-    }
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started + (last.took / 2).min(MAX_GATHER_WAIT));
-    while begin.is_none() && batch.len() < expected {
-        match tokio::time::timeout_at(deadline, queue.recv()).await {
-            Ok(Some(WriteJob::Write(w))) => batch.push(w),
-            Ok(Some(WriteJob::Begin(b))) => *begin = Some(b),
-            Ok(None) | Err(_) => break,
+/// What the batcher knows of writers coming back after their answer (see
+/// [`Returns::gather`]).
+struct Returns {
+    /// Writes in the last batch.
+    last_batch: usize,
+    /// The share of a batch's writes followed by another write while the next batch was
+    /// gathered: about 1 for writers that send their next write as soon as they are answered,
+    /// less for writers that pause between writes.
+    share: f64,
+}
+
+impl Default for Returns {
+    fn default() -> Self {
+        Returns {
+            last_batch: 0,
+            share: 1.0,
         }
     }
-    tracing::debug!(
-        expected,
-        gathered = batch.len(),
-        waited_us = started.elapsed().as_micros() as u64,
-        "write batch gathered"
-    );
+}
+
+impl Returns {
+    /// Waits until as many writes came since the `last` batch was answered as its writers are
+    /// expected to send back (or a transaction comes), for at most half the time that batch
+    /// took (and [`MAX_GATHER_WAIT`]), then takes whatever else is queued.
+    ///
+    /// Without it, concurrent writers split into alternating batches: the first writer back
+    /// after a commit starts the next batch alone, the others arrive microseconds later and
+    /// wait a whole round trip for the batch after it, so each write takes about two. The wait
+    /// counts from the first write back, not from the answer: a load generator or a network
+    /// slow to turn around delays them all alike. It is bounded by half a batch's time, what a
+    /// writer missing the batch would wait twice over. Writers that pause between writes do
+    /// not come back in that time; the share that did is what the next batch expects, so
+    /// they are not waited for. (Tokio's timers tick in milliseconds: a wait ends on the tick
+    /// after its deadline.)
+    async fn gather(
+        &mut self,
+        queue: &mut mpsc::Receiver<WriteJob>,
+        batch: &mut Vec<PendingWrite>,
+        begin: &mut Option<super::transaction::PendingBegin>,
+        max_batch: usize,
+        last: &Answered,
+    ) {
+        let waiting = batch.iter().filter(|w| w.queued < last.at).count();
+        let mut back = batch.len() - waiting;
+        let expected =
+            ((self.share * self.last_batch as f64) as usize).min(max_batch.saturating_sub(waiting));
+        let started = Instant::now();
+        if begin.is_none() && back < expected {
+            let wait = (last.took / 2).min(MAX_GATHER_WAIT);
+            let deadline = tokio::time::Instant::from_std(started + wait);
+            while begin.is_none() && back < expected {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(WriteJob::Write(w))) => {
+                        batch.push(w);
+                        back += 1;
+                    }
+                    Ok(Some(WriteJob::Begin(b))) => *begin = Some(b),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        // What else came meanwhile joins too, and counts as having come back.
+        while begin.is_none() && batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(WriteJob::Write(w)) => {
+                    batch.push(w);
+                    back += 1;
+                }
+                Ok(WriteJob::Begin(b)) => *begin = Some(b),
+                Err(_) => break,
+            }
+        }
+        if self.last_batch > 0 {
+            self.share = (back as f64 / self.last_batch as f64).min(1.0);
+        }
+        tracing::debug!(
+            expected,
+            back,
+            batch = batch.len(),
+            waited_us = started.elapsed().as_micros() as u64,
+            "write batch gathered"
+        );
+    }
 }
 
 /// The batcher's deltas in flight.
