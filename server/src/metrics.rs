@@ -95,6 +95,7 @@ pub struct Metrics {
     read_indexes: Family<ReadIndexLabels, Counter>,
     batch_size: Histogram,
     batch_duration: Histogram,
+    gather_wait: Histogram,
     batches: Family<BatchBaseLabels, Counter>,
     commits_in_place: Counter,
     wal_frames: Gauge,
@@ -140,6 +141,7 @@ impl Metrics {
             read_indexes: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_duration: latency_histogram(),
+            gather_wait: latency_histogram(),
             batches: Family::default(),
             commits_in_place: Counter::default(),
             wal_frames: Gauge::default(),
@@ -252,6 +254,13 @@ impl Metrics {
             m.batch_size.clone(),
         );
         r.register_with_unit(
+            "write_batch_gather_wait",
+            "How long a group commit waited for the writers the last one answered, when it \
+             waited (leader, write_pipeline_depth 1)",
+            Unit::Seconds,
+            m.gather_wait.clone(),
+        );
+        r.register_with_unit(
             "write_batch_duration",
             "Execute and commit one group commit, until its requests are answered (leader)",
             Unit::Seconds,
@@ -329,6 +338,10 @@ impl Metrics {
     pub fn observe_batch(&self, requests: usize, elapsed: Duration) {
         self.batch_size.observe(requests as f64);
         self.batch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_gather_wait(&self, waited: Duration) {
+        self.gather_wait.observe(waited.as_secs_f64());
     }
 
     pub fn batch_proposed(&self, on_deltas_in_flight: bool) {

@@ -114,6 +114,9 @@ pub(crate) async fn run_batcher(
             returns
                 .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
                 .await;
+            if let Some(waited) = returns.waited.take() {
+                node.metrics.observe_gather_wait(waited);
+            }
         }
         returns.last_batch = batch.len();
         if let Some(place) = place {
@@ -144,6 +147,8 @@ struct Returns {
     /// gathered: about 1 for writers that send their next write as soon as they are answered,
     /// less for writers that pause between writes.
     share: f64,
+    /// How long the last gather waited, if it did.
+    waited: Option<Duration>,
 }
 
 impl Default for Returns {
@@ -151,6 +156,7 @@ impl Default for Returns {
         Returns {
             last_batch: 0,
             share: 1.0,
+            waited: None,
         }
     }
 }
@@ -195,6 +201,7 @@ impl Returns {
                     Ok(None) | Err(_) => break,
                 }
             }
+            self.waited = Some(started.elapsed());
         }
         // What else came meanwhile joins too, and counts as having come back.
         while begin.is_none() && batch.len() < max_batch {
