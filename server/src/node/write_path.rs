@@ -11,13 +11,12 @@
 //! default) it waits for the previous one's commit and the leader's apply, collects every
 //! write that arrived meanwhile, and waits a moment ([`Returns::gather`]) for the writers the
 //! last batch answered that usually come back at once, so concurrent writers stay in one
-//! batch. With a deeper pipeline
-//! it does not wait for the round trip: while a delta is still waiting for its quorum, the
-//! executor runs the next batch on top of the deltas not yet applied (see `db::chain`), so
-//! capture, the Raft round trip and the apply of consecutive batches overlap; once
-//! everything is committed it waits for the apply instead (already running, and cheaper than
-//! laying the pages again). Either way the batcher knows where a batch will run before it
-//! collects it, so any wait makes the batch larger.
+//! batch. With a deeper pipeline it does not wait for the round trip: while a delta is still
+//! waiting for its quorum, the executor runs the next batch on top of the deltas not yet
+//! applied (see `db::chain`), so capture, the Raft round trip and the apply of consecutive
+//! batches overlap; once everything is committed it waits for the apply instead (already
+//! running, and cheaper than laying the pages again). Either way the batcher knows where a
+//! batch will run before it collects it, so any wait makes the batch larger.
 //!
 //! Proposals are sent to Raft in capture order. A delta captured on top of another names that
 //! one's tag and applies only right after it; if one is lost (a leadership change, a lost
@@ -71,7 +70,8 @@ pub(crate) enum WriteJob {
 pub(crate) struct PendingWrite {
     pub request: WriteRequest,
     pub reply: oneshot::Sender<Result<WriteReply, NodeError>>,
-    /// When it was queued: before or after the last batch was answered (see [`Returns::gather`]).
+    /// When it was queued: before or after the last batch was answered (see
+    /// [`Returns::gather`]).
     pub queued: Instant,
     /// The span of the request that queued it: the batch that carries it joins its trace.
     pub span: tracing::Span,
