@@ -502,3 +502,21 @@ fn free_loopback_addrs(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
         .collect())
 }
+
+/// Three nodes, their leader, and the audited table `table`.
+pub async fn three_nodes_with(
+    table: &str,
+    options: ClusterOptions,
+) -> (Cluster, u64, crate::Checker) {
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let checker = crate::Checker::new(table);
+    checker
+        .create_table(&cluster.client())
+        .await
+        .expect("create the table");
+    (cluster, leader, checker)
+}

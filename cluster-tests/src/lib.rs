@@ -36,7 +36,7 @@ mod wait;
 
 pub use binary::{counter_binary, raftlite_binary};
 pub use checker::{CheckReport, Checker};
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{three_nodes_with, Cluster, ClusterOptions};
 pub use docker::{DockerCluster, DockerOptions};
 pub use load::{LoadLimits, LoadReport, WriteLoad};
 pub use metrics::{metric_value, metrics_addr, scrape};

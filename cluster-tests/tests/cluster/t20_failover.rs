@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_tests::{
-    init_tracing, metric_value, metrics_addr, scrape, wait_until, CheckReport, Checker, Cluster,
-    ClusterOptions,
+    init_tracing, metric_value, metrics_addr, scrape, three_nodes_with, wait_until, CheckReport,
+    Checker, Cluster, ClusterOptions,
 };
 use tracing::info;
 
@@ -102,21 +102,6 @@ async fn leader_sigkill_under_write_load_loses_nothing() {
     );
     let report = audit(&cluster, &checker).await;
     info!(?report, ?elected_after, "t20 done");
-}
-
-/// Three nodes, their leader, and the audited table `table`.
-async fn three_nodes_with(table: &str, options: ClusterOptions) -> (Cluster, u64, Checker) {
-    let cluster = Cluster::start(3, options).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let checker = Checker::new(table);
-    checker
-        .create_table(&cluster.client())
-        .await
-        .expect("create the table");
-    (cluster, leader, checker)
 }
 
 /// Every acknowledged write exactly once on all three nodes, and the replicas byte-identical.

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    init_tracing, metric_value, metrics_addr, scrape, wait_until, Checker, Cluster, ClusterOptions,
-    Consistency, Statement,
+    init_tracing, metric_value, metrics_addr, scrape, three_nodes_with, wait_until, Checker,
+    Cluster, ClusterOptions, Consistency, Statement,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -211,17 +211,8 @@ async fn concurrent_writers_share_group_commits() {
         ],
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(3, options).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
+    let (cluster, leader, checker) = three_nodes_with("gathered_kv", options).await;
     let client = cluster.client_for(leader);
-    let checker = Checker::new("gathered_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
     checker
         .write_many(&client, "warm", 40)
         .await
