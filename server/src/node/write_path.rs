@@ -103,18 +103,12 @@ pub(crate) async fn run_batcher(
             true => None,
             false => Some(pipe.next(&node).await),
         };
-        while begin.is_none() && batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(WriteJob::Write(w)) => batch.push(w),
-                Ok(WriteJob::Begin(b)) => begin = Some(b),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut queue, &mut batch, &mut begin, max_batch);
         if let (Some(Ok(Pipeline::Settled)), Some(last)) = (&place, &pipe.answered) {
-            returns
+            let waited = returns
                 .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
                 .await;
-            if let Some(waited) = returns.waited.take() {
+            if let Some(waited) = waited {
                 node.metrics.observe_gather_wait(waited);
             }
         }
@@ -147,8 +141,6 @@ struct Returns {
     /// gathered: about 1 for writers that send their next write as soon as they are answered,
     /// less for writers that pause between writes.
     share: f64,
-    /// How long the last gather waited, if it did.
-    waited: Option<Duration>,
 }
 
 impl Default for Returns {
@@ -156,7 +148,6 @@ impl Default for Returns {
         Returns {
             last_batch: 0,
             share: 1.0,
-            waited: None,
         }
     }
 }
@@ -164,7 +155,8 @@ impl Default for Returns {
 impl Returns {
     /// Waits until as many writes came since the `last` batch was answered as its writers are
     /// expected to send back (or a transaction comes), for at most half the time that batch
-    /// took (and [`MAX_GATHER_WAIT`]), then takes whatever else is queued.
+    /// took (and [`MAX_GATHER_WAIT`]), then takes whatever else is queued. Returns how long it
+    /// waited, if it did.
     ///
     /// Without it, concurrent writers split into alternating batches: the first writer back
     /// after a commit starts the next batch alone, the others arrive microseconds later and
@@ -182,38 +174,28 @@ impl Returns {
         begin: &mut Option<super::transaction::PendingBegin>,
         max_batch: usize,
         last: &Answered,
-    ) {
+    ) -> Option<Duration> {
+        // Every write in the batch but these came after the answer.
         let waiting = batch.iter().filter(|w| w.queued < last.at).count();
-        let mut back = batch.len() - waiting;
-        let expected =
-            ((self.share * self.last_batch as f64) as usize).min(max_batch.saturating_sub(waiting));
+        let expected = (self.share * self.last_batch as f64) as usize;
+        let target = (waiting + expected).min(max_batch);
         let started = Instant::now();
-        if begin.is_none() && back < expected {
+        let mut waited = None;
+        if begin.is_none() && batch.len() < target {
             let wait = (last.took / 2).min(MAX_GATHER_WAIT);
             let deadline = tokio::time::Instant::from_std(started + wait);
-            while begin.is_none() && back < expected {
+            while begin.is_none() && batch.len() < target {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(WriteJob::Write(w))) => {
-                        batch.push(w);
-                        back += 1;
-                    }
+                    Ok(Some(WriteJob::Write(w))) => batch.push(w),
                     Ok(Some(WriteJob::Begin(b))) => *begin = Some(b),
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.waited = Some(started.elapsed());
+            waited = Some(started.elapsed());
         }
         // What else came meanwhile joins too, and counts as having come back.
-        while begin.is_none() && batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(WriteJob::Write(w)) => {
-                    batch.push(w);
-                    back += 1;
-                }
-                Ok(WriteJob::Begin(b)) => *begin = Some(b),
-                Err(_) => break,
-            }
-        }
+        take_queued(queue, batch, begin, max_batch);
+        let back = batch.len() - waiting;
         if self.last_batch > 0 {
             self.share = (back as f64 / self.last_batch as f64).min(1.0);
         }
@@ -224,6 +206,23 @@ impl Returns {
             waited_us = started.elapsed().as_micros() as u64,
             "write batch gathered"
         );
+        waited
+    }
+}
+
+/// Moves the writes already queued into `batch`, up to `max_batch`, stopping at a transaction.
+fn take_queued(
+    queue: &mut mpsc::Receiver<WriteJob>,
+    batch: &mut Vec<PendingWrite>,
+    begin: &mut Option<super::transaction::PendingBegin>,
+    max_batch: usize,
+) {
+    while begin.is_none() && batch.len() < max_batch {
+        match queue.try_recv() {
+            Ok(WriteJob::Write(w)) => batch.push(w),
+            Ok(WriteJob::Begin(b)) => *begin = Some(b),
+            Err(_) => break,
+        }
     }
 }
 
