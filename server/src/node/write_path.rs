@@ -104,7 +104,10 @@ pub(crate) async fn run_batcher(
             false => Some(pipe.next(&node).await),
         };
         take_queued(&mut queue, &mut batch, &mut begin, max_batch);
-        if let (Some(Ok(Pipeline::Settled)), Some(last)) = (&place, &pipe.answered) {
+        // Only at depth 1: a deeper pipeline runs the writers that come back on top of the
+        // batch in flight instead of waiting for them.
+        let settled = matches!(place, Some(Ok(Pipeline::Settled)));
+        if let (true, 1, Some(last)) = (settled, pipe.depth, &pipe.answered) {
             let waited = returns
                 .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
                 .await;
