@@ -1,9 +1,18 @@
 //! A std thread that owns one SQLite object and runs jobs on it, awaitable from tokio.
 //!
 //! rusqlite calls block (disk I/O, fsync, busy waits), so they must never run on a tokio worker
-//! thread. Each long-lived connection (the applier, the executor) therefore lives on its own
-//! thread; async callers send it a closure and await the answer on a oneshot channel. Jobs run
-//! strictly in submission order, which is exactly the ordering the apply path needs.
+//! thread as an ordinary task. Each long-lived connection (the applier, the executor) therefore
+//! lives on its own thread; async callers send it a closure and await the answer on a oneshot
+//! channel. Jobs run strictly in submission order, which is exactly the ordering the apply path
+//! needs.
+//!
+//! A caller on the write path's critical path can instead run its closure on its own thread
+//! ([`Worker::call_here`]), inside tokio's `block_in_place`: the two thread hand-offs of a
+//! job (to the worker thread and back) cost more than the executor's own work for a small
+//! batch. The object sits behind a mutex, so such a call and the thread's jobs never run at
+//! once; their order is the order in which they take it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::error::{DbError, Result};
 use tokio::sync::oneshot;
@@ -13,29 +22,47 @@ type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 /// Handle to the thread; dropping every clone lets the thread finish queued jobs and exit.
 pub(crate) struct Worker<T> {
     jobs: crossbeam_channel::Sender<Job<T>>,
+    state: Arc<Mutex<T>>,
 }
 
 impl<T> Clone for Worker<T> {
     fn clone(&self) -> Self {
         Worker {
             jobs: self.jobs.clone(),
+            state: self.state.clone(),
         }
     }
 }
 
+/// The object, unless a closure panicked while holding it (then, as when its thread has
+/// stopped, nothing runs on it any more).
+fn lock<T>(state: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    state.lock().ok()
+}
+
+fn stopped() -> DbError {
+    DbError::Internal("database worker thread stopped mid-job".into())
+}
+
 impl<T: Send + 'static> Worker<T> {
     /// Move `state` onto a new thread named `name`.
-    pub(crate) fn spawn(name: &str, mut state: T) -> Result<Worker<T>> {
+    pub(crate) fn spawn(name: &str, state: T) -> Result<Worker<T>> {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job<T>>();
+        let state = Arc::new(Mutex::new(state));
+        let on_thread = state.clone();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 for job in rx {
+                    let Some(mut state) = lock(&on_thread) else {
+                        // Dropping the job drops its answer channel: the caller gets an error.
+                        return;
+                    };
                     job(&mut state);
                 }
             })
             .map_err(|e| DbError::Internal(format!("spawn thread {name}: {e}")))?;
-        Ok(Worker { jobs })
+        Ok(Worker { jobs, state })
     }
 
     /// Run `f` on the thread and await its result.
@@ -52,7 +79,29 @@ impl<T: Send + 'static> Worker<T> {
         self.jobs
             .send(job)
             .map_err(|_| DbError::Internal("database worker thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| DbError::Internal("database worker thread stopped mid-job".into()))?
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Run `f` on the calling thread, in `block_in_place` (tokio moves this worker's other
+    /// tasks to another thread meanwhile), once the thread's current job is done. On a
+    /// current-thread runtime, which cannot block in place, it is a [`Worker::call`].
+    pub(crate) async fn call_here<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut T) -> Result<R> + Send + 'static,
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+            return self.call(f).await;
+        }
+        tokio::task::block_in_place(|| {
+            // A panic poisons the mutex on its way out (the state is not used again, as if the
+            // thread had stopped); the caller gets an error, not the panic.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut state = lock(&self.state).ok_or_else(stopped)?;
+                f(&mut state)
+            }))
+            .unwrap_or_else(|_| Err(DbError::Internal("a database job panicked".into())))
+        })
     }
 }
