@@ -6,11 +6,11 @@
 //! channel. Jobs run strictly in submission order, which is exactly the ordering the apply path
 //! needs.
 //!
-//! A caller on the write path's critical path can instead run its closure on its own thread
-//! ([`Worker::call_here`]), inside tokio's `block_in_place`: the two thread hand-offs of a
-//! job (to the worker thread and back) cost more than the executor's own work for a small
-//! batch. The object sits behind a mutex, so such a call and the thread's jobs never run at
-//! once; their order is the order in which they take it.
+//! The write batcher, on a thread of its own, instead runs its batches on the executor
+//! itself ([`Worker::call_here`]): the two thread hand-offs of a job (to the worker thread and
+//! back) cost more than the executor's own work for a small batch. The object sits behind a
+//! mutex, so such a call and the thread's jobs never run at once; their order is the order in
+//! which they take it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -82,19 +82,15 @@ impl<T: Send + 'static> Worker<T> {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Run `f` on the calling thread, in `block_in_place` (tokio moves this worker's other
-    /// tasks to another thread meanwhile), once the thread's current job is done. On a
-    /// current-thread runtime, which cannot block in place, it is a [`Worker::call`].
+    /// Run `f` on the calling thread, once the thread's current job is done: for a caller on
+    /// a thread of its own (the write batcher's), which may block. On a runtime worker it
+    /// runs in `block_in_place` (tokio moves the worker's other tasks to another thread).
     pub(crate) async fn call_here<R, F>(&self, f: F) -> Result<R>
     where
-        R: Send + 'static,
-        F: FnOnce(&mut T) -> Result<R> + Send + 'static,
+        F: FnOnce(&mut T) -> Result<R>,
     {
         use tokio::runtime::{Handle, RuntimeFlavor};
-        if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
-            return self.call(f).await;
-        }
-        tokio::task::block_in_place(|| {
+        let run = || {
             // A panic poisons the mutex on its way out (the state is not used again, as if the
             // thread had stopped); the caller gets an error, not the panic.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -102,6 +98,10 @@ impl<T: Send + 'static> Worker<T> {
                 f(&mut state)
             }))
             .unwrap_or_else(|_| Err(DbError::Internal("a database job panicked".into())))
-        })
+        };
+        match Handle::current().runtime_flavor() {
+            RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => run(),
+        }
     }
 }

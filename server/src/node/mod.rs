@@ -215,13 +215,14 @@ impl Node {
             Arc::downgrade(&inner),
             read_index_queue,
         ));
-        tokio::spawn(write_path::run_batcher(
+        write_path::spawn_batcher(
             inner.clone(),
             executor,
             queue,
             config.max_batch_requests,
             config.write_pipeline_depth,
-        ));
+        )
+        .context("start the write batcher thread")?;
         Ok(Node { inner })
     }
 

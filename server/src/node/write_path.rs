@@ -77,7 +77,40 @@ pub(crate) struct PendingWrite {
     pub span: tracing::Span,
 }
 
-pub(crate) async fn run_batcher(
+/// Starts the batcher on a thread of its own, with a single-threaded runtime: it executes its
+/// batches there itself ([`ExecutorHandle::execute_batch_on`]), which blocks that thread and
+/// no runtime worker, and hands nothing to another thread on the way. The tasks it spawns
+/// (one per delta in flight, which answers its writers) run on it too. It stops when the
+/// node's runtime shuts down (it holds the node, so its queue never closes by itself).
+pub(crate) fn spawn_batcher(
+    node: Arc<NodeInner>,
+    executor: ExecutorHandle,
+    queue: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    depth: usize,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (alive, node_runtime_gone) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _alive = alive;
+        std::future::pending::<()>().await
+    });
+    std::thread::Builder::new()
+        .name("write-batcher".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = run_batcher(node, executor, queue, max_batch, depth) => {}
+                    _ = node_runtime_gone => {}
+                }
+            })
+        })?;
+    Ok(())
+}
+
+async fn run_batcher(
     node: Arc<NodeInner>,
     executor: ExecutorHandle,
     mut queue: mpsc::Receiver<WriteJob>,
