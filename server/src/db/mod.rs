@@ -389,25 +389,24 @@ impl ExecutorHandle {
             .await
     }
 
-    /// See [`Executor::execute_batch_on`].
-    pub async fn execute_batch_on(
+    /// See [`Executor::execute_batch_on`]. Runs on the calling thread, and blocks it: the
+    /// write batcher's own (see `node::write_path::spawn_batcher`).
+    pub fn execute_batch_on(
         &self,
         batch: Vec<WriteRequest>,
         pipeline: Pipeline,
     ) -> Result<ExecutedBatch> {
-        // On the batcher's thread: a batch's two hand-offs to the executor thread and back
-        // took about 130 µs of a 1-row write (BENCHMARKS.md, session 10).
-        self.worker
-            .call_here(move |executor| {
-                let started = std::time::Instant::now();
-                let executed = executor.execute_batch_on(&batch, pipeline);
-                tracing::debug!(
-                    on_thread_us = started.elapsed().as_micros() as u64,
-                    "write batch executed"
-                );
-                executed
-            })
-            .await
+        // On the batcher's own thread: a batch's two hand-offs to the executor thread and
+        // back took about 130 µs of a 1-row write (BENCHMARKS.md, session 10).
+        self.worker.call_here(move |executor| {
+            let started = std::time::Instant::now();
+            let executed = executor.execute_batch_on(&batch, pipeline);
+            tracing::debug!(
+                on_thread_us = started.elapsed().as_micros() as u64,
+                "write batch executed"
+            );
+            executed
+        })
     }
 
     /// See [`Executor::execute_vacuum`].

@@ -2041,7 +2041,7 @@ async fn write_pipelined(
             apply_both(c, in_flight.pop_front().context("in flight")?).await?;
         }
         let pipeline = Pipeline::OnTop(link.take());
-        let result = c.executor.execute_batch_on(batch.clone(), pipeline).await?;
+        let result = c.executor.execute_batch_on(batch.clone(), pipeline)?;
         for (request, outcome) in batch.iter().zip(&result.outcomes) {
             if matches!(outcome, WriteOutcome::Executed(_)) {
                 c.reference_commit(request)?;
@@ -2108,8 +2108,7 @@ async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult 
         // Request ids the chain recorded are found by the next batches (replayed: duplicates).
         let replay = c
             .executor
-            .execute_batch_on(batches[0].clone(), Pipeline::Settled)
-            .await?;
+            .execute_batch_on(batches[0].clone(), Pipeline::Settled)?;
         ensure!(matches!(replay.outcomes[0], WriteOutcome::Duplicate(_)));
         batches = batches
             .iter()
@@ -2132,20 +2131,14 @@ async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult 
 async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
     let c = Cluster::pipelined()?;
     c.write_one(&[CREATE_T]).await?;
-    let first = c
-        .executor
-        .execute_batch_on(
-            vec![req("", &["INSERT INTO t(a) VALUES('lost')"])],
-            Pipeline::Settled,
-        )
-        .await?;
-    let on_top = c
-        .executor
-        .execute_batch_on(
-            vec![req("", &["INSERT INTO t(a) VALUES('after the lost one')"])],
-            Pipeline::OnTop(first.link),
-        )
-        .await?;
+    let first = c.executor.execute_batch_on(
+        vec![req("", &["INSERT INTO t(a) VALUES('lost')"])],
+        Pipeline::Settled,
+    )?;
+    let on_top = c.executor.execute_batch_on(
+        vec![req("", &["INSERT INTO t(a) VALUES('after the lost one')"])],
+        Pipeline::OnTop(first.link),
+    )?;
     let lost = first.delta.context("a delta")?;
     let on_top_tags = on_top
         .delta
@@ -2174,13 +2167,10 @@ async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
     c.verify("after the skipped delta")?;
     // The executor's chain is out of step now: the next batch on top of it fails whole,
     // unexecuted, and a settled one runs.
-    let stale = c
-        .executor
-        .execute_batch_on(
-            vec![req("", &["INSERT INTO t(a) VALUES('never')"])],
-            Pipeline::OnTop(on_top.link),
-        )
-        .await;
+    let stale = c.executor.execute_batch_on(
+        vec![req("", &["INSERT INTO t(a) VALUES('never')"])],
+        Pipeline::OnTop(on_top.link),
+    );
     ensure!(
         matches!(&stale, Err(DbError::Stale(m)) if m.contains("out of step")),
         "{stale:?}"

@@ -83,9 +83,9 @@ impl<T: Send + 'static> Worker<T> {
     }
 
     /// Run `f` on the calling thread, once the thread's current job is done: for a caller on
-    /// a thread of its own (the write batcher's), which may block. On a runtime worker it
-    /// runs in `block_in_place` (tokio moves the worker's other tasks to another thread).
-    pub(crate) async fn call_here<R, F>(&self, f: F) -> Result<R>
+    /// a thread of its own (the write batcher's), which may block. Called on a runtime worker
+    /// it runs in `block_in_place` (tokio moves the worker's other tasks to another thread).
+    pub(crate) fn call_here<R, F>(&self, f: F) -> Result<R>
     where
         F: FnOnce(&mut T) -> Result<R>,
     {
@@ -99,8 +99,8 @@ impl<T: Send + 'static> Worker<T> {
             }))
             .unwrap_or_else(|_| Err(DbError::Internal("a database job panicked".into())))
         };
-        match Handle::current().runtime_flavor() {
-            RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
             _ => run(),
         }
     }

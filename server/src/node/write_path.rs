@@ -396,7 +396,7 @@ async fn commit_batch(
 ) {
     let started = Instant::now();
     let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
-    let executed = executor.execute_batch_on(requests, pipeline).await;
+    let executed = executor.execute_batch_on(requests, pipeline);
     let ExecutedBatch {
         delta,
         outcomes,
