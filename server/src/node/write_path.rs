@@ -754,3 +754,65 @@ async fn too_large(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load, ServeArgs};
+
+    /// Threads of this process named `name` (as `/proc` shows them).
+    fn threads_named(name: &str) -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            panic!("/proc/self/task is not readable");
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    /// Waits up to 5 s until `threads_named(name)` is `count` (a new thread names itself once
+    /// it runs).
+    fn until_threads_named(name: &str, count: usize, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while threads_named(name) != count {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The batcher's thread holds the node, so its queue never closes: it must stop with the
+    /// node's runtime, or every node a process starts and drops would leave a thread (and its
+    /// open database) behind. No other test of this binary starts a node.
+    #[test]
+    fn the_batcher_thread_stops_with_the_nodes_runtime() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("raftlite.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                // Starting a node binds no port (serving gRPC is a separate step).
+                "node_id: 1\ndata_dir: {}\nlisten: 127.0.0.1:47000\n\
+                 peer_listen: 127.0.0.1:47001\ninsecure: true\nmetrics_addr: off\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let config = load(&ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let node = runtime.block_on(super::super::Node::start(config))?;
+        until_threads_named("write-batcher", 1, "the node started no batcher thread");
+        drop(node);
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        until_threads_named(
+            "write-batcher",
+            0,
+            "the batcher's thread outlived the node's runtime",
+        );
+        Ok(())
+    }
+}
