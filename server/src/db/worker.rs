@@ -82,26 +82,26 @@ impl<T: Send + 'static> Worker<T> {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Run `f` on the calling thread, once the thread's current job is done: for a caller on
-    /// a thread of its own (the write batcher's), which may block. Called on a runtime worker
-    /// it runs in `block_in_place` (tokio moves the worker's other tasks to another thread).
+    /// Run `f` on the calling thread, once the thread's current job is done; it blocks that
+    /// thread, which must be one that may block: the write batcher's own, never a worker of
+    /// a multi-threaded runtime.
     pub(crate) fn call_here<R, F>(&self, f: F) -> Result<R>
     where
         F: FnOnce(&mut T) -> Result<R>,
     {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let run = || {
-            // A panic poisons the mutex on its way out (the state is not used again, as if the
-            // thread had stopped); the caller gets an error, not the panic.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut state = lock(&self.state).ok_or_else(stopped)?;
-                f(&mut state)
-            }))
-            .unwrap_or_else(|_| Err(DbError::Internal("a database job panicked".into())))
-        };
-        match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+        debug_assert!(
+            !matches!(
+                tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+            ),
+            "a database call blocking a runtime worker"
+        );
+        // A panic poisons the mutex on its way out (the state is not used again, as if the
+        // thread had stopped); the caller gets an error, not the panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut state = lock(&self.state).ok_or_else(stopped)?;
+            f(&mut state)
+        }))
+        .unwrap_or_else(|_| Err(DbError::Internal("a database job panicked".into())))
     }
 }

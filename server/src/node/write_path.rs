@@ -137,10 +137,7 @@ async fn run_batcher(
             false => Some(pipe.next(&node).await),
         };
         take_queued(&mut queue, &mut batch, &mut begin, max_batch);
-        // Only at depth 1: a deeper pipeline runs the writers that come back on top of the
-        // batch in flight instead of waiting for them.
-        let settled = matches!(place, Some(Ok(Pipeline::Settled)));
-        if let (true, 1, Some(last)) = (settled, pipe.depth, &pipe.answered) {
+        if let Some(last) = pipe.gathers_after(&place) {
             let waited = returns
                 .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
                 .await;
@@ -309,6 +306,17 @@ impl Pipe {
             if let Some(task) = self.in_flight.pop_front() {
                 self.finished(task).await;
             }
+        }
+    }
+
+    /// The last delta answered, when a batch to run at `place` gathers the writers it
+    /// answered (see [`Returns::gather`]): only at depth 1, where every batch runs on the
+    /// settled state. A deeper pipeline runs the writers that come back on top of the batch
+    /// in flight instead of waiting for them.
+    fn gathers_after(&self, place: &Option<Result<Pipeline, NodeError>>) -> Option<&Answered> {
+        match place {
+            Some(Ok(Pipeline::Settled)) if self.depth == 1 => self.answered.as_ref(),
+            _ => None,
         }
     }
 
