@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use raftlite_proto::v1;
-use raftlite_proto::v1::peer_client::PeerClient as ProtoClient;
-use tonic::transport::Channel;
 
 use super::convert;
+use super::dialer::PeerProtoClient;
 use crate::db::WriteRequest;
 use crate::node::status::MemberStatus;
 use crate::node::{
@@ -37,11 +36,11 @@ pub struct PeerIdentity {
 /// A connection to one peer.
 #[derive(Clone)]
 pub struct PeerClient {
-    inner: ProtoClient<Channel>,
+    inner: PeerProtoClient,
 }
 
 impl PeerClient {
-    pub(crate) fn new(inner: ProtoClient<Channel>) -> Self {
+    pub(crate) fn new(inner: PeerProtoClient) -> Self {
         Self { inner }
     }
 

@@ -18,11 +18,10 @@ use openraft::raft::{
     SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, Snapshot};
-use raftlite_proto::v1::peer_client::PeerClient;
 use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
 
+use super::dialer::PeerProtoClient;
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
 use crate::node::lease::LeaderLease;
@@ -106,7 +105,7 @@ pub struct PeerConnection {
     self_id: NodeId,
     target: NodeId,
     identity: Arc<ClusterIdentity>,
-    client: Result<PeerClient<Channel>, String>,
+    client: Result<PeerProtoClient, String>,
     lease: Arc<LeaderLease>,
 }
 
@@ -165,7 +164,7 @@ impl PeerConnection {
         req: &Req,
         option: &RPCOption,
         rpc: impl AsyncFnOnce(
-            PeerClient<Channel>,
+            PeerProtoClient,
             tonic::Request<RaftMessage>,
         ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
     ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
