@@ -1,17 +1,17 @@
-//! Node endpoints: parsing and one lazily connected channel per endpoint, with TLS and the
-//! bearer token when the options have them.
+//! Node endpoints: parsing and one lazily dialed connection per endpoint
+//! ([`crate::transport::Direct`]), with TLS and the bearer token when the options have them.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::transport::{self, Direct};
 use crate::{ClientOptions, Error};
 
-/// A node's channel with the client's token added to every call.
-pub(crate) type Transport = InterceptedService<Channel, TokenInterceptor>;
+/// A node's connection with the client's token added to every call.
+pub(crate) type Transport = InterceptedService<Direct, TokenInterceptor>;
 
 /// Adds `authorization: Bearer TOKEN` to every request (when there is a token).
 #[derive(Clone)]
@@ -45,11 +45,9 @@ impl tonic::service::Interceptor for TokenInterceptor {
 pub(crate) struct NodeEndpoint {
     /// Normalized URI, `http://host:port` or `https://host:port`.
     pub(crate) uri: String,
-    endpoint: Endpoint,
     token: TokenInterceptor,
-    /// Created on first use: a channel spawns a background task, which needs a Tokio runtime,
-    /// and `Client::connect` should not.
-    channel: OnceLock<Channel>,
+    /// Dialed on the first call (on that call's runtime), so `Client::connect` needs none.
+    connection: Direct,
 }
 
 impl NodeEndpoint {
@@ -60,23 +58,26 @@ impl NodeEndpoint {
         if tls && uri.starts_with("http://") {
             uri = uri.replacen("http://", "https://", 1);
         }
-        let mut endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: {e}")))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        if tls {
+        let parsed: http::Uri = uri
+            .parse()
+            .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: {e}")))?;
+        let dial = if tls {
             let Some(ca) = &options.tls_ca else {
                 return Err(Error::InvalidEndpoint(format!(
                     "{raw:?}: an https:// address needs the CA certificate that signed the \
                      nodes' certificates (--tls-ca FILE or RAFTLITE_TLS_CA)"
                 )));
             };
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-                .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
-        }
+            let config =
+                tls_config(ca).map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
+            let dial: transport::Dial = Arc::new(move |uri: &http::Uri| {
+                let (config, uri) = (config.clone(), uri.clone());
+                Box::pin(async move { transport::tls(config, &uri).await })
+            });
+            dial
+        } else {
+            transport::tcp()
+        };
         let header = match &options.token {
             None => None,
             Some(t) => Some(
@@ -89,20 +90,21 @@ impl NodeEndpoint {
                     })?,
             ),
         };
+        let settings = transport::Settings {
+            connect_timeout: options.connect_timeout,
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            runtime: None,
+        };
         Ok(NodeEndpoint {
             uri,
-            endpoint,
             token: TokenInterceptor { header },
-            channel: OnceLock::new(),
+            connection: Direct::new(parsed, dial, settings),
         })
     }
 
     pub(crate) fn channel(&self) -> Transport {
-        let channel = self
-            .channel
-            .get_or_init(|| self.endpoint.connect_lazy())
-            .clone();
-        InterceptedService::new(channel, self.token.clone())
+        InterceptedService::new(self.connection.clone(), self.token.clone())
     }
 
     /// Whether `addr` (as a server reports a node's address) names this endpoint.
@@ -114,6 +116,30 @@ impl NodeEndpoint {
         };
         normalize(addr).is_ok_and(|a| host_port(&a) == host_port(&self.uri))
     }
+}
+
+/// Trusts only the CAs in `ca_pem` (server authentication only; HTTP/2 by ALPN).
+fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("the CA file is not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA file holds a certificate rustls rejects: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS protocol versions: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Turns `host:port`, `http://host:port` or `https://host:port` into `http://host:port` (or

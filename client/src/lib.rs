@@ -57,6 +57,7 @@ mod error;
 mod rows;
 mod statement;
 mod transaction;
+pub mod transport;
 mod url;
 mod value;
 

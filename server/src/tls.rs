@@ -34,7 +34,7 @@ use anyhow::Context as _;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -416,29 +416,4 @@ pub async fn incoming(
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// Opens a TLS connection to `uri`'s host and port with the node's dial configuration.
-pub async fn dial(
-    tls: &Tls,
-    uri: &http::Uri,
-) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
-    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-    let host = uri
-        .host()
-        .ok_or_else(|| invalid(format!("{uri} has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri
-        .port_u16()
-        .ok_or_else(|| invalid(format!("{uri} has no port")))?;
-    let name = ServerName::try_from(host.clone())
-        .map_err(|e| invalid(format!("{host:?} is not a TLS server name: {e}")))?;
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
-    let stream = tokio_rustls::TlsConnector::from(tls.dial())
-        .connect(name, tcp)
-        .await?;
-    Ok(hyper_util::rt::TokioIo::new(stream))
 }

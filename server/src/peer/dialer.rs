@@ -1,56 +1,56 @@
 //! Connections to peers: one lazily dialed HTTP/2 connection per peer address, reused by every
-//! call to that peer; with TLS, over mutual TLS (`crate::tls::dial`).
+//! call to that peer; with TLS, over mutual TLS with the node's current certificate.
 //!
-//! Requests go straight onto the connection ([`PeerTransport`]), not through tonic's
-//! `Channel`: a `Channel` hands every request to a buffer task of its own before it reaches
-//! the connection, one more task wake-up on each AppendEntries of every replicated write (about
-//! 30 µs of a 0.25 ms loopback round trip here, BENCHMARKS.md "Session 12"). What `Channel`
-//! did besides is done here: dial on first use and again after the connection breaks (a
-//! failed dial is UNAVAILABLE, within [`CONNECT_TIMEOUT`]), and hold a call to its
-//! `grpc-timeout` (CANCELLED "Timeout expired" once it passes, as `Channel` answers).
+//! Calls go straight onto the connection (`raftlite_client::transport::Direct`, shared with
+//! the client), not through tonic's `Channel`, whose buffer task costs one more task wake-up
+//! on each AppendEntries of every replicated write.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
+use raftlite_client::transport::{self, Direct};
 use raftlite_proto::v1::peer_client::PeerClient as ProtoClient;
-use tokio::runtime::Handle;
-use tonic::body::Body;
 
 use super::PEER_MESSAGE_LIMIT;
 use crate::tls::Tls;
 
 /// Longest a dial (TCP, and TLS with TLS on) may take before the call fails UNAVAILABLE.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// HTTP/2 pings on an idle connection, so a peer that vanished without a reset is noticed.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A peer's gRPC client over [`PeerTransport`].
-pub(crate) type PeerProtoClient = ProtoClient<PeerTransport>;
+/// A peer's gRPC client.
+pub(crate) type PeerProtoClient = ProtoClient<Direct>;
 
 /// Builds (and keeps) the connections this node opens to its peers.
 pub struct Dialer {
     channels: Mutex<HashMap<String, PeerProtoClient>>,
-    /// With TLS, peers are dialed with this node's certificate and only the cluster CA trusted.
-    tls: Option<Arc<Tls>>,
+    /// Opens a stream to a peer: TCP, or with TLS this node's certificate and only the
+    /// cluster CA trusted (read at each dial, so a renewed certificate is used).
+    dial: transport::Dial,
     /// The node's runtime: each connection is driven by a task on it, whichever thread (the
     /// write batcher's has a runtime of its own) makes the first call.
-    runtime: Handle,
+    settings: transport::Settings,
 }
 
 impl Dialer {
     /// Must be called on the node's runtime.
     pub fn new(tls: Option<Arc<Tls>>) -> Self {
+        let dial = match tls {
+            None => transport::tcp(),
+            Some(tls) => Arc::new(move |uri: &http::Uri| {
+                let (config, uri) = (tls.dial(), uri.clone());
+                Box::pin(async move { transport::tls(config, &uri).await }) as transport::Dialing
+            }),
+        };
         Dialer {
             channels: Mutex::new(HashMap::new()),
-            tls,
-            runtime: Handle::current(),
+            dial,
+            settings: transport::Settings {
+                connect_timeout: CONNECT_TIMEOUT,
+                keep_alive_interval: Duration::from_secs(10),
+                keep_alive_timeout: Duration::from_secs(20),
+                runtime: Some(tokio::runtime::Handle::current()),
+            },
         }
     }
 
@@ -60,8 +60,7 @@ impl Dialer {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let transport = self.transport(addr)?;
-        let client = ProtoClient::new(transport)
+        let client = ProtoClient::new(self.transport(addr)?)
             .max_decoding_message_size(PEER_MESSAGE_LIMIT)
             .max_encoding_message_size(PEER_MESSAGE_LIMIT);
         channels.insert(addr.to_owned(), client.clone());
@@ -69,197 +68,21 @@ impl Dialer {
     }
 
     /// A new connection (not yet dialed) to `addr` ("host:port").
-    fn transport(&self, addr: &str) -> Result<PeerTransport, String> {
+    fn transport(&self, addr: &str) -> Result<Direct, String> {
         let uri: http::Uri = format!("http://{addr}")
             .parse()
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
         if uri.port_u16().is_none() || uri.path() != "/" {
             return Err(format!("bad peer address {addr:?}: expected host:port"));
         }
-        Ok(PeerTransport {
-            link: Arc::new(Link {
-                uri,
-                tls: self.tls.clone(),
-                runtime: self.runtime.clone(),
-                sender: tokio::sync::Mutex::new(None),
-            }),
-        })
+        Ok(Direct::new(uri, self.dial.clone(), self.settings.clone()))
     }
-}
-
-/// The connection to one peer, as a service tonic's generated client calls. Clones share it.
-#[derive(Clone)]
-pub(crate) struct PeerTransport {
-    link: Arc<Link>,
-}
-
-struct Link {
-    /// `http://host:port`: where to dial, and the scheme and authority of every request.
-    uri: http::Uri,
-    tls: Option<Arc<Tls>>,
-    runtime: Handle,
-    /// The open connection; `None` before the first call and after a failed dial.
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
-}
-
-/// Spawns hyper's connection tasks on the node's runtime.
-#[derive(Clone)]
-struct OnRuntime(Handle);
-
-impl<F> hyper::rt::Executor<F> for OnRuntime
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        self.0.spawn(future);
-    }
-}
-
-impl Link {
-    /// The open connection, or a new one when there is none or it broke. One dial at a time:
-    /// calls that find the connection broken wait for the same dial.
-    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
-        let mut current = self.sender.lock().await;
-        if let Some(open) = current.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(open.clone());
-        }
-        *current = None;
-        let dialed = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
-            .await
-            .map_err(|_| {
-                format!(
-                    "connecting to peer {} timed out after {CONNECT_TIMEOUT:?}",
-                    self.uri
-                )
-            })
-            .and_then(|r| r.map_err(|e| format!("connecting to peer {}: {e}", self.uri)))
-            .map_err(|e| tonic::ConnectError(e.into()))?;
-        *current = Some(dialed.clone());
-        Ok(dialed)
-    }
-
-    async fn dial(&self) -> Result<SendRequest<Body>, BoxError> {
-        let mut builder = hyper::client::conn::http2::Builder::new(OnRuntime(self.runtime.clone()));
-        builder
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_while_idle(true);
-        let (sender, connection) = match &self.tls {
-            None => {
-                let host = self.uri.host().unwrap_or_default();
-                let port = self.uri.port_u16().unwrap_or_default();
-                let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-                tcp.set_nodelay(true)?;
-                let (sender, connection) =
-                    builder.handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-                (
-                    sender,
-                    Box::pin(connection) as Pin<Box<dyn Future<Output = _> + Send>>,
-                )
-            }
-            Some(tls) => {
-                let stream = crate::tls::dial(tls, &self.uri).await?;
-                let (sender, connection) = builder.handshake(stream).await?;
-                (
-                    sender,
-                    Box::pin(connection) as Pin<Box<dyn Future<Output = _> + Send>>,
-                )
-            }
-        };
-        let peer = self.uri.clone();
-        self.runtime.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "peer connection closed");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// `request`'s path on this peer's scheme and authority (tonic's client sends only a path).
-    fn address(&self, request: &mut http::Request<Body>) -> Result<(), BoxError> {
-        let mut parts = self.uri.clone().into_parts();
-        parts.path_and_query = request.uri().path_and_query().cloned();
-        *request.uri_mut() = http::Uri::from_parts(parts)?;
-        Ok(())
-    }
-}
-
-impl tower::Service<http::Request<Body>> for PeerTransport {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Readiness is the connection's, awaited in `call` (after a dial if need be).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let link = self.link.clone();
-        Box::pin(async move {
-            let deadline = grpc_timeout(request.headers());
-            let send = async {
-                link.address(&mut request)?;
-                let mut sender = link.sender().await?;
-                sender.ready().await?;
-                Ok::<_, BoxError>(sender.send_request(request).await?)
-            };
-            match deadline {
-                None => send.await,
-                Some(limit) => tokio::time::timeout(limit, send)
-                    .await
-                    .map_err(|_| tonic::TimeoutExpired(()))?,
-            }
-        })
-    }
-}
-
-/// The call's `grpc-timeout` header (set by `tonic::Request::set_timeout`): digits and a unit,
-/// H M S m u n. `None` without one, or with one that does not parse (no deadline, as tonic's
-/// `Channel` treats it).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let split = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at(split);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
-
-    #[test]
-    fn grpc_timeouts_parse_as_tonic_writes_them() {
-        let parse = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", v.parse().expect("header value"));
-            grpc_timeout(&h)
-        };
-        assert_eq!(parse("150m"), Some(Duration::from_millis(150)));
-        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse("10M"), Some(Duration::from_secs(600)));
-        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse("9n"), Some(Duration::from_nanos(9)));
-        for bad in ["", "m", "12", "1x", "123456789S", "-1S"] {
-            assert_eq!(parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
-    }
 
     /// Serves gRPC health on `listener` until the returned sender is dropped.
     async fn serve_health(listener: tokio::net::TcpListener) -> tokio::sync::oneshot::Sender<()> {
@@ -278,13 +101,11 @@ mod tests {
         stop
     }
 
-    fn health(
-        transport: PeerTransport,
-    ) -> tonic_health::pb::health_client::HealthClient<PeerTransport> {
+    fn health(transport: Direct) -> tonic_health::pb::health_client::HealthClient<Direct> {
         tonic_health::pb::health_client::HealthClient::new(transport)
     }
 
-    fn transport(dialer: &Dialer, addr: &str) -> PeerTransport {
+    fn transport(dialer: &Dialer, addr: &str) -> Direct {
         dialer.transport(addr).expect("a host:port")
     }
 
