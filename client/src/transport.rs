@@ -226,10 +226,11 @@ impl tower_service::Service<http::Request<Body>> for Direct {
     }
 }
 
-/// The call's `grpc-timeout` header (set by `tonic::Request::set_timeout`): up to 8 digits
-/// and a unit, H M S m u n. `None` without one, or with one that does not parse (no
-/// deadline, as tonic's `Channel` treats it).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+/// A call's deadline from its `grpc-timeout` header (what `tonic::Request::set_timeout`
+/// writes): up to 8 digits and a unit (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros,
+/// `n`anos). `None` without one or with a malformed one (no deadline, as tonic treats it).
+/// The node's client port reads its callers' deadlines with it too.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at(split);
@@ -238,8 +239,8 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -265,7 +266,19 @@ mod tests {
         assert_eq!(parse("10M"), Some(Duration::from_secs(600)));
         assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse("9n"), Some(Duration::from_nanos(9)));
-        for bad in ["", "m", "12", "1x", "123456789S", "-1S", "+1S"] {
+        for bad in [
+            "",
+            "m",
+            "S",
+            "5",
+            "12",
+            "1x",
+            "5s",
+            "123456789S",
+            "-1S",
+            "+1S",
+            "1.5S",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);

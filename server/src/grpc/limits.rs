@@ -154,25 +154,7 @@ where
     }
 }
 
-/// The client's deadline from the `grpc-timeout` header: up to 8 digits and a unit
-/// (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros, `n`anos). Malformed: ignored.
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
+pub use raftlite_client::transport::grpc_timeout;
 
 #[cfg(test)]
 mod tests {
@@ -181,35 +163,6 @@ mod tests {
     use tower::{Layer, Service, ServiceExt};
 
     use super::*;
-
-    fn headers(timeout: &str) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            "grpc-timeout",
-            http::HeaderValue::from_str(timeout).expect("ascii"),
-        );
-        h
-    }
-
-    #[test]
-    fn grpc_timeout_units() {
-        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(
-            grpc_timeout(&headers("250m")),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            grpc_timeout(&headers("2H")),
-            Some(Duration::from_secs(7200))
-        );
-        assert_eq!(grpc_timeout(&headers("1M")), Some(Duration::from_secs(60)));
-        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
-        assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
-        for bad in ["", "S", "5", "5s", "123456789S", "-1S", "1.5S"] {
-            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
-    }
 
     /// A handler that takes as long as the request's `x-sleep-ms` header says.
     fn slow_service() -> impl tower::Service<
