@@ -27,8 +27,9 @@ pub struct Dialer {
     /// Opens a stream to a peer: TCP, or with TLS this node's certificate and only the
     /// cluster CA trusted (read at each dial, so a renewed certificate is used).
     dial: transport::Dial,
-    /// The node's runtime: each connection is driven by a task on it, whichever thread (the
-    /// write batcher's has a runtime of its own) makes the first call.
+    /// Connect timeout, keep-alive, and the node's runtime: each connection is driven by a
+    /// task on it, whichever thread (the write batcher's has a runtime of its own) makes the
+    /// first call.
     settings: transport::Settings,
 }
 
