@@ -5,12 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use raftlite::cli;
 
-/// A thread-caching allocator: glibc's `malloc` and `free` took 9.6 % of a leader's CPU at 64
-/// clients (BENCHMARKS.md "Session 12"). SQLite allocates through its own calls to the C
-/// library and keeps its own heap limit; this serves the Rust side (gRPC, HTTP/2, Raft).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "raftlite",
