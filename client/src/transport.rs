@@ -38,8 +38,7 @@ pub fn tcp() -> Dial {
         let target = host_port(uri);
         Box::pin(async move {
             let (host, port) = target?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = connect(&host, port).await?;
             Ok(Box::new(hyper_util::rt::TokioIo::new(tcp)) as Box<dyn Io>)
         })
     })
@@ -58,12 +57,18 @@ pub async fn tls(
             format!("{host:?} is not a TLS server name: {e}"),
         )
     })?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
+    let tcp = connect(&host, port).await?;
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
     Ok(Box::new(hyper_util::rt::TokioIo::new(stream)))
+}
+
+/// A TCP connection to `host:port` with Nagle off (a call's frames go out at once).
+async fn connect(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 fn host_port(uri: &http::Uri) -> std::io::Result<(String, u16)> {
