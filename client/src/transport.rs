@@ -1,30 +1,40 @@
 //! The connection under every gRPC call a client (and a node, to its peers) makes: one HTTP/2
 //! connection per node address, dialed on first use and again after it breaks, with each call
-//! going straight onto it.
+//! going straight onto it, in one write.
 //!
 //! tonic's `Channel` hands every request to a buffer task of its own before the request
 //! reaches the connection: one more task wake-up per call, 6–60 µs of a 0.2 ms loopback
 //! round trip on a busy two-core host (BENCHMARKS.md, "Session 12"), on every write a client
-//! sends and every AppendEntries a leader sends. [`Direct`] does what `Channel` did for us
-//! without that task: it dials lazily (a failed dial is UNAVAILABLE within the connect
-//! timeout, as with `Channel`), shares one connection among clones, and holds a call to its
-//! `grpc-timeout` header (CANCELLED "Timeout expired" once it passes, as `Channel` answers).
+//! sends and every AppendEntries a leader sends. hyper's HTTP/2 client, under both, sends a
+//! request's HEADERS at once and pipes its body from a task of its own once the stream has
+//! flow-control capacity: a unary call leaves in three writes (HEADERS, DATA, an empty
+//! END_STREAM), and the server's handler starts only after the third (tonic reads to the end
+//! of a unary request). [`Direct`] speaks HTTP/2 through the `h2` crate instead: the body a
+//! unary call is made of is ready when the call starts, so its frames are queued together
+//! and the connection flushes them in one write (see [`Link::send`]). It dials lazily (a
+//! failed dial is UNAVAILABLE within the connect timeout, as with `Channel`), shares one
+//! connection among clones, pings an idle connection and drops one whose pings go
+//! unanswered, and holds a call to its `grpc-timeout` header (CANCELLED "Timeout expired"
+//! once it passes, as `Channel` answers).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
+use bytes::Bytes;
+use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
 use tonic::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A byte stream a connection runs over (TCP, or TLS over TCP).
-pub trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static {}
-impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// What [`Dial`] returns: a new stream to the address, or why there is none.
 pub type Dialing = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send>>;
@@ -39,7 +49,7 @@ pub fn tcp() -> Dial {
         Box::pin(async move {
             let (host, port) = target?;
             let tcp = connect(&host, port).await?;
-            Ok(Box::new(hyper_util::rt::TokioIo::new(tcp)) as Box<dyn Io>)
+            Ok(Box::new(tcp) as Box<dyn Io>)
         })
     })
 }
@@ -61,7 +71,7 @@ pub async fn tls(
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
-    Ok(Box::new(hyper_util::rt::TokioIo::new(stream)))
+    Ok(Box::new(stream))
 }
 
 /// A TCP connection to `host:port` with Nagle off (a call's frames go out at once).
@@ -98,6 +108,15 @@ pub struct Settings {
     pub runtime: Option<Handle>,
 }
 
+/// Flow-control windows and limits as hyper's HTTP/2 client sets them (tonic's `Channel`
+/// used those): h2's own defaults (64 KiB windows) would make a large query result or
+/// snapshot wait for window updates every 64 KiB.
+const CONNECTION_WINDOW: u32 = 5 << 20;
+const STREAM_WINDOW: u32 = 2 << 20;
+const MAX_FRAME: u32 = 16 << 10;
+const MAX_HEADER_LIST: u32 = 16 << 10;
+const MAX_SEND_BUFFER: usize = 1 << 20;
+
 /// One node's connection, as the service tonic's generated clients call. Clones share it.
 #[derive(Clone)]
 pub struct Direct {
@@ -110,7 +129,14 @@ struct Link {
     dial: Dial,
     settings: Settings,
     /// The open connection; `None` before the first call and after a failed dial.
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    open: tokio::sync::Mutex<Option<Open>>,
+}
+
+/// A dialed connection: where calls are sent, and whether its task has ended.
+#[derive(Clone)]
+struct Open {
+    sender: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Direct {
@@ -129,33 +155,22 @@ impl Direct {
                 uri,
                 dial,
                 settings,
-                sender: tokio::sync::Mutex::new(None),
+                open: tokio::sync::Mutex::new(None),
             }),
         }
-    }
-}
-
-/// Spawns hyper's connection tasks on a chosen runtime.
-#[derive(Clone)]
-struct OnRuntime(Handle);
-
-impl<F> hyper::rt::Executor<F> for OnRuntime
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        self.0.spawn(future);
     }
 }
 
 impl Link {
     /// The open connection, or a new one when there is none or it broke. One dial at a time:
     /// calls that find the connection broken wait for the same dial.
-    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
-        let mut current = self.sender.lock().await;
-        if let Some(open) = current.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(open.clone());
+    async fn sender(&self) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
+        let mut current = self.open.lock().await;
+        if let Some(open) = current
+            .as_ref()
+            .filter(|o| !o.closed.load(Ordering::Acquire))
+        {
+            return Ok(open.sender.clone());
         }
         *current = None;
         let limit = self.settings.connect_timeout;
@@ -164,45 +179,208 @@ impl Link {
             .map_err(|_| format!("connecting to {} timed out after {limit:?}", self.uri))
             .and_then(|r| r.map_err(|e| format!("connecting to {}: {e}", self.uri)))
             .map_err(|e| tonic::ConnectError(e.into()))?;
-        *current = Some(dialed.clone());
-        Ok(dialed)
+        let sender = dialed.sender.clone();
+        *current = Some(dialed);
+        Ok(sender)
     }
 
-    async fn dial(&self) -> Result<SendRequest<Body>, BoxError> {
+    /// Dials, and starts the connection's task: it drives the connection, pings it every
+    /// keep-alive interval, and drops it (failing the calls on it) when a ping goes
+    /// unanswered for the keep-alive timeout.
+    async fn dial(&self) -> Result<Open, BoxError> {
         let runtime = self
             .settings
             .runtime
             .clone()
             .unwrap_or_else(Handle::current);
         let stream = (self.dial)(&self.uri).await?;
-        let (sender, connection) =
-            hyper::client::conn::http2::Builder::new(OnRuntime(runtime.clone()))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(self.settings.keep_alive_interval)
-                .keep_alive_timeout(self.settings.keep_alive_timeout)
-                .keep_alive_while_idle(true)
-                .handshake(stream)
-                .await?;
-        let peer = self.uri.clone();
+        let (sender, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let pings = connection.ping_pong();
+        let (peer, ended) = (self.uri.clone(), closed.clone());
+        let (interval, timeout) = (
+            self.settings.keep_alive_interval,
+            self.settings.keep_alive_timeout,
+        );
         runtime.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection closed");
+            tokio::select! {
+                result = &mut connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection closed");
+                    }
+                }
+                why = keep_alive(pings, interval, timeout) => {
+                    tracing::debug!(%peer, reason = %why, "connection dropped");
+                }
             }
+            ended.store(true, Ordering::Release);
+            // Dropping the connection fails the calls still on it.
         });
-        Ok(sender)
+        Ok(Open { sender, closed })
     }
 
-    /// `request`'s path on this node's scheme and authority (tonic's clients send a path).
-    fn address(&self, request: &mut http::Request<Body>) -> Result<(), BoxError> {
+    /// `uri`'s path on this node's scheme and authority (tonic's clients send a path).
+    fn address(&self, uri: &http::Uri) -> Result<http::Uri, BoxError> {
         let mut parts = self.uri.clone().into_parts();
-        parts.path_and_query = request.uri().path_and_query().cloned();
-        *request.uri_mut() = http::Uri::from_parts(parts)?;
-        Ok(())
+        parts.path_and_query = uri.path_and_query().cloned();
+        Ok(http::Uri::from_parts(parts)?)
+    }
+
+    /// Sends `request` and waits for its response's headers.
+    ///
+    /// What of the body is ready now (all of it, for a unary call) is queued with the
+    /// HEADERS before the connection's task runs, so they leave in one write, the last frame
+    /// carrying END_STREAM. A body that is not all ready (a client stream) is piped by a
+    /// task of its own.
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Recv>, BoxError> {
+        let (mut head, mut body) = request.into_parts();
+        head.uri = self.address(&head.uri)?;
+        let mut ready = Vec::new();
+        let mut ended = body.is_end_stream();
+        while !ended {
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            match polled {
+                Poll::Pending => break,
+                Poll::Ready(None) => ended = true,
+                Poll::Ready(Some(frame)) => {
+                    let frame = frame?;
+                    ended = frame.is_trailers() || body.is_end_stream();
+                    ready.push(frame);
+                }
+            }
+        }
+        let mut sender = self.sender().await?.ready().await?;
+        let (response, mut stream) = sender.send_request(
+            http::Request::from_parts(head, ()),
+            ended && ready.is_empty(),
+        )?;
+        let last = ready.len().saturating_sub(1);
+        for (i, frame) in ready.into_iter().enumerate() {
+            send_frame(&mut stream, frame, ended && i == last)?;
+        }
+        if !ended {
+            tokio::spawn(pipe(body, stream));
+        }
+        Ok(response.await?.map(Recv::new))
+    }
+}
+
+/// Puts one body frame on `stream`; `last` ends the stream (trailers always do).
+fn send_frame(
+    stream: &mut h2::SendStream<Bytes>,
+    frame: Frame<Bytes>,
+    last: bool,
+) -> Result<(), h2::Error> {
+    match frame.into_data() {
+        Ok(data) => stream.send_data(data, last),
+        Err(frame) => match frame.into_trailers() {
+            Ok(trailers) => stream.send_trailers(trailers),
+            // A frame neither data nor trailers: nothing to send, but the end still must be.
+            Err(_) if last => stream.send_data(Bytes::new(), true),
+            Err(_) => Ok(()),
+        },
+    }
+}
+
+/// Sends the rest of a request body that was not ready when its call started (no raftlite
+/// call streams its request; this keeps [`Direct`] a general gRPC transport).
+async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let (frame, last) = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "a request body failed; resetting its stream");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => {
+                let last = frame.is_trailers() || body.is_end_stream();
+                (frame, last)
+            }
+        };
+        if send_frame(&mut stream, frame, last).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Pings the connection every `interval`; returns why it counts as broken once a ping goes
+/// unanswered for `timeout` (or cannot be sent).
+async fn keep_alive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("keep-alive ping failed: {e}"),
+            Err(_) => return format!("no answer to a keep-alive ping within {timeout:?}"),
+        }
+    }
+}
+
+/// A response body straight from the HTTP/2 stream; what is read is given back to the
+/// stream's flow-control window.
+pub struct Recv {
+    stream: h2::RecvStream,
+    data_done: bool,
+}
+
+impl Recv {
+    fn new(stream: h2::RecvStream) -> Self {
+        Recv {
+            stream,
+            data_done: false,
+        }
+    }
+}
+
+impl http_body::Body for Recv {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match std::task::ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
     }
 }
 
 impl tower_service::Service<http::Request<Body>> for Direct {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<Recv>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -211,19 +389,12 @@ impl tower_service::Service<http::Request<Body>> for Direct {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let link = self.link.clone();
         Box::pin(async move {
-            let deadline = grpc_timeout(request.headers());
-            let send = async {
-                link.address(&mut request)?;
-                let mut sender = link.sender().await?;
-                sender.ready().await?;
-                Ok::<_, BoxError>(sender.send_request(request).await?)
-            };
-            match deadline {
-                None => send.await,
-                Some(limit) => tokio::time::timeout(limit, send)
+            match grpc_timeout(request.headers()) {
+                None => link.send(request).await,
+                Some(limit) => tokio::time::timeout(limit, link.send(request))
                     .await
                     .map_err(|_| tonic::TimeoutExpired(()))?,
             }

@@ -207,4 +207,110 @@ mod tests {
             );
         }
     }
+
+    /// A connection whose peer stops answering (it never reads, so its pings go unanswered)
+    /// is dropped after the keep-alive timeout, failing a call that set no deadline rather
+    /// than leaving it waiting forever; a peer that answers keeps its idle connection.
+    #[tokio::test]
+    async fn keep_alive_drops_a_connection_whose_pings_go_unanswered() {
+        let settings = transport::Settings {
+            connect_timeout: Duration::from_millis(500),
+            keep_alive_interval: Duration::from_millis(100),
+            keep_alive_timeout: Duration::from_millis(200),
+            runtime: None,
+        };
+        let direct = |addr: &str| {
+            let uri = format!("http://{addr}").parse().expect("uri");
+            Direct::new(uri, transport::tcp(), settings.clone())
+        };
+        let check = tonic_health::pb::HealthCheckRequest::default();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let _stop = serve_health(listener).await;
+        let mut client = health(direct(&addr));
+        client.check(check.clone()).await.expect("first call");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        client
+            .check(check.clone())
+            .await
+            .expect("the idle connection answered its pings and still serves");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mute = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut client = health(direct(&mute));
+        let started = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(10), client.check(check))
+            .await
+            .expect("keep-alive ends the call")
+            .expect_err("the peer never answers");
+        assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A request body that is not all ready when the call starts (a client stream) still
+    /// reaches the server whole: what is ready goes with the HEADERS, the rest follows.
+    #[tokio::test]
+    async fn a_request_body_that_comes_later_is_sent_when_it_comes() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let _stop = serve_health(listener).await;
+        let dialer = Dialer::new(None);
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>,
+        >(1);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let request = http::Request::builder()
+            .uri("/grpc.health.v1.Health/Check")
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(body))
+            .expect("request");
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One gRPC message: uncompressed, 0 bytes (an empty HealthCheckRequest).
+            let frame = hyper::body::Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+            tx.send(Ok(frame)).await.expect("send the body");
+        });
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            transport(&dialer, &addr).oneshot(request),
+        )
+        .await
+        .expect("answered")
+        .expect("a response");
+        feed.await.expect("fed");
+        let collected =
+            tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+                .await
+                .expect("the body ends")
+                .expect("the body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "{trailers:?}"
+        );
+        // SERVING (1) in a framed HealthCheckResponse.
+        assert_eq!(collected.to_bytes().as_ref(), &[0, 0, 0, 0, 2, 8, 1]);
+    }
 }
