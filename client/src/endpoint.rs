@@ -1,7 +1,6 @@
 //! Node endpoints: parsing and one lazily dialed connection per endpoint
 //! ([`crate::transport::Direct`]), with TLS and the bearer token when the options have them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
@@ -68,13 +67,9 @@ impl NodeEndpoint {
                      nodes' certificates (--tls-ca FILE or RAFTLITE_TLS_CA)"
                 )));
             };
-            let config =
-                tls_config(ca).map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
-            let dial: transport::Dial = Arc::new(move |uri: &http::Uri| {
-                let (config, uri) = (config.clone(), uri.clone());
-                Box::pin(async move { transport::tls(config, &uri).await })
-            });
-            dial
+            let config = transport::tls_config(ca)
+                .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
+            transport::tls_with(move || config.clone())
         } else {
             transport::tcp()
         };
@@ -116,30 +111,6 @@ impl NodeEndpoint {
         };
         normalize(addr).is_ok_and(|a| host_port(&a) == host_port(&self.uri))
     }
-}
-
-/// Trusts only the CAs in `ca_pem` (server authentication only; HTTP/2 by ALPN).
-fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("the CA file is not PEM certificates: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("the CA file holds a certificate rustls rejects: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("the CA file holds no certificate".into());
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS protocol versions: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Turns `host:port`, `http://host:port` or `https://host:port` into `http://host:port` (or

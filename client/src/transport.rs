@@ -74,6 +74,39 @@ pub async fn tls(
     Ok(Box::new(stream))
 }
 
+/// [`tls`] with the configuration `config` gives at each dial (a node's certificate may have
+/// been renewed since the last one).
+pub fn tls_with(config: impl Fn() -> Arc<rustls::ClientConfig> + Send + Sync + 'static) -> Dial {
+    Arc::new(move |uri: &http::Uri| {
+        let (config, uri) = (config(), uri.clone());
+        Box::pin(async move { tls(config, &uri).await })
+    })
+}
+
+/// Trusts only the CAs in `ca_pem` (server authentication only; HTTP/2 by ALPN).
+pub fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("the CA file is not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA file holds a certificate rustls rejects: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS protocol versions: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A TCP connection to `host:port` with Nagle off (a call's frames go out at once).
 async fn connect(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect((host, port)).await?;

@@ -8,8 +8,8 @@
 //! - **SQLite commit**: a fresh database in WAL mode with `synchronous=FULL`; each sample is one
 //!   autocommit 1-row INSERT (the same row shape the bench writes).
 //! - **gRPC round trip**: `grpc.health.v1.Health/Check` on one node's client port over one
-//!   connection, with the cluster's transport settings (TLS when the cluster uses TLS;
-//!   `TCP_NODELAY` as the client library sets it). The health service needs no token.
+//!   connection, on the client library's own transport (`raftlite_client::transport::Direct`,
+//!   TLS when the cluster uses TLS). The health service needs no token.
 //!
 //! Each is measured for at most [`BUDGET`] and [`MAX_SAMPLES`], after [`WARMUP`] unrecorded
 //! samples; the files are deleted afterwards.
@@ -234,20 +234,31 @@ pub fn sqlite_commit(
 }
 
 /// `grpc.health.v1.Health/Check` round trips to `addr` (`http://` or `https://`) over one
-/// connection; `tls_ca` is the CA for `https://`.
+/// connection, the client library's; `tls_ca` is the CA for `https://`.
 pub async fn grpc_rtt(
     addr: &str,
     tls_ca: Option<&[u8]>,
     budget: Duration,
     max: usize,
 ) -> anyhow::Result<Samples> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("bad address {addr:?}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5));
-    let channel = super::health::connect(endpoint, addr, tls_ca).await?;
-    let mut health = HealthClient::new(channel);
+    use raftlite_client::transport;
+    let uri: http::Uri = addr
+        .parse()
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let dial = match tls_ca {
+        None => transport::tcp(),
+        Some(ca) => {
+            let config = transport::tls_config(ca).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            transport::tls_with(move || config.clone())
+        }
+    };
+    let settings = transport::Settings {
+        connect_timeout: Duration::from_secs(2),
+        keep_alive_interval: Duration::from_secs(10),
+        keep_alive_timeout: Duration::from_secs(5),
+        runtime: None,
+    };
+    let mut health = HealthClient::new(transport::Direct::new(uri, dial, settings));
     for _ in 0..WARMUP {
         health_check(&mut health, addr).await?;
     }
@@ -262,13 +273,15 @@ pub async fn grpc_rtt(
 }
 
 async fn health_check(
-    health: &mut HealthClient<tonic::transport::Channel>,
+    health: &mut HealthClient<raftlite_client::transport::Direct>,
     addr: &str,
 ) -> anyhow::Result<()> {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(5));
     health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
+        .check(request)
         .await
         .map(drop)
         .with_context(|| format!("health check on {addr}"))

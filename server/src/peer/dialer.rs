@@ -38,10 +38,7 @@ impl Dialer {
     pub fn new(tls: Option<Arc<Tls>>) -> Self {
         let dial = match tls {
             None => transport::tcp(),
-            Some(tls) => Arc::new(move |uri: &http::Uri| {
-                let (config, uri) = (tls.dial(), uri.clone());
-                Box::pin(async move { transport::tls(config, &uri).await }) as transport::Dialing
-            }),
+            Some(tls) => transport::tls_with(move || tls.dial()),
         };
         Dialer {
             channels: Mutex::new(HashMap::new()),
