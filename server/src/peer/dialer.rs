@@ -99,6 +99,38 @@ mod tests {
         stop
     }
 
+    /// A peer that takes connections and never reads from them (nor answers a ping).
+    async fn mute_peer() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    /// The error `call` ends with, which must come within 3 s (the test gives up after 10).
+    async fn fails_within_3s<T: std::fmt::Debug>(
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> tonic::Status {
+        let started = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ended")
+            .expect_err("the peer never answers");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        status
+    }
+
     fn health(transport: Direct) -> tonic_health::pb::health_client::HealthClient<Direct> {
         tonic_health::pb::health_client::HealthClient::new(transport)
     }
@@ -153,17 +185,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_peer_costs_a_call_its_deadline_and_no_more() {
         let dialer = Dialer::new(None);
-        // Takes connections and never reads from them.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mute = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let mute = mute_peer().await;
         // An HTTP/2 server whose handler never returns.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -191,17 +213,8 @@ mod tests {
             let mut client = health(transport(&dialer, &addr));
             let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
             request.set_timeout(Duration::from_millis(200));
-            let started = Instant::now();
-            let status = tokio::time::timeout(Duration::from_secs(10), client.check(request))
-                .await
-                .expect("the deadline ends the call")
-                .expect_err("the peer never answers");
+            let status = fails_within_3s(client.check(request)).await;
             assert_eq!(status.code(), tonic::Code::Cancelled, "{addr}: {status:?}");
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "{:?}",
-                started.elapsed()
-            );
         }
     }
 
@@ -235,28 +248,8 @@ mod tests {
             .await
             .expect("the idle connection answered its pings and still serves");
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mute = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        let mut client = health(direct(&mute));
-        let started = Instant::now();
-        let status = tokio::time::timeout(Duration::from_secs(10), client.check(check))
-            .await
-            .expect("keep-alive ends the call")
-            .expect_err("the peer never answers");
-        assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
+        let mut client = health(direct(&mute_peer().await));
+        fails_within_3s(client.check(check)).await;
     }
 
     /// A request body that is not all ready when the call starts (a client stream) still
