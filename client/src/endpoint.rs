@@ -1,8 +1,6 @@
 //! Node endpoints: parsing and one lazily dialed connection per endpoint
 //! ([`crate::transport::Direct`]), with TLS and the bearer token when the options have them.
 
-use std::time::Duration;
-
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 
@@ -60,19 +58,18 @@ impl NodeEndpoint {
         let parsed: http::Uri = uri
             .parse()
             .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: {e}")))?;
-        let dial = if tls {
-            let Some(ca) = &options.tls_ca else {
+        let ca = match (tls, &options.tls_ca) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(ca.as_slice()),
+            (true, None) => {
                 return Err(Error::InvalidEndpoint(format!(
                     "{raw:?}: an https:// address needs the CA certificate that signed the \
                      nodes' certificates (--tls-ca FILE or RAFTLITE_TLS_CA)"
-                )));
-            };
-            let config = transport::tls_config(ca)
-                .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
-            transport::tls_with(move || config.clone())
-        } else {
-            transport::tcp()
+                )))
+            }
         };
+        let dial = transport::tcp_or_tls(ca)
+            .map_err(|e| Error::InvalidEndpoint(format!("{raw:?}: TLS: {e}")))?;
         let header = match &options.token {
             None => None,
             Some(t) => Some(
@@ -85,12 +82,7 @@ impl NodeEndpoint {
                     })?,
             ),
         };
-        let settings = transport::Settings {
-            connect_timeout: options.connect_timeout,
-            keep_alive_interval: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(5),
-            runtime: None,
-        };
+        let settings = transport::Settings::client(options.connect_timeout);
         Ok(NodeEndpoint {
             uri,
             token: TokenInterceptor { header },

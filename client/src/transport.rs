@@ -56,10 +56,7 @@ pub fn tcp() -> Dial {
 
 /// TLS over [`tcp`] with `config` (its ALPN should offer `h2`), the server's name taken
 /// from the address.
-pub async fn tls(
-    config: Arc<rustls::ClientConfig>,
-    uri: &http::Uri,
-) -> std::io::Result<Box<dyn Io>> {
+async fn tls(config: Arc<rustls::ClientConfig>, uri: &http::Uri) -> std::io::Result<Box<dyn Io>> {
     let (host, port) = host_port(uri)?;
     let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
         std::io::Error::new(
@@ -83,8 +80,20 @@ pub fn tls_with(config: impl Fn() -> Arc<rustls::ClientConfig> + Send + Sync + '
     })
 }
 
+/// Plain [`tcp`] without a CA; with one, TLS trusting only the CAs in `ca_pem` (a client's
+/// dial: server authentication only).
+pub fn tcp_or_tls(ca_pem: Option<&[u8]>) -> Result<Dial, String> {
+    match ca_pem {
+        None => Ok(tcp()),
+        Some(ca) => {
+            let config = tls_config(ca)?;
+            Ok(tls_with(move || config.clone()))
+        }
+    }
+}
+
 /// Trusts only the CAs in `ca_pem` (server authentication only; HTTP/2 by ALPN).
-pub fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
@@ -139,6 +148,19 @@ pub struct Settings {
     pub keep_alive_timeout: Duration,
     /// Where the connection's task runs; `None`: the runtime of the call that dials.
     pub runtime: Option<Handle>,
+}
+
+impl Settings {
+    /// A client's: a ping every 10 s, a connection counted broken after 5 s without an
+    /// answer, driven on the runtime of the call that dials.
+    pub fn client(connect_timeout: Duration) -> Self {
+        Settings {
+            connect_timeout,
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            runtime: None,
+        }
+    }
 }
 
 /// Flow-control windows and limits as hyper's HTTP/2 client sets them (tonic's `Channel`

@@ -245,19 +245,8 @@ pub async fn grpc_rtt(
     let uri: http::Uri = addr
         .parse()
         .with_context(|| format!("bad address {addr:?}"))?;
-    let dial = match tls_ca {
-        None => transport::tcp(),
-        Some(ca) => {
-            let config = transport::tls_config(ca).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-            transport::tls_with(move || config.clone())
-        }
-    };
-    let settings = transport::Settings {
-        connect_timeout: Duration::from_secs(2),
-        keep_alive_interval: Duration::from_secs(10),
-        keep_alive_timeout: Duration::from_secs(5),
-        runtime: None,
-    };
+    let dial = transport::tcp_or_tls(tls_ca).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let settings = transport::Settings::client(Duration::from_secs(2));
     let mut health = HealthClient::new(transport::Direct::new(uri, dial, settings));
     for _ in 0..WARMUP {
         health_check(&mut health, addr).await?;

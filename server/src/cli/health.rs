@@ -115,7 +115,7 @@ async fn check(
 }
 
 /// Connects `endpoint` (named `addr` in errors), over TLS with `ca` when given.
-pub async fn connect(
+async fn connect(
     mut endpoint: tonic::transport::Endpoint,
     addr: &str,
     ca: Option<&[u8]>,
