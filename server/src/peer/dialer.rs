@@ -99,6 +99,16 @@ mod tests {
         stop
     }
 
+    /// A peer serving gRPC health on a free port: its address, and the sender whose drop
+    /// stops it.
+    async fn healthy_peer() -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        (addr, serve_health(listener).await)
+    }
+
     /// A peer that takes connections and never reads from them (nor answers a ping).
     async fn mute_peer() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -143,11 +153,7 @@ mod tests {
     /// openraft treats as unreachable), and the next call after it came back dials again.
     #[tokio::test]
     async fn a_peer_that_restarts_is_dialed_again() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let stop = serve_health(listener).await;
+        let (addr, stop) = healthy_peer().await;
         let dialer = Dialer::new(None);
         let mut client = health(transport(&dialer, &addr));
         let check = tonic_health::pb::HealthCheckRequest::default();
@@ -235,11 +241,7 @@ mod tests {
         };
         let check = tonic_health::pb::HealthCheckRequest::default();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let _stop = serve_health(listener).await;
+        let (addr, _stop) = healthy_peer().await;
         let mut client = health(direct(&addr));
         client.check(check.clone()).await.expect("first call");
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -258,11 +260,7 @@ mod tests {
     async fn a_request_body_that_comes_later_is_sent_when_it_comes() {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let _stop = serve_health(listener).await;
+        let (addr, _stop) = healthy_peer().await;
         let dialer = Dialer::new(None);
         let (tx, rx) = tokio::sync::mpsc::channel::<
             Result<hyper::body::Frame<bytes::Bytes>, tonic::Status>,
