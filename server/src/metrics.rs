@@ -50,6 +50,12 @@ pub struct ReadIndexLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EarlyLabels {
+    /// sent (to one follower), or used (its answer stood in for openraft's request).
+    pub answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchBaseLabels {
     /// committed (executed on the committed database) or in_flight (on top of deltas still
     /// in flight: the write pipeline).
@@ -102,6 +108,9 @@ pub struct Metrics {
     checkpoint_failures: Gauge,
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
+    early_appends: Family<EarlyLabels, Counter>,
+    /// The node's counts of early AppendEntries (sent, used) when last rendered.
+    early_appends_seen: [std::sync::atomic::AtomicU64; 2],
     requests_shed: Counter,
     request_deadlines: Counter,
 }
@@ -147,6 +156,8 @@ impl Metrics {
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
+            early_appends: Family::default(),
+            early_appends_seen: Default::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
         };
@@ -279,6 +290,13 @@ impl Metrics {
             m.commits_in_place.clone(),
         );
         r.register(
+            "replication_early_appends",
+            "AppendEntries this leader sent to a follower as it appended the entries, before its \
+             own log flush (answer=\"sent\"), and those whose answer stood in for openraft's \
+             own request (answer=\"used\")",
+            m.early_appends.clone(),
+        );
+        r.register(
             "sqlite_wal_frames",
             "Pages in the database's WAL at the last background checkpoint (it restarts from its \
              start once all are copied; a commit checkpoints past 4096)",
@@ -381,6 +399,14 @@ impl Metrics {
             .commits_in_place_seen
             .fetch_max(in_place, std::sync::atomic::Ordering::Relaxed);
         self.commits_in_place.inc_by(in_place.saturating_sub(seen));
+        let (sent, used) = node.early_appends();
+        for (i, (answer, now)) in [("sent", sent), ("used", used)].into_iter().enumerate() {
+            let seen =
+                self.early_appends_seen[i].fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+            self.early_appends
+                .get_or_create(&EarlyLabels { answer })
+                .inc_by(now.saturating_sub(seen));
+        }
         let archive = node.archive_status().get();
         self.archive_archived_index
             .set(as_i64(archive.archived_index));

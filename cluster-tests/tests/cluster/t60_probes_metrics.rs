@@ -134,6 +134,21 @@ async fn readiness_liveness_and_metrics() {
             .expect("more writes");
     }
     assert!(stacked >= 1.0, "no batch ran on the write pipeline");
+    // The leader sends its entries as it appends them, before its own log flush, and
+    // openraft's own AppendEntries take those answers instead of going out again.
+    let text = scrape(&metrics_addr(&cluster, leader)).await;
+    let early_sent = metric_value(
+        &text,
+        "raftlite_replication_early_appends_total{answer=\"sent\"} ",
+    );
+    let early_used = metric_value(
+        &text,
+        "raftlite_replication_early_appends_total{answer=\"used\"} ",
+    );
+    assert!(
+        early_used >= 10.0 && early_sent >= early_used,
+        "early AppendEntries: {early_sent} sent, {early_used} used"
+    );
     // The default archive (file://<data_dir>/archive) catches up within its flush interval:
     // the leader's archive gauges reach the applied index and show no failure.
     let applied = metric_value(&text, "raftlite_applied_index ");

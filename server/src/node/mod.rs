@@ -25,6 +25,7 @@ pub use write_path::WriteReply;
 use crate::cluster::identity::ClusterIdentity;
 use crate::config::Config;
 use crate::db::{Database, WriteRequest};
+use crate::peer::early::EarlyReplication;
 use crate::peer::network::Network;
 use crate::peer::{Dialer, PeerClient};
 use crate::raft::log_store::LogStore;
@@ -106,6 +107,8 @@ pub(crate) struct NodeInner {
     /// database instead of installing the snapshot.
     recovering: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This leader's entries sent before its own log flush (`peer::early`).
+    early: Arc<EarlyReplication>,
     /// This leader's proposals in flight: their spans and commit notices (write path).
     pub proposals: crate::raft::state_machine::Proposals,
 }
@@ -132,7 +135,9 @@ impl Node {
         .await
         .context("open state machine")?;
         let proposals = state_machine.proposals();
-        let log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
+        let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
+        let early = Arc::new(EarlyReplication::new(config.node_id, config.heartbeat));
+        log_store.replicate_early(early.clone());
         if let Some(term) = log_store
             .demote_restored_leader(config.node_id)
             .context("read the saved vote")?
@@ -168,6 +173,7 @@ impl Node {
             identity: identity.clone(),
             dialer: dialer.clone(),
             lease: lease.clone(),
+            early: early.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -207,6 +213,7 @@ impl Node {
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            early,
             proposals,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
@@ -317,6 +324,16 @@ impl Node {
     /// The database (whole-cluster restore installs into it before initializing).
     pub fn database(&self) -> &Database {
         &self.inner.db
+    }
+
+    /// AppendEntries this leader sent before its own log flush, and how many stood in for
+    /// openraft's own (`peer::early`).
+    pub fn early_appends(&self) -> (u64, u64) {
+        let counts = self.inner.early.counts();
+        (
+            counts.sent.load(std::sync::atomic::Ordering::Relaxed),
+            counts.used.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// True when this node holds Raft state (a vote or log entries).

@@ -6,6 +6,8 @@
 //!   to the leader, ask the leader for a read index, ask a peer who it is or how it is doing,
 //!   ask a peer to start an election. Callers in `node/` and `cluster/` never see prost or
 //!   tonic types.
+//! - [`early`]: a leader's new entries sent to its followers as it appends them, before its
+//!   own log flush (openraft 0.9 replicates only after it).
 //! - [`network`]: openraft's `RaftNetwork` (AppendEntries, Vote, streamed snapshots) over the
 //!   same clients.
 //! - [`service`]: the `raftlite.v1.Peer` service that answers all of the above.
@@ -22,6 +24,7 @@
 pub mod client;
 pub mod convert;
 pub mod dialer;
+pub mod early;
 pub mod network;
 pub mod service;
 

@@ -22,6 +22,7 @@ use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 
 use super::dialer::PeerProtoClient;
+use super::early::{EarlyReplication, Slot};
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
 use crate::node::lease::LeaderLease;
@@ -32,10 +33,10 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Most entry bytes in one AppendEntries: half the peer message limit leaves room for the
 /// envelope and encoding overhead.
-const APPEND_BYTES_LIMIT: usize = super::PEER_MESSAGE_LIMIT / 2;
+pub(super) const APPEND_BYTES_LIMIT: usize = super::PEER_MESSAGE_LIMIT / 2;
 
 /// About how many bytes `entry` takes on the wire.
-fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
+pub(super) fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
     use crate::raft::types::Command;
     match &entry.payload {
         openraft::EntryPayload::Normal(Command::Delta(delta)) => delta.len() + 64,
@@ -99,25 +100,40 @@ pub struct Network {
     pub dialer: Arc<Dialer>,
     /// Told of every AppendEntries a follower accepted (the leader's read lease).
     pub lease: Arc<LeaderLease>,
+    /// Sends this leader's new entries before its own log flush (see `early`).
+    pub early: Arc<EarlyReplication>,
 }
 
 pub struct PeerConnection {
-    self_id: NodeId,
-    target: NodeId,
-    identity: Arc<ClusterIdentity>,
-    client: Result<PeerProtoClient, String>,
+    link: PeerLink,
     lease: Arc<LeaderLease>,
+    /// The AppendEntries sent early to this peer (see `early`).
+    early: Arc<Slot>,
+}
+
+/// What a call to one peer needs: shared by openraft's replication stream and the early
+/// AppendEntries sent to the same peer.
+#[derive(Clone)]
+pub(super) struct PeerLink {
+    pub(super) self_id: NodeId,
+    pub(super) target: NodeId,
+    pub(super) identity: Arc<ClusterIdentity>,
+    pub(super) client: Result<PeerProtoClient, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
-        PeerConnection {
+        let link = PeerLink {
             self_id: self.self_id,
             target,
             identity: self.identity.clone(),
             client: self.dialer.proto_client(&node.peer),
+        };
+        PeerConnection {
+            early: self.early.slot(link.clone()),
+            link,
             lease: self.lease.clone(),
         }
     }
@@ -150,7 +166,7 @@ fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, 
     }
 }
 
-impl PeerConnection {
+impl PeerLink {
     fn envelope(&self, payload: Vec<u8>) -> RaftMessage {
         RaftMessage {
             cluster_id: self.identity.get().unwrap_or_default(),
@@ -159,10 +175,10 @@ impl PeerConnection {
         }
     }
 
-    async fn call<Req, Resp, E>(
-        &mut self,
+    pub(super) async fn call<Req, Resp, E>(
+        &self,
         req: &Req,
-        option: &RPCOption,
+        ttl: Duration,
         rpc: impl AsyncFnOnce(
             PeerProtoClient,
             tonic::Request<RaftMessage>,
@@ -179,7 +195,7 @@ impl PeerConnection {
         };
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(self.envelope(payload));
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(ttl);
         let reply = rpc(client, request)
             .await
             .map_err(from_status)?
@@ -204,11 +220,23 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // AppendEntries continuing the previous one, so the follower never refuses a batch the
         // leader assembled from entries it accepted one by one.
         let term = rpc.vote.leader_id().term;
+        // This request went out already, as the leader appended its entries: its answer is
+        // this request's answer, as of when it was sent.
+        if let Some((sent, reply)) = self.early.take(&rpc) {
+            if let Ok(Some(AppendEntriesResponse::Success)) = reply.await {
+                self.early.used();
+                self.lease.acknowledged(self.link.target, term, sent);
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
         let sent = Instant::now();
         let mut reply = AppendEntriesResponse::Success;
         for part in split_append(rpc, APPEND_BYTES_LIMIT) {
             reply = self
-                .call(&part, &option, async |mut c, r| c.append_entries(r).await)
+                .link
+                .call(&part, option.hard_ttl(), async |mut c, r| {
+                    c.append_entries(r).await
+                })
                 .await?;
             if !matches!(reply, AppendEntriesResponse::Success) {
                 break;
@@ -221,7 +249,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             reply,
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
         ) {
-            self.lease.acknowledged(self.target, term, sent);
+            self.lease.acknowledged(self.link.target, term, sent);
         }
         Ok(reply)
     }
@@ -231,7 +259,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await)
+        self.link
+            .call(&rpc, option.hard_ttl(), async |mut c, r| c.vote(r).await)
             .await
     }
 
@@ -257,7 +286,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let mut client = match &self.client {
+        let mut client = match &self.link.client {
             Ok(c) => c.clone(),
             Err(e) => {
                 return Err(StreamingError::Unreachable(Unreachable::new(&PeerError(
@@ -268,8 +297,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let header = codec::encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
-        let cluster_id = self.identity.get().unwrap_or_default();
-        let from = self.self_id;
+        let cluster_id = self.link.identity.get().unwrap_or_default();
+        let from = self.link.self_id;
         let mut file = snapshot.snapshot;
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncSeekExt;
@@ -332,7 +361,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                     "undecodable reply: {e}"
                 ))))
             })?;
-        decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+        decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.link.target, e)))
     }
 }
 

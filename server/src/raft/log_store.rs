@@ -34,6 +34,7 @@ use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
 use super::store::{RaftStore, Sync};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use super::wal::{Wal, WalOptions, WalWriter};
+use crate::peer::early::EarlyReplication;
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -49,6 +50,10 @@ pub struct LogStore {
     /// Lowest index readers may see: purged entries stay in the WAL until their whole segment
     /// goes, but read as gone (like the entries the redb log deleted one by one).
     first_visible: Arc<AtomicU64>,
+    /// The vote last saved or read: whether appended entries are this leader's own.
+    vote: Arc<Mutex<Option<Vote>>>,
+    /// Where a leader's own entries go as they are appended (`peer::early`).
+    early: Option<Arc<EarlyReplication>>,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -208,7 +213,30 @@ impl LogStore {
             pending: Arc::new(Mutex::new(TailCache::default())),
             wal,
             first_visible: Arc::new(AtomicU64::new(0)),
+            vote: Arc::new(Mutex::new(None)),
+            early: None,
         })
+    }
+
+    /// From now on, this leader's own entries are sent to its followers as they are appended,
+    /// before their flush (see `peer::early`).
+    pub fn replicate_early(&mut self, early: Arc<EarlyReplication>) {
+        self.early = Some(early);
+    }
+
+    /// When `entries` are this leader's own and the entry before them is in the tail cache:
+    /// what sends them early, to run once they are queued for the log (no entry may reach a
+    /// follower ahead of the leader's own append).
+    fn early_push(&self, entries: &[Entry]) -> Option<impl FnOnce() + use<>> {
+        let early = self.early.clone()?;
+        let vote = (*self.vote.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let first = entries.first()?.log_id.index;
+        if first == 0 || !early.leads(&vote, entries) {
+            return None;
+        }
+        let prev = self.pending().entries.get(&(first - 1)).map(|e| e.log_id)?;
+        let entries = entries.to_vec();
+        Some(move || early.push(vote, Some(prev), entries))
     }
 
     /// Before Raft starts: if the saved vote says this node led its term, keep the vote but
@@ -372,12 +400,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let (vote, store) = (*vote, self.store.clone());
-        blocking(move || store.write_meta(KEY_VOTE, &vote, Sync::Durable)).await
+        blocking(move || store.write_meta(KEY_VOTE, &vote, Sync::Durable)).await?;
+        // Only once it is durable: an early AppendEntries carries it.
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let store = self.store.clone();
-        blocking(move || store.read_meta(KEY_VOTE)).await
+        let vote: Option<Vote> = blocking(move || store.read_meta(KEY_VOTE)).await?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -416,7 +449,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut records = Vec::new();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut records = Vec::with_capacity(entries.len());
+        let early = self.early_push(&entries);
         {
             let mut pending = self.pending();
             for entry in entries {
@@ -442,7 +477,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     callback.log_io_completed(result);
                 }),
             )
-            .map_err(write_err)
+            .map_err(write_err)?;
+        if let Some(push) = early {
+            push();
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
