@@ -20,9 +20,12 @@
 //!   a refusal, an error or a different request never stands in for another.
 //! - Only entries that fit one AppendEntries go early, and a peer keeps at most
 //!   [`KEPT_PER_PEER`] early requests: a stream that has moved past them drops them.
+//! - A peer whose early request failed or was refused (down, partitioned, behind) is sent
+//!   none until openraft's own AppendEntries to it succeeds: openraft backs off from a peer
+//!   it cannot reach, and early requests must not keep calling it once per write.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,6 +62,9 @@ pub struct Counts {
 /// One peer's early requests.
 pub struct Slot {
     link: PeerLink,
+    /// The peer's last early request failed or was refused: none goes early until openraft's
+    /// own AppendEntries succeeds ([`Slot::heard`]).
+    quiet: AtomicBool,
     sent: Mutex<VecDeque<Sent>>,
     committed: Arc<Mutex<Option<LogId>>>,
     counts: Arc<Counts>,
@@ -97,6 +103,7 @@ impl EarlyReplication {
     pub(super) fn slot(&self, link: PeerLink) -> Arc<Slot> {
         let slot = Arc::new(Slot {
             link,
+            quiet: AtomicBool::new(false),
             sent: Mutex::new(VecDeque::new()),
             committed: self.committed.clone(),
             counts: self.counts.clone(),
@@ -126,7 +133,11 @@ impl EarlyReplication {
         if entries.iter().map(entry_bytes).sum::<usize>() > APPEND_BYTES_LIMIT {
             return;
         }
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
+        let slots: Vec<Arc<Slot>> = lock(&self.slots)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.quiet.load(Ordering::Relaxed))
+            .collect();
         if slots.is_empty() {
             return;
         }
@@ -150,16 +161,21 @@ impl EarlyReplication {
                 answer,
             });
             self.counts.sent.fetch_add(1, Ordering::Relaxed);
-            let (rpc, link, ttl) = (rpc.clone(), slot.link.clone(), self.ttl);
+            let (rpc, ttl) = (rpc.clone(), self.ttl);
             tokio::spawn(async move {
-                let reply = link
+                let reply = slot
+                    .link
                     .call::<_, AppendEntriesResponse<NodeId>, openraft::error::Infallible>(
                         &*rpc,
                         ttl,
                         async |mut c, r| c.append_entries(r).await,
                     )
-                    .await;
-                let _ = tx.send(reply.ok());
+                    .await
+                    .ok();
+                if !matches!(reply, Some(AppendEntriesResponse::Success)) {
+                    slot.quiet.store(true, Ordering::Relaxed);
+                }
+                let _ = tx.send(reply);
             });
         }
     }
@@ -177,6 +193,11 @@ impl Slot {
     /// The early request that is the same as `rpc`, if one was sent: when it was sent and its
     /// answer to come. Early requests at or before `rpc`'s entries are dropped either way:
     /// openraft's stream has moved on to `rpc`.
+    /// openraft's own AppendEntries to this peer succeeded: it may be sent early again.
+    pub(super) fn heard(&self) {
+        self.quiet.store(false, Ordering::Relaxed);
+    }
+
     /// Counts an early answer openraft's stream took.
     pub(super) fn used(&self) {
         self.counts.used.fetch_add(1, Ordering::Relaxed);
@@ -244,17 +265,22 @@ mod tests {
         });
     }
 
-    #[test]
-    fn only_the_same_request_takes_an_early_answer() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let identity = ClusterIdentity::load(RaftStore::open(dir.path())?)?;
-        let early = EarlyReplication::new(1, Duration::from_millis(50));
-        let slot = early.slot(PeerLink {
+    /// A slot for peer 2 that cannot be dialed.
+    fn undialable(early: &EarlyReplication, dir: &std::path::Path) -> anyhow::Result<Arc<Slot>> {
+        let identity = ClusterIdentity::load(RaftStore::open(dir)?)?;
+        Ok(early.slot(PeerLink {
             self_id: 1,
             target: 2,
             identity: Arc::new(identity),
             client: Err("not dialed".into()),
-        });
+        }))
+    }
+
+    #[test]
+    fn only_the_same_request_takes_an_early_answer() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let early = EarlyReplication::new(1, Duration::from_millis(50));
+        let slot = undialable(&early, dir.path())?;
         for (prev, last) in [(4, 5), (5, 6), (6, 7), (7, 8)] {
             sent(&slot, &request(prev, last, 4));
         }
@@ -293,5 +319,37 @@ mod tests {
         assert!(!early.leads(&Vote::new(3, 1), &ours));
         assert!(!early.leads(&Vote::new_committed(3, 2), &ours));
         assert!(!early.leads(&Vote::new_committed(4, 1), &ours));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_failed_is_sent_nothing_early_until_openraft_reaches_it(
+    ) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let early = EarlyReplication::new(1, Duration::from_millis(50));
+        let slot = undialable(&early, dir.path())?;
+        // openraft has announced commit index 4: early requests carry it.
+        let mut heartbeat = request(4, 4, 4);
+        heartbeat.entries.clear();
+        assert!(slot.take(&heartbeat).is_none());
+        let push = |prev: u64| {
+            let rpc = request(prev, prev + 1, 4);
+            early.push(rpc.vote, rpc.prev_log_id, rpc.entries);
+        };
+        push(4);
+        let (_, answer) = slot.take(&request(4, 5, 4)).expect("sent early");
+        assert!(
+            matches!(answer.await, Ok(None)),
+            "the call cannot have succeeded"
+        );
+        // Failed: the next entries are not sent early to that peer.
+        push(5);
+        assert!(slot.take(&request(5, 6, 4)).is_none());
+        assert_eq!(early.counts().sent.load(Ordering::Relaxed), 1);
+        // openraft's own AppendEntries got through: early again.
+        slot.heard();
+        push(6);
+        assert!(slot.take(&request(6, 7, 4)).is_some());
+        assert_eq!(early.counts().sent.load(Ordering::Relaxed), 2);
+        Ok(())
     }
 }

@@ -250,6 +250,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
         ) {
             self.lease.acknowledged(self.link.target, term, sent);
+            self.early.heard();
         }
         Ok(reply)
     }
