@@ -109,8 +109,6 @@ pub struct Metrics {
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
     early_appends: Family<EarlyLabels, Counter>,
-    /// The node's counts of early AppendEntries (sent, used) when last rendered.
-    early_appends_seen: [std::sync::atomic::AtomicU64; 2],
     requests_shed: Counter,
     request_deadlines: Counter,
 }
@@ -157,7 +155,6 @@ impl Metrics {
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
             early_appends: Family::default(),
-            early_appends_seen: Default::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
         };
@@ -326,6 +323,19 @@ impl Metrics {
         m
     }
 
+    /// The counters early replication counts its AppendEntries on (`peer::early`).
+    pub fn early_appends(&self) -> crate::peer::early::Counts {
+        let counter = |answer| {
+            self.early_appends
+                .get_or_create(&EarlyLabels { answer })
+                .clone()
+        };
+        crate::peer::early::Counts {
+            sent: counter("sent"),
+            used: counter("used"),
+        }
+    }
+
     pub fn request_shed(&self) {
         self.requests_shed.inc();
     }
@@ -399,14 +409,6 @@ impl Metrics {
             .commits_in_place_seen
             .fetch_max(in_place, std::sync::atomic::Ordering::Relaxed);
         self.commits_in_place.inc_by(in_place.saturating_sub(seen));
-        let (sent, used) = node.early_appends();
-        for (i, (answer, now)) in [("sent", sent), ("used", used)].into_iter().enumerate() {
-            let seen =
-                self.early_appends_seen[i].fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-            self.early_appends
-                .get_or_create(&EarlyLabels { answer })
-                .inc_by(now.saturating_sub(seen));
-        }
         let archive = node.archive_status().get();
         self.archive_archived_index
             .set(as_i64(archive.archived_index));

@@ -107,8 +107,6 @@ pub(crate) struct NodeInner {
     /// database instead of installing the snapshot.
     recovering: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// This leader's entries sent before its own log flush (`peer::early`).
-    early: Arc<EarlyReplication>,
     /// This leader's proposals in flight: their spans and commit notices (write path).
     pub proposals: crate::raft::state_machine::Proposals,
 }
@@ -136,7 +134,12 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
-        let early = Arc::new(EarlyReplication::new(config.node_id, config.heartbeat));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let early = Arc::new(EarlyReplication::new(
+            config.node_id,
+            config.heartbeat,
+            metrics.early_appends(),
+        ));
         log_store.replicate_early(early.clone());
         if let Some(term) = log_store
             .demote_restored_leader(config.node_id)
@@ -173,7 +176,7 @@ impl Node {
             identity: identity.clone(),
             dialer: dialer.clone(),
             lease: lease.clone(),
-            early: early.clone(),
+            early,
         };
         let raft = Raft::new(
             config.node_id,
@@ -212,8 +215,7 @@ impl Node {
             dialer,
             tls,
             recovering: std::sync::atomic::AtomicBool::new(false),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            early,
+            metrics,
             proposals,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
@@ -324,16 +326,6 @@ impl Node {
     /// The database (whole-cluster restore installs into it before initializing).
     pub fn database(&self) -> &Database {
         &self.inner.db
-    }
-
-    /// AppendEntries this leader sent before its own log flush, and how many stood in for
-    /// openraft's own (`peer::early`).
-    pub fn early_appends(&self) -> (u64, u64) {
-        let counts = self.inner.early.counts();
-        (
-            counts.sent.load(std::sync::atomic::Ordering::Relaxed),
-            counts.used.load(std::sync::atomic::Ordering::Relaxed),
-        )
     }
 
     /// True when this node holds Raft state (a vote or log entries).

@@ -25,11 +25,12 @@
 //!   it cannot reach, and early requests must not keep calling it once per write.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::network::{entry_bytes, PeerLink, APPEND_BYTES_LIMIT};
@@ -49,14 +50,15 @@ pub struct EarlyReplication {
     slots: Mutex<Vec<Weak<Slot>>>,
     /// The highest commit index openraft has sent to any peer.
     committed: Arc<Mutex<Option<LogId>>>,
-    counts: Arc<Counts>,
+    counts: Counts,
 }
 
-/// How many AppendEntries went early, and how many of their answers openraft's stream took.
-#[derive(Default)]
+/// How many AppendEntries went early, and how many of their answers openraft's stream took
+/// (`raftlite_replication_early_appends_total`).
+#[derive(Clone, Default)]
 pub struct Counts {
-    pub sent: AtomicU64,
-    pub used: AtomicU64,
+    pub sent: Counter,
+    pub used: Counter,
 }
 
 /// One peer's early requests.
@@ -67,7 +69,7 @@ pub struct Slot {
     quiet: AtomicBool,
     sent: Mutex<VecDeque<Sent>>,
     committed: Arc<Mutex<Option<LogId>>>,
-    counts: Arc<Counts>,
+    counts: Counts,
 }
 
 struct Sent {
@@ -85,18 +87,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EarlyReplication {
-    pub fn new(self_id: NodeId, ttl: Duration) -> Self {
+    pub fn new(self_id: NodeId, ttl: Duration, counts: Counts) -> Self {
         Self {
             self_id,
             ttl,
             slots: Mutex::new(Vec::new()),
             committed: Arc::new(Mutex::new(None)),
-            counts: Arc::default(),
+            counts,
         }
-    }
-
-    pub fn counts(&self) -> &Counts {
-        &self.counts
     }
 
     /// The slot of a new replication stream to `link`'s peer.
@@ -160,7 +158,7 @@ impl EarlyReplication {
                 at: Instant::now(),
                 answer,
             });
-            self.counts.sent.fetch_add(1, Ordering::Relaxed);
+            self.counts.sent.inc();
             let (rpc, ttl) = (rpc.clone(), self.ttl);
             tokio::spawn(async move {
                 let reply = slot
@@ -200,7 +198,7 @@ impl Slot {
 
     /// Counts an early answer openraft's stream took.
     pub(super) fn used(&self) {
-        self.counts.used.fetch_add(1, Ordering::Relaxed);
+        self.counts.used.inc();
     }
 
     pub(super) fn take(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Option<(Instant, Answer)> {
@@ -279,7 +277,7 @@ mod tests {
     #[test]
     fn only_the_same_request_takes_an_early_answer() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early = EarlyReplication::new(1, Duration::from_millis(50));
+        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
         let slot = undialable(&early, dir.path())?;
         for (prev, last) in [(4, 5), (5, 6), (6, 7), (7, 8)] {
             sent(&slot, &request(prev, last, 4));
@@ -312,7 +310,7 @@ mod tests {
 
     #[test]
     fn only_this_leaders_own_entries_go_early() {
-        let early = EarlyReplication::new(1, Duration::from_millis(50));
+        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
         let ours = request(4, 5, 4).entries;
         assert!(early.leads(&Vote::new_committed(3, 1), &ours));
         // Not yet leader (vote not committed), another leader, another term.
@@ -325,7 +323,7 @@ mod tests {
     async fn a_peer_that_failed_is_sent_nothing_early_until_openraft_reaches_it(
     ) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early = EarlyReplication::new(1, Duration::from_millis(50));
+        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
         let slot = undialable(&early, dir.path())?;
         // openraft has announced commit index 4: early requests carry it.
         let mut heartbeat = request(4, 4, 4);
@@ -344,12 +342,12 @@ mod tests {
         // Failed: the next entries are not sent early to that peer.
         push(5);
         assert!(slot.take(&request(5, 6, 4)).is_none());
-        assert_eq!(early.counts().sent.load(Ordering::Relaxed), 1);
+        assert_eq!(early.counts.sent.get(), 1);
         // openraft's own AppendEntries got through: early again.
         slot.heard();
         push(6);
         assert!(slot.take(&request(6, 7, 4)).is_some());
-        assert_eq!(early.counts().sent.load(Ordering::Relaxed), 2);
+        assert_eq!(early.counts.sent.get(), 2);
         Ok(())
     }
 }

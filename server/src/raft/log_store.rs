@@ -227,14 +227,14 @@ impl LogStore {
     /// When `entries` are this leader's own and the entry before them is in the tail cache:
     /// what sends them early, to run once they are queued for the log (no entry may reach a
     /// follower ahead of the leader's own append).
-    fn early_push(&self, entries: &[Entry]) -> Option<impl FnOnce() + use<>> {
+    fn early_push(&self, tail: &TailCache, entries: &[Entry]) -> Option<impl FnOnce() + use<>> {
         let early = self.early.clone()?;
         let vote = (*self.vote.lock().unwrap_or_else(|p| p.into_inner()))?;
         let first = entries.first()?.log_id.index;
         if first == 0 || !early.leads(&vote, entries) {
             return None;
         }
-        let prev = self.pending().entries.get(&(first - 1)).map(|e| e.log_id)?;
+        let prev = tail.entries.get(&(first - 1)).map(|e| e.log_id)?;
         let entries = entries.to_vec();
         Some(move || early.push(vote, Some(prev), entries))
     }
@@ -451,9 +451,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut records = Vec::with_capacity(entries.len());
-        let early = self.early_push(&entries);
-        {
+        let early = {
             let mut pending = self.pending();
+            let early = self.early_push(&pending, &entries);
             for entry in entries {
                 records.push((
                     entry.log_id.index,
@@ -461,7 +461,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 ));
                 pending.insert(entry);
             }
-        }
+            early
+        };
         let upto = records.last().map(|(index, _)| *index);
         let cache = self.pending.clone();
         self.wal
