@@ -24,4 +24,5 @@ pub mod raft;
 pub mod reload;
 pub mod serve;
 pub mod telemetry;
+pub mod timeline;
 pub mod tls;

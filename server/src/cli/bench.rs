@@ -682,8 +682,10 @@ where
             let mut first_error = None;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
+                crate::stamp!("client.send", 0);
                 match op(client.clone(), worker).await {
                     Ok(n) => {
+                        crate::stamp!("client.recv", 0);
                         latencies.push(t0.elapsed());
                         rows += n;
                     }

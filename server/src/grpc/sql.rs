@@ -92,6 +92,7 @@ impl Sql for SqlService {
         );
         // A client that sent a trace context (an instrumented app) gets the write in its trace.
         crate::telemetry::continue_trace(&span, request.metadata());
+        crate::stamp!("rpc.in", 0);
         async move {
             check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
             if !request.get_ref().transaction_id.is_empty() {
@@ -114,6 +115,7 @@ impl Sql for SqlService {
                 .execute(write, false)
                 .await
                 .map_err(node_error_to_status)?;
+            crate::stamp!("rpc.out", reply.log_index);
             Ok(Response::new(write_reply_to_proto(reply)))
         }
         .instrument(span)

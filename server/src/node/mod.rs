@@ -84,7 +84,7 @@ pub(crate) struct NodeInner {
     transactions: transaction::OpenTransactions,
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
-    leader_commit: Mutex<(u64, Option<Instant>)>,
+    leader_commit: Arc<Mutex<(u64, Option<Instant>)>>,
     /// Linearizable reads waiting for a read index (see `reads::confirm_read_indexes`).
     read_indexes: mpsc::Sender<reads::ReadIndexWaiter>,
     /// When a quorum last acknowledged this leader (`None` on a follower); see
@@ -205,7 +205,7 @@ impl Node {
             executor: executor.clone(),
             transactions: Default::default(),
             applied: applied_rx,
-            leader_commit: Mutex::new((0, None)),
+            leader_commit: Arc::new(Mutex::new((0, None))),
             taking_over_until: Mutex::new(None),
             quorum_acked_at: Mutex::new(None),
             lease,
@@ -812,6 +812,12 @@ impl Node {
 
 /// Leader, and it has applied an entry of its own term: everything earlier leaders committed
 /// is applied, and the executor sees it.
+/// Records that the leader's entry `index` is committed (see [`NodeInner::note_committed`]).
+fn note_committed(noted: &Mutex<(u64, Option<Instant>)>, index: u64) {
+    let mut guard = noted.lock().unwrap_or_else(|p| p.into_inner());
+    guard.0 = guard.0.max(index);
+}
+
 fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
     m.state == ServerState::Leader
         && m.last_applied
@@ -822,8 +828,7 @@ impl NodeInner {
     /// On the leader: records that its entry `index` is committed (bounded reads wait for the
     /// applied index to reach it).
     pub(crate) fn note_committed(&self, index: u64) {
-        let mut guard = self.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0 = guard.0.max(index);
+        note_committed(&self.leader_commit, index);
     }
 
     /// The highest index this leader answered a write for (it answers at commit, a moment

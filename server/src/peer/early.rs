@@ -161,6 +161,7 @@ impl EarlyReplication {
             self.counts.sent.inc();
             let (rpc, ttl) = (rpc.clone(), self.ttl);
             tokio::spawn(async move {
+                crate::stamp!("early.call", last.index);
                 let reply = slot
                     .link
                     .call::<_, AppendEntriesResponse<NodeId>, openraft::error::Infallible>(
@@ -173,6 +174,7 @@ impl EarlyReplication {
                 if !matches!(reply, Some(AppendEntriesResponse::Success)) {
                     slot.quiet.store(true, Ordering::Relaxed);
                 }
+                crate::stamp!("early.answer", last.index);
                 let _ = tx.send(reply);
             });
         }

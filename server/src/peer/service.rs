@@ -241,7 +241,10 @@ impl Peer for PeerService {
             .node
             .begin_append(rpc.vote.leader_id().term)
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let _last = rpc.entries.last().map_or(0, |e| e.log_id.index);
+        crate::stamp!("f.in", _last);
         let result = self.node.raft().append_entries(rpc).await;
+        crate::stamp!("f.out", _last);
         if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) =
             &result
         {

@@ -464,11 +464,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             early
         };
         let upto = records.last().map(|(index, _)| *index);
+        crate::stamp!("log.append", upto.unwrap_or(0));
         let cache = self.pending.clone();
         self.wal
             .append(
                 records,
                 Box::new(move |result| {
+                    crate::stamp!("log.flushed", upto.unwrap_or(0));
                     if let (Ok(()), Some(upto)) = (&result, upto) {
                         cache
                             .lock()

@@ -80,24 +80,26 @@ pub struct Proposals(Arc<std::sync::Mutex<std::collections::HashMap<u64, Proposa
 
 struct Proposal {
     span: tracing::Span,
-    committed: Option<tokio::sync::oneshot::Sender<u64>>,
+    committed: Option<Committed>,
 }
 
+/// What a proposal's commit notice runs, on the state machine's task: it must not block.
+pub type Committed = Box<dyn FnOnce(u64) + Send>;
+
 impl Proposals {
-    /// Registers the proposal of the delta tagged `tag`. The receiver gets its log index
+    /// Registers the proposal of the delta tagged `tag`. `committed` runs with its log index
     /// when the entry is committed and about to be applied: the write path answers its clients
-    /// then, without waiting for the apply (durability is the quorum's: it is on their disks).
-    /// It hears nothing when the delta turns out stale (a leadership change raced it).
-    pub fn register(&self, tag: u64, span: tracing::Span) -> tokio::sync::oneshot::Receiver<u64> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// then, without waiting for the apply (durability is the quorum's: it is on their disks),
+    /// and without a hop to another task first. It never runs when the delta turns out stale
+    /// (a leadership change raced it).
+    pub fn register(&self, tag: u64, span: tracing::Span, committed: Committed) {
         self.lock().insert(
             tag,
             Proposal {
                 span,
-                committed: Some(tx),
+                committed: Some(committed),
             },
         );
-        rx
     }
 
     pub fn forget(&self, tag: u64) {
@@ -105,14 +107,7 @@ impl Proposals {
     }
 
     /// The proposal's span, and its commit notice when the delta will be applied.
-    fn committing(
-        &self,
-        tag: u64,
-        will_apply: bool,
-    ) -> (
-        Option<tracing::Span>,
-        Option<tokio::sync::oneshot::Sender<u64>>,
-    ) {
+    fn committing(&self, tag: u64, will_apply: bool) -> (Option<tracing::Span>, Option<Committed>) {
         let mut proposals = self.lock();
         match proposals.get_mut(&tag) {
             None => (None, None),
@@ -353,8 +348,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // The applier's check (`db::apply`), on the state it keeps here.
                     let will_apply = delta.applies_to(self.db_version, self.db_tag);
                     let (span, committed) = self.proposals.committing(tag, will_apply);
+                    crate::stamp!("sm.apply", entry.log_id.index);
                     if let Some(committed) = committed {
-                        let _ = committed.send(entry.log_id.index);
+                        committed(entry.log_id.index);
                     }
                     let apply = self.db.apply(Arc::new(delta));
                     let outcome = match span {
@@ -371,6 +367,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     };
                     match outcome {
                         Ok(ApplyOutcome::Applied) => {
+                            crate::stamp!("sm.applied", entry.log_id.index);
                             self.db_version = next_version;
                             if tag != 0 {
                                 self.db_tag = tag;

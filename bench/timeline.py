@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Where a one-client write's time goes, step by step, from a timeline build's stamps.
+
+    cargo build --release -p raftlite --features timeline
+    mkdir /tmp/tl && RAFTLITE_TIMELINE=/tmp/tl ./target/release/raftlite bench \\
+        --seconds 3 --insecure --archive none
+    python3 bench/timeline.py /tmp/tl
+
+Each process of the run (the load generator and every node) wrote `timeline-PID.tsv`: a
+point's name, a log index (0 where none is known yet) and the monotonic clock in ns, which
+all processes on a host share (`server/src/timeline.rs`). A write is taken when the load
+generator sent it alone (its answer came back before the next was sent: the one-client
+phases); the node that appended and sent it early is its leader; the follower whose answer
+came first is the one that made it committed.
+"""
+import bisect
+import collections
+import glob
+import sys
+
+# The leader's and the follower's steps, in the order a write normally takes them.
+ORDER = ['client.send', 'rpc.in', 'batch.start', 'propose', 'log.append', 'early.call',
+         'f.in', 'f.out', 'log.flushed', 'early.answer', 'repl.call', 'repl.used',
+         'sm.apply', 'answer', 'rpc.out', 'client.recv', 'sm.applied']
+# Steps that overlap the ones above, worth reading on their own.
+SPANS = [('log.append', 'log.flushed'), ('early.call', 'early.answer'), ('f.in', 'f.out'),
+         ('f.in', 'f.log.append'), ('f.log.append', 'f.log.flushed'),
+         ('f.log.flushed', 'f.out'), ('log.flushed', 'repl.call'),
+         ('early.answer', 'repl.used'), ('repl.used', 'sm.apply'), ('sm.apply', 'rpc.out')]
+UNINDEXED = ['rpc.in', 'batch.start', 'propose']
+INDEXED = ['log.flushed', 'early.call', 'early.answer', 'repl.call', 'repl.used',
+           'sm.apply', 'answer', 'rpc.out', 'sm.applied']
+
+
+class Process:
+    def __init__(self, path):
+        self.times = collections.defaultdict(list)  # point -> sorted times
+        self.indexed = collections.defaultdict(dict)  # point -> index -> first time
+        self.appends = []  # (time, index) of log.append
+        for line in open(path):
+            point, index, ns = line.split('\t')
+            index, ns = int(index), int(ns)
+            self.times[point].append(ns)
+            if point == 'log.append':
+                self.appends.append((ns, index))
+            if index and index not in self.indexed[point]:
+                self.indexed[point][index] = ns
+        for times in self.times.values():
+            times.sort()
+        self.appends.sort()
+        self.append_times = [t for t, _ in self.appends]
+
+    def first_within(self, point, a, b):
+        times = self.times.get(point, [])
+        k = bisect.bisect_left(times, a)
+        return times[k] if k < len(times) and times[k] <= b else None
+
+    def at(self, point, index):
+        return self.indexed.get(point, {}).get(index)
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[int(q * (len(values) - 1))] if values else float('nan')
+
+
+def writes(client, nodes):
+    sends, recvs = client.times['client.send'], client.times['client.recv']
+    for k in range(1, len(sends) - 1):
+        s = sends[k]
+        r_at = bisect.bisect_left(recvs, s)
+        if r_at == 0 or r_at >= len(recvs):
+            continue
+        r = recvs[r_at]
+        if not (recvs[r_at - 1] < s and r < sends[k + 1]):
+            continue  # not alone: a multi-client phase
+        for node in nodes:
+            a = bisect.bisect_left(node.append_times, s)
+            if a >= len(node.appends) or node.appends[a][0] > r:
+                continue
+            t_append, index = node.appends[a]
+            if node.at('early.call', index) is None:
+                continue  # a follower's append
+            w = {'client.send': s, 'client.recv': r, 'log.append': t_append}
+            for point in UNINDEXED:
+                w[point] = node.first_within(point, s, r)
+            for point in INDEXED:
+                w[point] = node.at(point, index)
+            answers = []
+            for f in nodes:
+                if f is node or f.at('f.out', index) is None:
+                    continue
+                answers.append((f.at('f.out', index), f))
+            if answers:
+                _, f = min(answers, key=lambda a: a[0])
+                for point in ['f.in', 'f.out']:
+                    w[point] = f.at(point, index)
+                for point in ['log.append', 'log.flushed']:
+                    w['f.' + point] = f.at(point, index)
+            if all(w.get(p) is not None for p in ORDER + [b for _, b in SPANS]):
+                yield w
+            break
+
+
+def main(directory):
+    processes = [Process(p) for p in glob.glob(directory + '/timeline-*.tsv')]
+    clients = [p for p in processes if p.times.get('client.send')]
+    if len(clients) != 1:
+        sys.exit(f'{directory}: expected one load generator\'s stamps, found {len(clients)}')
+    nodes = [p for p in processes if p is not clients[0]]
+    found = list(writes(clients[0], nodes))
+    if not found:
+        sys.exit(f'{directory}: no one-client write with every stamp')
+    print(f'{len(found)} one-client writes with every stamp; µs')
+    print(f'{"step":<30} {"p10":>7} {"p50":>7} {"p90":>7}')
+    for steps in (list(zip(ORDER, ORDER[1:])), SPANS):
+        for a, b in steps:
+            values = [(w[b] - w[a]) / 1000 for w in found]
+            print(f'{a + " -> " + b:<30} {pct(values, .1):7.1f} {pct(values, .5):7.1f} '
+                  f'{pct(values, .9):7.1f}')
+        print()
+    total = [(w['client.recv'] - w['client.send']) / 1000 for w in found]
+    print(f'{"client.send -> client.recv":<30} {pct(total, .1):7.1f} {pct(total, .5):7.1f} '
+          f'{pct(total, .9):7.1f}')
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
