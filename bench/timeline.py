@@ -5,6 +5,8 @@
     mkdir /tmp/tl && RAFTLITE_TIMELINE=/tmp/tl ./target/release/raftlite bench \\
         --seconds 3 --insecure --archive none
     python3 bench/timeline.py /tmp/tl
+    python3 bench/timeline.py /tmp/tl --turnaround 16
+
 
 Each process of the run (the load generator and every node) wrote `timeline-PID.tsv`: a
 point's name, a log index (0 where none is known yet) and the monotonic clock in ns, which
@@ -12,6 +14,10 @@ all processes on a host share (`server/src/timeline.rs`). A write is taken when 
 generator sent it alone (its answer came back before the next was sent: the one-client
 phases); the node that appended and sent it early is its leader; the follower whose answer
 came first is the one that made it committed.
+
+With `--turnaround N`: what follows a commit notice on the leader whose next batch holds N
+writes (the N-client phase): when the 1st, middle and last responses leave the handlers,
+reach the load generator and come back as the next writes, and when the next batch starts.
 """
 import bisect
 import collections
@@ -124,7 +130,45 @@ def main(directory):
           f'{pct(total, .9):7.1f}')
 
 
+def turnaround(directory, n):
+    processes = [Process(p) for p in glob.glob(directory + '/timeline-*.tsv')]
+    client = [p for p in processes if p.times.get('client.send')][0]
+    leader = max(processes, key=lambda p: len(p.times.get('early.call', [])))
+    rpc_in, rpc_out = leader.times['rpc.in'], leader.times['rpc.out']
+    starts, recvs = leader.times['batch.start'], client.times['client.recv']
+    picks = [0, n // 2 - 1, n - 1]
+    rows = collections.defaultdict(list)
+
+    def after(times, t):
+        return times[bisect.bisect_right(times, t):][:n]
+
+    for t in leader.times['sm.apply']:
+        b = bisect.bisect_right(starts, t)
+        if b >= len(starts):
+            continue
+        arrived = after(rpc_in, t)
+        if bisect.bisect_right(rpc_in, starts[b]) - bisect.bisect_right(rpc_in, t) != n:
+            continue  # not a batch of n writers
+        for name, times in [('response handed to tonic', after(rpc_out, t)),
+                            ('answer at the load generator', after(recvs, t)),
+                            ('next write at the handler', arrived)]:
+            if len(times) == n:
+                for k in picks:
+                    rows[f'{k + 1} of {n}: {name}'].append((times[k] - t) / 1000)
+        rows['the next batch starts'].append((starts[b] - t) / 1000)
+    if not rows:
+        sys.exit(f'{directory}: no batch of {n} writers')
+    print(f'{len(rows["the next batch starts"])} commit notices followed by a batch of {n}; '
+          'µs after the notice')
+    for name, values in rows.items():
+        print(f'{name:<45} {pct(values, .1):7.0f} {pct(values, .5):7.0f} '
+              f'{pct(values, .9):7.0f}')
+
+
 if __name__ == '__main__':
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 4 and sys.argv[2] == '--turnaround':
+        turnaround(sys.argv[1], int(sys.argv[3]))
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1])
