@@ -104,6 +104,7 @@ pub struct Metrics {
     gather_wait: Histogram,
     batches: Family<BatchBaseLabels, Counter>,
     commits_in_place: Counter,
+    early_commits: Counter,
     wal_frames: Gauge,
     checkpoint_failures: Gauge,
     /// The database's count of commits in place when last rendered.
@@ -151,6 +152,7 @@ impl Metrics {
             gather_wait: latency_histogram(),
             batches: Family::default(),
             commits_in_place: Counter::default(),
+            early_commits: Counter::default(),
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
@@ -287,6 +289,12 @@ impl Metrics {
             m.commits_in_place.clone(),
         );
         r.register(
+            "write_batches_answered_early",
+            "Group commits whose writers this leader answered as soon as early replication's \
+             answers and its own log flush made a quorum, before openraft counted it",
+            m.early_commits.clone(),
+        );
+        r.register(
             "replication_early_appends",
             "AppendEntries this leader sent to a follower as it appended the entries, before its \
              own log flush (answer=\"sent\"), and those whose answer stood in for openraft's \
@@ -321,6 +329,11 @@ impl Metrics {
             m.request_deadlines.clone(),
         );
         m
+    }
+
+    /// Counts group commits answered by early commit (`raft::early_commit`).
+    pub fn answered_early(&self, batches: usize) {
+        self.early_commits.inc_by(batches as u64);
     }
 
     /// The counters early replication counts its AppendEntries on (`peer::early`).

@@ -149,6 +149,12 @@ async fn readiness_liveness_and_metrics() {
         early_used >= 10.0 && early_sent >= early_used,
         "early AppendEntries: {early_sent} sent, {early_used} used"
     );
+    // Most of those writes were answered once the early answers made a quorum.
+    let answered_early = metric_value(&text, "raftlite_write_batches_answered_early_total ");
+    assert!(
+        answered_early >= 10.0,
+        "{answered_early} group commits answered by early commit"
+    );
     // The default archive (file://<data_dir>/archive) catches up within its flush interval:
     // the leader's archive gauges reach the applied index and show no failure.
     let applied = metric_value(&text, "raftlite_applied_index ");

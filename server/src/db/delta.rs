@@ -213,6 +213,17 @@ pub(crate) fn follows(base_version: u64, parent_tag: u64, version: u64, tag: u64
     base_version == version && (parent_tag == 0 || parent_tag == tag)
 }
 
+/// The tag in an encoded delta's header, read without decoding or checking the rest: for a
+/// leader looking up its own proposal by the entry it just appended (`None`: no tag).
+pub fn peek_tag(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC || bytes[4] != FORMAT {
+        return None;
+    }
+    let at = 4 + 1 + 4 + 4 + 8;
+    let tag = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
+    (tag != 0).then_some(tag)
+}
+
 impl PageDelta {
     /// Whether this delta applies to a database at `version` holding `tag`.
     pub fn applies_to(&self, version: u64, tag: u64) -> bool {
@@ -502,6 +513,17 @@ mod tests {
         bytes.truncate(bytes.len() - CRC_LEN);
         let crc = crc32(bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn the_tag_is_read_from_the_header_alone() {
+        let mut d = sample();
+        d.tag = 0x1234_5678_9abc_def0;
+        assert_eq!(super::peek_tag(&d.encode()), Some(d.tag));
+        d.tag = 0;
+        assert_eq!(super::peek_tag(&d.encode()), None, "no tag");
+        assert_eq!(super::peek_tag(b"RLPD"), None, "too short");
+        assert_eq!(super::peek_tag(&[0; 64]), None, "not a delta");
     }
 
     #[test]

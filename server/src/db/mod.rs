@@ -99,6 +99,7 @@ mod tests;
 pub use apply::{Applier, ApplyOutcome};
 pub use bounds::SQLITE_MAX_LENGTH;
 pub use chain::Link;
+pub(crate) use delta::{follows, peek_tag};
 pub use delta::{PageDelta, PageImage, PagePatch};
 pub use error::{DbError, Result};
 pub use executor::{

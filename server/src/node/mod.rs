@@ -28,6 +28,7 @@ use crate::db::{Database, WriteRequest};
 use crate::peer::early::EarlyReplication;
 use crate::peer::network::Network;
 use crate::peer::{Dialer, PeerClient};
+use crate::raft::early_commit::EarlyCommit;
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::RaftStore;
@@ -135,12 +136,20 @@ impl Node {
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let commit_early = {
+            let (proposals, metrics) = (proposals.clone(), metrics.clone());
+            Arc::new(EarlyCommit::new(
+                config.node_id,
+                Box::new(move |upto| metrics.answered_early(proposals.commit_early(upto))),
+            ))
+        };
         let early = Arc::new(EarlyReplication::new(
             config.node_id,
             config.heartbeat,
             metrics.early_appends(),
+            commit_early.clone(),
         ));
-        log_store.replicate_early(early.clone());
+        log_store.replicate_early(early.clone(), proposals.clone());
         if let Some(term) = log_store
             .demote_restored_leader(config.node_id)
             .context("read the saved vote")?
@@ -219,6 +228,10 @@ impl Node {
             proposals,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
+        tokio::spawn(crate::raft::early_commit::follow_membership(
+            Arc::downgrade(&commit_early),
+            inner.raft.metrics(),
+        ));
         tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
         tokio::spawn(reads::confirm_read_indexes(
             Arc::downgrade(&inner),
@@ -831,17 +844,20 @@ impl NodeInner {
         note_committed(&self.leader_commit, index);
     }
 
+    /// The highest index this leader answered a write for, as noted at its commit.
+    pub(crate) fn answered_index(&self) -> u64 {
+        self.leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
     /// The highest index this leader answered a write for (it answers at commit, a moment
     /// before it applies) or, if higher, its applied index: everything committed that a client
     /// may have seen. The read index of a leased read, and the token of a write answered
     /// without a delta of its own (a retried request id, a failure).
     pub(crate) fn committed_token(&self) -> u64 {
-        let noted = self
-            .leader_commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        noted.max(self.applied_index())
+        self.answered_index().max(self.applied_index())
     }
 
     /// On a ready leader that holds its read lease (see `lease.rs`): the read index of a

@@ -108,7 +108,11 @@ pub(super) async fn confirm_read_indexes(
         let result = if leader {
             // Bounded: a round that cannot finish must not hold the next ones back.
             match tokio::time::timeout(READ_WAIT, inner.raft.get_read_log_id()).await {
-                Ok(Ok((read_log_id, _))) => Ok(read_log_id.map_or(0, |l| l.index)),
+                // Also every write this leader answered: it answers some as soon as a quorum
+                // holds them, before openraft's own count (`raft::early_commit`).
+                Ok(Ok((read_log_id, _))) => Ok(read_log_id
+                    .map_or(0, |l| l.index)
+                    .max(inner.committed_token())),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "no quorum confirmed the leadership within {READ_WAIT:?}"

@@ -453,14 +453,14 @@ async fn commit_batch(
         };
         return answer(batch, outcomes, committed);
     };
-    let (tag, stacked) = (delta.tag, delta.parent_tag != 0);
+    let (base, stacked) = (Base::of(&delta), delta.parent_tag != 0);
     let bytes = match encoded_within_limit(node, &delta, "write") {
         Ok(bytes) => bytes,
         Err(why) => return too_large(node, executor, batch, why, pipe).await,
     };
     let batch_size = batch.len();
     let metrics = node.metrics.clone();
-    let task = propose(node, tag, bytes, started, move |committed| {
+    let task = propose(node, base, bytes, started, move |committed| {
         answer(batch, outcomes, committed);
         metrics.observe_batch(batch_size, started.elapsed());
     })
@@ -501,13 +501,13 @@ pub(crate) async fn replicate(
     delta: crate::db::PageDelta,
     on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
 ) {
-    let tag = delta.tag;
+    let (tag, base) = (delta.tag, Base::of(&delta));
     let bytes = match encoded_within_limit(node, &delta, "transaction") {
         Ok(bytes) => bytes,
         Err(why) => return on_commit(Err(NodeError::TooLarge(why))),
     };
     let answer = AnswerOnce::new(on_commit);
-    let (committed, sent) = send(node, tag, bytes, &answer).await;
+    let (committed, sent) = send(node, base, bytes, &answer).await;
     let result = until_committed(node, tag, sent, committed).await;
     let index = result.as_ref().ok().copied();
     answer.give(result);
@@ -550,14 +550,14 @@ struct Answered {
 /// or failed.
 async fn propose(
     node: &Arc<NodeInner>,
-    tag: u64,
+    base: Base,
     bytes: Bytes,
     started: Instant,
     on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static,
 ) -> JoinHandle<Answered> {
     let answer = AnswerOnce::new(on_commit);
-    let (committed, sent) = send(node, tag, bytes, &answer).await;
-    let node = node.clone();
+    let (committed, sent) = send(node, base, bytes, &answer).await;
+    let (node, tag) = (node.clone(), base.tag);
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
@@ -608,15 +608,34 @@ type Response =
     <<TypeConfig as openraft::RaftTypeConfig>::Responder as Responder<TypeConfig>>::Receiver;
 type Sent = Result<Response, openraft::error::Fatal<crate::raft::types::NodeId>>;
 
+/// A proposed delta: its tag and the state it applies to.
+#[derive(Clone, Copy)]
+struct Base {
+    tag: u64,
+    version: u64,
+    parent_tag: u64,
+}
+
+impl Base {
+    fn of(delta: &crate::db::PageDelta) -> Self {
+        Base {
+            tag: delta.tag,
+            version: delta.base_version,
+            parent_tag: delta.parent_tag,
+        }
+    }
+}
+
 /// Registers the delta's commit notice, which answers through `answer` at once, and hands the
 /// delta to Raft's core.
 async fn send(
     node: &NodeInner,
-    tag: u64,
+    base: Base,
     bytes: Bytes,
     answer: &AnswerOnce,
 ) -> (oneshot::Receiver<u64>, Sent) {
     // The leader's apply of this delta joins the batch's trace (see `Proposals`).
+    let tag = base.tag;
     let span = tracing::info_span!("raft.propose", tag);
     let (tx, committed) = oneshot::channel();
     let (answer, noted) = (answer.clone(), node.leader_commit.clone());
@@ -626,7 +645,8 @@ async fn send(
         answer.give(Ok(index));
         let _ = tx.send(index);
     };
-    node.proposals.register(tag, span, Box::new(notice));
+    node.proposals
+        .register(tag, base.version, base.parent_tag, span, Box::new(notice));
     crate::stamp!("propose", 0);
     let sent = node.raft.client_write_ff(Command::Delta(bytes)).await;
     (committed, sent)
@@ -728,12 +748,18 @@ pub(crate) async fn ready_to_capture(node: &NodeInner) -> Result<(), NodeError> 
 /// its entry may still commit, and a delta captured meanwhile would be built on a state that
 /// entry changes (and share its base version, so the entry's commit would answer for it).
 /// Returns at once on the normal path, where the previous delta is applied before the next.
+/// Everything answered counts too: a write answered by early commit may be in the log while
+/// openraft's metrics do not show it yet (its core is still waiting for the leader's own flush).
 async fn settled(node: &NodeInner, within: Duration) -> bool {
     let mut metrics = node.raft.metrics();
     let mut applied = node.applied.clone();
     let until = tokio::time::Instant::now() + within;
     loop {
-        let target = metrics.borrow_and_update().last_log_index.unwrap_or(0);
+        let target = metrics
+            .borrow_and_update()
+            .last_log_index
+            .unwrap_or(0)
+            .max(node.answered_index());
         if *applied.borrow_and_update() >= target {
             return true;
         }

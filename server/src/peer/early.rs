@@ -34,6 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use super::network::{entry_bytes, PeerLink, APPEND_BYTES_LIMIT};
+use crate::raft::early_commit::EarlyCommit;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 
 /// Most early requests kept per peer, oldest dropped first.
@@ -51,6 +52,8 @@ pub struct EarlyReplication {
     /// The highest commit index openraft has sent to any peer.
     committed: Arc<Mutex<Option<LogId>>>,
     counts: Counts,
+    /// Counts the quorum from the answers (see `raft::early_commit`).
+    commit: Arc<EarlyCommit>,
 }
 
 /// How many AppendEntries went early, and how many of their answers openraft's stream took
@@ -87,14 +90,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EarlyReplication {
-    pub fn new(self_id: NodeId, ttl: Duration, counts: Counts) -> Self {
+    pub fn new(self_id: NodeId, ttl: Duration, counts: Counts, commit: Arc<EarlyCommit>) -> Self {
         Self {
             self_id,
             ttl,
             slots: Mutex::new(Vec::new()),
             committed: Arc::new(Mutex::new(None)),
             counts,
+            commit,
         }
+    }
+
+    /// Where the leader's own flushes are counted with the answers.
+    pub fn commit(&self) -> &Arc<EarlyCommit> {
+        &self.commit
     }
 
     /// The slot of a new replication stream to `link`'s peer.
@@ -159,7 +168,7 @@ impl EarlyReplication {
                 answer,
             });
             self.counts.sent.inc();
-            let (rpc, ttl) = (rpc.clone(), self.ttl);
+            let (rpc, ttl, commit) = (rpc.clone(), self.ttl, self.commit.clone());
             tokio::spawn(async move {
                 crate::stamp!("early.call", last.index);
                 let reply = slot
@@ -171,10 +180,13 @@ impl EarlyReplication {
                     )
                     .await
                     .ok();
-                if !matches!(reply, Some(AppendEntriesResponse::Success)) {
-                    slot.quiet.store(true, Ordering::Relaxed);
-                }
                 crate::stamp!("early.answer", last.index);
+                match reply {
+                    Some(AppendEntriesResponse::Success) => {
+                        commit.acked(slot.link.target, vote, last.index)
+                    }
+                    _ => slot.quiet.store(true, Ordering::Relaxed),
+                }
                 let _ = tx.send(reply);
             });
         }
@@ -265,6 +277,10 @@ mod tests {
         });
     }
 
+    fn no_commit() -> Arc<EarlyCommit> {
+        Arc::new(EarlyCommit::new(1, Box::new(|_| {})))
+    }
+
     /// A slot for peer 2 that cannot be dialed.
     fn undialable(early: &EarlyReplication, dir: &std::path::Path) -> anyhow::Result<Arc<Slot>> {
         let identity = ClusterIdentity::load(RaftStore::open(dir)?)?;
@@ -279,7 +295,8 @@ mod tests {
     #[test]
     fn only_the_same_request_takes_an_early_answer() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
+        let early =
+            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
         let slot = undialable(&early, dir.path())?;
         for (prev, last) in [(4, 5), (5, 6), (6, 7), (7, 8)] {
             sent(&slot, &request(prev, last, 4));
@@ -312,7 +329,8 @@ mod tests {
 
     #[test]
     fn only_this_leaders_own_entries_go_early() {
-        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
+        let early =
+            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
         let ours = request(4, 5, 4).entries;
         assert!(early.leads(&Vote::new_committed(3, 1), &ours));
         // Not yet leader (vote not committed), another leader, another term.
@@ -325,7 +343,8 @@ mod tests {
     async fn a_peer_that_failed_is_sent_nothing_early_until_openraft_reaches_it(
     ) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early = EarlyReplication::new(1, Duration::from_millis(50), Counts::default());
+        let early =
+            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
         let slot = undialable(&early, dir.path())?;
         // openraft has announced commit index 4: early requests carry it.
         let mut heartbeat = request(4, 4, 4);

@@ -29,10 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError};
 
+use super::state_machine::Proposals;
 use super::store::{RaftStore, Sync};
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Command, Entry, LogId, StorageError, TypeConfig, Vote};
 use super::wal::{Wal, WalOptions, WalWriter};
 use crate::peer::early::EarlyReplication;
 
@@ -53,7 +54,7 @@ pub struct LogStore {
     /// The vote last saved or read: whether appended entries are this leader's own.
     vote: Arc<Mutex<Option<Vote>>>,
     /// Where a leader's own entries go as they are appended (`peer::early`).
-    early: Option<Arc<EarlyReplication>>,
+    early: Option<(Arc<EarlyReplication>, Proposals)>,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -219,24 +220,57 @@ impl LogStore {
     }
 
     /// From now on, this leader's own entries are sent to its followers as they are appended,
-    /// before their flush (see `peer::early`).
-    pub fn replicate_early(&mut self, early: Arc<EarlyReplication>) {
-        self.early = Some(early);
+    /// before their flush (see `peer::early`), and counted committed once a quorum holds them
+    /// (`raft::early_commit`), which `proposals` hears of.
+    pub fn replicate_early(&mut self, early: Arc<EarlyReplication>, proposals: Proposals) {
+        self.early = Some((early, proposals));
+    }
+
+    /// The vote under which `entries` are this leader's own, if they are.
+    fn own(&self, entries: &[Entry]) -> Option<(&Arc<EarlyReplication>, Vote)> {
+        let (early, _) = self.early.as_ref()?;
+        let vote = (*self.vote.lock().unwrap_or_else(|p| p.into_inner()))?;
+        early.leads(&vote, entries).then_some((early, vote))
     }
 
     /// When `entries` are this leader's own and the entry before them is in the tail cache:
     /// what sends them early, to run once they are queued for the log (no entry may reach a
     /// follower ahead of the leader's own append).
-    fn early_push(&self, tail: &TailCache, entries: &[Entry]) -> Option<impl FnOnce() + use<>> {
-        let early = self.early.clone()?;
-        let vote = (*self.vote.lock().unwrap_or_else(|p| p.into_inner()))?;
+    fn early_push(
+        tail: &TailCache,
+        own: Option<(&Arc<EarlyReplication>, Vote)>,
+        entries: &[Entry],
+    ) -> Option<impl FnOnce() + use<>> {
+        let (early, vote) = own?;
         let first = entries.first()?.log_id.index;
-        if first == 0 || !early.leads(&vote, entries) {
+        if first == 0 {
             return None;
         }
         let prev = tail.entries.get(&(first - 1)).map(|e| e.log_id)?;
-        let entries = entries.to_vec();
+        let (early, entries) = (early.clone(), entries.to_vec());
         Some(move || early.push(vote, Some(prev), entries))
+    }
+
+    /// Tells early commit and the write path what `entries` hold: a membership change stops
+    /// early commits until it takes effect; the leader's own deltas are looked up by index
+    /// when a quorum holds them.
+    fn note_appended(&self, own: bool, entries: &[Entry]) {
+        let Some((early, proposals)) = &self.early else {
+            return;
+        };
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Membership(_) => {
+                    early.commit().membership_appended(entry.log_id.index)
+                }
+                EntryPayload::Normal(Command::Delta(bytes)) if own => {
+                    if let Some(tag) = crate::db::peek_tag(bytes) {
+                        proposals.appended(entry.log_id.index, tag);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Before Raft starts: if the saved vote says this node led its term, keep the vote but
@@ -451,9 +485,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut records = Vec::with_capacity(entries.len());
+        let own = self.own(&entries);
+        self.note_appended(own.is_some(), &entries);
+        let flushed = own.map(|(early, vote)| (early.commit().clone(), vote));
         let early = {
             let mut pending = self.pending();
-            let early = self.early_push(&pending, &entries);
+            let early = Self::early_push(&pending, own, &entries);
             for entry in entries {
                 records.push((
                     entry.log_id.index,
@@ -476,6 +513,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .mark_durable(upto);
+                        if let Some((commit, vote)) = flushed {
+                            commit.flushed(vote, upto);
+                        }
                     }
                     callback.log_io_completed(result);
                 }),

@@ -3,8 +3,10 @@
 //! with the rest of the node-to-node traffic in `peer::network`. `types` declares the type
 //! configuration, `codec` the one binary encoding, `wal` the log's storage engine (segment
 //! files, group commit, recovery), `store` the redb file of the vote and metadata.
+//! `early_commit` counts a leader's quorum from early replication's answers and its own flush.
 
 pub mod codec;
+pub mod early_commit;
 pub mod log_store;
 pub mod state_machine;
 pub mod store;

@@ -75,41 +75,126 @@ fn lock_files(lock: &SnapshotFilesLock) -> std::sync::MutexGuard<'_, ()> {
 /// (tracing), and who waits to hear that the entry is committed. Only a leader registers; a
 /// follower's applies have nobody waiting. By tag, not by base version: a delta of another
 /// leader on the same version (after this one's was lost) must not answer for it.
+///
+/// A proposal hears of its commit from the state machine as it applies the entry, or earlier
+/// from [`Proposals::commit_early`] (early replication saw a quorum hold it): whichever comes
+/// first runs its notice, once.
 #[derive(Clone, Default)]
-pub struct Proposals(Arc<std::sync::Mutex<std::collections::HashMap<u64, Proposal>>>);
+pub struct Proposals(Arc<std::sync::Mutex<Registry>>);
+
+#[derive(Default)]
+struct Registry {
+    by_tag: std::collections::HashMap<u64, Proposal>,
+    /// Log index of each registered proposal the log store took, not yet applied.
+    at_index: std::collections::BTreeMap<u64, u64>,
+    /// The state machine after its last applied entry: (log index, database version, tag).
+    applied: (u64, u64, u64),
+}
 
 struct Proposal {
     span: tracing::Span,
     committed: Option<Committed>,
+    /// The state the delta applies to (see `PageDelta::applies_to`).
+    base_version: u64,
+    parent_tag: u64,
 }
 
-/// What a proposal's commit notice runs, on the state machine's task: it must not block.
+/// What a proposal's commit notice runs, on the state machine's task (or early replication's):
+/// it must not block.
 pub type Committed = Box<dyn FnOnce(u64) + Send>;
 
 impl Proposals {
-    /// Registers the proposal of the delta tagged `tag`. `committed` runs with its log index
-    /// when the entry is committed and about to be applied: the write path answers its clients
-    /// then, without waiting for the apply (durability is the quorum's: it is on their disks),
-    /// and without a hop to another task first. It never runs when the delta turns out stale
-    /// (a leadership change raced it).
-    pub fn register(&self, tag: u64, span: tracing::Span, committed: Committed) {
-        self.lock().insert(
+    /// Registers the proposal of the delta tagged `tag`, captured on `base_version` (and on top
+    /// of `parent_tag`, when not 0). `committed` runs with its log index when the entry is
+    /// committed and will be applied: the write path answers its clients then, without waiting
+    /// for the apply (durability is the quorum's: it is on their disks), and without a hop to
+    /// another task first. It never runs when the delta turns out stale (a leadership change
+    /// raced it).
+    pub fn register(
+        &self,
+        tag: u64,
+        base_version: u64,
+        parent_tag: u64,
+        span: tracing::Span,
+        committed: Committed,
+    ) {
+        self.lock().by_tag.insert(
             tag,
             Proposal {
                 span,
                 committed: Some(committed),
+                base_version,
+                parent_tag,
             },
         );
     }
 
     pub fn forget(&self, tag: u64) {
-        self.lock().remove(&tag);
+        let mut registry = self.lock();
+        registry.by_tag.remove(&tag);
+        registry.at_index.retain(|_, t| *t != tag);
+    }
+
+    /// The log store took the leader's entry `index`, the delta tagged `tag`.
+    pub fn appended(&self, index: u64, tag: u64) {
+        let mut registry = self.lock();
+        if registry.by_tag.contains_key(&tag) {
+            registry.at_index.insert(index, tag);
+        }
+    }
+
+    /// A quorum holds every entry up to `upto` (early replication's count): runs the notice
+    /// of each proposal among them that will be applied, in log order, as long as that is
+    /// certain — the entries before it are applied or are such proposals themselves, so the
+    /// state it will be applied to is known now. Anything less certain (an entry that is not
+    /// a registered proposal, such as a membership change) stops here and leaves the rest to
+    /// the state machine's own notice.
+    /// Returns how many it answered.
+    pub fn commit_early(&self, upto: u64) -> usize {
+        let mut ready = Vec::new();
+        {
+            let mut registry = self.lock();
+            let Registry {
+                by_tag,
+                at_index,
+                applied,
+            } = &mut *registry;
+            let (mut index, mut version, mut tag) = *applied;
+            while index < upto {
+                let next = index + 1;
+                let Some(&next_tag) = at_index.get(&next) else {
+                    break;
+                };
+                let Some(p) = by_tag.get_mut(&next_tag) else {
+                    break;
+                };
+                if !crate::db::follows(p.base_version, p.parent_tag, version, tag) {
+                    break;
+                }
+                if let Some(committed) = p.committed.take() {
+                    ready.push((committed, next));
+                }
+                (index, version, tag) = (next, p.base_version + 1, next_tag);
+            }
+        }
+        let answered = ready.len();
+        for (committed, index) in ready {
+            committed(index);
+        }
+        answered
+    }
+
+    /// The state machine applied entry `index` and is now at `version` holding `tag`.
+    fn applied(&self, index: u64, version: u64, tag: u64) {
+        let mut registry = self.lock();
+        registry.applied = (index, version, tag);
+        registry.at_index.retain(|i, _| *i > index);
     }
 
     /// The proposal's span, and its commit notice when the delta will be applied.
     fn committing(&self, tag: u64, will_apply: bool) -> (Option<tracing::Span>, Option<Committed>) {
-        let mut proposals = self.lock();
-        match proposals.get_mut(&tag) {
+        let mut registry = self.lock();
+        match registry.by_tag.get_mut(&tag) {
             None => (None, None),
             Some(p) => (
                 Some(p.span.clone()),
@@ -118,7 +203,7 @@ impl Proposals {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Proposal>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -179,7 +264,17 @@ impl StateMachine {
         }
         sm.applied_tx
             .send_replace(sm.last_applied.map(|l| l.index).unwrap_or(0));
+        sm.publish_applied();
         Ok(sm)
+    }
+
+    /// Tells the proposals where the state machine stands (see [`Proposals::commit_early`]).
+    fn publish_applied(&self) {
+        self.proposals.applied(
+            self.last_applied.map_or(0, |l| l.index),
+            self.db_version,
+            self.db_tag,
+        );
     }
 
     /// Resets the database and the applied state to the newest snapshot (or to nothing).
@@ -394,6 +489,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             self.last_applied = Some(entry.log_id);
+            self.publish_applied();
             results.push(result);
         }
         let applied_us = started.elapsed().as_micros() as u64;
@@ -494,6 +590,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.membership = meta.last_membership.clone();
         (self.db_version, self.db_tag) =
             self.db.state().await.map_err(|e| snap_err(Some(meta), e))?;
+        self.publish_applied();
         self.persist(Sync::Durable)?;
         {
             let _files = lock_files(&self.snapshot_files);
