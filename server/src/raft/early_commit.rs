@@ -102,7 +102,11 @@ impl EarlyCommit {
             match state.vote {
                 Some(current) if current == vote => {}
                 // An answer to an older leadership of this node's: nothing to count.
-                Some(current) if !(vote > current) => return,
+                Some(current)
+                    if vote.partial_cmp(&current) != Some(std::cmp::Ordering::Greater) =>
+                {
+                    return
+                }
                 _ => {
                     *state = State {
                         vote: Some(vote),
