@@ -179,13 +179,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn tracker() -> (EarlyCommit, Arc<Mutex<Vec<u64>>>) {
+    /// Leader 1 under `vote`, armed with voters 1, 2 and 3 from index 1; and the commits it
+    /// reports.
+    fn tracker(vote: Vote) -> (EarlyCommit, Arc<Mutex<Vec<u64>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         let early = EarlyCommit::new(
             1,
             Box::new(move |c| record.lock().unwrap_or_else(|p| p.into_inner()).push(c)),
         );
+        early.arm(1, voters(&[1, 2, 3]));
+        early.flushed(vote, 0);
         (early, seen)
     }
 
@@ -199,9 +203,8 @@ mod tests {
 
     #[test]
     fn a_majority_of_voters_on_disk_commits() {
-        let (early, commits) = tracker();
         let vote = Vote::new_committed(2, 1);
-        early.arm(1, voters(&[1, 2, 3]));
+        let (early, commits) = tracker(vote);
         early.acked(2, vote, 5);
         assert_eq!(seen(&commits), Vec::<u64>::new(), "one follower alone");
         early.flushed(vote, 4);
@@ -224,9 +227,8 @@ mod tests {
 
     #[test]
     fn learners_other_votes_and_joint_configurations_do_not_count() {
-        let (early, commits) = tracker();
         let vote = Vote::new_committed(2, 1);
-        early.arm(1, voters(&[1, 2, 3]));
+        let (early, commits) = tracker(vote);
         early.acked(4, vote, 9);
         early.acked(2, Vote::new_committed(1, 2), 9);
         early.flushed(vote, 9);
