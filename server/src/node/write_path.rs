@@ -680,7 +680,11 @@ async fn until_committed(
             }
         }
     };
-    node.proposals.forget(tag);
+    // A committed proposal stays registered until the state machine applies its entry (its
+    // apply joins the proposal's trace) and is removed there.
+    if result.is_err() {
+        node.proposals.forget(tag);
+    }
     result
 }
 

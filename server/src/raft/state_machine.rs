@@ -184,20 +184,31 @@ impl Proposals {
         answered
     }
 
-    /// The state machine applied entry `index` and is now at `version` holding `tag`.
+    /// The state machine applied entry `index` and is now at `version` holding `tag`. A
+    /// proposal at or before it that was answered is done (one whose entry a snapshot
+    /// installed without applying it; the others the apply removed).
     fn applied(&self, index: u64, version: u64, tag: u64) {
         let mut registry = self.lock();
         registry.applied = (index, version, tag);
-        registry.at_index.retain(|i, _| *i > index);
+        let Registry {
+            by_tag, at_index, ..
+        } = &mut *registry;
+        at_index.retain(|i, t| {
+            if *i <= index && by_tag.get(t).is_some_and(|p| p.committed.is_none()) {
+                by_tag.remove(t);
+            }
+            *i > index
+        });
     }
 
-    /// The proposal's span, and its commit notice when the delta will be applied.
+    /// The proposal's span, and its commit notice when the delta will be applied; the
+    /// proposal is done either way. (Its task, answered early, keeps it registered until
+    /// now so that the apply joins its trace.)
     fn committing(&self, tag: u64, will_apply: bool) -> (Option<tracing::Span>, Option<Committed>) {
-        let mut registry = self.lock();
-        match registry.by_tag.get_mut(&tag) {
+        match self.lock().by_tag.remove(&tag) {
             None => (None, None),
-            Some(p) => (
-                Some(p.span.clone()),
+            Some(mut p) => (
+                Some(p.span),
                 if will_apply { p.committed.take() } else { None },
             ),
         }
