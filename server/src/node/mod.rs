@@ -230,7 +230,7 @@ impl Node {
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
         tokio::spawn(crate::raft::early_commit::follow_membership(
             Arc::downgrade(&commit_early),
-            inner.raft.metrics(),
+            inner.raft.server_metrics(),
         ));
         tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
         tokio::spawn(reads::confirm_read_indexes(
@@ -823,14 +823,16 @@ impl Node {
     }
 }
 
-/// Leader, and it has applied an entry of its own term: everything earlier leaders committed
-/// is applied, and the executor sees it.
-/// Records that the leader's entry `index` is committed (see [`NodeInner::note_committed`]).
-fn note_committed(noted: &Mutex<(u64, Option<Instant>)>, index: u64) {
+/// On the leader: records that its entry `index` is committed and answered, in `noted` (its
+/// `leader_commit`): a leased read's index and the next batch's settling cover it
+/// ([`NodeInner::answered_index`]).
+pub(super) fn note_committed(noted: &Mutex<(u64, Option<Instant>)>, index: u64) {
     let mut guard = noted.lock().unwrap_or_else(|p| p.into_inner());
     guard.0 = guard.0.max(index);
 }
 
+/// Leader, and it has applied an entry of its own term: everything earlier leaders committed
+/// is applied, and the executor sees it.
 fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
     m.state == ServerState::Leader
         && m.last_applied
@@ -838,12 +840,6 @@ fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
 }
 
 impl NodeInner {
-    /// On the leader: records that its entry `index` is committed (bounded reads wait for the
-    /// applied index to reach it).
-    pub(crate) fn note_committed(&self, index: u64) {
-        note_committed(&self.leader_commit, index);
-    }
-
     /// The highest index this leader answered a write for, as noted at its commit.
     pub(crate) fn answered_index(&self) -> u64 {
         self.leader_commit

@@ -581,25 +581,35 @@ type OnCommit = Box<dyn FnOnce(Result<u64, NodeError>) + Send>;
 /// task and then to the writer's cost a thread wake-up each, about 60 µs of a 1 ms write), or
 /// the proposal's task (an error, a timeout, or openraft's answer first).
 #[derive(Clone)]
-struct AnswerOnce(Arc<std::sync::Mutex<(Option<OnCommit>, Option<Instant>)>>);
+struct AnswerOnce(Arc<std::sync::Mutex<Answer>>);
+
+enum Answer {
+    Waiting(OnCommit),
+    Given(Instant),
+}
 
 impl AnswerOnce {
     fn new(on_commit: impl FnOnce(Result<u64, NodeError>) + Send + 'static) -> Self {
-        AnswerOnce(Arc::new(std::sync::Mutex::new((
-            Some(Box::new(on_commit)),
-            None,
-        ))))
+        AnswerOnce(Arc::new(std::sync::Mutex::new(Answer::Waiting(Box::new(
+            on_commit,
+        )))))
     }
 
     /// Runs `on_commit` with `result` unless it ran already; when it ran.
     fn give(&self, result: Result<u64, NodeError>) -> Instant {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(on_commit) = state.0.take() {
-            crate::stamp!("answer", *result.as_ref().unwrap_or(&0));
-            on_commit(result);
-            state.1 = Some(Instant::now());
+        if let Answer::Given(at) = *state {
+            return at;
         }
-        *state.1.get_or_insert_with(Instant::now)
+        crate::stamp!("answer", *result.as_ref().unwrap_or(&0));
+        if let Answer::Waiting(on_commit) =
+            std::mem::replace(&mut *state, Answer::Given(Instant::now()))
+        {
+            on_commit(result);
+        }
+        let at = Instant::now();
+        *state = Answer::Given(at);
+        at
     }
 }
 
@@ -670,13 +680,10 @@ async fn until_committed(
             tokio::pin!(response);
             tokio::select! {
                 result = &mut response => result,
-                // The state machine announces the entry as it is about to apply it: committed,
-                // and not stale (or it would not be announced). openraft's own answer comes a
-                // round through its core later.
-                Ok(index) = committed => {
-                    node.note_committed(index);
-                    Ok(index)
-                }
+                // The commit notice (early commit's, or the state machine's as it is about to
+                // apply the entry): committed, not stale (or it would not be announced), and
+                // already noted. openraft's own answer comes a round through its core later.
+                Ok(index) = committed => Ok(index),
             }
         }
     };

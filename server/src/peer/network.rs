@@ -220,14 +220,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // AppendEntries continuing the previous one, so the follower never refuses a batch the
         // leader assembled from entries it accepted one by one.
         let term = rpc.vote.leader_id().term;
-        let _last = rpc.entries.last().map_or(0, |e| e.log_id.index);
-        crate::stamp!("repl.call", _last);
+        crate::stamp!(
+            "repl.call",
+            rpc.entries.last().map_or(0, |e| e.log_id.index)
+        );
         // This request went out already, as the leader appended its entries: its answer is
         // this request's answer, as of when it was sent.
         if let Some((sent, reply)) = self.early.take(&rpc) {
             if let Ok(Some(AppendEntriesResponse::Success)) = reply.await {
                 self.early.used();
-                crate::stamp!("repl.used", _last);
+                crate::stamp!(
+                    "repl.used",
+                    rpc.entries.last().map_or(0, |e| e.log_id.index)
+                );
                 self.lease.acknowledged(self.link.target, term, sent);
                 return Ok(AppendEntriesResponse::Success);
             }

@@ -143,11 +143,13 @@ impl EarlyCommit {
     }
 }
 
-/// Arms `commit` with each configuration openraft takes up, until its metrics end.
+/// Arms `commit` with each configuration openraft takes up, until its metrics end. It watches
+/// openraft's server metrics, which change with the vote, the role or the configuration, not
+/// its full metrics, which wake every watcher on each pass of its core loop (every write).
 pub async fn follow_membership(
     commit: std::sync::Weak<EarlyCommit>,
     mut metrics: tokio::sync::watch::Receiver<
-        openraft::RaftMetrics<NodeId, super::types::NodeAddr>,
+        openraft::metrics::RaftServerMetrics<NodeId, super::types::NodeAddr>,
     >,
 ) {
     // By log id, not index: a cluster's first configuration is at index 0, as is none.

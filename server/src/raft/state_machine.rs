@@ -190,15 +190,19 @@ impl Proposals {
     fn applied(&self, index: u64, version: u64, tag: u64) {
         let mut registry = self.lock();
         registry.applied = (index, version, tag);
-        let Registry {
-            by_tag, at_index, ..
-        } = &mut *registry;
-        at_index.retain(|i, t| {
-            if *i <= index && by_tag.get(t).is_some_and(|p| p.committed.is_none()) {
-                by_tag.remove(t);
+        while let Some(entry) = registry.at_index.first_entry() {
+            if *entry.key() > index {
+                break;
             }
-            *i > index
-        });
+            let tag = entry.remove();
+            if registry
+                .by_tag
+                .get(&tag)
+                .is_some_and(|p| p.committed.is_none())
+            {
+                registry.by_tag.remove(&tag);
+            }
+        }
     }
 
     /// The proposal's span, and its commit notice when the delta will be applied; the
