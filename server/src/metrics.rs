@@ -105,6 +105,7 @@ pub struct Metrics {
     batches: Family<BatchBaseLabels, Counter>,
     commits_in_place: Counter,
     early_commits: Counter,
+    commits_in_place_early: Counter,
     wal_frames: Gauge,
     checkpoint_failures: Gauge,
     /// The database's count of commits in place when last rendered.
@@ -153,6 +154,7 @@ impl Metrics {
             batches: Family::default(),
             commits_in_place: Counter::default(),
             early_commits: Counter::default(),
+            commits_in_place_early: Counter::default(),
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
@@ -289,6 +291,13 @@ impl Metrics {
             m.commits_in_place.clone(),
         );
         r.register(
+            "write_batches_committed_in_place_early",
+            "Of the group commits committed in place, those this leader committed as soon as \
+             Raft committed their delta, before its state machine's apply reached them: the \
+             next group commit did not wait for that apply",
+            m.commits_in_place_early.clone(),
+        );
+        r.register(
             "write_batches_answered_early",
             "Group commits whose writers this leader answered as soon as early replication's \
              answers and its own log flush made a quorum, before openraft counted it",
@@ -329,6 +338,11 @@ impl Metrics {
             m.request_deadlines.clone(),
         );
         m
+    }
+
+    /// Counts a group commit committed in place before its apply (`node::write_path`).
+    pub fn committed_in_place_early(&self) {
+        self.commits_in_place_early.inc();
     }
 
     /// Counts group commits answered by early commit (`raft::early_commit`).

@@ -284,6 +284,16 @@ async fn concurrent_writers_share_group_commits() {
         mean >= 3.0,
         "{count} group commits for {requests} writes from four writers: {mean:.2} per batch"
     );
+    // The leader committed most of them in place as soon as they were committed, so the next
+    // batch did not wait for its state machine's apply.
+    let early = metric_value(
+        &text,
+        "raftlite_write_batches_committed_in_place_early_total ",
+    );
+    assert!(
+        early >= 10.0,
+        "{early} of {count} group commits committed in place before their apply:\n{text}"
+    );
 
     info!("phase 3: four writers that pause between writes are not waited for");
     let waits = |text: &str| {

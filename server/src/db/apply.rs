@@ -29,7 +29,7 @@
 use super::capture::read_page;
 use super::delta::PageDelta;
 use super::error::{DbError, Result};
-use super::executor::WriteGate;
+use super::executor::{GateState, WriteGate};
 use super::internal;
 use rusqlite::{ffi, params, Connection};
 use std::io::Read;
@@ -91,7 +91,13 @@ impl Applier {
         delta: &PageDelta,
     ) -> Result<Option<ApplyOutcome>> {
         delta.validate()?;
-        self.unless_batch_open(|| self.apply_in_transaction(delta))
+        self.unless_batch_open(
+            |held| {
+                // Committed in place ahead of this apply (see `Executor::commit_early`).
+                held.take_ahead(delta).then_some(ApplyOutcome::Applied)
+            },
+            || self.apply_in_transaction(delta),
+        )
     }
 
     /// Overwrite the whole database with the image at `path`: a plain SQLite file with the
@@ -104,20 +110,31 @@ impl Applier {
 
     /// [`Applier::install_image`], or `None` as [`Applier::apply_unless_batch_open`].
     pub(crate) fn install_image_unless_batch_open(&self, path: &Path) -> Result<Option<()>> {
-        let installed = self.unless_batch_open(|| {
-            self.install_in_transaction(path)
-                .map(|()| ApplyOutcome::Applied)
-        })?;
+        let installed = self.unless_batch_open(
+            |held| {
+                held.forget_ahead();
+                None
+            },
+            || {
+                self.install_in_transaction(path)
+                    .map(|()| ApplyOutcome::Applied)
+            },
+        )?;
         Ok(installed.map(|_| ()))
     }
 
-    /// Runs `write` under the gate and ends it (see [`Applier::end_write`]); `None`, with
-    /// nothing done, while the executor keeps a batch open.
+    /// Runs `write` under the gate and ends it (see [`Applier::end_write`]), unless `first`,
+    /// under the gate too, already knows the outcome; `None`, with nothing done, while the
+    /// executor keeps a batch open.
     fn unless_batch_open(
         &self,
+        first: impl FnOnce(&mut GateState) -> Option<ApplyOutcome>,
         write: impl FnOnce() -> Result<ApplyOutcome>,
     ) -> Result<Option<ApplyOutcome>> {
-        let held = self.gate.hold();
+        let mut held = self.gate.hold();
+        if let Some(done) = first(&mut held) {
+            return Ok(Some(done));
+        }
         if held.batch_open() {
             return Ok(None);
         }

@@ -206,11 +206,37 @@ pub(crate) struct GateState {
     /// Whether the executor keeps a batch open for its commit in place. Decides only under
     /// the lock; set through [`WriteGate::set_batch_open`].
     open_batch: bool,
+    /// Deltas the executor committed in place as soon as Raft committed them, before the
+    /// state machine's apply reached them (see [`Executor::commit_early`]): base version →
+    /// tag. Their apply finds them here and has nothing left to write.
+    ahead: std::collections::BTreeMap<u64, u64>,
 }
+
+/// Most deltas committed in place ahead of their apply (see [`GateState::ahead`]); beyond, the
+/// batch waits for its apply as before. The state machine falls behind only while it builds a
+/// snapshot image.
+const MAX_AHEAD: usize = 1024;
 
 impl GateState {
     pub(crate) fn batch_open(&self) -> bool {
         self.open_batch
+    }
+
+    /// Whether `delta` was committed in place ahead of its apply; its apply is then done. The
+    /// state machine applies in log order, so entries on older versions are never asked for
+    /// again (a snapshot installed over them, or another leader's delta took their place).
+    pub(crate) fn take_ahead(&mut self, delta: &PageDelta) -> bool {
+        self.ahead = self.ahead.split_off(&delta.base_version);
+        if self.ahead.get(&delta.base_version) == Some(&delta.tag) {
+            self.ahead.remove(&delta.base_version);
+            return true;
+        }
+        false
+    }
+
+    /// The database was replaced by an image: nothing committed ahead is in it any more.
+    pub(crate) fn forget_ahead(&mut self) {
+        self.ahead.clear();
     }
 }
 
@@ -410,18 +436,47 @@ impl Executor {
     pub fn commit_in_place(&mut self, delta: &PageDelta) -> Result<bool> {
         let gate = self.gate.clone();
         let mut held = gate.hold();
+        if held.take_ahead(delta) {
+            return Ok(true);
+        }
         if self.open_batch != Some((delta.tag, delta.base_version)) {
             self.end_open_batch_held(&mut held)?;
             return Ok(false);
         }
+        self.commit_open_batch(&mut held)
+    }
+
+    /// [`Executor::commit_in_place`] for the batch that captured the delta tagged `tag` on
+    /// `base_version`, as soon as Raft committed it, before the state machine applies it: the
+    /// next batch need not wait for that apply, and the apply finds it done
+    /// ([`GateState::take_ahead`]). The caller knows every entry before it is applied or
+    /// committed in place. Does nothing if that batch is not the one open (the apply came
+    /// first, or ended it) or too many are ahead already. Returns whether it committed it.
+    pub fn commit_early(&mut self, tag: u64, base_version: u64) -> Result<bool> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        if self.open_batch != Some((tag, base_version)) || held.ahead.len() >= MAX_AHEAD {
+            return Ok(false);
+        }
+        let committed = self.commit_open_batch(&mut held)?;
+        if committed {
+            held.ahead.insert(base_version, tag);
+        }
+        Ok(committed)
+    }
+
+    /// COMMITs the batch kept open; on failure rolls it back (its delta is then applied like
+    /// on any node). Returns whether it committed.
+    fn commit_open_batch(&mut self, held: &mut GateState) -> Result<bool> {
         if let Err(e) = self.internal_sql(internal_sql!("COMMIT")) {
             tracing::warn!(error = %e, "committing a batch in place failed; applying its delta instead");
-            self.end_open_batch_held(&mut held)?;
+            self.end_open_batch_held(held)?;
             return Ok(false);
         }
         self.open_batch = None;
-        gate.set_batch_open(&mut held, false);
-        gate.0
+        self.gate.set_batch_open(held, false);
+        self.gate
+            .0
             .committed_in_place
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)

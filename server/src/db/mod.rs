@@ -240,8 +240,12 @@ impl Database {
     /// (see [`Executor::commit_in_place`]): it is committed there, which leaves the database
     /// exactly as applying the delta would (every page the delta carries, with the same bytes;
     /// page 1's change counter, each file's own, aside) at a fraction of the cost. Any other
-    /// open batch is rolled back first and the delta applied.
+    /// open batch is rolled back first and the delta applied. A batch the write path committed
+    /// in place already (see [`ExecutorHandle::commit_early`]) is done: nothing is written.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
+        if self.gate.hold().take_ahead(&delta) {
+            return Ok(ApplyOutcome::Applied);
+        }
         self.past_open_batch(
             || {
                 let delta = delta.clone();
@@ -408,6 +412,13 @@ impl ExecutorHandle {
             );
             executed
         })
+    }
+
+    /// See [`Executor::commit_early`]. Runs on the calling thread, like
+    /// [`ExecutorHandle::execute_batch_on`].
+    pub fn commit_early(&self, tag: u64, base_version: u64) -> Result<bool> {
+        self.worker
+            .call_here(move |executor| executor.commit_early(tag, base_version))
     }
 
     /// See [`Executor::execute_vacuum`].

@@ -86,6 +86,11 @@ pub(crate) struct NodeInner {
     applied: watch::Receiver<u64>,
     /// Commit index the leader last announced to this follower, and when.
     leader_commit: Arc<Mutex<(u64, Option<Instant>)>>,
+    /// The highest entry this leader committed in place ahead of its apply (see
+    /// `write_path::commit_early`): the database holds it and everything before it. Only
+    /// entries of a term this node leads get here, and a leader is ready only once it applied
+    /// an entry of its term, so an older value is always below what it applied.
+    in_place: std::sync::atomic::AtomicU64,
     /// Linearizable reads waiting for a read index (see `reads::confirm_read_indexes`).
     read_indexes: mpsc::Sender<reads::ReadIndexWaiter>,
     /// When a quorum last acknowledged this leader (`None` on a follower); see
@@ -215,6 +220,7 @@ impl Node {
             transactions: Default::default(),
             applied: applied_rx,
             leader_commit: Arc::new(Mutex::new((0, None))),
+            in_place: Default::default(),
             taking_over_until: Mutex::new(None),
             quorum_acked_at: Mutex::new(None),
             lease,
@@ -840,6 +846,16 @@ fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
 }
 
 impl NodeInner {
+    /// See [`NodeInner::in_place`].
+    pub(crate) fn in_place_index(&self) -> u64 {
+        self.in_place.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn note_in_place(&self, index: u64) {
+        self.in_place
+            .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// The highest index this leader answered a write for, as noted at its commit.
     pub(crate) fn answered_index(&self) -> u64 {
         self.leader_commit

@@ -460,7 +460,7 @@ async fn commit_batch(
     };
     let batch_size = batch.len();
     let metrics = node.metrics.clone();
-    let task = propose(node, base, bytes, started, move |committed| {
+    let task = propose(node, executor, base, bytes, started, move |committed| {
         answer(batch, outcomes, committed);
         metrics.observe_batch(batch_size, started.elapsed());
     })
@@ -547,9 +547,12 @@ struct Answered {
 
 /// Sends a delta to Raft — in call order: a delta captured on top of another is proposed
 /// after it — and returns the task that reports when `on_commit` ran: when it was committed
-/// or failed.
+/// or failed. Once committed, the task commits the batch in place if the executor still keeps
+/// it open ([`ExecutorHandle::commit_early`]), so the next batch need not wait for the leader's
+/// apply; the task runs on the batcher's thread, like the batch.
 async fn propose(
     node: &Arc<NodeInner>,
+    executor: &ExecutorHandle,
     base: Base,
     bytes: Bytes,
     started: Instant,
@@ -557,11 +560,14 @@ async fn propose(
 ) -> JoinHandle<Answered> {
     let answer = AnswerOnce::new(on_commit);
     let (committed, sent) = send(node, base, bytes, &answer).await;
-    let (node, tag) = (node.clone(), base.tag);
+    let (node, executor) = (node.clone(), executor.clone());
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
-            let result = until_committed(&node, tag, sent, committed).await;
+            let result = until_committed(&node, base.tag, sent, committed).await;
+            if let Ok(index) = result {
+                commit_early(&node, &executor, base, index);
+            }
             let committed = result.is_ok();
             let at = answer.give(result);
             Answered {
@@ -572,6 +578,23 @@ async fn propose(
         }
         .instrument(span),
     )
+}
+
+/// Commits the batch of the delta `base`, committed at `index`, in place if the executor
+/// still keeps it open: every entry before it is applied or was committed so (the commit
+/// notice comes in log order, and the batch ran on everything in the log). The state
+/// machine's apply then finds it done; meanwhile the next batch settles on `index`.
+fn commit_early(node: &NodeInner, executor: &ExecutorHandle, base: Base, index: u64) {
+    match executor.commit_early(base.tag, base.version) {
+        Ok(true) => {
+            crate::stamp!("in_place", index);
+            node.note_in_place(index);
+            node.metrics.committed_in_place_early();
+        }
+        Ok(false) => {}
+        // Rolled back (see `Executor::commit_early`): its apply lays the delta instead.
+        Err(e) => tracing::warn!(index, error = %e, "committing a batch in place failed"),
+    }
 }
 
 type OnCommit = Box<dyn FnOnce(Result<u64, NodeError>) + Send>;
@@ -761,6 +784,8 @@ pub(crate) async fn ready_to_capture(node: &NodeInner) -> Result<(), NodeError> 
 /// Returns at once on the normal path, where the previous delta is applied before the next.
 /// Everything answered counts too: a write answered by early commit may be in the log while
 /// openraft's metrics do not show it yet (its core is still waiting for the leader's own flush).
+/// A batch committed in place ahead of its apply counts as applied: the database holds it and
+/// everything before it.
 async fn settled(node: &NodeInner, within: Duration) -> bool {
     let mut metrics = node.raft.metrics();
     let mut applied = node.applied.clone();
@@ -771,7 +796,7 @@ async fn settled(node: &NodeInner, within: Duration) -> bool {
             .last_log_index
             .unwrap_or(0)
             .max(node.answered_index());
-        if *applied.borrow_and_update() >= target {
+        if (*applied.borrow_and_update()).max(node.in_place_index()) >= target {
             return true;
         }
         tokio::select! {
