@@ -32,10 +32,13 @@ ORDER = ['client.send', 'rpc.in', 'batch.start', 'propose', 'log.append', 'early
 SPANS = [('log.append', 'log.flushed'), ('early.call', 'early.answer'), ('f.in', 'f.out'),
          ('f.in', 'f.log.append'), ('f.log.append', 'f.log.flushed'),
          ('f.log.flushed', 'f.out'), ('log.flushed', 'repl.call'),
-         ('early.answer', 'repl.used'), ('repl.used', 'sm.apply'), ('sm.apply', 'rpc.out')]
+         ('early.answer', 'repl.used'), ('repl.used', 'sm.apply'), ('sm.apply', 'rpc.out'),
+         ('answer', 'in_place'), ('in_place', 'sm.applied')]
 UNINDEXED = ['rpc.in', 'batch.start', 'propose']
+# Stamped only by builds that have the step (the commit in place at early commit).
+OPTIONAL = ['in_place']
 INDEXED = ['log.flushed', 'early.call', 'early.answer', 'repl.call', 'repl.used',
-           'sm.apply', 'answer', 'rpc.out', 'sm.applied']
+           'sm.apply', 'answer', 'rpc.out', 'sm.applied', 'in_place']
 
 
 class Process:
@@ -103,7 +106,7 @@ def writes(client, nodes):
                     w[point] = f.at(point, index)
                 for point in ['log.append', 'log.flushed']:
                     w['f.' + point] = f.at(point, index)
-            if all(w.get(p) is not None for p in ORDER + [b for _, b in SPANS]):
+            if all(w.get(p) is not None for p in ORDER + [b for _, b in SPANS] if p not in OPTIONAL):
                 yield w
             break
 
@@ -121,7 +124,10 @@ def main(directory):
     print(f'{"step":<30} {"p10":>7} {"p50":>7} {"p90":>7}')
     for steps in (list(zip(ORDER, ORDER[1:])), SPANS):
         for a, b in steps:
-            values = [(w[b] - w[a]) / 1000 for w in found]
+            values = [(w[b] - w[a]) / 1000 for w in found
+                      if w.get(a) is not None and w.get(b) is not None]
+            if not values:
+                continue
             print(f'{a + " -> " + b:<30} {pct(values, .1):7.1f} {pct(values, .5):7.1f} '
                   f'{pct(values, .9):7.1f}')
         print()

@@ -35,7 +35,10 @@
 //!   in the spike). Without it (the default) the leader holds the batch's transaction open
 //!   until the delta is committed and then commits it in place: the same pages, no second
 //!   pass (about 10 % less CPU and latency per 1-row write, BENCHMARKS.md, session 8). A delta
-//!   that is not the open batch's rolls the batch back first.
+//!   that is not the open batch's rolls the batch back first. The write path commits it the
+//!   moment it hears of the commit, before the delta's apply comes
+//!   ([`ExecutorHandle::commit_early`]); that apply then finds it done (the gate's record of
+//!   deltas ahead of their apply) and writes nothing.
 //! * **Page numbers from the wal-index, contents from `sqlite_dbpage`**, page 1 diffed
 //!   separately — the only capture method that survived cache spills and rolled-back frames
 //!   in the spike. It relies on WAL mode and SQLite's documented wal-index layout; the

@@ -187,16 +187,18 @@ impl Default for Returns {
 
 impl Returns {
     /// Waits until as many writes came since the `last` batch was answered as its writers are
-    /// expected to send back (or a transaction comes), for at most half the time that batch
-    /// took (and [`MAX_GATHER_WAIT`]), then takes whatever else is queued. Returns how long it
+    /// expected to send back (or a transaction comes), for at most the time that batch took
+    /// (and [`MAX_GATHER_WAIT`]), then takes whatever else is queued. Returns how long it
     /// waited, if it did.
     ///
     /// Without it, concurrent writers split into alternating batches: the first writer back
     /// after a commit starts the next batch alone, the others arrive microseconds later and
     /// wait a whole round trip for the batch after it, so each write takes about two. The wait
     /// counts from the first write back, not from the answer: a load generator or a network
-    /// slow to turn around delays them all alike. It is bounded by half a batch's time, what a
-    /// writer missing the batch would wait twice over. Writers that pause between writes do
+    /// slow to turn around delays them all alike. It is bounded by a batch's time, what a
+    /// writer missing the batch would wait for the next (half of it cut off the last of 64
+    /// writers once the batch no longer waited for the leader's apply first, and split them
+    /// into two batches: BENCHMARKS.md, session 16). Writers that pause between writes do
     /// not come back in that time; the share that did is what the next batch expects, so
     /// they are not waited for. (Tokio's timers tick in milliseconds: a wait ends on the tick
     /// after its deadline.)
@@ -215,7 +217,7 @@ impl Returns {
         let started = Instant::now();
         let mut waited = None;
         if begin.is_none() && batch.len() < target {
-            let wait = (last.took / 2).min(MAX_GATHER_WAIT);
+            let wait = last.took.min(MAX_GATHER_WAIT);
             let deadline = tokio::time::Instant::from_std(started + wait);
             while begin.is_none() && batch.len() < target {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
