@@ -226,7 +226,13 @@ impl GateState {
     /// state machine applies in log order, so entries on older versions are never asked for
     /// again (a snapshot installed over them, or another leader's delta took their place).
     pub(crate) fn take_ahead(&mut self, delta: &PageDelta) -> bool {
-        self.ahead = self.ahead.split_off(&delta.base_version);
+        while self
+            .ahead
+            .first_key_value()
+            .is_some_and(|(version, _)| *version < delta.base_version)
+        {
+            self.ahead.pop_first();
+        }
         if self.ahead.get(&delta.base_version) == Some(&delta.tag) {
             self.ahead.remove(&delta.base_version);
             return true;
