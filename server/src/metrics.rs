@@ -106,6 +106,7 @@ pub struct Metrics {
     commits_in_place: Counter,
     early_commits: Counter,
     commits_in_place_early: Counter,
+    ran_ahead: Counter,
     wal_frames: Gauge,
     checkpoint_failures: Gauge,
     /// The database's count of commits in place when last rendered.
@@ -155,6 +156,7 @@ impl Metrics {
             commits_in_place: Counter::default(),
             early_commits: Counter::default(),
             commits_in_place_early: Counter::default(),
+            ran_ahead: Counter::default(),
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
@@ -298,6 +300,12 @@ impl Metrics {
             m.commits_in_place_early.clone(),
         );
         r.register(
+            "write_requests_run_ahead",
+            "Writes this leader executed while their group commit still waited for the rest of \
+             its writers, instead of after",
+            m.ran_ahead.clone(),
+        );
+        r.register(
             "write_batches_answered_early",
             "Group commits whose writers this leader answered as soon as early replication's \
              answers and its own log flush made a quorum, before openraft counted it",
@@ -338,6 +346,13 @@ impl Metrics {
             m.request_deadlines.clone(),
         );
         m
+    }
+
+    /// Counts writes executed while their group commit gathered (`node::write_path`).
+    pub fn ran_ahead(&self, writes: usize) {
+        if writes > 0 {
+            self.ran_ahead.inc_by(writes as u64);
+        }
     }
 
     /// Counts a group commit committed in place before its apply (`node::write_path`).

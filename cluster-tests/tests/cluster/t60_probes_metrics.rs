@@ -294,6 +294,12 @@ async fn concurrent_writers_share_group_commits() {
         early >= 10.0,
         "{early} of {count} group commits committed in place before their apply:\n{text}"
     );
+    // While a batch waited for the last of the four, the leader ran the writes already there.
+    let ahead = metric_value(&text, "raftlite_write_requests_run_ahead_total ");
+    assert!(
+        ahead >= 10.0,
+        "{ahead} of {requests} writes ran while their group commit gathered:\n{text}"
+    );
 
     info!("phase 3: four writers that pause between writes are not waited for");
     let waits = |text: &str| {

@@ -178,6 +178,27 @@ pub struct Executor {
     /// The batch this connection keeps open for its commit in place: its delta's tag and base
     /// version.
     open_batch: Option<(u64, u64)>,
+    /// The next batch's requests run so far while the batcher still gathers its writers (see
+    /// [`Executor::run_ahead`]).
+    ahead: Option<Ahead>,
+}
+
+/// The requests of a batch run before the batch is complete ([`Executor::run_ahead`]).
+#[derive(Default)]
+struct Ahead {
+    requests: Vec<WriteRequest>,
+    fatal: Vec<Option<DbError>>,
+    /// The attempt holding their changes; `None` once rolled back (something else needed the
+    /// connection, or a request failed it): the whole batch then runs again.
+    run: Option<Run>,
+}
+
+/// One attempt at a batch: its open transaction, and what its requests did so far.
+struct Run {
+    open: OpenTransaction,
+    outcomes: Vec<WriteOutcome>,
+    executed_any: bool,
+    now_ms: i64,
 }
 
 /// Serialises the executor's batches and the applier's applies on one node: both take
@@ -294,14 +315,6 @@ pub enum TransactionStep {
     Ended(DbError),
 }
 
-/// How a single attempt at a batch ended.
-enum Attempt {
-    Done(ExecutedBatch),
-    /// A client statement rolled back the whole transaction (e.g. `INSERT OR ROLLBACK`,
-    /// `RAISE(ROLLBACK)`); that request is now marked failed and the batch runs again.
-    Retry,
-}
-
 /// A client statement: from the statement cache, or prepared afresh when its text could name a
 /// cached internal statement (see `internal::is_internal_sql`).
 enum CachedOrNot<'c> {
@@ -370,6 +383,7 @@ impl Executor {
             links: true,
             in_place: false,
             open_batch: None,
+            ahead: None,
         })
     }
 
@@ -405,26 +419,148 @@ impl Executor {
         pipeline: Pipeline,
     ) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
+        self.end_run_ahead()?;
+        self.ahead = None;
+        self.run_batch_on(batch, pipeline, Ahead::default())
+    }
+
+    /// [`Executor::execute_batch`] of a batch whose first `ran_ahead` requests were given to
+    /// [`Executor::run_ahead`] already, and `rest` after them: the attempt they ran in goes
+    /// on. A batch whose first requests are not those fails whole (`Internal`), unexecuted.
+    pub fn execute_batch_after(
+        &mut self,
+        ran_ahead: usize,
+        rest: &[WriteRequest],
+    ) -> Result<ExecutedBatch> {
+        self.refuse_if_in_transaction()?;
+        let mut ahead = self.ahead.take().unwrap_or_default();
+        if ahead.requests.len() != ran_ahead {
+            let had = ahead.requests.len();
+            self.ahead = Some(ahead);
+            self.end_run_ahead()?;
+            self.ahead = None;
+            return Err(DbError::Internal(format!(
+                "a write batch was run ahead with {had} requests, not {ran_ahead}"
+            )));
+        }
+        let requests = std::mem::take(&mut ahead.requests);
+        let batch = [requests, rest.to_vec()].concat();
+        self.run_batch_on(&batch, Pipeline::Settled, ahead)
+    }
+
+    /// Runs `more` requests of the next batch now, while the batcher still waits for the
+    /// rest of its writers: on the settled state, in a transaction kept open (and recorded in
+    /// the gate, as a batch kept open for its commit in place is) until
+    /// [`Executor::execute_batch_after`] runs the rest and captures the whole batch. The time
+    /// a batch takes to execute then overlaps the wait for its last writers. Anything else on
+    /// this connection (the applier's need, a transaction, a lookup's need of the committed
+    /// state) rolls it back; the whole batch then runs again at its capture. An error here is
+    /// for the log only: the capture runs the batch again and answers for it.
+    pub fn run_ahead(&mut self, more: Vec<WriteRequest>) -> Result<()> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        let mut ahead = match self.ahead.take() {
+            Some(ahead) => ahead,
+            None => {
+                self.end_open_batch_held(&mut held)?;
+                self.chain.clear();
+                Ahead::default()
+            }
+        };
+        ahead.requests.extend(more);
+        ahead.fatal.resize(ahead.requests.len(), None);
+        let ran = match self.transaction {
+            Some(_) => Ok(()),
+            None => self.run_ahead_held(&mut held, &mut ahead),
+        };
+        self.ahead = Some(ahead);
+        ran
+    }
+
+    fn run_ahead_held(&mut self, held: &mut GateState, ahead: &mut Ahead) -> Result<()> {
+        loop {
+            let mut run = match ahead.run.take() {
+                Some(run) => run,
+                None => {
+                    let run = self.start_run()?;
+                    self.gate.set_batch_open(held, true);
+                    run
+                }
+            };
+            let ran = self.run_requests(&mut run, &ahead.requests, &mut ahead.fatal);
+            if let Ok(true) = ran {
+                ahead.run = Some(run);
+                return Ok(());
+            }
+            let ended = self.end_transaction();
+            if ended.is_ok() {
+                self.gate.set_batch_open(held, false);
+            }
+            ended?;
+            ran?;
+        }
+    }
+
+    /// Rolls back the transaction of the requests run ahead, if any (they run again at the
+    /// batch's capture). The gate is told only once it is gone, as for a batch kept open.
+    fn end_run_ahead_held(&mut self, held: &mut GateState) -> Result<()> {
+        if let Some(ahead) = &mut self.ahead {
+            if ahead.run.take().is_some() {
+                self.end_transaction()?;
+                self.gate.set_batch_open(held, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn end_run_ahead(&mut self) -> Result<()> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        self.end_run_ahead_held(&mut held)
+    }
+
+    /// Runs `batch`, going on with the attempt `ahead` holds if any, and captures it.
+    fn run_batch_on(
+        &mut self,
+        batch: &[WriteRequest],
+        pipeline: Pipeline,
+        ahead: Ahead,
+    ) -> Result<ExecutedBatch> {
+        let Ahead {
+            mut fatal, mut run, ..
+        } = ahead;
         match pipeline {
             Pipeline::Settled => self.chain.clear(),
             Pipeline::OnTop(link) => self.chain.extend(link),
         }
         let gate = self.gate.clone();
         let mut held = gate.hold();
+        if run.is_some() {
+            // Its transaction is this batch's now: recorded again below if kept open.
+            self.gate.set_batch_open(&mut held, false);
+        }
         self.end_open_batch_held(&mut held)?;
-        let mut fatal: Vec<Option<DbError>> = vec![None; batch.len()];
+        fatal.resize(batch.len(), None);
         loop {
-            self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
-            let attempt = self.run_batch(batch, &mut fatal);
-            match attempt {
-                Ok(Attempt::Done(executed)) => {
+            let mut attempt = match run.take() {
+                Some(run) => run,
+                None => self.start_run()?,
+            };
+            match self
+                .run_requests(&mut attempt, batch, &mut fatal)
+                .and_then(|complete| match complete {
+                    true => self.finish_run(attempt).map(Some),
+                    false => Ok(None),
+                }) {
+                Ok(Some(executed)) => {
                     match &executed.delta {
                         Some(delta) if self.in_place => self.keep_open(&mut held, delta),
                         _ => self.end_transaction()?,
                     }
                     return Ok(executed);
                 }
-                Ok(Attempt::Retry) => self.end_transaction()?,
+                // A request ended the whole transaction: it is marked failed, run again.
+                Ok(None) => self.end_transaction()?,
                 Err(e) => {
                     let _ = self.end_transaction();
                     return Err(e);
@@ -507,6 +643,7 @@ impl Executor {
     /// The gate is told the batch is gone only once it is: a failed `ROLLBACK` leaves it
     /// recorded, and the applier refuses to wait on its lock.
     fn end_open_batch_held(&mut self, held: &mut GateState) -> Result<()> {
+        self.end_run_ahead_held(held)?;
         if self.open_batch.is_some() {
             self.end_transaction()?;
             self.open_batch = None;
@@ -585,30 +722,48 @@ impl Executor {
         Ok(delta)
     }
 
-    fn run_batch(
+    /// Begins an attempt at a batch: `BEGIN IMMEDIATE` and the capture's start.
+    fn start_run(&mut self) -> Result<Run> {
+        self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
+        let open = match self.start_capture() {
+            Ok(open) => open,
+            Err(e) => {
+                let _ = self.end_transaction();
+                return Err(e);
+            }
+        };
+        self.result_budget = MAX_BATCH_RESULT_BYTES;
+        Ok(Run {
+            open,
+            outcomes: Vec::new(),
+            executed_any: false,
+            now_ms: unix_millis(),
+        })
+    }
+
+    /// Runs the requests of `batch` the attempt has not run yet, each in its own savepoint.
+    /// `false`: a request ended the whole transaction; it is marked in `fatal`, and the batch
+    /// must run again from the start without it.
+    fn run_requests(
         &mut self,
+        run: &mut Run,
         batch: &[WriteRequest],
         fatal: &mut [Option<DbError>],
-    ) -> Result<Attempt> {
-        let open = self.start_capture()?;
-        let now_ms = unix_millis();
-        self.result_budget = MAX_BATCH_RESULT_BYTES;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut executed_any = false;
-        for (i, request) in batch.iter().enumerate() {
+    ) -> Result<bool> {
+        for (i, request) in batch.iter().enumerate().skip(run.outcomes.len()) {
             if let Some(e) = &fatal[i] {
-                outcomes.push(WriteOutcome::Failed(e.clone()));
+                run.outcomes.push(WriteOutcome::Failed(e.clone()));
                 continue;
             }
             if let Some(refused) = refuse_vacuum(&request.statements) {
-                outcomes.push(WriteOutcome::Failed(refused));
+                run.outcomes.push(WriteOutcome::Failed(refused));
                 continue;
             }
             let id = request.request_id.as_str();
             if !id.is_empty() {
                 let _guard = self.lockdown.internal();
                 if let Some(stored) = internal::lookup_request(&self.conn, id)? {
-                    outcomes.push(WriteOutcome::Duplicate(stored));
+                    run.outcomes.push(WriteOutcome::Duplicate(stored));
                     continue;
                 }
             }
@@ -621,30 +776,41 @@ impl Executor {
                 Ok(results) => {
                     let _guard = self.lockdown.internal();
                     if !id.is_empty() {
-                        internal::record_request(&self.conn, id, &results, now_ms)?;
+                        internal::record_request(&self.conn, id, &results, run.now_ms)?;
                     }
                     self.internal_sql(RELEASE)?;
-                    outcomes.push(WriteOutcome::Executed(results));
-                    executed_any = true;
+                    run.outcomes.push(WriteOutcome::Executed(results));
+                    run.executed_any = true;
                 }
                 Err(e) if self.conn.is_autocommit() => {
                     // The statement ended the whole transaction; redo the batch without it.
                     fatal[i] = Some(e);
-                    return Ok(Attempt::Retry);
+                    return Ok(false);
                 }
                 Err(e) => {
                     self.internal_sql(ROLLBACK_TO)?;
                     self.internal_sql(RELEASE)?;
-                    outcomes.push(WriteOutcome::Failed(e));
+                    run.outcomes.push(WriteOutcome::Failed(e));
                 }
             }
         }
+        Ok(true)
+    }
+
+    /// Captures the attempt's delta, once every request ran (none if nothing changed).
+    fn finish_run(&mut self, run: Run) -> Result<ExecutedBatch> {
+        let Run {
+            open,
+            outcomes,
+            executed_any,
+            now_ms,
+        } = run;
         if !executed_any {
-            return Ok(Attempt::Done(ExecutedBatch {
+            return Ok(ExecutedBatch {
                 delta: None,
                 outcomes,
                 link: None,
-            }));
+            });
         }
         let _guard = self.lockdown.internal();
         self.batches_since_prune += 1;
@@ -654,11 +820,11 @@ impl Executor {
             internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
         }
         let (delta, link) = self.finish_capture(open)?;
-        Ok(Attempt::Done(ExecutedBatch {
+        Ok(ExecutedBatch {
             delta: Some(delta),
             outcomes,
             link,
-        }))
+        })
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the
@@ -987,7 +1153,7 @@ impl Executor {
     /// With a batch open for its commit in place, the committed state is read through the
     /// read-only connection instead, and the batch stays open.
     pub fn request_recorded(&self, request_id: &str) -> Result<bool> {
-        if self.open_batch.is_some() {
+        if self.open_batch.is_some() || self.ahead.as_ref().is_some_and(|a| a.run.is_some()) {
             return internal::request_recorded(&self.base, request_id);
         }
         let _guard = self.lockdown.internal();

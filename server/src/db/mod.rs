@@ -399,22 +399,36 @@ impl ExecutorHandle {
 
     /// See [`Executor::execute_batch_on`]. Runs on the calling thread, and blocks it: the
     /// write batcher's own (see `node::write_path::spawn_batcher`).
+    /// `ran_ahead`: how many of the batch's first requests were given to
+    /// [`ExecutorHandle::run_ahead`] already (`batch` is the rest; the pipeline is then
+    /// `Settled`).
     pub fn execute_batch_on(
         &self,
         batch: Vec<WriteRequest>,
         pipeline: Pipeline,
+        ran_ahead: usize,
     ) -> Result<ExecutedBatch> {
         // On the batcher's own thread: a batch's two hand-offs to the executor thread and
         // back took about 130 µs of a 1-row write (BENCHMARKS.md, session 10).
         self.worker.call_here(move |executor| {
             let started = std::time::Instant::now();
-            let executed = executor.execute_batch_on(&batch, pipeline);
+            let executed = match ran_ahead {
+                0 => executor.execute_batch_on(&batch, pipeline),
+                n => executor.execute_batch_after(n, &batch),
+            };
             tracing::debug!(
                 on_thread_us = started.elapsed().as_micros() as u64,
                 "write batch executed"
             );
             executed
         })
+    }
+
+    /// See [`Executor::run_ahead`]. Runs on the calling thread, like
+    /// [`ExecutorHandle::execute_batch_on`].
+    pub fn run_ahead(&self, requests: Vec<WriteRequest>) -> Result<()> {
+        self.worker
+            .call_here(move |executor| executor.run_ahead(requests))
     }
 
     /// See [`Executor::commit_early`]. Runs on the calling thread, like

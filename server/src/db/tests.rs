@@ -2041,7 +2041,7 @@ async fn write_pipelined(
             apply_both(c, in_flight.pop_front().context("in flight")?).await?;
         }
         let pipeline = Pipeline::OnTop(link.take());
-        let result = c.executor.execute_batch_on(batch.clone(), pipeline)?;
+        let result = c.executor.execute_batch_on(batch.clone(), pipeline, 0)?;
         for (request, outcome) in batch.iter().zip(&result.outcomes) {
             if matches!(outcome, WriteOutcome::Executed(_)) {
                 c.reference_commit(request)?;
@@ -2108,7 +2108,7 @@ async fn batches_on_top_of_deltas_in_flight_match_the_reference() -> TestResult 
         // Request ids the chain recorded are found by the next batches (replayed: duplicates).
         let replay = c
             .executor
-            .execute_batch_on(batches[0].clone(), Pipeline::Settled)?;
+            .execute_batch_on(batches[0].clone(), Pipeline::Settled, 0)?;
         ensure!(matches!(replay.outcomes[0], WriteOutcome::Duplicate(_)));
         batches = batches
             .iter()
@@ -2134,10 +2134,12 @@ async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
     let first = c.executor.execute_batch_on(
         vec![req("", &["INSERT INTO t(a) VALUES('lost')"])],
         Pipeline::Settled,
+        0,
     )?;
     let on_top = c.executor.execute_batch_on(
         vec![req("", &["INSERT INTO t(a) VALUES('after the lost one')"])],
         Pipeline::OnTop(first.link),
+        0,
     )?;
     let lost = first.delta.context("a delta")?;
     let on_top_tags = on_top
@@ -2170,6 +2172,7 @@ async fn a_delta_whose_parent_was_lost_is_skipped() -> TestResult {
     let stale = c.executor.execute_batch_on(
         vec![req("", &["INSERT INTO t(a) VALUES('never')"])],
         Pipeline::OnTop(on_top.link),
+        0,
     );
     ensure!(
         matches!(&stale, Err(DbError::Stale(m)) if m.contains("out of step")),
@@ -2643,5 +2646,149 @@ async fn client_tables_cannot_reference_raftlites_tables() -> TestResult {
         "{step:?}"
     );
     c.executor.rollback().await?;
+    Ok(())
+}
+
+/// Runs `ahead` (in groups, as a gathering batch gets its writers) and then `rest` as one
+/// batch, applies its delta on both nodes and commits what executed on the reference.
+async fn write_run_ahead(
+    c: &Cluster,
+    ahead: &[Vec<WriteRequest>],
+    rest: Vec<WriteRequest>,
+) -> anyhow::Result<ExecutedBatch> {
+    let mut given = 0;
+    for group in ahead {
+        given += group.len();
+        // An error here is the capture's to report: it runs the batch again.
+        let _ = c.executor.run_ahead(group.clone());
+    }
+    let result = c
+        .executor
+        .execute_batch_on(rest.clone(), Pipeline::Settled, given)?;
+    if let Some(delta) = &result.delta {
+        apply_both(c, PageDelta::decode(&delta.encode())?).await?;
+    }
+    let all: Vec<WriteRequest> = ahead.iter().flatten().cloned().chain(rest).collect();
+    ensure!(all.len() == result.outcomes.len(), "an outcome per request");
+    for (request, outcome) in all.iter().zip(&result.outcomes) {
+        if matches!(outcome, WriteOutcome::Executed(_)) {
+            c.reference_commit(request)?;
+        }
+    }
+    Ok(result)
+}
+
+/// Writes the executor runs while their batch still gathers its writers form one batch with
+/// the rest: one delta, an outcome each in order, byte-identical replicas; one that ends the
+/// whole transaction fails alone, and the others run again without it.
+#[tokio::test]
+async fn writes_run_ahead_join_the_rest_of_their_batch() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&["CREATE TABLE k(id INTEGER PRIMARY KEY, v TEXT UNIQUE NOT NULL)"])
+        .await?;
+    let version = c.leader.version().await?;
+    let result = write_run_ahead(
+        &c,
+        &[
+            vec![req("a1", &["INSERT INTO k(v) VALUES('a')"])],
+            vec![
+                req("a2", &["INSERT INTO k(v) VALUES('a')"]),
+                // Ends the whole transaction: everything run ahead runs again without it.
+                req("a3", &["INSERT OR ROLLBACK INTO k(v) VALUES('a')"]),
+                req("a4", &["INSERT INTO k(v) VALUES('b')"]),
+            ],
+        ],
+        vec![req("a5", &["INSERT INTO k(v) VALUES('c')"])],
+    )
+    .await?;
+    executed(&result.outcomes[0])?;
+    ensure!(matches!(
+        failed(&result.outcomes[1])?,
+        DbError::Constraint(_)
+    ));
+    ensure!(matches!(
+        failed(&result.outcomes[2])?,
+        DbError::Constraint(_)
+    ));
+    executed(&result.outcomes[3])?;
+    executed(&result.outcomes[4])?;
+    ensure!(c.leader.version().await? == version + 1, "one delta");
+    c.verify("run ahead")?;
+    let conn = Connection::open(c.follower.path())?;
+    let values: Vec<String> = conn
+        .prepare("SELECT v FROM k ORDER BY v")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ensure!(values == ["a", "b", "c"], "{values:?}");
+    // A retried id run ahead is answered from the table, not run twice.
+    let retried = write_run_ahead(
+        &c,
+        &[vec![req("a4", &["INSERT INTO k(v) VALUES('b')"])]],
+        vec![],
+    )
+    .await?;
+    ensure!(matches!(retried.outcomes[0], WriteOutcome::Duplicate(_)));
+    ensure!(retried.delta.is_none());
+    ensure!(!c.leader.gate.batch_open(), "nothing kept open");
+    Ok(())
+}
+
+/// While writes run ahead, their transaction is recorded in the gate as a batch kept open: a
+/// delta applied meanwhile (another leader's) rolls it back instead of waiting on SQLite's
+/// lock (here 200 ms, then `SQLITE_BUSY`), and the batch runs again, on the new state, at its
+/// capture. A capture told of more or fewer requests run ahead than were fails, unexecuted.
+#[tokio::test]
+async fn a_delta_applied_while_writes_run_ahead_goes_first() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 2,
+        busy_timeout: Duration::from_millis(200),
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let other_leader = c.leader.open_executor()?;
+    let other_request = req("other", &[&insert_rows(5, 9)]);
+    let other = other_leader
+        .execute_batch(vec![other_request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+    drop(other_leader);
+
+    let ahead = req("ahead", &[&insert_rows(30, 7)]);
+    c.executor.run_ahead(vec![ahead.clone()])?;
+    ensure!(c.leader.gate.batch_open(), "the run ahead is not recorded");
+    apply_both(&c, other).await?;
+    c.reference_commit(&other_request)?;
+    ensure!(!c.leader.gate.batch_open());
+    let last = req("last", &[&insert_rows(2, 3)]);
+    let result = c
+        .executor
+        .execute_batch_on(vec![last.clone()], Pipeline::Settled, 1)?;
+    executed(&result.outcomes[0])?;
+    executed(&result.outcomes[1])?;
+    apply_both(
+        &c,
+        PageDelta::decode(&result.delta.context("a delta")?.encode())?,
+    )
+    .await?;
+    c.reference_commit(&ahead)?;
+    c.reference_commit(&last)?;
+    c.verify("run ahead after another leader's delta")?;
+
+    let version = c.leader.version().await?;
+    c.executor
+        .run_ahead(vec![req("x", &["INSERT INTO t(a) VALUES('x')"])])?;
+    let result = c.executor.execute_batch_on(
+        vec![req("y", &["INSERT INTO t(a) VALUES('y')"])],
+        Pipeline::Settled,
+        2,
+    );
+    ensure!(
+        matches!(&result, Err(DbError::Internal(m)) if m.contains("run ahead")),
+        "two counted ahead, one given: {result:?}"
+    );
+    ensure!(!c.leader.gate.batch_open(), "the run ahead stayed open");
+    ensure!(c.leader.version().await? == version);
+    c.verify("a miscounted batch ran nothing")?;
     Ok(())
 }

@@ -137,13 +137,17 @@ async fn run_batcher(
             false => Some(pipe.next(&node).await),
         };
         take_queued(&mut queue, &mut batch, &mut begin, max_batch);
+        let mut ahead = RunAhead::new(&executor);
         if let Some(last) = pipe.gathers_after(&place) {
             let waited = returns
-                .gather(&mut queue, &mut batch, &mut begin, max_batch, last)
+                .gather(
+                    &mut queue, &mut batch, &mut begin, max_batch, last, &mut ahead,
+                )
                 .await;
             if let Some(waited) = waited {
                 node.metrics.observe_gather_wait(waited);
             }
+            node.metrics.ran_ahead(ahead.given);
         }
         returns.last_batch = batch.len();
         if let Some(place) = place {
@@ -154,7 +158,7 @@ async fn run_batcher(
             for w in &batch[1..] {
                 span.follows_from(&w.span);
             }
-            process_batch(&node, &executor, batch, place, &mut pipe)
+            process_batch(&node, &executor, batch, place, ahead.given, &mut pipe)
                 .instrument(span)
                 .await;
         }
@@ -201,7 +205,8 @@ impl Returns {
     /// into two batches: BENCHMARKS.md, session 16). Writers that pause between writes do
     /// not come back in that time; the share that did is what the next batch expects, so
     /// they are not waited for. (Tokio's timers tick in milliseconds: a wait ends on the tick
-    /// after its deadline.)
+    /// after its deadline.) While it waits, the executor runs the writes already there
+    /// (`ahead`): the batch's execution overlaps the wait for its last writers.
     async fn gather(
         &mut self,
         queue: &mut mpsc::Receiver<WriteJob>,
@@ -209,6 +214,7 @@ impl Returns {
         begin: &mut Option<super::transaction::PendingBegin>,
         max_batch: usize,
         last: &Answered,
+        ahead: &mut RunAhead<'_>,
     ) -> Option<Duration> {
         // Every write in the batch but these came after the answer.
         let waiting = batch.iter().filter(|w| w.queued < last.at).count();
@@ -220,8 +226,12 @@ impl Returns {
             let wait = last.took.min(MAX_GATHER_WAIT);
             let deadline = tokio::time::Instant::from_std(started + wait);
             while begin.is_none() && batch.len() < target {
+                ahead.catch_up(batch);
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(WriteJob::Write(w))) => batch.push(w),
+                    Ok(Some(WriteJob::Write(w))) => {
+                        batch.push(w);
+                        take_queued(queue, batch, begin, max_batch);
+                    }
                     Ok(Some(WriteJob::Begin(b))) => *begin = Some(b),
                     Ok(None) | Err(_) => break,
                 }
@@ -242,6 +252,44 @@ impl Returns {
             "write batch gathered"
         );
         waited
+    }
+}
+
+/// The writes of a gathering batch the executor ran already ([`ExecutorHandle::run_ahead`]);
+/// its capture runs the rest after them.
+struct RunAhead<'e> {
+    executor: &'e ExecutorHandle,
+    /// Writes of the batch looked at...
+    seen: usize,
+    /// ...and of those, the ones given to the executor: all but VACUUMs, which run alone.
+    given: usize,
+}
+
+impl<'e> RunAhead<'e> {
+    fn new(executor: &'e ExecutorHandle) -> Self {
+        RunAhead {
+            executor,
+            seen: 0,
+            given: 0,
+        }
+    }
+
+    /// Runs the writes that joined `batch` since the last call.
+    fn catch_up(&mut self, batch: &[PendingWrite]) {
+        let requests: Vec<WriteRequest> = batch[self.seen..]
+            .iter()
+            .filter(|w| !crate::db::is_vacuum(&w.request))
+            .map(|w| w.request.clone())
+            .collect();
+        self.seen = batch.len();
+        if requests.is_empty() {
+            return;
+        }
+        // Given even if they fail to run: the capture runs the whole batch again then.
+        self.given += requests.len();
+        if let Err(e) = self.executor.run_ahead(requests) {
+            tracing::debug!(error = %e, "running a gathering batch's writes failed; they run at its capture");
+        }
     }
 }
 
@@ -366,6 +414,7 @@ async fn process_batch(
     executor: &ExecutorHandle,
     batch: Vec<PendingWrite>,
     place: Result<Pipeline, NodeError>,
+    ran_ahead: usize,
     pipe: &mut Pipe,
 ) {
     let (vacuums, writes): (Vec<_>, Vec<_>) = batch
@@ -373,7 +422,7 @@ async fn process_batch(
         .partition(|w| crate::db::is_vacuum(&w.request));
     if !writes.is_empty() {
         match place {
-            Ok(pipeline) => commit_batch(node, executor, writes, pipeline, pipe).await,
+            Ok(pipeline) => commit_batch(node, executor, writes, pipeline, ran_ahead, pipe).await,
             Err(e) => refuse(writes, &e),
         }
     }
@@ -402,12 +451,16 @@ async fn commit_batch(
     executor: &ExecutorHandle,
     batch: Vec<PendingWrite>,
     pipeline: Pipeline,
+    ran_ahead: usize,
     pipe: &mut Pipe,
 ) {
     let started = Instant::now();
     crate::stamp!("batch.start", 0);
-    let requests: Vec<WriteRequest> = batch.iter().map(|w| w.request.clone()).collect();
-    let executed = executor.execute_batch_on(requests, pipeline);
+    let requests: Vec<WriteRequest> = batch[ran_ahead..]
+        .iter()
+        .map(|w| w.request.clone())
+        .collect();
+    let executed = executor.execute_batch_on(requests, pipeline, ran_ahead);
     let ExecutedBatch {
         delta,
         outcomes,
@@ -854,7 +907,7 @@ async fn too_large(
             match pipe.settle(node).await {
                 Ok(()) => {
                     let settled = Pipeline::Settled;
-                    Box::pin(commit_batch(node, executor, vec![w], settled, pipe)).await
+                    Box::pin(commit_batch(node, executor, vec![w], settled, 0, pipe)).await
                 }
                 Err(e) => refuse(vec![w], &e),
             }
