@@ -6,10 +6,23 @@ use clap::{Parser, Subcommand};
 use raftlite::cli;
 
 /// mimalloc rather than glibc's allocator: at 64 clients `malloc` and `free` were about 16 % of
-/// a leader's CPU; with it, writes ran 3–10 % faster, for about 18 MB more memory held by an
-/// idle node (BENCHMARKS.md, session 16).
+/// a leader's CPU; with it, writes ran 3–10 % faster (BENCHMARKS.md, session 16). See
+/// [`no_transparent_huge_pages`] for its memory.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process (and the nodes it starts). On a host whose
+/// THP setting is `always`, the kernel backed mimalloc's arenas with 2 MiB pages: an idle node
+/// held 37–45 MB instead of 23–26, and each page mimalloc purged and touched again cost a
+/// 2 MiB clear (1–2 % of a loaded leader's CPU). Without them, writes ran as fast
+/// (BENCHMARKS.md, session 17).
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of the process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +73,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse_from(cli::restore::normalize_args(std::env::args_os()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
