@@ -456,8 +456,9 @@ async fn commit_batch(
 ) {
     let started = Instant::now();
     crate::stamp!("batch.start", 0);
-    let requests: Vec<WriteRequest> = batch[ran_ahead..]
+    let requests: Vec<WriteRequest> = batch
         .iter()
+        .skip(ran_ahead)
         .map(|w| w.request.clone())
         .collect();
     let executed = executor.execute_batch_on(requests, pipeline, ran_ahead);
