@@ -67,6 +67,16 @@ fn user_rows(path: &Path) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     Ok(out)
 }
 
+/// The values of table `k(id, v)`, in order.
+fn k_values(path: &Path) -> anyhow::Result<Vec<String>> {
+    let conn = Connection::open(path)?;
+    let values = conn
+        .prepare("SELECT v FROM k ORDER BY v")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(values)
+}
+
 fn integrity(path: &Path) -> anyhow::Result<String> {
     let conn = Connection::open(path)?;
     Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
@@ -316,11 +326,7 @@ async fn failing_request_rolls_back_alone() -> TestResult {
     ));
     executed(&result.outcomes[4])?;
     c.verify("partial batch")?;
-    let conn = Connection::open(c.follower.path())?;
-    let values: Vec<String> = conn
-        .prepare("SELECT v FROM k ORDER BY v")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let values = k_values(c.follower.path())?;
     ensure!(values == ["a", "c", "d"], "{values:?}");
     // a failed request's id is not recorded: the client may retry it
     let retry = c
@@ -2714,11 +2720,7 @@ async fn writes_run_ahead_join_the_rest_of_their_batch() -> TestResult {
     executed(&result.outcomes[4])?;
     ensure!(c.leader.version().await? == version + 1, "one delta");
     c.verify("run ahead")?;
-    let conn = Connection::open(c.follower.path())?;
-    let values: Vec<String> = conn
-        .prepare("SELECT v FROM k ORDER BY v")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let values = k_values(c.follower.path())?;
     ensure!(values == ["a", "b", "c"], "{values:?}");
     // A retried id run ahead is answered from the table, not run twice.
     let retried = write_run_ahead(
