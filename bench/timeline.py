@@ -17,7 +17,7 @@ came first is the one that made it committed.
 
 With `--turnaround N`: what follows a commit notice on the leader whose next batch holds N
 writes (the N-client phase): when the 1st, middle and last responses leave the handlers,
-reach the load generator and come back as the next writes, and when the next batch starts.
+reach the load generator and come back as the next writes, and when the next batch is captured.
 """
 import bisect
 import collections
@@ -136,6 +136,11 @@ def main(directory):
           f'{pct(total, .9):7.1f}')
 
 
+# `batch.start` is stamped where the batch is captured: the writes that came while it
+# gathered ran before (run ahead).
+NEXT = 'the next batch is captured'
+
+
 def turnaround(directory, n):
     processes = [Process(p) for p in glob.glob(directory + '/timeline-*.tsv')]
     client = [p for p in processes if p.times.get('client.send')][0]
@@ -148,7 +153,9 @@ def turnaround(directory, n):
     def after(times, t):
         return times[bisect.bisect_right(times, t):][:n]
 
-    for t in leader.times['sm.apply']:
+    # The writers are answered at `answer` (early commit's notice), before the state
+    # machine's apply; builds without that stamp answered at the apply.
+    for t in leader.times.get('answer') or leader.times['sm.apply']:
         b = bisect.bisect_right(starts, t)
         if b >= len(starts):
             continue
@@ -161,10 +168,10 @@ def turnaround(directory, n):
             if len(times) == n:
                 for k in picks:
                     rows[f'{k + 1} of {n}: {name}'].append((times[k] - t) / 1000)
-        rows['the next batch starts'].append((starts[b] - t) / 1000)
+        rows[NEXT].append((starts[b] - t) / 1000)
     if not rows:
         sys.exit(f'{directory}: no batch of {n} writers')
-    print(f'{len(rows["the next batch starts"])} commit notices followed by a batch of {n}; '
+    print(f'{len(rows[NEXT])} commit notices followed by a batch of {n}; '
           'µs after the notice')
     for name, values in rows.items():
         print(f'{name:<45} {pct(values, .1):7.0f} {pct(values, .5):7.0f} '
