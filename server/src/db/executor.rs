@@ -419,8 +419,6 @@ impl Executor {
         pipeline: Pipeline,
     ) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
-        self.end_run_ahead()?;
-        self.ahead = None;
         self.run_batch_on(batch, pipeline, Ahead::default())
     }
 
@@ -430,21 +428,20 @@ impl Executor {
     pub fn execute_batch_after(
         &mut self,
         ran_ahead: usize,
-        rest: &[WriteRequest],
+        rest: Vec<WriteRequest>,
     ) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
-        let mut ahead = self.ahead.take().unwrap_or_default();
-        if ahead.requests.len() != ran_ahead {
-            let had = ahead.requests.len();
-            self.ahead = Some(ahead);
-            self.end_run_ahead()?;
+        let had = self.ahead.as_ref().map_or(0, |a| a.requests.len());
+        if had != ran_ahead {
+            self.end_open_batch()?;
             self.ahead = None;
             return Err(DbError::Internal(format!(
                 "a write batch was run ahead with {had} requests, not {ran_ahead}"
             )));
         }
-        let requests = std::mem::take(&mut ahead.requests);
-        let batch = [requests, rest.to_vec()].concat();
+        let mut ahead = self.ahead.take().unwrap_or_default();
+        let mut batch = std::mem::take(&mut ahead.requests);
+        batch.extend(rest);
         self.run_batch_on(&batch, Pipeline::Settled, ahead)
     }
 
@@ -513,13 +510,8 @@ impl Executor {
         Ok(())
     }
 
-    fn end_run_ahead(&mut self) -> Result<()> {
-        let gate = self.gate.clone();
-        let mut held = gate.hold();
-        self.end_run_ahead_held(&mut held)
-    }
-
-    /// Runs `batch`, going on with the attempt `ahead` holds if any, and captures it.
+    /// Runs `batch`, going on with the attempt `ahead` holds if any, and captures it. Writes
+    /// run ahead and not given here (a batch run without them) are rolled back and dropped.
     fn run_batch_on(
         &mut self,
         batch: &[WriteRequest],
@@ -540,6 +532,7 @@ impl Executor {
             self.gate.set_batch_open(&mut held, false);
         }
         self.end_open_batch_held(&mut held)?;
+        self.ahead = None;
         fatal.resize(batch.len(), None);
         loop {
             let mut attempt = match run.take() {

@@ -414,7 +414,7 @@ impl ExecutorHandle {
             let started = std::time::Instant::now();
             let executed = match ran_ahead {
                 0 => executor.execute_batch_on(&batch, pipeline),
-                n => executor.execute_batch_after(n, &batch),
+                n => executor.execute_batch_after(n, batch),
             };
             tracing::debug!(
                 on_thread_us = started.elapsed().as_micros() as u64,
