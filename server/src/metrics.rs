@@ -51,7 +51,8 @@ pub struct ReadIndexLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EarlyLabels {
-    /// sent (to one follower), or used (its answer stood in for openraft's request).
+    /// sent (to one follower), used (its answer stood in for openraft's request), or carried
+    /// (it carried the commit index of openraft's request without entries, not sent then).
     pub answer: &'static str,
 }
 
@@ -315,7 +316,8 @@ impl Metrics {
             "replication_early_appends",
             "AppendEntries this leader sent to a follower as it appended the entries, before its \
              own log flush (answer=\"sent\"), and those whose answer stood in for openraft's \
-             own request (answer=\"used\")",
+             own request (answer=\"used\"), or carried the commit index of openraft's own request \
+             without entries, which then was not sent (answer=\"carried\")",
             m.early_appends.clone(),
         );
         r.register(
@@ -375,6 +377,7 @@ impl Metrics {
         crate::peer::early::Counts {
             sent: counter("sent"),
             used: counter("used"),
+            carried: counter("carried"),
         }
     }
 

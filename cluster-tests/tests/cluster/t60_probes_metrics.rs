@@ -149,6 +149,16 @@ async fn readiness_liveness_and_metrics() {
         early_used >= 10.0 && early_sent >= early_used,
         "early AppendEntries: {early_sent} sent, {early_used} used"
     );
+    // openraft's AppendEntries that only tell a follower of a commit waited for the next
+    // early one, which carried the commit index, and were not sent themselves.
+    let carried = metric_value(
+        &text,
+        "raftlite_replication_early_appends_total{answer=\"carried\"} ",
+    );
+    assert!(
+        carried >= 10.0,
+        "{carried} commit notices carried by early AppendEntries ({early_sent} sent)"
+    );
     // Most of those writes were answered once the early answers made a quorum.
     let answered_early = metric_value(&text, "raftlite_write_batches_answered_early_total ");
     assert!(

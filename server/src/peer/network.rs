@@ -22,7 +22,7 @@ use raftlite_proto::v1::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 
 use super::dialer::PeerProtoClient;
-use super::early::{EarlyReplication, Slot};
+use super::early::{EarlyReplication, Slot, COMMIT_HOLD};
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
 use crate::node::lease::LeaderLease;
@@ -220,6 +220,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // AppendEntries continuing the previous one, so the follower never refuses a batch the
         // leader assembled from entries it accepted one by one.
         let term = rpc.vote.leader_id().term;
+        let called = Instant::now();
         crate::stamp!(
             "repl.call",
             rpc.entries.last().map_or(0, |e| e.log_id.index)
@@ -236,6 +237,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 self.lease.acknowledged(self.link.target, term, sent);
                 return Ok(AppendEntriesResponse::Success);
             }
+        }
+        // Only a new commit index: the next early request carries it.
+        let hold = COMMIT_HOLD.min(option.hard_ttl() / 4);
+        if let Some(sent) = self.early.carried(&rpc, called, hold).await {
+            self.lease.acknowledged(self.link.target, term, sent);
+            return Ok(AppendEntriesResponse::Success);
         }
         let sent = Instant::now();
         let mut reply = AppendEntriesResponse::Success;
