@@ -503,33 +503,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = records.last().map(|(index, _)| *index);
         crate::stamp!("log.append", upto.unwrap_or(0));
         let cache = self.pending.clone();
-        // A leader's own entries go to the writer's thread: its core goes on (early replication
-        // is already on its way). Anyone else's are written here: a follower's core answers
-        // the AppendEntries only after the flush, and a hand-off to the writer's thread and
-        // back would cost two thread wake-ups per write.
-        let write = if flushed.is_some() {
-            WalWriter::append
-        } else {
-            WalWriter::append_here
-        };
-        write(
-            &self.wal,
-            records,
-            Box::new(move |result| {
-                crate::stamp!("log.flushed", upto.unwrap_or(0));
-                if let (Ok(()), Some(upto)) = (&result, upto) {
-                    cache
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .mark_durable(upto);
-                    if let Some((commit, vote)) = flushed {
-                        commit.flushed(vote, upto);
+        self.wal
+            .append(
+                records,
+                Box::new(move |result| {
+                    crate::stamp!("log.flushed", upto.unwrap_or(0));
+                    if let (Ok(()), Some(upto)) = (&result, upto) {
+                        cache
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .mark_durable(upto);
+                        if let Some((commit, vote)) = flushed {
+                            commit.flushed(vote, upto);
+                        }
                     }
-                }
-                callback.log_io_completed(result);
-            }),
-        )
-        .map_err(write_err)?;
+                    callback.log_io_completed(result);
+                }),
+            )
+            .map_err(write_err)?;
         if let Some(push) = early {
             push();
         }

@@ -6,10 +6,9 @@
 //! nothing of openraft; `log_store` puts the Raft types on top.
 //!
 //! - **Append**: every record of a batch goes to the last segment in ONE `pwrite` and ONE
-//!   `fdatasync`; only then does the batch count as written. [`WalWriter`] groups every
-//!   append queued at that moment into one such batch (group commit) and calls each append's
-//!   completion after the sync, on a thread of its own or, for a caller that waits for the
-//!   flush anyway (a follower's openraft core), on the caller's thread. When the last segment has reached its target
+//!   `fdatasync`; only then does the batch count as written. [`WalWriter`] is the thread that
+//!   groups every append queued at that moment into one such batch (group commit) and calls
+//!   each append's completion after the sync. When the last segment has reached its target
 //!   size, the next batch starts a new segment, created and synced (file and directory)
 //!   before any record goes into it, so every segment but the last is complete on disk.
 //!   A small batch that extends the file also writes 1 MiB of zeros after itself, so the
@@ -39,12 +38,11 @@
 
 mod segment;
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{mpsc, Arc, RwLock};
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -610,48 +608,13 @@ enum Op {
 /// A group-commit batch stops growing past this many payload bytes.
 const GROUP_BYTES: usize = 64 << 20;
 
-/// The writer of a [`Wal`]: runs operations in the order they were queued, and writes every
-/// append queued at the moment it starts a batch with one write and one `fdatasync`, then
-/// calls each append's completion in order.
-///
-/// Operations run on a thread of their own ("raft-wal-writer"), except an append given to
-/// [`WalWriter::append_here`] while nothing is being written: that one runs on the caller's
-/// thread at once, with anything queued before it, which saves the hand-off to the writer's
-/// thread and the wake-up back (a follower's openraft core waits for its flush anyway).
-/// Whoever is writing takes what is queued meanwhile, so the order holds either way.
+/// The thread that owns a [`Wal`]: runs operations in the order they were queued, and writes
+/// every append queued at the moment it starts a batch with one write and one `fdatasync`,
+/// then calls each append's completion in order.
 #[derive(Clone)]
 pub struct WalWriter {
-    owner: Arc<Owner>,
+    ops: mpsc::Sender<Op>,
     reader: WalReader,
-}
-
-/// Closes the queue when the last [`WalWriter`] goes, so that the thread ends.
-struct Owner(Arc<Shared>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        lock(&self.0.queue).closed = true;
-        self.0.wake.notify_one();
-    }
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    /// Wakes the writer's thread: operations queued while nothing writes, or closed.
-    wake: Condvar,
-    wal: Mutex<Wal>,
-}
-
-#[derive(Default)]
-struct Queue {
-    ops: VecDeque<Op>,
-    /// Someone (the thread or a caller of `append_here`) is running operations.
-    busy: bool,
-    closed: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn writer_gone() -> io::Error {
@@ -661,108 +624,44 @@ fn writer_gone() -> io::Error {
 impl WalWriter {
     pub fn start(wal: Wal) -> io::Result<WalWriter> {
         let reader = wal.reader();
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            wal: Mutex::new(wal),
-        });
-        let thread = shared.clone();
+        let (ops, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-wal-writer".into())
-            .spawn(move || run_writer(&thread))?;
-        Ok(WalWriter {
-            owner: Arc::new(Owner(shared)),
-            reader,
-        })
+            .spawn(move || run_writer(wal, queue))?;
+        Ok(WalWriter { ops, reader })
     }
 
     pub fn reader(&self) -> &WalReader {
         &self.reader
     }
 
-    fn queue(&self, op: Op) -> io::Result<()> {
-        let shared = &self.owner.0;
-        let mut queue = lock(&shared.queue);
-        if queue.closed {
-            return Err(writer_gone());
-        }
-        queue.ops.push_back(op);
-        if !queue.busy {
-            shared.wake.notify_one();
-        }
-        Ok(())
-    }
-
     /// Queues records; `done` runs on the writer thread once they are durable (or failed).
     pub fn append(&self, records: Vec<(u64, Vec<u8>)>, done: Done) -> io::Result<()> {
-        self.queue(Op::Append { records, done })
-    }
-
-    /// Like [`WalWriter::append`], but when nothing is being written the records (and
-    /// anything queued before them) are written and synced on this thread before it returns,
-    /// and `done` runs here. Blocks for the `fdatasync`: for a caller that waits for it anyway.
-    pub fn append_here(&self, records: Vec<(u64, Vec<u8>)>, done: Done) -> io::Result<()> {
-        let shared = &self.owner.0;
-        {
-            let mut queue = lock(&shared.queue);
-            if queue.closed {
-                return Err(writer_gone());
-            }
-            queue.ops.push_back(Op::Append { records, done });
-            if queue.busy {
-                return Ok(()); // whoever is writing takes it with the rest
-            }
-            queue.busy = true;
-        }
-        shared.drain();
-        Ok(())
+        self.ops
+            .send(Op::Append { records, done })
+            .map_err(|_| writer_gone())
     }
 
     /// Queues a truncation behind every earlier append (see [`Wal::truncate`]).
     pub fn truncate(&self, from: u64, done: Done) -> io::Result<()> {
-        self.queue(Op::Truncate { from, done })
+        self.ops
+            .send(Op::Truncate { from, done })
+            .map_err(|_| writer_gone())
     }
 
     /// Runs `done` on the writer thread once every earlier operation is done: with `Ok` if
     /// they all succeeded so far, with the error that stopped the log otherwise.
     pub fn after_writes(&self, done: Done) -> io::Result<()> {
-        self.queue(Op::AfterWrites { done })
+        self.ops
+            .send(Op::AfterWrites { done })
+            .map_err(|_| writer_gone())
     }
 
     /// Queues a purge behind every earlier append (see [`Wal::purge`]).
     pub fn purge(&self, upto: u64, done: Done) -> io::Result<()> {
-        self.queue(Op::Purge { upto, done })
-    }
-}
-
-/// Clears `busy` when a run of operations ends (also by a panic), and wakes the thread for
-/// anything queued after the run looked last.
-struct Idle<'a>(&'a Shared);
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        let mut queue = lock(&self.0.queue);
-        queue.busy = false;
-        if !queue.ops.is_empty() {
-            self.0.wake.notify_one();
-        }
-    }
-}
-
-impl Shared {
-    /// Runs queued operations until none is left. The caller has set `busy`.
-    fn drain(&self) {
-        let _idle = Idle(self);
-        loop {
-            let ops = {
-                let mut queue = lock(&self.queue);
-                if queue.ops.is_empty() {
-                    return;
-                }
-                std::mem::take(&mut queue.ops)
-            };
-            run_ops(&mut lock(&self.wal), ops);
-        }
+        self.ops
+            .send(Op::Purge { upto, done })
+            .map_err(|_| writer_gone())
     }
 }
 
@@ -774,29 +673,16 @@ fn share(result: &io::Result<()>) -> io::Result<()> {
     }
 }
 
-fn run_writer(shared: &Shared) {
+fn run_writer(mut wal: Wal, queue: mpsc::Receiver<Op>) {
+    let mut carried: Option<Op> = None;
     loop {
-        {
-            let mut queue = lock(&shared.queue);
-            loop {
-                if !queue.busy && !queue.ops.is_empty() {
-                    queue.busy = true;
-                    break;
-                }
-                if queue.closed && queue.ops.is_empty() {
-                    return;
-                }
-                queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        shared.drain();
-    }
-}
-
-/// Runs `ops` in order; consecutive appends go to the log as one group (one write, one sync).
-fn run_ops(wal: &mut Wal, ops: VecDeque<Op>) {
-    let mut ops = ops.into_iter().peekable();
-    while let Some(op) = ops.next() {
+        let op = match carried.take() {
+            Some(op) => op,
+            None => match queue.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
         match op {
             Op::Truncate { from, done } => done(wal.truncate(from)),
             Op::Purge { upto, done } => done(wal.purge(upto)),
@@ -805,13 +691,17 @@ fn run_ops(wal: &mut Wal, ops: VecDeque<Op>) {
                 let mut bytes: usize = records.iter().map(|(_, p)| p.len()).sum();
                 let mut group = vec![(records, done)];
                 while bytes < GROUP_BYTES {
-                    let Some(Op::Append { records, done }) =
-                        ops.next_if(|op| matches!(op, Op::Append { .. }))
-                    else {
-                        break;
-                    };
-                    bytes += records.iter().map(|(_, p)| p.len()).sum::<usize>();
-                    group.push((records, done));
+                    match queue.try_recv() {
+                        Ok(Op::Append { records, done }) => {
+                            bytes += records.iter().map(|(_, p)| p.len()).sum::<usize>();
+                            group.push((records, done));
+                        }
+                        Ok(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
                 let started = std::time::Instant::now();
                 let result = wal.append(

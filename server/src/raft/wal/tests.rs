@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use super::*;
 
@@ -387,49 +386,6 @@ fn writer_groups_concurrent_appends_and_reports_each() {
     assert!(truncated_rx.recv().expect("truncate done"));
     assert_eq!(after_rx.recv().expect("after_writes ran"), (200, true));
     assert_holds(writer.reader(), 1..150);
-}
-
-#[test]
-fn an_append_here_runs_on_the_callers_thread_in_order_with_the_queue() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path(), small_segments()).expect("open");
-    let writer = WalWriter::start(wal).expect("start");
-    let (tx, rx) = mpsc::channel();
-    let report = |i: u64| {
-        let tx = tx.clone();
-        Box::new(move |r: io::Result<()>| {
-            let _ = tx.send((i, std::thread::current().id(), r.is_ok()));
-        }) as Done
-    };
-    // Nothing is being written: durable and reported before it returns, on this thread.
-    writer
-        .append_here(vec![(1, payload(1))], report(1))
-        .expect("append");
-    let here = std::thread::current().id();
-    assert_eq!(rx.try_recv().expect("reported already"), (1, here, true));
-    // Mixed with appends queued for the writer's thread: whoever writes takes the rest, in
-    // the order they came, and each is reported once.
-    for i in 2..=300u64 {
-        let records = vec![(i, payload(i))];
-        let queued = if i % 3 == 0 {
-            writer.append(records, report(i))
-        } else {
-            writer.append_here(records, report(i))
-        };
-        queued.expect("append");
-    }
-    let (after, after_rx) = mpsc::channel();
-    writer
-        .after_writes(Box::new(move |r| {
-            let _ = after.send(r.is_ok());
-        }))
-        .expect("queue");
-    assert!(after_rx.recv().expect("after_writes ran"));
-    drop(tx);
-    let mut reported: Vec<(u64, bool)> = rx.iter().map(|(i, _, ok)| (i, ok)).collect();
-    reported.sort();
-    assert_eq!(reported, (2..=300).map(|i| (i, true)).collect::<Vec<_>>());
-    assert_holds(writer.reader(), 1..301);
 }
 
 #[test]
