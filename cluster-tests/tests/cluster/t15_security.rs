@@ -146,6 +146,23 @@ async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
 }
 
 /// A status the server answered with, or a transport failure (`None`).
+/// The first answer of a `Peer.AppendStream` that sends `msg`: the stream checks each
+/// message as the unary AppendEntries does, and its first refusal ends it.
+async fn stream_answer(
+    client: &PeerClient<Channel>,
+    msg: v1::RaftMessage,
+) -> Result<v1::RaftMessage, tonic::Status> {
+    let mut answers = client
+        .clone()
+        .append_stream(tokio_stream::iter(vec![msg]))
+        .await?
+        .into_inner();
+    answers
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
+}
+
 fn code_of<T>(result: Result<T, tonic::Status>) -> Option<Code> {
     match result {
         Ok(_) => Some(Code::Ok),
@@ -340,6 +357,20 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         code_of(forged),
         Some(Code::PermissionDenied),
         "node {impostor_id}'s certificate cannot speak as node {leader}"
+    );
+    let forged_on_stream = stream_answer(
+        &impostor,
+        raft_message(
+            &before.cluster_id,
+            leader,
+            append_entries(before.term + 5, leader),
+        ),
+    )
+    .await;
+    assert_eq!(
+        code_of(forged_on_stream),
+        Some(Code::PermissionDenied),
+        "nor on an AppendStream"
     );
     let forged_vote = impostor
         .clone()
@@ -698,7 +729,29 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
             Some(Code::FailedPrecondition),
             "cluster id {id:?}"
         );
+        let on_stream = stream_answer(
+            &target,
+            raft_message(id, leader, append_entries(before.term + 1, leader)),
+        )
+        .await;
+        assert_eq!(
+            code_of(on_stream),
+            Some(Code::FailedPrecondition),
+            "cluster id {id:?} on an AppendStream"
+        );
     }
+    // The right cluster id, but a vote for another node than the sender: refused on the stream
+    // as in the unary call, before openraft sees it.
+    let other_leader = stream_answer(
+        &target,
+        raft_message(
+            &before.cluster_id,
+            leader,
+            append_entries(before.term + 1, follower),
+        ),
+    )
+    .await;
+    assert_eq!(code_of(other_leader), Some(Code::InvalidArgument));
 
     info!("phase 4: a vote from a node id outside the membership is refused");
     let r = target
@@ -777,6 +830,18 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
             Some(Code::OutOfRange | Code::ResourceExhausted)
         ),
         "a 300 MB AppendEntries is refused"
+    );
+    let huge_on_stream = stream_answer(
+        &target,
+        raft_message(&before.cluster_id, leader, vec![0u8; 300 << 20]),
+    )
+    .await;
+    assert!(
+        matches!(
+            code_of(huge_on_stream),
+            Some(Code::OutOfRange | Code::ResourceExhausted)
+        ),
+        "a 300 MB message on an AppendStream is refused"
     );
     let big_forward = target
         .clone()

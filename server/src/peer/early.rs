@@ -50,7 +50,9 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
+use super::append_stream::AppendStream;
 use super::network::{entry_bytes, PeerLink, APPEND_BYTES_LIMIT};
+use crate::raft::codec;
 use crate::raft::early_commit::EarlyCommit;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
 
@@ -90,6 +92,8 @@ pub struct Counts {
 /// One peer's early requests.
 pub struct Slot {
     link: PeerLink,
+    /// Where this peer's early requests go (one long-lived stream).
+    stream: AppendStream,
     /// The peer's last early request failed or was refused: none goes early until openraft's
     /// own AppendEntries succeeds ([`Slot::heard`]).
     quiet: AtomicBool,
@@ -145,6 +149,7 @@ impl EarlyReplication {
     /// The slot of a new replication stream to `link`'s peer.
     pub(super) fn slot(&self, link: PeerLink) -> Arc<Slot> {
         let slot = Arc::new(Slot {
+            stream: AppendStream::new(link.client.clone()),
             link,
             quiet: AtomicBool::new(false),
             sent: Mutex::new(VecDeque::new()),
@@ -188,12 +193,15 @@ impl EarlyReplication {
             return;
         }
         let leader_commit = *lock(&self.committed);
-        let rpc = Arc::new(AppendEntriesRequest::<TypeConfig> {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
             vote,
             prev_log_id: prev,
             entries,
             leader_commit,
-        });
+        };
+        let Ok(payload) = codec::encode(&rpc) else {
+            return;
+        };
         for slot in slots {
             let (tx, answer) = oneshot::channel();
             let at = Instant::now();
@@ -204,33 +212,36 @@ impl EarlyReplication {
                 answer,
             });
             self.counts.sent.inc();
-            let (rpc, ttl, commit) = (rpc.clone(), self.ttl, self.commit.clone());
-            tokio::spawn(async move {
-                crate::stamp!("early.call", last.index);
-                let reply = slot
-                    .link
-                    .call::<_, AppendEntriesResponse<NodeId>, openraft::error::Infallible>(
-                        &*rpc,
-                        ttl,
-                        async |mut c, r| c.append_entries(r).await,
-                    )
-                    .await
-                    .ok();
-                crate::stamp!("early.answer", last.index);
-                match reply {
-                    Some(AppendEntriesResponse::Success) => {
-                        commit.acked(slot.link.target, vote, last.index);
-                        slot.acknowledged(Acked {
-                            vote,
-                            last,
-                            leader_commit,
-                            at,
-                        });
+            let commit = self.commit.clone();
+            let message = slot.link.envelope(payload.clone());
+            // Weak: the answer is handed out by the slot's own stream.
+            let answering = Arc::downgrade(&slot);
+            crate::stamp!("early.call", last.index);
+            slot.stream.send(
+                message,
+                self.ttl,
+                Box::new(move |answer| {
+                    crate::stamp!("early.answer", last.index);
+                    let Some(slot) = answering.upgrade() else {
+                        let _ = tx.send(None);
+                        return;
+                    };
+                    let reply = answer.and_then(|m| slot.link.decode_append_reply(&m.payload));
+                    match reply {
+                        Some(AppendEntriesResponse::Success) => {
+                            commit.acked(slot.link.target, vote, last.index);
+                            slot.acknowledged(Acked {
+                                vote,
+                                last,
+                                leader_commit,
+                                at,
+                            });
+                        }
+                        _ => slot.quiet.store(true, Ordering::Relaxed),
                     }
-                    _ => slot.quiet.store(true, Ordering::Relaxed),
-                }
-                let _ = tx.send(reply);
-            });
+                    let _ = tx.send(reply);
+                }),
+            );
         }
     }
 }

@@ -7,7 +7,8 @@
 //!   ask a peer to start an election. Callers in `node/` and `cluster/` never see prost or
 //!   tonic types.
 //! - [`early`]: a leader's new entries sent to its followers as it appends them, before its
-//!   own log flush (openraft 0.9 replicates only after it).
+//!   own log flush (openraft 0.9 replicates only after it), on [`append_stream`]: one
+//!   long-lived stream per follower instead of a call per AppendEntries.
 //! - [`network`]: openraft's `RaftNetwork` (AppendEntries, Vote, streamed snapshots) over the
 //!   same clients.
 //! - [`service`]: the `raftlite.v1.Peer` service that answers all of the above.
@@ -21,6 +22,7 @@
 //! - **Forwarded calls reuse the public messages** (`ExecuteRequest`, `AddNodeRequest`), so
 //!   their validation is the public API's; only the envelope of Raft messages is peer-only.
 
+pub mod append_stream;
 pub mod client;
 pub mod convert;
 pub mod dialer;

@@ -167,11 +167,34 @@ fn from_status<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, 
 }
 
 impl PeerLink {
-    fn envelope(&self, payload: Vec<u8>) -> RaftMessage {
+    pub(super) fn envelope(&self, payload: Vec<u8>) -> RaftMessage {
         RaftMessage {
             cluster_id: self.identity.get().unwrap_or_default(),
             from: self.self_id,
             payload,
+        }
+    }
+
+    /// The answer in an AppendEntries reply's payload; `None` for an error or an undecodable
+    /// reply (logged).
+    pub(super) fn decode_append_reply(
+        &self,
+        payload: &[u8],
+    ) -> Option<AppendEntriesResponse<NodeId>> {
+        let decoded: Result<
+            Result<AppendEntriesResponse<NodeId>, RaftError<NodeId, openraft::error::Infallible>>,
+            _,
+        > = codec::decode(payload);
+        match decoded {
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = self.target, error = %e, "early append refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(peer = self.target, error = %e, "undecodable append-entries reply");
+                None
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 //! signed by the cluster CA (mutual TLS); a connection without one never reaches this service.
 //! On top of that, each message is checked before anything is decoded or written:
 //!
-//! - **AppendEntries, Vote, InstallSnapshot** name their sender (`from`). The sender must be a
+//! - **AppendEntries** (a unary call, or each message of an `AppendStream`), **Vote,
+//!   InstallSnapshot** name their sender (`from`). The sender must be a
 //!   member of this node's membership (any sender while the node has none yet: a new node
 //!   waiting to be added) and, with TLS, its certificate must name that node
 //!   ([`crate::tls::PeerCert::names_node`]). Its cluster id must be this node's: a node that
@@ -41,9 +42,14 @@ use crate::raft::codec;
 use crate::raft::types::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::tls::{ConnInfo, PeerCert};
 
+#[derive(Clone)]
 pub struct PeerService {
     pub node: Node,
 }
+
+/// The answers of an `AppendStream`, in the order of its messages.
+pub type AppendAnswers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::RaftMessage, Status>> + Send>>;
 
 /// Serves the peer service of `node` on `listen` (its own port, never the client port) until
 /// `shutdown` resolves.
@@ -89,6 +95,48 @@ fn reply<T: serde::Serialize>(node: &Node, value: &T) -> Result<Response<v1::Raf
 }
 
 impl PeerService {
+    /// An AppendEntries from a peer (a unary call or a message of `AppendStream`): who sent it
+    /// is checked before it is decoded, and its vote must be the sender's own.
+    async fn append_one(
+        &self,
+        msg: v1::RaftMessage,
+        cert: Option<&PeerCert>,
+    ) -> Result<v1::RaftMessage, Status> {
+        self.check_cluster(&msg.cluster_id, msg.from, true, cert)?;
+        self.check_sender(msg.from, cert)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg.payload, "append-entries request")?;
+        if rpc.vote.leader_id().voted_for() != Some(msg.from) {
+            return Err(Status::invalid_argument(format!(
+                "append-entries from node {} carries the vote of another leader",
+                msg.from
+            )));
+        }
+        let commit = rpc.leader_commit;
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len();
+        let _in_flight = self
+            .node
+            .begin_append(rpc.vote.leader_id().term)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let _last = rpc.entries.last().map_or(0, |e| e.log_id.index);
+        crate::stamp!("f.in", _last);
+        let result = self.node.raft().append_entries(rpc).await;
+        crate::stamp!("f.out", _last);
+        if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) =
+            &result
+        {
+            // Heard from the leader: only when it was accepted (a deposed leader's message is
+            // refused and must not count for bounded reads or pre-votes).
+            self.node.note_leader_commit(commit.map_or(0, |c| c.index));
+        }
+        tracing::debug!(
+            entries,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "append-entries handled"
+        );
+        Ok(reply(&self.node, &result)?.into_inner())
+    }
+
     /// A member may forward any change; a node that is no member may only add itself.
     fn check_admin_sender(&self, cert: &PeerCert, change: &MembershipChange) -> Result<(), Status> {
         let members = self.node.member_addrs();
@@ -224,40 +272,27 @@ impl Peer for PeerService {
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftMessage>, Status> {
         let cert = peer_cert(&request);
-        let msg = request.into_inner();
-        self.check_cluster(&msg.cluster_id, msg.from, true, cert.as_deref())?;
-        self.check_sender(msg.from, cert.as_deref())?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg.payload, "append-entries request")?;
-        if rpc.vote.leader_id().voted_for() != Some(msg.from) {
-            return Err(Status::invalid_argument(format!(
-                "append-entries from node {} carries the vote of another leader",
-                msg.from
-            )));
-        }
-        let commit = rpc.leader_commit;
-        let started = std::time::Instant::now();
-        let entries = rpc.entries.len();
-        let _in_flight = self
-            .node
-            .begin_append(rpc.vote.leader_id().term)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let _last = rpc.entries.last().map_or(0, |e| e.log_id.index);
-        crate::stamp!("f.in", _last);
-        let result = self.node.raft().append_entries(rpc).await;
-        crate::stamp!("f.out", _last);
-        if let Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) =
-            &result
-        {
-            // Heard from the leader: only when it was accepted (a deposed leader's message is
-            // refused and must not count for bounded reads or pre-votes).
-            self.node.note_leader_commit(commit.map_or(0, |c| c.index));
-        }
-        tracing::debug!(
-            entries,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "append-entries handled"
-        );
-        reply(&self.node, &result)
+        let answer = self
+            .append_one(request.into_inner(), cert.as_deref())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    type AppendStreamStream = AppendAnswers;
+
+    /// One AppendEntries after the other, each checked as the unary call is, answered in
+    /// order by the stream's own task. The first error ends the stream with that status.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<v1::RaftMessage>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        let cert = peer_cert(&request);
+        let service = self.clone();
+        let answers = futures::StreamExt::then(request.into_inner(), move |msg| {
+            let (service, cert) = (service.clone(), cert.clone());
+            async move { service.append_one(msg?, cert.as_deref()).await }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(
