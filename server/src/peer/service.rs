@@ -47,6 +47,10 @@ pub struct PeerService {
     pub node: Node,
 }
 
+/// Most messages of one `AppendStream` handled at once: as many group commits as a leader may
+/// have in flight (`write_pipeline_depth`).
+const APPEND_STREAM_CONCURRENCY: usize = crate::config::defaults::MAX_WRITE_PIPELINE_DEPTH;
+
 /// The answers of an `AppendStream`, in the order of its messages.
 pub type AppendAnswers =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::RaftMessage, Status>> + Send>>;
@@ -280,18 +284,22 @@ impl Peer for PeerService {
 
     type AppendStreamStream = AppendAnswers;
 
-    /// One AppendEntries after the other, each checked as the unary call is, answered in
-    /// order by the stream's own task. The first error ends the stream with that status.
+    /// AppendEntries, each checked as the unary call is, answered in order by the stream's own
+    /// task. The first error ends the stream with that status.
     async fn append_stream(
         &self,
         request: Request<Streaming<v1::RaftMessage>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         let cert = peer_cert(&request);
         let service = self.clone();
-        let answers = futures::StreamExt::then(request.into_inner(), move |msg| {
+        // Several at once, as unary calls would be (a follower's log then syncs them
+        // together), started in the order they came (each hands its entries to openraft's
+        // core on its first poll) and answered in that order.
+        let handled = futures::StreamExt::map(request.into_inner(), move |msg| {
             let (service, cert) = (service.clone(), cert.clone());
             async move { service.append_one(msg?, cert.as_deref()).await }
         });
+        let answers = futures::StreamExt::buffered(handled, APPEND_STREAM_CONCURRENCY);
         Ok(Response::new(Box::pin(answers)))
     }
 
