@@ -153,19 +153,11 @@ async fn client(addr: String, mode: String, bytes: usize, count: usize) -> Resul
             unary(&mut c, &payload, count, &mut samples).await?;
         }
         "channel" => {
-            let channel = tonic::transport::Endpoint::from(uri)
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
-            let mut c = RttClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut c = over_channel(uri).await?;
             unary(&mut c, &payload, count, &mut samples).await?;
         }
         "stream" => {
-            let channel = tonic::transport::Endpoint::from(uri)
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
-            let mut c = RttClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut c = over_channel(uri).await?;
             let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
             let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
             let mut answers = c.stream(outbound).await?.into_inner();
@@ -198,6 +190,15 @@ async fn client(addr: String, mode: String, bytes: usize, count: usize) -> Resul
         samples.len()
     );
     Ok(())
+}
+
+/// A client through tonic's `Channel`.
+async fn over_channel(uri: http::Uri) -> Result<RttClient<tonic::transport::Channel>, Error> {
+    let channel = tonic::transport::Endpoint::from(uri)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(RttClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
 async fn unary<T>(
