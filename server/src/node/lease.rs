@@ -93,8 +93,27 @@ impl LeaderLease {
         quorums: &[BTreeSet<NodeId>],
         window: Duration,
     ) -> bool {
+        if self.lock().vote_requested_term > term {
+            return false;
+        }
+        self.heard_from_quorum(self_id, term, quorums, window)
+    }
+
+    /// Whether in every configuration of `quorums` a majority of voters — this node counting
+    /// itself — accepted an AppendEntries of `term` sent within `window`. Unlike openraft's
+    /// `millis_since_quorum_ack`, which counts an answer as of when openraft sent its own
+    /// request, even when an early request's answer (sent before, perhaps long before: a
+    /// stream held up by a call that hung) stood in for it, this counts each answer as of the
+    /// request that got it.
+    pub fn heard_from_quorum(
+        &self,
+        self_id: NodeId,
+        term: u64,
+        quorums: &[BTreeSet<NodeId>],
+        window: Duration,
+    ) -> bool {
         let state = self.lock();
-        if state.vote_requested_term > term || quorums.is_empty() {
+        if quorums.is_empty() {
             return false;
         }
         let now = Instant::now();
@@ -175,10 +194,30 @@ mod tests {
         lease.vote_requested(6);
         lease.acknowledged(3, 5, Instant::now());
         assert!(!lease.held(1, 5, &three, WINDOW));
+        assert!(
+            lease.heard_from_quorum(1, 5, &three, WINDOW),
+            "but a quorum did hear this leader within the window"
+        );
         lease.acknowledged(2, 6, Instant::now());
         assert!(
             lease.held(1, 6, &three, WINDOW),
             "leader again in the later term"
+        );
+    }
+
+    #[test]
+    fn heard_from_quorum_counts_an_answer_as_of_the_request_that_got_it() {
+        let lease = LeaderLease::default();
+        let three = voters(&[1, 2, 3]);
+        // An answer that came just now, to a request sent longer ago than the window (an early
+        // request whose answer openraft would count as of its own, later call).
+        lease.acknowledged(2, 5, Instant::now() - WINDOW - Duration::from_millis(1));
+        assert!(!lease.heard_from_quorum(1, 5, &three, WINDOW));
+        lease.acknowledged(3, 5, Instant::now());
+        assert!(lease.heard_from_quorum(1, 5, &three, WINDOW));
+        assert!(
+            !lease.heard_from_quorum(1, 6, &three, WINDOW),
+            "answers of another term"
         );
     }
 

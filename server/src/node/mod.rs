@@ -894,6 +894,21 @@ impl NodeInner {
         Some(self.committed_token())
     }
 
+    /// On the leader: whether a quorum accepted AppendEntries of its term sent within `window`
+    /// (as the read lease counts them: each answer as of the request that got it).
+    pub(crate) fn heard_from_quorum(&self, window: Duration) -> bool {
+        let (term, quorums) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_term,
+                m.membership_config.membership().get_joint_config().clone(),
+            )
+        };
+        self.lease
+            .heard_from_quorum(self.id, term, &quorums, window)
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }

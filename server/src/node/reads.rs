@@ -183,7 +183,9 @@ impl Node {
                         .count()
                         <= 1;
                     let since = inner.since_quorum_ack();
-                    if !alone && since.is_none_or(|d| d > limit) {
+                    if !alone
+                        && (since.is_none_or(|d| d > limit) || !inner.heard_from_quorum(limit))
+                    {
                         return Err(NodeError::unavailable(
                             format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
                             None,
