@@ -113,6 +113,7 @@ pub struct Metrics {
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
     early_appends: Family<EarlyLabels, Counter>,
+    append_streams: Counter,
     requests_shed: Counter,
     request_deadlines: Counter,
 }
@@ -162,6 +163,7 @@ impl Metrics {
             checkpoint_failures: Gauge::default(),
             commits_in_place_seen: Default::default(),
             early_appends: Family::default(),
+            append_streams: Counter::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
         };
@@ -321,6 +323,13 @@ impl Metrics {
             m.early_appends.clone(),
         );
         r.register(
+            "replication_append_streams_opened",
+            "Peer.AppendStream streams this leader opened for its early AppendEntries: one per \
+             follower and leadership while all is well, one more each time a stream broke (a \
+             follower's error, an answer past its deadline, a lost connection)",
+            m.append_streams.clone(),
+        );
+        r.register(
             "sqlite_wal_frames",
             "Pages in the database's WAL at the last background checkpoint (it restarts from its \
              start once all are copied; a commit checkpoints past 4096)",
@@ -378,6 +387,7 @@ impl Metrics {
             sent: counter("sent"),
             used: counter("used"),
             carried: counter("carried"),
+            streams_opened: self.append_streams.clone(),
         }
     }
 

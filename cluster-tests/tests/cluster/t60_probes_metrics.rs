@@ -149,6 +149,14 @@ async fn readiness_liveness_and_metrics() {
         early_used >= 10.0 && early_sent >= early_used,
         "early AppendEntries: {early_sent} sent, {early_used} used"
     );
+    // They go on one stream per follower, opened again only when one breaks (an answer later
+    // than a heartbeat interval on a loaded machine does it); a stream per early request, or
+    // one per connection openraft makes for a heartbeat, would show here.
+    let streams = metric_value(&text, "raftlite_replication_append_streams_opened_total ");
+    assert!(
+        streams >= 1.0 && streams <= 4.0 + early_sent / 10.0,
+        "{streams} append streams opened for {early_sent} early AppendEntries"
+    );
     // openraft's AppendEntries that only tell a follower of a commit waited for the next
     // early one, which carried the commit index, and were not sent themselves.
     let carried = metric_value(

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use raftlite_proto::v1::RaftMessage;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -44,6 +45,8 @@ pub(super) struct AppendStream {
     open: Mutex<Option<Open>>,
     /// The follower does not know `AppendStream`.
     unsupported: Arc<AtomicBool>,
+    /// Counts the streams opened.
+    opened: Counter,
 }
 
 struct Open {
@@ -69,12 +72,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AppendStream {
-    pub(super) fn new(client: Result<PeerProtoClient, String>) -> Self {
+    pub(super) fn new(client: Result<PeerProtoClient, String>, opened: Counter) -> Self {
         AppendStream {
             client,
             runtime: tokio::runtime::Handle::try_current().ok(),
             open: Mutex::new(None),
             unsupported: Arc::new(AtomicBool::new(false)),
+            opened,
         }
     }
 
@@ -129,6 +133,7 @@ impl AppendStream {
             .runtime
             .clone()
             .or_else(|| tokio::runtime::Handle::try_current().ok())?;
+        self.opened.inc();
         let (tx, rx) = mpsc::channel(MAX_WAITING);
         let shared = Arc::new(Shared {
             waiting: Mutex::new(VecDeque::new()),
@@ -260,7 +265,7 @@ mod tests {
 
     #[test]
     fn without_a_connection_every_message_is_answered_at_once_with_none() {
-        let stream = AppendStream::new(Err("not dialed".into()));
+        let stream = AppendStream::new(Err("not dialed".into()), Counter::default());
         let (tx, mut rx) = unbounded_channel();
         stream.send(message(1), Duration::from_secs(60), report(&tx, 1));
         assert_eq!(rx.try_recv().ok(), Some((1, false)));
@@ -279,7 +284,7 @@ mod tests {
             }
         });
         let dialer = Dialer::new(None);
-        let stream = AppendStream::new(dialer.proto_client(&addr.to_string()));
+        let stream = AppendStream::new(dialer.proto_client(&addr.to_string()), Counter::default());
         let ttl = Duration::from_millis(200);
         let (tx, mut rx) = unbounded_channel();
         let started = Instant::now();
@@ -320,7 +325,7 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let dialer = Dialer::new(None);
-        let stream = AppendStream::new(dialer.proto_client(&addr.to_string()));
+        let stream = AppendStream::new(dialer.proto_client(&addr.to_string()), Counter::default());
         let (tx, mut rx) = unbounded_channel();
         stream.send(message(1), Duration::from_secs(5), report(&tx, 1));
         assert_eq!(next(&mut rx).await?, (1, false));

@@ -26,6 +26,9 @@
 //!   index only tells it what it may apply; no vote or commit depends on it. Anything else
 //!   is sent as openraft asks: a refusal, an error or a request for other entries never
 //!   stands in for another.
+//! - Only openraft's replication streams get early requests: a connection openraft made for
+//!   a single heartbeat (the leadership check of linearizable reads) would only duplicate
+//!   them. A stream counts as one once openraft has sent entries through it.
 //! - Only entries that fit one AppendEntries go early, and a peer keeps at most
 //!   [`KEPT_PER_PEER`] early requests: a stream that has moved past them drops them.
 //! - A peer whose early request failed or was refused (down, partitioned, behind) is sent
@@ -87,6 +90,9 @@ pub struct Counts {
     pub sent: Counter,
     pub used: Counter,
     pub carried: Counter,
+    /// `Peer.AppendStream`s opened (`raftlite_replication_append_streams_opened_total`): one
+    /// per follower and leadership while all is well; more when streams break.
+    pub streams_opened: Counter,
 }
 
 /// One peer's early requests.
@@ -149,7 +155,7 @@ impl EarlyReplication {
     /// The slot of a new replication stream to `link`'s peer.
     pub(super) fn slot(&self, link: PeerLink) -> Arc<Slot> {
         let slot = Arc::new(Slot {
-            stream: AppendStream::new(link.client.clone()),
+            stream: AppendStream::new(link.client.clone(), self.counts.streams_opened.clone()),
             link,
             quiet: AtomicBool::new(false),
             sent: Mutex::new(VecDeque::new()),
@@ -187,7 +193,7 @@ impl EarlyReplication {
         let slots: Vec<Arc<Slot>> = lock(&self.slots)
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|s| !s.quiet.load(Ordering::Relaxed))
+            .filter(|s| s.replicates.load(Ordering::Relaxed) && !s.quiet.load(Ordering::Relaxed))
             .collect();
         if slots.is_empty() {
             return;
@@ -545,10 +551,9 @@ mod tests {
         let early =
             EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
         let slot = undialable(&early, dir.path())?;
-        // openraft has announced commit index 4: early requests carry it.
-        let mut heartbeat = request(4, 4, 4);
-        heartbeat.entries.clear();
-        assert!(slot.take(&heartbeat).is_none());
+        // openraft replicates through this slot and has announced commit index 4: early
+        // requests carry it.
+        assert!(slot.take(&request(3, 4, 4)).is_none());
         let push = |prev: u64| {
             let rpc = request(prev, prev + 1, 4);
             early.push(rpc.vote, rpc.prev_log_id, rpc.entries);
@@ -568,6 +573,27 @@ mod tests {
         push(6);
         assert!(slot.take(&request(6, 7, 4)).is_some());
         assert_eq!(early.counts.sent.get(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn only_openraft_replication_streams_are_sent_early() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let early =
+            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let stream = undialable(&early, dir.path())?;
+        let dir2 = tempfile::tempdir()?;
+        let one_off = undialable(&early, dir2.path())?;
+        // openraft sends entries through one, only a heartbeat through the other.
+        assert!(stream.take(&request(3, 4, 4)).is_none());
+        let mut heartbeat = request(4, 4, 4);
+        heartbeat.entries.clear();
+        assert!(one_off.take(&heartbeat).is_none());
+        let rpc = request(4, 5, 4);
+        early.push(rpc.vote, rpc.prev_log_id, rpc.entries);
+        assert_eq!(early.counts.sent.get(), 1);
+        assert!(one_off.take(&request(4, 5, 4)).is_none());
+        assert!(stream.take(&request(4, 5, 4)).is_some());
         Ok(())
     }
 }
