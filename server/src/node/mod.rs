@@ -839,6 +839,16 @@ pub(super) fn note_committed(noted: &Mutex<(u64, Option<Instant>)>, index: u64) 
 
 /// Leader, and it has applied an entry of its own term: everything earlier leaders committed
 /// is applied, and the executor sees it.
+/// The term and the voter sets (two during a joint change) the read lease counts a quorum in.
+fn term_and_quorums(
+    m: &openraft::RaftMetrics<NodeId, NodeAddr>,
+) -> (u64, Vec<std::collections::BTreeSet<NodeId>>) {
+    (
+        m.current_term,
+        m.membership_config.membership().get_joint_config().clone(),
+    )
+}
+
 fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
     m.state == ServerState::Leader
         && m.last_applied
@@ -882,10 +892,7 @@ impl NodeInner {
             if !leader_ready(&m) || m.current_leader != Some(self.id) {
                 return None;
             }
-            (
-                m.current_term,
-                m.membership_config.membership().get_joint_config().clone(),
-            )
+            term_and_quorums(&m)
         };
         let window = self.config.election_timeout_min / 2;
         if !self.lease.held(self.id, term, &quorums, window) {
@@ -897,14 +904,7 @@ impl NodeInner {
     /// On the leader: whether a quorum accepted AppendEntries of its term sent within `window`
     /// (as the read lease counts them: each answer as of the request that got it).
     pub(crate) fn heard_from_quorum(&self, window: Duration) -> bool {
-        let (term, quorums) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (
-                m.current_term,
-                m.membership_config.membership().get_joint_config().clone(),
-            )
-        };
+        let (term, quorums) = term_and_quorums(&self.raft.metrics().borrow());
         self.lease
             .heard_from_quorum(self.id, term, &quorums, window)
     }

@@ -232,7 +232,11 @@ impl EarlyReplication {
                         let _ = tx.send(None);
                         return;
                     };
-                    let reply = answer.and_then(|m| slot.link.decode_append_reply(&m.payload));
+                    let reply = answer.and_then(|m| {
+                        slot.link
+                            .decode_reply::<_, openraft::error::Infallible>(&m.payload)
+                            .ok()
+                    });
                     match reply {
                         Some(AppendEntriesResponse::Success) => {
                             commit.acked(slot.link.target, vote, last.index);
@@ -261,9 +265,6 @@ impl Slot {
         kept.push_back(sent);
     }
 
-    /// The early request that is the same as `rpc`, if one was sent: when it was sent and its
-    /// answer to come. Early requests at or before `rpc`'s entries are dropped either way:
-    /// openraft's stream has moved on to `rpc`.
     /// Keeps the newest of the early requests the peer answered with success.
     fn acknowledged(&self, acked: Acked) {
         self.acked.send_if_modified(|newest| {
@@ -331,6 +332,9 @@ impl Slot {
         self.counts.used.inc();
     }
 
+    /// The early request that is the same as `rpc`, if one was sent: when it was sent and its
+    /// answer to come. Early requests at or before `rpc`'s entries are dropped either way:
+    /// openraft's stream has moved on to `rpc`.
     pub(super) fn take(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Option<(Instant, Answer)> {
         {
             let mut committed = lock(&self.committed);
@@ -393,6 +397,11 @@ mod tests {
         Arc::new(EarlyCommit::new(1, Box::new(|_| {})))
     }
 
+    /// Node 1's early replication, its commits counted nowhere.
+    fn leader() -> EarlyReplication {
+        EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit())
+    }
+
     /// A slot for peer 2 that cannot be dialed.
     fn undialable(early: &EarlyReplication, dir: &std::path::Path) -> anyhow::Result<Arc<Slot>> {
         let identity = ClusterIdentity::load(RaftStore::open(dir)?)?;
@@ -407,8 +416,7 @@ mod tests {
     #[test]
     fn only_a_request_for_the_same_entries_takes_an_early_answer() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early =
-            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let early = leader();
         let slot = undialable(&early, dir.path())?;
         let mut at = Vec::new();
         for (prev, last) in [(4, 5), (5, 6), (6, 7), (7, 8), (8, 9)] {
@@ -457,8 +465,7 @@ mod tests {
     async fn a_new_commit_index_waits_for_the_next_early_request_to_carry_it() -> anyhow::Result<()>
     {
         let dir = tempfile::tempdir()?;
-        let early =
-            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let early = leader();
         let reads_dir = tempfile::tempdir()?;
         let reads = undialable(&early, reads_dir.path())?;
         let slot = undialable(&early, dir.path())?;
@@ -534,8 +541,7 @@ mod tests {
 
     #[test]
     fn only_this_leaders_own_entries_go_early() {
-        let early =
-            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let early = leader();
         let ours = request(4, 5, 4).entries;
         assert!(early.leads(&Vote::new_committed(3, 1), &ours));
         // Not yet leader (vote not committed), another leader, another term.
@@ -548,8 +554,7 @@ mod tests {
     async fn a_peer_that_failed_is_sent_nothing_early_until_openraft_reaches_it(
     ) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early =
-            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let early = leader();
         let slot = undialable(&early, dir.path())?;
         // openraft replicates through this slot and has announced commit index 4: early
         // requests carry it.
@@ -579,8 +584,7 @@ mod tests {
     #[test]
     fn only_openraft_replication_streams_are_sent_early() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let early =
-            EarlyReplication::new(1, Duration::from_millis(50), Counts::default(), no_commit());
+        let early = leader();
         let stream = undialable(&early, dir.path())?;
         let dir2 = tempfile::tempdir()?;
         let one_off = undialable(&early, dir2.path())?;

@@ -175,27 +175,21 @@ impl PeerLink {
         }
     }
 
-    /// The answer in an AppendEntries reply's payload; `None` for an error or an undecodable
-    /// reply (logged).
-    pub(super) fn decode_append_reply(
+    /// What a peer's reply payload says: its answer, or the error it returned.
+    pub(super) fn decode_reply<Resp, E>(
         &self,
         payload: &[u8],
-    ) -> Option<AppendEntriesResponse<NodeId>> {
-        let decoded: Result<
-            Result<AppendEntriesResponse<NodeId>, RaftError<NodeId, openraft::error::Infallible>>,
-            _,
-        > = codec::decode(payload);
-        match decoded {
-            Ok(Ok(answer)) => Some(answer),
-            Ok(Err(e)) => {
-                tracing::debug!(peer = self.target, error = %e, "early append refused");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(peer = self.target, error = %e, "undecodable append-entries reply");
-                None
-            }
-        }
+    ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(payload).map_err(|e| {
+            RPCError::Network(NetworkError::new(&PeerError(format!(
+                "undecodable reply: {e}"
+            ))))
+        })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     pub(super) async fn call<Req, Resp, E>(
@@ -223,13 +217,7 @@ impl PeerLink {
             .await
             .map_err(from_status)?
             .into_inner();
-        let decoded: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&reply.payload).map_err(|e| {
-                RPCError::Network(NetworkError::new(&PeerError(format!(
-                    "undecodable reply: {e}"
-                ))))
-            })?;
-        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.decode_reply(&reply.payload)
     }
 }
 
