@@ -11,6 +11,7 @@ use crate::endpoint::Transport as Channel;
 
 use crate::backoff::Backoff;
 use crate::endpoint::NodeEndpoint;
+use crate::execute_stream::{self, ExecuteStream};
 use crate::{ClusterUrl, Column, Error, Row, RowStream, Rows, Statement, Transaction, Value};
 
 /// Largest response message accepted (tonic's default is 4 MiB; a row batch or a status of a
@@ -245,10 +246,14 @@ impl Client {
         };
         let timeout = self.inner.options.request_timeout;
         let response = self
-            .call(Some(timeout), |channel| {
-                let mut request = tonic::Request::new(request.clone());
-                request.set_timeout(timeout);
-                async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
+            .retry(None, Some(timeout), |channel, stream| {
+                let request = request.clone();
+                async move {
+                    match stream {
+                        Some(stream) => stream.execute(channel, request, timeout).await,
+                        None => execute_stream::unary(channel, request, timeout).await,
+                    }
+                }
             })
             .await?;
         self.note_write(response.log_index);
@@ -477,7 +482,9 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        self.retry(None, timeout, attempt).await
+        let mut attempt = attempt;
+        self.retry(None, timeout, move |channel, _| attempt(channel))
+            .await
     }
 
     /// Like [`Client::call`], but every attempt goes to `channel` (the node holding an
@@ -492,9 +499,13 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        self.retry(Some(channel), timeout, attempt).await
+        let mut attempt = attempt;
+        self.retry(Some(channel), timeout, move |channel, _| attempt(channel))
+            .await
     }
 
+    /// Like [`Client::call`] (or [`Client::call_on`] with `pinned`); each attempt also gets the
+    /// node's `ExecuteStream` (none when pinned).
     async fn retry<T, F, Fut>(
         &self,
         pinned: Option<&Channel>,
@@ -502,7 +513,7 @@ impl Client {
         mut attempt: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Channel, Option<Arc<ExecuteStream>>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let options = &self.inner.options;
@@ -510,11 +521,13 @@ impl Client {
         let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         let mut node = self.inner.preferred.load(Ordering::Relaxed) % self.inner.nodes.len();
         loop {
-            let channel = match pinned {
-                Some(channel) => channel.clone(),
-                None => self.inner.nodes[node].channel(),
+            let future = match pinned {
+                Some(channel) => attempt(channel.clone(), None),
+                None => {
+                    let endpoint = &self.inner.nodes[node];
+                    attempt(endpoint.channel(), Some(endpoint.execute_stream.clone()))
+                }
             };
-            let future = attempt(channel);
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit, future)
                     .await

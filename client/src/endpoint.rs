@@ -4,6 +4,9 @@
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 
+use std::sync::Arc;
+
+use crate::execute_stream::ExecuteStream;
 use crate::transport::{self, Direct};
 use crate::{ClientOptions, Error};
 
@@ -45,6 +48,8 @@ pub(crate) struct NodeEndpoint {
     token: TokenInterceptor,
     /// Dialed on the first call (on that call's runtime), so `Client::connect` needs none.
     connection: Direct,
+    /// Where this client's writes to the node go (see [`ExecuteStream`]).
+    pub(crate) execute_stream: Arc<ExecuteStream>,
 }
 
 impl NodeEndpoint {
@@ -87,6 +92,7 @@ impl NodeEndpoint {
             uri,
             token: TokenInterceptor { header },
             connection: Direct::new(parsed, dial, settings),
+            execute_stream: Arc::default(),
         })
     }
 

@@ -54,6 +54,7 @@ mod backoff;
 mod client;
 mod endpoint;
 mod error;
+mod execute_stream;
 mod rows;
 mod statement;
 mod transaction;

@@ -13,6 +13,8 @@ mod t12_transactions;
 mod t15_security;
 #[path = "cluster/t16_bounded_work.rs"]
 mod t16_bounded_work;
+#[path = "cluster/t17_execute_stream.rs"]
+mod t17_execute_stream;
 #[path = "cluster/t20_failover.rs"]
 mod t20_failover;
 #[path = "cluster/t25_cut_off_leader.rs"]

@@ -86,6 +86,7 @@ pub fn required_role(path: &str) -> Option<Role> {
         "/raftlite.v1.Sql/Query" | "/raftlite.v1.Admin/Status" => Role::Read,
         p if p.starts_with("/grpc.reflection.") => Role::Read,
         "/raftlite.v1.Sql/Execute"
+        | "/raftlite.v1.Sql/ExecuteStream"
         | "/raftlite.v1.Sql/Begin"
         | "/raftlite.v1.Sql/Commit"
         | "/raftlite.v1.Sql/Rollback" => Role::Write,
@@ -398,7 +399,7 @@ mod tests {
         assert_eq!(call(query, Some("read-token")), ok("r"));
         assert_eq!(call(execute, Some("read-token")), Err(PermissionDenied));
         assert_eq!(call(execute, Some("write-token")), ok("w"));
-        for tx in ["Begin", "Commit", "Rollback"] {
+        for tx in ["ExecuteStream", "Begin", "Commit", "Rollback"] {
             let path = format!("/raftlite.v1.Sql/{tx}");
             assert_eq!(
                 call(&path, Some("read-token")),

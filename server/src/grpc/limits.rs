@@ -53,6 +53,9 @@ pub struct LimitsLayer {
 
 struct Shared {
     permits: Arc<Semaphore>,
+    /// Long-lived call streams open at once (`Sql.ExecuteStream`), at most as many as
+    /// requests: each costs the node a task and room for its answers while it is open.
+    streams: Arc<Semaphore>,
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
 }
@@ -62,10 +65,93 @@ impl LimitsLayer {
         LimitsLayer {
             shared: Arc::new(Shared {
                 permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                streams: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
                 limits,
                 metrics,
             }),
         }
+    }
+
+    /// The same limits for the calls of a long-lived stream (`Sql.ExecuteStream`), which
+    /// passes the layer once: each call takes a permit and gets a deadline of its own.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// [`LimitsLayer`]'s permits and deadlines, one call at a time.
+#[derive(Clone)]
+pub struct Admission {
+    shared: Arc<Shared>,
+}
+
+impl Admission {
+    /// A permit for one call, or the RESOURCE_EXHAUSTED the layer answers without one.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.shared.admit()
+    }
+
+    /// A permit to keep one call stream open, or RESOURCE_EXHAUSTED when
+    /// `max_concurrent_requests` streams are open already.
+    pub fn admit_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let shared = &self.shared;
+        shared.streams.clone().try_acquire_owned().map_err(|_| {
+            if let Some(m) = &shared.metrics {
+                m.request_shed();
+            }
+            Status::resource_exhausted(format!(
+                "the node is overloaded: {} call streams are open (max_concurrent_requests); \
+                 send unary calls, or retry with backoff or on another node",
+                shared.limits.max_concurrent_requests
+            ))
+        })
+    }
+
+    /// The call's deadline: the client's or `request_timeout`, whichever is shorter.
+    pub fn deadline(&self, client: Option<Duration>) -> Duration {
+        self.shared.deadline(client)
+    }
+
+    /// The DEADLINE_EXCEEDED of a call that took longer than `deadline`.
+    pub fn timed_out(&self, deadline: Duration) -> Status {
+        self.shared.timed_out(deadline)
+    }
+}
+
+impl Shared {
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            if let Some(m) = &self.metrics {
+                m.request_shed();
+            }
+            Status::resource_exhausted(format!(
+                "the node is overloaded: {} requests are in progress \
+                 (max_concurrent_requests); retry with backoff or on another node",
+                self.limits.max_concurrent_requests
+            ))
+        })
+    }
+
+    fn deadline(&self, client: Option<Duration>) -> Duration {
+        let limit = self.limits.request_timeout;
+        match client {
+            Some(client) if client < limit => client,
+            _ => limit,
+        }
+    }
+
+    fn timed_out(&self, deadline: Duration) -> Status {
+        if let Some(m) = &self.metrics {
+            m.request_deadline_exceeded();
+        }
+        Status::deadline_exceeded(format!(
+            "the request did not complete within {} ms (the client's deadline or \
+             request_timeout_ms); a write may still commit: retry it with the same \
+             request id",
+            deadline.as_millis()
+        ))
     }
 }
 
@@ -112,24 +198,12 @@ where
         if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Box::pin(self.inner.call(request));
         }
-        let shared = &self.shared;
-        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            if let Some(m) = &shared.metrics {
-                m.request_shed();
-            }
-            let status = Status::resource_exhausted(format!(
-                "the node is overloaded: {} requests are in progress \
-                 (max_concurrent_requests); retry with backoff or on another node",
-                shared.limits.max_concurrent_requests
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+        let permit = match self.shared.admit() {
+            Ok(permit) => permit,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        let limit = shared.limits.request_timeout;
-        let deadline = match grpc_timeout(request.headers()) {
-            Some(client) if client < limit => client,
-            _ => limit,
-        };
-        let metrics = shared.metrics.clone();
+        let deadline = self.shared.deadline(grpc_timeout(request.headers()));
+        let shared = self.shared.clone();
         // The clone is ready only if polled; the one we polled goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -137,18 +211,7 @@ where
             let _permit = permit;
             match tokio::time::timeout(deadline, inner.call(request)).await {
                 Ok(response) => response,
-                Err(_) => {
-                    if let Some(m) = &metrics {
-                        m.request_deadline_exceeded();
-                    }
-                    Ok(Status::deadline_exceeded(format!(
-                        "the request did not complete within {} ms (the client's deadline or \
-                         request_timeout_ms); a write may still commit: retry it with the same \
-                         request id",
-                        deadline.as_millis()
-                    ))
-                    .into_http())
-                }
+                Err(_) => Ok(shared.timed_out(deadline).into_http()),
             }
         })
     }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod execute_stream;
 pub mod health;
 pub mod limits;
 pub mod sql;
@@ -61,24 +62,15 @@ pub async fn serve(
         .with_service_name("grpc.health.v1.Health")
         .build_v1()
         .context("build reflection service")?;
-    let sql = SqlServer::new(sql::SqlService {
-        node: node.clone(),
-        max_request_bytes: max_request,
-    })
-    .max_decoding_message_size(decode_limit)
-    .max_encoding_message_size(64 << 20);
-    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
-    let auth = match &node.config().auth_file {
+    let auth_file = match &node.config().auth_file {
         Some(path) => {
             let file = auth::AuthFile::load(path).context("auth file (auth_file)")?;
             tokio::spawn(file.clone().watch());
-            Some(auth::AuthLayer::new(file))
+            Some(file)
         }
         None => None,
     };
-    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Client)
-        .await
-        .context("client listener (listen)")?;
+    let auth = auth_file.clone().map(auth::AuthLayer::new);
     let limits = limits::LimitsLayer::new(
         limits::Limits {
             max_concurrent_requests: node.config().max_concurrent_requests,
@@ -86,6 +78,18 @@ pub async fn serve(
         },
         Some(node.inner.metrics.clone()),
     );
+    let sql = SqlServer::new(sql::SqlService {
+        node: node.clone(),
+        max_request_bytes: max_request,
+        admission: limits.admission(),
+        auth: auth_file,
+    })
+    .max_decoding_message_size(decode_limit)
+    .max_encoding_message_size(64 << 20);
+    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Client)
+        .await
+        .context("client listener (listen)")?;
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,

@@ -15,9 +15,15 @@ use super::convert::{
 use crate::db::QueryChunk;
 use crate::node::{Node, TransactionCall, TransactionReply};
 
+#[derive(Clone)]
 pub struct SqlService {
     pub node: Node,
     pub max_request_bytes: usize,
+    /// The listener's permits and deadlines, which calls on an `ExecuteStream` take one by one.
+    pub admission: super::limits::Admission,
+    /// The auth file, which calls on an `ExecuteStream` are checked against again when it
+    /// changed since the stream opened.
+    pub auth: Option<std::sync::Arc<super::auth::AuthFile>>,
 }
 
 fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
@@ -36,7 +42,15 @@ pub(crate) fn statement_deadline(
     metadata: &tonic::metadata::MetadataMap,
     limit: std::time::Duration,
 ) -> std::time::Instant {
-    let budget = match super::limits::grpc_timeout(metadata.as_ref()) {
+    deadline_within(super::limits::grpc_timeout(metadata.as_ref()), limit)
+}
+
+/// When a statement must stop: after `limit`, or earlier if the `client`'s deadline is shorter.
+fn deadline_within(
+    client: Option<std::time::Duration>,
+    limit: std::time::Duration,
+) -> std::time::Instant {
+    let budget = match client {
         Some(client) if client < limit => client,
         _ => limit,
     };
@@ -52,12 +66,63 @@ pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
     Ok(())
 }
 
+fn client_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    super::limits::grpc_timeout(metadata.as_ref())
+}
+
 impl SqlService {
+    /// One `Execute` call, unary or on an `ExecuteStream`: a write of its own, or a call of
+    /// the interactive transaction it names. `client` is the caller's deadline; `trace` the
+    /// metadata that may carry the caller's trace context.
+    pub(crate) async fn execute_one(
+        &self,
+        principal: String,
+        client: Option<std::time::Duration>,
+        trace: Option<&tonic::metadata::MetadataMap>,
+        message: v1::ExecuteRequest,
+    ) -> Result<v1::ExecuteResponse, Status> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "sql.execute",
+            node = self.node.id(),
+            statements = message.statements.len()
+        );
+        // A client that sent a trace context (an instrumented app) gets the write in its trace.
+        if let Some(metadata) = trace {
+            crate::telemetry::continue_trace(&span, metadata);
+        }
+        crate::stamp!("rpc.in", 0);
+        async move {
+            check_size(message.encoded_len(), self.max_request_bytes)?;
+            if !message.transaction_id.is_empty() {
+                let call = transaction_execute_from_proto(message)?;
+                return match self.transaction(principal, client, call).await? {
+                    TransactionReply::Executed(results) => {
+                        Ok(transaction_results_to_proto(results))
+                    }
+                    other => Err(unexpected(other)),
+                };
+            }
+            let deadline = deadline_within(client, self.node.config().statement_timeout);
+            let mut write = write_request_from_proto(message)?;
+            write.deadline = Some(deadline);
+            let reply = self
+                .node
+                .execute(write, false)
+                .await
+                .map_err(node_error_to_status)?;
+            crate::stamp!("rpc.out", reply.log_index);
+            Ok(write_reply_to_proto(reply))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
     async fn transaction(
         &self,
         principal: String,
-        metadata: &tonic::metadata::MetadataMap,
+        client: Option<std::time::Duration>,
         call: TransactionCall,
     ) -> Result<TransactionReply, Status> {
         // A commit replicates (and may wait for a new leader to look it up): the request's
@@ -66,7 +131,7 @@ impl SqlService {
             TransactionCall::Commit { .. } => self.node.config().request_timeout,
             _ => self.node.config().statement_timeout,
         };
-        let deadline = statement_deadline(metadata, limit);
+        let deadline = deadline_within(client, limit);
         self.node
             .transaction(&principal, call, deadline, false)
             .await
@@ -84,42 +149,21 @@ impl Sql for SqlService {
         &self,
         request: Request<v1::ExecuteRequest>,
     ) -> Result<Response<v1::ExecuteResponse>, Status> {
-        use tracing::Instrument;
-        let span = tracing::info_span!(
-            "sql.execute",
-            node = self.node.id(),
-            statements = request.get_ref().statements.len()
-        );
-        // A client that sent a trace context (an instrumented app) gets the write in its trace.
-        crate::telemetry::continue_trace(&span, request.metadata());
-        crate::stamp!("rpc.in", 0);
-        async move {
-            check_size(request.get_ref().encoded_len(), self.max_request_bytes)?;
-            if !request.get_ref().transaction_id.is_empty() {
-                let principal = principal_name(&request);
-                let (metadata, _, message) = request.into_parts();
-                let call = transaction_execute_from_proto(message)?;
-                return match self.transaction(principal, &metadata, call).await? {
-                    TransactionReply::Executed(results) => {
-                        Ok(Response::new(transaction_results_to_proto(results)))
-                    }
-                    other => Err(unexpected(other)),
-                };
-            }
-            let deadline =
-                statement_deadline(request.metadata(), self.node.config().statement_timeout);
-            let mut write = write_request_from_proto(request.into_inner())?;
-            write.deadline = Some(deadline);
-            let reply = self
-                .node
-                .execute(write, false)
-                .await
-                .map_err(node_error_to_status)?;
-            crate::stamp!("rpc.out", reply.log_index);
-            Ok(Response::new(write_reply_to_proto(reply)))
-        }
-        .instrument(span)
-        .await
+        let principal = principal_name(&request);
+        let client = client_timeout(request.metadata());
+        let (metadata, _, message) = request.into_parts();
+        self.execute_one(principal, client, Some(&metadata), message)
+            .await
+            .map(Response::new)
+    }
+
+    type ExecuteStreamStream = ReceiverStream<Result<v1::StreamedExecuteAnswer, Status>>;
+
+    async fn execute_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::StreamedExecute>>,
+    ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
+        super::execute_stream::start(self.clone(), request).map(Response::new)
     }
 
     type QueryStream = ReceiverStream<Result<v1::QueryResponse, Status>>;
@@ -203,7 +247,11 @@ impl Sql for SqlService {
     ) -> Result<Response<v1::BeginResponse>, Status> {
         let principal = principal_name(&request);
         match self
-            .transaction(principal, request.metadata(), TransactionCall::Begin)
+            .transaction(
+                principal,
+                client_timeout(request.metadata()),
+                TransactionCall::Begin,
+            )
             .await?
         {
             TransactionReply::Begun { transaction_id } => {
@@ -220,7 +268,10 @@ impl Sql for SqlService {
         let principal = principal_name(&request);
         let (metadata, _, message) = request.into_parts();
         let call = commit_from_proto(message)?;
-        match self.transaction(principal, &metadata, call).await? {
+        match self
+            .transaction(principal, client_timeout(&metadata), call)
+            .await?
+        {
             TransactionReply::Committed {
                 log_index,
                 deduplicated,
@@ -239,7 +290,10 @@ impl Sql for SqlService {
         let principal = principal_name(&request);
         let (metadata, _, message) = request.into_parts();
         let call = rollback_from_proto(message)?;
-        match self.transaction(principal, &metadata, call).await? {
+        match self
+            .transaction(principal, client_timeout(&metadata), call)
+            .await?
+        {
             TransactionReply::RolledBack => Ok(Response::new(v1::RollbackResponse {})),
             other => Err(unexpected(other)),
         }
@@ -266,7 +320,10 @@ impl SqlService {
             request_id: String::new(),
             statements: vec![statement],
         };
-        let mut outcome = match self.transaction(principal, &metadata, call).await? {
+        let mut outcome = match self
+            .transaction(principal, client_timeout(&metadata), call)
+            .await?
+        {
             TransactionReply::Executed(mut results) if results.len() == 1 => results.remove(0),
             other => return Err(unexpected(other)),
         };
