@@ -44,7 +44,7 @@ pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};
 pub use s3::{MotoServer, S3Proxy};
-pub use security::{Credentials, ROLES};
+pub use security::{raw_sql, Credentials, ROLES};
 pub use wait::wait_until;
 
 /// Asserts that `result` is a gRPC status with `code` answered by a server (not a transport

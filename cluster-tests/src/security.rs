@@ -173,3 +173,23 @@ impl Credentials {
         }
     }
 }
+
+/// A raw `Sql` client over TLS to the client port at `addr`, trusting `ca`: what an attacker
+/// with a valid token of its own can send (the token goes in each request's metadata).
+pub fn raw_sql(
+    addr: std::net::SocketAddr,
+    ca: Vec<u8>,
+) -> raftlite_proto::v1::sql_client::SqlClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    raftlite_proto::v1::sql_client::SqlClient::new(
+        Endpoint::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy(),
+    )
+    .max_encoding_message_size(64 << 20)
+}

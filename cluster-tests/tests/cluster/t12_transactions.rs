@@ -4,26 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
+use cluster_tests::client::proto::v1;
 use cluster_tests::client::{Error, Value};
-use cluster_tests::{expect_status, init_tracing, Cluster, ClusterOptions, Consistency, Statement};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use cluster_tests::{
+    expect_status, init_tracing, raw_sql, Cluster, ClusterOptions, Consistency, Statement,
+};
 use tonic::Code;
-
-/// A raw Sql client over TLS on `addr` sending `token`: what an attacker with its own valid
-/// token can send.
-fn raw_sql(addr: std::net::SocketAddr, ca: Vec<u8>) -> SqlClient<Channel> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    SqlClient::new(
-        Endpoint::from_shared(format!("https://{addr}"))
-            .expect("uri")
-            .tls_config(tls)
-            .expect("tls")
-            .connect_lazy(),
-    )
-}
+use tracing::info;
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -33,7 +20,6 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     );
     request
 }
-use tracing::info;
 
 const CREATE: &str = "CREATE TABLE counter(id INTEGER PRIMARY KEY, name TEXT UNIQUE, n INTEGER)";
 

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
-use cluster_tests::{init_tracing, Cluster, ClusterOptions, Consistency, Statement};
+use cluster_tests::{init_tracing, raw_sql, Cluster, ClusterOptions, Consistency, Statement};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 use tracing::info;
 
@@ -28,20 +28,6 @@ const MAX_STREAM_CALLS: usize = raftlite::grpc::execute_stream::MAX_STREAM_CALLS
 /// A write that takes the executor a while (about 0.1–1 s here): a recursive count inserted.
 const SLOW_WRITE: &str = "INSERT INTO slow(v) SELECT count(*) FROM (WITH RECURSIVE c(x) AS \
                           (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT x FROM c)";
-
-fn raw_sql(addr: std::net::SocketAddr, ca: Vec<u8>) -> SqlClient<Channel> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    SqlClient::new(
-        Endpoint::from_shared(format!("https://{addr}"))
-            .expect("uri")
-            .tls_config(tls)
-            .expect("tls")
-            .connect_lazy(),
-    )
-    .max_encoding_message_size(64 << 20)
-}
 
 /// A raw stream: send calls with [`RawStream::send`], read answers with [`RawStream::next`].
 struct RawStream {
