@@ -100,11 +100,8 @@ impl LeaderLease {
     }
 
     /// Whether in every configuration of `quorums` a majority of voters — this node counting
-    /// itself — accepted an AppendEntries of `term` sent within `window`. Unlike openraft's
-    /// `millis_since_quorum_ack`, which counts an answer as of when openraft sent its own
-    /// request, even when an early request's answer (sent before, perhaps long before: a
-    /// stream held up by a call that hung) stood in for it, this counts each answer as of the
-    /// request that got it.
+    /// itself — accepted an AppendEntries of `term` sent within `window` (see
+    /// [`LeaderLease::since_quorum`]).
     pub fn heard_from_quorum(
         &self,
         self_id: NodeId,
@@ -112,20 +109,46 @@ impl LeaderLease {
         quorums: &[BTreeSet<NodeId>],
         window: Duration,
     ) -> bool {
-        let state = self.lock();
+        self.since_quorum(self_id, term, quorums)
+            .is_some_and(|age| age < window)
+    }
+
+    /// On the leader of `term`: how long ago, at most, a majority of voters in every
+    /// configuration of `quorums` — this node counting itself, as of now — accepted an
+    /// AppendEntries of `term`; `None` until a majority did. Each answer counts as of when the
+    /// request that got it was sent. openraft's `millis_since_quorum_ack` instead counts an
+    /// answer as of when openraft sent its own request, even when an early request's answer
+    /// (sent before, perhaps long before: a stream held up by a call that hung) stood in for
+    /// it, and it is reported only when openraft's core loop runs.
+    pub fn since_quorum(
+        &self,
+        self_id: NodeId,
+        term: u64,
+        quorums: &[BTreeSet<NodeId>],
+    ) -> Option<Duration> {
         if quorums.is_empty() {
-            return false;
+            return None;
         }
+        let state = self.lock();
         let now = Instant::now();
-        let fresh = |id: &NodeId| {
-            *id == self_id
-                || state.acked.get(id).is_some_and(|&(t, sent)| {
-                    t == term && now.saturating_duration_since(sent) < window
-                })
+        let age = |id: &NodeId| {
+            if *id == self_id {
+                return Some(Duration::ZERO);
+            }
+            let &(t, sent) = state.acked.get(id)?;
+            (t == term).then(|| now.saturating_duration_since(sent))
         };
-        quorums
-            .iter()
-            .all(|voters| voters.iter().filter(|id| fresh(id)).count() * 2 > voters.len())
+        let mut oldest = Duration::ZERO;
+        for voters in quorums {
+            let mut ages: Vec<Duration> = voters.iter().filter_map(age).collect();
+            let majority = voters.len() / 2 + 1;
+            if ages.len() < majority {
+                return None;
+            }
+            ages.sort_unstable();
+            oldest = oldest.max(ages[majority - 1]);
+        }
+        Some(oldest)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
@@ -218,6 +241,45 @@ mod tests {
         assert!(
             !lease.heard_from_quorum(1, 6, &three, WINDOW),
             "answers of another term"
+        );
+    }
+
+    #[test]
+    fn since_quorum_is_the_age_of_the_majority_s_oldest_fresh_answer() {
+        let lease = LeaderLease::default();
+        let five = voters(&[1, 2, 3, 4, 5]);
+        let now = Instant::now();
+        assert_eq!(lease.since_quorum(1, 5, &five), None, "only itself");
+        lease.acknowledged(2, 5, now - Duration::from_millis(100));
+        assert_eq!(lease.since_quorum(1, 5, &five), None, "2 of 5");
+        lease.acknowledged(3, 5, now - Duration::from_millis(300));
+        lease.acknowledged(4, 4, now);
+        let age = lease.since_quorum(1, 5, &five).expect("3 of 5 in term 5");
+        assert!(
+            age >= Duration::from_millis(300) && age < Duration::from_millis(400),
+            "the third newest (itself, 100 ms, 300 ms): {age:?}"
+        );
+        lease.acknowledged(4, 5, now - Duration::from_millis(50));
+        let age = lease.since_quorum(1, 5, &five).expect("4 of 5");
+        assert!(
+            age >= Duration::from_millis(100) && age < Duration::from_millis(200),
+            "{age:?}"
+        );
+        assert_eq!(lease.since_quorum(1, 6, &five), None, "another term");
+        assert_eq!(
+            lease.since_quorum(1, 5, &voters(&[1])),
+            Some(Duration::ZERO),
+            "a single voter"
+        );
+        assert_eq!(lease.since_quorum(1, 5, &[]), None);
+        let joint = vec![
+            [1, 2, 3].into_iter().collect(),
+            [1, 6, 7].into_iter().collect(),
+        ];
+        assert_eq!(
+            lease.since_quorum(1, 5, &joint),
+            None,
+            "none of the new voters"
         );
     }
 

@@ -93,9 +93,6 @@ pub(crate) struct NodeInner {
     in_place: std::sync::atomic::AtomicU64,
     /// Linearizable reads waiting for a read index (see `reads::confirm_read_indexes`).
     read_indexes: mpsc::Sender<reads::ReadIndexWaiter>,
-    /// When a quorum last acknowledged this leader (`None` on a follower); see
-    /// `reads::track_quorum_acks`.
-    quorum_acked_at: Mutex<Option<Instant>>,
     /// The leader's read lease (see `lease.rs`).
     lease: Arc<lease::LeaderLease>,
     /// When this process opened the node.
@@ -222,7 +219,6 @@ impl Node {
             leader_commit: Arc::new(Mutex::new((0, None))),
             in_place: Default::default(),
             taking_over_until: Mutex::new(None),
-            quorum_acked_at: Mutex::new(None),
             lease,
             started: Instant::now(),
             campaign: Mutex::new(Default::default()),
@@ -238,7 +234,6 @@ impl Node {
             Arc::downgrade(&commit_early),
             inner.raft.server_metrics(),
         ));
-        tokio::spawn(reads::track_quorum_acks(Arc::downgrade(&inner)));
         tokio::spawn(reads::confirm_read_indexes(
             Arc::downgrade(&inner),
             read_index_queue,
@@ -901,14 +896,6 @@ impl NodeInner {
         Some(self.committed_token())
     }
 
-    /// On the leader: whether a quorum accepted AppendEntries of its term sent within `window`
-    /// (as the read lease counts them: each answer as of the request that got it).
-    pub(crate) fn heard_from_quorum(&self, window: Duration) -> bool {
-        let (term, quorums) = term_and_quorums(&self.raft.metrics().borrow());
-        self.lease
-            .heard_from_quorum(self.id, term, &quorums, window)
-    }
-
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }
@@ -972,23 +959,12 @@ impl NodeInner {
         }
     }
 
-    /// On the leader: how long ago a quorum last acknowledged it.
+    /// On the leader: how long ago a quorum last acknowledged it, each answer as of the
+    /// request that got it (see [`lease::LeaderLease::since_quorum`]); `None` until a quorum
+    /// of its term did.
     pub fn since_quorum_ack(&self) -> Option<Duration> {
-        let tracked = *self
-            .quorum_acked_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match tracked {
-            Some(at) => Some(at.elapsed()),
-            // The tracker has not seen this leadership's first figure yet (it has just begun):
-            // openraft's own, at most one tick old.
-            None => self
-                .raft
-                .metrics()
-                .borrow()
-                .millis_since_quorum_ack
-                .map(Duration::from_millis),
-        }
+        let (term, quorums) = term_and_quorums(&self.raft.metrics().borrow());
+        self.lease.since_quorum(self.id, term, &quorums)
     }
 
     /// Waits until the applied index reaches `index`.

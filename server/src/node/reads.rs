@@ -15,7 +15,7 @@
 //!   leader can exist yet) skips the quorum round.
 
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,35 +46,6 @@ impl ReadConsistency {
             Self::Bounded { .. } => "bounded",
             Self::AtIndex(_) => "at_index",
             Self::Linearizable => "linearizable",
-        }
-    }
-}
-
-/// Keeps `NodeInner::quorum_acked_at`. openraft reports the age of the leader's last quorum
-/// acknowledgement (`millis_since_quorum_ack`) only when its core loop runs — every tick or
-/// message, so the figure can be one tick old or, with a stuck core, older. Turned into an
-/// instant as it arrives, it ages with the clock instead.
-pub(super) async fn track_quorum_acks(node: Weak<NodeInner>) {
-    let Some(mut metrics) = node.upgrade().map(|n| n.raft.metrics()) else {
-        return;
-    };
-    loop {
-        let ack = metrics
-            .borrow_and_update()
-            .millis_since_quorum_ack
-            // Rounded up: the figure is whole milliseconds, truncated.
-            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)));
-        match node.upgrade() {
-            None => return,
-            Some(inner) => {
-                *inner
-                    .quorum_acked_at
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = ack
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
         }
     }
 }
@@ -183,9 +154,7 @@ impl Node {
                         .count()
                         <= 1;
                     let since = inner.since_quorum_ack();
-                    if !alone
-                        && (since.is_none_or(|d| d > limit) || !inner.heard_from_quorum(limit))
-                    {
+                    if !alone && since.is_none_or(|d| d >= limit) {
                         return Err(NodeError::unavailable(
                             format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
                             None,
