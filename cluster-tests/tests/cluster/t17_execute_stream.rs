@@ -343,6 +343,22 @@ async fn execute_stream_calls_are_limited_alone_and_hostile_streams_are_containe
         .await
         .expect("a write while no stream can open");
     drop(held);
+    drop(other);
+    // Their streams end with their clients, and give their places back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = loop {
+        match RawStream::open(&mut sql, Some(&admin)).await {
+            Ok(stream) => break stream,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    Instant::now() < deadline,
+                    "closed streams kept their places"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("opening a stream: {status:?}"),
+        }
+    };
     let rows = rows + 1;
     assert_eq!(count_of(&cluster, "t").await, rows);
 
@@ -356,4 +372,18 @@ async fn execute_stream_calls_are_limited_alone_and_hostile_streams_are_containe
     for id in cluster.ids() {
         cluster.node(id).ensure_alive().expect("no node exited");
     }
+
+    info!("phase 9: SIGTERM with a stream open: the node ends it UNAVAILABLE and stops at once");
+    last.send(40, write("UPDATE t SET v = v WHERE 0")).await;
+    assert_eq!(code(&last.answers(1).await[&40]), Code::Ok);
+    let started = Instant::now();
+    cluster.node(leader).stop().await.expect("a clean stop");
+    let took = started.elapsed();
+    info!(?took, "stopped");
+    assert!(
+        took < Duration::from_secs(5),
+        "an open stream held up the node's stop for {took:?}"
+    );
+    let ended = last.next().await.expect_err("the stream ends");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
 }

@@ -6,7 +6,9 @@
 //! loopback; BENCHMARKS.md "Session 20"). The Rust client sends every `execute` on one such
 //! stream per node.
 //!
-//! A node keeps at most `max_concurrent_requests` streams open; one more is refused with
+//! When the node stops, each stream takes no more calls, answers those running and ends with
+//! UNAVAILABLE (the listener's graceful shutdown waits for open streams). A node keeps at most
+//! `max_concurrent_requests` streams open; one more is refused with
 //! RESOURCE_EXHAUSTED (the client library then sends its calls unary).
 //!
 //! Each call is the `Execute` call it carries, checked and limited as that call would be:
@@ -59,9 +61,10 @@ pub fn start(
         .as_ref()
         .map(|file| StreamToken::new(file.clone(), request.metadata()));
     let (answers, rx) = mpsc::channel(MAX_STREAM_CALLS);
+    let stop = service.stop.clone();
     let calls = Calls { service, principal };
     tokio::spawn(async move {
-        drive(Arc::new(calls), token, request.into_inner(), answers).await;
+        drive(Arc::new(calls), token, request.into_inner(), answers, stop).await;
         drop(open);
     });
     Ok(ReceiverStream::new(rx))
@@ -185,13 +188,21 @@ async fn drive(
     mut token: Option<StreamToken>,
     mut inbound: Streaming<v1::StreamedExecute>,
     answers: Answers,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut running = FuturesUnordered::new();
     let mut open = true;
-    loop {
+    let mut stopping = false;
+    // Until the client closed its side (or the node stops) and every call is answered.
+    while open || !running.is_empty() {
         tokio::select! {
             biased;
             Some(()) = running.next(), if !running.is_empty() => {}
+            () = stopped(&mut stop), if !stopping => {
+                // The node stops: no more calls; those running finish and are answered.
+                stopping = true;
+                open = false;
+            }
             next = next_call(&mut inbound, &answers), if open => match next {
                 Next::Call(room, call) => {
                     if let Some(Err(refused)) = token.as_mut().map(StreamToken::check) {
@@ -207,9 +218,21 @@ async fn drive(
                     return;
                 }
             },
-            else => return,
+            else => break,
         }
     }
+    if stopping {
+        let _ = answers
+            .send(Err(Status::unavailable(
+                "the node is shutting down; send the next calls to another node",
+            )))
+            .await;
+    }
+}
+
+/// Resolves once the node stops (or its signal is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A failed call's status as the answer carries it.

@@ -78,11 +78,19 @@ pub async fn serve(
         },
         Some(node.inner.metrics.clone()),
     );
+    // Long-lived call streams end when the node stops: the listener's graceful shutdown
+    // waits for every open stream, and a client keeps its stream open as long as it lives.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let sql = SqlServer::new(sql::SqlService {
         node: node.clone(),
         max_request_bytes: max_request,
         admission: limits.admission(),
         auth: auth_file,
+        stop,
     })
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(64 << 20);

@@ -24,6 +24,8 @@ pub struct SqlService {
     /// The auth file, which calls on an `ExecuteStream` are checked against again when it
     /// changed since the stream opened.
     pub auth: Option<std::sync::Arc<super::auth::AuthFile>>,
+    /// Becomes true when the node stops: every `ExecuteStream` then ends.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
