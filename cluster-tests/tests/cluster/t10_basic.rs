@@ -321,6 +321,32 @@ async fn replication_reads_rejections_and_dedup() {
         .await
         .expect("f1 still takes writes after a huge request");
 
+    info!("phase 8b: 300 writes at once from one client share its stream to f1 (64 unanswered at a time); each applied once");
+    via_f1
+        .execute(["CREATE TABLE many (n INTEGER PRIMARY KEY)"])
+        .await
+        .expect("create");
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..300_i64 {
+        let client = via_f1.clone();
+        writes.spawn(async move { client.exec("INSERT INTO many (n) VALUES (?1)", [n]).await });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("the task ran")
+            .expect("every write is acknowledged");
+    }
+    let many = via_f1
+        .query("SELECT count(*), sum(n) FROM many", Vec::<i64>::new())
+        .await
+        .expect("count");
+    assert_eq!(
+        (
+            many.rows[0].get::<i64>(0).expect("count"),
+            many.rows[0].get::<i64>(1).expect("sum")
+        ),
+        (300, 299 * 300 / 2)
+    );
+
     info!("phase 9: idle for 12 s, no follower polls for votes (openraft's idle heartbeats come every 150 ms)");
     let polls = |f: u64| cluster.node(f).log_lines_with("pre-vote refused");
     let polled_before: Vec<usize> = followers.iter().map(|&f| polls(f).len()).collect();
