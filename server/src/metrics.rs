@@ -116,6 +116,7 @@ pub struct Metrics {
     append_streams: Counter,
     requests_shed: Counter,
     request_deadlines: Counter,
+    execute_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -166,6 +167,7 @@ impl Metrics {
             append_streams: Counter::default(),
             requests_shed: Counter::default(),
             request_deadlines: Counter::default(),
+            execute_streams: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("node_id", "This node's id", m.node_id.clone());
@@ -356,6 +358,11 @@ impl Metrics {
             "Public requests answered DEADLINE_EXCEEDED (client deadline or request_timeout_ms)",
             m.request_deadlines.clone(),
         );
+        r.register(
+            "sql_execute_streams",
+            "Sql.ExecuteStream streams open on this node (at most max_concurrent_requests)",
+            m.execute_streams.clone(),
+        );
         m
     }
 
@@ -393,6 +400,15 @@ impl Metrics {
 
     pub fn request_shed(&self) {
         self.requests_shed.inc();
+    }
+
+    /// An `ExecuteStream` opened (`true`) or ended.
+    pub fn execute_stream_open(&self, open: bool) {
+        if open {
+            self.execute_streams.inc();
+        } else {
+            self.execute_streams.dec();
+        }
     }
 
     pub fn request_deadline_exceeded(&self) {

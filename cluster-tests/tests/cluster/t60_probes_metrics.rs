@@ -313,6 +313,9 @@ async fn concurrent_writers_share_group_commits() {
         "{early} of {count} group commits committed in place before their apply:\n{text}"
     );
     // While a batch waited for the last of the four, the leader ran the writes already there.
+    // The writers' client keeps its stream to the leader open.
+    let streams = metric_value(&text, "raftlite_sql_execute_streams ");
+    assert!(streams >= 1.0, "open ExecuteStreams: {streams}");
     let ahead = metric_value(&text, "raftlite_write_requests_run_ahead_total ");
     assert!(
         ahead >= 10.0,

@@ -93,11 +93,11 @@ impl Admission {
         self.shared.admit()
     }
 
-    /// A permit to keep one call stream open, or RESOURCE_EXHAUSTED when
-    /// `max_concurrent_requests` streams are open already.
-    pub fn admit_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    /// A permit to keep one call stream open (counted in `raftlite_sql_execute_streams` while
+    /// it lives), or RESOURCE_EXHAUSTED when `max_concurrent_requests` streams are open.
+    pub fn admit_stream(&self) -> Result<StreamPermit, Status> {
         let shared = &self.shared;
-        shared.streams.clone().try_acquire_owned().map_err(|_| {
+        let permit = shared.streams.clone().try_acquire_owned().map_err(|_| {
             if let Some(m) = &shared.metrics {
                 m.request_shed();
             }
@@ -106,6 +106,13 @@ impl Admission {
                  send unary calls, or retry with backoff or on another node",
                 shared.limits.max_concurrent_requests
             ))
+        })?;
+        if let Some(m) = &shared.metrics {
+            m.execute_stream_open(true);
+        }
+        Ok(StreamPermit {
+            _permit: permit,
+            metrics: shared.metrics.clone(),
         })
     }
 
@@ -117,6 +124,20 @@ impl Admission {
     /// The DEADLINE_EXCEEDED of a call that took longer than `deadline`.
     pub fn timed_out(&self, deadline: Duration) -> Status {
         self.shared.timed_out(deadline)
+    }
+}
+
+/// An open call stream's place (see [`Admission::admit_stream`]).
+pub struct StreamPermit {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.execute_stream_open(false);
+        }
     }
 }
 
