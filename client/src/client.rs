@@ -247,7 +247,7 @@ impl Client {
         let timeout = self.inner.options.request_timeout;
         let response = self
             .retry(None, Some(timeout), |channel, stream| {
-                let request = request.clone();
+                let request = &request;
                 async move {
                     match stream {
                         Some(stream) => stream.execute(channel, request, timeout).await,
@@ -476,13 +476,12 @@ impl Client {
     pub(crate) async fn call<T, F, Fut>(
         &self,
         timeout: Option<Duration>,
-        attempt: F,
+        mut attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut attempt = attempt;
         self.retry(None, timeout, move |channel, _| attempt(channel))
             .await
     }
@@ -493,13 +492,12 @@ impl Client {
         &self,
         channel: &Channel,
         timeout: Option<Duration>,
-        attempt: F,
+        mut attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut attempt = attempt;
         self.retry(Some(channel), timeout, move |channel, _| attempt(channel))
             .await
     }

@@ -1,10 +1,10 @@
 //! Node endpoints: parsing and one lazily dialed connection per endpoint
 //! ([`crate::transport::Direct`]), with TLS and the bearer token when the options have them.
 
+use std::sync::Arc;
+
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-
-use std::sync::Arc;
 
 use crate::execute_stream::ExecuteStream;
 use crate::transport::{self, Direct};

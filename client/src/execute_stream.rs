@@ -33,7 +33,6 @@ use tonic::Code;
 
 use crate::client::sql_client;
 use crate::endpoint::Transport;
-use crate::error::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 use crate::Error;
 
 /// Most calls unanswered on one stream (the server's `MAX_STREAM_CALLS`).
@@ -57,10 +56,10 @@ enum Outcome {
 /// `request` as a unary `Execute` call.
 pub(crate) async fn unary(
     channel: Transport,
-    request: v1::ExecuteRequest,
+    request: &v1::ExecuteRequest,
     timeout: Duration,
 ) -> Answer {
-    let mut unary = tonic::Request::new(request);
+    let mut unary = tonic::Request::new(request.clone());
     unary.set_timeout(timeout);
     Ok(sql_client(channel).execute(unary).await?.into_inner())
 }
@@ -153,7 +152,7 @@ impl ExecuteStream {
     pub(crate) async fn execute(
         &self,
         channel: Transport,
-        request: v1::ExecuteRequest,
+        request: &v1::ExecuteRequest,
         timeout: Duration,
     ) -> Answer {
         if request.encoded_len() > MAX_STREAMED_BYTES {
@@ -164,7 +163,8 @@ impl ExecuteStream {
         };
         let shared = &open.shared;
         let Ok(_room) = shared.room.acquire().await else {
-            return self.after_end(&open, channel, request, timeout).await;
+            let ended = Self::ended(&open);
+            return self.finish(&open, ended, channel, request, timeout).await;
         };
         let call_id = open.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -177,7 +177,8 @@ impl ExecuteStream {
             open
         };
         if !registered {
-            return self.after_end(&open, channel, request, timeout).await;
+            let ended = Self::ended(&open);
+            return self.finish(&open, ended, channel, request, timeout).await;
         }
         let _registered = Registered { shared, call_id };
         let call = v1::StreamedExecute {
@@ -189,34 +190,37 @@ impl ExecuteStream {
         // how it ended.
         let _ = open.calls.unbounded_send(call);
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Outcome::Answer(answer))) => answer,
-            Ok(Ok(Outcome::Unsupported)) => {
-                self.unsupported(&open);
-                unary(channel, request, timeout).await
-            }
-            Ok(Ok(Outcome::Busy)) => unary(channel, request, timeout).await,
+            Ok(Ok(outcome)) => self.finish(&open, outcome, channel, request, timeout).await,
             Ok(Err(_)) => Err(Error::Transport("the execute stream closed".into())),
             Err(_) => Err(Error::timeout(timeout)),
         }
     }
 
-    /// A call that found `open` ended: its error, or a unary call if the node has no streams.
-    async fn after_end(
+    /// What a call that found `open` ended gets.
+    fn ended(open: &Open) -> Outcome {
+        match &lock(&open.shared.waiting).ended {
+            Some(ended) => ended.outcome(),
+            None => Outcome::Answer(Err(Error::Transport("the execute stream closed".into()))),
+        }
+    }
+
+    /// The call's result from its `outcome` on `open`: the answer, or a unary call where the
+    /// node has no streams (or no room for one more).
+    async fn finish(
         &self,
         open: &Open,
+        outcome: Outcome,
         channel: Transport,
-        request: v1::ExecuteRequest,
+        request: &v1::ExecuteRequest,
         timeout: Duration,
     ) -> Answer {
-        let ended = lock(&open.shared.waiting).ended.clone();
-        match ended.map(|e| e.outcome()) {
-            Some(Outcome::Unsupported) => {
+        match outcome {
+            Outcome::Answer(answer) => answer,
+            Outcome::Unsupported => {
                 self.unsupported(open);
                 unary(channel, request, timeout).await
             }
-            Some(Outcome::Busy) => unary(channel, request, timeout).await,
-            Some(Outcome::Answer(answer)) => answer,
-            None => Err(Error::Transport("the execute stream closed".into())),
+            Outcome::Busy => unary(channel, request, timeout).await,
         }
     }
 
@@ -323,19 +327,11 @@ async fn read_answers(
 fn decode(answer: v1::StreamedExecuteAnswer) -> Answer {
     match (answer.response, answer.error) {
         (Some(response), None) => Ok(response),
-        (None, Some(error)) => {
-            let mut status = tonic::Status::new(Code::from_i32(error.code), error.message);
-            if error.leader_id != 0 {
-                let metadata = status.metadata_mut();
-                if let Ok(id) = error.leader_id.to_string().parse() {
-                    metadata.insert(LEADER_ID_KEY, id);
-                }
-                if let Ok(addr) = error.leader_address.parse() {
-                    metadata.insert(LEADER_ADDR_KEY, addr);
-                }
-            }
-            Err(status.into())
-        }
+        (None, Some(error)) => Err(Error::Status {
+            code: Code::from_i32(error.code),
+            message: error.message,
+            leader_hint: (error.leader_id != 0).then_some((error.leader_id, error.leader_address)),
+        }),
         _ => Err(Error::Conversion(
             "an ExecuteStream answer must carry a response or an error".into(),
         )),

@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node.config().peer_listen,
         until_stopped(stopped.clone()),
     ));
-    let clients = crate::grpc::serve(node.clone(), listen, until_stopped(stopped));
+    let clients = crate::grpc::serve(node.clone(), listen, stopped);
     tokio::pin!(clients);
     // Either listener failing (a port taken) stops the node; so does a signal.
     let result = tokio::select! {

@@ -425,7 +425,8 @@ pub fn node_error_to_status(e: NodeError) -> Status {
     }
 }
 
-fn leader_from_metadata(status: &Status) -> Option<LeaderHint> {
+/// The leader a status names in its metadata (as [`node_error_to_status`] puts it there).
+pub(crate) fn leader_from_metadata(status: &Status) -> Option<LeaderHint> {
     let md = status.metadata();
     let id = md.get(LEADER_ID_HEADER)?.to_str().ok()?.parse().ok()?;
     let addr = md.get(LEADER_ADDR_HEADER)?.to_str().ok()?.to_string();

@@ -38,7 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
 use super::auth::{authorize, principal_name, AuthFile, Tokens};
-use super::convert::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+use super::convert::leader_from_metadata;
 use super::sql::SqlService;
 
 /// Most calls one stream may have unanswered (running, or answered but not yet sent).
@@ -141,9 +141,9 @@ impl Calls {
             .ok_or_else(|| Status::invalid_argument("a StreamedExecute needs a request"))?;
         let client = (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms));
         let deadline = admission.deadline(client);
-        let execute =
-            self.service
-                .execute_one(self.principal.clone(), Some(deadline), None, request);
+        let execute = self
+            .service
+            .execute_one(&self.principal, Some(deadline), None, request);
         match tokio::time::timeout(deadline, execute).await {
             Ok(result) => result,
             Err(_) => Err(admission.timed_out(deadline)),
@@ -237,15 +237,12 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// A failed call's status as the answer carries it.
 fn call_error(status: &Status) -> v1::CallError {
-    let metadata = status.metadata();
-    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    let leader = leader_from_metadata(status);
     v1::CallError {
         code: status.code() as i32,
         message: status.message().to_string(),
-        leader_id: text(LEADER_ID_HEADER)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        leader_address: text(LEADER_ADDR_HEADER).unwrap_or_default().to_string(),
+        leader_id: leader.as_ref().map_or(0, |l| l.id),
+        leader_address: leader.map(|l| l.addr).unwrap_or_default(),
     }
 }
 

@@ -48,8 +48,31 @@ pub struct Limits {
 /// Applies [`Limits`] to the public routes of a tonic server.
 #[derive(Clone)]
 pub struct LimitsLayer {
-    shared: Arc<Shared>,
+    admission: Admission,
 }
+
+impl LimitsLayer {
+    pub fn new(limits: Limits, metrics: Option<Arc<Metrics>>) -> Self {
+        LimitsLayer {
+            admission: Admission(Arc::new(Shared {
+                permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                streams: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                limits,
+                metrics,
+            })),
+        }
+    }
+
+    /// The same limits for the calls of a long-lived stream (`Sql.ExecuteStream`), which
+    /// passes the layer once: each call takes a permit and gets a deadline of its own.
+    pub fn admission(&self) -> Admission {
+        self.admission.clone()
+    }
+}
+
+/// [`LimitsLayer`]'s permits and deadlines, one request (or call on a stream) at a time.
+#[derive(Clone)]
+pub struct Admission(Arc<Shared>);
 
 struct Shared {
     permits: Arc<Semaphore>,
@@ -60,70 +83,73 @@ struct Shared {
     metrics: Option<Arc<Metrics>>,
 }
 
-impl LimitsLayer {
-    pub fn new(limits: Limits, metrics: Option<Arc<Metrics>>) -> Self {
-        LimitsLayer {
-            shared: Arc::new(Shared {
-                permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-                streams: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-                limits,
-                metrics,
-            }),
-        }
-    }
-
-    /// The same limits for the calls of a long-lived stream (`Sql.ExecuteStream`), which
-    /// passes the layer once: each call takes a permit and gets a deadline of its own.
-    pub fn admission(&self) -> Admission {
-        Admission {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// [`LimitsLayer`]'s permits and deadlines, one call at a time.
-#[derive(Clone)]
-pub struct Admission {
-    shared: Arc<Shared>,
-}
-
 impl Admission {
-    /// A permit for one call, or the RESOURCE_EXHAUSTED the layer answers without one.
+    /// A permit for one request or call, or the RESOURCE_EXHAUSTED the layer answers without
+    /// one.
     pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        self.shared.admit()
+        self.take(
+            &self.0.permits,
+            "requests are in progress",
+            "retry with backoff or on another node",
+        )
     }
 
     /// A permit to keep one call stream open (counted in `raftlite_sql_execute_streams` while
     /// it lives), or RESOURCE_EXHAUSTED when `max_concurrent_requests` streams are open.
     pub fn admit_stream(&self) -> Result<StreamPermit, Status> {
-        let shared = &self.shared;
-        let permit = shared.streams.clone().try_acquire_owned().map_err(|_| {
-            if let Some(m) = &shared.metrics {
-                m.request_shed();
-            }
-            Status::resource_exhausted(format!(
-                "the node is overloaded: {} call streams are open (max_concurrent_requests); \
-                 send unary calls, or retry with backoff or on another node",
-                shared.limits.max_concurrent_requests
-            ))
-        })?;
-        if let Some(m) = &shared.metrics {
+        let permit = self.take(
+            &self.0.streams,
+            "call streams are open",
+            "send unary calls, or retry with backoff or on another node",
+        )?;
+        let metrics = self.0.metrics.clone();
+        if let Some(m) = &metrics {
             m.execute_stream_open(true);
         }
         Ok(StreamPermit {
             _permit: permit,
-            metrics: shared.metrics.clone(),
+            metrics,
         })
     }
 
-    /// The call's deadline: the client's or `request_timeout`, whichever is shorter.
-    pub fn deadline(&self, client: Option<Duration>) -> Duration {
-        self.shared.deadline(client)
+    /// One of `permits`, or a shed request: `max_concurrent_requests` are `busy`.
+    fn take(
+        &self,
+        permits: &Arc<Semaphore>,
+        busy: &str,
+        advice: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        permits.clone().try_acquire_owned().map_err(|_| {
+            if let Some(m) = &self.0.metrics {
+                m.request_shed();
+            }
+            Status::resource_exhausted(format!(
+                "the node is overloaded: {} {busy} (max_concurrent_requests); {advice}",
+                self.0.limits.max_concurrent_requests
+            ))
+        })
     }
 
-    /// The DEADLINE_EXCEEDED of a call that took longer than `deadline`.
+    /// The deadline: the client's or `request_timeout`, whichever is shorter.
+    pub fn deadline(&self, client: Option<Duration>) -> Duration {
+        let limit = self.0.limits.request_timeout;
+        match client {
+            Some(client) if client < limit => client,
+            _ => limit,
+        }
+    }
+
+    /// The DEADLINE_EXCEEDED of a request or call that took longer than `deadline`.
     pub fn timed_out(&self, deadline: Duration) -> Status {
-        self.shared.timed_out(deadline)
+        if let Some(m) = &self.0.metrics {
+            m.request_deadline_exceeded();
+        }
+        Status::deadline_exceeded(format!(
+            "the request did not complete within {} ms (the client's deadline or \
+             request_timeout_ms); a write may still commit: retry it with the same \
+             request id",
+            deadline.as_millis()
+        ))
     }
 }
 
@@ -141,48 +167,13 @@ impl Drop for StreamPermit {
     }
 }
 
-impl Shared {
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            if let Some(m) = &self.metrics {
-                m.request_shed();
-            }
-            Status::resource_exhausted(format!(
-                "the node is overloaded: {} requests are in progress \
-                 (max_concurrent_requests); retry with backoff or on another node",
-                self.limits.max_concurrent_requests
-            ))
-        })
-    }
-
-    fn deadline(&self, client: Option<Duration>) -> Duration {
-        let limit = self.limits.request_timeout;
-        match client {
-            Some(client) if client < limit => client,
-            _ => limit,
-        }
-    }
-
-    fn timed_out(&self, deadline: Duration) -> Status {
-        if let Some(m) = &self.metrics {
-            m.request_deadline_exceeded();
-        }
-        Status::deadline_exceeded(format!(
-            "the request did not complete within {} ms (the client's deadline or \
-             request_timeout_ms); a write may still commit: retry it with the same \
-             request id",
-            deadline.as_millis()
-        ))
-    }
-}
-
 impl<S> tower::Layer<S> for LimitsLayer {
     type Service = LimitedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         LimitedService {
             inner,
-            shared: self.shared.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -190,7 +181,7 @@ impl<S> tower::Layer<S> for LimitsLayer {
 #[derive(Clone)]
 pub struct LimitedService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    admission: Admission,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -219,12 +210,12 @@ where
         if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Box::pin(self.inner.call(request));
         }
-        let permit = match self.shared.admit() {
+        let permit = match self.admission.admit() {
             Ok(permit) => permit,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        let deadline = self.shared.deadline(grpc_timeout(request.headers()));
-        let shared = self.shared.clone();
+        let deadline = self.admission.deadline(grpc_timeout(request.headers()));
+        let admission = self.admission.clone();
         // The clone is ready only if polled; the one we polled goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -232,7 +223,7 @@ where
             let _permit = permit;
             match tokio::time::timeout(deadline, inner.call(request)).await {
                 Ok(response) => response,
-                Err(_) => Ok(shared.timed_out(deadline).into_http()),
+                Err(_) => Ok(admission.timed_out(deadline).into_http()),
             }
         })
     }

@@ -13,7 +13,6 @@ pub mod health;
 pub mod limits;
 pub mod sql;
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use raftlite_proto::v1::admin_server::AdminServer;
@@ -37,11 +36,11 @@ fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
     response
 }
 
-/// Serves the client services of `node` on `listen` until `shutdown` resolves.
+/// Serves the client services of `node` on `listen` until `stop` turns true.
 pub async fn serve(
     node: Node,
     listen: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let max_request = node.config().max_request_bytes;
@@ -78,18 +77,17 @@ pub async fn serve(
         },
         Some(node.inner.metrics.clone()),
     );
-    // Long-lived call streams end when the node stops: the listener's graceful shutdown
-    // waits for every open stream, and a client keeps its stream open as long as it lives.
-    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut stopped = stop.clone();
     let shutdown = async move {
-        shutdown.await;
-        let _ = stopping.send(true);
+        let _ = stopped.wait_for(|s| *s).await;
     };
     let sql = SqlServer::new(sql::SqlService {
         node: node.clone(),
         max_request_bytes: max_request,
         admission: limits.admission(),
         auth: auth_file,
+        // Long-lived call streams end when the node stops: the listener's graceful shutdown
+        // waits for every open stream, and a client keeps its stream open as long as it lives.
         stop,
     })
     .max_decoding_message_size(decode_limit)

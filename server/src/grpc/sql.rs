@@ -78,7 +78,7 @@ impl SqlService {
     /// metadata that may carry the caller's trace context.
     pub(crate) async fn execute_one(
         &self,
-        principal: String,
+        principal: &str,
         client: Option<std::time::Duration>,
         trace: Option<&tonic::metadata::MetadataMap>,
         message: v1::ExecuteRequest,
@@ -123,7 +123,7 @@ impl SqlService {
     /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
     async fn transaction(
         &self,
-        principal: String,
+        principal: &str,
         client: Option<std::time::Duration>,
         call: TransactionCall,
     ) -> Result<TransactionReply, Status> {
@@ -135,7 +135,7 @@ impl SqlService {
         };
         let deadline = deadline_within(client, limit);
         self.node
-            .transaction(&principal, call, deadline, false)
+            .transaction(principal, call, deadline, false)
             .await
             .map_err(node_error_to_status)
     }
@@ -154,7 +154,7 @@ impl Sql for SqlService {
         let principal = principal_name(&request);
         let client = client_timeout(request.metadata());
         let (metadata, _, message) = request.into_parts();
-        self.execute_one(principal, client, Some(&metadata), message)
+        self.execute_one(&principal, client, Some(&metadata), message)
             .await
             .map(Response::new)
     }
@@ -250,7 +250,7 @@ impl Sql for SqlService {
         let principal = principal_name(&request);
         match self
             .transaction(
-                principal,
+                &principal,
                 client_timeout(request.metadata()),
                 TransactionCall::Begin,
             )
@@ -271,7 +271,7 @@ impl Sql for SqlService {
         let (metadata, _, message) = request.into_parts();
         let call = commit_from_proto(message)?;
         match self
-            .transaction(principal, client_timeout(&metadata), call)
+            .transaction(&principal, client_timeout(&metadata), call)
             .await?
         {
             TransactionReply::Committed {
@@ -293,7 +293,7 @@ impl Sql for SqlService {
         let (metadata, _, message) = request.into_parts();
         let call = rollback_from_proto(message)?;
         match self
-            .transaction(principal, client_timeout(&metadata), call)
+            .transaction(&principal, client_timeout(&metadata), call)
             .await?
         {
             TransactionReply::RolledBack => Ok(Response::new(v1::RollbackResponse {})),
@@ -323,7 +323,7 @@ impl SqlService {
             statements: vec![statement],
         };
         let mut outcome = match self
-            .transaction(principal, client_timeout(&metadata), call)
+            .transaction(&principal, client_timeout(&metadata), call)
             .await?
         {
             TransactionReply::Executed(mut results) if results.len() == 1 => results.remove(0),

@@ -832,8 +832,6 @@ pub(super) fn note_committed(noted: &Mutex<(u64, Option<Instant>)>, index: u64) 
     guard.0 = guard.0.max(index);
 }
 
-/// Leader, and it has applied an entry of its own term: everything earlier leaders committed
-/// is applied, and the executor sees it.
 /// The term and the voter sets (two during a joint change) the read lease counts a quorum in.
 fn term_and_quorums(
     m: &openraft::RaftMetrics<NodeId, NodeAddr>,
@@ -844,6 +842,8 @@ fn term_and_quorums(
     )
 }
 
+/// Leader, and it has applied an entry of its own term: everything earlier leaders committed
+/// is applied, and the executor sees it.
 fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
     m.state == ServerState::Leader
         && m.last_applied
@@ -963,8 +963,11 @@ impl NodeInner {
     /// request that got it (see [`lease::LeaderLease::since_quorum`]); `None` until a quorum
     /// of its term did.
     pub fn since_quorum_ack(&self) -> Option<Duration> {
-        let (term, quorums) = term_and_quorums(&self.raft.metrics().borrow());
-        self.lease.since_quorum(self.id, term, &quorums)
+        // Checked before every batch: the configuration is read in place, not copied.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let quorums = m.membership_config.membership().get_joint_config();
+        self.lease.since_quorum(self.id, m.current_term, quorums)
     }
 
     /// Waits until the applied index reaches `index`.

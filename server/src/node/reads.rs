@@ -142,19 +142,10 @@ impl Node {
             ReadConsistency::Bounded { max_lag } => {
                 if inner.is_leader() {
                     // One cut off from its quorum may have been replaced: the same window as a
-                    // follower's, counted from the last time a quorum acknowledged it.
+                    // follower's, counted from the last time a quorum acknowledged it (a single
+                    // voter is its own quorum, always just now).
                     let limit = inner.config.election_timeout_max * 3;
-                    let alone = inner
-                        .raft
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .count()
-                        <= 1;
-                    let since = inner.since_quorum_ack();
-                    if !alone && since.is_none_or(|d| d >= limit) {
+                    if inner.since_quorum_ack().is_none_or(|d| d >= limit) {
                         return Err(NodeError::unavailable(
                             format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
                             None,
