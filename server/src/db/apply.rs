@@ -57,10 +57,10 @@ fn batch_open() -> DbError {
 }
 
 /// SQLite file header magic (first 16 bytes of page 1).
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+pub(crate) const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Header bytes 18/19: file format write/read version, 2 = WAL.
-const FORMAT_VERSION_BYTES: std::ops::Range<usize> = 18..20;
-const WAL_FORMAT: u8 = 2;
+pub(crate) const FORMAT_VERSION_BYTES: std::ops::Range<usize> = 18..20;
+pub(crate) const WAL_FORMAT: u8 = 2;
 
 impl Applier {
     /// Open the applier's connection on an existing WAL database.
@@ -153,8 +153,9 @@ impl Applier {
         &self.conn
     }
 
+    /// Runs once per delta on every node: its statements come from the statement cache.
     fn apply_in_transaction(&self, delta: &PageDelta) -> Result<ApplyOutcome> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let current_pages = self.check_page_size(delta.page_size)?;
         let db_version = internal::read_version(&self.conn)?;
         if db_version < delta.base_version {
@@ -195,7 +196,7 @@ impl Applier {
             }
         }
         self.write_page1_and_size(page1.as_deref(), delta.db_pages, current_pages)?;
-        self.conn.execute_batch("COMMIT")?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(ApplyOutcome::Applied)
     }
 
@@ -271,19 +272,17 @@ impl Applier {
         current: u32,
     ) -> Result<()> {
         let truncate = db_pages < current;
+        let conn = &self.conn;
         match (page1, truncate) {
-            (Some(p1), true) => self.conn.execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1), (?2, NULL)",
-                params![p1, db_pages + 1],
-            )?,
-            (Some(p1), false) => self.conn.execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1)",
-                params![p1],
-            )?,
-            (None, true) => self.conn.execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, NULL)",
-                params![db_pages + 1],
-            )?,
+            (Some(p1), true) => conn
+                .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1), (?2, NULL)")?
+                .execute(params![p1, db_pages + 1])?,
+            (Some(p1), false) => conn
+                .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(1, ?1)")?
+                .execute(params![p1])?,
+            (None, true) => conn
+                .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES(?1, NULL)")?
+                .execute(params![db_pages + 1])?,
             (None, false) => 0,
         };
         Ok(())

@@ -29,6 +29,7 @@
 //! current image is shipped); missing one would not be, and cannot happen because every dirty
 //! page other than page 1 is in the WAL after the flush.
 
+use super::apply::{FORMAT_VERSION_BYTES, SQLITE_MAGIC, WAL_FORMAT};
 use super::chain::{Overlay, MAX_LINK_BYTES};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
@@ -55,6 +56,7 @@ const WAL_FRAME_HEADER_BYTES: i64 = 24;
 /// State remembered when a captured transaction starts.
 pub(crate) struct CaptureStart {
     page1: Option<Vec<u8>>,
+    page_size: u32,
 }
 
 impl CaptureStart {
@@ -65,18 +67,55 @@ impl CaptureStart {
 }
 
 /// Call inside a freshly begun write transaction, before any statement changes the database.
+///
+/// The journal mode and the page size come from page 1's header, read here anyway: a prepared
+/// `PRAGMA journal_mode` runs only once (SQLite compiles it again for every batch), and
+/// `PRAGMA page_size` cannot be cached (see [`page_size`]). Neither can change inside the
+/// transaction. Only an empty database, which has no header yet, asks SQLite.
 pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
-    let mode: String = conn
-        .prepare_cached(internal_sql!("PRAGMA journal_mode"))?
-        .query_row([], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(DbError::Internal(format!(
-            "page capture needs journal_mode=WAL, database is in {mode}"
-        )));
+    let page1 = read_page(conn, 1)?;
+    let header = page1.as_deref().and_then(Header::of);
+    let wal = match header {
+        Some(header) => header.wal,
+        None => {
+            let mode: String = conn
+                .prepare_cached(internal_sql!("PRAGMA journal_mode"))?
+                .query_row([], |r| r.get(0))?;
+            mode.eq_ignore_ascii_case("wal")
+        }
+    };
+    if !wal {
+        return Err(DbError::Internal(
+            "page capture needs journal_mode=WAL, the database is not in WAL mode".into(),
+        ));
     }
-    Ok(CaptureStart {
-        page1: read_page(conn, 1)?,
-    })
+    let page_size = match header {
+        Some(header) => header.page_size,
+        None => page_size(conn)?,
+    };
+    Ok(CaptureStart { page1, page_size })
+}
+
+/// What [`start`] reads off page 1's header (the SQLite file format).
+#[derive(Clone, Copy)]
+struct Header {
+    /// Bytes 18 and 19, the file format's write and read versions, are 2: WAL.
+    wal: bool,
+    /// Bytes 16–17, big-endian; 1 stands for 65,536.
+    page_size: u32,
+}
+
+impl Header {
+    fn of(page1: &[u8]) -> Option<Header> {
+        if page1.len() < 100 || &page1[..16] != SQLITE_MAGIC {
+            return None;
+        }
+        let size = u32::from(u16::from_be_bytes([page1[16], page1[17]]));
+        Some(Header {
+            wal: page1[FORMAT_VERSION_BYTES].iter().all(|&v| v == WAL_FORMAT),
+            page_size: if size == 1 { 65536 } else { size },
+        })
+    }
 }
 
 /// What [`finish`] captured: the delta, the full new images of its pages when they are wanted
@@ -108,7 +147,7 @@ pub(crate) fn finish(
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
     check(rc, "sqlite3_db_cacheflush")?;
 
-    let page_size = page_size(conn)?;
+    let page_size = start.page_size;
     let db_pages: u32 = conn
         .prepare_cached(internal_sql!("PRAGMA page_count"))?
         .query_row([], |r| r.get(0))?;
@@ -188,19 +227,26 @@ pub(crate) fn finish(
 
 /// Pages of the committed database, read in one read transaction on the base connection
 /// (rolled back if dropped: a read transaction left open would keep checkpoints from
-/// finishing).
+/// finishing). Its `BEGIN` and `COMMIT` come from the statement cache: one per batch,
+/// they are not worth compiling each time.
 struct BaseReader<'c> {
-    tx: rusqlite::Transaction<'c>,
+    conn: &'c Connection,
     pages: u32,
+    open: bool,
 }
 
 impl<'c> BaseReader<'c> {
     fn begin(conn: &'c Connection) -> Result<BaseReader<'c>> {
-        let tx = conn.unchecked_transaction()?;
-        let pages = tx
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let mut reader = BaseReader {
+            conn,
+            pages: 0,
+            open: true,
+        };
+        reader.pages = conn
             .prepare_cached("PRAGMA page_count")?
             .query_row([], |r| r.get(0))?;
-        Ok(BaseReader { tx, pages })
+        Ok(reader)
     }
 
     /// The committed image of `pgno`, or `None` for a page beyond the committed database.
@@ -208,11 +254,21 @@ impl<'c> BaseReader<'c> {
         if pgno > self.pages {
             return Ok(None);
         }
-        read_page(&self.tx, pgno)
+        read_page(self.conn, pgno)
     }
 
-    fn end(self) -> Result<()> {
-        Ok(self.tx.commit()?)
+    fn end(mut self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for BaseReader<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -369,6 +425,42 @@ mod tests {
         let conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL;")?;
         Ok(conn)
+    }
+
+    /// The journal mode and page size come from page 1's header; a database without one
+    /// (empty) asks SQLite, and one that is not in WAL mode is refused.
+    #[test]
+    fn start_reads_the_journal_mode_and_page_size_off_page_1() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wal = Connection::open(dir.path().join("wal.db"))?;
+        wal.execute_batch("PRAGMA page_size=8192; PRAGMA journal_mode=WAL; CREATE TABLE t(x);")?;
+        wal.execute_batch("BEGIN IMMEDIATE")?;
+        assert_eq!(start(&wal)?.page_size, 8192);
+        wal.execute_batch("ROLLBACK")?;
+
+        let journal = Connection::open(dir.path().join("journal.db"))?;
+        journal.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x);")?;
+        journal.execute_batch("BEGIN IMMEDIATE")?;
+        let refused = start(&journal).err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("WAL")),
+            "a rollback-journal database: {refused:?}"
+        );
+        journal.execute_batch("ROLLBACK")?;
+
+        let empty = Connection::open(dir.path().join("empty.db"))?;
+        empty.execute_batch("PRAGMA page_size=16384")?;
+        empty.execute_batch("BEGIN IMMEDIATE")?;
+        let refused = start(&empty).err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("WAL")),
+            "an empty database in the default (rollback) mode: {refused:?}"
+        );
+        empty.execute_batch("ROLLBACK; PRAGMA journal_mode=WAL")?;
+        empty.execute_batch("BEGIN IMMEDIATE")?;
+        let started = start(&empty)?;
+        assert_eq!(started.page_size, 16384);
+        Ok(())
     }
 
     /// Capture of a transaction larger than the page cache: it must contain every page that a
