@@ -208,3 +208,39 @@ fn wal_sigkill_during_appends() {
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     check_after_crash(dir.path(), &flushed);
 }
+
+/// `save_committed` writes to redb at most once per `LAZY_EVERY`; in between the store answers
+/// from memory, and what redb holds is never newer than what was saved.
+#[tokio::test]
+async fn committed_ids_are_written_lazily_and_read_back_from_memory() -> Result<(), StorageError> {
+    use openraft::storage::RaftLogStorage;
+    use raftlite::raft::store::LAZY_EVERY;
+    use raftlite::raft::types::LogId;
+
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let store = RaftStore::open(dir.path()).expect("open raft store");
+    let mut log = LogStore::open(store.clone(), &dir.path().join("raft-log")).expect("open log");
+    let id = |index| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+    let written = || -> Result<Option<LogId>, StorageError> {
+        Ok(store.read_meta::<Option<LogId>>("committed")?.flatten())
+    };
+
+    log.save_committed(id(1)).await?;
+    log.save_committed(id(2)).await?;
+    assert_eq!(
+        log.read_committed().await?,
+        id(2),
+        "the newest, from memory"
+    );
+    assert_eq!(
+        written()?,
+        id(1),
+        "the second came within LAZY_EVERY: not written"
+    );
+
+    tokio::time::sleep(LAZY_EVERY).await;
+    log.save_committed(id(3)).await?;
+    assert_eq!(log.read_committed().await?, id(3));
+    assert_eq!(written()?, id(3), "due again after LAZY_EVERY");
+    Ok(())
+}

@@ -15,7 +15,8 @@
 //!   entries, never a gap.
 //! - `save_vote` is a durable redb commit (rare: elections); `save_committed` a lazy one, made
 //!   on the writer thread behind the queued appends so that it never gets ahead of the
-//!   durable log (openraft re-applies up to it at start).
+//!   durable log (openraft re-applies up to it at start), and at most once per
+//!   [`LAZY_EVERY`](super::store::LAZY_EVERY).
 //!
 //! Entries are bincode-encoded; the page delta inside travels as opaque bytes. No file I/O
 //! runs on a tokio worker: the writer is a std thread, and reads and redb commits use the
@@ -32,7 +33,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError};
 
 use super::state_machine::Proposals;
-use super::store::{RaftStore, Sync};
+use super::store::{LazyClock, RaftStore, Sync};
 use super::types::{Command, Entry, LogId, StorageError, TypeConfig, Vote};
 use super::wal::{Wal, WalOptions, WalWriter};
 use crate::peer::early::EarlyReplication;
@@ -55,6 +56,10 @@ pub struct LogStore {
     vote: Arc<Mutex<Option<Vote>>>,
     /// Where a leader's own entries go as they are appended (`peer::early`).
     early: Option<(Arc<EarlyReplication>, Proposals)>,
+    /// The committed log id openraft last saved (`None` until it saves one), and when it
+    /// was last written to redb ([`LazyClock`]).
+    committed: Option<Option<LogId>>,
+    committed_written: LazyClock,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -216,6 +221,8 @@ impl LogStore {
             first_visible: Arc::new(AtomicU64::new(0)),
             vote: Arc::new(Mutex::new(None)),
             early: None,
+            committed: None,
+            committed_written: LazyClock::default(),
         })
     }
 
@@ -452,7 +459,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // But it must never get ahead of this node's durable log: at start openraft re-applies
         // the log up to it and fails on a missing entry. A node can learn that an entry is
         // committed before its own append of it is on disk, so the write waits behind every
-        // queued append, on the writer thread, without making openraft wait.
+        // queued append, on the writer thread, without making openraft wait. At most one
+        // write per `LAZY_EVERY`; `read_committed` answers from memory in between.
+        self.committed = Some(committed);
+        if !self.committed_written.due() {
+            return Ok(());
+        }
         let store = self.store.clone();
         self.wal
             .after_writes(Box::new(move |appended| {
@@ -470,6 +482,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // After the queued `save_committed` writes.
         let wal = self.wal.clone();
         wal_op(move |done| wal.after_writes(done)).await?;
+        if let Some(committed) = self.committed {
+            return Ok(committed);
+        }
         let store = self.store.clone();
         blocking(move || Ok(store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())).await
     }

@@ -25,7 +25,7 @@ use openraft::{
 };
 use tokio::sync::watch;
 
-use super::store::{RaftStore, Sync};
+use super::store::{LazyClock, RaftStore, Sync};
 use super::types::{
     ApplyResult, Command, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -63,6 +63,9 @@ pub struct StateMachine {
     /// removing (ENOENT on open) or none at all, and either is a storage error that stops
     /// raft.
     snapshot_files: SnapshotFilesLock,
+    /// When the applied state was last written lazily (after applies; see
+    /// [`LAZY_EVERY`](super::store::LAZY_EVERY)).
+    state_written: LazyClock,
 }
 
 type SnapshotFilesLock = Arc<std::sync::Mutex<()>>;
@@ -268,6 +271,7 @@ impl StateMachine {
             applied_tx,
             proposals: Proposals::default(),
             snapshot_files: SnapshotFilesLock::default(),
+            state_written: LazyClock::default(),
         };
         if db_version < recorded.db_version {
             tracing::warn!(
@@ -438,11 +442,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let started = std::time::Instant::now();
         let mut results = Vec::new();
+        let mut membership_changed = false;
         for entry in entries {
             let result = match entry.payload {
                 EntryPayload::Blank => ApplyResult::NoOp,
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership_changed = true;
                     ApplyResult::NoOp
                 }
                 EntryPayload::Normal(Command::Delta(bytes)) => {
@@ -513,7 +519,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(applied) = self.last_applied {
             self.applied_tx.send_replace(applied.index);
         }
-        self.persist(Sync::Lazy)?;
+        // Lazily, at most once per `LAZY_EVERY` but for a new membership: a restart replays
+        // the log from what was recorded and skips the deltas the database holds already.
+        if self.state_written.due() || membership_changed {
+            self.persist(Sync::Lazy)?;
+        }
         tracing::debug!(
             applied_us,
             total_us = started.elapsed().as_micros() as u64,

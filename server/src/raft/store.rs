@@ -28,6 +28,34 @@ pub struct RaftStore {
     pub(crate) db: Arc<redb::Database>,
 }
 
+/// Least time between two lazy writes of a value that changes with every write: the
+/// committed log id (`save_committed`) and the applied state. Each is a redb commit, about
+/// 7 µs, once per batch on every node, on the log writer's thread or openraft's state machine
+/// task (6.5 % of a leader's CPU at 16 clients, BENCHMARKS.md "Session 21"). Writing them less
+/// often loses nothing a restart needs: both may be older on disk than in memory already (a
+/// lazy commit does not survive a power loss), and a restart re-learns the committed index
+/// from the leader and skips the deltas its database already holds.
+pub const LAZY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When a lazily written value was last written: the next write is due [`LAZY_EVERY`] later.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct LazyClock(Option<std::time::Instant>);
+
+impl LazyClock {
+    /// Whether a write is due now (and if so, counts it as made).
+    pub fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .is_some_and(|last| now.duration_since(last) < LAZY_EVERY)
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
 /// Durability of a metadata write.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Sync {
