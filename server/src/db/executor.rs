@@ -680,9 +680,8 @@ impl Executor {
         copy.execute_batch("BEGIN IMMEDIATE")?;
         let base_version = internal::read_version(&copy)?;
         internal::ensure_tables(&copy)?;
-        internal::write_version(&copy, base_version + 1)?;
         let tag = new_tag();
-        internal::write_tag(&copy, tag)?;
+        internal::write_version_and_tag(&copy, base_version + 1, tag)?;
         copy.execute_batch("COMMIT")?;
 
         let page_size: u32 = copy.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -1119,8 +1118,7 @@ impl Executor {
     /// under the internal lock-down guard.
     fn finish_capture(&self, open: OpenTransaction) -> Result<(PageDelta, Option<Link>)> {
         let tag = new_tag();
-        internal::write_version(&self.conn, open.base_version + 1)?;
-        internal::write_tag(&self.conn, tag)?;
+        internal::write_version_and_tag(&self.conn, open.base_version + 1, tag)?;
         let captured = capture::finish(
             &self.conn,
             &self.base,

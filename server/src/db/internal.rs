@@ -79,11 +79,18 @@ pub(crate) fn read_version(conn: &Connection) -> Result<u64> {
         .map_err(|_| DbError::Corrupt(format!("negative database version {v:?}")))
 }
 
-/// Set the version counter (the meta table must exist).
-pub(crate) fn write_version(conn: &Connection, version: u64) -> Result<()> {
+/// Set the version counter and the tag in one statement (the meta table must exist): once
+/// per batch on the leader.
+pub(crate) fn write_version_and_tag(conn: &Connection, version: u64, tag: u64) -> Result<()> {
     let v = i64::try_from(version)
         .map_err(|_| DbError::Internal(format!("version {version} overflows")))?;
-    write_meta(conn, "version", v)
+    // The tag is stored as the i64 with the same bits.
+    conn.prepare_cached(internal_sql!(
+        "INSERT INTO main._raftlite_meta(key, value) VALUES('version', ?1), ('tag', ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    ))?
+    .execute(rusqlite::params![v, tag as i64])?;
+    Ok(())
 }
 
 /// The tag of the last delta applied (see `delta.rs`); 0 when none was stored (a database
@@ -93,35 +100,30 @@ pub(crate) fn read_tag(conn: &Connection) -> Result<u64> {
     Ok(read_meta(conn, "tag")?.map_or(0, |t| t as u64))
 }
 
-/// Set the tag (the meta table must exist).
-pub(crate) fn write_tag(conn: &Connection, tag: u64) -> Result<()> {
-    write_meta(conn, "tag", tag as i64)
-}
-
+/// One value of the meta table; none before the table exists. One cached statement: before
+/// the first write the table is missing, the statement does not compile and the answer is
+/// none (an `EXISTS` query on the schema before each read cost a statement per batch on
+/// every node).
 fn read_meta(conn: &Connection, key: &str) -> Result<Option<i64>> {
-    let exists: bool = conn
-        .prepare_cached(internal_sql!(
-            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_meta')"
-        ))?
-        .query_row([], |r| r.get(0))?;
-    if !exists {
-        return Ok(None);
-    }
-    Ok(conn
+    let read = conn
         .prepare_cached(internal_sql!(
             "SELECT value FROM main._raftlite_meta WHERE key = ?1"
-        ))?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
+        ))
+        .and_then(|mut stmt| stmt.query_row([key], |r| r.get(0)).optional());
+    match read {
+        Ok(value) => Ok(value),
+        Err(e) if no_such_table(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-fn write_meta(conn: &Connection, key: &str, value: i64) -> Result<()> {
-    conn.prepare_cached(internal_sql!(
-        "INSERT INTO main._raftlite_meta(key, value) VALUES(?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-    ))?
-    .execute(rusqlite::params![key, value])?;
-    Ok(())
+/// SQLite's refusal of a statement that names a table the database does not have.
+fn no_such_table(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg))
+        | rusqlite::Error::SqlInputError { msg, .. } => msg.starts_with("no such table"),
+        _ => false,
+    }
 }
 
 /// Stored results of an earlier request with this id, if any.
@@ -387,13 +389,17 @@ mod tests {
         assert_eq!(read_version(&conn)?, 0);
         ensure_tables(&conn)?;
         assert_eq!(read_version(&conn)?, 0);
-        write_version(&conn, 41)?;
-        write_version(&conn, 42)?;
-        assert_eq!(read_version(&conn)?, 42);
         assert_eq!(read_tag(&conn)?, 0);
-        write_tag(&conn, u64::MAX - 1)?;
-        assert_eq!(read_tag(&conn)?, u64::MAX - 1);
+        write_version_and_tag(&conn, 41, 7)?;
+        write_version_and_tag(&conn, 42, u64::MAX - 1)?;
         assert_eq!(read_version(&conn)?, 42);
+        assert_eq!(read_tag(&conn)?, u64::MAX - 1);
+        conn.execute_batch("DROP TABLE _raftlite_meta")?;
+        assert_eq!(
+            read_version(&conn)?,
+            0,
+            "a cached read of a table that went away"
+        );
         assert!(is_internal_table("_RaftLite_meta"));
         assert!(!is_internal_table("raftlite_meta"));
         Ok(())
