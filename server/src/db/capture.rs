@@ -431,35 +431,35 @@ mod tests {
     /// (empty) asks SQLite, and one that is not in WAL mode is refused.
     #[test]
     fn start_reads_the_journal_mode_and_page_size_off_page_1() -> Result<()> {
+        // The page size `start` found, or its refusal, in a write transaction rolled back.
+        let started = |conn: &Connection| -> Result<std::result::Result<u32, String>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let started = start(conn).map(|s| s.page_size).map_err(|e| e.to_string());
+            conn.execute_batch("ROLLBACK")?;
+            Ok(started)
+        };
+        let refused = |r: &std::result::Result<u32, String>| {
+            r.as_ref().err().is_some_and(|e| e.contains("WAL"))
+        };
         let dir = tempfile::tempdir()?;
         let wal = Connection::open(dir.path().join("wal.db"))?;
         wal.execute_batch("PRAGMA page_size=8192; PRAGMA journal_mode=WAL; CREATE TABLE t(x);")?;
-        wal.execute_batch("BEGIN IMMEDIATE")?;
-        assert_eq!(start(&wal)?.page_size, 8192);
-        wal.execute_batch("ROLLBACK")?;
+        assert_eq!(started(&wal)?, Ok(8192));
 
         let journal = Connection::open(dir.path().join("journal.db"))?;
         journal.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x);")?;
-        journal.execute_batch("BEGIN IMMEDIATE")?;
-        let refused = start(&journal).err().map(|e| e.to_string());
-        assert!(
-            refused.as_deref().is_some_and(|e| e.contains("WAL")),
-            "a rollback-journal database: {refused:?}"
-        );
-        journal.execute_batch("ROLLBACK")?;
+        let r = started(&journal)?;
+        assert!(refused(&r), "a rollback-journal database: {r:?}");
 
         let empty = Connection::open(dir.path().join("empty.db"))?;
         empty.execute_batch("PRAGMA page_size=16384")?;
-        empty.execute_batch("BEGIN IMMEDIATE")?;
-        let refused = start(&empty).err().map(|e| e.to_string());
+        let r = started(&empty)?;
         assert!(
-            refused.as_deref().is_some_and(|e| e.contains("WAL")),
-            "an empty database in the default (rollback) mode: {refused:?}"
+            refused(&r),
+            "an empty database in the default (rollback) mode: {r:?}"
         );
-        empty.execute_batch("ROLLBACK; PRAGMA journal_mode=WAL")?;
-        empty.execute_batch("BEGIN IMMEDIATE")?;
-        let started = start(&empty)?;
-        assert_eq!(started.page_size, 16384);
+        empty.execute_batch("PRAGMA journal_mode=WAL")?;
+        assert_eq!(started(&empty)?, Ok(16384));
         Ok(())
     }
 
