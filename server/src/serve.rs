@@ -62,13 +62,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let mut peers_stopped = stopped.clone();
     let peers = tokio::spawn(crate::peer::service::serve(
         node.clone(),
         node.config().peer_listen,
-        until_stopped(stopped.clone()),
+        async move { until_stopped(&mut peers_stopped).await },
     ));
     let clients = crate::grpc::serve(node.clone(), listen, stopped);
     tokio::pin!(clients);
@@ -86,6 +84,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Resolves once the node's stop signal turns true (or its sender is gone).
+pub(crate) async fn until_stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A node whose Raft core stopped on a fatal error must not keep answering as if it were

@@ -57,10 +57,35 @@ fn batch_open() -> DbError {
 }
 
 /// SQLite file header magic (first 16 bytes of page 1).
-pub(crate) const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Header bytes 18/19: file format write/read version, 2 = WAL.
-pub(crate) const FORMAT_VERSION_BYTES: std::ops::Range<usize> = 18..20;
-pub(crate) const WAL_FORMAT: u8 = 2;
+const FORMAT_VERSION_BYTES: std::ops::Range<usize> = 18..20;
+const WAL_FORMAT: u8 = 2;
+
+/// What page 1's first 100 bytes (the SQLite file header) say.
+#[derive(Clone, Copy)]
+pub(crate) struct Header {
+    /// Bytes 18 and 19, the file format's write and read versions, are 2: WAL.
+    pub wal: bool,
+    /// Bytes 16–17, big-endian; 1 stands for 65,536 (not checked for validity).
+    pub page_size: u32,
+}
+
+impl Header {
+    /// `None` when the bytes are too short or not an SQLite database.
+    pub(crate) fn of(page1: &[u8]) -> Option<Header> {
+        if page1.len() < 100 || &page1[..16] != SQLITE_MAGIC {
+            return None;
+        }
+        Some(Header {
+            wal: page1[FORMAT_VERSION_BYTES].iter().all(|&v| v == WAL_FORMAT),
+            page_size: match u16::from_be_bytes([page1[16], page1[17]]) {
+                1 => 65536,
+                n => u32::from(n),
+            },
+        })
+    }
+}
 
 impl Applier {
     /// Open the applier's connection on an existing WAL database.
@@ -206,13 +231,9 @@ impl Applier {
         let mut header = [0u8; 100];
         file.read_exact(&mut header)
             .map_err(|e| DbError::Corrupt(format!("image too short: {e}")))?;
-        if &header[..16] != SQLITE_MAGIC {
-            return Err(DbError::Corrupt("image is not an SQLite database".into()));
-        }
-        let page_size = match u16::from_be_bytes([header[16], header[17]]) {
-            1 => 65536u32,
-            n => u32::from(n),
-        };
+        let page_size = Header::of(&header)
+            .ok_or_else(|| DbError::Corrupt("image is not an SQLite database".into()))?
+            .page_size;
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(DbError::Corrupt(format!(
                 "image has invalid page size {page_size}"

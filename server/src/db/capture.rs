@@ -29,7 +29,7 @@
 //! current image is shipped); missing one would not be, and cannot happen because every dirty
 //! page other than page 1 is in the WAL after the flush.
 
-use super::apply::{FORMAT_VERSION_BYTES, SQLITE_MAGIC, WAL_FORMAT};
+use super::apply::Header;
 use super::chain::{Overlay, MAX_LINK_BYTES};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
@@ -74,14 +74,13 @@ impl CaptureStart {
 /// transaction. Only an empty database, which has no header yet, asks SQLite.
 pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
     let page1 = read_page(conn, 1)?;
-    let header = page1.as_deref().and_then(Header::of);
-    let wal = match header {
-        Some(header) => header.wal,
+    let (wal, page_size) = match page1.as_deref().and_then(Header::of) {
+        Some(header) => (header.wal, header.page_size),
         None => {
             let mode: String = conn
                 .prepare_cached(internal_sql!("PRAGMA journal_mode"))?
                 .query_row([], |r| r.get(0))?;
-            mode.eq_ignore_ascii_case("wal")
+            (mode.eq_ignore_ascii_case("wal"), page_size(conn)?)
         }
     };
     if !wal {
@@ -89,33 +88,7 @@ pub(crate) fn start(conn: &Connection) -> Result<CaptureStart> {
             "page capture needs journal_mode=WAL, the database is not in WAL mode".into(),
         ));
     }
-    let page_size = match header {
-        Some(header) => header.page_size,
-        None => page_size(conn)?,
-    };
     Ok(CaptureStart { page1, page_size })
-}
-
-/// What [`start`] reads off page 1's header (the SQLite file format).
-#[derive(Clone, Copy)]
-struct Header {
-    /// Bytes 18 and 19, the file format's write and read versions, are 2: WAL.
-    wal: bool,
-    /// Bytes 16–17, big-endian; 1 stands for 65,536.
-    page_size: u32,
-}
-
-impl Header {
-    fn of(page1: &[u8]) -> Option<Header> {
-        if page1.len() < 100 || &page1[..16] != SQLITE_MAGIC {
-            return None;
-        }
-        let size = u32::from(u16::from_be_bytes([page1[16], page1[17]]));
-        Some(Header {
-            wal: page1[FORMAT_VERSION_BYTES].iter().all(|&v| v == WAL_FORMAT),
-            page_size: if size == 1 { 65536 } else { size },
-        })
-    }
 }
 
 /// What [`finish`] captured: the delta, the full new images of its pages when they are wanted

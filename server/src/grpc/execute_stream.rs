@@ -198,7 +198,7 @@ async fn drive(
         tokio::select! {
             biased;
             Some(()) = running.next(), if !running.is_empty() => {}
-            () = stopped(&mut stop), if !stopping => {
+            () = crate::serve::until_stopped(&mut stop), if !stopping => {
                 // The node stops: no more calls; those running finish and are answered.
                 stopping = true;
                 open = false;
@@ -228,11 +228,6 @@ async fn drive(
             )))
             .await;
     }
-}
-
-/// Resolves once the node stops (or its signal is gone).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A failed call's status as the answer carries it.

@@ -78,9 +78,7 @@ pub async fn serve(
         Some(node.inner.metrics.clone()),
     );
     let mut stopped = stop.clone();
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
+    let shutdown = async move { crate::serve::until_stopped(&mut stopped).await };
     let sql = SqlServer::new(sql::SqlService {
         node: node.clone(),
         max_request_bytes: max_request,
