@@ -145,20 +145,26 @@ impl Node {
                     // follower's, counted from the last time a quorum acknowledged it (a single
                     // voter is its own quorum, always just now).
                     let limit = inner.config.election_timeout_max * 3;
-                    if inner.since_quorum_ack().is_none_or(|d| d >= limit) {
-                        return Err(NodeError::unavailable(
-                            format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
-                            None,
-                        ));
-                    }
+                    let left = match inner.since_quorum_ack() {
+                        Some(since) if since < limit => limit - since,
+                        _ => {
+                            return Err(NodeError::unavailable(
+                                format!("this leader has not heard from a quorum in the last {limit:?}; a bounded read cannot be served"),
+                                None,
+                            ))
+                        }
+                    };
                     // A write is answered once committed, a moment before the leader applies it.
+                    // As on a follower, catching up may not outlast the window: a leader cut off
+                    // just after a quorum took an entry never applies it itself, and answers
+                    // UNAVAILABLE when the window ends instead of holding the read.
                     let committed = inner
                         .leader_commit
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                     inner
-                        .wait_applied(committed.saturating_sub(max_lag), READ_WAIT)
+                        .wait_applied(committed.saturating_sub(max_lag), left.min(READ_WAIT))
                         .await?;
                 } else {
                     let (commit, heard) = *inner
