@@ -69,6 +69,9 @@ pub(crate) struct Header {
     pub wal: bool,
     /// Bytes 16–17, big-endian; 1 stands for 65,536 (not checked for validity).
     pub page_size: u32,
+    /// Bytes 28–31, the in-header database size in pages, when bytes 92–95 (the change
+    /// counter it was written with) say it is current. Only a hint for [`page_count`].
+    pub pages: Option<u32>,
 }
 
 impl Header {
@@ -77,14 +80,45 @@ impl Header {
         if page1.len() < 100 || &page1[..16] != SQLITE_MAGIC {
             return None;
         }
+        let word = |at: usize| {
+            u32::from_be_bytes([page1[at], page1[at + 1], page1[at + 2], page1[at + 3]])
+        };
         Some(Header {
             wal: page1[FORMAT_VERSION_BYTES].iter().all(|&v| v == WAL_FORMAT),
             page_size: match u16::from_be_bytes([page1[16], page1[17]]) {
                 1 => 65536,
                 n => u32::from(n),
             },
+            pages: (word(92) == word(24)).then(|| word(28)),
         })
     }
+}
+
+/// The size in pages of the database open on `conn`, as `PRAGMA page_count` answers it, inside
+/// a transaction the caller has open (a read of the database must have started it).
+///
+/// A prepared PRAGMA runs only once, so SQLite compiles `page_count` again on every use, and
+/// this runs for every batch on the leader and every apply on each node. `sqlite_dbpage`
+/// answers whether a page number exists from the very count the pragma reads (the btree's),
+/// without reading the page, from a cached statement: `hint` (page 1's in-header size,
+/// [`Header::pages`]) is the count when page `hint` exists and page `hint + 1` does not.
+/// Without a hint, or with a wrong one, the pragma answers.
+pub(crate) fn page_count(conn: &Connection, hint: Option<u32>) -> Result<u32> {
+    let exists = |pgno: u32| -> Result<bool> {
+        Ok(conn
+            .prepare_cached(internal::internal_sql!(
+                "SELECT 1 FROM sqlite_dbpage WHERE pgno = ?1"
+            ))?
+            .exists([pgno])?)
+    };
+    if let Some(pages) = hint {
+        if (pages == 0 || exists(pages)?) && !exists(pages.saturating_add(1))? {
+            return Ok(pages);
+        }
+    }
+    Ok(conn
+        .prepare_cached(internal::internal_sql!("PRAGMA page_count"))?
+        .query_row([], |r| r.get(0))?)
 }
 
 impl Applier {
@@ -267,10 +301,17 @@ impl Applier {
         Ok(())
     }
 
-    /// Current size in pages; errors if the database has pages of a different size.
+    /// Current size in pages; errors if the database has pages of a different size. Both come
+    /// from page 1's header (checked, see [`page_count`]): `PRAGMA page_size` and
+    /// `PRAGMA page_count` would be compiled again for every delta.
     fn check_page_size(&self, page_size: u32) -> Result<u32> {
-        let current: u32 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let pages: u32 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let header = read_page(&self.conn, 1)?.as_deref().and_then(Header::of);
+        let pages = page_count(&self.conn, header.and_then(|h| h.pages))?;
+        let current = match header {
+            Some(h) => h.page_size,
+            None if pages == 0 => return Ok(0),
+            None => self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?,
+        };
         if pages > 0 && current != page_size {
             return Err(DbError::Corrupt(format!(
                 "page size mismatch: delta has {page_size}, database has {current}"

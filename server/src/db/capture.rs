@@ -29,7 +29,7 @@
 //! current image is shipped); missing one would not be, and cannot happen because every dirty
 //! page other than page 1 is in the WAL after the flush.
 
-use super::apply::Header;
+use super::apply::{page_count, Header};
 use super::chain::{Overlay, MAX_LINK_BYTES};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
@@ -121,12 +121,11 @@ pub(crate) fn finish(
     check(rc, "sqlite3_db_cacheflush")?;
 
     let page_size = start.page_size;
-    let db_pages: u32 = conn
-        .prepare_cached(internal_sql!("PRAGMA page_count"))?
-        .query_row([], |r| r.get(0))?;
+    let page1 = read_page(conn, 1)?;
+    let db_pages = page_count(conn, header_pages(page1.as_deref()))?;
     let mut pgnos = uncommitted_pgnos(conn, page_size)?;
     pgnos.remove(&1);
-    if read_page(conn, 1)? != start.page1 {
+    if page1 != start.page1 {
         pgnos.insert(1);
     }
     // Checked on the page count, before a byte is read (an oversized transaction costs no
@@ -152,7 +151,9 @@ pub(crate) fn finish(
     let mut images = keep_images.then(Vec::new);
     let mut image_bytes = 0usize;
     let mut pages = Vec::with_capacity(pgnos.len());
-    let base_pages = BaseReader::begin(base)?;
+    // The committed size is the one the transaction started from, unless the pipeline's
+    // overlay lay beneath it (then the hint is wrong and SQLite answers).
+    let base_pages = BaseReader::begin(base, header_pages(start.page1.as_deref()))?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
         let data = read_page(conn, pgno)?
             .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
@@ -209,16 +210,16 @@ struct BaseReader<'c> {
 }
 
 impl<'c> BaseReader<'c> {
-    fn begin(conn: &'c Connection) -> Result<BaseReader<'c>> {
+    /// `hint`: the committed size in pages, if known (see [`page_count`]). The read
+    /// transaction starts with the first statement that reads (`sqlite_dbpage` does).
+    fn begin(conn: &'c Connection, hint: Option<u32>) -> Result<BaseReader<'c>> {
         conn.prepare_cached("BEGIN")?.execute([])?;
         let mut reader = BaseReader {
             conn,
             pages: 0,
             open: true,
         };
-        reader.pages = conn
-            .prepare_cached("PRAGMA page_count")?
-            .query_row([], |r| r.get(0))?;
+        reader.pages = page_count(conn, hint)?;
         Ok(reader)
     }
 
@@ -261,6 +262,11 @@ pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
     Ok(uncommitted_pgnos(conn, page_size)?
         .len()
         .saturating_mul(page_size as usize))
+}
+
+/// The in-header database size of page 1, if any (a hint for [`page_count`]).
+fn header_pages(page1: Option<&[u8]>) -> Option<u32> {
+    page1.and_then(Header::of).and_then(|h| h.pages)
 }
 
 /// One page through `sqlite_dbpage` (sees the connection's own uncommitted changes).
@@ -433,6 +439,65 @@ mod tests {
         );
         empty.execute_batch("PRAGMA journal_mode=WAL")?;
         assert_eq!(started(&empty)?, Ok(16384));
+        Ok(())
+    }
+
+    /// The page count from page 1's header, checked through `sqlite_dbpage`, is what
+    /// `PRAGMA page_count` says: as the database grows and shrinks, inside a transaction that
+    /// changed the size, with wrong hints, and on a reader whose last look is out of date.
+    #[test]
+    fn page_count_from_the_header_is_the_pragmas() -> Result<()> {
+        fn pragma(conn: &Connection) -> Result<u32> {
+            Ok(conn.query_row("PRAGMA page_count", [], |r| r.get(0))?)
+        }
+        /// Every hint gives the pragma's answer, and page 1's own hint is that answer.
+        fn agrees(conn: &Connection, what: &str) -> Result<u32> {
+            let truth = pragma(conn)?;
+            let hint = header_pages(read_page(conn, 1)?.as_deref());
+            assert_eq!(hint, Some(truth), "{what}: page 1's in-header size");
+            for wrong in [
+                None,
+                Some(0),
+                Some(truth - 1),
+                Some(truth + 1),
+                Some(u32::MAX),
+            ] {
+                assert_eq!(page_count(conn, wrong)?, truth, "{what}: hint {wrong:?}");
+            }
+            assert_eq!(page_count(conn, hint)?, truth, "{what}");
+            Ok(truth)
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.db");
+        let conn = open(&path)?;
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, a BLOB)")?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let small = agrees(&conn, "a new table")?;
+        conn.execute_batch(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 300)
+             INSERT INTO t(a) SELECT randomblob(1000) FROM c",
+        )?;
+        let grown = agrees(&conn, "grown inside the transaction")?;
+        assert!(grown > small + 50, "{grown} pages after, {small} before");
+        conn.execute_batch("COMMIT")?;
+
+        let reader = open(&path)?;
+        assert_eq!(pragma(&reader)?, grown);
+        conn.execute_batch(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 300)
+             INSERT INTO t(a) SELECT randomblob(1000) FROM c",
+        )?;
+        let committed = pragma(&conn)?;
+        reader.execute_batch("BEGIN")?;
+        assert_eq!(page_count(&reader, Some(grown))?, committed, "a stale hint");
+        assert_eq!(page_count(&reader, Some(committed))?, committed);
+        reader.execute_batch("COMMIT")?;
+
+        conn.execute_batch("DELETE FROM t; VACUUM")?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let shrunk = agrees(&conn, "after VACUUM")?;
+        assert!(shrunk < small + 2, "{shrunk} pages after VACUUM");
+        conn.execute_batch("ROLLBACK")?;
         Ok(())
     }
 
