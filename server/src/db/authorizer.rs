@@ -31,7 +31,7 @@ use super::error::DbError;
 use super::internal::is_internal_table;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Message for any write attempted through the read pool.
@@ -152,6 +152,9 @@ pub(crate) struct Lockdown {
     /// Internal guards alive (they nest: a guard dropped inside another leaves it in force).
     internal: AtomicUsize,
     last_denial: Mutex<Option<String>>,
+    /// A client statement compiled since the last [`Lockdown::take_schema_change`] changes
+    /// the schema (creates, drops or alters a table, index, view, trigger, or runs ANALYZE).
+    schema_change: AtomicBool,
 }
 
 impl Lockdown {
@@ -162,6 +165,9 @@ impl Lockdown {
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if state.internal.load(Ordering::Acquire) > 0 {
                 return Authorization::Allow;
+            }
+            if changes_schema(&ctx.action) {
+                state.schema_change.store(true, Ordering::Release);
             }
             let verdict = match policy {
                 Policy::Executor => executor_rule(&ctx),
@@ -193,6 +199,14 @@ impl Lockdown {
         }
     }
 
+    /// Whether a client statement compiled since the last call changes the schema; clears it.
+    /// SQLite compiles a statement again (calling the authorizer) whenever the schema changed
+    /// since it was compiled, so a statement taken from the cache that changes the schema
+    /// either was compiled while the flag was watched or is compiled again as it runs.
+    pub(crate) fn take_schema_change(&self) -> bool {
+        self.schema_change.swap(false, Ordering::AcqRel)
+    }
+
     /// Turn a rusqlite error from a client statement into a `DbError`, replacing SQLite's
     /// "not authorized" with the reason the authorizer recorded.
     pub(crate) fn client_error(&self, e: rusqlite::Error) -> DbError {
@@ -213,6 +227,33 @@ impl Drop for InternalGuard<'_> {
     fn drop(&mut self) {
         self.0.internal.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Actions that change the schema (the temporary ones are refused on the executor anyway).
+fn changes_schema(action: &AuthAction<'_>) -> bool {
+    matches!(
+        action,
+        AuthAction::CreateTable { .. }
+            | AuthAction::CreateIndex { .. }
+            | AuthAction::CreateTrigger { .. }
+            | AuthAction::CreateView { .. }
+            | AuthAction::CreateVtable { .. }
+            | AuthAction::CreateTempTable { .. }
+            | AuthAction::CreateTempIndex { .. }
+            | AuthAction::CreateTempTrigger { .. }
+            | AuthAction::CreateTempView { .. }
+            | AuthAction::DropTable { .. }
+            | AuthAction::DropIndex { .. }
+            | AuthAction::DropTrigger { .. }
+            | AuthAction::DropView { .. }
+            | AuthAction::DropVtable { .. }
+            | AuthAction::DropTempTable { .. }
+            | AuthAction::DropTempIndex { .. }
+            | AuthAction::DropTempTrigger { .. }
+            | AuthAction::DropTempView { .. }
+            | AuthAction::AlterTable { .. }
+            | AuthAction::Analyze { .. }
+    )
 }
 
 fn transaction_word(op: TransactionOperation) -> &'static str {

@@ -4,9 +4,11 @@
 //! One batch = one `BEGIN IMMEDIATE` … capture … `ROLLBACK`:
 //! * each request runs inside its own `SAVEPOINT`, so a failing request is rolled back alone
 //!   and gets its own error while the others go on (group commit without shared fate);
-//! * request ids and their results are inserted into `_raftlite_requests` inside the same
-//!   savepoint, so they travel in the same delta as the data: a retried id is answered from
-//!   the table ([`WriteOutcome::Duplicate`]) instead of being applied twice;
+//! * the ids of the requests that executed are inserted with their results into
+//!   `_raftlite_requests` at the end of the batch, in the same transaction, so they travel in
+//!   the same delta as the data: a retried id is answered from the table (or, within one
+//!   batch, from the earlier request's results: [`WriteOutcome::Duplicate`]) instead of being
+//!   applied twice;
 //! * the version counter in `_raftlite_meta` is bumped once per batch that executed something,
 //!   and the delta carries the old value as `base_version` (see `internal.rs`).
 //!
@@ -30,7 +32,7 @@
 //! result as one delta.
 
 use super::authorizer::{Lockdown, Policy};
-use super::bounds::Bounds;
+use super::bounds::{Bounds, ClientScope};
 use super::capture::{self, CaptureStart};
 use super::chain::{Chain, Link, Overlay};
 use super::delta::{PageDelta, PageImage};
@@ -43,6 +45,8 @@ use super::DbOptions;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -55,6 +59,9 @@ const PRUNE_EVERY_BATCHES: u32 = 128;
 const PRUNE_LIMIT: u32 = 1000;
 /// Client statements kept prepared between batches.
 const STATEMENT_CACHE: usize = 256;
+/// Client SQL texts remembered as schema changes (see [`Executor::changed_schema`]); past it
+/// they are forgotten together with the statement cache.
+const MAX_SCHEMA_SQL: usize = 1024;
 /// Savepoint wrapped around each request, in a batch or a transaction.
 const SAVEPOINT: &str = internal_sql!("SAVEPOINT raftlite_request");
 const RELEASE: &str = internal_sql!("RELEASE raftlite_request");
@@ -158,6 +165,8 @@ pub struct Executor {
     /// computed against (see `capture`). Runs no client SQL.
     base: Connection,
     lockdown: Arc<Lockdown>,
+    /// Client SQL texts whose compilation changed the schema (see [`Executor::changed_schema`]).
+    schema_sql: RefCell<HashSet<String>>,
     bounds: Bounds,
     db_path: PathBuf,
     batches_since_prune: u32,
@@ -199,6 +208,9 @@ struct Run {
     outcomes: Vec<WriteOutcome>,
     executed_any: bool,
     now_ms: i64,
+    /// Ids of the requests executed so far, each with its outcome's index: recorded in
+    /// `_raftlite_requests` once they all ran (see [`Executor::record_request_ids`]).
+    executed_ids: HashMap<String, usize>,
 }
 
 /// Serialises the executor's batches and the applier's applies on one node: both take
@@ -374,6 +386,7 @@ impl Executor {
             lockdown,
             bounds,
             db_path: path.to_path_buf(),
+            schema_sql: RefCell::default(),
             batches_since_prune: 0,
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
@@ -730,6 +743,7 @@ impl Executor {
             outcomes: Vec::new(),
             executed_any: false,
             now_ms: unix_millis(),
+            executed_ids: HashMap::new(),
         })
     }
 
@@ -753,8 +767,17 @@ impl Executor {
             }
             let id = request.request_id.as_str();
             if !id.is_empty() {
-                let _guard = self.lockdown.internal();
-                if let Some(stored) = internal::lookup_request(&self.conn, id)? {
+                let earlier = match run.executed_ids.get(id) {
+                    Some(&k) => match &run.outcomes[k] {
+                        WriteOutcome::Executed(results) => Some(results.clone()),
+                        _ => None,
+                    },
+                    None => {
+                        let _guard = self.lockdown.internal();
+                        internal::lookup_request(&self.conn, id)?
+                    }
+                };
+                if let Some(stored) = earlier {
                     run.outcomes.push(WriteOutcome::Duplicate(stored));
                     continue;
                 }
@@ -766,11 +789,10 @@ impl Executor {
                 .and_then(|results| self.no_deferred_violation().map(|()| results));
             match ran {
                 Ok(results) => {
-                    let _guard = self.lockdown.internal();
-                    if !id.is_empty() {
-                        internal::record_request(&self.conn, id, &results, run.now_ms)?;
-                    }
                     self.internal_sql(RELEASE)?;
+                    if !id.is_empty() {
+                        run.executed_ids.insert(id.to_owned(), run.outcomes.len());
+                    }
                     run.outcomes.push(WriteOutcome::Executed(results));
                     run.executed_any = true;
                 }
@@ -796,6 +818,7 @@ impl Executor {
             outcomes,
             executed_any,
             now_ms,
+            executed_ids,
         } = run;
         if !executed_any {
             return Ok(ExecutedBatch {
@@ -805,6 +828,7 @@ impl Executor {
             });
         }
         let _guard = self.lockdown.internal();
+        self.record_request_ids(executed_ids, &outcomes, now_ms)?;
         self.batches_since_prune += 1;
         if self.batches_since_prune >= PRUNE_EVERY_BATCHES {
             self.batches_since_prune = 0;
@@ -819,6 +843,27 @@ impl Executor {
         })
     }
 
+    /// Records the ids of the batch's executed requests with their results, in the order
+    /// they ran, after all of them: in the same transaction and delta as their writes, but
+    /// outside the requests' savepoints, where each insert would first copy the pages it
+    /// touches into the savepoint's journal. A request that failed records nothing; a retry
+    /// runs again.
+    fn record_request_ids(
+        &self,
+        ids: HashMap<String, usize>,
+        outcomes: &[WriteOutcome],
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut ids: Vec<(String, usize)> = ids.into_iter().collect();
+        ids.sort_unstable_by_key(|(_, k)| *k);
+        for (id, k) in ids {
+            if let Some(WriteOutcome::Executed(results)) = outcomes.get(k) {
+                internal::record_request(&self.conn, &id, results, now_ms)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Run one request's statements; the first error ends the request. Past `deadline` the
     /// running statement is interrupted (see `bounds.rs`). Rows a statement returns are kept,
     /// up to [`MAX_RESULT_BYTES`] for the request and what is left of the batch's budget.
@@ -827,21 +872,34 @@ impl Executor {
         statements: &[Statement],
         deadline: Option<Instant>,
     ) -> Result<Vec<StatementOutcome>> {
-        let schema = self.schema_version()?;
-        let (results, result_bytes) = self.step_statements(statements, deadline)?;
-        if self.schema_version()? != schema {
+        let (results, result_bytes, schema_changed) = self.step_statements(statements, deadline)?;
+        if schema_changed {
             self.refuse_references_to_internal_tables()?;
         }
         self.result_budget -= result_bytes;
         Ok(results)
     }
 
-    fn schema_version(&self) -> Result<i64> {
-        let _guard = self.lockdown.internal();
-        Ok(self
-            .conn
-            .prepare_cached(internal_sql!("PRAGMA main.schema_version"))?
-            .query_row([], |r| r.get(0))?)
+    /// Whether `sql`, just prepared (from the cache or not) and run, may have changed the
+    /// schema. The authorizer flags a statement that does each time SQLite compiles it: when
+    /// prepared afresh, and again when it runs after any schema change since (SQLite then
+    /// compiles it again first). A statement taken from the cache and run on the schema it was
+    /// compiled against was flagged when it was compiled; its text is remembered for that.
+    /// Asking SQLite (`PRAGMA schema_version` before and after every request) cost more than
+    /// the one-row INSERT it guarded.
+    fn changed_schema(&self, sql: &str) -> bool {
+        let mut known = self.schema_sql.borrow_mut();
+        if !self.lockdown.take_schema_change() {
+            return known.contains(sql);
+        }
+        if known.len() >= MAX_SCHEMA_SQL {
+            // Forget them all, and every compiled statement with them: each is compiled, and
+            // flagged, again on its next use.
+            known.clear();
+            self.conn.flush_prepared_statement_cache();
+        }
+        known.insert(sql.to_owned());
+        true
     }
 
     /// A client table may not name one of raftlite's tables in a foreign key: deleting old
@@ -871,68 +929,84 @@ impl Executor {
         &self,
         statements: &[Statement],
         deadline: Option<Instant>,
-    ) -> Result<(Vec<StatementOutcome>, usize)> {
+    ) -> Result<(Vec<StatementOutcome>, usize, bool)> {
         let scope = self.bounds.enter(&self.conn, deadline, None)?;
-        let client_error = |e| scope.client_error(e, &self.lockdown);
         let mut results = Vec::with_capacity(statements.len());
         let mut result_bytes = 0usize;
+        let mut schema_changed = false;
         for statement in statements {
             self.lockdown.reset();
-            // Never a cached internal statement: the authorizer runs at prepare time.
-            let prepared = if internal::is_internal_sql(&statement.sql) {
-                self.conn.prepare(&statement.sql).map(CachedOrNot::Fresh)
-            } else {
-                self.conn
-                    .prepare_cached(&statement.sql)
-                    .map(CachedOrNot::Cached)
-            };
-            let mut stmt = prepared.map_err(client_error)?;
-            bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
-            let changes_before = self.conn.total_changes();
-            let columns = ColumnInfo::of(&stmt);
-            let mut rows = Vec::new();
-            {
-                // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
-                let mut cursor = stmt.raw_query();
-                while let Some(row) = cursor.next().map_err(client_error)? {
-                    let mut values = Vec::with_capacity(columns.len());
-                    for i in 0..columns.len() {
-                        let value = SqlValue::from(row.get_ref(i).map_err(client_error)?);
-                        result_bytes += value.size();
-                        values.push(value);
-                    }
-                    if result_bytes > MAX_RESULT_BYTES {
-                        return Err(DbError::TooLarge(format!(
-                            "the request returns more than {MAX_RESULT_BYTES} bytes of rows; \
-                             return fewer rows or columns (e.g. RETURNING only the keys, or a \
-                             LIMIT), or query them outside a write"
-                        )));
-                    }
-                    if result_bytes > self.result_budget {
-                        return Err(DbError::Overloaded(
-                            "the writes running together with this one return too many rows \
-                             at once; retry"
-                                .into(),
-                        ));
-                    }
-                    rows.push(values);
-                }
-            }
-            // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
-            // statements; report 0 for statements that changed nothing.
-            let rows_affected = if self.conn.total_changes() != changes_before {
-                self.conn.changes()
-            } else {
-                0
-            };
-            results.push(StatementOutcome {
-                rows_affected,
-                last_insert_rowid: self.conn.last_insert_rowid(),
-                columns,
-                rows,
-            });
+            self.lockdown.take_schema_change();
+            let stepped = self.step_statement(&scope, statement, &mut result_bytes);
+            // Remembered even when it failed: a failed run may succeed from the cache later.
+            schema_changed |= self.changed_schema(&statement.sql);
+            results.push(stepped?);
         }
-        Ok((results, result_bytes))
+        Ok((results, result_bytes, schema_changed))
+    }
+
+    /// Prepares and runs one client statement; `result_bytes` counts the rows it returns on
+    /// top of those the request's earlier statements returned.
+    fn step_statement(
+        &self,
+        scope: &ClientScope<'_>,
+        statement: &Statement,
+        result_bytes: &mut usize,
+    ) -> Result<StatementOutcome> {
+        let client_error = |e| scope.client_error(e, &self.lockdown);
+        // Never a cached internal statement: the authorizer runs at prepare time.
+        let prepared = if internal::is_internal_sql(&statement.sql) {
+            self.conn.prepare(&statement.sql).map(CachedOrNot::Fresh)
+        } else {
+            self.conn
+                .prepare_cached(&statement.sql)
+                .map(CachedOrNot::Cached)
+        };
+        let mut stmt = prepared.map_err(client_error)?;
+        bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
+        let changes_before = self.conn.total_changes();
+        let columns = ColumnInfo::of(&stmt);
+        let mut rows = Vec::new();
+        {
+            // Statements that return rows (e.g. INSERT ... RETURNING) are stepped to the end.
+            let mut cursor = stmt.raw_query();
+            while let Some(row) = cursor.next().map_err(client_error)? {
+                let mut values = Vec::with_capacity(columns.len());
+                for i in 0..columns.len() {
+                    let value = SqlValue::from(row.get_ref(i).map_err(client_error)?);
+                    *result_bytes += value.size();
+                    values.push(value);
+                }
+                if *result_bytes > MAX_RESULT_BYTES {
+                    return Err(DbError::TooLarge(format!(
+                        "the request returns more than {MAX_RESULT_BYTES} bytes of rows; \
+                         return fewer rows or columns (e.g. RETURNING only the keys, or a \
+                         LIMIT), or query them outside a write"
+                    )));
+                }
+                if *result_bytes > self.result_budget {
+                    return Err(DbError::Overloaded(
+                        "the writes running together with this one return too many rows \
+                         at once; retry"
+                            .into(),
+                    ));
+                }
+                rows.push(values);
+            }
+        }
+        // changes() only counts INSERT/UPDATE/DELETE and keeps its old value across other
+        // statements; report 0 for statements that changed nothing.
+        let rows_affected = if self.conn.total_changes() != changes_before {
+            self.conn.changes()
+        } else {
+            0
+        };
+        Ok(StatementOutcome {
+            rows_affected,
+            last_insert_rowid: self.conn.last_insert_rowid(),
+            columns,
+            rows,
+        })
     }
 
     /// A client's request (or interactive transaction) is its transaction: a deferred foreign

@@ -570,8 +570,25 @@ async fn duplicate_request_id_returns_first_result() -> TestResult {
     let second = executed(&both.outcomes[0])?.to_vec();
     ensure!(both.outcomes[1] == WriteOutcome::Duplicate(second));
     ensure!(both.outcomes[2] == WriteOutcome::Duplicate(first));
+    // a failed request records nothing: the same id later in the batch runs
+    let retry = c
+        .write(vec![
+            req("id-3", &["INSERT INTO nowhere VALUES (1)"]),
+            req("id-4", &["INSERT INTO t(a) VALUES('four')"]),
+            req("id-3", &["INSERT INTO t(a) VALUES('three')"]),
+        ])
+        .await?;
+    failed(&retry.outcomes[0])?;
+    executed(&retry.outcomes[1])?;
+    executed(&retry.outcomes[2])?;
     let conn = Connection::open(c.follower.path())?;
-    ensure!(count(&conn, "t")? == 2);
+    ensure!(count(&conn, "t")? == 4);
+    // recorded once each, in the order their requests ran
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM _raftlite_requests ORDER BY rowid")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ensure!(ids == ["id-1", "id-2", "id-4", "id-3"], "{ids:?}");
     c.verify("dedup")?;
     Ok(())
 }
@@ -2636,6 +2653,50 @@ async fn client_tables_cannot_reference_raftlites_tables() -> TestResult {
     ensure!(evil == 0, "the table was created");
     ensure!(count(&reader, "t")? == 1);
     c.verify("after the refused references")?;
+    // The same texts again, from the statement cache: twice in one batch, after a request
+    // that failed for another reason with one of them inside, and after more than a thousand
+    // other schema statements made the executor forget which texts change the schema.
+    const EVIL: &str = "CREATE TABLE evil(rid TEXT REFERENCES _raftlite_requests(id))";
+    const EVIL_IF: &str =
+        "CREATE TABLE IF NOT EXISTS evil_if(rid TEXT REFERENCES _raftlite_meta(key))";
+    let refused_again = |result: &ExecutedBatch, which: &[usize]| -> anyhow::Result<()> {
+        for &i in which {
+            let e = failed(&result.outcomes[i])?;
+            ensure!(
+                matches!(e, DbError::PermissionDenied(m) if m.contains("_raftlite")),
+                "request {i}: {e:?}"
+            );
+        }
+        Ok(())
+    };
+    let result = c
+        .write(vec![
+            req("", &[EVIL]),
+            req("", &[EVIL]),
+            req("", &[EVIL_IF, "INSERT INTO nowhere VALUES (1)"]),
+            req("", &[EVIL_IF]),
+        ])
+        .await?;
+    refused_again(&result, &[0, 1, 3])?;
+    ensure!(failed(&result.outcomes[2]).is_ok());
+    let others: Vec<WriteRequest> = (0..1100)
+        .map(|i| req("", &[&format!("CREATE TABLE IF NOT EXISTS t(a) -- {i}")]))
+        .collect();
+    for chunk in others.chunks(275) {
+        for outcome in &c.write(chunk.to_vec()).await?.outcomes {
+            executed(outcome)?;
+        }
+    }
+    let result = c.write(vec![req("", &[EVIL_IF]), req("", &[EVIL])]).await?;
+    refused_again(&result, &[0, 1])?;
+    for table in ["evil", "evil_if"] {
+        let made: i64 = reader.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        ensure!(made == 0, "{table} was created");
+    }
     // An interactive transaction is refused the same way, per call.
     c.executor.begin().await?;
     let step = c
