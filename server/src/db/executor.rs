@@ -47,6 +47,7 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -165,8 +166,10 @@ pub struct Executor {
     /// computed against (see `capture`). Runs no client SQL.
     base: Connection,
     lockdown: Arc<Lockdown>,
-    /// Client SQL texts whose compilation changed the schema (see [`Executor::changed_schema`]).
-    schema_sql: RefCell<HashSet<String>>,
+    /// Keyed hashes of the client SQL texts whose compilation changed the schema (see
+    /// [`Executor::changed_schema`]).
+    schema_sql: RefCell<HashSet<u64>>,
+    schema_sql_keys: RandomState,
     bounds: Bounds,
     db_path: PathBuf,
     batches_since_prune: u32,
@@ -387,6 +390,7 @@ impl Executor {
             bounds,
             db_path: path.to_path_buf(),
             schema_sql: RefCell::default(),
+            schema_sql_keys: RandomState::new(),
             batches_since_prune: 0,
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
@@ -884,13 +888,17 @@ impl Executor {
     /// schema. The authorizer flags a statement that does each time SQLite compiles it: when
     /// prepared afresh, and again when it runs after any schema change since (SQLite then
     /// compiles it again first). A statement taken from the cache and run on the schema it was
-    /// compiled against was flagged when it was compiled; its text is remembered for that.
+    /// compiled against was flagged when it was compiled; its text is remembered for that,
+    /// under the key the statement cache uses (the trimmed text: `" CREATE ..."` is the
+    /// statement `"CREATE ..."` compiled), as a keyed hash (8 bytes, whatever the text's
+    /// length; two texts with one hash cost a needless check, never a missed one).
     /// Asking SQLite (`PRAGMA schema_version` before and after every request) cost more than
     /// the one-row INSERT it guarded.
     fn changed_schema(&self, sql: &str) -> bool {
+        let key = self.schema_sql_keys.hash_one(sql.trim());
         let mut known = self.schema_sql.borrow_mut();
         if !self.lockdown.take_schema_change() {
-            return known.contains(sql);
+            return known.contains(&key);
         }
         if known.len() >= MAX_SCHEMA_SQL {
             // Forget them all, and every compiled statement with them: each is compiled, and
@@ -898,7 +906,7 @@ impl Executor {
             known.clear();
             self.conn.flush_prepared_statement_cache();
         }
-        known.insert(sql.to_owned());
+        known.insert(key);
         true
     }
 

@@ -2689,7 +2689,58 @@ async fn client_tables_cannot_reference_raftlites_tables() -> TestResult {
     }
     let result = c.write(vec![req("", &[EVIL_IF]), req("", &[EVIL])]).await?;
     refused_again(&result, &[0, 1])?;
-    for table in ["evil", "evil_if"] {
+    // Compiled, cached and never run (its parameters do not bind, so nothing expires it),
+    // then sent with a space around it: the statement cache trims the text, so it is the
+    // same compiled statement, run without being compiled again.
+    let unbound = |sql: &str| WriteRequest {
+        request_id: String::new(),
+        statements: vec![Statement {
+            sql: sql.to_owned(),
+            params: Params::Positional(vec![SqlValue::Integer(1)]),
+        }],
+        deadline: None,
+    };
+    const EVIL_ALTER: &str = "ALTER TABLE t ADD COLUMN rid2 TEXT REFERENCES _raftlite_requests(id)";
+    for batches in [1, 2] {
+        let (first, then) = match batches {
+            1 => (
+                EVIL.replace("evil", "evil_b1"),
+                EVIL_ALTER.replace("rid2", "rid3"),
+            ),
+            _ => (EVIL.replace("evil", "evil_b2"), EVIL_ALTER.to_owned()),
+        };
+        let compile = vec![unbound(&first), unbound(&then)];
+        let run = vec![
+            req("", &[&format!(" {first}")]),
+            req("", &[&format!("{then}\n")]),
+        ];
+        let outcomes = match batches {
+            1 => c
+                .write(compile.into_iter().chain(run).collect())
+                .await?
+                .outcomes[2..]
+                .to_vec(),
+            _ => {
+                for outcome in &c.write(compile).await?.outcomes {
+                    failed(outcome)?;
+                }
+                c.write(run).await?.outcomes
+            }
+        };
+        let refused = ExecutedBatch {
+            delta: None,
+            outcomes,
+            link: None,
+        };
+        refused_again(&refused, &[0, 1]).context(format!("{batches} batch(es)"))?;
+    }
+    let references: i64 = reader.query_row(
+        "SELECT count(*) FROM pragma_foreign_key_list('t')",
+        [],
+        |r| r.get(0),
+    )?;
+    ensure!(references == 0, "t references {references} tables");
+    for table in ["evil", "evil_if", "evil_b1", "evil_b2"] {
         let made: i64 = reader.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
             [table],
