@@ -884,16 +884,16 @@ impl Executor {
         Ok(results)
     }
 
-    /// Whether `sql`, just prepared (from the cache or not) and run, may have changed the
-    /// schema. The authorizer flags a statement that does each time SQLite compiles it: when
-    /// prepared afresh, and again when it runs after any schema change since (SQLite then
-    /// compiles it again first). A statement taken from the cache and run on the schema it was
+    /// Whether `sql`, just prepared (from the cache or not) or run, may change the schema (the
+    /// caller then compares the schema version before and after it runs). The authorizer flags
+    /// a statement that does each time SQLite compiles it: when prepared afresh, and again when
+    /// it runs after any schema change since (SQLite then compiles it again first). A statement taken from the cache and run on the schema it was
     /// compiled against was flagged when it was compiled; its text is remembered for that,
     /// under the key the statement cache uses (the trimmed text: `" CREATE ..."` is the
     /// statement `"CREATE ..."` compiled), as a keyed hash (8 bytes, whatever the text's
     /// length; two texts with one hash cost a needless check, never a missed one).
     /// Asking SQLite (`PRAGMA schema_version` before and after every request) cost more than
-    /// the one-row INSERT it guarded.
+    /// the one-row INSERT it guarded; now only statements that may change the schema ask.
     fn changed_schema(&self, sql: &str) -> bool {
         let key = self.schema_sql_keys.hash_one(sql.trim());
         let mut known = self.schema_sql.borrow_mut();
@@ -945,21 +945,39 @@ impl Executor {
         for statement in statements {
             self.lockdown.reset();
             self.lockdown.take_schema_change();
-            let stepped = self.step_statement(&scope, statement, &mut result_bytes);
-            // Remembered even when it failed: a failed run may succeed from the cache later.
-            schema_changed |= self.changed_schema(&statement.sql);
+            let mut cookie = None;
+            let stepped = self.step_statement(&scope, statement, &mut result_bytes, &mut cookie);
+            // Asked even when it failed, so that a statement compiled again while it ran is
+            // remembered: a failed run may succeed from the cache later.
+            let compiled_again = self.changed_schema(&statement.sql);
             results.push(stepped?);
+            schema_changed |= match cookie {
+                // A statement that may change the schema: whether it did.
+                Some(before) => self.schema_version()? != before,
+                // Compiled again as it ran, as a statement that changes the schema.
+                None => compiled_again,
+            };
         }
         Ok((results, result_bytes, schema_changed))
     }
 
+    fn schema_version(&self) -> Result<i64> {
+        let _guard = self.lockdown.internal();
+        Ok(self
+            .conn
+            .prepare_cached(internal_sql!("PRAGMA main.schema_version"))?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Prepares and runs one client statement; `result_bytes` counts the rows it returns on
-    /// top of those the request's earlier statements returned.
+    /// top of those the request's earlier statements returned. For a statement that may
+    /// change the schema, `cookie` gets the schema version from before it runs.
     fn step_statement(
         &self,
         scope: &ClientScope<'_>,
         statement: &Statement,
         result_bytes: &mut usize,
+        cookie: &mut Option<i64>,
     ) -> Result<StatementOutcome> {
         let client_error = |e| scope.client_error(e, &self.lockdown);
         // Never a cached internal statement: the authorizer runs at prepare time.
@@ -971,6 +989,9 @@ impl Executor {
                 .map(CachedOrNot::Cached)
         };
         let mut stmt = prepared.map_err(client_error)?;
+        if self.changed_schema(&statement.sql) {
+            *cookie = Some(self.schema_version()?);
+        }
         bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
         let changes_before = self.conn.total_changes();
         let columns = ColumnInfo::of(&stmt);
