@@ -121,7 +121,7 @@ pub(crate) fn finish(
     check(rc, "sqlite3_db_cacheflush")?;
 
     let page_size = start.page_size;
-    let page1 = read_page(conn, 1)?;
+    let mut page1 = read_page(conn, 1)?;
     let db_pages = page_count(conn, header_pages(page1.as_deref()))?;
     let mut pgnos = uncommitted_pgnos(conn, page_size)?;
     pgnos.remove(&1);
@@ -155,8 +155,11 @@ pub(crate) fn finish(
     // overlay lay beneath it (then the hint is wrong and SQLite answers).
     let base_pages = BaseReader::begin(base, header_pages(start.page1.as_deref()))?;
     for pgno in pgnos.into_iter().filter(|&p| p >= 1 && p <= db_pages) {
-        let data = read_page(conn, pgno)?
-            .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
+        let data = match pgno {
+            1 => page1.take(),
+            _ => read_page(conn, pgno)?,
+        }
+        .ok_or_else(|| DbError::Internal(format!("page {pgno} vanished during capture")))?;
         let laid = overlay.pages.get(&pgno).filter(|_| pgno != 1);
         if laid.is_some_and(|before| before.as_slice() == data.as_slice()) {
             continue; // the overlay wrote it; this transaction did not change it

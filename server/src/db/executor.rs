@@ -887,9 +887,10 @@ impl Executor {
     /// Whether `sql`, just prepared (from the cache or not) or run, may change the schema (the
     /// caller then compares the schema version before and after it runs). The authorizer flags
     /// a statement that does each time SQLite compiles it: when prepared afresh, and again when
-    /// it runs after any schema change since (SQLite then compiles it again first). A statement taken from the cache and run on the schema it was
-    /// compiled against was flagged when it was compiled; its text is remembered for that,
-    /// under the key the statement cache uses (the trimmed text: `" CREATE ..."` is the
+    /// it runs after any schema change since (SQLite then compiles it again first). A
+    /// statement taken from the cache and run on the schema it was compiled against was
+    /// flagged when it was compiled; its text is remembered for that, under the key the
+    /// statement cache uses (the trimmed text: `" CREATE ..."` is the
     /// statement `"CREATE ..."` compiled), as a keyed hash (8 bytes, whatever the text's
     /// length; two texts with one hash cost a needless check, never a missed one).
     /// Asking SQLite (`PRAGMA schema_version` before and after every request) cost more than

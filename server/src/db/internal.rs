@@ -126,25 +126,24 @@ fn no_such_table(e: &rusqlite::Error) -> bool {
     }
 }
 
-/// Stored results of an earlier request with this id, if any.
+/// Stored results of an earlier request with this id, if any; none while the table does not
+/// exist yet (as [`read_meta`] reads a missing table).
 pub(crate) fn lookup_request(conn: &Connection, id: &str) -> Result<Option<Vec<StatementOutcome>>> {
-    let blob: Option<Vec<u8>> = conn
+    let read = conn
         .prepare_cached(internal_sql!(
             "SELECT results FROM main._raftlite_requests WHERE id = ?1"
-        ))?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
-    blob.map(|b| decode_outcomes(&b)).transpose()
+        ))
+        .and_then(|mut stmt| stmt.query_row([id], |r| r.get::<_, Vec<u8>>(0)).optional());
+    match read {
+        Ok(blob) => blob.map(|b| decode_outcomes(&b)).transpose(),
+        Err(e) if no_such_table(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a request id is recorded; false while the table does not exist yet.
 pub(crate) fn request_recorded(conn: &Connection, id: &str) -> Result<bool> {
-    let table: bool = conn
-        .prepare_cached(internal_sql!(
-            "SELECT EXISTS(SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_raftlite_requests')"
-        ))?
-        .query_row([], |r| r.get(0))?;
-    Ok(table && lookup_request(conn, id)?.is_some())
+    Ok(lookup_request(conn, id)?.is_some())
 }
 
 /// Record a request id with its results.
