@@ -9,6 +9,8 @@ Runs `raftlite bench --seconds 5 --json` in a fresh data directory. One second i
 the two phases it reads the user + system CPU time of every process of the run from
 `/proc/PID/stat` (the leader, the followers, the load generator), again 2.5 s later, and
 divides by the writes acknowledged in that window (the phase's writes/s times the window).
+The leader's `write-batcher` thread, which executes every write, is also shown on its own
+(part of the leader's time, not added to the total again).
 
 On a machine where the cluster and the load generator share the cores, a microsecond of CPU
 that one write does not need is taken from the others: this is the number to compare
@@ -27,13 +29,26 @@ PHASES = ('16 clients', '64 clients')
 WINDOW_S = 2.5
 
 
-def cpu_seconds(pid):
+def cpu_seconds(pid, task=None):
+    path = '/proc/%d/stat' % pid if task is None else '/proc/%d/task/%d/stat' % (pid, task)
     try:
-        with open('/proc/%d/stat' % pid) as f:
+        with open(path) as f:
             fields = f.read().rsplit(')', 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def threads_named(pid, name):
+    found = []
+    try:
+        for task in os.listdir('/proc/%d/task' % pid):
+            with open('/proc/%d/task/%s/comm' % (pid, task)) as f:
+                if f.read().strip() == name:
+                    found.append(int(task))
+    except OSError:
+        pass
+    return found
 
 
 def node_roles(data_dir, leader):
@@ -81,24 +96,30 @@ def main():
             leader = re.search(r'leader node (\d+)', progress()).group(1)
             roles = node_roles(data_dir, leader)
             roles[bench.pid] = 'load generator'
+            batcher = [(pid, task) for pid, role in roles.items() if role == 'leader'
+                       for task in threads_named(pid, 'write-batcher')]
             before = {pid: cpu_seconds(pid) for pid in roles}
+            batcher_before = sum(cpu_seconds(pid, task) for pid, task in batcher)
             started = time.monotonic()
             time.sleep(WINDOW_S)
             used = {}
             for pid, role in roles.items():
                 used[role] = used.get(role, 0.0) + cpu_seconds(pid) - before[pid]
-            windows[phase] = (used, time.monotonic() - started)
+            batcher_used = sum(cpu_seconds(pid, task) for pid, task in batcher) - batcher_before
+            windows[phase] = (used, batcher_used, time.monotonic() - started)
         report = json.loads(bench.communicate()[0])
         if bench.returncode != 0:
             sys.exit('the bench failed:\n' + progress())
         phases = {p['name']: p for p in report['phases']}
-        for phase, (used, seconds) in windows.items():
+        for phase, (used, batcher_used, seconds) in windows.items():
             rate = phases['1-row insert, ' + phase]['ops_per_sec']
             writes = rate * seconds
             parts = ', '.join('%s %.1f' % (role, 1e6 * cpu / writes)
                               for role, cpu in sorted(used.items()))
-            print('%s: %.0f writes/s; CPU µs per write: %s; total %.1f'
-                  % (phase, rate, parts, 1e6 * sum(used.values()) / writes))
+            print('%s: %.0f writes/s; CPU µs per write: %s; total %.1f (leader\'s write-batcher '
+                  '%.1f, busy %.0f %%)'
+                  % (phase, rate, parts, 1e6 * sum(used.values()) / writes,
+                     1e6 * batcher_used / writes, 100 * batcher_used / seconds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
