@@ -129,6 +129,15 @@ pub mod defaults {
         4
     }
 
+    /// Most `worker_threads`.
+    pub const MAX_WORKER_THREADS: usize = 1024;
+
+    /// `worker_threads` when it is 0 (the default): one per CPU this process may use (the
+    /// container's CPU quota counts, as `std::thread::available_parallelism` reads it).
+    pub fn default_worker_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
     /// Default `max_batch_requests`: the most write requests in one group commit.
     pub fn default_max_batch_requests() -> usize {
         1024
@@ -472,6 +481,11 @@ settings! {
     /// Threads (SQLite connections) serving reads [default: 4].
     read_threads: usize = READ_THREADS("--read-threads", "RAFTLITE_READ_THREADS", "N");
 
+    /// Threads running the node's network and Raft tasks, up to 1024; 0: one per CPU this
+    /// process may use (a container's CPU limit counts) [default: 0]. Several nodes sharing a
+    /// machine's cores (`raftlite dev`, `raftlite bench`) each get their share.
+    worker_threads: usize = WORKER_THREADS("--worker-threads", "RAFTLITE_WORKER_THREADS", "N");
+
     /// Most write requests in one group commit [default: 1024].
     max_batch_requests: usize =
         MAX_BATCH_REQUESTS("--max-batch-requests", "RAFTLITE_MAX_BATCH_REQUESTS", "N");
@@ -651,6 +665,8 @@ pub struct Config {
     pub auto_resync: bool,
     /// ≥ 1.
     pub read_threads: usize,
+    /// Threads of the node's async runtime, 1 to [`MAX_WORKER_THREADS`].
+    pub worker_threads: usize,
     /// Group-commit cap, ≥ 1.
     pub max_batch_requests: usize,
     /// Group commits in flight at once, 1 to [`MAX_WRITE_PIPELINE_DEPTH`].
@@ -1301,6 +1317,17 @@ impl FileConfig {
             return Err(invalid(&READ_THREADS, "must be at least 1"));
         }
 
+        let worker_threads = match self.worker_threads.unwrap_or(0) {
+            0 => default_worker_threads(),
+            n if n > MAX_WORKER_THREADS => {
+                return Err(invalid(
+                    &WORKER_THREADS,
+                    format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
+                ))
+            }
+            n => n,
+        };
+
         let max_batch_requests = self
             .max_batch_requests
             .unwrap_or_else(default_max_batch_requests);
@@ -1445,6 +1472,7 @@ impl FileConfig {
                 .auto_resync
                 .unwrap_or_else(|| default_auto_resync(tls.is_some())),
             read_threads,
+            worker_threads,
             max_batch_requests,
             write_pipeline_depth,
             statement_timeout: Duration::from_millis(statement_timeout_ms),
@@ -2032,6 +2060,8 @@ mod tests {
             Duration::from_millis(default_heartbeat_ms())
         );
         assert_eq!(config.election_timeout_min, Duration::from_millis(300));
+        assert_eq!(config.worker_threads, default_worker_threads());
+        assert!(config.worker_threads >= 1);
         assert_eq!(config.election_timeout_max, Duration::from_millis(600));
         assert_eq!(config.snapshot_every, 10_000);
         assert_eq!(config.max_request_bytes, 16 * 1024 * 1024);
@@ -2399,6 +2429,11 @@ mod tests {
                 "is outside",
             ),
             (FileConfig { read_threads: Some(0), ..minimal() }, "read_threads", "at least 1"),
+            (
+                FileConfig { worker_threads: Some(1025), ..minimal() },
+                "worker_threads",
+                "at most 1024",
+            ),
             (
                 FileConfig { write_pipeline_depth: Some(0), ..minimal() },
                 "write_pipeline_depth",
@@ -2937,6 +2972,7 @@ mod tests {
         assert_eq!(config.max_request_bytes, 16 << 20);
         assert!(config.auto_resync, "on by default with TLS");
         assert_eq!((config.read_threads, config.max_batch_requests), (4, 1024));
+        assert_eq!(config.worker_threads, default_worker_threads());
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
         Ok(())

@@ -75,10 +75,22 @@ enum Command {
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     let cli = Cli::parse_from(cli::restore::normalize_args(std::env::args_os()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A node's settings come first: they size its runtime.
+    let serve_config = match &cli.command {
+        Command::Serve { args, .. } => match raftlite::config::load(args) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(config) = &serve_config {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -87,8 +99,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { args, local } => {
-                let config = raftlite::config::load(&args)?;
+            Command::Serve { local, .. } => {
+                let Some(config) = serve_config else {
+                    anyhow::bail!("the node's settings were not loaded");
+                };
                 let cleanup = cli::local_cleanup::NodeCleanup::start(&local, &config.data_dir)?;
                 let telemetry = raftlite::telemetry::init(
                     &config.log_level,

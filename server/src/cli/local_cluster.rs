@@ -15,6 +15,12 @@
 //! `RAFTLITE_ARCHIVE` says otherwise). [`LocalClusterOptions::secure`] gives them the
 //! production configuration instead (see [`LocalCredentials`]), and
 //! [`LocalClusterOptions::archive`] pins the archive setting.
+//!
+//! The nodes share this machine's cores: each gets its share as its `--worker-threads` (the
+//! cores divided by the node count, at least 1) unless `RAFTLITE_WORKER_THREADS` says
+//! otherwise. With one runtime thread per core in every node, three nodes on two cores ran six
+//! runtime threads besides their SQLite and log threads, and each write crossed between them
+//! (BENCHMARKS.md, session 23).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +123,13 @@ impl LocalCluster {
             .map(|(&id, (_, peer))| (id, peer.clone()))
             .collect();
         let exe = std::env::current_exe().context("find the raftlite executable")?;
+        let worker_threads = match std::env::var_os("RAFTLITE_WORKER_THREADS") {
+            Some(_) => None,
+            None => Some(share_of_cores(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                options.nodes,
+            )),
+        };
         let credentials = if options.secure {
             Some(LocalCredentials::generate(
                 &dir.join("tls"),
@@ -143,6 +156,7 @@ impl LocalCluster {
                     peers: &peers,
                     credentials: cluster.credentials.as_ref(),
                     archive: options.archive,
+                    worker_threads,
                     temporary: cluster.temp.is_some(),
                 },
             )?;
@@ -344,9 +358,17 @@ struct NodeSpec<'a> {
     peers: &'a BTreeMap<u64, String>,
     credentials: Option<&'a LocalCredentials>,
     archive: Option<LocalArchive>,
+    /// `--worker-threads`, if given.
+    worker_threads: Option<usize>,
     /// The data is the launcher's temporary directory: the node removes it if it outlives
     /// the launcher.
     temporary: bool,
+}
+
+/// Runtime threads for each of `nodes` nodes sharing `cores`: an equal share, at least 1.
+fn share_of_cores(cores: usize, nodes: u64) -> usize {
+    let nodes = usize::try_from(nodes).unwrap_or(usize::MAX).max(1);
+    (cores / nodes).max(1)
 }
 
 /// Spawns a node. It gets SIGTERM when the thread that spawned it ends
@@ -360,6 +382,7 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         peers,
         credentials,
         archive,
+        worker_threads,
         temporary,
     } = spec;
     let data_dir = dir.join(format!("node-{id}"));
@@ -406,6 +429,9 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         Some(LocalArchive::Off) => {
             command.arg("--archive").arg("none");
         }
+    }
+    if let Some(threads) = worker_threads {
+        command.arg("--worker-threads").arg(threads.to_string());
     }
     if temporary {
         command.arg("--local-cluster-dir").arg(dir);
@@ -646,6 +672,15 @@ mod tests {
         assert_eq!(outside_ephemeral(32_768, 60_999), 10_000..32_768);
         assert_eq!(outside_ephemeral(1_024, 20_000), 20_001..u16::MAX);
         assert_eq!(outside_ephemeral(1_024, 65_000), 10_000..u16::MAX);
+    }
+
+    #[test]
+    fn each_node_gets_its_share_of_the_cores() {
+        assert_eq!(share_of_cores(2, 3), 1);
+        assert_eq!(share_of_cores(8, 3), 2);
+        assert_eq!(share_of_cores(16, 1), 16);
+        assert_eq!(share_of_cores(1, 5), 1);
+        assert_eq!(share_of_cores(4, 0), 4);
     }
 
     #[test]
