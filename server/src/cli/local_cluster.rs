@@ -126,7 +126,7 @@ impl LocalCluster {
         let worker_threads = match std::env::var_os("RAFTLITE_WORKER_THREADS") {
             Some(_) => None,
             None => Some(share_of_cores(
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                crate::config::defaults::default_worker_threads(),
                 options.nodes,
             )),
         };

@@ -884,19 +884,24 @@ impl Executor {
         Ok(results)
     }
 
-    /// Whether `sql`, just prepared (from the cache or not) or run, may change the schema (the
-    /// caller then compares the schema version before and after it runs). The authorizer flags
-    /// a statement that does each time SQLite compiles it: when prepared afresh, and again when
-    /// it runs after any schema change since (SQLite then compiles it again first). A
-    /// statement taken from the cache and run on the schema it was compiled against was
-    /// flagged when it was compiled; its text is remembered for that, under the key the
-    /// statement cache uses (the trimmed text: `" CREATE ..."` is the
-    /// statement `"CREATE ..."` compiled), as a keyed hash (8 bytes, whatever the text's
-    /// length; two texts with one hash cost a needless check, never a missed one).
+    /// The key a client SQL text is remembered by in `schema_sql` (see
+    /// [`Executor::changed_schema`]): computed once per statement run.
+    fn schema_key(&self, sql: &str) -> u64 {
+        self.schema_sql_keys.hash_one(sql.trim())
+    }
+
+    /// Whether the SQL of `key`, just prepared (from the cache or not) or run, may change the
+    /// schema (the caller then compares the schema version before and after it runs). The
+    /// authorizer flags a statement that does each time SQLite compiles it: when prepared
+    /// afresh, and again when it runs after any schema change since (SQLite then compiles it
+    /// again first). A statement taken from the cache and run on the schema it was compiled
+    /// against was flagged when it was compiled; its text is remembered for that, under the
+    /// key the statement cache uses (the trimmed text: `" CREATE ..."` is the statement
+    /// `"CREATE ..."` compiled), as a keyed hash (8 bytes, whatever the text's length; two
+    /// texts with one hash cost a needless check, never a missed one).
     /// Asking SQLite (`PRAGMA schema_version` before and after every request) cost more than
     /// the one-row INSERT it guarded; now only statements that may change the schema ask.
-    fn changed_schema(&self, sql: &str) -> bool {
-        let key = self.schema_sql_keys.hash_one(sql.trim());
+    fn changed_schema(&self, key: u64) -> bool {
         let mut known = self.schema_sql.borrow_mut();
         if !self.lockdown.take_schema_change() {
             return known.contains(&key);
@@ -946,11 +951,13 @@ impl Executor {
         for statement in statements {
             self.lockdown.reset();
             self.lockdown.take_schema_change();
+            let key = self.schema_key(&statement.sql);
             let mut cookie = None;
-            let stepped = self.step_statement(&scope, statement, &mut result_bytes, &mut cookie);
+            let stepped =
+                self.step_statement(&scope, statement, key, &mut result_bytes, &mut cookie);
             // Asked even when it failed, so that a statement compiled again while it ran is
             // remembered: a failed run may succeed from the cache later.
-            let compiled_again = self.changed_schema(&statement.sql);
+            let compiled_again = self.changed_schema(key);
             results.push(stepped?);
             schema_changed |= match cookie {
                 // A statement that may change the schema: whether it did.
@@ -970,13 +977,15 @@ impl Executor {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// Prepares and runs one client statement; `result_bytes` counts the rows it returns on
-    /// top of those the request's earlier statements returned. For a statement that may
-    /// change the schema, `cookie` gets the schema version from before it runs.
+    /// Prepares and runs one client statement (`key`: its [`Executor::schema_key`]);
+    /// `result_bytes` counts the rows it returns on top of those the request's earlier
+    /// statements returned. For a statement that may change the schema, `cookie` gets the
+    /// schema version from before it runs.
     fn step_statement(
         &self,
         scope: &ClientScope<'_>,
         statement: &Statement,
+        key: u64,
         result_bytes: &mut usize,
         cookie: &mut Option<i64>,
     ) -> Result<StatementOutcome> {
@@ -990,7 +999,7 @@ impl Executor {
                 .map(CachedOrNot::Cached)
         };
         let mut stmt = prepared.map_err(client_error)?;
-        if self.changed_schema(&statement.sql) {
+        if self.changed_schema(key) {
             *cookie = Some(self.schema_version()?);
         }
         bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;

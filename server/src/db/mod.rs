@@ -50,7 +50,8 @@
 //!   `chain.rs`, whose deltas name their parent's tag), or the new delta is stale (skipped).
 //! * **Request ids live in the same database** (`_raftlite_requests`), written in the same
 //!   transaction and delta as the request's changes (after the batch's requests ran), so
-//!   dedup survives failover exactly as far as the data does. Ids are pruned after 24 hours, a few at a time inside regular batches.
+//!   dedup survives failover exactly as far as the data does. Ids are pruned after 24 hours,
+//!   a few at a time inside regular batches.
 //! * **One savepoint per request** inside one transaction per batch: group commit for
 //!   throughput, but a failing request fails alone.
 //! * **VACUUM as a full image** (`VACUUM INTO` a temporary file): VACUUM cannot run inside
