@@ -76,6 +76,17 @@ fn the_default_configuration_runs_with_tls_tokens_and_the_archive() {
         kinds.contains(&"write") && kinds.contains(&"read"),
         "{kinds:?}"
     );
+    // Writers sharing one client's connection and write stream, as an application's tasks do.
+    for n in [16, 64] {
+        let name = format!("1-row insert, {n} writers on one client");
+        let phase = phases
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no phase {name:?} in {phases:?}"));
+        assert_eq!(phase["kind"], "write", "{phase}");
+        assert_eq!(phase["clients"], n, "{phase}");
+        assert!(phase["ops"].as_u64() > Some(0), "{phase}");
+    }
 }
 
 #[test]

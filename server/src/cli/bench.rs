@@ -1,13 +1,16 @@
 //! `raftlite bench`: start a local cluster, measure writes and reads, print a table.
 //!
 //! Phases, each bounded by `--seconds`: single-client 1-row insert latency; 1-row insert
-//! throughput with 1, 4, 16 and 64 concurrent clients; 1,000-row transactions (one
+//! throughput with 1, 4, 16 and 64 concurrent clients, then with 16 and 64 concurrent writers
+//! sharing one client (its clones: one connection and one write stream per node, as an
+//! application's tasks share it); 1,000-row transactions (one
 //! multi-row INSERT with bound parameters); an interactive read-modify-write transaction
 //! (Begin, Query, Execute, Commit) from one client; point SELECTs by primary key from 16 clients
 //! at each read consistency; and last (3 nodes or more), SIGKILL of the leader and the time
 //! until the first write is acknowledged. Writers connect to the leader first (followers
 //! would forward); readers spread over all nodes. Every client is its own [`Client`] with its
-//! own connections. Any error fails the run (exit code 1) after the report.
+//! own connections, but for the shared-client phases. Any error fails the run (exit code 1)
+//! after the report.
 //!
 //! # Configurations
 //! By default the cluster runs as production does: mutual TLS on the peer port, TLS and a
@@ -27,7 +30,7 @@
 //! | phase | ratio | reads as |
 //! |---|---|---|
 //! | 1-row insert, latency; read-modify-write transaction | p50 ÷ SQLite commit p50 | a replicated write costs this many local commits (lower is better) |
-//! | 1-row inserts, N clients; 1,000-row transactions | rows/s × SQLite commit p50 | rows made durable in the time of one local commit (higher is better; 1 = one client committing locally back to back) |
+//! | 1-row inserts, N clients or N writers on one client; 1,000-row transactions | rows/s × SQLite commit p50 | rows made durable in the time of one local commit (higher is better; 1 = one client committing locally back to back) |
 //! | point reads | reads/s × gRPC round trip p50 | reads answered in the time of one bare round trip (higher is better; 1 = one client calling back to back) |
 //! | leader SIGKILL | none | bounded by the election timeout, not by the floor |
 //!
@@ -52,6 +55,8 @@ use super::status::table;
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
 const ROWS_PER_TRANSACTION: usize = 1_000;
 const WRITE_CLIENTS: [usize; 4] = [1, 4, 16, 64];
+/// Concurrent writers on the clones of one client.
+const SHARED_CLIENT_WRITERS: [usize; 2] = [16, 64];
 const READ_CLIENTS: usize = 16;
 /// `max_lag` of the bounded-staleness read phase.
 const BOUNDED_MAX_LAG: u64 = 1_000;
@@ -460,6 +465,10 @@ async fn bench(
             })
             .collect()
     };
+    let shared_writers = |n: usize| -> anyhow::Result<Vec<Client>> {
+        let one = Client::with_options(writer_addrs.iter().map(String::as_str), options.clone())?;
+        Ok(vec![one; n])
+    };
     let readers = |n: usize| -> anyhow::Result<Vec<Client>> {
         (0..n)
             .map(|i| {
@@ -502,6 +511,18 @@ async fn bench(
                 &format!("1-row insert, {n} clients"),
                 PhaseKind::Write,
                 writers(n)?,
+                phase,
+                insert,
+            )
+            .await,
+        );
+    }
+    for n in SHARED_CLIENT_WRITERS {
+        reports.push(
+            run_phase(
+                &format!("1-row insert, {n} writers on one client"),
+                PhaseKind::Write,
+                shared_writers(n)?,
                 phase,
                 insert,
             )
