@@ -457,18 +457,12 @@ async fn bench(
     let mut writer_addrs = vec![leader_addr.clone()];
     writer_addrs.extend(addrs.iter().filter(|a| **a != leader_addr).cloned());
     let options = cluster.client_options(ClientOptions::default());
+    let writer = || Client::with_options(writer_addrs.iter().map(String::as_str), options.clone());
     let writers = |n: usize| -> anyhow::Result<Vec<Client>> {
-        (0..n)
-            .map(|_| {
-                Client::with_options(writer_addrs.iter().map(String::as_str), options.clone())
-                    .map_err(Into::into)
-            })
-            .collect()
+        (0..n).map(|_| writer().map_err(Into::into)).collect()
     };
-    let shared_writers = |n: usize| -> anyhow::Result<Vec<Client>> {
-        let one = Client::with_options(writer_addrs.iter().map(String::as_str), options.clone())?;
-        Ok(vec![one; n])
-    };
+    // Clones of one client: one connection and one write stream per node, shared.
+    let shared_writers = |n: usize| -> anyhow::Result<Vec<Client>> { Ok(vec![writer()?; n]) };
     let readers = |n: usize| -> anyhow::Result<Vec<Client>> {
         (0..n)
             .map(|i| {
