@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""CPU time per acknowledged write, by role, in the 16- and 64-client phases of a bench run.
+"""CPU time per acknowledged write, by role, in the 16- and 64-writer phases of a bench run:
+16 and 64 clients of their own, then 16 and 64 writers on one client.
 
     cargo build --release -p raftlite
     python3 bench/cpu_per_write.py ./target/release/raftlite [bench flags...]
     python3 bench/cpu_per_write.py ./target/release/raftlite --insecure --archive none
 
 Runs `raftlite bench --seconds 5 --json` in a fresh data directory. One second into each of
-the two phases it reads the user + system CPU time of every process of the run from
+the four phases it reads the user + system CPU time of every process of the run from
 `/proc/PID/stat` (the leader, the followers, the load generator), again 2.5 s later, and
 divides by the writes acknowledged in that window (the phase's writes/s times the window).
 The leader's `write-batcher` thread, which executes every write, is also shown on its own
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 
-PHASES = ('16 clients', '64 clients')
+PHASES = ('16 clients', '64 clients', '16 writers on one client', '64 writers on one client')
 WINDOW_S = 2.5
 
 
