@@ -75,7 +75,10 @@ pub use value::{FromValue, Value};
 /// index; random ids (UUIDv4) would put every write of a group commit on a different index
 /// page, and each changed page is replicated and written on every node (measured: 24.5 pages
 /// per 16-write group commit with random ids, 7.25 with these). Unique like a random id: 74
-/// of its bits are random.
+/// of its bits are random, asked of the OS for each id (a `getrandom` call). Not from a
+/// thread-local generator (uuid's `fast-rng`): a process that forks without `exec` copies
+/// one, parent and child could make the same id in the same millisecond, and a repeated id is
+/// answered with the first write's results.
 pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
