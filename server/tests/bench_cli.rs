@@ -26,10 +26,10 @@ fn bench(args: &[&str]) -> Value {
     })
 }
 
-/// The floor's three p50s are numbers, each from some samples.
+/// The floor's three p50s and the shared-disk flush's are numbers, each from some samples.
 fn check_floor(json: &Value, tls: bool) {
     let floor = &json["floor"];
-    for name in ["fsync", "sqlite_commit", "grpc_rtt"] {
+    for name in ["fsync", "fsync_shared", "sqlite_commit", "grpc_rtt"] {
         assert!(
             floor[format!("{name}_p50_ms")].is_f64(),
             "{name} in {floor}"

@@ -37,6 +37,10 @@
 //! In `--json` the floor is the `floor` object (`fsync_p50_ms`, `sqlite_commit_p50_ms`,
 //! `grpc_rtt_p50_ms`, their p99s and sample counts) and each phase has `ratio` (`null` where
 //! none applies) and `ratio_kind`, the formula.
+//!
+//! The floor also shows, without a ratio, what one log flush costs while the local cluster's
+//! three nodes flush at once on the one disk they share (`fsync_shared_p50_ms`): every write
+//! of the bench waits for such a flush, which a cluster with a disk per node does not pay.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -412,6 +416,9 @@ async fn measure_floor(
     };
     let fsync = blocking(|d| bench_floor::fsync_preallocated(d, BUDGET, MAX_SAMPLES)).await?;
     let fsync_append = blocking(|d| bench_floor::fsync_append(d, BUDGET, MAX_SAMPLES)).await?;
+    let fsync_shared =
+        blocking(|d| bench_floor::fsync_shared(d, bench_floor::SHARED_FILES, BUDGET, MAX_SAMPLES))
+            .await?;
     let sqlite_commit =
         blocking(|d| bench_floor::sqlite_commit(d, PAYLOAD, BUDGET, MAX_SAMPLES)).await?;
     let grpc_rtt = bench_floor::grpc_rtt(leader_url, tls_ca, BUDGET, MAX_SAMPLES).await?;
@@ -419,6 +426,7 @@ async fn measure_floor(
     Ok(Floor {
         fsync,
         fsync_append,
+        fsync_shared,
         sqlite_commit,
         grpc_rtt,
         grpc_tls: tls_ca.is_some(),
@@ -802,6 +810,7 @@ mod tests {
         Floor {
             fsync: Samples::new(vec![ms(1)]),
             fsync_append: Samples::new(vec![ms(1)]),
+            fsync_shared: Samples::new(vec![ms(1)]),
             sqlite_commit: Samples::new(vec![ms(sqlite_commit_ms)]),
             grpc_rtt: Samples::new(vec![ms(rtt_ms)]),
             grpc_tls: true,

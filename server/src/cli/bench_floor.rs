@@ -3,8 +3,10 @@
 //!
 //! - **fsync**: a 4 KiB `pwrite` into a preallocated file, then `fdatasync`. Each sample
 //!   writes the next block, as a log with preallocated segments does (etcd's WAL). Also
-//!   measured, as an extra: the same with the file growing (append + `fdatasync`, which
-//!   also commits the new size).
+//!   measured, as extras: the same with the file growing (append + `fdatasync`, which
+//!   also commits the new size), and the same on [`SHARED_FILES`] files at once, one thread
+//!   each, every round started together: what each node's log flush costs when the three
+//!   nodes of the bench's local cluster flush the same write on one disk.
 //! - **SQLite commit**: a fresh database in WAL mode with `synchronous=FULL`; each sample is one
 //!   autocommit 1-row INSERT (the same row shape the bench writes).
 //! - **gRPC round trip**: `grpc.health.v1.Health/Check` on one node's client port over one
@@ -33,6 +35,8 @@ pub const MAX_SAMPLES: usize = 5_000;
 /// Samples taken and thrown away before measuring (first-touch, connection set-up).
 pub const WARMUP: usize = 20;
 const BLOCK: usize = 4096;
+/// Files flushed at once by [`fsync_shared`]: one per node of the bench's cluster.
+pub const SHARED_FILES: usize = 3;
 
 /// Sorted durations of one measurement.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +67,8 @@ impl Samples {
 pub struct Floor {
     pub fsync: Samples,
     pub fsync_append: Samples,
+    /// Each file's flush while [`SHARED_FILES`] flush at once.
+    pub fsync_shared: Samples,
     pub sqlite_commit: Samples,
     pub grpc_rtt: Samples,
     /// Whether the gRPC round trip used TLS.
@@ -92,6 +98,10 @@ impl Floor {
             "fsync_append_p50_ms": p(&self.fsync_append, 50.0),
             "fsync_append_p99_ms": p(&self.fsync_append, 99.0),
             "fsync_append_samples": self.fsync_append.len(),
+            "fsync_shared_files": SHARED_FILES,
+            "fsync_shared_p50_ms": p(&self.fsync_shared, 50.0),
+            "fsync_shared_p99_ms": p(&self.fsync_shared, 99.0),
+            "fsync_shared_samples": self.fsync_shared.len(),
             "sqlite_commit_p50_ms": p(&self.sqlite_commit, 50.0),
             "sqlite_commit_p99_ms": p(&self.sqlite_commit, 99.0),
             "sqlite_commit_samples": self.sqlite_commit.len(),
@@ -128,6 +138,10 @@ impl Floor {
                 &self.fsync_append,
             ),
             line(
+                &format!("4 KiB write + fdatasync, {SHARED_FILES} files at once"),
+                &self.fsync_shared,
+            ),
+            line(
                 "SQLite WAL synchronous=FULL 1-row commit",
                 &self.sqlite_commit,
             ),
@@ -156,14 +170,9 @@ pub fn sample_blocking<E>(
     Ok(Samples::new(samples))
 }
 
-/// 4 KiB `pwrite` + `fdatasync` into a preallocated file in `dir`, one block after another
-/// (wrapping around at the end of the file).
-pub fn fsync_preallocated(dir: &Path, budget: Duration, max: usize) -> anyhow::Result<Samples> {
-    let path = dir.join("floor-fsync.dat");
-    let blocks = max + WARMUP;
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    // Real blocks, not a sparse file: written and synced once before measuring.
+/// A file of `blocks` real 4 KiB blocks (not a sparse file), written and synced.
+fn preallocated(path: &Path, blocks: usize) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let zeros = vec![0u8; BLOCK * 256];
     let mut left = blocks * BLOCK;
     let mut writer = std::io::BufWriter::new(&file);
@@ -175,14 +184,105 @@ pub fn fsync_preallocated(dir: &Path, budget: Duration, max: usize) -> anyhow::R
     writer.flush()?;
     drop(writer);
     file.sync_all()?;
-    let block = [0x5au8; BLOCK];
-    let samples = sample_blocking(budget, max, |i| {
-        file.write_all_at(&block, ((i % blocks) * BLOCK) as u64)?;
-        file.sync_data()
+    Ok(file)
+}
+
+/// Writes block `i` (wrapping around at `blocks`) of a [`preallocated`] file and syncs it.
+fn write_block(file: &std::fs::File, i: usize, blocks: usize) -> std::io::Result<()> {
+    file.write_all_at(&[0x5au8; BLOCK], ((i % blocks) * BLOCK) as u64)?;
+    file.sync_data()
+}
+
+/// 4 KiB `pwrite` + `fdatasync` into a preallocated file in `dir`, one block after another
+/// (wrapping around at the end of the file).
+pub fn fsync_preallocated(dir: &Path, budget: Duration, max: usize) -> anyhow::Result<Samples> {
+    let path = dir.join("floor-fsync.dat");
+    let blocks = max + WARMUP;
+    let samples = preallocated(&path, blocks).and_then(|file| {
+        sample_blocking(budget, max, |i| write_block(&file, i, blocks))
+            .with_context(|| format!("write and fdatasync {}", path.display()))
     });
-    drop(file);
     let _ = std::fs::remove_file(&path);
-    samples.with_context(|| format!("write and fdatasync {}", path.display()))
+    samples
+}
+
+/// [`fsync_preallocated`] on `files` files in `dir` at once, a thread each: every round
+/// starts on all of them together and ends when all are done. Each file's flush is a sample;
+/// at most `max` in all.
+pub fn fsync_shared(
+    dir: &Path,
+    files: usize,
+    budget: Duration,
+    max: usize,
+) -> anyhow::Result<Samples> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rounds = (max / files.max(1)).max(1);
+    let blocks = rounds + WARMUP;
+    let paths: Vec<_> = (0..files)
+        .map(|k| dir.join(format!("floor-shared-{k}.dat")))
+        .collect();
+    let barrier = std::sync::Barrier::new(files);
+    // Every round starts and ends at the barrier. Only the first thread decides, between two
+    // rounds, whether another starts (the time is up, or a flush failed in the last one); the
+    // others read its decision after the round's first barrier, so all stop together.
+    let (stop, failed_any) = (AtomicBool::new(false), AtomicBool::new(false));
+    let flush = |k: usize, path: &Path| -> anyhow::Result<Vec<Duration>> {
+        let file = preallocated(path, blocks);
+        let mut samples = Vec::new();
+        let mut failed = None;
+        let mut started = Instant::now();
+        for i in 0..blocks {
+            if k == 0 {
+                if i == WARMUP {
+                    started = Instant::now();
+                }
+                let late = i > WARMUP && started.elapsed() >= budget;
+                if late || failed_any.load(Ordering::SeqCst) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+            barrier.wait();
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let t0 = Instant::now();
+            match file.as_ref().map(|f| write_block(f, i, blocks)) {
+                Ok(Ok(())) if i >= WARMUP => samples.push(t0.elapsed()),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed.get_or_insert_with(|| anyhow::Error::new(e));
+                    failed_any.store(true, Ordering::SeqCst);
+                }
+                Err(_) => failed_any.store(true, Ordering::SeqCst),
+            }
+            barrier.wait();
+        }
+        let _ = std::fs::remove_file(path);
+        file?;
+        match failed {
+            Some(e) => Err(e.context(format!("write and fdatasync {}", path.display()))),
+            None => Ok(samples),
+        }
+    };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(k, path)| scope.spawn(move || flush(k, path)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a flush thread panicked")))
+            })
+            .collect()
+    });
+    let mut samples = Vec::new();
+    for result in results {
+        samples.extend(result?);
+    }
+    Ok(Samples::new(samples))
 }
 
 /// 4 KiB append + `fdatasync` to a file in `dir` that grows with every sample.
@@ -314,8 +414,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fsync = fsync_preallocated(dir.path(), FEW, 30).expect("fsync");
         let append = fsync_append(dir.path(), FEW, 30).expect("append");
+        let shared = fsync_shared(dir.path(), 3, FEW, 30).expect("shared");
         let commit = sqlite_commit(dir.path(), "payload", FEW, 30).expect("sqlite");
-        for s in [&fsync, &append, &commit] {
+        for s in [&fsync, &append, &shared, &commit] {
             assert_eq!(s.len(), 30);
         }
         let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -326,11 +427,20 @@ mod tests {
     }
 
     #[test]
+    fn shared_flushes_stop_together_when_a_file_cannot_be_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("no-such-dir");
+        let err = fsync_shared(&missing, 3, FEW, 30).expect_err("no directory to write in");
+        assert!(format!("{err:#}").contains("floor-shared-"), "{err:#}");
+    }
+
+    #[test]
     fn the_floor_object_has_the_three_p50s() {
         let ms = Duration::from_millis;
         let floor = Floor {
             fsync: Samples::new(vec![ms(1)]),
             fsync_append: Samples::new(vec![ms(2)]),
+            fsync_shared: Samples::new(vec![ms(5)]),
             sqlite_commit: Samples::new(vec![ms(3)]),
             grpc_rtt: Samples::new(vec![ms(4)]),
             grpc_tls: true,
@@ -339,6 +449,9 @@ mod tests {
         assert_eq!(json["fsync_p50_ms"], 1.0);
         assert_eq!(json["sqlite_commit_p50_ms"], 3.0);
         assert_eq!(json["grpc_rtt_p50_ms"], 4.0);
+        assert_eq!(json["fsync_shared_p50_ms"], 5.0);
+        assert_eq!(json["fsync_shared_files"], 3);
+        assert!(floor.describe().contains("3 files at once"));
         assert_eq!(json["grpc_tls"], true);
         assert!(floor.describe().contains("(TLS)"));
     }
