@@ -208,81 +208,64 @@ pub fn fsync_preallocated(dir: &Path, budget: Duration, max: usize) -> anyhow::R
 
 /// [`fsync_preallocated`] on `files` files in `dir` at once, a thread each: every round
 /// starts on all of them together and ends when all are done. Each file's flush is a sample;
-/// at most `max` in all.
+/// at most `max` in all. The rounds are counted, warmed up and timed by [`sample_blocking`].
 pub fn fsync_shared(
     dir: &Path,
     files: usize,
     budget: Duration,
     max: usize,
 ) -> anyhow::Result<Samples> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
     let rounds = (max / files.max(1)).max(1);
     let blocks = rounds + WARMUP;
     let paths: Vec<_> = (0..files)
         .map(|k| dir.join(format!("floor-shared-{k}.dat")))
         .collect();
-    let barrier = std::sync::Barrier::new(files);
-    // Every round starts and ends at the barrier. Only the first thread decides, between two
-    // rounds, whether another starts (the time is up, or a flush failed in the last one); the
-    // others read its decision after the round's first barrier, so all stop together.
-    let (stop, failed_any) = (AtomicBool::new(false), AtomicBool::new(false));
-    let flush = |k: usize, path: &Path| -> anyhow::Result<Vec<Duration>> {
-        let file = preallocated(path, blocks);
-        let mut samples = Vec::new();
-        let mut failed = None;
-        let mut started = Instant::now();
-        for i in 0..blocks {
-            if k == 0 {
-                if i == WARMUP {
-                    started = Instant::now();
+    let samples = std::thread::scope(|scope| {
+        // Each file's thread flushes the block it is sent and answers with how long it took;
+        // it ends when this side drops its sender.
+        let (done_tx, done) = mpsc::channel();
+        let mut starts = Vec::with_capacity(files);
+        for path in &paths {
+            let file = preallocated(path, blocks)?;
+            let (start, blocks_to_write) = mpsc::channel::<usize>();
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                for i in blocks_to_write {
+                    let t0 = Instant::now();
+                    let flushed = write_block(&file, i, blocks).map(|()| t0.elapsed());
+                    if done_tx.send(flushed).is_err() {
+                        break;
+                    }
                 }
-                let late = i > WARMUP && started.elapsed() >= budget;
-                if late || failed_any.load(Ordering::SeqCst) {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }
-            barrier.wait();
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let t0 = Instant::now();
-            match file.as_ref().map(|f| write_block(f, i, blocks)) {
-                Ok(Ok(())) if i >= WARMUP => samples.push(t0.elapsed()),
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    failed.get_or_insert_with(|| anyhow::Error::new(e));
-                    failed_any.store(true, Ordering::SeqCst);
-                }
-                Err(_) => failed_any.store(true, Ordering::SeqCst),
-            }
-            barrier.wait();
+            });
+            starts.push(start);
         }
-        let _ = std::fs::remove_file(path);
-        file?;
-        match failed {
-            Some(e) => Err(e.context(format!("write and fdatasync {}", path.display()))),
-            None => Ok(samples),
-        }
-    };
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let threads: Vec<_> = paths
-            .iter()
-            .enumerate()
-            .map(|(k, path)| scope.spawn(move || flush(k, path)))
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a flush thread panicked")))
-            })
-            .collect()
+        drop(done_tx);
+        let mut samples = Vec::with_capacity(rounds * files);
+        sample_blocking(budget, rounds, |i| -> anyhow::Result<()> {
+            for start in &starts {
+                start
+                    .send(i)
+                    .map_err(|_| anyhow::anyhow!("a flush thread stopped"))?;
+            }
+            for _ in 0..files {
+                let flushed = done
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a flush thread stopped"))?
+                    .with_context(|| format!("write and fdatasync in {}", dir.display()))?;
+                if i >= WARMUP {
+                    samples.push(flushed);
+                }
+            }
+            Ok(())
+        })?;
+        Ok::<_, anyhow::Error>(samples)
     });
-    let mut samples = Vec::new();
-    for result in results {
-        samples.extend(result?);
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
     }
-    Ok(Samples::new(samples))
+    Ok(Samples::new(samples?))
 }
 
 /// 4 KiB append + `fdatasync` to a file in `dir` that grows with every sample.
