@@ -53,6 +53,8 @@ use std::process::{Command, Stdio};
 use raftlite::raft::wal::{Wal, WalOptions, WalWriter};
 
 const CHILD_DIR_ENV: &str = "RAFTLITE_WAL_CRASH_DIR";
+/// "0": the child appends through the page cache and `fdatasync` instead of direct I/O.
+const CHILD_DIRECT_ENV: &str = "RAFTLITE_WAL_CRASH_DIRECT";
 const CHILD_APPENDS: u64 = 3000;
 
 /// Entry `index`'s payload: sizes from a few bytes to 96 KiB, so that groups span pages.
@@ -71,6 +73,7 @@ fn wal_crash_child() {
     let dir = std::env::var(CHILD_DIR_ENV).expect("run by the crash tests only");
     let options = WalOptions {
         segment_bytes: 512 << 10,
+        direct_io: std::env::var(CHILD_DIRECT_ENV).as_deref() != Ok("0"),
     };
     let wal = Wal::open(std::path::Path::new(&dir), options).expect("open WAL");
     let writer = WalWriter::start(wal).expect("start writer");
@@ -107,15 +110,22 @@ fn wal_crash_child() {
     for a in appenders {
         a.join().expect("appender");
     }
+    println!("direct_io {}", writer.reader().direct_io());
 }
 
-/// Starts the child on `dir` with the fail point `failpoint` armed (if any).
-fn start_child(dir: &std::path::Path, failpoint: Option<&str>) -> std::process::Child {
+/// Starts the child on `dir` with the fail point `failpoint` armed (if any), appending with
+/// direct I/O or through the page cache.
+fn start_child(
+    dir: &std::path::Path,
+    failpoint: Option<&str>,
+    direct_io: bool,
+) -> std::process::Child {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
     command
         .args(["wal_crash_child", "--exact", "--ignored", "--nocapture"])
         .args(["--test-threads", "1"])
         .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_DIRECT_ENV, if direct_io { "1" } else { "0" })
         .env_remove("RAFTLITE_FAILPOINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -125,14 +135,16 @@ fn start_child(dir: &std::path::Path, failpoint: Option<&str>) -> std::process::
     command.spawn().expect("start child")
 }
 
+/// The index of a `flushed N` line (the first may follow the test harness's own `test ... `).
 fn flushed_index(line: &str) -> Option<u64> {
-    line.strip_prefix("flushed ")?.trim().parse().ok()
+    line.split_once("flushed ")?.1.trim().parse().ok()
 }
 
 /// Reopens the log after the child died and checks it against what the child was told.
 fn check_after_crash(dir: &std::path::Path, flushed: &[u64]) {
     let options = WalOptions {
         segment_bytes: 512 << 10,
+        ..WalOptions::default()
     };
     let mut wal = Wal::open(dir, options.clone()).expect("reopen after the crash");
     let records = wal.reader().read(0, u64::MAX).expect("read the log");
@@ -163,17 +175,17 @@ fn wal_crash_at_every_append_phase() {
         "wal-after-write",
         "wal-after-sync",
     ];
-    for phase in phases {
+    for (phase, direct_io) in phases.iter().flat_map(|p| [(p, true), (p, false)]) {
         for hit in [1, 40] {
             let dir = tempfile::tempdir().expect("temp dir");
             let armed = format!("{phase}@{hit}");
-            let output = start_child(dir.path(), Some(&armed))
+            let output = start_child(dir.path(), Some(&armed), direct_io)
                 .wait_with_output()
                 .expect("run child");
             assert_eq!(
                 output.status.signal(),
                 Some(libc::SIGABRT),
-                "the child dies at {armed}: {:?}",
+                "the child dies at {armed} (direct I/O {direct_io}): {:?}",
                 output.status
             );
             let flushed: Vec<u64> = String::from_utf8_lossy(&output.stdout)
@@ -190,8 +202,14 @@ fn wal_crash_at_every_append_phase() {
 
 #[test]
 fn wal_sigkill_during_appends() {
+    for direct_io in [true, false] {
+        sigkill_during_appends(direct_io);
+    }
+}
+
+fn sigkill_during_appends(direct_io: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = start_child(dir.path(), None);
+    let mut child = start_child(dir.path(), None, direct_io);
     let stdout = child.stdout.take().expect("child stdout");
     let mut flushed = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
@@ -207,6 +225,36 @@ fn wal_sigkill_during_appends() {
     let status = child.wait().expect("reap child");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     check_after_crash(dir.path(), &flushed);
+}
+
+/// Appends with direct I/O, and through the page cache when the file system refuses it (a fail
+/// point makes opening the segment for direct I/O fail with EINVAL, as tmpfs did before Linux
+/// 6.6): every append completes, is reported durable and reads back after a reopen.
+#[test]
+fn wal_appends_with_direct_io_or_through_the_page_cache() {
+    for (failpoint, expected) in [
+        (None, "direct_io true"),
+        (Some("wal-direct-refused"), "direct_io false"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = start_child(dir.path(), failpoint, true)
+            .wait_with_output()
+            .expect("run child");
+        assert!(
+            output.status.success(),
+            "{failpoint:?}: {:?}",
+            output.status
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let flushed: Vec<u64> = stdout.lines().filter_map(flushed_index).collect();
+        assert_eq!(flushed.len() as u64, CHILD_APPENDS, "{failpoint:?}");
+        assert!(
+            stdout.lines().any(|l| l == expected),
+            "{failpoint:?}: the log should report `{expected}` (a file system of the test \
+             directory that refuses direct I/O fails the first case)"
+        );
+        check_after_crash(dir.path(), &flushed);
+    }
 }
 
 /// `save_committed` writes to redb at most once per `LAZY_EVERY`; in between the store answers

@@ -1,7 +1,8 @@
 //! `raftlite bench-log --dir DIR` (hidden): the micro-benchmark that chose the Raft log's
 //! engine. It appends entries of several sizes to each candidate in `DIR` — redb as the log
 //! store used it (one write transaction per group, default durability) and the WAL
-//! (`raft::wal`, one write and one `fdatasync` per group) — with one appender and with 16
+//! (`raft::wal`, one write per group: with direct I/O and `O_DSYNC` as nodes write it where
+//! the file system allows, and through the page cache with an `fdatasync`) — with one appender and with 16
 //! concurrent ones, each append done only when durable, and prints a Markdown table: p50/p99
 //! append latency, appends/s and MB/s. It also times the redb metadata commits the log store
 //! still makes (vote: durable; committed: lazy). BENCHMARKS.md, "Raft log append", has the
@@ -233,18 +234,25 @@ fn bench(args: &BenchLogArgs) -> anyhow::Result<()> {
             measure("redb (txn per group)", redb, size, appenders, args.seconds)?.print();
             std::fs::remove_file(&path).ok();
 
-            let dir = root.path().join(format!("wal-{run}"));
-            let wal = Wal::open(&dir, WalOptions::default()).context("open WAL")?;
-            let wal: Arc<dyn Candidate> = Arc::new(WalCandidate(WalWriter::start(wal)?));
-            measure(
-                "WAL (write + fdatasync per group)",
-                wal,
-                size,
-                appenders,
-                args.seconds,
-            )?
-            .print();
-            std::fs::remove_dir_all(&dir).ok();
+            for direct_io in [true, false] {
+                let dir = root.path().join(format!("wal-{run}-{direct_io}"));
+                let options = WalOptions {
+                    direct_io,
+                    ..WalOptions::default()
+                };
+                let wal = Wal::open(&dir, options).context("open WAL")?;
+                let writer = WalWriter::start(wal)?;
+                let reader = writer.reader().clone();
+                let wal: Arc<dyn Candidate> = Arc::new(WalCandidate(writer));
+                let mut row = measure("WAL", wal, size, appenders, args.seconds)?;
+                row.engine = match (direct_io, reader.direct_io()) {
+                    (true, true) => "WAL, direct I/O (O_DSYNC write per group)",
+                    (true, false) => "WAL, direct I/O refused here: page cache + fdatasync",
+                    (false, _) => "WAL, page cache (write + fdatasync per group)",
+                };
+                row.print();
+                std::fs::remove_dir_all(&dir).ok();
+            }
         }
     }
     for sync in [

@@ -5,8 +5,10 @@
 //! log index and a CRC32 (see `segment`). It stores opaque payloads by log index and knows
 //! nothing of openraft; `log_store` puts the Raft types on top.
 //!
-//! - **Append**: every record of a batch goes to the last segment in ONE `pwrite` and ONE
-//!   `fdatasync`; only then does the batch count as written. [`WalWriter`] is the thread that
+//! - **Append**: every record of a batch goes to the last segment in ONE `pwrite` made with
+//!   direct I/O and `O_DSYNC` (see `direct`), or, where the file system refuses direct I/O,
+//!   one `pwrite` into the page cache and one `fdatasync`; only then does the batch count as
+//!   written. [`WalWriter`] is the thread that
 //!   groups every append queued at that moment into one such batch (group commit) and calls
 //!   each append's completion after the sync. When the last segment has reached its target
 //!   size, the next batch starts a new segment, created and synced (file and directory)
@@ -36,12 +38,14 @@
 //! Why not redb (used before): a B-tree commit per append cost 0.55–0.8 ms here against about
 //! 0.2 ms for an append and `fdatasync` of the same bytes (BENCHMARKS.md, "Raft log append").
 
+mod direct;
 mod segment;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 /// Tunables of the engine.
@@ -50,12 +54,16 @@ pub struct WalOptions {
     /// Size after which the next batch starts a new segment (a segment holds at least one
     /// batch, so one may be larger).
     pub segment_bytes: u64,
+    /// Appends with direct I/O where the file system allows it (see `direct`); off, or where
+    /// it is refused, through the page cache and `fdatasync`.
+    pub direct_io: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         Self {
             segment_bytes: 64 << 20,
+            direct_io: true,
         }
     }
 }
@@ -114,6 +122,7 @@ type Segments = Arc<RwLock<Vec<SegmentIndex>>>;
 #[derive(Clone)]
 pub struct WalReader {
     segments: Segments,
+    direct_io: Arc<AtomicBool>,
 }
 
 impl WalReader {
@@ -159,6 +168,12 @@ impl WalReader {
             .find_map(SegmentIndex::last_index)
     }
 
+    /// Whether appends reach the disk with direct I/O: as the options say, until the file
+    /// system refuses it (see `direct`).
+    pub fn direct_io(&self) -> bool {
+        self.direct_io.load(Ordering::Relaxed)
+    }
+
     /// Number of segment files (for tests and metrics).
     pub fn segment_count(&self) -> usize {
         self.segments().len()
@@ -177,6 +192,10 @@ pub struct Wal {
     /// The buffer of the batch being written, kept between appends: a fresh one per append
     /// cost page faults on every megabyte of large entries.
     batch: Batch,
+    /// How appends reach the disk (also shown to readers), and direct I/O's aligned buffer.
+    mode: direct::Mode,
+    direct_io: Arc<AtomicBool>,
+    staging: direct::Staging,
 }
 
 impl Wal {
@@ -289,13 +308,20 @@ impl Wal {
                 allocated: scan.end,
             });
         }
+        let mode = match options.direct_io {
+            true => direct::Mode::Direct(None),
+            false => direct::Mode::PageCache,
+        };
         let mut wal = Wal {
             dir: dir.to_path_buf(),
-            options,
+            options: options.clone(),
             segments: Arc::new(RwLock::new(segments)),
             next_seq,
             failed: None,
             batch: Batch::default(),
+            mode,
+            direct_io: Arc::new(AtomicBool::new(options.direct_io)),
+            staging: direct::Staging::default(),
         };
         if wal.segments_mut().is_empty() {
             wal.new_segment()?;
@@ -306,6 +332,7 @@ impl Wal {
     pub fn reader(&self) -> WalReader {
         WalReader {
             segments: self.segments.clone(),
+            direct_io: self.direct_io.clone(),
         }
     }
 
@@ -427,6 +454,7 @@ impl Wal {
         if batch.buf.capacity() > RETAINED_BATCH_BYTES {
             batch.buf = Vec::new();
         }
+        self.staging.shrink_to(RETAINED_BATCH_BYTES);
         self.batch = batch;
         written
     }
@@ -450,12 +478,13 @@ impl Wal {
         if batch.locs.is_empty() {
             return Ok(());
         }
-        let (file, end, allocated) = {
+        let (seq, path, file, end, allocated) = {
             let segments = self.segments_mut();
             let active = segments
                 .last()
                 .ok_or_else(|| io::Error::other("the WAL has no segment"))?;
-            (active.file.clone(), active.end, active.allocated)
+            let (seq, path) = (active.seq, active.path.clone());
+            (seq, path, active.file.clone(), active.end, active.allocated)
         };
         let records_len = batch.buf.len();
         let grows = end + records_len as u64 > allocated;
@@ -472,9 +501,38 @@ impl Wal {
             eprintln!("fail point wal-torn-write reached: aborting");
             std::process::abort();
         }
-        file.write_all_at(&batch.buf, end)?;
+        let mut file_end = end + batch.buf.len() as u64;
+        if let direct::Mode::Direct(tail) = &mut self.mode {
+            let segment = (seq, path.as_path(), &*file);
+            match direct::append(
+                tail,
+                &mut self.staging,
+                segment,
+                end,
+                &batch.buf,
+                records_len,
+            )? {
+                direct::Written::Durable {
+                    file_end: written_to,
+                } => {
+                    file_end = file_end.max(written_to);
+                }
+                direct::Written::Refused(why) => {
+                    tracing::info!(dir = %self.dir.display(), error = %why,
+                        "the Raft log's file system refuses direct I/O: appending through the \
+                         page cache and fdatasync");
+                    self.mode = direct::Mode::PageCache;
+                    self.direct_io.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        if let direct::Mode::PageCache = self.mode {
+            file.write_all_at(&batch.buf, end)?;
+        }
         crate::fail_point!("wal-after-write");
-        file.sync_data()?;
+        if let direct::Mode::PageCache = self.mode {
+            file.sync_data()?;
+        }
         crate::fail_point!("wal-after-sync");
         let mut segments = self.segments_mut();
         let active = segments
@@ -487,7 +545,7 @@ impl Wal {
             .records
             .extend(batch.locs.iter().map(|&(_, offset, len)| (offset, len)));
         active.end = end + records_len as u64;
-        active.allocated = active.allocated.max(end + batch.buf.len() as u64);
+        active.allocated = active.allocated.max(file_end);
         batch.buf.clear();
         batch.locs.clear();
         Ok(())
