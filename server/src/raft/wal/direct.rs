@@ -10,11 +10,13 @@
 //! zeros after the records were zeros already (see `PREALLOCATE`), so the file's format does
 //! not change: records, then zeros.
 //!
-//! On this machine's disk a 4 KiB write so took 0.098–0.102 ms at p50 against 0.118–0.124 ms
-//! for `pwrite` + `fdatasync`, and 0.169–0.193 against 0.200–0.207 ms with three files written
-//! at once (BENCHMARKS.md, "Session 27"). A file system that refuses direct I/O (tmpfs, some
-//! network file systems: `EINVAL` at open or at the first write, before any byte is written)
-//! gets the page cache path instead, for the rest of the process.
+//! Measured here (BENCHMARKS.md, "Session 27"): one log alone appends small entries as fast
+//! either way, 16 appenders of 64 KiB entries make 1.8× the appends; with the three logs of a
+//! local cluster flushing on one disk at once, each follower's group of one append took 35–45
+//! µs less. A file system that refuses direct I/O (`EINVAL`, at open or at the first write:
+//! tmpfs before Linux 6.6, some network file systems) gets the page cache path instead, for
+//! the rest of the process; whatever part of that write did reach the file holds the same
+//! bytes the page cache path then writes and syncs.
 
 use std::fs::{File, OpenOptions};
 use std::io;
