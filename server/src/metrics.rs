@@ -514,27 +514,37 @@ impl Metrics {
     }
 }
 
-/// Counts leader changes and snapshots as openraft reports them, until Raft stops.
+/// Counts leader changes and snapshots as openraft reports them, until Raft stops. Leaders come
+/// from the server metrics, which change only with the vote, the state, the leader or the
+/// membership; snapshots from the data metrics, which change with every write and are looked
+/// at once per [`crate::node::METRICS_GAP`] at most.
 async fn watch_raft_events(node: Node) {
-    let mut rx = node.raft().metrics();
-    let (mut leader, mut snapshot) = {
-        let m = rx.borrow();
-        (m.current_leader, m.snapshot)
-    };
-    while rx.changed().await.is_ok() {
-        let m = rx.borrow().clone();
-        if m.current_leader != leader {
-            if m.current_leader.is_some() {
-                node.metrics().leader_changes.inc();
+    let (mut server, mut data) = (node.raft().server_metrics(), node.raft().data_metrics());
+    let mut leader = server.borrow_and_update().current_leader;
+    let mut snapshot = data.borrow_and_update().snapshot;
+    loop {
+        tokio::select! {
+            changed = server.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = server.borrow_and_update().current_leader;
+                if now != leader && now.is_some() {
+                    node.metrics().leader_changes.inc();
+                }
+                leader = now;
             }
-            leader = m.current_leader;
-        }
-        if m.snapshot != snapshot {
-            node.metrics().snapshots.inc();
-            snapshot = m.snapshot;
-        }
-        if m.running_state.is_err() {
-            return;
+            changed = data.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = data.borrow_and_update().snapshot;
+                if now != snapshot {
+                    node.metrics().snapshots.inc();
+                    snapshot = now;
+                }
+                tokio::time::sleep(crate::node::METRICS_GAP).await;
+            }
         }
     }
 }

@@ -102,6 +102,11 @@ async fn readiness_liveness_and_metrics() {
     assert_eq!(metric_value(&text, "raftlite_is_leader "), 1.0);
     assert_eq!(metric_value(&text, "raftlite_leader_id "), leader as f64);
     assert_eq!(metric_value(&text, "raftlite_voters "), 3.0);
+    // Every node saw a leader appear at least once (the election of this one).
+    assert!(
+        metric_value(&text, "raftlite_leader_changes_total ") >= 1.0,
+        "{text}"
+    );
     assert!(metric_value(&text, "raftlite_term ") >= 1.0);
     assert!(
         metric_value(&text, "raftlite_applied_index ") >= 2.0,
@@ -216,6 +221,10 @@ async fn readiness_liveness_and_metrics() {
     let text = scrape(&metrics_addr(&cluster, follower)).await;
     assert_eq!(metric_value(&text, "raftlite_is_leader "), 0.0);
     assert_eq!(metric_value(&text, "raftlite_leader_id "), leader as f64);
+    assert!(
+        metric_value(&text, "raftlite_leader_changes_total ") >= 1.0,
+        "{text}"
+    );
     assert_eq!(metric_value(&text, "raftlite_ready "), 1.0);
     // The background checkpointer reports, and has not failed.
     assert!(metric_value(&text, "raftlite_sqlite_wal_frames ") >= 0.0);

@@ -143,9 +143,11 @@ pub async fn run(node: Node, archive: Archive, settings: ArchiverSettings) {
             .set(applied.saturating_sub(settings.max_held_entries));
         // A clone of openraft's receiver inherits a "seen" version that is never updated:
         // mark the current metrics seen, or `changed()` returns at once and the loop spins.
+        // At most once per `METRICS_GAP`: the metrics change several times per write.
         let mut metrics = node.raft().metrics();
         metrics.borrow_and_update();
         let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+        tokio::time::sleep(crate::node::METRICS_GAP).await;
     }
 }
 

@@ -51,6 +51,9 @@ pub async fn report(node: Node, reporter: HealthReporter) {
         if metrics.borrow().running_state.is_err() {
             return;
         }
+        // At most one look per `crate::node::METRICS_GAP`: openraft's metrics change several
+        // times per write, and a readiness a few milliseconds late changes nothing.
+        tokio::time::sleep(crate::node::METRICS_GAP).await;
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(CHECK_EVERY) => {}

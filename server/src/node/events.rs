@@ -164,6 +164,10 @@ pub async fn log_raft_events(node: Node) {
         for event in tracker.observe(&view) {
             log(&event);
         }
+        // The newest state once per `METRICS_GAP` at most, not after each of the several
+        // changes a write makes: an event is logged that much later at worst, and a follower
+        // that fell behind and caught up within it is not logged at all.
+        tokio::time::sleep(super::METRICS_GAP).await;
         if rx.changed().await.is_err() {
             return;
         }

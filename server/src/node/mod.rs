@@ -43,6 +43,11 @@ const RAFT_LOG_DIR: &str = "raft-log";
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Linearizable reads that may wait for the next read-index round before senders wait too.
 const READ_INDEX_QUEUE: usize = 4096;
+/// Shortest time between two looks of a watcher of openraft's metrics that does not decide
+/// anything for a request (health, event logs, counters): the metrics change several times per
+/// write, and each look woke a task on the node's runtime thread (4 % of that thread's time at
+/// one client, BENCHMARKS.md "Session 27").
+pub(crate) const METRICS_GAP: Duration = Duration::from_millis(50);
 
 /// A change of the cluster's membership or leadership (the admin calls).
 #[derive(Debug, Clone, PartialEq, Eq)]
