@@ -25,6 +25,10 @@ use std::path::Path;
 
 /// Alignment of offsets, lengths and buffers: a multiple of every logical block size in use.
 pub(super) const BLOCK: u64 = 4096;
+/// Largest aligned buffer kept between appends: a group of small appends with its 1 MiB of
+/// preallocated zeros fits. A larger group gets a buffer of its own, so a node that once wrote
+/// a large transaction does not hold a second copy of the batch buffer's size.
+pub(super) const RETAINED_STAGING_BYTES: usize = 2 << 20;
 
 /// Whether appends use direct I/O.
 pub(super) enum Mode {
@@ -60,7 +64,7 @@ impl Staging {
         &mut self.buf[start..start + len]
     }
 
-    /// Gives back a buffer grown for an unusually large append.
+    /// Gives back a buffer grown past `bytes` (for an unusually large append).
     pub(super) fn shrink_to(&mut self, bytes: usize) {
         if self.buf.len() > bytes {
             self.buf = Vec::new();

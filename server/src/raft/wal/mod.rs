@@ -454,7 +454,7 @@ impl Wal {
         if batch.buf.capacity() > RETAINED_BATCH_BYTES {
             batch.buf = Vec::new();
         }
-        self.staging.shrink_to(RETAINED_BATCH_BYTES);
+        self.staging.shrink_to(direct::RETAINED_STAGING_BYTES);
         self.batch = batch;
         written
     }
