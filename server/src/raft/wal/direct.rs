@@ -30,13 +30,6 @@ pub(super) const BLOCK: u64 = 4096;
 /// a large transaction does not hold a second copy of the batch buffer's size.
 pub(super) const RETAINED_STAGING_BYTES: usize = 2 << 20;
 
-/// Whether appends use direct I/O.
-pub(super) enum Mode {
-    Direct(Option<Tail>),
-    /// The file system refused it, or the options turned it off.
-    PageCache,
-}
-
 /// The last segment opened for direct writes, and its partial last block.
 pub(super) struct Tail {
     seq: u64,

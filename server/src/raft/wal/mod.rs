@@ -192,9 +192,10 @@ pub struct Wal {
     /// The buffer of the batch being written, kept between appends: a fresh one per append
     /// cost page faults on every megabyte of large entries.
     batch: Batch,
-    /// How appends reach the disk (also shown to readers), and direct I/O's aligned buffer.
-    mode: direct::Mode,
+    /// Whether appends use direct I/O (shown to readers too), the segment open for it, and
+    /// its aligned buffer.
     direct_io: Arc<AtomicBool>,
+    tail: Option<direct::Tail>,
     staging: direct::Staging,
 }
 
@@ -308,10 +309,6 @@ impl Wal {
                 allocated: scan.end,
             });
         }
-        let mode = match options.direct_io {
-            true => direct::Mode::Direct(None),
-            false => direct::Mode::PageCache,
-        };
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             options: options.clone(),
@@ -319,8 +316,8 @@ impl Wal {
             next_seq,
             failed: None,
             batch: Batch::default(),
-            mode,
             direct_io: Arc::new(AtomicBool::new(options.direct_io)),
+            tail: None,
             staging: direct::Staging::default(),
         };
         if wal.segments_mut().is_empty() {
@@ -502,35 +499,28 @@ impl Wal {
             std::process::abort();
         }
         let mut file_end = end + batch.buf.len() as u64;
-        if let direct::Mode::Direct(tail) = &mut self.mode {
+        let mut durable = false;
+        if self.direct_io.load(Ordering::Relaxed) {
             let segment = (seq, path.as_path(), &*file);
-            match direct::append(
-                tail,
-                &mut self.staging,
-                segment,
-                end,
-                &batch.buf,
-                records_len,
-            )? {
-                direct::Written::Durable {
-                    file_end: written_to,
-                } => {
-                    file_end = file_end.max(written_to);
+            let (tail, staging) = (&mut self.tail, &mut self.staging);
+            match direct::append(tail, staging, segment, end, &batch.buf, records_len)? {
+                direct::Written::Durable { file_end: to } => {
+                    file_end = file_end.max(to);
+                    durable = true;
                 }
                 direct::Written::Refused(why) => {
                     tracing::info!(dir = %self.dir.display(), error = %why,
                         "the Raft log's file system refuses direct I/O: appending through the \
                          page cache and fdatasync");
-                    self.mode = direct::Mode::PageCache;
                     self.direct_io.store(false, Ordering::Relaxed);
                 }
             }
         }
-        if let direct::Mode::PageCache = self.mode {
+        if !durable {
             file.write_all_at(&batch.buf, end)?;
         }
         crate::fail_point!("wal-after-write");
-        if let direct::Mode::PageCache = self.mode {
+        if !durable {
             file.sync_data()?;
         }
         crate::fail_point!("wal-after-sync");
