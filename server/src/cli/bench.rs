@@ -422,6 +422,10 @@ async fn measure_floor(
     let sqlite_commit =
         blocking(|d| bench_floor::sqlite_commit(d, PAYLOAD, BUDGET, MAX_SAMPLES)).await?;
     let grpc_rtt = bench_floor::grpc_rtt(leader_url, tls_ca, BUDGET, MAX_SAMPLES).await?;
+    let (wake_same_cpu, wake_cross_cpu) =
+        tokio::task::spawn_blocking(|| bench_floor::wake_rtts(BUDGET, MAX_SAMPLES))
+            .await
+            .context("floor measurement panicked")??;
     let _ = std::fs::remove_dir(&dir);
     Ok(Floor {
         fsync,
@@ -430,6 +434,8 @@ async fn measure_floor(
         sqlite_commit,
         grpc_rtt,
         grpc_tls: tls_ca.is_some(),
+        wake_same_cpu,
+        wake_cross_cpu,
     })
 }
 
@@ -814,6 +820,7 @@ mod tests {
             sqlite_commit: Samples::new(vec![ms(sqlite_commit_ms)]),
             grpc_rtt: Samples::new(vec![ms(rtt_ms)]),
             grpc_tls: true,
+            ..Floor::default()
         }
     }
 

@@ -12,6 +12,12 @@
 //! - **gRPC round trip**: `grpc.health.v1.Health/Check` on one node's client port over one
 //!   connection, on the client library's own transport (`raftlite_client::transport::Direct`,
 //!   TLS when the cluster uses TLS). The health service needs no token.
+//! - **Thread wake round trip**, an extra: two threads that sleep in a blocking read until the
+//!   other writes a byte to a socket pair, one round trip being two wake-ups, measured with
+//!   both threads pinned to one CPU and to two different CPUs (when the process may use two).
+//!   A write crosses several threads (the node's runtime, its batcher, its log writer, and the
+//!   other nodes'), and how much each such hand-off costs is a property of the machine: a
+//!   virtual machine that halts an idle virtual CPU pays the host's wake-up of it every time.
 //!
 //! Each is measured for at most [`BUDGET`] and [`MAX_SAMPLES`], after [`WARMUP`] unrecorded
 //! samples; the files are deleted afterwards.
@@ -73,6 +79,9 @@ pub struct Floor {
     pub grpc_rtt: Samples,
     /// Whether the gRPC round trip used TLS.
     pub grpc_tls: bool,
+    /// [`wake_rtt`] with both threads on one CPU, and on two (empty with one CPU).
+    pub wake_same_cpu: Samples,
+    pub wake_cross_cpu: Samples,
 }
 
 impl Floor {
@@ -109,6 +118,10 @@ impl Floor {
             "grpc_rtt_p99_ms": p(&self.grpc_rtt, 99.0),
             "grpc_rtt_samples": self.grpc_rtt.len(),
             "grpc_tls": self.grpc_tls,
+            "wake_rtt_same_cpu_p50_ms": p(&self.wake_same_cpu, 50.0),
+            "wake_rtt_same_cpu_samples": self.wake_same_cpu.len(),
+            "wake_rtt_cross_cpu_p50_ms": p(&self.wake_cross_cpu, 50.0),
+            "wake_rtt_cross_cpu_samples": self.wake_cross_cpu.len(),
         })
     }
 
@@ -146,6 +159,8 @@ impl Floor {
                 &self.sqlite_commit,
             ),
             line(rtt, &self.grpc_rtt),
+            line("thread wake round trip, same CPU", &self.wake_same_cpu),
+            line("thread wake round trip, two CPUs", &self.wake_cross_cpu),
         ]
         .concat()
     }
@@ -316,6 +331,91 @@ pub fn sqlite_commit(
     samples.with_context(|| format!("SQLite commits in {}", path.display()))
 }
 
+/// The CPUs this process may run on, in order.
+pub fn usable_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as above; 0 is the calling thread.
+    let failed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+    };
+    match failed {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
+    }
+}
+
+/// Round trips of one byte between two threads over a socket pair, the first pinned to
+/// `cpus.0` and the second to `cpus.1`: each round trip wakes each of them once from a
+/// blocking read. The threads are the caller's and one it starts.
+pub fn wake_rtt(cpus: (usize, usize), budget: Duration, max: usize) -> anyhow::Result<Samples> {
+    use std::io::Read as _;
+    use std::os::unix::net::UnixStream;
+    let (mut near, mut far) = UnixStream::pair().context("make a socket pair")?;
+    std::thread::scope(|scope| {
+        let echo = scope.spawn(move || -> std::io::Result<()> {
+            pin_to(cpus.1)?;
+            let mut byte = [0u8; 1];
+            // Ends when the other side closes the pair.
+            while far.read(&mut byte)? == 1 {
+                far.write_all(&byte)?;
+            }
+            Ok(())
+        });
+        let samples = (|| {
+            pin_to(cpus.0).with_context(|| format!("pin a thread to CPU {}", cpus.0))?;
+            let mut byte = [0u8; 1];
+            sample_blocking(budget, max, |_| {
+                near.write_all(&byte)?;
+                near.read_exact(&mut byte)
+            })
+            .context("a byte to the other thread and back")
+        })();
+        drop(near);
+        let echoed = echo
+            .join()
+            .map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+        echoed.with_context(|| format!("the echo thread on CPU {}", cpus.1))?;
+        samples
+    })
+}
+
+/// [`wake_rtt`] on one CPU and on two (the first two this process may use); the second is
+/// empty on a single CPU. Runs on a thread of its own, which it pins.
+pub fn wake_rtts(budget: Duration, max: usize) -> anyhow::Result<(Samples, Samples)> {
+    let cpus = usable_cpus();
+    let Some(&first) = cpus.first() else {
+        anyhow::bail!("this process may run on no CPU it can name (sched_getaffinity)");
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let same = wake_rtt((first, first), budget, max)?;
+                let cross = match cpus.get(1) {
+                    Some(&second) => wake_rtt((first, second), budget, max)?,
+                    None => Samples::default(),
+                };
+                Ok((same, cross))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the wake measurement panicked"))?
+    })
+}
+
 /// `grpc.health.v1.Health/Check` round trips to `addr` (`http://` or `https://`) over one
 /// connection, the client library's; `tls_ca` is the CA for `https://`.
 pub async fn grpc_rtt(
@@ -427,6 +527,8 @@ mod tests {
             sqlite_commit: Samples::new(vec![ms(3)]),
             grpc_rtt: Samples::new(vec![ms(4)]),
             grpc_tls: true,
+            wake_same_cpu: Samples::new(vec![ms(6)]),
+            wake_cross_cpu: Samples::default(),
         };
         let json = floor.to_json();
         assert_eq!(json["fsync_p50_ms"], 1.0);
@@ -437,5 +539,29 @@ mod tests {
         assert!(floor.describe().contains("3 files at once"));
         assert_eq!(json["grpc_tls"], true);
         assert!(floor.describe().contains("(TLS)"));
+        assert_eq!(json["wake_rtt_same_cpu_p50_ms"], 6.0);
+        assert!(
+            json["wake_rtt_cross_cpu_p50_ms"].is_null(),
+            "one CPU: no cross-CPU number"
+        );
+    }
+
+    #[test]
+    fn wake_round_trips_are_measured_on_the_cpus_asked_for() {
+        let cpus = usable_cpus();
+        assert!(
+            !cpus.is_empty(),
+            "sched_getaffinity names this process's CPUs"
+        );
+        let (same, cross) = wake_rtts(FEW, 50).expect("wake round trips");
+        assert_eq!(same.len(), 50);
+        assert_eq!(cross.len(), if cpus.len() > 1 { 50 } else { 0 });
+        // A round trip is two wake-ups and four system calls: never instant, never seconds.
+        let p50 = same.percentile_ms(50.0).expect("samples");
+        assert!(p50 > 0.0 && p50 < 1_000.0, "{p50} ms");
+        // A CPU this process may not use is an error, not a silent unpinned measurement.
+        let err = wake_rtt((libc::CPU_SETSIZE as usize - 1, cpus[0]), FEW, 5)
+            .expect_err("pinning to a CPU outside the affinity set fails");
+        assert!(format!("{err:#}").contains("pin a thread"), "{err:#}");
     }
 }
