@@ -20,11 +20,18 @@
 //! removal is idempotent). A node that died earlier (killed to watch a failover) holds no
 //! lock, so it does not keep the directory alive.
 //!
+//! A launcher killed outright dies one thread at a time. The kernel sends the death signal
+//! when the thread that spawned the nodes (the main thread) exits, but the lock goes only
+//! with the last thread, so a node that stops quickly can still find it held. A node whose
+//! launcher's main thread is gone (a zombie, or no such process) therefore waits up to
+//! [`DYING_LAUNCHER_WAIT`] for the lock to go; a live launcher's lock means it cleans up.
+//!
 //! What can remain: the directory, if the launcher dies after creating it and before its
 //! first node started, or if every node is killed with SIGKILL too.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -54,11 +61,16 @@ impl LauncherLock {
     }
 }
 
+/// Longest a node waits for the lock of a launcher that is dying (see the module docs).
+pub const DYING_LAUNCHER_WAIT: Duration = Duration::from_secs(5);
+
 /// A node's part: its lock, taken at start, and the cleanup when it has stopped.
 #[derive(Debug)]
 pub struct NodeCleanup {
     cluster_dir: PathBuf,
     own: File,
+    /// The process that started this node (its parent when it started): the launcher.
+    launcher: libc::pid_t,
 }
 
 impl NodeCleanup {
@@ -70,9 +82,12 @@ impl NodeCleanup {
         let own = open_dir(data_dir)?;
         own.try_lock()
             .with_context(|| format!("lock {} (is another node using it?)", data_dir.display()))?;
+        // SAFETY: getppid(2) has no preconditions.
+        let launcher = unsafe { libc::getppid() };
         Ok(Some(NodeCleanup {
             cluster_dir: cluster_dir.clone(),
             own,
+            launcher,
         }))
     }
 
@@ -81,7 +96,21 @@ impl NodeCleanup {
     /// failure is logged, not returned (the node has stopped either way).
     pub fn finish(self) -> bool {
         if is_locked(&self.cluster_dir) {
-            return false; // The launcher is alive and cleans up.
+            // SAFETY: getppid(2) has no preconditions.
+            let reparented = unsafe { libc::getppid() } != self.launcher;
+            if !reparented && !main_thread_gone(self.launcher) {
+                return false; // The launcher is alive and cleans up.
+            }
+            // Dying: its last threads still hold the lock for a moment.
+            let deadline = Instant::now() + DYING_LAUNCHER_WAIT;
+            while is_locked(&self.cluster_dir) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(dir = %self.cluster_dir.display(),
+                        "the launcher's lock outlived its main thread; leaving the directory");
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         drop(self.own);
         match other_node_running(&self.cluster_dir) {
@@ -94,6 +123,19 @@ impl NodeCleanup {
             }
         }
     }
+}
+
+/// Whether process `pid`'s main thread has exited: no such process, or a zombie (a leader
+/// that exited waits as one for its other threads).
+fn main_thread_gone(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold any byte.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
 }
 
 fn open_dir(dir: &Path) -> anyhow::Result<File> {
@@ -201,6 +243,53 @@ mod tests {
         let none = NodeCleanup::start(&LocalNodeArgs::default(), &layout.cluster.join("node-1"))
             .expect("no lock needed");
         assert!(none.is_none());
+    }
+
+    /// A child that has exited and is not reaped yet: a zombie, as a launcher whose main
+    /// thread exited before its other threads is.
+    fn zombie() -> std::process::Child {
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !main_thread_gone(pid) {
+            assert!(Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
+    }
+
+    #[test]
+    fn a_zombie_or_a_missing_process_has_no_main_thread() {
+        let own = libc::pid_t::try_from(std::process::id()).expect("a pid");
+        assert!(!main_thread_gone(own), "this process runs");
+        let mut child = zombie();
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        assert!(main_thread_gone(pid), "a zombie");
+        child.wait().expect("reap");
+        assert!(main_thread_gone(pid), "reaped: no such process");
+    }
+
+    #[test]
+    fn a_node_waits_for_the_lock_of_a_dying_launcher_then_cleans_up() {
+        let layout = layout(1);
+        let launcher = LauncherLock::acquire(&layout.cluster).expect("launcher lock");
+        let mut one = node(&layout, 1);
+        // The launcher's main thread is gone; its lock goes a moment later, with its last
+        // thread. Without the wait, the node would leave the directory behind.
+        let mut dying = zombie();
+        one.launcher = libc::pid_t::try_from(dying.id()).expect("a pid");
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(launcher);
+        });
+        let started = Instant::now();
+        assert!(one.finish(), "the last one out, once the lock went");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(!layout.cluster.exists());
+        released.join().expect("release thread");
+        dying.wait().expect("reap");
     }
 
     #[test]
