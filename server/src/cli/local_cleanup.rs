@@ -96,9 +96,7 @@ impl NodeCleanup {
     /// failure is logged, not returned (the node has stopped either way).
     pub fn finish(self) -> bool {
         if is_locked(&self.cluster_dir) {
-            // SAFETY: getppid(2) has no preconditions.
-            let reparented = unsafe { libc::getppid() } != self.launcher;
-            if !reparented && !main_thread_gone(self.launcher) {
+            if !main_thread_gone(self.launcher) {
                 return false; // The launcher is alive and cleans up.
             }
             // Dying: its last threads still hold the lock for a moment.

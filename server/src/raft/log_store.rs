@@ -3,7 +3,8 @@
 //!
 //! - `append` encodes the entries, hands them to the WAL's writer thread and returns at once;
 //!   the writer writes every append queued at that moment with one direct, `O_DSYNC` write
-//!   (or a write and an `fdatasync` where direct I/O is refused: group commit) and only then calls openraft's `LogFlushed` callback.
+//!   (or a write and an `fdatasync` where direct I/O is refused: group commit) and only then
+//!   calls openraft's `LogFlushed` callback.
 //!   Returning early lets openraft replicate to followers while the leader's own sync runs.
 //! - Appended entries go into an in-memory cache of the log's tail that readers see as part of
 //!   the log, before and after they are durable (openraft reads an entry it accepted to
