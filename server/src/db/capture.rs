@@ -23,6 +23,14 @@
 //! Why page 1 separately: the btree keeps page 1 referenced for the whole transaction, and
 //! `sqlite3_db_cacheflush` skips referenced pages, so page 1 never reaches the WAL here.
 //!
+//! The scan stops at the first zero and never passes the last frame the `-wal` file can hold
+//! ([`WalBound`]): frames past it could only be a stale region of an older, longer WAL. The
+//! file's size is asked once and again only when the WAL was restarted or a scan reaches it,
+//! not for every batch: each `fstat` marks the file's change time as read, and Linux's
+//! multigrain timestamps then give its next write a fine-grained time, which moves the clock
+//! every file's next change is stamped with; on ext4 without a journal every Raft log append
+//! then wrote its inode too (BENCHMARKS.md, session 29).
+//!
 //! Page *contents* always come from `sqlite_dbpage`, which reads through the pager and
 //! therefore sees the transaction's uncommitted state; page numbers beyond the transaction's
 //! final size (`PRAGMA page_count`) are dropped. Over-reporting a page number is harmless (its
@@ -49,6 +57,9 @@ const SHM_HEADER_WORDS: u32 = 136 / 4;
 const FRAMES_IN_REGION0: u32 = FRAMES_PER_REGION - SHM_HEADER_WORDS;
 /// Byte offset of `mxFrame` (last committed frame) in the first `WalIndexHdr` copy.
 const MX_FRAME_OFFSET: usize = 16;
+/// Byte offset of `aSalt[2]` in the first `WalIndexHdr` copy: new salts with every restart of
+/// the WAL (and every truncation).
+const SALT_OFFSET: usize = 32;
 /// WAL file header and per-frame header sizes.
 const WAL_HEADER_BYTES: i64 = 32;
 const WAL_FRAME_HEADER_BYTES: i64 = 24;
@@ -114,6 +125,7 @@ pub(crate) fn finish(
     overlay: &Overlay,
     max_bytes: usize,
     keep_images: bool,
+    wal: &WalBound,
 ) -> Result<Captured> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
@@ -123,7 +135,7 @@ pub(crate) fn finish(
     let page_size = start.page_size;
     let mut page1 = read_page(conn, 1)?;
     let db_pages = page_count(conn, header_pages(page1.as_deref()))?;
-    let mut pgnos = uncommitted_pgnos(conn, page_size)?;
+    let mut pgnos = uncommitted_pgnos(conn, page_size, wal)?;
     pgnos.remove(&1);
     if page1 != start.page1 {
         pgnos.insert(1);
@@ -251,18 +263,18 @@ impl Drop for BaseReader<'_> {
 
 /// Whether the open transaction has changed any page since [`start`] (flushes the page cache
 /// to find out, as [`finish`] does).
-pub(crate) fn changed(conn: &Connection, start: &CaptureStart) -> Result<bool> {
-    Ok(changed_bytes(conn)? > 0 || read_page(conn, 1)? != start.page1)
+pub(crate) fn changed(conn: &Connection, start: &CaptureStart, wal: &WalBound) -> Result<bool> {
+    Ok(changed_bytes(conn, wal)? > 0 || read_page(conn, 1)? != start.page1)
 }
 
 /// Bytes of the pages the open transaction has changed so far, page 1 aside (flushes the page
 /// cache to count them, as [`finish`] does): what its delta would carry.
-pub(crate) fn changed_bytes(conn: &Connection) -> Result<usize> {
+pub(crate) fn changed_bytes(conn: &Connection, wal: &WalBound) -> Result<usize> {
     // SAFETY: as in `finish`.
     let rc = unsafe { ffi::sqlite3_db_cacheflush(conn.handle()) };
     check(rc, "sqlite3_db_cacheflush")?;
     let page_size = page_size(conn)?;
-    Ok(uncommitted_pgnos(conn, page_size)?
+    Ok(uncommitted_pgnos(conn, page_size, wal)?
         .len()
         .saturating_mul(page_size as usize))
 }
@@ -355,22 +367,60 @@ fn wal_frame_capacity(conn: &Connection, page_size: u32) -> Result<u32> {
     Ok(u32::try_from(frames).unwrap_or(u32::MAX))
 }
 
+/// The most frames one connection's `-wal` file can hold, as last measured, and the WAL
+/// generation (its salts) it was measured in (see the module docs).
+#[derive(Default)]
+pub(crate) struct WalBound {
+    /// `(salts, frames)`; `None` until first measured.
+    known: std::cell::Cell<Option<([u32; 2], u32)>>,
+    /// How many times the file was measured.
+    #[cfg(test)]
+    measured: std::cell::Cell<u32>,
+}
+
+impl WalBound {
+    /// Frames the file holds, measured again only if the WAL has restarted since (a
+    /// truncation restarts it too) or `past` frames were asked for and the last measure held
+    /// fewer (the file grew).
+    fn frames(&self, conn: &Connection, page_size: u32, salts: [u32; 2], past: u32) -> Result<u32> {
+        match self.known.get() {
+            Some((known_salts, frames)) if known_salts == salts && frames >= past => Ok(frames),
+            _ => {
+                let frames = wal_frame_capacity(conn, page_size)?;
+                self.known.set(Some((salts, frames)));
+                #[cfg(test)]
+                self.measured.set(self.measured.get() + 1);
+                Ok(frames)
+            }
+        }
+    }
+}
+
 /// Page numbers of the WAL frames appended by the open write transaction, read from the
 /// wal-index hash tables (see the module docs and SQLite's walformat documentation).
-fn uncommitted_pgnos(conn: &Connection, page_size: u32) -> Result<BTreeSet<u32>> {
+fn uncommitted_pgnos(conn: &Connection, page_size: u32, wal: &WalBound) -> Result<BTreeSet<u32>> {
     let file = file_pointer(conn, ffi::SQLITE_FCNTL_FILE_POINTER)?;
     let region0 = shm_region(file, 0)?
         .ok_or_else(|| DbError::Internal("wal-index is not mapped (not in WAL mode?)".into()))?;
     // SAFETY: region 0 is SHM_REGION_BYTES long and 4-byte aligned (mmap'd); mxFrame is the
-    // u32 at byte 16 of the first header copy. This connection holds the WAL write lock, so no
-    // other connection moves mxFrame while we read; read_volatile because the memory is shared.
-    let mx_frame = unsafe { ptr::read_volatile(region0.add(MX_FRAME_OFFSET / 4)) };
-    let last_possible = wal_frame_capacity(conn, page_size)?;
+    // u32 at byte 16 of the first header copy, the salts the two at byte 32. This connection
+    // holds the WAL write lock, so no other connection moves them while we read;
+    // read_volatile because the memory is shared.
+    let (mx_frame, salts) = unsafe {
+        (
+            ptr::read_volatile(region0.add(MX_FRAME_OFFSET / 4)),
+            [
+                ptr::read_volatile(region0.add(SALT_OFFSET / 4)),
+                ptr::read_volatile(region0.add(SALT_OFFSET / 4 + 1)),
+            ],
+        )
+    };
+    let mut last_possible = wal.frames(conn, page_size, salts, 0)?;
 
     let mut pgnos = BTreeSet::new();
     let mut current: Option<(u32, *const u32)> = None;
     let mut frame = mx_frame.saturating_add(1); // 1-based frame number
-    while frame <= last_possible {
+    loop {
         let region = (frame + FRAMES_PER_REGION - FRAMES_IN_REGION0 - 1) / FRAMES_PER_REGION;
         let base = match current {
             Some((r, base)) if r == region => base,
@@ -392,6 +442,14 @@ fn uncommitted_pgnos(conn: &Connection, page_size: u32) -> Result<BTreeSet<u32>>
         let pgno = unsafe { ptr::read_volatile(base.add(slot as usize)) };
         if pgno == 0 {
             break;
+        }
+        if frame > last_possible {
+            // A frame past the file as last measured: the file grew since, or this is a stale
+            // region of an older WAL.
+            last_possible = wal.frames(conn, page_size, salts, frame)?;
+            if frame > last_possible {
+                break;
+            }
         }
         pgnos.insert(pgno);
         frame += 1;
@@ -544,6 +602,7 @@ mod tests {
             &Overlay::default(),
             usize::MAX,
             false,
+            &WalBound::default(),
         )?
         .delta;
         conn.execute_batch("ROLLBACK")?;
@@ -564,6 +623,94 @@ mod tests {
         assert_eq!(after, before, "capture must not commit");
         let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
         assert_eq!(rows, 0);
+        Ok(())
+    }
+
+    /// The `-wal` file's size is asked once per WAL generation, not per capture: again only
+    /// when a transaction's frames pass what it held (the file grew) or the WAL restarted
+    /// (here after another connection truncated it). Every capture still finds all its pages.
+    #[test]
+    fn the_wal_size_is_asked_again_only_when_the_wal_grew_or_restarted() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.db");
+        let conn = open(&path)?;
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, a BLOB)")?;
+        conn.execute_batch("INSERT INTO t(a) VALUES (zeroblob(100))")?;
+        let base = open(&path)?;
+        let wal = WalBound::default();
+        // Pages of a captured (and rolled back) transaction running `sql`.
+        let capture = |sql: &str| -> Result<BTreeSet<u32>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let started = start(&conn)?;
+            conn.execute_batch(sql)?;
+            let pages = finish(
+                &conn,
+                &base,
+                &started,
+                (1, 2),
+                &Overlay::default(),
+                usize::MAX,
+                false,
+                &wal,
+            )?
+            .delta
+            .pages
+            .iter()
+            .map(|p| p.0)
+            .collect();
+            conn.execute_batch("ROLLBACK")?;
+            Ok(pages)
+        };
+        let table_root: u32 = conn.query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+            [],
+            |r| r.get(0),
+        )?;
+        let one_row = "INSERT INTO t(a) VALUES (x'01')";
+
+        for round in 1..=3 {
+            assert!(capture(one_row)?.contains(&table_root), "round {round}");
+        }
+        assert_eq!(
+            wal.measured.get(),
+            1,
+            "three small captures in one WAL generation"
+        );
+
+        // Far more frames than the file held: it grew, and is measured again mid-scan.
+        let before: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let big = capture(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 200)
+             INSERT INTO t(a) SELECT zeroblob(3000) FROM c",
+        )?;
+        assert!(
+            wal.measured.get() > 1,
+            "the grown file was not measured again"
+        );
+        let grown = wal.measured.get();
+        let after = big.iter().max().copied().unwrap_or(0);
+        assert!(after > before + 100, "{after} pages after, {before} before");
+        for p in before + 1..=after {
+            assert!(big.contains(&p), "new page {p} missing");
+        }
+        assert!(capture(one_row)?.contains(&table_root));
+        assert_eq!(
+            wal.measured.get(),
+            grown,
+            "a small capture after the big one"
+        );
+
+        // Another connection truncates the WAL: a new generation, measured once more.
+        conn.execute_batch("INSERT INTO t(a) VALUES (x'02')")?;
+        base.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        assert!(capture(one_row)?.contains(&table_root));
+        assert_eq!(
+            wal.measured.get(),
+            grown + 1,
+            "the truncated WAL was not measured again"
+        );
+        assert!(capture(one_row)?.contains(&table_root));
+        assert_eq!(wal.measured.get(), grown + 1);
         Ok(())
     }
 }

@@ -182,6 +182,8 @@ pub struct Executor {
     chain: Chain,
     /// Taken with the applier's around each batch (see [`WriteGate`]).
     gate: WriteGate,
+    /// How many frames the connection's `-wal` file holds, for capture (see `capture`).
+    wal_bound: capture::WalBound,
     /// Whether batches return a [`Link`] (a write pipeline deeper than one uses them).
     links: bool,
     /// Whether a batch's transaction stays open until its delta is committed, to be committed
@@ -397,6 +399,7 @@ impl Executor {
             transaction: None,
             chain: Chain::default(),
             gate: WriteGate::default(),
+            wal_bound: capture::WalBound::default(),
             links: true,
             in_place: false,
             open_batch: None,
@@ -1148,7 +1151,7 @@ impl Executor {
     fn check_transaction_size(&self) -> Result<()> {
         let bytes = {
             let _guard = self.lockdown.internal();
-            capture::changed_bytes(&self.conn)?
+            capture::changed_bytes(&self.conn, &self.wal_bound)?
         };
         if bytes > self.max_delta_bytes {
             return Err(DbError::TooLarge(format!(
@@ -1195,7 +1198,7 @@ impl Executor {
             e => e,
         })?;
         let _guard = self.lockdown.internal();
-        if !capture::changed(&self.conn, &open.start)? {
+        if !capture::changed(&self.conn, &open.start, &self.wal_bound)? {
             return Ok(None);
         }
         if !request_id.is_empty() {
@@ -1240,6 +1243,7 @@ impl Executor {
             &open.overlay,
             self.max_delta_bytes,
             self.links,
+            &self.wal_bound,
         )?;
         let link = captured.images.and_then(|images| {
             Link::stackable(
