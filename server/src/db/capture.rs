@@ -112,20 +112,19 @@ pub(crate) struct Captured {
 }
 
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
-/// cursors). The transaction stays open; the caller rolls it back. `base` is a read-only
+/// cursors); `wal` is what this connection knows of its `-wal` file's size. The transaction stays open; the caller rolls it back. `base` is a read-only
 /// connection to the same database: while `conn` holds the write lock, what it reads is the
 /// committed state. The delta is based on that state with the pipeline's `overlay` on top:
 /// pages the overlay holds are compared with, and patched against, its images (and left out
 /// when this transaction did not change them).
 pub(crate) fn finish(
-    conn: &Connection,
+    (conn, wal): (&Connection, &WalBound),
     base: &Connection,
     start: &CaptureStart,
     (base_version, tag): (u64, u64),
     overlay: &Overlay,
     max_bytes: usize,
     keep_images: bool,
-    wal: &WalBound,
 ) -> Result<Captured> {
     // SAFETY: `conn.handle()` is a valid open connection owned by `conn` for this call; the
     // function only flushes that connection's page cache.
@@ -595,14 +594,13 @@ mod tests {
         assert!(spills > 0, "the transaction was meant to spill");
         let base = open(&dir.path().join("a.db"))?;
         let delta = finish(
-            &conn,
+            (&conn, &WalBound::default()),
             &base,
             &start,
             (5, 9),
             &Overlay::default(),
             usize::MAX,
             false,
-            &WalBound::default(),
         )?
         .delta;
         conn.execute_batch("ROLLBACK")?;
@@ -644,14 +642,13 @@ mod tests {
             let started = start(&conn)?;
             conn.execute_batch(sql)?;
             let pages = finish(
-                &conn,
+                (&conn, &wal),
                 &base,
                 &started,
                 (1, 2),
                 &Overlay::default(),
                 usize::MAX,
                 false,
-                &wal,
             )?
             .delta
             .pages

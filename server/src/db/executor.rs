@@ -1236,14 +1236,13 @@ impl Executor {
         let tag = new_tag();
         internal::write_version_and_tag(&self.conn, open.base_version + 1, tag)?;
         let captured = capture::finish(
-            &self.conn,
+            (&self.conn, &self.wal_bound),
             &self.base,
             &open.start,
             (open.base_version, tag),
             &open.overlay,
             self.max_delta_bytes,
             self.links,
-            &self.wal_bound,
         )?;
         let link = captured.images.and_then(|images| {
             Link::stackable(
