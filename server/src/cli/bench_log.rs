@@ -4,9 +4,10 @@
 //! (`raft::wal`, one write per group: with direct I/O and `O_DSYNC` as nodes write it where
 //! the file system allows, and through the page cache with an `fdatasync`) — with one
 //! appender and with 16 concurrent ones, each append done only when durable, and prints a
-//! Markdown table: p50/p99 append latency, appends/s and MB/s. It also times the redb metadata commits the log store
-//! still makes (vote: durable; committed: lazy). BENCHMARKS.md, "Raft log append", has the
-//! numbers and the one candidate measured outside this binary (raft-engine).
+//! Markdown table: p50/p99 append latency, appends/s and MB/s. It also times the redb
+//! metadata commits the log store still makes (vote: durable; committed: lazy).
+//! BENCHMARKS.md, "Raft log append", has the numbers and the one candidate measured outside
+//! this binary (raft-engine).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

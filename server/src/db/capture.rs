@@ -112,11 +112,12 @@ pub(crate) struct Captured {
 }
 
 /// Collect the transaction's changed pages. All statements on `conn` must be reset (no open
-/// cursors); `wal` is what this connection knows of its `-wal` file's size. The transaction stays open; the caller rolls it back. `base` is a read-only
-/// connection to the same database: while `conn` holds the write lock, what it reads is the
-/// committed state. The delta is based on that state with the pipeline's `overlay` on top:
-/// pages the overlay holds are compared with, and patched against, its images (and left out
-/// when this transaction did not change them).
+/// cursors); `wal` is what this connection knows of its `-wal` file's size. The transaction
+/// stays open; the caller rolls it back. `base` is a read-only connection to the same
+/// database: while `conn` holds the write lock, what it reads is the committed state. The
+/// delta is based on that state with the pipeline's `overlay` on top: pages the overlay holds
+/// are compared with, and patched against, its images (and left out when this transaction did
+/// not change them).
 pub(crate) fn finish(
     (conn, wal): (&Connection, &WalBound),
     base: &Connection,
