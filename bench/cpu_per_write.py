@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""CPU time per acknowledged write, by role, in the 16- and 64-writer phases of a bench run:
-16 and 64 clients of their own, then 16 and 64 writers on one client.
+"""CPU time per acknowledged write, by role, in the writer phases of a bench run: one client,
+16 and 64 clients of their own, then 16 and 64 writers on one client; and how long the
+threads of each role waited for a CPU once woken.
 
     cargo build --release -p raftlite
     python3 bench/cpu_per_write.py ./target/release/raftlite [bench flags...]
@@ -12,6 +13,12 @@ the four phases it reads the user + system CPU time of every process of the run 
 divides by the writes acknowledged in that window (the phase's writes/s times the window).
 The leader's `write-batcher` thread, which executes every write, is also shown on its own
 (part of the leader's time, not added to the total again).
+
+The second line of each phase is the scheduler's side (`/proc/PID/task/*/schedstat`, summed
+over each role's threads): the time they spent runnable but not running (woken, waiting for
+a CPU: on a virtual machine also the time it takes the host to wake an idle virtual CPU),
+and how many times they were put on a CPU, both per write. Every blocking point of a write
+(a packet, a disk completion, a hand-off between threads) is one such wait.
 
 On a machine where the cluster and the load generator share the cores, a microsecond of CPU
 that one write does not need is taken from the others: this is the number to compare
@@ -26,7 +33,7 @@ import sys
 import tempfile
 import time
 
-PHASES = ('16 clients', '64 clients', '16 writers on one client', '64 writers on one client')
+PHASES = ('1 clients', '16 clients', '64 clients', '16 writers on one client', '64 writers on one client')
 WINDOW_S = 2.5
 
 
@@ -38,6 +45,24 @@ def cpu_seconds(pid, task=None):
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def sched_totals(pid):
+    """(nanoseconds on a CPU, nanoseconds runnable and waiting, times put on a CPU) of all
+    of pid's threads."""
+    totals = [0, 0, 0]
+    try:
+        tasks = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return totals
+    for task in tasks:
+        try:
+            with open('/proc/%d/task/%s/schedstat' % (pid, task)) as f:
+                fields = [int(x) for x in f.read().split()[:3]]
+        except (OSError, ValueError):
+            continue
+        totals = [a + b for a, b in zip(totals, fields)]
+    return totals
 
 
 def threads_named(pid, name):
@@ -100,19 +125,25 @@ def main():
             batcher = [(pid, task) for pid, role in roles.items() if role == 'leader'
                        for task in threads_named(pid, 'write-batcher')]
             before = {pid: cpu_seconds(pid) for pid in roles}
+            sched_before = {pid: sched_totals(pid) for pid in roles}
             batcher_before = sum(cpu_seconds(pid, task) for pid, task in batcher)
             started = time.monotonic()
             time.sleep(WINDOW_S)
             used = {}
+            waits = {}
             for pid, role in roles.items():
                 used[role] = used.get(role, 0.0) + cpu_seconds(pid) - before[pid]
+                now = sched_totals(pid)
+                wait, slices = waits.get(role, (0, 0))
+                waits[role] = (wait + now[1] - sched_before[pid][1],
+                               slices + now[2] - sched_before[pid][2])
             batcher_used = sum(cpu_seconds(pid, task) for pid, task in batcher) - batcher_before
-            windows[phase] = (used, batcher_used, time.monotonic() - started)
+            windows[phase] = (used, waits, batcher_used, time.monotonic() - started)
         report = json.loads(bench.communicate()[0])
         if bench.returncode != 0:
             sys.exit('the bench failed:\n' + progress())
         phases = {p['name']: p for p in report['phases']}
-        for phase, (used, batcher_used, seconds) in windows.items():
+        for phase, (used, waits, batcher_used, seconds) in windows.items():
             rate = phases['1-row insert, ' + phase]['ops_per_sec']
             writes = rate * seconds
             parts = ', '.join('%s %.1f' % (role, 1e6 * cpu / writes)
@@ -121,6 +152,12 @@ def main():
                   '%.1f, busy %.0f %%)'
                   % (phase, rate, parts, 1e6 * sum(used.values()) / writes,
                      1e6 * batcher_used / writes, 100 * batcher_used / seconds))
+            print('  waiting for a CPU once woken, µs per write (times on a CPU per write): %s; '
+                  'total %.1f (%.1f)'
+                  % (', '.join('%s %.1f (%.1f)' % (role, wait / 1e3 / writes, slices / writes)
+                               for role, (wait, slices) in sorted(waits.items())),
+                     sum(w for w, _ in waits.values()) / 1e3 / writes,
+                     sum(s for _, s in waits.values()) / writes))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
