@@ -47,22 +47,29 @@ def cpu_seconds(pid, task=None):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
-def sched_totals(pid):
-    """(nanoseconds on a CPU, nanoseconds runnable and waiting, times put on a CPU) of all
-    of pid's threads."""
-    totals = [0, 0, 0]
+def sched_stats(pid):
+    """Thread id -> (nanoseconds on a CPU, nanoseconds runnable and waiting, times put on a
+    CPU) for each of pid's threads."""
+    stats = {}
     try:
         tasks = os.listdir('/proc/%d/task' % pid)
     except OSError:
-        return totals
+        return stats
     for task in tasks:
         try:
             with open('/proc/%d/task/%s/schedstat' % (pid, task)) as f:
-                fields = [int(x) for x in f.read().split()[:3]]
+                stats[task] = [int(x) for x in f.read().split()[:3]]
         except (OSError, ValueError):
             continue
-        totals = [a + b for a, b in zip(totals, fields)]
-    return totals
+    return stats
+
+
+def sched_delta(before, after):
+    """(wait ns, times on a CPU) between two `sched_stats` of a process, over the threads that
+    lived through both."""
+    wait = sum(after[t][1] - before[t][1] for t in after if t in before)
+    slices = sum(after[t][2] - before[t][2] for t in after if t in before)
+    return wait, slices
 
 
 def threads_named(pid, name):
@@ -125,7 +132,7 @@ def main():
             batcher = [(pid, task) for pid, role in roles.items() if role == 'leader'
                        for task in threads_named(pid, 'write-batcher')]
             before = {pid: cpu_seconds(pid) for pid in roles}
-            sched_before = {pid: sched_totals(pid) for pid in roles}
+            sched_before = {pid: sched_stats(pid) for pid in roles}
             batcher_before = sum(cpu_seconds(pid, task) for pid, task in batcher)
             started = time.monotonic()
             time.sleep(WINDOW_S)
@@ -133,10 +140,9 @@ def main():
             waits = {}
             for pid, role in roles.items():
                 used[role] = used.get(role, 0.0) + cpu_seconds(pid) - before[pid]
-                now = sched_totals(pid)
-                wait, slices = waits.get(role, (0, 0))
-                waits[role] = (wait + now[1] - sched_before[pid][1],
-                               slices + now[2] - sched_before[pid][2])
+                wait, slices = sched_delta(sched_before[pid], sched_stats(pid))
+                total_wait, total_slices = waits.get(role, (0, 0))
+                waits[role] = (total_wait + wait, total_slices + slices)
             batcher_used = sum(cpu_seconds(pid, task) for pid, task in batcher) - batcher_before
             windows[phase] = (used, waits, batcher_used, time.monotonic() - started)
         report = json.loads(bench.communicate()[0])
