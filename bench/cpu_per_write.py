@@ -8,7 +8,7 @@ threads of each role waited for a CPU once woken.
     python3 bench/cpu_per_write.py ./target/release/raftlite --insecure --archive none
 
 Runs `raftlite bench --seconds 5 --json` in a fresh data directory. One second into each of
-the four phases it reads the user + system CPU time of every process of the run from
+the five phases it reads the user + system CPU time of every process of the run from
 `/proc/PID/stat` (the leader, the followers, the load generator), again 2.5 s later, and
 divides by the writes acknowledged in that window (the phase's writes/s times the window).
 The leader's `write-batcher` thread, which executes every write, is also shown on its own
@@ -33,7 +33,8 @@ import sys
 import tempfile
 import time
 
-PHASES = ('1 clients', '16 clients', '64 clients', '16 writers on one client', '64 writers on one client')
+PHASES = ('1 clients', '16 clients', '64 clients', '16 writers on one client',
+          '64 writers on one client')
 WINDOW_S = 2.5
 
 
