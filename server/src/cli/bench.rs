@@ -447,6 +447,7 @@ async fn measure_floor(
         grpc_tls: tls_ca.is_some(),
         wake_same_cpu,
         wake_cross_cpu,
+        cpu_idle: bench_floor::CpuIdle::read(std::path::Path::new("/sys")),
     })
 }
 

@@ -18,6 +18,11 @@
 //!   A write crosses several threads (the node's runtime, its batcher, its log writer, and the
 //!   other nodes'), and how much each such hand-off costs is a property of the machine: a
 //!   virtual machine that halts an idle virtual CPU pays the host's wake-up of it every time.
+//! - **CPU idle policy**, read, not measured: the kernel's `cpuidle` driver and, under the
+//!   `haltpoll` driver of a KVM guest, how long an idle virtual CPU polls for work before it
+//!   halts (`guest_halt_poll_ns`; Linux's default is 200,000). With 0 every wake-up of an idle
+//!   CPU goes through the host; on this project's 2-core test machine that moved the one-row
+//!   p50 by ~0.2 ms (BENCHMARKS.md "Session 31"), so results are compared with it in view.
 //!
 //! Each is measured for at most [`BUDGET`] and [`MAX_SAMPLES`], after [`WARMUP`] unrecorded
 //! samples; the files are deleted afterwards.
@@ -82,6 +87,42 @@ pub struct Floor {
     /// [`wake_rtt`] with both threads on one CPU, and on two (empty with one CPU).
     pub wake_same_cpu: Samples,
     pub wake_cross_cpu: Samples,
+    pub cpu_idle: CpuIdle,
+}
+
+/// The kernel's CPU idle policy, as `/sys` shows it (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuIdle {
+    /// `devices/system/cpu/cpuidle/current_driver`, e.g. `haltpoll`, `intel_idle`.
+    pub driver: Option<String>,
+    /// `module/haltpoll/parameters/guest_halt_poll_ns`: present only with that driver's module.
+    pub halt_poll_ns: Option<u64>,
+}
+
+impl CpuIdle {
+    /// Read under `sys` (`/sys` on a running machine); what is missing or unreadable is `None`.
+    pub fn read(sys: &Path) -> CpuIdle {
+        let text = |rel: &str| {
+            std::fs::read_to_string(sys.join(rel))
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        };
+        CpuIdle {
+            driver: text("devices/system/cpu/cpuidle/current_driver"),
+            halt_poll_ns: text("module/haltpoll/parameters/guest_halt_poll_ns")
+                .and_then(|t| t.parse().ok()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let driver = self.driver.as_deref().unwrap_or("unknown");
+        match self.halt_poll_ns {
+            Some(0) => format!("{driver}, guest_halt_poll_ns 0 (an idle CPU halts at once)"),
+            Some(ns) => format!("{driver}, guest_halt_poll_ns {ns} (polls before it halts)"),
+            None => driver.to_owned(),
+        }
+    }
 }
 
 impl Floor {
@@ -122,6 +163,8 @@ impl Floor {
             "wake_rtt_same_cpu_samples": self.wake_same_cpu.len(),
             "wake_rtt_cross_cpu_p50_ms": p(&self.wake_cross_cpu, 50.0),
             "wake_rtt_cross_cpu_samples": self.wake_cross_cpu.len(),
+            "cpuidle_driver": self.cpu_idle.driver,
+            "guest_halt_poll_ns": self.cpu_idle.halt_poll_ns,
         })
     }
 
@@ -161,6 +204,7 @@ impl Floor {
             line(rtt, &self.grpc_rtt),
             line("thread wake round trip, same CPU", &self.wake_same_cpu),
             line("thread wake round trip, two CPUs", &self.wake_cross_cpu),
+            format!("  {:<44} {}\n", "CPU idle driver", self.cpu_idle.describe()),
         ]
         .concat()
     }
@@ -529,6 +573,10 @@ mod tests {
             grpc_tls: true,
             wake_same_cpu: Samples::new(vec![ms(6)]),
             wake_cross_cpu: Samples::default(),
+            cpu_idle: CpuIdle {
+                driver: Some("haltpoll".into()),
+                halt_poll_ns: Some(0),
+            },
         };
         let json = floor.to_json();
         assert_eq!(json["fsync_p50_ms"], 1.0);
@@ -544,6 +592,33 @@ mod tests {
             json["wake_rtt_cross_cpu_p50_ms"].is_null(),
             "one CPU: no cross-CPU number"
         );
+        assert_eq!(json["cpuidle_driver"], "haltpoll");
+        assert_eq!(json["guest_halt_poll_ns"], 0);
+        assert!(floor.describe().contains("halts at once"));
+    }
+
+    #[test]
+    fn the_idle_policy_is_read_from_sys_and_missing_files_are_none() {
+        let sys = tempfile::tempdir().expect("dir");
+        assert_eq!(CpuIdle::read(sys.path()), CpuIdle::default());
+        assert_eq!(CpuIdle::default().describe(), "unknown");
+        let write = |rel: &str, text: &str| {
+            let path = sys.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, text).expect("write");
+        };
+        write("devices/system/cpu/cpuidle/current_driver", "intel_idle\n");
+        let idle = CpuIdle::read(sys.path());
+        assert_eq!(idle.driver.as_deref(), Some("intel_idle"));
+        assert_eq!(idle.halt_poll_ns, None);
+        assert_eq!(idle.describe(), "intel_idle");
+        write("devices/system/cpu/cpuidle/current_driver", "haltpoll\n");
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
+        let idle = CpuIdle::read(sys.path());
+        assert_eq!(idle.halt_poll_ns, Some(200_000));
+        assert!(idle.describe().contains("polls before it halts"));
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "not a number");
+        assert_eq!(CpuIdle::read(sys.path()).halt_poll_ns, None);
     }
 
     #[test]
