@@ -617,7 +617,10 @@ mod tests {
         let idle = CpuIdle::read(sys.path());
         assert_eq!(idle.halt_poll_ns, Some(200_000));
         assert!(idle.describe().contains("polls before it halts"));
-        write("module/haltpoll/parameters/guest_halt_poll_ns", "not a number");
+        write(
+            "module/haltpoll/parameters/guest_halt_poll_ns",
+            "not a number",
+        );
         assert_eq!(CpuIdle::read(sys.path()).halt_poll_ns, None);
     }
 
