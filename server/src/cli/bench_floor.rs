@@ -95,7 +95,8 @@ pub struct Floor {
 pub struct CpuIdle {
     /// `devices/system/cpu/cpuidle/current_driver`, e.g. `haltpoll`, `intel_idle`.
     pub driver: Option<String>,
-    /// `module/haltpoll/parameters/guest_halt_poll_ns`: present only with that driver's module.
+    /// `module/haltpoll/parameters/guest_halt_poll_ns`, read only while `haltpoll` is the
+    /// driver: the module's parameter says nothing when another driver idles the CPUs.
     pub halt_poll_ns: Option<u64>,
 }
 
@@ -108,10 +109,16 @@ impl CpuIdle {
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty())
         };
+        let driver = text("devices/system/cpu/cpuidle/current_driver");
+        let halt_poll_ns = match driver.as_deref() {
+            Some("haltpoll") => {
+                text("module/haltpoll/parameters/guest_halt_poll_ns").and_then(|t| t.parse().ok())
+            }
+            _ => None,
+        };
         CpuIdle {
-            driver: text("devices/system/cpu/cpuidle/current_driver"),
-            halt_poll_ns: text("module/haltpoll/parameters/guest_halt_poll_ns")
-                .and_then(|t| t.parse().ok()),
+            driver,
+            halt_poll_ns,
         }
     }
 
@@ -598,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn the_idle_policy_is_read_from_sys_and_missing_files_are_none() {
+    fn the_idle_policy_is_read_from_sys_and_what_is_missing_is_none() {
         let sys = tempfile::tempdir().expect("dir");
         assert_eq!(CpuIdle::read(sys.path()), CpuIdle::default());
         assert_eq!(CpuIdle::default().describe(), "unknown");
@@ -608,12 +615,13 @@ mod tests {
             std::fs::write(path, text).expect("write");
         };
         write("devices/system/cpu/cpuidle/current_driver", "intel_idle\n");
+        // The module loaded, but another driver idles the CPUs: its parameter is not shown.
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
         let idle = CpuIdle::read(sys.path());
         assert_eq!(idle.driver.as_deref(), Some("intel_idle"));
         assert_eq!(idle.halt_poll_ns, None);
         assert_eq!(idle.describe(), "intel_idle");
         write("devices/system/cpu/cpuidle/current_driver", "haltpoll\n");
-        write("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
         let idle = CpuIdle::read(sys.path());
         assert_eq!(idle.halt_poll_ns, Some(200_000));
         assert!(idle.describe().contains("polls before it halts"));
