@@ -303,3 +303,115 @@ async fn no_statement_stalls_or_kills_the_cluster() {
     }
     cluster.assert_identical_pages().await;
 }
+
+/// Values up to the limits are accepted, so they must replicate: three 60 MB values in a row
+/// (each a Raft entry that takes longer than one heartbeat interval to send and sync, the
+/// time openraft gives an AppendEntries), then a follower that was paused while three more
+/// were written catches up. Before transfers (`peer/transfer.rs`) every attempt was cut off
+/// at 100 ms and started again from its first byte: the followers never got the entries, and
+/// once two were behind the cluster committed nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
+    init_tracing();
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let client = client_with(&cluster, Duration::from_secs(60));
+    client
+        .exec(
+            "CREATE TABLE blobs (n INTEGER PRIMARY KEY, b BLOB)",
+            Vec::<i64>::new(),
+        )
+        .await
+        .expect("create blobs");
+    let term = cluster.status_of(leader).await.expect("status").term;
+    let big = "INSERT INTO blobs (b) VALUES (randomblob(60000000))";
+
+    info!("phase 1: three 60 MB values in a row");
+    for n in 1..=3 {
+        let started = Instant::now();
+        client
+            .exec(big, Vec::<i64>::new())
+            .await
+            .unwrap_or_else(|e| panic!("60 MB value {n} (within max_value_bytes): {e}"));
+        info!(n, ms = started.elapsed().as_millis() as u64, "acknowledged");
+    }
+
+    info!("phase 2: a follower paused while three more are written catches up");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    cluster
+        .node(follower)
+        .send_signal(libc::SIGSTOP)
+        .expect("pause the follower");
+    for n in 4..=6 {
+        client
+            .exec(big, Vec::<i64>::new())
+            .await
+            .unwrap_or_else(|e| panic!("60 MB value {n} with one follower paused: {e}"));
+    }
+    cluster
+        .node(follower)
+        .send_signal(libc::SIGCONT)
+        .expect("resume the follower");
+    cluster
+        .wait_converged(Duration::from_secs(60))
+        .await
+        .expect("the resumed follower applies all six values");
+    let totals = client
+        .query_with(
+            Statement::new("SELECT count(*), sum(length(b)) FROM blobs"),
+            Consistency::Linearizable,
+            0,
+        )
+        .await
+        .expect("count the values");
+    assert_eq!(
+        (
+            totals.rows[0].get::<i64>(0).expect("count"),
+            totals.rows[0].get::<i64>(1).expect("bytes")
+        ),
+        (6, 360_000_000),
+        "all six values, whole"
+    );
+    let small = client
+        .exec("INSERT INTO blobs (b) VALUES (1)", Vec::<i64>::new())
+        .await
+        .expect("a small write after them");
+    // The leader commits a batch in place at its early commit notice, a moment before its
+    // commit index shows it: compare pages once every node has applied the small write.
+    wait_until_applied(&cluster, small.log_index).await;
+    assert_eq!(
+        cluster.status_of(leader).await.expect("status").term,
+        term,
+        "no election while the values travelled"
+    );
+    cluster.assert_identical_pages().await;
+    for id in cluster.ids() {
+        cluster.node(id).ensure_alive().expect("no node exited");
+    }
+}
+
+/// Waits until the cluster has converged at `index` or later.
+async fn wait_until_applied(cluster: &Cluster, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let at = cluster
+            .wait_converged(Duration::from_secs(20))
+            .await
+            .expect("converged");
+        if at >= index {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster converged at {at}, never at {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -54,7 +54,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
 use super::append_stream::AppendStream;
-use super::network::{entry_bytes, PeerLink, APPEND_BYTES_LIMIT};
+use super::network::{entry_bytes, PeerLink};
+use super::transfer::TRANSFER_BYTES;
 use crate::raft::codec;
 use crate::raft::early_commit::EarlyCommit;
 use crate::raft::types::{Entry, LogId, NodeId, TypeConfig, Vote};
@@ -187,7 +188,9 @@ impl EarlyReplication {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return;
         };
-        if entries.iter().map(entry_bytes).sum::<usize>() > APPEND_BYTES_LIMIT {
+        // Large entries go in a transfer of openraft's replication instead: an early message
+        // has one heartbeat interval to be answered, and a stream whose message is late ends.
+        if entries.iter().map(entry_bytes).sum::<usize>() > TRANSFER_BYTES {
             return;
         }
         let slots: Vec<Arc<Slot>> = lock(&self.slots)

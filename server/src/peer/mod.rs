@@ -11,6 +11,8 @@
 //!   long-lived stream per follower instead of a call per AppendEntries.
 //! - [`network`]: openraft's `RaftNetwork` (AppendEntries, Vote, streamed snapshots) over the
 //!   same clients.
+//! - [`transfer`]: entries too large for one of openraft's AppendEntries calls, sent by a
+//!   task that outlives the call, so that openraft's next call continues it.
 //! - [`service`]: the `raftlite.v1.Peer` service that answers all of the above.
 //! - [`convert`]: conversions between the peer messages and the node's types.
 //!
@@ -29,6 +31,7 @@ pub mod dialer;
 pub mod early;
 pub mod network;
 pub mod service;
+pub mod transfer;
 
 pub use client::PeerClient;
 pub use dialer::Dialer;

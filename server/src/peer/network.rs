@@ -23,6 +23,7 @@ use tokio::io::AsyncReadExt;
 
 use super::dialer::PeerProtoClient;
 use super::early::{EarlyReplication, Slot, COMMIT_HOLD};
+use super::transfer::{Transfer, Waited, TRANSFER_BYTES};
 use super::Dialer;
 use crate::cluster::identity::ClusterIdentity;
 use crate::node::lease::LeaderLease;
@@ -46,7 +47,7 @@ pub(super) fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
 
 /// Splits `rpc` into consecutive AppendEntries of at most `limit` entry bytes each (an entry
 /// larger than `limit` goes alone). One part, unchanged, in the common case.
-fn split_append(
+pub(super) fn split_append(
     rpc: AppendEntriesRequest<TypeConfig>,
     limit: usize,
 ) -> Vec<AppendEntriesRequest<TypeConfig>> {
@@ -109,6 +110,8 @@ pub struct PeerConnection {
     lease: Arc<LeaderLease>,
     /// The AppendEntries sent early to this peer (see `early`).
     early: Arc<Slot>,
+    /// Entries too large for one of openraft's calls, on their way (see `transfer`).
+    transfer: Option<Transfer>,
 }
 
 /// What a call to one peer needs: shared by openraft's replication stream and the early
@@ -135,13 +138,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             early: self.early.slot(link.clone()),
             link,
             lease: self.lease.clone(),
+            transfer: None,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct PeerError(String);
+pub(super) struct PeerError(pub(super) String);
 
 fn unreachable<E>(msg: impl std::fmt::Display) -> RPCError<NodeId, NodeAddr, E>
 where
@@ -221,6 +225,65 @@ impl PeerLink {
     }
 }
 
+impl PeerConnection {
+    /// The follower took this leader's term and counts it as heard (raftlite's own election
+    /// check, `prevote.rs`, counts only these answers), as of a message sent no earlier than
+    /// `sent`.
+    fn heard(&self, reply: &AppendEntriesResponse<NodeId>, term: u64, sent: Instant) {
+        if matches!(
+            reply,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        ) {
+            self.lease.acknowledged(self.link.target, term, sent);
+            self.early.heard();
+        }
+    }
+
+    /// Starts or joins the transfer of `rpc`'s entries and waits for it for `ttl`, minus a
+    /// margin to answer before openraft drops the call (see `transfer`).
+    async fn transfer(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+        term: u64,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let asked = rpc.entries.last().map(|e| e.log_id);
+        let leader_commit = rpc.leader_commit;
+        match &self.transfer {
+            Some(under_way) => {
+                // Keep the follower hearing from its leader while the entries travel.
+                let beat = under_way.heartbeat(leader_commit);
+                let (link, lease, early) =
+                    (self.link.clone(), self.lease.clone(), self.early.clone());
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let reply: Result<AppendEntriesResponse<NodeId>, RPCError<_, _, RaftError<_>>> =
+                        link.call(&beat, ttl, async |mut c, r| c.append_entries(r).await)
+                            .await;
+                    if let Ok(AppendEntriesResponse::Success) = reply {
+                        lease.acknowledged(link.target, term, sent);
+                        early.heard();
+                    }
+                });
+            }
+            None => self.transfer = Transfer::start(&self.link, rpc, ttl),
+        }
+        let Some(transfer) = self.transfer.as_mut() else {
+            return Ok(AppendEntriesResponse::Success);
+        };
+        match transfer.wait(asked, ttl * 3 / 4).await {
+            Waited::Pending(e) => Err(e),
+            Waited::Answer(reply) => {
+                let sent = transfer.sent;
+                self.transfer = None;
+                let reply = reply?;
+                self.heard(&reply, term, sent);
+                Ok(reply)
+            }
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -255,29 +318,26 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             self.lease.acknowledged(self.link.target, term, sent);
             return Ok(AppendEntriesResponse::Success);
         }
+        // A call with entries that does not continue the transfer under way ends it (an
+        // entry-less heartbeat leaves it be).
+        if self.transfer.as_ref().is_some_and(|t| {
+            t.vote() != rpc.vote || !(rpc.entries.is_empty() || t.continued_by(&rpc))
+        }) {
+            self.transfer = None;
+        }
+        if !rpc.entries.is_empty()
+            && (self.transfer.is_some() || Transfer::bytes_of(&rpc) > TRANSFER_BYTES)
+        {
+            return self.transfer(rpc, option.hard_ttl(), term).await;
+        }
         let sent = Instant::now();
-        let mut reply = AppendEntriesResponse::Success;
-        for part in split_append(rpc, APPEND_BYTES_LIMIT) {
-            reply = self
-                .link
-                .call(&part, option.hard_ttl(), async |mut c, r| {
-                    c.append_entries(r).await
-                })
-                .await?;
-            if !matches!(reply, AppendEntriesResponse::Success) {
-                break;
-            }
-        }
-        // The follower took this leader's term and counts it as heard (raftlite's own
-        // election check, `prevote.rs`, counts only these answers), as of a message sent no
-        // earlier than `sent`.
-        if matches!(
-            reply,
-            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
-        ) {
-            self.lease.acknowledged(self.link.target, term, sent);
-            self.early.heard();
-        }
+        let reply = self
+            .link
+            .call(&rpc, option.hard_ttl(), async |mut c, r| {
+                c.append_entries(r).await
+            })
+            .await?;
+        self.heard(&reply, term, sent);
         Ok(reply)
     }
 
