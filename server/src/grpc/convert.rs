@@ -39,9 +39,35 @@ pub fn value_to_proto(v: SqlValue) -> v1::Value {
     }
 }
 
+/// True when `sql` holds no statement: only whitespace, semicolons and comments. SQLite
+/// prepares nothing from such text, which it reports as API misuse.
+fn holds_no_statement(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, next)| next);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            // An unterminated comment runs to the end, as SQLite reads it.
+            rest = after.split_once("*/").map_or("", |(_, next)| next);
+        } else {
+            return rest.is_empty();
+        }
+    }
+}
+
 pub fn statement_from_proto(s: v1::Statement) -> Result<Statement, Status> {
-    if s.sql.trim().is_empty() {
-        return Err(Status::invalid_argument("empty SQL statement"));
+    if holds_no_statement(&s.sql) {
+        return Err(Status::invalid_argument(
+            "empty SQL statement (only whitespace, semicolons or comments)",
+        ));
+    }
+    // SQLite stops reading at a NUL: whatever follows would be dropped without a word, past
+    // the one-statement check.
+    if s.sql.contains('\0') {
+        return Err(Status::invalid_argument(
+            "the SQL contains a NUL character; SQLite would ignore everything after it",
+        ));
     }
     let params = match (s.positional.is_empty(), s.named.is_empty()) {
         (_, true) => Params::Positional(
@@ -464,6 +490,40 @@ mod tests {
     fn untyped_value_is_invalid_argument() {
         let err = value_from_proto(v1::Value { kind: None }).expect_err("must fail");
         assert_eq!(err.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn sql_without_a_statement_or_with_a_nul_is_refused() {
+        for sql in [
+            "",
+            "  ",
+            ";",
+            " ; ;",
+            "-- hi",
+            "/* x */",
+            "/* x */ -- y\n ;",
+            "/* unterminated",
+            "SELECT 1\0; DROP TABLE t",
+        ] {
+            let err = statement_from_proto(v1::Statement::new(sql, vec![])).expect_err(sql);
+            assert_eq!(
+                err.code(),
+                Code::InvalidArgument,
+                "{sql:?}: {}",
+                err.message()
+            );
+        }
+        for sql in [
+            "SELECT 1",
+            "-- a comment\nSELECT 1",
+            "/* c */ SELECT '--'",
+            "SELECT 1;",
+        ] {
+            assert!(
+                statement_from_proto(v1::Statement::new(sql, vec![])).is_ok(),
+                "{sql:?}"
+            );
+        }
     }
 
     #[test]
