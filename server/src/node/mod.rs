@@ -492,9 +492,12 @@ impl Node {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 Ok(Err(e)) => e,
+                // The leader may still run it (it may only be busy): say so, as the client
+                // must not take UNAVAILABLE here for "nothing happened".
                 Err(_) => NodeError::unavailable(
                     format!(
-                        "leader {} did not answer a forwarded write in {patience:?}",
+                        "leader {} did not answer a forwarded write in {patience:?} (the \
+                         write's outcome is unknown; retry with the same request id)",
                         leader.id
                     ),
                     None,
