@@ -11,6 +11,7 @@ use crate::endpoint::Transport as Channel;
 
 use crate::backoff::Backoff;
 use crate::endpoint::NodeEndpoint;
+use crate::error::ANSWER_GRACE;
 use crate::execute_stream::{self, ExecuteStream};
 use crate::{ClusterUrl, Column, Error, Row, RowStream, Rows, Statement, Transaction, Value};
 
@@ -24,7 +25,10 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub struct ClientOptions {
     /// Longest wait for one attempt: a whole `Execute` or `Status`, or the next message of a
     /// query stream. Membership changes are not bounded by it (a new node may take long to
-    /// catch up).
+    /// catch up). It is the deadline the node is given; the client waits half a second more
+    /// for the node's answer, so that a node that ran out of time says why. A statement the
+    /// node interrupted at that deadline is not sent again ([`crate::STATEMENT_INTERRUPTED`]):
+    /// another attempt would run it for as long again.
     pub request_timeout: Duration,
     /// Longest wait for a TCP connection to a node.
     pub connect_timeout: Duration,
@@ -527,7 +531,7 @@ impl Client {
                 }
             };
             let result = match timeout {
-                Some(limit) => tokio::time::timeout(limit, future)
+                Some(limit) => tokio::time::timeout(limit + ANSWER_GRACE, future)
                     .await
                     .unwrap_or(Err(Error::timeout(limit))),
                 None => future.await,
@@ -539,7 +543,9 @@ impl Client {
                     }
                     return Ok(value);
                 }
-                Err(err) if !err.is_retryable() => return Err(err),
+                Err(err) if !err.is_retryable() || err.is_statement_interrupted() => {
+                    return Err(err)
+                }
                 Err(err) => err,
             };
             let elapsed = started.elapsed();

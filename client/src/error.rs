@@ -6,6 +6,19 @@ use tonic::Code;
 pub(crate) const LEADER_ID_KEY: &str = "raftlite-leader-id";
 pub(crate) const LEADER_ADDR_KEY: &str = "raftlite-leader-addr";
 
+/// How a local timeout's message starts ([`Error::timeout`]).
+const LOCAL_TIMEOUT: &str = "no answer within";
+
+/// What a node's DEADLINE_EXCEEDED says when it interrupted the request's statement at its
+/// deadline (the server builds its message with this constant). The client does not send
+/// such a request again.
+pub const STATEMENT_INTERRUPTED: &str = "SQLite interrupted it";
+
+/// How much longer than the deadline it sends a node the client waits for the node's answer:
+/// a node that ran out of time answers with why, and that answer, not a local timeout, is
+/// what the caller should hear.
+pub(crate) const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,9 +89,20 @@ impl Error {
     pub(crate) fn timeout(after: std::time::Duration) -> Self {
         Error::Status {
             code: Code::DeadlineExceeded,
-            message: format!("no answer within {after:?}"),
+            message: format!("{LOCAL_TIMEOUT} {after:?}"),
             leader_hint: None,
         }
+    }
+
+    /// True when a node stopped the request's statement at the deadline the attempt gave it
+    /// (DEADLINE_EXCEEDED saying [`STATEMENT_INTERRUPTED`]): nothing was recorded, and another
+    /// attempt would run the statement for as long again, holding every other write back.
+    pub(crate) fn is_statement_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Status { code: Code::DeadlineExceeded, message, .. }
+                if message.contains(STATEMENT_INTERRUPTED)
+        )
     }
 }
 
@@ -184,6 +208,23 @@ mod tests {
         assert!(!Error::Conversion("x".into()).is_retryable());
         assert!(!Error::InvalidEndpoint("x".into()).is_retryable());
         assert!(Error::timeout(std::time::Duration::from_millis(5)).is_retryable());
+    }
+
+    #[test]
+    fn only_an_interrupted_statement_is_told_apart_from_other_deadlines() {
+        let interrupted = Error::from(tonic::Status::deadline_exceeded(format!(
+            "the request's deadline passed while its statement ran; {STATEMENT_INTERRUPTED}"
+        )));
+        assert!(interrupted.is_statement_interrupted());
+        for other in [
+            Error::timeout(std::time::Duration::from_secs(1)),
+            Error::from(tonic::Status::deadline_exceeded(
+                "the request did not complete within 1000 ms; a write may still commit",
+            )),
+            Error::from(tonic::Status::unavailable(STATEMENT_INTERRUPTED)),
+        ] {
+            assert!(!other.is_statement_interrupted(), "{other}");
+        }
     }
 
     #[test]

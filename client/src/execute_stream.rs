@@ -189,7 +189,7 @@ impl ExecuteStream {
         // A stream that ended meanwhile no longer takes calls; its reader then tells this call
         // how it ended.
         let _ = open.calls.unbounded_send(call);
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout(timeout + crate::error::ANSWER_GRACE, rx).await {
             Ok(Ok(outcome)) => self.finish(&open, outcome, channel, request, timeout).await,
             Ok(Err(_)) => Err(Error::Transport("the execute stream closed".into())),
             Err(_) => Err(Error::timeout(timeout)),

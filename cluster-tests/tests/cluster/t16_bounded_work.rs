@@ -415,3 +415,71 @@ async fn wait_until_applied(cluster: &Cluster, index: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A write whose statement runs out of time is run once, and the client hears why. With the
+/// client's request timeout equal to the node's statement timeout, the client's own timer used
+/// to fire first: it reported "no answer within 1s" instead of the node's reason, and sent the
+/// write again under the same id (nothing was recorded for it), which ran the statement again
+/// and held every other write back once more, until its retry deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
+    init_tracing();
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: ["--statement-timeout-ms", "1000"]
+                .map(String::from)
+                .to_vec(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let endpoints: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.node(id).endpoint())
+        .collect();
+    // The client's defaults (retries for 10 s) but for a request timeout equal to the node's
+    // statement timeout.
+    let client = Client::with_options(
+        endpoints,
+        ClientOptions {
+            request_timeout: Duration::from_secs(1),
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    client
+        .exec("CREATE TABLE hc (x INTEGER)", Vec::<i64>::new())
+        .await
+        .expect("create hc");
+    let started = Instant::now();
+    let endless = client
+        .exec(
+            "INSERT INTO hc SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL \
+             SELECT x + 1 FROM c) SELECT x FROM c) WHERE x < 0",
+            Vec::<i64>::new(),
+        )
+        .await;
+    let took = started.elapsed();
+    let Err(Error::Status { code, message, .. }) = &endless else {
+        panic!("expected the node's status, got {endless:?}");
+    };
+    assert_eq!(*code, Code::DeadlineExceeded, "{message}");
+    assert!(
+        message.contains("interrupted"),
+        "the node's reason, not a local timeout: {message}"
+    );
+    assert!(
+        took < Duration::from_millis(1900),
+        "ran once, not again under the same id: {took:?}"
+    );
+    client
+        .exec("INSERT INTO hc VALUES (1)", Vec::<i64>::new())
+        .await
+        .expect("the next write");
+}

@@ -71,13 +71,16 @@ impl Stop {
     /// statement was running, rather than about to start.
     pub(crate) fn error(self, started: bool) -> DbError {
         let message = match (self, started) {
-            (Stop::Deadline, true) => {
-                "the request's deadline passed while its statement ran; SQLite interrupted it"
-            }
-            (Stop::Deadline, false) => "the request's deadline passed before it could run",
-            (Stop::Cancelled, _) => "the query was cancelled: its client went away",
+            // The client library does not send a request that ends so again (it would run the
+            // statement for as long again): it recognises it by that constant.
+            (Stop::Deadline, true) => format!(
+                "the request's deadline passed while its statement ran; {}",
+                raftlite_client::STATEMENT_INTERRUPTED
+            ),
+            (Stop::Deadline, false) => "the request's deadline passed before it could run".into(),
+            (Stop::Cancelled, _) => "the query was cancelled: its client went away".into(),
         };
-        DbError::Timeout(message.into())
+        DbError::Timeout(message)
     }
 }
 
