@@ -457,3 +457,59 @@ async fn leader_killed_mid_transaction_applies_nothing() {
         .expect("restart the old leader");
     cluster.assert_identical_pages().await;
 }
+
+/// A write sent through a follower while an interactive transaction holds the leader's write
+/// lock waits for it, as a write sent to the leader does. The follower used to give up on the
+/// leader after two election timeouts (1.2 s) and answer UNAVAILABLE, although the leader was
+/// only busy and ran the write afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_through_a_follower_waits_for_a_transaction_on_the_leader() {
+    init_tracing();
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let client = cluster.client();
+    client
+        .exec("CREATE TABLE held (n INTEGER)", Vec::<i64>::new())
+        .await
+        .expect("create held");
+    let tx = cluster
+        .client_for(leader)
+        .begin()
+        .await
+        .expect("begin on the leader");
+    // No retries: a refusal is seen, not retried away.
+    let through_follower = cluster.client_with([follower], Duration::ZERO);
+    let write = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = through_follower
+            .exec("INSERT INTO held VALUES (1)", Vec::<i64>::new())
+            .await;
+        (result, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tx.commit().await.expect("commit the idle transaction");
+    let (result, took) = write.await.expect("the writer");
+    result.unwrap_or_else(|e| panic!("the forwarded write, after {took:?}: {e}"));
+    info!(ms = took.as_millis() as u64, "forwarded write answered");
+    assert!(
+        took >= Duration::from_secs(2),
+        "it waited for the transaction: {took:?}"
+    );
+    let rows = client
+        .query_with(
+            Statement::new("SELECT count(*) FROM held"),
+            Consistency::Linearizable,
+            0,
+        )
+        .await
+        .expect("count");
+    assert_eq!(int(&rows.rows[0].values()[0]), 1, "written once");
+}

@@ -441,9 +441,11 @@ impl Node {
     }
 
     /// Forwards a write to `leader`. A forward that fails as unavailable, or gets no answer
-    /// within two election timeouts (the leader was cut off, paused or replaced), goes to the
-    /// leader known then — under the same request id, so a leader that did receive it answers
-    /// with its first result — until the request's deadline.
+    /// within two election timeouts while this node no longer hears from that leader (it was
+    /// cut off, paused or replaced), goes to the leader known then — under the same request
+    /// id, so a leader that did receive it answers with its first result — until the
+    /// request's deadline. A leader this node still hears from is only busy (a transaction
+    /// holds its write lock): the forward waits for it up to the request's deadline.
     async fn forward_to_leader(
         &self,
         request: &WriteRequest,
@@ -455,13 +457,25 @@ impl Node {
             .deadline
             .unwrap_or_else(|| Instant::now() + inner.config.statement_timeout);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
             let stuck = leader.id;
             let peer = inner.peer(&leader.peer_addr)?;
-            let forward = tokio::time::timeout(
-                patience.min(left),
-                peer.forward_execute(request, leader.clone()),
-            );
+            let forward = async {
+                let call = peer.forward_execute(request, leader.clone());
+                tokio::pin!(call);
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(patience.min(left), &mut call).await {
+                        // The leader still speaks to this node (its heartbeats arrive): it is
+                        // alive and only busy, e.g. a transaction holds its write lock. Wait on
+                        // up to the request's deadline, as a write sent to it directly would.
+                        Err(_)
+                            if left > patience
+                                && inner.heard_from_leader().is_some_and(|ago| ago < patience)
+                                && inner.leader_hint().is_some_and(|l| l.id == stuck) => {}
+                        answered => return answered,
+                    }
+                }
+            };
             // A new leader known meanwhile ends the wait at once: the old one cannot commit.
             // Woken by Raft's metrics, not polled: an ordinary forward costs nothing here.
             let mut metrics = inner.raft.metrics();
@@ -496,8 +510,8 @@ impl Node {
                 // must not take UNAVAILABLE here for "nothing happened".
                 Err(_) => NodeError::unavailable(
                     format!(
-                        "leader {} did not answer a forwarded write in {patience:?} (the \
-                         write's outcome is unknown; retry with the same request id)",
+                        "leader {} did not answer a forwarded write in time (the write's \
+                         outcome is unknown; retry with the same request id)",
                         leader.id
                     ),
                     None,
