@@ -215,6 +215,12 @@ impl Lockdown {
                 let reason = self.last_denial.lock().ok().and_then(|mut s| s.take());
                 DbError::PermissionDenied(reason.unwrap_or(msg))
             }
+            // A refused function is an ordinary error to SQLite ("not authorized to use
+            // function: load_extension"); it is a refusal all the same.
+            DbError::InvalidArgument(msg) if msg.starts_with("not authorized") => {
+                let reason = self.last_denial.lock().ok().and_then(|mut s| s.take());
+                DbError::PermissionDenied(reason.unwrap_or(msg))
+            }
             other => other,
         }
     }
@@ -288,6 +294,14 @@ fn protect_table(table: &str) -> Result<(), String> {
     }
 }
 
+/// Why `load_extension` is refused (extension loading is off in any case; this says so as a
+/// refusal, not as an invalid argument).
+const NO_EXTENSIONS: &str = "load_extension is not allowed: a node loads no extensions";
+
+fn is_load_extension(function_name: &str) -> bool {
+    function_name.eq_ignore_ascii_case("load_extension")
+}
+
 fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
     match ctx.action {
         AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
@@ -300,6 +314,9 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
             "{} is not allowed: each request already runs as one transaction",
             savepoint_word(operation)
         )),
+        AuthAction::Function { function_name } if is_load_extension(function_name) => {
+            Err(NO_EXTENSIONS.into())
+        }
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
@@ -330,6 +347,9 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
 
 fn reader_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
     match ctx.action {
+        AuthAction::Function { function_name } if is_load_extension(function_name) => {
+            Err(NO_EXTENSIONS.into())
+        }
         AuthAction::Select
         | AuthAction::Read { .. }
         | AuthAction::Function { .. }

@@ -705,6 +705,10 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         ),
         ("BEGIN", "BEGIN is not allowed"),
         ("VACUUM INTO '/tmp/stolen.db'", "VACUUM INTO is not allowed"),
+        (
+            "SELECT load_extension('/tmp/x')",
+            "load_extension is not allowed",
+        ),
         ("COMMIT", "COMMIT is not allowed"),
         ("SAVEPOINT s", "SAVEPOINT is not allowed"),
         (
