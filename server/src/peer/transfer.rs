@@ -126,11 +126,12 @@ impl Transfer {
     pub(super) async fn wait(&mut self, asked: Option<LogId>, budget: Duration) -> Waited {
         let reply = match tokio::time::timeout(budget, &mut self.done).await {
             Ok(Ok(reply)) => reply,
-            // The task ended without an answer: it was aborted, which only dropping does.
+            // The task ended without an answer (it panicked or was aborted): an answer all the
+            // same, a failure, so that the caller drops it and the next call starts anew.
             Ok(Err(_)) => {
-                return Waited::Pending(RPCError::Network(NetworkError::new(&PeerError(
+                return Waited::Answer(Err(RPCError::Network(NetworkError::new(&PeerError(
                     "the transfer stopped without an answer".into(),
-                ))))
+                )))))
             }
             Err(_) => {
                 return Waited::Pending(RPCError::Network(NetworkError::new(&PeerError(format!(
@@ -246,6 +247,19 @@ mod tests {
             Waited::Answer(Err(RPCError::Unreachable(_))) => {}
             Waited::Answer(other) => panic!("expected the call's failure, got {other:?}"),
             Waited::Pending(e) => panic!("the failed call is an answer, not pending: {e}"),
+        }
+        // A task that ends without an answer (here aborted before it ran) is a failure too,
+        // never a transfer pending for good.
+        let mut stopped =
+            Transfer::start(&link, request(3, 9, 12), Duration::from_millis(100)).expect("entries");
+        stopped.task.abort();
+        match stopped
+            .wait(Some(log_id(3, 12)), Duration::from_secs(5))
+            .await
+        {
+            Waited::Answer(Err(RPCError::Network(_))) => {}
+            Waited::Answer(other) => panic!("expected a failure, got {other:?}"),
+            Waited::Pending(e) => panic!("a stopped transfer is not pending: {e}"),
         }
         Ok(())
     }
