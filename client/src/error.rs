@@ -6,9 +6,6 @@ use tonic::Code;
 pub(crate) const LEADER_ID_KEY: &str = "raftlite-leader-id";
 pub(crate) const LEADER_ADDR_KEY: &str = "raftlite-leader-addr";
 
-/// How a local timeout's message starts ([`Error::timeout`]).
-const LOCAL_TIMEOUT: &str = "no answer within";
-
 /// What a node's DEADLINE_EXCEEDED says when it interrupted the request's statement at its
 /// deadline (the server builds its message with this constant). The client does not send
 /// such a request again.
@@ -89,7 +86,7 @@ impl Error {
     pub(crate) fn timeout(after: std::time::Duration) -> Self {
         Error::Status {
             code: Code::DeadlineExceeded,
-            message: format!("{LOCAL_TIMEOUT} {after:?}"),
+            message: format!("no answer within {after:?}"),
             leader_hint: None,
         }
     }

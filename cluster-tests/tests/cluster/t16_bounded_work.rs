@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use cluster_tests::client::Error;
 use cluster_tests::{
-    init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency, Statement,
+    init_tracing, wait_until, Client, ClientOptions, Cluster, ClusterOptions, Consistency,
+    Statement,
 };
 use tonic::Code;
 use tracing::info;
@@ -385,7 +386,16 @@ async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
         .expect("a small write after them");
     // The leader commits a batch in place at its early commit notice, a moment before its
     // commit index shows it: compare pages once every node has applied the small write.
-    wait_until_applied(&cluster, small.log_index).await;
+    wait_until(
+        "every node to apply the small write",
+        Duration::from_secs(20),
+        || async {
+            let at = cluster.wait_converged(Duration::from_secs(2)).await?;
+            Ok((at >= small.log_index).then_some(()))
+        },
+    )
+    .await
+    .expect("converged at the small write");
     assert_eq!(
         cluster.status_of(leader).await.expect("status").term,
         term,
@@ -394,25 +404,6 @@ async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
     cluster.assert_identical_pages().await;
     for id in cluster.ids() {
         cluster.node(id).ensure_alive().expect("no node exited");
-    }
-}
-
-/// Waits until the cluster has converged at `index` or later.
-async fn wait_until_applied(cluster: &Cluster, index: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let at = cluster
-            .wait_converged(Duration::from_secs(20))
-            .await
-            .expect("converged");
-        if at >= index {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster converged at {at}, never at {index}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -211,18 +211,18 @@ impl Lockdown {
     /// "not authorized" with the reason the authorizer recorded.
     pub(crate) fn client_error(&self, e: rusqlite::Error) -> DbError {
         match DbError::from_sqlite(e) {
-            DbError::PermissionDenied(msg) => {
-                let reason = self.last_denial.lock().ok().and_then(|mut s| s.take());
-                DbError::PermissionDenied(reason.unwrap_or(msg))
-            }
+            DbError::PermissionDenied(msg) => self.refusal(msg),
             // A refused function is an ordinary error to SQLite ("not authorized to use
             // function: load_extension"); it is a refusal all the same.
-            DbError::InvalidArgument(msg) if msg.starts_with("not authorized") => {
-                let reason = self.last_denial.lock().ok().and_then(|mut s| s.take());
-                DbError::PermissionDenied(reason.unwrap_or(msg))
-            }
+            DbError::InvalidArgument(msg) if msg.starts_with("not authorized") => self.refusal(msg),
             other => other,
         }
+    }
+
+    /// PERMISSION_DENIED with the reason the authorizer recorded (SQLite's `msg` without one).
+    fn refusal(&self, msg: String) -> DbError {
+        let reason = self.last_denial.lock().ok().and_then(|mut s| s.take());
+        DbError::PermissionDenied(reason.unwrap_or(msg))
     }
 }
 

@@ -54,7 +54,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{oneshot, watch};
 
 use super::append_stream::AppendStream;
-use super::network::{entry_bytes, PeerLink};
+use super::network::{entries_bytes, PeerLink};
 use super::transfer::TRANSFER_BYTES;
 use crate::raft::codec;
 use crate::raft::early_commit::EarlyCommit;
@@ -190,7 +190,7 @@ impl EarlyReplication {
         };
         // Large entries go in a transfer of openraft's replication instead: an early message
         // has one heartbeat interval to be answered, and a stream whose message is late ends.
-        if entries.iter().map(entry_bytes).sum::<usize>() > TRANSFER_BYTES {
+        if entries_bytes(&entries) > TRANSFER_BYTES {
             return;
         }
         let slots: Vec<Arc<Slot>> = lock(&self.slots)

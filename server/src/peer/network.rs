@@ -37,12 +37,17 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub(super) const APPEND_BYTES_LIMIT: usize = super::PEER_MESSAGE_LIMIT / 2;
 
 /// About how many bytes `entry` takes on the wire.
-pub(super) fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
+fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
     use crate::raft::types::Command;
     match &entry.payload {
         openraft::EntryPayload::Normal(Command::Delta(delta)) => delta.len() + 64,
         _ => 1024,
     }
+}
+
+/// About how many bytes `entries` take on the wire.
+pub(super) fn entries_bytes(entries: &[crate::raft::types::Entry]) -> usize {
+    entries.iter().map(entry_bytes).sum()
 }
 
 /// Splits `rpc` into consecutive AppendEntries of at most `limit` entry bytes each (an entry
@@ -51,8 +56,7 @@ pub(super) fn split_append(
     rpc: AppendEntriesRequest<TypeConfig>,
     limit: usize,
 ) -> Vec<AppendEntriesRequest<TypeConfig>> {
-    let total: usize = rpc.entries.iter().map(entry_bytes).sum();
-    if total <= limit {
+    if entries_bytes(&rpc.entries) <= limit {
         return vec![rpc];
     }
     let AppendEntriesRequest {
@@ -225,18 +229,36 @@ impl PeerLink {
     }
 }
 
+/// The follower took this leader's term and counts it as heard (raftlite's own election
+/// check, `prevote.rs`, counts only these answers), as of a message sent no earlier than
+/// `sent`.
+fn heard(
+    lease: &LeaderLease,
+    early: &Slot,
+    target: NodeId,
+    reply: &AppendEntriesResponse<NodeId>,
+    term: u64,
+    sent: Instant,
+) {
+    if matches!(
+        reply,
+        AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+    ) {
+        lease.acknowledged(target, term, sent);
+        early.heard();
+    }
+}
+
 impl PeerConnection {
-    /// The follower took this leader's term and counts it as heard (raftlite's own election
-    /// check, `prevote.rs`, counts only these answers), as of a message sent no earlier than
-    /// `sent`.
     fn heard(&self, reply: &AppendEntriesResponse<NodeId>, term: u64, sent: Instant) {
-        if matches!(
+        heard(
+            &self.lease,
+            &self.early,
+            self.link.target,
             reply,
-            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
-        ) {
-            self.lease.acknowledged(self.link.target, term, sent);
-            self.early.heard();
-        }
+            term,
+            sent,
+        );
     }
 
     /// Starts or joins the transfer of `rpc`'s entries and waits for it for `ttl`, minus a
@@ -260,9 +282,8 @@ impl PeerConnection {
                     let reply: Result<AppendEntriesResponse<NodeId>, RPCError<_, _, RaftError<_>>> =
                         link.call(&beat, ttl, async |mut c, r| c.append_entries(r).await)
                             .await;
-                    if let Ok(AppendEntriesResponse::Success) = reply {
-                        lease.acknowledged(link.target, term, sent);
-                        early.heard();
+                    if let Ok(reply) = reply {
+                        heard(&lease, &early, link.target, &reply, term, sent);
                     }
                 });
             }
@@ -320,13 +341,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
         // A call with entries that does not continue the transfer under way ends it (an
         // entry-less heartbeat leaves it be).
-        if self.transfer.as_ref().is_some_and(|t| {
-            t.vote() != rpc.vote || !(rpc.entries.is_empty() || t.continued_by(&rpc))
-        }) {
+        if self.transfer.as_ref().is_some_and(|t| t.ended_by(&rpc)) {
             self.transfer = None;
         }
         if !rpc.entries.is_empty()
-            && (self.transfer.is_some() || Transfer::bytes_of(&rpc) > TRANSFER_BYTES)
+            && (self.transfer.is_some() || entries_bytes(&rpc.entries) > TRANSFER_BYTES)
         {
             return self.transfer(rpc, option.hard_ttl(), term).await;
         }

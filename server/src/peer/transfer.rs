@@ -85,7 +85,7 @@ impl Transfer {
             .into_iter()
             .next()?;
         let last = part.entries.last()?.log_id;
-        let bytes: usize = part.entries.iter().map(super::network::entry_bytes).sum();
+        let bytes = super::network::entries_bytes(&part.entries);
         let (vote, prev) = (part.vote, part.prev_log_id);
         let (tx, done) = oneshot::channel();
         let target = link.target;
@@ -108,17 +108,18 @@ impl Transfer {
         })
     }
 
-    /// The vote it is sent under.
-    pub(super) fn vote(&self) -> Vote {
-        self.vote
-    }
-
     /// Whether `rpc` continues this transfer: the same vote and starting point, and it ends at
     /// or after the transfer's last entry.
     pub(super) fn continued_by(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
         rpc.vote == self.vote
             && rpc.prev_log_id == self.prev
             && rpc.entries.last().is_some_and(|e| e.log_id >= self.last)
+    }
+
+    /// Whether `rpc` ends this transfer: it is under another vote, or carries entries and does
+    /// not continue it (an entry-less heartbeat leaves it be).
+    pub(super) fn ended_by(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        rpc.vote != self.vote || !(rpc.entries.is_empty() || self.continued_by(rpc))
     }
 
     /// Waits up to `budget` for the answer to the transfer that a call asking for entries up
@@ -162,11 +163,6 @@ impl Transfer {
             entries: Vec::new(),
             leader_commit: leader_commit.min(self.prev),
         }
-    }
-
-    /// Bytes of entries `rpc` carries, as they go on the wire.
-    pub(super) fn bytes_of(rpc: &AppendEntriesRequest<TypeConfig>) -> usize {
-        rpc.entries.iter().map(super::network::entry_bytes).sum()
     }
 }
 
