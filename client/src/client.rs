@@ -271,7 +271,7 @@ impl Client {
         let (id, channel) = self
             .call(Some(timeout), |channel| {
                 let mut request = tonic::Request::new(v1::BeginRequest {});
-                request.set_timeout(timeout);
+                crate::transport::set_deadline(&mut request, timeout);
                 async move {
                     let id = sql_client(channel.clone())
                         .begin(request)

@@ -14,7 +14,7 @@ pub const STATEMENT_INTERRUPTED: &str = "SQLite interrupted it";
 /// How much longer than the deadline it sends a node the client waits for the node's answer:
 /// a node that ran out of time answers with why, and that answer, not a local timeout, is
 /// what the caller should hear.
-pub(crate) const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+pub const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]

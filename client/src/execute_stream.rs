@@ -60,7 +60,7 @@ pub(crate) async fn unary(
     timeout: Duration,
 ) -> Answer {
     let mut unary = tonic::Request::new(request.clone());
-    unary.set_timeout(timeout);
+    crate::transport::set_deadline(&mut unary, timeout);
     Ok(sql_client(channel).execute(unary).await?.into_inner())
 }
 

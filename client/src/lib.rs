@@ -63,7 +63,7 @@ mod url;
 mod value;
 
 pub use client::{Client, ClientOptions, Consistency, ExecuteResult, StatementResult};
-pub use error::{code_name, Error, STATEMENT_INTERRUPTED};
+pub use error::{code_name, Error, ANSWER_GRACE, STATEMENT_INTERRUPTED};
 pub use rows::{Column, Row, RowStream, Rows};
 pub use statement::Statement;
 pub use transaction::{CommitResult, Transaction};

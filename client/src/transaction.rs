@@ -82,7 +82,7 @@ impl Transaction {
             .client
             .call_on(&self.channel, Some(timeout), |channel| {
                 let mut request = tonic::Request::new(message.clone());
-                request.set_timeout(timeout);
+                crate::transport::set_deadline(&mut request, timeout);
                 async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
             })
             .await?;
@@ -117,8 +117,9 @@ impl Transaction {
             max_rows: 0,
             transaction_id: self.id.clone(),
         });
-        request.set_timeout(self.timeout());
-        crate::client::collect_query(self.channel.clone(), request, self.timeout()).await
+        crate::transport::set_deadline(&mut request, self.timeout());
+        let wait = self.timeout() + crate::error::ANSWER_GRACE;
+        crate::client::collect_query(self.channel.clone(), request, wait).await
     }
 
     /// Commits: the whole transaction becomes one replicated write. Retried on retryable
@@ -134,7 +135,7 @@ impl Transaction {
             .client
             .call(Some(timeout), |channel| {
                 let mut request = tonic::Request::new(request.clone());
-                request.set_timeout(timeout);
+                crate::transport::set_deadline(&mut request, timeout);
                 async move { Ok(sql_client(channel).commit(request).await?.into_inner()) }
             })
             .await?;

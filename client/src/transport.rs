@@ -457,12 +457,45 @@ impl tower_service::Service<http::Request<Body>> for Direct {
     }
 }
 
+/// The metadata key of the deadline a node keeps for a call, in `grpc-timeout`'s format.
+/// gRPC servers (tonic's among them) and clients end a call at its `grpc-timeout` exactly; a
+/// node that stopped its statement at that same deadline would answer why ("SQLite interrupted
+/// it", which is not to be retried) too late for anyone to hear. So a call carries the
+/// node's deadline here and a `grpc-timeout` a grace later (see [`set_deadline`]).
+pub const TIMEOUT_KEY: &str = "raftlite-timeout";
+
+/// Gives `request` the deadline `limit` for the node's work ([`TIMEOUT_KEY`]) and ends the
+/// call itself (`grpc-timeout`) [`crate::error::ANSWER_GRACE`] later, so that the node's
+/// answer at its deadline reaches the caller.
+pub fn set_deadline<T>(request: &mut tonic::Request<T>, limit: Duration) {
+    let millis = limit.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = format!("{millis}m").parse() {
+        request.metadata_mut().insert(TIMEOUT_KEY, value);
+    }
+    request.set_timeout(limit + crate::error::ANSWER_GRACE);
+}
+
+/// The deadline in `headers` a node keeps for a call: `grpc-timeout`, or [`TIMEOUT_KEY`] when
+/// that is shorter.
+pub fn node_deadline(headers: &http::HeaderMap) -> Option<Duration> {
+    let grpc = grpc_timeout(headers);
+    let ours = timeout_header(headers, TIMEOUT_KEY);
+    match (grpc, ours) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A call's deadline from its `grpc-timeout` header (what `tonic::Request::set_timeout`
 /// writes): up to 8 digits and a unit (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros,
 /// `n`anos). `None` without one or with a malformed one (no deadline, as tonic treats it).
-/// The node's client port reads its callers' deadlines with it too.
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    timeout_header(headers, "grpc-timeout")
+}
+
+/// A deadline in `grpc-timeout`'s format from the header `name`.
+fn timeout_header(headers: &http::HeaderMap, name: &str) -> Option<Duration> {
+    let value = headers.get(name)?.to_str().ok()?;
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at(split);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -513,5 +546,30 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_node_keeps_the_shorter_deadline_and_the_call_ends_a_grace_later() {
+        let mut request = tonic::Request::new(());
+        set_deadline(&mut request, Duration::from_millis(1500));
+        let headers = request.into_parts().0.into_headers();
+        assert_eq!(node_deadline(&headers), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            grpc_timeout(&headers),
+            Some(Duration::from_millis(1500) + crate::error::ANSWER_GRACE)
+        );
+        let only_grpc = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(
+            node_deadline(&only_grpc("2S")),
+            Some(Duration::from_secs(2))
+        );
+        let mut both = only_grpc("2S");
+        both.insert(TIMEOUT_KEY, http::HeaderValue::from_static("5S"));
+        assert_eq!(node_deadline(&both), Some(Duration::from_secs(2)));
+        assert_eq!(node_deadline(&http::HeaderMap::new()), None);
     }
 }

@@ -3,6 +3,8 @@ is one Execute), so these need no interactive transactions on the server."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import raftlite
@@ -101,6 +103,32 @@ def test_bad_sql_is_a_programming_error(conn, table):
         conn.execute(f"SELECT * FROM {table}")
     with pytest.raises(raftlite.ProgrammingError, match=f"no such table: {table}"):
         conn.execute(f"INSERT INTO {table} VALUES (1)")
+
+
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+
+
+def test_a_statement_that_runs_out_of_time_runs_once_and_says_so(cluster, table):
+    """With the client's timeout shorter than the node's statement timeout, the node stops the
+    statement at the client's deadline and says so; the client neither ends the call first
+    (then the caller heard "Deadline Exceeded" and the statement was sent again, running as
+    long again while every other write waited) nor resends the interrupted statement."""
+    conn = raftlite.connect(cluster.url, autocommit=True, timeout=1.0, retry_deadline=10.0)
+    conn.execute(f"CREATE TABLE {table} (x INTEGER)")
+    for sql in (
+        f"INSERT INTO {table} SELECT x FROM ({ENDLESS}) WHERE x < 0",
+        f"{ENDLESS} LIMIT -1 OFFSET 1000000000000",
+    ):
+        started = time.monotonic()
+        with pytest.raises(raftlite.OperationalError) as e:
+            conn.execute(sql).fetchall()
+        took = time.monotonic() - started
+        assert e.value.code == "DEADLINE_EXCEEDED", e.value
+        assert "interrupted" in e.value.server_message, e.value
+        assert took < 1.9, f"ran once, not again: {took:.2f} s ({sql})"
+    conn.execute(f"INSERT INTO {table} VALUES (1)")
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+    conn.close()
 
 
 def test_read_consistency_levels(cluster, table):

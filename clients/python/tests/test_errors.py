@@ -51,3 +51,9 @@ def test_retryable_codes_are_those_of_the_rust_client():
         "UNAUTHENTICATED",
     ):
         assert not is_retryable(code)
+    # A statement the node interrupted at its deadline would only run as long again.
+    assert not is_retryable(
+        "DEADLINE_EXCEEDED",
+        "the request's deadline passed while its statement ran; SQLite interrupted it",
+    )
+    assert is_retryable("DEADLINE_EXCEEDED", "the request did not complete within 5000 ms")

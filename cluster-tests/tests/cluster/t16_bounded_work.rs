@@ -425,50 +425,60 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
         },
     )
     .expect("start the cluster");
-    cluster
+    let leader = cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader");
-    let endpoints: Vec<String> = cluster
+    let follower = cluster
         .ids()
         .into_iter()
-        .map(|id| cluster.node(id).endpoint())
-        .collect();
+        .find(|&id| id != leader)
+        .expect("a follower");
     // The client's defaults (retries for 10 s) but for a request timeout equal to the node's
-    // statement timeout.
-    let client = Client::with_options(
-        endpoints,
-        ClientOptions {
-            request_timeout: Duration::from_secs(1),
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client");
+    // statement timeout; one client on the leader, one on a follower (which forwards).
+    let on = |id: u64| {
+        Client::with_options(
+            [cluster.node(id).endpoint()],
+            ClientOptions {
+                request_timeout: Duration::from_secs(1),
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client")
+    };
+    let client = on(leader);
     client
         .exec("CREATE TABLE hc (x INTEGER)", Vec::<i64>::new())
         .await
         .expect("create hc");
-    let started = Instant::now();
-    let endless = client
-        .exec(
-            "INSERT INTO hc SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL \
-             SELECT x + 1 FROM c) SELECT x FROM c) WHERE x < 0",
-            Vec::<i64>::new(),
-        )
-        .await;
-    let took = started.elapsed();
-    let Err(Error::Status { code, message, .. }) = &endless else {
-        panic!("expected the node's status, got {endless:?}");
-    };
-    assert_eq!(*code, Code::DeadlineExceeded, "{message}");
-    assert!(
-        message.contains("interrupted"),
-        "the node's reason, not a local timeout: {message}"
-    );
-    assert!(
-        took < Duration::from_millis(1900),
-        "ran once, not again under the same id: {took:?}"
-    );
+    // The same write on the stream, and with a parameter too large for the stream (1 MiB):
+    // as a unary call, whose deadline gRPC enforces on both ends.
+    let endless = "INSERT INTO hc SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL \
+                   SELECT x + 1 FROM c) SELECT x FROM c) WHERE x < 0 AND length(?1) > 0";
+    for (node, sender) in [("leader", &client), ("follower", &on(follower))] {
+        for (path, param) in [("streamed", vec![1u8]), ("unary", vec![1u8; 1_200_000])] {
+            let started = Instant::now();
+            let outcome = sender.exec(endless, [param]).await;
+            let took = started.elapsed();
+            let case = format!("{path} through the {node}");
+            let Err(Error::Status { code, message, .. }) = &outcome else {
+                panic!("{case}: expected the node's status, got {outcome:?} after {took:?}");
+            };
+            assert_eq!(
+                *code,
+                Code::DeadlineExceeded,
+                "{case}: {message} after {took:?}"
+            );
+            assert!(
+                message.contains("interrupted"),
+                "{case}: the node's reason, not a timeout on the way: {message}"
+            );
+            assert!(
+                took < Duration::from_millis(1900),
+                "{case}: ran once, not again under the same id: {took:?}"
+            );
+        }
+    }
     client
         .exec("INSERT INTO hc VALUES (1)", Vec::<i64>::new())
         .await

@@ -144,7 +144,7 @@ impl Calls {
         let execute = self
             .service
             .execute_one(&self.principal, Some(deadline), None, request);
-        match tokio::time::timeout(deadline, execute).await {
+        match tokio::time::timeout(super::limits::Admission::cut_off(deadline), execute).await {
             Ok(result) => result,
             Err(_) => Err(admission.timed_out(deadline)),
         }

@@ -5,8 +5,9 @@
 //!   refused at once with RESOURCE_EXHAUSTED — no queue: a queue in front of a saturated node
 //!   only turns overload into latency and then into timeouts for everyone. The client sees
 //!   the refusal in microseconds and can back off or try another node.
-//! - **Deadlines.** A public request gets the client's deadline (`grpc-timeout`) or the server
-//!   default `request_timeout_ms`, whichever is shorter; past it the handler is dropped and
+//! - **Deadlines.** A public request gets the client's deadline (`grpc-timeout`, or the
+//!   shorter `raftlite-timeout`, which its clients send: see [`client_timeout`]) or the server default
+//!   `request_timeout_ms`, whichever is shorter; past it the handler is dropped and
 //!   the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
 //!   group-commit queue already): retrying with the same request id returns its real result.
 //! - **Exempt:** `grpc.health.v1` (a probe that failed under load would get a busy pod
@@ -139,6 +140,15 @@ impl Admission {
         }
     }
 
+    /// How long a request or call with `deadline` may run before it is cut off: a grace
+    /// longer. Handlers stop their statements at the deadline themselves and answer why
+    /// ("SQLite interrupted it", which a client does not retry); cut off at the same instant,
+    /// every such answer would lose the race to [`Admission::timed_out`]'s, which asks for a
+    /// retry. The cut-off catches the rest (a write still waiting to commit).
+    pub fn cut_off(deadline: Duration) -> Duration {
+        deadline + Duration::from_millis(200)
+    }
+
     /// The DEADLINE_EXCEEDED of a request or call that took longer than `deadline`.
     pub fn timed_out(&self, deadline: Duration) -> Status {
         if let Some(m) = &self.0.metrics {
@@ -214,14 +224,14 @@ where
             Ok(permit) => permit,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        let deadline = self.admission.deadline(grpc_timeout(request.headers()));
+        let deadline = self.admission.deadline(client_timeout(request.headers()));
         let admission = self.admission.clone();
         // The clone is ready only if polled; the one we polled goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _permit = permit;
-            match tokio::time::timeout(deadline, inner.call(request)).await {
+            match tokio::time::timeout(Admission::cut_off(deadline), inner.call(request)).await {
                 Ok(response) => response,
                 Err(_) => Ok(admission.timed_out(deadline).into_http()),
             }
@@ -229,7 +239,9 @@ where
     }
 }
 
-pub use raftlite_client::transport::grpc_timeout;
+/// The deadline a caller gave its request: `grpc-timeout`, or `raftlite-timeout` when that is
+/// shorter (see `raftlite_client::transport::TIMEOUT_KEY`).
+pub use raftlite_client::transport::node_deadline as client_timeout;
 
 #[cfg(test)]
 mod tests {
@@ -354,6 +366,23 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(grpc_status(&late), Some("4"));
+        // A shorter deadline in raftlite-timeout wins over a longer grpc-timeout.
+        let mut with_our_deadline = request("/raftlite.v1.Sql/Query", 60_000);
+        with_our_deadline
+            .headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("60S"));
+        with_our_deadline.headers_mut().insert(
+            raftlite_client::transport::TIMEOUT_KEY,
+            http::HeaderValue::from_static("100m"),
+        );
+        let late = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(with_our_deadline)
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&late), Some("4"), "raftlite-timeout kept");
         let in_time = svc
             .ready()
             .await

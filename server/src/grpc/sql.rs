@@ -39,12 +39,12 @@ fn chunk_to_proto(chunk: QueryChunk, applied_index: u64) -> v1::QueryResponse {
 }
 
 /// When a statement must stop: after `limit`, or earlier if the client's deadline
-/// (`grpc-timeout`) is shorter.
+/// (`grpc-timeout` or `raftlite-timeout`) is shorter.
 pub(crate) fn statement_deadline(
     metadata: &tonic::metadata::MetadataMap,
     limit: std::time::Duration,
 ) -> std::time::Instant {
-    deadline_within(super::limits::grpc_timeout(metadata.as_ref()), limit)
+    deadline_within(client_timeout(metadata), limit)
 }
 
 /// When a statement must stop: after `limit`, or earlier if the `client`'s deadline is shorter.
@@ -69,7 +69,7 @@ pub(crate) fn check_size(len: usize, limit: usize) -> Result<(), Status> {
 }
 
 fn client_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
-    super::limits::grpc_timeout(metadata.as_ref())
+    super::limits::client_timeout(metadata.as_ref())
 }
 
 impl SqlService {

@@ -464,7 +464,10 @@ impl Node {
                 tokio::pin!(call);
                 loop {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(patience.min(left), &mut call).await {
+                    // The leader answers at the deadline (a statement it interrupted says so):
+                    // that answer, not this node's timeout, is what the client should hear.
+                    let wait = patience.min(left + raftlite_client::ANSWER_GRACE);
+                    match tokio::time::timeout(wait, &mut call).await {
                         // The leader still speaks to this node (its heartbeats arrive): it is
                         // alive and only busy, e.g. a transaction holds its write lock. Wait on
                         // up to the request's deadline, as a write sent to it directly would.

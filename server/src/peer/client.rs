@@ -54,6 +54,11 @@ impl PeerClient {
         let span = tracing::info_span!("forward", leader = leader.id);
         let mut outgoing =
             tonic::Request::new(crate::grpc::convert::write_request_to_proto(request));
+        // The leader stops the statement at the request's deadline and answers why.
+        if let Some(deadline) = request.deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            raftlite_client::transport::set_deadline(&mut outgoing, left);
+        }
         // The leader's `peer.forward_execute` span continues this one: one trace across both.
         span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));
         match self
@@ -80,7 +85,7 @@ impl PeerClient {
         let mut request = tonic::Request::new(crate::grpc::convert::transaction_call_to_proto(
             principal, call,
         ));
-        request.set_timeout(timeout);
+        raftlite_client::transport::set_deadline(&mut request, timeout);
         match self.inner.clone().forward_transaction(request).await {
             Ok(resp) => crate::grpc::convert::transaction_reply_from_proto(resp.into_inner()),
             Err(status) => Err(convert::node_error_from_status(status, Some(leader))),

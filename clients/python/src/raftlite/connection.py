@@ -295,7 +295,7 @@ class Connection:
         """Runs one call through the transport, with the timeout and the token; an ABORTED
         answer inside a transaction means the server has ended it."""
         self._check_open()
-        timeout = self._transport.policy.timeout
+        timeout = self._transport.call_timeout
         metadata = self._transport.metadata
         try:
             return self._transport.call(method, lambda stub: attempt(stub, timeout, metadata))

@@ -137,8 +137,17 @@ def error_for_status(code: str, message: str, node: str | None = None) -> Error:
     return cls(text, code=code, server_message=message, node=node)
 
 
-def is_retryable(code: str) -> bool:
+# What a node's DEADLINE_EXCEEDED says when it interrupted the request's statement at its
+# deadline (`raftlite_client::STATEMENT_INTERRUPTED` on the server).
+STATEMENT_INTERRUPTED = "SQLite interrupted it"
+
+
+def is_retryable(code: str, message: str = "") -> bool:
     """Whether sending the same request again may succeed (as the Rust client decides): the
     node was unreachable, had no leader or quorum, or did not answer in time. A write is only
-    resent under its first request id, so the server applies it once."""
+    resent under its first request id, so the server applies it once. A statement the node
+    interrupted at its deadline is not resent: it would run as long again, holding every
+    other write back."""
+    if code == "DEADLINE_EXCEEDED" and STATEMENT_INTERRUPTED in message:
+        return False
     return code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")

@@ -26,6 +26,12 @@ from .wire import pb_grpc
 T = TypeVar("T")
 
 LEADER_ADDR_KEY = "raftlite-leader-addr"
+# The deadline the node keeps, sent apart from gRPC's own (`grpc-timeout`): grpc-python ends
+# a call locally at the deadline it sends, before the node's answer to a statement it
+# interrupted at that deadline could arrive. So the call's gRPC deadline is ANSWER_GRACE
+# later than the one the node gets here, as the Rust client waits past the deadline it sends.
+TIMEOUT_KEY = "raftlite-timeout"
+ANSWER_GRACE = 0.5
 # Row batches and RETURNING results can exceed gRPC's default 4 MiB (the Rust client's limit).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # gRPC reconnects to a failed node after a backoff that grows to minutes by default; a node
@@ -92,7 +98,14 @@ class Transport:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
+        """The token and the node's deadline for a call (see TIMEOUT_KEY)."""
+        millis = max(1, round(self.policy.timeout * 1000))
+        return (*self._metadata, (TIMEOUT_KEY, f"{millis}m"))
+
+    @property
+    def call_timeout(self) -> float:
+        """The gRPC deadline of a call: the node's, and the grace for its answer."""
+        return self.policy.timeout + ANSWER_GRACE
 
     def stub(self, node: int) -> pb_grpc.SqlStub:
         channel = self._channels.get(node)
@@ -126,7 +139,7 @@ class Transport:
                 self._preferred = node
                 return result
             elapsed = time.monotonic() - started
-            if not is_retryable(failure.code):
+            if not is_retryable(failure.code, failure.message):
                 raise failure.to_error()
             if elapsed >= self.policy.retry_deadline:
                 error = failure.to_error()
