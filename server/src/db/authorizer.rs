@@ -37,6 +37,33 @@ use std::sync::{Arc, Mutex};
 /// Message for any write attempted through the read pool.
 pub(crate) const READ_ONLY: &str = "Query is read-only; send writes with Execute";
 
+/// `sql` from its first statement on: past whitespace, semicolons and comments (empty when
+/// it holds no statement).
+pub(crate) fn statement_start(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, next)| next);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            // An unterminated comment runs to the end, as SQLite reads it.
+            rest = after.split_once("*/").map_or("", |(_, next)| next);
+        } else {
+            return rest;
+        }
+    }
+}
+
+/// Whether `sql` is a PRAGMA statement. SQLite calls some pragmas writes even when they only
+/// read a value (`PRAGMA journal_mode`); on a reader the authorizer already allows a pragma
+/// only where it reads, and the connection is `query_only`.
+pub(crate) fn is_pragma(sql: &str) -> bool {
+    let start = statement_start(sql).as_bytes();
+    start.len() > 6
+        && start[..6].eq_ignore_ascii_case(b"pragma")
+        && !(start[6].is_ascii_alphanumeric() || start[6] == b'_')
+}
+
 /// Which rules a connection enforces.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Policy {
@@ -555,6 +582,29 @@ mod tests {
             assert_eq!(got, expected, "pragma {name}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn pragma_statements_are_told_by_their_first_word() {
+        for sql in [
+            "PRAGMA journal_mode",
+            "  -- x\n/* y */ pragma\tuser_version;",
+            ";PRAGMA(x)",
+        ] {
+            assert!(is_pragma(sql), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 1",
+            "pragmatic",
+            "PRAGMA",
+            "pragma_x",
+            "/* PRAGMA x */ SELECT 1",
+            "",
+        ] {
+            assert!(!is_pragma(sql), "{sql:?}");
+        }
+        assert_eq!(statement_start(" ;-- a\n/* b */ SELECT 1"), "SELECT 1");
+        assert_eq!(statement_start("/* open"), "");
     }
 
     #[test]

@@ -101,6 +101,7 @@ mod worker;
 mod tests;
 
 pub use apply::{Applier, ApplyOutcome};
+pub(crate) use authorizer::statement_start;
 pub use bounds::SQLITE_MAX_LENGTH;
 pub use chain::Link;
 pub(crate) use delta::{follows, peek_tag};

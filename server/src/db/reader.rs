@@ -21,7 +21,7 @@
 //! threads still busy with a job past its deadline (normally none: the interrupt lands within
 //! microseconds), which tells readiness whether the node can serve reads at all.
 
-use super::authorizer::{Lockdown, Policy, READ_ONLY};
+use super::authorizer::{is_pragma, Lockdown, Policy, READ_ONLY};
 use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
 use super::value::{bind, ColumnInfo, SqlValue, Statement};
@@ -267,7 +267,7 @@ impl Reader {
             .conn
             .prepare_cached(&job.statement.sql)
             .map_err(client_error)?;
-        if !stmt.readonly() {
+        if !stmt.readonly() && !is_pragma(&job.statement.sql) {
             return Err(DbError::PermissionDenied(READ_ONLY.into()));
         }
         bind(&mut stmt, &job.statement.params).map_err(|e| scope.name_limit(e))?;

@@ -871,6 +871,45 @@ async fn pragmas_that_change_shared_state_are_refused() -> TestResult {
     )
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Text("ok".into())]]);
+    // Every value the allow-list calls readable reads as a query, `journal_mode` too
+    // (SQLite does not call that pragma read-only, even without a value).
+    for pragma in [
+        "auto_vacuum",
+        "data_version",
+        "encoding",
+        "foreign_keys",
+        "freelist_count",
+        "journal_mode",
+        "page_count",
+        "page_size",
+        "recursive_triggers",
+        "schema_version",
+        "application_id",
+        "user_version",
+    ] {
+        let sql = format!("/* why */ pragma {pragma};");
+        let chunks = collect(c.leader.reads().query(stmt(&sql), 0, 10, None)).await?;
+        ensure!(chunks[0].rows.len() == 1, "{pragma}: {chunks:?}");
+    }
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("PRAGMA journal_mode"), 0, 10, None),
+    )
+    .await?;
+    ensure!(chunks[0].rows == vec![vec![SqlValue::Text("wal".into())]]);
+    for refused in [
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA main.journal_mode=OFF",
+    ] {
+        match collect(c.leader.reads().query(stmt(refused), 0, 10, None)).await {
+            Err(e) => ensure!(
+                matches!(e.downcast_ref::<DbError>(), Some(DbError::PermissionDenied(m)) if m.contains("can be read, not set")),
+                "{refused}: {e}"
+            ),
+            Ok(chunks) => anyhow::bail!("{refused} ran as a query: {chunks:?}"),
+        }
+    }
     match collect(
         c.leader
             .reads()

@@ -42,18 +42,7 @@ pub fn value_to_proto(v: SqlValue) -> v1::Value {
 /// True when `sql` holds no statement: only whitespace, semicolons and comments. SQLite
 /// prepares nothing from such text, which it reports as API misuse.
 fn holds_no_statement(sql: &str) -> bool {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, next)| next);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            // An unterminated comment runs to the end, as SQLite reads it.
-            rest = after.split_once("*/").map_or("", |(_, next)| next);
-        } else {
-            return rest.is_empty();
-        }
-    }
+    crate::db::statement_start(sql).is_empty()
 }
 
 pub fn statement_from_proto(s: v1::Statement) -> Result<Statement, Status> {
