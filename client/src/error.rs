@@ -118,6 +118,11 @@ impl From<tonic::Status> for Error {
                 }
                 cause = err.source();
             }
+            // No retry fixes a connection the node and this client disagree on TLS about.
+            if let Some(at) = message.find(crate::transport::TLS_MISMATCH) {
+                let why = &message[at + crate::transport::TLS_MISMATCH.len()..];
+                return Error::InvalidEndpoint(why.to_string());
+            }
             return Error::Transport(message);
         }
         let leader_hint = leader_hint(status.metadata());

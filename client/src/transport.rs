@@ -42,16 +42,93 @@ pub type Dialing = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + S
 /// Opens a stream to a node's `http://host:port` (TCP, TLS, mutual TLS: the caller's choice).
 pub type Dial = Arc<dyn Fn(&http::Uri) -> Dialing + Send + Sync>;
 
-/// Plain TCP with Nagle off.
+/// Plain TCP with Nagle off. A node that answers with TLS fails the connection with
+/// [`TLS_MISMATCH`] (h2 would report "frame with invalid size").
 pub fn tcp() -> Dial {
     Arc::new(|uri: &http::Uri| {
         let target = host_port(uri);
         Box::pin(async move {
             let (host, port) = target?;
             let tcp = connect(&host, port).await?;
-            Ok(Box::new(tcp) as Box<dyn Io>)
+            Ok(Box::new(Plaintext {
+                inner: tcp,
+                checked: false,
+            }) as Box<dyn Io>)
         })
     })
+}
+
+/// How an error that no retry can fix begins: the node and this end disagree on TLS.
+/// [`crate::Error`] turns it into an invalid endpoint, which is not retried.
+pub const TLS_MISMATCH: &str = "TLS mismatch: ";
+
+fn tls_mismatch(why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{TLS_MISMATCH}{why}"),
+    )
+}
+
+/// A plaintext stream that checks the first bytes the node sends: a TLS record there
+/// (handshake 0x16 or alert 0x15; an HTTP/2 server opens with a SETTINGS frame, whose first
+/// byte, the top of its length, is 0) means the node speaks TLS.
+struct Plaintext<S> {
+    inner: S,
+    checked: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Plaintext<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if !self.checked {
+            if let Some(&first) = buf.filled().get(before) {
+                self.checked = true;
+                if first == 0x15 || first == 0x16 {
+                    return Poll::Ready(Err(tls_mismatch(
+                        "the node speaks TLS and this connection does not; give the CA that \
+                         signed its certificate (tls_ca=FILE in a raftlite:// URL, --tls-ca, \
+                         or ClientOptions::tls_ca)",
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Plaintext<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// TLS over [`tcp`] with `config` (its ALPN should offer `h2`), the server's name taken
@@ -67,7 +144,21 @@ async fn tls(config: Arc<rustls::ClientConfig>, uri: &http::Uri) -> std::io::Res
     let tcp = connect(&host, port).await?;
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
-        .await?;
+        .await
+        .map_err(
+            |e| match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                // A plaintext HTTP/2 server answers a ClientHello with a GOAWAY frame, which is
+                // no TLS record.
+                Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                    tls_mismatch(
+                        "this connection speaks TLS and the node does not (it answered in \
+                     plaintext); connect without a CA (no tls_ca), or start the node with \
+                     --tls-cert and --tls-key",
+                    )
+                }
+                _ => e,
+            },
+        )?;
     Ok(Box::new(stream))
 }
 

@@ -114,6 +114,28 @@ fn forward_execute(bytes: usize) -> v1::ExecuteRequest {
 }
 
 /// The services a node's server reflection lists, sorted.
+/// A client whose TLS setting the node does not share is told so at once (within a second,
+/// under the default 10 s retry deadline), not after retrying, and not as an HTTP/2 framing
+/// error.
+async fn assert_tls_mismatch<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, cluster_tests::client::Error>>,
+    says: &str,
+) {
+    let started = std::time::Instant::now();
+    let outcome = call.await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "{says}: not retried, took {took:?}"
+    );
+    match outcome {
+        Err(cluster_tests::client::Error::InvalidEndpoint(message)) => {
+            assert!(message.contains(says), "{message}")
+        }
+        other => panic!("expected an invalid endpoint ({says}), got {other:?}"),
+    }
+}
+
 async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
     use tokio_stream::StreamExt;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -297,10 +319,11 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     info!("phase 2: TLS checks on the client and peer ports");
     let plaintext =
         Client::connect([format!("http://{}", cluster.node(leader).addr())]).expect("client");
-    assert!(
-        plaintext.status().await.is_err(),
-        "a plaintext client is refused by the TLS client port"
-    );
+    assert_tls_mismatch(
+        plaintext.status(),
+        "the node speaks TLS and this connection does not",
+    )
+    .await;
     let peer_addr = cluster.peer_addr(follower);
     let identity = |id: u64| Some((creds.cert(id), creds.key(id)));
     let no_cert = peer_client(
@@ -691,6 +714,21 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
     )
     .await;
     let target = peer_client(cluster.peer_addr(follower), Dial::Plain);
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let some_ca = cluster_tests::Credentials::generate(elsewhere.path(), [1]).expect("a CA");
+    let tls_client = Client::with_options(
+        [cluster.node(follower).addr().to_string()],
+        cluster_tests::ClientOptions {
+            tls_ca: Some(some_ca.ca_pem()),
+            ..cluster_tests::ClientOptions::default()
+        },
+    )
+    .expect("client");
+    assert_tls_mismatch(
+        tls_client.status(),
+        "this connection speaks TLS and the node does not",
+    )
+    .await;
 
     info!("phase 2: the peer service only on the peer port; reflection lists only the client services");
     let on_client_port = peer_client(cluster.node(follower).addr(), Dial::Plain)
