@@ -3,6 +3,8 @@ and the CA)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import raftlite
@@ -39,5 +41,14 @@ def test_no_token_is_a_clear_error(secure_cluster):
 def test_plaintext_to_a_tls_cluster_fails_as_operational(secure_cluster):
     target = parse_url(secure_cluster.url)
     plain = f"raftlite://app:{target.token}@{','.join(target.nodes)}"
-    with pytest.raises(raftlite.OperationalError, match="UNAVAILABLE"):
+    with pytest.raises(raftlite.OperationalError, match="UNAVAILABLE") as e:
         raftlite.connect(plain, retry_deadline=0.5).execute("SELECT 1")
+    assert "if the nodes speak TLS, give the CA" in str(e.value)
+
+
+def test_tls_to_a_plaintext_cluster_is_said_at_once(secure_cluster, cluster):
+    ca = parse_url(secure_cluster.url).tls_ca
+    started = time.monotonic()
+    with pytest.raises(raftlite.InterfaceError, match="the node .* does not .*answered in plain"):
+        raftlite.connect(f"{cluster.url}?tls_ca={ca}").execute("SELECT 1")
+    assert time.monotonic() - started < 2.0, "not retried until the retry deadline (10 s)"

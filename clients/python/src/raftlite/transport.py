@@ -46,6 +46,12 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+# What gRPC's TLS says when a node answers its ClientHello in plaintext; and what a plaintext
+# channel sees of a TLS node, which closes the connection (as a node going down does too).
+_TLS_TO_PLAINTEXT = "WRONG_VERSION_NUMBER"
+_PLAINTEXT_TO_TLS = "Socket closed"
+
+
 @dataclass
 class Failure(Exception):
     """A failed attempt: the gRPC code name, the message and what the server hinted."""
@@ -139,13 +145,25 @@ class Transport:
                 self._preferred = node
                 return result
             elapsed = time.monotonic() - started
+            if self._credentials is not None and _TLS_TO_PLAINTEXT in failure.message:
+                raise InterfaceError(
+                    f"this connection speaks TLS and the node {failure.node} does not (it "
+                    "answered in plaintext): connect without tls_ca, or start the node with "
+                    "--tls-cert and --tls-key"
+                )
             if not is_retryable(failure.code, failure.message):
                 raise failure.to_error()
             if elapsed >= self.policy.retry_deadline:
                 error = failure.to_error()
+                hint = ""
+                if self._credentials is None and _PLAINTEXT_TO_TLS in failure.message:
+                    hint = (
+                        "; if the nodes speak TLS, give the CA that signed their certificates "
+                        "(tls_ca=FILE in the URL)"
+                    )
                 error.args = (
                     f"{error.args[0]}; gave up after {attempts} attempts in {elapsed:.1f} s "
-                    f"on {', '.join(self.nodes)}",
+                    f"on {', '.join(self.nodes)}{hint}",
                 )
                 raise error
             node = self._next_node(node, failure)
