@@ -6,9 +6,10 @@
 //!   only turns overload into latency and then into timeouts for everyone. The client sees
 //!   the refusal in microseconds and can back off or try another node.
 //! - **Deadlines.** A public request gets the client's deadline (`grpc-timeout`, or the
-//!   shorter `raftlite-timeout`, which its clients send: see [`client_timeout`]) or the server default
-//!   `request_timeout_ms`, whichever is shorter; past it the handler is dropped and
-//!   the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
+//!   shorter `raftlite-timeout` its clients send: see [`client_timeout`]) or the server
+//!   default `request_timeout_ms`, whichever is shorter. Its handler stops its statement at
+//!   that deadline and says so; 200 ms later ([`Admission::cut_off`]) a handler still running
+//!   is dropped and the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
 //!   group-commit queue already): retrying with the same request id returns its real result.
 //! - **Exempt:** `grpc.health.v1` (a probe that failed under load would get a busy pod
 //!   restarted). The peer service (Raft votes, appends, snapshots and writes a follower
