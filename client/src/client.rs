@@ -23,10 +23,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// Longest wait for one attempt: a whole `Execute` or `Status`, or the next message of a
-    /// query stream. Membership changes are not bounded by it (a new node may take long to
-    /// catch up). It is the deadline the node is given; the client waits half a second more
-    /// for the node's answer, so that a node that ran out of time says why. A statement the
+    /// Longest wait for one attempt: a whole `Execute` or `Status`, a whole query collected
+    /// by [`Client::query`] or [`Client::query_with`], or the next message of a
+    /// [`Client::query_stream`]. Membership changes are not bounded by it (a new node may
+    /// take long to catch up). It is the deadline the node is given (but for a
+    /// `query_stream`, whose rows may take longer in all); the client waits half a second
+    /// more for the node's answer, so that a node that ran out of time says why. A statement the
     /// node interrupted at that deadline is not sent again ([`crate::STATEMENT_INTERRUPTED`]):
     /// another attempt would run it for as long again.
     pub request_timeout: Duration,
@@ -326,13 +328,10 @@ impl Client {
         let request = self.query_request(statement.into(), consistency, max_rows);
         let timeout = self.inner.options.request_timeout;
         self.call(None, |channel| {
-            let request = request.clone();
-            async move {
-                open_query(channel, request, timeout)
-                    .await?
-                    .collect_rows()
-                    .await
-            }
+            // The node stops the query at the deadline and says so; that is not retried.
+            let mut request = tonic::Request::new(request.clone());
+            crate::transport::set_deadline(&mut request, timeout);
+            collect_query(channel, request, timeout + ANSWER_GRACE)
         })
         .await
     }

@@ -479,6 +479,28 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
             );
         }
     }
+    // A query the node stops at the client's deadline is not run again on another node.
+    for (node, sender) in [("leader", &client), ("follower", &on(follower))] {
+        let started = Instant::now();
+        let outcome = sender.query(ENDLESS, Vec::<i64>::new()).await;
+        let took = started.elapsed();
+        let Err(Error::Status { code, message, .. }) = &outcome else {
+            panic!("query on the {node}: expected the node's status, got {outcome:?}");
+        };
+        assert_eq!(
+            *code,
+            Code::DeadlineExceeded,
+            "query on the {node}: {message}"
+        );
+        assert!(
+            message.contains("interrupted"),
+            "query on the {node}: the node's reason: {message}"
+        );
+        assert!(
+            took < Duration::from_millis(1900),
+            "query on the {node}: ran once: {took:?}"
+        );
+    }
     client
         .exec("INSERT INTO hc VALUES (1)", Vec::<i64>::new())
         .await
