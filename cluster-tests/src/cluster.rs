@@ -32,6 +32,9 @@ pub struct ClusterOptions {
     /// TLS on both ports and tokens (see [`crate::Credentials`]); the harness's own clients
     /// then use the CA and the admin token.
     pub secure: bool,
+    /// Environment variables of every node (settings only the environment carries, such as
+    /// `RAFTLITE_ARCHIVE_KEY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +47,7 @@ impl Default for ClusterOptions {
             max_request_bytes: None,
             extra_args: Vec::new(),
             secure: false,
+            env: Vec::new(),
         }
     }
 }
@@ -150,7 +154,8 @@ impl Cluster {
             log_path,
             self.binary.clone(),
             self.serve_args(id, addr, &data_dir, peers),
-        );
+        )
+        .with_env(self.options.env.clone());
         node.start()?;
         let probe = self.probe_client(&node)?;
         self.probes.insert(id, probe);

@@ -27,6 +27,8 @@ pub struct NodeProcess {
     log_path: PathBuf,
     binary: PathBuf,
     args: Vec<OsString>,
+    /// Environment variables set for the process.
+    env: Vec<(String, String)>,
     /// The process while it runs (or until it is reaped). Behind a mutex so that a scenario
     /// can break nodes through a shared `&Cluster` while its writers use it; never held across
     /// an await.
@@ -51,9 +53,16 @@ impl NodeProcess {
             log_path,
             binary,
             args,
+            env: Vec::new(),
             child: Mutex::new(None),
             starts: AtomicU32::new(0),
         }
+    }
+
+    /// The node with `env` set in its environment at every start.
+    pub(crate) fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -183,6 +192,7 @@ impl NodeProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()
             .with_context(|| format!("spawn {} for node {}", self.binary.display(), self.id))?;

@@ -42,12 +42,21 @@ fn s3_options(prefix: &str, endpoint: &str, extra: &[&str]) -> ClusterOptions {
 
 /// Runs `raftlite restore ARGS...`.
 fn restore(args: &[&str]) -> Output {
+    restore_with(&[], args)
+}
+
+/// Runs `raftlite restore ARGS...` with the environment variables `env`.
+fn restore_with(env: &[(&str, &str)], args: &[&str]) -> Output {
     std::process::Command::new(cluster_tests::raftlite_binary())
         .arg("restore")
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run raftlite restore")
 }
+
+/// The encryption key of the archive in the whole-cluster scenario (64 hex digits).
+const ARCHIVE_KEY: &str = "5e1f0c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
 
 fn text(out: &Output) -> String {
     format!(
@@ -366,7 +375,7 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     init_tracing();
     let archive_dir = tempfile::tempdir().expect("archive dir");
     let url = format!("file://{}", archive_dir.path().display());
-    info!(%url, "phase 1: three nodes archiving to a shared directory; 200 writes");
+    info!(%url, "phase 1: three nodes archiving to a shared directory, encrypted; 200 writes");
     let options = ClusterOptions {
         extra_args: vec![
             "--archive".into(),
@@ -374,6 +383,7 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
             "--archive-flush-ms".into(),
             "50".into(),
         ],
+        env: vec![("RAFTLITE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())],
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(3, options).expect("start the cluster");
@@ -478,13 +488,30 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     let bad = dir.path().join("bad.db");
     let bad_s = bad.to_str().expect("utf-8 path");
     let gen1_args = ["-generation", "1", "-o", bad_s, url.as_str()];
-    restore_ok(&gen1_args);
+    let key = [("RAFTLITE_ARCHIVE_KEY", ARCHIVE_KEY)];
+    let out = restore_with(&key, &gen1_args);
+    assert!(out.status.success(), "restore with the key: {}", text(&out));
+    let count: i64 = rusqlite::Connection::open(&bad)
+        .expect("open the restored database")
+        .query_row("SELECT count(*) FROM dr_kv", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(
+        count, 200,
+        "generation 1 holds the 200 writes before the loss"
+    );
     std::fs::remove_file(&bad).expect("remove");
+    let out = restore(&gen1_args);
+    assert!(
+        !out.status.success() && text(&out).contains("RAFTLITE_ARCHIVE_KEY"),
+        "an encrypted archive needs the key: {}",
+        text(&out)
+    );
+    assert!(!bad.exists());
     let mut bytes = std::fs::read(&victim).expect("read the segment");
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&victim, &bytes).expect("corrupt the segment");
-    let out = restore(&gen1_args);
+    let out = restore_with(&key, &gen1_args);
     assert!(
         !out.status.success(),
         "a corrupted object fails the restore: {}",
@@ -497,7 +524,7 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     );
     assert!(!bad.exists(), "no half-restored database is left behind");
     std::fs::remove_file(&victim).expect("delete the segment");
-    let out = restore(&gen1_args);
+    let out = restore_with(&key, &gen1_args);
     assert!(
         !out.status.success(),
         "a missing object fails the restore: {}",

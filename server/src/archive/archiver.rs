@@ -357,7 +357,7 @@ async fn ship_segment(
         encrypted: archive.key().is_some(),
     };
     let path = archive.segment_path(&session.cluster, session.generation, first, last);
-    let name = path.to_string();
+    let name = Archive::object_name(&path);
     let key = archive.key().cloned();
     let object = tokio::task::spawn_blocking(move || {
         format::encode_object(
@@ -401,7 +401,7 @@ async fn ship_snapshot(node: &Node, archive: &Archive, session: &Session) -> any
         encrypted: archive.key().is_some(),
     };
     let path = archive.snapshot_path(&session.cluster, session.generation, index);
-    let name = path.to_string();
+    let name = Archive::object_name(&path);
     let key = archive.key().cloned();
     let image_len = image.len();
     let object = tokio::task::spawn_blocking(move || {

@@ -230,8 +230,10 @@ pub async fn execute(
     let dest_owned = dest.to_path_buf();
     let (header, image_len) = {
         let snap_name = snap_name.clone();
+        let stored_as = Archive::object_name(&snap_path);
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let (header, image) = format::decode_object(&snap_name, &bytes, key.as_ref())?;
+            let (header, image) = format::decode_object(&stored_as, &bytes, key.as_ref())
+                .with_context(|| format!("restore from {snap_name}"))?;
             drop(bytes);
             ensure!(
                 header.kind == ObjectKind::Snapshot,
@@ -332,7 +334,9 @@ pub async fn execute(
             let key = archive.key().cloned();
             let decoded_name = name.clone();
             let entries = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let (header, body) = format::decode_object(&decoded_name, &bytes, key.as_ref())?;
+                let (header, body) =
+                    format::decode_object(&Archive::object_name(&path), &bytes, key.as_ref())
+                        .with_context(|| format!("restore from {decoded_name}"))?;
                 ensure!(
                     (header.first_index, header.last_index) == (s.first, s.last),
                     "archive object {decoded_name} is corrupt: it holds {}..={}, its name says {}..={}",

@@ -282,6 +282,13 @@ impl Archive {
         self.generation_dir(cluster, generation).join("started")
     }
 
+    /// The name an object's encryption binds its bytes to (and its decoding errors name): its
+    /// path in the store, without the bucket or directory, so that an archive copied to
+    /// another bucket or directory still restores, and an object moved within it does not.
+    pub fn object_name(path: &Path) -> String {
+        path.to_string()
+    }
+
     /// Names of objects as printed in messages: the URL's view.
     pub fn display_name(&self, path: &Path) -> String {
         match &self.location.url {
