@@ -382,6 +382,8 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
             url.clone(),
             "--archive-flush-ms".into(),
             "50".into(),
+            "--archive-snapshot-interval-s".into(),
+            "1".into(),
         ],
         env: vec![("RAFTLITE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())],
         ..ClusterOptions::default()
@@ -467,7 +469,124 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     .expect("archive status");
     assert_eq!(generation, 2);
 
-    info!("phase 4: a corrupted segment and a missing segment make the restore fail, naming the object");
+    info!("phase 4: an idle cluster uploads no snapshot again; restores that must pick the right generation, or say why none fits");
+    let gen2_snapshots = archive_dir
+        .path()
+        .join(&cluster_id)
+        .join("generations/00000002/snapshots");
+    let snapshot_times = || -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut times: Vec<_> = std::fs::read_dir(&gen2_snapshots)
+            .expect("list generation 2's snapshots")
+            .map(|e| {
+                let path = e.expect("entry").path();
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .expect("mtime");
+                (path, modified)
+            })
+            .collect();
+        times.sort();
+        times
+    };
+    // The snapshot of the last writes comes within an interval or two; then nothing more.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before_idle = snapshot_times();
+    // Three snapshot intervals with nothing written: the same snapshot uploaded again would
+    // move its time past the restore points it serves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        snapshot_times(),
+        before_idle,
+        "no snapshot uploaded while idle"
+    );
+    let key = [("RAFTLITE_ARCHIVE_KEY", ARCHIVE_KEY)];
+    let picks = tempfile::tempdir().expect("temp dir");
+    let rows_in = |db: &Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .expect("open the restored database")
+            .query_row("SELECT count(*) FROM dr_kv", [], |r| r.get(0))
+            .expect("count")
+    };
+    // Log indexes start again in generation 2: an index past its end, which generation 1
+    // holds, restores from generation 1 (it used to fail, naming generation 2 only).
+    let tip_of = |generation: &str| -> u64 {
+        let dir = archive_dir.path().join(&cluster_id).join(generation);
+        ["snapshots", "segments"]
+            .iter()
+            .flat_map(|kind| std::fs::read_dir(dir.join(kind)).expect("list the generation"))
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().into_string().ok()?;
+                let stem = name.split('.').next()?.to_string();
+                stem.rsplit('-').next()?.parse::<u64>().ok()
+            })
+            .max()
+            .expect("objects in the generation")
+    };
+    let (gen1_tip, gen2_tip) = (
+        tip_of("generations/00000001"),
+        tip_of("generations/00000002"),
+    );
+    assert!(
+        gen1_tip > gen2_tip,
+        "generation 1 ({gen1_tip}) is longer than 2 ({gen2_tip})"
+    );
+    let by_index = picks.path().join("by-index.db");
+    let by_index_s = by_index.to_str().expect("utf-8 path");
+    let index = gen1_tip.to_string();
+    let out = restore_with(&key, &["-index", &index, "-o", by_index_s, url.as_str()]);
+    assert!(
+        out.status.success(),
+        "index {index} of generation 1: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("generation 1"), "{}", text(&out));
+    assert_eq!(
+        rows_in(&by_index),
+        200,
+        "generation 1's end holds the 200 writes"
+    );
+    // A time after generation 2 began, when generation 2 keeps no snapshot from before it
+    // (here: its snapshots look re-uploaded later; in use: older ones past retention), has no
+    // restore point. It used to restore generation 1's end, without the writes of generation
+    // 2 acknowledged by then.
+    let now = chrono::Utc::now();
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    for entry in std::fs::read_dir(&gen2_snapshots).expect("list generation 2's snapshots") {
+        std::fs::File::options()
+            .write(true)
+            .open(entry.expect("entry").path())
+            .and_then(|f| f.set_modified(later))
+            .expect("set the snapshot's time");
+    }
+    let by_time = picks.path().join("by-time.db");
+    let by_time_s = by_time.to_str().expect("utf-8 path");
+    let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let out = restore_with(&key, &["-timestamp", &stamp, "-o", by_time_s, url.as_str()]);
+    assert!(
+        !out.status.success() && text(&out).contains("no restore point"),
+        "no silent restore of generation 1 for a time in generation 2: {}",
+        text(&out)
+    );
+    assert!(!by_time.exists());
+    // A mistyped cluster id is not an empty archive (which -if-replica-exists would skip).
+    let out = restore_with(
+        &key,
+        &[
+            "-if-replica-exists",
+            "--cluster-id",
+            "bogus",
+            "-o",
+            by_time_s,
+            url.as_str(),
+        ],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains(&cluster_id),
+        "names the clusters the archive holds: {}",
+        text(&out)
+    );
+
+    info!("phase 5: a corrupted segment and a missing segment make the restore fail, naming the object");
     let gen1 = archive_dir
         .path()
         .join(&cluster_id)
@@ -488,7 +607,6 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     let bad = dir.path().join("bad.db");
     let bad_s = bad.to_str().expect("utf-8 path");
     let gen1_args = ["-generation", "1", "-o", bad_s, url.as_str()];
-    let key = [("RAFTLITE_ARCHIVE_KEY", ARCHIVE_KEY)];
     let out = restore_with(&key, &gen1_args);
     assert!(out.status.success(), "restore with the key: {}", text(&out));
     let count: i64 = rusqlite::Connection::open(&bad)

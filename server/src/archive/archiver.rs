@@ -248,8 +248,15 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                     continue;
                 }
             }
+            if session.tip.is_some() && applied <= session.snapshot_index {
+                // Nothing applied since the archived snapshot: the same snapshot again would
+                // overwrite it, moving its time forward past the restore points it serves.
+                session.last_snapshot = Some(Instant::now());
+                continue;
+            }
             let index = ship_snapshot(node, archive, &session).await?;
             session.last_snapshot = Some(Instant::now());
+            session.snapshot_index = index;
             status.update(|s| s.snapshot_index = index);
             // A snapshot past the segments restarts the chain from it (the entries between
             // are gone from the log); otherwise the segments continue where they were.

@@ -94,6 +94,16 @@ pub async fn plan(
         }
     };
     let mut generations = archive.generations(&cluster_id).await?;
+    if generations.is_empty() && request.cluster_id.is_some() {
+        // A mistyped cluster id is not an empty archive (which `-if-replica-exists` skips).
+        let clusters = archive.clusters().await?;
+        if !clusters.is_empty() {
+            bail!(
+                "the archive holds no cluster {cluster_id}; it holds {}",
+                clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     if let Some(g) = request.generation {
         ensure!(
             generations.contains(&g),
@@ -102,12 +112,45 @@ pub async fn plan(
         generations = vec![g];
     }
     let mut any_snapshot = false;
+    let mut short = None;
     for &generation in generations.iter().rev() {
         let listing = archive.list_generation(&cluster_id, generation).await?;
         any_snapshot |= !listing.snapshots.is_empty();
-        if let Some(plan) = plan_generation(&cluster_id, generation, &listing, request.target)? {
-            return Ok(Some(plan));
+        match plan_generation(&cluster_id, generation, &listing, request.target)? {
+            Fit::Plan(plan) => return Ok(Some(*plan)),
+            Fit::Nothing => {}
+            // Log indexes start again in each generation: an older one may hold this index.
+            Fit::ShortOf(why) => {
+                short.get_or_insert(why);
+            }
         }
+        // A generation that had begun by the time asked for is the one that holds it: an
+        // older generation ended before it began, and restoring that one's end would leave
+        // out every write this generation took by then.
+        if let (RestoreTarget::Time(t), Some(started)) = (request.target, listing.started) {
+            if started <= t {
+                let oldest = listing
+                    .snapshots
+                    .first()
+                    .map(|s| {
+                        format!(
+                            "its oldest snapshot is from {}",
+                            s.object.last_modified.to_rfc3339()
+                        )
+                    })
+                    .unwrap_or_else(|| "it has no snapshot yet".into());
+                bail!(
+                    "the archive of cluster {cluster_id} holds no restore point at {}: \
+                     generation {generation}, which began at {}, keeps no snapshot from \
+                     before that time ({oldest}; older ones are past the archive's retention)",
+                    t.to_rfc3339(),
+                    started.to_rfc3339()
+                );
+            }
+        }
+    }
+    if let Some(why) = short {
+        bail!(why);
     }
     if !any_snapshot {
         return Ok(None);
@@ -124,12 +167,21 @@ pub async fn plan(
     }
 }
 
+/// What one generation offers a restore target.
+enum Fit {
+    Plan(Box<RestorePlan>),
+    /// No snapshot at or before the target.
+    Nothing,
+    /// A snapshot at or before the target index, but the log stops short of it (why).
+    ShortOf(String),
+}
+
 fn plan_generation(
     cluster_id: &str,
     generation: u64,
     listing: &GenerationListing,
     target: RestoreTarget,
-) -> anyhow::Result<Option<RestorePlan>> {
+) -> anyhow::Result<Fit> {
     let snapshot = match target {
         RestoreTarget::Latest => listing.snapshots.last(),
         RestoreTarget::Index(n) => listing.snapshots.iter().rev().find(|s| s.index <= n),
@@ -140,7 +192,7 @@ fn plan_generation(
             .find(|s| s.object.last_modified <= t),
     };
     let Some(snapshot) = snapshot.cloned() else {
-        return Ok(None);
+        return Ok(Fit::Nothing);
     };
     let mut end = snapshot.index;
     let mut segments = Vec::new();
@@ -178,27 +230,21 @@ fn plan_generation(
     }
     if let RestoreTarget::Index(n) = target {
         if end < n {
-            let next = listing
-                .segments
-                .iter()
-                .find(|s| s.first > end + 1)
-                .map(|s| format!("; the next segment starts at {}", s.first))
-                .unwrap_or_default();
-            bail!(
+            return Ok(Fit::ShortOf(format!(
                 "generation {generation} of cluster {cluster_id} holds the log up to index \
-                 {end} after snapshot {}, not up to {n}{next}",
+                 {end} after snapshot {}, not up to {n}",
                 snapshot.index
-            );
+            )));
         }
     }
-    Ok(Some(RestorePlan {
+    Ok(Fit::Plan(Box::new(RestorePlan {
         cluster_id: cluster_id.to_owned(),
         generation,
         snapshot,
         segments,
         target,
         hole,
-    }))
+    })))
 }
 
 /// A sink for `-v` progress lines.

@@ -110,6 +110,8 @@ pub struct SegmentObject {
 pub struct GenerationListing {
     pub snapshots: Vec<SnapshotObject>,
     pub segments: Vec<SegmentObject>,
+    /// When the generation began (its `started` marker was written); `None` without one.
+    pub started: Option<DateTime<Utc>>,
 }
 
 impl GenerationListing {
@@ -436,6 +438,14 @@ impl Archive {
         }
         listing.snapshots.sort_by_key(|s| s.index);
         listing.segments.sort_by_key(|s| (s.first, s.last));
+        let started = self.started_path(cluster, generation);
+        listing.started = match self.store.head(&started).await {
+            Ok(meta) => Some(meta.last_modified),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("read {}", self.display_name(&started)))
+            }
+        };
         Ok(listing)
     }
 
