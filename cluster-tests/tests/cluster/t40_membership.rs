@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cluster_tests::{expect_status, init_tracing, Checker, Cluster, ClusterOptions};
+use cluster_tests::{
+    expect_status, init_tracing, Checker, Client, ClientOptions, Cluster, ClusterOptions,
+};
 use tonic::Code;
 use tracing::info;
 
@@ -27,6 +29,46 @@ async fn learner_gets_data_but_no_vote() {
         .write_many(&client, "before-learner", 50)
         .await
         .expect("first writes");
+
+    info!("phase 1b: a node that does not answer, or answers as another node, is not added");
+    // It used to become a voter at once (openraft counted a learner it never reached as
+    // caught up on a short log), so that one more failure cost the quorum.
+    let once = Client::with_options(
+        [cluster.node(leader).endpoint()],
+        ClientOptions {
+            retry_deadline: Duration::ZERO,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let dead_addr = dead.local_addr().expect("addr").to_string();
+    drop(dead);
+    let started = std::time::Instant::now();
+    let refused = once.add_voter(9, dead_addr.clone(), Some(dead_addr)).await;
+    let message = expect_status(refused, Code::Unavailable, "add-voter of a dead address");
+    assert!(message.contains("does not answer"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let other = leader % 3 + 1;
+    let impostor = once
+        .add_voter(
+            9,
+            cluster.node(other).addr().to_string(),
+            Some(cluster.peer_addr(other).to_string()),
+        )
+        .await;
+    let message = expect_status(impostor, Code::InvalidArgument, "add-voter of another node");
+    assert!(
+        message.contains(&format!("is node {other}, not node 9")),
+        "{message}"
+    );
+    let status = cluster.status_of(leader).await.expect("status");
+    let members: BTreeSet<u64> = status.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(members, BTreeSet::from([1, 2, 3]), "membership unchanged");
 
     info!("phase 2: start a fourth node and add it with AddLearner");
     let learner = cluster.start_extra_node().expect("start a fourth node");

@@ -657,14 +657,89 @@ impl Node {
                 None,
             ));
         }
+        if self.inner.is_leader() {
+            self.check_joining(id, &addr).await?;
+        }
+        // openraft's own wait (`blocking`) counts a learner it never reached as caught up
+        // while the log is short (so a dead or mistyped address became a voter at once), and
+        // waits for good once the log is long: this node waits itself.
         let resp = self
             .inner
             .raft
-            .add_learner(id, addr, true)
+            .add_learner(id, addr, false)
             .await
             .map_err(|e| self.inner.membership_error(e))?;
+        self.wait_caught_up(id, resp.log_id.index).await?;
         tracing::info!(node = id, "learner added and caught up");
         Ok(resp.log_id.index)
+    }
+
+    /// Refuses to add node `id` at `addr` unless that address answers as node `id` on its
+    /// peer port (a node that cannot answer cannot catch up).
+    async fn check_joining(&self, id: NodeId, addr: &NodeAddr) -> Result<(), NodeError> {
+        let peer = self.inner.peer(&addr.peer)?;
+        let Some(who) = peer.identity(Duration::from_secs(2)).await else {
+            return Err(NodeError::unavailable(
+                format!(
+                    "node {id} does not answer at {} (its peer address): start it, or check \
+                     the address, then add it",
+                    addr.peer
+                ),
+                None,
+            ));
+        };
+        if who.node_id != id {
+            return Err(NodeError::InvalidArgument(format!(
+                "the node at {} is node {}, not node {id}",
+                addr.peer, who.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until learner `id` holds every entry up to `index`. Gives up when its progress
+    /// stops for `JOIN_STALL` (it went away, or cannot be reached): it stays a learner.
+    async fn wait_caught_up(&self, id: NodeId, index: u64) -> Result<(), NodeError> {
+        const JOIN_STALL: Duration = Duration::from_secs(20);
+        let mut metrics = self.inner.raft.metrics();
+        let mut progress = (None, Instant::now());
+        loop {
+            let (matched, leading) = {
+                let m = metrics.borrow_and_update();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|log_id| log_id.index);
+                (matched, m.current_leader == Some(self.id()))
+            };
+            if matched.is_some_and(|m| m >= index) {
+                return Ok(());
+            }
+            if !leading {
+                return Err(NodeError::unavailable(
+                    format!("the leader changed while node {id} caught up; retry"),
+                    self.inner.leader_hint(),
+                ));
+            }
+            if matched != progress.0 {
+                progress = (matched, Instant::now());
+            } else if progress.1.elapsed() >= JOIN_STALL {
+                return Err(NodeError::unavailable(
+                    format!(
+                        "node {id} joined as a learner but has made no progress for {}s (it \
+                         holds {} of {index} entries); it stays a learner. Check that it runs \
+                         and is reachable, then add it again, or remove it. A node with a \
+                         large database to copy can be added with add-learner first and \
+                         promoted once `raftlite status` shows it caught up",
+                        JOIN_STALL.as_secs(),
+                        matched.unwrap_or(0)
+                    ),
+                    None,
+                ));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
+        }
     }
 
     pub async fn add_voter(&self, id: NodeId, addr: NodeAddr) -> Result<u64, NodeError> {
