@@ -145,11 +145,49 @@ impl S3Proxy {
         }
     }
 
-    /// Accepts and forwards connections again (on the same port).
+    /// Binds the proxy's port again: an aborted accept task lets go of it only once it is
+    /// dropped, on its runtime's next turn.
+    async fn bind(&self) -> anyhow::Result<tokio::net::TcpListener> {
+        let mut tries = 0;
+        loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => return Ok(listener),
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("bind the S3 proxy to {}", self.addr))
+                }
+            }
+        }
+    }
+
+    /// Cuts every connection, then accepts new ones but never answers on them: to the nodes,
+    /// S3 hangs. [`S3Proxy::up`] ends it.
+    pub async fn stall(&self) -> anyhow::Result<()> {
+        self.down();
+        let listener = self.bind().await?;
+        let state = self.state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let held = tokio::spawn(async move {
+                    let _inbound = inbound;
+                    std::future::pending::<()>().await;
+                });
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.connections.retain(|c| !c.is_finished());
+                s.connections.push(held);
+            }
+        });
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).accept = Some(accept);
+        Ok(())
+    }
+
+    /// Accepts and forwards connections again (on the same port); ends a stall.
     pub async fn up(&self) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("bind the S3 proxy to {}", self.addr))?;
+        self.down();
+        let listener = self.bind().await?;
         let (target, state) = (self.target, self.state.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {

@@ -367,6 +367,31 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
         "nothing written during the outage is missing"
     );
 
+    info!("phase 7: S3 hangs (connections accepted, never answered); the lag the leader reports grows");
+    proxy.stall().await.expect("stall S3");
+    let stalled = write_load(&client, &checker, "stalled", 2, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = cluster.leader_id().await.expect("a leader");
+    let archive = cluster
+        .status_of(leader)
+        .await
+        .expect("status")
+        .archive
+        .expect("archive status");
+    info!(?archive, "archive status while S3 hangs");
+    assert!(
+        archive.lag_entries >= 1 && archive.lag_ms >= 2500,
+        "the lag keeps growing while an upload hangs (it used to stay at what it was when \
+         the upload started): {archive:?}"
+    );
+    proxy.up().await.expect("bring S3 back");
+    let last = stalled
+        .iter()
+        .map(|a| a.1)
+        .max()
+        .expect("writes while S3 hung");
+    wait_archived(&cluster, last, Duration::from_secs(60)).await;
+
     info!("t50 S3 scenario done");
 }
 

@@ -218,7 +218,8 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             tokio::time::sleep(settings.flush).await;
             let applied = *applied_rx.borrow();
             times.observe(applied);
-            match ship_segment(node, archive, &session, &times, tip, applied).await? {
+            let upload = ship_segment(node, archive, &session, &times, tip, applied);
+            match keeping_lag(upload, &status, &applied_rx, times.time_of(tip + 1)).await? {
                 Some(last) => {
                     session.tip = Some(last);
                     times.forget_through(last.saturating_sub(1));
@@ -241,8 +242,9 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             if session.tip.is_some() && applied > tip && applied - tip <= settings.max_held_entries
             {
                 // Segments first, so the older snapshot's chain stays unbroken.
+                let upload = ship_segment(node, archive, &session, &times, tip, applied);
                 if let Some(last) =
-                    ship_segment(node, archive, &session, &times, tip, applied).await?
+                    keeping_lag(upload, &status, &applied_rx, times.time_of(tip + 1)).await?
                 {
                     session.tip = Some(last);
                     continue;
@@ -254,7 +256,8 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                 session.last_snapshot = Some(Instant::now());
                 continue;
             }
-            let index = ship_snapshot(node, archive, &session).await?;
+            let upload = ship_snapshot(node, archive, &session);
+            let index = keeping_lag(upload, &status, &applied_rx, times.time_of(tip + 1)).await?;
             session.last_snapshot = Some(Instant::now());
             session.snapshot_index = index;
             status.update(|s| s.snapshot_index = index);
@@ -274,6 +277,40 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
         }
         // Nothing to do: wait for a commit, or a leadership change (checked every second).
         let _ = tokio::time::timeout(Duration::from_secs(1), applied_rx.changed()).await;
+    }
+}
+
+/// Runs an upload, keeping the lag in `status` current while it runs: an upload that hangs
+/// (S3 not answering) shows as a growing lag, which is what an RPO alert watches, rather than
+/// as the lag seen when it started. `oldest_ms`: when the oldest entry not archived yet was
+/// applied.
+async fn keeping_lag<T>(
+    upload: impl std::future::Future<Output = T>,
+    status: &ArchiveStatusHandle,
+    applied: &tokio::sync::watch::Receiver<u64>,
+    oldest_ms: u64,
+) -> T {
+    tokio::pin!(upload);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            done = &mut upload => return done,
+            _ = tick.tick() => {
+                let applied = *applied.borrow();
+                status.update(|s| {
+                    s.lag_entries = applied.saturating_sub(s.archived_index);
+                    s.lag_ms = if s.lag_entries > 0 {
+                        now_ms().saturating_sub(oldest_ms)
+                    } else {
+                        0
+                    };
+                });
+            }
+        }
     }
 }
 

@@ -190,8 +190,9 @@ impl Archive {
                 ) {
                     b = b.with_access_key_id(id).with_secret_access_key(secret);
                 }
-                // The archiver retries with its own backoff and reports the lag; a request
-                // should fail in seconds, not hang through object_store's 3-minute default.
+                // The archiver retries with its own backoff and reports the lag, which grows
+                // while a request hangs. A request gets 2 s to connect and 120 s in all (a
+                // 64 MiB object on a slow link), not object_store's 3-minute default.
                 b = b
                     .with_retry(object_store::RetryConfig {
                         backoff: object_store::BackoffConfig::default(),
