@@ -70,6 +70,11 @@ impl ArchiveStatusHandle {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records (or, empty, clears) the archive's last error.
+    pub fn set_error(&self, error: String) {
+        self.update(|s| s.last_error = error);
+    }
+
     fn update(&self, f: impl FnOnce(&mut ArchiveStatus)) {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }

@@ -103,34 +103,22 @@ async fn check(
     } else {
         None
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{host_port}"))
+    // The client library's connection: it says plainly when the node and this probe
+    // disagree on TLS (tonic's channel reported an HTTP/2 framing error).
+    use raftlite_client::transport;
+    let uri: http::Uri = format!("{scheme}://{host_port}")
+        .parse()
         .with_context(|| format!("bad address {addr:?}"))?;
-    let response = HealthClient::new(connect(endpoint, addr, ca.as_deref()).await?)
+    let dial = transport::tcp_or_tls(ca.as_deref()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let settings = transport::Settings::client(Duration::from_secs(2));
+    let response = HealthClient::new(transport::Direct::new(uri, dial, settings))
         .check(HealthCheckRequest {
             service: service.to_owned(),
         })
         .await
+        .map_err(raftlite_client::Error::from)
         .with_context(|| format!("health check of {service:?} on {addr}"))?;
     Ok(response.into_inner().status())
-}
-
-/// Connects `endpoint` (named `addr` in errors), over TLS with `ca` when given.
-async fn connect(
-    mut endpoint: tonic::transport::Endpoint,
-    addr: &str,
-    ca: Option<&[u8]>,
-) -> anyhow::Result<tonic::transport::Channel> {
-    use anyhow::Context;
-    if let Some(ca) = ca {
-        endpoint = endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
-    }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connect to {addr}"))
 }
 
 #[cfg(test)]

@@ -69,9 +69,17 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
             )
             .await
             {
-                Ok(r) => break r,
+                Ok(r) => {
+                    node.archive_status().set_error(String::new());
+                    break r;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot read the archive before initializing; retrying");
+                    let error = format!("{e:#}");
+                    tracing::warn!(%error, "cannot read the archive before initializing; retrying");
+                    // Status and metrics say why the cluster does not form (no leader yet).
+                    node.archive_status().set_error(format!(
+                        "the cluster cannot start before it has read the archive: {error}"
+                    ));
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }
