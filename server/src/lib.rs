@@ -26,3 +26,35 @@ pub mod serve;
 pub mod telemetry;
 pub mod timeline;
 pub mod tls;
+
+/// An error and its causes on one line, each said once: some errors (object_store's, for one)
+/// already print their sources, which `{:#}` would print again after them.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let root = std::io::Error::other("connection refused");
+        let wrapped = anyhow::Error::new(root)
+            .context("HTTP error: error sending request: connection refused")
+            .context("upload s3://b/x");
+        assert_eq!(
+            super::error_text(&wrapped),
+            "upload s3://b/x: HTTP error: error sending request: connection refused"
+        );
+    }
+}

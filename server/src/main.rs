@@ -138,7 +138,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", raftlite::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -128,8 +128,8 @@ pub async fn run(node: Node, archive: Archive, settings: ArchiverSettings) {
             match lead(&node, &archive, &settings).await {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "archive: upload failed");
-                    status.update(|s| s.last_error = format!("{e:#}"));
+                    tracing::warn!(error = %crate::error_text(&e), retry_in_ms = backoff.as_millis() as u64, "archive: upload failed");
+                    status.update(|s| s.last_error = crate::error_text(&e));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -276,7 +276,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                 s.last_error.clear();
             });
             if let Err(e) = apply_retention(archive, &session, settings.retention).await {
-                tracing::warn!(error = %format!("{e:#}"), "archive: retention cleanup failed");
+                tracing::warn!(error = %crate::error_text(&e), "archive: retention cleanup failed");
             }
             continue;
         }

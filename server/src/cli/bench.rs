@@ -340,7 +340,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (floor, reports) = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_text(&e));
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -54,7 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let leader = match leader {
         Ok(leader) => leader,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_text(&e));
             cluster.stop().await?;
             return Ok(ExitCode::FAILURE);
         }

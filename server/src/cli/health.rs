@@ -56,7 +56,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
             )
         }
         Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_text(&e));
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {

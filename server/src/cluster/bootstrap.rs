@@ -74,7 +74,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
                     break r;
                 }
                 Err(e) => {
-                    let error = format!("{e:#}");
+                    let error = crate::error_text(&e);
                     tracing::warn!(%error, "cannot read the archive before initializing; retrying");
                     // Status and metrics say why the cluster does not form (no leader yet).
                     node.archive_status().set_error(format!(
