@@ -470,11 +470,7 @@ async fn a_write_through_a_follower_waits_for_a_transaction_on_the_leader() {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader");
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = cluster.ids_except(leader)[0];
     let client = cluster.client();
     client
         .exec("CREATE TABLE held (n INTEGER)", Vec::<i64>::new())

@@ -341,11 +341,7 @@ async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
     }
 
     info!("phase 2: a follower paused while three more are written catches up");
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = cluster.ids_except(leader)[0];
     cluster
         .node(follower)
         .send_signal(libc::SIGSTOP)
@@ -407,6 +403,34 @@ async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
     }
 }
 
+/// Runs `call`, a statement that never ends, and checks that the node stopped it at the
+/// client's 1 s deadline and said so, and that it ran once (not again under the same id, or
+/// on another node).
+async fn answered_once_by_the_node<T: std::fmt::Debug>(
+    case: &str,
+    call: impl std::future::Future<Output = Result<T, Error>>,
+) {
+    let started = Instant::now();
+    let outcome = call.await;
+    let took = started.elapsed();
+    let Err(Error::Status { code, message, .. }) = &outcome else {
+        panic!("{case}: expected the node's status, got {outcome:?} after {took:?}");
+    };
+    assert_eq!(
+        *code,
+        Code::DeadlineExceeded,
+        "{case}: {message} after {took:?}"
+    );
+    assert!(
+        message.contains("interrupted"),
+        "{case}: the node's reason, not a timeout on the way: {message}"
+    );
+    assert!(
+        took < Duration::from_millis(1900),
+        "{case}: ran once, not again: {took:?}"
+    );
+}
+
 /// A write whose statement runs out of time is run once, and the client hears why. With the
 /// client's request timeout equal to the node's statement timeout, the client's own timer used
 /// to fire first: it reported "no answer within 1s" instead of the node's reason, and sent the
@@ -429,11 +453,7 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .expect("a leader");
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let follower = cluster.ids_except(leader)[0];
     // The client's defaults (retries for 10 s) but for a request timeout equal to the node's
     // statement timeout; one client on the leader, one on a follower (which forwards).
     let on = |id: u64| {
@@ -457,49 +477,14 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
                    SELECT x + 1 FROM c) SELECT x FROM c) WHERE x < 0 AND length(?1) > 0";
     for (node, sender) in [("leader", &client), ("follower", &on(follower))] {
         for (path, param) in [("streamed", vec![1u8]), ("unary", vec![1u8; 1_200_000])] {
-            let started = Instant::now();
-            let outcome = sender.exec(endless, [param]).await;
-            let took = started.elapsed();
             let case = format!("{path} through the {node}");
-            let Err(Error::Status { code, message, .. }) = &outcome else {
-                panic!("{case}: expected the node's status, got {outcome:?} after {took:?}");
-            };
-            assert_eq!(
-                *code,
-                Code::DeadlineExceeded,
-                "{case}: {message} after {took:?}"
-            );
-            assert!(
-                message.contains("interrupted"),
-                "{case}: the node's reason, not a timeout on the way: {message}"
-            );
-            assert!(
-                took < Duration::from_millis(1900),
-                "{case}: ran once, not again under the same id: {took:?}"
-            );
+            answered_once_by_the_node(&case, sender.exec(endless, [param])).await;
         }
     }
     // A query the node stops at the client's deadline is not run again on another node.
     for (node, sender) in [("leader", &client), ("follower", &on(follower))] {
-        let started = Instant::now();
-        let outcome = sender.query(ENDLESS, Vec::<i64>::new()).await;
-        let took = started.elapsed();
-        let Err(Error::Status { code, message, .. }) = &outcome else {
-            panic!("query on the {node}: expected the node's status, got {outcome:?}");
-        };
-        assert_eq!(
-            *code,
-            Code::DeadlineExceeded,
-            "query on the {node}: {message}"
-        );
-        assert!(
-            message.contains("interrupted"),
-            "query on the {node}: the node's reason: {message}"
-        );
-        assert!(
-            took < Duration::from_millis(1900),
-            "query on the {node}: ran once: {took:?}"
-        );
+        let case = format!("query on the {node}");
+        answered_once_by_the_node(&case, sender.query(ENDLESS, Vec::<i64>::new())).await;
     }
     client
         .exec("INSERT INTO hc VALUES (1)", Vec::<i64>::new())

@@ -61,6 +61,19 @@ pub struct ArchiveStatus {
     pub last_error: String,
 }
 
+impl ArchiveStatus {
+    /// The lag behind `applied`, the oldest entry not archived having been applied at
+    /// `oldest_ms`.
+    fn note_lag(&mut self, applied: u64, oldest_ms: u64) {
+        self.lag_entries = applied.saturating_sub(self.archived_index);
+        self.lag_ms = if self.lag_entries > 0 {
+            now_ms().saturating_sub(oldest_ms)
+        } else {
+            0
+        };
+    }
+}
+
 /// Shared, cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ArchiveStatusHandle(Arc<Mutex<ArchiveStatus>>);
@@ -205,12 +218,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             .set(tip.max(applied.saturating_sub(settings.max_held_entries)));
         status.update(|s| {
             s.archived_index = tip;
-            s.lag_entries = applied.saturating_sub(tip);
-            s.lag_ms = if applied > tip {
-                now_ms().saturating_sub(times.time_of(tip + 1))
-            } else {
-                0
-            };
+            s.note_lag(applied, times.time_of(tip + 1));
         });
 
         let snapshot_due = session.tip.is_none()
@@ -306,14 +314,7 @@ async fn keeping_lag<T>(
             done = &mut upload => return done,
             _ = tick.tick() => {
                 let applied = *applied.borrow();
-                status.update(|s| {
-                    s.lag_entries = applied.saturating_sub(s.archived_index);
-                    s.lag_ms = if s.lag_entries > 0 {
-                        now_ms().saturating_sub(oldest_ms)
-                    } else {
-                        0
-                    };
-                });
+                status.update(|s| s.note_lag(applied, oldest_ms));
             }
         }
     }

@@ -127,8 +127,9 @@ pub async fn plan(
         // A generation that had begun by the time asked for is the one that holds it: an
         // older generation ended before it began, and restoring that one's end would leave
         // out every write this generation took by then.
-        if let (RestoreTarget::Time(t), Some(started)) = (request.target, listing.started) {
-            if started <= t {
+        if let RestoreTarget::Time(t) = request.target {
+            let started = archive.generation_started(&cluster_id, generation).await?;
+            if let Some(started) = started.filter(|started| *started <= t) {
                 let oldest = listing
                     .snapshots
                     .first()

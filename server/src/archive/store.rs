@@ -110,8 +110,6 @@ pub struct SegmentObject {
 pub struct GenerationListing {
     pub snapshots: Vec<SnapshotObject>,
     pub segments: Vec<SegmentObject>,
-    /// When the generation began (its `started` marker was written); `None` without one.
-    pub started: Option<DateTime<Utc>>,
 }
 
 impl GenerationListing {
@@ -439,15 +437,21 @@ impl Archive {
         }
         listing.snapshots.sort_by_key(|s| s.index);
         listing.segments.sort_by_key(|s| (s.first, s.last));
-        let started = self.started_path(cluster, generation);
-        listing.started = match self.store.head(&started).await {
-            Ok(meta) => Some(meta.last_modified),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => {
-                return Err(e).with_context(|| format!("read {}", self.display_name(&started)))
-            }
-        };
         Ok(listing)
+    }
+
+    /// When a generation began (its `started` marker was written); `None` without one.
+    pub async fn generation_started(
+        &self,
+        cluster: &str,
+        generation: u64,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let started = self.started_path(cluster, generation);
+        match self.store.head(&started).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.display_name(&started))),
+        }
     }
 
     fn listed(&self, meta: &object_store::ObjectMeta) -> ListedObject {

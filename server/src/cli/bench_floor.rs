@@ -475,13 +475,7 @@ pub async fn grpc_rtt(
     budget: Duration,
     max: usize,
 ) -> anyhow::Result<Samples> {
-    use raftlite_client::transport;
-    let uri: http::Uri = addr
-        .parse()
-        .with_context(|| format!("bad address {addr:?}"))?;
-    let dial = transport::tcp_or_tls(tls_ca).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-    let settings = transport::Settings::client(Duration::from_secs(2));
-    let mut health = HealthClient::new(transport::Direct::new(uri, dial, settings));
+    let mut health = super::health::health_client(addr, tls_ca)?;
     for _ in 0..WARMUP {
         health_check(&mut health, addr).await?;
     }

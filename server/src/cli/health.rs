@@ -103,15 +103,7 @@ async fn check(
     } else {
         None
     };
-    // The client library's connection: it says plainly when the node and this probe
-    // disagree on TLS (tonic's channel reported an HTTP/2 framing error).
-    use raftlite_client::transport;
-    let uri: http::Uri = format!("{scheme}://{host_port}")
-        .parse()
-        .with_context(|| format!("bad address {addr:?}"))?;
-    let dial = transport::tcp_or_tls(ca.as_deref()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-    let settings = transport::Settings::client(Duration::from_secs(2));
-    let response = HealthClient::new(transport::Direct::new(uri, dial, settings))
+    let response = health_client(&format!("{scheme}://{host_port}"), ca.as_deref())?
         .check(HealthCheckRequest {
             service: service.to_owned(),
         })
@@ -119,6 +111,25 @@ async fn check(
         .map_err(raftlite_client::Error::from)
         .with_context(|| format!("health check of {service:?} on {addr}"))?;
     Ok(response.into_inner().status())
+}
+
+/// A health client on the client library's connection to `addr` (`http://` or `https://`),
+/// trusting the CA `ca_pem`: it says plainly when the node and this end disagree on TLS
+/// (tonic's channel reported an HTTP/2 framing error).
+pub(crate) fn health_client(
+    addr: &str,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<HealthClient<raftlite_client::transport::Direct>> {
+    use anyhow::Context;
+    use raftlite_client::transport;
+    let uri: http::Uri = addr
+        .parse()
+        .with_context(|| format!("bad address {addr:?}"))?;
+    let dial = transport::tcp_or_tls(ca_pem).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let settings = transport::Settings::client(Duration::from_secs(2));
+    Ok(HealthClient::new(transport::Direct::new(
+        uri, dial, settings,
+    )))
 }
 
 #[cfg(test)]

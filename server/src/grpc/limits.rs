@@ -9,8 +9,9 @@
 //!   shorter `raftlite-timeout` its clients send: see [`client_timeout`]) or the server
 //!   default `request_timeout_ms`, whichever is shorter. Its handler stops its statement at
 //!   that deadline and says so; 200 ms later ([`Admission::cut_off`]) a handler still running
-//!   is dropped and the call answers DEADLINE_EXCEEDED. A write that timed out may still commit (it is in the
-//!   group-commit queue already): retrying with the same request id returns its real result.
+//!   is dropped and the call answers DEADLINE_EXCEEDED. A write that timed out may still
+//!   commit (it is in the group-commit queue already): retrying with the same request id
+//!   returns its real result.
 //! - **Exempt:** `grpc.health.v1` (a probe that failed under load would get a busy pod
 //!   restarted). The peer service (Raft votes, appends, snapshots and writes a follower
 //!   forwards, which that follower already admitted) is not on this listener at all: it has
