@@ -27,7 +27,7 @@ pub struct ArchiverSettings {
     /// Time between full snapshots.
     pub snapshot_interval: Duration,
     /// Snapshots older than this are deleted (the newest one always stays), with the segments
-    /// before the oldest snapshot kept.
+    /// before the oldest snapshot kept, and older generations that ended before it.
     pub retention: Duration,
     /// How long new entries wait to be batched into one segment.
     pub flush: Duration,
@@ -283,7 +283,10 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                 s.archived_index = session.tip.unwrap_or(0);
                 s.last_error.clear();
             });
-            if let Err(e) = apply_retention(archive, &session, settings.retention).await {
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(settings.retention).unwrap_or_default();
+            let retained = apply_retention(archive, &session.cluster, session.generation, cutoff);
+            if let Err(e) = retained.await {
                 tracing::warn!(error = %crate::error_text(&e), "archive: retention cleanup failed");
             }
             continue;
@@ -504,17 +507,19 @@ fn read_newest_snapshot(dir: &std::path::Path) -> anyhow::Result<(SnapshotMeta, 
     Ok((meta, image))
 }
 
-/// Deletes snapshots older than `retention` (never the newest) and the segments that end
-/// before the oldest snapshot kept.
+/// Deletes what no restore point within the retention needs (`cutoff`: now minus it). In the
+/// current generation: snapshots older than the cutoff (never the newest) and the segments
+/// that end before the oldest snapshot kept. Of older generations (each recovery from a total
+/// loss starts one): each whose successor began before the cutoff, since every time it covers
+/// ended when its successor began. Runs after a snapshot upload, so the current generation
+/// always keeps one.
 async fn apply_retention(
     archive: &Archive,
-    session: &Session,
-    retention: Duration,
+    cluster: &str,
+    generation: u64,
+    cutoff: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
-    let listing = archive
-        .list_generation(&session.cluster, session.generation)
-        .await?;
-    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+    let listing = archive.list_generation(cluster, generation).await?;
     let Some(newest) = listing.snapshots.last() else {
         return Ok(());
     };
@@ -545,5 +550,129 @@ async fn apply_retention(
             "archive: retention removed old objects"
         );
     }
+    let generations = archive.generations(cluster).await?;
+    for pair in generations.windows(2) {
+        let (old, next) = (pair[0], pair[1]);
+        if next > generation {
+            break;
+        }
+        // Without its successor's start time, nobody can tell which times it still serves.
+        match archive.generation_started(cluster, next).await? {
+            Some(began) if began < cutoff => {}
+            _ => break,
+        }
+        let objects = archive.delete_generation(cluster, old).await?;
+        tracing::info!(
+            generation = old,
+            objects,
+            "archive: retention removed a generation that ended before the retention window"
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    async fn generation_of(
+        archive: &Archive,
+        cluster: &str,
+        g: u64,
+    ) -> (Vec<u64>, Vec<(u64, u64)>) {
+        let listing = archive
+            .list_generation(cluster, g)
+            .await
+            .expect("list a generation");
+        (
+            listing.snapshots.iter().map(|s| s.index).collect(),
+            listing.segments.iter().map(|s| (s.first, s.last)).collect(),
+        )
+    }
+
+    /// Three generations of one cluster, on a real directory: retention keeps what a restore
+    /// within the window needs, and drops a generation only once its successor began before
+    /// the window.
+    #[tokio::test]
+    async fn retention_keeps_the_window_and_drops_generations_that_ended_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .expect("a local store")
+            .with_automatic_cleanup(true);
+        let archive = Archive::with_store(Arc::new(fs), None);
+        // Per generation: its snapshots' indexes, its segments' ranges.
+        type Objects = (u64, &'static [u64], &'static [(u64, u64)]);
+        let generations: [Objects; 3] = [
+            (1, &[5], &[(1, 5), (6, 10)]),
+            (2, &[3, 8], &[(1, 3), (4, 8), (9, 9)]),
+            (3, &[2, 9], &[(1, 2), (3, 9), (10, 12)]),
+        ];
+        for cluster in ["a", "b"] {
+            for (g, snapshots, segments) in generations {
+                // Cluster b's generation 2 lost its marker: nobody can tell when it began.
+                if cluster == "a" || g != 2 {
+                    let started = archive.started_path(cluster, g);
+                    archive.put(&started, b"x".to_vec()).await.expect("put");
+                }
+                for &i in snapshots {
+                    let path = archive.snapshot_path(cluster, g, i);
+                    archive.put(&path, b"x".to_vec()).await.expect("put");
+                }
+                for &(first, last) in segments {
+                    let path = archive.segment_path(cluster, g, first, last);
+                    archive.put(&path, b"x".to_vec()).await.expect("put");
+                }
+            }
+        }
+        let now = Utc::now();
+        let days = |d: i64| chrono::Duration::days(d);
+        for (g, began) in [(2, now - days(3)), (3, now - days(1))] {
+            let marker = dir.path().join(archive.started_path("a", g).as_ref());
+            std::fs::File::options()
+                .write(true)
+                .open(&marker)
+                .and_then(|f| f.set_modified(began.into()))
+                .expect("date the marker");
+        }
+
+        // Two days: generation 2 began before them, so generation 1 serves no time in them;
+        // generation 3 began within them, so generation 2 still does.
+        apply_retention(&archive, "a", 3, now - days(2))
+            .await
+            .expect("retention");
+        assert_eq!(archive.generations("a").await.expect("list"), vec![2, 3]);
+        assert_eq!(
+            generation_of(&archive, "a", 2).await,
+            (vec![3, 8], vec![(1, 3), (4, 8), (9, 9)])
+        );
+        assert_eq!(
+            generation_of(&archive, "a", 3).await,
+            (vec![2, 9], vec![(3, 9), (10, 12)]),
+            "every snapshot of the current generation is within the window (the log before \
+             the oldest is not needed)"
+        );
+
+        // A window that ends in the future: of the current generation, only the newest
+        // snapshot and the log after it stay; generation 2 ended before the window.
+        apply_retention(&archive, "a", 3, now + chrono::Duration::hours(1))
+            .await
+            .expect("retention");
+        assert_eq!(archive.generations("a").await.expect("list"), vec![3]);
+        assert_eq!(
+            generation_of(&archive, "a", 3).await,
+            (vec![9], vec![(10, 12)])
+        );
+        assert!(
+            !dir.path().join("a/generations/00000002").exists(),
+            "no empty directories are left behind"
+        );
+
+        // Without generation 2's start time, generation 1 and 2 stay.
+        apply_retention(&archive, "b", 3, now + chrono::Duration::hours(1))
+            .await
+            .expect("retention");
+        assert_eq!(archive.generations("b").await.expect("list"), vec![1, 2, 3]);
+        assert_eq!(generation_of(&archive, "b", 1).await.0, vec![5]);
+    }
 }

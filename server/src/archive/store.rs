@@ -341,6 +341,19 @@ impl Archive {
         }
     }
 
+    /// Deletes every object of a generation, its `started` marker last: a deletion cut short
+    /// leaves the generation listed, and the next retention pass finishes it. Returns how many
+    /// objects it deleted.
+    pub async fn delete_generation(&self, cluster: &str, generation: u64) -> anyhow::Result<usize> {
+        let started = self.started_path(cluster, generation);
+        let objects = self.list(&self.generation_dir(cluster, generation)).await?;
+        for meta in objects.iter().filter(|m| m.location != started) {
+            self.delete(&meta.location).await?;
+        }
+        self.delete(&started).await?;
+        Ok(objects.len())
+    }
+
     async fn list(&self, prefix: &Path) -> anyhow::Result<Vec<object_store::ObjectMeta>> {
         self.store
             .list(Some(prefix))
