@@ -19,8 +19,9 @@ pub struct DevArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     pub nodes: u64,
-    /// Node i serves clients on base-port + i - 1 and peers on base-port + nodes + i - 1
-    /// (3 nodes: clients on 7401-7403, peers on 7404-7406).
+    /// Node i serves clients on base-port + i - 1, peers on base-port + nodes + i - 1 and
+    /// metrics on base-port + 2 * nodes + i - 1 (3 nodes: clients on 7401-7403, peers on
+    /// 7404-7406, metrics on 7407-7409).
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
     /// Keep data and logs here (default: a temporary directory, removed on exit).
@@ -114,9 +115,10 @@ fn banner(cluster: &LocalCluster, leader: u64) -> String {
     for node in cluster.nodes() {
         let mark = if node.id == leader { "  (leader)" } else { "" };
         out.push_str(&format!(
-            "  node {}  {}  log {}{mark}\n",
+            "  node {}  {}  metrics http://{}/metrics  log {}{mark}\n",
             node.id,
             node.addr,
+            node.metrics_addr,
             node.log.display()
         ));
     }
@@ -129,6 +131,14 @@ fn banner(cluster: &LocalCluster, leader: u64) -> String {
     out.push_str(&format!(
         "try:\n  {program} sql --addr {addr} \"CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v)\"\n  {program} status --addr {addr}\n"
     ));
+    // Membership changes and snapshots need the admin role: a token of its own, as in
+    // production, so that the one above stays a writer's.
+    if let Some(admin) = cluster.admin_url() {
+        let admin = shell_quote(&admin.to_url_with_token());
+        out.push_str(&format!(
+            "admin url (membership changes, snapshots): {admin}\n  {program} cluster --addr {admin} snapshot\n"
+        ));
+    }
     out.push_str("Ctrl-C stops the cluster.\n");
     out
 }

@@ -42,8 +42,9 @@ const LOG_TAIL_LINES: usize = 30;
 #[derive(Debug, Clone, Default)]
 pub struct LocalClusterOptions {
     pub nodes: u64,
-    /// Node `i` serves clients on `base_port + i - 1` and peers on `base_port + nodes + i - 1`
-    /// (see [`node_ports`]); `None` picks free ports.
+    /// Node `i` serves clients on `base_port + i - 1`, peers on `base_port + nodes + i - 1`
+    /// and metrics on `base_port + 2 * nodes + i - 1` (see [`node_ports`]); `None` picks free
+    /// ports.
     pub base_port: Option<u16>,
     /// Where data and logs go; `None`: a temporary directory removed on stop.
     pub data_dir: Option<PathBuf>,
@@ -69,6 +70,8 @@ pub struct LocalNode {
     pub id: u64,
     /// How clients reach it: `HOST:PORT`, or `https://HOST:PORT` on a secure cluster.
     pub addr: String,
+    /// Where it serves `/metrics`: `HOST:PORT`.
+    pub metrics_addr: String,
     pub log: PathBuf,
     child: Child,
     /// Asks only this node, once: for polling without the client's retries.
@@ -111,16 +114,13 @@ impl LocalCluster {
             }
         };
         let ports = node_ports(options.base_port, options.nodes)?;
-        let addrs: BTreeMap<u64, (String, String)> = (1..=options.nodes)
+        let addrs: BTreeMap<u64, [String; 3]> = (1..=options.nodes)
             .zip(ports)
-            .map(|(id, (client, peer))| {
-                let addr = |port| format!("127.0.0.1:{port}");
-                (id, (addr(client), addr(peer)))
-            })
+            .map(|(id, ports)| (id, ports.map(|port| format!("127.0.0.1:{port}"))))
             .collect();
         let peers: BTreeMap<u64, String> = addrs
             .iter()
-            .map(|(&id, (_, peer))| (id, peer.clone()))
+            .map(|(&id, [_, peer, _])| (id, peer.clone()))
             .collect();
         let exe = std::env::current_exe().context("find the raftlite executable")?;
         let worker_threads = match std::env::var_os("RAFTLITE_WORKER_THREADS") {
@@ -145,7 +145,7 @@ impl LocalCluster {
             temp,
             _launcher_lock: launcher_lock,
         };
-        for (&id, (addr, peer_addr)) in &addrs {
+        for (&id, [addr, peer_addr, metrics_addr]) in &addrs {
             let node = spawn_node(
                 &exe,
                 &cluster.dir,
@@ -153,6 +153,7 @@ impl LocalCluster {
                     id,
                     addr,
                     peer_addr,
+                    metrics_addr,
                     peers: &peers,
                     credentials: cluster.credentials.as_ref(),
                     archive: options.archive,
@@ -193,15 +194,26 @@ impl LocalCluster {
     /// The URL clients use: `raftlite://HOST:PORT,...`, with the token and the CA's absolute
     /// path when secure.
     pub fn url(&self) -> ClusterUrl {
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|n| n.addr.trim_start_matches("https://").to_owned());
-        let url = ClusterUrl::new(nodes);
+        let url = self.plain_url();
         match &self.credentials {
             Some(c) => c.url(url),
             None => url,
         }
+    }
+
+    /// The URL of the `admin` token (membership changes, snapshots), when secure.
+    pub fn admin_url(&self) -> Option<ClusterUrl> {
+        let url = self.plain_url();
+        self.credentials.as_ref().map(|c| c.admin_url(url))
+    }
+
+    /// The nodes' addresses, without credentials.
+    fn plain_url(&self) -> ClusterUrl {
+        ClusterUrl::new(
+            self.nodes
+                .iter()
+                .map(|n| n.addr.trim_start_matches("https://").to_owned()),
+        )
     }
 
     /// The CA that signed the nodes' certificates, when secure.
@@ -355,6 +367,7 @@ struct NodeSpec<'a> {
     id: u64,
     addr: &'a str,
     peer_addr: &'a str,
+    metrics_addr: &'a str,
     peers: &'a BTreeMap<u64, String>,
     credentials: Option<&'a LocalCredentials>,
     archive: Option<LocalArchive>,
@@ -379,6 +392,7 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         id,
         addr,
         peer_addr,
+        metrics_addr,
         peers,
         credentials,
         archive,
@@ -415,9 +429,9 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
         .arg(peer_addr)
         .arg("--peers")
         .arg(&peers_arg)
-        // Several nodes on one host: each serves /metrics on a free loopback port (in its log).
+        // Several nodes on one host: each serves /metrics on a loopback port of its own.
         .arg("--metrics-addr")
-        .arg("127.0.0.1:0");
+        .arg(metrics_addr);
     if let Some(credentials) = credentials {
         command.args(credentials.serve_args(id));
     }
@@ -464,6 +478,7 @@ fn spawn_node(exe: &Path, dir: &Path, spec: NodeSpec<'_>) -> anyhow::Result<Loca
     Ok(LocalNode {
         id,
         addr,
+        metrics_addr: metrics_addr.to_owned(),
         log,
         child,
         probe,
@@ -516,13 +531,17 @@ fn terminate(pid: u32) {
 /// first `nodes` ports from `base` and peers on the next `nodes` (3 nodes from 7401: clients
 /// 7401-7403, peers 7404-7406); without one, free ports. Each node is given its peer port:
 /// the default, client port + 1, would be the next node's client port.
-fn node_ports(base: Option<u16>, nodes: u64) -> anyhow::Result<Vec<(u16, u16)>> {
+/// Each node's client, peer and metrics ports: from `base` on, the nodes' client ports, then
+/// their peer ports, then their metrics ports; free ones without a `base`.
+fn node_ports(base: Option<u16>, nodes: u64) -> anyhow::Result<Vec<[u16; 3]>> {
     let ports = match base {
-        Some(base) => consecutive_ports(base, 2 * nodes)?,
-        None => free_loopback_ports(2 * nodes)?,
+        Some(base) => consecutive_ports(base, 3 * nodes)?,
+        None => free_loopback_ports(3 * nodes)?,
     };
-    let (client, peer) = ports.split_at(ports.len() / 2);
-    Ok(client.iter().copied().zip(peer.iter().copied()).collect())
+    let n = ports.len() / 3;
+    Ok((0..n)
+        .map(|i| [ports[i], ports[n + i], ports[2 * n + i]])
+        .collect())
 }
 
 fn consecutive_ports(base: u16, nodes: u64) -> anyhow::Result<Vec<u16>> {
@@ -629,18 +648,15 @@ mod tests {
     }
 
     #[test]
-    fn peer_ports_follow_the_client_ports() {
+    fn peer_and_metrics_ports_follow_the_client_ports() {
         assert_eq!(
             node_ports(Some(7401), 3).expect("in range"),
-            [(7401, 7404), (7402, 7405), (7403, 7406)]
+            [[7401, 7404, 7407], [7402, 7405, 7408], [7403, 7406, 7409]]
         );
-        assert!(node_ports(Some(65533), 2).is_err());
+        assert!(node_ports(Some(65531), 2).is_err());
         let free = node_ports(None, 3).expect("ports");
-        let unique: std::collections::BTreeSet<_> = free
-            .iter()
-            .flat_map(|&(client, peer)| [client, peer])
-            .collect();
-        assert_eq!(unique.len(), 6);
+        let unique: std::collections::BTreeSet<_> = free.iter().flatten().collect();
+        assert_eq!(unique.len(), 9);
     }
 
     #[test]

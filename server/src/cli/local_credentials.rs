@@ -1,7 +1,8 @@
 //! Throwaway credentials for a [`LocalCluster`](super::local_cluster::LocalCluster) in the
 //! production configuration (`raftlite bench` without `--insecure`).
 //!
-//! A fresh CA, one certificate per node, and an auth file with a single `write` token, all
+//! A fresh CA, one certificate per node, and an auth file with a `write` token (what clients
+//! get) and an `admin` token (to rehearse membership changes), all
 //! written into the cluster's directory and removed with it. Node certificates name
 //! `raftlite-node-<id>` (the identity the peer port checks, see [`crate::tls`]) and the
 //! loopback names peers and clients dial (`127.0.0.1`, `localhost`). With them each node runs
@@ -26,12 +27,16 @@ use crate::grpc::auth::Role;
 /// (`raftlite://dev:TOKEN@...`).
 const TOKEN_NAME: &str = "dev";
 
+/// Name of the `admin` token (membership changes, snapshots), and the label of its URL.
+const ADMIN_TOKEN_NAME: &str = "dev-admin";
+
 /// The CA, node certificates and token of one local cluster.
 #[derive(Clone)]
 pub struct LocalCredentials {
     dir: PathBuf,
     ca_pem: Vec<u8>,
     token: String,
+    admin_token: String,
 }
 
 impl std::fmt::Debug for LocalCredentials {
@@ -39,6 +44,7 @@ impl std::fmt::Debug for LocalCredentials {
         f.debug_struct("LocalCredentials")
             .field("dir", &self.dir)
             .field("token", &"<redacted>")
+            .field("admin_token", &"<redacted>")
             .finish()
     }
 }
@@ -88,6 +94,7 @@ impl LocalCredentials {
             dir: dir.to_owned(),
             ca_pem: ca_pem.into_bytes(),
             token: super::token::new_token(),
+            admin_token: super::token::new_token(),
         };
         for id in ids {
             let (cert, key) = leaf(&issuer, node_names(id))?;
@@ -95,8 +102,9 @@ impl LocalCredentials {
             write_file(&credentials.key(id), key.as_bytes(), 0o600)?;
         }
         let auth = format!(
-            "tokens:\n{}",
-            super::token::auth_entry(TOKEN_NAME, Role::Write, &credentials.token)
+            "tokens:\n{}{}",
+            super::token::auth_entry(TOKEN_NAME, Role::Write, &credentials.token),
+            super::token::auth_entry(ADMIN_TOKEN_NAME, Role::Admin, &credentials.admin_token)
         );
         write_file(&credentials.auth_file(), auth.as_bytes(), 0o600)?;
         Ok(credentials)
@@ -140,6 +148,12 @@ impl LocalCredentials {
     /// `base` with the `write` token and the CA's path (TLS on).
     pub fn url(&self, base: ClusterUrl) -> ClusterUrl {
         base.with_token(TOKEN_NAME, &self.token)
+            .with_tls_ca(self.ca_path())
+    }
+
+    /// `base` with the `admin` token and the CA's path (TLS on).
+    pub fn admin_url(&self, base: ClusterUrl) -> ClusterUrl {
+        base.with_token(ADMIN_TOKEN_NAME, &self.admin_token)
             .with_tls_ca(self.ca_path())
     }
 
@@ -200,10 +214,19 @@ mod tests {
             Some(&(TOKEN_NAME.to_owned(), Role::Write))
         );
         assert_eq!(options.tls_ca.as_deref(), Some(creds.ca_pem()));
-        assert!(
-            !format!("{creds:?}").contains(token),
-            "the token is not in Debug"
+        let admin = creds.admin_url(ClusterUrl::new(["127.0.0.1:7401"]));
+        let admin_token = admin.token().expect("an admin token");
+        assert_eq!(
+            tokens.check(admin_token),
+            Some(&(ADMIN_TOKEN_NAME.to_owned(), Role::Admin))
         );
+        assert_ne!(admin_token, token);
+        for secret in [token, admin_token] {
+            assert!(
+                !format!("{creds:?}").contains(secret),
+                "no token is in Debug"
+            );
+        }
         let url = creds.url(ClusterUrl::new(["127.0.0.1:7401"]));
         assert_eq!(url.token(), Some(token));
         assert_eq!(url.tls_ca, Some(creds.ca_path()));
