@@ -550,8 +550,13 @@ impl Node {
     /// ago answers once a lease has passed since its start: it may have acknowledged a leader
     /// just before it stopped, and openraft, which forgets that on a restart, would grant the
     /// vote at once while that leader still serves reads from its lease (`lease.rs`).
+    /// A vote for term 1, a new cluster's first election, follows no leader and waits for
+    /// nothing: waiting made the initializer's first election time out at every cold start.
     pub async fn before_vote(&self, term: u64) {
         self.inner.lease.vote_requested(term);
+        if term <= 1 {
+            return;
+        }
         let until = self.inner.started + prevote::lease(&self.inner);
         tokio::time::sleep_until(until.into()).await;
     }
