@@ -112,6 +112,27 @@ async fn replication_reads_rejections_and_dedup() {
         assert_eq!(rows.columns.len(), 1);
         assert_eq!(rows.columns[0].name, "v");
     }
+    // A read at an index not written yet answers before the caller's deadline, saying what
+    // this node has applied (it used to wait past the deadline: "no answer within 2s").
+    let once = cluster_tests::Client::with_options(
+        [cluster.node(f2).endpoint()],
+        cluster_tests::ClientOptions {
+            request_timeout: Duration::from_secs(2),
+            retry_deadline: Duration::ZERO,
+            ..cluster_tests::ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let future = written.log_index + 1_000_000;
+    let refused = once
+        .query_with(select.clone(), Consistency::AtIndex(future), 0)
+        .await;
+    let message = expect_status(refused, Code::Unavailable, "a read at a future index");
+    assert!(
+        message.contains(&format!("did not reach index {future}"))
+            && message.contains("may not be written yet"),
+        "{message}"
+    );
     // max_rows cuts a result short and says so.
     let limited = on_f2
         .query_with(

@@ -1085,13 +1085,30 @@ impl NodeInner {
         match reached {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(NodeError::unavailable("the node is shutting down", None)),
-            Err(_) => Err(NodeError::unavailable(
-                format!(
-                    "this node has applied up to {} and did not reach index {index} in time",
-                    self.applied_index()
-                ),
-                self.leader_hint(),
-            )),
+            Err(_) => {
+                let commit = self
+                    .leader_commit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                let applied = self.applied_index();
+                let beyond = if index > commit.max(applied) {
+                    format!(
+                        " (the cluster's commit index, as this node last heard, is {}: index \
+                         {index} may not be written yet)",
+                        commit.max(applied)
+                    )
+                } else {
+                    String::new()
+                };
+                Err(NodeError::unavailable(
+                    format!(
+                        "this node has applied up to {applied} and did not reach index {index} \
+                         within {timeout:?}{beyond}"
+                    ),
+                    self.leader_hint(),
+                ))
+            }
         }
     }
 

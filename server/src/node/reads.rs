@@ -136,9 +136,15 @@ impl Node {
         deadline: std::time::Instant,
     ) -> Result<(u64, mpsc::Receiver<Result<QueryChunk, DbError>>), NodeError> {
         let inner = &self.inner;
+        // Waits end before the caller's deadline, so that it hears why.
+        let read_wait = || {
+            deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(READ_WAIT)
+        };
         match consistency {
             ReadConsistency::Stale => {}
-            ReadConsistency::AtIndex(index) => inner.wait_applied(index, READ_WAIT).await?,
+            ReadConsistency::AtIndex(index) => inner.wait_applied(index, read_wait()).await?,
             ReadConsistency::Bounded { max_lag } => {
                 if inner.is_leader() {
                     // One cut off from its quorum may have been replaced: the same window as a
@@ -164,7 +170,7 @@ impl Node {
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                     inner
-                        .wait_applied(committed.saturating_sub(max_lag), left.min(READ_WAIT))
+                        .wait_applied(committed.saturating_sub(max_lag), left.min(read_wait()))
                         .await?;
                 } else {
                     let (commit, heard) = *inner
@@ -184,13 +190,13 @@ impl Node {
                     // Catching up may not outlast the window: a follower cut off before the
                     // entries arrived answers UNAVAILABLE when it ends, not old data later.
                     inner
-                        .wait_applied(commit.saturating_sub(max_lag), left.min(READ_WAIT))
+                        .wait_applied(commit.saturating_sub(max_lag), left.min(read_wait()))
                         .await?;
                 }
             }
             ReadConsistency::Linearizable => {
                 let index = self.queue_read_index(false).await?;
-                inner.wait_applied(index, READ_WAIT).await?;
+                inner.wait_applied(index, read_wait()).await?;
             }
         }
         let applied = inner.applied_index();
