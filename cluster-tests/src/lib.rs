@@ -39,7 +39,7 @@ pub use checker::{CheckReport, Checker};
 pub use cluster::{three_nodes_with, Cluster, ClusterOptions};
 pub use docker::{DockerCluster, DockerOptions};
 pub use load::{LoadLimits, LoadReport, WriteLoad};
-pub use metrics::{metric_value, metrics_addr, scrape};
+pub use metrics::{health, metric_value, metrics_addr, scrape};
 pub use node::NodeProcess;
 pub use pages::{PageDigests, PageImage};
 pub use raftlite_client::{self as client, Client, ClientOptions, Consistency, Statement};

@@ -1,4 +1,5 @@
-//! Reading a node's `/metrics` (started with `--metrics-addr 127.0.0.1:0`).
+//! What Kubernetes and Prometheus see of a node: its `/metrics` (started with
+//! `--metrics-addr 127.0.0.1:0`) and its `grpc.health.v1` answers.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,4 +41,23 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+/// What `grpc.health.v1` on the plaintext node at `addr` says of `service` ("": readiness).
+pub async fn health(
+    addr: &str,
+    service: &str,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status())
 }

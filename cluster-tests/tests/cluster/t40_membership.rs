@@ -4,9 +4,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_tests::{
-    expect_status, init_tracing, Checker, Client, ClientOptions, Cluster, ClusterOptions,
+    expect_status, health, init_tracing, wait_until, Checker, Client, ClientOptions, Cluster,
+    ClusterOptions, Consistency, Statement,
 };
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tracing::info;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,8 +127,35 @@ async fn learner_gets_data_but_no_vote() {
         ?followers,
         leader, "phase 4: SIGKILL two of the three voters; the leader and the learner stay up"
     );
+    let before = cluster.status_of(leader).await.expect("status");
+    let applied_before = |id: u64| {
+        before
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map_or(0, |n| n.applied_index)
+    };
     for id in &followers {
         cluster.node(*id).kill().expect("kill a voter");
+    }
+    // The leader still knows how much of the log a voter that does not answer holds (it
+    // used to show 0).
+    let leader_view = cluster
+        .status_of(leader)
+        .await
+        .expect("the leader answers Status");
+    for id in &followers {
+        let entry = leader_view
+            .nodes
+            .iter()
+            .find(|n| n.id == *id)
+            .expect("the leader lists the stopped voter");
+        assert_eq!(entry.role, "unreachable", "{entry:?}");
+        assert!(
+            entry.applied_index >= applied_before(*id) && entry.applied_index > 0,
+            "node {id} held {} before it stopped: {entry:?}",
+            applied_before(*id)
+        );
     }
     // Each survivor must refuse the write with UNAVAILABLE within the client's 5 s request
     // timeout. The outcomes are checked after the rest of the scenario, so that one failure
@@ -254,5 +283,142 @@ async fn leadership_transfer_moves_the_leader() {
         .await
         .expect("every node has every row");
     assert_eq!(report.acked, 40);
+    cluster.assert_identical_pages().await;
+}
+
+/// A node removed while it runs finds out: it reports itself `removed`, is not ready, and
+/// refuses requests with UNAVAILABLE saying why, so that clients use the other nodes. It used
+/// to call itself a voter and answer "no leader; retry" for good. Added back, it serves again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_node_says_so_and_serves_again_once_added_back() {
+    init_tracing();
+
+    info!("phase 1: start three voters and write 20 rows");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("removed_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("first writes");
+
+    let removed = *cluster.ids_except(leader).last().expect("a follower");
+    info!(
+        removed,
+        "phase 2: remove a follower while it runs; the other two go on"
+    );
+    let membership = client.remove_node(removed).await.expect("RemoveNode");
+    assert!(
+        !membership.voters.contains(&removed) && !membership.learners.contains(&removed),
+        "{membership:?}"
+    );
+    checker
+        .write_many(&client, "after-removal", 10)
+        .await
+        .expect("writes on the two remaining voters");
+
+    info!(
+        removed,
+        "phase 3: the removed node says so: status, readiness, refusals"
+    );
+    let own = wait_until(
+        "the removed node to report it",
+        Duration::from_secs(20),
+        || async {
+            let status = cluster.status_of(removed).await?;
+            Ok(status
+                .nodes
+                .into_iter()
+                .find(|n| n.id == removed && n.role == "removed"))
+        },
+    )
+    .await
+    .expect("the removed node reports itself removed");
+    assert!(!own.voter, "{own:?}");
+    let ready = health(&cluster.node(removed).addr().to_string(), "")
+        .await
+        .expect("health answers");
+    assert_eq!(ready, ServingStatus::NotServing);
+    let only_removed = Client::with_options(
+        [cluster.node(removed).endpoint()],
+        ClientOptions {
+            retry_deadline: Duration::ZERO,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let count = Statement::new("SELECT count(*) FROM removed_kv");
+    let started = std::time::Instant::now();
+    for consistency in [Consistency::Linearizable, Consistency::Stale] {
+        let refused = only_removed.query_with(count.clone(), consistency, 0).await;
+        let message = expect_status(refused, Code::Unavailable, "a read there");
+        assert!(message.contains("no longer a member"), "{message}");
+    }
+    let refused = only_removed
+        .execute([Statement::new("CREATE TABLE IF NOT EXISTS never (x)")])
+        .await;
+    let message = expect_status(refused, Code::Unavailable, "a write there");
+    assert!(message.contains("no longer a member"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after a wait: {:?}",
+        started.elapsed()
+    );
+    // An application that lists every node goes on: the refusal sends it elsewhere.
+    let rows = client
+        .query_with(count.clone(), Consistency::Linearizable, 0)
+        .await
+        .expect("a read through a client that knows every node");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 30);
+
+    info!(
+        removed,
+        "phase 4: add it back as a voter: it serves again and holds every row"
+    );
+    client
+        .add_voter(
+            removed,
+            cluster.node(removed).addr().to_string(),
+            Some(cluster.peer_addr(removed).to_string()),
+        )
+        .await
+        .expect("AddVoter of the removed node");
+    let rows = wait_until(
+        "the node to serve again",
+        Duration::from_secs(20),
+        || async {
+            Ok(only_removed
+                .query_with(count.clone(), Consistency::Linearizable, 0)
+                .await
+                .ok())
+        },
+    )
+    .await
+    .expect("a linearizable read on the node added back");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 30);
+    let status = cluster.status_of(removed).await.expect("status");
+    let own = status
+        .nodes
+        .iter()
+        .find(|n| n.id == removed)
+        .expect("lists itself");
+    assert!(own.voter && own.role == "follower", "{own:?}");
+    checker
+        .write_many(&client, "added-back", 10)
+        .await
+        .expect("writes with three voters again");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every node has every row");
+    assert_eq!((report.nodes.len(), report.acked), (3, 40));
     cluster.assert_identical_pages().await;
 }

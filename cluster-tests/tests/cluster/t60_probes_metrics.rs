@@ -6,31 +6,15 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    init_tracing, metric_value, metrics_addr, scrape, three_nodes_with, wait_until, Checker,
-    Cluster, ClusterOptions, Consistency, Statement,
+    health, init_tracing, metric_value, metrics_addr, scrape, three_nodes_with, wait_until,
+    Checker, Cluster, ClusterOptions, Consistency, Statement,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tracing::info;
 
 const READINESS: &str = "";
 const SQL: &str = "raftlite.v1.Sql";
 const LIVENESS: &str = "raftlite.v1.Admin";
-
-async fn health(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await?;
-    Ok(response.into_inner().status())
-}
 
 /// Waits until `service` on every node in `ids` reports `want`.
 async fn wait_health(cluster: &Cluster, ids: &[u64], service: &str, want: ServingStatus) {

@@ -108,6 +108,8 @@ async fn retain(
     let mut leaving: Vec<u64> = status
         .nodes
         .iter()
+        // A node that was removed already lists itself when it answers.
+        .filter(|n| n.role != "removed")
         .map(|n| n.id)
         .filter(|&id| id > keep)
         .collect();

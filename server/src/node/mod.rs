@@ -6,6 +6,7 @@ pub mod events;
 pub mod lease;
 pub mod prevote;
 pub mod reads;
+pub mod removal;
 pub mod status;
 pub mod transaction;
 pub mod write_path;
@@ -107,6 +108,8 @@ pub(crate) struct NodeInner {
     /// Until when this node is taking over leadership (a transfer's `Elect`): it refuses
     /// pre-votes meanwhile, so no other follower races it into an election.
     taking_over_until: Mutex<Option<Instant>>,
+    /// Set once the other members showed that this node was removed (`removal.rs`).
+    removed: Mutex<Option<removal::Removal>>,
     dialer: Arc<Dialer>,
     /// TLS material of both listeners and of dialing peers; `None` without TLS.
     tls: Option<Arc<crate::tls::Tls>>,
@@ -224,6 +227,7 @@ impl Node {
             leader_commit: Arc::new(Mutex::new((0, None))),
             in_place: Default::default(),
             taking_over_until: Mutex::new(None),
+            removed: Mutex::new(None),
             lease,
             started: Instant::now(),
             campaign: Mutex::new(Default::default()),
@@ -235,6 +239,7 @@ impl Node {
             proposals,
         });
         tokio::spawn(prevote::run(Arc::downgrade(&inner), config.heartbeat));
+        tokio::spawn(removal::watch(Arc::downgrade(&inner)));
         tokio::spawn(crate::raft::early_commit::follow_membership(
             Arc::downgrade(&commit_early),
             inner.raft.server_metrics(),
@@ -360,7 +365,10 @@ impl Node {
         forwarded: bool,
     ) -> Result<WriteReply, NodeError> {
         let started = Instant::now();
-        let result = self.execute_here_or_on_leader(request, forwarded).await;
+        let result = match self.inner.refuse_if_removed() {
+            Ok(()) => self.execute_here_or_on_leader(request, forwarded).await,
+            Err(refused) => Err(refused),
+        };
         self.inner
             .metrics
             .observe_write(started.elapsed(), result.is_ok());
@@ -378,6 +386,7 @@ impl Node {
         forwarded: bool,
     ) -> Result<TransactionReply, NodeError> {
         let inner = &self.inner;
+        inner.refuse_if_removed()?;
         if inner.is_leader() {
             return inner.transaction_here(principal, call, deadline).await;
         }
@@ -578,6 +587,8 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner());
         guard.0 = guard.0.max(index);
         guard.1 = Some(Instant::now());
+        drop(guard);
+        self.inner.clear_removal();
     }
 
     /// Leader only: a log index a linearizable read must wait for (Raft read index).
@@ -783,9 +794,18 @@ impl Node {
 
     /// Voters and learners of the current membership.
     pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let (voters, learners, _) = self.membership();
+        (voters, learners)
+    }
+
+    /// Voters and learners of the current membership, and the log index it was written at
+    /// (0 before any).
+    pub fn membership(&self) -> (Vec<NodeId>, Vec<NodeId>, u64) {
         let metrics = self.inner.raft.metrics().borrow().clone();
-        let m = metrics.membership_config.membership();
-        (m.voter_ids().collect(), m.learner_ids().collect())
+        let config = &metrics.membership_config;
+        let m = config.membership();
+        let index = config.log_id().map_or(0, |l| l.index);
+        (m.voter_ids().collect(), m.learner_ids().collect(), index)
     }
 
     /// Builds a snapshot now and waits for it; returns its log index.

@@ -136,6 +136,7 @@ impl Node {
         deadline: std::time::Instant,
     ) -> Result<(u64, mpsc::Receiver<Result<QueryChunk, DbError>>), NodeError> {
         let inner = &self.inner;
+        inner.refuse_if_removed()?;
         // Waits end before the caller's deadline, so that it hears why.
         let read_wait = || {
             deadline

@@ -12,8 +12,11 @@ pub struct MemberStatus {
     pub id: NodeId,
     pub addr: String,
     pub peer_addr: String,
-    /// leader, follower, learner, candidate, shutdown, or unreachable.
+    /// leader, follower, learner, candidate, shutdown, removed (the other members left it
+    /// out; see `removal.rs`), or unreachable.
     pub role: String,
+    /// For a member that does not answer, as its leader last knew: how much of the log it
+    /// holds (0 when asked on a follower).
     pub applied_index: u64,
     pub lag: u64,
     pub voter: bool,
@@ -73,14 +76,20 @@ impl Node {
                 peer: self.inner.config.peer_advertise_addr.clone(),
             });
         let applied = self.inner.applied_index();
+        let removed = self.inner.removal().is_some();
         MemberStatus {
             id: self.inner.id,
             addr: addr.client,
             peer_addr: addr.peer,
-            role: role_name(m.state).to_string(),
+            role: if removed {
+                "removed"
+            } else {
+                role_name(m.state)
+            }
+            .to_string(),
             applied_index: applied,
             lag: self.commit_index().saturating_sub(applied),
-            voter: membership.voter_ids().any(|v| v == self.inner.id),
+            voter: !removed && membership.voter_ids().any(|v| v == self.inner.id),
             term: m.current_term,
         }
     }
@@ -103,6 +112,12 @@ impl Node {
         if stuck > 0 && stuck == reads.threads() {
             return Readiness::NotReady(format!(
                 "all {stuck} read threads are stuck past their queries' deadlines"
+            ));
+        }
+        if let Some(r) = inner.removal() {
+            return Readiness::NotReady(format!(
+                "removed from the cluster (node {} holds a membership from log index {} without                  it)",
+                r.by, r.membership_index
             ));
         }
         if m.membership_config
@@ -172,13 +187,28 @@ impl Node {
         let commit = self.commit_index();
         let mut members = Vec::new();
         for (id, node) in membership.nodes() {
-            let voter = membership.voter_ids().any(|v| v == *id);
             let mut status = if *id == self.inner.id {
                 self.local_status()
             } else {
-                self.remote_status(*id, node).await
+                let mut remote = self.remote_status(*id, node).await;
+                remote.voter = membership.voter_ids().any(|v| v == *id);
+                // A member that does not answer (stopped, paused, cut off): the leader still
+                // knows how much of the log it holds.
+                if remote.role == "unreachable" {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten());
+                    remote.applied_index = matched.map_or(0, |l| l.index);
+                }
+                remote
             };
-            status.voter = voter;
+            status.lag = commit.saturating_sub(status.applied_index);
+            members.push(status);
+        }
+        // A removed node that holds the membership without itself still lists itself.
+        if membership.get_node(&self.inner.id).is_none() && self.inner.removal().is_some() {
+            let mut status = self.local_status();
             status.lag = commit.saturating_sub(status.applied_index);
             members.push(status);
         }

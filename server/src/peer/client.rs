@@ -27,8 +27,10 @@ pub struct PeerIdentity {
     pub initialized: bool,
     /// The leader the peer knows, if any.
     pub leader: Option<LeaderHint>,
-    /// The voters of the peer's membership.
+    /// The voters and learners of the peer's membership, and that membership's log index.
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub membership_index: u64,
     /// The address clients reach the peer at.
     pub client_addr: String,
 }
@@ -136,6 +138,8 @@ impl PeerClient {
                 peer_addr: r.leader_addr,
             }),
             voters: r.voters,
+            learners: r.learners,
+            membership_index: r.membership_index,
             client_addr: r.client_addr,
         })
     }

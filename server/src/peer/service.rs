@@ -486,13 +486,16 @@ impl Peer for PeerService {
             .has_raft_state()
             .map_err(|e| Status::internal(e.to_string()))?;
         let leader = self.node.leader_hint();
+        let (voters, learners, membership_index) = self.node.membership();
         Ok(Response::new(v1::IdentityResponse {
             node_id: self.node.id(),
             cluster_id: self.node.identity().get().unwrap_or_default(),
             initialized,
             leader: leader.as_ref().map_or(0, |l| l.id),
             leader_addr: leader.map(|l| l.peer_addr).unwrap_or_default(),
-            voters: self.node.members().0,
+            voters,
+            learners,
+            membership_index,
             client_addr: self.node.config().advertise_addr.clone(),
         }))
     }
