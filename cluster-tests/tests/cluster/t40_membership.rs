@@ -223,12 +223,9 @@ async fn learner_gets_data_but_no_vote() {
     info!(?report, "t40 done");
 }
 
-/// Leadership transfer (openraft 0.9 has none built in): the target becomes leader, every node
-/// agrees, and writes go on without loss.
-#[tokio::test(flavor = "multi_thread")]
-async fn leadership_transfer_moves_the_leader() {
-    init_tracing();
-
+/// Phase 1 of the scenarios below: three voters elect a leader, and 20 rows are written
+/// into `table` through a client of every node.
+async fn three_voters_with_rows(table: &str) -> (Cluster, u64, Client, Checker) {
     info!("phase 1: start three voters and write 20 rows");
     let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
     let leader = cluster
@@ -236,7 +233,7 @@ async fn leadership_transfer_moves_the_leader() {
         .await
         .expect("a leader is elected");
     let client = cluster.client();
-    let checker = Checker::new("transfer_kv");
+    let checker = Checker::new(table);
     checker
         .create_table(&client)
         .await
@@ -245,6 +242,15 @@ async fn leadership_transfer_moves_the_leader() {
         .write_many(&client, "before", 20)
         .await
         .expect("first writes");
+    (cluster, leader, client, checker)
+}
+
+/// Leadership transfer (openraft 0.9 has none built in): the target becomes leader, every node
+/// agrees, and writes go on without loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn leadership_transfer_moves_the_leader() {
+    init_tracing();
+    let (cluster, leader, client, checker) = three_voters_with_rows("transfer_kv").await;
 
     let target = cluster
         .ids()
@@ -292,23 +298,7 @@ async fn leadership_transfer_moves_the_leader() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_node_says_so_and_serves_again_once_added_back() {
     init_tracing();
-
-    info!("phase 1: start three voters and write 20 rows");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let client = cluster.client();
-    let checker = Checker::new("removed_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
-    checker
-        .write_many(&client, "before", 20)
-        .await
-        .expect("first writes");
+    let (cluster, leader, client, checker) = three_voters_with_rows("removed_kv").await;
 
     let removed = *cluster.ids_except(leader).last().expect("a follower");
     info!(

@@ -122,6 +122,17 @@ pub(crate) struct NodeInner {
     pub proposals: crate::raft::state_machine::Proposals,
 }
 
+/// The next tick of one of a node's background loops: the node, or `None` once it was
+/// dropped or Raft has shut down (the loop ends).
+async fn next_tick(
+    node: &std::sync::Weak<NodeInner>,
+    ticker: &mut tokio::time::Interval,
+) -> Option<Arc<NodeInner>> {
+    ticker.tick().await;
+    let inner = node.upgrade()?;
+    inner.raft.metrics().has_changed().is_ok().then_some(inner)
+}
+
 impl Node {
     /// Opens the node's data and starts Raft, the executor and the write path. Serving gRPC and
     /// bootstrapping the cluster are separate steps (`grpc::serve`, `cluster::bootstrap`).

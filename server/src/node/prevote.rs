@@ -72,9 +72,7 @@ impl Node {
             ));
         }
         // Never heard from a leader since it started: it may have just before it stopped.
-        let ago = inner
-            .heard_from_leader()
-            .unwrap_or_else(|| inner.started.elapsed());
+        let ago = inner.quiet_for();
         if ago < lease(inner) {
             return deny(format!(
                 "node {} heard from the leader {} ms ago (or started since)",
@@ -101,6 +99,14 @@ impl NodeInner {
     pub(super) fn heard_from_leader(&self) -> Option<Duration> {
         let (_, at) = *self.leader_commit.lock().unwrap_or_else(|p| p.into_inner());
         at.map(|at| at.elapsed())
+    }
+
+    /// How long this node has gone without a leader: since the last accepted AppendEntries, or
+    /// since this process started.
+    pub(super) fn quiet_for(&self) -> Duration {
+        let since_start = self.started.elapsed();
+        self.heard_from_leader()
+            .map_or(since_start, |ago| ago.min(since_start))
     }
 
     async fn last_log_id(&self) -> Result<Option<LogId>, crate::raft::types::StorageError> {
@@ -151,19 +157,10 @@ pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
         inner.raft.runtime_config().elect(false);
     }
     let mut open = false;
-    let started = Instant::now();
     let mut last = Gate::Unchecked;
     let mut elected_at: Option<Instant> = None;
-    loop {
-        ticker.tick().await;
-        let Some(inner) = node.upgrade() else { return };
-        if inner.raft.metrics().has_changed().is_err() {
-            return; // Raft has shut down.
-        }
-        // Since the last accepted AppendEntries, or since this process started.
-        let quiet_for = inner
-            .heard_from_leader()
-            .map_or(started.elapsed(), |ago| ago.min(started.elapsed()));
+    while let Some(inner) = super::next_tick(&node, &mut ticker).await {
+        let quiet_for = inner.quiet_for();
         let gate = poll(&inner, quiet_for).await;
         // A restarted voter may have acknowledged a leader just before it stopped, and that
         // leader may still be serving reads from its lease (`lease.rs`): no election of its
@@ -171,7 +168,7 @@ pub(super) async fn run(node: Weak<NodeInner>, heartbeat: Duration) {
         // on a restart, would start one at once).
         let want = match gate {
             Gate::Unchecked => true,
-            Gate::Granted(_) => started.elapsed() >= lease(&inner),
+            Gate::Granted(_) => inner.started.elapsed() >= lease(&inner),
             Gate::HearsLeader | Gate::Refused(_) => false,
         };
         if want != open {

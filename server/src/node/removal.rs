@@ -107,15 +107,8 @@ impl NodeInner {
 pub(super) async fn watch(node: Weak<NodeInner>) {
     let mut ticker = tokio::time::interval(ASK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(inner) = node.upgrade() else { return };
-        if inner.raft.metrics().has_changed().is_err() {
-            return; // Raft has shut down.
-        }
-        let quiet_for = inner
-            .heard_from_leader()
-            .unwrap_or_else(|| inner.started.elapsed());
+    while let Some(inner) = super::next_tick(&node, &mut ticker).await {
+        let quiet_for = inner.quiet_for();
         if inner.is_leader() || quiet_for < super::prevote::lease(&inner) * 2 {
             continue;
         }
