@@ -4,7 +4,11 @@ in sqlite3: the first write opens the transaction."""
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -129,3 +133,36 @@ def test_read_decide_write_loses_no_update(cluster, counter):
     check = raftlite.connect(cluster.url)
     assert check.execute(f"SELECT n FROM {counter}").fetchone() == (5,)
     check.close()
+
+
+def write_time(url, table):
+    """Seconds an autocommit write waits (for the write lock an open transaction holds)."""
+    writer = raftlite.connect(url, autocommit=True)
+    started = time.monotonic()
+    writer.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 1")
+    took = time.monotonic() - started
+    writer.close()
+    return took
+
+
+def test_a_connection_let_go_with_a_transaction_open_ends_it(cluster, counter):
+    """As with `sqlite3`, whose lock goes with its connection: a process that exits, or a
+    connection garbage collected, with a transaction open ends it at once. The writers of the
+    cluster waited for the server's 5 s idle timeout before."""
+    script = (
+        "import raftlite, sys\n"
+        "c = raftlite.connect(sys.argv[1])\n"
+        f"c.execute('UPDATE {counter} SET n = n + 1 WHERE id = 1')\n"
+        "assert c.in_transaction\n"
+    )
+    subprocess.run([sys.executable, "-c", script, cluster.url], check=True, timeout=30)
+    assert write_time(cluster.url, counter) < 2.0, "a process that exited"
+
+    forgotten = raftlite.connect(cluster.url)
+    forgotten.execute(f"UPDATE {counter} SET n = n + 1 WHERE id = 1")
+    assert forgotten.in_transaction
+    del forgotten
+    gc.collect()
+    assert write_time(cluster.url, counter) < 2.0, "a connection garbage collected"
+    # Neither transaction committed: only the two autocommit writes did.
+    assert raftlite.connect(cluster.url).execute(f"SELECT n FROM {counter} WHERE id = 1").fetchone() == (3,)

@@ -21,9 +21,12 @@ so `consistency="read_your_writes"` reads, on whatever node answers, data that i
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +41,20 @@ from .wire import pb, pb_grpc
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
+
+# How long a connection that goes away with a transaction open (garbage collected, or the
+# interpreter exiting) waits for its rollback: it ends the transaction at once instead of
+# after the server's idle timeout, during which every writer of the cluster waits.
+ABANDON_TIMEOUT = 1.0
+
+# Connections not closed yet, rolled back when the interpreter exits.
+_OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+@atexit.register
+def _abandon_open_connections() -> None:
+    for conn in list(_OPEN):
+        conn._abandon()
 
 
 def new_request_id() -> str:
@@ -115,6 +132,7 @@ class Connection:
         self._transaction_id: str | None = None
         self._last_write_index = 0
         self._closed = False
+        _OPEN.add(self)
 
     # --- PEP 249 -------------------------------------------------------------------------
 
@@ -163,9 +181,35 @@ class Connection:
         finally:
             self._closed = True
             self._transport.close()
+            _OPEN.discard(self)
 
     def __enter__(self) -> Connection:
         return self
+
+    def __del__(self) -> None:
+        if not sys.is_finalizing():
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Closes a connection the application let go of without `close()`: one Rollback of
+        an open transaction, on the node that last answered, bounded by ABANDON_TIMEOUT and
+        never retried (the server's idle timeout ends it anyway); errors are ignored."""
+        if getattr(self, "_closed", True):
+            return
+        transaction, self._transaction_id = self._transaction_id, None
+        self._closed = True
+        try:
+            if transaction is not None:
+                transport = self._transport
+                transport.stub(transport.preferred).Rollback(
+                    pb.RollbackRequest(transaction_id=transaction),
+                    timeout=ABANDON_TIMEOUT,
+                    metadata=transport.metadata,
+                )
+        except Exception:  # noqa: BLE001 - best effort: the idle timeout ends it
+            pass
+        finally:
+            self._transport.close()
 
     def __exit__(
         self,

@@ -109,6 +109,11 @@ class Transport:
         return (*self._metadata, (TIMEOUT_KEY, f"{millis}m"))
 
     @property
+    def preferred(self) -> int:
+        """The node tried first: the one that last answered."""
+        return self._preferred
+
+    @property
     def call_timeout(self) -> float:
         """The gRPC deadline of a call: the node's, and the grace for its answer."""
         return self.policy.timeout + ANSWER_GRACE
