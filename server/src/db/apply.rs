@@ -46,6 +46,22 @@ pub enum ApplyOutcome {
     Skipped,
 }
 
+/// `e`, from resolving page `pgno` of `delta` on a database at `db_version`, with what tells
+/// the next reader where the replicas parted: the page, the versions and the tags.
+fn diverged(e: DbError, pgno: u32, delta: &PageDelta, db_version: u64) -> DbError {
+    match e {
+        DbError::Corrupt(what) => DbError::Corrupt(format!(
+            "{what}: page {pgno} of a delta on version {} (tag {:x}, parent {:x}; this \
+             database is at version {db_version}, {} pages in the delta)",
+            delta.base_version,
+            delta.tag,
+            delta.parent_tag,
+            delta.pages.len()
+        )),
+        other => other,
+    }
+}
+
 /// The connection that writes deltas and images. See the module docs.
 pub struct Applier {
     conn: Connection,
@@ -250,7 +266,9 @@ impl Applier {
         {
             let mut insert = self.insert_page_statement()?;
             for (pgno, image) in delta.pages.iter().filter(|p| p.0 != 1) {
-                let data = image.resolve(|| read_page(&self.conn, *pgno))?;
+                let data = image
+                    .resolve(|| read_page(&self.conn, *pgno))
+                    .map_err(|e| diverged(e, *pgno, delta, db_version))?;
                 insert.execute(params![pgno, &*data])?;
             }
         }
