@@ -1,7 +1,8 @@
 //! t90: `raftlite migrate` against real nodes, the way Kubernetes runs it — from every pod's
 //! init container and every app replica at once. Each file is applied exactly once, a second
 //! run changes nothing, an edited applied file is refused with both checksums, and a failing
-//! migration leaves nothing behind and stops the run.
+//! migration leaves nothing behind and stops the run. And a script piped into `raftlite
+//! shell`, as a job or a CI step runs one.
 
 use std::path::Path;
 use std::process::Output;
@@ -209,4 +210,66 @@ async fn migrations_apply_once_from_everywhere() {
 
     info!("phase 7: every replica holds the same pages");
     cluster.assert_identical_pages().await;
+}
+
+/// `raftlite shell` with a script on stdin: comment lines do not swallow the dot command after
+/// them (they used to: `near ".": syntax error`), and a failed statement makes the exit status
+/// 1 while the rest of the script still runs (it used to exit 0), as with `sqlite3`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_piped_into_the_shell_runs_and_reports_failure() {
+    init_tracing();
+    let cluster = Cluster::start(1, ClusterOptions::default()).expect("start a node");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let addr = cluster.node(1).addr().to_string();
+    let shell = |script: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut child = tokio::process::Command::new(raftlite_binary())
+                .args(["shell", "--addr", &addr])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("run raftlite shell");
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .expect("write the script");
+            drop(stdin);
+            tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+                .await
+                .expect("the shell ends with its input")
+                .expect("the shell's output")
+        }
+    };
+    let out = shell(
+        "-- make a table\nCREATE TABLE piped (x);\nINSERT INTO piped VALUES (1), (2);\n\
+         -- list the tables\n.tables\nSELECT count(*) AS n FROM piped;\n",
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(stdout.lines().any(|l| l.trim() == "piped"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim() == "2"), "{stdout}");
+
+    let out = shell("SELECT * FROM missing;\nSELECT 40 + 2;\n").await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+    assert!(stderr.contains("no such table: missing"), "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.trim() == "42"),
+        "the rest of the script ran: {stdout}"
+    );
 }

@@ -89,6 +89,7 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         consistency: Consistency::Linearizable,
         interactive,
         transaction: None,
+        failed: false,
     };
     let mut pending = String::new();
     loop {
@@ -107,7 +108,9 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e).context("read a line"),
         };
-        if pending.is_empty() && line.trim_start().starts_with('.') {
+        // Lines holding only comments so far start nothing: a dot command after them is one.
+        if split_statements(&pending).is_empty() && line.trim_start().starts_with('.') {
+            pending.clear();
             remember(&mut editor, &mut history, line.trim());
             if shell.dot_command(line.trim()).await? == Flow::Quit {
                 break;
@@ -139,7 +142,10 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         }
         pending = rest;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match shell.failed && !interactive {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 /// Adds `entry` to the history and saves it at once (a shell killed later keeps it). After a
@@ -172,6 +178,9 @@ struct Shell {
     interactive: bool,
     /// The interactive transaction `.begin` opened, until it ends.
     transaction: Option<Transaction>,
+    /// A statement or transaction command failed: a script piped in exits with status 1, as
+    /// the `sqlite3` shell does.
+    failed: bool,
 }
 
 /// `BEGIN`, `COMMIT`, `END` or `ROLLBACK` typed as SQL (optionally `... TRANSACTION`, any
@@ -199,26 +208,26 @@ impl Shell {
     async fn transaction_command(&mut self, command: &str) -> anyhow::Result<()> {
         match (command, self.transaction.take()) {
             (".begin", Some(open)) => {
-                eprintln!("error: FAILED_PRECONDITION: a transaction is already open; .commit or .rollback it first");
+                self.error("error: FAILED_PRECONDITION: a transaction is already open; .commit or .rollback it first");
                 self.transaction = Some(open);
             }
             (".begin", None) => match self.interruptible(self.client.begin()).await {
                 Some(Ok(tx)) => self.transaction = Some(tx),
-                Some(Err(e)) => eprintln!("{}", error_line(&e)),
+                Some(Err(e)) => self.error(&error_line(&e)),
                 None => eprintln!(
                     "interrupted (a transaction begun meanwhile ends after its idle timeout)"
                 ),
             },
             (_, None) => {
-                eprintln!("error: FAILED_PRECONDITION: no transaction is open (.begin opens one)");
+                self.error("error: FAILED_PRECONDITION: no transaction is open (.begin opens one)");
             }
             (".commit", Some(tx)) => match tx.commit().await {
                 Ok(done) => println!("committed log_index={}", done.log_index),
-                Err(e) => eprintln!("{}", error_line(&e)),
+                Err(e) => self.error(&error_line(&e)),
             },
             (_, Some(tx)) => match tx.rollback().await {
                 Ok(()) => println!("rolled back"),
-                Err(e) => eprintln!("{}", error_line(&e)),
+                Err(e) => self.error(&error_line(&e)),
             },
         }
         Ok(())
@@ -249,7 +258,7 @@ impl Shell {
                 Ok(())
             }
             Some(Err(e)) if e.is_aborted() => {
-                eprintln!("{}", error_line(&e));
+                self.error(&error_line(&e));
                 eprintln!("the transaction has ended: nothing of it was applied");
                 return Ok(());
             }
@@ -311,11 +320,17 @@ impl Shell {
         }
     }
 
-    fn report(&self, outcome: Option<Result<(), PrintError>>) -> anyhow::Result<()> {
+    /// Prints a failure on stderr and remembers it for the exit status.
+    fn error(&mut self, line: &str) {
+        eprintln!("{line}");
+        self.failed = true;
+    }
+
+    fn report(&mut self, outcome: Option<Result<(), PrintError>>) -> anyhow::Result<()> {
         match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err(PrintError::Query(e))) => {
-                eprintln!("{}", error_line(&e));
+                self.error(&error_line(&e));
                 Ok(())
             }
             Some(Err(PrintError::Output(e))) => {
