@@ -491,3 +491,63 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
         .await
         .expect("the next write");
 }
+
+/// A result whose rows cannot all reach a client that reads them steadily, but slowly, before
+/// its deadline ends with DEADLINE_EXCEEDED saying why. The stream used to just stop, which
+/// clients took for a lost node: they ran the query again on every node and reported an
+/// outage ("the query stream ended before its last message").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
+    use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
+    init_tracing();
+    let cluster = Cluster::start(1, ClusterOptions::default()).expect("start a node");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let mut sql = SqlClient::connect(cluster.node(1).endpoint())
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(v1::QueryRequest {
+        statement: Some(
+            Statement::new(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < \
+                 2000000) SELECT i, 'row ' || i FROM s",
+            )
+            .into(),
+        ),
+        ..Default::default()
+    });
+    // The node's deadline, as the clients send it; no gRPC deadline of the caller's own.
+    request.metadata_mut().insert(
+        cluster_tests::client::transport::TIMEOUT_KEY,
+        "1000m".parse().expect("metadata"),
+    );
+    let mut stream = sql
+        .query(request)
+        .await
+        .expect("the query starts")
+        .into_inner();
+    let mut rows = 0;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                rows += message.rows.len();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    let status = match end {
+        Err(status) => status,
+        Ok(_) => panic!("the stream ended without a status after {rows} rows"),
+    };
+    assert!(rows < 2_000_000, "{rows} rows");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("before all its rows reached the client"),
+        "{status:?}"
+    );
+}

@@ -141,6 +141,75 @@ impl SqlService {
     }
 }
 
+/// A query's messages: its rows, then, when the node cut the query off, the status that says
+/// why. The status goes apart from the rows, so that it follows whatever rows were queued
+/// however full their channel is; a stream that just stopped would read as a lost node, and
+/// clients would run the query again elsewhere.
+pub struct QueryStream {
+    rows: ReceiverStream<Result<v1::QueryResponse, Status>>,
+    cut_off: Option<tokio::sync::oneshot::Receiver<Status>>,
+}
+
+impl QueryStream {
+    fn new(
+        rows: tokio::sync::mpsc::Receiver<Result<v1::QueryResponse, Status>>,
+    ) -> (Self, tokio::sync::oneshot::Sender<Status>) {
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+        let stream = QueryStream {
+            rows: ReceiverStream::new(rows),
+            cut_off: Some(cut_rx),
+        };
+        (stream, cut_tx)
+    }
+}
+
+impl tokio_stream::Stream for QueryStream {
+    type Item = Result<v1::QueryResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if let Some(message) = std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx)) {
+            return Poll::Ready(Some(message));
+        }
+        let Some(cut_off) = self.cut_off.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(std::pin::Pin::new(cut_off).poll(cx));
+        self.cut_off = None;
+        Poll::Ready(status.ok().map(Err))
+    }
+}
+
+/// Sends one message of a query's stream. `Err` ends the stream: `None` quietly (the client
+/// went away, or took no message within `idle`), or with the status to send last when the
+/// query's deadline passed before all its rows reached the client.
+async fn deliver(
+    tx: &tokio::sync::mpsc::Sender<Result<v1::QueryResponse, Status>>,
+    msg: Result<v1::QueryResponse, Status>,
+    deadline: std::time::Instant,
+    idle: std::time::Duration,
+) -> Result<(), Option<Status>> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if !left.is_zero() {
+        match tokio::time::timeout(left.min(idle), tx.send(msg)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => return Err(None),
+            Err(_) if left > idle => return Err(None),
+            Err(_) => {}
+        }
+    }
+    Err(Some(Status::deadline_exceeded(format!(
+        "the query's deadline passed before all its rows reached the client, so the node \
+         stopped it ({}): ask for fewer rows (LIMIT, max_rows), read them faster, or give the \
+         query a longer timeout",
+        raftlite_client::STATEMENT_INTERRUPTED
+    ))))
+}
+
 fn unexpected(reply: TransactionReply) -> Status {
     Status::internal(format!("unexpected transaction reply {reply:?}"))
 }
@@ -168,7 +237,7 @@ impl Sql for SqlService {
         super::execute_stream::start(self.clone(), request).map(Response::new)
     }
 
-    type QueryStream = ReceiverStream<Result<v1::QueryResponse, Status>>;
+    type QueryStream = QueryStream;
 
     async fn query(
         &self,
@@ -201,20 +270,17 @@ impl Sql for SqlService {
             None => return Err(Status::internal("the query ended without a result")),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (stream, cut_off) = QueryStream::new(rx);
         let node = self.node.clone();
         // A client that does not take the next rows within the statement timeout loses the
         // stream, so that a reader never stalls a read thread for long.
         let idle = self.node.config().statement_timeout;
-        let wait = move || {
-            deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .min(idle)
-        };
         tokio::spawn(async move {
             let mut done = first.done;
-            match tokio::time::timeout(wait(), tx.send(Ok(chunk_to_proto(first, applied)))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return,
+            if let Err(cut) = deliver(&tx, Ok(chunk_to_proto(first, applied)), deadline, idle).await
+            {
+                let _ = cut.map(|status| cut_off.send(status));
+                return;
             }
             while !done {
                 let msg = match rows.recv().await {
@@ -233,14 +299,14 @@ impl Sql for SqlService {
                 };
                 // A client that stops reading: past the deadline the stream ends and the
                 // query (waiting for room on its channel) stops.
-                match tokio::time::timeout(wait(), tx.send(msg)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return,
+                if let Err(cut) = deliver(&tx, msg, deadline, idle).await {
+                    let _ = cut.map(|status| cut_off.send(status));
+                    return;
                 }
             }
             node.record_read(consistency, started.elapsed());
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn begin(
@@ -308,7 +374,7 @@ impl SqlService {
     async fn transaction_query(
         &self,
         request: Request<v1::QueryRequest>,
-    ) -> Result<Response<ReceiverStream<Result<v1::QueryResponse, Status>>>, Status> {
+    ) -> Result<Response<QueryStream>, Status> {
         let principal = principal_name(&request);
         let (metadata, _, message) = request.into_parts();
         check_transaction_id(&message.transaction_id)?;
@@ -343,6 +409,6 @@ impl SqlService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send(Ok(response)).await;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(QueryStream::new(rx).0))
     }
 }
