@@ -14,6 +14,10 @@ use crate::Checker;
 pub struct LoadLimits {
     /// Concurrent writers.
     pub lanes: usize,
+    /// How many of them write each key in an interactive transaction (begin, insert, read it
+    /// back, commit) rather than alone: the leader keeps a transaction open and commits it in
+    /// place, a path the faults must meet too.
+    pub transaction_lanes: usize,
     /// Writes per lane.
     pub max_writes_per_lane: usize,
     /// Wall-clock bound of the whole load.
@@ -25,7 +29,8 @@ pub struct LoadLimits {
 impl Default for LoadLimits {
     fn default() -> Self {
         LoadLimits {
-            lanes: 2,
+            lanes: 3,
+            transaction_lanes: 1,
             max_writes_per_lane: 20_000,
             max_duration: Duration::from_secs(300),
             pause: Duration::from_millis(10),
@@ -39,12 +44,16 @@ pub struct LoadReport {
     pub acked: usize,
     /// Writes that returned an error after the client's own retries (outcome unknown).
     pub failed: usize,
+    /// Transactions a leader change (or the idle timeout) aborted: nothing of them was
+    /// applied, and the lane went on with its next key, as an application runs a transaction
+    /// again. Not failures.
+    pub aborted: usize,
     /// The first few errors, for the failure message.
     pub errors: Vec<String>,
 }
 
 /// Writers that insert unique keys `{prefix}-{lane}-{i}` through one client until stopped or
-/// a [`LoadLimits`] bound is reached. Every write goes through the [`Checker`], which audits
+/// a [`LoadLimits`] bound is reached (the last `transaction_lanes` in interactive transactions). Every write goes through the [`Checker`], which audits
 /// them at the end; errors are counted, not fatal (a scenario decides what it tolerates).
 pub struct WriteLoad {
     stop: Arc<AtomicBool>,
@@ -67,11 +76,14 @@ impl WriteLoad {
                         break;
                     }
                     let key = format!("{prefix}-{lane}-{i:06}");
-                    match checker
-                        .write(&client, &key, &format!("value of {key}"))
-                        .await
-                    {
-                        Ok(_) => report.acked += 1,
+                    let value = format!("value of {key}");
+                    let written = match lane + limits.transaction_lanes >= limits.lanes {
+                        true => write_in_transaction(&client, &checker, &key, &value).await,
+                        false => checker.write(&client, &key, &value).await.map(|_| ()),
+                    };
+                    match written {
+                        Ok(()) => report.acked += 1,
+                        Err(e) if e.is_aborted() => report.aborted += 1,
                         Err(e) => {
                             report.failed += 1;
                             if report.errors.len() < 5 {
@@ -95,10 +107,31 @@ impl WriteLoad {
             let lane = lane.context("writer task")?;
             total.acked += lane.acked;
             total.failed += lane.failed;
+            total.aborted += lane.aborted;
             total.errors.extend(lane.errors);
         }
         Ok(total)
     }
+}
+
+/// Writes `key` in an interactive transaction that also reads it back before committing, and
+/// records the outcome as [`Checker::write`] does.
+async fn write_in_transaction(
+    client: &Client,
+    checker: &Checker,
+    key: &str,
+    value: &str,
+) -> Result<(), raftlite_client::Error> {
+    checker.record_sent(key, value);
+    let mut tx = client.begin().await?;
+    tx.execute([checker.insert(key, value)]).await?;
+    let read = format!("SELECT count(*) FROM {} WHERE k = ?1", checker.table());
+    let rows = tx.query(read, [key]).await?;
+    let seen: i64 = rows.rows[0].get(0).unwrap_or(0);
+    assert_eq!(seen, 1, "{key}: the transaction sees its own write");
+    tx.commit().await?;
+    checker.record_acked(key);
+    Ok(())
 }
 
 impl Drop for WriteLoad {

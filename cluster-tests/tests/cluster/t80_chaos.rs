@@ -108,6 +108,7 @@ impl Chaos {
         info!(
             acked = load.acked,
             failed = load.failed,
+            transactions_aborted = load.aborted,
             visits_ok = visits.ok,
             visits_failed = visits.failed,
             count_first = ?visits.first,
