@@ -84,7 +84,7 @@ pub(super) async fn confirm_read_indexes(
                 Ok(Ok((read_log_id, _))) => Ok(read_log_id
                     .map_or(0, |l| l.index)
                     .max(inner.committed_token())),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(leadership_lost(&e)),
                 Err(_) => Err(format!(
                     "no quorum confirmed the leadership within {READ_WAIT:?}"
                 )),
@@ -105,6 +105,27 @@ pub(super) async fn confirm_read_indexes(
             };
             let _ = w.reply.send(answer);
         }
+    }
+}
+
+/// Why openraft could not confirm this node's leadership, in words (its own text prints the
+/// new leader's address as a Rust structure).
+fn leadership_lost(
+    e: &openraft::error::RaftError<
+        crate::raft::types::NodeId,
+        openraft::error::CheckIsLeaderError<
+            crate::raft::types::NodeId,
+            crate::raft::types::NodeAddr,
+        >,
+    >,
+) -> String {
+    use openraft::error::{CheckIsLeaderError, RaftError};
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => match f.leader_id {
+            Some(leader) => format!("this node is no longer the leader (node {leader} is)"),
+            None => "this node is no longer the leader, and no other is known yet".into(),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -208,5 +229,29 @@ impl Node {
                 .reads()
                 .query(statement, max_rows, BATCH_ROWS, Some(deadline))?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
+
+    #[test]
+    fn a_lost_leadership_is_said_in_words() {
+        let to = |leader_id: Option<u64>| {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(ForwardToLeader {
+                leader_id,
+                leader_node: leader_id.map(|_| crate::raft::types::NodeAddr {
+                    client: "127.0.0.1:7401".into(),
+                    peer: "127.0.0.1:7404".into(),
+                }),
+            }))
+        };
+        assert_eq!(
+            leadership_lost(&to(Some(2))),
+            "this node is no longer the leader (node 2 is)"
+        );
+        assert!(!leadership_lost(&to(None)).contains("NodeAddr"));
     }
 }
