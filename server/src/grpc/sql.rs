@@ -170,17 +170,13 @@ impl tokio_stream::Stream for QueryStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use std::future::Future;
-        use std::task::Poll;
         if let Some(message) = std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx)) {
-            return Poll::Ready(Some(message));
+            return std::task::Poll::Ready(Some(message));
         }
-        let Some(cut_off) = self.cut_off.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let status = std::task::ready!(std::pin::Pin::new(cut_off).poll(cx));
-        self.cut_off = None;
-        Poll::Ready(status.ok().map(Err))
+        // The rows end once the task that sends them has returned, and it sends the status
+        // before: it is there now or never (no wait, no wake-up of its own per query).
+        let mut cut_off = self.cut_off.take();
+        std::task::Poll::Ready(cut_off.as_mut().and_then(|c| c.try_recv().ok()).map(Err))
     }
 }
 
