@@ -44,9 +44,9 @@ pub struct LoadReport {
     pub acked: usize,
     /// Writes that returned an error after the client's own retries (outcome unknown).
     pub failed: usize,
-    /// Transactions a leader change (or the idle timeout) aborted: nothing of them was
-    /// applied, and the lane went on with its next key, as an application runs a transaction
-    /// again. Not failures.
+    /// Transactions lost before their commit (a leader change aborted them, or the leader
+    /// that held them went away): nothing of them was applied, and the lane went on with its
+    /// next key, as an application runs a transaction again. Not failures.
     pub aborted: usize,
     /// The first few errors, for the failure message.
     pub errors: Vec<String>,
@@ -79,12 +79,20 @@ impl WriteLoad {
                     let value = format!("value of {key}");
                     let written = match lane + limits.transaction_lanes >= limits.lanes {
                         true => write_in_transaction(&client, &checker, &key, &value).await,
-                        false => checker.write(&client, &key, &value).await.map(|_| ()),
+                        false => checker
+                            .write(&client, &key, &value)
+                            .await
+                            .map(|_| ())
+                            .map_err(Failed::Write),
                     };
                     match written {
                         Ok(()) => report.acked += 1,
-                        Err(e) if e.is_aborted() => report.aborted += 1,
-                        Err(e) => {
+                        Err(Failed::BeforeCommit(e)) => {
+                            report.aborted += 1;
+                            tracing::info!(key, error = %e, "a transaction lost before its commit; the lane goes on");
+                        }
+                        Err(Failed::Write(e)) if e.is_aborted() => report.aborted += 1,
+                        Err(Failed::Write(e)) => {
                             report.failed += 1;
                             if report.errors.len() < 5 {
                                 report.errors.push(format!("{key}: {e}"));
@@ -114,6 +122,15 @@ impl WriteLoad {
     }
 }
 
+/// How a write of the load failed.
+enum Failed {
+    /// A transaction lost before its commit was sent: aborted by a leader change, or its node
+    /// (the leader that held it) gone. Nothing of it was applied; an application runs it again.
+    BeforeCommit(raftlite_client::Error),
+    /// A write, or a transaction's commit, that failed after the client's retries.
+    Write(raftlite_client::Error),
+}
+
 /// Writes `key` in an interactive transaction that also reads it back before committing, and
 /// records the outcome as [`Checker::write`] does.
 async fn write_in_transaction(
@@ -121,15 +138,19 @@ async fn write_in_transaction(
     checker: &Checker,
     key: &str,
     value: &str,
-) -> Result<(), raftlite_client::Error> {
+) -> Result<(), Failed> {
     checker.record_sent(key, value);
-    let mut tx = client.begin().await?;
-    tx.execute([checker.insert(key, value)]).await?;
-    let read = format!("SELECT count(*) FROM {} WHERE k = ?1", checker.table());
-    let rows = tx.query(read, [key]).await?;
-    let seen: i64 = rows.rows[0].get(0).unwrap_or(0);
-    assert_eq!(seen, 1, "{key}: the transaction sees its own write");
-    tx.commit().await?;
+    let tx = async {
+        let mut tx = client.begin().await?;
+        tx.execute([checker.insert(key, value)]).await?;
+        let read = format!("SELECT count(*) FROM {} WHERE k = ?1", checker.table());
+        let rows = tx.query(read, [key]).await?;
+        let seen: i64 = rows.rows[0].get(0).unwrap_or(0);
+        assert_eq!(seen, 1, "{key}: the transaction sees its own write");
+        Ok(tx)
+    };
+    let tx = tx.await.map_err(Failed::BeforeCommit)?;
+    tx.commit().await.map_err(Failed::Write)?;
     checker.record_acked(key);
     Ok(())
 }
