@@ -74,6 +74,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// One node with default options that has elected itself: for checks of what a single
+    /// node does with a request.
+    pub async fn single_node() -> Cluster {
+        let cluster = Cluster::start(1, ClusterOptions::default()).expect("start a node");
+        cluster
+            .wait_for_leader(Duration::from_secs(20))
+            .await
+            .expect("a leader");
+        cluster
+    }
+
     /// Starts `n` nodes (ids 1..=n) that form a fresh cluster on loopback. Returns once the
     /// processes are spawned; use [`Cluster::wait_for_leader`] to wait for an election.
     pub fn start(n: u64, options: ClusterOptions) -> anyhow::Result<Cluster> {

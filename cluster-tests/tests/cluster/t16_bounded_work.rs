@@ -500,11 +500,7 @@ async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
 async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
     use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
     init_tracing();
-    let cluster = Cluster::start(1, ClusterOptions::default()).expect("start a node");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader");
+    let cluster = Cluster::single_node().await;
     let mut sql = SqlClient::connect(cluster.node(1).endpoint())
         .await
         .expect("connect");

@@ -218,11 +218,7 @@ async fn migrations_apply_once_from_everywhere() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_script_piped_into_the_shell_runs_and_reports_failure() {
     init_tracing();
-    let cluster = Cluster::start(1, ClusterOptions::default()).expect("start a node");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader");
+    let cluster = Cluster::single_node().await;
     let addr = cluster.node(1).addr().to_string();
     let shell = |script: &'static str| {
         let addr = addr.clone();
