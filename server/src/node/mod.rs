@@ -733,12 +733,7 @@ impl Node {
         loop {
             let (matched, leading) = {
                 let m = metrics.borrow_and_update();
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .map(|log_id| log_id.index);
-                (matched, m.current_leader == Some(self.id()))
+                (matched_index(&m, id), m.current_leader == Some(self.id()))
             };
             if matched.is_some_and(|m| m >= index) {
                 return Ok(());
@@ -978,6 +973,12 @@ fn term_and_quorums(
     )
 }
 
+/// On the leader: the highest log index follower `id` is known to hold (`None`: not known).
+fn matched_index(m: &openraft::RaftMetrics<NodeId, NodeAddr>, id: NodeId) -> Option<u64> {
+    let matched = m.replication.as_ref()?.get(&id).copied().flatten();
+    matched.map(|log_id| log_id.index)
+}
+
 /// Leader, and it has applied an entry of its own term: everything earlier leaders committed
 /// is applied, and the executor sees it.
 fn leader_ready(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> bool {
@@ -1034,6 +1035,20 @@ impl NodeInner {
 
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Best known commit index: the leader's applied index on the leader, the last announced
+    /// one (or what it applied) on a follower.
+    pub(crate) fn commit_index(&self) -> u64 {
+        if self.is_leader() {
+            return self.applied_index();
+        }
+        let announced = self
+            .leader_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        announced.max(self.applied_index())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -1117,17 +1132,11 @@ impl NodeInner {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(NodeError::unavailable("the node is shutting down", None)),
             Err(_) => {
-                let commit = self
-                    .leader_commit
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                let applied = self.applied_index();
-                let beyond = if index > commit.max(applied) {
+                let (commit, applied) = (self.commit_index(), self.applied_index());
+                let beyond = if index > commit {
                     format!(
-                        " (the cluster's commit index, as this node last heard, is {}: index \
-                         {index} may not be written yet)",
-                        commit.max(applied)
+                        " (the cluster's commit index, as this node last heard, is {commit}: \
+                         index {index} may not be written yet)"
                     )
                 } else {
                     String::new()

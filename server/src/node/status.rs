@@ -116,7 +116,8 @@ impl Node {
         }
         if let Some(r) = inner.removal() {
             return Readiness::NotReady(format!(
-                "removed from the cluster (node {} holds a membership from log index {} without                  it)",
+                "removed from the cluster (node {} holds a membership from log index {} \
+                 without it)",
                 r.by, r.membership_index
             ));
         }
@@ -168,16 +169,7 @@ impl Node {
     /// Best known commit index: the leader's applied index on the leader, the last announced one
     /// on a follower.
     pub fn commit_index(&self) -> u64 {
-        if self.inner.is_leader() {
-            self.inner.applied_index()
-        } else {
-            self.inner
-                .leader_commit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .0
-                .max(self.inner.applied_index())
-        }
+        self.inner.commit_index()
     }
 
     /// Status of every member, asking each for its own view (unreachable ones are marked so).
@@ -195,11 +187,7 @@ impl Node {
                 // A member that does not answer (stopped, paused, cut off): the leader still
                 // knows how much of the log it holds.
                 if remote.role == "unreachable" {
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).copied().flatten());
-                    remote.applied_index = matched.map_or(0, |l| l.index);
+                    remote.applied_index = super::matched_index(&m, *id).unwrap_or(0);
                 }
                 remote
             };
