@@ -2566,7 +2566,12 @@ async fn the_checkpointer_moves_committed_pages_into_the_database_file() -> Test
         }
     }
     c.verify("checkpointed")?;
-    // What it found is reported for /metrics.
+    // What it found is reported for /metrics, once its pass has returned: a moment after the
+    // file grew, which the loop above may see first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.leader.wal_status().0 == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (frames, failures) = c.leader.wal_status();
     ensure!(
         frames > 0 && failures == 0,
