@@ -98,6 +98,8 @@ mod value;
 mod worker;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 pub use apply::{Applier, ApplyOutcome};
