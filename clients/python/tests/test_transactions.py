@@ -166,3 +166,35 @@ def test_a_connection_let_go_with_a_transaction_open_ends_it(cluster, counter):
     assert write_time(cluster.url, counter) < 2.0, "a connection garbage collected"
     # Neither transaction committed: only the two autocommit writes did.
     assert raftlite.connect(cluster.url).execute(f"SELECT n FROM {counter} WHERE id = 1").fetchone() == (3,)
+
+
+def test_savepoints_nest_as_sqlalchemy_and_django_use_them(cluster, counter):
+    # begin_nested() / a nested atomic(): SAVEPOINT, then RELEASE or ROLLBACK TO, one call each.
+    tx = raftlite.connect(cluster.url)
+    other = raftlite.connect(cluster.url, autocommit=True)
+
+    def ids():
+        return [r[0] for r in tx.execute(f"SELECT id FROM {counter} ORDER BY id").fetchall()]
+
+    tx.execute(f"INSERT INTO {counter} VALUES (2, 20)")
+    tx.execute("SAVEPOINT outer_sp")
+    tx.execute(f"INSERT INTO {counter} VALUES (3, 30)")
+    tx.execute("SAVEPOINT inner_sp")
+    tx.execute(f"INSERT INTO {counter} VALUES (4, 40)")
+    tx.execute("ROLLBACK TO SAVEPOINT inner_sp")
+    tx.execute("RELEASE SAVEPOINT inner_sp")
+    assert ids() == [1, 2, 3]
+    with pytest.raises(raftlite.DatabaseError, match="no such savepoint"):
+        tx.execute("RELEASE inner_sp")
+    assert tx.in_transaction, "a failed RELEASE leaves the transaction open"
+    tx.execute("ROLLBACK TO outer_sp")
+    tx.execute("RELEASE outer_sp")
+    assert ids() == [1, 2]
+    assert other.execute(f"SELECT count(*) FROM {counter}").fetchone() == (1,)
+    tx.commit()
+    assert other.execute(f"SELECT id FROM {counter} ORDER BY id").fetchall() == [(1,), (2,)]
+    # Outside a transaction a request is one already: the refusal says where savepoints work.
+    with pytest.raises(raftlite.DatabaseError, match="inside an interactive transaction"):
+        other.execute("SAVEPOINT s")
+    tx.close()
+    other.close()

@@ -182,6 +182,9 @@ pub(crate) struct Lockdown {
     /// A client statement compiled since the last [`Lockdown::take_schema_change`] changes
     /// the schema (creates, drops or alters a table, index, view, trigger, or runs ANALYZE).
     schema_change: AtomicBool,
+    /// Client savepoints are allowed (a call of an interactive transaction that is one
+    /// SAVEPOINT, RELEASE or ROLLBACK TO; see [`Lockdown::savepoints`]).
+    savepoints: AtomicBool,
 }
 
 impl Lockdown {
@@ -196,9 +199,14 @@ impl Lockdown {
             if changes_schema(&ctx.action) {
                 state.schema_change.store(true, Ordering::Release);
             }
-            let verdict = match policy {
-                Policy::Executor => executor_rule(&ctx),
-                Policy::Reader => reader_rule(&ctx),
+            let verdict = match (policy, &ctx.action) {
+                (Policy::Executor, AuthAction::Savepoint { savepoint_name, .. })
+                    if state.savepoints.load(Ordering::Acquire) =>
+                {
+                    client_savepoint(savepoint_name)
+                }
+                (Policy::Executor, _) => executor_rule(&ctx),
+                (Policy::Reader, _) => reader_rule(&ctx),
             };
             match verdict {
                 Ok(()) => Authorization::Allow,
@@ -217,6 +225,13 @@ impl Lockdown {
     pub(crate) fn internal(&self) -> InternalGuard<'_> {
         self.internal.fetch_add(1, Ordering::AcqRel);
         InternalGuard(self)
+    }
+
+    /// Allow client savepoints until the guard is dropped. Statements that hold one must be
+    /// prepared afresh (never from the cache): the authorizer runs only at prepare time.
+    pub(crate) fn savepoints(&self) -> SavepointGuard<'_> {
+        self.savepoints.store(true, Ordering::Release);
+        SavepointGuard(self)
     }
 
     /// Forget a previous denial; call before preparing a client statement.
@@ -259,6 +274,36 @@ pub(crate) struct InternalGuard<'a>(&'a Lockdown);
 impl Drop for InternalGuard<'_> {
     fn drop(&mut self) {
         self.0.internal.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// While alive, client savepoints are allowed ([`Lockdown::savepoints`]).
+pub(crate) struct SavepointGuard<'a>(&'a Lockdown);
+
+impl Drop for SavepointGuard<'_> {
+    fn drop(&mut self) {
+        self.0.savepoints.store(false, Ordering::Release);
+    }
+}
+
+/// Whether `sql` is savepoint control (SAVEPOINT, RELEASE, ROLLBACK TO), by its first word.
+/// A bare ROLLBACK passes too; the authorizer refuses it as transaction control.
+pub(crate) fn is_savepoint_control(sql: &str) -> bool {
+    let start = statement_start(sql).as_bytes();
+    ["savepoint", "release", "rollback"].iter().any(|word| {
+        start.len() > word.len()
+            && start[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+            && !(start[word.len()].is_ascii_alphanumeric() || start[word.len()] == b'_')
+    })
+}
+
+/// A client's own savepoint, inside an interactive transaction: any name but raftlite's.
+fn client_savepoint(name: &str) -> Result<(), String> {
+    match name.get(..8) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("raftlite") => Err(format!(
+            "savepoint {name} is reserved: names starting with raftlite are raftlite's own"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -338,7 +383,8 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
             transaction_word(operation)
         )),
         AuthAction::Savepoint { operation, .. } => Err(format!(
-            "{} is not allowed: each request already runs as one transaction",
+            "{} is not allowed here: each request already runs as one transaction; savepoints \
+             work inside an interactive transaction, each in a call of its own",
             savepoint_word(operation)
         )),
         AuthAction::Function { function_name } if is_load_extension(function_name) => {

@@ -31,7 +31,7 @@
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
 //! result as one delta.
 
-use super::authorizer::{Lockdown, Policy};
+use super::authorizer::{is_savepoint_control, Lockdown, Policy};
 use super::bounds::{Bounds, ClientScope};
 use super::capture::{self, CaptureStart};
 use super::chain::{Chain, Link, Overlay};
@@ -993,14 +993,16 @@ impl Executor {
         cookie: &mut Option<i64>,
     ) -> Result<StatementOutcome> {
         let client_error = |e| scope.client_error(e, &self.lockdown);
-        // Never a cached internal statement: the authorizer runs at prepare time.
-        let prepared = if internal::is_internal_sql(&statement.sql) {
-            self.conn.prepare(&statement.sql).map(CachedOrNot::Fresh)
-        } else {
-            self.conn
-                .prepare_cached(&statement.sql)
-                .map(CachedOrNot::Cached)
-        };
+        // Never a cached internal statement, nor savepoint control, which the authorizer
+        // allows only in an interactive transaction: it runs at prepare time.
+        let prepared =
+            if internal::is_internal_sql(&statement.sql) || is_savepoint_control(&statement.sql) {
+                self.conn.prepare(&statement.sql).map(CachedOrNot::Fresh)
+            } else {
+                self.conn
+                    .prepare_cached(&statement.sql)
+                    .map(CachedOrNot::Cached)
+            };
         let mut stmt = prepared.map_err(client_error)?;
         if self.changed_schema(key) {
             *cookie = Some(self.schema_version()?);
@@ -1123,6 +1125,9 @@ impl Executor {
         if let Some(refused) = refuse_vacuum(statements) {
             return Ok(TransactionStep::Failed(refused));
         }
+        if statements.iter().any(|s| is_savepoint_control(&s.sql)) {
+            return self.client_savepoint(statements, deadline);
+        }
         self.internal_sql(SAVEPOINT)?;
         self.result_budget = MAX_RESULT_BYTES;
         match self
@@ -1143,6 +1148,39 @@ impl Executor {
                 Ok(TransactionStep::Failed(e))
             }
         }
+    }
+
+    /// A call of the open transaction that is a client's SAVEPOINT, RELEASE or ROLLBACK TO:
+    /// alone in its call, and run outside the savepoint each call gets (whose RELEASE would
+    /// release the client's too), so that it lasts until the client ends it or the
+    /// transaction ends. Such a statement changes no page of its own; when it fails it did
+    /// nothing, and the transaction stays open.
+    fn client_savepoint(
+        &mut self,
+        statements: &[Statement],
+        deadline: Option<Instant>,
+    ) -> Result<TransactionStep> {
+        if statements.len() > 1 {
+            return Ok(TransactionStep::Failed(DbError::InvalidArgument(
+                "send SAVEPOINT, RELEASE and ROLLBACK TO each in a call of its own, without \
+                 other statements"
+                    .into(),
+            )));
+        }
+        self.result_budget = MAX_RESULT_BYTES;
+        let lockdown = self.lockdown.clone();
+        let ran = {
+            let _allowed = lockdown.savepoints();
+            self.run_statements(statements, deadline)
+        };
+        Ok(match ran {
+            Ok(results) => TransactionStep::Done(results),
+            Err(e) if self.conn.is_autocommit() => {
+                self.transaction = None;
+                TransactionStep::Ended(e)
+            }
+            Err(e) => TransactionStep::Failed(e),
+        })
     }
 
     /// A transaction's delta is checked after each call, not only at its commit: the call that

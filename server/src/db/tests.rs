@@ -1792,6 +1792,97 @@ async fn oversized_returning_fails_alone() -> TestResult {
     Ok(())
 }
 
+/// Runs one call of the open transaction: `Done`'s results, or the step as an error.
+async fn tx_call(c: &Cluster, sqls: &[&str]) -> anyhow::Result<TransactionStep> {
+    Ok(c.executor
+        .transaction_execute(sqls.iter().map(|s| stmt(s)).collect(), None)
+        .await?)
+}
+
+async fn tx_ids(c: &Cluster) -> anyhow::Result<Vec<i64>> {
+    match tx_call(c, &["SELECT group_concat(id) FROM t ORDER BY id"]).await? {
+        TransactionStep::Done(r) => Ok(match &r[0].rows[0][0] {
+            SqlValue::Text(ids) => ids.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        }),
+        other => anyhow::bail!("{other:?}"),
+    }
+}
+
+/// A client's savepoints last across the calls of an interactive transaction (as SQLAlchemy's
+/// `begin_nested()` and Django's nested `atomic()` use them): ROLLBACK TO undoes what came
+/// after, RELEASE keeps it, and the commit carries what is left. Each must come alone in its
+/// call; raftlite's own names are refused; a request outside a transaction refuses them, even
+/// once the same text was prepared inside one.
+#[tokio::test]
+async fn client_savepoints_last_across_the_calls_of_a_transaction() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    c.executor.begin().await?;
+    let done = |step: TransactionStep| -> TestResult {
+        ensure!(matches!(step, TransactionStep::Done(_)), "{step:?}");
+        Ok(())
+    };
+    done(tx_call(&c, &["INSERT INTO t(id) VALUES(1)"]).await?)?;
+    done(tx_call(&c, &["SAVEPOINT a"]).await?)?;
+    done(tx_call(&c, &["INSERT INTO t(id) VALUES(2)"]).await?)?;
+    done(tx_call(&c, &["savepoint b"]).await?)?;
+    done(tx_call(&c, &["INSERT INTO t(id) VALUES(3)"]).await?)?;
+    done(tx_call(&c, &["ROLLBACK TO b"]).await?)?;
+    ensure!(tx_ids(&c).await? == [1, 2]);
+    done(tx_call(&c, &["RELEASE SAVEPOINT b"]).await?)?;
+    done(tx_call(&c, &["INSERT INTO t(id) VALUES(4)"]).await?)?;
+    // A failing call rolls back alone and leaves the client's savepoint in place.
+    let step = tx_call(
+        &c,
+        &["INSERT INTO t(id) VALUES(5)", "INSERT INTO t(id) VALUES(1)"],
+    )
+    .await?;
+    ensure!(
+        matches!(step, TransactionStep::Failed(DbError::Constraint(_))),
+        "{step:?}"
+    );
+    done(tx_call(&c, &["ROLLBACK TRANSACTION TO SAVEPOINT a"]).await?)?;
+    ensure!(tx_ids(&c).await? == [1], "after ROLLBACK TO a");
+    done(tx_call(&c, &["INSERT INTO t(id) VALUES(6)"]).await?)?;
+    done(tx_call(&c, &["RELEASE a"]).await?)?;
+    // Refused, each alone, and the transaction goes on.
+    let refusals: [(&[&str], &str); 5] = [
+        (
+            &["SAVEPOINT c", "INSERT INTO t(id) VALUES(7)"],
+            "each in a call of its own",
+        ),
+        (&["SAVEPOINT raftlite_request"], "is reserved"),
+        (&["RELEASE raftlite_request"], "is reserved"),
+        (&["ROLLBACK TO nosuch"], "no such savepoint"),
+        (&["ROLLBACK"], "ROLLBACK is not allowed"),
+    ];
+    for (sqls, expected) in refusals {
+        match tx_call(&c, sqls).await? {
+            TransactionStep::Failed(e) if e.to_string().contains(expected) => {}
+            other => anyhow::bail!("{sqls:?}: expected {expected:?}, got {other:?}"),
+        }
+    }
+    ensure!(tx_ids(&c).await? == [1, 6]);
+    let delta = c.executor.commit(String::new()).await?.context("a delta")?;
+    apply_both(&c, PageDelta::decode(&delta.encode())?).await?;
+    c.reference
+        .execute_batch("INSERT INTO t(id) VALUES(1); INSERT INTO t(id) VALUES(6);")?;
+    c.verify("savepoints")?;
+    // Outside a transaction, the same text is refused (not taken from the cache).
+    let outside = c
+        .executor
+        .execute_batch(vec![req("", &["SAVEPOINT a"])])
+        .await?;
+    ensure!(
+        matches!(failed(&outside.outcomes[0])?, DbError::PermissionDenied(m)
+            if m.contains("savepoints work inside an interactive transaction")),
+        "{:?}",
+        outside.outcomes
+    );
+    Ok(())
+}
+
 /// An interactive transaction: its statements see its own writes, a failing call rolls back
 /// alone, and the commit is one delta that leader and follower apply byte-identically.
 #[tokio::test]
