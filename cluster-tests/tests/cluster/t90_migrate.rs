@@ -17,6 +17,16 @@ const CREATE: &str = "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT N
 /// Not idempotent: applied twice, it would leave two rows.
 const SEED: &str = "INSERT INTO events VALUES ('seeded; once');\n\
                     INSERT INTO accounts (name) VALUES ('alice'), ('bob');\n";
+/// SQLite's twelve steps for a change ALTER TABLE cannot make, on a table others reference.
+const REBUILD: &str = "PRAGMA foreign_keys = OFF;\n\
+    CREATE TABLE accounts_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+    active INTEGER NOT NULL DEFAULT 1);\n\
+    INSERT INTO accounts_new (id, name) SELECT id, name FROM accounts;\n\
+    DROP TABLE accounts;\n\
+    ALTER TABLE accounts_new RENAME TO accounts;\n\
+    CREATE INDEX accounts_name ON accounts (name);\n\
+    PRAGMA foreign_key_check;\n\
+    PRAGMA foreign_keys = ON;\n";
 const INDEX: &str =
     "-- names are looked up often\nCREATE INDEX accounts_name ON accounts (name);\n";
 
@@ -208,7 +218,50 @@ async fn migrations_apply_once_from_everywhere() {
     assert!(lines[5].starts_with("applied 0006_after.sql"), "{lines:?}");
     assert_eq!(scalar(&client, "SELECT count(*) FROM half").await, 1);
 
-    info!("phase 7: every replica holds the same pages");
+    info!("phase 7: SQLite's table rebuild of a referenced table, with foreign keys off");
+    write(
+        "0007_orders.sql",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, account INTEGER REFERENCES accounts(id));\n\
+         INSERT INTO orders (account) SELECT id FROM accounts;\n",
+    );
+    write("0008_rebuild_accounts.sql", REBUILD);
+    let lines = assert_success(&migrate(&addr(follower), dir.path()).await);
+    assert!(
+        lines[7].starts_with("applied 0008_rebuild_accounts.sql"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM accounts WHERE active = 1").await,
+        2,
+        "rebuilt with its rows"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM orders JOIN accounts ON accounts.id = orders.account"
+        )
+        .await,
+        2,
+        "the orders still reference their accounts"
+    );
+    // One that would leave orders without their account is refused, whole.
+    write(
+        "0009_orphans.sql",
+        "PRAGMA foreign_keys = OFF;\nDELETE FROM accounts;\n",
+    );
+    let out = migrate(&addr(leader), dir.path()).await;
+    assert!(!out.status.success(), "an orphaning migration must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FOREIGN KEY constraint failed"), "{stderr}");
+    assert_eq!(scalar(&client, "SELECT count(*) FROM accounts").await, 2);
+    std::fs::remove_file(dir.path().join("0009_orphans.sql")).expect("remove");
+    // Foreign keys are enforced again for everyone else.
+    let deleted = client
+        .execute(vec![Statement::new("DELETE FROM accounts")])
+        .await;
+    assert!(deleted.is_err(), "foreign keys are back on: {deleted:?}");
+
+    info!("phase 8: every replica holds the same pages");
     cluster.assert_identical_pages().await;
 }
 

@@ -150,7 +150,11 @@ fn pragma_rule(name: &str, value: Option<&str>, policy: Policy) -> Result<(), St
     }
     let name = name.to_ascii_lowercase();
     let why = match (name.as_str(), usage, policy) {
-        ("foreign_keys", ..) => "it is a node setting (--foreign-keys), the same for every client",
+        ("foreign_keys", ..) => {
+            "it is a node setting (--foreign-keys), the same for every client; a one-shot \
+             request whose first statement is PRAGMA foreign_keys = OFF runs alone without \
+             them (SQLite's table rebuild) and fails if it leaves a violation"
+        }
         ("recursive_triggers", ..) => {
             "it is a node setting (--recursive-triggers), the same for every client"
         }
@@ -659,10 +663,11 @@ mod tests {
             Ok(()) => panic!("{name} {value:?} allowed"),
             Err(m) => m,
         };
-        assert_eq!(
-            refused("FOREIGN_KEYS", Some("ON"), Policy::Executor),
-            "pragma foreign_keys is not allowed: it is a node setting (--foreign-keys), the same for every client"
-        );
+        assert!(refused("FOREIGN_KEYS", Some("ON"), Policy::Executor).starts_with(
+            "pragma foreign_keys is not allowed: it is a node setting (--foreign-keys), the same \
+             for every client; a one-shot request whose first statement is PRAGMA foreign_keys \
+             = OFF runs alone"
+        ));
         assert!(refused("integrity_check", None, Policy::Executor).contains("send it as a query"));
         assert!(
             refused("schema_version", Some("7"), Policy::Executor).contains("can be read, not set")

@@ -141,6 +141,48 @@ fn refuse_vacuum(statements: &[Statement]) -> Option<DbError> {
     })
 }
 
+/// True for a request that runs alone, on the committed state, through
+/// [`Executor::execute_alone`]: a VACUUM, or a request without foreign keys.
+pub fn runs_alone(request: &WriteRequest) -> bool {
+    is_vacuum(request) || without_foreign_keys(request)
+}
+
+/// True for a request whose first statement is `PRAGMA foreign_keys = OFF` (or `0`, `false`,
+/// `no`; `main.` and the `foreign_keys(off)` form too): SQLite's way to rebuild a table that
+/// other tables reference. Such a request must go to
+/// [`Executor::execute_without_foreign_keys`], alone.
+pub fn without_foreign_keys(request: &WriteRequest) -> bool {
+    request
+        .statements
+        .first()
+        .is_some_and(|s| sets_foreign_keys(&s.sql) == Some(false))
+}
+
+/// `Some(on)` when `sql` is `PRAGMA [main.]foreign_keys = value` or `foreign_keys(value)`
+/// with a boolean value SQLite knows; `None` for any other statement.
+fn sets_foreign_keys(sql: &str) -> Option<bool> {
+    let text = super::authorizer::statement_start(sql)
+        .trim_end()
+        .trim_end_matches(';')
+        .to_ascii_lowercase();
+    let rest = text.strip_prefix("pragma")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix("main.").unwrap_or(rest).trim_start();
+    let rest = rest.strip_prefix("foreign_keys")?.trim_start();
+    let value = match rest.strip_prefix('=') {
+        Some(value) => value.trim(),
+        None => rest.strip_prefix('(')?.strip_suffix(')')?.trim(),
+    };
+    match value.trim_matches(|c| c == '\'' || c == '"') {
+        "0" | "off" | "false" | "no" => Some(false),
+        "1" | "on" | "true" | "yes" => Some(true),
+        _ => None,
+    }
+}
+
 /// True if the statement's first keyword is VACUUM (ignoring leading whitespace/comments).
 fn starts_with_vacuum(sql: &str) -> bool {
     let mut rest = sql;
@@ -195,6 +237,15 @@ pub struct Executor {
     /// The next batch's requests run so far while the batcher still gathers its writers (see
     /// [`Executor::run_ahead`]).
     ahead: Option<Ahead>,
+    /// The node's `foreign_keys` setting, which every transaction but one
+    /// [`Executor::execute_without_foreign_keys`] runs starts with.
+    foreign_keys: bool,
+    /// The connection has foreign keys off since such a request: set back before the next
+    /// transaction begins (a PRAGMA inside one does nothing).
+    foreign_keys_changed: bool,
+    /// While such a request runs: whether its end checks the foreign keys (the node enforces
+    /// them).
+    without_foreign_keys: Option<bool>,
 }
 
 /// The requests of a batch run before the batch is complete ([`Executor::run_ahead`]).
@@ -404,6 +455,9 @@ impl Executor {
             in_place: false,
             open_batch: None,
             ahead: None,
+            foreign_keys: options.foreign_keys,
+            foreign_keys_changed: false,
+            without_foreign_keys: None,
         })
     }
 
@@ -665,6 +719,91 @@ impl Executor {
         Ok(())
     }
 
+    /// Runs a request that [`runs_alone`]: a VACUUM, or one without foreign keys.
+    pub fn execute_alone(&mut self, request: &WriteRequest) -> Result<ExecutedBatch> {
+        match is_vacuum(request) {
+            true => self.execute_vacuum(),
+            false => self.execute_without_foreign_keys(request),
+        }
+    }
+
+    /// Runs `request` (see [`without_foreign_keys`]) alone, as a batch of its own, with
+    /// foreign keys off: SQLite's table rebuild (create the new table, copy, drop the old one,
+    /// rename) for a table others reference. Its `PRAGMA foreign_keys` statements are
+    /// answered without running (the setting cannot change inside its transaction). When the
+    /// node enforces foreign keys, the request fails whole, rolled back, if the database has
+    /// a violation at its end (`PRAGMA foreign_key_check`). The node's setting is back before
+    /// the next transaction.
+    pub fn execute_without_foreign_keys(
+        &mut self,
+        request: &WriteRequest,
+    ) -> Result<ExecutedBatch> {
+        self.refuse_if_in_transaction()?;
+        self.end_open_batch()?;
+        self.ahead = None;
+        self.chain.clear();
+        self.set_foreign_keys(false)?;
+        self.without_foreign_keys = Some(self.foreign_keys);
+        let executed = self.run_batch_on(
+            std::slice::from_ref(request),
+            Pipeline::Settled,
+            Ahead::default(),
+        );
+        self.without_foreign_keys = None;
+        executed
+    }
+
+    /// Sets `PRAGMA foreign_keys` (outside any transaction, where it takes effect), and
+    /// records whether it now differs from the node's setting.
+    fn set_foreign_keys(&mut self, on: bool) -> Result<()> {
+        {
+            let _guard = self.lockdown.internal();
+            self.conn.execute_batch(match on {
+                true => "PRAGMA foreign_keys = ON",
+                false => "PRAGMA foreign_keys = OFF",
+            })?;
+        }
+        self.foreign_keys_changed = on != self.foreign_keys;
+        Ok(())
+    }
+
+    /// Before a transaction begins: the node's setting, unless the request that turned it off
+    /// is the one beginning.
+    fn restore_foreign_keys(&mut self) -> Result<()> {
+        if self.foreign_keys_changed && self.without_foreign_keys.is_none() {
+            self.set_foreign_keys(self.foreign_keys)?;
+        }
+        Ok(())
+    }
+
+    /// At the end of a request run with foreign keys off that checks them: a violation
+    /// anywhere in the database fails it.
+    fn no_foreign_key_violation(&self) -> Result<()> {
+        if self.without_foreign_keys != Some(true) {
+            return Ok(());
+        }
+        let _guard = self.lockdown.internal();
+        let violation: Option<(String, Option<i64>, String)> = self
+            .conn
+            .query_row(
+                internal_sql!(
+                    "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT 1"
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match violation {
+            None => Ok(()),
+            Some((table, rowid, parent)) => Err(DbError::Constraint(format!(
+                "FOREIGN KEY constraint failed: a row of {table}{} references {parent} and has \
+                 no parent row there (PRAGMA foreign_key_check); this request ran with foreign \
+                 keys off and may not leave a violation behind, so none of it was applied",
+                rowid.map(|r| format!(" (rowid {r})")).unwrap_or_default()
+            ))),
+        }
+    }
+
     /// Run `VACUUM` as a full-image delta (see the module docs).
     pub fn execute_vacuum(&mut self) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
@@ -736,6 +875,7 @@ impl Executor {
 
     /// Begins an attempt at a batch: `BEGIN IMMEDIATE` and the capture's start.
     fn start_run(&mut self) -> Result<Run> {
+        self.restore_foreign_keys()?;
         self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
         let open = match self.start_capture() {
             Ok(open) => open,
@@ -793,7 +933,8 @@ impl Executor {
             self.reset_last_insert_rowid();
             let ran = self
                 .run_statements(&request.statements, request.deadline)
-                .and_then(|results| self.no_deferred_violation().map(|()| results));
+                .and_then(|results| self.no_deferred_violation().map(|()| results))
+                .and_then(|results| self.no_foreign_key_violation().map(|()| results));
             match ran {
                 Ok(results) => {
                     self.internal_sql(RELEASE)?;
@@ -952,6 +1093,10 @@ impl Executor {
         let mut result_bytes = 0usize;
         let mut schema_changed = false;
         for statement in statements {
+            if self.without_foreign_keys.is_some() && sets_foreign_keys(&statement.sql).is_some() {
+                results.push(StatementOutcome::default());
+                continue;
+            }
             self.lockdown.reset();
             self.lockdown.take_schema_change();
             let key = self.schema_key(&statement.sql);
@@ -1099,6 +1244,7 @@ impl Executor {
         self.refuse_if_in_transaction()?;
         self.end_open_batch()?;
         self.chain.clear();
+        self.restore_foreign_keys()?;
         self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
         match self.start_capture() {
             Ok(open) => {
@@ -1396,6 +1542,32 @@ mod tests {
             deadline: None,
             statements: vec![Statement::new(sql)],
         }
+    }
+
+    #[test]
+    fn recognises_a_request_without_foreign_keys() {
+        for off in [
+            "PRAGMA foreign_keys = OFF",
+            "pragma foreign_keys=0;",
+            "-- rebuild\nPRAGMA main.foreign_keys = 'false'",
+            "PRAGMA foreign_keys(no)",
+        ] {
+            assert!(without_foreign_keys(&req(off)), "{off}");
+        }
+        assert_eq!(sets_foreign_keys("PRAGMA foreign_keys = on"), Some(true));
+        for other in [
+            "PRAGMA foreign_keys",
+            "PRAGMA foreign_keys = maybe",
+            "PRAGMA foreign_key_check",
+            "PRAGMA foreign_key_list(t)",
+            "PRAGMAforeign_keys = 0",
+            "SELECT 'PRAGMA foreign_keys = 0'",
+            "PRAGMA temp.foreign_keys = 0",
+        ] {
+            assert_eq!(sets_foreign_keys(other), None, "{other}");
+        }
+        assert!(!without_foreign_keys(&req("PRAGMA foreign_keys = ON")));
+        assert!(runs_alone(&req("VACUUM")) && !runs_alone(&req("DELETE FROM t")));
     }
 
     #[test]

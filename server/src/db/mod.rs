@@ -110,7 +110,8 @@ pub(crate) use delta::{follows, peek_tag};
 pub use delta::{PageDelta, PageImage, PagePatch};
 pub use error::{DbError, Result};
 pub use executor::{
-    is_vacuum, ExecutedBatch, Executor, Pipeline, TransactionStep, WriteGate, WriteOutcome,
+    is_vacuum, runs_alone, ExecutedBatch, Executor, Pipeline, TransactionStep, WriteGate,
+    WriteOutcome,
 };
 pub use reader::{QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
 pub use snapshot::{build_image, dump_pages, ImageInfo};
@@ -445,6 +446,13 @@ impl ExecutorHandle {
     /// See [`Executor::execute_vacuum`].
     pub async fn execute_vacuum(&self) -> Result<ExecutedBatch> {
         self.worker.call(|executor| executor.execute_vacuum()).await
+    }
+
+    /// See [`Executor::execute_alone`].
+    pub async fn execute_alone(&self, request: WriteRequest) -> Result<ExecutedBatch> {
+        self.worker
+            .call(move |executor| executor.execute_alone(&request))
+            .await
     }
 
     /// See [`Executor::begin`].

@@ -1792,6 +1792,90 @@ async fn oversized_returning_fails_alone() -> TestResult {
     Ok(())
 }
 
+/// SQLite's table rebuild for a table others reference (create the new table, copy, drop the
+/// old one, rename): a one-shot request that starts with `PRAGMA foreign_keys = OFF` runs
+/// alone without them, its `PRAGMA foreign_keys` statements answered without running, and
+/// replicates like any write. One that leaves a violation fails whole. The node's setting is
+/// back for the next batch.
+#[tokio::test]
+async fn a_request_without_foreign_keys_rebuilds_a_referenced_table() -> TestResult {
+    let c = Cluster::new()?;
+    let schema = [
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES(1), (2)",
+        "INSERT INTO child VALUES(10, 1), (20, 2)",
+    ];
+    c.write_one(&schema).await?;
+    let rebuild = [
+        "CREATE TABLE parent_new(id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT 'p')",
+        "INSERT INTO parent_new(id) SELECT id FROM parent",
+        "DROP TABLE parent",
+        "ALTER TABLE parent_new RENAME TO parent",
+        "PRAGMA foreign_key_check",
+    ];
+    // With foreign keys on, dropping the referenced table fails; setting them off later in a
+    // request is refused, saying how.
+    let refused = c.write(vec![req("", &rebuild)]).await?;
+    ensure!(
+        matches!(failed(&refused.outcomes[0])?, DbError::Constraint(_)),
+        "{refused:?}"
+    );
+    let mut late = rebuild.to_vec();
+    late.insert(1, "PRAGMA foreign_keys = OFF");
+    let late = c.write(vec![req("", &late)]).await?;
+    ensure!(
+        matches!(failed(&late.outcomes[0])?, DbError::PermissionDenied(m) if m.contains("first statement")),
+        "{late:?}"
+    );
+
+    let mut statements = vec!["pragma main.foreign_keys = 'off';"];
+    statements.extend(rebuild);
+    statements.push("PRAGMA foreign_keys = ON");
+    let request = req("rebuild", &statements);
+    ensure!(runs_alone(&request) && !runs_alone(&req("", &rebuild)));
+    let result = c.executor.execute_alone(request).await?;
+    let results = executed(&result.outcomes[0])?;
+    ensure!(
+        results.len() == statements.len(),
+        "an outcome per statement"
+    );
+    apply_both(&c, result.delta.context("a delta")?).await?;
+    c.reference.execute_batch(&format!(
+        "PRAGMA foreign_keys = OFF; BEGIN; {}; COMMIT; PRAGMA foreign_keys = ON;",
+        rebuild.join("; ")
+    ))?;
+    c.verify("rebuilt")?;
+    let conn = Connection::open(c.follower.path())?;
+    let names: String =
+        conn.query_row("SELECT group_concat(name) FROM parent", [], |r| r.get(0))?;
+    ensure!(names == "p,p", "{names}");
+
+    // A request that leaves an orphan fails whole.
+    let orphan = c
+        .executor
+        .execute_alone(req(
+            "",
+            &["PRAGMA foreign_keys=0", "DELETE FROM parent WHERE id = 1"],
+        ))
+        .await?;
+    ensure!(orphan.delta.is_none(), "nothing of it is replicated");
+    ensure!(
+        matches!(failed(&orphan.outcomes[0])?, DbError::Constraint(m) if m.contains("child") && m.contains("none of it was applied")),
+        "{orphan:?}"
+    );
+    // Foreign keys are enforced again.
+    let after = c
+        .write(vec![req("", &["DELETE FROM parent WHERE id = 1"])])
+        .await?;
+    ensure!(
+        matches!(failed(&after.outcomes[0])?, DbError::Constraint(_)),
+        "{after:?}"
+    );
+    c.verify("after")?;
+    Ok(())
+}
+
 /// Runs one call of the open transaction: `Done`'s results, or the step as an error.
 async fn tx_call(c: &Cluster, sqls: &[&str]) -> anyhow::Result<TransactionStep> {
     Ok(c.executor

@@ -278,7 +278,7 @@ impl<'e> RunAhead<'e> {
     fn catch_up(&mut self, batch: &[PendingWrite]) {
         let requests: Vec<WriteRequest> = batch[self.seen..]
             .iter()
-            .filter(|w| !crate::db::is_vacuum(&w.request))
+            .filter(|w| !crate::db::runs_alone(&w.request))
             .map(|w| w.request.clone())
             .collect();
         self.seen = batch.len();
@@ -417,22 +417,23 @@ async fn process_batch(
     ran_ahead: usize,
     pipe: &mut Pipe,
 ) {
-    let (vacuums, writes): (Vec<_>, Vec<_>) = batch
+    let (alone, writes): (Vec<_>, Vec<_>) = batch
         .into_iter()
-        .partition(|w| crate::db::is_vacuum(&w.request));
+        .partition(|w| crate::db::runs_alone(&w.request));
     if !writes.is_empty() {
         match place {
             Ok(pipeline) => commit_batch(node, executor, writes, pipeline, ran_ahead, pipe).await,
             Err(e) => refuse(writes, &e),
         }
     }
-    for v in vacuums {
-        // VACUUM rewrites every page: on the committed state, and nothing on top of it.
+    for w in alone {
+        // VACUUM rewrites every page, and a request without foreign keys must not share its
+        // transaction: on the committed state, and nothing on top of it.
         if let Err(e) = pipe.settle(node).await {
-            refuse(vec![v], &e);
+            refuse(vec![w], &e);
             continue;
         }
-        commit_vacuum(node, executor, v).await;
+        commit_alone(node, executor, w).await;
     }
 }
 
@@ -527,11 +528,11 @@ async fn commit_batch(
     tracing::debug!(batch_size, executed_us, "write batch proposed");
 }
 
-async fn commit_vacuum(node: &NodeInner, executor: &ExecutorHandle, v: PendingWrite) {
-    let executed = match executor.execute_vacuum().await {
+async fn commit_alone(node: &NodeInner, executor: &ExecutorHandle, v: PendingWrite) {
+    let executed = match executor.execute_alone(v.request.clone()).await {
         Ok(executed) => executed,
         Err(e) => {
-            tracing::error!(error = %e, "VACUUM failed");
+            tracing::error!(error = %e, "a write run alone (VACUUM, or without foreign keys) failed");
             let _ = v.reply.send(Err(match e {
                 crate::db::DbError::TooLarge(why) => NodeError::TooLarge(why),
                 e => NodeError::Internal(format!("executing the write failed: {e}")),
