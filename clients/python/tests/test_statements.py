@@ -90,3 +90,27 @@ def test_binding_mistakes_are_programming_errors():
         bind("SELECT ?, ?", (1, object()))
     with pytest.raises(DataError, match="64-bit"):
         bind("SELECT ?", (2**63,))
+
+
+def test_a_script_is_cut_at_semicolons_outside_quotes_comments_and_trigger_bodies():
+    from raftlite.statements import split_script
+
+    script = """
+        CREATE TABLE t (x TEXT); -- a comment; with a semicolon
+        /* block; comment */ INSERT INTO t VALUES ('a;b'), ("c;d");
+        CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN
+            UPDATE t SET x = CASE WHEN x = ';' THEN 'semi' ELSE x END;
+            DELETE FROM t WHERE x IS NULL;
+        END;
+        ;
+        SELECT [odd;name] FROM t
+    """
+    statements = split_script(script)
+    assert len(statements) == 4, statements
+    assert statements[0] == "CREATE TABLE t (x TEXT)"
+    # A comment before a statement stays with it; the server reads past it.
+    assert statements[1].startswith("-- a comment; with a semicolon\n")
+    assert statements[1].endswith("""INSERT INTO t VALUES ('a;b'), ("c;d")""")
+    assert statements[3] == "SELECT [odd;name] FROM t"
+    assert split_script(script)[2].endswith("END")
+    assert split_script("-- only a comment;\n  ;  ") == []

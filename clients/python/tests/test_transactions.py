@@ -165,7 +165,9 @@ def test_a_connection_let_go_with_a_transaction_open_ends_it(cluster, counter):
     gc.collect()
     assert write_time(cluster.url, counter) < 2.0, "a connection garbage collected"
     # Neither transaction committed: only the two autocommit writes did.
-    assert raftlite.connect(cluster.url).execute(f"SELECT n FROM {counter} WHERE id = 1").fetchone() == (3,)
+    assert raftlite.connect(cluster.url).execute(
+        f"SELECT n FROM {counter} WHERE id = 1"
+    ).fetchone() == (3,)
 
 
 def test_savepoints_nest_as_sqlalchemy_and_django_use_them(cluster, counter):
@@ -197,4 +199,57 @@ def test_savepoints_nest_as_sqlalchemy_and_django_use_them(cluster, counter):
     with pytest.raises(raftlite.DatabaseError, match="inside an interactive transaction"):
         other.execute("SAVEPOINT s")
     tx.close()
+    other.close()
+
+
+def test_executescript_runs_a_script_as_one_write_and_rebuilds_a_referenced_table(cluster, table):
+    conn = raftlite.connect(cluster.url)
+    parent, child = f"{table}_p", f"{table}_c"
+    conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    assert conn.in_transaction
+    conn.executescript(
+        f"""
+        BEGIN;
+        CREATE TABLE {parent} (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE {child} (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES {parent}(id));
+        CREATE TRIGGER {table}_t AFTER INSERT ON {parent} BEGIN
+            INSERT INTO {child} (pid) VALUES (new.id);
+        END;
+        INSERT INTO {parent} VALUES (1, 'a;b'), (2, 'c');
+        COMMIT;
+        """
+    )
+    assert not conn.in_transaction, "the open transaction was committed first"
+    other = raftlite.connect(cluster.url, autocommit=True)
+    assert other.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    assert other.execute(f"SELECT count(*) FROM {child}").fetchone() == (2,)
+    # All or nothing: a failing statement leaves nothing of the script.
+    with pytest.raises(raftlite.IntegrityError):
+        other.executescript(
+            f"INSERT INTO {parent} VALUES (3, 'x'); INSERT INTO {parent} VALUES (1, 'dup');"
+        )
+    assert other.execute(f"SELECT count(*) FROM {parent}").fetchone() == (2,)
+    with pytest.raises(raftlite.ProgrammingError, match="cannot ROLLBACK"):
+        other.executescript("INSERT INTO t VALUES (1); ROLLBACK;")
+    # SQLite's table rebuild of a referenced table: foreign keys off for the script alone.
+    other.executescript(
+        f"""
+        PRAGMA foreign_keys = OFF;
+        CREATE TABLE {parent}_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '');
+        INSERT INTO {parent}_new SELECT id, coalesce(name, '') FROM {parent};
+        DROP TABLE {parent};
+        ALTER TABLE {parent}_new RENAME TO {parent};
+        PRAGMA foreign_keys = ON;
+        """
+    )
+    assert other.execute(f"SELECT id, name FROM {parent} ORDER BY id").fetchall() == [
+        (1, "a;b"),
+        (2, "c"),
+    ]
+    with pytest.raises(raftlite.IntegrityError, match="FOREIGN KEY"):
+        other.executescript(f"PRAGMA foreign_keys = OFF; DELETE FROM {parent};")
+    with pytest.raises(raftlite.IntegrityError):
+        other.execute(f"DELETE FROM {parent}")
+    assert other.execute(f"SELECT count(*) FROM {parent}").fetchone() == (2,)
+    conn.close()
     other.close()

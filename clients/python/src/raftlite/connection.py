@@ -232,6 +232,10 @@ class Connection:
     def executemany(self, sql: str, seq_of_parameters: Any) -> Cursor:
         return self.cursor().executemany(sql, seq_of_parameters)
 
+    def executescript(self, sql_script: str) -> Cursor:
+        """See `Cursor.executescript`: the script's statements as one atomic `Execute`."""
+        return self.cursor().executescript(sql_script)
+
     @property
     def autocommit(self) -> bool:
         """Off (the default): writes open a transaction that `commit()` ends. On: each write
@@ -294,10 +298,12 @@ class Connection:
 
         return self._call("Query", attempt, in_transaction=self._transaction_id is not None)
 
-    def _execute(self, statements: list[pb.Statement]) -> pb.ExecuteResponse:
+    def _execute(
+        self, statements: list[pb.Statement], *, one_shot: bool = False
+    ) -> pb.ExecuteResponse:
         """Runs writes atomically, under a fresh request id: in the open transaction (opened
-        now unless autocommit), or as one transaction of their own."""
-        if self._transaction_id is None and not self._autocommit:
+        now unless autocommit or `one_shot`), or as one transaction of their own."""
+        if self._transaction_id is None and not self._autocommit and not one_shot:
             self._begin()
         in_transaction = self._transaction_id is not None
         request = pb.ExecuteRequest(

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import InterfaceError, ProgrammingError
-from .statements import Route, bind, route
+from .statements import Route, bind, route, split_script
 from .values import SQLValue, row_from_wire, type_code
 from .wire import pb
 
@@ -81,6 +81,30 @@ class Cursor:
             self.rowcount = 0
             return self
         self._set_write(self.connection._execute(statements).results)
+        return self
+
+    def executescript(self, sql_script: str) -> Cursor:
+        """Runs the statements of a script (separated by `;`) as ONE atomic `Execute`: all
+        or nothing, in one round trip. An open transaction is committed first, as `sqlite3`
+        does. `BEGIN` and `COMMIT` statements in it are dropped (the script already is one
+        transaction); `ROLLBACK` is refused. A script that starts with
+        `PRAGMA foreign_keys = OFF` runs alone without foreign keys (a table rebuild)."""
+        self._check_open()
+        self._reset()
+        statements = []
+        for sql in split_script(sql_script):
+            kind = route(sql)
+            if kind is Route.ROLLBACK:
+                raise ProgrammingError(
+                    "a script runs as one transaction, all or nothing: it cannot ROLLBACK"
+                )
+            if kind in (Route.QUERY, Route.EXECUTE):
+                statements.append(bind(sql))
+        conn = self.connection
+        if conn.in_transaction:
+            conn.commit()
+        if statements:
+            self._set_write(conn._execute(statements, one_shot=True).results)
         return self
 
     def fetchone(self) -> Row | None:

@@ -43,6 +43,7 @@ class _Token:
     kind: str  # "word", "param", "quoted", "punct"
     text: str
     depth: int
+    at: int = 0  # offset of its first character
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
@@ -73,20 +74,20 @@ def _tokens(sql: str) -> Iterator[_Token]:
                         continue
                     break
                 j += 1
-            yield _Token("quoted", sql[i : j + 1], depth)
+            yield _Token("quoted", sql[i : j + 1], depth, i)
             i = j + 1
         elif (m := _PARAM.match(sql, i)) is not None:
-            yield _Token("param", m.group(), depth)
+            yield _Token("param", m.group(), depth, i)
             i = m.end()
         elif (m := _WORD.match(sql, i)) is not None:
-            yield _Token("word", m.group().upper(), depth)
+            yield _Token("word", m.group().upper(), depth, i)
             i = m.end()
         else:
             if c == "(":
                 depth += 1
             elif c == ")":
                 depth = max(0, depth - 1)
-            yield _Token("punct", c, depth)
+            yield _Token("punct", c, depth, i)
             i += 1
 
 
@@ -116,6 +117,44 @@ def route(sql: str) -> Route:
     if first == "ROLLBACK" and not any(t.text == "TO" for t in words[1:]):
         return Route.ROLLBACK  # ROLLBACK TO [SAVEPOINT] x is a statement of the transaction
     return Route.EXECUTE
+
+
+def split_script(script: str) -> list[str]:
+    """The statements of a script, cut at each `;` outside string literals, quoted names,
+    comments and trigger bodies (`CREATE TRIGGER ... BEGIN ...; ...; END`), as `sqlite3`
+    reads one. Each is trimmed and without its `;`; empty ones are dropped.
+
+    >>> split_script("CREATE TABLE t(x); -- c\nINSERT INTO t VALUES (';');;")
+    ['CREATE TABLE t(x)', "INSERT INTO t VALUES (';')"]
+    """
+    statements: list[str] = []
+    first: list[str] = []
+    start, depth, content = 0, 0, False
+
+    def cut(end: int) -> None:
+        if content:
+            statements.append(script[start:end].strip())
+
+    for t in _tokens(script):
+        if t.kind == "punct" and t.text == ";" and depth == 0:
+            cut(t.at)
+            start, first, content = t.at + 1, [], False
+            continue
+        content = True
+        if t.kind != "word":
+            continue
+        if len(first) < 3:
+            first.append(t.text)
+        words = first + [""] * (3 - len(first))
+        trigger = words[0] == "CREATE" and (
+            words[1] == "TRIGGER" or (words[1] in ("TEMP", "TEMPORARY") and words[2] == "TRIGGER")
+        )
+        if trigger and t.text in ("BEGIN", "CASE"):
+            depth += 1
+        elif trigger and t.text == "END":
+            depth = max(0, depth - 1)
+    cut(len(script))
+    return statements
 
 
 def named_parameters(sql: str) -> list[str]:
