@@ -252,7 +252,7 @@ impl Client {
         };
         let timeout = self.inner.options.request_timeout;
         let response = self
-            .retry(None, Some(timeout), |channel, stream| {
+            .retry(Some(timeout), |channel, stream| {
                 let request = &request;
                 async move {
                     match stream {
@@ -485,34 +485,12 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        self.retry(None, timeout, move |channel, _| attempt(channel))
+        self.retry(timeout, move |channel, _| attempt(channel))
             .await
     }
 
-    /// Like [`Client::call`], but every attempt goes to `channel` (the node holding an
-    /// interactive transaction).
-    pub(crate) async fn call_on<T, F, Fut>(
-        &self,
-        channel: &Channel,
-        timeout: Option<Duration>,
-        mut attempt: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
-    {
-        self.retry(Some(channel), timeout, move |channel, _| attempt(channel))
-            .await
-    }
-
-    /// Like [`Client::call`] (or [`Client::call_on`] with `pinned`); each attempt also gets the
-    /// node's `ExecuteStream` (none when pinned).
-    async fn retry<T, F, Fut>(
-        &self,
-        pinned: Option<&Channel>,
-        timeout: Option<Duration>,
-        mut attempt: F,
-    ) -> Result<T, Error>
+    /// Like [`Client::call`]; each attempt also gets the node's `ExecuteStream`.
+    async fn retry<T, F, Fut>(&self, timeout: Option<Duration>, mut attempt: F) -> Result<T, Error>
     where
         F: FnMut(Channel, Option<Arc<ExecuteStream>>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -522,13 +500,8 @@ impl Client {
         let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         let mut node = self.inner.preferred.load(Ordering::Relaxed) % self.inner.nodes.len();
         loop {
-            let future = match pinned {
-                Some(channel) => attempt(channel.clone(), None),
-                None => {
-                    let endpoint = &self.inner.nodes[node];
-                    attempt(endpoint.channel(), Some(endpoint.execute_stream.clone()))
-                }
-            };
+            let endpoint = &self.inner.nodes[node];
+            let future = attempt(endpoint.channel(), Some(endpoint.execute_stream.clone()));
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit + ANSWER_GRACE, future)
                     .await
@@ -537,9 +510,7 @@ impl Client {
             };
             let err = match result {
                 Ok(value) => {
-                    if pinned.is_none() {
-                        self.inner.preferred.store(node, Ordering::Relaxed);
-                    }
+                    self.inner.preferred.store(node, Ordering::Relaxed);
                     return Ok(value);
                 }
                 Err(err) if !err.is_retryable() || err.is_statement_interrupted() => {
@@ -552,10 +523,6 @@ impl Client {
                 return Err(err);
             }
             let delay = backoff.next_delay().min(options.retry_deadline - elapsed);
-            if pinned.is_some() {
-                tokio::time::sleep(delay).await;
-                continue;
-            }
             let next = self.next_node(node, &err);
             tracing::debug!(
                 endpoint = %self.inner.nodes[node].uri,

@@ -27,12 +27,14 @@ pub struct CommitResult {
 /// applied, run it again from the start. Dropping it without [`Transaction::commit`] leaves
 /// it to that timeout; call [`Transaction::rollback`] to release the lock at once.
 ///
-/// Calls inside the transaction go to the node that began it (only the leader knows the
-/// transaction): a call that fails retryably (UNAVAILABLE, a timeout, a broken connection) is
-/// sent again there under the same request id, which the server answers with the first result,
-/// so it runs once. [`Transaction::commit`] is retried like a write, on any node, under one
-/// request id, so a commit applies once. If `commit` still fails retryably when the retry
-/// deadline passes, its outcome is unknown: read to find out before running it again.
+/// Calls inside the transaction go where the client's other calls go, and are retried like
+/// writes, on any node (a follower forwards them to the leader, which alone knows the
+/// transaction), under the same request id, which the leader answers with the first result, so
+/// each runs once. So a transaction whose leader died is answered [`Error::is_aborted`] by the
+/// new leader, not a connection error from the dead one. [`Transaction::commit`] is retried
+/// the same way under one request id, so a commit applies once. If `commit` still fails
+/// retryably when the retry deadline passes, its outcome is unknown: read to find out before
+/// running it again.
 #[derive(Debug)]
 pub struct Transaction {
     client: Client,
@@ -80,7 +82,7 @@ impl Transaction {
         let timeout = self.timeout();
         let response = self
             .client
-            .call_on(&self.channel, Some(timeout), |channel| {
+            .call(Some(timeout), |channel| {
                 let mut request = tonic::Request::new(message.clone());
                 crate::transport::set_deadline(&mut request, timeout);
                 async move { Ok(sql_client(channel).execute(request).await?.into_inner()) }
@@ -111,15 +113,21 @@ impl Transaction {
         sql: impl Into<String>,
         params: impl IntoIterator<Item = impl Into<crate::Value>>,
     ) -> Result<Rows, Error> {
-        let mut request = tonic::Request::new(v1::QueryRequest {
+        let message = v1::QueryRequest {
             statement: Some(Statement::new(sql).bind_all(params).into()),
             consistency: None,
             max_rows: 0,
             transaction_id: self.id.clone(),
-        });
-        crate::transport::set_deadline(&mut request, self.timeout());
-        let wait = self.timeout() + crate::error::ANSWER_GRACE;
-        crate::client::collect_query(self.channel.clone(), request, wait).await
+        };
+        let timeout = self.timeout();
+        self.client
+            .call(Some(timeout), |channel| {
+                let mut request = tonic::Request::new(message.clone());
+                crate::transport::set_deadline(&mut request, timeout);
+                let wait = timeout + crate::error::ANSWER_GRACE;
+                crate::client::collect_query(channel, request, wait)
+            })
+            .await
     }
 
     /// Commits: the whole transaction becomes one replicated write. Retried on retryable
@@ -146,15 +154,26 @@ impl Transaction {
         })
     }
 
-    /// Discards the transaction and releases the write lock.
+    /// Discards the transaction and releases the write lock (retried on any node; a
+    /// transaction the leader no longer knows is gone already).
     pub async fn rollback(mut self) -> Result<(), Error> {
         self.ended = true;
-        let mut request = tonic::Request::new(v1::RollbackRequest {
+        let message = v1::RollbackRequest {
             transaction_id: self.id.clone(),
-        });
-        request.set_timeout(self.timeout());
-        sql_client(self.channel.clone()).rollback(request).await?;
-        Ok(())
+        };
+        let timeout = self.timeout();
+        let rolled_back = self
+            .client
+            .call(Some(timeout), |channel| {
+                let mut request = tonic::Request::new(message.clone());
+                crate::transport::set_deadline(&mut request, timeout);
+                async move { Ok(sql_client(channel).rollback(request).await?.into_inner()) }
+            })
+            .await;
+        match rolled_back {
+            Err(e) if !e.is_aborted() => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -455,6 +455,54 @@ async fn leader_killed_mid_transaction_applies_nothing() {
         .restart()
         .await
         .expect("restart the old leader");
+
+    info!(
+        new_leader,
+        "phase 4: a transaction begun on the leader itself; the leader is killed; the next \
+         call is ABORTED by the next leader, through the other nodes"
+    );
+    let mut ids = vec![new_leader];
+    ids.extend(cluster.ids_except(new_leader));
+    let leader_first = cluster.client_with(ids, Duration::from_secs(20));
+    let mut on_leader = leader_first.begin().await.expect("begin on the leader");
+    on_leader
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('lost', 2)",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("write in the transaction");
+    cluster.node(new_leader).kill().expect("kill the leader");
+    let next = on_leader
+        .exec(
+            "INSERT INTO counter(name, n) VALUES('after', 3)",
+            Vec::<Value>::new(),
+        )
+        .await;
+    match next {
+        Err(e) => assert!(
+            e.is_aborted(),
+            "ABORTED, not a connection error from the dead node: {e:?}"
+        ),
+        Ok(r) => panic!("the transaction must be aborted, got {r:?}"),
+    }
+    on_leader
+        .rollback()
+        .await
+        .expect("a rollback of a gone transaction is done");
+    let rows = client
+        .query(
+            "SELECT count(*) FROM counter WHERE name IN ('lost', 'after')",
+            Vec::<Value>::new(),
+        )
+        .await
+        .expect("count");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 0);
+    cluster
+        .node(new_leader)
+        .restart()
+        .await
+        .expect("restart the killed leader");
     cluster.assert_identical_pages().await;
 }
 
