@@ -161,10 +161,12 @@ pub fn without_foreign_keys(request: &WriteRequest) -> bool {
 /// `Some(on)` when `sql` is `PRAGMA [main.]foreign_keys = value` or `foreign_keys(value)`
 /// with a boolean value SQLite knows; `None` for any other statement.
 fn sets_foreign_keys(sql: &str) -> Option<bool> {
-    let text = super::authorizer::statement_start(sql)
-        .trim_end()
-        .trim_end_matches(';')
-        .to_ascii_lowercase();
+    let start = super::authorizer::statement_start(sql);
+    // Every write request passes here: nothing is copied unless it is a PRAGMA.
+    if !start.get(..6)?.eq_ignore_ascii_case("pragma") {
+        return None;
+    }
+    let text = start.trim_end().trim_end_matches(';').to_ascii_lowercase();
     let rest = text.strip_prefix("pragma")?;
     if !rest.starts_with(char::is_whitespace) {
         return None;
