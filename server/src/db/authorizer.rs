@@ -189,6 +189,9 @@ pub(crate) struct Lockdown {
     /// Client savepoints are allowed (a call of an interactive transaction that is one
     /// SAVEPOINT, RELEASE or ROLLBACK TO; see [`Lockdown::savepoints`]).
     savepoints: AtomicBool,
+    /// A reader compiles an EXPLAIN: the writes it describes are allowed, since it runs none
+    /// of them (see [`Lockdown::explaining`]).
+    explaining: AtomicBool,
 }
 
 impl Lockdown {
@@ -210,6 +213,12 @@ impl Lockdown {
                     client_savepoint(savepoint_name)
                 }
                 (Policy::Executor, _) => executor_rule(&ctx),
+                (
+                    Policy::Reader,
+                    AuthAction::Insert { .. }
+                    | AuthAction::Update { .. }
+                    | AuthAction::Delete { .. },
+                ) if state.explaining.load(Ordering::Acquire) => Ok(()),
                 (Policy::Reader, _) => reader_rule(&ctx),
             };
             match verdict {
@@ -236,6 +245,15 @@ impl Lockdown {
     pub(crate) fn savepoints(&self) -> SavepointGuard<'_> {
         self.savepoints.store(true, Ordering::Release);
         SavepointGuard(self)
+    }
+
+    /// Allow the INSERT, UPDATE and DELETE of an EXPLAIN a reader compiles until the guard is
+    /// dropped: an EXPLAIN lists the program, EXPLAIN QUERY PLAN the plan, and neither runs
+    /// it. The caller checks that what it compiled is an EXPLAIN (`sqlite3_stmt_isexplain`);
+    /// a read connection is read-only besides.
+    pub(crate) fn explaining(&self) -> ExplainGuard<'_> {
+        self.explaining.store(true, Ordering::Release);
+        ExplainGuard(self)
     }
 
     /// Forget a previous denial; call before preparing a client statement.
@@ -288,6 +306,23 @@ impl Drop for SavepointGuard<'_> {
     fn drop(&mut self) {
         self.0.savepoints.store(false, Ordering::Release);
     }
+}
+
+/// While alive, a reader may compile the writes an EXPLAIN describes ([`Lockdown::explaining`]).
+pub(crate) struct ExplainGuard<'a>(&'a Lockdown);
+
+impl Drop for ExplainGuard<'_> {
+    fn drop(&mut self) {
+        self.0.explaining.store(false, Ordering::Release);
+    }
+}
+
+/// Whether `sql` starts with EXPLAIN (after comments).
+pub(crate) fn is_explain(sql: &str) -> bool {
+    let start = statement_start(sql).as_bytes();
+    start.len() > 7
+        && start[..7].eq_ignore_ascii_case(b"explain")
+        && !(start[7].is_ascii_alphanumeric() || start[7] == b'_')
 }
 
 /// Whether `sql` is savepoint control (SAVEPOINT, RELEASE, ROLLBACK TO), by its first word.

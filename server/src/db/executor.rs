@@ -387,7 +387,7 @@ pub enum TransactionStep {
 
 /// A client statement: from the statement cache, or prepared afresh when its text could name a
 /// cached internal statement (see `internal::is_internal_sql`).
-enum CachedOrNot<'c> {
+pub(crate) enum CachedOrNot<'c> {
     Cached(rusqlite::CachedStatement<'c>),
     Fresh(rusqlite::Statement<'c>),
 }

@@ -21,9 +21,10 @@
 //! threads still busy with a job past its deadline (normally none: the interrupt lands within
 //! microseconds), which tells readiness whether the node can serve reads at all.
 
-use super::authorizer::{is_pragma, Lockdown, Policy, READ_ONLY};
+use super::authorizer::{is_explain, is_pragma, Lockdown, Policy, READ_ONLY};
 use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
+use super::executor::CachedOrNot;
 use super::value::{bind, ColumnInfo, SqlValue, Statement};
 use super::DbOptions;
 use rusqlite::{Connection, OpenFlags};
@@ -253,6 +254,19 @@ impl Reader {
         }
     }
 
+    /// Reads the schema table in the open read transaction: a statement that reads a table
+    /// checks the schema cookie first, so a schema changed since this connection last read is
+    /// loaded again (`PRAGMA schema_version` reads the cookie without that check).
+    fn current_schema(&self) -> Result<()> {
+        let _guard = self.lockdown.internal();
+        self.conn
+            .prepare_cached(super::internal::internal_sql!(
+                "SELECT 1 FROM main.sqlite_schema LIMIT 1"
+            ))?
+            .exists([])?;
+        Ok(())
+    }
+
     /// Stream the rows; returns Ok when done or when the receiver went away.
     fn stream_rows(&self, job: &Job) -> Result<()> {
         let consumer = job.chunks.clone();
@@ -263,11 +277,28 @@ impl Reader {
         )?;
         let client_error = |e| scope.client_error(e, &self.lockdown);
         self.lockdown.reset();
-        let mut stmt = self
-            .conn
-            .prepare_cached(&job.statement.sql)
-            .map_err(client_error)?;
-        if !stmt.readonly() && !is_pragma(&job.statement.sql) {
+        let explain = is_explain(&job.statement.sql);
+        // An EXPLAIN reads no table as it runs, so nothing would notice a schema changed since
+        // this connection last read: reading the schema cookie first loads it again, and the
+        // EXPLAIN is compiled afresh on it (a cached one describes the schema it was compiled
+        // on).
+        let mut stmt = match explain {
+            true => {
+                self.current_schema()?;
+                let _explaining = self.lockdown.explaining();
+                self.conn
+                    .prepare(&job.statement.sql)
+                    .map(CachedOrNot::Fresh)
+            }
+            false => self
+                .conn
+                .prepare_cached(&job.statement.sql)
+                .map(CachedOrNot::Cached),
+        }
+        .map_err(client_error)?;
+        // An EXPLAIN of a write runs none of it: it reads the schema to describe it.
+        let described = explain && stmt.is_explain() > 0;
+        if !stmt.readonly() && !described && !is_pragma(&job.statement.sql) {
             return Err(DbError::PermissionDenied(READ_ONLY.into()));
         }
         bind(&mut stmt, &job.statement.params).map_err(|e| scope.name_limit(e))?;

@@ -1474,6 +1474,68 @@ async fn read_pool_refuses_writes() -> TestResult {
 
 const READ_ONLY_MESSAGE: &str = "Query is read-only; send writes with Execute";
 
+/// EXPLAIN and EXPLAIN QUERY PLAN of a write are queries: they describe it and run none of
+/// it, also after a schema change recompiles the cached statement; anything else that writes
+/// stays refused.
+#[tokio::test]
+async fn a_query_explains_a_write_without_running_it() -> TestResult {
+    // One reader: the second round takes the statement from its cache.
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[
+        CREATE_T,
+        "CREATE INDEX t_a ON t(a)",
+        "INSERT INTO t(a) VALUES('x')",
+    ])
+    .await?;
+    let rows = |chunks: Vec<QueryChunk>| {
+        chunks
+            .into_iter()
+            .flat_map(|ch| ch.rows)
+            .collect::<Vec<_>>()
+    };
+    let plan = "EXPLAIN QUERY PLAN UPDATE t SET b = x'00' WHERE a = 'x'";
+    let described = rows(collect(c.leader.reads().query(stmt(plan), 0, 100, None)).await?);
+    let text = format!("{described:?}");
+    ensure!(text.contains("t_a"), "the plan names the index: {text}");
+    // Asked again once the index is gone, it describes the schema as it is now.
+    c.write_one(&["DROP INDEX t_a"]).await?;
+    let described = rows(collect(c.leader.reads().query(stmt(plan), 0, 100, None)).await?);
+    let text = format!("{described:?}");
+    ensure!(!text.contains("t_a"), "a plan of the old schema: {text}");
+    for sql in [
+        "/* why */ explain DELETE FROM t",
+        "EXPLAIN INSERT INTO t(a) VALUES('y')",
+    ] {
+        let program = rows(collect(c.leader.reads().query(stmt(sql), 0, 1000, None)).await?);
+        ensure!(!program.is_empty(), "{sql}: the program is listed");
+    }
+    let conn = Connection::open(c.follower.path())?;
+    ensure!(count(&conn, "t")? == 1, "nothing ran");
+    let leader = Connection::open(c.leader.path())?;
+    ensure!(count(&leader, "t")? == 1, "nothing ran on the leader");
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("EXPLAINED DELETE FROM t"), 0, 10, None),
+    )
+    .await
+    {
+        Err(_) => {}
+        Ok(chunks) => anyhow::bail!("not an EXPLAIN: {chunks:?}"),
+    }
+    match collect(c.leader.reads().query(stmt("DELETE FROM t"), 0, 10, None)).await {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::PermissionDenied(m)) if m.contains(READ_ONLY_MESSAGE)),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("a write ran as a query: {chunks:?}"),
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn query_streams_in_bounded_chunks() -> TestResult {
     let c = Cluster::with_options(DbOptions {
