@@ -248,7 +248,7 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         "PRAGMA ignore_check_constraints=ON",
         "PRAGMA max_page_count=1",
         "PRAGMA schema_version=5",
-        "PRAGMA foreign_keys=OFF",
+        "PRAGMA recursive_triggers=ON",
     ] {
         let r = client.exec(pragma, Vec::<i64>::new()).await;
         assert_eq!(code(&r), Some(Code::PermissionDenied), "{pragma}");
@@ -267,6 +267,43 @@ async fn no_statement_stalls_or_kills_the_cluster() {
     assert!(
         bad_row.is_err(),
         "CHECK constraints still hold for every client"
+    );
+    // PRAGMA foreign_keys = OFF first in a write turns them off for that write alone (a table
+    // rebuild); it is refused later in one, and as a query; the next write has them again.
+    client
+        .execute([
+            "CREATE TABLE fk_parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE fk_child (parent INTEGER REFERENCES fk_parent (id))",
+        ])
+        .await
+        .expect("create the foreign key tables");
+    client
+        .exec("PRAGMA foreign_keys=OFF", Vec::<i64>::new())
+        .await
+        .expect("foreign keys off for one write");
+    let later = client
+        .execute(["SELECT 1", "PRAGMA foreign_keys=OFF"])
+        .await;
+    assert_eq!(
+        code(&later),
+        Some(Code::PermissionDenied),
+        "not first: {later:?}"
+    );
+    let as_query = client
+        .query_with(
+            Statement::new("PRAGMA foreign_keys=OFF"),
+            Consistency::Stale,
+            0,
+        )
+        .await;
+    assert_eq!(code(&as_query), Some(Code::PermissionDenied), "as a query");
+    let orphan = client
+        .exec("INSERT INTO fk_child VALUES (42)", Vec::<i64>::new())
+        .await;
+    assert_eq!(
+        code(&orphan),
+        Some(Code::FailedPrecondition),
+        "foreign keys still hold for every client: {orphan:?}"
     );
 
     info!("phase 6: the steady writer never waited over a second; nothing else moved");
