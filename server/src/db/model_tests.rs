@@ -15,10 +15,10 @@ use std::sync::Arc;
 type TestResult = anyhow::Result<()>;
 
 /// xorshift: deterministic per seed.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -489,16 +489,6 @@ async fn open_reader_keeps_its_snapshot_across_applies() -> TestResult {
     Ok(())
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[tokio::test]
 async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
     let c = Cluster::new()?;
@@ -513,7 +503,7 @@ async fn random_small_batches_with_frequent_checkpoints() -> TestResult {
     }
     c.write_one(&[CREATE_T, "CREATE INDEX t_a ON t(a)"]).await?;
     let follower_conn = Connection::open(c.follower.path())?;
-    let mut rng = Rng(99);
+    let mut rng = super::model_tests::Rng(99);
     let mut max_pages = 0;
     for i in 0..300u64 {
         let batch: Vec<WriteRequest> = (0..1 + rng.next() % 3)
