@@ -832,11 +832,27 @@ async fn inject(chaos: &mut Chaos, fault: Fault, pick: u64) -> anyhow::Result<()
     Ok(())
 }
 
+/// Pauses the load, compares every pod's pages once they applied the same log, and starts
+/// the load again: a replica that diverged is named with the fault that made it.
+async fn compare_pages_under_pause(chaos: &mut Chaos, n: u64, fault: Fault) {
+    chaos.stop_load(false).await;
+    let (pages, index) = chaos
+        .cluster
+        .ensure_identical_pages()
+        .await
+        .unwrap_or_else(|e| panic!("soak: pages after fault {n} ({fault:?}): {e:#}"));
+    info!(n, pages, index, "soak: replicas byte-identical");
+    chaos.start_load(&format!("soak-after-{n}"));
+}
+
 /// A short soak in every run (a few random faults); `just soak` runs hundreds.
 #[tokio::test(flavor = "multi_thread")]
 async fn soak_random_faults() {
     let faults = env_number("RAFTLITE_SOAK_FAULTS", 4);
     let minutes = env_number("RAFTLITE_SOAK_MINUTES", 60);
+    // Pages compared after every this many faults (0: only at the end): a divergence is then
+    // found at the fault that caused it, not at the end of a long run.
+    let pages_every = env_number("RAFTLITE_SOAK_PAGES_EVERY", 1);
     let seed = env_number("RAFTLITE_SOAK_SEED", rand::random::<u32>() as u64);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut chaos = Chaos::start("chaos_soak", DockerOptions::default()).await;
@@ -876,6 +892,9 @@ async fn soak_random_faults() {
         entry.1 += started.elapsed();
         done = n;
         info!(n, ?fault, took = ?started.elapsed(), acked = chaos.checker.acked_count(), "soak: fault healed");
+        if pages_every > 0 && n % pages_every == 0 && n < faults {
+            compare_pages_under_pause(&mut chaos, n, fault).await;
+        }
     }
     let count = chaos.stop_load(false).await;
     chaos.audit(count).await;
