@@ -1164,7 +1164,7 @@ impl Executor {
             while let Some(row) = cursor.next().map_err(client_error)? {
                 let mut values = Vec::with_capacity(columns.len());
                 for i in 0..columns.len() {
-                    let value = SqlValue::from(row.get_ref(i).map_err(client_error)?);
+                    let value = SqlValue::read(row.get_ref(i).map_err(client_error)?, i)?;
                     *result_bytes += value.size();
                     values.push(value);
                 }

@@ -319,7 +319,7 @@ impl Reader {
             }
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
-                let v = SqlValue::from(row.get_ref(i)?);
+                let v = SqlValue::read(row.get_ref(i)?, i)?;
                 chunk_bytes += v.size();
                 values.push(v);
             }

@@ -58,7 +58,7 @@ fn user_rows(path: &Path) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
         let mut count = 0u64;
         while let Some(row) = rows.next()? {
             for i in 0..width {
-                format!("{:?}", SqlValue::from(row.get_ref(i)?)).hash(&mut hasher);
+                format!("{:?}", SqlValue::read(row.get_ref(i)?, i)?).hash(&mut hasher);
             }
             count += 1;
         }
@@ -1463,6 +1463,54 @@ async fn read_pool_refuses_writes() -> TestResult {
 }
 
 const READ_ONLY_MESSAGE: &str = "Query is read-only; send writes with Execute";
+
+/// TEXT that is not UTF-8 (stored through a cast) is an error naming the column, on the read
+/// path and in a write's RETURNING, never text with other bytes than were stored; its bytes
+/// come back as a BLOB.
+#[tokio::test]
+async fn text_that_is_not_utf8_is_an_error_not_other_text() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[
+        CREATE_T,
+        "INSERT INTO t(id, a) VALUES(1, CAST(x'41ff42' AS TEXT))",
+    ])
+    .await?;
+    match collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT id, a FROM t"), 0, 10, None),
+    )
+    .await
+    {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::InvalidArgument(m))
+                if m.contains("column 2") && m.contains("not valid UTF-8") && m.contains("AS BLOB")),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("read as text: {chunks:?}"),
+    }
+    let bytes = collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT CAST(a AS BLOB) FROM t"), 0, 10, None),
+    )
+    .await?;
+    ensure!(bytes[0].rows == [[SqlValue::Blob(vec![0x41, 0xff, 0x42])]]);
+    let returning = c
+        .executor
+        .execute_batch(vec![req("", &["UPDATE t SET b = x'00' RETURNING a"])])
+        .await?;
+    ensure!(
+        matches!(failed(&returning.outcomes[0])?, DbError::InvalidArgument(m) if m.contains("not valid UTF-8")),
+        "{:?}",
+        returning.outcomes
+    );
+    ensure!(
+        returning.delta.is_none(),
+        "the failed request changed nothing"
+    );
+    Ok(())
+}
 
 /// EXPLAIN and EXPLAIN QUERY PLAN of a write are queries: they describe it and run none of
 /// it, also after a schema change recompiles the cached statement; anything else that writes

@@ -31,17 +31,29 @@ impl rusqlite::ToSql for SqlValue {
     }
 }
 
-impl From<ValueRef<'_>> for SqlValue {
-    fn from(v: ValueRef<'_>) -> Self {
-        match v {
+impl SqlValue {
+    /// The value SQLite returned in column `column` (0-based). TEXT is UTF-8 unless a client
+    /// stored other bytes through a cast (`CAST(x'ff' AS TEXT)`): such a value cannot travel
+    /// as text, and replacing its bytes would hand the client different data than it stored
+    /// (data it might write back), so it is an error naming the column and the way to read
+    /// its bytes, as Python's `sqlite3` refuses to decode it.
+    pub fn read(v: ValueRef<'_>, column: usize) -> super::error::Result<SqlValue> {
+        Ok(match v {
             ValueRef::Null => SqlValue::Null,
             ValueRef::Integer(i) => SqlValue::Integer(i),
             ValueRef::Real(f) => SqlValue::Real(f),
-            // SQLite TEXT is UTF-8 unless a client stored invalid bytes through a cast; keep
-            // the data rather than failing the whole query.
-            ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Text(t) => match std::str::from_utf8(t) {
+                Ok(text) => SqlValue::Text(text.to_owned()),
+                Err(e) => {
+                    return Err(super::error::DbError::InvalidArgument(format!(
+                        "column {} holds TEXT that is not valid UTF-8 ({e}); select it as \
+                         CAST(... AS BLOB) to read its bytes",
+                        column + 1
+                    )))
+                }
+            },
             ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-        }
+        })
     }
 }
 
@@ -197,7 +209,7 @@ mod tests {
         let mut rows = stmt.raw_query();
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push(SqlValue::from(row.get_ref(0)?));
+            out.push(SqlValue::read(row.get_ref(0)?, 0)?);
         }
         Ok(out)
     }
