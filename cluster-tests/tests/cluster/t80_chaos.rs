@@ -870,8 +870,10 @@ async fn soak_random_faults() {
             info!(done, "soak: time is up");
             break;
         }
-        // The load has bounds of its own; start a fresh one when it ran out.
-        if n % 50 == 0 {
+        // The load has bounds of its own; start a fresh one when it ran out (unless the last
+        // page comparison just did).
+        let restarted = pages_every > 0 && (n - 1) % pages_every == 0 && n > 1;
+        if n % 50 == 0 && !restarted {
             let count = chaos.stop_load(false).await;
             info!(
                 n,
