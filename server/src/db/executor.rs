@@ -779,11 +779,13 @@ impl Executor {
     }
 
     /// At the end of a request run with foreign keys off that checks them: a violation
-    /// anywhere in the database fails it.
-    fn no_foreign_key_violation(&self) -> Result<()> {
+    /// anywhere in the database fails it. The check reads every table with a foreign key, so
+    /// it runs within the request's deadline, like its statements: past it, the request fails.
+    fn no_foreign_key_violation(&self, deadline: Option<Instant>) -> Result<()> {
         if self.without_foreign_keys != Some(true) {
             return Ok(());
         }
+        let scope = self.bounds.enter(&self.conn, deadline, None)?;
         let _guard = self.lockdown.internal();
         let violation: Option<(String, Option<i64>, String)> = self
             .conn
@@ -794,7 +796,8 @@ impl Executor {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()?;
+            .optional()
+            .map_err(|e| scope.client_error(e, &self.lockdown))?;
         match violation {
             None => Ok(()),
             Some((table, rowid, parent)) => Err(DbError::Constraint(format!(
@@ -936,7 +939,10 @@ impl Executor {
             let ran = self
                 .run_statements(&request.statements, request.deadline)
                 .and_then(|results| self.no_deferred_violation().map(|()| results))
-                .and_then(|results| self.no_foreign_key_violation().map(|()| results));
+                .and_then(|results| {
+                    self.no_foreign_key_violation(request.deadline)
+                        .map(|()| results)
+                });
             match ran {
                 Ok(results) => {
                     self.internal_sql(RELEASE)?;

@@ -1976,6 +1976,54 @@ async fn a_request_without_foreign_keys_rebuilds_a_referenced_table() -> TestRes
     Ok(())
 }
 
+/// The check at the end of a request without foreign keys reads every table that has one, a
+/// cost the client chooses by the size of its database: it stops at the request's deadline,
+/// like the request's statements, and the request fails, nothing of it applied.
+#[tokio::test]
+async fn the_check_of_a_request_without_foreign_keys_stops_at_its_deadline() -> TestResult {
+    let c = Cluster::new()?;
+    // 100,000 rows with 50 foreign keys each: five million parent lookups, half a second of
+    // checking even for an optimised SQLite, where the request's own statements take
+    // microseconds.
+    let columns: Vec<String> = (0..50)
+        .map(|i| format!("c{i} INTEGER REFERENCES p(id)"))
+        .collect();
+    let values: Vec<String> = (0..50)
+        .map(|i| format!("(n * {}) % 1000 + 1", i + 7))
+        .collect();
+    let create_child = format!("CREATE TABLE ch({})", columns.join(", "));
+    let fill_child = format!(
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 100000)
+         INSERT INTO ch SELECT {} FROM s",
+        values.join(", ")
+    );
+    c.write_one(&[
+        "CREATE TABLE p(id INTEGER PRIMARY KEY)",
+        &create_child,
+        "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000)
+         INSERT INTO p SELECT n FROM s",
+        &fill_child,
+    ])
+    .await?;
+    let rebuild = ["PRAGMA foreign_keys = OFF", "INSERT INTO p VALUES(2000)"];
+    let mut request = req("", &rebuild);
+    request.deadline = Some(std::time::Instant::now() + Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let result = c.executor.execute_alone(request).await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::Timeout(_)),
+        "{:?} after {:?}",
+        result.outcomes,
+        started.elapsed()
+    );
+    ensure!(result.delta.is_none(), "nothing of it is replicated");
+    // Given the time, the same request passes the check.
+    let result = c.executor.execute_alone(req("", &rebuild)).await?;
+    executed(&result.outcomes[0])?;
+    apply_both(&c, result.delta.context("a delta")?).await?;
+    Ok(())
+}
+
 /// Runs one call of the open transaction: `Done`'s results, or the step as an error.
 async fn tx_call(c: &Cluster, sqls: &[&str]) -> anyhow::Result<TransactionStep> {
     Ok(c.executor
