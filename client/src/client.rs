@@ -499,7 +499,11 @@ impl Client {
         let started = Instant::now();
         let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         let mut node = self.inner.preferred.load(Ordering::Relaxed) % self.inner.nodes.len();
+        // Each node's last failure, for the final error (see `Error::after_retries`).
+        let mut last: Vec<Option<String>> = vec![None; self.inner.nodes.len()];
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let endpoint = &self.inner.nodes[node];
             let future = attempt(endpoint.channel(), Some(endpoint.execute_stream.clone()));
             let result = match timeout {
@@ -519,8 +523,15 @@ impl Client {
                 Err(err) => err,
             };
             let elapsed = started.elapsed();
+            last[node] = Some(err.to_string());
             if elapsed >= options.retry_deadline {
-                return Err(err);
+                let others: Vec<(String, String)> = last
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != node)
+                    .filter_map(|(i, e)| Some((self.inner.nodes[i].uri.clone(), e.clone()?)))
+                    .collect();
+                return Err(err.after_retries(attempts, elapsed, &others));
             }
             let delay = backoff.next_delay().min(options.retry_deadline - elapsed);
             let next = self.next_node(node, &err);

@@ -91,6 +91,39 @@ impl Error {
         }
     }
 
+    /// This error, the last of a call's retries, with how they went: `attempts` in `elapsed`,
+    /// and what each other node last answered (`(address, error)`). The last error alone
+    /// depends on which node happened to be tried last: a dead one, say, when another node
+    /// knew what was wrong.
+    pub(crate) fn after_retries(
+        self,
+        attempts: u32,
+        elapsed: std::time::Duration,
+        others: &[(String, String)],
+    ) -> Self {
+        let mut note = format!("; gave up after {attempts} attempts in {elapsed:.1?}");
+        if !others.is_empty() {
+            let answers: Vec<String> = others.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+            note.push_str(&format!(
+                "; the other nodes last answered: {}",
+                answers.join("; ")
+            ));
+        }
+        match self {
+            Error::Status {
+                code,
+                message,
+                leader_hint,
+            } => Error::Status {
+                code,
+                message: message + &note,
+                leader_hint,
+            },
+            Error::Transport(message) => Error::Transport(message + &note),
+            other => other,
+        }
+    }
+
     /// True when a node stopped the request's statement at the deadline the attempt gave it
     /// (DEADLINE_EXCEEDED saying [`STATEMENT_INTERRUPTED`]): nothing was recorded, and another
     /// attempt would run the statement for as long again, holding every other write back.
@@ -179,6 +212,35 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_after_retries_says_what_every_node_last_answered() {
+        let dead = Error::Transport("connecting to http://a:7000/: Connection refused".into());
+        let others = [(
+            "http://b:7000".to_string(),
+            "UNAVAILABLE: no leader (an election is under way)".to_string(),
+        )];
+        let err = dead.after_retries(7, std::time::Duration::from_millis(2500), &others);
+        assert!(err.is_retryable(), "still the last error: {err:?}");
+        assert_eq!(
+            err.to_string(),
+            "transport error: connecting to http://a:7000/: Connection refused; gave up after 7 \
+             attempts in 2.5s; the other nodes last answered: http://b:7000: UNAVAILABLE: no \
+             leader (an election is under way)"
+        );
+        let alone = Error::Status {
+            code: Code::Unavailable,
+            message: "no quorum".into(),
+            leader_hint: Some((2, "b:7000".into())),
+        }
+        .after_retries(3, std::time::Duration::from_millis(400), &[]);
+        assert_eq!(alone.code(), Code::Unavailable);
+        assert_eq!(alone.leader_hint(), Some((2, "b:7000")));
+        assert_eq!(
+            alone.to_string(),
+            "UNAVAILABLE: no quorum; gave up after 3 attempts in 400.0ms"
+        );
+    }
 
     fn status_with_leader(code: Code, id: &str, addr: &str) -> tonic::Status {
         let mut status = tonic::Status::new(code, "no leader");

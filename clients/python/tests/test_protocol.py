@@ -89,6 +89,20 @@ def test_retries_stop_at_the_deadline_with_the_last_error(nodes):
     assert len({r.request_id for r in nodes[0].calls("Execute")}) == 1
 
 
+def test_the_final_error_says_what_every_node_last_answered(nodes):
+    # One node knows what is wrong; the other is gone. Whichever is tried last, both show.
+    conn = connect([nodes[0], nodes[1]], autocommit=True, retry_deadline=0.3)
+    nodes[1].stop()
+    for _ in range(100):
+        nodes[0].fail("Execute", UNAVAILABLE, "no leader (an election is under way)")
+    with pytest.raises(raftlite.OperationalError) as e:
+        conn.execute("DELETE FROM t")
+    message = str(e.value)
+    assert "the other nodes last answered: " in message, message
+    assert "no leader (an election is under way)" in message, message
+    assert "Connection refused" in message or "failed to connect" in message, message
+
+
 def test_a_transaction_begins_at_the_first_write_and_carries_its_id(nodes):
     conn = connect(nodes)
     cur = conn.cursor()

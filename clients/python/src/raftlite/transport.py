@@ -138,6 +138,9 @@ class Transport:
         delay = self.policy.backoff_initial
         node = self._preferred
         attempts = 0
+        # Each node's last failure, for the final error: the last one alone depends on which
+        # node happened to be tried last (a dead one, when another knew what was wrong).
+        last: dict[str, str] = {}
         while True:
             attempts += 1
             try:
@@ -158,6 +161,7 @@ class Transport:
                 )
             if not is_retryable(failure.code, failure.message):
                 raise failure.to_error()
+            last[self.nodes[node]] = f"{failure.message} ({failure.code})"
             if elapsed >= self.policy.retry_deadline:
                 error = failure.to_error()
                 hint = ""
@@ -166,9 +170,13 @@ class Transport:
                         "; if the nodes speak TLS, give the CA that signed their certificates "
                         "(tls_ca=FILE in the URL)"
                     )
+                others = "; ".join(
+                    f"{addr}: {why}" for addr, why in last.items() if addr != self.nodes[node]
+                )
                 error.args = (
                     f"{error.args[0]}; gave up after {attempts} attempts in {elapsed:.1f} s "
-                    f"on {', '.join(self.nodes)}{hint}",
+                    f"on {', '.join(self.nodes)}{hint}"
+                    + (f"; the other nodes last answered: {others}" if others else ""),
                 )
                 raise error
             node = self._next_node(node, failure)
