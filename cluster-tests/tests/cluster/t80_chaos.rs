@@ -853,6 +853,8 @@ async fn soak_random_faults() {
     // Pages compared after every this many faults (0: only at the end): a divergence is then
     // found at the fault that caused it, not at the end of a long run.
     let pages_every = env_number("RAFTLITE_SOAK_PAGES_EVERY", 1);
+    // (The last fault's are the final audit's.)
+    let compares_after = |n: u64| pages_every > 0 && n.is_multiple_of(pages_every) && n < faults;
     let seed = env_number("RAFTLITE_SOAK_SEED", rand::random::<u32>() as u64);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut chaos = Chaos::start("chaos_soak", DockerOptions::default()).await;
@@ -872,8 +874,7 @@ async fn soak_random_faults() {
         }
         // The load has bounds of its own; start a fresh one when it ran out (unless the last
         // page comparison just did).
-        let restarted = pages_every > 0 && (n - 1) % pages_every == 0 && n > 1;
-        if n % 50 == 0 && !restarted {
+        if n % 50 == 0 && !compares_after(n - 1) {
             let count = chaos.stop_load(false).await;
             info!(
                 n,
@@ -894,7 +895,7 @@ async fn soak_random_faults() {
         entry.1 += started.elapsed();
         done = n;
         info!(n, ?fault, took = ?started.elapsed(), acked = chaos.checker.acked_count(), "soak: fault healed");
-        if pages_every > 0 && n % pages_every == 0 && n < faults {
+        if compares_after(n) {
             compare_pages_under_pause(&mut chaos, n, fault).await;
         }
     }

@@ -58,10 +58,16 @@ pub(crate) fn statement_start(sql: &str) -> &str {
 /// read a value (`PRAGMA journal_mode`); on a reader the authorizer already allows a pragma
 /// only where it reads, and the connection is `query_only`.
 pub(crate) fn is_pragma(sql: &str) -> bool {
+    first_word_is(sql, "pragma")
+}
+
+/// Whether the first word of `sql`, past comments, is `word` (any case), followed by more that
+/// is not part of that word: `PRAGMA x`, `PRAGMA(x)`, not `pragmatic` nor a bare `PRAGMA`.
+pub(crate) fn first_word_is(sql: &str, word: &str) -> bool {
     let start = statement_start(sql).as_bytes();
-    start.len() > 6
-        && start[..6].eq_ignore_ascii_case(b"pragma")
-        && !(start[6].is_ascii_alphanumeric() || start[6] == b'_')
+    start.len() > word.len()
+        && start[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+        && !(start[word.len()].is_ascii_alphanumeric() || start[word.len()] == b'_')
 }
 
 /// Which rules a connection enforces.
@@ -319,21 +325,15 @@ impl Drop for ExplainGuard<'_> {
 
 /// Whether `sql` starts with EXPLAIN (after comments).
 pub(crate) fn is_explain(sql: &str) -> bool {
-    let start = statement_start(sql).as_bytes();
-    start.len() > 7
-        && start[..7].eq_ignore_ascii_case(b"explain")
-        && !(start[7].is_ascii_alphanumeric() || start[7] == b'_')
+    first_word_is(sql, "explain")
 }
 
 /// Whether `sql` is savepoint control (SAVEPOINT, RELEASE, ROLLBACK TO), by its first word.
 /// A bare ROLLBACK passes too; the authorizer refuses it as transaction control.
 pub(crate) fn is_savepoint_control(sql: &str) -> bool {
-    let start = statement_start(sql).as_bytes();
-    ["savepoint", "release", "rollback"].iter().any(|word| {
-        start.len() > word.len()
-            && start[..word.len()].eq_ignore_ascii_case(word.as_bytes())
-            && !(start[word.len()].is_ascii_alphanumeric() || start[word.len()] == b'_')
-    })
+    ["savepoint", "release", "rollback"]
+        .iter()
+        .any(|word| first_word_is(sql, word))
 }
 
 /// A client's own savepoint, inside an interactive transaction: any name but raftlite's.

@@ -31,7 +31,9 @@
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
 //! result as one delta.
 
-use super::authorizer::{is_savepoint_control, Lockdown, Policy};
+use super::authorizer::{
+    first_word_is, is_pragma, is_savepoint_control, statement_start, Lockdown, Policy,
+};
 use super::bounds::{Bounds, ClientScope};
 use super::capture::{self, CaptureStart};
 use super::chain::{Chain, Link, Overlay};
@@ -161,12 +163,14 @@ pub fn without_foreign_keys(request: &WriteRequest) -> bool {
 /// `Some(on)` when `sql` is `PRAGMA [main.]foreign_keys = value` or `foreign_keys(value)`
 /// with a boolean value SQLite knows; `None` for any other statement.
 fn sets_foreign_keys(sql: &str) -> Option<bool> {
-    let start = super::authorizer::statement_start(sql);
     // Every write request passes here: nothing is copied unless it is a PRAGMA.
-    if !start.get(..6)?.eq_ignore_ascii_case("pragma") {
+    if !is_pragma(sql) {
         return None;
     }
-    let text = start.trim_end().trim_end_matches(';').to_ascii_lowercase();
+    let text = statement_start(sql)
+        .trim_end()
+        .trim_end_matches(';')
+        .to_ascii_lowercase();
     let rest = text.strip_prefix("pragma")?;
     if !rest.starts_with(char::is_whitespace) {
         return None;
@@ -187,20 +191,7 @@ fn sets_foreign_keys(sql: &str) -> Option<bool> {
 
 /// True if the statement's first keyword is VACUUM (ignoring leading whitespace/comments).
 fn starts_with_vacuum(sql: &str) -> bool {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(comment) = rest.strip_prefix("--") {
-            rest = comment.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(comment) = rest.strip_prefix("/*") {
-            rest = comment.split_once("*/").map_or("", |(_, after)| after);
-        } else {
-            break;
-        }
-    }
-    rest.get(..6)
-        .is_some_and(|w| w.eq_ignore_ascii_case("vacuum"))
-        && !rest[6..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    first_word_is(sql, "vacuum") || statement_start(sql).eq_ignore_ascii_case("vacuum")
 }
 
 /// The leader's write connection. See the module docs.
@@ -245,9 +236,9 @@ pub struct Executor {
     /// The connection has foreign keys off since such a request: set back before the next
     /// transaction begins (a PRAGMA inside one does nothing).
     foreign_keys_changed: bool,
-    /// While such a request runs: whether its end checks the foreign keys (the node enforces
+    /// Such a request is running (its end checks the foreign keys when the node enforces
     /// them).
-    without_foreign_keys: Option<bool>,
+    without_foreign_keys: bool,
 }
 
 /// The requests of a batch run before the batch is complete ([`Executor::run_ahead`]).
@@ -459,7 +450,7 @@ impl Executor {
             ahead: None,
             foreign_keys: options.foreign_keys,
             foreign_keys_changed: false,
-            without_foreign_keys: None,
+            without_foreign_keys: false,
         })
     }
 
@@ -745,13 +736,13 @@ impl Executor {
         self.ahead = None;
         self.chain.clear();
         self.set_foreign_keys(false)?;
-        self.without_foreign_keys = Some(self.foreign_keys);
+        self.without_foreign_keys = true;
         let executed = self.run_batch_on(
             std::slice::from_ref(request),
             Pipeline::Settled,
             Ahead::default(),
         );
-        self.without_foreign_keys = None;
+        self.without_foreign_keys = false;
         executed
     }
 
@@ -772,7 +763,7 @@ impl Executor {
     /// Before a transaction begins: the node's setting, unless the request that turned it off
     /// is the one beginning.
     fn restore_foreign_keys(&mut self) -> Result<()> {
-        if self.foreign_keys_changed && self.without_foreign_keys.is_none() {
+        if self.foreign_keys_changed && !self.without_foreign_keys {
             self.set_foreign_keys(self.foreign_keys)?;
         }
         Ok(())
@@ -782,7 +773,7 @@ impl Executor {
     /// anywhere in the database fails it. The check reads every table with a foreign key, so
     /// it runs within the request's deadline, like its statements: past it, the request fails.
     fn no_foreign_key_violation(&self, deadline: Option<Instant>) -> Result<()> {
-        if self.without_foreign_keys != Some(true) {
+        if !(self.without_foreign_keys && self.foreign_keys) {
             return Ok(());
         }
         let scope = self.bounds.enter(&self.conn, deadline, None)?;
@@ -1101,7 +1092,7 @@ impl Executor {
         let mut result_bytes = 0usize;
         let mut schema_changed = false;
         for statement in statements {
-            if self.without_foreign_keys.is_some() && sets_foreign_keys(&statement.sql).is_some() {
+            if self.without_foreign_keys && sets_foreign_keys(&statement.sql).is_some() {
                 results.push(StatementOutcome::default());
                 continue;
             }
