@@ -413,7 +413,20 @@ fn is_load_extension(function_name: &str) -> bool {
     function_name.eq_ignore_ascii_case("load_extension")
 }
 
+/// An action on the `temp` schema other than reading it: `CREATE TABLE temp.t`, a trigger or
+/// view named `temp.x`, `PRAGMA temp.user_version = 1` and the like. SQLite reports a
+/// schema-qualified name under the plain action codes (`CreateTable` on database "temp"), not
+/// the `CreateTemp*` ones that the TEMP keyword gives.
+fn changes_temp_schema(ctx: &AuthContext<'_>) -> bool {
+    ctx.database_name
+        .is_some_and(|db| db.eq_ignore_ascii_case("temp"))
+        && !matches!(ctx.action, AuthAction::Read { .. } | AuthAction::Select)
+}
+
 fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
+    if changes_temp_schema(ctx) {
+        return Err(NO_TEMP_OBJECTS.into());
+    }
     match ctx.action {
         AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => Err("DETACH is not allowed".into()),
@@ -458,6 +471,9 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
 }
 
 fn reader_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
+    if changes_temp_schema(ctx) {
+        return Err(READ_ONLY.into());
+    }
     match ctx.action {
         AuthAction::Function { function_name } if is_load_extension(function_name) => {
             Err(NO_EXTENSIONS.into())

@@ -947,6 +947,13 @@ async fn temp_objects_are_refused_on_the_executor() -> TestResult {
         "CREATE TEMP TABLE t(x)",
         "CREATE TEMPORARY VIEW w AS SELECT 1",
         "CREATE TEMP TRIGGER tr AFTER INSERT ON main.t BEGIN DELETE FROM main.t; END",
+        // The same objects named in the temp schema rather than with the TEMP keyword: SQLite
+        // reports them as plain creations on database "temp".
+        "CREATE TABLE temp.t(a, b)",
+        "CREATE TABLE \"TEMP\".t(a, b)",
+        "CREATE VIEW temp.w AS SELECT 1",
+        "CREATE TRIGGER temp.tr AFTER INSERT ON main.t BEGIN DELETE FROM main.t; END",
+        "PRAGMA temp.user_version = 3",
     ] {
         let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
         ensure!(
@@ -958,6 +965,7 @@ async fn temp_objects_are_refused_on_the_executor() -> TestResult {
     // so a later request in the batch still writes the replicated table
     c.write(vec![
         req("", &["CREATE TEMP TABLE t(a, b)"]),
+        req("", &["CREATE TABLE temp.t(a, b)"]),
         req("", &["INSERT INTO t(a) VALUES('kept')"]),
     ])
     .await?;
@@ -1422,6 +1430,8 @@ async fn read_pool_refuses_writes() -> TestResult {
     let refused = [
         ("INSERT INTO t(a) VALUES('x')", READ_ONLY_MESSAGE),
         ("CREATE TABLE w(x)", READ_ONLY_MESSAGE),
+        ("CREATE TABLE temp.w(x)", READ_ONLY_MESSAGE),
+        ("PRAGMA temp.user_version = 3", READ_ONLY_MESSAGE),
         (
             "VACUUM INTO '/tmp/raftlite-should-not-exist.db'",
             READ_ONLY_MESSAGE,
