@@ -2,8 +2,11 @@
 //!
 //! Output contract (scripts rely on it):
 //! - a read prints one line per row, values tab-separated: NULL as `NULL`, blobs as `x'0a0b'`,
-//!   reals with a decimal point; `--header` first prints the column names. With `--json`, one
-//!   object per row, `{"column": value}`, blobs as `{"blob": "0a0b"}`.
+//!   reals with a decimal point, and in text (and column names) a backslash, tab, newline or
+//!   carriage return as `\\`, `\t`, `\n`, `\r` (as `mysql --batch` does), so that every row
+//!   is one line with one tab between values; `--header` first prints the column names. The
+//!   text form does not keep types (NULL and the text 'NULL', 1 and '1' print alike): with
+//!   `--json`, one object per row, `{"column": value}`, blobs as `{"blob": "0a0b"}`.
 //! - a write prints `rows_affected=N last_insert_rowid=N log_index=N`; with `--json`, one
 //!   object with those keys plus `deduplicated` and the per-statement `results` (with the
 //!   `columns` and `rows` of statements that return rows).
@@ -199,8 +202,7 @@ pub(crate) async fn print_query(
     let keys = json_keys(&columns);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if format.header && !format.json {
-        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-        writeln!(out, "{}", names.join("\t"))?;
+        writeln!(out, "{}", header_line(&columns))?;
     }
     let mut count = 0_u64;
     while let Some(row) = rows.next().await {
@@ -301,8 +303,34 @@ fn format_real(f: f64) -> String {
     }
 }
 
+/// One row as a line of tab-separated fields.
 pub fn text_row(values: &[Value]) -> String {
-    values.iter().map(text_value).collect::<Vec<_>>().join("\t")
+    let fields: Vec<String> = values.iter().map(|v| field(&text_value(v))).collect();
+    fields.join("\t")
+}
+
+fn header_line(columns: &[Column]) -> String {
+    let names: Vec<String> = columns.iter().map(|c| field(&c.name)).collect();
+    names.join("\t")
+}
+
+/// Text as one field of a line: the characters that would end the field or the line, and the
+/// backslash that escapes them, escaped.
+fn field(text: &str) -> String {
+    if !text.contains(['\\', '\t', '\n', '\r']) {
+        return text.to_string();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '\t' => escaped.push_str("\\t"),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 pub fn json_value(value: &Value) -> serde_json::Value {
@@ -354,8 +382,7 @@ pub fn returned_rows(result: &ExecuteResult, header: bool) -> Vec<String> {
     let mut lines = Vec::new();
     for r in result.results.iter().filter(|r| !r.columns.is_empty()) {
         if header {
-            let names: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
-            lines.push(names.join("\t"));
+            lines.push(header_line(&r.columns));
         }
         lines.extend(r.rows.iter().map(|row| text_row(row.values())));
     }
@@ -457,6 +484,25 @@ mod tests {
             Value::Blob(vec![0xde, 0xad]),
         ];
         assert_eq!(text_row(&row), "NULL\t-1\t3.0\t0.25\t1e20\ta b\tx'dead'");
+    }
+
+    #[test]
+    fn a_row_stays_one_line_whatever_its_text_holds() {
+        let row = [
+            Value::Text("a\tb".into()),
+            Value::Text("line 1\nline 2\r\n".into()),
+            Value::Text("C:\\dir\\n".into()),
+            Value::Integer(7),
+        ];
+        let line = text_row(&row);
+        assert_eq!(line, "a\\tb\tline 1\\nline 2\\r\\n\tC:\\\\dir\\\\n\t7");
+        assert_eq!(line.split('\t').count(), 4);
+        assert!(!line.contains(['\n', '\r']));
+        let columns = ["a\tb", "c"].map(|name| Column {
+            name: name.into(),
+            decl_type: String::new(),
+        });
+        assert_eq!(header_line(&columns), "a\\tb\tc");
     }
 
     #[test]
