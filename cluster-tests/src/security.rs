@@ -127,6 +127,19 @@ impl Credentials {
         self.dir.join(format!("node-{id}.key"))
     }
 
+    /// A certificate and key signed by the cluster's CA that names no node, only `host`:
+    /// what any other workload sharing the CA (a cert-manager issuer) holds.
+    pub fn stranger_cert(&self, host: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (cert, key) = leaf(&self.ca, vec![host.to_owned()])?;
+        let paths = (
+            self.dir.join(format!("stranger-{host}.crt")),
+            self.dir.join(format!("stranger-{host}.key")),
+        );
+        std::fs::write(&paths.0, cert)?;
+        std::fs::write(&paths.1, key)?;
+        Ok(paths)
+    }
+
     /// A certificate and key for node 1 signed by a CA the cluster does not trust.
     pub fn rogue_cert(&self) -> (PathBuf, PathBuf) {
         (

@@ -430,6 +430,82 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         "a member may forward admin calls (node 42 is simply unknown)"
     );
 
+    info!("phase 2b: a member's own certificate cannot make the cluster wipe itself");
+    // Node {impostor_id}, speaking as itself, tells every node (itself included) that it
+    // leads another cluster. Each node asks its other peers, which say otherwise.
+    for id in cluster.ids() {
+        let target = peer_client(
+            cluster.peer_addr(id),
+            Dial::Tls {
+                ca: &ca_path,
+                identity: Some((&cert, &key)),
+            },
+        );
+        let answer = target
+            .clone()
+            .append_entries(raft_message(
+                "a-cluster-made-up-by-a-member",
+                impostor_id,
+                append_entries(before.term + 1, impostor_id),
+            ))
+            .await;
+        assert_eq!(
+            code_of(answer),
+            Some(Code::FailedPrecondition),
+            "node {id} refuses the made-up cluster's entries"
+        );
+    }
+    // Longer than a node takes to ask its peers (2 s each) and, before, to wipe and restart.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for id in cluster.ids() {
+        let status = cluster
+            .status_of(id)
+            .await
+            .unwrap_or_else(|e| panic!("node {id} still serves: {e:#}"));
+        assert_eq!(
+            status.cluster_id, before.cluster_id,
+            "node {id} kept its data and its cluster"
+        );
+    }
+    let leader_log = cluster.node(leader).log_since_start();
+    assert!(
+        leader_log.contains("refusing to wipe this node's data"),
+        "the leader says why it kept its data:\n{leader_log}"
+    );
+
+    info!("phase 2c: a certificate of the cluster's CA that names no node");
+    let (stranger_cert, stranger_key) = creds
+        .stranger_cert("127.0.0.2")
+        .expect("issue a stranger's certificate");
+    let stranger = peer_client(
+        cluster.peer_addr(leader),
+        Dial::Tls {
+            ca: &ca_path,
+            identity: Some((&stranger_cert, &stranger_key)),
+        },
+    );
+    let self_add = stranger
+        .clone()
+        .forward_admin(v1::AdminCall {
+            call: Some(v1::admin_call::Call::AddVoter(v1::AddNodeRequest {
+                node_id: 7,
+                addr: "127.0.0.2:1".into(),
+                peer_addr: "127.0.0.2:2".into(),
+            })),
+        })
+        .await;
+    assert_eq!(
+        code_of(self_add),
+        Some(Code::PermissionDenied),
+        "a certificate that names only the host of the address it asks for cannot add itself"
+    );
+    let forwarded = stranger.clone().forward_execute(forward_execute(64)).await;
+    assert_eq!(
+        code_of(forwarded),
+        Some(Code::PermissionDenied),
+        "nor forward a client's write"
+    );
+
     info!("phase 3: the role matrix (no token / read / write / admin × every call)");
     let as_role = |role: Option<&str>| cluster.client_as(role);
     for role in [None, Some("read"), Some("write"), Some("admin")] {

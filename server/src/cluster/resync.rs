@@ -18,13 +18,32 @@
 //!    came over mutual TLS with a certificate signed by the cluster CA that names that node
 //!    (`raftlite-node-<id>`, or the host of its configured peer address). With TLS, a message
 //!    without such a certificate never wipes anything, whatever `auto_resync` says.
+//! 4. The sender is not this node itself.
+//! 5. **The other peers confirm it.** One message proves only that its sender holds a peer
+//!    certificate: a single compromised or broken member could otherwise send every node a
+//!    made-up cluster id and have the whole cluster wipe itself. So before wiping, the node
+//!    asks every other peer it knows (the configured peers and its own membership, but not the
+//!    sender) which cluster it belongs to, and wipes only when the sender and the peers that
+//!    answer with the sender's cluster id are a majority of all of them, at least one of them
+//!    besides the sender. A node that is the odd one out (a reused volume beside a running
+//!    cluster) passes; a node whose own cluster is alive does not. A refusal is logged, and
+//!    the question is asked again at most every [`RECHECK_AFTER`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::cluster::identity::ClusterMismatch;
 use crate::node::Node;
 
+/// A re-sync is being confirmed or under way: one at a time.
 static RESYNCING: AtomicBool = AtomicBool::new(false);
+
+/// After a refused re-sync, how long before the peers are asked again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(30);
+
+/// How long each peer has to say which cluster it is in.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A leader of another cluster (`from`) sent this node entries or a snapshot. `vouched`: see
 /// the module docs (rule 3).
@@ -43,21 +62,90 @@ pub fn foreign_leader(node: &Node, mismatch: &ClusterMismatch, from: u64, vouche
         );
         return;
     }
+    if from == node.id() {
+        tracing::error!(
+            error = %mismatch, from,
+            "refusing a message from another cluster that names this node as its sender"
+        );
+        return;
+    }
     if RESYNCING.swap(true, Ordering::SeqCst) {
         return;
     }
-    tracing::warn!(
-        ours = %mismatch.ours, theirs = %mismatch.theirs, data_dir = %node.config().data_dir.display(),
-        "re-sync: this node's data belongs to another cluster; wiping it and rejoining from the current leader"
-    );
-    let dir = node.config().data_dir.clone();
-    std::thread::spawn(move || {
-        if let Err(e) = wipe_dir(&dir) {
-            tracing::error!(error = %e, "re-sync: could not wipe the data directory");
-            std::process::exit(75);
+    let node = node.clone();
+    let theirs = mismatch.theirs.clone();
+    let ours = mismatch.ours.clone();
+    tokio::spawn(async move {
+        match confirmed(&node, from, &theirs).await {
+            Ok(confirmers) => {
+                tracing::warn!(
+                    %ours, %theirs, from, ?confirmers, data_dir = %node.config().data_dir.display(),
+                    "re-sync: this node's data belongs to another cluster, as its peers confirm; wiping it and rejoining from the current leader"
+                );
+                let dir = node.config().data_dir.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = wipe_dir(&dir) {
+                        tracing::error!(error = %e, "re-sync: could not wipe the data directory");
+                        std::process::exit(75);
+                    }
+                    restart_in_place();
+                });
+            }
+            Err(why) => {
+                tracing::error!(
+                    %ours, %theirs, from,
+                    "refusing to wipe this node's data for another cluster: {why}; it keeps its data (asking again in {}s at the earliest)",
+                    RECHECK_AFTER.as_secs()
+                );
+                tokio::time::sleep(RECHECK_AFTER).await;
+                RESYNCING.store(false, Ordering::SeqCst);
+            }
         }
-        restart_in_place();
     });
+}
+
+/// Rule 5 of the module docs: the ids of the peers that confirmed cluster `theirs`, or why
+/// the re-sync is refused.
+async fn confirmed(node: &Node, from: u64, theirs: &str) -> Result<Vec<u64>, String> {
+    let mut peers: BTreeMap<u64, String> = node
+        .member_addrs()
+        .into_iter()
+        .map(|(id, a)| (id, a.peer))
+        .collect();
+    peers.extend(node.config().peers.clone());
+    peers.insert(from, String::new());
+    peers.insert(node.id(), String::new());
+    let total = peers.len();
+    let mut confirmers = Vec::new();
+    let mut answers = Vec::new();
+    for (id, addr) in &peers {
+        if *id == from || *id == node.id() {
+            continue;
+        }
+        let answer = match node.inner.peer(addr) {
+            Ok(client) => client.identity(ASK_TIMEOUT).await,
+            Err(_) => None,
+        };
+        match answer {
+            Some(peer) if peer.node_id == *id && peer.cluster_id == theirs => confirmers.push(*id),
+            Some(peer) if peer.node_id == *id => {
+                answers.push(format!("node {id} is in cluster {:?}", peer.cluster_id))
+            }
+            Some(peer) => answers.push(format!(
+                "{addr} answered as node {} instead of node {id}",
+                peer.node_id
+            )),
+            None => answers.push(format!("node {id} did not answer")),
+        }
+    }
+    let agree = 1 + confirmers.len();
+    if !confirmers.is_empty() && agree * 2 > total {
+        return Ok(confirmers);
+    }
+    Err(format!(
+        "only {agree} of the {total} peers (node {from}, which sent it, and {confirmers:?}) say this node's cluster is {theirs}; {}",
+        if answers.is_empty() { "no other peer to ask".to_string() } else { answers.join(", ") }
+    ))
 }
 
 /// Removes everything inside `dir` (the directory itself stays: it may be a mount point).

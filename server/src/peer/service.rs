@@ -18,11 +18,14 @@
 //!   sender's `snapshot_id`), and removes that file whatever happens.
 //! - **Elect** (leadership transfer) is honoured, with TLS, only from the current leader.
 //! - **ForwardAdmin** from a member may change anything (the member checked the client's admin
-//!   token); from a node that is no member, only adding itself (a StatefulSet pod joining).
-//! - **ForwardExecute** and **ForwardTransaction** obey `max_request_bytes` like `Sql.Execute`;
+//!   token); from a node that is no member, only adding itself (a StatefulSet pod joining),
+//!   with a certificate that names it explicitly (`raftlite-node-<id>`).
+//! - **ForwardExecute** and **ForwardTransaction** come only from a member (with TLS, a
+//!   certificate that names one), and obey `max_request_bytes` like `Sql.Execute`;
 //!   a forwarded transaction call is checked again here (ids, sizes) and answers only the token
 //!   named in it (the follower checked that token).
-//! - **Re-sync** (wiping this node's data for another cluster's): see `cluster::resync`.
+//! - **Re-sync** (wiping this node's data for another cluster's): see `cluster::resync`. One
+//!   message never does it: the other peers must confirm that this node is the odd one out.
 //!
 //! Without TLS (loopback, or `--insecure`), a sender cannot be authenticated: the membership,
 //! cluster id, vote, size and file-name checks still hold, re-sync is off unless set explicitly.
@@ -141,23 +144,68 @@ impl PeerService {
         Ok(reply(&self.node, &result)?.into_inner())
     }
 
-    /// A member may forward any change; a node that is no member may only add itself.
-    fn check_admin_sender(&self, cert: &PeerCert, change: &MembershipChange) -> Result<(), Status> {
+    /// Whether `cert` names a member of the cluster (or, before this node knows a
+    /// membership, one of its configured peers).
+    fn names_a_member(&self, cert: &PeerCert) -> bool {
         let members = self.node.member_addrs();
-        if members
+        members
             .iter()
             .any(|(id, a)| self.cert_names(cert, *id, Some(&a.peer)))
-        {
+            || (members.is_empty()
+                && self
+                    .node
+                    .config()
+                    .peers
+                    .iter()
+                    .any(|(id, addr)| self.cert_names(cert, *id, Some(addr))))
+    }
+
+    /// A member may forward any change; a node that is no member may only add itself, and
+    /// only with a certificate that names it explicitly (`raftlite-node-<id>`, as the chart's
+    /// pod certificates do). A certificate that merely names a host would let anyone the CA
+    /// ever signed for some host add itself at an address it chose, as a voter.
+    fn check_admin_sender(&self, cert: &PeerCert, change: &MembershipChange) -> Result<(), Status> {
+        if self.names_a_member(cert) {
             return Ok(());
         }
         match change {
-            MembershipChange::AddLearner { id, addr } | MembershipChange::AddVoter { id, addr }
-                if self.cert_names(cert, *id, Some(&addr.peer)) =>
+            MembershipChange::AddLearner { id, .. } | MembershipChange::AddVoter { id, .. }
+                if cert.names_node(*id, None, false) =>
             {
                 Ok(())
             }
+            MembershipChange::AddLearner { id, .. } | MembershipChange::AddVoter { id, .. } => {
+                Err(Status::permission_denied(format!(
+                    "a node that is not a member may only add itself, with a certificate that \
+                     names {}",
+                    crate::tls::node_name(*id)
+                )))
+            }
             _ => Err(Status::permission_denied(
                 "a node that is not a member may only ask to add itself",
+            )),
+        }
+    }
+
+    /// Forwarded client calls come only from members: the member checked the client's token,
+    /// and the call runs with the identity it names. With TLS, a certificate that names no
+    /// member is refused.
+    fn check_forwarder<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.tls_on() {
+            return Ok(());
+        }
+        match peer_cert(request) {
+            Some(cert) if self.names_a_member(&cert) => Ok(()),
+            Some(cert) => {
+                tracing::warn!(names = ?cert.names, "refusing a forwarded call from a certificate that names no member");
+                Err(Status::permission_denied(format!(
+                    "only a member of the cluster may forward a client's call; the certificate \
+                     names {:?}",
+                    cert.names
+                )))
+            }
+            None => Err(Status::unauthenticated(
+                "the peer port requires a client certificate",
             )),
         }
     }
@@ -412,6 +460,7 @@ impl Peer for PeerService {
         let span = tracing::info_span!("peer.forward_execute", node = self.node.id());
         // The follower's `forward` span is the parent: one trace across both nodes.
         crate::telemetry::continue_trace(&span, request.metadata());
+        self.check_forwarder(&request)?;
         let limit = self.node.config().max_request_bytes;
         let len = prost::Message::encoded_len(request.get_ref());
         if len > limit {
@@ -442,6 +491,7 @@ impl Peer for PeerService {
         &self,
         request: Request<v1::TransactionCall>,
     ) -> Result<Response<v1::TransactionReply>, Status> {
+        self.check_forwarder(&request)?;
         let limit = self.node.config().max_request_bytes;
         let len = prost::Message::encoded_len(request.get_ref());
         if len > limit {
