@@ -106,6 +106,12 @@ pub mod defaults {
         1024
     }
 
+    /// Default `max_connections`: client connections a node holds at once, TLS handshakes
+    /// under way included; lowered at start to fit the process's open-file limit.
+    pub fn default_max_connections() -> usize {
+        4096
+    }
+
     /// Default `request_timeout_ms`: the deadline of a public request whose client set a
     /// longer one or none (30 s).
     pub fn default_request_timeout_ms() -> u64 {
@@ -468,6 +474,11 @@ settings! {
         "N"
     );
 
+    /// Most client connections held at once (TLS handshakes under way included); beyond,
+    /// a new connection is closed at once. Lowered at start to fit the open-file limit, so
+    /// that connections can never take the files the node needs [default: 4096].
+    max_connections: usize = MAX_CONNECTIONS("--max-connections", "RAFTLITE_MAX_CONNECTIONS", "N");
+
     /// Deadline of a public request in milliseconds; a shorter client deadline (grpc-timeout)
     /// wins. Past it the request answers DEADLINE_EXCEEDED [default: 30000].
     request_timeout_ms: u64 =
@@ -659,6 +670,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Public requests served at once, ≥ 1.
     pub max_concurrent_requests: usize,
+    /// Client connections held at once, ≥ 1 (before the open-file limit lowers it).
+    pub max_connections: usize,
     /// Deadline of a public request (a shorter client deadline wins).
     pub request_timeout: Duration,
     /// Wipe and re-sync when local data belongs to another cluster.
@@ -1305,6 +1318,10 @@ impl FileConfig {
         if max_concurrent_requests == 0 {
             return Err(invalid(&MAX_CONCURRENT_REQUESTS, "must be at least 1"));
         }
+        let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
+        if max_connections == 0 {
+            return Err(invalid(&MAX_CONNECTIONS, "must be at least 1"));
+        }
         let request_timeout_ms = self
             .request_timeout_ms
             .unwrap_or_else(default_request_timeout_ms);
@@ -1467,6 +1484,7 @@ impl FileConfig {
             snapshot_every,
             max_request_bytes,
             max_concurrent_requests,
+            max_connections,
             request_timeout: Duration::from_millis(request_timeout_ms),
             auto_resync: self
                 .auto_resync
@@ -2337,6 +2355,11 @@ mod tests {
                 "data_dir: missing (set --data-dir, RAFTLITE_DATA_DIR",
             ),
             (FileConfig { data_dir: Some("".into()), ..minimal() }, "data_dir", "is empty"),
+            (
+                FileConfig { max_connections: Some(0), ..minimal() },
+                "max_connections",
+                "max_connections: must be at least 1",
+            ),
             (
                 FileConfig { max_concurrent_requests: Some(0), ..minimal() },
                 "max_concurrent_requests",

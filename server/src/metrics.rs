@@ -549,6 +549,12 @@ async fn watch_raft_events(node: Node) {
     }
 }
 
+/// Most connections the metrics port holds at once.
+const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// Longest a metrics connection stays open (a scraper that keeps it alive connects again).
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves `/metrics` of `node` on `addr` until the process ends. A port that cannot be bound
 /// is logged and the node runs on without metrics.
 pub async fn serve(node: Node, addr: SocketAddr) {
@@ -566,6 +572,9 @@ pub async fn serve(node: Node, addr: SocketAddr) {
     };
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %local, "metrics served at http://{local}/metrics");
+    // Scrapers are few: connections past the limit are closed at once, and each lasts at most
+    // a minute, so that the port cannot hold the files the node needs (see `tls::incoming`).
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -575,17 +584,23 @@ pub async fn serve(node: Node, addr: SocketAddr) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let response = respond(&node, &request);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             // A scraper that hangs up early is not worth a log line.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            let _ = tokio::time::timeout(
+                METRICS_CONNECTION_LIFETIME,
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+            )
+            .await;
         });
     }
 }

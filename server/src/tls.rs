@@ -277,16 +277,27 @@ pub struct ConnInfo {
 
 /// An accepted connection, plain or TLS.
 pub enum Conn {
-    Plain(TcpStream, ConnInfo),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, ConnInfo),
+    Plain(TcpStream, ConnInfo, Slot),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        ConnInfo,
+        Slot,
+    ),
 }
+
+/// A connection's place under its listener's limit, given back when the connection closes.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// Most connections the peer port holds at once (handshakes under way included): peers keep
+/// a few each; the rest of a node's open files stay free whatever reaches the port.
+pub const PEER_MAX_CONNECTIONS: usize = 256;
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
         match self {
-            Conn::Plain(_, info) | Conn::Tls(_, info) => info.clone(),
+            Conn::Plain(_, info, _) | Conn::Tls(_, info, _) => info.clone(),
         }
     }
 }
@@ -298,8 +309,8 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Plain(s, ..) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -311,22 +322,22 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Plain(s, ..) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Plain(s, ..) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Plain(s, ..) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -336,31 +347,81 @@ impl AsyncWrite for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Plain(s, ..) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(s, _) => s.is_write_vectored(),
-            Conn::Tls(s, _) => s.is_write_vectored(),
+            Conn::Plain(s, ..) => s.is_write_vectored(),
+            Conn::Tls(s, ..) => s.is_write_vectored(),
         }
     }
 }
 
+/// Open files kept for the node's own use whatever its listeners hold: the Raft log's
+/// segments, the database and its WAL, the readers, the archive, the peer port's
+/// [`PEER_MAX_CONNECTIONS`] and the metrics port.
+const FILES_KEPT_FOR_THE_NODE: u64 = 1024;
+
+/// Raises this process's open-file limit to its hard limit, and returns how many client
+/// connections fit beside [`FILES_KEPT_FOR_THE_NODE`]: `max_connections`, or fewer (at least
+/// 64) when the limit is too low for it, saying so in a warning line.
+pub fn client_connections(max_connections: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    let files = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return max_connections;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let fit = files.saturating_sub(FILES_KEPT_FOR_THE_NODE).max(64);
+    if (max_connections as u64) <= fit {
+        return max_connections;
+    }
+    tracing::warn!(
+        max_connections,
+        open_file_limit = files,
+        using = fit,
+        "max_connections does not fit the open-file limit beside the node's own files; raise the limit (ulimit -n) to allow more"
+    );
+    fit as usize
+}
+
 /// Binds `addr` and yields its connections: plain without `tls`, else after a TLS handshake
 /// with the configuration of `port` (failed handshakes are dropped and logged at debug).
+///
+/// At most `max_connections` are held at once, handshakes under way included: past that, a
+/// new connection is closed as soon as it is accepted (one warning line per 10 s says so),
+/// so that connections nobody uses cannot take the files the node needs for its log and
+/// database. A connection in the handshake holds its place for at most `HANDSHAKE_TIMEOUT`.
 pub async fn incoming(
     addr: SocketAddr,
     tls: Option<Arc<Tls>>,
     port: Port,
+    max_connections: usize,
 ) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr}"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
+        let mut warned: Option<std::time::Instant> = None;
         loop {
             let (stream, remote) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -371,13 +432,24 @@ pub async fn incoming(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        %addr, ?port, max_connections, %remote,
+                        "connection limit reached: closing new connections until some close"
+                    );
+                }
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let info = ConnInfo {
                 remote: Some(remote),
                 peer_cert: None,
             };
             let Some(tls) = &tls else {
-                if tx.send(Ok(Conn::Plain(stream, info))).await.is_err() {
+                if tx.send(Ok(Conn::Plain(stream, info, slot))).await.is_err() {
                     return;
                 }
                 continue;
@@ -411,7 +483,7 @@ pub async fn incoming(
                     remote: Some(remote),
                     peer_cert,
                 };
-                let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info))).await;
+                let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info, slot))).await;
             });
         }
     });

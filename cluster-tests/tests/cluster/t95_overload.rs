@@ -140,3 +140,100 @@ async fn a_flooded_node_sheds_quickly_and_keeps_serving() {
     assert_eq!(status.term, term, "the flood caused no election");
     assert_eq!(status.leader, leader);
 }
+
+/// Open files of process `pid`.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.count())
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+}
+
+/// Connections that never send a byte cannot take a node's open files (the node needs them
+/// for its log and database, and stopped when they ran out): past `--max-connections`, new
+/// connections are closed at once, the clients already connected and the peers keep being
+/// served, and new clients connect again once the idle ones are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_cannot_take_a_nodes_files() {
+    const MAX_CONNECTIONS: usize = 40;
+    const IDLE: usize = 400;
+    init_tracing();
+    let options = ClusterOptions {
+        extra_args: vec!["--max-connections".into(), MAX_CONNECTIONS.to_string()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = Client::connect([cluster.node(leader).endpoint()]).expect("client");
+    client
+        .exec("CREATE TABLE idle (n INTEGER)", Vec::<i64>::new())
+        .await
+        .expect("create the table");
+    let pid = cluster.node(leader).pid().expect("the leader runs");
+    let files_before = open_files(pid);
+
+    info!(
+        IDLE,
+        MAX_CONNECTIONS, "phase 1: idle connections to the leader's client port"
+    );
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        match tokio::net::TcpStream::connect(cluster.node(leader).addr()).await {
+            Ok(stream) => idle.push(stream),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let files_during = open_files(pid);
+    info!(files_before, files_during, "the leader's open files");
+    assert!(
+        files_during <= files_before + MAX_CONNECTIONS,
+        "{IDLE} idle connections took {} of the leader's files (limit {MAX_CONNECTIONS})",
+        files_during - files_before
+    );
+
+    info!("phase 2: the client connected before, and writes through a follower, still work");
+    for n in 0..10_i64 {
+        client
+            .exec("INSERT INTO idle VALUES (?1)", [n])
+            .await
+            .expect("a write on the connection opened before the flood");
+    }
+    let follower = *cluster
+        .ids()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    cluster
+        .client_for(follower)
+        .exec("INSERT INTO idle VALUES (?1)", [100_i64])
+        .await
+        .expect("a write forwarded to the leader");
+    assert!(
+        !cluster
+            .node(leader)
+            .log_lines_with("connection limit reached")
+            .is_empty(),
+        "the leader says why it closes connections"
+    );
+
+    info!("phase 3: once the idle connections are gone, new clients connect");
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = Client::connect([cluster.node(leader).endpoint()]).expect("client");
+    let rows = fresh
+        .query_with(
+            Statement::new("SELECT count(*) FROM idle"),
+            Consistency::Linearizable,
+            0,
+        )
+        .await
+        .expect("a new client is served");
+    assert_eq!(rows.rows[0].get::<i64>(0).expect("count"), 11);
+    cluster
+        .node(leader)
+        .ensure_alive()
+        .expect("the leader runs");
+}

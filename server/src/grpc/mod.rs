@@ -91,9 +91,14 @@ pub async fn serve(
     .max_decoding_message_size(decode_limit)
     .max_encoding_message_size(64 << 20);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
-    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Client)
-        .await
-        .context("client listener (listen)")?;
+    let incoming = crate::tls::incoming(
+        listen,
+        node.tls(),
+        crate::tls::Port::Client,
+        crate::tls::client_connections(node.config().max_connections),
+    )
+    .await
+    .context("client listener (listen)")?;
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,

@@ -66,9 +66,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let incoming = crate::tls::incoming(listen, node.tls(), crate::tls::Port::Peer)
-        .await
-        .context("peer listener (peer_listen)")?;
+    let incoming = crate::tls::incoming(
+        listen,
+        node.tls(),
+        crate::tls::Port::Peer,
+        crate::tls::PEER_MAX_CONNECTIONS,
+    )
+    .await
+    .context("peer listener (peer_listen)")?;
     let peer = PeerServer::new(PeerService { node })
         .max_decoding_message_size(super::PEER_MESSAGE_LIMIT)
         .max_encoding_message_size(super::PEER_MESSAGE_LIMIT);
