@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cluster_tests::{expect_status, init_tracing, Checker, Client, Cluster, ClusterOptions};
+use cluster_tests::{
+    expect_status, init_tracing, Checker, Client, Cluster, ClusterOptions, Statement,
+};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{CommittedLeaderId, LogId, StoredMembership};
 use raftlite::raft::codec;
@@ -584,6 +586,53 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         "RemoveNode with a write token",
     );
     assert!(denied.contains("admin"), "names the role needed: {denied}");
+
+    info!("phase 3b: a request id belongs to the token that used it");
+    let (admin, writer) = (as_role(Some("admin")), as_role(Some("write")));
+    admin
+        .exec("CREATE TABLE ids (v TEXT)", Vec::<i64>::new())
+        .await
+        .expect("create the table");
+    let first = admin
+        .execute_with_id(
+            "migrate:1:predictable",
+            [Statement::new("INSERT INTO ids VALUES ('secret') RETURNING v")],
+        )
+        .await
+        .expect("the admin's write");
+    assert!(!first.deduplicated);
+    // Another token sending the same id runs its own write, and sees nothing of the first.
+    let other = writer
+        .execute_with_id(
+            "migrate:1:predictable",
+            [Statement::new("INSERT INTO ids VALUES ('other') RETURNING v")],
+        )
+        .await
+        .expect("the writer's write");
+    assert!(
+        !other.deduplicated,
+        "another token's id is not this token's retry"
+    );
+    assert_eq!(other.results[0].rows[0].get::<String>(0).expect("v"), "other");
+    // The first token's retry is still answered with its own results, without running again.
+    let retry = admin
+        .execute_with_id(
+            "migrate:1:predictable",
+            [Statement::new("INSERT INTO ids VALUES ('secret') RETURNING v")],
+        )
+        .await
+        .expect("the admin's retry");
+    assert!(retry.deduplicated);
+    assert_eq!(retry.results[0].rows[0].get::<String>(0).expect("v"), "secret");
+    let count = admin
+        .query_with(
+            Statement::new("SELECT count(*) FROM ids"),
+            cluster_tests::Consistency::Linearizable,
+            0,
+        )
+        .await
+        .expect("count");
+    assert_eq!(count.rows[0].get::<i64>(0).expect("count"), 2);
 
     info!("phase 4: the attacks found on the open cluster, without a peer certificate");
     for what in ["plaintext", "TLS without a certificate"] {

@@ -107,6 +107,7 @@ impl SqlService {
             }
             let deadline = deadline_within(client, self.node.config().statement_timeout);
             let mut write = write_request_from_proto(message)?;
+            write.request_id = scoped_request_id(principal, write.request_id);
             write.deadline = Some(deadline);
             let reply = self
                 .node
@@ -125,8 +126,13 @@ impl SqlService {
         &self,
         principal: &str,
         client: Option<std::time::Duration>,
-        call: TransactionCall,
+        mut call: TransactionCall,
     ) -> Result<TransactionReply, Status> {
+        if let TransactionCall::Execute { request_id, .. }
+        | TransactionCall::Commit { request_id, .. } = &mut call
+        {
+            *request_id = scoped_request_id(principal, std::mem::take(request_id));
+        }
         // A commit replicates (and may wait for a new leader to look it up): the request's
         // time, not a statement's.
         let limit = match call {
@@ -139,6 +145,29 @@ impl SqlService {
             .await
             .map_err(node_error_to_status)
     }
+}
+
+/// The key a write's request id is remembered under (to answer a retry with the first
+/// execution's results): with tokens, the caller's token name and the id, hashed, so that one
+/// token can neither read another's results by reusing its id nor make its write look done
+/// ("deduplicated") by claiming the id first (`raftlite migrate`'s ids are predictable).
+/// Without tokens every caller is the same one, and the id is kept as it is. The hash is 34
+/// bytes, within the 128 that a forwarded request's id may have.
+fn scoped_request_id(principal: &str, id: String) -> String {
+    use sha2::Digest;
+    if principal.is_empty() || id.is_empty() {
+        return id;
+    }
+    let name = principal
+        .rsplit_once(':')
+        .map_or(principal, |(name, _)| name);
+    let mut hash = sha2::Sha256::new();
+    hash.update(name.as_bytes());
+    hash.update([0]);
+    hash.update(id.as_bytes());
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("t:{hex}")
 }
 
 /// A query's messages: its rows, then, when the node cut the query off, the status that says
