@@ -203,7 +203,21 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
     })
 }
 
+/// A request id as it reaches the node: a client's (at most [`MAX_REQUEST_ID_BYTES`], see
+/// [`check_client_request_id`]), or one a member forwards, with its token's tag (`#` and 12
+/// hex digits, `grpc::sql`).
 fn check_request_id(id: &str) -> Result<(), Status> {
+    const FORWARDED: usize = MAX_REQUEST_ID_BYTES + 13;
+    if id.len() > FORWARDED {
+        return Err(Status::invalid_argument(format!(
+            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A client's request id: at most [`MAX_REQUEST_ID_BYTES`].
+pub fn check_client_request_id(id: &str) -> Result<(), Status> {
     if id.len() > MAX_REQUEST_ID_BYTES {
         return Err(Status::invalid_argument(format!(
             "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
@@ -542,6 +556,8 @@ mod tests {
 
     #[test]
     fn request_id_is_bounded() {
+        assert!(check_client_request_id(&"x".repeat(128)).is_ok());
+        assert!(check_client_request_id(&"x".repeat(129)).is_err());
         let r = v1::ExecuteRequest {
             request_id: "x".repeat(200),
             statements: vec![v1::Statement::new("SELECT 1", vec![])],
@@ -567,7 +583,7 @@ mod tests {
         }
         let commit = v1::CommitRequest {
             transaction_id: id.clone(),
-            request_id: "r".repeat(129),
+            request_id: "r".repeat(142),
         };
         assert_eq!(
             commit_from_proto(commit).expect_err("long id").code(),

@@ -7,10 +7,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::principal_name;
 use super::convert::{
-    check_transaction_id, column_to_proto, commit_from_proto, consistency_from_proto,
-    db_error_to_status, node_error_to_status, rollback_from_proto, row_to_proto,
-    statement_from_proto, transaction_execute_from_proto, transaction_results_to_proto,
-    write_reply_to_proto, write_request_from_proto,
+    check_client_request_id, check_transaction_id, column_to_proto, commit_from_proto,
+    consistency_from_proto, db_error_to_status, node_error_to_status, rollback_from_proto,
+    row_to_proto, statement_from_proto, transaction_execute_from_proto,
+    transaction_results_to_proto, write_reply_to_proto, write_request_from_proto,
 };
 use crate::db::QueryChunk;
 use crate::node::{Node, TransactionCall, TransactionReply};
@@ -107,7 +107,7 @@ impl SqlService {
             }
             let deadline = deadline_within(client, self.node.config().statement_timeout);
             let mut write = write_request_from_proto(message)?;
-            write.request_id = scoped_request_id(principal, write.request_id);
+            write.request_id = scoped_request_id(principal, write.request_id)?;
             write.deadline = Some(deadline);
             let reply = self
                 .node
@@ -131,7 +131,7 @@ impl SqlService {
         if let TransactionCall::Execute { request_id, .. }
         | TransactionCall::Commit { request_id, .. } = &mut call
         {
-            *request_id = scoped_request_id(principal, std::mem::take(request_id));
+            *request_id = scoped_request_id(principal, std::mem::take(request_id))?;
         }
         // A commit replicates (and may wait for a new leader to look it up): the request's
         // time, not a statement's.
@@ -148,26 +148,24 @@ impl SqlService {
 }
 
 /// The key a write's request id is remembered under (to answer a retry with the first
-/// execution's results): with tokens, the caller's token name and the id, hashed, so that one
-/// token can neither read another's results by reusing its id nor make its write look done
-/// ("deduplicated") by claiming the id first (`raftlite migrate`'s ids are predictable).
-/// Without tokens every caller is the same one, and the id is kept as it is. The hash is 34
-/// bytes, within the 128 that a forwarded request's id may have.
-fn scoped_request_id(principal: &str, id: String) -> String {
+/// execution's results): with tokens, the id followed by a tag of the caller's token name, so
+/// that one token can neither read another's results by reusing its id nor make its write look
+/// done ("deduplicated") by claiming the id first (`raftlite migrate`'s ids are predictable).
+/// A suffix, not a hash of the whole: time-ordered ids keep their order in the server's index.
+/// Without tokens every caller is the same one, and the id is kept as it is. The client's id is
+/// checked against its limit here, before the tag makes it longer.
+fn scoped_request_id(principal: &str, id: String) -> Result<String, Status> {
     use sha2::Digest;
+    check_client_request_id(&id)?;
     if principal.is_empty() || id.is_empty() {
-        return id;
+        return Ok(id);
     }
     let name = principal
         .rsplit_once(':')
         .map_or(principal, |(name, _)| name);
-    let mut hash = sha2::Sha256::new();
-    hash.update(name.as_bytes());
-    hash.update([0]);
-    hash.update(id.as_bytes());
-    let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("t:{hex}")
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{id}#{tag}"))
 }
 
 /// A query's messages: its rows, then, when the node cut the query off, the status that says
@@ -435,5 +433,33 @@ impl SqlService {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send(Ok(response)).await;
         Ok(Response::new(QueryStream::new(rx).0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scoped_request_id;
+
+    #[test]
+    fn request_ids_are_scoped_to_their_token() {
+        let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_string();
+        let a = scoped_request_id("app:write", id.clone()).expect("a");
+        let b = scoped_request_id("other:write", id.clone()).expect("b");
+        assert_ne!(a, b, "two tokens, two keys");
+        assert!(a.starts_with(&id), "the id keeps its time order: {a}");
+        assert_eq!(a.len(), id.len() + 13);
+        assert_eq!(
+            scoped_request_id("app:admin", id.clone()).expect("role"),
+            a,
+            "the token's name, not its role"
+        );
+        assert_eq!(scoped_request_id("", id.clone()).expect("no tokens"), id);
+        assert_eq!(
+            scoped_request_id("app:write", String::new()).expect("none"),
+            ""
+        );
+        assert!(scoped_request_id("app:write", "x".repeat(129)).is_err());
+        assert!(scoped_request_id("", "x".repeat(129)).is_err());
+        assert!(scoped_request_id("app:write", "x".repeat(128)).is_ok());
     }
 }
