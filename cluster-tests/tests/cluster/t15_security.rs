@@ -978,6 +978,28 @@ async fn cluster_without_tls_refuses_attacks_that_need_no_credentials() {
         "partial snapshot files left: {leftovers:?}"
     );
 
+    info!("phase 6b: a snapshot stream cut short is not installed");
+    let cut_short = snapshot_chunk(
+        &before.cluster_id,
+        leader,
+        vote,
+        "s",
+        b"SQLite format 3\0"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0u8, 65_520))
+            .collect(),
+    );
+    let r = target
+        .clone()
+        .install_snapshot(tokio_stream::iter(vec![cut_short]))
+        .await;
+    assert_eq!(
+        code_of(r),
+        Some(Code::Aborted),
+        "a stream without its last (empty) chunk is refused"
+    );
+
     info!("phase 7: oversized peer messages are refused");
     let huge = target
         .clone()

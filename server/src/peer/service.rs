@@ -15,7 +15,8 @@
 //!   belongs to a cluster refuses a message with an empty or different id.
 //! - **InstallSnapshot** also checks the sender's vote against this node's before a byte is
 //!   written, writes at most `max_snapshot_bytes` into a file it names itself (never after the
-//!   sender's `snapshot_id`), and removes that file whatever happens.
+//!   sender's `snapshot_id`), and removes that file whatever happens. It installs only a
+//!   stream that ends with the sender's empty last chunk: one cut short is not the snapshot.
 //! - **Elect** (leadership transfer) is honoured, with TLS, only from the current leader.
 //! - **ForwardAdmin** from a member may change anything (the member checked the client's admin
 //!   token); from a node that is no member, only adding itself (a StatefulSet pod joining),
@@ -419,7 +420,16 @@ impl Peer for PeerService {
         let io = |e: std::io::Error| Status::internal(format!("write received snapshot: {e}"));
         let mut total = 0u64;
         let mut chunk = Some(first.data);
+        // The sender ends a whole snapshot with an empty chunk, after the file's last byte. A
+        // stream that ends without it was cut short (the sender's read failed, or it stopped):
+        // what arrived is not the snapshot, and installing it would replace the database with
+        // its first part.
+        let mut whole = false;
         while let Some(data) = chunk.take() {
+            if data.is_empty() {
+                whole = true;
+                break;
+            }
             total += data.len() as u64;
             if total > limit {
                 tracing::warn!(
@@ -437,6 +447,17 @@ impl Peer for PeerService {
                 Some(c) => Some(c?.data),
                 None => None,
             };
+        }
+        if !whole {
+            tracing::warn!(
+                from = first.from,
+                total,
+                "refusing a snapshot whose stream ended before its last chunk"
+            );
+            return Err(Status::aborted(format!(
+                "the snapshot stream ended after {total} bytes, before its last (empty) chunk: \
+                 the sender stopped early; nothing was installed"
+            )));
         }
         file.flush().await.map_err(io)?;
         let result = self
