@@ -6,8 +6,11 @@ use crate::node::Node;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let archive = match &config.archive {
+        // Objects read back (recovery) are bounded by this node's own limits.
         Some(a) => Some((
-            crate::archive::Archive::open(&a.location)?,
+            crate::archive::Archive::open(&a.location)?.with_limits(
+                crate::archive::format::BodyLimits::for_node(config.max_snapshot_bytes),
+            ),
             a.settings.clone(),
         )),
         None => None,

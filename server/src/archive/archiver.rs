@@ -38,6 +38,12 @@ pub struct ArchiverSettings {
 /// Largest segment: entries and bytes.
 const SEGMENT_MAX_ENTRIES: u64 = 4096;
 const SEGMENT_MAX_BYTES: usize = 64 << 20;
+/// The largest segment body the archiver writes: it stops adding entries once their deltas
+/// reach `SEGMENT_MAX_BYTES`, so the last one can take it over by one entry (which fits a peer
+/// message, or no follower would hold it), plus the entries' headers and the count.
+pub const SEGMENT_BODY_LIMIT: u64 = (SEGMENT_MAX_BYTES + crate::peer::PEER_MESSAGE_LIMIT) as u64
+    + SEGMENT_MAX_ENTRIES * format::SEGMENT_ENTRY_HEADER
+    + 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 

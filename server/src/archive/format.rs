@@ -10,7 +10,12 @@
 //! ```
 //! Integers are little-endian. The digest covers the payload exactly as stored, so a flipped
 //! bit or a truncated upload is found before anything is decompressed or applied, and every
-//! error names the object. With encryption the GCM tag also authenticates the header and the
+//! error names the object.
+//!
+//! The payload is one zstd frame whose header declares the body's size. A body is only ever
+//! decompressed up to that size and to a limit by kind ([`BodyLimits`]): a valid object of a
+//! few kilobytes can expand to gigabytes (a decompression bomb), and is refused at the limit,
+//! never held in memory whole. A snapshot's image is decompressed straight into its file. With encryption the GCM tag also authenticates the header and the
 //! object's name: an object copied under another name is refused.
 //!
 //! Encoding is deterministic: the nonce is derived from the key, the object name and the
@@ -34,6 +39,13 @@ const HEADER_LEN: usize = FIXED_LEN + 32;
 const NONCE_LEN: usize = 12;
 /// zstd level: fast enough to compress 100 MB in well under a second on one core.
 const ZSTD_LEVEL: i32 = 1;
+/// The largest zstd window a payload may use (2^23 = 8 MiB), which bounds the decoder's own
+/// buffer. Level 1 uses at most 2^19; every level up to 19 stays within 2^23.
+const WINDOW_LOG_MAX: u32 = 23;
+/// Bytes decompressed at a time.
+const CHUNK: usize = 256 << 10;
+/// Bytes of a segment entry besides its delta: index, term, time, kind, length.
+pub const SEGMENT_ENTRY_HEADER: u64 = 8 + 8 + 8 + 1 + 4;
 
 /// Environment variable holding the archive encryption key (64 hex digits = 32 bytes).
 pub const KEY_ENV: &str = "RAFTLITE_ARCHIVE_KEY";
@@ -45,6 +57,15 @@ pub enum ObjectKind {
     Snapshot = 1,
     /// Log entries `first_index..=last_index`.
     Segment = 2,
+}
+
+impl ObjectKind {
+    fn noun(self) -> &'static str {
+        match self {
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Segment => "segment",
+        }
+    }
 }
 
 /// The checked header of an object.
@@ -68,12 +89,47 @@ pub enum FormatError {
     NoKey { object: String },
     #[error("archive object {object} does not decrypt with the key in {KEY_ENV} (wrong key, or the object was tampered with or renamed)")]
     WrongKey { object: String },
+    /// The body is larger than `limit`: refused before more than `limit` bytes of it exist.
+    #[error("archive object {object} is refused: {message}")]
+    TooLarge {
+        object: String,
+        limit: u64,
+        message: String,
+    },
+    #[error("archive object {object}: writing its body failed: {source}")]
+    Write {
+        object: String,
+        source: std::io::Error,
+    },
 }
 
 fn corrupt(object: &str, message: impl Into<String>) -> FormatError {
     FormatError::Corrupt {
         object: object.to_owned(),
         message: message.into(),
+    }
+}
+
+/// The most bytes a body may decompress to, by kind of object: the most the node could have
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A snapshot's database image: the node's `max_snapshot_bytes`.
+    pub snapshot: u64,
+    /// A segment's entries: the largest segment the archiver writes.
+    pub segment: u64,
+}
+
+impl BodyLimits {
+    /// The limit for `kind`, and what it is (for errors).
+    fn of(&self, kind: ObjectKind) -> (u64, &'static str) {
+        match kind {
+            ObjectKind::Snapshot => (
+                self.snapshot,
+                "a snapshot may hold (max_snapshot_bytes; RAFTLITE_MAX_SNAPSHOT_BYTES raises it)",
+            ),
+            ObjectKind::Segment => (self.segment, "the archiver puts in a segment"),
+        }
     }
 }
 
@@ -147,10 +203,21 @@ pub fn encode_object(
     body: &[u8],
     key: Option<&ArchiveKey>,
 ) -> Vec<u8> {
-    // zstd of an in-memory buffer cannot fail except on allocation.
+    // zstd of an in-memory buffer cannot fail except on allocation. The frame declares the
+    // body's size (zstd's default for a one-shot compression), which decoding checks.
     let compressed = zstd::bulk::compress(body, ZSTD_LEVEL).unwrap_or_else(|e| {
         panic!("zstd compression of {} bytes failed: {e}", body.len());
     });
+    seal(object, header, compressed, key)
+}
+
+/// The object holding `compressed` as its payload.
+fn seal(
+    object: &str,
+    header: &ObjectHeader,
+    compressed: Vec<u8>,
+    key: Option<&ArchiveKey>,
+) -> Vec<u8> {
     let mut fixed = Vec::with_capacity(FIXED_LEN);
     fixed.extend_from_slice(MAGIC);
     fixed.push(FORMAT);
@@ -253,42 +320,162 @@ pub fn decode_header(object: &str, bytes: &[u8]) -> Result<ObjectHeader, FormatE
     Ok(header)
 }
 
-/// Checks and decodes a whole object: its header and its body.
+/// Checks and decodes a whole object: its header and its body, which may be no larger than
+/// `limits` allows for its kind.
 pub fn decode_object(
     object: &str,
     bytes: &[u8],
     key: Option<&ArchiveKey>,
+    limits: &BodyLimits,
 ) -> Result<(ObjectHeader, Vec<u8>), FormatError> {
+    let (header, compressed) = open_payload(object, bytes, key)?;
+    // Room for the declared size when it is within the limit (`decompress` refuses the others
+    // before decompressing anything).
+    let (limit, _) = limits.of(header.kind);
+    let declared = declared_size(object, &compressed)?.filter(|n| *n <= limit);
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    decompress(object, header.kind, &compressed, limits, &mut body)?;
+    Ok((header, body))
+}
+
+/// Checks an object of `kind` and decompresses its body into `out` as it goes, never holding
+/// the whole body in memory. Returns the header and the body's size. Nothing is written when
+/// the object is not of `kind`, is corrupt or declares a body over the limit; a body that
+/// turns out larger than declared or than the limit fails with at most the limit written.
+pub fn decode_object_into(
+    object: &str,
+    bytes: &[u8],
+    key: Option<&ArchiveKey>,
+    kind: ObjectKind,
+    limits: &BodyLimits,
+    out: &mut dyn std::io::Write,
+) -> Result<(ObjectHeader, u64), FormatError> {
+    let (header, compressed) = open_payload(object, bytes, key)?;
+    if header.kind != kind {
+        return Err(corrupt(
+            object,
+            format!("it is a {}, not a {}", header.kind.noun(), kind.noun()),
+        ));
+    }
+    let len = decompress(object, header.kind, &compressed, limits, out)?;
+    Ok((header, len))
+}
+
+/// The checked header and the compressed payload (decrypted).
+fn open_payload<'a>(
+    object: &str,
+    bytes: &'a [u8],
+    key: Option<&ArchiveKey>,
+) -> Result<(ObjectHeader, std::borrow::Cow<'a, [u8]>), FormatError> {
     let header = decode_header(object, bytes)?;
     let payload = &bytes[HEADER_LEN..];
-    let decrypted;
-    let compressed: &[u8] = if header.encrypted {
-        let key = key.ok_or_else(|| FormatError::NoKey {
+    if !header.encrypted {
+        return Ok((header, payload.into()));
+    }
+    let key = key.ok_or_else(|| FormatError::NoKey {
+        object: object.to_owned(),
+    })?;
+    if payload.len() < NONCE_LEN + 16 {
+        return Err(corrupt(object, "encrypted payload too short"));
+    }
+    let (nonce, sealed) = payload.split_at(NONCE_LEN);
+    let decrypted = key
+        .cipher()
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad(&bytes[..FIXED_LEN], object),
+            },
+        )
+        .map_err(|_| FormatError::WrongKey {
             object: object.to_owned(),
         })?;
-        if payload.len() < NONCE_LEN + 16 {
-            return Err(corrupt(object, "encrypted payload too short"));
-        }
-        let (nonce, sealed) = payload.split_at(NONCE_LEN);
-        decrypted = key
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad(&bytes[..FIXED_LEN], object),
-                },
-            )
-            .map_err(|_| FormatError::WrongKey {
-                object: object.to_owned(),
-            })?;
-        &decrypted
-    } else {
-        payload
+    Ok((header, decrypted.into()))
+}
+
+/// The body size the payload's zstd frame declares (`None`: it declares none), after checking
+/// that the payload is exactly one frame: a second one would decompress past the declared size.
+fn declared_size(object: &str, compressed: &[u8]) -> Result<Option<u64>, FormatError> {
+    use zstd::zstd_safe;
+    let frame_len = zstd_safe::find_frame_compressed_size(compressed)
+        .map_err(|code| corrupt(object, format!("zstd: {}", zstd_safe::get_error_name(code))))?;
+    if frame_len != compressed.len() {
+        return Err(corrupt(
+            object,
+            format!(
+                "{} bytes after the zstd frame",
+                compressed.len() - frame_len
+            ),
+        ));
+    }
+    zstd_safe::get_frame_content_size(compressed)
+        .map_err(|_| corrupt(object, "zstd: unreadable frame header"))
+}
+
+/// Decompresses the payload of an object of `kind` into `out`, a chunk at a time, and returns
+/// the body's size: exactly what the frame declares, and never more than the limit for `kind`
+/// (a body over it fails before more than the limit was decompressed).
+fn decompress(
+    object: &str,
+    kind: ObjectKind,
+    compressed: &[u8],
+    limits: &BodyLimits,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, FormatError> {
+    use std::io::Read;
+    let (limit, what) = limits.of(kind);
+    let too_large = |message: String| FormatError::TooLarge {
+        object: object.to_owned(),
+        limit,
+        message,
     };
-    let body =
-        zstd::stream::decode_all(compressed).map_err(|e| corrupt(object, format!("zstd: {e}")))?;
-    Ok((header, body))
+    let declared = declared_size(object, compressed)?;
+    if let Some(declared) = declared.filter(|n| *n > limit) {
+        return Err(too_large(format!(
+            "it declares a body of {declared} bytes, more than the {limit} bytes {what}"
+        )));
+    }
+    let zstd_error = |e: std::io::Error| corrupt(object, format!("zstd: {e}"));
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(zstd_error)?
+        .single_frame();
+    decoder.window_log_max(WINDOW_LOG_MAX).map_err(zstd_error)?;
+    let most = declared.unwrap_or(limit);
+    let mut chunk = vec![0u8; most.saturating_add(1).min(CHUNK as u64) as usize];
+    let mut len = 0u64;
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(zstd_error(e)),
+        };
+        len += n as u64;
+        if len > most {
+            return Err(match declared {
+                Some(declared) => corrupt(
+                    object,
+                    format!("its body is larger than the {declared} bytes its frame declares"),
+                ),
+                None => too_large(format!(
+                    "its body decompresses to more than the {limit} bytes {what}"
+                )),
+            });
+        }
+        out.write_all(&chunk[..n])
+            .map_err(|source| FormatError::Write {
+                object: object.to_owned(),
+                source,
+            })?;
+    }
+    if let Some(declared) = declared.filter(|n| *n != len) {
+        return Err(corrupt(
+            object,
+            format!("its body is {len} bytes, its frame declares {declared}"),
+        ));
+    }
+    Ok(len)
 }
 
 /// What an archived log entry asks of the database.
@@ -315,10 +502,11 @@ pub fn encode_segment(entries: &[SegmentEntry]) -> Vec<u8> {
     let size: usize = entries
         .iter()
         .map(|e| {
-            29 + match &e.body {
-                EntryBody::NoOp => 0,
-                EntryBody::Delta(b) => b.len(),
-            }
+            SEGMENT_ENTRY_HEADER as usize
+                + match &e.body {
+                    EntryBody::NoOp => 0,
+                    EntryBody::Delta(b) => b.len(),
+                }
         })
         .sum();
     let mut out = Vec::with_capacity(4 + size);
@@ -414,9 +602,92 @@ pub fn decode_segment(
     Ok(entries)
 }
 
+/// An object `object` whose body is `len` zeros, compressed a chunk at a time (the body never
+/// exists in memory): a decompression bomb of a few kilobytes per gigabyte. `declare`: whether
+/// its frame declares the body's size.
+#[cfg(test)]
+pub(crate) fn zeros_object(
+    object: &str,
+    header: &ObjectHeader,
+    len: u64,
+    declare: bool,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder =
+        zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd encoder");
+    encoder
+        .include_contentsize(declare)
+        .expect("content size flag");
+    if declare {
+        encoder
+            .set_pledged_src_size(Some(len))
+            .expect("pledged size");
+    }
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64);
+        encoder
+            .write_all(&chunk[..n as usize])
+            .expect("compress zeros");
+        left -= n;
+    }
+    let compressed = encoder.finish().expect("finish the frame");
+    seal(object, header, compressed, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SNAPSHOT: &str = "c/generations/00000001/snapshots/00000000000000000042.db.zst";
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    /// Limits far below the bombs', so that the tests run fast.
+    fn limits() -> BodyLimits {
+        BodyLimits {
+            snapshot: MIB,
+            segment: 2 * MIB,
+        }
+    }
+
+    fn snapshot_header() -> ObjectHeader {
+        ObjectHeader {
+            kind: ObjectKind::Snapshot,
+            first_index: 42,
+            last_index: 42,
+            time_ms: 5,
+            encrypted: false,
+        }
+    }
+
+    /// The error of a decode that must fail (without printing a body of a gigabyte if not).
+    fn refused<T>(decoded: Result<T, FormatError>) -> FormatError {
+        match decoded {
+            Ok(_) => panic!("a bomb was decoded"),
+            Err(e) => e,
+        }
+    }
+
+    /// A sink that counts what it is given, and keeps none of it.
+    #[derive(Default)]
+    struct Counted {
+        bytes: u64,
+        most: usize,
+    }
+
+    impl std::io::Write for Counted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes += buf.len() as u64;
+            self.most = self.most.max(buf.len());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     fn entries() -> Vec<SegmentEntry> {
         vec![
@@ -457,7 +728,7 @@ mod tests {
         let b = encode_object(name, &segment_header(), &body, None);
         assert_eq!(a, b, "same range, same bytes");
         assert!(a.len() < body.len(), "compressed");
-        let (header, decoded) = decode_object(name, &a, None)?;
+        let (header, decoded) = decode_object(name, &a, None, &limits())?;
         assert_eq!(header, segment_header());
         assert_eq!(decode_segment(name, &header, &decoded)?, entries());
         Ok(())
@@ -480,15 +751,16 @@ mod tests {
             !a.windows(15).any(|w| w == b"SQLite format 3"),
             "plaintext must not appear"
         );
-        let (h, decoded) = decode_object(name, &a, Some(&key()))?;
+        let (h, decoded) = decode_object(name, &a, Some(&key()), &limits())?;
         assert_eq!((h, decoded), (header, body.clone()));
-        let err = decode_object(name, &a, None).expect_err("no key");
+        let err = decode_object(name, &a, None, &limits()).expect_err("no key");
         assert!(matches!(err, FormatError::NoKey { .. }), "{err}");
         assert!(err.to_string().contains(name));
         let other = ArchiveKey::from_hex(&"cd".repeat(32)).expect("valid key");
-        let err = decode_object(name, &a, Some(&other)).expect_err("wrong key");
+        let err = decode_object(name, &a, Some(&other), &limits()).expect_err("wrong key");
         assert!(matches!(err, FormatError::WrongKey { .. }), "{err}");
-        let err = decode_object("p/c/other-name", &a, Some(&key())).expect_err("renamed");
+        let err =
+            decode_object("p/c/other-name", &a, Some(&key()), &limits()).expect_err("renamed");
         assert!(matches!(err, FormatError::WrongKey { .. }), "{err}");
         Ok(())
     }
@@ -506,7 +778,7 @@ mod tests {
             ("truncated", truncated),
             ("empty", &[][..]),
         ] {
-            let err = decode_object(name, bytes, None).expect_err(what);
+            let err = decode_object(name, bytes, None, &limits()).expect_err(what);
             assert!(matches!(err, FormatError::Corrupt { .. }), "{what}: {err}");
             assert!(err.to_string().contains(name), "{what}: {err}");
         }
@@ -524,6 +796,136 @@ mod tests {
         let header = segment_header();
         assert!(decode_segment(name, &header, &body[..body.len() - 1]).is_err());
         Ok(())
+    }
+
+    /// A valid object of a few kilobytes whose body is 1 GiB of zeros (a decompression bomb)
+    /// is refused by the size its frame declares, before anything is decompressed: the error
+    /// names the object and the limit. Encrypted or not, into memory or into a file.
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_is_decompressed() {
+        let bomb = zeros_object(SNAPSHOT, &snapshot_header(), GIB, true);
+        assert!(bomb.len() < 256 << 10, "a bomb: {} bytes", bomb.len());
+        let compressed = &bomb[HEADER_LEN..];
+        assert_eq!(declared_size(SNAPSHOT, compressed).ok(), Some(Some(GIB)));
+        let encrypted = ObjectHeader {
+            encrypted: true,
+            ..snapshot_header()
+        };
+        let sealed = seal(SNAPSHOT, &encrypted, compressed.to_vec(), Some(&key()));
+        for (what, object, key) in [("plain", &bomb, None), ("encrypted", &sealed, Some(key()))] {
+            let started = std::time::Instant::now();
+            let err = refused(decode_object(SNAPSHOT, object, key.as_ref(), &limits()));
+            let text = err.to_string();
+            assert!(
+                matches!(err, FormatError::TooLarge { limit: MIB, .. }),
+                "{what}: {err}"
+            );
+            for part in [
+                SNAPSHOT,
+                "1073741824",
+                "1048576 bytes",
+                "max_snapshot_bytes",
+            ] {
+                assert!(
+                    text.contains(part),
+                    "{what}: {part:?} is missing from: {text}"
+                );
+            }
+            let mut sink = Counted::default();
+            let err = refused(decode_object_into(
+                SNAPSHOT,
+                object,
+                key.as_ref(),
+                ObjectKind::Snapshot,
+                &limits(),
+                &mut sink,
+            ));
+            assert!(matches!(err, FormatError::TooLarge { .. }), "{what}: {err}");
+            assert_eq!(sink.bytes, 0, "{what}: nothing written");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{what}: refused without decompressing ({:?})",
+                started.elapsed()
+            );
+        }
+    }
+
+    /// A bomb whose frame does not declare its size stops at the limit: at most the limit is
+    /// decompressed, a chunk at a time, and the error names the object and the limit.
+    #[test]
+    fn a_bomb_that_hides_its_size_stops_at_the_limit() {
+        let segment = "c/generations/00000001/segments/7-8.seg.zst";
+        for (name, header, limit) in [
+            (SNAPSHOT, snapshot_header(), limits().snapshot),
+            (segment, segment_header(), limits().segment),
+        ] {
+            let bomb = zeros_object(name, &header, GIB, false);
+            assert_eq!(declared_size(name, &bomb[HEADER_LEN..]).ok(), Some(None));
+            let started = std::time::Instant::now();
+            let mut sink = Counted::default();
+            let err = refused(decode_object_into(
+                name,
+                &bomb,
+                None,
+                header.kind,
+                &limits(),
+                &mut sink,
+            ));
+            assert!(
+                matches!(err, FormatError::TooLarge { limit: l, .. } if l == limit),
+                "{err}"
+            );
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(err.to_string().contains(&format!("{limit} bytes")), "{err}");
+            assert!(sink.bytes <= limit, "{} bytes written", sink.bytes);
+            assert!(sink.most <= CHUNK, "a chunk at a time: {}", sink.most);
+            let err = refused(decode_object(name, &bomb, None, &limits()));
+            assert!(matches!(err, FormatError::TooLarge { .. }), "{err}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "stopped at the limit ({:?})",
+                started.elapsed()
+            );
+        }
+    }
+
+    /// The payload is one frame: a second one (past what the first declares) is corrupt, and so
+    /// is an object of the other kind.
+    #[test]
+    fn a_payload_is_one_frame_of_the_expected_kind() {
+        let body = vec![7u8; 1000];
+        let mut compressed = zstd::bulk::compress(&body, ZSTD_LEVEL).expect("compress");
+        let single = seal(SNAPSHOT, &snapshot_header(), compressed.clone(), None);
+        let mut sink = Vec::new();
+        let (_, len) = decode_object_into(
+            SNAPSHOT,
+            &single,
+            None,
+            ObjectKind::Snapshot,
+            &limits(),
+            &mut sink,
+        )
+        .expect("one frame");
+        assert_eq!((len, &sink), (1000, &body));
+        let err = decode_object_into(
+            SNAPSHOT,
+            &single,
+            None,
+            ObjectKind::Segment,
+            &limits(),
+            &mut Vec::new(),
+        )
+        .expect_err("not a segment");
+        assert!(
+            err.to_string().contains("is a snapshot, not a segment"),
+            "{err}"
+        );
+
+        compressed.extend(zstd::bulk::compress(&body, ZSTD_LEVEL).expect("compress"));
+        let double = seal(SNAPSHOT, &snapshot_header(), compressed, None);
+        let err = decode_object(SNAPSHOT, &double, None, &limits()).expect_err("two frames");
+        assert!(matches!(err, FormatError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("after the zstd frame"), "{err}");
     }
 
     #[test]

@@ -274,21 +274,23 @@ pub async fn execute(
     ));
     let t = Instant::now();
     let key = archive.key().cloned();
+    let limits = *archive.limits();
     let dest_owned = dest.to_path_buf();
     let (header, image_len) = {
         let snap_name = snap_name.clone();
         let stored_as = Archive::object_name(&snap_path);
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let (header, image) = format::decode_object(&stored_as, &bytes, key.as_ref())
-                .with_context(|| format!("restore from {snap_name}"))?;
-            drop(bytes);
-            ensure!(
-                header.kind == ObjectKind::Snapshot,
-                "archive object {snap_name} is not a snapshot"
-            );
-            write_image(&dest_owned, &image)
-                .with_context(|| format!("write the restored image to {}", dest_owned.display()))?;
-            Ok((header, image.len()))
+            write_image(&dest_owned, |file| {
+                format::decode_object_into(
+                    &stored_as,
+                    &bytes,
+                    key.as_ref(),
+                    ObjectKind::Snapshot,
+                    &limits,
+                    file,
+                )
+                .with_context(|| format!("restore from {snap_name}"))
+            })
         })
         .await
         .context("snapshot writer thread")??
@@ -379,11 +381,16 @@ pub async fn execute(
             let bytes = archive.get(&path).await?;
             let len = bytes.len();
             let key = archive.key().cloned();
+            let limits = *archive.limits();
             let decoded_name = name.clone();
             let entries = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let (header, body) =
-                    format::decode_object(&Archive::object_name(&path), &bytes, key.as_ref())
-                        .with_context(|| format!("restore from {decoded_name}"))?;
+                let (header, body) = format::decode_object(
+                    &Archive::object_name(&path),
+                    &bytes,
+                    key.as_ref(),
+                    &limits,
+                )
+                .with_context(|| format!("restore from {decoded_name}"))?;
                 ensure!(
                     (header.first_index, header.last_index) == (s.first, s.last),
                     "archive object {decoded_name} is corrupt: it holds {}..={}, its name says {}..={}",
@@ -472,19 +479,33 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes the snapshot image as the database file (a WAL-mode SQLite file, fsynced).
-fn write_image(dest: &Path, image: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(dest)?;
-    file.write_all(image)?;
-    file.sync_all()?;
-    if image.is_empty() {
+/// Writes the snapshot image as the database file (a WAL-mode SQLite file, fsynced): `image`
+/// writes it into the file and returns what it read, and the image's size.
+fn write_image<T>(
+    dest: &Path,
+    image: impl FnOnce(&mut std::fs::File) -> anyhow::Result<(T, u64)>,
+) -> anyhow::Result<(T, u64)> {
+    let context = || format!("write the restored image to {}", dest.display());
+    let mut file = std::fs::File::create(dest).with_context(context)?;
+    let (read, len) = match image(&mut file) {
+        Ok(done) => done,
+        Err(e) => {
+            // Up to a limit's worth of a refused image: not left behind on the disk.
+            drop(file);
+            let _ = std::fs::remove_file(dest);
+            return Err(e);
+        }
+    };
+    file.sync_all().with_context(context)?;
+    if len == 0 {
         // An archive of a database that was never written: make it a valid empty database.
-        let conn = rusqlite::Connection::open(dest)?;
-        conn.execute_batch(&format!("PRAGMA page_size = {}", crate::db::PAGE_SIZE))?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        let conn = rusqlite::Connection::open(dest).with_context(context)?;
+        conn.execute_batch(&format!("PRAGMA page_size = {}", crate::db::PAGE_SIZE))
+            .with_context(context)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .with_context(context)?;
     }
-    Ok(())
+    Ok((read, len))
 }
 
 /// Checkpoints the WAL into the file, checks the database and returns its size.
@@ -503,4 +524,58 @@ fn finish_file(dest: &Path) -> anyhow::Result<u64> {
     let _ = std::fs::remove_file(with_suffix(dest, "-wal"));
     let _ = std::fs::remove_file(with_suffix(dest, "-shm"));
     Ok(std::fs::metadata(dest)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::format::{BodyLimits, ObjectHeader};
+
+    /// A snapshot object that decompresses far past the limit fails the restore with an error
+    /// naming the object and the limit, and leaves no partial file behind.
+    #[tokio::test]
+    async fn a_decompression_bomb_fails_the_restore_naming_the_object_and_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .expect("a local store");
+        let limit = 1 << 20;
+        let archive = Archive::with_store(std::sync::Arc::new(fs), None).with_limits(BodyLimits {
+            snapshot: limit,
+            segment: limit,
+        });
+        let path = archive.snapshot_path("c", 1, 42);
+        let header = ObjectHeader {
+            kind: ObjectKind::Snapshot,
+            first_index: 42,
+            last_index: 42,
+            time_ms: 5,
+            encrypted: false,
+        };
+        for declare in [true, false] {
+            let bomb =
+                format::zeros_object(&Archive::object_name(&path), &header, 64 << 20, declare);
+            archive.put(&path, bomb).await.expect("put");
+            let request = RestoreRequest {
+                cluster_id: Some("c".into()),
+                generation: None,
+                target: RestoreTarget::Latest,
+            };
+            let plan = plan(&archive, &request)
+                .await
+                .expect("plan")
+                .expect("a snapshot to restore");
+            let dest = dir.path().join("restored.db");
+            let err = execute(&archive, &plan, &dest, &|_| {})
+                .await
+                .expect_err("the bomb is refused");
+            let text = format!("{err:#}");
+            for part in [path.as_ref(), "1048576 bytes", "max_snapshot_bytes"] {
+                assert!(
+                    text.contains(part),
+                    "declare {declare}: {part:?} missing from: {text}"
+                );
+            }
+            assert!(!dest.exists(), "declare {declare}: no partial image left");
+        }
+    }
 }

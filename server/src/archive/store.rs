@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::format::ArchiveKey;
+use super::format::{ArchiveKey, BodyLimits};
 
 /// Where the archive lives and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,13 +132,40 @@ pub fn chain_end(from: u64, segments: &[SegmentObject]) -> u64 {
     end
 }
 
-/// An archive: an object store, the root prefix, and the encryption key.
+/// An archive: an object store, the root prefix, the encryption key, and how large a body
+/// read from it may be.
 #[derive(Clone)]
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: ArchiveLocation,
     key: Option<ArchiveKey>,
+    limits: BodyLimits,
+}
+
+/// Environment variable of the node's `max_snapshot_bytes`, read by [`Archive::open`] for the
+/// limit on a snapshot's image (`raftlite restore` has no configuration of its own).
+const MAX_SNAPSHOT_BYTES_ENV: &str = "RAFTLITE_MAX_SNAPSHOT_BYTES";
+
+impl BodyLimits {
+    /// A snapshot: `max_snapshot_bytes`; a segment: the most the archiver writes.
+    pub fn for_node(max_snapshot_bytes: u64) -> BodyLimits {
+        BodyLimits {
+            snapshot: max_snapshot_bytes,
+            segment: super::archiver::SEGMENT_BODY_LIMIT,
+        }
+    }
+
+    /// With `max_snapshot_bytes` from [`MAX_SNAPSHOT_BYTES_ENV`], else its default.
+    fn from_env() -> anyhow::Result<BodyLimits> {
+        let max_snapshot_bytes = match std::env::var(MAX_SNAPSHOT_BYTES_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+                format!("{MAX_SNAPSHOT_BYTES_ENV}={v:?} is not a number of bytes")
+            })?,
+            _ => crate::config::defaults::default_max_snapshot_bytes(),
+        };
+        Ok(BodyLimits::for_node(max_snapshot_bytes))
+    }
 }
 
 impl std::fmt::Debug for Archive {
@@ -162,9 +189,12 @@ pub fn generation_name(generation: u64) -> String {
 impl Archive {
     /// Opens the archive at `location`. S3 credentials come from `RAFTLITE_ACCESS_KEY_ID` /
     /// `RAFTLITE_SECRET_ACCESS_KEY`, else the usual `AWS_*` variables; the encryption key from
-    /// `RAFTLITE_ARCHIVE_KEY`.
+    /// `RAFTLITE_ARCHIVE_KEY`; the limit on a snapshot's image from
+    /// `RAFTLITE_MAX_SNAPSHOT_BYTES`, else 1 GiB (a node passes its own with
+    /// [`Archive::with_limits`]).
     pub fn open(location: &ArchiveLocation) -> anyhow::Result<Archive> {
         let key = ArchiveKey::from_env().map_err(anyhow::Error::msg)?;
+        let limits = BodyLimits::from_env()?;
         let (store, root): (Arc<dyn ObjectStore>, Path) = match &location.url {
             ArchiveUrl::File { dir } => {
                 std::fs::create_dir_all(dir)
@@ -224,7 +254,13 @@ impl Archive {
             root,
             location: location.clone(),
             key,
+            limits,
         })
+    }
+
+    /// The same archive, reading bodies up to `limits`.
+    pub fn with_limits(self, limits: BodyLimits) -> Archive {
+        Archive { limits, ..self }
     }
 
     /// Same store and key, for tests that wrap the store (fault injection).
@@ -239,6 +275,7 @@ impl Archive {
                 region: None,
             },
             key,
+            limits: BodyLimits::for_node(crate::config::defaults::default_max_snapshot_bytes()),
         }
     }
 
@@ -248,6 +285,11 @@ impl Archive {
 
     pub fn key(&self) -> Option<&ArchiveKey> {
         self.key.as_ref()
+    }
+
+    /// How large a body read from this archive may be.
+    pub fn limits(&self) -> &BodyLimits {
+        &self.limits
     }
 
     fn child(&self, parts: &[&str]) -> Path {
