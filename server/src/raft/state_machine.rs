@@ -7,11 +7,15 @@
 //! path, so open readers keep their snapshot.
 //!
 //! ## Key decisions and trade-offs
-//! - `last_applied` and the membership are stored in redb *lazily* after each apply (no fsync
-//!   on the commit path) and durably when a snapshot is built or installed. After a crash the
-//!   recorded `last_applied` may be behind the database; openraft then re-applies a suffix of
-//!   the log. That is safe because every delta carries the database version it was captured
-//!   on, and the applier skips a delta whose version the database has already passed.
+//! - `last_applied` and the membership are stored in redb *lazily* after applies (no fsync
+//!   on the commit path) and durably when a snapshot is built or installed. A lazy write
+//!   reaches the file only with redb's next durable commit (a snapshot, a vote, a purge) or a
+//!   clean close (see `store::Sync::Lazy`), so after a process crash or a power loss the
+//!   recorded `last_applied` is behind the database, by up to every entry since the last
+//!   snapshot; openraft then re-applies that suffix of the log, which is still there (a
+//!   snapshot is recorded durably before the log is purged up to it). That is safe because
+//!   every delta carries the database version it was captured on, and the applier skips a
+//!   delta whose version the database has already passed.
 //! - The image is built while the state-machine task waits, so it matches `last_applied`
 //!   exactly. Applies pause for the copy (about a second per 100 MB here); they never see a
 //!   half-built image.
@@ -244,11 +248,13 @@ impl StateMachine {
     /// Opens the state machine over `db`. `applied_tx` publishes the applied log index for reads
     /// that wait for it.
     ///
-    /// Reconciles the recorded state with the database: applies run with
-    /// `synchronous=NORMAL`, so after a power loss the database can be older than the recorded
-    /// `last_applied`. Then the newest snapshot is installed again and the log is replayed from
-    /// it (it is never purged past a snapshot); deltas the database already holds are skipped
-    /// by their version.
+    /// Reconciles the recorded state with the database. The recorded state is that of redb's
+    /// last durable commit (the lazy writes after it are lost by a crash), so it is usually
+    /// behind the database: the log is replayed from it and the deltas the database already
+    /// holds are skipped by their version. Only a power loss can leave the database *older*
+    /// than the recorded state (applies run with `synchronous=NORMAL`; a process crash loses
+    /// none of them): then the newest snapshot is installed again and the log is replayed from
+    /// it (it is never purged past a snapshot).
     pub async fn open(
         db: Arc<Database>,
         store: RaftStore,
@@ -805,6 +811,78 @@ mod tests {
             want == got,
             "after the replay the node matches the leader page for page"
         );
+    }
+
+    /// A process crash loses the applied state written lazily since redb's last durable
+    /// commit, not the applies in the database (committed SQLite transactions survive a crash):
+    /// at restart the recorded state is the snapshot's, behind the database, which is not
+    /// rewound, and replaying the log from it skips every delta the database holds.
+    #[tokio::test]
+    async fn after_a_crash_the_lost_lazy_state_is_replayed_and_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leader = Arc::new(
+            Database::open(dir.path().join("leader.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let executor = leader.open_executor().expect("executor");
+        let mut entries = Vec::new();
+        for sql in [
+            "CREATE TABLE t(x)",
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO t VALUES (2)",
+            "INSERT INTO t VALUES (3)",
+        ] {
+            let delta = execute(&executor, sql).await;
+            leader
+                .apply(Arc::new(delta.clone()))
+                .await
+                .expect("apply on the leader");
+            entries.push(entry(entries.len() as u64 + 1, &delta));
+        }
+
+        // A node applies 1..2, snapshots (recorded durably), then applies 3..4 (recorded
+        // lazily: the write is due again after `LAZY_EVERY`).
+        let node_dir = dir.path().join("node");
+        let db = Arc::new(
+            Database::open(dir.path().join("node.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let mut sm = open_sm(db.clone(), &node_dir).await;
+        sm.apply(entries[..2].to_vec()).await.expect("apply 1..2");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot at 2");
+        tokio::time::sleep(super::super::store::LAZY_EVERY).await;
+        sm.apply(entries[2..].to_vec()).await.expect("apply 3..4");
+        let recorded: AppliedState = sm.store.read_meta(KEY_STATE).expect("read").expect("state");
+        assert_eq!(
+            recorded.last_applied.map(|l| l.index),
+            Some(4),
+            "written lazily"
+        );
+
+        // The process dies: the redb file is what the OS has now (a clean close would write
+        // the lazy state, so the copy replaces it); the database keeps every apply.
+        let redb_file = node_dir.join("raft").join("raft.redb");
+        let at_crash = dir.path().join("raft.redb.at-crash");
+        std::fs::copy(&redb_file, &at_crash).expect("copy the redb file");
+        drop(sm);
+        std::fs::rename(&at_crash, &redb_file).expect("put the crashed file back");
+
+        let mut sm = open_sm(db.clone(), &node_dir).await;
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(2), "the lazy state is lost");
+        assert_eq!(db.version().await.expect("version"), 4, "not rewound");
+        let results = sm.apply(entries[2..].to_vec()).await.expect("replay 3..4");
+        assert!(
+            matches!(results[..], [ApplyResult::Stale, ApplyResult::Stale]),
+            "the database holds them: {results:?}"
+        );
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(4));
+        let want = crate::db::dump_pages(leader.path()).expect("leader pages");
+        let got = crate::db::dump_pages(db.path()).expect("node pages");
+        assert!(want == got, "the node matches the leader page for page");
     }
 
     /// openraft builds a snapshot on a task of its own while the state machine worker serves

@@ -7,6 +7,7 @@
 //! crash-safe (copy-on-write with a checksummed commit slot). These keys change rarely (a vote
 //! per election, a purge per snapshot) or lazily, so a B-tree commit costs nothing that
 //! matters here; the log's appends, which do pay per write, left redb for that reason.
+//! A lazy write is not on disk until the next durable one, though: see [`Sync`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,9 +33,10 @@ pub struct RaftStore {
 /// committed log id (`save_committed`) and the applied state. Each is a redb commit, about
 /// 7 µs, once per batch on every node, on the log writer's thread or openraft's state machine
 /// task (6.5 % of a leader's CPU at 16 clients, BENCHMARKS.md "Session 21"). Writing them less
-/// often loses nothing a restart needs: both may be older on disk than in memory already (a
-/// lazy commit does not survive a power loss), and a restart re-learns the committed index
-/// from the leader and skips the deltas its database already holds.
+/// often loses nothing a restart needs: both are older on disk than in memory already (a lazy
+/// commit survives neither a process crash nor a power loss, see [`Sync::Lazy`]), and a
+/// restart re-learns the committed index from the leader and skips the deltas its database
+/// already holds.
 pub const LAZY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// When a lazily written value was last written: the next write is due [`LAZY_EVERY`] later.
@@ -57,11 +59,21 @@ impl LazyClock {
 }
 
 /// Durability of a metadata write.
+///
+/// redb 4 has two levels (`redb::Durability`): `Immediate` writes the commit to the file and
+/// fsyncs it; `None` keeps the commit in this process's memory (the header naming it is not
+/// written) until the next `Immediate` commit, of any key, carries it to the file with every
+/// other lazy one before it, or until the database is closed cleanly. No level writes a commit
+/// to the file without an fsync, which would survive a process crash at no fsync's cost.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Sync {
     /// fsync before returning.
     Durable,
-    /// Survives a process crash, may be lost on power loss (later reconstructible).
+    /// No fsync and no write to the file: visible at once to this process, but lost by a
+    /// process crash (SIGKILL, OOM kill, abort) or a power loss before the next durable
+    /// commit or a clean close. The file then holds the value of the last durable commit:
+    /// older, never torn. Only for values a restart can do without (the committed log id,
+    /// the applied state: the log is replayed from the older value, see `state_machine`).
     Lazy,
 }
 
@@ -106,6 +118,7 @@ impl RaftStore {
         let bytes = super::codec::encode(value).map_err(|e| io(&e))?;
         let mut tx = self.db.begin_write().map_err(|e| io(&e))?;
         if sync == Sync::Lazy {
+            // Not on disk before the next durable commit (see `Sync::Lazy`).
             tx.set_durability(redb::Durability::None)
                 .map_err(|e| io(&e))?;
         }
@@ -143,4 +156,56 @@ fn refuse_legacy_log(db: &redb::Database, path: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store as a process crash at this moment would leave it: the file as the OS has it
+    /// (whatever redb holds only in memory is not in it), opened from a copy in `to`.
+    fn after_a_crash(dir: &Path, to: &Path) -> RaftStore {
+        std::fs::create_dir_all(to).expect("create the crash directory");
+        std::fs::copy(dir.join("raft.redb"), to.join("raft.redb")).expect("copy the file");
+        RaftStore::open(to).expect("open the file a crash left")
+    }
+
+    fn read(store: &RaftStore, key: &str) -> Option<u64> {
+        store.read_meta(key).expect("read")
+    }
+
+    /// What `Sync::Lazy` keeps: a lazy write is read back at once, but a process crash loses
+    /// it (the file holds the durable value before it); the next durable commit, of another
+    /// key, carries it to the file, and so does a clean close.
+    #[test]
+    fn a_lazy_write_is_lost_by_a_crash_until_a_durable_commit_or_a_clean_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("live");
+        let store = RaftStore::open(&live).expect("open");
+        store.write_meta("k", &1u64, Sync::Durable).expect("write");
+        store.write_meta("k", &2u64, Sync::Lazy).expect("write");
+        assert_eq!(read(&store, "k"), Some(2), "visible at once");
+
+        let crashed = after_a_crash(&live, &dir.path().join("crash-1"));
+        assert_eq!(
+            read(&crashed, "k"),
+            Some(1),
+            "lost by a crash: the durable value"
+        );
+
+        store
+            .write_meta("other", &7u64, Sync::Durable)
+            .expect("write");
+        let crashed = after_a_crash(&live, &dir.path().join("crash-2"));
+        assert_eq!(
+            (read(&crashed, "k"), read(&crashed, "other")),
+            (Some(2), Some(7)),
+            "a durable commit carries the lazy ones before it"
+        );
+
+        store.write_meta("k", &3u64, Sync::Lazy).expect("write");
+        drop(store);
+        let reopened = RaftStore::open(&live).expect("reopen");
+        assert_eq!(read(&reopened, "k"), Some(3), "a clean close keeps it");
+    }
 }
