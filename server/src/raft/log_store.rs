@@ -266,6 +266,10 @@ impl LogStore {
         let Some((early, proposals)) = &self.early else {
             return;
         };
+        // Entries appended at an index replace whatever the log held from there on.
+        if let Some(first) = entries.first() {
+            proposals.replaced_from(first.log_id.index);
+        }
         for entry in entries {
             match &entry.payload {
                 EntryPayload::Membership(_) => {
@@ -544,6 +548,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some((_, proposals)) = &self.early {
+            proposals.replaced_from(log_id.index);
+        }
         self.pending().truncate(log_id.index);
         let wal = self.wal.clone();
         wal_op(move |done| wal.truncate(log_id.index, done)).await

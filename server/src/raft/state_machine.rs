@@ -142,6 +142,13 @@ impl Proposals {
         registry.at_index.retain(|_, t| *t != tag);
     }
 
+    /// The log from `index` on was replaced (truncated, or overwritten by entries appended
+    /// there): a proposal recorded at such an index is no longer there, and early commit must
+    /// never find it by that index. (openraft answers its proposer with ForwardToLeader.)
+    pub fn replaced_from(&self, index: u64) {
+        drop(self.lock().at_index.split_off(&index));
+    }
+
     /// The log store took the leader's entry `index`, the delta tagged `tag`.
     pub fn appended(&self, index: u64, tag: u64) {
         let mut registry = self.lock();
@@ -654,6 +661,38 @@ fn is_plain_file_name(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_proposal_whose_entry_was_replaced_is_never_committed_early() {
+        use super::Proposals;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let notices = Arc::new(AtomicUsize::new(0));
+        let register = |proposals: &Proposals, tag: u64| {
+            let notices = notices.clone();
+            proposals.register(
+                tag,
+                0,
+                0,
+                tracing::Span::none(),
+                Box::new(move |_| {
+                    notices.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+            proposals.appended(1, tag);
+        };
+        // Recorded at index 1: a quorum holding index 1 answers it.
+        let proposals = Proposals::default();
+        register(&proposals, 7);
+        assert_eq!(proposals.commit_early(1), 1);
+        // Recorded at index 1, then another leader's entry replaced index 1 (or the log was
+        // truncated there): a quorum holding index 1 holds that entry, not this proposal.
+        let proposals = Proposals::default();
+        register(&proposals, 8);
+        proposals.replaced_from(1);
+        assert_eq!(proposals.commit_early(1), 0);
+        assert_eq!(notices.load(Ordering::SeqCst), 1);
+    }
+
     use super::*;
     use crate::db::{DbOptions, Statement, WriteRequest};
     use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
