@@ -25,7 +25,9 @@
 //! refused until someone decides otherwise. The few settings users legitimately need
 //! (`foreign_keys`, `recursive_triggers`) are node settings applied to every connection at
 //! open (see `bounds.rs`), so no request can leave state on a connection that the next
-//! request would see. For the same reason the executor refuses TEMP objects.
+//! request would see. For the same reason the executor refuses TEMP objects. Nor may a client
+//! name an object like SQLite's table-valued pragma functions (`pragma_*`, see
+//! [`PRAGMA_FUNCTION_PREFIX`]), which it would stand in for.
 
 use super::error::DbError;
 use super::internal::is_internal_table;
@@ -405,6 +407,33 @@ fn protect_table(table: &str) -> Result<(), String> {
     }
 }
 
+/// How SQLite's table-valued pragma functions are named (`pragma_table_info('t')`). SQLite
+/// looks such a name up as a table or view first, `main.`-qualified or not, and takes it for
+/// the function only when there is none: an object named so would stand in for the function in
+/// every query that uses it. `sqlite_*` names SQLite refuses itself ("object name reserved for
+/// internal use"); they are not refused here because SQLite reports its own tables
+/// (`sqlite_sequence`, `sqlite_stat1`) and indexes (`sqlite_autoindex_*`) to the authorizer as
+/// creations too.
+const PRAGMA_FUNCTION_PREFIX: &str = "pragma_";
+
+/// Whether `name` starts with [`PRAGMA_FUNCTION_PREFIX`] (any case).
+fn is_pragma_function_name(name: &str) -> bool {
+    name.len() >= PRAGMA_FUNCTION_PREFIX.len()
+        && name.as_bytes()[..PRAGMA_FUNCTION_PREFIX.len()]
+            .eq_ignore_ascii_case(PRAGMA_FUNCTION_PREFIX.as_bytes())
+}
+
+/// The name of a table, view, virtual table, index or trigger a client creates.
+fn new_object_name(name: &str) -> Result<(), String> {
+    match is_pragma_function_name(name) {
+        true => Err(format!(
+            "the name {name} is reserved: names starting with pragma_ are SQLite's table-valued \
+             pragma functions, which an object of that name would stand in for"
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Why `load_extension` is refused (extension loading is off in any case; this says so as a
 /// refusal, not as an invalid argument).
 const NO_EXTENSIONS: &str = "load_extension is not allowed: a node loads no extensions";
@@ -417,10 +446,22 @@ fn is_load_extension(function_name: &str) -> bool {
 /// view named `temp.x`, `PRAGMA temp.user_version = 1` and the like. SQLite reports a
 /// schema-qualified name under the plain action codes (`CreateTable` on database "temp"), not
 /// the `CreateTemp*` ones that the TEMP keyword gives.
+///
+/// Not an update of the temp schema's own table: `ALTER TABLE ... RENAME TO`, `RENAME COLUMN`
+/// and `DROP COLUMN` on a main table have SQLite rewrite the TEMP triggers and views there too
+/// (the executor never has any), and a client cannot write that table itself (SQLite refuses:
+/// "may not be modified"). Its insert stays refused: it is what tells a trigger named
+/// `temp.x` on a main table, reported as a plain `CreateTrigger` on "main", and it comes first
+/// for every object made in temp.
 fn changes_temp_schema(ctx: &AuthContext<'_>) -> bool {
+    let schema_table = |table: &str| {
+        table.eq_ignore_ascii_case("sqlite_temp_master")
+            || table.eq_ignore_ascii_case("sqlite_temp_schema")
+    };
     ctx.database_name
         .is_some_and(|db| db.eq_ignore_ascii_case("temp"))
         && !matches!(ctx.action, AuthAction::Read { .. } | AuthAction::Select)
+        && !matches!(ctx.action, AuthAction::Update { table_name, .. } if schema_table(table_name))
 }
 
 fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
@@ -452,20 +493,30 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateTempView {
             view_name: table_name,
         } => protect_table(table_name).and(Err(NO_TEMP_OBJECTS.into())),
-        AuthAction::Insert { table_name }
-        | AuthAction::Delete { table_name }
-        | AuthAction::Update { table_name, .. }
-        | AuthAction::CreateTable { table_name }
-        | AuthAction::DropTable { table_name }
-        | AuthAction::AlterTable { table_name, .. }
-        | AuthAction::CreateIndex { table_name, .. }
-        | AuthAction::DropIndex { table_name, .. }
-        | AuthAction::CreateTrigger { table_name, .. }
-        | AuthAction::DropTrigger { table_name, .. }
+        AuthAction::CreateTable { table_name }
         | AuthAction::CreateView {
             view_name: table_name,
         }
-        | AuthAction::CreateVtable { table_name, .. } => protect_table(table_name),
+        | AuthAction::CreateVtable { table_name, .. } => {
+            protect_table(table_name).and_then(|()| new_object_name(table_name))
+        }
+        AuthAction::CreateIndex {
+            index_name: name,
+            table_name,
+        }
+        | AuthAction::CreateTrigger {
+            trigger_name: name,
+            table_name,
+        } => protect_table(table_name).and_then(|()| new_object_name(name)),
+        // A new name that ALTER TABLE ... RENAME TO gives is not reported: the executor checks
+        // the schema after the statement (see `Executor::no_new_reserved_name`).
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. } => protect_table(table_name),
         _ => Ok(()),
     }
 }

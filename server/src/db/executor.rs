@@ -39,7 +39,7 @@ use super::capture::{self, CaptureStart};
 use super::chain::{Chain, Link, Overlay};
 use super::delta::{PageDelta, PageImage};
 use super::error::{DbError, Result};
-use super::internal::{self, internal_sql};
+use super::internal::{self, internal_sql, is_internal_table};
 use super::value::{
     bind, ColumnInfo, SqlValue, Statement, StatementOutcome, WriteRequest, MAX_RESULT_BYTES,
 };
@@ -239,6 +239,9 @@ pub struct Executor {
     /// Such a request is running (its end checks the foreign keys when the node enforces
     /// them).
     without_foreign_keys: bool,
+    /// Why the last interactive transaction was rolled back from outside (see
+    /// [`Executor::make_way_for_applier`]): what its next call hears.
+    transaction_aborted: Option<String>,
 }
 
 /// The requests of a batch run before the batch is complete ([`Executor::run_ahead`]).
@@ -270,6 +273,8 @@ struct Run {
 /// It also records the batch the executor keeps open for its commit in place (see
 /// [`Executor::commit_in_place`]): that transaction holds SQLite's write lock after the gate
 /// is released, so the applier checks here before it writes, and a delta must first end it.
+/// So are recorded the writes run ahead and, on an executor that commits in place, an
+/// interactive transaction (see [`Executor::begin`]).
 #[derive(Clone, Default)]
 pub struct WriteGate(Arc<Gate>);
 
@@ -285,8 +290,9 @@ struct Gate {
 /// What the gate guards.
 #[derive(Default)]
 pub(crate) struct GateState {
-    /// Whether the executor keeps a batch open for its commit in place. Decides only under
-    /// the lock; set through [`WriteGate::set_batch_open`].
+    /// Whether the executor keeps a batch open for its commit in place (or another transaction
+    /// that holds SQLite's write lock outside the gate: writes run ahead, an interactive
+    /// transaction). Decides only under the lock; set through [`WriteGate::set_batch_open`].
     open_batch: bool,
     /// Deltas the executor committed in place as soon as Raft committed them, before the
     /// state machine's apply reached them (see [`Executor::commit_early`]): base version →
@@ -362,6 +368,15 @@ struct OpenTransaction {
     base_version: u64,
     /// What the write pipeline laid beneath it.
     overlay: Overlay,
+}
+
+/// What the executor checks a client statement that may change the schema against, read before
+/// it runs.
+struct SchemaBefore {
+    /// `PRAGMA schema_version`: whether the statement changed the schema.
+    version: i64,
+    /// [`Executor::reserved_names`]: whether it gave a table a reserved name.
+    reserved: Vec<String>,
 }
 
 /// How one call of an interactive transaction ended.
@@ -451,6 +466,7 @@ impl Executor {
             foreign_keys: options.foreign_keys,
             foreign_keys_changed: false,
             without_foreign_keys: false,
+            transaction_aborted: None,
         })
     }
 
@@ -634,13 +650,16 @@ impl Executor {
     /// other node's does once it applied it, without laying them again. Returns whether it
     /// did. If the batch open is another one (same tag and base version, or it is not this
     /// delta's: its delta was lost, or this delta comes first), that batch is rolled back and
-    /// the caller applies the delta as any node does; so it is if its `COMMIT` fails.
+    /// the caller applies the delta as any node does; so it is if its `COMMIT` fails. An
+    /// interactive transaction open here is rolled back too (see
+    /// [`Executor::make_way_for_applier`]).
     pub fn commit_in_place(&mut self, delta: &PageDelta) -> Result<bool> {
         let gate = self.gate.clone();
         let mut held = gate.hold();
         if held.take_ahead(delta) {
             return Ok(true);
         }
+        self.abort_transaction_held(&mut held)?;
         if self.open_batch != Some((delta.tag, delta.base_version)) {
             self.end_open_batch_held(&mut held)?;
             return Ok(false);
@@ -698,6 +717,42 @@ impl Executor {
         let gate = self.gate.clone();
         let mut held = gate.hold();
         self.end_open_batch_held(&mut held)
+    }
+
+    /// Roll back whatever this connection holds SQLite's write lock in outside the gate, for a
+    /// write of the applier's (an image; a delta goes through [`Executor::commit_in_place`]):
+    /// the batch kept open, and an interactive transaction. The applier writes only what Raft
+    /// committed, and while a transaction is open its leader has nothing in flight (the
+    /// transaction begins once everything it proposed is applied, and proposes nothing until
+    /// its commit): so what comes is another leader's, this one is deposed, and its
+    /// transaction could never commit. It is rolled back rather than waited for: the applier
+    /// waiting on its lock, the transaction's Commit then waited on the gate the applier held,
+    /// until the apply failed with `SQLITE_BUSY` and stopped the state machine. Its next call
+    /// hears that it is gone ([`DbError::Stale`]).
+    pub fn make_way_for_applier(&mut self) -> Result<()> {
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        self.abort_transaction_held(&mut held)?;
+        self.end_open_batch_held(&mut held)
+    }
+
+    /// See [`Executor::make_way_for_applier`]. A no-op without an interactive transaction.
+    fn abort_transaction_held(&mut self, held: &mut GateState) -> Result<()> {
+        if self.transaction.take().is_none() {
+            return Ok(());
+        }
+        tracing::info!(
+            "an interactive transaction was rolled back: another leader's write must be applied"
+        );
+        self.transaction_aborted = Some(
+            "the transaction was rolled back: this node must apply another leader's writes (its \
+             leadership ended), which cannot wait for it; nothing of it was applied, run it \
+             again"
+                .into(),
+        );
+        self.end_transaction()?;
+        self.gate.set_batch_open(held, false);
+        Ok(())
     }
 
     /// The gate is told the batch is gone only once it is: a failed `ROLLBACK` leaves it
@@ -772,6 +827,9 @@ impl Executor {
     /// At the end of a request run with foreign keys off that checks them: a violation
     /// anywhere in the database fails it. The check reads every table with a foreign key, so
     /// it runs within the request's deadline, like its statements: past it, the request fails.
+    /// A `PRAGMA` statement, not the table-valued `pragma_foreign_key_check`, which a client
+    /// table of that name would stand in for (see `authorizer::PRAGMA_FUNCTION_PREFIX`); its
+    /// first row is the first violation, found without looking for the others.
     fn no_foreign_key_violation(&self, deadline: Option<Instant>) -> Result<()> {
         if !(self.without_foreign_keys && self.foreign_keys) {
             return Ok(());
@@ -780,13 +838,9 @@ impl Executor {
         let _guard = self.lockdown.internal();
         let violation: Option<(String, Option<i64>, String)> = self
             .conn
-            .query_row(
-                internal_sql!(
-                    "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT 1"
-                ),
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row(internal_sql!("PRAGMA foreign_key_check"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()
             .map_err(|e| scope.client_error(e, &self.lockdown))?;
         match violation {
@@ -1063,23 +1117,84 @@ impl Executor {
     /// request ids (or any internal write) would then fail whole batches, other clients'
     /// writes included, or cascade into the client's rows. Checked after a request changed the
     /// schema, so it fails alone.
+    ///
+    /// Read with `PRAGMA foreign_key_list`, not the table-valued `pragma_foreign_key_list()`,
+    /// which a client table of that name would stand in for (a full-text table takes the
+    /// argument as a search and finds nothing; see `authorizer::PRAGMA_FUNCTION_PREFIX`). Only
+    /// the tables whose SQL holds the internal prefix are asked: a foreign key names its
+    /// parent in its table's SQL, which SQLite rewrites when the parent is renamed.
     fn refuse_references_to_internal_tables(&self) -> Result<()> {
         let _guard = self.lockdown.internal();
-        let referencing: Option<String> = self
+        let candidates: Vec<String> = self
             .conn
             .prepare_cached(internal_sql!(
-                "SELECT s.name FROM main.sqlite_schema AS s, pragma_foreign_key_list(s.name) AS f
-                 WHERE s.type = 'table' AND f.\"table\" LIKE '\\_raftlite\\_%' ESCAPE '\\' LIMIT 1"
+                "SELECT name FROM main.sqlite_schema
+                 WHERE type = 'table' AND sql LIKE '%\\_raftlite\\_%' ESCAPE '\\'
+                   AND name NOT LIKE '\\_raftlite\\_%' ESCAPE '\\'"
             ))?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        match referencing {
-            None => Ok(()),
-            Some(table) => Err(DbError::PermissionDenied(format!(
-                "table {table:?} has a foreign key to one of raftlite's internal tables \
-                 (_raftlite_*); reference your own tables only"
-            ))),
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for table in candidates {
+            // One text per table: prepared afresh, not kept in the statement cache.
+            let mut foreign_keys = self.conn.prepare(&format!(
+                "PRAGMA main.foreign_key_list(\"{}\")",
+                table.replace('"', "\"\"")
+            ))?;
+            let mut parents = foreign_keys.query([])?;
+            while let Some(parent) = parents.next()? {
+                if is_internal_table(&parent.get::<_, String>("table")?) {
+                    return Err(DbError::PermissionDenied(format!(
+                        "table {table:?} has a foreign key to one of raftlite's internal tables \
+                         (_raftlite_*); reference your own tables only"
+                    )));
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// The tables and views with a reserved name: raftlite's own prefix (`_raftlite_`) or that
+    /// of SQLite's table-valued pragma functions (`pragma_`), as the schema has them now.
+    fn reserved_names(&self) -> Result<Vec<String>> {
+        let _guard = self.lockdown.internal();
+        Ok(self
+            .conn
+            .prepare_cached(internal_sql!(
+                "SELECT name FROM main.sqlite_schema WHERE type IN ('table', 'view')
+                 AND (name LIKE '\\_raftlite\\_%' ESCAPE '\\'
+                      OR name LIKE 'pragma\\_%' ESCAPE '\\')"
+            ))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// After a client statement changed the schema: no table got a reserved name that the
+    /// schema did not have before it (`before`, from [`Executor::reserved_names`]). The
+    /// authorizer refuses to create one, but `ALTER TABLE ... RENAME TO` shows it only the old
+    /// name. The schema is read rather than the statement parsed: the new name can be quoted
+    /// four ways, qualified, written in any case and with comments between the words, and the
+    /// schema holds what SQLite made of all that. Names that were there before pass: a
+    /// database that already has such a table (an older node allowed the rename) can still
+    /// change its schema, and that table, which clients cannot touch, stays as it was.
+    fn no_new_reserved_name(&self, before: &[String]) -> Result<()> {
+        let renamed = self
+            .reserved_names()?
+            .into_iter()
+            .find(|name| !before.contains(name));
+        let Some(name) = renamed else {
+            return Ok(());
+        };
+        Err(DbError::PermissionDenied(match is_internal_table(&name) {
+            true => format!(
+                "a table may not be renamed to {name}: names starting with _raftlite_ are \
+                 raftlite's internal tables, which clients cannot write, drop or rename"
+            ),
+            false => format!(
+                "a table may not be renamed to {name}: names starting with pragma_ are reserved \
+                 for SQLite's table-valued pragma functions, which a table of that name would \
+                 stand in for"
+            ),
+        }))
     }
 
     fn step_statements(
@@ -1099,16 +1214,23 @@ impl Executor {
             self.lockdown.reset();
             self.lockdown.take_schema_change();
             let key = self.schema_key(&statement.sql);
-            let mut cookie = None;
+            let mut before = None;
             let stepped =
-                self.step_statement(&scope, statement, key, &mut result_bytes, &mut cookie);
+                self.step_statement(&scope, statement, key, &mut result_bytes, &mut before);
             // Asked even when it failed, so that a statement compiled again while it ran is
             // remembered: a failed run may succeed from the cache later.
             let compiled_again = self.changed_schema(key);
             results.push(stepped?);
-            schema_changed |= match cookie {
-                // A statement that may change the schema: whether it did.
-                Some(before) => self.schema_version()? != before,
+            schema_changed |= match before {
+                // A statement that may change the schema: whether it did. (An ALTER TABLE
+                // always comes here: SQLite tells the authorizer whenever it compiles one.)
+                Some(before) => {
+                    let changed = self.schema_version()? != before.version;
+                    if changed {
+                        self.no_new_reserved_name(&before.reserved)?;
+                    }
+                    changed
+                }
                 // Compiled again as it ran, as a statement that changes the schema.
                 None => compiled_again,
             };
@@ -1126,15 +1248,15 @@ impl Executor {
 
     /// Prepares and runs one client statement (`key`: its [`Executor::schema_key`]);
     /// `result_bytes` counts the rows it returns on top of those the request's earlier
-    /// statements returned. For a statement that may change the schema, `cookie` gets the
-    /// schema version from before it runs.
+    /// statements returned. For a statement that may change the schema, `before` gets the
+    /// schema as it was before it runs.
     fn step_statement(
         &self,
         scope: &ClientScope<'_>,
         statement: &Statement,
         key: u64,
         result_bytes: &mut usize,
-        cookie: &mut Option<i64>,
+        before: &mut Option<SchemaBefore>,
     ) -> Result<StatementOutcome> {
         let client_error = |e| scope.client_error(e, &self.lockdown);
         // Never a cached internal statement, nor savepoint control, which the authorizer
@@ -1149,7 +1271,10 @@ impl Executor {
             };
         let mut stmt = prepared.map_err(client_error)?;
         if self.changed_schema(key) {
-            *cookie = Some(self.schema_version()?);
+            *before = Some(SchemaBefore {
+                version: self.schema_version()?,
+                reserved: self.reserved_names()?,
+            });
         }
         bind(&mut stmt, &statement.params).map_err(|e| scope.name_limit(e))?;
         let changes_before = self.conn.total_changes();
@@ -1239,9 +1364,18 @@ impl Executor {
 
     /// Open an interactive transaction: `BEGIN IMMEDIATE` (the write lock) until
     /// [`Executor::commit`] or [`Executor::rollback`]; group commits wait meanwhile.
+    ///
+    /// On an executor that commits in place the transaction is recorded in the gate, as a
+    /// batch kept open is, from the gate's lock on: the applier then never waits on its lock
+    /// but has the database end it first ([`Executor::make_way_for_applier`]), and its Commit
+    /// may take the gate while it holds SQLite's lock. (Without commits in place the database
+    /// cannot reach this executor, and a Commit never takes the gate; the applier waits for the
+    /// transaction's end, which a leadership change brings.)
     pub fn begin(&mut self) -> Result<()> {
         self.refuse_if_in_transaction()?;
-        self.end_open_batch()?;
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        self.end_open_batch_held(&mut held)?;
         self.chain.clear();
         self.restore_foreign_keys()?;
         self.internal_sql(internal_sql!("BEGIN IMMEDIATE"))?;
@@ -1249,6 +1383,10 @@ impl Executor {
             Ok(open) => {
                 self.reset_last_insert_rowid();
                 self.transaction = Some(open);
+                self.transaction_aborted = None;
+                if self.in_place {
+                    self.gate.set_batch_open(&mut held, true);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -1265,7 +1403,10 @@ impl Executor {
         deadline: Option<Instant>,
     ) -> Result<TransactionStep> {
         if self.transaction.is_none() {
-            return Err(DbError::Internal("no transaction is open".into()));
+            return match &self.transaction_aborted {
+                Some(why) => Ok(TransactionStep::Ended(DbError::Stale(why.clone()))),
+                None => Err(no_transaction()),
+            };
         }
         if let Some(refused) = refuse_vacuum(statements) {
             return Ok(TransactionStep::Failed(refused));
@@ -1284,7 +1425,7 @@ impl Executor {
                 Ok(TransactionStep::Done(results))
             }
             Err(e) if self.conn.is_autocommit() => {
-                self.transaction = None;
+                self.end_interactive()?;
                 Ok(TransactionStep::Ended(e))
             }
             Err(e) => {
@@ -1321,7 +1462,7 @@ impl Executor {
         Ok(match ran {
             Ok(results) => TransactionStep::Done(results),
             Err(e) if self.conn.is_autocommit() => {
-                self.transaction = None;
+                self.end_interactive()?;
                 TransactionStep::Ended(e)
             }
             Err(e) => TransactionStep::Failed(e),
@@ -1352,18 +1493,21 @@ impl Executor {
     /// non-empty `request_id` is recorded in the delta, so that a retried Commit finds it. A
     /// deferred foreign key still violated fails it, and it is rolled back.
     pub fn commit(&mut self, request_id: &str) -> Result<Option<PageDelta>> {
-        let open = self
-            .transaction
-            .take()
-            .ok_or_else(|| DbError::Internal("no transaction is open".into()))?;
+        let Some(open) = self.transaction.take() else {
+            return Err(match &self.transaction_aborted {
+                Some(why) => DbError::Stale(why.clone()),
+                None => no_transaction(),
+            });
+        };
         let captured = self.capture_transaction(open, request_id);
         if let (Ok(Some(delta)), true) = (&captured, self.in_place) {
-            // Kept open for its commit in place, like a batch.
+            // Kept open for its commit in place, like a batch (recorded in the gate since it
+            // began, so the applier is not waiting on its lock).
             let gate = self.gate.clone();
             self.keep_open(&mut gate.hold(), delta);
             return captured;
         }
-        let rolled_back = self.end_transaction();
+        let rolled_back = self.end_interactive();
         let delta = captured?;
         rolled_back?;
         Ok(delta)
@@ -1452,10 +1596,25 @@ impl Executor {
 
     /// Discard the open transaction (a no-op without one), or a batch kept open.
     pub fn rollback(&mut self) -> Result<()> {
-        if self.transaction.take().is_none() {
+        if self.transaction.is_none() {
             return self.end_open_batch();
         }
-        self.end_transaction()
+        self.end_interactive()
+    }
+
+    /// Ends the interactive transaction (rolled back, unless SQLite did already), and tells the
+    /// gate once it is gone if it was recorded there (see [`Executor::begin`]). Without a
+    /// record the gate is not taken: the applier may hold it while it waits for this lock.
+    fn end_interactive(&mut self) -> Result<()> {
+        self.transaction = None;
+        if !self.in_place {
+            return self.end_transaction();
+        }
+        let gate = self.gate.clone();
+        let mut held = gate.hold();
+        self.end_transaction()?;
+        self.gate.set_batch_open(&mut held, false);
+        Ok(())
     }
 
     fn refuse_if_in_transaction(&self) -> Result<()> {
@@ -1491,11 +1650,19 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        // The applier must not wait for a batch nobody will commit.
-        if let Err(e) = self.end_open_batch() {
-            tracing::warn!(error = %e, "rolling back the batch kept open failed");
+        // The applier must not wait for a batch or transaction nobody will commit.
+        let ended = match self.transaction {
+            Some(_) => self.end_interactive(),
+            None => self.end_open_batch(),
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "rolling back the batch or transaction kept open failed");
         }
     }
+}
+
+fn no_transaction() -> DbError {
+    DbError::Internal("no transaction is open".into())
 }
 
 fn vacuum_path(db_path: &Path) -> PathBuf {

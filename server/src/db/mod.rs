@@ -248,8 +248,10 @@ impl Database {
     /// (see [`Executor::commit_in_place`]): it is committed there, which leaves the database
     /// exactly as applying the delta would (every page the delta carries, with the same bytes;
     /// page 1's change counter, each file's own, aside) at a fraction of the cost. Any other
-    /// open batch is rolled back first and the delta applied. A batch the write path committed
-    /// in place already (see [`ExecutorHandle::commit_early`]) is done: nothing is written.
+    /// open batch, or an interactive transaction (a deposed leader's, see
+    /// [`Executor::make_way_for_applier`]), is rolled back first and the delta applied. A
+    /// batch the write path committed in place already (see [`ExecutorHandle::commit_early`])
+    /// is done: nothing is written.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
         if self.gate.hold().take_ahead(&delta) {
             return Ok(ApplyOutcome::Applied);
@@ -284,7 +286,7 @@ impl Database {
     /// [`Applier::install_image`].
     pub async fn install_image(&self, path: PathBuf) -> Result<()> {
         self.past_open_batch(
-            || |e: &mut Executor| e.end_open_batch().map(|()| None),
+            || |e: &mut Executor| e.make_way_for_applier().map(|()| None),
             || {
                 let path = path.clone();
                 move |a: &mut Applier| a.install_image_unless_batch_open(&path)
@@ -295,9 +297,10 @@ impl Database {
 
     /// A write through the applier, once the executor's open batch is out of its way: while
     /// one is open, `on_executor` runs there first (it commits the batch in place, which may
-    /// finish the write, or ends it); then `on_applier`, which does nothing while a batch is
-    /// open. Each round ends the batch open when it began; a new one opens only once the log
-    /// is applied (the batcher settles first), so the second round writes.
+    /// finish the write, or ends it; it ends an interactive transaction, which the gate records
+    /// as an open batch); then `on_applier`, which does nothing while a batch is open. Each
+    /// round ends the batch open when it began; a new one opens only once the log is applied
+    /// (the batcher settles first), so the second round writes.
     async fn past_open_batch<R, E, A>(
         &self,
         on_executor: impl Fn() -> E,

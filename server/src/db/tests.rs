@@ -722,9 +722,11 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
             "DELETE FROM _RAFTLITE_REQUESTS",
             "_raftlite_requests is internal",
         ),
+        // Refused as any TEMP object: SQLite first reports the row it inserts into the temp
+        // schema's table, before the table's name.
         (
             "CREATE TEMP TABLE _raftlite_requests(id)",
-            "_raftlite_requests is internal",
+            "temporary tables",
         ),
         (
             "CREATE TRIGGER tr AFTER INSERT ON _raftlite_requests BEGIN SELECT 1; END",
@@ -2851,8 +2853,9 @@ async fn an_open_batch_is_rolled_back_before_an_image_or_the_next_batch() -> Tes
         .execute_batch(vec![req("", &["DELETE FROM t"])])
         .await?;
     c.executor.begin().await?;
-    ensure!(!c.leader.gate.batch_open());
+    ensure!(count(&reader, "t")? == 100, "the batch was not rolled back");
     c.executor.rollback().await?;
+    ensure!(!c.leader.gate.batch_open());
     ensure!(count(&reader, "t")? == 100);
     c.verify("after VACUUM and a transaction")?;
     Ok(())
@@ -3278,5 +3281,288 @@ async fn a_delta_applied_while_writes_run_ahead_goes_first() -> TestResult {
     ensure!(!c.leader.gate.batch_open(), "the run ahead stayed open");
     ensure!(c.leader.version().await? == version);
     c.verify("a miscounted batch ran nothing")?;
+    Ok(())
+}
+
+/// Runs `sqls` as one request on the executor and returns its refusal message.
+async fn refusal(c: &Cluster, sqls: &[&str]) -> anyhow::Result<String> {
+    let result = c.executor.execute_batch(vec![req("", sqls)]).await?;
+    match failed(&result.outcomes[0])? {
+        DbError::PermissionDenied(m) => Ok(m.clone()),
+        other => anyhow::bail!("{sqls:?}: expected a refusal, got {other:?}"),
+    }
+}
+
+/// SQLite looks a `pragma_*` name up as a table before it takes it for a table-valued pragma
+/// function, in the `main.`-qualified form too: an object named so would stand in for the
+/// function in every statement that uses it. The executor refuses such names, whatever their
+/// case or quoting; `sqlite_*` names SQLite refuses itself (while its own tables, which it
+/// reports to the authorizer as creations too, are still made).
+#[tokio::test]
+async fn names_of_sqlites_table_functions_are_refused() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let refused: [&[&str]; 8] = [
+        &["CREATE VIRTUAL TABLE pragma_foreign_key_list USING fts5(\"table\")"],
+        &["CREATE TABLE pragma_foreign_key_check(\"table\", rowid, parent, fkid)"],
+        &["CREATE TABLE IF NOT EXISTS \"PRAGMA_Table_Info\"(name)"],
+        &["CREATE TABLE main.[pragma_page_count](page_count)"],
+        &["CREATE VIEW pragma_index_list AS SELECT 1"],
+        &["CREATE INDEX pragma_x ON t(a)"],
+        &["CREATE TRIGGER Pragma_y AFTER INSERT ON t BEGIN SELECT 1; END"],
+        // A full-text table named `pragma` makes `pragma_data` and four more.
+        &[
+            "CREATE TABLE ok(x)",
+            "CREATE VIRTUAL TABLE pragma USING fts5(x)",
+        ],
+    ];
+    for sqls in refused {
+        let m = refusal(&c, sqls).await?;
+        ensure!(
+            m.contains("pragma_") && m.contains("reserved"),
+            "{sqls:?}: {m}"
+        );
+    }
+    for sql in [
+        "CREATE TABLE sqlite_x(a)",
+        "CREATE VIRTUAL TABLE Sqlite_f USING fts5(x)",
+        "CREATE VIEW sqlite_v AS SELECT 1",
+        "CREATE INDEX sqlite_i ON t(a)",
+        "CREATE TRIGGER \"SQLITE_t\" AFTER INSERT ON t BEGIN SELECT 1; END",
+        "ALTER TABLE t RENAME TO sqlite_t",
+    ] {
+        let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
+        let e = failed(&result.outcomes[0])?;
+        ensure!(
+            e.to_string().contains("reserved for internal use"),
+            "{sql}: {e:?}"
+        );
+    }
+    // What SQLite and its modules name `sqlite_*` and `<table>_*` themselves is still made.
+    c.write_one(&[
+        "CREATE TABLE seq(id INTEGER PRIMARY KEY AUTOINCREMENT, u TEXT UNIQUE)",
+        "INSERT INTO seq(u) VALUES('a')",
+        "CREATE VIRTUAL TABLE docs USING fts5(body)",
+        "INSERT INTO docs VALUES('pragma_table_info')",
+        "ANALYZE",
+        "CREATE TABLE pragmatic(x)",
+    ])
+    .await?;
+    // (A full-text table's tables have no rowid to compare the replicas by.)
+    c.write_one(&["DROP TABLE docs"]).await?;
+    c.verify("after the refused names")?;
+    let reader = Connection::open(c.leader.path())?;
+    let made: i64 = reader.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'pragma\\_%' ESCAPE '\\'",
+        [],
+        |r| r.get(0),
+    )?;
+    ensure!(made == 0, "{made} objects named pragma_*");
+    Ok(())
+}
+
+/// The executor's own checks read SQLite's foreign key pragmas in a form no client object can
+/// stand in for: with a `pragma_foreign_key_list` full-text table and a
+/// `pragma_foreign_key_check` table in the database (made before the names were refused), a
+/// foreign key to raftlite's tables is still refused, and a request without foreign keys that
+/// leaves an orphan still fails.
+#[tokio::test]
+async fn tables_named_like_pragma_functions_do_not_fool_the_executors_checks() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+        "CREATE TABLE child(pid INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES(1)",
+        "INSERT INTO child VALUES(1)",
+    ])
+    .await?;
+    // Written past the executor, as an older node's executor allowed.
+    Connection::open(c.leader.path())?.execute_batch(
+        "CREATE VIRTUAL TABLE pragma_foreign_key_list USING fts5(\"table\");
+         CREATE TABLE pragma_foreign_key_check(\"table\", rowid, parent, fkid);",
+    )?;
+    let m = refusal(
+        &c,
+        &["CREATE TABLE holdreq(rid REFERENCES _raftlite_requests(id))"],
+    )
+    .await?;
+    ensure!(m.contains("_raftlite"), "{m}");
+    let orphan = c
+        .executor
+        .execute_alone(req(
+            "",
+            &["PRAGMA foreign_keys=OFF", "INSERT INTO child VALUES(999)"],
+        ))
+        .await?;
+    ensure!(
+        matches!(failed(&orphan.outcomes[0])?, DbError::Constraint(m) if m.contains("child")),
+        "{:?}",
+        orphan.outcomes
+    );
+    ensure!(orphan.delta.is_none(), "the orphan was captured");
+    // Without a violation the same kind of request goes through.
+    let fine = c
+        .executor
+        .execute_alone(req(
+            "",
+            &["PRAGMA foreign_keys=OFF", "INSERT INTO child VALUES(1)"],
+        ))
+        .await?;
+    executed(&fine.outcomes[0])?;
+    Ok(())
+}
+
+/// `ALTER TABLE ... RENAME TO` cannot move a table into raftlite's names (`_raftlite_*`, where
+/// nobody could write, drop or rename it again) nor SQLite's `pragma_*` ones, however the new
+/// name is spelled; in a batch the request fails alone, in a transaction the call.
+#[tokio::test]
+async fn a_table_cannot_be_renamed_into_reserved_names() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&["CREATE TABLE x9(v)", "INSERT INTO x9 VALUES(1)"])
+        .await?;
+    for (sql, named) in [
+        ("ALTER TABLE x9 RENAME TO _raftlite_x9", "_raftlite_"),
+        (
+            "alter table main.x9 rename to \"_RAFTLITE_X9\"",
+            "_raftlite_",
+        ),
+        (
+            "ALTER TABLE [x9] RENAME /* to x */ TO `_Raftlite_requests2`",
+            "_raftlite_",
+        ),
+        ("ALTER TABLE x9 RENAME TO '_raftlite_'", "_raftlite_"),
+        ("ALTER TABLE x9 RENAME TO pragma_table_info", "pragma_"),
+    ] {
+        let m = refusal(&c, &[sql]).await?;
+        ensure!(m.contains(named) && m.contains("rename"), "{sql}: {m}");
+    }
+    let result = c
+        .write(vec![
+            req(
+                "",
+                &[
+                    "INSERT INTO x9 VALUES(2)",
+                    "ALTER TABLE x9 RENAME TO _raftlite_x9",
+                ],
+            ),
+            req("", &["INSERT INTO x9 VALUES(3)"]),
+        ])
+        .await?;
+    failed(&result.outcomes[0])?;
+    executed(&result.outcomes[1])?;
+    c.executor.begin().await?;
+    let step = tx_call(&c, &["ALTER TABLE x9 RENAME TO _raftlite_x9"]).await?;
+    ensure!(
+        matches!(&step, TransactionStep::Failed(DbError::PermissionDenied(m)) if m.contains("_raftlite_")),
+        "{step:?}"
+    );
+    let step = tx_call(&c, &["INSERT INTO x9 VALUES(4)"]).await?;
+    ensure!(matches!(step, TransactionStep::Done(_)), "{step:?}");
+    c.executor.rollback().await?;
+    // Other names are fine, and so is every table named `_raftlite` without the underscore.
+    c.write_one(&["ALTER TABLE x9 RENAME TO _raftlitex9"])
+        .await?;
+    c.write_one(&[
+        "ALTER TABLE _raftlitex9 RENAME TO y9",
+        "INSERT INTO y9 VALUES(5)",
+    ])
+    .await?;
+    c.verify("after the refused renames")?;
+    let reader = Connection::open(c.leader.path())?;
+    let values: String =
+        reader.query_row("SELECT group_concat(v) FROM y9 ORDER BY rowid", [], |r| {
+            r.get(0)
+        })?;
+    ensure!(values == "1,3,5", "{values}");
+    // A stray table of that kind from before the renames were refused (written past the
+    // executor here) blocks no other schema change.
+    Connection::open(c.leader.path())?
+        .execute_batch("CREATE TABLE _raftlite_stray(x); CREATE TABLE pragma_stray(x);")?;
+    let result = c
+        .executor
+        .execute_batch(vec![req(
+            "",
+            &["CREATE TABLE z(x)", "ALTER TABLE pragma_stray RENAME TO p2"],
+        )])
+        .await?;
+    executed(&result.outcomes[0])?;
+    Ok(())
+}
+
+/// A leader deposed with an interactive transaction open holds SQLite's write lock on its
+/// executor. The new leader's delta must not wait for it, or its Commit: the Commit once waited
+/// for the gate the apply held while the apply waited in `BEGIN IMMEDIATE` for the Commit's
+/// lock, until the apply failed with SQLITE_BUSY after the busy timeout (and the state
+/// machine, and the node, stopped). Now the transaction is recorded in the gate as a batch
+/// kept open is, and the apply rolls it back first (its client hears that it is gone); so
+/// does an image.
+#[tokio::test]
+async fn another_leaders_delta_does_not_wait_for_an_open_transaction() -> TestResult {
+    let busy_timeout = Duration::from_millis(500);
+    let c = Cluster::with_options(DbOptions {
+        busy_timeout,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    // Another leader, on a copy of the same committed state.
+    let other_dir = tempfile::tempdir()?;
+    let other_path = other_dir.path().join("other.db");
+    c.follower.build_image(other_path.clone()).await?;
+    let other = Database::open(&other_path, DbOptions::default())?;
+    let other_executor = other.open_executor()?;
+    let other_request = req("other", &["INSERT INTO t(a) VALUES('other leader')"]);
+    let replacing = other_executor
+        .execute_batch(vec![other_request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+
+    c.executor.begin().await?;
+    let step = tx_call(&c, &["INSERT INTO t(a) VALUES('deposed')"]).await?;
+    ensure!(matches!(step, TransactionStep::Done(_)), "{step:?}");
+    // The apply comes first; the Commit while it is under way.
+    let replacing = Arc::new(PageDelta::decode(&replacing.encode())?);
+    let started = std::time::Instant::now();
+    let (applied, committed) = tokio::join!(c.leader.apply(replacing.clone()), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.executor.commit("deposed".into()).await
+    });
+    let applied = applied.with_context(|| format!("the apply, after {:?}", started.elapsed()))?;
+    ensure!(applied == ApplyOutcome::Applied);
+    match committed {
+        Err(DbError::Stale(m)) => ensure!(m.contains("rolled back"), "{m}"),
+        // Captured before the apply reached the executor: kept open, then rolled back by it.
+        Ok(Some(lost)) => ensure!(c.leader.apply(Arc::new(lost)).await? == ApplyOutcome::Skipped),
+        other => anyhow::bail!("the commit: {other:?}"),
+    }
+    ensure!(!c.leader.gate.batch_open());
+    ensure!(c.follower.apply(replacing).await? == ApplyOutcome::Applied);
+    c.reference_commit(&other_request)?;
+    c.verify("the other leader's delta")?;
+    ensure!(!c.executor.request_recorded("deposed".into()).await?);
+
+    // An image installed over an open transaction rolls it back too; the transaction's next
+    // call hears it is gone.
+    let image = c.dir.path().join("image.db");
+    c.follower.build_image(image.clone()).await?;
+    c.executor.begin().await?;
+    tx_call(&c, &["INSERT INTO t(a) VALUES('deposed again')"]).await?;
+    let started = std::time::Instant::now();
+    c.leader
+        .install_image(image)
+        .await
+        .with_context(|| format!("the image, after {:?}", started.elapsed()))?;
+    let step = tx_call(&c, &["INSERT INTO t(a) VALUES('and again')"]).await?;
+    ensure!(
+        matches!(&step, TransactionStep::Ended(DbError::Stale(_))),
+        "{step:?}"
+    );
+    ensure!(matches!(
+        c.executor.commit(String::new()).await,
+        Err(DbError::Stale(_))
+    ));
+    // The executor goes on from the committed state.
+    c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
+    c.verify("after the image")?;
     Ok(())
 }

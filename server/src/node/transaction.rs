@@ -422,6 +422,8 @@ async fn commit(
         Err(e @ (DbError::InvalidArgument(_) | DbError::Constraint(_))) => {
             return Err(NodeError::Db(e))
         }
+        // Another leader's entry was applied: the transaction was rolled back for it.
+        Err(DbError::Stale(_)) => return Err(not_open()),
         Err(e) => {
             return Err(NodeError::Internal(format!(
                 "capturing the commit failed: {e}"
