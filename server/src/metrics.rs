@@ -350,7 +350,7 @@ impl Metrics {
         );
         r.register(
             "requests_shed",
-            "Public requests refused with RESOURCE_EXHAUSTED at max_concurrent_requests",
+            "Public requests refused with RESOURCE_EXHAUSTED (max_concurrent_requests, or the bytes of requests in progress)",
             m.requests_shed.clone(),
         );
         r.register(

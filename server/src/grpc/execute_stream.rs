@@ -136,6 +136,9 @@ impl Calls {
     async fn run(&self, call: v1::StreamedExecute) -> Result<v1::ExecuteResponse, Status> {
         let admission = &self.service.admission;
         let _permit = admission.admit()?;
+        // The call's decoded request lives until it answers: its bytes count in the budget
+        // of request bodies, as a unary call's do.
+        let _bytes = admission.admit_bytes(prost::Message::encoded_len(&call))?;
         let request = call
             .request
             .ok_or_else(|| Status::invalid_argument("a StreamedExecute needs a request"))?;

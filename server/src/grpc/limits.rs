@@ -19,6 +19,16 @@
 //!   messages are bounded by size there (`peer::PEER_MESSAGE_LIMIT`, `max_request_bytes` for
 //!   forwarded writes, `max_snapshot_bytes`).
 //! - Request size: `max_request_bytes`, checked by the handlers (RESOURCE_EXHAUSTED).
+//! - **Request bytes.** The bodies of public requests take their bytes, as they arrive, from
+//!   a node-wide budget of 16 × `max_request_bytes` (256 MiB at the default; one maximal
+//!   request always fits). A DATA frame the budget cannot cover fails the body at once with
+//!   RESOURCE_EXHAUSTED — no queue, as above — and counts as a shed request. Without it the
+//!   concurrency limit counts requests, not bytes: 1024 requests of 16 MiB held behind an
+//!   open transaction, or a far-future `at_index`, are 16 GiB (and a body that stalls short
+//!   of its end sits in tonic's decoder). A unary request's bytes are held until its handler
+//!   returns its response, as its permit is; a call stream's (`Sql.ExecuteStream`) only
+//!   while a message is partly received: once a whole gRPC message has passed through, its
+//!   bytes go back (see [`STREAM_PATHS`]).
 //!
 //! # Key decisions and trade-offs
 //! - Our own small `tower::Service` rather than tower's `ConcurrencyLimit` + `LoadShed`:
@@ -26,14 +36,21 @@
 //!   checks; one per-path check keeps one semaphore for the public routes.
 //! - The permit is held until the handler returns its response. A query streams its later
 //!   row batches after that, bounded by the read pool (`read_threads`) instead.
+//! - Bytes are metered per DATA frame as hyper hands them over (16 KiB by default), not per
+//!   message from the length a message declares: a declared length costs the client nothing
+//!   to send, the bytes it must actually deliver. The budget is no new setting: it follows
+//!   `max_request_bytes`, so a node configured for larger requests buffers more of them.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
 use tonic::Status;
 
 use crate::metrics::Metrics;
@@ -41,11 +58,32 @@ use crate::metrics::Metrics;
 /// The path prefixes of services that are never limited.
 const EXEMPT_PREFIXES: [&str; 1] = ["/grpc.health.v1.Health/"];
 
+/// Long-lived call streams, whose body lives as long as the stream: a message's bytes go
+/// back once the whole message has passed through the body, so only partly received
+/// messages hold bytes.
+///
+/// The calls decoded from them are out of the budget then. What bounds those is
+/// `execute_stream`: a stream reads no more past [`super::execute_stream::MAX_STREAM_CALLS`]
+/// unanswered calls, each call that runs holds a permit of `max_concurrent_requests`
+/// (`Admission::admit`; one refused is answered at once and dropped), and at most
+/// `max_concurrent_requests` streams are open (`Admission::admit_stream`). A running call
+/// keeps its request (up to `max_request_bytes`, checked by the handler) outside the budget.
+const STREAM_PATHS: [&str; 1] = ["/raftlite.v1.Sql/ExecuteStream"];
+
+/// The budget of request bytes, in requests of `max_request_bytes`.
+const BUDGET_REQUESTS: usize = 16;
+
+/// gRPC's framing of a message: a compressed flag and a 4-byte big-endian length.
+const MESSAGE_PREFIX: usize = 5;
+
 /// Settings of [`LimitsLayer`].
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// The largest request; the node buffers at most [`BUDGET_REQUESTS`] times as many bytes
+    /// of request bodies at once.
+    pub max_request_bytes: usize,
 }
 
 /// Applies [`Limits`] to the public routes of a tonic server.
@@ -60,6 +98,7 @@ impl LimitsLayer {
             admission: Admission(Arc::new(Shared {
                 permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
                 streams: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                bytes: Arc::new(Semaphore::new(budget(&limits))),
                 limits,
                 metrics,
             })),
@@ -82,8 +121,20 @@ struct Shared {
     /// Long-lived call streams open at once (`Sql.ExecuteStream`), at most as many as
     /// requests: each costs the node a task and room for its answers while it is open.
     streams: Arc<Semaphore>,
+    /// Bytes of request bodies buffered at once (see [`budget`]).
+    bytes: Arc<Semaphore>,
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// The bytes of request bodies a node buffers at once: [`BUDGET_REQUESTS`] ×
+/// `max_request_bytes` (bounded by what a semaphore holds; `max_request_bytes` is at most
+/// 1 GiB).
+fn budget(limits: &Limits) -> usize {
+    limits
+        .max_request_bytes
+        .saturating_mul(BUDGET_REQUESTS)
+        .min(Semaphore::MAX_PERMITS)
 }
 
 impl Admission {
@@ -131,6 +182,32 @@ impl Admission {
                 self.0.limits.max_concurrent_requests
             ))
         })
+    }
+
+    /// The budget's bytes for a call on a stream, decoded and about to run: a whole message
+    /// gives its bytes back as it is decoded (see [`LimitedService`]), and the call holds
+    /// them again with this permit until it answers.
+    pub fn admit_bytes(&self, len: usize) -> Result<OwnedSemaphorePermit, Status> {
+        self.take_bytes(len)
+    }
+
+    /// `len` bytes of a request body from the budget, or the RESOURCE_EXHAUSTED its body fails
+    /// with (a shed request).
+    fn take_bytes(&self, len: usize) -> Result<OwnedSemaphorePermit, Status> {
+        u32::try_from(len)
+            .ok()
+            .and_then(|n| self.0.bytes.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                if let Some(m) = &self.0.metrics {
+                    m.request_shed();
+                }
+                Status::resource_exhausted(format!(
+                    "the node is overloaded: {} bytes of requests are in progress \
+                     ({BUDGET_REQUESTS} × max_request_bytes); retry with backoff or on another \
+                     node",
+                    budget(&self.0.limits)
+                ))
+            })
     }
 
     /// The deadline: the client's or `request_timeout`, whichever is shorter.
@@ -198,18 +275,16 @@ pub struct LimitedService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for LimitedService<S>
+impl<S> tower::Service<http::Request<Body>> for LimitedService<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<Body>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -217,27 +292,260 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return Box::pin(self.inner.call(request));
         }
+        let stream = STREAM_PATHS.contains(&path);
         let permit = match self.admission.admit() {
             Ok(permit) => permit,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
         let deadline = self.admission.deadline(client_timeout(request.headers()));
         let admission = self.admission.clone();
+        // A stream's messages give their bytes back at once; a unary request's when its
+        // handler has answered (`Answered`).
+        let held = Arc::new(Mutex::new(Held {
+            answered: stream,
+            ..Held::default()
+        }));
+        let request = request.map(|body| {
+            Body::new(MeteredBody {
+                inner: body,
+                admission: admission.clone(),
+                partial: None,
+                framing: Framing::default(),
+                held: held.clone(),
+                refused: None,
+            })
+        });
         // The clone is ready only if polled; the one we polled goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _permit = permit;
-            match tokio::time::timeout(Admission::cut_off(deadline), inner.call(request)).await {
-                Ok(response) => response,
-                Err(_) => Ok(admission.timed_out(deadline).into_http()),
+            let answered = Answered(held.clone());
+            let response =
+                match tokio::time::timeout(Admission::cut_off(deadline), inner.call(request)).await
+                {
+                    Ok(response) => response?,
+                    Err(_) => admission.timed_out(deadline).into_http(),
+                };
+            drop(answered);
+            if !stream {
+                return Ok(response);
             }
+            Ok(response.map(|body| Body::new(StreamAnswer { inner: body, held })))
         })
+    }
+}
+
+/// What a request's body and its response share.
+#[derive(Default)]
+struct Held {
+    /// The bytes of the request's whole messages, kept until the handler has answered.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The handler has answered (or the request is a stream): whole messages' bytes go back
+    /// at once.
+    answered: bool,
+    /// The RESOURCE_EXHAUSTED the body failed with, for a stream's trailers.
+    refused: Option<Status>,
+}
+
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives a unary request's bytes back when its handler has answered, was cut off, or the
+/// client went away (the layer's future dropped).
+struct Answered(Arc<Mutex<Held>>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        let permit = {
+            let mut held = lock(&self.0);
+            held.answered = true;
+            held.permit.take()
+        };
+        drop(permit);
+    }
+}
+
+/// A request body that takes each DATA frame's bytes from the node's budget as it arrives.
+struct MeteredBody {
+    inner: Body,
+    admission: Admission,
+    /// The bytes of the message not yet wholly received.
+    partial: Option<OwnedSemaphorePermit>,
+    framing: Framing,
+    held: Arc<Mutex<Held>>,
+    /// Once refused, the body fails with this for good.
+    refused: Option<Status>,
+}
+
+impl MeteredBody {
+    /// Takes `data`'s bytes; those that complete messages go to `held` (or back).
+    fn meter(&mut self, data: &[u8]) -> Result<(), Status> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let taken = self.admission.take_bytes(data.len())?;
+        let (before, mut partial) = match self.partial.take() {
+            Some(mut partial) => {
+                let before = partial.num_permits();
+                partial.merge(taken);
+                (before, partial)
+            }
+            None => (0, taken),
+        };
+        let ended = self.framing.feed(data);
+        if ended > 0 {
+            // The message under way before `data` ends in it (and any after it that do).
+            if let Some(done) = partial.split(before + ended) {
+                self.release(done);
+            }
+        }
+        self.partial = (partial.num_permits() > 0).then_some(partial);
+        Ok(())
+    }
+
+    /// Whole messages' bytes: held until the handler has answered, or given back.
+    fn release(&mut self, done: OwnedSemaphorePermit) {
+        let mut held = lock(&self.held);
+        if held.answered {
+            drop(held);
+            drop(done);
+            return;
+        }
+        match held.permit.as_mut() {
+            Some(permit) => permit.merge(done),
+            None => held.permit = Some(done),
+        }
+    }
+}
+
+impl HttpBody for MeteredBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(refused) = &self.refused {
+            return Poll::Ready(Some(Err(refused.clone())));
+        }
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            if let Err(status) = self.meter(data) {
+                // The message under way and this frame go back with the refusal.
+                self.partial = None;
+                self.refused = Some(status.clone());
+                lock(&self.held).refused = Some(status.clone());
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.refused.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a body is in gRPC's framing: each message is [`MESSAGE_PREFIX`] bytes (a compressed
+/// flag and a big-endian length) and that many bytes, split across DATA frames or sharing
+/// them.
+#[derive(Default)]
+struct Framing {
+    prefix: [u8; MESSAGE_PREFIX],
+    /// Bytes of the current message's prefix seen so far.
+    prefix_len: usize,
+    /// Bytes of the current message still to come once its prefix is whole.
+    remaining: usize,
+}
+
+impl Framing {
+    /// Reads the next `data` of the body: how many of its bytes, from its start, end whole
+    /// messages (0: none ends in it).
+    fn feed(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        let mut ended = 0;
+        loop {
+            if self.prefix_len < MESSAGE_PREFIX {
+                let take = (MESSAGE_PREFIX - self.prefix_len).min(data.len() - at);
+                self.prefix[self.prefix_len..self.prefix_len + take]
+                    .copy_from_slice(&data[at..at + take]);
+                self.prefix_len += take;
+                at += take;
+                if self.prefix_len < MESSAGE_PREFIX {
+                    return ended;
+                }
+                let [_, a, b, c, d] = self.prefix;
+                self.remaining = u32::from_be_bytes([a, b, c, d]) as usize;
+            }
+            let take = self.remaining.min(data.len() - at);
+            self.remaining -= take;
+            at += take;
+            if self.remaining > 0 {
+                return ended;
+            }
+            self.prefix_len = 0;
+            ended = at;
+            if at == data.len() {
+                return ended;
+            }
+        }
+    }
+}
+
+/// A stream's response. Its handler sees a refused body only as its stream ending (and ends
+/// its answers with OK); the trailers then say RESOURCE_EXHAUSTED instead.
+struct StreamAnswer {
+    inner: Body,
+    held: Arc<Mutex<Held>>,
+}
+
+impl HttpBody for StreamAnswer {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(Ok(frame)) = frame else {
+            return Poll::Ready(frame);
+        };
+        let mut trailers = match frame.into_trailers() {
+            Ok(trailers) => trailers,
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        let refused = lock(&self.held).refused.clone();
+        if let Some(refused) = refused {
+            let ok = trailers
+                .get("grpc-status")
+                .is_none_or(|code| code.as_bytes() == b"0");
+            if ok {
+                // A status whose message cannot be a header keeps the handler's trailers.
+                let _ = refused.add_header(&mut trailers);
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -249,43 +557,236 @@ pub use raftlite_client::transport::node_deadline as client_timeout;
 mod tests {
     use std::convert::Infallible;
 
+    use http_body_util::{BodyExt, StreamBody};
     use tower::{Layer, Service, ServiceExt};
 
     use super::*;
 
-    /// A handler that takes as long as the request's `x-sleep-ms` header says.
+    const KIB: usize = 1024;
+
+    /// A unary handler as tonic runs it: reads the whole body (answering its error, if any),
+    /// then takes as long as the request's `x-sleep-ms` header says.
     fn slow_service() -> impl tower::Service<
-        http::Request<()>,
-        Response = http::Response<String>,
+        http::Request<Body>,
+        Response = http::Response<Body>,
         Error = Infallible,
         Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        tower::service_fn(|req: http::Request<()>| async move {
+        tower::service_fn(|req: http::Request<Body>| async move {
             let ms: u64 = req
                 .headers()
                 .get("x-sleep-ms")
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
+            if let Err(status) = req.into_body().collect().await {
+                return Ok(status.into_http());
+            }
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Infallible>(http::Response::new("done".to_owned()))
+            Ok::<_, Infallible>(http::Response::new(Body::empty()))
         })
     }
 
-    fn request(path: &str, sleep_ms: u64) -> http::Request<()> {
+    /// A bidi handler as `ExecuteStream`'s: answers at once, reads the body on its own and
+    /// ends its answers with OK when the body ends or fails, with the bytes it read in
+    /// `x-read`.
+    fn stream_service() -> impl tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|req: http::Request<Body>| async move {
+            let mut body = req.into_body();
+            let reader = tokio::spawn(async move {
+                let mut read = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                }
+                read
+            });
+            let end = futures::stream::once(async move {
+                let read = reader.await.unwrap_or(0);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                trailers.insert("x-read", http::HeaderValue::from(read));
+                Ok::<_, Status>(Frame::trailers(trailers))
+            });
+            Ok::<_, Infallible>(http::Response::new(Body::new(StreamBody::new(end))))
+        })
+    }
+
+    fn request(path: &str, sleep_ms: u64) -> http::Request<Body> {
+        request_with(path, sleep_ms, Body::empty())
+    }
+
+    fn request_with(path: &str, sleep_ms: u64, body: Body) -> http::Request<Body> {
         http::Request::builder()
             .uri(path)
             .header("x-sleep-ms", sleep_ms.to_string())
-            .body(())
+            .body(body)
             .expect("request")
     }
 
-    fn grpc_status(response: &http::Response<String>) -> Option<&str> {
+    /// Messages of `sizes` bytes in gRPC's framing, in DATA frames of `chunk` bytes.
+    fn grpc_body(sizes: &[usize], chunk: usize) -> Body {
+        let mut wire = Vec::new();
+        for &size in sizes {
+            wire.push(0);
+            wire.extend_from_slice(&u32::try_from(size).expect("size").to_be_bytes());
+            wire.resize(wire.len() + size, 7);
+        }
+        let frames: Vec<_> = wire
+            .chunks(chunk)
+            .map(|c| Ok::<_, Status>(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        Body::new(StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    fn grpc_status<B>(response: &http::Response<B>) -> Option<&str> {
         response
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
+    }
+
+    /// A layer with a budget of 1 MiB of request bytes.
+    fn one_mib_budget() -> LimitsLayer {
+        LimitsLayer::new(
+            Limits {
+                max_concurrent_requests: 8,
+                request_timeout: Duration::from_secs(600),
+                max_request_bytes: 64 * KIB,
+            },
+            None,
+        )
+    }
+
+    /// Bytes of the budget not taken.
+    fn available(layer: &LimitsLayer) -> usize {
+        layer.admission.0.bytes.available_permits()
+    }
+
+    /// Waits until at most `bytes` of the budget are left.
+    async fn until_available(layer: &LimitsLayer, bytes: usize) {
+        for _ in 0..500 {
+            if available(layer) <= bytes {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} bytes of the budget left, not {bytes}", available(layer));
+    }
+
+    /// A stream's trailers, from a response that is not trailers-only.
+    async fn trailers(response: http::Response<Body>) -> http::HeaderMap {
+        assert_eq!(grpc_status(&response), None, "not trailers-only");
+        let collected = response.into_body().collect().await.expect("answers");
+        collected.trailers().cloned().expect("trailers")
+    }
+
+    #[test]
+    fn framing_finds_where_messages_end() {
+        let mut framing = Framing::default();
+        // A prefix split across frames, a payload across three.
+        assert_eq!(framing.feed(&[0, 0, 0]), 0);
+        assert_eq!(framing.feed(&[0, 4, 1]), 0);
+        assert_eq!(framing.feed(&[2, 3]), 0);
+        assert_eq!(framing.feed(&[4]), 1);
+        // Two whole messages (one empty) and the start of a third in one frame.
+        assert_eq!(
+            framing.feed(&[0, 0, 0, 0, 1, 9, 0, 0, 0, 0, 0, 1, 0, 0]),
+            11
+        );
+        assert_eq!(framing.feed(&[0, 2, 5]), 0);
+        assert_eq!(framing.feed(&[6, 0, 0, 0, 0, 0]), 6);
+    }
+
+    #[tokio::test]
+    async fn request_bytes_over_the_budget_are_refused_until_the_holder_answers() {
+        let layer = one_mib_budget();
+        let svc = layer.layer(slow_service());
+        let body = || grpc_body(&[700 * KIB], 16 * KIB);
+        let held = tokio::spawn(svc.clone().oneshot(request_with(
+            "/raftlite.v1.Sql/Execute",
+            1000,
+            body(),
+        )));
+        // The first request is read whole; its handler holds its bytes while it runs.
+        let left = 1024 * KIB - 700 * KIB - MESSAGE_PREFIX;
+        until_available(&layer, left).await;
+        let refused = svc
+            .clone()
+            .oneshot(request_with("/raftlite.v1.Sql/Execute", 0, body()))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED");
+        let message = refused.headers().get("grpc-message").expect("message");
+        assert!(
+            message
+                .to_str()
+                .is_ok_and(|m| m.contains("bytes%20of%20requests")),
+            "{message:?}"
+        );
+        // The refused request's bytes went back with it.
+        assert_eq!(available(&layer), left);
+        let done = held.await.expect("task").expect("infallible");
+        assert_eq!(grpc_status(&done), None);
+        assert_eq!(available(&layer), 1024 * KIB, "all bytes back");
+        let admitted = svc
+            .clone()
+            .oneshot(request_with("/raftlite.v1.Sql/Execute", 0, body()))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&admitted), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_holds_only_the_message_under_way() {
+        let layer = one_mib_budget();
+        let unary = layer.layer(slow_service());
+        let streams = layer.layer(stream_service());
+        let held = tokio::spawn(unary.oneshot(request_with(
+            "/raftlite.v1.Sql/Execute",
+            2000,
+            grpc_body(&[700 * KIB], 16 * KIB),
+        )));
+        until_available(&layer, 1024 * KIB - 700 * KIB - MESSAGE_PREFIX).await;
+        // 20 messages, more than the whole budget, in the 324 KiB left: each message's bytes
+        // go back once it has passed through. Frames of 10,000 bytes straddle messages.
+        let sizes = [64 * KIB; 20];
+        let wire = sizes.iter().map(|s| s + MESSAGE_PREFIX).sum::<usize>();
+        let response = streams
+            .clone()
+            .oneshot(request_with(
+                "/raftlite.v1.Sql/ExecuteStream",
+                0,
+                grpc_body(&sizes, 10_000),
+            ))
+            .await
+            .expect("infallible");
+        let end = trailers(response).await;
+        assert_eq!(end.get("grpc-status").expect("status"), "0");
+        assert_eq!(end.get("x-read").expect("read"), &wire.to_string());
+        // One message larger than what is left fails the stream: RESOURCE_EXHAUSTED, not the
+        // OK its handler ended with.
+        let response = streams
+            .clone()
+            .oneshot(request_with(
+                "/raftlite.v1.Sql/ExecuteStream",
+                0,
+                grpc_body(&[KIB, KIB, 400 * KIB], 16 * KIB),
+            ))
+            .await
+            .expect("infallible");
+        let end = trailers(response).await;
+        assert_eq!(end.get("grpc-status").expect("status"), "8", "{end:?}");
+        let done = held.await.expect("task").expect("infallible");
+        assert_eq!(grpc_status(&done), None);
+        assert_eq!(available(&layer), 1024 * KIB, "all bytes back");
     }
 
     #[tokio::test]
@@ -294,6 +795,7 @@ mod tests {
             Limits {
                 max_concurrent_requests: 2,
                 request_timeout: Duration::from_secs(600),
+                max_request_bytes: 64 * KIB,
             },
             None,
         );
@@ -336,6 +838,7 @@ mod tests {
             Limits {
                 max_concurrent_requests: 8,
                 request_timeout: Duration::from_millis(100),
+                max_request_bytes: 64 * KIB,
             },
             None,
         );
@@ -352,6 +855,7 @@ mod tests {
             Limits {
                 max_concurrent_requests: 8,
                 request_timeout: Duration::from_secs(600),
+                max_request_bytes: 64 * KIB,
             },
             None,
         );

@@ -2,8 +2,8 @@
 //!
 //! The client listener serves the public `Sql` and `Admin` services, `grpc.health.v1`
 //! (readiness and liveness, see [`health`]) and server reflection (listing only those). They
-//! sit behind a concurrency limit and deadlines ([`limits`]). The peer-only `Peer` service has
-//! a listener of its own (`crate::peer::service::serve`).
+//! sit behind a concurrency limit, a budget of request bytes and deadlines ([`limits`]). The
+//! peer-only `Peer` service has a listener of its own (`crate::peer::service::serve`).
 
 pub mod admin;
 pub mod auth;
@@ -74,6 +74,7 @@ pub async fn serve(
         limits::Limits {
             max_concurrent_requests: node.config().max_concurrent_requests,
             request_timeout: node.config().request_timeout,
+            max_request_bytes: max_request,
         },
         Some(node.inner.metrics.clone()),
     );
