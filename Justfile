@@ -36,10 +36,10 @@ bench-archive:
     cargo build -p raftlite
     cargo test -p cluster-tests -- --test-threads=1 --nocapture t50_archive_restore::s3 t50_archive_restore::large
 
-# Chaos soak in Docker: hundreds of random faults (kill, delete, wipe, partition, restart) under
-# load, then the full audit; prints the fault counts (`just test` runs a 4-fault version).
-# RAFTLITE_SOAK_FAULTS (200 here),
-# RAFTLITE_SOAK_MINUTES (60) and RAFTLITE_SOAK_SEED change it.
+# Chaos soak in Docker: hundreds of random faults (kill, delete, wipe, partition, restart, pause,
+# whole-cluster kill) under load, then the full audit; prints the fault counts (`just test`
+# runs a 4-fault version). RAFTLITE_SOAK_FAULTS (200 here), RAFTLITE_SOAK_MINUTES (60) and
+# RAFTLITE_SOAK_SEED change it.
 soak faults="200":
     cargo build -p raftlite -p raftlite-counter
     RAFTLITE_SOAK_FAULTS={{faults}} cargo test -p cluster-tests -- --test-threads=1 --nocapture t80_chaos::soak

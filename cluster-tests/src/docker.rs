@@ -271,6 +271,8 @@ struct Pod {
     peer_ip: Ipv4Addr,
     state: PodState,
     partitioned: bool,
+    /// Frozen by [`DockerCluster::pause`]: it runs but does nothing until resumed.
+    paused: bool,
     /// One attempt, short timeouts: for status polling.
     probe: Client,
 }
@@ -357,6 +359,7 @@ impl DockerCluster {
                 peer_ip: cluster.ip(cluster.pods_prefix, 10 + ordinal as u8),
                 state: PodState::Absent,
                 partitioned: false,
+                paused: false,
                 probe,
             });
         }
@@ -431,11 +434,11 @@ impl DockerCluster {
             .collect()
     }
 
-    /// Ids of the pods that run and are not partitioned.
+    /// Ids of the pods that run and are neither partitioned nor paused.
     pub fn connected_ids(&self) -> Vec<u64> {
         self.pods
             .iter()
-            .filter(|p| p.state == PodState::Running && !p.partitioned)
+            .filter(|p| p.state == PodState::Running && !p.partitioned && !p.paused)
             .map(|p| p.ordinal as u64 + 1)
             .collect()
     }
@@ -631,6 +634,7 @@ impl DockerCluster {
         let pod = self.pod_mut(id);
         pod.state = PodState::Running;
         pod.partitioned = false;
+        pod.paused = false;
         Ok(())
     }
 
@@ -692,6 +696,22 @@ impl DockerCluster {
         ])
         .await?;
         self.pod_mut(id).partitioned = true;
+        Ok(())
+    }
+
+    /// Freezes every process of pod `id` (`docker pause`: the cgroup freezer, like SIGSTOP):
+    /// its connections stay open and its timers stop, as when a node's VM stalls. A paused
+    /// leader wakes up still believing it leads.
+    pub async fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        docker(&["pause", &self.pod(id).container]).await?;
+        self.pod_mut(id).paused = true;
+        Ok(())
+    }
+
+    /// Lets a paused pod run again.
+    pub async fn unpause(&mut self, id: u64) -> anyhow::Result<()> {
+        docker(&["unpause", &self.pod(id).container]).await?;
+        self.pod_mut(id).paused = false;
         Ok(())
     }
 

@@ -24,6 +24,11 @@ pub struct LoadLimits {
     pub max_duration: Duration,
     /// Pause after each write of a lane, so that a 2-core machine keeps room for the faults.
     pub pause: Duration,
+    /// One more lane, not audited, that churns a table of its own the way an application's
+    /// history does: values of 1.5 MB (they replicate in transfers of their own), deletes,
+    /// an index created and dropped, and a VACUUM every 100 statements (counted across loads).
+    /// The audit's page comparison covers it.
+    pub churn: bool,
 }
 
 impl Default for LoadLimits {
@@ -34,6 +39,7 @@ impl Default for LoadLimits {
             max_writes_per_lane: 20_000,
             max_duration: Duration::from_secs(300),
             pause: Duration::from_millis(10),
+            churn: false,
         }
     }
 }
@@ -50,6 +56,10 @@ pub struct LoadReport {
     pub aborted: usize,
     /// The first few errors, for the failure message.
     pub errors: Vec<String>,
+    /// Statements of the churn lane that succeeded, and that failed (not audited: a failure
+    /// there is logged, and the pages and the crash check judge the cluster).
+    pub churned: usize,
+    pub churn_failed: usize,
 }
 
 /// Writers that insert unique keys `{prefix}-{lane}-{i}` through one client until stopped or
@@ -104,6 +114,11 @@ impl WriteLoad {
                 report
             });
         }
+        if limits.churn {
+            let (client, stop) = (client.clone(), stop.clone());
+            let prefix = prefix.to_string();
+            lanes.spawn(async move { churn(&client, &prefix, &stop, until, limits.pause).await });
+        }
         WriteLoad { stop, lanes }
     }
 
@@ -117,9 +132,70 @@ impl WriteLoad {
             total.failed += lane.failed;
             total.aborted += lane.aborted;
             total.errors.extend(lane.errors);
+            total.churned += lane.churned;
+            total.churn_failed += lane.churn_failed;
         }
         Ok(total)
     }
+}
+
+/// The churn lane (see [`LoadLimits::churn`]): its own table, written until stopped.
+async fn churn(
+    client: &Client,
+    prefix: &str,
+    stop: &AtomicBool,
+    until: Instant,
+    pause: Duration,
+) -> LoadReport {
+    const TABLE: &str = "chaos_churn";
+    let mut report = LoadReport::default();
+    let setup =
+        format!("CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, tag TEXT, v BLOB)");
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        match client.execute([setup.as_str()]).await {
+            Ok(_) => break,
+            Err(e) => tracing::info!(error = %e, "churn: create the table again"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The step goes on across loads: a scenario that restarts its load often (after every
+    // page comparison) still reaches the index changes and the VACUUM.
+    static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        if stop.load(Ordering::SeqCst) || Instant::now() >= until {
+            break;
+        }
+        let i = STEP.fetch_add(1, Ordering::SeqCst);
+        let statements: Vec<String> = match i % 100 {
+            99 => vec!["VACUUM".into()],
+            30 => vec![format!(
+                "CREATE INDEX IF NOT EXISTS {TABLE}_tag ON {TABLE} (tag, length(v))"
+            )],
+            80 => vec![format!("DROP INDEX IF EXISTS {TABLE}_tag")],
+            n if n % 25 == 10 => vec![format!(
+                "INSERT INTO {TABLE} (tag, v) VALUES ('{prefix}-{i}', randomblob(1500000))"
+            )],
+            n if n % 5 == 0 => vec![format!(
+                "DELETE FROM {TABLE} WHERE id <= (SELECT max(id) FROM {TABLE}) - 40"
+            )],
+            n if n % 3 == 0 => vec![format!(
+                "UPDATE {TABLE} SET v = randomblob(200 + abs(random() % 3000)) \
+                 WHERE id = (SELECT max(id) FROM {TABLE} WHERE length(v) < 4000)"
+            )],
+            _ => vec![format!(
+                "INSERT INTO {TABLE} (tag, v) VALUES ('{prefix}-{i}', randomblob(100 + {i} % 5000))"
+            )],
+        };
+        match client.execute(statements).await {
+            Ok(_) => report.churned += 1,
+            Err(e) => {
+                report.churn_failed += 1;
+                tracing::info!(i, error = %e, "churn: a statement failed; the lane goes on");
+            }
+        }
+        tokio::time::sleep(pause * 5).await;
+    }
+    report
 }
 
 /// How a write of the load failed.

@@ -5,7 +5,10 @@
 //! write present exactly once on every pod, the counter never went back and keeps counting,
 //! and the pods' databases are byte-identical (read from the volumes).
 //!
-//! The soak (`soak_random_faults`) runs 4 random faults in every test run and hundreds with
+//! The soak (`soak_random_faults`) draws its faults from all of these, and from freezing the
+//! leader (`docker pause`) and killing every pod at once, under a load that also churns a
+//! table of its own (large values, deletes, an index, VACUUM). It runs 4 random faults in
+//! every test run and hundreds with
 //! `just soak`, or `RAFTLITE_SOAK_FAULTS=N RAFTLITE_SOAK_MINUTES=M` with
 //! `cargo test -p cluster-tests -- --nocapture t80_chaos::soak`.
 
@@ -33,12 +36,18 @@ struct Chaos {
     counter: Counter,
     load: Option<WriteLoad>,
     visits: Option<Visits>,
+    limits: LoadLimits,
 }
 
 impl Chaos {
     /// Starts the pods, waits for a leader, creates the audited table, starts the counter app,
     /// then the background load and visits.
     async fn start(table: &str, options: DockerOptions) -> Chaos {
+        Chaos::start_with(table, options, LoadLimits::default()).await
+    }
+
+    /// [`Chaos::start`] with a load of `limits`.
+    async fn start_with(table: &str, options: DockerOptions, limits: LoadLimits) -> Chaos {
         init_tracing();
         let mut cluster = DockerCluster::start(options).await.expect("start the pods");
         let leader = cluster
@@ -63,6 +72,7 @@ impl Chaos {
             counter,
             load: None,
             visits: None,
+            limits,
         };
         chaos.start_load("load");
         chaos
@@ -73,7 +83,7 @@ impl Chaos {
             &self.client,
             &self.checker,
             prefix,
-            LoadLimits::default(),
+            self.limits.clone(),
         ));
         self.visits = Some(self.counter.visit_in_background(MAX_VISITS, VISIT_PAUSE));
     }
@@ -109,6 +119,8 @@ impl Chaos {
             acked = load.acked,
             failed = load.failed,
             transactions_aborted = load.aborted,
+            churned = load.churned,
+            churn_failed = load.churn_failed,
             visits_ok = visits.ok,
             visits_failed = visits.failed,
             count_first = ?visits.first,
@@ -764,9 +776,14 @@ enum Fault {
     PartitionLeader,
     PartitionFollower,
     GracefulRestart,
+    /// The leader frozen (`docker pause`) while the others elect a new one, then let go: it
+    /// wakes up believing it still leads, with its batches and transactions open.
+    PauseLeader,
+    /// Every pod SIGKILLed at once and started again: the whole cluster restarts.
+    KillAll,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 9] = [
     Fault::KillPod,
     Fault::KillLeader,
     Fault::DeletePod,
@@ -774,6 +791,8 @@ const FAULTS: [Fault; 7] = [
     Fault::PartitionLeader,
     Fault::PartitionFollower,
     Fault::GracefulRestart,
+    Fault::PauseLeader,
+    Fault::KillAll,
 ];
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -786,7 +805,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Injects `fault`, waits until the rest of the cluster serves writes, repairs it and waits
-/// until the pod is ready again.
+/// until the pod is ready again. A whole-cluster restart is repaired first: no rest is left.
 async fn inject(chaos: &mut Chaos, fault: Fault, pick: u64) -> anyhow::Result<()> {
     let cluster = &mut chaos.cluster;
     let leader = cluster.wait_for_leader(WITHIN).await?;
@@ -796,7 +815,7 @@ async fn inject(chaos: &mut Chaos, fault: Fault, pick: u64) -> anyhow::Result<()
         .filter(|id| *id != leader)
         .collect();
     let victim = match fault {
-        Fault::KillLeader | Fault::PartitionLeader => leader,
+        Fault::KillLeader | Fault::PartitionLeader | Fault::PauseLeader => leader,
         Fault::PartitionFollower => followers[pick as usize % followers.len()],
         _ => cluster.ids()[pick as usize % cluster.ids().len()],
     };
@@ -809,6 +828,17 @@ async fn inject(chaos: &mut Chaos, fault: Fault, pick: u64) -> anyhow::Result<()
         }
         Fault::PartitionLeader | Fault::PartitionFollower => cluster.partition(victim).await?,
         Fault::GracefulRestart => cluster.stop(victim).await?,
+        Fault::PauseLeader => cluster.pause(victim).await?,
+        Fault::KillAll => {
+            for id in cluster.ids() {
+                cluster.kill(id).await?;
+            }
+            // The kubelet restarts them at about the same time, in no particular order.
+            tokio::time::sleep(Duration::from_millis(500 + pick % 1_500)).await;
+            for id in cluster.ids() {
+                cluster.start_pod(id).await?;
+            }
+        }
     }
     let rest: Vec<u64> = cluster.connected_ids();
     cluster.wait_for_leader_among(&rest, WITHIN).await?;
@@ -824,8 +854,12 @@ async fn inject(chaos: &mut Chaos, fault: Fault, pick: u64) -> anyhow::Result<()
         }
         Fault::DeletePod | Fault::DeletePodAndVolume => cluster.create_pod(victim).await?,
         Fault::PartitionLeader | Fault::PartitionFollower => cluster.heal(victim).await?,
+        Fault::PauseLeader => cluster.unpause(victim).await?,
+        Fault::KillAll => {}
     }
-    cluster.wait_ready(victim, WITHIN).await?;
+    for id in cluster.ids() {
+        cluster.wait_ready(id, WITHIN).await?;
+    }
     cluster
         .wait_for_leader_among(&cluster.ids(), WITHIN)
         .await?;
@@ -857,7 +891,11 @@ async fn soak_random_faults() {
     let compares_after = |n: u64| pages_every > 0 && n.is_multiple_of(pages_every) && n < faults;
     let seed = env_number("RAFTLITE_SOAK_SEED", rand::random::<u32>() as u64);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-    let mut chaos = Chaos::start("chaos_soak", DockerOptions::default()).await;
+    let limits = LoadLimits {
+        churn: true,
+        ..LoadLimits::default()
+    };
+    let mut chaos = Chaos::start_with("chaos_soak", DockerOptions::default(), limits).await;
     info!(
         faults,
         minutes,
