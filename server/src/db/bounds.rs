@@ -28,6 +28,11 @@
 //!   while the small page allocations of the applier still fit. That is a last guard, not a
 //!   guarantee: to keep a node within a memory budget, size `max_value_bytes` (and the read
 //!   threads) so that [`DbOptions::heap_limit_bytes`] fits it.
+//! * **Disk.** The temporary files those spills go to are bounded too, by a VFS shim
+//!   (`tempfiles.rs`): while a client statement runs, each of its temporary files may hold
+//!   [`DbOptions::max_temp_file_bytes`], and all of them in the process together 1 GiB; past
+//!   that the statement fails ([`DbError::TooLarge`], or [`DbError::Overloaded`] for the
+//!   total) instead of filling the disk the Raft log needs.
 //! * **Time.** A progress handler checks the running client statement every
 //!   [`CHECK_EVERY_OPS`] VM instructions against its request's deadline and, for queries,
 //!   whether the consumer of its rows went away; either interrupts it inside SQLite
@@ -40,6 +45,7 @@
 
 use super::authorizer::Lockdown;
 use super::error::{DbError, Result};
+use super::tempfiles::ClientTemp;
 use super::DbOptions;
 use rusqlite::limits::Limit;
 use rusqlite::{ffi, Connection, ErrorCode};
@@ -112,6 +118,7 @@ impl Watch {
 /// The bounds of one connection; see the module docs.
 pub(crate) struct Bounds {
     max_value_bytes: i32,
+    max_temp_file_bytes: u64,
     watch: Arc<Mutex<Watch>>,
 }
 
@@ -144,16 +151,18 @@ impl Bounds {
         )?;
         let bounds = Bounds {
             max_value_bytes,
+            max_temp_file_bytes: options.max_temp_file_bytes,
             watch,
         };
         bounds.lift(conn)?;
         Ok(bounds)
     }
 
-    /// Put the client limits in force, and have the progress handler stop client statements
-    /// at `deadline` or once `cancelled` says so, until the returned scope is dropped. Run
-    /// every client statement (prepare, bind, step) inside one, and nothing of raftlite's own.
-    /// Fails with [`DbError::Timeout`] if the deadline already passed (or the consumer left).
+    /// Put the client limits in force (on values and temporary files), and have the progress
+    /// handler stop client statements at `deadline` or once `cancelled` says so, until the
+    /// returned scope is dropped. Run every client statement (prepare, bind, step) inside one,
+    /// and nothing of raftlite's own. Fails with [`DbError::Timeout`] if the deadline already
+    /// passed (or the consumer left).
     pub(crate) fn enter<'c>(
         &'c self,
         conn: &'c Connection,
@@ -173,7 +182,11 @@ impl Bounds {
             }
         }
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, self.max_value_bytes)?;
-        Ok(ClientScope { conn, bounds: self })
+        Ok(ClientScope {
+            conn,
+            bounds: self,
+            temp: ClientTemp::enter(self.max_temp_file_bytes),
+        })
     }
 
     /// raftlite's own statements run with SQLite's maximum length.
@@ -187,12 +200,14 @@ impl Bounds {
 pub(crate) struct ClientScope<'c> {
     conn: &'c Connection,
     bounds: &'c Bounds,
+    temp: ClientTemp,
 }
 
 impl ClientScope<'_> {
     /// Turn an error of a client statement into a `DbError`: why the progress handler
     /// stopped it, the authorizer's reason for a refusal, the limit for a value too big,
-    /// memory exhaustion (the heap limit) as `TooLarge`.
+    /// memory exhaustion (the heap limit) as `TooLarge`, the temporary-file limit it ran into
+    /// (a disk-full error that the shim did not cause stays as it was).
     pub(crate) fn client_error(&self, e: rusqlite::Error, lockdown: &Lockdown) -> DbError {
         match e.sqlite_error_code() {
             Some(ErrorCode::OperationInterrupted) => {
@@ -202,6 +217,10 @@ impl ClientScope<'_> {
                     None => lockdown.client_error(e),
                 }
             }
+            Some(ErrorCode::DiskFull) => match self.temp.refusal() {
+                Some(refusal) => refusal.error(),
+                None => self.name_limit(lockdown.client_error(e)),
+            },
             Some(ErrorCode::OutOfMemory) => DbError::TooLarge(
                 "out of memory: the statement holds more data at once than this node allows".into(),
             ),

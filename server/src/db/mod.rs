@@ -17,8 +17,9 @@
 //! and its wire codec), `capture` (changed pages of an open transaction), `apply` (writing
 //! deltas and images), `executor` (the leader's write connection), `reader` (the read pool),
 //! `snapshot` (images), `authorizer` (lock-down of client SQL), `bounds` (node settings, size,
-//! memory and time bounds of client SQL), `internal` (raftlite's own tables), `worker` (SQLite
-//! on std threads, awaitable from tokio).
+//! memory and time bounds of client SQL), `tempfiles` (the VFS shim that bounds client SQL's
+//! temporary files), `internal` (raftlite's own tables), `worker` (SQLite on std threads,
+//! awaitable from tokio).
 //!
 //! # Key decisions and trade-offs
 //!
@@ -70,9 +71,10 @@
 //!   without limit.** PRAGMAs are an allow-list and the SQL settings users need
 //!   (`foreign_keys`, `recursive_triggers`) are node settings, fixed at open (`authorizer`,
 //!   `bounds`). Values are capped by `max_value_bytes` (`SQLITE_LIMIT_LENGTH`), temporary data
-//!   spills to files, page caches are sized, and SQLite's process-wide heap has a last-guard
-//!   limit derived from those (`bounds`). The price: a value or row above the limit cannot be
-//!   written or read, and per-connection memory is bounded only indirectly.
+//!   spills to files of bounded size (`tempfiles`), page caches are sized, and SQLite's
+//!   process-wide heap has a last-guard limit derived from those (`bounds`). The price: a
+//!   value or row above the limit cannot be written or read, a statement that needs more
+//!   temporary space fails, and per-connection memory is bounded only indirectly.
 //! * **Deadlines are enforced inside SQLite.** A progress handler interrupts a client
 //!   statement past its request's deadline ([`WriteRequest::deadline`], the `deadline` of
 //!   [`ReadPool::query`]) or once a query's receiver is dropped, so an abandoned or endless
@@ -94,6 +96,7 @@ mod executor;
 mod internal;
 mod reader;
 mod snapshot;
+mod tempfiles;
 mod value;
 mod worker;
 
@@ -157,6 +160,11 @@ pub struct DbOptions {
     /// [`DbError::TooLarge`] before its pages are read (the caller re-runs its requests one by
     /// one, so only the one too large fails).
     pub max_delta_bytes: usize,
+    /// Largest temporary file (a sort, grouping, materialized subquery, statement journal) a
+    /// client statement may write; over it the statement fails with [`DbError::TooLarge`].
+    /// Default 256 MiB; keep it above `max_delta_bytes` (a write's statement journal holds the
+    /// original of each page it changes). See `tempfiles.rs`.
+    pub max_temp_file_bytes: u64,
 }
 
 impl Default for DbOptions {
@@ -171,6 +179,7 @@ impl Default for DbOptions {
             recursive_triggers: false,
             limit_process_heap: false,
             max_delta_bytes: 64 * 1024 * 1024,
+            max_temp_file_bytes: tempfiles::MAX_TEMP_FILE_BYTES,
         }
     }
 }
@@ -216,6 +225,8 @@ impl Database {
     /// briefly on file I/O; call it at startup or from `spawn_blocking`.
     pub fn open(path: impl AsRef<Path>, options: DbOptions) -> Result<Database> {
         let path = path.as_ref().to_path_buf();
+        // Before the first connection: a connection keeps the VFS it was opened with.
+        tempfiles::install();
         if options.limit_process_heap {
             bounds::raise_heap_limit(options.heap_limit_bytes());
         }

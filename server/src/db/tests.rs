@@ -1237,6 +1237,52 @@ async fn endless_query_is_interrupted_at_its_deadline() -> TestResult {
     Ok(())
 }
 
+/// A sort of `rows` generated 100 kB blobs: more than a reader's 2 MiB page cache from 21 rows
+/// on, so it spills to a temporary file.
+fn big_sort(rows: u32) -> String {
+    format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
+         SELECT length(x) FROM (SELECT randomblob(100000) AS x FROM c) ORDER BY x"
+    )
+}
+
+#[tokio::test]
+async fn a_query_needing_too_much_temporary_space_fails_alone() -> TestResult {
+    const LIMIT: u64 = 8 << 20;
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_temp_file_bytes: LIMIT,
+        ..DbOptions::default()
+    })?;
+    let reads = c.leader.reads();
+    // 4 MB spill to a temporary file within the limit, and are read back through the shim
+    let chunks = collect(reads.query(stmt(&big_sort(40)), 0, 100, None)).await?;
+    let lengths: Vec<_> = chunks.into_iter().flat_map(|c| c.rows).collect();
+    ensure!(lengths == vec![vec![SqlValue::Integer(100_000)]; 40]);
+    // 40 MB would take the sorter's file past the limit (and did fill the disk without it)
+    match collect(reads.query(stmt(&big_sort(400)), 1, 10, None)).await {
+        Err(e) => ensure!(
+            matches!(
+                e.downcast_ref::<DbError>(),
+                Some(DbError::TooLarge(m)) if m.starts_with(&format!(
+                    "the statement needs more than {LIMIT} bytes of temporary space"
+                ))
+            ),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("a 40 MB sort fit in {LIMIT} bytes: {chunks:?}"),
+    }
+    // the only read thread serves the next query, and a small sort still works
+    c.write_one(&[CREATE_T, &insert_rows(100, 0)]).await?;
+    let chunks =
+        collect(reads.query(stmt("SELECT a FROM t ORDER BY a DESC"), 0, 1000, None)).await?;
+    let values: Vec<SqlValue> = chunks.into_iter().flat_map(|c| c.rows).flatten().collect();
+    let mut sorted = values.clone();
+    sorted.sort_by_key(|v| std::cmp::Reverse(format!("{v:?}")));
+    ensure!(values.len() == 100 && values == sorted, "{values:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_query_nobody_waits_for_stops() -> TestResult {
     let c = Cluster::one_reader()?;
