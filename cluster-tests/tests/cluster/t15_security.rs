@@ -596,7 +596,9 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     let first = admin
         .execute_with_id(
             "migrate:1:predictable",
-            [Statement::new("INSERT INTO ids VALUES ('secret') RETURNING v")],
+            [Statement::new(
+                "INSERT INTO ids VALUES ('secret') RETURNING v",
+            )],
         )
         .await
         .expect("the admin's write");
@@ -605,7 +607,9 @@ async fn tls_and_token_cluster_refuses_every_attack() {
     let other = writer
         .execute_with_id(
             "migrate:1:predictable",
-            [Statement::new("INSERT INTO ids VALUES ('other') RETURNING v")],
+            [Statement::new(
+                "INSERT INTO ids VALUES ('other') RETURNING v",
+            )],
         )
         .await
         .expect("the writer's write");
@@ -613,17 +617,25 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         !other.deduplicated,
         "another token's id is not this token's retry"
     );
-    assert_eq!(other.results[0].rows[0].get::<String>(0).expect("v"), "other");
+    assert_eq!(
+        other.results[0].rows[0].get::<String>(0).expect("v"),
+        "other"
+    );
     // The first token's retry is still answered with its own results, without running again.
     let retry = admin
         .execute_with_id(
             "migrate:1:predictable",
-            [Statement::new("INSERT INTO ids VALUES ('secret') RETURNING v")],
+            [Statement::new(
+                "INSERT INTO ids VALUES ('secret') RETURNING v",
+            )],
         )
         .await
         .expect("the admin's retry");
     assert!(retry.deduplicated);
-    assert_eq!(retry.results[0].rows[0].get::<String>(0).expect("v"), "secret");
+    assert_eq!(
+        retry.results[0].rows[0].get::<String>(0).expect("v"),
+        "secret"
+    );
     let count = admin
         .query_with(
             Statement::new("SELECT count(*) FROM ids"),
