@@ -136,6 +136,9 @@ impl Error {
     }
 }
 
+/// How tonic begins the message of a status it made from an HTTP/2 error.
+const H2_ERROR: &str = "h2 protocol error: ";
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         // A status built by the local tonic stack carries the error that caused it (connect
@@ -157,6 +160,12 @@ impl From<tonic::Status> for Error {
                 return Error::InvalidEndpoint(why.to_string());
             }
             return Error::Transport(message);
+        }
+        // The connection ended under a call (an HTTP/2 GOAWAY or reset, say from a node
+        // shutting down gracefully) and the status lost its cause on the way (a stream's
+        // trailers): tonic names it so. Nothing came from the node: a transport error.
+        if status.code() == Code::Internal && status.message().starts_with(H2_ERROR) {
+            return Error::Transport(status.message().to_string());
         }
         let leader_hint = leader_hint(status.metadata());
         Error::Status {
@@ -269,6 +278,12 @@ mod tests {
             assert_eq!(err.code(), code);
         }
         assert!(Error::Transport("connection refused".into()).is_retryable());
+        // A call on a stream whose connection a node shutting down closed (seen in the soak).
+        let goaway = Error::from(tonic::Status::internal(
+            "h2 protocol error: connection error received: not a result of an error",
+        ));
+        assert!(goaway.is_retryable(), "{goaway}");
+        assert!(matches!(goaway, Error::Transport(_)));
         assert!(!Error::Conversion("x".into()).is_retryable());
         assert!(!Error::InvalidEndpoint("x".into()).is_retryable());
         assert!(Error::timeout(std::time::Duration::from_millis(5)).is_retryable());
