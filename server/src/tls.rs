@@ -402,6 +402,53 @@ pub fn client_connections(max_connections: usize) -> usize {
     fit as usize
 }
 
+/// How long a connection that took an evicted handshake's place waits for that place.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The TLS handshakes under way on a listener, oldest first, so that a full listener can
+/// give the oldest one's place to a new connection.
+#[derive(Clone, Default)]
+struct Handshakes(Arc<std::sync::Mutex<HandshakesInner>>);
+
+#[derive(Default)]
+struct HandshakesInner {
+    next: u64,
+    pending: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+impl Handshakes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandshakesInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.next += 1;
+        inner.next
+    }
+
+    /// Ends the oldest handshake under way; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().pending.pop_front();
+        match oldest {
+            Some((_, task)) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Takes handshake `.1` off the list when its handshake ends, however it ends.
+struct HandshakeDone<'a>(&'a Handshakes, u64);
+
+impl Drop for HandshakeDone<'_> {
+    fn drop(&mut self) {
+        self.0.lock().pending.retain(|(id, _)| *id != self.1);
+    }
+}
+
 /// Binds `addr` and yields its connections: plain without `tls`, else after a TLS handshake
 /// with the configuration of `port` (failed handshakes are dropped and logged at debug).
 ///
@@ -420,6 +467,7 @@ pub async fn incoming(
         .with_context(|| format!("bind {addr}"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let handshakes = Handshakes::default();
     tokio::spawn(async move {
         let mut warned: Option<std::time::Instant> = None;
         loop {
@@ -432,16 +480,23 @@ pub async fn incoming(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                drop(stream);
-                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                    warned = Some(std::time::Instant::now());
-                    tracing::warn!(
-                        %addr, ?port, max_connections, %remote,
-                        "connection limit reached: closing new connections until some close"
-                    );
+            // Full: a connection still in its TLS handshake gives its place to this one (the
+            // oldest such). Otherwise connections that never finish a handshake, reopened as
+            // they time out, could keep every place and a peer could not reconnect.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) if tls.is_some() && handshakes.evict_oldest() => None,
+                Err(_) => {
+                    drop(stream);
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            %addr, ?port, max_connections, %remote,
+                            "connection limit reached: closing new connections until some close"
+                        );
+                    }
+                    continue;
                 }
-                continue;
             };
             let _ = stream.set_nodelay(true);
             let info = ConnInfo {
@@ -449,6 +504,7 @@ pub async fn incoming(
                 peer_cert: None,
             };
             let Some(tls) = &tls else {
+                let Some(slot) = slot else { continue };
                 if tx.send(Ok(Conn::Plain(stream, info, slot))).await.is_err() {
                     return;
                 }
@@ -459,7 +515,21 @@ pub async fn incoming(
                 Port::Peer => tls.peer_port(),
             };
             let tx = tx.clone();
-            tokio::spawn(async move {
+            let (slots, done) = (slots.clone(), handshakes.clone());
+            let id = handshakes.next_id();
+            let mut pending = handshakes.lock();
+            let task = tokio::spawn(async move {
+                let slot = match slot {
+                    Some(slot) => slot,
+                    // The evicted handshake's place comes back as its task ends.
+                    None => {
+                        match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
+                            Ok(Ok(slot)) => slot,
+                            _ => return,
+                        }
+                    }
+                };
+                let _done = HandshakeDone(&done, id);
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let stream =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -483,8 +553,10 @@ pub async fn incoming(
                     remote: Some(remote),
                     peer_cert,
                 };
+                drop(_done);
                 let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info, slot))).await;
             });
+            pending.pending.push_back((id, task.abort_handle()));
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))

@@ -508,6 +508,36 @@ async fn tls_and_token_cluster_refuses_every_attack() {
         "nor forward a client's write"
     );
 
+    info!("phase 2d: connections that never finish a handshake cannot keep a peer out");
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        stalled.push(
+            tokio::net::TcpStream::connect(peer_addr)
+                .await
+                .expect("connect to the peer port"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A member connecting now (as after a restart) takes the oldest stalled one's place.
+    let member = peer_client(
+        peer_addr,
+        Dial::Tls {
+            ca: &ca_path,
+            identity: Some((&cert, &key)),
+        },
+    );
+    let identity_answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        member.clone().identity(v1::IdentityRequest {}),
+    )
+    .await
+    .expect("the member is answered within 5 s");
+    assert!(
+        identity_answer.is_ok(),
+        "a member reaches the peer port while 300 connections stall in their handshake: {identity_answer:?}"
+    );
+    drop(stalled);
+
     info!("phase 3: the role matrix (no token / read / write / admin × every call)");
     let as_role = |role: Option<&str>| cluster.client_as(role);
     for role in [None, Some("read"), Some("write"), Some("admin")] {
