@@ -402,18 +402,22 @@ pub fn client_connections(max_connections: usize) -> usize {
     fit as usize
 }
 
-/// How long a connection that took an evicted handshake's place waits for that place.
-const EVICTION_WAIT: Duration = Duration::from_secs(1);
-
-/// The TLS handshakes under way on a listener, oldest first, so that a full listener can
-/// give the oldest one's place to a new connection.
+/// The TLS handshakes under way on a listener, oldest first, each with its place, so that a
+/// full listener can hand the oldest one's place to a new connection at once.
 #[derive(Clone, Default)]
 struct Handshakes(Arc<std::sync::Mutex<HandshakesInner>>);
+
+/// A handshake's place: taken by the handshake when it ends, or by an eviction before that.
+type SharedSlot = Arc<std::sync::Mutex<Option<Slot>>>;
 
 #[derive(Default)]
 struct HandshakesInner {
     next: u64,
-    pending: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+    pending: std::collections::VecDeque<(u64, SharedSlot, tokio::task::AbortHandle)>,
+}
+
+fn take_slot(slot: &SharedSlot) -> Option<Slot> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 impl Handshakes {
@@ -421,21 +425,14 @@ impl Handshakes {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn next_id(&self) -> u64 {
-        let mut inner = self.lock();
-        inner.next += 1;
-        inner.next
-    }
-
-    /// Ends the oldest handshake under way; false when there is none.
-    fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().pending.pop_front();
-        match oldest {
-            Some((_, task)) => {
+    /// Ends the oldest handshake under way and returns its place; `None` when there is none.
+    fn evict_oldest(&self) -> Option<Slot> {
+        loop {
+            let (_, slot, task) = self.lock().pending.pop_front()?;
+            if let Some(slot) = take_slot(&slot) {
                 task.abort();
-                true
+                return Some(slot);
             }
-            None => false,
         }
     }
 }
@@ -445,7 +442,7 @@ struct HandshakeDone<'a>(&'a Handshakes, u64);
 
 impl Drop for HandshakeDone<'_> {
     fn drop(&mut self) {
-        self.0.lock().pending.retain(|(id, _)| *id != self.1);
+        self.0.lock().pending.retain(|(id, _, _)| *id != self.1);
     }
 }
 
@@ -483,10 +480,10 @@ pub async fn incoming(
             // Full: a connection still in its TLS handshake gives its place to this one (the
             // oldest such). Otherwise connections that never finish a handshake, reopened as
             // they time out, could keep every place and a peer could not reconnect.
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) if tls.is_some() && handshakes.evict_oldest() => None,
-                Err(_) => {
+            let evicted = || tls.as_ref().and_then(|_| handshakes.evict_oldest());
+            let slot = match slots.clone().try_acquire_owned().ok().or_else(evicted) {
+                Some(slot) => slot,
+                None => {
                     drop(stream);
                     if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                         warned = Some(std::time::Instant::now());
@@ -504,7 +501,6 @@ pub async fn incoming(
                 peer_cert: None,
             };
             let Some(tls) = &tls else {
-                let Some(slot) = slot else { continue };
                 if tx.send(Ok(Conn::Plain(stream, info, slot))).await.is_err() {
                     return;
                 }
@@ -515,20 +511,13 @@ pub async fn incoming(
                 Port::Peer => tls.peer_port(),
             };
             let tx = tx.clone();
-            let (slots, done) = (slots.clone(), handshakes.clone());
-            let id = handshakes.next_id();
+            let done = handshakes.clone();
+            let slot: SharedSlot = Arc::new(std::sync::Mutex::new(Some(slot)));
             let mut pending = handshakes.lock();
+            pending.next += 1;
+            let id = pending.next;
+            let ours = slot.clone();
             let task = tokio::spawn(async move {
-                let slot = match slot {
-                    Some(slot) => slot,
-                    // The evicted handshake's place comes back as its task ends.
-                    None => {
-                        match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
-                            Ok(Ok(slot)) => slot,
-                            _ => return,
-                        }
-                    }
-                };
                 let _done = HandshakeDone(&done, id);
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let stream =
@@ -554,9 +543,11 @@ pub async fn incoming(
                     peer_cert,
                 };
                 drop(_done);
+                // Evicted meanwhile: its place went to another connection.
+                let Some(slot) = take_slot(&ours) else { return };
                 let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info, slot))).await;
             });
-            pending.pending.push_back((id, task.abort_handle()));
+            pending.pending.push_back((id, slot, task.abort_handle()));
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))

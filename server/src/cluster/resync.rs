@@ -113,15 +113,13 @@ async fn confirmed(node: &Node, from: u64, theirs: &str) -> Result<Vec<u64>, Str
         .map(|(id, a)| (id, a.peer))
         .collect();
     peers.extend(node.config().peers.clone());
-    peers.insert(from, String::new());
-    peers.insert(node.id(), String::new());
-    let total = peers.len();
+    // The sender and this node count in the total; the others are asked.
+    peers.remove(&from);
+    peers.remove(&node.id());
+    let total = peers.len() + 2;
     let mut confirmers = Vec::new();
     let mut answers = Vec::new();
     for (id, addr) in &peers {
-        if *id == from || *id == node.id() {
-            continue;
-        }
         let answer = match node.inner.peer(addr) {
             Ok(client) => client.identity(ASK_TIMEOUT).await,
             Err(_) => None,

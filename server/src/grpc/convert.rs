@@ -207,18 +207,17 @@ pub fn write_reply_from_proto(r: v1::ExecuteResponse) -> Result<WriteReply, Node
 /// [`check_client_request_id`]), or one a member forwards, with its token's tag (`#` and 12
 /// hex digits, `grpc::sql`).
 fn check_request_id(id: &str) -> Result<(), Status> {
-    const FORWARDED: usize = MAX_REQUEST_ID_BYTES + 13;
-    if id.len() > FORWARDED {
-        return Err(Status::invalid_argument(format!(
-            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
-        )));
-    }
-    Ok(())
+    request_id_within(id, MAX_REQUEST_ID_BYTES + 13)
 }
 
 /// A client's request id: at most [`MAX_REQUEST_ID_BYTES`].
 pub fn check_client_request_id(id: &str) -> Result<(), Status> {
-    if id.len() > MAX_REQUEST_ID_BYTES {
+    request_id_within(id, MAX_REQUEST_ID_BYTES)
+}
+
+/// Both limits say the client's: a longer id comes from no member.
+fn request_id_within(id: &str, limit: usize) -> Result<(), Status> {
+    if id.len() > limit {
         return Err(Status::invalid_argument(format!(
             "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
         )));

@@ -62,12 +62,12 @@ const EXEMPT_PREFIXES: [&str; 1] = ["/grpc.health.v1.Health/"];
 /// back once the whole message has passed through the body, so only partly received
 /// messages hold bytes.
 ///
-/// The calls decoded from them are out of the budget then. What bounds those is
+/// The calls decoded from them leave the body's metering then. What bounds those is
 /// `execute_stream`: a stream reads no more past [`super::execute_stream::MAX_STREAM_CALLS`]
 /// unanswered calls, each call that runs holds a permit of `max_concurrent_requests`
-/// (`Admission::admit`; one refused is answered at once and dropped), and at most
-/// `max_concurrent_requests` streams are open (`Admission::admit_stream`). A running call
-/// keeps its request (up to `max_request_bytes`, checked by the handler) outside the budget.
+/// (`Admission::admit`; one refused is answered at once and dropped) and its request's bytes
+/// from the budget again (`Admission::admit_bytes`), and at most `max_concurrent_requests`
+/// streams are open (`Admission::admit_stream`).
 const STREAM_PATHS: [&str; 1] = ["/raftlite.v1.Sql/ExecuteStream"];
 
 /// The budget of request bytes, in requests of `max_request_bytes`.
@@ -174,40 +174,36 @@ impl Admission {
         advice: &str,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         permits.clone().try_acquire_owned().map_err(|_| {
-            if let Some(m) = &self.0.metrics {
-                m.request_shed();
-            }
-            Status::resource_exhausted(format!(
-                "the node is overloaded: {} {busy} (max_concurrent_requests); {advice}",
+            self.shed(format!(
+                "{} {busy} (max_concurrent_requests); {advice}",
                 self.0.limits.max_concurrent_requests
             ))
         })
     }
 
-    /// The budget's bytes for a call on a stream, decoded and about to run: a whole message
-    /// gives its bytes back as it is decoded (see [`LimitedService`]), and the call holds
-    /// them again with this permit until it answers.
+    /// `len` bytes from the budget of request bodies, or the RESOURCE_EXHAUSTED of a shed
+    /// request: for each DATA frame of a body as it arrives ([`LimitedService`]), and for a
+    /// call on a stream, decoded and about to run, which holds them again until it answers
+    /// (a whole message gives its bytes back as it is decoded).
     pub fn admit_bytes(&self, len: usize) -> Result<OwnedSemaphorePermit, Status> {
-        self.take_bytes(len)
-    }
-
-    /// `len` bytes of a request body from the budget, or the RESOURCE_EXHAUSTED its body fails
-    /// with (a shed request).
-    fn take_bytes(&self, len: usize) -> Result<OwnedSemaphorePermit, Status> {
         u32::try_from(len)
             .ok()
             .and_then(|n| self.0.bytes.clone().try_acquire_many_owned(n).ok())
             .ok_or_else(|| {
-                if let Some(m) = &self.0.metrics {
-                    m.request_shed();
-                }
-                Status::resource_exhausted(format!(
-                    "the node is overloaded: {} bytes of requests are in progress \
-                     ({BUDGET_REQUESTS} × max_request_bytes); retry with backoff or on another \
-                     node",
+                self.shed(format!(
+                    "{} bytes of requests are in progress ({BUDGET_REQUESTS} × \
+                     max_request_bytes); retry with backoff or on another node",
                     budget(&self.0.limits)
                 ))
             })
+    }
+
+    /// A shed request: counted, and the RESOURCE_EXHAUSTED that says `why`.
+    fn shed(&self, why: String) -> Status {
+        if let Some(m) = &self.0.metrics {
+            m.request_shed();
+        }
+        Status::resource_exhausted(format!("the node is overloaded: {why}"))
     }
 
     /// The deadline: the client's or `request_timeout`, whichever is shorter.
@@ -390,7 +386,7 @@ impl MeteredBody {
         if data.is_empty() {
             return Ok(());
         }
-        let taken = self.admission.take_bytes(data.len())?;
+        let taken = self.admission.admit_bytes(data.len())?;
         let (before, mut partial) = match self.partial.take() {
             Some(mut partial) => {
                 let before = partial.num_permits();
