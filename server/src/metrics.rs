@@ -110,6 +110,7 @@ pub struct Metrics {
     ran_ahead: Counter,
     wal_frames: Gauge,
     checkpoint_failures: Gauge,
+    answer_bytes_held: Gauge,
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
     early_appends: Family<EarlyLabels, Counter>,
@@ -162,6 +163,7 @@ impl Metrics {
             ran_ahead: Counter::default(),
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
+            answer_bytes_held: Gauge::default(),
             commits_in_place_seen: Default::default(),
             early_appends: Family::default(),
             append_streams: Counter::default(),
@@ -338,6 +340,12 @@ impl Metrics {
             m.wal_frames.clone(),
         );
         r.register(
+            "sql_answer_bytes_held",
+            "Bytes of rows in answers to writes that their clients have not read yet; at \
+             268435456 writes that return rows are refused (RESOURCE_EXHAUSTED) until they are",
+            m.answer_bytes_held.clone(),
+        );
+        r.register(
             "sqlite_checkpoint_failures",
             "Background WAL checkpoints that failed since the node started",
             m.checkpoint_failures.clone(),
@@ -475,6 +483,8 @@ impl Metrics {
         let (wal_frames, checkpoint_failures) = node.database().wal_status();
         self.wal_frames.set(as_i64(wal_frames));
         self.checkpoint_failures.set(as_i64(checkpoint_failures));
+        self.answer_bytes_held
+            .set(as_i64(node.database().answers().held() as u64));
         let in_place = node.database().committed_in_place();
         let seen = self
             .commits_in_place_seen

@@ -584,3 +584,144 @@ async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
         "{status:?}"
     );
 }
+
+/// Connections that never read their answers. Each of 120 connections to the leader opens no
+/// HTTP/2 receive window and sends one `Execute` of `SELECT randomblob(4000000)`, 20 ms
+/// apart, while a steady writer commits on another connection; every node has one runtime
+/// thread, as under `raftlite dev` on two cores. Before: the leader lost its leadership within
+/// seconds (an apply waited on its runtime thread for the executor's busy batch, so no
+/// heartbeat left), and 300 such answers held 1.28 GB. Now the unread answers hold at most
+/// their budget (256 MiB, and what one batch returns past it), a further 4 MB answer is
+/// refused with a reason while small writes go on, the term stays, and once the connections
+/// close the node holds nothing and the same answer comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
+    use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
+    use cluster_tests::metrics::{metric_value, metrics_addr, scrape};
+    const HELD: &str = "raftlite_sql_answer_bytes_held ";
+    const BUDGET: f64 = 256.0 * 1024.0 * 1024.0;
+    init_tracing();
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: ["--worker-threads", "1"].map(String::from).to_vec(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let client = cluster.client_for(leader);
+    client
+        .exec(
+            "CREATE TABLE steady (n INTEGER PRIMARY KEY)",
+            Vec::<i64>::new(),
+        )
+        .await
+        .expect("create steady");
+    let term = cluster.status_of(leader).await.expect("status").term;
+    let metrics = metrics_addr(&cluster, leader);
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        let client = cluster.client_for(leader);
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if let Err(e) = client.exec("INSERT INTO steady VALUES (?1)", [n]).await {
+                    panic!("the steady writer failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+
+    info!("120 connections that never read their answers");
+    let big = || v1::ExecuteRequest {
+        statements: vec![Statement::new("SELECT randomblob(4000000)").into()],
+        ..Default::default()
+    };
+    let mut unread = Vec::new();
+    for _ in 0..120 {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.node(leader).endpoint())
+            .expect("endpoint")
+            .initial_stream_window_size(Some(0))
+            .connect()
+            .await
+            .expect("connect");
+        let mut sql = SqlClient::new(channel);
+        let request = big();
+        unread.push(tokio::spawn(async move { sql.execute(request).await }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = wait_until(
+        "the unread answers fill their budget",
+        Duration::from_secs(60),
+        || {
+            let metrics = metrics.clone();
+            async move {
+                let held = metric_value(&scrape(&metrics).await, HELD);
+                Ok((held > BUDGET - 4_100_000.0).then_some(held))
+            }
+        },
+    )
+    .await
+    .expect("unread answers");
+    info!(held_mib = held / 1048576.0, "held");
+    assert!(held <= BUDGET + 64.0 * 1048576.0, "{held} bytes held");
+    let refused = client_with(&cluster, Duration::from_secs(10))
+        .execute(["SELECT randomblob(4000000)"])
+        .await;
+    match &refused {
+        Err(Error::Status { code, message, .. }) => {
+            assert_eq!(*code, Code::ResourceExhausted, "{message}");
+            assert!(message.contains("have not read yet"), "{message}");
+        }
+        other => panic!("a 4 MB answer while the budget is full: {other:?}"),
+    }
+    let small = client
+        .exec(
+            "INSERT INTO steady VALUES (-1) RETURNING n",
+            Vec::<i64>::new(),
+        )
+        .await
+        .expect("a small write that returns a row");
+    assert_eq!(small.results[0].rows.len(), 1);
+
+    info!("the connections close: their answers go");
+    for task in &unread {
+        task.abort();
+    }
+    for task in unread {
+        let _ = task.await;
+    }
+    wait_until("the node holds no answers", Duration::from_secs(30), || {
+        let metrics = metrics.clone();
+        async move { Ok((metric_value(&scrape(&metrics).await, HELD) == 0.0).then_some(())) }
+    })
+    .await
+    .expect("answers released");
+    let answered = client
+        .execute(["SELECT randomblob(4000000)"])
+        .await
+        .expect("a 4 MB answer once the others are read");
+    assert_eq!(answered.results[0].rows.len(), 1);
+
+    stop.store(true, Ordering::Relaxed);
+    let writes = steady.await.expect("steady writer");
+    info!(writes, "steady writer");
+    assert_eq!(
+        cluster.status_of(leader).await.expect("status").term,
+        term,
+        "no election"
+    );
+    cluster
+        .wait_converged(Duration::from_secs(20))
+        .await
+        .expect("converged");
+    cluster.assert_identical_pages().await;
+}

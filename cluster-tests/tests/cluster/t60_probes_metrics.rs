@@ -212,6 +212,8 @@ async fn readiness_liveness_and_metrics() {
     assert_eq!(metric_value(&text, "raftlite_ready "), 1.0);
     // The background checkpointer reports, and has not failed.
     assert!(metric_value(&text, "raftlite_sqlite_wal_frames ") >= 0.0);
+    // Every answer was read: none holds its rows on the node.
+    assert_eq!(metric_value(&text, "raftlite_sql_answer_bytes_held "), 0.0);
     assert_eq!(
         metric_value(&text, "raftlite_sqlite_checkpoint_failures "),
         0.0

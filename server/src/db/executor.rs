@@ -31,6 +31,7 @@
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
 //! result as one delta.
 
+use super::answers::AnswerBytes;
 use super::authorizer::{
     first_word_is, is_pragma, is_savepoint_control, statement_start, Lockdown, Policy,
 };
@@ -211,6 +212,10 @@ pub struct Executor {
     max_delta_bytes: usize,
     /// Bytes of returned rows the current batch may still hold.
     result_budget: usize,
+    /// Whether `result_budget` was cut to the room unread answers left (see `answers.rs`).
+    result_budget_is_room: bool,
+    /// The node's unread answers, whose room bounds what a batch may return.
+    answers: Arc<AnswerBytes>,
     /// The interactive transaction open on this connection, if any.
     transaction: Option<OpenTransaction>,
     /// Deltas proposed and not yet applied, which batches are executed on top of.
@@ -335,8 +340,19 @@ impl GateState {
 }
 
 impl WriteGate {
+    /// Waits for the gate: only on a thread that may block (the executor holds it for a whole
+    /// batch, whose statements may run for seconds), never on the node's runtime.
     pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.0.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gate if it is free now; `None` while another thread holds it.
+    pub(crate) fn try_hold(&self) -> Option<std::sync::MutexGuard<'_, GateState>> {
+        match self.0.lock.try_lock() {
+            Ok(held) => Some(held),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Whether the executor keeps a batch open for its commit in place, as last recorded: a
@@ -455,6 +471,8 @@ impl Executor {
             batches_since_prune: 0,
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
+            result_budget_is_room: false,
+            answers: options.answers.clone(),
             transaction: None,
             chain: Chain::default(),
             gate: WriteGate::default(),
@@ -934,7 +952,7 @@ impl Executor {
                 return Err(e);
             }
         };
-        self.result_budget = MAX_BATCH_RESULT_BYTES;
+        self.reset_result_budget(MAX_BATCH_RESULT_BYTES);
         Ok(Run {
             open,
             outcomes: Vec::new(),
@@ -1063,6 +1081,30 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// Lets the next batch (or call of a transaction) return up to `most` bytes of rows, or
+    /// the room the node's unread answers leave, if less.
+    fn reset_result_budget(&mut self, most: usize) {
+        let room = self.answers.room();
+        self.result_budget = most.min(room);
+        self.result_budget_is_room = room < most;
+    }
+
+    /// Why a request's rows are over the batch's budget: answers its clients have not read
+    /// leave no more room, or the writes running with it return too much at once.
+    fn over_result_budget(&self) -> DbError {
+        DbError::Overloaded(match self.result_budget_is_room {
+            true => format!(
+                "this node holds {} bytes of answers that their clients have not read yet \
+                 (at most {}); writes that return rows wait for them to be read: retry",
+                self.answers.held(),
+                self.answers.limit()
+            ),
+            false => "the writes running together with this one return too many rows at \
+                      once; retry"
+                .into(),
+        })
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the
@@ -1298,11 +1340,7 @@ impl Executor {
                     )));
                 }
                 if *result_bytes > self.result_budget {
-                    return Err(DbError::Overloaded(
-                        "the writes running together with this one return too many rows \
-                         at once; retry"
-                            .into(),
-                    ));
+                    return Err(self.over_result_budget());
                 }
                 rows.push(values);
             }
@@ -1415,7 +1453,7 @@ impl Executor {
             return self.client_savepoint(statements, deadline);
         }
         self.internal_sql(SAVEPOINT)?;
-        self.result_budget = MAX_RESULT_BYTES;
+        self.reset_result_budget(MAX_RESULT_BYTES);
         match self
             .run_statements(statements, deadline)
             .and_then(|results| self.check_transaction_size().map(|()| results))
@@ -1453,7 +1491,7 @@ impl Executor {
                     .into(),
             )));
         }
-        self.result_budget = MAX_RESULT_BYTES;
+        self.reset_result_budget(MAX_RESULT_BYTES);
         let lockdown = self.lockdown.clone();
         let ran = {
             let _allowed = lockdown.savepoints();

@@ -84,6 +84,7 @@
 //!   thread; beyond, a query is refused at once with [`DbError::Overloaded`], and
 //!   [`ReadPool::stuck_threads`] tells readiness when no thread can take a read.
 
+mod answers;
 mod apply;
 mod authorizer;
 mod bounds;
@@ -105,6 +106,7 @@ mod model_tests;
 #[cfg(test)]
 mod tests;
 
+pub use answers::{AnswerBytes, AnswerHold, MAX_HELD_ANSWER_BYTES};
 pub use apply::{Applier, ApplyOutcome};
 pub(crate) use authorizer::statement_start;
 pub use bounds::SQLITE_MAX_LENGTH;
@@ -165,6 +167,9 @@ pub struct DbOptions {
     /// Default 256 MiB; keep it above `max_delta_bytes` (a write's statement journal holds the
     /// original of each page it changes). See `tempfiles.rs`.
     pub max_temp_file_bytes: u64,
+    /// The node's unread answers (see `answers.rs`): the executor refuses rows beyond their
+    /// room. Shared with whatever holds the answers until they are sent.
+    pub answers: std::sync::Arc<AnswerBytes>,
 }
 
 impl Default for DbOptions {
@@ -180,6 +185,7 @@ impl Default for DbOptions {
             limit_process_heap: false,
             max_delta_bytes: 64 * 1024 * 1024,
             max_temp_file_bytes: tempfiles::MAX_TEMP_FILE_BYTES,
+            answers: std::sync::Arc::default(),
         }
     }
 }
@@ -264,7 +270,15 @@ impl Database {
     /// batch the write path committed in place already (see [`ExecutorHandle::commit_early`])
     /// is done: nothing is written.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
-        if self.gate.hold().take_ahead(&delta) {
+        // A delta committed in place ahead of its apply needs no trip to another thread. Only if
+        // the gate is free now: this runs on the node's runtime, and the executor holds the gate
+        // through a whole batch, which may run for seconds (a wait here stopped the leader's
+        // heartbeats until it lost its leadership). Both paths below check again.
+        if self
+            .gate
+            .try_hold()
+            .is_some_and(|mut held| held.take_ahead(&delta))
+        {
             return Ok(ApplyOutcome::Applied);
         }
         self.past_open_batch(
@@ -280,6 +294,11 @@ impl Database {
             },
         )
         .await
+    }
+
+    /// The node's unread answers (see `answers.rs`), which bound the rows its writes return.
+    pub fn answers(&self) -> &std::sync::Arc<AnswerBytes> {
+        &self.options.answers
     }
 
     /// Frames in the WAL at the checkpointer's last checkpoint, and how many of its

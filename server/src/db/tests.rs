@@ -3612,3 +3612,107 @@ async fn another_leaders_delta_does_not_wait_for_an_open_transaction() -> TestRe
     c.verify("after the image")?;
     Ok(())
 }
+
+/// An apply never makes the node's runtime wait for the gate. The executor holds it through a
+/// whole batch, whose statements may run for seconds; the apply's check for a delta committed
+/// ahead took it on the runtime's thread, so on a leader with one runtime thread a batch of
+/// slow statements (`SELECT randomblob(4000000)`, many times) stopped its heartbeats until it
+/// lost its leadership. Here a thread holds the gate for a second while the apply runs
+/// beside a timer on the same (single-threaded) runtime: the timer keeps ticking (before: it
+/// stopped for the whole second), and the apply completes once the gate is free.
+#[tokio::test]
+async fn an_apply_never_makes_the_runtime_wait_for_a_running_batch() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let other_dir = tempfile::tempdir()?;
+    let other_path = other_dir.path().join("other.db");
+    c.follower.build_image(other_path.clone()).await?;
+    let other = Database::open(&other_path, DbOptions::default())?;
+    let request = req("other", &["INSERT INTO t(a) VALUES('other leader')"]);
+    let delta = other
+        .open_executor()?
+        .execute_batch(vec![request.clone()])
+        .await?
+        .delta
+        .context("a delta")?;
+    let delta = Arc::new(PageDelta::decode(&delta.encode())?);
+
+    let gate = c.leader.gate.clone();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let _held = gate.hold();
+        let _ = held_tx.send(());
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    held_rx.recv()?;
+    let started = std::time::Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut longest_gap = Duration::ZERO;
+    let mut last = std::time::Instant::now();
+    let apply = c.leader.apply(delta.clone());
+    tokio::pin!(apply);
+    let applied = loop {
+        tokio::select! {
+            applied = &mut apply => break applied?,
+            _ = ticks.tick() => {
+                longest_gap = longest_gap.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+        }
+    };
+    batch
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread holding the gate panicked"))?;
+    ensure!(
+        longest_gap < Duration::from_millis(500),
+        "the runtime stopped for {longest_gap:?} while a batch held the gate"
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the apply did not wait for the batch: {:?}",
+        started.elapsed()
+    );
+    ensure!(applied == ApplyOutcome::Applied, "{applied:?}");
+    ensure!(c.follower.apply(delta).await? == ApplyOutcome::Applied);
+    c.reference_commit(&request)?;
+    c.verify("a delta applied after a long batch")
+}
+
+/// Rows that unread answers leave no room for fail their request alone, saying why; writes
+/// that return no rows (or fewer bytes than the room) go on, and once the answers are read
+/// the same request returns its rows. 300 connections that never read one 4 MB answer each
+/// held 1.28 GB on a leader; now they hold what `answers.rs` allows.
+#[tokio::test]
+async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
+    let answers = Arc::new(AnswerBytes::new(1_000));
+    let c = Cluster::with_options(DbOptions {
+        answers: answers.clone(),
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let unread = answers.hold(900);
+    let big = "SELECT randomblob(500)";
+    let result = c
+        .write(vec![
+            req("", &[big]),
+            req("", &["INSERT INTO t(a) VALUES('no rows')"]),
+            req("", &["INSERT INTO t(a) VALUES('few') RETURNING 1"]),
+        ])
+        .await?;
+    match failed(&result.outcomes[0])? {
+        DbError::Overloaded(m) => ensure!(m.contains("have not read yet"), "{m}"),
+        other => anyhow::bail!("{other:?}"),
+    }
+    executed(&result.outcomes[1])?;
+    ensure!(executed(&result.outcomes[2])?[0].rows.len() == 1);
+    c.verify("with the room taken")?;
+    drop(unread);
+    let rows = c.write_one(&[big]).await?;
+    ensure!(rows[0].rows.len() == 1);
+    ensure!(
+        answers.held() == 0,
+        "the test holds nothing: {}",
+        answers.held()
+    );
+    Ok(())
+}

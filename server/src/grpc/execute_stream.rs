@@ -23,7 +23,10 @@
 //! each with the client's `call_id`. A stream has at most [`MAX_STREAM_CALLS`] calls
 //! unanswered; past that it reads no more (HTTP/2 flow control holds the client back), so a
 //! client that does not read its answers holds at most that many answers in memory and no
-//! permit: a call gives its permit back when it finishes, not when its answer is read. A
+//! permit: a call gives its permit back when it finishes, not when its answer is read. The
+//! rows of its unread answers count in the node's unread answers (`db/answers.rs`) until the
+//! stream takes the next answer to send, so such clients together hold a bounded number of
+//! bytes, not 64 maximal answers per stream. A
 //! message that cannot be decoded (or is over the decode limit) ends the stream with its
 //! status; calls still running then finish on the node unanswered, and a retry with the same
 //! request id returns their results.
@@ -34,7 +37,6 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use raftlite_proto::v1;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
 use super::auth::{authorize, principal_name, AuthFile, Tokens};
@@ -47,13 +49,52 @@ pub const MAX_STREAM_CALLS: usize = 64;
 /// The method's path, as the auth layer checked it.
 const PATH: &str = "/raftlite.v1.Sql/ExecuteStream";
 
-type Answers = mpsc::Sender<Result<v1::StreamedExecuteAnswer, Status>>;
+/// One answer to send, with its rows' place in the node's unread answers.
+pub struct Answer {
+    item: Result<v1::StreamedExecuteAnswer, Status>,
+    held: Option<crate::db::AnswerHold>,
+}
+
+impl From<Status> for Answer {
+    fn from(status: Status) -> Self {
+        Answer {
+            item: Err(status),
+            held: None,
+        }
+    }
+}
+
+type Answers = mpsc::Sender<Answer>;
+
+/// The answers of a stream as tonic sends them: the last one taken keeps its rows counted
+/// until the next is taken (hyper asks for the next frame once the last has gone out).
+pub struct AnswerStream {
+    answers: mpsc::Receiver<Answer>,
+    sending: Option<crate::db::AnswerHold>,
+}
+
+impl futures::Stream for AnswerStream {
+    type Item = Result<v1::StreamedExecuteAnswer, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.sending = None;
+        self.answers.poll_recv(cx).map(|answer| {
+            answer.map(|answer| {
+                self.sending = answer.held;
+                answer.item
+            })
+        })
+    }
+}
 
 /// Opens the stream: a task of its own reads the calls and runs them.
 pub fn start(
     service: SqlService,
     request: Request<Streaming<v1::StreamedExecute>>,
-) -> Result<ReceiverStream<Result<v1::StreamedExecuteAnswer, Status>>, Status> {
+) -> Result<AnswerStream, Status> {
     let open = service.admission.admit_stream()?;
     let principal = principal_name(&request);
     let token = service
@@ -67,7 +108,10 @@ pub fn start(
         drive(Arc::new(calls), token, request.into_inner(), answers, stop).await;
         drop(open);
     });
-    Ok(ReceiverStream::new(rx))
+    Ok(AnswerStream {
+        answers: rx,
+        sending: None,
+    })
 }
 
 /// The token a stream opened with, checked again when the auth file changes.
@@ -112,25 +156,31 @@ struct Calls {
 
 impl Calls {
     /// Runs one call and sends its answer into the room reserved for it.
-    async fn answer(
-        self: Arc<Self>,
-        room: mpsc::OwnedPermit<Result<v1::StreamedExecuteAnswer, Status>>,
-        call: v1::StreamedExecute,
-    ) {
+    async fn answer(self: Arc<Self>, room: mpsc::OwnedPermit<Answer>, call: v1::StreamedExecute) {
         let call_id = call.call_id;
-        let answer = match self.run(call).await {
-            Ok(response) => v1::StreamedExecuteAnswer {
-                call_id,
-                response: Some(response),
-                error: None,
-            },
-            Err(status) => v1::StreamedExecuteAnswer {
-                call_id,
-                response: None,
-                error: Some(call_error(&status)),
-            },
+        let (answer, held) = match self.run(call).await {
+            Ok(response) => {
+                let held = self.service.hold_answer(&response);
+                let answer = v1::StreamedExecuteAnswer {
+                    call_id,
+                    response: Some(response),
+                    error: None,
+                };
+                (answer, Some(held))
+            }
+            Err(status) => {
+                let answer = v1::StreamedExecuteAnswer {
+                    call_id,
+                    response: None,
+                    error: Some(call_error(&status)),
+                };
+                (answer, None)
+            }
         };
-        room.send(Ok(answer));
+        room.send(Answer {
+            item: Ok(answer),
+            held,
+        });
     }
 
     async fn run(&self, call: v1::StreamedExecute) -> Result<v1::ExecuteResponse, Status> {
@@ -156,10 +206,7 @@ impl Calls {
 
 /// What the stream does next.
 enum Next {
-    Call(
-        mpsc::OwnedPermit<Result<v1::StreamedExecuteAnswer, Status>>,
-        v1::StreamedExecute,
-    ),
+    Call(mpsc::OwnedPermit<Answer>, v1::StreamedExecute),
     /// The client closed its side: finish the calls running, then end.
     End,
     /// The client is gone (it reset the stream or stopped taking answers for good).
@@ -209,7 +256,7 @@ async fn drive(
             next = next_call(&mut inbound, &answers), if open => match next {
                 Next::Call(room, call) => {
                     if let Some(Err(refused)) = token.as_mut().map(StreamToken::check) {
-                        room.send(Err(refused));
+                        room.send(refused.into());
                         return;
                     }
                     running.push(calls.clone().answer(room, call));
@@ -217,7 +264,7 @@ async fn drive(
                 Next::End => open = false,
                 Next::Gone => return,
                 Next::Broken(status) => {
-                    let _ = answers.send(Err(status)).await;
+                    let _ = answers.send(status.into()).await;
                     return;
                 }
             },
@@ -226,9 +273,12 @@ async fn drive(
     }
     if stopping {
         let _ = answers
-            .send(Err(Status::unavailable(
-                "the node is shutting down; send the next calls to another node",
-            )))
+            .send(
+                Status::unavailable(
+                    "the node is shutting down; send the next calls to another node",
+                )
+                .into(),
+            )
             .await;
     }
 }

@@ -330,7 +330,7 @@ where
                 };
             drop(answered);
             if !stream {
-                return Ok(response);
+                return Ok(hold_until_sent(response));
             }
             Ok(response.map(|body| Body::new(StreamAnswer { inner: body, held })))
         })
@@ -534,6 +534,47 @@ impl HttpBody for StreamAnswer {
             }
         }
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The bytes of an answer's rows, counted in the node's unread answers (`db::AnswerBytes`)
+/// until the response is sent: a handler puts it in its response's extensions, and
+/// [`LimitedService`] moves it into the body.
+#[derive(Clone)]
+pub struct HeldAnswer(pub Arc<crate::db::AnswerHold>);
+
+/// The response, its body holding the [`HeldAnswer`] its handler gave it (if any) until the
+/// body is sent or dropped.
+fn hold_until_sent(mut response: http::Response<Body>) -> http::Response<Body> {
+    match response.extensions_mut().remove::<HeldAnswer>() {
+        Some(held) => response.map(|inner| Body::new(Holding { inner, _held: held })),
+        None => response,
+    }
+}
+
+/// A response body with what it holds until it is sent or dropped.
+struct Holding {
+    inner: Body,
+    _held: HeldAnswer,
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

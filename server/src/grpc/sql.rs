@@ -121,6 +121,12 @@ impl SqlService {
         .await
     }
 
+    /// Counts `answer`'s bytes in the node's unread answers until it is sent (see
+    /// `db/answers.rs`).
+    pub(crate) fn hold_answer(&self, answer: &v1::ExecuteResponse) -> crate::db::AnswerHold {
+        self.node.database().answers().hold(answer.encoded_len())
+    }
+
     /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
     async fn transaction(
         &self,
@@ -246,12 +252,16 @@ impl Sql for SqlService {
         let principal = principal_name(&request);
         let client = client_timeout(request.metadata());
         let (metadata, _, message) = request.into_parts();
-        self.execute_one(&principal, client, Some(&metadata), message)
-            .await
-            .map(Response::new)
+        let answer = self
+            .execute_one(&principal, client, Some(&metadata), message)
+            .await?;
+        let held = super::limits::HeldAnswer(std::sync::Arc::new(self.hold_answer(&answer)));
+        let mut response = Response::new(answer);
+        response.extensions_mut().insert(held);
+        Ok(response)
     }
 
-    type ExecuteStreamStream = ReceiverStream<Result<v1::StreamedExecuteAnswer, Status>>;
+    type ExecuteStreamStream = super::execute_stream::AnswerStream;
 
     async fn execute_stream(
         &self,
