@@ -585,10 +585,10 @@ async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
     );
 }
 
-/// Connections that never read their answers. Each of 120 connections to the leader opens no
-/// HTTP/2 receive window and sends one `Execute` of `SELECT randomblob(4000000)`, 20 ms
-/// apart, while a steady writer commits on another connection; every node has one runtime
-/// thread, as under `raftlite dev` on two cores. Before: the leader lost its leadership within
+/// Connections that never read their answers: they open no HTTP/2 receive window and send
+/// `Execute` calls of `SELECT randomblob(4000000)` (4 connections with 50 calls at once, then
+/// 120 with one call each, 20 ms apart), while a steady writer commits on another connection;
+/// every node has one runtime thread, as under `raftlite dev` on two cores. Before: the leader lost its leadership within
 /// seconds (an apply waited on its runtime thread for the executor's busy batch, so no
 /// heartbeat left), and 300 such answers held 1.28 GB. Now the unread answers hold at most
 /// their budget (256 MiB, and what one batch returns past it), a further 4 MB answer is
@@ -597,14 +597,16 @@ async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
-    use cluster_tests::metrics::{metric_value, metrics_addr, scrape};
+    use cluster_tests::{metric_value, metrics_addr, scrape};
     const HELD: &str = "raftlite_sql_answer_bytes_held ";
     const BUDGET: f64 = 256.0 * 1024.0 * 1024.0;
     init_tracing();
     let cluster = Cluster::start(
         3,
         ClusterOptions {
-            extra_args: ["--worker-threads", "1"].map(String::from).to_vec(),
+            extra_args: ["--worker-threads", "1", "--metrics-addr", "127.0.0.1:0"]
+                .map(String::from)
+                .to_vec(),
             ..ClusterOptions::default()
         },
     )
@@ -640,22 +642,46 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
         })
     };
 
-    info!("120 connections that never read their answers");
-    let big = || v1::ExecuteRequest {
-        statements: vec![Statement::new("SELECT randomblob(4000000)").into()],
-        ..Default::default()
-    };
-    let mut unread = Vec::new();
-    for _ in 0..120 {
-        let channel = tonic::transport::Endpoint::from_shared(cluster.node(leader).endpoint())
+    let connection = |endpoint: String, window: Option<u32>| async move {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
             .expect("endpoint")
-            .initial_stream_window_size(Some(0))
+            .initial_stream_window_size(window)
             .connect()
             .await
             .expect("connect");
-        let mut sql = SqlClient::new(channel);
-        let request = big();
-        unread.push(tokio::spawn(async move { sql.execute(request).await }));
+        SqlClient::new(channel)
+    };
+    let big = |sql: &SqlClient<tonic::transport::Channel>| {
+        let mut sql = sql.clone();
+        let request = v1::ExecuteRequest {
+            statements: vec![Statement::new("SELECT randomblob(4000000)").into()],
+            ..Default::default()
+        };
+        tokio::spawn(async move { sql.execute(request).await })
+    };
+    let mut unread = Vec::new();
+    info!("4 connections, 50 calls each at once: batches that run for seconds");
+    for _ in 0..4 {
+        let sql = connection(cluster.node(leader).endpoint(), Some(0)).await;
+        unread.extend((0..50).map(|_| big(&sql)));
+    }
+    // Most are refused once their batch has returned 64 MiB of rows (each after computing its
+    // 4 MB); the rest stay unread. The next calls start once those batches are done.
+    wait_until(
+        "the calls sent at once are answered",
+        Duration::from_secs(60),
+        || {
+            let answered = unread.iter().filter(|t| t.is_finished()).count();
+            async move { Ok((answered >= 150).then_some(())) }
+        },
+    )
+    .await
+    .expect("calls refused");
+    info!("120 more connections, one call each, 20 ms apart");
+    for _ in 0..120 {
+        unread.push(big(
+            &connection(cluster.node(leader).endpoint(), Some(0)).await
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let held = wait_until(
@@ -710,6 +736,59 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
         .await
         .expect("a 4 MB answer once the others are read");
     assert_eq!(answered.results[0].rows.len(), 1);
+
+    info!("the same through a follower, which holds the answers of the writes it forwards");
+    let follower = cluster.ids_except(leader)[0];
+    let follower_metrics = metrics_addr(&cluster, follower);
+    let mut unread = Vec::new();
+    for _ in 0..120 {
+        unread.push(big(
+            &connection(cluster.node(follower).endpoint(), Some(0)).await
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each forward may return an eighth of the room left: 4 MB answers fit until 32 MiB are.
+    let held = wait_until(
+        "the follower's budget fills",
+        Duration::from_secs(60),
+        || {
+            let metrics = follower_metrics.clone();
+            async move {
+                let held = metric_value(&scrape(&metrics).await, HELD);
+                Ok((held > BUDGET - 40.0 * 1048576.0).then_some(held))
+            }
+        },
+    )
+    .await
+    .expect("unread answers on the follower");
+    info!(held_mib = held / 1048576.0, "held on the follower");
+    assert!(held <= BUDGET, "{held} bytes held on the follower");
+    let refused = big(&connection(cluster.node(follower).endpoint(), None).await)
+        .await
+        .expect("the call's task");
+    match refused {
+        Err(status) => {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("have not read yet"), "{status:?}");
+        }
+        Ok(answer) => panic!(
+            "a 4 MB answer through the full follower: {} bytes",
+            prost::Message::encoded_len(answer.get_ref())
+        ),
+    }
+    for task in &unread {
+        task.abort();
+    }
+    wait_until(
+        "the follower holds no answers",
+        Duration::from_secs(30),
+        || {
+            let metrics = follower_metrics.clone();
+            async move { Ok((metric_value(&scrape(&metrics).await, HELD) == 0.0).then_some(())) }
+        },
+    )
+    .await
+    .expect("answers released on the follower");
 
     stop.store(true, Ordering::Relaxed);
     let writes = steady.await.expect("steady writer");

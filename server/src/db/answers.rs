@@ -20,9 +20,12 @@
 //! - The executor checks room; the answer takes it when it exists (`hold` never refuses: the
 //!   write has committed by then). So the total may pass the limit by what the batches in
 //!   flight return (at most 64 MiB each), not by what any number of unread answers hold.
-//! - A follower holds the answers of the writes it forwards, in its own budget, but the
-//!   leader's executor checks only the leader's: a follower's unread answers are bounded by
-//!   the forwarded writes running at once (`max_concurrent_requests`), not by this budget.
+//! - A follower holds the answers of the writes it forwards in its own budget. Before it
+//!   forwards one it reserves a share of its room ([`AnswerBytes::reserve_share`]: an eighth
+//!   of what is left, at most one maximal answer) and the leader's executor lets that request
+//!   return no more; so writes forwarded at once cannot together pass the follower's limit,
+//!   and writes without rows never notice. (Calls of an interactive transaction forwarded by
+//!   a follower are bounded by the leader's room only.)
 //! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +69,30 @@ impl AnswerBytes {
     /// Bytes more that answers may hold now.
     pub fn room(&self) -> usize {
         self.limit.saturating_sub(self.held())
+    }
+
+    /// Reserves an eighth of the room left, at most [`MAX_RESULT_BYTES`]: what a write this
+    /// node forwards may return (see the module docs). Successive shares shrink with the room
+    /// and never together exceed it.
+    pub fn reserve_share(self: &Arc<Self>) -> AnswerHold {
+        let mut held = self.held();
+        loop {
+            let share = (self.limit.saturating_sub(held) / 8).min(MAX_RESULT_BYTES);
+            match self.held.compare_exchange_weak(
+                held,
+                held + share,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return AnswerHold {
+                        bytes: share,
+                        owner: self.clone(),
+                    }
+                }
+                Err(now) => held = now,
+            }
+        }
     }
 
     /// Counts `bytes` of an answer until the returned hold drops. Never refuses: the answer
@@ -114,5 +141,21 @@ mod tests {
         assert_eq!(b.bytes(), 70);
         drop(b);
         assert_eq!((answers.held(), answers.room()), (0, 100));
+    }
+
+    #[test]
+    fn shares_shrink_with_the_room_and_never_exceed_it() {
+        let answers = Arc::new(AnswerBytes::new(8 * MAX_RESULT_BYTES + 800));
+        let first = answers.reserve_share();
+        assert_eq!(
+            first.bytes(),
+            MAX_RESULT_BYTES,
+            "at most one maximal answer"
+        );
+        let shares: Vec<_> = (0..200).map(|_| answers.reserve_share()).collect();
+        assert!(answers.held() <= answers.limit());
+        assert!(shares.windows(2).all(|w| w[1].bytes() <= w[0].bytes()));
+        drop((first, shares));
+        assert_eq!(answers.held(), 0);
     }
 }

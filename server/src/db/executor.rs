@@ -1000,7 +1000,7 @@ impl Executor {
             self.internal_sql(SAVEPOINT)?;
             self.reset_last_insert_rowid();
             let ran = self
-                .run_statements(&request.statements, request.deadline)
+                .run_request_statements(request)
                 .and_then(|results| self.no_deferred_violation().map(|()| results))
                 .and_then(|results| {
                     self.no_foreign_key_violation(request.deadline)
@@ -1096,15 +1096,31 @@ impl Executor {
     fn over_result_budget(&self) -> DbError {
         DbError::Overloaded(match self.result_budget_is_room {
             true => format!(
-                "this node holds {} bytes of answers that their clients have not read yet \
-                 (at most {}); writes that return rows wait for them to be read: retry",
-                self.answers.held(),
+                "the node this write came to holds as many bytes of answers that their \
+                 clients have not read yet as it may ({} bytes); writes that return rows \
+                 wait for them to be read: retry",
                 self.answers.limit()
             ),
             false => "the writes running together with this one return too many rows at \
                       once; retry"
                 .into(),
         })
+    }
+
+    /// A request of a batch: its statements, returning at most the rows the node that holds
+    /// its answer has room for (a follower that forwarded it says how much:
+    /// [`WriteRequest::max_result_bytes`]).
+    fn run_request_statements(&mut self, request: &WriteRequest) -> Result<Vec<StatementOutcome>> {
+        let room = match request.max_result_bytes {
+            Some(room) if room < self.result_budget => room,
+            _ => return self.run_statements(&request.statements, request.deadline),
+        };
+        let (budget, is_room) = (self.result_budget, self.result_budget_is_room);
+        (self.result_budget, self.result_budget_is_room) = (room, true);
+        let ran = self.run_statements(&request.statements, request.deadline);
+        let returned = room - self.result_budget;
+        (self.result_budget, self.result_budget_is_room) = (budget - returned, is_room);
+        ran
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the
@@ -1744,6 +1760,7 @@ mod tests {
         WriteRequest {
             request_id: String::new(),
             deadline: None,
+            max_result_bytes: None,
             statements: vec![Statement::new(sql)],
         }
     }
@@ -1782,6 +1799,7 @@ mod tests {
         assert!(!is_vacuum(&WriteRequest {
             request_id: String::new(),
             deadline: None,
+            max_result_bytes: None,
             statements: vec![Statement::new("VACUUM"), Statement::new("SELECT 1")],
         }));
         assert!(starts_with_vacuum("-- c\n /* x */ Vacuum into 'x'"));

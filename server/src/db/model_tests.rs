@@ -112,6 +112,7 @@ fn request(rng: &mut Rng, id: u64) -> WriteRequest {
         },
         statements,
         deadline: deadline(rng),
+        max_result_bytes: None,
     }
 }
 
@@ -337,6 +338,7 @@ async fn run(seed: u64, steps: usize) -> TestResult {
             Statement::new("CREATE TABLE u(x BLOB)"),
         ],
         deadline: None,
+        max_result_bytes: None,
     };
     let created = m.nodes[0].executor.execute_batch(vec![create]).await?;
     m.log.push(Arc::new(created.delta.context("a delta")?));

@@ -21,6 +21,7 @@ fn req(id: &str, sqls: &[&str]) -> WriteRequest {
         request_id: id.to_string(),
         statements: sqls.iter().map(|s| stmt(s)).collect(),
         deadline: None,
+        max_result_bytes: None,
     }
 }
 
@@ -379,6 +380,7 @@ async fn statement_results_report_changes_and_rowids() -> TestResult {
         .write(vec![WriteRequest {
             request_id: String::new(),
             deadline: None,
+            max_result_bytes: None,
             statements: vec![
                 Statement::with_params(
                     "INSERT INTO t(a) VALUES(?1), (?2)",
@@ -779,6 +781,7 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
         .execute_batch(vec![WriteRequest {
             request_id: String::new(),
             deadline: None,
+            max_result_bytes: None,
             statements: vec![Statement::with_params(
                 "INSERT INTO t(a) VALUES(?1)",
                 vec![],
@@ -1027,6 +1030,7 @@ async fn values_over_the_limit_fail_alone() -> TestResult {
     let big = WriteRequest {
         request_id: String::new(),
         deadline: None,
+        max_result_bytes: None,
         statements: vec![Statement::with_params(
             "INSERT INTO t(b) VALUES(?1)",
             vec![SqlValue::Blob(vec![0; over])],
@@ -2455,6 +2459,7 @@ async fn client_sql_with_an_internal_statements_text_is_not_taken_from_the_cache
                 params: Params::Positional(vec![SqlValue::Integer(999_999)]),
             }],
             deadline: None,
+            max_result_bytes: None,
         };
         let result = c.write(vec![request]).await?;
         let error = failed(&result.outcomes[0])?;
@@ -3122,6 +3127,7 @@ async fn client_tables_cannot_reference_raftlites_tables() -> TestResult {
             params: Params::Positional(vec![SqlValue::Integer(1)]),
         }],
         deadline: None,
+        max_result_bytes: None,
     };
     const EVIL_ALTER: &str = "ALTER TABLE t ADD COLUMN rid2 TEXT REFERENCES _raftlite_requests(id)";
     for batches in [1, 2] {
@@ -3706,7 +3712,18 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
     executed(&result.outcomes[1])?;
     ensure!(executed(&result.outcomes[2])?[0].rows.len() == 1);
     c.verify("with the room taken")?;
+    // A follower that forwards a write says how much room it has for the answer.
     drop(unread);
+    let forwarded = |room| WriteRequest {
+        max_result_bytes: Some(room),
+        ..req("", &[big])
+    };
+    let result = c.write(vec![forwarded(100), forwarded(600)]).await?;
+    match failed(&result.outcomes[0])? {
+        DbError::Overloaded(m) => ensure!(m.contains("have not read yet"), "{m}"),
+        other => anyhow::bail!("{other:?}"),
+    }
+    ensure!(executed(&result.outcomes[1])?[0].rows.len() == 1);
     let rows = c.write_one(&[big]).await?;
     ensure!(rows[0].rows.len() == 1);
     ensure!(

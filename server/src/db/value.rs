@@ -108,6 +108,11 @@ pub struct WriteRequest {
     /// this node, never serialized: a forwarded request carries its deadline in its RPC.
     #[serde(skip)]
     pub deadline: Option<std::time::Instant>,
+    /// The most bytes of rows its answer may hold, when less than [`MAX_RESULT_BYTES`]: the
+    /// room a follower that forwards it has for unread answers (`answers.rs`). Local to the
+    /// nodes, never serialized: a forwarded request carries it in its RPC's metadata.
+    #[serde(skip)]
+    pub max_result_bytes: Option<usize>,
 }
 
 impl SqlValue {

@@ -116,6 +116,7 @@ pub fn write_request_from_proto(r: v1::ExecuteRequest) -> Result<WriteRequest, S
         request_id: r.request_id,
         statements,
         deadline: None,
+        max_result_bytes: None,
     })
 }
 

@@ -437,6 +437,13 @@ impl Node {
                 Some(leader),
             ));
         }
+        // The answer comes back to this node and waits here for its client: the leader may
+        // return only rows this node has room for (see `db/answers.rs`).
+        let room = inner.db.answers().reserve_share();
+        let request = WriteRequest {
+            max_result_bytes: Some(room.bytes()),
+            ..request
+        };
         self.forward_to_leader(&request, leader).await
     }
 

@@ -35,6 +35,10 @@ pub struct PeerIdentity {
     pub client_addr: String,
 }
 
+/// Metadata of a forwarded write: the most bytes of rows its answer may hold
+/// ([`WriteRequest::max_result_bytes`]).
+pub(crate) const MAX_RESULT_BYTES_KEY: &str = "raftlite-max-result-bytes";
+
 /// A connection to one peer.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -60,6 +64,11 @@ impl PeerClient {
         if let Some(deadline) = request.deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             raftlite_client::transport::set_deadline(&mut outgoing, left);
+        }
+        if let Some(room) = request.max_result_bytes {
+            outgoing
+                .metadata_mut()
+                .insert(MAX_RESULT_BYTES_KEY, room.into());
         }
         // The leader's `peer.forward_execute` span continues this one: one trace across both.
         span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));

@@ -499,9 +499,14 @@ impl Peer for PeerService {
             request.metadata(),
             self.node.config().statement_timeout,
         );
+        let max_result_bytes = request
+            .metadata()
+            .get(super::client::MAX_RESULT_BYTES_KEY)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         async move {
             let mut write = write_request_from_proto(request.into_inner())?;
             write.deadline = Some(deadline);
+            write.max_result_bytes = max_result_bytes;
             let reply = self
                 .node
                 .execute(write, true)

@@ -717,6 +717,7 @@ mod tests {
             request_id: String::new(),
             statements: vec![Statement::new(sql)],
             deadline: None,
+            max_result_bytes: None,
         }
     }
 
@@ -794,6 +795,7 @@ mod tests {
                 request_id: String::new(),
                 statements: vec![Statement::new(sql)],
                 deadline: None,
+                max_result_bytes: None,
             };
             let batch = executor
                 .execute_batch(vec![request])
