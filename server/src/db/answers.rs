@@ -8,8 +8,9 @@
 //! by count and by their own bytes (`grpc::limits`); this bounds what they return.
 //!
 //! - Every answer with rows holds its bytes here ([`AnswerBytes::hold`]) from the moment it
-//!   exists until its response is sent or dropped: a unary `Execute`'s until its body ends, a
-//!   call on an `ExecuteStream` until the stream takes the next answer.
+//!   exists until its response is sent or dropped: a unary `Execute`'s (or a transaction's
+//!   `Query`'s) until its body ends, a call on an `ExecuteStream` until the stream takes the
+//!   next answer. (A plain `Query` streams from the read pool, bounded there.)
 //! - The executor checks the room left before it runs a batch (and each call of an
 //!   interactive transaction): rows beyond it fail their request alone with
 //!   [`DbError::Overloaded`](super::DbError::Overloaded), before anything commits, and the
@@ -23,9 +24,8 @@
 //! - A follower holds the answers of the writes it forwards in its own budget. Before it
 //!   forwards one it reserves a share of its room ([`AnswerBytes::reserve_share`]: an eighth
 //!   of what is left, at most one maximal answer) and the leader's executor lets that request
-//!   return no more; so writes forwarded at once cannot together pass the follower's limit,
-//!   and writes without rows never notice. (Calls of an interactive transaction forwarded by
-//!   a follower are bounded by the leader's room only.)
+//!   return no more (a call of an interactive transaction likewise); so writes forwarded at
+//!   once cannot together pass the follower's limit, and writes without rows never notice.
 //! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

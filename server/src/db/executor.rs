@@ -1450,11 +1450,14 @@ impl Executor {
         }
     }
 
-    /// Run statements inside the open transaction, atomically (a savepoint of their own).
-    pub fn transaction_execute(
+    /// Run statements inside the open transaction, atomically (a savepoint of their own),
+    /// returning at most `max_result_bytes` of rows (the room of the node holding the answer;
+    /// [`MAX_RESULT_BYTES`] at most).
+    pub fn transaction_execute_within(
         &mut self,
         statements: &[Statement],
         deadline: Option<Instant>,
+        max_result_bytes: Option<usize>,
     ) -> Result<TransactionStep> {
         if self.transaction.is_none() {
             return match &self.transaction_aborted {
@@ -1469,7 +1472,9 @@ impl Executor {
             return self.client_savepoint(statements, deadline);
         }
         self.internal_sql(SAVEPOINT)?;
-        self.reset_result_budget(MAX_RESULT_BYTES);
+        let most = max_result_bytes.map_or(MAX_RESULT_BYTES, |r| r.min(MAX_RESULT_BYTES));
+        self.reset_result_budget(most);
+        self.result_budget_is_room |= most < MAX_RESULT_BYTES;
         match self
             .run_statements(statements, deadline)
             .and_then(|results| self.check_transaction_size().map(|()| results))

@@ -499,8 +499,22 @@ impl ExecutorHandle {
         statements: Vec<Statement>,
         deadline: Option<std::time::Instant>,
     ) -> Result<TransactionStep> {
+        self.transaction_execute_within(statements, deadline, None)
+            .await
+    }
+
+    /// [`ExecutorHandle::transaction_execute`], returning at most `max_result_bytes` of rows
+    /// (the room of the node that holds the answer).
+    pub async fn transaction_execute_within(
+        &self,
+        statements: Vec<Statement>,
+        deadline: Option<std::time::Instant>,
+        max_result_bytes: Option<usize>,
+    ) -> Result<TransactionStep> {
         self.worker
-            .call(move |executor| executor.transaction_execute(&statements, deadline))
+            .call(move |executor| {
+                executor.transaction_execute_within(&statements, deadline, max_result_bytes)
+            })
             .await
     }
 

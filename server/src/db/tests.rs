@@ -3724,6 +3724,23 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
         other => anyhow::bail!("{other:?}"),
     }
     ensure!(executed(&result.outcomes[1])?[0].rows.len() == 1);
+    // So does a call of an interactive transaction that a follower forwards.
+    c.executor.begin().await?;
+    let call = |room| {
+        c.executor
+            .transaction_execute_within(vec![stmt(big)], None, Some(room))
+    };
+    match call(100).await? {
+        TransactionStep::Failed(DbError::Overloaded(m)) => {
+            ensure!(m.contains("have not read yet"), "{m}")
+        }
+        other => anyhow::bail!("{other:?}"),
+    }
+    match call(600).await? {
+        TransactionStep::Done(results) => ensure!(results[0].rows.len() == 1),
+        other => anyhow::bail!("{other:?}"),
+    }
+    c.executor.rollback().await?;
     let rows = c.write_one(&[big]).await?;
     ensure!(rows[0].rows.len() == 1);
     ensure!(

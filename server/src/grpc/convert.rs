@@ -246,6 +246,7 @@ pub fn transaction_execute_from_proto(r: v1::ExecuteRequest) -> Result<Transacti
         transaction_id,
         request_id: write.request_id,
         statements: write.statements,
+        max_result_bytes: None,
     })
 }
 
@@ -273,6 +274,7 @@ pub fn transaction_call_to_proto(principal: &str, call: &TransactionCall) -> v1:
             transaction_id,
             request_id,
             statements,
+            ..
         } => Call::Execute(v1::ExecuteRequest {
             request_id: request_id.clone(),
             statements: statements.iter().map(statement_to_proto).collect(),
@@ -594,6 +596,7 @@ mod tests {
             TransactionCall::Execute {
                 transaction_id: id.clone(),
                 request_id: "e1".into(),
+                max_result_bytes: None,
                 statements: vec![Statement::with_params(
                     "INSERT INTO t VALUES(?1)",
                     vec![SqlValue::Blob(vec![1])],

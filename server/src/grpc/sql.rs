@@ -420,6 +420,7 @@ impl SqlService {
             transaction_id: message.transaction_id,
             request_id: String::new(),
             statements: vec![statement],
+            max_result_bytes: None,
         };
         let mut outcome = match self
             .transaction(&principal, client_timeout(&metadata), call)
@@ -440,9 +441,14 @@ impl SqlService {
             truncated,
             done: true,
         };
+        let held = super::limits::HeldAnswer(std::sync::Arc::new(
+            self.node.database().answers().hold(response.encoded_len()),
+        ));
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send(Ok(response)).await;
-        Ok(Response::new(QueryStream::new(rx).0))
+        let mut response = Response::new(QueryStream::new(rx).0);
+        response.extensions_mut().insert(held);
+        Ok(response)
     }
 }
 

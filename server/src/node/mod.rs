@@ -412,6 +412,22 @@ impl Node {
         };
         let peer = inner.peer(&leader.peer_addr)?;
         let left = deadline.saturating_duration_since(Instant::now());
+        // As for a forwarded write: rows only as many as this node has room for.
+        let room = inner.db.answers().reserve_share();
+        let call = match call {
+            TransactionCall::Execute {
+                transaction_id,
+                request_id,
+                statements,
+                ..
+            } => TransactionCall::Execute {
+                transaction_id,
+                request_id,
+                statements,
+                max_result_bytes: Some(room.bytes()),
+            },
+            other => other,
+        };
         peer.forward_transaction(principal, &call, left, leader)
             .await
     }

@@ -45,6 +45,9 @@ pub enum TransactionCall {
         /// Deduplicates a retried call within the transaction; empty: none.
         request_id: String,
         statements: Vec<Statement>,
+        /// The most bytes of rows the answer may hold: a follower's room for it
+        /// ([`crate::db::WriteRequest::max_result_bytes`]).
+        max_result_bytes: Option<usize>,
     },
     Commit {
         transaction_id: String,
@@ -69,6 +72,7 @@ enum Call {
     Execute {
         request_id: String,
         statements: Vec<Statement>,
+        max_result_bytes: Option<usize>,
         deadline: Instant,
         reply: oneshot::Sender<Result<Vec<StatementOutcome>, NodeError>>,
     },
@@ -189,12 +193,14 @@ impl NodeInner {
                 transaction_id,
                 request_id,
                 statements,
+                max_result_bytes,
             } => {
                 let calls = self.transactions.calls(&transaction_id, principal)?;
                 let (reply, rx) = oneshot::channel();
                 let call = Call::Execute {
                     request_id,
                     statements,
+                    max_result_bytes,
                     deadline,
                     reply,
                 };
@@ -344,6 +350,7 @@ async fn serve(
             Call::Execute {
                 request_id,
                 statements,
+                max_result_bytes,
                 deadline,
                 reply,
             } => {
@@ -356,7 +363,11 @@ async fn serve(
                 }
                 // No statement runs past the transaction's own time limit.
                 let step = executor
-                    .transaction_execute(statements, Some(deadline.min(ends_at)))
+                    .transaction_execute_within(
+                        statements,
+                        Some(deadline.min(ends_at)),
+                        max_result_bytes,
+                    )
                     .await;
                 let (answer, ended) = match step {
                     Ok(TransactionStep::Done(results)) => {

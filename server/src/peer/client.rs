@@ -97,6 +97,15 @@ impl PeerClient {
             principal, call,
         ));
         raftlite_client::transport::set_deadline(&mut request, timeout);
+        if let TransactionCall::Execute {
+            max_result_bytes: Some(room),
+            ..
+        } = call
+        {
+            request
+                .metadata_mut()
+                .insert(MAX_RESULT_BYTES_KEY, (*room).into());
+        }
         match self.inner.clone().forward_transaction(request).await {
             Ok(resp) => crate::grpc::convert::transaction_reply_from_proto(resp.into_inner()),
             Err(status) => Err(convert::node_error_from_status(status, Some(leader))),

@@ -323,6 +323,14 @@ impl PeerService {
     }
 }
 
+/// The room for rows the follower that forwarded a write or transaction call has
+/// ([`crate::db::WriteRequest::max_result_bytes`]); none if it did not say.
+fn forwarded_room(metadata: &tonic::metadata::MetadataMap) -> Option<usize> {
+    metadata
+        .get(super::client::MAX_RESULT_BYTES_KEY)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(
@@ -499,10 +507,7 @@ impl Peer for PeerService {
             request.metadata(),
             self.node.config().statement_timeout,
         );
-        let max_result_bytes = request
-            .metadata()
-            .get(super::client::MAX_RESULT_BYTES_KEY)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let max_result_bytes = forwarded_room(request.metadata());
         async move {
             let mut write = write_request_from_proto(request.into_inner())?;
             write.deadline = Some(deadline);
@@ -532,8 +537,14 @@ impl Peer for PeerService {
             )));
         }
         let metadata = request.metadata().clone();
-        let (principal, call) =
+        let (principal, mut call) =
             crate::grpc::convert::transaction_call_from_proto(request.into_inner())?;
+        if let crate::node::TransactionCall::Execute {
+            max_result_bytes, ..
+        } = &mut call
+        {
+            *max_result_bytes = forwarded_room(&metadata);
+        }
         // The follower sent its client's remaining time; a commit may use the request's.
         let limit = match call {
             crate::node::TransactionCall::Commit { .. } => self.node.config().request_timeout,
