@@ -10,7 +10,11 @@
 //! - Every answer with rows holds its bytes here ([`AnswerBytes::hold`]) from the moment it
 //!   exists until its response is sent or dropped: a unary `Execute`'s (or a transaction's
 //!   `Query`'s) until its body ends, a call on an `ExecuteStream` until the stream takes the
-//!   next answer. (A plain `Query` streams from the read pool, bounded there.)
+//!   next answer. A `Query`'s messages take their room as they are made
+//!   ([`AnswerBytes::try_hold`]) and hold it until the next is taken; a message that finds no
+//!   room ends its query with RESOURCE_EXHAUSTED.
+//! - Responses go to hyper in slices (`grpc::limits`): hyper hands a whole frame to h2 once
+//!   one byte may be sent, and h2 buffers what the client's window does not let out.
 //! - The executor checks the room left before it runs a batch (and each call of an
 //!   interactive transaction): rows beyond it fail their request alone with
 //!   [`DbError::Overloaded`](super::DbError::Overloaded), before anything commits, and the
@@ -18,6 +22,10 @@
 //!   that do not read their answers cannot stop other clients' writes.
 //!
 //! # Key decisions and trade-offs
+//! - While the budget is full every request that returns rows (a query too) is refused, so a
+//!   client that keeps 256 MiB of answers unread denies others their rows (not their writes)
+//!   until it reads them or its connections close. Sharing the budget per connection or per
+//!   token, and ending answers left unread past the request timeout, would narrow that.
 //! - The executor checks room; the answer takes it when it exists (`hold` never refuses: the
 //!   write has committed by then). So the total may pass the limit by what the batches in
 //!   flight return (at most 64 MiB each), not by what any number of unread answers hold.
@@ -95,6 +103,30 @@ impl AnswerBytes {
         }
     }
 
+    /// Counts `bytes` of an answer that is about to be made, if they fit the room left.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Option<AnswerHold> {
+        let mut held = self.held();
+        loop {
+            if bytes > self.limit.saturating_sub(held) {
+                return None;
+            }
+            match self.held.compare_exchange_weak(
+                held,
+                held + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(AnswerHold {
+                        bytes,
+                        owner: self.clone(),
+                    })
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+
     /// Counts `bytes` of an answer until the returned hold drops. Never refuses: the answer
     /// exists already (the executor checked the room before it made it).
     pub fn hold(self: &Arc<Self>, bytes: usize) -> AnswerHold {
@@ -141,6 +173,10 @@ mod tests {
         assert_eq!(b.bytes(), 70);
         drop(b);
         assert_eq!((answers.held(), answers.room()), (0, 100));
+        let c = answers.try_hold(80).expect("room for 80");
+        assert!(answers.try_hold(21).is_none(), "20 left");
+        assert_eq!(answers.try_hold(20).map(|h| h.bytes()), Some(20));
+        drop(c);
     }
 
     #[test]

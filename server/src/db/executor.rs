@@ -993,7 +993,12 @@ impl Executor {
                     }
                 };
                 if let Some(stored) = earlier {
-                    run.outcomes.push(WriteOutcome::Duplicate(stored));
+                    // Its stored rows are an answer like any other: within the room.
+                    run.outcomes
+                        .push(match self.charge_stored(request, &stored) {
+                            Ok(()) => WriteOutcome::Duplicate(stored),
+                            Err(over) => WriteOutcome::Failed(over),
+                        });
                     continue;
                 }
             }
@@ -1121,6 +1126,29 @@ impl Executor {
         let returned = room - self.result_budget;
         (self.result_budget, self.result_budget_is_room) = (budget - returned, is_room);
         ran
+    }
+
+    /// Takes the bytes of a retried request's stored rows from the batch's budget (and the
+    /// room its forwarding follower has), or says why they do not fit.
+    fn charge_stored(&mut self, request: &WriteRequest, stored: &[StatementOutcome]) -> Result<()> {
+        let bytes: usize = stored
+            .iter()
+            .flat_map(|s| s.rows.iter().flatten())
+            .map(SqlValue::size)
+            .sum();
+        if bytes == 0 {
+            return Ok(());
+        }
+        let room = request.max_result_bytes.unwrap_or(usize::MAX);
+        if bytes <= self.result_budget && bytes <= room {
+            self.result_budget -= bytes;
+            return Ok(());
+        }
+        let saved = self.result_budget_is_room;
+        self.result_budget_is_room |= bytes > room;
+        let over = self.over_result_budget();
+        self.result_budget_is_room = saved;
+        Err(over)
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the

@@ -3741,6 +3741,20 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
         other => anyhow::bail!("{other:?}"),
     }
     c.executor.rollback().await?;
+    // A retry of a request id returns its stored rows: an answer like any other.
+    c.write(vec![req("stored", &[big])]).await?;
+    let retried = c
+        .write(vec![WriteRequest {
+            max_result_bytes: Some(100),
+            ..req("stored", &[big])
+        }])
+        .await?;
+    match failed(&retried.outcomes[0])? {
+        DbError::Overloaded(m) => ensure!(m.contains("have not read yet"), "{m}"),
+        other => anyhow::bail!("{other:?}"),
+    }
+    let retried = c.write(vec![req("stored", &[big])]).await?;
+    ensure!(matches!(&retried.outcomes[0], WriteOutcome::Duplicate(r) if r[0].rows.len() == 1));
     let rows = c.write_one(&[big]).await?;
     ensure!(rows[0].rows.len() == 1);
     ensure!(

@@ -272,14 +272,11 @@ async fn drive(
         }
     }
     if stopping {
-        let _ = answers
-            .send(
-                Status::unavailable(
-                    "the node is shutting down; send the next calls to another node",
-                )
+        // Not waiting: a client that reads no answers must not hold up the node's shutdown.
+        let _ = answers.try_send(
+            Status::unavailable("the node is shutting down; send the next calls to another node")
                 .into(),
-            )
-            .await;
+        );
     }
 }
 

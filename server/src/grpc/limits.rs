@@ -329,10 +329,7 @@ where
                     Err(_) => admission.timed_out(deadline).into_http(),
                 };
             drop(answered);
-            if !stream {
-                return Ok(hold_until_sent(response));
-            }
-            Ok(response.map(|body| Body::new(StreamAnswer { inner: body, held })))
+            Ok(sliced(response, stream.then_some(held)))
         })
     }
 }
@@ -551,22 +548,44 @@ impl HttpBody for StreamAnswer {
 #[derive(Clone)]
 pub struct HeldAnswer(pub Arc<crate::db::AnswerHold>);
 
-/// The response, its body holding the [`HeldAnswer`] its handler gave it (if any) until the
-/// body is sent or dropped.
-fn hold_until_sent(mut response: http::Response<Body>) -> http::Response<Body> {
-    match response.extensions_mut().remove::<HeldAnswer>() {
-        Some(held) => response.map(|inner| Body::new(Holding { inner, _held: held })),
-        None => response,
-    }
+/// The most bytes of a response handed to hyper at once. hyper takes a body's next frame
+/// once the stream has one byte of send capacity and gives all of it to h2, which buffers
+/// whatever the client's window does not let out yet; so a 4 MB message would leave the
+/// count of unread answers (and the stream take the next) while it still sat in memory. In
+/// slices, a client that does not read holds at most about two of them in h2, and the rest
+/// stays here, counted.
+const SLICE_BYTES: usize = 16 * 1024;
+
+/// Every public response as [`Sliced`], holding the [`HeldAnswer`] its handler gave it (if
+/// any) until the body is sent or dropped; a stream's (`stream`) also answers a refused body
+/// in its trailers ([`StreamAnswer`]).
+fn sliced(
+    mut response: http::Response<Body>,
+    stream: Option<Arc<Mutex<Held>>>,
+) -> http::Response<Body> {
+    let held = response.extensions_mut().remove::<HeldAnswer>();
+    response.map(|inner| {
+        let inner = match stream {
+            Some(held) => Body::new(StreamAnswer { inner, held }),
+            None => inner,
+        };
+        Body::new(Sliced {
+            inner,
+            pending: Bytes::new(),
+            _held: held,
+        })
+    })
 }
 
-/// A response body with what it holds until it is sent or dropped.
-struct Holding {
+/// A response body handed on in slices of at most [`SLICE_BYTES`].
+struct Sliced {
     inner: Body,
-    _held: HeldAnswer,
+    /// What is left of the inner body's last DATA frame.
+    pending: Bytes,
+    _held: Option<HeldAnswer>,
 }
 
-impl HttpBody for Holding {
+impl HttpBody for Sliced {
     type Data = Bytes;
     type Error = Status;
 
@@ -574,15 +593,33 @@ impl HttpBody for Holding {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        if self.pending.is_empty() {
+            let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+            let Some(Ok(frame)) = frame else {
+                return Poll::Ready(frame);
+            };
+            match frame.into_data() {
+                Ok(data) => self.pending = data,
+                Err(other) => return Poll::Ready(Some(Ok(other))),
+            }
+        }
+        let take = self.pending.len().min(SLICE_BYTES);
+        let slice = self.pending.split_to(take);
+        Poll::Ready(Some(Ok(Frame::data(slice))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(pending));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(pending));
+        }
+        hint
     }
 }
 

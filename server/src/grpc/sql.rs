@@ -179,20 +179,50 @@ fn scoped_request_id(principal: &str, id: String) -> Result<String, Status> {
 /// however full their channel is; a stream that just stopped would read as a lost node, and
 /// clients would run the query again elsewhere.
 pub struct QueryStream {
-    rows: ReceiverStream<Result<v1::QueryResponse, Status>>,
+    rows: ReceiverStream<QueryMessage>,
     cut_off: Option<tokio::sync::oneshot::Receiver<Status>>,
+    /// The room of the message last taken, until the next is (see `db/answers.rs`).
+    sending: Option<crate::db::AnswerHold>,
 }
+
+/// A message of a query's stream, with its bytes' room in the node's unread answers.
+type QueryMessage = (
+    Result<v1::QueryResponse, Status>,
+    Option<crate::db::AnswerHold>,
+);
 
 impl QueryStream {
     fn new(
-        rows: tokio::sync::mpsc::Receiver<Result<v1::QueryResponse, Status>>,
+        rows: tokio::sync::mpsc::Receiver<QueryMessage>,
     ) -> (Self, tokio::sync::oneshot::Sender<Status>) {
         let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
         let stream = QueryStream {
             rows: ReceiverStream::new(rows),
             cut_off: Some(cut_rx),
+            sending: None,
         };
         (stream, cut_tx)
+    }
+}
+
+/// A query's message with its room in the node's unread answers, or the RESOURCE_EXHAUSTED
+/// that ends the query when the room left is too small.
+fn with_room(
+    answers: &std::sync::Arc<crate::db::AnswerBytes>,
+    message: Result<v1::QueryResponse, Status>,
+) -> Result<QueryMessage, Status> {
+    let Ok(rows) = &message else {
+        return Ok((message, None));
+    };
+    let len = rows.encoded_len();
+    match answers.try_hold(len) {
+        Some(held) => Ok((message, Some(held))),
+        None => Err(Status::resource_exhausted(format!(
+            "this node holds as many bytes of answers that their clients have not read yet as \
+             it may ({} bytes), and the query's next {len} bytes of rows do not fit: retry, \
+             or ask for fewer rows",
+            answers.limit()
+        ))),
     }
 }
 
@@ -203,7 +233,11 @@ impl tokio_stream::Stream for QueryStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        if let Some(message) = std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx)) {
+        self.sending = None;
+        if let Some((message, held)) =
+            std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx))
+        {
+            self.sending = held;
             return std::task::Poll::Ready(Some(message));
         }
         // The rows end once the task that sends them has returned, and it sends the status
@@ -217,8 +251,8 @@ impl tokio_stream::Stream for QueryStream {
 /// went away, or took no message within `idle`), or with the status to send last when the
 /// query's deadline passed before all its rows reached the client.
 async fn deliver(
-    tx: &tokio::sync::mpsc::Sender<Result<v1::QueryResponse, Status>>,
-    msg: Result<v1::QueryResponse, Status>,
+    tx: &tokio::sync::mpsc::Sender<QueryMessage>,
+    msg: QueryMessage,
     deadline: std::time::Instant,
     idle: std::time::Duration,
 ) -> Result<(), Option<Status>> {
@@ -297,11 +331,13 @@ impl Sql for SqlService {
             .await
             .map_err(node_error_to_status)?;
         // The first chunk decides whether the statement is valid: its error is the call's status.
-        let first = match rows.recv().await {
+        let first_chunk = match rows.recv().await {
             Some(Ok(chunk)) => chunk,
             Some(Err(e)) => return Err(db_error_to_status(e)),
             None => return Err(Status::internal("the query ended without a result")),
         };
+        let answers = self.node.database().answers().clone();
+        let first = with_room(&answers, Ok(chunk_to_proto(first_chunk, applied)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (stream, cut_off) = QueryStream::new(rx);
         let node = self.node.clone();
@@ -309,9 +345,8 @@ impl Sql for SqlService {
         // stream, so that a reader never stalls a read thread for long.
         let idle = self.node.config().statement_timeout;
         tokio::spawn(async move {
-            let mut done = first.done;
-            if let Err(cut) = deliver(&tx, Ok(chunk_to_proto(first, applied)), deadline, idle).await
-            {
+            let mut done = first.0.as_ref().map_or(true, |m| m.done);
+            if let Err(cut) = deliver(&tx, first, deadline, idle).await {
                 let _ = cut.map(|status| cut_off.send(status));
                 return;
             }
@@ -328,6 +363,13 @@ impl Sql for SqlService {
                     None => {
                         done = true;
                         Err(Status::internal("the query stopped unexpectedly"))
+                    }
+                };
+                let msg = match with_room(&answers, msg) {
+                    Ok(msg) => msg,
+                    Err(refused) => {
+                        let _ = cut_off.send(refused);
+                        return;
                     }
                 };
                 // A client that stops reading: past the deadline the stream ends and the
@@ -441,14 +483,10 @@ impl SqlService {
             truncated,
             done: true,
         };
-        let held = super::limits::HeldAnswer(std::sync::Arc::new(
-            self.node.database().answers().hold(response.encoded_len()),
-        ));
+        let held = self.node.database().answers().hold(response.encoded_len());
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let _ = tx.send(Ok(response)).await;
-        let mut response = Response::new(QueryStream::new(rx).0);
-        response.extensions_mut().insert(held);
-        Ok(response)
+        let _ = tx.send((Ok(response), Some(held))).await;
+        Ok(Response::new(QueryStream::new(rx).0))
     }
 }
 

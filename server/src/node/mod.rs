@@ -413,23 +413,31 @@ impl Node {
         let peer = inner.peer(&leader.peer_addr)?;
         let left = deadline.saturating_duration_since(Instant::now());
         // As for a forwarded write: rows only as many as this node has room for.
-        let room = inner.db.answers().reserve_share();
+        let mut room = None;
         let call = match call {
             TransactionCall::Execute {
                 transaction_id,
                 request_id,
                 statements,
                 ..
-            } => TransactionCall::Execute {
-                transaction_id,
-                request_id,
-                statements,
-                max_result_bytes: Some(room.bytes()),
-            },
+            } => {
+                let share = inner.db.answers().reserve_share();
+                let max_result_bytes = Some(share.bytes());
+                room = Some(share);
+                TransactionCall::Execute {
+                    transaction_id,
+                    request_id,
+                    statements,
+                    max_result_bytes,
+                }
+            }
             other => other,
         };
-        peer.forward_transaction(principal, &call, left, leader)
-            .await
+        let reply = peer
+            .forward_transaction(principal, &call, left, leader)
+            .await;
+        drop(room);
+        reply
     }
 
     async fn execute_here_or_on_leader(
