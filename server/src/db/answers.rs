@@ -39,10 +39,41 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::MAX_RESULT_BYTES;
+use super::{Statement, MAX_RESULT_BYTES};
 
 /// The bytes of unread answers a node holds before writes that return rows are refused.
 pub const MAX_HELD_ANSWER_BYTES: usize = 64 * MAX_RESULT_BYTES;
+
+/// Whether any of `statements` may return rows: one that mentions `RETURNING`, or does not
+/// begin with a word of a statement that never returns any (`INSERT`, `UPDATE`, `CREATE`,
+/// ...; a comment first counts as unknown). Errs toward yes: a write taken for one that
+/// returns no rows could never be answered with the rows it does return.
+pub fn may_return_rows(statements: &[Statement]) -> bool {
+    const NO_ROWS: [&str; 16] = [
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "REPLACE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "REINDEX",
+        "ANALYZE",
+        "VACUUM",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+        "BEGIN",
+        "COMMIT",
+        "END",
+    ];
+    statements.iter().any(|s| {
+        let sql = s.sql.trim_start();
+        let word: String = sql.chars().take_while(char::is_ascii_alphabetic).collect();
+        let plain = NO_ROWS.iter().any(|w| w.eq_ignore_ascii_case(&word));
+        !plain || sql.to_ascii_lowercase().contains("returning")
+    })
+}
 
 /// A node's count of answer bytes held, with its limit.
 #[derive(Debug)]
@@ -81,8 +112,12 @@ impl AnswerBytes {
 
     /// Reserves an eighth of the room left, at most [`MAX_RESULT_BYTES`]: what a write this
     /// node forwards may return (see the module docs). Successive shares shrink with the room
-    /// and never together exceed it.
-    pub fn reserve_share(self: &Arc<Self>) -> AnswerHold {
+    /// and never together exceed it. Nothing for `statements` that cannot return rows
+    /// ([`may_return_rows`]): plain writes forwarded at once leave the room to those that do.
+    pub fn reserve_share(self: &Arc<Self>, statements: &[Statement]) -> AnswerHold {
+        if !may_return_rows(statements) {
+            return self.hold(0);
+        }
         let mut held = self.held();
         loop {
             let share = (self.limit.saturating_sub(held) / 8).min(MAX_RESULT_BYTES);
@@ -182,16 +217,47 @@ mod tests {
     #[test]
     fn shares_shrink_with_the_room_and_never_exceed_it() {
         let answers = Arc::new(AnswerBytes::new(8 * MAX_RESULT_BYTES + 800));
-        let first = answers.reserve_share();
+        let select = [Statement::new("SELECT 1")];
+        let first = answers.reserve_share(&select);
         assert_eq!(
             first.bytes(),
             MAX_RESULT_BYTES,
             "at most one maximal answer"
         );
-        let shares: Vec<_> = (0..200).map(|_| answers.reserve_share()).collect();
+        let plain = answers.reserve_share(&[Statement::new("INSERT INTO t VALUES(1)")]);
+        assert_eq!(plain.bytes(), 0, "a write without rows takes no share");
+        let shares: Vec<_> = (0..200).map(|_| answers.reserve_share(&select)).collect();
         assert!(answers.held() <= answers.limit());
         assert!(shares.windows(2).all(|w| w[1].bytes() <= w[0].bytes()));
-        drop((first, shares));
+        drop((first, plain, shares));
         assert_eq!(answers.held(), 0);
+    }
+
+    #[test]
+    fn statements_that_may_return_rows() {
+        let may = |sqls: &[&str]| {
+            may_return_rows(&sqls.iter().map(|s| Statement::new(*s)).collect::<Vec<_>>())
+        };
+        for rows in [
+            "SELECT 1",
+            "  with x as (select 1) select * from x",
+            "VALUES (1)",
+            "PRAGMA user_version",
+            "EXPLAIN INSERT INTO t VALUES(1)",
+            "insert into t values(1) returning id",
+            "DELETE FROM t\nRETURNING *",
+            "/* c */ INSERT INTO t VALUES(1)",
+        ] {
+            assert!(may(&[rows]), "{rows}");
+        }
+        for plain in [
+            "INSERT INTO t VALUES(1)",
+            " update t set a = 1",
+            "CREATE TABLE t(a)",
+            "Drop table t",
+        ] {
+            assert!(!may(&[plain]), "{plain}");
+        }
+        assert!(may(&["INSERT INTO t VALUES(1)", "SELECT changes()"]));
     }
 }

@@ -421,7 +421,7 @@ impl Node {
                 statements,
                 ..
             } => {
-                let share = inner.db.answers().reserve_share();
+                let share = inner.db.answers().reserve_share(&statements);
                 let max_result_bytes = Some(share.bytes());
                 room = Some(share);
                 TransactionCall::Execute {
@@ -463,7 +463,7 @@ impl Node {
         }
         // The answer comes back to this node and waits here for its client: the leader may
         // return only rows this node has room for (see `db/answers.rs`).
-        let room = inner.db.answers().reserve_share();
+        let room = inner.db.answers().reserve_share(&request.statements);
         let request = WriteRequest {
             max_result_bytes: Some(room.bytes()),
             ..request
