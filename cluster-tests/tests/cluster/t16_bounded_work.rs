@@ -597,10 +597,7 @@ async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
 /// close the node holds nothing and the same answer comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
-    use cluster_tests::client::proto::v1::{self, sql_client::SqlClient};
-    use cluster_tests::{metric_value, metrics_addr, scrape};
-    const HELD: &str = "raftlite_sql_answer_bytes_held ";
-    const BUDGET: f64 = 256.0 * 1024.0 * 1024.0;
+    use cluster_tests::metrics_addr;
     init_tracing();
     let cluster = Cluster::start(
         3,
@@ -643,28 +640,11 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
         })
     };
 
-    let connection = |endpoint: String, window: Option<u32>| async move {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint)
-            .expect("endpoint")
-            .initial_stream_window_size(window)
-            .connect()
-            .await
-            .expect("connect");
-        SqlClient::new(channel)
-    };
-    let big = |sql: &SqlClient<tonic::transport::Channel>| {
-        let mut sql = sql.clone();
-        let request = v1::ExecuteRequest {
-            statements: vec![Statement::new("SELECT randomblob(4000000)").into()],
-            ..Default::default()
-        };
-        tokio::spawn(async move { sql.execute(request).await })
-    };
     let mut unread = Vec::new();
     info!("4 connections, 50 calls each at once: batches that run for seconds");
     for _ in 0..4 {
-        let sql = connection(cluster.node(leader).endpoint(), Some(0)).await;
-        unread.extend((0..50).map(|_| big(&sql)));
+        let sql = sql_connection(cluster.node(leader).endpoint(), Some(0)).await;
+        unread.extend((0..50).map(|_| big_answer(&sql)));
     }
     // Most are refused once their batch has returned 64 MiB of rows (each after computing its
     // 4 MB); the rest stay unread. The next calls start once those batches are done.
@@ -678,40 +658,23 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     )
     .await
     .expect("calls refused");
-    info!("120 more connections, one call each, 20 ms apart");
-    for i in 0..120u32 {
-        unread.push(big(&connection(
-            cluster.node(leader).endpoint(),
-            Some(i % 2),
-        )
-        .await));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let held = wait_until(
-        "the unread answers fill their budget",
-        Duration::from_secs(60),
-        || {
-            let metrics = metrics.clone();
-            async move {
-                let held = metric_value(&scrape(&metrics).await, HELD);
-                Ok((held > BUDGET - 4_100_000.0).then_some(held))
-            }
-        },
-    )
-    .await
-    .expect("unread answers");
+    leave_unread(&cluster.node(leader).endpoint(), &mut unread).await;
+    let held = held_when(&metrics, "the unread answers fill their budget", |held| {
+        held > ANSWER_BUDGET - 4_100_000.0
+    })
+    .await;
     info!(held_mib = held / 1048576.0, "held");
-    assert!(held <= BUDGET + 64.0 * 1048576.0, "{held} bytes held");
+    assert!(
+        held <= ANSWER_BUDGET + 64.0 * 1048576.0,
+        "{held} bytes held"
+    );
     let refused = client_with(&cluster, Duration::from_secs(10))
         .execute(["SELECT randomblob(4000000)"])
         .await;
-    match &refused {
-        Err(Error::Status { code, message, .. }) => {
-            assert_eq!(*code, Code::ResourceExhausted, "{message}");
-            assert!(message.contains("have not read yet"), "{message}");
-        }
-        other => panic!("a 4 MB answer while the budget is full: {other:?}"),
-    }
+    refused_for_room(
+        &refused.map(|_| ()),
+        "a 4 MB answer while the budget is full",
+    );
     // So is a query's on this node: its rows too wait in the node until they are read.
     let leader_only = Client::with_options(
         [cluster.node(leader).endpoint()],
@@ -728,13 +691,10 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
             0,
         )
         .await;
-    match &refused {
-        Err(Error::Status { code, message, .. }) => {
-            assert_eq!(*code, Code::ResourceExhausted, "{message}");
-            assert!(message.contains("have not read yet"), "{message}");
-        }
-        other => panic!("a 4 MB query while the budget is full: {other:?}"),
-    }
+    refused_for_room(
+        &refused.map(|_| ()),
+        "a 4 MB query while the budget is full",
+    );
     // Writes that return no rows never meet the limit (the steady writer's, too).
     let small = client
         .exec("INSERT INTO steady VALUES (-1)", Vec::<i64>::new())
@@ -746,15 +706,7 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     for task in &unread {
         task.abort();
     }
-    for task in unread {
-        let _ = task.await;
-    }
-    wait_until("the node holds no answers", Duration::from_secs(30), || {
-        let metrics = metrics.clone();
-        async move { Ok((metric_value(&scrape(&metrics).await, HELD) == 0.0).then_some(())) }
-    })
-    .await
-    .expect("answers released");
+    held_when(&metrics, "the node holds no answers", |held| held == 0.0).await;
     let answered = client
         .execute(["SELECT randomblob(4000000)"])
         .await
@@ -770,31 +722,15 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     let follower = cluster.ids_except(leader)[0];
     let follower_metrics = metrics_addr(&cluster, follower);
     let mut unread = Vec::new();
-    for i in 0..120u32 {
-        unread.push(big(&connection(
-            cluster.node(follower).endpoint(),
-            Some(i % 2),
-        )
-        .await));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    leave_unread(&cluster.node(follower).endpoint(), &mut unread).await;
     // Each forward may return an eighth of the room left: 4 MB answers fit until 32 MiB are.
-    let held = wait_until(
-        "the follower's budget fills",
-        Duration::from_secs(60),
-        || {
-            let metrics = follower_metrics.clone();
-            async move {
-                let held = metric_value(&scrape(&metrics).await, HELD);
-                Ok((held > BUDGET - 40.0 * 1048576.0).then_some(held))
-            }
-        },
-    )
-    .await
-    .expect("unread answers on the follower");
+    let held = held_when(&follower_metrics, "the follower's budget fills", |held| {
+        held > ANSWER_BUDGET - 40.0 * 1048576.0
+    })
+    .await;
     info!(held_mib = held / 1048576.0, "held on the follower");
-    assert!(held <= BUDGET, "{held} bytes held on the follower");
-    let refused = big(&connection(cluster.node(follower).endpoint(), None).await)
+    assert!(held <= ANSWER_BUDGET, "{held} bytes held on the follower");
+    let refused = big_answer(&sql_connection(cluster.node(follower).endpoint(), None).await)
         .await
         .expect("the call's task");
     match refused {
@@ -810,16 +746,10 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     for task in &unread {
         task.abort();
     }
-    wait_until(
-        "the follower holds no answers",
-        Duration::from_secs(30),
-        || {
-            let metrics = follower_metrics.clone();
-            async move { Ok((metric_value(&scrape(&metrics).await, HELD) == 0.0).then_some(())) }
-        },
-    )
-    .await
-    .expect("answers released on the follower");
+    held_when(&follower_metrics, "the follower holds no answers", |held| {
+        held == 0.0
+    })
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     let writes = steady.await.expect("steady writer");
@@ -834,4 +764,75 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
         .await
         .expect("converged");
     cluster.assert_identical_pages().await;
+}
+
+/// The bytes of unread answers a node holds before writes that return rows are refused.
+const ANSWER_BUDGET: f64 = 256.0 * 1024.0 * 1024.0;
+
+type SqlConnection =
+    cluster_tests::client::proto::v1::sql_client::SqlClient<tonic::transport::Channel>;
+
+/// A connection of its own to `endpoint` whose streams open `window` bytes of receive window.
+async fn sql_connection(endpoint: String, window: Option<u32>) -> SqlConnection {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("endpoint")
+        .initial_stream_window_size(window)
+        .connect()
+        .await
+        .expect("connect");
+    SqlConnection::new(channel)
+}
+
+type BigAnswer = tokio::task::JoinHandle<
+    Result<tonic::Response<cluster_tests::client::proto::v1::ExecuteResponse>, tonic::Status>,
+>;
+
+/// An `Execute` of 4 MB of rows on `sql`, as a task.
+fn big_answer(sql: &SqlConnection) -> BigAnswer {
+    let mut sql = sql.clone();
+    let request = cluster_tests::client::proto::v1::ExecuteRequest {
+        statements: vec![Statement::new("SELECT randomblob(4000000)").into()],
+        ..Default::default()
+    };
+    tokio::spawn(async move { sql.execute(request).await })
+}
+
+/// 120 connections to `endpoint`, 20 ms apart, each with one 4 MB answer it never reads
+/// (a receive window of 0 or 1 byte, alternating).
+async fn leave_unread(endpoint: &str, unread: &mut Vec<BigAnswer>) {
+    info!(endpoint, "120 connections, one call each, 20 ms apart");
+    for i in 0..120u32 {
+        unread.push(big_answer(
+            &sql_connection(endpoint.to_string(), Some(i % 2)).await,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bytes of unread answers the node at `metrics` holds, once `enough` says so.
+async fn held_when(metrics: &str, what: &str, enough: impl Fn(f64) -> bool) -> f64 {
+    wait_until(what, Duration::from_secs(60), || {
+        let metrics = metrics.to_string();
+        let enough = &enough;
+        async move {
+            let held = cluster_tests::metric_value(
+                &cluster_tests::scrape(&metrics).await,
+                "raftlite_sql_answer_bytes_held ",
+            );
+            Ok(enough(held).then_some(held))
+        }
+    })
+    .await
+    .expect(what)
+}
+
+/// `result` is the refusal of rows that unread answers leave no room for.
+fn refused_for_room(result: &Result<(), Error>, what: &str) {
+    match result {
+        Err(Error::Status { code, message, .. }) => {
+            assert_eq!(*code, Code::ResourceExhausted, "{what}: {message}");
+            assert!(message.contains("have not read yet"), "{what}: {message}");
+        }
+        other => panic!("{what}: {other:?}"),
+    }
 }

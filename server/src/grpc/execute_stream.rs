@@ -41,6 +41,7 @@ use tonic::{Request, Status, Streaming};
 
 use super::auth::{authorize, principal_name, AuthFile, Tokens};
 use super::convert::leader_from_metadata;
+use super::limits::{HeldItem, HeldItems};
 use super::sql::SqlService;
 
 /// Most calls one stream may have unanswered (running, or answered but not yet sent).
@@ -49,45 +50,17 @@ pub const MAX_STREAM_CALLS: usize = 64;
 /// The method's path, as the auth layer checked it.
 const PATH: &str = "/raftlite.v1.Sql/ExecuteStream";
 
-/// One answer to send, with its rows' place in the node's unread answers.
-pub struct Answer {
-    item: Result<v1::StreamedExecuteAnswer, Status>,
-    held: Option<crate::db::AnswerHold>,
-}
-
-impl From<Status> for Answer {
-    fn from(status: Status) -> Self {
-        Answer {
-            item: Err(status),
-            held: None,
-        }
-    }
-}
+/// One answer to send, with its rows' room in the node's unread answers.
+type Answer = HeldItem<Result<v1::StreamedExecuteAnswer, Status>>;
 
 type Answers = mpsc::Sender<Answer>;
 
-/// The answers of a stream as tonic sends them: the last one taken keeps its rows counted
-/// until the next is taken (hyper asks for the next frame once the last has gone out).
-pub struct AnswerStream {
-    answers: mpsc::Receiver<Answer>,
-    sending: Option<crate::db::AnswerHold>,
-}
+/// The answers of a stream as tonic sends them, each holding its room until the next is taken.
+pub type AnswerStream = HeldItems<Result<v1::StreamedExecuteAnswer, Status>>;
 
-impl futures::Stream for AnswerStream {
-    type Item = Result<v1::StreamedExecuteAnswer, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.sending = None;
-        self.answers.poll_recv(cx).map(|answer| {
-            answer.map(|answer| {
-                self.sending = answer.held;
-                answer.item
-            })
-        })
-    }
+/// An answer that ends the stream with `status`.
+fn ending(status: Status) -> Answer {
+    (Err(status), None)
 }
 
 /// Opens the stream: a task of its own reads the calls and runs them.
@@ -108,10 +81,7 @@ pub fn start(
         drive(Arc::new(calls), token, request.into_inner(), answers, stop).await;
         drop(open);
     });
-    Ok(AnswerStream {
-        answers: rx,
-        sending: None,
-    })
+    Ok(HeldItems::new(rx))
 }
 
 /// The token a stream opened with, checked again when the auth file changes.
@@ -177,10 +147,7 @@ impl Calls {
                 (answer, None)
             }
         };
-        room.send(Answer {
-            item: Ok(answer),
-            held,
-        });
+        room.send((Ok(answer), held));
     }
 
     async fn run(&self, call: v1::StreamedExecute) -> Result<v1::ExecuteResponse, Status> {
@@ -256,7 +223,7 @@ async fn drive(
             next = next_call(&mut inbound, &answers), if open => match next {
                 Next::Call(room, call) => {
                     if let Some(Err(refused)) = token.as_mut().map(StreamToken::check) {
-                        room.send(refused.into());
+                        room.send(ending(refused));
                         return;
                     }
                     running.push(calls.clone().answer(room, call));
@@ -264,7 +231,7 @@ async fn drive(
                 Next::End => open = false,
                 Next::Gone => return,
                 Next::Broken(status) => {
-                    let _ = answers.send(status.into()).await;
+                    let _ = answers.send(ending(status)).await;
                     return;
                 }
             },
@@ -273,10 +240,9 @@ async fn drive(
     }
     if stopping {
         // Not waiting: a client that reads no answers must not hold up the node's shutdown.
-        let _ = answers.try_send(
-            Status::unavailable("the node is shutting down; send the next calls to another node")
-                .into(),
-        );
+        let _ = answers.try_send(ending(Status::unavailable(
+            "the node is shutting down; send the next calls to another node",
+        )));
     }
 }
 

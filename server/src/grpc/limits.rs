@@ -548,6 +548,38 @@ impl HttpBody for StreamAnswer {
 #[derive(Clone)]
 pub struct HeldAnswer(pub Arc<crate::db::AnswerHold>);
 
+/// An item of a response stream, with the room its rows take in the node's unread answers.
+pub type HeldItem<T> = (T, Option<crate::db::AnswerHold>);
+
+/// A response stream's items as tonic takes them: the last one taken keeps its room until the
+/// next is taken (hyper asks for the next frame once the slices of the last have gone out).
+pub struct HeldItems<T> {
+    items: tokio::sync::mpsc::Receiver<HeldItem<T>>,
+    sending: Option<crate::db::AnswerHold>,
+}
+
+impl<T> HeldItems<T> {
+    pub fn new(items: tokio::sync::mpsc::Receiver<HeldItem<T>>) -> Self {
+        HeldItems {
+            items,
+            sending: None,
+        }
+    }
+}
+
+impl<T> futures::Stream for HeldItems<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.sending = None;
+        let item = ready!(self.items.poll_recv(cx));
+        Poll::Ready(item.map(|(item, held)| {
+            self.sending = held;
+            item
+        }))
+    }
+}
+
 /// The most bytes of a response handed to hyper at once. hyper takes a body's next frame
 /// once the stream has one byte of send capacity and gives all of it to h2, which buffers
 /// whatever the client's window does not let out yet; so a 4 MB message would leave the

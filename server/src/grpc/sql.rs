@@ -2,7 +2,6 @@
 
 use prost::Message;
 use raftlite_proto::v1::{self, sql_server::Sql};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::principal_name;
@@ -179,17 +178,13 @@ fn scoped_request_id(principal: &str, id: String) -> Result<String, Status> {
 /// however full their channel is; a stream that just stopped would read as a lost node, and
 /// clients would run the query again elsewhere.
 pub struct QueryStream {
-    rows: ReceiverStream<QueryMessage>,
+    /// Each holding its room in the node's unread answers until the next is taken.
+    rows: super::limits::HeldItems<Result<v1::QueryResponse, Status>>,
     cut_off: Option<tokio::sync::oneshot::Receiver<Status>>,
-    /// The room of the message last taken, until the next is (see `db/answers.rs`).
-    sending: Option<crate::db::AnswerHold>,
 }
 
 /// A message of a query's stream, with its bytes' room in the node's unread answers.
-type QueryMessage = (
-    Result<v1::QueryResponse, Status>,
-    Option<crate::db::AnswerHold>,
-);
+type QueryMessage = super::limits::HeldItem<Result<v1::QueryResponse, Status>>;
 
 impl QueryStream {
     fn new(
@@ -197,9 +192,8 @@ impl QueryStream {
     ) -> (Self, tokio::sync::oneshot::Sender<Status>) {
         let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
         let stream = QueryStream {
-            rows: ReceiverStream::new(rows),
+            rows: super::limits::HeldItems::new(rows),
             cut_off: Some(cut_rx),
-            sending: None,
         };
         (stream, cut_tx)
     }
@@ -233,11 +227,7 @@ impl tokio_stream::Stream for QueryStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.sending = None;
-        if let Some((message, held)) =
-            std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx))
-        {
-            self.sending = held;
+        if let Some(message) = std::task::ready!(std::pin::Pin::new(&mut self.rows).poll_next(cx)) {
             return std::task::Poll::Ready(Some(message));
         }
         // The rows end once the task that sends them has returned, and it sends the status
