@@ -34,6 +34,7 @@
 //!   of what is left, at most one maximal answer) and the leader's executor lets that request
 //!   return no more (a call of an interactive transaction likewise); so writes forwarded at
 //!   once cannot together pass the follower's limit, and writes without rows never notice.
+//!   The leader's own room does not limit them (their answers wait on the follower).
 //! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -210,10 +210,16 @@ pub struct Executor {
     db_path: PathBuf,
     batches_since_prune: u32,
     max_delta_bytes: usize,
-    /// Bytes of returned rows the current batch may still hold.
+    /// Bytes of returned rows the request being run may still return: the least of what is
+    /// left of the batch's (`batch_left`) and the room of the node that will hold its answer.
     result_budget: usize,
     /// Whether `result_budget` was cut to the room unread answers left (see `answers.rs`).
     result_budget_is_room: bool,
+    /// Bytes of returned rows the current batch may still hold, whoever holds the answers.
+    batch_left: usize,
+    /// The room this node's unread answers leave, less what this batch returned to clients
+    /// of this node (a follower's forwarded write brings the room of its own).
+    local_room: usize,
     /// The node's unread answers, whose room bounds what a batch may return.
     answers: Arc<AnswerBytes>,
     /// The interactive transaction open on this connection, if any.
@@ -472,6 +478,8 @@ impl Executor {
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
             result_budget_is_room: false,
+            batch_left: MAX_BATCH_RESULT_BYTES,
+            local_room: MAX_BATCH_RESULT_BYTES,
             answers: options.answers.clone(),
             transaction: None,
             chain: Chain::default(),
@@ -1091,9 +1099,26 @@ impl Executor {
     /// Lets the next batch (or call of a transaction) return up to `most` bytes of rows, or
     /// the room the node's unread answers leave, if less.
     fn reset_result_budget(&mut self, most: usize) {
-        let room = self.answers.room();
-        self.result_budget = most.min(room);
-        self.result_budget_is_room = room < most;
+        self.batch_left = most;
+        self.local_room = self.answers.room();
+        self.limit_to_room(None);
+    }
+
+    /// Sets the budget of the next request: what is left of the batch's, within `room` (the
+    /// room of the follower that forwarded it) or else this node's room.
+    fn limit_to_room(&mut self, room: Option<usize>) {
+        let room = room.unwrap_or(self.local_room);
+        self.result_budget = self.batch_left.min(room);
+        self.result_budget_is_room = room < self.batch_left;
+    }
+
+    /// Counts `returned` bytes of a request's rows against the batch and, when this node holds
+    /// the answer (`room` none), against its room.
+    fn returned(&mut self, returned: usize, room: Option<usize>) {
+        self.batch_left -= returned;
+        if room.is_none() {
+            self.local_room = self.local_room.saturating_sub(returned);
+        }
     }
 
     /// Why a request's rows are over the batch's budget: answers its clients have not read
@@ -1116,15 +1141,10 @@ impl Executor {
     /// its answer has room for (a follower that forwarded it says how much:
     /// [`WriteRequest::max_result_bytes`]).
     fn run_request_statements(&mut self, request: &WriteRequest) -> Result<Vec<StatementOutcome>> {
-        let room = match request.max_result_bytes {
-            Some(room) if room < self.result_budget => room,
-            _ => return self.run_statements(&request.statements, request.deadline),
-        };
-        let (budget, is_room) = (self.result_budget, self.result_budget_is_room);
-        (self.result_budget, self.result_budget_is_room) = (room, true);
+        self.limit_to_room(request.max_result_bytes);
+        let limit = self.result_budget;
         let ran = self.run_statements(&request.statements, request.deadline);
-        let returned = room - self.result_budget;
-        (self.result_budget, self.result_budget_is_room) = (budget - returned, is_room);
+        self.returned(limit - self.result_budget, request.max_result_bytes);
         ran
     }
 
@@ -1139,16 +1159,12 @@ impl Executor {
         if bytes == 0 {
             return Ok(());
         }
-        let room = request.max_result_bytes.unwrap_or(usize::MAX);
-        if bytes <= self.result_budget && bytes <= room {
-            self.result_budget -= bytes;
-            return Ok(());
+        self.limit_to_room(request.max_result_bytes);
+        if bytes > self.result_budget {
+            return Err(self.over_result_budget());
         }
-        let saved = self.result_budget_is_room;
-        self.result_budget_is_room |= bytes > room;
-        let over = self.over_result_budget();
-        self.result_budget_is_room = saved;
-        Err(over)
+        self.returned(bytes, request.max_result_bytes);
+        Ok(())
     }
 
     /// Run one request's statements; the first error ends the request. Past `deadline` the
@@ -1500,9 +1516,8 @@ impl Executor {
             return self.client_savepoint(statements, deadline);
         }
         self.internal_sql(SAVEPOINT)?;
-        let most = max_result_bytes.map_or(MAX_RESULT_BYTES, |r| r.min(MAX_RESULT_BYTES));
-        self.reset_result_budget(most);
-        self.result_budget_is_room |= most < MAX_RESULT_BYTES;
+        self.reset_result_budget(MAX_RESULT_BYTES);
+        self.limit_to_room(max_result_bytes);
         match self
             .run_statements(statements, deadline)
             .and_then(|results| self.check_transaction_size().map(|()| results))

@@ -3703,6 +3703,11 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
             req("", &[big]),
             req("", &["INSERT INTO t(a) VALUES('no rows')"]),
             req("", &["INSERT INTO t(a) VALUES('few') RETURNING 1"]),
+            // Forwarded by a follower with room: its answer waits there, not here.
+            WriteRequest {
+                max_result_bytes: Some(600),
+                ..req("", &[big])
+            },
         ])
         .await?;
     match failed(&result.outcomes[0])? {
@@ -3711,6 +3716,7 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
     }
     executed(&result.outcomes[1])?;
     ensure!(executed(&result.outcomes[2])?[0].rows.len() == 1);
+    ensure!(executed(&result.outcomes[3])?[0].rows.len() == 1);
     c.verify("with the room taken")?;
     // A follower that forwards a write says how much room it has for the answer.
     drop(unread);
