@@ -40,6 +40,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::authorizer::first_word_is;
 use super::{Statement, MAX_RESULT_BYTES};
 
 /// The bytes of unread answers a node holds before writes that return rows are refused.
@@ -70,9 +71,14 @@ pub fn may_return_rows(statements: &[Statement]) -> bool {
     ];
     statements.iter().any(|s| {
         let sql = s.sql.trim_start();
-        let word: String = sql.chars().take_while(char::is_ascii_alphabetic).collect();
-        let plain = NO_ROWS.iter().any(|w| w.eq_ignore_ascii_case(&word));
-        !plain || sql.to_ascii_lowercase().contains("returning")
+        let commented = sql.starts_with("--") || sql.starts_with("/*");
+        let plain = !commented && NO_ROWS.iter().any(|w| first_word_is(sql, w));
+        let returning = || {
+            sql.as_bytes()
+                .windows(b"returning".len())
+                .any(|w| w.eq_ignore_ascii_case(b"returning"))
+        };
+        !plain || returning()
     })
 }
 

@@ -213,8 +213,6 @@ pub struct Executor {
     /// Bytes of returned rows the request being run may still return: the least of what is
     /// left of the batch's (`batch_left`) and the room of the node that will hold its answer.
     result_budget: usize,
-    /// Whether `result_budget` was cut to the room unread answers left (see `answers.rs`).
-    result_budget_is_room: bool,
     /// Bytes of returned rows the current batch may still hold, whoever holds the answers.
     batch_left: usize,
     /// The room this node's unread answers leave, less what this batch returned to clients
@@ -477,7 +475,6 @@ impl Executor {
             batches_since_prune: 0,
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
-            result_budget_is_room: false,
             batch_left: MAX_BATCH_RESULT_BYTES,
             local_room: MAX_BATCH_RESULT_BYTES,
             answers: options.answers.clone(),
@@ -1109,7 +1106,6 @@ impl Executor {
     fn limit_to_room(&mut self, room: Option<usize>) {
         let room = room.unwrap_or(self.local_room);
         self.result_budget = self.batch_left.min(room);
-        self.result_budget_is_room = room < self.batch_left;
     }
 
     /// Counts `returned` bytes of a request's rows against the batch and, when this node holds
@@ -1121,10 +1117,11 @@ impl Executor {
         }
     }
 
-    /// Why a request's rows are over the batch's budget: answers its clients have not read
-    /// leave no more room, or the writes running with it return too much at once.
+    /// Why a request's rows are over its budget: answers their clients have not read leave no
+    /// more room (the budget was cut below what is left of the batch's), or the writes running
+    /// with it return too much at once.
     fn over_result_budget(&self) -> DbError {
-        DbError::Overloaded(match self.result_budget_is_room {
+        DbError::Overloaded(match self.result_budget < self.batch_left {
             true => format!(
                 "the node this write came to holds as many bytes of answers that their \
                  clients have not read yet as it may ({} bytes); writes that return rows \

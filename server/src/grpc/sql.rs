@@ -122,7 +122,7 @@ impl SqlService {
 
     /// Counts `answer`'s bytes in the node's unread answers until it is sent (see
     /// `db/answers.rs`).
-    pub(crate) fn hold_answer(&self, answer: &v1::ExecuteResponse) -> crate::db::AnswerHold {
+    pub(crate) fn hold_answer(&self, answer: &impl Message) -> crate::db::AnswerHold {
         self.node.database().answers().hold(answer.encoded_len())
     }
 
@@ -327,6 +327,7 @@ impl Sql for SqlService {
             None => return Err(Status::internal("the query ended without a result")),
         };
         let answers = self.node.database().answers().clone();
+        let mut done = first_chunk.done;
         let first = with_room(&answers, Ok(chunk_to_proto(first_chunk, applied)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (stream, cut_off) = QueryStream::new(rx);
@@ -335,7 +336,6 @@ impl Sql for SqlService {
         // stream, so that a reader never stalls a read thread for long.
         let idle = self.node.config().statement_timeout;
         tokio::spawn(async move {
-            let mut done = first.0.as_ref().map_or(true, |m| m.done);
             if let Err(cut) = deliver(&tx, first, deadline, idle).await {
                 let _ = cut.map(|status| cut_off.send(status));
                 return;
@@ -473,7 +473,7 @@ impl SqlService {
             truncated,
             done: true,
         };
-        let held = self.node.database().answers().hold(response.encoded_len());
+        let held = self.hold_answer(&response);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send((Ok(response), Some(held))).await;
         Ok(Response::new(QueryStream::new(rx).0))

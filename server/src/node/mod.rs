@@ -413,25 +413,18 @@ impl Node {
         let peer = inner.peer(&leader.peer_addr)?;
         let left = deadline.saturating_duration_since(Instant::now());
         // As for a forwarded write: rows only as many as this node has room for.
-        let mut room = None;
-        let call = match call {
+        let mut call = call;
+        let room = match &mut call {
             TransactionCall::Execute {
-                transaction_id,
-                request_id,
                 statements,
+                max_result_bytes,
                 ..
             } => {
-                let share = inner.db.answers().reserve_share(&statements);
-                let max_result_bytes = Some(share.bytes());
-                room = Some(share);
-                TransactionCall::Execute {
-                    transaction_id,
-                    request_id,
-                    statements,
-                    max_result_bytes,
-                }
+                let share = inner.db.answers().reserve_share(statements);
+                *max_result_bytes = Some(share.bytes());
+                Some(share)
             }
-            other => other,
+            _ => None,
         };
         let reply = peer
             .forward_transaction(principal, &call, left, leader)

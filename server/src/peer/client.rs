@@ -39,6 +39,16 @@ pub struct PeerIdentity {
 /// ([`WriteRequest::max_result_bytes`]).
 pub(crate) const MAX_RESULT_BYTES_KEY: &str = "raftlite-max-result-bytes";
 
+/// Tells the leader the room for rows a forwarded request's answer has here, if any (read back
+/// by the peer service's `forwarded_room`).
+fn send_room<T>(request: &mut tonic::Request<T>, room: Option<usize>) {
+    if let Some(room) = room {
+        request
+            .metadata_mut()
+            .insert(MAX_RESULT_BYTES_KEY, room.into());
+    }
+}
+
 /// A connection to one peer.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -65,11 +75,7 @@ impl PeerClient {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             raftlite_client::transport::set_deadline(&mut outgoing, left);
         }
-        if let Some(room) = request.max_result_bytes {
-            outgoing
-                .metadata_mut()
-                .insert(MAX_RESULT_BYTES_KEY, room.into());
-        }
+        send_room(&mut outgoing, request.max_result_bytes);
         // The leader's `peer.forward_execute` span continues this one: one trace across both.
         span.in_scope(|| crate::telemetry::inject_current(outgoing.metadata_mut()));
         match self
@@ -98,13 +104,10 @@ impl PeerClient {
         ));
         raftlite_client::transport::set_deadline(&mut request, timeout);
         if let TransactionCall::Execute {
-            max_result_bytes: Some(room),
-            ..
+            max_result_bytes, ..
         } = call
         {
-            request
-                .metadata_mut()
-                .insert(MAX_RESULT_BYTES_KEY, (*room).into());
+            send_room(&mut request, *max_result_bytes);
         }
         match self.inner.clone().forward_transaction(request).await {
             Ok(resp) => crate::grpc::convert::transaction_reply_from_proto(resp.into_inner()),
