@@ -111,6 +111,9 @@ pub struct Metrics {
     wal_frames: Gauge,
     checkpoint_failures: Gauge,
     answer_bytes_held: Gauge,
+    unread_connections_closed: Counter,
+    /// The node's count of connections closed for unread answers when last rendered.
+    unread_connections_closed_seen: std::sync::atomic::AtomicU64,
     /// The database's count of commits in place when last rendered.
     commits_in_place_seen: std::sync::atomic::AtomicU64,
     early_appends: Family<EarlyLabels, Counter>,
@@ -164,6 +167,8 @@ impl Metrics {
             wal_frames: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             answer_bytes_held: Gauge::default(),
+            unread_connections_closed: Counter::default(),
+            unread_connections_closed_seen: Default::default(),
             commits_in_place_seen: Default::default(),
             early_appends: Family::default(),
             append_streams: Counter::default(),
@@ -346,6 +351,12 @@ impl Metrics {
             m.answer_bytes_held.clone(),
         );
         r.register(
+            "sql_unread_connections_closed",
+            "Client connections this node closed because they left answers unread for over 2 \
+             seconds while other requests needed the room those answers took",
+            m.unread_connections_closed.clone(),
+        );
+        r.register(
             "sqlite_checkpoint_failures",
             "Background WAL checkpoints that failed since the node started",
             m.checkpoint_failures.clone(),
@@ -483,8 +494,14 @@ impl Metrics {
         let (wal_frames, checkpoint_failures) = node.database().wal_status();
         self.wal_frames.set(as_i64(wal_frames));
         self.checkpoint_failures.set(as_i64(checkpoint_failures));
-        self.answer_bytes_held
-            .set(as_i64(node.database().answers().held() as u64));
+        let answers = node.database().answers();
+        self.answer_bytes_held.set(as_i64(answers.held() as u64));
+        let closed = answers.connections_closed();
+        let seen = self
+            .unread_connections_closed_seen
+            .fetch_max(closed, std::sync::atomic::Ordering::Relaxed);
+        self.unread_connections_closed
+            .inc_by(closed.saturating_sub(seen));
         let in_place = node.database().committed_in_place();
         let seen = self
             .commits_in_place_seen

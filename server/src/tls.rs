@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::config::TlsFiles;
+use crate::db::{AnswerBytes, ClientAnswers};
 use crate::reload::{file_stamp, FileStamp};
 
 /// How often the files are checked for changes.
@@ -273,6 +274,29 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The verified client certificate (peer port with TLS only).
     pub peer_cert: Option<Arc<PeerCert>>,
+    /// The answers this connection has not read yet (client port only): the node closes the
+    /// connection when it leaves them unread too long while others need the room.
+    pub answers: Option<Arc<ClientAnswers>>,
+}
+
+impl ConnInfo {
+    /// Whether the node closed this connection (see [`ConnInfo::answers`]); if not, `cx` is
+    /// woken when it does.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.answers.as_ref().is_some_and(|a| a.poll_closed(cx))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.answers.as_ref().is_some_and(|a| a.is_closed())
+    }
+}
+
+fn closed_for_unread_answers() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the node closed this connection: it left answers unread while other requests needed \
+         their room",
+    )
 }
 
 /// An accepted connection, plain or TLS.
@@ -309,6 +333,9 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
+            Conn::Plain(_, info, _) | Conn::Tls(_, info, _) if info.poll_closed(cx) => {
+                Poll::Ready(Err(closed_for_unread_answers()))
+            }
             Conn::Plain(s, ..) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -322,6 +349,9 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
+            Conn::Plain(_, info, _) | Conn::Tls(_, info, _) if info.is_closed() => {
+                Poll::Ready(Err(closed_for_unread_answers()))
+            }
             Conn::Plain(s, ..) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -347,6 +377,9 @@ impl AsyncWrite for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
+            Conn::Plain(_, info, _) | Conn::Tls(_, info, _) if info.is_closed() => {
+                Poll::Ready(Err(closed_for_unread_answers()))
+            }
             Conn::Plain(s, ..) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
@@ -458,6 +491,7 @@ pub async fn incoming(
     tls: Option<Arc<Tls>>,
     port: Port,
     max_connections: usize,
+    answers: Option<Arc<AnswerBytes>>,
 ) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>> {
     let listener = TcpListener::bind(addr)
         .await
@@ -499,6 +533,7 @@ pub async fn incoming(
             let info = ConnInfo {
                 remote: Some(remote),
                 peer_cert: None,
+                answers: answers.as_ref().map(|a| a.client(Some(remote))),
             };
             let Some(tls) = &tls else {
                 if tx.send(Ok(Conn::Plain(stream, info, slot))).await.is_err() {
@@ -538,10 +573,7 @@ pub async fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .map(|leaf| Arc::new(PeerCert::from_der(leaf)));
-                let info = ConnInfo {
-                    remote: Some(remote),
-                    peer_cert,
-                };
+                let info = ConnInfo { peer_cert, ..info };
                 drop(_done);
                 // Evicted meanwhile: its place went to another connection.
                 let Some(slot) = take_slot(&ours) else { return };

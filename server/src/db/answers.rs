@@ -21,11 +21,25 @@
 //!   rest of the batch goes on. Writes that return no rows never meet the limit, so clients
 //!   that do not read their answers cannot stop other clients' writes.
 //!
+//! - Each client connection's answers also count apart ([`ClientAnswers`], registered as the
+//!   connection is accepted). When a request needs room that is not left, the node closes the
+//!   connections that have kept an answer unread for [`UNREAD_GRACE`], those holding the most
+//!   first, until the room suffices ([`AnswerBytes::make_room`]): their answers stop counting
+//!   at once and the connection ends at its next turn (its calls fail as a lost connection
+//!   does). So a client that keeps answers unread holds the room for two seconds at most
+//!   once others need it, and only its own connection pays.
+//!
 //! # Key decisions and trade-offs
-//! - While the budget is full every request that returns rows (a query too) is refused, so a
-//!   client that keeps 256 MiB of answers unread denies others their rows (not their writes)
-//!   until it reads them or its connections close. Sharing the budget per connection or per
-//!   token, and ending answers left unread past the request timeout, would narrow that.
+//! - Closing a connection, not refusing the newcomer: a limit that one client's behaviour
+//!   hits must hurt that client. Redis does the same with a client whose output buffer stays
+//!   over its limit. The grace spares clients that are reading (an answer leaves a reading
+//!   client within milliseconds) and those that read slowly while nobody else needs the room;
+//!   a client reading an answer slower than the grace, while the node is short, loses its
+//!   connection and retries. Until the hoarded answers are two seconds old, requests that
+//!   return rows are refused as before.
+//! - The connection, not the single answer: hyper asks a response body for more only when
+//!   the client's window opens, so an answer nobody reads cannot be ended from its body; the
+//!   connection's socket can (`tls::Conn` reads [`ClientAnswers::poll_closed`]).
 //! - The executor checks room; the answer takes it when it exists (`hold` never refuses: the
 //!   write has committed by then). So the total may pass the limit by what the batches in
 //!   flight return (at most 64 MiB each), not by what any number of unread answers hold.
@@ -37,14 +51,24 @@
 //!   The leader's own room does not limit them (their answers wait on the follower).
 //! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
 
 use super::authorizer::first_word_is;
 use super::{Statement, MAX_RESULT_BYTES};
 
 /// The bytes of unread answers a node holds before writes that return rows are refused.
 pub const MAX_HELD_ANSWER_BYTES: usize = 64 * MAX_RESULT_BYTES;
+
+/// How long a client connection may keep an answer unread before, while the node is short of
+/// room, it may be closed to give that room to others ([`AnswerBytes::make_room`]).
+pub const UNREAD_GRACE: Duration = Duration::from_secs(2);
 
 /// Whether any of `statements` may return rows: one that mentions `RETURNING`, or does not
 /// begin with a word of a statement that never returns any (`INSERT`, `UPDATE`, `CREATE`,
@@ -82,11 +106,31 @@ pub fn may_return_rows(statements: &[Statement]) -> bool {
     })
 }
 
-/// A node's count of answer bytes held, with its limit.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A node's count of answer bytes held, with its limit, and the client connections that hold
+/// them.
 #[derive(Debug)]
 pub struct AnswerBytes {
     held: AtomicUsize,
     limit: usize,
+    grace: Duration,
+    clients: Mutex<Clients>,
+    /// Milliseconds after `epoch` before which no connection can have held an answer for the
+    /// grace: until then [`AnswerBytes::make_room`] has nothing to close and does not look.
+    next_stalled_ms: AtomicU64,
+    epoch: Instant,
+    closed: AtomicU64,
+}
+
+/// The client connections a node serves, as [`AnswerBytes::client`] registered them.
+#[derive(Debug, Default)]
+struct Clients {
+    list: Vec<Weak<ClientAnswers>>,
+    /// The length at which the next registration drops the connections that have gone.
+    prune_at: usize,
 }
 
 impl Default for AnswerBytes {
@@ -97,9 +141,19 @@ impl Default for AnswerBytes {
 
 impl AnswerBytes {
     pub fn new(limit: usize) -> AnswerBytes {
+        AnswerBytes::with_grace(limit, UNREAD_GRACE)
+    }
+
+    /// A budget whose connections may keep answers unread for `grace` (tests shorten it).
+    pub fn with_grace(limit: usize, grace: Duration) -> AnswerBytes {
         AnswerBytes {
             held: AtomicUsize::new(0),
             limit,
+            grace,
+            clients: Mutex::default(),
+            next_stalled_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            closed: AtomicU64::new(0),
         }
     }
 
@@ -117,14 +171,101 @@ impl AnswerBytes {
         self.limit.saturating_sub(self.held())
     }
 
+    /// Client connections closed so far because they left answers unread while others needed
+    /// the room ([`AnswerBytes::make_room`]).
+    pub fn connections_closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Registers a new client connection, whose answers [`AnswerBytes::hold`] counts apart.
+    pub fn client(&self, remote: Option<SocketAddr>) -> Arc<ClientAnswers> {
+        let client = Arc::new(ClientAnswers {
+            remote,
+            state: Mutex::default(),
+            closed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let mut clients = lock(&self.clients);
+        if clients.list.len() >= clients.prune_at {
+            clients.list.retain(|c| c.strong_count() > 0);
+            clients.prune_at = (2 * clients.list.len()).max(64);
+        }
+        clients.list.push(Arc::downgrade(&client));
+        client
+    }
+
+    /// Makes room for `bytes` if answers that clients left unread for the grace took it:
+    /// closes the connections holding such answers, those holding the most first, until the
+    /// room suffices (their answers stop counting at once; the connections end at their next
+    /// turn). Returns the room left. Answers held for less than the grace are never touched,
+    /// and while none can have been held that long this only reads the count.
+    pub fn make_room(&self, bytes: usize) -> usize {
+        let room = self.room();
+        if room >= bytes {
+            return room;
+        }
+        let now = Instant::now();
+        if self.ms(now) < self.next_stalled_ms.load(Ordering::Relaxed) {
+            return room;
+        }
+        let mut stalled = Vec::new();
+        let mut youngest_due = now + self.grace;
+        {
+            let mut clients = lock(&self.clients);
+            clients.list.retain(|weak| {
+                let Some(client) = weak.upgrade().filter(|c| !c.is_closed()) else {
+                    return false;
+                };
+                let (held, oldest) = client.holding();
+                match oldest {
+                    Some(made) if now.saturating_duration_since(made) >= self.grace => {
+                        stalled.push((held, client))
+                    }
+                    Some(made) => youngest_due = youngest_due.min(made + self.grace),
+                    None => {}
+                }
+                true
+            });
+        }
+        stalled.sort_by_key(|(held, _)| std::cmp::Reverse(*held));
+        let mut stalled = stalled.into_iter();
+        while self.room() < bytes {
+            let Some((_, client)) = stalled.next() else {
+                break;
+            };
+            let freed = client.close(self);
+            if freed > 0 {
+                self.closed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    remote = ?client.remote,
+                    bytes = freed,
+                    "closing a client connection that left answers unread for over {:?} \
+                     while other requests need their room",
+                    self.grace
+                );
+            }
+        }
+        if stalled.next().is_some() {
+            youngest_due = now;
+        }
+        self.next_stalled_ms
+            .store(self.ms(youngest_due), Ordering::Relaxed);
+        self.room()
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Reserves an eighth of the room left, at most [`MAX_RESULT_BYTES`]: what a write this
     /// node forwards may return (see the module docs). Successive shares shrink with the room
     /// and never together exceed it. Nothing for `statements` that cannot return rows
     /// ([`may_return_rows`]): plain writes forwarded at once leave the room to those that do.
     pub fn reserve_share(self: &Arc<Self>, statements: &[Statement]) -> AnswerHold {
         if !may_return_rows(statements) {
-            return self.hold(0);
+            return self.hold(None, 0);
         }
+        self.make_room(8 * MAX_RESULT_BYTES);
         let mut held = self.held();
         loop {
             let share = (self.limit.saturating_sub(held) / 8).min(MAX_RESULT_BYTES);
@@ -134,19 +275,34 @@ impl AnswerBytes {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    return AnswerHold {
-                        bytes: share,
-                        owner: self.clone(),
-                    }
-                }
+                Ok(_) => return self.counted(share, Count::Node),
                 Err(now) => held = now,
             }
         }
     }
 
-    /// Counts `bytes` of an answer that is about to be made, if they fit the room left.
-    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Option<AnswerHold> {
+    /// Counts `bytes` of an answer that is about to be made for `client`'s connection, if
+    /// they fit the room left (after [`AnswerBytes::make_room`] if they did not at first).
+    pub fn try_hold(
+        self: &Arc<Self>,
+        client: Option<&Arc<ClientAnswers>>,
+        bytes: usize,
+    ) -> Option<AnswerHold> {
+        self.try_take(client, bytes).or_else(|| {
+            self.make_room(bytes);
+            self.try_take(client, bytes)
+        })
+    }
+
+    fn try_take(
+        self: &Arc<Self>,
+        client: Option<&Arc<ClientAnswers>>,
+        bytes: usize,
+    ) -> Option<AnswerHold> {
+        let mut state = client.map(|c| lock(&c.state));
+        if state.as_ref().is_some_and(|s| s.closed) {
+            return None;
+        }
         let mut held = self.held();
         loop {
             if bytes > self.limit.saturating_sub(held) {
@@ -158,26 +314,128 @@ impl AnswerBytes {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    return Some(AnswerHold {
-                        bytes,
-                        owner: self.clone(),
-                    })
-                }
+                Ok(_) => break,
                 Err(now) => held = now,
             }
         }
+        let count = match (client, state.as_mut()) {
+            (Some(client), Some(state)) => Count::Client(client.clone(), state.add(bytes)),
+            _ => Count::Node,
+        };
+        Some(self.counted(bytes, count))
     }
 
-    /// Counts `bytes` of an answer until the returned hold drops. Never refuses: the answer
-    /// exists already (the executor checked the room before it made it).
-    pub fn hold(self: &Arc<Self>, bytes: usize) -> AnswerHold {
+    /// Counts `bytes` of an answer for `client`'s connection (if it came on one) until the
+    /// returned hold drops. Never refuses: the answer exists already (the executor checked
+    /// the room before it made it). A closed connection's answer counts nowhere.
+    pub fn hold(self: &Arc<Self>, client: Option<&Arc<ClientAnswers>>, bytes: usize) -> AnswerHold {
+        let Some(client) = client else {
+            self.held.fetch_add(bytes, Ordering::Relaxed);
+            return self.counted(bytes, Count::Node);
+        };
+        // Under the connection's lock, so that closing it takes out exactly what it added.
+        let mut state = lock(&client.state);
+        if state.closed {
+            return self.counted(bytes, Count::Nowhere);
+        }
         self.held.fetch_add(bytes, Ordering::Relaxed);
+        let number = state.add(bytes);
+        drop(state);
+        self.counted(bytes, Count::Client(client.clone(), number))
+    }
+
+    fn counted(self: &Arc<Self>, bytes: usize, count: Count) -> AnswerHold {
         AnswerHold {
             bytes,
             owner: self.clone(),
+            count,
         }
     }
+}
+
+/// One client connection's unread answers: their bytes, when each was made, and whether the
+/// node closed the connection to take their room back. The connection reads
+/// [`ClientAnswers::poll_closed`] and ends when it says so.
+#[derive(Debug)]
+pub struct ClientAnswers {
+    remote: Option<SocketAddr>,
+    state: Mutex<ClientState>,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct ClientState {
+    held: usize,
+    /// When each answer held was made, by the number it was given.
+    made: BTreeMap<u64, Instant>,
+    next: u64,
+    closed: bool,
+}
+
+impl ClientState {
+    fn add(&mut self, bytes: usize) -> u64 {
+        let number = self.next;
+        self.next += 1;
+        self.held += bytes;
+        self.made.insert(number, Instant::now());
+        number
+    }
+}
+
+impl ClientAnswers {
+    /// Whether the node closed this connection; if not, `cx` is woken when it does.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        if self.is_closed() {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.is_closed()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Bytes held and when the oldest answer held was made.
+    fn holding(&self) -> (usize, Option<Instant>) {
+        let state = lock(&self.state);
+        (state.held, state.made.values().next().copied())
+    }
+
+    /// Takes this connection's answers out of `owner`'s count and tells the connection to end.
+    /// Returns the bytes they held.
+    fn close(&self, owner: &AnswerBytes) -> usize {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return 0;
+        }
+        state.closed = true;
+        owner.held.fetch_sub(state.held, Ordering::Relaxed);
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+        state.held
+    }
+
+    /// Forgets answer `number`; whether its bytes still count in the node's total (not once
+    /// the connection was closed).
+    fn release(&self, number: u64, bytes: usize) -> bool {
+        let mut state = lock(&self.state);
+        state.held -= bytes;
+        state.made.remove(&number);
+        !state.closed
+    }
+}
+
+/// Where an answer's bytes count.
+#[derive(Debug)]
+enum Count {
+    /// In the node's total only.
+    Node,
+    /// In the node's total and its client connection's, as answer number `.1`.
+    Client(Arc<ClientAnswers>, u64),
+    /// Nowhere: its connection was closed.
+    Nowhere,
 }
 
 /// One answer's bytes in its node's [`AnswerBytes`], given back on drop.
@@ -185,6 +443,7 @@ impl AnswerBytes {
 pub struct AnswerHold {
     bytes: usize,
     owner: Arc<AnswerBytes>,
+    count: Count,
 }
 
 impl AnswerHold {
@@ -195,7 +454,14 @@ impl AnswerHold {
 
 impl Drop for AnswerHold {
     fn drop(&mut self) {
-        self.owner.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        let counted = match &self.count {
+            Count::Node => true,
+            Count::Client(client, number) => client.release(*number, self.bytes),
+            Count::Nowhere => false,
+        };
+        if counted {
+            self.owner.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,8 +472,8 @@ mod tests {
     #[test]
     fn holds_count_until_they_drop() {
         let answers = Arc::new(AnswerBytes::new(100));
-        let a = answers.hold(60);
-        let b = answers.hold(70);
+        let a = answers.hold(None, 60);
+        let b = answers.hold(None, 70);
         assert_eq!(answers.held(), 130);
         assert_eq!(answers.room(), 0);
         drop(a);
@@ -215,10 +481,65 @@ mod tests {
         assert_eq!(b.bytes(), 70);
         drop(b);
         assert_eq!((answers.held(), answers.room()), (0, 100));
-        let c = answers.try_hold(80).expect("room for 80");
-        assert!(answers.try_hold(21).is_none(), "20 left");
-        assert_eq!(answers.try_hold(20).map(|h| h.bytes()), Some(20));
+        let c = answers.try_hold(None, 80).expect("room for 80");
+        assert!(answers.try_hold(None, 21).is_none(), "20 left");
+        assert_eq!(answers.try_hold(None, 20).map(|h| h.bytes()), Some(20));
         drop(c);
+    }
+
+    #[test]
+    fn connections_that_leave_answers_unread_past_the_grace_give_their_room() {
+        let grace = Duration::from_millis(50);
+        let answers = Arc::new(AnswerBytes::with_grace(100, grace));
+        let (a, b, c) = (
+            answers.client(None),
+            answers.client(None),
+            answers.client(None),
+        );
+        let a1 = answers.hold(Some(&a), 60);
+        let _b1 = answers.hold(Some(&b), 30);
+        assert_eq!(answers.make_room(50), 10, "nothing is past the grace yet");
+        assert_eq!(answers.connections_closed(), 0);
+
+        std::thread::sleep(grace + Duration::from_millis(10));
+        let _c1 = answers.hold(Some(&c), 5);
+        let woken = Arc::new(Flag::default());
+        let waker = futures::task::waker(woken.clone());
+        assert!(!a.poll_closed(&mut Context::from_waker(&waker)));
+        assert_eq!(
+            answers.make_room(20),
+            65,
+            "the largest holder went first, and alone"
+        );
+        assert!(a.is_closed() && !b.is_closed() && !c.is_closed());
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "the closed connection was woken"
+        );
+        assert_eq!(answers.connections_closed(), 1);
+
+        drop(a1);
+        assert_eq!(
+            answers.held(),
+            35,
+            "a closed connection's answers count no more"
+        );
+        assert!(answers.try_hold(Some(&a), 1).is_none());
+        drop(answers.hold(Some(&a), 10));
+        assert_eq!(answers.held(), 35);
+
+        assert_eq!(answers.make_room(100), 95, "the young answer stays");
+        assert!(b.is_closed() && !c.is_closed());
+        assert_eq!(answers.try_hold(Some(&c), 95).map(|h| h.bytes()), Some(95));
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl futures::task::ArcWake for Flag {
+        fn wake_by_ref(flag: &Arc<Self>) {
+            flag.0.store(true, Ordering::SeqCst);
+        }
     }
 
     #[test]

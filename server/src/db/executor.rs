@@ -48,7 +48,7 @@ use super::DbOptions;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
@@ -218,6 +218,12 @@ pub struct Executor {
     /// The room this node's unread answers leave, less what this batch returned to clients
     /// of this node (a follower's forwarded write brings the room of its own).
     local_room: usize,
+    /// Whether the request being run answers a client of this node (its budget is cut to
+    /// `local_room`, not to a forwarding follower's room).
+    room_is_local: bool,
+    /// Room that connections closed for their unread answers gave the request being run
+    /// ([`Executor::fits`]), not yet added to `result_budget` and `local_room`.
+    gained_room: Cell<usize>,
     /// The node's unread answers, whose room bounds what a batch may return.
     answers: Arc<AnswerBytes>,
     /// The interactive transaction open on this connection, if any.
@@ -477,6 +483,8 @@ impl Executor {
             result_budget: MAX_BATCH_RESULT_BYTES,
             batch_left: MAX_BATCH_RESULT_BYTES,
             local_room: MAX_BATCH_RESULT_BYTES,
+            room_is_local: true,
+            gained_room: Cell::new(0),
             answers: options.answers.clone(),
             transaction: None,
             chain: Chain::default(),
@@ -1104,8 +1112,36 @@ impl Executor {
     /// Sets the budget of the next request: what is left of the batch's, within `room` (the
     /// room of the follower that forwarded it) or else this node's room.
     fn limit_to_room(&mut self, room: Option<usize>) {
+        self.room_is_local = room.is_none();
         let room = room.unwrap_or(self.local_room);
         self.result_budget = self.batch_left.min(room);
+    }
+
+    /// Whether `bytes` more of the request's rows fit its budget, once connections that left
+    /// answers unread too long have given their room (`AnswerBytes::make_room`) when this
+    /// node's room is what they lack.
+    fn fits(&self, bytes: usize) -> bool {
+        let budget = self.result_budget + self.gained_room.get();
+        if bytes <= budget {
+            return true;
+        }
+        let room = self.local_room + self.gained_room.get();
+        if !self.room_is_local || room >= self.batch_left {
+            return false;
+        }
+        let before = self.answers.room();
+        let wanted = before.saturating_add(bytes - budget);
+        let gained =
+            (self.answers.make_room(wanted).saturating_sub(before)).min(self.batch_left - room);
+        self.gained_room.set(self.gained_room.get() + gained);
+        bytes <= budget + gained
+    }
+
+    /// Adds the room [`Executor::fits`] gained to the request's budget and this node's room.
+    fn take_gained_room(&mut self) {
+        let gained = self.gained_room.take();
+        self.result_budget += gained;
+        self.local_room += gained;
     }
 
     /// Counts `returned` bytes of a request's rows against the batch and, when this node holds
@@ -1139,9 +1175,14 @@ impl Executor {
     /// [`WriteRequest::max_result_bytes`]).
     fn run_request_statements(&mut self, request: &WriteRequest) -> Result<Vec<StatementOutcome>> {
         self.limit_to_room(request.max_result_bytes);
-        let limit = self.result_budget;
+        let (limit, room) = (self.result_budget, self.local_room);
         let ran = self.run_statements(&request.statements, request.deadline);
-        self.returned(limit - self.result_budget, request.max_result_bytes);
+        // The room closed connections gave it (`fits`) widened the budget as it ran.
+        let widened = self.local_room - room;
+        self.returned(
+            limit + widened - self.result_budget,
+            request.max_result_bytes,
+        );
         ran
     }
 
@@ -1157,7 +1198,9 @@ impl Executor {
             return Ok(());
         }
         self.limit_to_room(request.max_result_bytes);
-        if bytes > self.result_budget {
+        let fits = self.fits(bytes);
+        self.take_gained_room();
+        if !fits {
             return Err(self.over_result_budget());
         }
         self.returned(bytes, request.max_result_bytes);
@@ -1172,7 +1215,9 @@ impl Executor {
         statements: &[Statement],
         deadline: Option<Instant>,
     ) -> Result<Vec<StatementOutcome>> {
-        let (results, result_bytes, schema_changed) = self.step_statements(statements, deadline)?;
+        let stepped = self.step_statements(statements, deadline);
+        self.take_gained_room();
+        let (results, result_bytes, schema_changed) = stepped?;
         if schema_changed {
             self.refuse_references_to_internal_tables()?;
         }
@@ -1396,7 +1441,7 @@ impl Executor {
                          LIMIT), or query them outside a write"
                     )));
                 }
-                if *result_bytes > self.result_budget {
+                if !self.fits(*result_bytes) {
                     return Err(self.over_result_budget());
                 }
                 rows.push(values);

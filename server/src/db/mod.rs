@@ -106,7 +106,7 @@ mod model_tests;
 #[cfg(test)]
 mod tests;
 
-pub use answers::{AnswerBytes, AnswerHold, MAX_HELD_ANSWER_BYTES};
+pub use answers::{AnswerBytes, AnswerHold, ClientAnswers, MAX_HELD_ANSWER_BYTES, UNREAD_GRACE};
 pub use apply::{Applier, ApplyOutcome};
 pub(crate) use authorizer::statement_start;
 pub use bounds::SQLITE_MAX_LENGTH;

@@ -3696,7 +3696,7 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
         ..DbOptions::default()
     })?;
     c.write_one(&[CREATE_T]).await?;
-    let unread = answers.hold(900);
+    let unread = answers.hold(None, 900);
     let big = "SELECT randomblob(500)";
     let result = c
         .write(vec![
@@ -3768,5 +3768,61 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
         "the test holds nothing: {}",
         answers.held()
     );
+    Ok(())
+}
+
+/// A client connection that keeps an answer unread past the grace gives its room to the rows
+/// of a write that needs it (the connection is closed). Answers held for less, a follower's
+/// forwarded write (whose answer waits on the follower) and writes without rows close nothing.
+#[tokio::test]
+async fn a_connection_that_left_answers_unread_too_long_gives_its_room() -> TestResult {
+    let grace = Duration::from_millis(100);
+    let answers = Arc::new(AnswerBytes::with_grace(1_000, grace));
+    let c = Cluster::with_options(DbOptions {
+        answers: answers.clone(),
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let hoarder = answers.client(None);
+    let unread = answers.hold(Some(&hoarder), 900);
+    let big = "SELECT randomblob(500)";
+    let overloaded = |outcome: &WriteOutcome| match failed(outcome)? {
+        DbError::Overloaded(m) => {
+            ensure!(m.contains("have not read yet"), "{m}");
+            Ok(())
+        }
+        other => anyhow::bail!("{other:?}"),
+    };
+    overloaded(&c.write(vec![req("", &[big])]).await?.outcomes[0])?;
+    ensure!(!hoarder.is_closed(), "its answer is younger than the grace");
+
+    tokio::time::sleep(grace).await;
+    let forwarded = WriteRequest {
+        max_result_bytes: Some(100),
+        ..req("", &[big])
+    };
+    overloaded(&c.write(vec![forwarded]).await?.outcomes[0])?;
+    executed(
+        &c.write(vec![req("", &["INSERT INTO t(a) VALUES('no rows')"])])
+            .await?
+            .outcomes[0],
+    )?;
+    ensure!(!hoarder.is_closed(), "nothing here needed this node's room");
+
+    let result = c
+        .write(vec![
+            req("", &[big]),
+            req("", &["INSERT INTO t(a) VALUES('few') RETURNING 1"]),
+            req("", &[big]),
+        ])
+        .await?;
+    ensure!(executed(&result.outcomes[0])?[0].rows.len() == 1);
+    ensure!(executed(&result.outcomes[1])?[0].rows.len() == 1);
+    overloaded(&result.outcomes[2])?;
+    ensure!(hoarder.is_closed() && answers.connections_closed() == 1);
+    ensure!(answers.held() == 0, "{} held", answers.held());
+    drop(unread);
+    ensure!(answers.held() == 0, "{} held", answers.held());
+    c.verify("after the room was taken back")?;
     Ok(())
 }

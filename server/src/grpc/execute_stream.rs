@@ -42,7 +42,8 @@ use tonic::{Request, Status, Streaming};
 use super::auth::{authorize, principal_name, AuthFile, Tokens};
 use super::convert::leader_from_metadata;
 use super::limits::{HeldItem, HeldItems};
-use super::sql::SqlService;
+use super::sql::{unread_answers_of, SqlService};
+use crate::db::ClientAnswers;
 
 /// Most calls one stream may have unanswered (running, or answered but not yet sent).
 pub const MAX_STREAM_CALLS: usize = 64;
@@ -76,7 +77,12 @@ pub fn start(
         .map(|file| StreamToken::new(file.clone(), request.metadata()));
     let (answers, rx) = mpsc::channel(MAX_STREAM_CALLS);
     let stop = service.stop.clone();
-    let calls = Calls { service, principal };
+    let conn = unread_answers_of(&request);
+    let calls = Calls {
+        service,
+        principal,
+        conn,
+    };
     tokio::spawn(async move {
         drive(Arc::new(calls), token, request.into_inner(), answers, stop).await;
         drop(open);
@@ -122,6 +128,8 @@ impl StreamToken {
 struct Calls {
     service: SqlService,
     principal: String,
+    /// The unread answers of the stream's connection.
+    conn: Option<Arc<ClientAnswers>>,
 }
 
 impl Calls {
@@ -130,7 +138,7 @@ impl Calls {
         let call_id = call.call_id;
         let (answer, held) = match self.run(call).await {
             Ok(response) => {
-                let held = self.service.hold_answer(&response);
+                let held = self.service.hold_answer(self.conn.as_ref(), &response);
                 let answer = v1::StreamedExecuteAnswer {
                     call_id,
                     response: Some(response),

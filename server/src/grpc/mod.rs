@@ -97,6 +97,7 @@ pub async fn serve(
         node.tls(),
         crate::tls::Port::Client,
         crate::tls::client_connections(node.config().max_connections),
+        Some(node.database().answers().clone()),
     )
     .await
     .context("client listener (listen)")?;

@@ -1,5 +1,7 @@
 //! The public `Sql` service: translate, delegate to the node, map errors.
 
+use std::sync::Arc;
+
 use prost::Message;
 use raftlite_proto::v1::{self, sql_server::Sql};
 use tonic::{Request, Response, Status};
@@ -11,7 +13,7 @@ use super::convert::{
     row_to_proto, statement_from_proto, transaction_execute_from_proto,
     transaction_results_to_proto, write_reply_to_proto, write_request_from_proto,
 };
-use crate::db::QueryChunk;
+use crate::db::{ClientAnswers, QueryChunk};
 use crate::node::{Node, TransactionCall, TransactionReply};
 
 #[derive(Clone)]
@@ -120,10 +122,17 @@ impl SqlService {
         .await
     }
 
-    /// Counts `answer`'s bytes in the node's unread answers until it is sent (see
-    /// `db/answers.rs`).
-    pub(crate) fn hold_answer(&self, answer: &impl Message) -> crate::db::AnswerHold {
-        self.node.database().answers().hold(answer.encoded_len())
+    /// Counts `answer`'s bytes in the node's unread answers, and its connection's (`conn`),
+    /// until it is sent (see `db/answers.rs`).
+    pub(crate) fn hold_answer(
+        &self,
+        conn: Option<&Arc<ClientAnswers>>,
+        answer: &impl Message,
+    ) -> crate::db::AnswerHold {
+        self.node
+            .database()
+            .answers()
+            .hold(conn, answer.encoded_len())
     }
 
     /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
@@ -173,6 +182,14 @@ fn scoped_request_id(principal: &str, id: String) -> Result<String, Status> {
     Ok(format!("{id}#{tag}"))
 }
 
+/// The unread answers of the client connection `request` came on (see `db/answers.rs`).
+pub(crate) fn unread_answers_of<T>(request: &Request<T>) -> Option<Arc<ClientAnswers>> {
+    request
+        .extensions()
+        .get::<crate::tls::ConnInfo>()
+        .and_then(|conn| conn.answers.clone())
+}
+
 /// A query's messages: its rows, then, when the node cut the query off, the status that says
 /// why. The status goes apart from the rows, so that it follows whatever rows were queued
 /// however full their channel is; a stream that just stopped would read as a lost node, and
@@ -202,14 +219,15 @@ impl QueryStream {
 /// A query's message with its room in the node's unread answers, or the RESOURCE_EXHAUSTED
 /// that ends the query when the room left is too small.
 fn with_room(
-    answers: &std::sync::Arc<crate::db::AnswerBytes>,
+    answers: &Arc<crate::db::AnswerBytes>,
+    conn: Option<&Arc<ClientAnswers>>,
     message: Result<v1::QueryResponse, Status>,
 ) -> Result<QueryMessage, Status> {
     let Ok(rows) = &message else {
         return Ok((message, None));
     };
     let len = rows.encoded_len();
-    match answers.try_hold(len) {
+    match answers.try_hold(conn, len) {
         Some(held) => Ok((message, Some(held))),
         None => Err(Status::resource_exhausted(format!(
             "this node holds as many bytes of answers that their clients have not read yet as \
@@ -275,11 +293,12 @@ impl Sql for SqlService {
     ) -> Result<Response<v1::ExecuteResponse>, Status> {
         let principal = principal_name(&request);
         let client = client_timeout(request.metadata());
+        let conn = unread_answers_of(&request);
         let (metadata, _, message) = request.into_parts();
         let answer = self
             .execute_one(&principal, client, Some(&metadata), message)
             .await?;
-        let held = super::limits::HeldAnswer(std::sync::Arc::new(self.hold_answer(&answer)));
+        let held = super::limits::HeldAnswer(Arc::new(self.hold_answer(conn.as_ref(), &answer)));
         let mut response = Response::new(answer);
         response.extensions_mut().insert(held);
         Ok(response)
@@ -307,6 +326,7 @@ impl Sql for SqlService {
             return self.transaction_query(request).await;
         }
         let deadline = statement_deadline(request.metadata(), self.node.config().request_timeout);
+        let conn = unread_answers_of(&request);
         let request = request.into_inner();
         let statement = statement_from_proto(
             request
@@ -328,7 +348,11 @@ impl Sql for SqlService {
         };
         let answers = self.node.database().answers().clone();
         let mut done = first_chunk.done;
-        let first = with_room(&answers, Ok(chunk_to_proto(first_chunk, applied)))?;
+        let first = with_room(
+            &answers,
+            conn.as_ref(),
+            Ok(chunk_to_proto(first_chunk, applied)),
+        )?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (stream, cut_off) = QueryStream::new(rx);
         let node = self.node.clone();
@@ -355,7 +379,7 @@ impl Sql for SqlService {
                         Err(Status::internal("the query stopped unexpectedly"))
                     }
                 };
-                let msg = match with_room(&answers, msg) {
+                let msg = match with_room(&answers, conn.as_ref(), msg) {
                     Ok(msg) => msg,
                     Err(refused) => {
                         let _ = cut_off.send(refused);
@@ -441,6 +465,7 @@ impl SqlService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<QueryStream>, Status> {
         let principal = principal_name(&request);
+        let conn = unread_answers_of(&request);
         let (metadata, _, message) = request.into_parts();
         check_transaction_id(&message.transaction_id)?;
         let statement = statement_from_proto(
@@ -473,7 +498,7 @@ impl SqlService {
             truncated,
             done: true,
         };
-        let held = self.hold_answer(&response);
+        let held = self.hold_answer(conn.as_ref(), &response);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send((Ok(response), Some(held))).await;
         Ok(Response::new(QueryStream::new(rx).0))
@@ -482,7 +507,37 @@ impl SqlService {
 
 #[cfg(test)]
 mod tests {
-    use super::scoped_request_id;
+    use super::*;
+
+    #[test]
+    fn a_query_message_past_the_room_ends_the_query_with_the_reason() {
+        let answers = Arc::new(crate::db::AnswerBytes::new(100));
+        let conn = answers.client(None);
+        let message = |bytes: usize| {
+            Ok(v1::QueryResponse {
+                rows: vec![v1::Row {
+                    values: vec![v1::Value {
+                        kind: Some(v1::value::Kind::Blob(vec![7; bytes])),
+                    }],
+                }],
+                ..Default::default()
+            })
+        };
+        let (_, held) = with_room(&answers, Some(&conn), message(50)).expect("fits");
+        assert!(held.as_ref().is_some_and(|h| h.bytes() > 50));
+        let refused = with_room(&answers, Some(&conn), message(50)).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("have not read yet"),
+            "{refused:?}"
+        );
+        let (error, held) =
+            with_room(&answers, None, Err(Status::internal("x"))).expect("an error");
+        assert!(
+            error.is_err() && held.is_none(),
+            "an error message takes no room"
+        );
+    }
 
     #[test]
     fn request_ids_are_scoped_to_their_token() {

@@ -72,6 +72,7 @@ pub async fn serve(
         node.tls(),
         crate::tls::Port::Peer,
         crate::tls::PEER_MAX_CONNECTIONS,
+        None,
     )
     .await
     .context("peer listener (peer_listen)")?;
