@@ -714,6 +714,8 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     let closed = unread_connections_closed(&metrics).await;
     info!(closed, "connections closed for their unread answers");
     assert!(closed >= 1.0, "no connection was closed");
+    let lost = lost_connections(&mut unread).await;
+    assert!(lost >= 1, "no unread call ended with its connection");
     let held = held_when(&metrics, "the count after the closes", |_| true).await;
     assert!(
         held <= ANSWER_BUDGET + 64.0 * 1048576.0,
@@ -768,6 +770,7 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     .expect("a 4 MB answer through the follower");
     assert_eq!(answered.get_ref().results[0].rows.len(), 1);
     assert!(unread_connections_closed(&follower_metrics).await >= 1.0);
+    assert!(lost_connections(&mut unread).await >= 1);
     let held = held_when(&follower_metrics, "the follower's count", |_| true).await;
     assert!(held <= ANSWER_BUDGET, "{held} bytes held on the follower");
     for task in &unread {
@@ -851,6 +854,33 @@ async fn held_when(metrics: &str, what: &str, enough: impl Fn(f64) -> bool) -> f
     })
     .await
     .expect(what)
+}
+
+/// How many of the `unread` calls ended as their connection did (the node closed it), once
+/// one has (within 30 s). The calls that ended leave `unread`: the rest are still unread;
+/// those refused (RESOURCE_EXHAUSTED) before do not count.
+async fn lost_connections(unread: &mut Vec<BigAnswer>) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut lost = 0;
+    loop {
+        let (ended, open) = std::mem::take(unread)
+            .into_iter()
+            .partition::<Vec<_>, _>(|call| call.is_finished());
+        *unread = open;
+        for call in ended {
+            if let Ok(Err(status)) = call.await {
+                lost += usize::from(status.code() != Code::ResourceExhausted);
+            }
+        }
+        if lost > 0 {
+            return lost;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no unread call ended with its connection within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many client connections the node at `metrics` closed for leaving answers unread.

@@ -27,7 +27,9 @@
 //!   first, until the room suffices ([`AnswerBytes::make_room`]): their answers stop counting
 //!   at once and the connection ends at its next turn (its calls fail as a lost connection
 //!   does). So a client that keeps answers unread holds the room for two seconds at most
-//!   once others need it, and only its own connection pays.
+//!   once others need it, and only its own connection pays. When closing every such
+//!   connection would not make the room (young answers hold it), none is closed: the request
+//!   fails either way, and a slow reader is not cut off for nothing.
 //!
 //! # Key decisions and trade-offs
 //! - Closing a connection, not refusing the newcomer: a limit that one client's behaviour
@@ -197,15 +199,16 @@ impl AnswerBytes {
     /// Makes room for `bytes` if answers that clients left unread for the grace took it:
     /// closes the connections holding such answers, those holding the most first, until the
     /// room suffices (their answers stop counting at once; the connections end at their next
-    /// turn). Returns the room left. Answers held for less than the grace are never touched,
-    /// and while none can have been held that long this only reads the count.
+    /// turn). Returns the room left. Closes nothing when closing them all would not make the
+    /// room (the request fails anyway), never touches answers held for less than the grace,
+    /// and while none can have been held that long only reads the count.
     pub fn make_room(&self, bytes: usize) -> usize {
+        self.make_room_at(bytes, Instant::now())
+    }
+
+    fn make_room_at(&self, bytes: usize, now: Instant) -> usize {
         let room = self.room();
-        if room >= bytes {
-            return room;
-        }
-        let now = Instant::now();
-        if self.ms(now) < self.next_stalled_ms.load(Ordering::Relaxed) {
+        if room >= bytes || self.ms(now) < self.next_stalled_ms.load(Ordering::Relaxed) {
             return room;
         }
         let mut stalled = Vec::new();
@@ -216,37 +219,38 @@ impl AnswerBytes {
                 let Some(client) = weak.upgrade().filter(|c| !c.is_closed()) else {
                     return false;
                 };
-                let (held, oldest) = client.holding();
-                match oldest {
-                    Some(made) if now.saturating_duration_since(made) >= self.grace => {
+                match client.holding() {
+                    (held, Some(made)) if now.saturating_duration_since(made) >= self.grace => {
                         stalled.push((held, client))
                     }
-                    Some(made) => youngest_due = youngest_due.min(made + self.grace),
-                    None => {}
+                    (_, Some(made)) => youngest_due = youngest_due.min(made + self.grace),
+                    _ => {}
                 }
                 true
             });
         }
-        stalled.sort_by_key(|(held, _)| std::cmp::Reverse(*held));
-        let mut stalled = stalled.into_iter();
-        while self.room() < bytes {
-            let Some((_, client)) = stalled.next() else {
-                break;
-            };
-            let freed = client.close(self);
-            if freed > 0 {
-                self.closed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    remote = ?client.remote,
-                    bytes = freed,
-                    "closing a client connection that left answers unread for over {:?} \
-                     while other requests need their room",
-                    self.grace
-                );
+        let closable: usize = stalled.iter().map(|(held, _)| held).sum();
+        if room.saturating_add(closable) >= bytes {
+            stalled.sort_by_key(|(held, _)| std::cmp::Reverse(*held));
+            let mut stalled = stalled.into_iter();
+            while self.room() < bytes {
+                let Some((_, client)) = stalled.next() else {
+                    break;
+                };
+                if let Some(freed) = client.close(self, now, self.grace) {
+                    self.closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        remote = ?client.remote,
+                        bytes = freed,
+                        "closing a client connection that left answers unread for over {:?} \
+                         while other requests need their room",
+                        self.grace
+                    );
+                }
             }
-        }
-        if stalled.next().is_some() {
-            youngest_due = now;
+            if stalled.next().is_some() {
+                youngest_due = now;
+            }
         }
         self.next_stalled_ms
             .store(self.ms(youngest_due), Ordering::Relaxed);
@@ -288,6 +292,9 @@ impl AnswerBytes {
         client: Option<&Arc<ClientAnswers>>,
         bytes: usize,
     ) -> Option<AnswerHold> {
+        if client.is_some_and(|c| c.is_closed()) {
+            return None;
+        }
         self.try_take(client, bytes).or_else(|| {
             self.make_room(bytes);
             self.try_take(client, bytes)
@@ -403,18 +410,21 @@ impl ClientAnswers {
         (state.held, state.made.values().next().copied())
     }
 
-    /// Takes this connection's answers out of `owner`'s count and tells the connection to end.
-    /// Returns the bytes they held.
-    fn close(&self, owner: &AnswerBytes) -> usize {
+    /// Takes this connection's answers out of `owner`'s count and tells the connection to end,
+    /// if it still holds an answer made `grace` before `now` (it may have read it since it
+    /// was picked). Returns the bytes they held.
+    fn close(&self, owner: &AnswerBytes, now: Instant, grace: Duration) -> Option<usize> {
         let mut state = lock(&self.state);
-        if state.closed {
-            return 0;
+        let oldest = state.made.values().next().copied();
+        let stalled = oldest.is_some_and(|made| now.saturating_duration_since(made) >= grace);
+        if state.closed || state.held == 0 || !stalled {
+            return None;
         }
         state.closed = true;
         owner.held.fetch_sub(state.held, Ordering::Relaxed);
         self.closed.store(true, Ordering::Release);
         self.waker.wake();
-        state.held
+        Some(state.held)
     }
 
     /// Forgets answer `number`; whether its bytes still count in the node's total (not once
@@ -489,7 +499,7 @@ mod tests {
 
     #[test]
     fn connections_that_leave_answers_unread_past_the_grace_give_their_room() {
-        let grace = Duration::from_millis(50);
+        let grace = Duration::from_secs(10);
         let answers = Arc::new(AnswerBytes::with_grace(100, grace));
         let (a, b, c) = (
             answers.client(None),
@@ -498,16 +508,20 @@ mod tests {
         );
         let a1 = answers.hold(Some(&a), 60);
         let _b1 = answers.hold(Some(&b), 30);
+        let made_ab = Instant::now();
         assert_eq!(answers.make_room(50), 10, "nothing is past the grace yet");
         assert_eq!(answers.connections_closed(), 0);
 
-        std::thread::sleep(grace + Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(50));
         let _c1 = answers.hold(Some(&c), 5);
+        let made_c = Instant::now();
+        // a and b are past the grace, c is not.
+        let late = made_ab + grace + Duration::from_millis(25);
         let woken = Arc::new(Flag::default());
         let waker = futures::task::waker(woken.clone());
         assert!(!a.poll_closed(&mut Context::from_waker(&waker)));
         assert_eq!(
-            answers.make_room(20),
+            answers.make_room_at(20, late),
             65,
             "the largest holder went first, and alone"
         );
@@ -528,8 +542,17 @@ mod tests {
         drop(answers.hold(Some(&a), 10));
         assert_eq!(answers.held(), 35);
 
-        assert_eq!(answers.make_room(100), 95, "the young answer stays");
-        assert!(b.is_closed() && !c.is_closed());
+        assert_eq!(
+            answers.make_room_at(200, late),
+            65,
+            "closing b could not make the room: it stays"
+        );
+        assert!(!b.is_closed());
+
+        let later = made_c + grace + Duration::from_millis(1);
+        assert_eq!(answers.make_room_at(95, later), 95);
+        assert!(b.is_closed() && !c.is_closed(), "b made the room alone");
+        assert_eq!(answers.connections_closed(), 2);
         assert_eq!(answers.try_hold(Some(&c), 95).map(|h| h.bytes()), Some(95));
     }
 

@@ -3776,7 +3776,7 @@ async fn rows_past_the_room_unread_answers_leave_fail_alone() -> TestResult {
 /// forwarded write (whose answer waits on the follower) and writes without rows close nothing.
 #[tokio::test]
 async fn a_connection_that_left_answers_unread_too_long_gives_its_room() -> TestResult {
-    let grace = Duration::from_millis(100);
+    let grace = Duration::from_secs(1);
     let answers = Arc::new(AnswerBytes::with_grace(1_000, grace));
     let c = Cluster::with_options(DbOptions {
         answers: answers.clone(),

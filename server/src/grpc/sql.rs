@@ -537,6 +537,16 @@ mod tests {
             error.is_err() && held.is_none(),
             "an error message takes no room"
         );
+
+        // Past the grace the connection that keeps its answer unread gives its room.
+        let answers = Arc::new(crate::db::AnswerBytes::with_grace(
+            100,
+            std::time::Duration::ZERO,
+        ));
+        let (hoarder, reader) = (answers.client(None), answers.client(None));
+        let _unread = with_room(&answers, Some(&hoarder), message(50)).expect("fits");
+        let (_, held) = with_room(&answers, Some(&reader), message(50)).expect("room made");
+        assert!(held.is_some() && hoarder.is_closed() && !reader.is_closed());
     }
 
     #[test]
