@@ -122,17 +122,19 @@ impl SqlService {
         .await
     }
 
-    /// Counts `answer`'s bytes in the node's unread answers, and its connection's (`conn`),
-    /// until it is sent (see `db/answers.rs`).
+    /// Counts `answer`'s bytes in the node's unread answers until it is sent (see
+    /// `db/answers.rs`), and in its connection's (`conn`) when it has rows: only those grow
+    /// large, and an answer of a few bytes skips the connection's lock (which the calls of one
+    /// busy stream would otherwise contend for).
     pub(crate) fn hold_answer(
         &self,
         conn: Option<&Arc<ClientAnswers>>,
-        answer: &impl Message,
+        answer: &impl RowsAnswer,
     ) -> crate::db::AnswerHold {
         self.node
             .database()
             .answers()
-            .hold(conn, answer.encoded_len())
+            .hold(conn.filter(|_| answer.has_rows()), answer.encoded_len())
     }
 
     /// Runs a call of an interactive transaction for the caller of `metadata`'s request.
@@ -180,6 +182,23 @@ fn scoped_request_id(principal: &str, id: String) -> Result<String, Status> {
     let digest = sha2::Sha256::digest(name.as_bytes());
     let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{id}#{tag}"))
+}
+
+/// An answer that may carry rows.
+pub(crate) trait RowsAnswer: Message {
+    fn has_rows(&self) -> bool;
+}
+
+impl RowsAnswer for v1::ExecuteResponse {
+    fn has_rows(&self) -> bool {
+        self.results.iter().any(|r| !r.rows.is_empty())
+    }
+}
+
+impl RowsAnswer for v1::QueryResponse {
+    fn has_rows(&self) -> bool {
+        !self.rows.is_empty()
+    }
 }
 
 /// The unread answers of the client connection `request` came on (see `db/answers.rs`).
