@@ -42,9 +42,13 @@
 //! - The connection, not the single answer: hyper asks a response body for more only when
 //!   the client's window opens, so an answer nobody reads cannot be ended from its body; the
 //!   connection's socket can (`tls::Conn` reads [`ClientAnswers::poll_closed`]).
-//! - The executor checks room; the answer takes it when it exists (`hold` never refuses: the
-//!   write has committed by then). So the total may pass the limit by what the batches in
-//!   flight return (at most 64 MiB each), not by what any number of unread answers hold.
+//! - The executor checks room before a batch and holds what the batch returned to this
+//!   node's clients (`ExecutedBatch::rows_held`) while its delta replicates, so the next
+//!   batches find that room taken; the handlers hold each answer once the batch is answered
+//!   (`hold` never refuses: the write has committed by then). Between the two the rows go
+//!   uncounted for the moment a handler takes to wake, so the total may pass the limit by
+//!   what a batch returns in that moment (t16 saw 255.6 MiB of 256; before the batch held
+//!   its rows, 259–278 MiB), not by what any number of unread answers hold.
 //! - A follower holds the answers of the writes it forwards in its own budget. Before it
 //!   forwards one it reserves a share of its room ([`AnswerBytes::reserve_share`]: an eighth
 //!   of what is left, at most one maximal answer) and the leader's executor lets that request

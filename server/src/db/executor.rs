@@ -31,7 +31,7 @@
 //! `VACUUM INTO` a temporary file instead, bumps the version there and ships every page of the
 //! result as one delta.
 
-use super::answers::AnswerBytes;
+use super::answers::{AnswerBytes, AnswerHold};
 use super::authorizer::{
     first_word_is, is_pragma, is_savepoint_control, statement_start, Lockdown, Policy,
 };
@@ -99,6 +99,10 @@ pub struct ExecutedBatch {
     /// When the delta may have the next batch executed on top of it before it is applied:
     /// hand it back in [`Pipeline::OnTop`] once the delta is proposed.
     pub link: Option<Link>,
+    /// The bytes of rows the outcomes return to clients of this node, counted in its unread
+    /// answers: keep it until the requests' handlers hold their answers (the rows exist while
+    /// the delta replicates, and the next batches must find that room taken).
+    pub rows_held: Option<AnswerHold>,
 }
 
 /// What a batch is executed on (see `chain.rs`).
@@ -218,6 +222,8 @@ pub struct Executor {
     /// The room this node's unread answers leave, less what this batch returned to clients
     /// of this node (a follower's forwarded write brings the room of its own).
     local_room: usize,
+    /// Bytes of rows the current batch returned to clients of this node.
+    local_returned: usize,
     /// Whether the request being run answers a client of this node (its budget is cut to
     /// `local_room`, not to a forwarding follower's room).
     room_is_local: bool,
@@ -483,6 +489,7 @@ impl Executor {
             result_budget: MAX_BATCH_RESULT_BYTES,
             batch_left: MAX_BATCH_RESULT_BYTES,
             local_room: MAX_BATCH_RESULT_BYTES,
+            local_returned: 0,
             room_is_local: true,
             gained_room: Cell::new(0),
             answers: options.answers.clone(),
@@ -900,6 +907,7 @@ impl Executor {
             delta: Some(delta),
             outcomes: vec![WriteOutcome::Executed(vec![StatementOutcome::default()])],
             link: None,
+            rows_held: None,
         })
     }
 
@@ -1062,9 +1070,10 @@ impl Executor {
                 delta: None,
                 outcomes,
                 link: None,
+                rows_held: self.hold_returned(),
             });
         }
-        let _guard = self.lockdown.internal();
+        let internal = self.lockdown.internal();
         self.record_request_ids(executed_ids, &outcomes, now_ms)?;
         self.batches_since_prune += 1;
         if self.batches_since_prune >= PRUNE_EVERY_BATCHES {
@@ -1073,11 +1082,20 @@ impl Executor {
             internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
         }
         let (delta, link) = self.finish_capture(open)?;
+        drop(internal);
         Ok(ExecutedBatch {
             delta: Some(delta),
             outcomes,
             link,
+            rows_held: self.hold_returned(),
         })
+    }
+
+    /// Counts the rows the batch returned to clients of this node in its unread answers (see
+    /// [`ExecutedBatch::rows_held`]).
+    fn hold_returned(&mut self) -> Option<AnswerHold> {
+        let bytes = std::mem::take(&mut self.local_returned);
+        (bytes > 0).then(|| self.answers.hold(None, bytes))
     }
 
     /// Records the ids of the batch's executed requests with their results, in the order
@@ -1105,6 +1123,7 @@ impl Executor {
     /// the room the node's unread answers leave, if less.
     fn reset_result_budget(&mut self, most: usize) {
         self.batch_left = most;
+        self.local_returned = 0;
         self.local_room = self.answers.room();
         self.limit_to_room(None);
     }
@@ -1150,6 +1169,7 @@ impl Executor {
         self.batch_left -= returned;
         if room.is_none() {
             self.local_room = self.local_room.saturating_sub(returned);
+            self.local_returned += returned;
         }
     }
 
