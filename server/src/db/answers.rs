@@ -20,9 +20,8 @@
 //!   [`DbError::Overloaded`](super::DbError::Overloaded), before anything commits, and the
 //!   rest of the batch goes on. Writes that return no rows never meet the limit, so clients
 //!   that do not read their answers cannot stop other clients' writes.
-//!
-//! - Each client connection's answers also count apart ([`ClientAnswers`], registered as the
-//!   connection is accepted). When a request needs room that is not left, the node closes the
+//! - Each client connection's answers with rows also count apart ([`ClientAnswers`],
+//!   registered as the connection is accepted). When a request needs room that is not left, the node closes the
 //!   connections that have kept an answer unread for [`UNREAD_GRACE`], those holding the most
 //!   first, until the room suffices ([`AnswerBytes::make_room`]): their answers stop counting
 //!   at once and the connection ends at its next turn (its calls fail as a lost connection
@@ -55,7 +54,7 @@
 //!   return no more (a call of an interactive transaction likewise); so writes forwarded at
 //!   once cannot together pass the follower's limit, and writes without rows never notice.
 //!   The leader's own room does not limit them (their answers wait on the follower).
-//! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers.
+//! - No setting: [`MAX_HELD_ANSWER_BYTES`] is 64 maximal answers, [`UNREAD_GRACE`] 2 s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
