@@ -796,6 +796,96 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     cluster.assert_identical_pages().await;
 }
 
+/// One connection that keeps its answers unread on four `ExecuteStream`s (64 calls each of
+/// 1.04 MB of rows, a receive window of 0): it fills the node's budget of unread answers.
+/// Before, every other client's rows were then refused for as long as it kept the connection
+/// open; now, once its answers are 2 s old, a reader's 4 MB answer closes that connection
+/// (its streams end with an error) and is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_leaves_its_answers_unread_loses_its_connection_not_others_rows() {
+    use cluster_tests::client::proto::v1;
+    use cluster_tests::metrics_addr;
+    /// Rows of each call: 256 of them fill all but 2.2 MB of the budget (a 4 MB answer does
+    /// not fit), and 64 of them (one stream's) fit one group commit's 64 MiB.
+    const ROWS: &str = "SELECT randomblob(1040000)";
+    init_tracing();
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: ["--metrics-addr", "127.0.0.1:0"].map(String::from).to_vec(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let metrics = metrics_addr(&cluster, leader);
+    let hoarder = sql_connection(cluster.node(leader).endpoint(), Some(0)).await;
+    let mut streams = Vec::new();
+    for stream in 0..4u64 {
+        let calls = (0..64).map(move |i| v1::StreamedExecute {
+            call_id: stream * 100 + i,
+            request: Some(v1::ExecuteRequest {
+                statements: vec![Statement::new(ROWS).into()],
+                ..Default::default()
+            }),
+            timeout_ms: 0,
+        });
+        // The calls, then a stream that stays open.
+        let calls =
+            tokio_stream::StreamExt::chain(tokio_stream::iter(calls), tokio_stream::pending());
+        let mut sql = hoarder.clone();
+        let mut answers = sql
+            .execute_stream(calls)
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        // Never read: with a window of 0 this waits until the connection ends.
+        streams.push(tokio::spawn(async move { answers.message().await }));
+        // One stream at a time, so that each group commit returns at most 64 of them.
+        let filled = (stream + 1) as f64 * 64.0 * 1_040_000.0;
+        held_when(&metrics, "the stream's answers are held", |held| {
+            held >= filled
+        })
+        .await;
+    }
+    let held = held_when(&metrics, "the budget", |_| true).await;
+    info!(held_mib = held / 1048576.0, "held by one connection");
+    assert!(
+        held > ANSWER_BUDGET - 4_000_100.0,
+        "a 4 MB answer would fit: {held}"
+    );
+
+    let answered = wait_until(
+        "a 4 MB answer beside the unread streams",
+        Duration::from_secs(30),
+        || async {
+            let answer = client_with(&cluster, Duration::from_secs(10))
+                .execute(["SELECT randomblob(4000000)"])
+                .await?;
+            Ok(Some(answer))
+        },
+    )
+    .await
+    .expect("a 4 MB answer beside the unread streams");
+    assert_eq!(answered.results[0].rows.len(), 1);
+    assert_eq!(
+        unread_connections_closed(&metrics).await,
+        1.0,
+        "one connection"
+    );
+    for stream in streams {
+        let ended = tokio::time::timeout(Duration::from_secs(30), stream)
+            .await
+            .expect("the stream ends with its connection")
+            .expect("the stream's task");
+        assert!(ended.is_err(), "the stream ended with an error: {ended:?}");
+    }
+    held_when(&metrics, "the node holds no answers", |held| held == 0.0).await;
+}
+
 /// The bytes of unread answers a node holds before writes that return rows are refused.
 const ANSWER_BUDGET: f64 = 256.0 * 1024.0 * 1024.0;
 
