@@ -672,19 +672,7 @@ async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
         "{held} bytes held"
     );
     info!("a reader's 4 MB answer: connections that left theirs unread for 2 s make room");
-    let answered = wait_until(
-        "a 4 MB answer beside the unread ones",
-        Duration::from_secs(30),
-        || async {
-            let answer = client_with(&cluster, Duration::from_secs(10))
-                .execute(["SELECT randomblob(4000000)"])
-                .await?;
-            Ok(Some(answer))
-        },
-    )
-    .await
-    .expect("a 4 MB answer beside the unread ones");
-    assert_eq!(answered.results[0].rows.len(), 1);
+    big_answer_served(&cluster, "a 4 MB answer beside the unread ones").await;
     // So does a query's: its rows too wait in the node until they are read.
     let leader_only = Client::with_options(
         [cluster.node(leader).endpoint()],
@@ -858,19 +846,7 @@ async fn a_stream_that_leaves_its_answers_unread_loses_its_connection_not_others
         "a 4 MB answer would fit: {held}"
     );
 
-    let answered = wait_until(
-        "a 4 MB answer beside the unread streams",
-        Duration::from_secs(30),
-        || async {
-            let answer = client_with(&cluster, Duration::from_secs(10))
-                .execute(["SELECT randomblob(4000000)"])
-                .await?;
-            Ok(Some(answer))
-        },
-    )
-    .await
-    .expect("a 4 MB answer beside the unread streams");
-    assert_eq!(answered.results[0].rows.len(), 1);
+    big_answer_served(&cluster, "a 4 MB answer beside the unread streams").await;
     assert_eq!(
         unread_connections_closed(&metrics).await,
         1.0,
@@ -971,6 +947,20 @@ async fn lost_connections(unread: &mut Vec<BigAnswer>) -> usize {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A reader's `Execute` of 4 MB of rows, tried until it is served (within 30 s): refused
+/// while unread answers younger than the grace hold the room.
+async fn big_answer_served(cluster: &Cluster, what: &str) {
+    let answered = wait_until(what, Duration::from_secs(30), || async {
+        let answer = client_with(cluster, Duration::from_secs(10))
+            .execute(["SELECT randomblob(4000000)"])
+            .await?;
+        Ok(Some(answer))
+    })
+    .await
+    .expect(what);
+    assert_eq!(answered.results[0].rows.len(), 1);
 }
 
 /// How many client connections the node at `metrics` closed for leaving answers unread.
