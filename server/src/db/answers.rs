@@ -273,19 +273,13 @@ impl AnswerBytes {
             return self.hold(None, 0);
         }
         self.make_room(8 * MAX_RESULT_BYTES);
-        let mut held = self.held();
-        loop {
-            let share = (self.limit.saturating_sub(held) / 8).min(MAX_RESULT_BYTES);
-            match self.held.compare_exchange_weak(
-                held,
-                held + share,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return self.counted(share, Count::Node),
-                Err(now) => held = now,
-            }
-        }
+        let share = |held: usize| (self.limit.saturating_sub(held) / 8).min(MAX_RESULT_BYTES);
+        let before = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held + share(held))
+            });
+        self.counted(share(before.unwrap_or_else(|held| held)), Count::Node)
     }
 
     /// Counts `bytes` of an answer that is about to be made for `client`'s connection, if
@@ -310,24 +304,14 @@ impl AnswerBytes {
         bytes: usize,
     ) -> Option<AnswerHold> {
         let mut state = client.map(|c| lock(&c.state));
-        if state.as_ref().is_some_and(|s| s.closed) {
+        if client.is_some_and(|c| c.is_closed()) {
             return None;
         }
-        let mut held = self.held();
-        loop {
-            if bytes > self.limit.saturating_sub(held) {
-                return None;
-            }
-            match self.held.compare_exchange_weak(
-                held,
-                held + bytes,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (bytes <= self.limit.saturating_sub(held)).then_some(held + bytes)
+            })
+            .ok()?;
         let count = match (client, state.as_mut()) {
             (Some(client), Some(state)) => Count::Client(client.clone(), state.add(bytes)),
             _ => Count::Node,
@@ -345,7 +329,7 @@ impl AnswerBytes {
         };
         // Under the connection's lock, so that closing it takes out exactly what it added.
         let mut state = lock(&client.state);
-        if state.closed {
+        if client.is_closed() {
             return self.counted(bytes, Count::Nowhere);
         }
         self.held.fetch_add(bytes, Ordering::Relaxed);
@@ -370,6 +354,7 @@ impl AnswerBytes {
 pub struct ClientAnswers {
     remote: Option<SocketAddr>,
     state: Mutex<ClientState>,
+    /// Set once, under `state`'s lock: whoever holds the lock reads it settled.
     closed: AtomicBool,
     waker: AtomicWaker,
 }
@@ -380,10 +365,14 @@ struct ClientState {
     /// When each answer held was made, by the number it was given.
     made: BTreeMap<u64, Instant>,
     next: u64,
-    closed: bool,
 }
 
 impl ClientState {
+    /// When the oldest answer held was made.
+    fn oldest(&self) -> Option<Instant> {
+        self.made.values().next().copied()
+    }
+
     fn add(&mut self, bytes: usize) -> u64 {
         let number = self.next;
         self.next += 1;
@@ -410,20 +399,19 @@ impl ClientAnswers {
     /// Bytes held and when the oldest answer held was made.
     fn holding(&self) -> (usize, Option<Instant>) {
         let state = lock(&self.state);
-        (state.held, state.made.values().next().copied())
+        (state.held, state.oldest())
     }
 
     /// Takes this connection's answers out of `owner`'s count and tells the connection to end,
     /// if it still holds an answer made `grace` before `now` (it may have read it since it
     /// was picked). Returns the bytes they held.
     fn close(&self, owner: &AnswerBytes, now: Instant, grace: Duration) -> Option<usize> {
-        let mut state = lock(&self.state);
-        let oldest = state.made.values().next().copied();
+        let state = lock(&self.state);
+        let oldest = state.oldest();
         let stalled = oldest.is_some_and(|made| now.saturating_duration_since(made) >= grace);
-        if state.closed || state.held == 0 || !stalled {
+        if self.is_closed() || state.held == 0 || !stalled {
             return None;
         }
-        state.closed = true;
         owner.held.fetch_sub(state.held, Ordering::Relaxed);
         self.closed.store(true, Ordering::Release);
         self.waker.wake();
@@ -436,7 +424,7 @@ impl ClientAnswers {
         let mut state = lock(&self.state);
         state.held -= bytes;
         state.made.remove(&number);
-        !state.closed
+        !self.is_closed()
     }
 }
 

@@ -116,6 +116,15 @@ pub enum Pipeline {
     OnTop(Option<Link>),
 }
 
+/// The bytes of the rows `outcomes` return, as the executor counts them against its budget.
+fn rows_bytes(outcomes: &[StatementOutcome]) -> usize {
+    outcomes
+        .iter()
+        .flat_map(|s| s.rows.iter().flatten())
+        .map(SqlValue::size)
+        .sum()
+}
+
 /// True for a request whose only statement is `VACUUM` (case and surrounding whitespace and
 /// semicolons ignored). Such a request must go to [`Executor::execute_vacuum`].
 pub fn is_vacuum(request: &WriteRequest) -> bool {
@@ -1195,25 +1204,17 @@ impl Executor {
     /// [`WriteRequest::max_result_bytes`]).
     fn run_request_statements(&mut self, request: &WriteRequest) -> Result<Vec<StatementOutcome>> {
         self.limit_to_room(request.max_result_bytes);
-        let (limit, room) = (self.result_budget, self.local_room);
         let ran = self.run_statements(&request.statements, request.deadline);
-        // The room closed connections gave it (`fits`) widened the budget as it ran.
-        let widened = self.local_room - room;
-        self.returned(
-            limit + widened - self.result_budget,
-            request.max_result_bytes,
-        );
+        if let Ok(outcomes) = &ran {
+            self.returned(rows_bytes(outcomes), request.max_result_bytes);
+        }
         ran
     }
 
     /// Takes the bytes of a retried request's stored rows from the batch's budget (and the
     /// room its forwarding follower has), or says why they do not fit.
     fn charge_stored(&mut self, request: &WriteRequest, stored: &[StatementOutcome]) -> Result<()> {
-        let bytes: usize = stored
-            .iter()
-            .flat_map(|s| s.rows.iter().flatten())
-            .map(SqlValue::size)
-            .sum();
+        let bytes = rows_bytes(stored);
         if bytes == 0 {
             return Ok(());
         }
