@@ -34,11 +34,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::RaftStore;
 use crate::raft::types::{NodeAddr, NodeId, Raft};
-
-/// The directory (inside the data directory) holding snapshot images.
-const SNAPSHOT_DIR: &str = "snapshots";
-/// The Raft log's segment files (`raft::wal`).
-const RAFT_LOG_DIR: &str = "raft-log";
+use crate::raft::{RAFT_LOG_DIR, SNAPSHOT_DIR};
 
 /// How long a write waits for this node to become a ready leader before answering UNAVAILABLE.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,3 +12,8 @@ pub mod state_machine;
 pub mod store;
 pub mod types;
 pub mod wal;
+
+/// The directory (inside the data directory) holding snapshot images.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// The Raft log's segment files (`wal`).
+pub const RAFT_LOG_DIR: &str = "raft-log";

@@ -398,11 +398,20 @@ impl StateMachine {
         }
     }
 
+    /// Writes `meta`'s metadata file durably: its bytes, its name and the image's name are on
+    /// disk when this returns, so the older snapshots that callers remove next (and the log
+    /// purged past this one) are never the only copy a power loss leaves.
     fn write_meta_file(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let bytes = super::codec::encode(meta).map_err(|e| snap_err(Some(meta), e))?;
         let tmp = dir.join(format!("{}.meta.tmp", meta.snapshot_id));
-        std::fs::write(&tmp, bytes).map_err(|e| snap_err(Some(meta), e))?;
-        std::fs::rename(&tmp, Self::meta_path(dir, meta)).map_err(|e| snap_err(Some(meta), e))
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, Self::meta_path(dir, meta))?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        written.map_err(|e| snap_err(Some(meta), e))
     }
 
     /// Opens snapshot `meta`'s image (under the snapshot files lock: once open, it stays

@@ -83,7 +83,15 @@ impl RaftStore {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create data directory {}", dir.display()))?;
         let path = dir.join("raft.redb");
-        let db = redb::Database::create(&path)
+        let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        if !existed {
+            refuse_state_without_store(dir, &path)?;
+        }
+        // The file is small: checking every page at open costs little, and a file altered
+        // outside redb is then an error, never trusted (a plain open may panic on one).
+        let db = redb::Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(&path)
             .with_context(|| format!("open log store {}", path.display()))?;
         let tx = db.begin_write().context("initialize log store")?;
         tx.open_table(META).context("initialize meta table")?;
@@ -133,6 +141,39 @@ impl RaftStore {
     pub fn has_vote(&self) -> Result<bool, StorageError> {
         Ok(self.read_meta::<openraft::Vote<NodeId>>("vote")?.is_some())
     }
+}
+
+/// A missing or empty `raft.redb` beside a Raft log that holds records, or beside snapshots,
+/// means the node's vote and applied state were lost (deleted, truncated, restored from an
+/// older backup of part of the volume). Starting with a new file would let the node vote a
+/// second time in a term it already voted in, and adopt whatever cluster id it hears: refused,
+/// with what to do.
+fn refuse_state_without_store(dir: &Path, path: &Path) -> anyhow::Result<()> {
+    let log_records = std::fs::read_dir(dir.join(super::RAFT_LOG_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name().to_string_lossy().ends_with(".wal")
+                && e.metadata()
+                    .is_ok_and(|m| m.len() > super::wal::SEGMENT_HEADER_LEN)
+        });
+    let snapshots = std::fs::read_dir(dir.join(super::SNAPSHOT_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".meta"));
+    if log_records || snapshots {
+        anyhow::bail!(
+            "{} is missing or empty, but {} holds a Raft log or snapshots: this node's vote, \
+             cluster id and applied state are lost, and starting with a new file could make it \
+             vote twice in one term. Put the file back, or move the whole data directory away \
+             and let the node re-sync from its peers",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Before the WAL, the log was a table of this file. The format changed without a migration
@@ -207,5 +248,84 @@ mod tests {
         drop(store);
         let reopened = RaftStore::open(&live).expect("reopen");
         assert_eq!(read(&reopened, "k"), Some(3), "a clean close keeps it");
+    }
+
+    /// A node whose `raft.redb` is gone or empty while its log holds records (or snapshots
+    /// exist) does not start with a new file: its vote is lost, and a new one would let it
+    /// vote twice in a term. A damaged file is an error at open, not trusted.
+    #[test]
+    fn a_lost_or_damaged_store_beside_a_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path();
+        let path = data.join("raft.redb");
+        let store = RaftStore::open(data).expect("open");
+        store
+            .write_meta("vote", &5u64, Sync::Durable)
+            .expect("write");
+        drop(store);
+        // No log yet (a node that never held an entry): a lost file is no loss.
+        std::fs::remove_file(&path).expect("remove");
+        RaftStore::open(data).expect("a new node's file may be made again");
+
+        let mut wal = super::super::wal::Wal::open(
+            &data.join(super::super::RAFT_LOG_DIR),
+            Default::default(),
+        )
+        .expect("open the log");
+        wal.append([(1u64, b"entry".as_slice())]).expect("append");
+        drop(wal);
+        RaftStore::open(data).expect("the file and its log");
+
+        for how in ["removed", "emptied"] {
+            match how {
+                "removed" => std::fs::remove_file(&path).expect("remove"),
+                _ => std::fs::write(&path, b"").expect("empty"),
+            }
+            let refused = RaftStore::open(data).err().map(|e| format!("{e:#}"));
+            assert!(
+                refused.as_deref().is_some_and(|e| e.contains("vote twice")),
+                "{how}: {refused:?}"
+            );
+            assert!(
+                std::fs::metadata(&path).map_or(true, |m| m.len() == 0),
+                "{how}: a refused start made a new file, which the next start would trust"
+            );
+        }
+
+        // Snapshots alone say the same.
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(other.join(super::super::SNAPSHOT_DIR)).expect("mkdir");
+        std::fs::write(
+            other.join(super::super::SNAPSHOT_DIR).join("s-1.meta"),
+            b"x",
+        )
+        .expect("write");
+        assert!(
+            RaftStore::open(&other).is_err(),
+            "snapshots without the store"
+        );
+
+        // Damage inside a file redb wrote: an error, not a panic, and not trusted.
+        let damaged = dir.path().join("damaged");
+        let store = RaftStore::open(&damaged).expect("open");
+        for k in 0..200u64 {
+            store
+                .write_meta(&format!("key-{k}"), &vec![k; 64], Sync::Durable)
+                .expect("write");
+        }
+        drop(store);
+        let file = damaged.join("raft.redb");
+        let mut bytes = std::fs::read(&file).expect("read");
+        let len = bytes.len();
+        for b in &mut bytes[len / 4..] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, &bytes).expect("damage");
+        let opened = std::panic::catch_unwind(|| RaftStore::open(&damaged).map(|_| ()));
+        assert!(
+            matches!(opened, Ok(Err(_))),
+            "a damaged file must fail to open with an error: {:?}",
+            opened.map(|r| r.map_err(|e| format!("{e:#}")))
+        );
     }
 }

@@ -41,6 +41,9 @@
 mod direct;
 mod segment;
 
+/// Bytes of a segment's header: a longer segment file has held records.
+pub(crate) const SEGMENT_HEADER_LEN: u64 = segment::HEADER_LEN;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
