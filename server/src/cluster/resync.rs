@@ -146,17 +146,27 @@ async fn confirmed(node: &Node, from: u64, theirs: &str) -> Result<Vec<u64>, Str
     ))
 }
 
-/// Removes everything inside `dir` (the directory itself stays: it may be a mount point).
+/// Removes everything inside `dir` (the directory itself stays: it may be a mount point),
+/// `raft.redb` last: a wipe cut short leaves the file that names the old cluster, so the next
+/// start finds the foreign data again and finishes the wipe, instead of a log without its
+/// store, which a start refuses (`RaftStore::open`).
 pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let store = dir.join(crate::raft::STORE_FILE);
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if path == store {
+            continue;
+        }
         if path.is_dir() {
             std::fs::remove_dir_all(&path)?;
         } else {
             std::fs::remove_file(&path)?;
         }
     }
-    Ok(())
+    match std::fs::remove_file(&store) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn restart_in_place() -> ! {

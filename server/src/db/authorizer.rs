@@ -56,6 +56,29 @@ pub(crate) fn statement_start(sql: &str) -> &str {
     }
 }
 
+/// Refuses a text of more than one statement without recursion, before it is prepared.
+///
+/// rusqlite refuses such a text itself (`Error::MultipleStatement`), but by preparing the
+/// rest of it recursively, one stack frame per statement: a request of 100,000 `SELECT 1;`
+/// overflowed a thread's stack and aborted the node. A text in which a `;` is followed by
+/// more than comments (several statements, or one that holds a `;`, as a trigger's body or a
+/// string may) is read here one statement at a time, stopping at the second: two prepares,
+/// whatever its length. Any other text costs a scan for `;`.
+pub(crate) fn refuse_more_than_one_statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    use rusqlite::fallible_iterator::FallibleIterator;
+    let may_hold_more = sql
+        .split_once(';')
+        .is_some_and(|(_, rest)| !statement_start(rest).is_empty());
+    if !may_hold_more {
+        return Ok(());
+    }
+    let mut statements = rusqlite::Batch::new(conn, sql);
+    if statements.next()?.is_some() && statements.next()?.is_some() {
+        return Err(rusqlite::Error::MultipleStatement);
+    }
+    Ok(())
+}
+
 /// Whether `sql` is a PRAGMA statement. SQLite calls some pragmas writes even when they only
 /// read a value (`PRAGMA journal_mode`); on a reader the authorizer already allows a pragma
 /// only where it reads, and the connection is `query_only`.

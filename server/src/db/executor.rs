@@ -33,7 +33,8 @@
 
 use super::answers::{AnswerBytes, AnswerHold};
 use super::authorizer::{
-    first_word_is, is_pragma, is_savepoint_control, statement_start, Lockdown, Policy,
+    first_word_is, is_pragma, is_savepoint_control, refuse_more_than_one_statement,
+    statement_start, Lockdown, Policy,
 };
 use super::bounds::{Bounds, ClientScope};
 use super::capture::{self, CaptureStart};
@@ -1424,6 +1425,7 @@ impl Executor {
         before: &mut Option<SchemaBefore>,
     ) -> Result<StatementOutcome> {
         let client_error = |e| scope.client_error(e, &self.lockdown);
+        refuse_more_than_one_statement(&self.conn, &statement.sql).map_err(client_error)?;
         // Never a cached internal statement, nor savepoint control, which the authorizer
         // allows only in an interactive transaction: it runs at prepare time.
         let prepared =

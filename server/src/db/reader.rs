@@ -21,7 +21,9 @@
 //! threads still busy with a job past its deadline (normally none: the interrupt lands within
 //! microseconds), which tells readiness whether the node can serve reads at all.
 
-use super::authorizer::{is_explain, is_pragma, Lockdown, Policy, READ_ONLY};
+use super::authorizer::{
+    is_explain, is_pragma, refuse_more_than_one_statement, Lockdown, Policy, READ_ONLY,
+};
 use super::bounds::{Bounds, Stop};
 use super::error::{DbError, Result};
 use super::executor::CachedOrNot;
@@ -282,6 +284,7 @@ impl Reader {
         // this connection last read: reading the schema cookie first loads it again, and the
         // EXPLAIN is compiled afresh on it (a cached one describes the schema it was compiled
         // on).
+        refuse_more_than_one_statement(&self.conn, &job.statement.sql).map_err(client_error)?;
         let mut stmt = match explain {
             true => {
                 self.current_schema()?;

@@ -1222,6 +1222,43 @@ async fn endless_write_is_interrupted_and_fails_alone() -> TestResult {
     Ok(())
 }
 
+/// A text of 200,000 statements is refused as more than one statement, by the read pool and
+/// by the executor, and both go on serving. (rusqlite's own check prepared the rest of the
+/// text recursively, a stack frame per statement: this overflowed the thread's stack and
+/// aborted the process.) A trigger, whose body holds `;`, is still one statement.
+#[tokio::test]
+async fn a_text_of_very_many_statements_is_refused_without_exhausting_the_stack() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let many = "SELECT 1;".repeat(200_000);
+    let one_statement_only = |e: &DbError| matches!(e, DbError::InvalidArgument(m) if m.contains("only one SQL statement"));
+    match collect(c.leader.reads().query(stmt(&many), 0, 10, None)).await {
+        Err(e) => ensure!(
+            e.downcast_ref::<DbError>().is_some_and(one_statement_only),
+            "query: {e}"
+        ),
+        Ok(chunks) => anyhow::bail!("ran as a query: {} chunks", chunks.len()),
+    }
+    let result = c.write(vec![req("many", &[&many])]).await?;
+    match &result.outcomes[0] {
+        WriteOutcome::Failed(e) => ensure!(one_statement_only(e), "execute: {e:?}"),
+        other => anyhow::bail!("executed: {other:?}"),
+    }
+    c.write_one(&[
+        "CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END",
+        "SELECT 'a;b'; -- trailing comment; not a statement",
+    ])
+    .await?;
+    let chunks = collect(
+        c.leader
+            .reads()
+            .query(stmt("SELECT count(*) FROM t;  "), 0, 10, None),
+    )
+    .await?;
+    ensure!(chunks[0].rows.len() == 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn endless_query_is_interrupted_at_its_deadline() -> TestResult {
     let c = Cluster::one_reader()?;

@@ -17,3 +17,5 @@ pub mod wal;
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The Raft log's segment files (`wal`).
 pub const RAFT_LOG_DIR: &str = "raft-log";
+/// The redb file of the vote and metadata (`store`).
+pub const STORE_FILE: &str = "raft.redb";

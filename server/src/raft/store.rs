@@ -82,7 +82,7 @@ impl RaftStore {
         use anyhow::Context;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create data directory {}", dir.display()))?;
-        let path = dir.join("raft.redb");
+        let path = dir.join(super::STORE_FILE);
         let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         if !existed {
             refuse_state_without_store(dir, &path)?;
