@@ -417,6 +417,23 @@ fn savepoint_word(op: TransactionOperation) -> &'static str {
     }
 }
 
+/// A client's read of a table: refused for raftlite's internal tables, whose stored write
+/// results belong to every token that wrote (a read token could read another's, and rows it
+/// deleted, for the day they are kept), and for `sqlite_dbpage`, whose raw pages hold the same
+/// bytes.
+fn read_rule(table: &str) -> Result<(), String> {
+    if table.eq_ignore_ascii_case("sqlite_dbpage") {
+        Err("reading sqlite_dbpage is not allowed: it holds every table's raw pages".into())
+    } else if is_internal_table(table) {
+        Err(format!(
+            "{table} is internal to raftlite and cannot be read: it holds every client's \
+             stored write results"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn protect_table(table: &str) -> Result<(), String> {
     if table.eq_ignore_ascii_case("sqlite_dbpage") {
         // DEFENSIVE already makes it read-only; say so clearly.
@@ -506,6 +523,7 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         AuthAction::Function { function_name } if is_load_extension(function_name) => {
             Err(NO_EXTENSIONS.into())
         }
+        AuthAction::Read { table_name, .. } => read_rule(table_name),
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
@@ -516,6 +534,15 @@ fn executor_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::CreateTempView {
             view_name: table_name,
         } => protect_table(table_name).and(Err(NO_TEMP_OBJECTS.into())),
+        AuthAction::CreateVtable { module_name, .. }
+            if module_name.eq_ignore_ascii_case("sqlite_dbpage") =>
+        {
+            Err(
+                "a virtual table over sqlite_dbpage is not allowed: it holds every table's raw \
+                 pages"
+                    .into(),
+            )
+        }
         AuthAction::CreateTable { table_name }
         | AuthAction::CreateView {
             view_name: table_name,
@@ -552,10 +579,8 @@ fn reader_rule(ctx: &AuthContext<'_>) -> Result<(), String> {
         AuthAction::Function { function_name } if is_load_extension(function_name) => {
             Err(NO_EXTENSIONS.into())
         }
-        AuthAction::Select
-        | AuthAction::Read { .. }
-        | AuthAction::Function { .. }
-        | AuthAction::Recursive => Ok(()),
+        AuthAction::Read { table_name, .. } => read_rule(table_name),
+        AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => Ok(()),
         AuthAction::Pragma {
             pragma_name,
             pragma_value,

@@ -734,6 +734,23 @@ async fn executor_lockdown_refuses_dangerous_statements() -> TestResult {
             "CREATE TRIGGER tr AFTER INSERT ON _raftlite_requests BEGIN SELECT 1; END",
             "is internal",
         ),
+        // Stored write results are every token's: no client reads them, nor the raw pages.
+        (
+            "SELECT id, results FROM _raftlite_requests",
+            "_raftlite_requests is internal to raftlite and cannot be read",
+        ),
+        (
+            "INSERT INTO t(a) SELECT value FROM _raftlite_meta",
+            "cannot be read",
+        ),
+        (
+            "SELECT data FROM sqlite_dbpage WHERE pgno = 1",
+            "reading sqlite_dbpage is not allowed",
+        ),
+        (
+            "CREATE VIRTUAL TABLE raw USING sqlite_dbpage",
+            "a virtual table over sqlite_dbpage is not allowed",
+        ),
     ];
     for (sql, expected) in cases {
         let result = c.executor.execute_batch(vec![req("", &[sql])]).await?;
@@ -1219,6 +1236,64 @@ async fn endless_write_is_interrupted_and_fails_alone() -> TestResult {
     ensure!(count(&Connection::open(c.follower.path())?, "t")? == 4);
     // the executor's connection is not left interrupted
     c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
+    Ok(())
+}
+
+/// A read token cannot read the internal tables (other tokens' stored write results) nor the
+/// raw pages, directly or through a trigger a write token made; the schema still lists them.
+#[tokio::test]
+async fn clients_cannot_read_stored_results_or_raw_pages() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    c.write(vec![req(
+        "secret-1",
+        &["INSERT INTO t(a) VALUES('top secret') RETURNING a"],
+    )])
+    .await?;
+    for sql in [
+        "SELECT id, results FROM _raftlite_requests",
+        "SELECT * FROM _RAFTLITE_META",
+        "SELECT (SELECT count(*) FROM _raftlite_requests)",
+        "SELECT data FROM sqlite_dbpage WHERE pgno = 2",
+        "SELECT data FROM sqlite_dbpage('main')",
+    ] {
+        match collect(c.leader.reads().query(stmt(sql), 0, 10, None)).await {
+            Err(e) => ensure!(
+                matches!(e.downcast_ref::<DbError>(), Some(DbError::PermissionDenied(m)) if m.contains("cannot be read") || m.contains("reading sqlite_dbpage")),
+                "{sql}: {e}"
+            ),
+            Ok(chunks) => anyhow::bail!("{sql} was read: {chunks:?}"),
+        }
+    }
+    let chunks = collect(c.leader.reads().query(
+        stmt("SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_raftlite\\_%' ESCAPE '\\'"),
+        0,
+        10,
+        None,
+    ))
+    .await?;
+    ensure!(
+        chunks[0].rows == vec![vec![SqlValue::Integer(2)]],
+        "{chunks:?}"
+    );
+    // A trigger reads with its statement's rights: the insert that fires it is refused.
+    let made = c
+        .write(vec![req(
+            "",
+            &["CREATE TRIGGER leak AFTER INSERT ON t BEGIN \
+               UPDATE t SET b = (SELECT results FROM _raftlite_requests LIMIT 1) WHERE id = new.id; END"],
+        )])
+        .await?;
+    if matches!(made.outcomes[0], WriteOutcome::Executed(_)) {
+        let fired = c
+            .write(vec![req("", &["INSERT INTO t(a) VALUES('x')"])])
+            .await?;
+        ensure!(
+            matches!(&fired.outcomes[0], WriteOutcome::Failed(DbError::PermissionDenied(m)) if m.contains("cannot be read")),
+            "{:?}",
+            fired.outcomes
+        );
+    }
     Ok(())
 }
 
