@@ -905,6 +905,7 @@ impl Executor {
     /// Run `VACUUM` as a full-image delta (see the module docs).
     pub fn execute_vacuum(&mut self) -> Result<ExecutedBatch> {
         self.refuse_if_in_transaction()?;
+        self.refuse_vacuum_over_the_delta_limit()?;
         self.end_open_batch()?;
         self.chain.clear();
         let tmp = vacuum_path(&self.db_path);
@@ -919,6 +920,36 @@ impl Executor {
             link: None,
             rows_held: None,
         })
+    }
+
+    /// A VACUUM's delta is the whole database's image (its pages in use): refused before it
+    /// writes a copy to disk and reads it into memory twice over, when that image is over
+    /// `max_delta_bytes` (it would be refused once built).
+    fn refuse_vacuum_over_the_delta_limit(&self) -> Result<()> {
+        let (pages, free, page_size): (u64, u64, u64) = {
+            let _guard = self.lockdown.internal();
+            let pragma = |name: &str| -> Result<u64> {
+                let n: i64 = self
+                    .conn
+                    .query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))?;
+                Ok(n.max(0) as u64)
+            };
+            (
+                pragma("page_count")?,
+                pragma("freelist_count")?,
+                pragma("page_size")?,
+            )
+        };
+        let bytes = pages.saturating_sub(free).saturating_mul(page_size);
+        if bytes > self.max_delta_bytes as u64 {
+            return Err(DbError::TooLarge(format!(
+                "VACUUM replicates the whole database, {bytes} bytes of pages in use, over the \
+                 limit of {} bytes for one write (max_delta_bytes); raise max_delta_bytes to \
+                 vacuum a database of this size",
+                self.max_delta_bytes
+            )));
+        }
+        Ok(())
     }
 
     fn vacuum_into(&mut self, tmp: &Path) -> Result<PageDelta> {

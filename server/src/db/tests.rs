@@ -2416,6 +2416,35 @@ async fn transaction_rollback_and_ends() -> TestResult {
     Ok(())
 }
 
+/// A VACUUM of a database whose pages in use are over max_delta_bytes is refused before it
+/// copies the database (no copy on disk, nothing in memory), and the node goes on writing.
+#[tokio::test]
+async fn vacuum_past_max_delta_bytes_is_refused_before_copying() -> TestResult {
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 1,
+        max_delta_bytes: 256 * 1024,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&["CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB)"])
+        .await?;
+    for _ in 0..4 {
+        c.write_one(&["INSERT INTO big(b) SELECT zeroblob(8000) FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9 UNION ALL SELECT 10)"])
+            .await?;
+    }
+    match c.executor.execute_vacuum().await {
+        Err(DbError::TooLarge(m)) => ensure!(m.contains("max_delta_bytes"), "{m}"),
+        other => anyhow::bail!("VACUUM of 320 KB of pages over a 256 KiB limit: {other:?}"),
+    }
+    let mut copy = c.leader.path().as_os_str().to_owned();
+    copy.push(".vacuum-tmp");
+    ensure!(
+        !Path::new(&copy).exists(),
+        "the refused VACUUM wrote a copy"
+    );
+    c.write_one(&["DELETE FROM big WHERE id > 4"]).await?;
+    Ok(())
+}
+
 /// A transaction cannot grow past max_delta_bytes: the call that would take it over fails
 /// alone (undone), the transaction stays open and commits what it held.
 #[tokio::test]
