@@ -121,6 +121,17 @@ pub struct BodyLimits {
 }
 
 impl BodyLimits {
+    /// The most bytes an object of `kind` whose body is within its limit can take: its
+    /// header, a nonce and tag, and the body compressed at worst (zstd adds at most about
+    /// 1/256 of the input to data that does not compress; 1/128 and 128 KiB are kept here).
+    /// A larger object is refused before it is downloaded.
+    pub fn max_object_bytes(&self, kind: ObjectKind) -> u64 {
+        let (limit, _) = self.of(kind);
+        limit
+            .saturating_add(limit / 128)
+            .saturating_add((HEADER_LEN + NONCE_LEN + 16) as u64 + (128 << 10))
+    }
+
     /// The limit for `kind`, and what it is (for errors).
     fn of(&self, kind: ObjectKind) -> (u64, &'static str) {
         match kind {

@@ -266,7 +266,7 @@ pub async fn execute(
     let snap_path = archive.path_of(&plan.snapshot.object);
     let snap_name = archive.display_name(&snap_path);
     let t = Instant::now();
-    let bytes = archive.get(&snap_path).await?;
+    let bytes = archive.get(&snap_path, ObjectKind::Snapshot).await?;
     progress(format!(
         "snapshot downloaded: {snap_name} ({} bytes, {})",
         bytes.len(),
@@ -378,7 +378,7 @@ pub async fn execute(
             let path = archive.path_of(&s.object);
             let name = archive.display_name(&path);
             let t = Instant::now();
-            let bytes = archive.get(&path).await?;
+            let bytes = archive.get(&path, ObjectKind::Segment).await?;
             let len = bytes.len();
             let key = archive.key().cloned();
             let limits = *archive.limits();
@@ -530,6 +530,56 @@ fn finish_file(dest: &Path) -> anyhow::Result<u64> {
 mod tests {
     use super::*;
     use crate::archive::format::{BodyLimits, ObjectHeader};
+
+    /// An object larger than any of its kind within the limits (here 3 MiB named as a snapshot
+    /// under a 1 MiB limit) is refused by its listed size, before it is downloaded, with an
+    /// error naming it.
+    #[tokio::test]
+    async fn an_object_too_large_for_its_kind_is_refused_before_downloading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
+            .expect("a local store");
+        let limit = 1 << 20;
+        let archive = Archive::with_store(std::sync::Arc::new(fs), None).with_limits(BodyLimits {
+            snapshot: limit,
+            segment: limit,
+        });
+        let path = archive.snapshot_path("c", 1, 42);
+        archive.put(&path, vec![7u8; 3 << 20]).await.expect("put");
+        let request = RestoreRequest {
+            cluster_id: Some("c".into()),
+            generation: None,
+            target: RestoreTarget::Latest,
+        };
+        let plan = plan(&archive, &request)
+            .await
+            .expect("plan")
+            .expect("a snapshot to restore");
+        let dest = dir.path().join("restored.db");
+        let err = execute(&archive, &plan, &dest, &|_| {})
+            .await
+            .expect_err("the object is refused");
+        let text = format!("{err:#}");
+        for part in [
+            path.as_ref(),
+            "3145728 bytes",
+            "refused without downloading",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from: {text}");
+        }
+        assert!(!dest.exists(), "no partial image left");
+        let small = archive.segment_path("c", 1, 43, 44);
+        archive.put(&small, vec![7u8; 1000]).await.expect("put");
+        let err = archive
+            .get(&small, ObjectKind::Segment)
+            .await
+            .map(|b| b.len());
+        assert_eq!(
+            err.ok(),
+            Some(1000),
+            "an object within the bound is read whole"
+        );
+    }
 
     /// A snapshot object that decompresses far past the limit fails the restore with an error
     /// naming the object and the limit, and leaves no partial file behind.

@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::format::{ArchiveKey, BodyLimits};
+use super::format::{ArchiveKey, BodyLimits, ObjectKind};
 
 /// Where the archive lives and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,16 +364,48 @@ impl Archive {
         Ok(())
     }
 
-    /// Downloads a whole object. A missing object is an error naming it.
-    pub async fn get(&self, path: &Path) -> anyhow::Result<bytes::Bytes> {
+    /// Downloads a whole object of `kind`. A missing object is an error naming it; so is one
+    /// larger than an object of its kind within this archive's limits can be
+    /// ([`BodyLimits::max_object_bytes`]): refused by its listed size before a byte is read,
+    /// and stopped at that size if the store sends more.
+    pub async fn get(&self, path: &Path, kind: ObjectKind) -> anyhow::Result<bytes::Bytes> {
         let name = self.display_name(path);
-        match self.store.get(path).await {
-            Ok(r) => r.bytes().await.with_context(|| format!("download {name}")),
+        let most = self.limits.max_object_bytes(kind);
+        let too_large = |size: String| {
+            anyhow::anyhow!(
+                "archive object {name} is {size} bytes, more than the {most} that a {} within \
+                 this node's limits can take: refused without downloading it (not an object \
+                 raftlite wrote, or written with a larger max_snapshot_bytes)",
+                match kind {
+                    ObjectKind::Snapshot => "snapshot",
+                    ObjectKind::Segment => "segment",
+                }
+            )
+        };
+        let found = match self.store.get(path).await {
+            Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => {
                 bail!("archive object {name} is missing")
             }
-            Err(e) => Err(e).with_context(|| format!("download {name}")),
+            Err(e) => return Err(e).with_context(|| format!("download {name}")),
+        };
+        let size = found.meta.size;
+        if size > most {
+            return Err(too_large(size.to_string()));
         }
+        let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut chunks = found.into_stream();
+        while let Some(chunk) = chunks
+            .try_next()
+            .await
+            .with_context(|| format!("download {name}"))?
+        {
+            if (body.len() + chunk.len()) as u64 > most {
+                return Err(too_large(format!("over {}", body.len() + chunk.len())));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(bytes::Bytes::from(body))
     }
 
     pub async fn delete(&self, path: &Path) -> anyhow::Result<()> {
