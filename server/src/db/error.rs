@@ -110,6 +110,9 @@ fn classify(err: &ffi::Error, text: String) -> DbError {
         }
         ffi::SQLITE_CONSTRAINT => DbError::Constraint(text),
         ffi::SQLITE_TOOBIG => DbError::TooLarge(text),
+        // SQLite's heap is at its limit (`bounds.rs`): client statements hold it, and free it
+        // when they end. (A client statement's own failure is reported as too large first.)
+        ffi::SQLITE_NOMEM => DbError::Overloaded(text),
         ffi::SQLITE_CORRUPT | ffi::SQLITE_NOTADB => DbError::Corrupt(text),
         // Plain SQLITE_READONLY is a refused write (query_only, DEFENSIVE); the extended
         // variants are file-system problems.

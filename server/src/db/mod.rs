@@ -193,6 +193,9 @@ impl Default for DbOptions {
 /// Heap allowance, beyond page caches and client values, for everything else SQLite holds:
 /// the applier and image connections, schemas, prepared statements, lookaside.
 const HEAP_BASE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long an apply waits in all for client statements to free SQLite's heap (see
+/// [`Database::apply`]) before its failure stops the node: longer than a query may run.
+pub const APPLY_OUT_OF_MEMORY_PATIENCE: Duration = Duration::from_secs(120);
 /// Maximum-size values a connection that runs client SQL may hold at once under the heap
 /// limit (a normal statement needs three: the value, its record, a copy).
 const HEAP_VALUES_PER_CONNECTION: u64 = 4;
@@ -269,7 +272,30 @@ impl Database {
     /// [`Executor::make_way_for_applier`]), is rolled back first and the delta applied. A
     /// batch the write path committed in place already (see [`ExecutorHandle::commit_early`])
     /// is done: nothing is written.
+    ///
+    /// When SQLite's heap is at its limit (client statements filled it: their values count
+    /// against the same process-wide limit), the apply is retried, waiting up to
+    /// [`APPLY_OUT_OF_MEMORY_PATIENCE`] in all for them to end and free it; a failed apply
+    /// changed nothing (it rolls back). An apply that failed so was fatal to the node.
     pub async fn apply(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.apply_once(delta.clone()).await {
+                Err(DbError::Overloaded(reason))
+                    if started.elapsed() < APPLY_OUT_OF_MEMORY_PATIENCE =>
+                {
+                    tracing::warn!(%reason, version = delta.base_version,
+                        "apply: SQLite's memory is full (client statements hold it); retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn apply_once(&self, delta: Arc<PageDelta>) -> Result<ApplyOutcome> {
         // A delta committed in place ahead of its apply needs no trip to another thread. Only if
         // the gate is free now: this runs on the node's runtime, and the executor holds the gate
         // through a whole batch, which may run for seconds (a wait here stopped the leader's

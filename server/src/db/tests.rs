@@ -1573,6 +1573,34 @@ async fn heap_limit_child() -> TestResult {
     )
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(2)]]);
+
+    // A follower's apply while other SQLite work holds the heap at its limit (as a client's
+    // queries full of large values can): it waits for the memory instead of failing, which
+    // stopped the node, and applies once the memory is free.
+    let executed = c
+        .executor
+        .execute_batch(vec![req("", &[&insert_rows(200, 3)])])
+        .await?;
+    let delta = Arc::new(executed.delta.context("a delta")?);
+    ensure!(c.leader.apply(delta.clone()).await? == ApplyOutcome::Applied);
+    let hog = rusqlite::Connection::open_in_memory()?;
+    hog.execute_batch("CREATE TABLE h(b)")?;
+    for size in [1 << 20, 64 << 10, 4 << 10, 256, 16] {
+        while hog
+            .execute("INSERT INTO h VALUES(randomblob(?1))", [size])
+            .is_ok()
+        {}
+    }
+    let apply = c.follower.apply(delta);
+    tokio::pin!(apply);
+    if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut apply).await {
+        anyhow::bail!("the apply did not wait for memory: {done:?}");
+    }
+    drop(hog);
+    let applied = tokio::time::timeout(Duration::from_secs(10), apply).await??;
+    ensure!(applied == ApplyOutcome::Applied, "{applied:?}");
+    c.reference_commit(&req("", &[&insert_rows(200, 3)]))?;
+    c.verify("a follower's apply that waited for memory")?;
     Ok(())
 }
 
