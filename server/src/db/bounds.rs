@@ -41,7 +41,8 @@
 //!   for `RAISE(ROLLBACK)`), so the request fails alone. Not covered: time spent waiting for a
 //!   lock (`busy_timeout`), and single VM instructions that run long without reporting
 //!   progress (an in-memory sort is bounded by the page cache, `integrity_check` reports
-//!   progress).
+//!   progress). Among the latter, `instr` is replaced by a linear one and `LIKE`/`GLOB`
+//!   patterns are limited (`functions.rs`).
 
 use super::authorizer::Lockdown;
 use super::error::{DbError, Result};
@@ -143,6 +144,11 @@ impl Bounds {
             Limit::SQLITE_LIMIT_SQL_LENGTH,
             clamp_length(options.max_value_bytes.max(MIN_SQL_LENGTH)),
         )?;
+        conn.set_limit(
+            Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
+            super::functions::LIKE_PATTERN_BYTES,
+        )?;
+        super::functions::install(conn)?;
         let watch = Arc::new(Mutex::new(Watch::default()));
         let handler_watch = Arc::clone(&watch);
         conn.progress_handler(

@@ -94,6 +94,7 @@ mod checkpoint;
 mod delta;
 mod error;
 mod executor;
+mod functions;
 mod internal;
 mod reader;
 mod snapshot;

@@ -1297,6 +1297,46 @@ async fn clients_cannot_read_stored_results_or_raw_pages() -> TestResult {
     Ok(())
 }
 
+/// One `instr` call of two long values (SQLite's built-in compares at every position: 1.6e12
+/// byte comparisons here, minutes as one VM instruction that no deadline interrupts) neither
+/// holds the executor nor a read thread: the next write and query run at once. A LIKE pattern
+/// past its limit is refused.
+#[tokio::test]
+async fn one_slow_function_call_holds_nothing_back() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let slow = "SELECT instr(printf('%.*c', 1800000, 'a'), printf('%.*c', 900000, 'a') || 'b')";
+    let guard = Duration::from_secs(20);
+    // On the executor itself: the test's reference database runs SQLite's built-in.
+    let executed = tokio::time::timeout(guard, c.executor.execute_batch(vec![req("", &[slow])]))
+        .await
+        .context("the executor was held by one instr call")??;
+    ensure!(
+        executed.outcomes.len() == 1 && matches!(executed.outcomes[0], WriteOutcome::Executed(_)),
+        "{:?}",
+        executed.outcomes
+    );
+    tokio::time::timeout(guard, c.write_one(&["INSERT INTO t(a) VALUES('next')"]))
+        .await
+        .context("the next write waited")??;
+    let chunks = tokio::time::timeout(
+        guard,
+        collect(c.leader.reads().query(stmt(slow), 0, 10, None)),
+    )
+    .await
+    .context("a read thread was held by one instr call")??;
+    ensure!(
+        chunks[0].rows == vec![vec![SqlValue::Integer(0)]],
+        "{chunks:?}"
+    );
+    let pattern = format!("SELECT 'x' LIKE '{}'", "%x".repeat(600));
+    match collect(c.leader.reads().query(stmt(&pattern), 0, 10, None)).await {
+        Err(e) => ensure!(format!("{e}").contains("pattern too complex"), "{e}"),
+        Ok(chunks) => anyhow::bail!("a 1,200-byte LIKE pattern ran: {chunks:?}"),
+    }
+    Ok(())
+}
+
 /// A text of 200,000 statements is refused as more than one statement, by the read pool and
 /// by the executor, and both go on serving. (rusqlite's own check prepared the rest of the
 /// text recursively, a stack frame per statement: this overflowed the thread's stack and
