@@ -306,6 +306,29 @@ async fn no_statement_stalls_or_kills_the_cluster() {
         "foreign keys still hold for every client: {orphan:?}"
     );
 
+    info!("phase 5b: a text of 200,000 statements and one long instr call kill and hold nothing");
+    // rusqlite refused such a text by preparing its rest recursively (a stack overflow that
+    // aborted the node); SQLite's instr ran for tens of seconds as one VM instruction, which
+    // no deadline interrupts, and held the executor (the steady writer's gap) that long.
+    let many = "SELECT 1;".repeat(200_000);
+    let r = client
+        .query_with(Statement::new(many.as_str()), Consistency::Stale, 0)
+        .await;
+    assert_eq!(code(&r), Some(Code::InvalidArgument), "as a query: {r:?}");
+    let r = client.exec(many.as_str(), Vec::<i64>::new()).await;
+    assert_eq!(code(&r), Some(Code::InvalidArgument), "as a write: {r:?}");
+    let long_instr =
+        "SELECT instr(printf('%.*c', 1800000, 'a'), printf('%.*c', 900000, 'a') || 'b')";
+    client
+        .exec(long_instr, Vec::<i64>::new())
+        .await
+        .expect("a long instr on the executor");
+    let r = client
+        .query_with(Statement::new(long_instr), Consistency::Stale, 0)
+        .await
+        .expect("a long instr on a read thread");
+    assert_eq!(r.rows.len(), 1);
+
     info!("phase 6: the steady writer never waited over a second; nothing else moved");
     stop.store(true, Ordering::Relaxed);
     let (writes, worst) = steady.await.expect("steady writer");
