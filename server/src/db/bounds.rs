@@ -27,7 +27,10 @@
 //!   their next big value that fails (`TooLarge`, and the statement frees everything it held),
 //!   while the small page allocations of the applier still fit. That is a last guard, not a
 //!   guarantee: to keep a node within a memory budget, size `max_value_bytes` (and the read
-//!   threads) so that [`DbOptions::heap_limit_bytes`] fits it.
+//!   threads) so that [`DbOptions::heap_limit_bytes`] fits it. Before the limit, client
+//!   statements are stopped ([`DbError::Overloaded`]) once less than [`HEAP_RESERVE_BYTES`]
+//!   of it is left: at their next progress check, or, for a query parked on a slow reader,
+//!   within 100 ms; the room left is raftlite's own.
 //! * **Disk.** The temporary files those spills go to are bounded too, by a VFS shim
 //!   (`tempfiles.rs`): while a client statement runs, each of its temporary files may hold
 //!   [`DbOptions::max_temp_file_bytes`], and all of them in the process together 1 GiB; past
@@ -71,6 +74,27 @@ pub(crate) enum Stop {
     Deadline,
     /// Nobody waits for its results any more.
     Cancelled,
+    /// SQLite's heap came within [`HEAP_RESERVE_BYTES`] of its hard limit (used, limit).
+    Memory(i64, i64),
+}
+
+/// Client statements stop once SQLite's process-wide heap is within this of its hard limit,
+/// so that raftlite's own work (the applier laying a committed delta, the executor's capture)
+/// finds room: statements full of large values are the only way to get there, and they are
+/// the ones stopped (an apply that still finds the heap full waits, see `Database::apply`).
+pub(crate) const HEAP_RESERVE_BYTES: i64 = 32 << 20;
+
+/// SQLite's heap use and hard limit, when the limit is set and less than
+/// [`HEAP_RESERVE_BYTES`] is left under it.
+pub(crate) fn heap_nearly_full() -> Option<(i64, i64)> {
+    // SAFETY: thread-safe queries of SQLite's global memory state (-1 only reads the limit).
+    let limit = unsafe { ffi::sqlite3_hard_heap_limit64(-1) };
+    if limit <= 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let used = unsafe { ffi::sqlite3_memory_used() };
+    (used > limit - HEAP_RESERVE_BYTES).then_some((used, limit))
 }
 
 impl Stop {
@@ -86,6 +110,13 @@ impl Stop {
             ),
             (Stop::Deadline, false) => "the request's deadline passed before it could run".into(),
             (Stop::Cancelled, _) => "the query was cancelled: its client went away".into(),
+            (Stop::Memory(used, limit), _) => {
+                return DbError::Overloaded(format!(
+                    "stopped: SQLite's memory on this node is nearly full ({used} of {limit} \
+                     bytes in use, by statements holding large values at once); send \
+                     statements that hold fewer large values, or retry"
+                ))
+            }
         };
         DbError::Timeout(message)
     }
@@ -110,6 +141,8 @@ impl Watch {
                 self.stopped = Some(Stop::Deadline);
             } else if self.cancelled.as_ref().is_some_and(|gone| gone()) {
                 self.stopped = Some(Stop::Cancelled);
+            } else if let Some((used, limit)) = heap_nearly_full() {
+                self.stopped = Some(Stop::Memory(used, limit));
             }
         }
         self.stopped

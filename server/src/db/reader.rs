@@ -24,7 +24,7 @@
 use super::authorizer::{
     is_explain, is_pragma, refuse_more_than_one_statement, Lockdown, Policy, READ_ONLY,
 };
-use super::bounds::{Bounds, Stop};
+use super::bounds::{heap_nearly_full, Bounds, Stop};
 use super::error::{DbError, Result};
 use super::executor::CachedOrNot;
 use super::value::{bind, ColumnInfo, SqlValue, Statement};
@@ -36,7 +36,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Chunks buffered between a pool thread and the consumer.
@@ -358,6 +358,9 @@ fn send(
     }
 }
 
+/// How often a query parked on a slow client looks at SQLite's heap.
+const HEAP_RECHECK: Duration = Duration::from_millis(100);
+
 /// Send `item` from a std thread, waiting for room until `deadline` (forever without one).
 /// The receiver going away ends the wait too. Needs no tokio runtime: the send future is
 /// polled here, and its waker unparks this thread.
@@ -378,16 +381,19 @@ fn send_until<T>(
         match sending.as_mut().poll(&mut cx) {
             Poll::Ready(Ok(())) => return Ok(()),
             Poll::Ready(Err(_)) => return Err(Stop::Cancelled),
-            Poll::Pending => match deadline {
-                None => std::thread::park(),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(Stop::Deadline);
-                    }
-                    std::thread::park_timeout(deadline - now);
+            Poll::Pending => {
+                // Parked on a slow client, the statement still holds its values: it gives
+                // them up when SQLite's heap is nearly full (see `bounds::HEAP_RESERVE_BYTES`).
+                if let Some((used, limit)) = heap_nearly_full() {
+                    return Err(Stop::Memory(used, limit));
                 }
-            },
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(Stop::Deadline);
+                }
+                let until_deadline = deadline.map_or(HEAP_RECHECK, |d| d - now);
+                std::thread::park_timeout(until_deadline.min(HEAP_RECHECK));
+            }
         }
     }
 }

@@ -1614,6 +1614,31 @@ async fn heap_limit_child() -> TestResult {
     .await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(2)]]);
 
+    // A query that holds values near the limit at once (15 constant 8 MB strings, below the
+    // 138 MiB limit but past it less the 32 MiB reserve) is stopped, and the heap is free
+    // again for the node's own work; without the reserve it would run to its end.
+    let held: Vec<String> = (0..15)
+        .map(|i| format!("printf('%.*c', {}, 'a') IS NOT NULL", 8_000_000 + i))
+        .collect();
+    let hoarding = format!(
+        "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 5000) \
+         SELECT count(*) FROM r WHERE {}",
+        held.join(" AND ")
+    );
+    match collect(c.leader.reads().query(stmt(&hoarding), 0, 10, None)).await {
+        Err(e) => ensure!(
+            matches!(e.downcast_ref::<DbError>(), Some(DbError::Overloaded(m)) if m.contains("nearly full")),
+            "{e}"
+        ),
+        Ok(chunks) => anyhow::bail!("held 120 MB past the reserve: {chunks:?}"),
+    }
+    let result = c.write(vec![req("", &[&hoarding])]).await?;
+    ensure!(
+        matches!(failed(&result.outcomes[0])?, DbError::Overloaded(m) if m.contains("nearly full")),
+        "{:?}",
+        result.outcomes
+    );
+
     // A follower's apply while other SQLite work holds the heap at its limit (as a client's
     // queries full of large values can): it waits for the memory instead of failing, which
     // stopped the node, and applies once the memory is free.
