@@ -531,35 +531,43 @@ mod tests {
     use super::*;
     use crate::archive::format::{BodyLimits, ObjectHeader};
 
+    /// An archive in `dir` whose bodies may be at most `limit` bytes.
+    fn archive_in(dir: &std::path::Path, limit: u64) -> Archive {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).expect("a local store");
+        Archive::with_store(std::sync::Arc::new(fs), None).with_limits(BodyLimits {
+            snapshot: limit,
+            segment: limit,
+        })
+    }
+
+    /// Restores cluster "c"'s latest state into `dest`, which must fail: the error's text.
+    async fn failed_restore(archive: &Archive, dest: &std::path::Path) -> String {
+        let request = RestoreRequest {
+            cluster_id: Some("c".into()),
+            generation: None,
+            target: RestoreTarget::Latest,
+        };
+        let plan = plan(archive, &request)
+            .await
+            .expect("plan")
+            .expect("a snapshot to restore");
+        let err = execute(archive, &plan, dest, &|_| {})
+            .await
+            .expect_err("the restore fails");
+        format!("{err:#}")
+    }
+
     /// An object larger than any of its kind within the limits (here 3 MiB named as a snapshot
     /// under a 1 MiB limit) is refused by its listed size, before it is downloaded, with an
     /// error naming it.
     #[tokio::test]
     async fn an_object_too_large_for_its_kind_is_refused_before_downloading() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
-            .expect("a local store");
-        let limit = 1 << 20;
-        let archive = Archive::with_store(std::sync::Arc::new(fs), None).with_limits(BodyLimits {
-            snapshot: limit,
-            segment: limit,
-        });
+        let archive = archive_in(dir.path(), 1 << 20);
         let path = archive.snapshot_path("c", 1, 42);
         archive.put(&path, vec![7u8; 3 << 20]).await.expect("put");
-        let request = RestoreRequest {
-            cluster_id: Some("c".into()),
-            generation: None,
-            target: RestoreTarget::Latest,
-        };
-        let plan = plan(&archive, &request)
-            .await
-            .expect("plan")
-            .expect("a snapshot to restore");
         let dest = dir.path().join("restored.db");
-        let err = execute(&archive, &plan, &dest, &|_| {})
-            .await
-            .expect_err("the object is refused");
-        let text = format!("{err:#}");
+        let text = failed_restore(&archive, &dest).await;
         for part in [
             path.as_ref(),
             "3145728 bytes",
@@ -570,12 +578,12 @@ mod tests {
         assert!(!dest.exists(), "no partial image left");
         let small = archive.segment_path("c", 1, 43, 44);
         archive.put(&small, vec![7u8; 1000]).await.expect("put");
-        let err = archive
+        let read = archive
             .get(&small, ObjectKind::Segment)
             .await
             .map(|b| b.len());
         assert_eq!(
-            err.ok(),
+            read.ok(),
             Some(1000),
             "an object within the bound is read whole"
         );
@@ -586,13 +594,7 @@ mod tests {
     #[tokio::test]
     async fn a_decompression_bomb_fails_the_restore_naming_the_object_and_the_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path())
-            .expect("a local store");
-        let limit = 1 << 20;
-        let archive = Archive::with_store(std::sync::Arc::new(fs), None).with_limits(BodyLimits {
-            snapshot: limit,
-            segment: limit,
-        });
+        let archive = archive_in(dir.path(), 1 << 20);
         let path = archive.snapshot_path("c", 1, 42);
         let header = ObjectHeader {
             kind: ObjectKind::Snapshot,
@@ -605,20 +607,8 @@ mod tests {
             let bomb =
                 format::zeros_object(&Archive::object_name(&path), &header, 64 << 20, declare);
             archive.put(&path, bomb).await.expect("put");
-            let request = RestoreRequest {
-                cluster_id: Some("c".into()),
-                generation: None,
-                target: RestoreTarget::Latest,
-            };
-            let plan = plan(&archive, &request)
-                .await
-                .expect("plan")
-                .expect("a snapshot to restore");
             let dest = dir.path().join("restored.db");
-            let err = execute(&archive, &plan, &dest, &|_| {})
-                .await
-                .expect_err("the bomb is refused");
-            let text = format!("{err:#}");
+            let text = failed_restore(&archive, &dest).await;
             for part in [path.as_ref(), "1048576 bytes", "max_snapshot_bytes"] {
                 assert!(
                     text.contains(part),
