@@ -131,6 +131,8 @@ struct Watch {
     deadline: Option<Instant>,
     cancelled: Option<CancelCheck>,
     stopped: Option<Stop>,
+    /// A client statement runs (in a [`ClientScope`]): only such are stopped for memory.
+    client: bool,
 }
 
 impl Watch {
@@ -141,7 +143,7 @@ impl Watch {
                 self.stopped = Some(Stop::Deadline);
             } else if self.cancelled.as_ref().is_some_and(|gone| gone()) {
                 self.stopped = Some(Stop::Cancelled);
-            } else if let Some((used, limit)) = heap_nearly_full() {
+            } else if let Some((used, limit)) = self.client.then(heap_nearly_full).flatten() {
                 self.stopped = Some(Stop::Memory(used, limit));
             }
         }
@@ -214,6 +216,7 @@ impl Bounds {
                 deadline,
                 cancelled,
                 stopped: None,
+                client: true,
             };
             if let Some(stop) = watch.check() {
                 *watch = Watch::default();
