@@ -36,53 +36,60 @@ pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// An argument as SQLite's `instr` reads it: bytes, and whether they are a blob.
-enum Arg<'a> {
-    Null,
-    Bytes(std::borrow::Cow<'a, [u8]>, bool),
-}
+/// An argument as SQLite's `instr` reads it: its bytes, and whether they are a blob; `None`
+/// for NULL.
+type Arg<'a> = Option<(std::borrow::Cow<'a, [u8]>, bool)>;
 
 fn arg<'a>(ctx: &'a Context<'_>, idx: usize) -> rusqlite::Result<Arg<'a>> {
     Ok(match ctx.get_raw(idx) {
-        ValueRef::Null => Arg::Null,
-        ValueRef::Blob(b) => Arg::Bytes(b.into(), true),
-        ValueRef::Text(t) => Arg::Bytes(t.into(), false),
-        ValueRef::Integer(i) => Arg::Bytes(i.to_string().into_bytes().into(), false),
+        ValueRef::Null => None,
+        ValueRef::Blob(b) => Some((b.into(), true)),
+        ValueRef::Text(t) => Some((t.into(), false)),
+        ValueRef::Integer(i) => Some((i.to_string().into_bytes().into(), false)),
         // A real's text is SQLite's own rendering: ask it (a few bytes, any cost is small).
         ValueRef::Real(r) => {
             // SAFETY: the connection is only used to run one read-only expression while this
             // function runs on it, as SQLite allows.
             let conn = unsafe { ctx.get_connection()? };
             let text: String = conn.query_row("SELECT CAST(?1 AS TEXT)", [r], |row| row.get(0))?;
-            Arg::Bytes(text.into_bytes().into(), false)
+            Some((text.into_bytes().into(), false))
         }
     })
 }
 
 fn instr(ctx: &Context<'_>) -> rusqlite::Result<Option<i64>> {
-    let (haystack, needle) = match (arg(ctx, 0)?, arg(ctx, 1)?) {
-        (Arg::Bytes(h, h_blob), Arg::Bytes(n, n_blob)) => (h, (n, h_blob && n_blob)),
-        _ => return Ok(None),
+    let (Some((haystack, haystack_blob)), Some((needle, needle_blob))) =
+        (arg(ctx, 0)?, arg(ctx, 1)?)
+    else {
+        return Ok(None);
     };
-    let (needle, bytes_only) = needle;
-    Ok(Some(position(&haystack, &needle, !bytes_only)))
+    Ok(Some(position(
+        &haystack,
+        &needle,
+        !(haystack_blob && needle_blob),
+    )))
+}
+
+/// Whether `byte` begins a UTF-8 character (is not a continuation byte).
+fn starts_char(byte: u8) -> bool {
+    byte & 0xc0 != 0x80
 }
 
 /// SQLite's `instr` on bytes: the 1-based position of `needle`'s first occurrence in
 /// `haystack`, 0 if none, 1 if `needle` is empty. For text, positions count characters, and
-/// only those where a character starts are tried (as SQLite steps over UTF-8 continuation
-/// bytes).
+/// only the first byte and those where a character starts are tried (as SQLite steps over
+/// UTF-8 continuation bytes).
 fn position(haystack: &[u8], needle: &[u8], text: bool) -> i64 {
     if needle.is_empty() {
         return 1;
     }
-    let starts_char = |i: usize| !text || haystack[i] & 0xc0 != 0x80;
-    let Some(at) = memchr::memmem::find_iter(haystack, needle).find(|&i| i == 0 || starts_char(i))
+    let Some(at) = memchr::memmem::find_iter(haystack, needle)
+        .find(|&i| !text || i == 0 || starts_char(haystack[i]))
     else {
         return 0;
     };
     let before = match text {
-        true => haystack[..at].iter().filter(|b| **b & 0xc0 != 0x80).count(),
+        true => haystack[..at].iter().filter(|b| starts_char(**b)).count(),
         false => at,
     };
     before as i64 + 1

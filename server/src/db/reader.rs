@@ -279,12 +279,12 @@ impl Reader {
         )?;
         let client_error = |e| scope.client_error(e, &self.lockdown);
         self.lockdown.reset();
+        refuse_more_than_one_statement(&self.conn, &job.statement.sql).map_err(client_error)?;
         let explain = is_explain(&job.statement.sql);
         // An EXPLAIN reads no table as it runs, so nothing would notice a schema changed since
         // this connection last read: reading the schema cookie first loads it again, and the
         // EXPLAIN is compiled afresh on it (a cached one describes the schema it was compiled
         // on).
-        refuse_more_than_one_statement(&self.conn, &job.statement.sql).map_err(client_error)?;
         let mut stmt = match explain {
             true => {
                 self.current_schema()?;

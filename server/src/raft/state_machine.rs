@@ -409,7 +409,7 @@ impl StateMachine {
             std::io::Write::write_all(&mut file, &bytes)?;
             file.sync_all()?;
             std::fs::rename(&tmp, Self::meta_path(dir, meta))?;
-            std::fs::File::open(dir)?.sync_all()
+            super::wal::sync_dir(dir)
         })();
         written.map_err(|e| snap_err(Some(meta), e))
     }

@@ -149,20 +149,21 @@ impl RaftStore {
 /// second time in a term it already voted in, and adopt whatever cluster id it hears: refused,
 /// with what to do.
 fn refuse_state_without_store(dir: &Path, path: &Path) -> anyhow::Result<()> {
-    let log_records = std::fs::read_dir(dir.join(super::RAFT_LOG_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.file_name().to_string_lossy().ends_with(".wal")
-                && e.metadata()
-                    .is_ok_and(|m| m.len() > super::wal::SEGMENT_HEADER_LEN)
-        });
-    let snapshots = std::fs::read_dir(dir.join(super::SNAPSHOT_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().ends_with(".meta"));
+    let any_file = |sub: &str, held: &dyn Fn(&std::fs::DirEntry) -> bool| {
+        std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| held(&e))
+    };
+    let log_records = any_file(super::RAFT_LOG_DIR, &|e| {
+        e.file_name().to_string_lossy().ends_with(".wal")
+            && e.metadata()
+                .is_ok_and(|m| m.len() > super::wal::SEGMENT_HEADER_LEN)
+    });
+    let snapshots = any_file(super::SNAPSHOT_DIR, &|e| {
+        e.file_name().to_string_lossy().ends_with(".meta")
+    });
     if log_records || snapshots {
         anyhow::bail!(
             "{} is missing or empty, but {} holds a Raft log or snapshots: this node's vote, \
@@ -257,7 +258,7 @@ mod tests {
     fn a_lost_or_damaged_store_beside_a_log_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path();
-        let path = data.join("raft.redb");
+        let path = data.join(super::super::STORE_FILE);
         let store = RaftStore::open(data).expect("open");
         store
             .write_meta("vote", &5u64, Sync::Durable)
@@ -314,7 +315,7 @@ mod tests {
                 .expect("write");
         }
         drop(store);
-        let file = damaged.join("raft.redb");
+        let file = damaged.join(super::super::STORE_FILE);
         let mut bytes = std::fs::read(&file).expect("read");
         let len = bytes.len();
         for b in &mut bytes[len / 4..] {

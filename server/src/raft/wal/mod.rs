@@ -87,7 +87,8 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the names in `dir` durable (a file created, renamed or removed there).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
