@@ -20,6 +20,23 @@ const ENDLESS: &str =
 /// Peak resident memory allowed to any node (the cap).
 const RSS_CAP_KIB: u64 = 400 * 1024;
 
+/// Three nodes started with `args`, once they agree on a leader (returned with them).
+async fn three_nodes_with(args: &[&str]) -> (Cluster, u64) {
+    let cluster = Cluster::start(
+        3,
+        ClusterOptions {
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    (cluster, leader)
+}
+
 fn code<T: std::fmt::Debug>(result: &Result<T, Error>) -> Option<Code> {
     match result {
         Ok(_) => Some(Code::Ok),
@@ -90,25 +107,13 @@ async fn reads_answer(client: &Client, when: &str) {
 async fn no_statement_stalls_or_kills_the_cluster() {
     init_tracing();
     info!("phase 1: 3 nodes, statement timeout 500 ms, request timeout 3 s; a steady writer");
-    let cluster = Cluster::start(
-        3,
-        ClusterOptions {
-            extra_args: [
-                "--statement-timeout-ms",
-                "500",
-                "--request-timeout-ms",
-                "3000",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..ClusterOptions::default()
-        },
-    )
-    .expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
+    let (cluster, leader) = three_nodes_with(&[
+        "--statement-timeout-ms",
+        "500",
+        "--request-timeout-ms",
+        "3000",
+    ])
+    .await;
     let client = cluster.client();
     client
         .exec(
@@ -374,11 +379,7 @@ async fn no_statement_stalls_or_kills_the_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 async fn values_within_the_limits_replicate_however_long_they_take_to_send() {
     init_tracing();
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
+    let (cluster, leader) = three_nodes_with(&[]).await;
     let client = client_with(&cluster, Duration::from_secs(60));
     client
         .exec(
@@ -499,20 +500,7 @@ async fn answered_once_by_the_node<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_that_runs_out_of_time_runs_once_and_says_so() {
     init_tracing();
-    let cluster = Cluster::start(
-        3,
-        ClusterOptions {
-            extra_args: ["--statement-timeout-ms", "1000"]
-                .map(String::from)
-                .to_vec(),
-            ..ClusterOptions::default()
-        },
-    )
-    .expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
+    let (cluster, leader) = three_nodes_with(&["--statement-timeout-ms", "1000"]).await;
     let follower = cluster.ids_except(leader)[0];
     // The client's defaults (retries for 10 s) but for a request timeout equal to the node's
     // statement timeout; one client on the leader, one on a follower (which forwards).
@@ -625,20 +613,8 @@ async fn a_result_too_slow_to_read_before_the_deadline_says_so() {
 async fn answers_nobody_reads_neither_depose_the_leader_nor_pile_up() {
     use cluster_tests::metrics_addr;
     init_tracing();
-    let cluster = Cluster::start(
-        3,
-        ClusterOptions {
-            extra_args: ["--worker-threads", "1", "--metrics-addr", "127.0.0.1:0"]
-                .map(String::from)
-                .to_vec(),
-            ..ClusterOptions::default()
-        },
-    )
-    .expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
+    let (cluster, leader) =
+        three_nodes_with(&["--worker-threads", "1", "--metrics-addr", "127.0.0.1:0"]).await;
     let client = cluster.client_for(leader);
     client
         .exec(
@@ -820,18 +796,7 @@ async fn a_stream_that_leaves_its_answers_unread_loses_its_connection_not_others
     /// not fit), and 64 of them (one stream's) fit one group commit's 64 MiB.
     const ROWS: &str = "SELECT randomblob(1040000)";
     init_tracing();
-    let cluster = Cluster::start(
-        3,
-        ClusterOptions {
-            extra_args: ["--metrics-addr", "127.0.0.1:0"].map(String::from).to_vec(),
-            ..ClusterOptions::default()
-        },
-    )
-    .expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .expect("a leader");
+    let (cluster, leader) = three_nodes_with(&["--metrics-addr", "127.0.0.1:0"]).await;
     let metrics = metrics_addr(&cluster, leader);
     let hoarder = sql_connection(cluster.node(leader).endpoint(), Some(0)).await;
     let mut streams = Vec::new();
