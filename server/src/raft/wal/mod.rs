@@ -24,9 +24,13 @@
 //! - **Recovery**: a torn write can only damage the end of the last segment, so the first
 //!   short or corrupt record there — or a last segment whose header never made it to disk —
 //!   is cut off (logged with the bytes dropped) and appending continues after the last good
-//!   record. The same damage anywhere else is an error, not silent loss. Whatever follows the
-//!   last good record (a torn tail, preallocated zeros) is cut off the file, so that no stale
-//!   record can ever line up behind new ones.
+//!   record. The same damage anywhere else is an error, not silent loss. So is a bad record
+//!   in the last segment that a torn write cannot leave: records are written over zeros, so
+//!   a torn one has a sector of zeros where its bytes did not land, and a record that fails
+//!   its checksum with every sector written was damaged on disk after it was written (and
+//!   perhaps acknowledged), which cutting would turn into a silent loss. Whatever follows
+//!   the last good record (a torn tail, preallocated zeros) is cut off the file, so that no
+//!   stale record can ever line up behind new ones.
 //! - **Truncate** (a conflict: drop entries ≥ i) deletes whole segments from the newest
 //!   backwards and cuts the one holding i; **purge** deletes whole segments from the oldest
 //!   whose entries are all at or below the purge point, never the last one. Both sync the
@@ -293,6 +297,18 @@ impl Wal {
                         scan.end
                     )));
                 }
+                if matches!(defect, segment::Defect::Damaged(_)) {
+                    // Cutting here would drop records this node acknowledged, which a quorum
+                    // may be counting on: refuse, and let the operator re-sync the node.
+                    return Err(invalid_data(format!(
+                        "WAL segment {} is damaged at offset {} ({defect}). The node will not \
+                         start on a log that lost entries it may have acknowledged: keep the \
+                         data directory for inspection, move it aside, and start the node \
+                         empty; it re-syncs from the leader",
+                        path.display(),
+                        scan.end
+                    )));
+                }
                 tracing::warn!(segment = %path.display(), offset = scan.end,
                     dropped_bytes = len - scan.end, %defect,
                     "WAL: cutting off a torn or corrupt tail");
@@ -301,6 +317,11 @@ impl Wal {
                 // A torn tail, or preallocated zeros: either way nothing may stay after the
                 // last record (stale records after new ones would read as part of the log).
                 file.set_len(scan.end)?;
+                file.sync_all()?;
+            } else if is_last {
+                // A process killed between its write and its sync leaves records that read
+                // back from the page cache but may not be on the disk: this node is about to
+                // tell a leader it holds them, so they must be durable first.
                 file.sync_all()?;
             }
             segments.push(SegmentIndex {

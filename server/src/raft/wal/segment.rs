@@ -37,8 +37,12 @@ pub fn encode_header(seq: u64) -> [u8; HEADER_LEN as usize] {
 pub enum Defect {
     /// The file ends inside the header or the record.
     Short,
-    /// The bytes are there but wrong (magic, version, length or checksum).
+    /// The bytes are there but wrong (magic, version or checksum), in a way a torn write can
+    /// leave: zeros where some of the record should be (see [`could_be_torn`]).
     Corrupt(String),
+    /// A record is wrong although every sector of it was written: damage to bytes already on
+    /// disk (bit rot, a bad sector, another program), never a torn write.
+    Damaged(String),
 }
 
 impl std::fmt::Display for Defect {
@@ -46,7 +50,50 @@ impl std::fmt::Display for Defect {
         match self {
             Defect::Short => f.write_str("the file ends inside it"),
             Defect::Corrupt(why) => f.write_str(why),
+            Defect::Damaged(why) => write!(
+                f,
+                "{why}, although every sector of the record was written: the bytes were \
+                 damaged on disk, this is not a torn write"
+            ),
         }
+    }
+}
+
+/// The unit a disk writes whole: after a crash each sector of a write holds either its old
+/// or its new bytes. 512 is the smallest in use, and a larger unit is whole 512-byte sectors.
+const SECTOR: u64 = 512;
+
+/// Whether a record whose `frame` (its header and as much of its payload as was read) starts
+/// at file offset `offset` and fails its checks could be a torn write. Records are only ever
+/// written after the end of the records before them, over zeros (preallocated, or the end
+/// of a file that was trimmed), so what a torn write did not put on the disk still reads as
+/// zeros: a sector that did not land (power loss), or the end of a write the process died
+/// in the middle of (a page-cache write can stop at any byte). If the frame's last byte and
+/// every sector it touches hold something other than zeros, all of it was written, and it
+/// is what was written: bad bytes in it were damaged afterwards.
+fn could_be_torn(offset: u64, frame: &[u8]) -> bool {
+    if frame.last().is_none_or(|b| *b == 0) {
+        return true;
+    }
+    let mut at = 0usize;
+    while at < frame.len() {
+        let sector_end = ((offset + at as u64) / SECTOR + 1) * SECTOR;
+        let end = (sector_end - offset).min(frame.len() as u64) as usize;
+        if frame[at..end].iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
+/// A record that fails its checks: [`Defect::Corrupt`] if a torn write could have left it,
+/// else [`Defect::Damaged`].
+fn bad_record(offset: u64, frame: &[u8], why: String) -> Defect {
+    if could_be_torn(offset, frame) {
+        Defect::Corrupt(why)
+    } else {
+        Defect::Damaged(why)
     }
 }
 
@@ -158,9 +205,10 @@ pub fn scan(file: &File, file_len: u64) -> io::Result<Scan> {
         let crc = le_u32(&h[4..8]);
         let index = le_u64(&h[8..16]);
         if u64::from(len) > MAX_PAYLOAD {
-            break Some(Defect::Corrupt(format!(
-                "record length {len} is impossible"
-            )));
+            // A torn write leaves a length that is right or has zeros for some of its bytes
+            // (smaller), never one larger than any record written.
+            let why = format!("record length {len} is impossible");
+            break Some(Defect::Damaged(why));
         }
         if remaining - RECORD_HEADER_LEN < u64::from(len) {
             break Some(Defect::Short);
@@ -168,9 +216,9 @@ pub fn scan(file: &File, file_len: u64) -> io::Result<Scan> {
         payload.resize(len as usize, 0);
         reader.read_exact(&mut payload)?;
         if record_crc(len, index, &payload) != crc {
-            break Some(Defect::Corrupt(format!(
-                "checksum mismatch in the record of index {index}"
-            )));
+            let why = format!("checksum mismatch in the record of index {index}");
+            let frame = [&h[..], &payload[..]].concat();
+            break Some(bad_record(offset, &frame, why));
         }
         records.push(Found { index, offset, len });
         offset += RECORD_HEADER_LEN + u64::from(len);

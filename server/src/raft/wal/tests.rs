@@ -139,27 +139,90 @@ fn garbage_tail_is_cut() {
     assert_holds(&wal.reader(), 1..8);
 }
 
+/// Flips one byte of the file at `at` (bit rot: the sector was written, then went bad).
+fn flip_byte(path: &Path, at: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x40], at).expect("write");
+}
+
+/// Opens a log that must be refused as damaged, and checks that nothing was cut.
+fn assert_refused_as_damaged(dir: &Path, last: &Path) {
+    let len = file_len(last);
+    let err = Wal::open(dir, WalOptions::default())
+        .err()
+        .expect("a damaged record must not open");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    let text = err.to_string();
+    assert!(text.contains("not a torn write"), "{text}");
+    assert!(text.contains("re-syncs from the leader"), "{text}");
+    assert_eq!(
+        file_len(last),
+        len,
+        "nothing is cut: the file is kept as it is"
+    );
+}
+
 #[test]
-fn crc_mismatch_in_the_tail_is_cut() {
+fn a_flipped_byte_in_the_last_record_is_damage_not_a_torn_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
     append_range(&mut wal, 1..6);
     close_and_trim(wal, dir.path(), WalOptions::default());
     let last = segments(dir.path()).pop().expect("a segment");
-    // Flip one byte inside the last record's payload.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&last)
-        .expect("open");
-    let at = file_len(&last) - 3;
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, at).expect("read");
-    file.write_all_at(&[byte[0] ^ 0x40], at).expect("write");
+    flip_byte(&last, file_len(&last) - 3);
+    assert_refused_as_damaged(dir.path(), &last);
+}
+
+#[test]
+fn damage_in_the_middle_of_the_last_segment_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    append_range(&mut wal, 1..11);
+    close_and_trim(wal, dir.path(), WalOptions::default());
+    let last = segments(dir.path()).pop().expect("a segment");
+    // Record 3's payload: cutting there would drop 3..=10, all of them acknowledged.
+    let frame = |i: u64| segment::RECORD_HEADER_LEN + payload(i).len() as u64;
+    let third = segment::HEADER_LEN + frame(1) + frame(2);
+    flip_byte(&last, third + segment::RECORD_HEADER_LEN + 5);
+    assert_refused_as_damaged(dir.path(), &last);
+
+    // An impossible length: a torn write leaves a length right or smaller, so damage too.
+    flip_byte(&last, third + segment::RECORD_HEADER_LEN + 5);
+    let fourth = third + frame(3);
+    let file = OpenOptions::new().write(true).open(&last).expect("open");
+    file.write_all_at(&[0xff; 4], fourth).expect("write");
+    drop(file);
+    assert_refused_as_damaged(dir.path(), &last);
+}
+
+#[test]
+fn a_record_with_a_sector_that_never_reached_the_disk_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    append_range(&mut wal, 1..4);
+    let large: Vec<u8> = (0..3000u32).map(|i| (i % 250 + 1) as u8).collect();
+    wal.append([(4, large.as_slice())]).expect("append");
+    close_and_trim(wal, dir.path(), WalOptions::default());
+    let last = segments(dir.path()).pop().expect("a segment");
+    // A torn write of record 4: one whole sector of its payload still holds the zeros that
+    // were there before.
+    let start = file_len(&last) - segment::RECORD_HEADER_LEN - large.len() as u64;
+    let sector = (start + segment::RECORD_HEADER_LEN).div_ceil(512) * 512;
+    let file = OpenOptions::new().write(true).open(&last).expect("open");
+    file.write_all_at(&[0u8; 512], sector).expect("write");
     drop(file);
 
-    let wal = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
-    assert_holds(&wal.reader(), 1..5);
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_holds(&wal.reader(), 1..4);
+    assert_eq!(file_len(&last), start, "the torn record is cut away");
+    append_range(&mut wal, 4..6);
+    assert_holds(&wal.reader(), 1..6);
 }
 
 #[test]
