@@ -226,13 +226,22 @@ pub(crate) struct Lockdown {
 }
 
 impl Lockdown {
-    /// Install the authorizer for `policy` on `conn`.
-    pub(crate) fn install(conn: &mut Connection, policy: Policy) -> Result<Arc<Lockdown>, DbError> {
+    /// Install the authorizer for `policy` on `conn`. `stop` says whether the client
+    /// statement being compiled must stop (its deadline passed, its client left, memory is
+    /// nearly full: [`super::bounds::Bounds::stop_check`]); the compilation is then refused.
+    pub(crate) fn install(
+        conn: &mut Connection,
+        policy: Policy,
+        stop: impl Fn() -> bool + Send + 'static,
+    ) -> Result<Arc<Lockdown>, DbError> {
         let lockdown = Arc::new(Lockdown::default());
         let state = Arc::clone(&lockdown);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if state.internal.load(Ordering::Acquire) > 0 {
                 return Authorization::Allow;
+            }
+            if stop() {
+                return Authorization::Deny;
             }
             if changes_schema(&ctx.action) {
                 state.schema_change.store(true, Ordering::Release);
@@ -714,7 +723,7 @@ mod tests {
     /// Prepare `sql` on a connection locked down with `policy`: Ok if allowed, else the
     /// refusal message.
     fn decide(conn: &mut Connection, policy: Policy, sql: &str) -> Result<(), String> {
-        let lockdown = Lockdown::install(conn, policy).map_err(|e| e.to_string())?;
+        let lockdown = Lockdown::install(conn, policy, || false).map_err(|e| e.to_string())?;
         lockdown.reset();
         match conn.prepare(sql) {
             Ok(_) => Ok(()),

@@ -184,19 +184,24 @@ impl Bounds {
             super::functions::LIKE_PATTERN_BYTES,
         )?;
         super::functions::install(conn)?;
-        let watch = Arc::new(Mutex::new(Watch::default()));
-        let handler_watch = Arc::clone(&watch);
-        conn.progress_handler(
-            CHECK_EVERY_OPS,
-            Some(move || lock(&handler_watch).check().is_some()),
-        )?;
         let bounds = Bounds {
             max_value_bytes,
             max_temp_file_bytes: options.max_temp_file_bytes,
-            watch,
+            watch: Arc::new(Mutex::new(Watch::default())),
         };
+        conn.progress_handler(CHECK_EVERY_OPS, Some(bounds.stop_check()))?;
         bounds.lift(conn)?;
         Ok(bounds)
+    }
+
+    /// Whether the client statement must stop now (see [`Bounds::enter`]); false outside a
+    /// client scope. The progress handler asks it while a statement runs, and the authorizer
+    /// while SQLite compiles one, where the progress handler never runs: a statement can
+    /// make its compilation long and large (SQLite copies a CTE's query at every place it is
+    /// used, so nested ones grow exponentially).
+    pub(crate) fn stop_check(&self) -> impl Fn() -> bool + Send + 'static {
+        let watch = Arc::clone(&self.watch);
+        move || lock(&watch).check().is_some()
     }
 
     /// Put the client limits in force (on values and temporary files), and have the progress
@@ -246,19 +251,18 @@ pub(crate) struct ClientScope<'c> {
 }
 
 impl ClientScope<'_> {
-    /// Turn an error of a client statement into a `DbError`: why the progress handler
-    /// stopped it, the authorizer's reason for a refusal, the limit for a value too big,
+    /// Turn an error of a client statement into a `DbError`: why the progress handler or the
+    /// authorizer stopped it, the authorizer's reason for a refusal, the limit for a value too big,
     /// memory exhaustion (the heap limit) as `TooLarge`, the temporary-file limit it ran into
     /// (a disk-full error that the shim did not cause stays as it was).
     pub(crate) fn client_error(&self, e: rusqlite::Error, lockdown: &Lockdown) -> DbError {
+        // Interrupted by the progress handler, or refused by the authorizer while compiling
+        // (whatever it was compiling: a refused function is an ordinary error to SQLite; see
+        // [`Bounds::stop_check`]).
+        if let Some(stop) = lock(&self.bounds.watch).stopped {
+            return stop.error(true);
+        }
         match e.sqlite_error_code() {
-            Some(ErrorCode::OperationInterrupted) => {
-                let stopped = lock(&self.bounds.watch).stopped;
-                match stopped {
-                    Some(stop) => stop.error(true),
-                    None => lockdown.client_error(e),
-                }
-            }
             Some(ErrorCode::DiskFull) => match self.temp.refusal() {
                 Some(refusal) => refusal.error(),
                 None => self.name_limit(lockdown.client_error(e)),

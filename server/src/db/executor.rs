@@ -59,8 +59,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Request ids are remembered this long.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Prune old request ids once every this many executed batches...
-const PRUNE_EVERY_BATCHES: u32 = 128;
-/// ...looking at no more than this many of the oldest ids each time.
+pub(super) const PRUNE_EVERY_BATCHES: u32 = 128;
+/// ...looking at this many of the oldest ids each time, or twice as many as were recorded
+/// since the last time if that is more: pruning keeps pace with any write rate, at a cost
+/// per recorded id that stays bounded.
 const PRUNE_LIMIT: u32 = 1000;
 /// Client statements kept prepared between batches.
 const STATEMENT_CACHE: usize = 256;
@@ -222,7 +224,9 @@ pub struct Executor {
     schema_sql_keys: RandomState,
     bounds: Bounds,
     db_path: PathBuf,
-    batches_since_prune: u32,
+    batches_since_prune: Cell<u32>,
+    /// Request ids recorded since the last prune (see [`PRUNE_LIMIT`]).
+    ids_since_prune: Cell<u32>,
     max_delta_bytes: usize,
     /// Bytes of returned rows the request being run may still return: the least of what is
     /// left of the batch's (`batch_left`) and the room of the node that will hold its answer.
@@ -478,7 +482,7 @@ impl Executor {
                 "executor needs a WAL database, got {mode}"
             )));
         }
-        let lockdown = Lockdown::install(&mut conn, Policy::Executor)?;
+        let lockdown = Lockdown::install(&mut conn, Policy::Executor, bounds.stop_check())?;
         let base = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -494,7 +498,8 @@ impl Executor {
             db_path: path.to_path_buf(),
             schema_sql: RefCell::default(),
             schema_sql_keys: RandomState::new(),
-            batches_since_prune: 0,
+            batches_since_prune: Cell::new(0),
+            ids_since_prune: Cell::new(0),
             max_delta_bytes: options.max_delta_bytes,
             result_budget: MAX_BATCH_RESULT_BYTES,
             batch_left: MAX_BATCH_RESULT_BYTES,
@@ -1115,13 +1120,8 @@ impl Executor {
             });
         }
         let internal = self.lockdown.internal();
-        self.record_request_ids(executed_ids, &outcomes, now_ms)?;
-        self.batches_since_prune += 1;
-        if self.batches_since_prune >= PRUNE_EVERY_BATCHES {
-            self.batches_since_prune = 0;
-            let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
-            internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT)?;
-        }
+        let recorded = self.record_request_ids(executed_ids, &outcomes, now_ms)?;
+        self.prune_in_step(recorded, now_ms)?;
         let (delta, link) = self.finish_capture(open)?;
         drop(internal);
         Ok(ExecutedBatch {
@@ -1144,20 +1144,41 @@ impl Executor {
     /// outside the requests' savepoints, where each insert would first copy the pages it
     /// touches into the savepoint's journal. A request that failed records nothing; a retry
     /// runs again.
+    /// Counts a write that recorded `recorded` request ids, and once every
+    /// [`PRUNE_EVERY_BATCHES`] such writes forgets ids older than the retention, at least
+    /// twice as many as were recorded meanwhile (when there are that many old ones).
+    fn prune_in_step(&self, recorded: u32, now_ms: i64) -> Result<()> {
+        let ids = self.ids_since_prune.get().saturating_add(recorded);
+        let batches = self.batches_since_prune.get() + 1;
+        if batches < PRUNE_EVERY_BATCHES {
+            self.ids_since_prune.set(ids);
+            self.batches_since_prune.set(batches);
+            return Ok(());
+        }
+        self.ids_since_prune.set(0);
+        self.batches_since_prune.set(0);
+        let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
+        internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT.max(ids.saturating_mul(2)))?;
+        Ok(())
+    }
+
+    /// Records each executed request's id with its results; how many it recorded.
     fn record_request_ids(
         &self,
         ids: HashMap<String, usize>,
         outcomes: &[WriteOutcome],
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<u32> {
         let mut ids: Vec<(String, usize)> = ids.into_iter().collect();
         ids.sort_unstable_by_key(|(_, k)| *k);
+        let mut recorded = 0u32;
         for (id, k) in ids {
             if let Some(WriteOutcome::Executed(results)) = outcomes.get(k) {
                 internal::record_request(&self.conn, &id, results, now_ms)?;
+                recorded = recorded.saturating_add(1);
             }
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// Lets the next batch (or call of a transaction) return up to `most` bytes of rows, or
@@ -1733,7 +1754,9 @@ impl Executor {
                      id for each commit"
                 )));
             }
-            internal::record_request(&self.conn, request_id, &[], unix_millis())?;
+            let now_ms = unix_millis();
+            internal::record_request(&self.conn, request_id, &[], now_ms)?;
+            self.prune_in_step(1, now_ms)?;
         }
         self.finish_capture(open).map(|(delta, _)| Some(delta))
     }
@@ -1842,7 +1865,7 @@ impl Executor {
 
     #[cfg(test)]
     pub(crate) fn force_prune_next_batch(&mut self) {
-        self.batches_since_prune = PRUNE_EVERY_BATCHES;
+        self.batches_since_prune.set(PRUNE_EVERY_BATCHES);
     }
 }
 

@@ -88,7 +88,7 @@ impl ReadPool {
             conn.busy_timeout(options.busy_timeout)?;
             conn.execute_batch("PRAGMA query_only=ON")?;
             let bounds = Bounds::install(&mut conn, options, options.reader_cache_kib)?;
-            let lockdown = Lockdown::install(&mut conn, Policy::Reader)?;
+            let lockdown = Lockdown::install(&mut conn, Policy::Reader, bounds.stop_check())?;
             let reader = Reader {
                 conn,
                 lockdown,

@@ -635,6 +635,44 @@ async fn old_request_ids_are_pruned() -> TestResult {
     Ok(())
 }
 
+/// At any write rate, ids past the retention are forgotten as fast as new ones come: a
+/// prune that looked at a fixed 1,000 ids per 128 batches (about 8 per batch) fell behind
+/// every workload with more writers than that per batch, and the table grew for ever.
+#[tokio::test]
+async fn pruning_request_ids_keeps_pace_with_many_writers_per_batch() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("p.db");
+    prepare_file(&path, Duration::from_secs(5))?;
+    let applier = Applier::open(&path, Duration::from_secs(5))?;
+    let mut executor = Executor::open(&path, &DbOptions::default())?;
+    let first = executor.execute_batch(&[req("", &["CREATE TABLE t(x)"])])?;
+    applier.apply(&first.delta.context("delta")?)?;
+    let aging = Connection::open(&path)?;
+    const PER_BATCH: u32 = 20;
+    let batches = 3 * super::executor::PRUNE_EVERY_BATCHES;
+    for b in 0..batches {
+        let batch: Vec<WriteRequest> = (0..PER_BATCH)
+            .map(|k| req(&format!("id-{b}-{k}"), &["INSERT INTO t VALUES(1)"]))
+            .collect();
+        let result = executor.execute_batch(&batch)?;
+        applier.apply(&result.delta.context("delta")?)?;
+        // Every id is past the retention by the next batch.
+        aging.execute(
+            "UPDATE _raftlite_requests SET created_ms = created_ms - 172800000",
+            [],
+        )?;
+    }
+    let left: u32 = aging.query_row("SELECT count(*) FROM _raftlite_requests", [], |r| r.get(0))?;
+    // Left: the ids of the batch that ran the last prune (recorded before it) and of the
+    // batch after it (the table's creation counted as a batch too).
+    ensure!(
+        left <= 2 * PER_BATCH,
+        "{left} of {} ids are left after {batches} batches",
+        PER_BATCH * batches
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn replayed_delta_is_skipped() -> TestResult {
     let c = Cluster::new()?;
@@ -1390,6 +1428,44 @@ async fn endless_query_is_interrupted_at_its_deadline() -> TestResult {
     // the only read thread is free again
     let chunks = collect(reads.query(stmt("SELECT 1"), 0, 10, soon(10_000))).await?;
     ensure!(chunks[0].rows == vec![vec![SqlValue::Integer(1)]]);
+    Ok(())
+}
+
+/// A statement of about 1 KB that takes milliseconds to compile and almost nothing to run:
+/// SQLite copies a CTE's query at every place it is used, so each level doubles the
+/// compilation (SQLite refuses one level more as "nested too deep"). `n` makes each text
+/// different, so none comes from the statement cache.
+fn slow_to_compile(n: usize) -> String {
+    let mut sql = String::from("WITH c0 AS NOT MATERIALIZED (SELECT 1 AS x)");
+    for k in 1..=8 {
+        let j = k - 1;
+        sql += &format!(
+            ", c{k} AS NOT MATERIALIZED (SELECT x FROM c{j} UNION ALL SELECT x FROM c{j})"
+        );
+    }
+    sql + &format!(" SELECT 1 FROM c8 LIMIT 0 -- {n}")
+}
+
+/// The progress handler never runs while SQLite compiles a statement, and counts VM
+/// instructions per statement: a request of thousands of statements, each slow to compile
+/// and quick to run, held the executor (and every write behind it) for as many times a few
+/// milliseconds, its deadline checked only before the first. The authorizer, which SQLite
+/// calls all through every compilation, stops it at the deadline.
+#[tokio::test]
+async fn a_request_of_statements_slow_to_compile_stops_at_its_deadline() -> TestResult {
+    let c = Cluster::new()?;
+    c.write_one(&[CREATE_T]).await?;
+    let texts: Vec<String> = (0..1000).map(slow_to_compile).collect();
+    let statements: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let write = with_deadline(req("", &statements), soon(200));
+    let executed = tokio::time::timeout(HANG_GUARD, c.write(vec![write])).await??;
+    match &executed.outcomes[0] {
+        WriteOutcome::Failed(DbError::Timeout(m)) => ensure!(m.contains("deadline"), "{m}"),
+        WriteOutcome::Executed(_) => anyhow::bail!("it ran: for {:?}", started.elapsed()),
+        other => anyhow::bail!("{other:?}"),
+    }
+    c.write_one(&["INSERT INTO t(a) VALUES('next')"]).await?;
     Ok(())
 }
 
