@@ -146,15 +146,24 @@ async fn confirmed(node: &Node, from: u64, theirs: &str) -> Result<Vec<u64>, Str
     ))
 }
 
-/// Removes everything inside `dir` (the directory itself stays: it may be a mount point),
-/// `raft.redb` last: a wipe cut short leaves the file that names the old cluster, so the next
-/// start finds the foreign data again and finishes the wipe, instead of a log without its
-/// store, which a start refuses (`RaftStore::open`).
+/// A file in the data directory that says a wipe is under way: made durable before anything
+/// is removed, and removed last.
+pub const WIPE_MARKER: &str = "WIPING";
+
+/// Removes everything inside `dir` (the directory itself stays: it may be a mount point).
+/// A wipe cut short (a crash, a full disk, a kill) leaves a mix no start could use, e.g. a
+/// store whose committed index has no log or database under it: the marker written first
+/// has the next start finish it ([`finish_cut_wipe`]).
 pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let store = dir.join(crate::raft::STORE_FILE);
+    let marker = dir.join(WIPE_MARKER);
+    if !marker.exists() {
+        let file = std::fs::File::create(&marker)?;
+        file.sync_all()?;
+        crate::raft::wal::sync_dir(dir)?;
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path == store {
+        if path == marker {
             continue;
         }
         if path.is_dir() {
@@ -163,10 +172,21 @@ pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
             std::fs::remove_file(&path)?;
         }
     }
-    match std::fs::remove_file(&store) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    crate::raft::wal::sync_dir(dir)?;
+    std::fs::remove_file(&marker)?;
+    crate::raft::wal::sync_dir(dir)
+}
+
+/// Finishes a wipe of `dir` that was cut short, before anything in it is opened; whether
+/// there was one.
+pub fn finish_cut_wipe(dir: &std::path::Path) -> std::io::Result<bool> {
+    if !dir.join(WIPE_MARKER).exists() {
+        return Ok(false);
     }
+    tracing::warn!(data_dir = %dir.display(),
+        "re-sync: finishing the wipe of this node's data that was cut short; the node starts empty and re-syncs from the leader");
+    wipe_dir(dir)?;
+    Ok(true)
 }
 
 fn restart_in_place() -> ! {
@@ -182,4 +202,56 @@ fn restart_in_place() -> ! {
     let err = std::process::Command::new(exe).args(rest).exec();
     tracing::error!(error = %err, "re-sync: could not restart; exiting so the supervisor restarts the node");
     std::process::exit(75);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::store::RaftStore;
+    use crate::raft::{RAFT_LOG_DIR, SNAPSHOT_DIR, STORE_FILE};
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A node's data: a store, a log with a record, a database file, a snapshot directory.
+    fn node_data(data: &std::path::Path) {
+        drop(RaftStore::open(data).expect("open the store"));
+        let mut wal = crate::raft::wal::Wal::open(&data.join(RAFT_LOG_DIR), Default::default())
+            .expect("open the log");
+        wal.append([(1u64, b"entry".as_slice())]).expect("append");
+        drop(wal);
+        std::fs::write(data.join("db.sqlite"), b"pages").expect("db");
+        std::fs::create_dir_all(data.join(SNAPSHOT_DIR)).expect("snapshots");
+    }
+
+    /// A wipe cut short after it removed the store but not the log left a directory that
+    /// every start refused (a log without its store could vote twice): the marker has the
+    /// next start finish the wipe, and the node starts empty.
+    #[test]
+    fn a_wipe_cut_short_is_finished_by_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path();
+        node_data(data);
+        wipe_dir(data).expect("wipe");
+        assert!(names(data).is_empty(), "left: {:?}", names(data));
+        assert!(!finish_cut_wipe(data).expect("check"), "no wipe was cut short");
+
+        node_data(data);
+        std::fs::File::create(data.join(WIPE_MARKER)).expect("marker");
+        std::fs::remove_file(data.join(STORE_FILE)).expect("the store went first");
+        let refused = RaftStore::open(data).err().map(|e| format!("{e:#}"));
+        assert!(
+            refused.is_some_and(|e| e.contains("vote twice")),
+            "what is left cannot be started on as it is"
+        );
+        assert!(finish_cut_wipe(data).expect("finish"), "the wipe was cut short");
+        assert!(names(data).is_empty(), "left: {:?}", names(data));
+        RaftStore::open(data).expect("an empty node starts");
+    }
 }

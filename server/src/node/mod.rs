@@ -135,6 +135,10 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         use anyhow::Context;
         let config = Arc::new(config);
+        if config.data_dir.exists() {
+            crate::cluster::resync::finish_cut_wipe(&config.data_dir)
+                .context("finish the wipe of the data directory that was cut short")?;
+        }
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
         let db = Arc::new(
