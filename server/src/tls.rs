@@ -312,6 +312,10 @@ pub enum Conn {
 /// A connection's place under its listener's limit, given back when the connection closes.
 pub type Slot = tokio::sync::OwnedSemaphorePermit;
 
+/// Longest a new connection on a full listener waits for the place of an unused one that
+/// was told to end (it ends at its next turn, within microseconds unless the node is stuck).
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
 /// Most connections the peer port holds at once (handshakes under way included): peers keep
 /// a few each; the rest of a node's open files stay free whatever reaches the port.
 pub const PEER_MAX_CONNECTIONS: usize = 256;
@@ -483,7 +487,9 @@ impl Drop for HandshakeDone<'_> {
 /// with the configuration of `port` (failed handshakes are dropped and logged at debug).
 ///
 /// At most `max_connections` are held at once, handshakes under way included: past that, a
-/// new connection is closed as soon as it is accepted (one warning line per 10 s says so),
+/// new connection takes the place of the oldest one still in its handshake, or else (on the
+/// client port) of the oldest one that never made a request with a valid token, or else is
+/// closed as soon as it is accepted (one warning line per 10 s says so),
 /// so that connections nobody uses cannot take the files the node needs for its log and
 /// database. A connection in the handshake holds its place for at most `HANDSHAKE_TIMEOUT`.
 pub async fn incoming(
@@ -515,19 +521,25 @@ pub async fn incoming(
             // oldest such). Otherwise connections that never finish a handshake, reopened as
             // they time out, could keep every place and a peer could not reconnect.
             let evicted = || tls.as_ref().and_then(|_| handshakes.evict_oldest());
-            let slot = match slots.clone().try_acquire_owned().ok().or_else(evicted) {
-                Some(slot) => slot,
-                None => {
-                    drop(stream);
-                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                        warned = Some(std::time::Instant::now());
-                        tracing::warn!(
-                            %addr, ?port, max_connections, %remote,
-                            "connection limit reached: closing new connections until some close"
-                        );
-                    }
-                    continue;
+            let mut slot = slots.clone().try_acquire_owned().ok().or_else(evicted);
+            let mut warn = |what: &str| {
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(%addr, ?port, max_connections, %remote,
+                        "connection limit reached: {what}");
                 }
+            };
+            // Still full: the oldest connection that never made a request with a valid token
+            // ends, and its place goes to this one once it has.
+            if slot.is_none() && answers.as_ref().is_some_and(|a| a.close_oldest_unused()) {
+                warn("closing the oldest connections that never made a request with a valid token, to let new ones in");
+                let freed = tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned());
+                slot = freed.await.ok().and_then(Result::ok);
+            }
+            let Some(slot) = slot else {
+                drop(stream);
+                warn("closing new connections until some close");
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let info = ConnInfo {

@@ -237,3 +237,91 @@ async fn idle_connections_cannot_take_a_nodes_files() {
         .ensure_alive()
         .expect("the leader runs");
 }
+
+/// Connections that finish their TLS handshake and then sit there, made by anyone who can
+/// reach the client port (no token needed), filled the listener: applications and the
+/// Helm chart's probes (`raftlite health`, a new connection each time) were turned away,
+/// and the kubelet restarted the pod, which the same connections filled again. A full
+/// listener now closes the oldest connection that never made a request with a valid token
+/// to let a new one in; connections that did are kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tls_connections_cannot_keep_clients_or_probes_out() {
+    const MAX_CONNECTIONS: usize = 20;
+    const IDLE: usize = 60;
+    init_tracing();
+    let options = ClusterOptions {
+        secure: true,
+        extra_args: vec!["--max-connections".into(), MAX_CONNECTIONS.to_string()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client_for(leader);
+    client
+        .exec("CREATE TABLE idle (n INTEGER)", Vec::<i64>::new())
+        .await
+        .expect("create the table");
+    let creds = cluster.credentials().expect("secure cluster");
+    let addr = cluster.node(leader).addr();
+
+    info!(
+        IDLE,
+        MAX_CONNECTIONS, "phase 1: TLS connections that make no request"
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(creds.ca_pem()))
+        .domain_name("localhost");
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(2))
+            .tls_config(tls.clone())
+            .expect("tls");
+        // Handshake and HTTP/2 preface done; a refused one is what the test is about.
+        if let Ok(channel) = endpoint.connect().await {
+            idle.push(channel);
+        }
+    }
+    info!(connected = idle.len(), "idle connections made");
+
+    info!("phase 2: the client that wrote before, a new client, and the probe are served");
+    client
+        .exec("INSERT INTO idle VALUES (?1)", [1_i64])
+        .await
+        .expect("a write on the connection that made requests before");
+    let fresh = cluster.client_for(leader);
+    fresh
+        .exec("INSERT INTO idle VALUES (?1)", [2_i64])
+        .await
+        .expect("a new client is let in");
+    // The chart's probes with TLS: `raftlite health` on a new connection, with no token.
+    let probe = std::process::Command::new(cluster_tests::raftlite_binary())
+        .arg("health")
+        .arg("--addr")
+        .arg(format!("https://localhost:{}", addr.port()))
+        .arg("--tls-ca")
+        .arg(creds.ca_path())
+        .output()
+        .expect("run raftlite health");
+    assert!(
+        probe.status.success(),
+        "the probe was turned away: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        !cluster
+            .node(leader)
+            .log_lines_with("connection limit reached")
+            .is_empty(),
+        "the leader says why it closes connections"
+    );
+    drop(idle);
+    cluster
+        .node(leader)
+        .ensure_alive()
+        .expect("the leader runs");
+}

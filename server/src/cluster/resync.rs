@@ -240,7 +240,10 @@ mod tests {
         node_data(data);
         wipe_dir(data).expect("wipe");
         assert!(names(data).is_empty(), "left: {:?}", names(data));
-        assert!(!finish_cut_wipe(data).expect("check"), "no wipe was cut short");
+        assert!(
+            !finish_cut_wipe(data).expect("check"),
+            "no wipe was cut short"
+        );
 
         node_data(data);
         std::fs::File::create(data.join(WIPE_MARKER)).expect("marker");
@@ -250,7 +253,10 @@ mod tests {
             refused.is_some_and(|e| e.contains("vote twice")),
             "what is left cannot be started on as it is"
         );
-        assert!(finish_cut_wipe(data).expect("finish"), "the wipe was cut short");
+        assert!(
+            finish_cut_wipe(data).expect("finish"),
+            "the wipe was cut short"
+        );
         assert!(names(data).is_empty(), "left: {:?}", names(data));
         RaftStore::open(data).expect("an empty node starts");
     }

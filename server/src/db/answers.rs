@@ -189,6 +189,7 @@ impl AnswerBytes {
             state: Mutex::default(),
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            used: AtomicBool::new(false),
         });
         let mut clients = lock(&self.clients);
         if clients.list.len() >= clients.prune_at {
@@ -197,6 +198,19 @@ impl AnswerBytes {
         }
         clients.list.push(Arc::downgrade(&client));
         client
+    }
+
+    /// Closes the oldest client connection that never made a request with a valid token (any
+    /// request, without auth); whether there was one. Its place on the listener is free once
+    /// the connection ends, at its next turn: connections that only sit there, from anyone
+    /// who can reach the port, must not keep the applications (and the probes) out.
+    pub fn close_oldest_unused(&self) -> bool {
+        let clients = lock(&self.clients);
+        clients
+            .list
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|client| client.close_unused())
     }
 
     /// Makes room for `bytes` if answers that clients left unread for the grace took it:
@@ -357,6 +371,10 @@ pub struct ClientAnswers {
     /// Set once, under `state`'s lock: whoever holds the lock reads it settled.
     closed: AtomicBool,
     waker: AtomicWaker,
+    /// A request on this connection carried a valid token (any request, without auth): a
+    /// connection that never made one may be closed to make room on a full listener
+    /// ([`AnswerBytes::close_oldest_unused`]).
+    used: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -394,6 +412,24 @@ impl ClientAnswers {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Records that a request on this connection carried a valid token (or needed none).
+    pub fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Release);
+        }
+    }
+
+    /// Tells the connection to end if it was never used (nor closed); whether it was told.
+    fn close_unused(&self) -> bool {
+        let _state = lock(&self.state);
+        if self.used.load(Ordering::Acquire) || self.is_closed() {
+            return false;
+        }
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+        true
     }
 
     /// Bytes held and when the oldest answer held was made.

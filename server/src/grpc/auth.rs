@@ -360,6 +360,57 @@ where
     }
 }
 
+/// Marks the connection of each request that reaches it as used
+/// ([`crate::db::ClientAnswers::mark_used`]). It sits inside the auth layer, so only
+/// requests with a valid token get here when there are tokens; those that need none (health
+/// checks, reflection) do not count then, or a connection could keep its place with them.
+#[derive(Clone, Copy)]
+pub struct UsedLayer {
+    /// Whether requests carry tokens (an auth file is set).
+    pub tokens: bool,
+}
+
+impl<S> tower::Layer<S> for UsedLayer {
+    type Service = UsedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UsedService {
+            inner,
+            tokens: self.tokens,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UsedService<S> {
+    inner: S,
+    tokens: bool,
+}
+
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for UsedService<S>
+where
+    S: tower::Service<http::Request<ReqBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let extensions = request.extensions();
+        if !self.tokens || extensions.get::<Principal>().is_some() {
+            let answers = extensions.get::<crate::tls::ConnInfo>();
+            if let Some(answers) = answers.and_then(|info| info.answers.as_ref()) {
+                answers.mark_used();
+            }
+        }
+        self.inner.call(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,7 @@ pub async fn serve(
         }
         None => None,
     };
+    let auth_tokens = auth_file.is_some();
     let auth = auth_file.clone().map(auth::AuthLayer::new);
     let limits = limits::LimitsLayer::new(
         limits::Limits {
@@ -106,6 +107,9 @@ pub async fn serve(
             too_large_is_resource_exhausted,
         ))
         .layer(tower::util::option_layer(auth))
+        .layer(auth::UsedLayer {
+            tokens: auth_tokens,
+        })
         .layer(limits)
         .add_service(health_service)
         .add_service(reflection)
