@@ -395,6 +395,102 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     info!("t50 S3 scenario done");
 }
 
+/// A crash of the node that restores the cluster from the archive, after it made itself a
+/// one-member cluster and before the restored state was a snapshot with the log behind it
+/// purged: its restart found Raft state and took it for an ordinary restart, so the other
+/// members joined a log that does not carry the restored state and replayed it onto empty
+/// databases. A durable mark of the recovery has the restart finish it first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
+    init_tracing();
+    let archive_dir = tempfile::tempdir().expect("archive dir");
+    let url = format!("file://{}", archive_dir.path().display());
+    info!(%url, "phase 1: three nodes archiving to a shared directory; 50 writes");
+    let options = ClusterOptions {
+        extra_args: vec![
+            "--archive".into(),
+            url,
+            "--archive-flush-ms".into(),
+            "50".into(),
+            "--archive-snapshot-interval-s".into(),
+            "1".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, options).expect("start the cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("mid_recovery_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    let last = checker
+        .write_many(&client, "before-loss", 50)
+        .await
+        .expect("writes");
+    wait_archived(&cluster, last, Duration::from_secs(30)).await;
+
+    info!("phase 2: lose every node and volume; restart; SIGKILL the restoring node as soon as it initializes");
+    for id in cluster.ids() {
+        cluster.node(id).kill().expect("kill");
+        cluster.node(id).wipe().expect("wipe");
+    }
+    for id in cluster.ids() {
+        cluster.node(id).restart().await.expect("restart");
+    }
+    // The lowest id restores the archive and initializes.
+    let restorer = cluster.ids()[0];
+    let node = cluster.node(restorer);
+    wait_until(
+        "the restoring node to initialize its cluster",
+        Duration::from_secs(60),
+        || async {
+            Ok((!node
+                .log_lines_with("recovered the cluster from the archive")
+                .is_empty())
+            .then_some(()))
+        },
+    )
+    .await
+    .expect("the node restores the archive");
+    node.kill().expect("kill the restoring node");
+    node.restart().await.expect("restart the restoring node");
+    // Adding the members alone takes longer than the harness's look at the log: the kill
+    // comes before the recovery is finished.
+    wait_until(
+        "the restart to finish the recovery",
+        Duration::from_secs(20),
+        || async {
+            Ok((!node
+                .log_lines_with("restarting in the middle of the cluster's recovery")
+                .is_empty())
+            .then_some(()))
+        },
+    )
+    .await
+    .expect("the restart finishes the recovery");
+
+    info!("phase 3: every member holds the restored state, and the cluster takes writes");
+    cluster
+        .wait_converged(Duration::from_secs(60))
+        .await
+        .expect("all members join the recovered cluster");
+    checker
+        .write_many(&client, "after-recovery", 10)
+        .await
+        .expect("the recovered cluster takes writes");
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every acknowledged write is back on every node");
+    assert_eq!(report.acked, 60);
+    cluster.assert_identical_pages().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn whole_cluster_lost_is_restored_from_the_archive() {
     init_tracing();

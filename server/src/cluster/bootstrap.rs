@@ -18,6 +18,13 @@ const RETRY: Duration = Duration::from_millis(300);
 
 pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<()> {
     if node.has_raft_state()? {
+        if node.identity().recovery_pending()? {
+            tracing::warn!(
+                node = node.id(),
+                "restarting in the middle of the cluster's recovery from the archive: finishing it before any member joins"
+            );
+            return finish_recovery(&node).await;
+        }
         tracing::info!(node = node.id(), "restarting with existing Raft state");
         return Ok(());
     }
@@ -85,7 +92,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
             }
         };
         if let Some((restored, generation)) = recovered {
-            return recover_cluster(&node, &members, restored, generation).await;
+            return recover_cluster(&node, restored, generation).await;
         }
     }
     let cluster_id = node.identity().create()?;
@@ -145,29 +152,13 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
     }
 }
 
-/// Whole-cluster recovery: the database already holds the archived state. Initialize a
-/// one-member cluster under the archived cluster id, take a snapshot and purge the log behind
-/// it, then add the other members: they catch up through a snapshot install, so every replica
-/// starts from the restored state (deltas alone would not carry it).
-async fn recover_cluster(
-    node: &Node,
-    peers: &BTreeMap<u64, NodeAddr>,
-    restored: crate::archive::Restored,
-    generation: u64,
-) -> anyhow::Result<()> {
+/// The end of whole-cluster recovery, on the node that restored the archive and leads a
+/// cluster of itself: once leader, takes a snapshot of the restored state and purges the log
+/// behind it, so that every member that joins installs that snapshot, then adds the members
+/// and records the recovery as finished (a restart before that does all of it again).
+async fn finish_recovery(node: &Node) -> anyhow::Result<()> {
     use anyhow::Context;
-    node.identity().adopt(&restored.cluster_id)?;
-    // Peers that see this leader try to join (cluster/join.rs); hold them off until the
-    // restored state is a snapshot and the log behind it is purged, so they install it.
     node.set_recovering(true);
-    let me = BTreeMap::from([(node.id(), own_addr(node))]);
-    node.raft().initialize(me).await?;
-    tracing::info!(
-        cluster_id = %restored.cluster_id,
-        restored_index = restored.index,
-        generation,
-        "recovered the cluster from the archive; adding the other members"
-    );
     let mut ready = false;
     for _ in 0..100 {
         if node.is_leader() && node.applied_index() > 0 {
@@ -197,14 +188,43 @@ async fn recover_cluster(
         .await
         .map_err(|e| anyhow::anyhow!("purge the log behind the restored snapshot: {e}"))?;
     node.set_recovering(false);
-    for (id, addr) in peers.iter().filter(|(id, _)| **id != node.id()) {
+    add_missing_members(node).await;
+    node.identity().set_recovery_pending(false)?;
+    tracing::info!("the recovered cluster has all its members");
+    Ok(())
+}
+
+/// Adds every configured peer that is not a voter yet, with the client address it gives when
+/// asked; retries each until it is added.
+async fn add_missing_members(node: &Node) {
+    let (voters, _) = node.members();
+    let peers = node.config().peers.clone();
+    let missing = peers
+        .iter()
+        .filter(|(id, _)| **id != node.id() && !voters.contains(id));
+    for (&id, peer) in missing {
         let mut last_report = Instant::now();
         loop {
-            match node.add_voter(*id, addr.clone()).await {
+            let asked = match node.inner.peer(peer) {
+                Ok(client) => client.identity(Duration::from_secs(1)).await,
+                Err(_) => None,
+            };
+            let added = match asked {
+                Some(answer) if answer.node_id == id => {
+                    let addr = NodeAddr {
+                        client: answer.client_addr,
+                        peer: peer.clone(),
+                    };
+                    node.add_voter(id, addr).await.map_err(|e| e.to_string())
+                }
+                Some(answer) => Err(format!("{peer} answers as node {}", answer.node_id)),
+                None => Err(format!("{peer} does not answer")),
+            };
+            match added {
                 Ok(_) => break,
-                Err(e) => {
+                Err(error) => {
                     if last_report.elapsed() > Duration::from_secs(5) {
-                        tracing::info!(node = id, error = %e, "waiting to add a member to the recovered cluster");
+                        tracing::info!(node = id, %error, "waiting to add a member to the recovered cluster");
                         last_report = Instant::now();
                     }
                     tokio::time::sleep(RETRY).await;
@@ -212,9 +232,32 @@ async fn recover_cluster(
             }
         }
     }
+}
+
+/// Whole-cluster recovery: the database already holds the archived state. Initialize a
+/// one-member cluster under the archived cluster id, take a snapshot and purge the log behind
+/// it, then add the other members: they catch up through a snapshot install, so every replica
+/// starts from the restored state (deltas alone would not carry it).
+async fn recover_cluster(
+    node: &Node,
+    restored: crate::archive::Restored,
+    generation: u64,
+) -> anyhow::Result<()> {
+    // Durable before the Raft state exists: a restart from here on, which finds that state and
+    // so never comes back here, finishes the recovery instead of letting members join a log
+    // that does not carry the restored state.
+    node.identity().set_recovery_pending(true)?;
+    node.identity().adopt(&restored.cluster_id)?;
+    // Peers that see this leader try to join (cluster/join.rs); hold them off until the
+    // restored state is a snapshot and the log behind it is purged, so they install it.
+    node.set_recovering(true);
+    let me = BTreeMap::from([(node.id(), own_addr(node))]);
+    node.raft().initialize(me).await?;
     tracing::info!(
-        members = peers.len(),
-        "the recovered cluster has all its members"
+        cluster_id = %restored.cluster_id,
+        restored_index = restored.index,
+        generation,
+        "recovered the cluster from the archive; adding the other members"
     );
-    Ok(())
+    finish_recovery(node).await
 }

@@ -11,6 +11,8 @@ use std::sync::RwLock;
 use crate::raft::store::{RaftStore, Sync};
 
 const KEY_CLUSTER_ID: &str = "cluster_id";
+/// Whole-cluster recovery from the archive is under way (see `cluster::bootstrap`).
+const KEY_RECOVERY_PENDING: &str = "recovery_pending";
 
 pub struct ClusterIdentity {
     store: RaftStore,
@@ -51,6 +53,21 @@ impl ClusterIdentity {
     /// Stores a cluster id restored from the archive (whole-cluster recovery, bootstrap only).
     pub fn adopt(&self, id: &str) -> anyhow::Result<()> {
         self.set(id)
+    }
+
+    /// Records, durably, whether this node is in the middle of restoring the cluster from the
+    /// archive: set before its Raft state exists, cleared once the restored state is a
+    /// snapshot with the log behind it purged, so that a restart in between finishes it.
+    pub fn set_recovery_pending(&self, pending: bool) -> anyhow::Result<()> {
+        self.store
+            .write_meta(KEY_RECOVERY_PENDING, &pending, Sync::Durable)?;
+        Ok(())
+    }
+
+    /// Whether a recovery from the archive was started and not finished.
+    pub fn recovery_pending(&self) -> anyhow::Result<bool> {
+        let pending: Option<bool> = self.store.read_meta(KEY_RECOVERY_PENDING)?;
+        Ok(pending.unwrap_or(false))
     }
 
     fn set(&self, id: &str) -> anyhow::Result<()> {

@@ -299,6 +299,18 @@ impl Applier {
         let image_pages = u32::try_from(len / u64::from(page_size))
             .map_err(|_| DbError::TooLarge(format!("image of {len} bytes")))?;
 
+        // An installed image replaces the state a log's entries built, and no entry can build
+        // it again: its commit is synced (an apply's is not, see [`Applier::open`]), before the
+        // snapshot that names it is recorded or the log behind it purged.
+        self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+        let installed = self.install_pages(path, page_size, image_pages);
+        let normal = self.conn.execute_batch("PRAGMA synchronous=NORMAL");
+        installed?;
+        Ok(normal?)
+    }
+
+    /// The image's pages in one transaction (see [`Applier::install_in_transaction`]).
+    fn install_pages(&self, path: &Path, page_size: u32, image_pages: u32) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let current_pages = self.check_page_size(page_size)?;
         // Stream the image page by page: it can be much larger than memory.

@@ -141,6 +141,7 @@ impl Node {
         }
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
+        let recovery_pending = identity.recovery_pending()?;
         let db = Arc::new(
             Database::open(config.data_dir.join("db.sqlite"), config.db_options())
                 .context("open database")?,
@@ -245,7 +246,9 @@ impl Node {
             read_indexes,
             dialer,
             tls,
-            recovering: std::sync::atomic::AtomicBool::new(false),
+            // A recovery from the archive cut short by a restart holds members off from the
+            // start, until `bootstrap` finishes it.
+            recovering: std::sync::atomic::AtomicBool::new(recovery_pending),
             metrics,
             proposals,
         });
