@@ -206,6 +206,32 @@ fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
     Ok(entry)
 }
 
+/// Refuses a log that ends before the committed index this node recorded. That index is
+/// written only behind the appends queued before it (`save_committed`), so every entry up to
+/// it was on this node's disk, and only a purge (recorded first) or a snapshot takes entries
+/// away below it: a log that ends short of it lost records on disk after they were written,
+/// which the WAL's recovery may have taken for a torn tail (damage that makes a record look
+/// longer than it is) and cut. This node may have acknowledged them to a leader that counted
+/// them for a quorum, so it must not start and serve as if it never held them.
+fn refuse_a_log_short_of_committed(store: &RaftStore, wal: &Wal, dir: &Path) -> anyhow::Result<()> {
+    let committed: Option<LogId> = store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten();
+    let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
+    let held = wal.reader().last_index().max(purged.map(|p| p.index));
+    match committed {
+        Some(committed) if held.is_none_or(|held| held < committed.index) => anyhow::bail!(
+            "the Raft log in {} ends at index {} but this node recorded entries through {} as \
+             committed, which it does only once they are on its disk: records were lost or \
+             damaged on disk. The node will not start on a log that lost entries it may have \
+             acknowledged: keep the data directory for inspection, move it aside, and start the \
+             node empty; it re-syncs from the leader",
+            dir.display(),
+            held.unwrap_or(0),
+            committed.index
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl LogStore {
     /// Opens the log in `dir` (the WAL's directory; recovery runs here, see `raft::wal`) and
     /// starts its writer thread. `store` holds the vote and the committed and purged ids.
@@ -213,6 +239,7 @@ impl LogStore {
         use anyhow::Context;
         let wal = Wal::open(dir, WalOptions::default())
             .with_context(|| format!("open the Raft log in {}", dir.display()))?;
+        refuse_a_log_short_of_committed(&store, &wal, dir)?;
         let wal = WalWriter::start(wal).context("start the Raft log writer thread")?;
         Ok(Self {
             store,
@@ -567,5 +594,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.pending().retain(|index| index > delete_upto);
         let wal = self.wal.clone();
         wal_op(move |done| wal.purge(delete_upto, done)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A record damaged so that it looks longer than it is reads as a torn tail, and the WAL
+    /// cuts it and everything after it; the committed index this node recorded says those
+    /// entries were on its disk, and the start is refused.
+    #[test]
+    fn a_log_cut_below_its_recorded_committed_index_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RaftStore::open(dir.path()).expect("store");
+        let log_dir = dir.path().join(super::super::RAFT_LOG_DIR);
+        let mut wal = Wal::open(&log_dir, WalOptions::default()).expect("wal");
+        let records: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, vec![i as u8 + 1; 200])).collect();
+        wal.append(records.iter().map(|(i, p)| (*i, p.as_slice())))
+            .expect("append");
+        drop(wal);
+        let committed = |index| {
+            store
+                .write_meta(KEY_COMMITTED, &Some(log_id(index)), Sync::Durable)
+                .expect("committed");
+        };
+        committed(8);
+        drop(LogStore::open(store.clone(), &log_dir).expect("the log holds its committed entries"));
+
+        // Entry 6's length grows by 2^20: its frame now runs into the zeros after the records.
+        let segment = std::fs::read_dir(&log_dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == "wal"))
+            .expect("a segment");
+        let sixth = 32 + 5 * (16 + 200);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
+            .expect("open");
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&[0x10], sixth + 2).expect("damage");
+        drop(file);
+        let refused = LogStore::open(store.clone(), &log_dir)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("ends at index 5") && e.contains("through 8")),
+            "{refused:?}"
+        );
+
+        // A log purged past its end holds its committed entries in a snapshot: no refusal.
+        store
+            .write_meta(KEY_LAST_PURGED, &log_id(9), Sync::Durable)
+            .expect("purged");
+        drop(LogStore::open(store, &log_dir).expect("purged through 9, committed 8"));
     }
 }

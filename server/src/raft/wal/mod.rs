@@ -24,13 +24,16 @@
 //! - **Recovery**: a torn write can only damage the end of the last segment, so the first
 //!   short or corrupt record there — or a last segment whose header never made it to disk —
 //!   is cut off (logged with the bytes dropped) and appending continues after the last good
-//!   record. The same damage anywhere else is an error, not silent loss. So is a bad record
-//!   in the last segment that a torn write cannot leave: records are written over zeros, so
-//!   a torn one has a sector of zeros where its bytes did not land, and a record that fails
-//!   its checksum with every sector written was damaged on disk after it was written (and
-//!   perhaps acknowledged), which cutting would turn into a silent loss. Whatever follows
-//!   the last good record (a torn tail, preallocated zeros) is cut off the file, so that no
-//!   stale record can ever line up behind new ones.
+//!   record. The same damage anywhere else is an error, not silent loss. A bad record in the
+//!   last segment that a torn write cannot leave (records are written over zeros, so a torn
+//!   one reads as zeros where its bytes did not land; one with every sector written was
+//!   damaged afterwards) is cut too, with an error logged, since some file systems leave
+//!   stale bytes after a crash that read the same; the log store then refuses the start if
+//!   the cut took entries the node recorded as committed (`log_store`). Whatever follows the
+//!   last good record (a torn tail, preallocated zeros) is cut off the file, so that no stale
+//!   record can ever line up behind new ones. The directory and the last segment are synced
+//!   on open: a process killed between a write and its sync leaves changes that read back
+//!   from the page cache but may not be on the disk.
 //! - **Truncate** (a conflict: drop entries ≥ i) deletes whole segments from the newest
 //!   backwards and cuts the one holding i; **purge** deletes whole segments from the oldest
 //!   whose entries are all at or below the purge point, never the last one. Both sync the
@@ -298,16 +301,13 @@ impl Wal {
                     )));
                 }
                 if matches!(defect, segment::Defect::Damaged(_)) {
-                    // Cutting here would drop records this node acknowledged, which a quorum
-                    // may be counting on: refuse, and let the operator re-sync the node.
-                    return Err(invalid_data(format!(
-                        "WAL segment {} is damaged at offset {} ({defect}). The node will not \
-                         start on a log that lost entries it may have acknowledged: keep the \
-                         data directory for inspection, move it aside, and start the node \
-                         empty; it re-syncs from the leader",
-                        path.display(),
-                        scan.end
-                    )));
+                    // Not what a torn write leaves, but a crash on some file systems (ext4 with
+                    // data=writeback, some network ones) can leave stale bytes after the last
+                    // record, which read the same: cut, and say so loudly. The log store then
+                    // refuses the start if the cut took entries this node recorded committed.
+                    tracing::error!(segment = %path.display(), offset = scan.end,
+                        dropped_bytes = len - scan.end, %defect,
+                        "WAL: cutting off a tail that looks damaged on disk rather than torn");
                 }
                 tracing::warn!(segment = %path.display(), offset = scan.end,
                     dropped_bytes = len - scan.end, %defect,
@@ -334,6 +334,7 @@ impl Wal {
                 allocated: scan.end,
             });
         }
+        sync_dir(dir)?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             options: options.clone(),
