@@ -157,8 +157,37 @@ async fn survey(node: &Node, peers: &BTreeMap<u64, String>) -> Survey {
 /// behind it, so that every member that joins installs that snapshot, then adds the members
 /// and records the recovery as finished (a restart before that does all of it again).
 async fn finish_recovery(node: &Node) -> anyhow::Result<()> {
+    let (voters, _) = node.members();
+    // Members are added only after the purge: with more than one voter it is done, and
+    // another voter may lead now.
+    if voters.len() <= 1 {
+        node.set_recovering(true);
+        // The only voter leads sooner or later: retry until the log is purged, holding
+        // members off meanwhile.
+        while let Err(e) = snapshot_and_purge(node).await {
+            tracing::warn!(error = %crate::error_text(&e), "recovery from the archive: retrying its snapshot and purge");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+    node.set_recovering(false);
+    // After a restart, wait for the election: only a leader adds members.
+    for _ in 0..50 {
+        if node.raft().metrics().borrow().current_leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if add_missing_members(node).await {
+        tracing::info!("the recovered cluster has all its members");
+    }
+    node.identity().set_recovery_pending(false)?;
+    Ok(())
+}
+
+/// Once this node leads and has applied the restored state: a snapshot of it, and the log
+/// purged behind it.
+async fn snapshot_and_purge(node: &Node) -> anyhow::Result<()> {
     use anyhow::Context;
-    node.set_recovering(true);
     let mut ready = false;
     for _ in 0..100 {
         if node.is_leader() && node.applied_index() > 0 {
@@ -187,16 +216,13 @@ async fn finish_recovery(node: &Node) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("purge the log behind the restored snapshot: {e}"))?;
-    node.set_recovering(false);
-    add_missing_members(node).await;
-    node.identity().set_recovery_pending(false)?;
-    tracing::info!("the recovered cluster has all its members");
     Ok(())
 }
 
 /// Adds every configured peer that is not a voter yet, with the client address it gives when
-/// asked; retries each until it is added.
-async fn add_missing_members(node: &Node) {
+/// asked; retries each until it is added. Gives up (false) if this node stops leading: the
+/// rest then join by themselves (`auto_join`) or through `raftlite cluster add`.
+async fn add_missing_members(node: &Node) -> bool {
     let (voters, _) = node.members();
     let peers = node.config().peers.clone();
     let missing = peers
@@ -222,6 +248,10 @@ async fn add_missing_members(node: &Node) {
             };
             match added {
                 Ok(_) => break,
+                Err(error) if !node.is_leader() => {
+                    tracing::warn!(node = id, %error, "this node no longer leads the recovered cluster: the members it did not add join by themselves (auto_join) or through `raftlite cluster add`");
+                    return false;
+                }
                 Err(error) => {
                     if last_report.elapsed() > Duration::from_secs(5) {
                         tracing::info!(node = id, %error, "waiting to add a member to the recovered cluster");
@@ -232,6 +262,7 @@ async fn add_missing_members(node: &Node) {
             }
         }
     }
+    true
 }
 
 /// Whole-cluster recovery: the database already holds the archived state. Initialize a

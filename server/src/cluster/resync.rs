@@ -84,8 +84,10 @@ pub fn foreign_leader(node: &Node, mismatch: &ClusterMismatch, from: u64, vouche
                 );
                 let dir = node.config().data_dir.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = wipe_dir(&dir) {
-                        tracing::error!(error = %e, "re-sync: could not wipe the data directory");
+                    // The restarted process wipes the directory before it opens anything:
+                    // this one keeps writing to it until it is gone.
+                    if let Err(e) = mark_for_wipe(&dir) {
+                        tracing::error!(error = %e, "re-sync: could not mark the data directory for wiping");
                         std::process::exit(75);
                     }
                     restart_in_place();
@@ -152,14 +154,13 @@ pub const WIPE_MARKER: &str = "WIPING";
 
 /// Removes everything inside `dir` (the directory itself stays: it may be a mount point).
 /// A wipe cut short (a crash, a full disk, a kill) leaves a mix no start could use, e.g. a
-/// store whose committed index has no log or database under it: the marker written first
-/// has the next start finish it ([`finish_cut_wipe`]).
+/// log without its store: the marker written first has the next start finish it
+/// ([`finish_marked_wipe`]). A re-sync only marks the directory and restarts, and the new
+/// process wipes it before it opens anything.
 pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
     let marker = dir.join(WIPE_MARKER);
     if !marker.exists() {
-        let file = std::fs::File::create(&marker)?;
-        file.sync_all()?;
-        crate::raft::wal::sync_dir(dir)?;
+        mark_for_wipe(dir)?;
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -177,14 +178,20 @@ pub fn wipe_dir(dir: &std::path::Path) -> std::io::Result<()> {
     crate::raft::wal::sync_dir(dir)
 }
 
-/// Finishes a wipe of `dir` that was cut short, before anything in it is opened; whether
-/// there was one.
-pub fn finish_cut_wipe(dir: &std::path::Path) -> std::io::Result<bool> {
+/// Marks `dir` to be wiped by the next start ([`finish_marked_wipe`]), durably.
+pub fn mark_for_wipe(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::create(dir.join(WIPE_MARKER))?.sync_all()?;
+    crate::raft::wal::sync_dir(dir)
+}
+
+/// Wipes `dir` if it is marked (a re-sync, or a wipe cut short), before anything in it is
+/// opened; whether it was.
+pub fn finish_marked_wipe(dir: &std::path::Path) -> std::io::Result<bool> {
     if !dir.join(WIPE_MARKER).exists() {
         return Ok(false);
     }
     tracing::warn!(data_dir = %dir.display(),
-        "re-sync: finishing the wipe of this node's data that was cut short; the node starts empty and re-syncs from the leader");
+        "re-sync: wiping this node's data as marked; the node starts empty and re-syncs from the leader");
     wipe_dir(dir)?;
     Ok(true)
 }
@@ -241,9 +248,15 @@ mod tests {
         wipe_dir(data).expect("wipe");
         assert!(names(data).is_empty(), "left: {:?}", names(data));
         assert!(
-            !finish_cut_wipe(data).expect("check"),
+            !finish_marked_wipe(data).expect("check"),
             "no wipe was cut short"
         );
+
+        // A re-sync marks the directory and restarts: the new process wipes it.
+        node_data(data);
+        mark_for_wipe(data).expect("mark");
+        assert!(finish_marked_wipe(data).expect("wipe"), "marked");
+        assert!(names(data).is_empty(), "left: {:?}", names(data));
 
         node_data(data);
         std::fs::File::create(data.join(WIPE_MARKER)).expect("marker");
@@ -254,7 +267,7 @@ mod tests {
             "what is left cannot be started on as it is"
         );
         assert!(
-            finish_cut_wipe(data).expect("finish"),
+            finish_marked_wipe(data).expect("finish"),
             "the wipe was cut short"
         );
         assert!(names(data).is_empty(), "left: {:?}", names(data));

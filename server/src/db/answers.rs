@@ -416,7 +416,9 @@ impl ClientAnswers {
 
     /// Records that a request on this connection carried a valid token (or needed none).
     pub fn mark_used(&self) {
-        if !self.used.load(Ordering::Relaxed) {
+        if !self.used.load(Ordering::Acquire) {
+            // Under the lock `close_unused` decides under.
+            let _state = lock(&self.state);
             self.used.store(true, Ordering::Release);
         }
     }

@@ -136,8 +136,8 @@ impl Node {
         use anyhow::Context;
         let config = Arc::new(config);
         if config.data_dir.exists() {
-            crate::cluster::resync::finish_cut_wipe(&config.data_dir)
-                .context("finish the wipe of the data directory that was cut short")?;
+            crate::cluster::resync::finish_marked_wipe(&config.data_dir)
+                .context("wipe the data directory marked for it")?;
         }
         let store = RaftStore::open(&config.data_dir)?;
         let identity = Arc::new(ClusterIdentity::load(store.clone()).context("read cluster id")?);
