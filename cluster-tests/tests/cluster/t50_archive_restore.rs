@@ -395,6 +395,42 @@ async fn s3_archive_lag_restore_point_in_time_flags_outage_and_corruption() {
     info!("t50 S3 scenario done");
 }
 
+/// Options of three nodes archiving to `url` every 50 ms, a snapshot every second.
+fn archiving_to(url: &str, env: Vec<(String, String)>) -> ClusterOptions {
+    ClusterOptions {
+        extra_args: vec![
+            "--archive".into(),
+            url.into(),
+            "--archive-flush-ms".into(),
+            "50".into(),
+            "--archive-snapshot-interval-s".into(),
+            "1".into(),
+        ],
+        env,
+        ..ClusterOptions::default()
+    }
+}
+
+/// SIGKILL every node, wipe every volume, start them all again.
+async fn lose_every_node_and_restart(cluster: &Cluster) {
+    for id in cluster.ids() {
+        cluster.node(id).kill().expect("kill");
+        cluster.node(id).wipe().expect("wipe");
+    }
+    for id in cluster.ids() {
+        cluster.node(id).restart().await.expect("restart");
+    }
+}
+
+/// Waits until `node`'s log has a line with `text`.
+async fn logged(node: &cluster_tests::NodeProcess, text: &str, within: Duration) {
+    wait_until(&format!("the log line {text:?}"), within, || async {
+        Ok((!node.log_lines_with(text).is_empty()).then_some(()))
+    })
+    .await
+    .expect("the node logs it");
+}
+
 /// A crash of the node that restores the cluster from the archive, after it made itself a
 /// one-member cluster and before the restored state was a snapshot with the log behind it
 /// purged: its restart found Raft state and took it for an ordinary restart, so the other
@@ -406,18 +442,7 @@ async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
     let archive_dir = tempfile::tempdir().expect("archive dir");
     let url = format!("file://{}", archive_dir.path().display());
     info!(%url, "phase 1: three nodes archiving to a shared directory; 50 writes");
-    let options = ClusterOptions {
-        extra_args: vec![
-            "--archive".into(),
-            url,
-            "--archive-flush-ms".into(),
-            "50".into(),
-            "--archive-snapshot-interval-s".into(),
-            "1".into(),
-        ],
-        ..ClusterOptions::default()
-    };
-    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let cluster = Cluster::start(3, archiving_to(&url, Vec::new())).expect("start the cluster");
     cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
@@ -435,44 +460,17 @@ async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
     wait_archived(&cluster, last, Duration::from_secs(30)).await;
 
     info!("phase 2: lose every node and volume; restart; SIGKILL the restoring node as soon as it initializes");
-    for id in cluster.ids() {
-        cluster.node(id).kill().expect("kill");
-        cluster.node(id).wipe().expect("wipe");
-    }
-    for id in cluster.ids() {
-        cluster.node(id).restart().await.expect("restart");
-    }
+    lose_every_node_and_restart(&cluster).await;
     // The lowest id restores the archive and initializes.
-    let restorer = cluster.ids()[0];
-    let node = cluster.node(restorer);
-    wait_until(
-        "the restoring node to initialize its cluster",
-        Duration::from_secs(60),
-        || async {
-            Ok((!node
-                .log_lines_with("recovered the cluster from the archive")
-                .is_empty())
-            .then_some(()))
-        },
-    )
-    .await
-    .expect("the node restores the archive");
+    let node = cluster.node(cluster.ids()[0]);
+    let initialized = "recovered the cluster from the archive";
+    logged(node, initialized, Duration::from_secs(60)).await;
     node.kill().expect("kill the restoring node");
     node.restart().await.expect("restart the restoring node");
     // Adding the members alone takes longer than the harness's look at the log: the kill
     // comes before the recovery is finished.
-    wait_until(
-        "the restart to finish the recovery",
-        Duration::from_secs(20),
-        || async {
-            Ok((!node
-                .log_lines_with("restarting in the middle of the cluster's recovery")
-                .is_empty())
-            .then_some(()))
-        },
-    )
-    .await
-    .expect("the restart finishes the recovery");
+    let resumed = "restarting in the middle of the cluster's recovery";
+    logged(node, resumed, Duration::from_secs(20)).await;
 
     info!("phase 3: every member holds the restored state, and the cluster takes writes");
     cluster
@@ -497,19 +495,8 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     let archive_dir = tempfile::tempdir().expect("archive dir");
     let url = format!("file://{}", archive_dir.path().display());
     info!(%url, "phase 1: three nodes archiving to a shared directory, encrypted; 200 writes");
-    let options = ClusterOptions {
-        extra_args: vec![
-            "--archive".into(),
-            url.clone(),
-            "--archive-flush-ms".into(),
-            "50".into(),
-            "--archive-snapshot-interval-s".into(),
-            "1".into(),
-        ],
-        env: vec![("RAFTLITE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())],
-        ..ClusterOptions::default()
-    };
-    let cluster = Cluster::start(3, options).expect("start the cluster");
+    let key = vec![("RAFTLITE_ARCHIVE_KEY".into(), ARCHIVE_KEY.into())];
+    let cluster = Cluster::start(3, archiving_to(&url, key)).expect("start the cluster");
     let leader = cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
@@ -541,13 +528,7 @@ async fn whole_cluster_lost_is_restored_from_the_archive() {
     );
 
     info!("phase 2: lose every node and every volume (SIGKILL, wipe), then start them again");
-    for id in cluster.ids() {
-        cluster.node(id).kill().expect("kill");
-        cluster.node(id).wipe().expect("wipe");
-    }
-    for id in cluster.ids() {
-        cluster.node(id).restart().await.expect("restart");
-    }
+    lose_every_node_and_restart(&cluster).await;
 
     info!("phase 3: the cluster restores the archived state by itself and serves it");
     cluster
