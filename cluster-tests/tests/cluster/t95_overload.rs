@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::{client::Error, Statement};
-use cluster_tests::{init_tracing, Client, ClientOptions, Cluster, ClusterOptions, Consistency};
+use cluster_tests::{
+    init_tracing, three_nodes_with, Client, ClientOptions, Cluster, ClusterOptions, Consistency,
+};
 use tracing::info;
 
 const LIMIT: usize = 3;
@@ -254,16 +256,12 @@ async fn idle_tls_connections_cannot_keep_clients_or_probes_out() {
         extra_args: vec!["--max-connections".into(), MAX_CONNECTIONS.to_string()],
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(3, options).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
+    let (cluster, leader, checker) = three_nodes_with("idle_tls", options).await;
     let client = cluster.client_for(leader);
-    client
-        .exec("CREATE TABLE idle (n INTEGER)", Vec::<i64>::new())
+    checker
+        .write_many(&client, "before", 1)
         .await
-        .expect("create the table");
+        .expect("a write before the idle connections");
     let creds = cluster.credentials().expect("secure cluster");
     let addr = cluster.node(leader).addr();
 
@@ -289,13 +287,12 @@ async fn idle_tls_connections_cannot_keep_clients_or_probes_out() {
     info!(connected = idle.len(), "idle connections made");
 
     info!("phase 2: the client that wrote before, a new client, and the probe are served");
-    client
-        .exec("INSERT INTO idle VALUES (?1)", [1_i64])
+    checker
+        .write_many(&client, "used-connection", 1)
         .await
         .expect("a write on the connection that made requests before");
-    let fresh = cluster.client_for(leader);
-    fresh
-        .exec("INSERT INTO idle VALUES (?1)", [2_i64])
+    checker
+        .write_many(&cluster.client_for(leader), "new-connection", 1)
         .await
         .expect("a new client is let in");
     // The chart's probes with TLS: `raftlite health` on a new connection, with no token.
