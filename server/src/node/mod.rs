@@ -157,6 +157,7 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
+        log_store.purge_after_applied(applied_rx.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let commit_early = {
             let (proposals, metrics) = (proposals.clone(), metrics.clone());

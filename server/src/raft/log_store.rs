@@ -61,6 +61,10 @@ pub struct LogStore {
     /// was last written to redb ([`LazyClock`]).
     committed: Option<Option<LogId>>,
     committed_written: LazyClock,
+    /// The state machine's applied index: a purge past it waits for it ([`LogStore::purge`]).
+    applied: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The last purged id written to redb: purges that waited may finish after later ones.
+    purged_written: Arc<Mutex<Option<LogId>>>,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -206,6 +210,39 @@ fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
     Ok(entry)
 }
 
+/// What a purge needs, apart from the log store (see `LogStore::purge`).
+struct Purge {
+    store: RaftStore,
+    wal: WalWriter,
+    floor: PurgeFloor,
+    written: Arc<Mutex<Option<LogId>>>,
+}
+
+impl Purge {
+    async fn run(self, log_id: LogId) -> Result<(), StorageError> {
+        // First the purged id, durably: a crash before the segments go leaves extra entries
+        // below it, which readers skip; the other order could leave a gap above it. Never
+        // backwards: a purge that waited may come after a later one.
+        let (store, written) = (self.store, self.written);
+        let newer = blocking(move || {
+            let mut written = written.lock().unwrap_or_else(|p| p.into_inner());
+            if written.is_some_and(|w| w.index >= log_id.index) {
+                return Ok(false);
+            }
+            store.write_meta(KEY_LAST_PURGED, &log_id, Sync::Durable)?;
+            *written = Some(log_id);
+            Ok(true)
+        })
+        .await?;
+        if !newer {
+            return Ok(());
+        }
+        let delete_upto = log_id.index.min(self.floor.get());
+        let wal = self.wal;
+        wal_op(move |done| wal.purge(delete_upto, done)).await
+    }
+}
+
 /// Refuses a log that ends before the committed index this node recorded. That index is
 /// written only behind the appends queued before it (`save_committed`), so every entry up to
 /// it was on this node's disk, and only a purge (recorded first) or a snapshot takes entries
@@ -240,6 +277,7 @@ impl LogStore {
         let wal = Wal::open(dir, WalOptions::default())
             .with_context(|| format!("open the Raft log in {}", dir.display()))?;
         refuse_a_log_short_of_committed(&store, &wal, dir)?;
+        let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
         let wal = WalWriter::start(wal).context("start the Raft log writer thread")?;
         Ok(Self {
             store,
@@ -251,7 +289,15 @@ impl LogStore {
             early: None,
             committed: None,
             committed_written: LazyClock::default(),
+            applied: None,
+            purged_written: Arc::new(Mutex::new(purged)),
         })
+    }
+
+    /// From now on, a purge past the state machine's applied index (`applied`) waits until
+    /// the state machine reaches it (see [`LogStore::purge`]).
+    pub fn purge_after_applied(&mut self, applied: tokio::sync::watch::Receiver<u64>) {
+        self.applied = Some(applied);
     }
 
     /// From now on, this leader's own entries are sent to its followers as they are appended,
@@ -583,17 +629,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         wal_op(move |done| wal.truncate(log_id.index, done)).await
     }
 
+    /// openraft purges a follower's log the moment it starts to install a snapshot, seconds
+    /// before the state machine holds it: a crash between the two restarted the node with its
+    /// log purged past its applied state and no snapshot to cover the gap. So a purge past
+    /// the applied index is recorded and done (on a task of its own: openraft's core must not
+    /// wait) once the state machine reaches it; until then the entries only read as gone.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // First the purged id, durably: a crash before the segments go leaves extra entries
-        // below it, which readers skip; the other order could leave a gap above it.
-        let store = self.store.clone();
-        blocking(move || store.write_meta(KEY_LAST_PURGED, &log_id, Sync::Durable)).await?;
         let delete_upto = log_id.index.min(self.purge_floor.get());
         self.first_visible
             .fetch_max(delete_upto.saturating_add(1), Ordering::SeqCst);
         self.pending().retain(|index| index > delete_upto);
-        let wal = self.wal.clone();
-        wal_op(move |done| wal.purge(delete_upto, done)).await
+        let purge = Purge {
+            store: self.store.clone(),
+            wal: self.wal.clone(),
+            floor: self.purge_floor.clone(),
+            written: self.purged_written.clone(),
+        };
+        match &self.applied {
+            Some(applied) if *applied.borrow() < log_id.index => {
+                let mut applied = applied.clone();
+                tokio::spawn(async move {
+                    while *applied.borrow_and_update() < log_id.index {
+                        if applied.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Err(e) = purge.run(log_id).await {
+                        tracing::warn!(index = log_id.index, error = %e, "purging the Raft log failed");
+                    }
+                });
+                Ok(())
+            }
+            _ => purge.run(log_id).await,
+        }
     }
 }
 
@@ -656,5 +724,52 @@ mod tests {
             .write_meta(KEY_LAST_PURGED, &log_id(9), Sync::Durable)
             .expect("purged");
         drop(LogStore::open(store, &log_dir).expect("purged through 9, committed 8"));
+    }
+
+    /// openraft purges a follower's log as it starts installing a snapshot: the purge is
+    /// recorded and done only once the state machine has applied that far, so a crash during
+    /// the install leaves the entries and the old purge point, which agree with the state.
+    #[tokio::test]
+    async fn a_purge_past_the_applied_index_waits_for_it() -> Result<(), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RaftStore::open(dir.path()).expect("store");
+        let log_dir = dir.path().join(super::super::RAFT_LOG_DIR);
+        let mut log = LogStore::open(store.clone(), &log_dir).expect("open");
+        let (applied_tx, applied_rx) = tokio::sync::watch::channel(3u64);
+        log.purge_after_applied(applied_rx);
+        let stored = || -> Result<Option<LogId>, StorageError> { store.read_meta(KEY_LAST_PURGED) };
+
+        log.purge(log_id(2)).await?;
+        assert_eq!(
+            stored()?,
+            Some(log_id(2)),
+            "within the applied index: at once"
+        );
+        log.purge(log_id(8)).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            stored()?,
+            Some(log_id(2)),
+            "past the applied index: not yet"
+        );
+
+        let until = |index: u64| async move {
+            for _ in 0..500 {
+                if stored()? == Some(log_id(index)) {
+                    return Ok::<(), StorageError>(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the purge to {index} never ran once applied");
+        };
+        applied_tx.send_replace(8);
+        until(8).await?;
+        // A purge point is never taken back.
+        log.purge(log_id(5)).await?;
+        assert_eq!(stored()?, Some(log_id(8)));
+        log.purge(log_id(9)).await?;
+        applied_tx.send_replace(9);
+        until(9).await?;
+        Ok(())
     }
 }
