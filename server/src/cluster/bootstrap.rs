@@ -161,9 +161,9 @@ async fn finish_recovery(node: &Node) -> anyhow::Result<()> {
     // Members are added only after the purge: with more than one voter it is done, and
     // another voter may lead now.
     if voters.len() <= 1 {
-        node.set_recovering(true);
         // The only voter leads sooner or later: retry until the log is purged, holding
-        // members off meanwhile.
+        // members off meanwhile (`recovering`, set from the mark at start or by
+        // `recover_cluster`).
         while let Err(e) = snapshot_and_purge(node).await {
             tracing::warn!(error = %crate::error_text(&e), "recovery from the archive: retrying its snapshot and purge");
             tokio::time::sleep(RETRY).await;

@@ -1143,26 +1143,7 @@ impl Executor {
     /// they ran, after all of them: in the same transaction and delta as their writes, but
     /// outside the requests' savepoints, where each insert would first copy the pages it
     /// touches into the savepoint's journal. A request that failed records nothing; a retry
-    /// runs again.
-    /// Counts a write that recorded `recorded` request ids, and once every
-    /// [`PRUNE_EVERY_BATCHES`] such writes forgets ids older than the retention, at least
-    /// twice as many as were recorded meanwhile (when there are that many old ones).
-    fn prune_in_step(&self, recorded: u32, now_ms: i64) -> Result<()> {
-        let ids = self.ids_since_prune.get().saturating_add(recorded);
-        let batches = self.batches_since_prune.get() + 1;
-        if batches < PRUNE_EVERY_BATCHES {
-            self.ids_since_prune.set(ids);
-            self.batches_since_prune.set(batches);
-            return Ok(());
-        }
-        self.ids_since_prune.set(0);
-        self.batches_since_prune.set(0);
-        let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
-        internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT.max(ids.saturating_mul(2)))?;
-        Ok(())
-    }
-
-    /// Records each executed request's id with its results; how many it recorded.
+    /// runs again. Returns how many it recorded.
     fn record_request_ids(
         &self,
         ids: HashMap<String, usize>,
@@ -1179,6 +1160,24 @@ impl Executor {
             }
         }
         Ok(recorded)
+    }
+
+    /// Counts a write that recorded `recorded` request ids, and once every
+    /// [`PRUNE_EVERY_BATCHES`] such writes forgets ids older than the retention, at least
+    /// twice as many as were recorded meanwhile (when there are that many old ones).
+    fn prune_in_step(&self, recorded: u32, now_ms: i64) -> Result<()> {
+        let ids = self.ids_since_prune.get().saturating_add(recorded);
+        let batches = self.batches_since_prune.get() + 1;
+        if batches < PRUNE_EVERY_BATCHES {
+            self.ids_since_prune.set(ids);
+            self.batches_since_prune.set(batches);
+            return Ok(());
+        }
+        self.ids_since_prune.set(0);
+        self.batches_since_prune.set(0);
+        let cutoff = now_ms.saturating_sub(REQUEST_ID_RETENTION.as_millis() as i64);
+        internal::prune_requests(&self.conn, cutoff, PRUNE_LIMIT.max(ids.saturating_mul(2)))?;
+        Ok(())
     }
 
     /// Lets the next batch (or call of a transaction) return up to `most` bytes of rows, or

@@ -296,14 +296,18 @@ pub fn authorize(
     }))
 }
 
-/// Checks every request's token against the auth file (see the module docs).
+/// Checks every request's token against the auth file, when there is one (see the module
+/// docs), and marks the connection of each request that carried a valid token (any request,
+/// without an auth file) as used ([`crate::db::ClientAnswers::mark_used`]): requests that
+/// need no token (health checks, reflection) do not count when there are tokens, or a
+/// connection could keep its place on a full listener with them.
 #[derive(Clone)]
 pub struct AuthLayer {
-    file: Arc<AuthFile>,
+    file: Option<Arc<AuthFile>>,
 }
 
 impl AuthLayer {
-    pub fn new(file: Arc<AuthFile>) -> Self {
+    pub fn new(file: Option<Arc<AuthFile>>) -> Self {
         AuthLayer { file }
     }
 }
@@ -322,7 +326,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    file: Arc<AuthFile>,
+    file: Option<Arc<AuthFile>>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
@@ -341,7 +345,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let tokens = self.file.tokens();
+        let Some(file) = &self.file else {
+            mark_used(&request);
+            return futures::future::Either::Left(self.inner.call(request));
+        };
+        let tokens = file.tokens();
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -349,6 +357,7 @@ where
         match authorize(&tokens, request.uri().path(), header) {
             Ok(principal) => {
                 if let Some(principal) = principal {
+                    mark_used(&request);
                     request.extensions_mut().insert(principal);
                 }
                 futures::future::Either::Left(self.inner.call(request))
@@ -360,54 +369,11 @@ where
     }
 }
 
-/// Marks the connection of each request that reaches it as used
-/// ([`crate::db::ClientAnswers::mark_used`]). It sits inside the auth layer, so only
-/// requests with a valid token get here when there are tokens; those that need none (health
-/// checks, reflection) do not count then, or a connection could keep its place with them.
-#[derive(Clone, Copy)]
-pub struct UsedLayer {
-    /// Whether requests carry tokens (an auth file is set).
-    pub tokens: bool,
-}
-
-impl<S> tower::Layer<S> for UsedLayer {
-    type Service = UsedService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        UsedService {
-            inner,
-            tokens: self.tokens,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct UsedService<S> {
-    inner: S,
-    tokens: bool,
-}
-
-impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for UsedService<S>
-where
-    S: tower::Service<http::Request<ReqBody>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let extensions = request.extensions();
-        if !self.tokens || extensions.get::<Principal>().is_some() {
-            let answers = extensions.get::<crate::tls::ConnInfo>();
-            if let Some(answers) = answers.and_then(|info| info.answers.as_ref()) {
-                answers.mark_used();
-            }
-        }
-        self.inner.call(request)
+/// Marks the client connection `request` came on as used.
+fn mark_used<B>(request: &http::Request<B>) {
+    let info = request.extensions().get::<crate::tls::ConnInfo>();
+    if let Some(answers) = info.and_then(|info| info.answers.as_ref()) {
+        answers.mark_used();
     }
 }
 

@@ -69,8 +69,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let auth_tokens = auth_file.is_some();
-    let auth = auth_file.clone().map(auth::AuthLayer::new);
+    let auth = auth::AuthLayer::new(auth_file.clone());
     let limits = limits::LimitsLayer::new(
         limits::Limits {
             max_concurrent_requests: node.config().max_concurrent_requests,
@@ -106,10 +105,7 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,
         ))
-        .layer(tower::util::option_layer(auth))
-        .layer(auth::UsedLayer {
-            tokens: auth_tokens,
-        })
+        .layer(auth)
         .layer(limits)
         .add_service(health_service)
         .add_service(reflection)

@@ -250,9 +250,13 @@ impl Purge {
 /// which the WAL's recovery may have taken for a torn tail (damage that makes a record look
 /// longer than it is) and cut. This node may have acknowledged them to a leader that counted
 /// them for a quorum, so it must not start and serve as if it never held them.
-fn refuse_a_log_short_of_committed(store: &RaftStore, wal: &Wal, dir: &Path) -> anyhow::Result<()> {
+fn refuse_a_log_short_of_committed(
+    store: &RaftStore,
+    wal: &Wal,
+    purged: Option<LogId>,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let committed: Option<LogId> = store.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten();
-    let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
     let held = wal.reader().last_index().max(purged.map(|p| p.index));
     match committed {
         Some(committed) if held.is_none_or(|held| held < committed.index) => anyhow::bail!(
@@ -276,8 +280,8 @@ impl LogStore {
         use anyhow::Context;
         let wal = Wal::open(dir, WalOptions::default())
             .with_context(|| format!("open the Raft log in {}", dir.display()))?;
-        refuse_a_log_short_of_committed(&store, &wal, dir)?;
         let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
+        refuse_a_log_short_of_committed(&store, &wal, purged, dir)?;
         let wal = WalWriter::start(wal).context("start the Raft log writer thread")?;
         Ok(Self {
             store,

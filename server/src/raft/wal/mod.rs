@@ -300,18 +300,18 @@ impl Wal {
                         scan.end
                     )));
                 }
+                let dropped_bytes = len - scan.end;
                 if matches!(defect, segment::Defect::Damaged(_)) {
                     // Not what a torn write leaves, but a crash on some file systems (ext4 with
                     // data=writeback, some network ones) can leave stale bytes after the last
                     // record, which read the same: cut, and say so loudly. The log store then
                     // refuses the start if the cut took entries this node recorded committed.
-                    tracing::error!(segment = %path.display(), offset = scan.end,
-                        dropped_bytes = len - scan.end, %defect,
-                        "WAL: cutting off a tail that looks damaged on disk rather than torn");
+                    tracing::error!(segment = %path.display(), offset = scan.end, dropped_bytes,
+                        %defect, "WAL: cutting off a tail that looks damaged on disk rather than torn");
+                } else {
+                    tracing::warn!(segment = %path.display(), offset = scan.end, dropped_bytes,
+                        %defect, "WAL: cutting off a torn or corrupt tail");
                 }
-                tracing::warn!(segment = %path.display(), offset = scan.end,
-                    dropped_bytes = len - scan.end, %defect,
-                    "WAL: cutting off a torn or corrupt tail");
             }
             if scan.end < len {
                 // A torn tail, or preallocated zeros: either way nothing may stay after the
