@@ -1337,8 +1337,8 @@ async fn clients_cannot_read_stored_results_or_raw_pages() -> TestResult {
 
 /// One `instr` call of two long values (SQLite's built-in compares at every position: 1.6e12
 /// byte comparisons here, minutes as one VM instruction that no deadline interrupts) neither
-/// holds the executor nor a read thread: the next write and query run at once. A LIKE pattern
-/// past its limit is refused.
+/// holds the executor nor a read thread: the next write and query run at once. Nor does one
+/// call of `replace`, `ltrim` or `rtrim`. A LIKE pattern past its limit is refused.
 #[tokio::test]
 async fn one_slow_function_call_holds_nothing_back() -> TestResult {
     let c = Cluster::new()?;
@@ -1367,6 +1367,46 @@ async fn one_slow_function_call_holds_nothing_back() -> TestResult {
         chunks[0].rows == vec![vec![SqlValue::Integer(0)]],
         "{chunks:?}"
     );
+    // SQLite's `replace` and two-argument trims are as slow: the first compares 900,000
+    // bytes at each of 900,000 positions, the others try 200,001 characters at each of a
+    // million they cut. Each runs on the executor and on a read thread, as one statement.
+    let long = "printf('%.*c', 1800000, 'a')";
+    let slow = [
+        (
+            format!("length(replace({long}, printf('%.*c', 900000, 'a') || 'b', 'c'))"),
+            1800000,
+        ),
+        (
+            format!("length(ltrim({long}, printf('%.*c', 200000, 'b') || 'a'))"),
+            0,
+        ),
+        (
+            format!("length(rtrim({long}, printf('%.*c', 200000, 'b') || 'a'))"),
+            0,
+        ),
+    ];
+    for (call, length) in slow {
+        let sql = format!("SELECT {call}");
+        let executed =
+            tokio::time::timeout(guard, c.executor.execute_batch(vec![req("", &[&sql])]))
+                .await
+                .with_context(|| format!("the executor was held by {call}"))??;
+        ensure!(
+            matches!(&executed.outcomes[..], [WriteOutcome::Executed(_)]),
+            "{:?}",
+            executed.outcomes
+        );
+        let chunks = tokio::time::timeout(
+            guard,
+            collect(c.leader.reads().query(stmt(&sql), 0, 10, None)),
+        )
+        .await
+        .with_context(|| format!("a read thread was held by {call}"))??;
+        ensure!(
+            chunks[0].rows == vec![vec![SqlValue::Integer(length)]],
+            "{call}: {chunks:?}"
+        );
+    }
     let pattern = format!("SELECT 'x' LIKE '{}'", "%x".repeat(600));
     match collect(c.leader.reads().query(stmt(&pattern), 0, 10, None)).await {
         Err(e) => ensure!(format!("{e}").contains("pattern too complex"), "{e}"),
