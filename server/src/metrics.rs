@@ -109,6 +109,7 @@ pub struct Metrics {
     commits_in_place_early: Counter,
     ran_ahead: Counter,
     wal_frames: Gauge,
+    reads_held_for_wal: Gauge,
     checkpoint_failures: Gauge,
     answer_bytes_held: Gauge,
     unread_connections_closed: Counter,
@@ -165,6 +166,7 @@ impl Metrics {
             commits_in_place_early: Counter::default(),
             ran_ahead: Counter::default(),
             wal_frames: Gauge::default(),
+            reads_held_for_wal: Gauge::default(),
             checkpoint_failures: Gauge::default(),
             answer_bytes_held: Gauge::default(),
             unread_connections_closed: Counter::default(),
@@ -345,6 +347,12 @@ impl Metrics {
             m.wal_frames.clone(),
         );
         r.register(
+            "sqlite_reads_held_for_wal",
+            "1 while new reads wait for those in flight to end, because the WAL is past its \
+             limit (16384 pages) and open read transactions keep it from restarting; else 0",
+            m.reads_held_for_wal.clone(),
+        );
+        r.register(
             "sql_answer_bytes_held",
             "Bytes of rows in answers to writes that their clients have not read yet; at \
              268435456 writes that return rows are refused (RESOURCE_EXHAUSTED) until they are",
@@ -493,6 +501,8 @@ impl Metrics {
         self.ready.set(i64::from(node.readiness().is_ready()));
         let (wal_frames, checkpoint_failures) = node.database().wal_status();
         self.wal_frames.set(as_i64(wal_frames));
+        self.reads_held_for_wal
+            .set(i64::from(node.database().reads().held_for_the_wal()));
         self.checkpoint_failures.set(as_i64(checkpoint_failures));
         let answers = node.database().answers();
         self.answer_bytes_held.set(as_i64(answers.held() as u64));

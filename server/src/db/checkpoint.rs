@@ -16,13 +16,24 @@
 //! inside the commit that crosses [`BACKSTOP_FRAMES`] (16 MiB of 4 KiB pages, against SQLite's
 //! default 1,000), when little is left to copy, and the next writer restarts the WAL. Without
 //! it a leader's WAL grew by every frame it wrote.
+//!
+//! Readers can hold the restart off as well: SQLite restarts the WAL only when no read
+//! transaction still reads from it, and one that is open at every moment (queries of a few
+//! seconds, each begun before the last ended, as any client with a `read` token can send)
+//! kept it from ever restarting, so the WAL grew by every write until the disk was full. Past
+//! [`DbOptions::max_wal_frames`](super::DbOptions) the [`ReadGate`] closes: new reads wait
+//! (within their deadlines) while those in flight end, the backstop's checkpoint copies
+//! everything, the next write restarts the WAL, and the gate opens again. Reads are held
+//! back only while a WAL past the limit waits for them, which an ordinary load never reaches
+//! (its WAL stays near the backstop). A Raft snapshot's image is a long read too: it begins at
+//! the gate, and the gate does not close while one is built.
 
 use super::error::{DbError, Result};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -30,6 +41,13 @@ const INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) const BACKSTOP_FRAMES: u32 = 4096;
 /// Least time between two warnings of a failing checkpoint.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// The default [`DbOptions::max_wal_frames`](super::DbOptions): 64 MiB of 4 KiB pages.
+pub(crate) const MAX_WAL_FRAMES: u32 = 4 * BACKSTOP_FRAMES;
+/// The size a WAL file is cut back to after a restart: twice the backstop, above what an
+/// ordinary load leaves (see [`leave_to_checkpointer`]).
+const WAL_KEEP_BYTES: u64 = 2 * BACKSTOP_FRAMES as u64 * 4096;
+/// How often a read waiting at the closed [`ReadGate`] looks whether its client is gone.
+const GATE_RECHECK: Duration = Duration::from_millis(50);
 
 /// Stops its thread when dropped.
 pub(crate) struct Checkpointer {
@@ -47,8 +65,9 @@ struct Status {
 }
 
 impl Checkpointer {
-    /// Start checkpointing the WAL database at `path` every [`INTERVAL`].
-    pub(crate) fn start(path: &Path) -> Result<Checkpointer> {
+    /// Start checkpointing the WAL database at `path` every [`INTERVAL`], closing `gate` while
+    /// the WAL is past `max_frames` and reads keep it from restarting.
+    pub(crate) fn start(path: &Path, gate: Arc<ReadGate>, max_frames: u32) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -63,7 +82,12 @@ impl Checkpointer {
                     stopped.recv_timeout(INTERVAL)
                 {
                     match checkpoint(&conn) {
-                        Ok(frames) => seen.wal_frames.store(frames, Ordering::Relaxed),
+                        // Another connection's checkpoint ran: it told nothing.
+                        Ok(None) => {}
+                        Ok(Some((frames, copied))) => {
+                            seen.wal_frames.store(frames, Ordering::Relaxed);
+                            gate.after_checkpoint(frames, copied, u64::from(max_frames), &name);
+                        }
                         Err(e) => {
                             seen.failures.fetch_add(1, Ordering::Relaxed);
                             if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -94,15 +118,173 @@ impl Checkpointer {
 }
 
 /// One `PASSIVE` checkpoint (a no-op when every frame is in the database already); the
-/// frames in the WAL.
-fn checkpoint(conn: &Connection) -> Result<u64> {
-    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
-    Ok(u64::try_from(frames).unwrap_or(0))
+/// frames in the WAL, and how many of them are in the database file now. `None` when it could
+/// not run: another connection was checkpointing (a commit past the backstop).
+fn checkpoint(conn: &Connection) -> Result<Option<(u64, u64)>> {
+    let (frames, copied): (i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })?;
+    Ok(u64::try_from(frames).ok().zip(u64::try_from(copied).ok()))
+}
+
+/// Where the read pool's transactions, and the images' (see `snapshot.rs`), begin: closed
+/// while the WAL is past its limit and waits for the reads in flight to end (see the module
+/// docs). It does not close while an image is being built: that read takes as long as it
+/// takes, and holding the others back would not make the WAL restart any sooner.
+#[derive(Default)]
+pub(crate) struct ReadGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Since when new reads wait, if they do.
+    closed: Option<Instant>,
+    /// The read pool's transactions open now.
+    reading: usize,
+    /// Images being built now.
+    imaging: usize,
+    /// Frames in the WAL at the last checkpoint.
+    frames: u64,
+}
+
+/// One read transaction counted in at the [`ReadGate`] until dropped.
+pub(crate) struct Reading {
+    gate: Arc<ReadGate>,
+    image: bool,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        match self.image {
+            true => state.imaging -= 1,
+            false => state.reading -= 1,
+        }
+    }
+}
+
+impl ReadGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // Nothing panics while holding it; a poisoned state is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Count a pool read in, once the gate is open. While it is closed, wait until it opens,
+    /// `deadline` passes or `gone()` (the client left) tells to give up.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        gone: impl Fn() -> bool,
+    ) -> Result<Reading> {
+        let mut state = self.lock();
+        while state.closed.is_some() {
+            let now = Instant::now();
+            if gone() {
+                return Err(DbError::Timeout(
+                    "the query was cancelled: its client went away".into(),
+                ));
+            }
+            let wait = match deadline {
+                Some(d) if d <= now => {
+                    return Err(DbError::Timeout(
+                        "the request's deadline passed before it could run: reads on this \
+                         node wait while the reads in flight end, so that its WAL, past its \
+                         limit, can restart (long queries that overlap one another kept it \
+                         from restarting); retry, or send shorter queries"
+                            .into(),
+                    ))
+                }
+                Some(d) => (d - now).min(GATE_RECHECK),
+                None => GATE_RECHECK,
+            };
+            state = self.wait(state, wait);
+        }
+        state.reading += 1;
+        Ok(Reading {
+            gate: self.clone(),
+            image: false,
+        })
+    }
+
+    /// Count an image's read in, once the gate is open (it closes for as long as the pool's
+    /// reads in flight take to end, at most their deadlines).
+    pub(crate) fn enter_image(self: &Arc<Self>) -> Reading {
+        let mut state = self.lock();
+        while state.closed.is_some() {
+            state = self.wait(state, GATE_RECHECK);
+        }
+        state.imaging += 1;
+        Reading {
+            gate: self.clone(),
+            image: true,
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, GateState>,
+        at_most: Duration,
+    ) -> MutexGuard<'a, GateState> {
+        self.changed
+            .wait_timeout(state, at_most)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    /// Whether new reads wait now.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Close the gate when a checkpoint found `frames` in the WAL, more than `max_frames`;
+    /// open it once the WAL restarted (it holds no more than that then: it only grows until
+    /// it restarts), or once it stopped growing with no read open and every frame copied (no
+    /// write came to restart it; reads that begin now read the database file alone, and do not
+    /// keep the next write from restarting it).
+    fn after_checkpoint(&self, frames: u64, copied: u64, max_frames: u64, database: &str) {
+        let mut state = self.lock();
+        let idle = frames == std::mem::replace(&mut state.frames, frames);
+        match state.closed {
+            None if frames > max_frames && state.imaging == 0 => {
+                state.closed = Some(Instant::now());
+                tracing::warn!(
+                    database,
+                    frames,
+                    max_frames,
+                    reading = state.reading,
+                    "the WAL is past its limit and read transactions keep it from restarting: \
+                     new reads wait until those in flight end"
+                );
+            }
+            Some(since)
+                if frames <= max_frames || (idle && state.reading == 0 && copied == frames) =>
+            {
+                state.closed = None;
+                self.changed.notify_all();
+                tracing::info!(
+                    database,
+                    frames,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "reads go on: the WAL can restart"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Leave checkpoints to the [`Checkpointer`] on a connection that commits, but for the
-/// backstop (see the module docs).
+/// backstop (see the module docs). Its first commit after the WAL restarts cuts a WAL file
+/// grown past [`WAL_KEEP_BYTES`] (by a large batch, or while readers held the restart off)
+/// back to that size; below it the file is reused as it is.
 pub(crate) fn leave_to_checkpointer(conn: &Connection) -> Result<()> {
-    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={BACKSTOP_FRAMES}"))?;
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint={BACKSTOP_FRAMES}; PRAGMA journal_size_limit={WAL_KEEP_BYTES}"
+    ))?;
     Ok(())
 }

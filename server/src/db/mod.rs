@@ -171,6 +171,11 @@ pub struct DbOptions {
     /// The node's unread answers (see `answers.rs`): the executor refuses rows beyond their
     /// room. Shared with whatever holds the answers until they are sent.
     pub answers: std::sync::Arc<AnswerBytes>,
+    /// WAL frames (pages) past which new reads wait while those in flight end, so that the
+    /// WAL can restart (see `checkpoint.rs`). Keep it above the commits' backstop,
+    /// `checkpoint::BACKSTOP_FRAMES`: the backstop's checkpoint is what lets the next write
+    /// restart it.
+    pub max_wal_frames: u32,
 }
 
 impl Default for DbOptions {
@@ -187,6 +192,7 @@ impl Default for DbOptions {
             max_delta_bytes: 64 * 1024 * 1024,
             max_temp_file_bytes: tempfiles::MAX_TEMP_FILE_BYTES,
             answers: std::sync::Arc::default(),
+            max_wal_frames: checkpoint::MAX_WAL_FRAMES,
         }
     }
 }
@@ -228,6 +234,8 @@ pub struct Database {
     /// executed is committed there rather than applied (see [`Database::apply`]).
     in_place: std::sync::Mutex<Option<Worker<Executor>>>,
     checkpointer: checkpoint::Checkpointer,
+    /// Where reads begin: images' too (see [`checkpoint::ReadGate`]).
+    read_gate: std::sync::Arc<checkpoint::ReadGate>,
 }
 
 impl Database {
@@ -245,8 +253,10 @@ impl Database {
         checkpoint::leave_to_checkpointer(applier.connection())?;
         let gate = applier.gate();
         let applier = Worker::spawn("sqlite-applier", applier)?;
-        let reads = ReadPool::open(&path, &options)?;
-        let checkpointer = checkpoint::Checkpointer::start(&path)?;
+        let read_gate = std::sync::Arc::new(checkpoint::ReadGate::default());
+        let reads = ReadPool::open(&path, &options, read_gate.clone())?;
+        let checkpointer =
+            checkpoint::Checkpointer::start(&path, read_gate.clone(), options.max_wal_frames)?;
         Ok(Database {
             path,
             options,
@@ -255,6 +265,7 @@ impl Database {
             reads,
             in_place: Default::default(),
             checkpointer,
+            read_gate,
         })
     }
 
@@ -442,9 +453,13 @@ impl Database {
     /// Write a consistent image of the database to `dest` (on a blocking thread).
     pub async fn build_image(&self, dest: PathBuf) -> Result<ImageInfo> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || build_image(&path, &dest))
-            .await
-            .map_err(|e| DbError::Internal(format!("image task failed: {e}")))?
+        let gate = self.read_gate.clone();
+        tokio::task::spawn_blocking(move || {
+            let _reading = gate.enter_image();
+            build_image(&path, &dest)
+        })
+        .await
+        .map_err(|e| DbError::Internal(format!("image task failed: {e}")))?
     }
 }
 

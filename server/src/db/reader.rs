@@ -25,6 +25,7 @@ use super::authorizer::{
     is_explain, is_pragma, refuse_more_than_one_statement, Lockdown, Policy, READ_ONLY,
 };
 use super::bounds::{heap_nearly_full, Bounds, Stop};
+use super::checkpoint::ReadGate;
 use super::error::{DbError, Result};
 use super::executor::CachedOrNot;
 use super::value::{bind, ColumnInfo, SqlValue, Statement};
@@ -70,11 +71,13 @@ struct Job {
 pub struct ReadPool {
     jobs: crossbeam_channel::Sender<Job>,
     busy: Arc<BusyThreads>,
+    gate: Arc<ReadGate>,
 }
 
 impl ReadPool {
-    /// Open `options.read_threads` read-only connections on `path` (at least one).
-    pub fn open(path: &Path, options: &DbOptions) -> Result<ReadPool> {
+    /// Open `options.read_threads` read-only connections on `path` (at least one), whose
+    /// read transactions begin at `gate`.
+    pub(crate) fn open(path: &Path, options: &DbOptions, gate: Arc<ReadGate>) -> Result<ReadPool> {
         let threads = options.read_threads.max(1);
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(threads * QUEUED_JOBS_PER_THREAD);
         let busy = Arc::new(BusyThreads::new(threads));
@@ -93,6 +96,7 @@ impl ReadPool {
                 conn,
                 lockdown,
                 bounds,
+                gate: gate.clone(),
             };
             let rx = rx.clone();
             let busy = Arc::clone(&busy);
@@ -106,7 +110,7 @@ impl ReadPool {
                 })
                 .map_err(|e| DbError::Internal(format!("spawn read thread: {e}")))?;
         }
-        Ok(ReadPool { jobs, busy })
+        Ok(ReadPool { jobs, busy, gate })
     }
 
     /// Read threads (and connections) of the pool.
@@ -131,6 +135,12 @@ impl ReadPool {
     /// Jobs waiting in the queue.
     pub fn queued(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// Whether new reads wait for those in flight to end, so that the WAL can restart (see
+    /// `checkpoint.rs`).
+    pub fn held_for_the_wal(&self) -> bool {
+        self.gate.is_closed()
     }
 
     /// Run a read-only statement on a pool thread and stream its rows.
@@ -227,6 +237,7 @@ struct Reader {
     conn: Connection,
     lockdown: Arc<Lockdown>,
     bounds: Bounds,
+    gate: Arc<ReadGate>,
 }
 
 impl Reader {
@@ -234,6 +245,13 @@ impl Reader {
         if job.chunks.is_closed() {
             return; // the consumer left while the job waited in the queue
         }
+        let _reading = match self.gate.enter(job.deadline, || job.chunks.is_closed()) {
+            Ok(reading) => reading,
+            Err(e) => {
+                let _ = send_until(&job.chunks, Err(e), job.deadline);
+                return;
+            }
+        };
         let begun = {
             let _guard = self.lockdown.internal();
             self.conn.execute_batch("BEGIN")

@@ -3394,6 +3394,81 @@ async fn the_leaders_wal_stays_bounded_under_back_to_back_batches() -> TestResul
     Ok(())
 }
 
+/// The attack: queries of a few tenths of a second, each begun before the last one ended (as
+/// any client with a `read` token can send), keep a read transaction open at every moment, and
+/// SQLite restarts the WAL only when none is: the WAL grew by every write, until the disk was
+/// full. Past its limit new reads now wait while those in flight end, and the WAL restarts.
+#[tokio::test]
+async fn overlapping_reads_cannot_keep_the_wal_from_restarting() -> TestResult {
+    let max_wal_frames = checkpoint::BACKSTOP_FRAMES + 1024;
+    let c = Cluster::with_options(DbOptions {
+        read_threads: 2,
+        max_wal_frames,
+        ..DbOptions::default()
+    })?;
+    c.write_one(&[CREATE_T]).await?;
+    let frame_bytes = u64::from(PAGE_SIZE) + 24;
+    let bound = 3 * u64::from(checkpoint::BACKSTOP_FRAMES) * frame_bytes;
+    let wal = c.leader.path().with_extension("db-wal");
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    // Each read lasts until its deadline; the second reader starts half a read later.
+    let read_for = Duration::from_millis(300);
+    let reader = |offset: Duration| {
+        let writing = &writing;
+        let reads = c.leader.reads();
+        async move {
+            tokio::time::sleep(offset).await;
+            let (mut ran, mut held) = (0u32, 0u32);
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let long = stmt(
+                    "WITH RECURSIVE n(x) AS (SELECT count(*) FROM t UNION ALL \
+                     SELECT x + 1 FROM n) SELECT max(x) FROM n",
+                );
+                match collect(reads.query(long, 0, 10, Some(std::time::Instant::now() + read_for)))
+                    .await
+                {
+                    Err(e) if e.to_string().contains("WAL") => held += 1,
+                    _ => ran += 1,
+                }
+            }
+            (ran, held)
+        }
+    };
+    let writer = async {
+        let (mut written, mut largest) = (0u64, 0u64);
+        let result = async {
+            while written * frame_bytes < 2 * bound {
+                // One row of 25 overflow pages at a time: little for `verify` to compare.
+                let replace = [
+                    "DELETE FROM t",
+                    "INSERT INTO t(b) VALUES (zeroblob(100000))",
+                ];
+                let result = c.write(vec![req("", &replace)]).await?;
+                written += result.delta.map_or(0, |d| d.pages.len() as u64 + 1);
+                largest = largest.max(std::fs::metadata(&wal)?.len());
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        result.map(|()| (written, largest))
+    };
+    let (written, first, second) =
+        tokio::join!(writer, reader(Duration::ZERO), reader(read_for / 2));
+    let (written, largest) = written?;
+    ensure!(
+        first.0 + second.0 > 10,
+        "the reads ran: {first:?} {second:?} (ran, held back past their deadline)"
+    );
+    ensure!(
+        largest <= bound,
+        "the leader's WAL grew to {largest} bytes (bound {bound}) under overlapping reads, \
+         with {written} frames written"
+    );
+    c.verify("after overlapping reads")?;
+    Ok(())
+}
+
 /// The attack: a client table with a foreign key to `_raftlite_requests` would make the
 /// pruning of old request ids fail every 128th batch whole (other clients' writes with it), or
 /// cascade into the client's rows. Such a table is refused, by CREATE or ALTER, and the
