@@ -25,8 +25,9 @@
 //! (within their deadlines) while those in flight end, the backstop's checkpoint copies
 //! everything, the next write restarts the WAL, and the gate opens again. Reads are held
 //! back only while a WAL past the limit waits for them, which an ordinary load never reaches
-//! (its WAL stays near the backstop). A Raft snapshot's image is a long read too: it begins at
-//! the gate, and the gate does not close while one is built.
+//! (its WAL stays near the backstop). A Raft snapshot's image is a long read too, which
+//! holding reads back cannot shorten: the gate opens when one begins and does not close while
+//! one is built. It opens too when a checkpoint fails (a full disk): reads keep working.
 
 use super::error::{DbError, Result};
 use rusqlite::Connection;
@@ -90,6 +91,7 @@ impl Checkpointer {
                         }
                         Err(e) => {
                             seen.failures.fetch_add(1, Ordering::Relaxed);
+                            gate.checkpoint_failed();
                             if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                                 warned = Some(std::time::Instant::now());
                                 tracing::warn!(database = %name, error = %e, "WAL checkpoint failed (commits still checkpoint past the backstop)");
@@ -211,17 +213,34 @@ impl ReadGate {
         })
     }
 
-    /// Count an image's read in, once the gate is open (it closes for as long as the pool's
-    /// reads in flight take to end, at most their deadlines).
+    /// Count an image's read in, at once: an image is built on openraft's state-machine task,
+    /// which must not wait for the pool's reads. Holding reads back while an image holds the
+    /// WAL would not make it restart any sooner, so a closed gate opens.
     pub(crate) fn enter_image(self: &Arc<Self>) -> Reading {
         let mut state = self.lock();
-        while state.closed.is_some() {
-            state = self.wait(state, GATE_RECHECK);
-        }
         state.imaging += 1;
+        self.open(&mut state, "an image is being built");
         Reading {
             gate: self.clone(),
             image: true,
+        }
+    }
+
+    /// Open the gate after a checkpoint failed (a full disk, an I/O error): the gate cannot
+    /// tell any more when the WAL may restart, and reads must not wait for what may never come.
+    fn checkpoint_failed(&self) {
+        self.open(&mut self.lock(), "the checkpoint failed");
+    }
+
+    /// Open the gate if it is closed, saying why.
+    fn open(&self, state: &mut GateState, why: &str) {
+        if let Some(since) = state.closed.take() {
+            self.changed.notify_all();
+            tracing::info!(
+                frames = state.frames,
+                waited_ms = since.elapsed().as_millis() as u64,
+                "reads go on: {why}"
+            );
         }
     }
 
@@ -241,16 +260,17 @@ impl ReadGate {
         self.lock().closed.is_some()
     }
 
-    /// Close the gate when a checkpoint found `frames` in the WAL, more than `max_frames`;
-    /// open it once the WAL restarted (it holds no more than that then: it only grows until
-    /// it restarts), or once it stopped growing with no read open and every frame copied (no
-    /// write came to restart it; reads that begin now read the database file alone, and do not
-    /// keep the next write from restarting it).
+    /// Close the gate when a checkpoint found `frames` in the WAL, more than `max_frames`, not
+    /// all of them copied (reads hold them); open it once the WAL restarted (it holds no more
+    /// than that then: it only grows until it restarts), or once it stopped growing with no
+    /// read open and every frame copied (no write came to restart it; reads that begin now read
+    /// the database file alone, and do not keep the next write from restarting it).
     fn after_checkpoint(&self, frames: u64, copied: u64, max_frames: u64, database: &str) {
         let mut state = self.lock();
         let idle = frames == std::mem::replace(&mut state.frames, frames);
-        match state.closed {
-            None if frames > max_frames && state.imaging == 0 => {
+        if state.closed.is_none() {
+            // With every frame copied nothing keeps the next write from restarting the WAL.
+            if frames > max_frames && copied < frames && state.imaging == 0 {
                 state.closed = Some(Instant::now());
                 tracing::warn!(
                     database,
@@ -261,19 +281,13 @@ impl ReadGate {
                      new reads wait until those in flight end"
                 );
             }
-            Some(since)
-                if frames <= max_frames || (idle && state.reading == 0 && copied == frames) =>
-            {
-                state.closed = None;
-                self.changed.notify_all();
-                tracing::info!(
-                    database,
-                    frames,
-                    waited_ms = since.elapsed().as_millis() as u64,
-                    "reads go on: the WAL can restart"
-                );
-            }
-            _ => {}
+        } else if frames <= max_frames {
+            self.open(&mut state, "the WAL restarted");
+        } else if idle && state.reading == 0 && copied == frames {
+            self.open(
+                &mut state,
+                "every frame is copied, for the next write to restart the WAL",
+            );
         }
     }
 }
@@ -287,4 +301,68 @@ pub(crate) fn leave_to_checkpointer(conn: &Connection) -> Result<()> {
         "PRAGMA wal_autocheckpoint={BACKSTOP_FRAMES}; PRAGMA journal_size_limit={WAL_KEEP_BYTES}"
     ))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gate's decisions, checkpoint by checkpoint: it closes for a WAL past its limit that
+    /// reads keep from being copied, opens once the WAL restarted, and, with no write coming to
+    /// restart it, once every frame is copied and no read is open, and then stays open (it
+    /// closed again at the next checkpoint, holding reads back for nothing). A failed
+    /// checkpoint and an image opens it too, and a read waiting at it stops at its deadline.
+    #[test]
+    fn the_read_gate_closes_only_while_reads_hold_the_wal() {
+        let gate = Arc::new(ReadGate::default());
+        let max = 100;
+        let reading = gate.enter(None, || false).expect("open");
+        gate.after_checkpoint(150, 150, max, "t");
+        assert!(
+            !gate.is_closed(),
+            "every frame is copied: nothing to wait for"
+        );
+        gate.after_checkpoint(200, 120, max, "t");
+        assert!(gate.is_closed(), "a read holds frames past the limit");
+        let soon = Instant::now() + Duration::from_millis(120);
+        let waited = gate.enter(Some(soon), || false).map(|_| ());
+        assert!(
+            matches!(&waited, Err(DbError::Timeout(m)) if m.contains("WAL")),
+            "{waited:?}"
+        );
+        assert!(Instant::now() >= soon, "it waited for its deadline");
+        drop(reading);
+        gate.after_checkpoint(250, 250, max, "t");
+        assert!(
+            gate.is_closed(),
+            "the WAL still grew: a write may restart it"
+        );
+        gate.after_checkpoint(250, 250, max, "t");
+        assert!(
+            !gate.is_closed(),
+            "no write came, every frame copied, no read open"
+        );
+        for _ in 0..3 {
+            gate.after_checkpoint(250, 250, max, "t");
+            assert!(!gate.is_closed(), "nothing holds the WAL: it stays open");
+        }
+        gate.after_checkpoint(300, 250, max, "t");
+        assert!(gate.is_closed());
+        gate.after_checkpoint(20, 0, max, "t");
+        assert!(!gate.is_closed(), "the WAL restarted");
+        gate.after_checkpoint(300, 250, max, "t");
+        gate.checkpoint_failed();
+        assert!(!gate.is_closed(), "a failed checkpoint opens it");
+        gate.after_checkpoint(400, 250, max, "t");
+        let image = gate.enter_image();
+        assert!(!gate.is_closed(), "an image opens it");
+        gate.after_checkpoint(500, 250, max, "t");
+        assert!(
+            !gate.is_closed(),
+            "and it does not close while one is built"
+        );
+        drop(image);
+        gate.after_checkpoint(600, 250, max, "t");
+        assert!(gate.is_closed());
+    }
 }
