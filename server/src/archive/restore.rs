@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 
 use super::format::{self, EntryBody, ObjectKind, SegmentEntry};
 use super::store::{Archive, GenerationListing, SegmentObject, SnapshotObject};
 use crate::db::{Applier, ApplyOutcome, PageDelta};
 
-/// Segments downloaded ahead of the one being applied.
+/// Segments downloaded ahead of the one being decoded, at most.
 const PREFETCH: usize = 8;
+/// Bytes of segment objects (by their listed sizes) downloaded ahead of the one being decoded,
+/// at most: a segment may be as large as `SEGMENT_BODY_LIMIT`, and eight of them at once took
+/// gigabytes, more than a pod's memory. One larger object downloads alone.
+pub const PREFETCH_BYTES: u64 = 64 << 20;
 
 /// Which state to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct RestorePlan {
     pub target: RestoreTarget,
     /// A gap after the chain (missing segment): fatal if the restore runs into it.
     pub hole: Option<String>,
+    /// Bytes of segment objects downloaded ahead ([`PREFETCH_BYTES`]).
+    pub prefetch_bytes: u64,
 }
 
 /// What a restore produced.
@@ -67,6 +72,8 @@ pub struct Restored {
     pub deltas_applied: u64,
     /// Size of the restored database file.
     pub db_bytes: u64,
+    /// The most bytes of segment objects that were downloaded ahead at once.
+    pub most_prefetched_bytes: u64,
 }
 
 /// Picks the objects for `request`. `Ok(None)`: the archive holds nothing to restore.
@@ -245,7 +252,42 @@ fn plan_generation(
         segments,
         target,
         hole,
+        prefetch_bytes: PREFETCH_BYTES,
     })))
+}
+
+/// Checks and decodes the downloaded segment `s` (on a blocking thread): its display name,
+/// object size and entries, and `t` passed on.
+async fn decode_segment(
+    archive: &Archive,
+    s: &SegmentObject,
+    bytes: bytes::Bytes,
+    t: Instant,
+) -> anyhow::Result<(String, usize, Vec<SegmentEntry>, Instant)> {
+    let path = archive.path_of(&s.object);
+    let name = archive.display_name(&path);
+    let len = bytes.len();
+    let key = archive.key().cloned();
+    let limits = *archive.limits();
+    let decoded_name = name.clone();
+    let (first, last) = (s.first, s.last);
+    let entries = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (header, body) =
+            format::decode_object(&Archive::object_name(&path), &bytes, key.as_ref(), &limits)
+                .with_context(|| format!("restore from {decoded_name}"))?;
+        ensure!(
+            (header.first_index, header.last_index) == (first, last),
+            "archive object {decoded_name} is corrupt: it holds {}..={}, its name says {}..={}",
+            header.first_index,
+            header.last_index,
+            first,
+            last
+        );
+        Ok(format::decode_segment(&decoded_name, &header, &body)?)
+    })
+    .await
+    .context("segment decoder thread")??;
+    Ok((name, len, entries, t))
 }
 
 /// A sink for `-v` progress lines.
@@ -307,8 +349,9 @@ pub async fn execute(
         elapsed(t)
     ));
 
-    // Apply the segments on a dedicated thread while the next ones download.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<SegmentEntry>, Instant)>(2);
+    // Apply the segments on a dedicated thread while the next one is decoded and the ones
+    // after it download: one segment waits decoded, at most.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<SegmentEntry>, Instant)>(1);
     let applier_dest = dest.to_path_buf();
     let stop_time = match plan.target {
         RestoreTarget::Time(t) => Some(t.timestamp_millis().max(0) as u64),
@@ -326,7 +369,7 @@ pub async fn execute(
             let mut applied = snapshot_index;
             let mut deltas = 0u64;
             let mut lines = Vec::new();
-            for (name, entries, t) in rx {
+            while let Some((name, entries, t)) = rx.blocking_recv() {
                 let mut stop = false;
                 let before = applied;
                 for entry in entries {
@@ -372,53 +415,50 @@ pub async fn execute(
             Ok((applied, deltas, lines, false))
         });
 
-    let downloads = futures::stream::iter(plan.segments.iter().cloned().map(|s| {
-        let archive = archive.clone();
-        async move {
-            let path = archive.path_of(&s.object);
-            let name = archive.display_name(&path);
-            let t = Instant::now();
-            let bytes = archive.get(&path, ObjectKind::Segment).await?;
-            let len = bytes.len();
-            let key = archive.key().cloned();
-            let limits = *archive.limits();
-            let decoded_name = name.clone();
-            let entries = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let (header, body) = format::decode_object(
-                    &Archive::object_name(&path),
-                    &bytes,
-                    key.as_ref(),
-                    &limits,
-                )
-                .with_context(|| format!("restore from {decoded_name}"))?;
-                ensure!(
-                    (header.first_index, header.last_index) == (s.first, s.last),
-                    "archive object {decoded_name} is corrupt: it holds {}..={}, its name says {}..={}",
-                    header.first_index,
-                    header.last_index,
-                    s.first,
-                    s.last
-                );
-                Ok(format::decode_segment(&decoded_name, &header, &body)?)
-            })
-            .await
-            .context("segment decoder thread")??;
-            anyhow::Ok((name, len, entries, t))
-        }
-    }))
-    .buffered(PREFETCH);
-    futures::pin_mut!(downloads);
+    // Downloads run on tasks of their own ahead of the segment being decoded: at most
+    // PREFETCH of them, and `plan.prefetch_bytes` of objects by their listed sizes (a larger
+    // object downloads alone).
+    let mut pending = plan.segments.iter().cloned().peekable();
+    let mut downloading = std::collections::VecDeque::new();
+    let (mut ahead_bytes, mut most_prefetched_bytes) = (0u64, 0u64);
     let mut segments = 0;
     let mut download_error = None;
-    while let Some(next) = downloads.next().await {
-        match next {
+    loop {
+        while let Some(s) = pending.next_if(|next| {
+            downloading.is_empty()
+                || (downloading.len() < PREFETCH
+                    && ahead_bytes + next.object.size <= plan.prefetch_bytes)
+        }) {
+            ahead_bytes += s.object.size;
+            most_prefetched_bytes = most_prefetched_bytes.max(ahead_bytes);
+            let archive = archive.clone();
+            let object = s.object.clone();
+            let download = tokio::spawn(async move {
+                let t = Instant::now();
+                let bytes = archive
+                    .get(&archive.path_of(&object), ObjectKind::Segment)
+                    .await?;
+                anyhow::Ok((bytes, t))
+            });
+            downloading.push_back((s, download));
+        }
+        let Some((s, download)) = downloading.pop_front() else {
+            break;
+        };
+        ahead_bytes -= s.object.size;
+        let decoded = match download.await {
+            Ok(Ok((bytes, t))) => decode_segment(archive, &s, bytes, t).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("segment download task: {e}")),
+        };
+        match decoded {
             Ok((name, len, entries, t)) => {
                 progress(format!(
                     "segment downloaded: {name} ({len} bytes, {})",
                     elapsed(t)
                 ));
                 segments += 1;
-                if tx.send((name, entries, Instant::now())).is_err() {
+                if tx.send((name, entries, Instant::now())).await.is_err() {
                     break; // the applier stopped (error or target reached)
                 }
             }
@@ -427,6 +467,9 @@ pub async fn execute(
                 break;
             }
         }
+    }
+    for (_, download) in downloading {
+        download.abort();
     }
     drop(tx);
     let applied = apply_thread.await.context("restore applier thread")?;
@@ -466,6 +509,7 @@ pub async fn execute(
         segments,
         deltas_applied,
         db_bytes,
+        most_prefetched_bytes,
     })
 }
 
@@ -555,6 +599,79 @@ mod tests {
             .await
             .expect_err("the restore fails");
         format!("{err:#}")
+    }
+
+    /// The attack: segments may each be as large as the archiver writes them (hundreds of
+    /// MiB), and eight were downloaded and decoded ahead at once, gigabytes in all, more than a
+    /// pod's memory: a whole-cluster recovery died, and died again on each restart. What is
+    /// downloaded ahead is now bounded by bytes: 40 segments, a budget of two and a half.
+    #[tokio::test]
+    async fn segments_downloaded_ahead_stay_within_their_byte_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = archive_in(dir.path(), 64 << 20);
+        let db = crate::db::Database::open(dir.path().join("live.db"), Default::default())
+            .expect("a database");
+        let image = dir.path().join("image.db");
+        db.build_image(image.clone()).await.expect("an image");
+        let header = |kind, first_index, last_index| ObjectHeader {
+            kind,
+            first_index,
+            last_index,
+            time_ms: 5,
+            encrypted: false,
+        };
+        let path = archive.snapshot_path("c", 1, 1);
+        let object = format::encode_object(
+            &Archive::object_name(&path),
+            &header(ObjectKind::Snapshot, 1, 1),
+            &std::fs::read(&image).expect("the image"),
+            None,
+        );
+        archive.put(&path, object).await.expect("put");
+        let mut sizes = Vec::new();
+        for segment in 0..40u64 {
+            let (first, last) = (2 + segment * 100, 101 + segment * 100);
+            let entries: Vec<SegmentEntry> = (first..=last)
+                .map(|index| SegmentEntry {
+                    index,
+                    term: index,
+                    time_ms: 5,
+                    body: EntryBody::NoOp,
+                })
+                .collect();
+            let path = archive.segment_path("c", 1, first, last);
+            let object = format::encode_object(
+                &Archive::object_name(&path),
+                &header(ObjectKind::Segment, first, last),
+                &format::encode_segment(&entries),
+                None,
+            );
+            sizes.push(object.len() as u64);
+            archive.put(&path, object).await.expect("put");
+        }
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let request = RestoreRequest {
+            cluster_id: Some("c".into()),
+            generation: None,
+            target: RestoreTarget::Latest,
+        };
+        let mut plan = plan(&archive, &request)
+            .await
+            .expect("plan")
+            .expect("a snapshot to restore");
+        assert_eq!(plan.prefetch_bytes, PREFETCH_BYTES);
+        plan.prefetch_bytes = largest * 5 / 2;
+        let restored = execute(&archive, &plan, &dir.path().join("restored.db"), &|_| {})
+            .await
+            .expect("the restore");
+        assert_eq!((restored.index, restored.segments), (4001, 40));
+        assert!(
+            restored.most_prefetched_bytes >= largest
+                && restored.most_prefetched_bytes <= plan.prefetch_bytes,
+            "{} bytes were downloaded ahead at once, against a budget of {} (segments of {sizes:?} bytes)",
+            restored.most_prefetched_bytes,
+            plan.prefetch_bytes
+        );
     }
 
     /// An object larger than any of its kind within the limits (here 3 MiB named as a snapshot
