@@ -489,6 +489,105 @@ async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
     cluster.assert_identical_pages().await;
 }
 
+/// A segment object whose name claims entries far past the cluster's log (a stray copy, or
+/// another cluster's object under this one's name) was taken for the archive's end: archiving
+/// stopped for good while the status showed no lag. A new leader now leaves such objects out,
+/// archives on, and names them in the status, since a restore that reaches one fails on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_object_past_the_log_does_not_stop_the_archive() {
+    init_tracing();
+    let archive_dir = tempfile::tempdir().expect("archive dir");
+    let url = format!("file://{}", archive_dir.path().display());
+    let cluster = Cluster::start(1, archiving_to(&url, Vec::new())).expect("start the cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("stray_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    let before = checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("writes");
+    let archived = wait_archived(&cluster, before, Duration::from_secs(30)).await;
+
+    info!(
+        archived,
+        "a stray segment continuing the chain up to index 10^12; a new leadership"
+    );
+    let generation = walkdir(archive_dir.path())
+        .into_iter()
+        .find(|p| p.ends_with("snapshots"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("the archive has a snapshot");
+    let segments = generation.join("segments");
+    std::fs::create_dir_all(&segments).expect("the segments directory");
+    let stray = segments.join(format!(
+        "{:020}-{:020}.seg.zst",
+        archived + 1,
+        1_000_000_000_000u64
+    ));
+    std::fs::write(&stray, b"not an archive object").expect("write the stray object");
+    let id = cluster.ids()[0];
+    cluster.node(id).kill().expect("kill");
+    cluster.node(id).restart().await.expect("restart");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected again");
+    let after = checker
+        .write_many(&client, "after", 20)
+        .await
+        .expect("writes after the stray object");
+    let name = stray
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a name")
+        .to_owned();
+    wait_until(
+        "the archive to go on past the stray object",
+        Duration::from_secs(30),
+        || async {
+            let (archived, _, error) = archive_view(&cluster).await?;
+            anyhow::ensure!(
+                (after..1_000_000_000_000).contains(&archived) && error.contains(&name),
+                "archived {archived} (writes up to {after}), error {error:?}"
+            );
+            Ok(Some(()))
+        },
+    )
+    .await
+    .expect("the leader archives on and names the stray object");
+
+    info!("with the stray object removed, a restore holds every write");
+    std::fs::remove_file(&stray).expect("remove the stray object");
+    let restored = archive_dir.path().join("restored.db");
+    let restored_s = restored.to_str().expect("utf-8 path");
+    restore_ok(&["-o", restored_s, &url]);
+    let (rows, check) = rows_of(&restored, checker.table());
+    assert_eq!(check, "ok");
+    assert_eq!(rows.len(), 40, "every acknowledged write is restored");
+}
+
+/// Every path under `dir`, depth first.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            paths.push(path.clone());
+            paths.extend(walkdir(&path));
+        } else {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn whole_cluster_lost_is_restored_from_the_archive() {
     init_tracing();

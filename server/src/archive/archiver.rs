@@ -183,6 +183,9 @@ struct Session {
     tip: Option<u64>,
     snapshot_index: u64,
     last_snapshot: Option<Instant>,
+    /// What `raftlite status` shows as the archive's error while all is well otherwise:
+    /// objects the archiver ignores because they claim entries past the cluster's log.
+    standing_error: String,
 }
 
 /// One leadership: discover, then ship until leadership ends. Returns `Ok` when this node is
@@ -195,7 +198,8 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
         .context("the node has no cluster id yet")?;
     // This node is responsible from now on, whether or not the archive answers.
     status.update(|s| s.uploading = true);
-    let mut session = discover(archive, &cluster).await?;
+    let log_end = node.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let mut session = discover(archive, &cluster, log_end).await?;
     tracing::info!(
         generation = session.generation,
         archived_index = ?session.tip,
@@ -206,7 +210,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
         s.snapshot_index = session.snapshot_index;
         s.generation = session.generation;
         s.archived_index = session.tip.unwrap_or(0);
-        s.last_error.clear();
+        s.last_error.clone_from(&session.standing_error);
     });
     let mut applied_rx = node.applied_watch();
     let mut times = CommitTimes::default();
@@ -244,7 +248,7 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                     times.forget_through(last.saturating_sub(1));
                     status.update(|s| {
                         s.archived_index = last;
-                        s.last_error.clear();
+                        s.last_error.clone_from(&session.standing_error);
                     });
                 }
                 None => {
@@ -287,11 +291,18 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
             }
             status.update(|s| {
                 s.archived_index = session.tip.unwrap_or(0);
-                s.last_error.clear();
+                s.last_error.clone_from(&session.standing_error);
             });
             let cutoff = chrono::Utc::now()
                 - chrono::Duration::from_std(settings.retention).unwrap_or_default();
-            let retained = apply_retention(archive, &session.cluster, session.generation, cutoff);
+            let log_end = node.raft().metrics().borrow().last_log_index.unwrap_or(0);
+            let retained = apply_retention(
+                archive,
+                &session.cluster,
+                session.generation,
+                cutoff,
+                log_end,
+            );
             if let Err(e) = retained.await {
                 tracing::warn!(error = %crate::error_text(&e), "archive: retention cleanup failed");
             }
@@ -330,7 +341,13 @@ async fn keeping_lag<T>(
 }
 
 /// Lists the archive: the generation to write and where it ends.
-async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
+///
+/// Objects that claim entries past `log_end` (the leader's last log index; 0: unknown, none
+/// are checked) are left out: taken for the archive's end, one such stray object stopped
+/// archiving for good while the status showed no lag. They are left in place (the archiver
+/// deletes nothing it did not write) and named in an error line and in the status, since a
+/// restore that reaches one fails on it.
+async fn discover(archive: &Archive, cluster: &str, log_end: u64) -> anyhow::Result<Session> {
     let generations = archive.generations(cluster).await?;
     let generation = match generations.last() {
         Some(g) => *g,
@@ -344,7 +361,24 @@ async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
             1
         }
     };
-    let listing = archive.list_generation(cluster, generation).await?;
+    let mut listing = archive.list_generation(cluster, generation).await?;
+    let stray = match log_end {
+        0 => Vec::new(),
+        _ => listing.take_past(log_end),
+    };
+    let standing_error = match stray.as_slice() {
+        [] => String::new(),
+        names => {
+            let text = format!(
+                "archive objects claim entries past this cluster's log (it ends at index \
+                 {log_end}), so raftlite did not write them for it; archiving goes on without \
+                 them, but a restore that reaches one fails: remove them ({})",
+                names.join(", ")
+            );
+            tracing::error!("archive: {text}");
+            text
+        }
+    };
     Ok(Session {
         cluster: cluster.to_owned(),
         generation,
@@ -357,6 +391,7 @@ async fn discover(archive: &Archive, cluster: &str) -> anyhow::Result<Session> {
                 .unwrap_or_default();
             Instant::now().checked_sub(age)
         }),
+        standing_error,
     })
 }
 
@@ -518,14 +553,20 @@ fn read_newest_snapshot(dir: &std::path::Path) -> anyhow::Result<(SnapshotMeta, 
 /// that end before the oldest snapshot kept. Of older generations (each recovery from a total
 /// loss starts one): each whose successor began before the cutoff, since every time it covers
 /// ended when its successor began. Runs after a snapshot upload, so the current generation
-/// always keeps one.
+/// always keeps one. Objects claiming entries past `log_end` (0: unknown) are not weighed.
 async fn apply_retention(
     archive: &Archive,
     cluster: &str,
     generation: u64,
     cutoff: chrono::DateTime<chrono::Utc>,
+    log_end: u64,
 ) -> anyhow::Result<()> {
-    let listing = archive.list_generation(cluster, generation).await?;
+    let mut listing = archive.list_generation(cluster, generation).await?;
+    // Objects past the log are not this cluster's (see `discover`): none of them decides
+    // what is old.
+    if log_end > 0 {
+        listing.take_past(log_end);
+    }
     let Some(newest) = listing.snapshots.last() else {
         return Ok(());
     };
@@ -644,7 +685,7 @@ mod tests {
 
         // Two days: generation 2 began before them, so generation 1 serves no time in them;
         // generation 3 began within them, so generation 2 still does.
-        apply_retention(&archive, "a", 3, now - days(2))
+        apply_retention(&archive, "a", 3, now - days(2), 0)
             .await
             .expect("retention");
         assert_eq!(archive.generations("a").await.expect("list"), vec![2, 3]);
@@ -661,7 +702,7 @@ mod tests {
 
         // A window that ends in the future: of the current generation, only the newest
         // snapshot and the log after it stay; generation 2 ended before the window.
-        apply_retention(&archive, "a", 3, now + chrono::Duration::hours(1))
+        apply_retention(&archive, "a", 3, now + chrono::Duration::hours(1), 0)
             .await
             .expect("retention");
         assert_eq!(archive.generations("a").await.expect("list"), vec![3]);
@@ -675,7 +716,7 @@ mod tests {
         );
 
         // Without generation 2's start time, generation 1 and 2 stay.
-        apply_retention(&archive, "b", 3, now + chrono::Duration::hours(1))
+        apply_retention(&archive, "b", 3, now + chrono::Duration::hours(1), 0)
             .await
             .expect("retention");
         assert_eq!(archive.generations("b").await.expect("list"), vec![1, 2, 3]);

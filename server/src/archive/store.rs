@@ -121,6 +121,30 @@ impl GenerationListing {
     }
 }
 
+impl GenerationListing {
+    /// Take out the objects that claim entries past `log_end`, the end of the cluster's log
+    /// (its leader's last index, which every committed entry, so every archived one, is
+    /// within): not objects raftlite wrote for this cluster. Their names.
+    pub fn take_past(&mut self, log_end: u64) -> Vec<String> {
+        let mut names = Vec::new();
+        self.snapshots.retain(|s| {
+            let keep = s.index <= log_end;
+            if !keep {
+                names.push(s.object.name.clone());
+            }
+            keep
+        });
+        self.segments.retain(|s| {
+            let keep = s.last <= log_end;
+            if !keep {
+                names.push(s.object.name.clone());
+            }
+            keep
+        });
+        names
+    }
+}
+
 /// The end of the chain of segments continuing from `from` (overlaps allowed).
 pub fn chain_end(from: u64, segments: &[SegmentObject]) -> u64 {
     let mut end = from;
