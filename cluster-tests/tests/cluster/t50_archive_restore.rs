@@ -411,6 +411,49 @@ fn archiving_to(url: &str, env: Vec<(String, String)>) -> ClusterOptions {
     }
 }
 
+/// A cluster archiving to a directory of its own, with a table of writes all archived.
+struct ArchivedCluster {
+    dir: tempfile::TempDir,
+    /// The archive's URL (`file://` the directory).
+    url: String,
+    cluster: Cluster,
+    client: Client,
+    checker: Checker,
+    /// The archived index the writes reached.
+    archived: u64,
+}
+
+/// Starts `nodes` nodes archiving to a fresh directory, creates `table` and writes `writes`
+/// keys `before-N` to it, and waits until the archive holds them.
+async fn archived_cluster(nodes: u64, table: &str, writes: usize) -> ArchivedCluster {
+    let dir = tempfile::tempdir().expect("archive dir");
+    let url = format!("file://{}", dir.path().display());
+    let cluster = Cluster::start(nodes, archiving_to(&url, Vec::new())).expect("start the cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new(table);
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    let last = checker
+        .write_many(&client, "before", writes)
+        .await
+        .expect("writes");
+    let archived = wait_archived(&cluster, last, Duration::from_secs(30)).await;
+    ArchivedCluster {
+        dir,
+        url,
+        cluster,
+        client,
+        checker,
+        archived,
+    }
+}
+
 /// SIGKILL every node, wipe every volume, start them all again.
 async fn lose_every_node_and_restart(cluster: &Cluster) {
     for id in cluster.ids() {
@@ -439,25 +482,14 @@ async fn logged(node: &cluster_tests::NodeProcess, text: &str, within: Duration)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
     init_tracing();
-    let archive_dir = tempfile::tempdir().expect("archive dir");
-    let url = format!("file://{}", archive_dir.path().display());
-    info!(%url, "phase 1: three nodes archiving to a shared directory; 50 writes");
-    let cluster = Cluster::start(3, archiving_to(&url, Vec::new())).expect("start the cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let client = cluster.client();
-    let checker = Checker::new("mid_recovery_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
-    let last = checker
-        .write_many(&client, "before-loss", 50)
-        .await
-        .expect("writes");
-    wait_archived(&cluster, last, Duration::from_secs(30)).await;
+    info!("phase 1: three nodes archiving to a shared directory; 50 writes");
+    let ArchivedCluster {
+        dir: _archive_dir,
+        cluster,
+        client,
+        checker,
+        ..
+    } = archived_cluster(3, "mid_recovery_kv", 50).await;
 
     info!("phase 2: lose every node and volume; restart; SIGKILL the restoring node as soon as it initializes");
     lose_every_node_and_restart(&cluster).await;
@@ -496,24 +528,14 @@ async fn a_crash_in_the_middle_of_recovery_is_finished_by_the_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stray_object_past_the_log_does_not_stop_the_archive() {
     init_tracing();
-    let archive_dir = tempfile::tempdir().expect("archive dir");
-    let url = format!("file://{}", archive_dir.path().display());
-    let cluster = Cluster::start(1, archiving_to(&url, Vec::new())).expect("start the cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let client = cluster.client();
-    let checker = Checker::new("stray_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
-    let before = checker
-        .write_many(&client, "before", 20)
-        .await
-        .expect("writes");
-    let archived = wait_archived(&cluster, before, Duration::from_secs(30)).await;
+    let ArchivedCluster {
+        dir: archive_dir,
+        url,
+        cluster,
+        client,
+        checker,
+        archived,
+    } = archived_cluster(1, "stray_kv", 20).await;
 
     info!(
         archived,
