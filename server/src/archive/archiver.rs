@@ -370,9 +370,10 @@ async fn discover(archive: &Archive, cluster: &str, log_end: u64) -> anyhow::Res
         [] => String::new(),
         names => {
             let text = format!(
-                "archive objects claim entries past this cluster's log (it ends at index \
-                 {log_end}), so raftlite did not write them for it; archiving goes on without \
-                 them, but a restore that reaches one fails: remove them ({})",
+                "archive objects claim entries past this leader's log (it ends at index \
+                 {log_end}): no leader of this cluster wrote them, unless this node was deposed \
+                 without hearing of it; archiving goes on without them, but a restore that \
+                 reaches one fails on it or restores it: check them, then remove them ({})",
                 names.join(", ")
             );
             tracing::error!("archive: {text}");
