@@ -183,8 +183,11 @@ struct Session {
     tip: Option<u64>,
     snapshot_index: u64,
     last_snapshot: Option<Instant>,
-    /// What `raftlite status` shows as the archive's error while all is well otherwise:
-    /// objects the archiver ignores because they claim entries past the cluster's log.
+    /// Objects the archiver leaves out because they claim entries past the leader's log
+    /// (see [`discover`]).
+    stray: Vec<String>,
+    /// What `raftlite status` shows as the archive's error while all is well otherwise: the
+    /// stray objects, if any.
     standing_error: String,
 }
 
@@ -303,8 +306,17 @@ async fn lead(node: &Node, archive: &Archive, settings: &ArchiverSettings) -> an
                 cutoff,
                 log_end,
             );
-            if let Err(e) = retained.await {
-                tracing::warn!(error = %crate::error_text(&e), "archive: retention cleanup failed");
+            match retained.await {
+                // Strays removed (or new ones) show from now on, not at the next leadership.
+                Ok(stray) if stray != session.stray => {
+                    session.standing_error = stray_error(&stray, log_end);
+                    session.stray = stray;
+                    status.update(|s| s.last_error.clone_from(&session.standing_error));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_text(&e), "archive: retention cleanup failed");
+                }
             }
             continue;
         }
@@ -366,20 +378,7 @@ async fn discover(archive: &Archive, cluster: &str, log_end: u64) -> anyhow::Res
         0 => Vec::new(),
         _ => listing.take_past(log_end),
     };
-    let standing_error = match stray.as_slice() {
-        [] => String::new(),
-        names => {
-            let text = format!(
-                "archive objects claim entries past this leader's log (it ends at index \
-                 {log_end}): no leader of this cluster wrote them, unless this node was deposed \
-                 without hearing of it; archiving goes on without them, but a restore that \
-                 reaches one fails on it or restores it: check them, then remove them ({})",
-                names.join(", ")
-            );
-            tracing::error!("archive: {text}");
-            text
-        }
-    };
+    let standing_error = stray_error(&stray, log_end);
     Ok(Session {
         cluster: cluster.to_owned(),
         generation,
@@ -392,8 +391,25 @@ async fn discover(archive: &Archive, cluster: &str, log_end: u64) -> anyhow::Res
                 .unwrap_or_default();
             Instant::now().checked_sub(age)
         }),
+        stray,
         standing_error,
     })
+}
+
+/// The error that names the `stray` objects (none: no error), logged when there are some.
+fn stray_error(stray: &[String], log_end: u64) -> String {
+    if stray.is_empty() {
+        return String::new();
+    }
+    let text = format!(
+        "archive objects claim entries past this leader's log (it ends at index {log_end}): \
+         no leader of this cluster wrote them, unless this node was deposed without hearing of \
+         it; archiving goes on without them, but a restore that reaches one fails on it or \
+         restores it: check them, then remove them ({})",
+        stray.join(", ")
+    );
+    tracing::error!("archive: {text}");
+    text
 }
 
 /// Uploads entries `tip+1 ..= applied` (capped in size). `Ok(None)` when the log no longer
@@ -554,22 +570,24 @@ fn read_newest_snapshot(dir: &std::path::Path) -> anyhow::Result<(SnapshotMeta, 
 /// that end before the oldest snapshot kept. Of older generations (each recovery from a total
 /// loss starts one): each whose successor began before the cutoff, since every time it covers
 /// ended when its successor began. Runs after a snapshot upload, so the current generation
-/// always keeps one. Objects claiming entries past `log_end` (0: unknown) are not weighed.
+/// always keeps one. Objects claiming entries past `log_end` (0: unknown) are not weighed:
+/// their names are returned.
 async fn apply_retention(
     archive: &Archive,
     cluster: &str,
     generation: u64,
     cutoff: chrono::DateTime<chrono::Utc>,
     log_end: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let mut listing = archive.list_generation(cluster, generation).await?;
     // Objects past the log are not this cluster's (see `discover`): none of them decides
     // what is old.
-    if log_end > 0 {
-        listing.take_past(log_end);
-    }
+    let stray = match log_end {
+        0 => Vec::new(),
+        _ => listing.take_past(log_end),
+    };
     let Some(newest) = listing.snapshots.last() else {
-        return Ok(());
+        return Ok(stray);
     };
     let expired: Vec<_> = listing
         .snapshots
@@ -616,7 +634,7 @@ async fn apply_retention(
             "archive: retention removed a generation that ended before the retention window"
         );
     }
-    Ok(())
+    Ok(stray)
 }
 
 #[cfg(test)]
