@@ -502,7 +502,7 @@ impl Metrics {
         let (wal_frames, checkpoint_failures) = node.database().wal_status();
         self.wal_frames.set(as_i64(wal_frames));
         self.reads_held_for_wal
-            .set(i64::from(node.database().reads().held_for_the_wal()));
+            .set(i64::from(node.database().reads_held_for_wal()));
         self.checkpoint_failures.set(as_i64(checkpoint_failures));
         let answers = node.database().answers();
         self.answer_bytes_held.set(as_i64(answers.held() as u64));

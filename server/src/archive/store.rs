@@ -127,20 +127,14 @@ impl GenerationListing {
     /// within): not objects raftlite wrote for this cluster. Their names.
     pub fn take_past(&mut self, log_end: u64) -> Vec<String> {
         let mut names = Vec::new();
-        self.snapshots.retain(|s| {
-            let keep = s.index <= log_end;
-            if !keep {
-                names.push(s.object.name.clone());
+        let mut keep = |end: u64, object: &ListedObject| {
+            if end > log_end {
+                names.push(object.name.clone());
             }
-            keep
-        });
-        self.segments.retain(|s| {
-            let keep = s.last <= log_end;
-            if !keep {
-                names.push(s.object.name.clone());
-            }
-            keep
-        });
+            end <= log_end
+        };
+        self.snapshots.retain(|s| keep(s.index, &s.object));
+        self.segments.retain(|s| keep(s.last, &s.object));
         names
     }
 }

@@ -187,9 +187,7 @@ impl ReadGate {
         while state.closed.is_some() {
             let now = Instant::now();
             if gone() {
-                return Err(DbError::Timeout(
-                    "the query was cancelled: its client went away".into(),
-                ));
+                return Err(super::bounds::Stop::Cancelled.error(false));
             }
             let wait = match deadline {
                 Some(d) if d <= now => {

@@ -339,6 +339,12 @@ impl Database {
         &self.options.answers
     }
 
+    /// Whether new reads wait for those in flight to end, so that the WAL can restart (see
+    /// `checkpoint.rs`).
+    pub fn reads_held_for_wal(&self) -> bool {
+        self.read_gate.is_closed()
+    }
+
     /// Frames in the WAL at the checkpointer's last checkpoint, and how many of its
     /// checkpoints failed (see `checkpoint.rs`).
     pub fn wal_status(&self) -> (u64, u64) {

@@ -71,7 +71,6 @@ struct Job {
 pub struct ReadPool {
     jobs: crossbeam_channel::Sender<Job>,
     busy: Arc<BusyThreads>,
-    gate: Arc<ReadGate>,
 }
 
 impl ReadPool {
@@ -110,7 +109,7 @@ impl ReadPool {
                 })
                 .map_err(|e| DbError::Internal(format!("spawn read thread: {e}")))?;
         }
-        Ok(ReadPool { jobs, busy, gate })
+        Ok(ReadPool { jobs, busy })
     }
 
     /// Read threads (and connections) of the pool.
@@ -135,12 +134,6 @@ impl ReadPool {
     /// Jobs waiting in the queue.
     pub fn queued(&self) -> usize {
         self.jobs.len()
-    }
-
-    /// Whether new reads wait for those in flight to end, so that the WAL can restart (see
-    /// `checkpoint.rs`).
-    pub fn held_for_the_wal(&self) -> bool {
-        self.gate.is_closed()
     }
 
     /// Run a read-only statement on a pool thread and stream its rows.
