@@ -257,13 +257,12 @@ fn plan_generation(
 }
 
 /// Checks and decodes the downloaded segment `s` (on a blocking thread): its display name,
-/// object size and entries, and `t` passed on.
+/// object size and entries.
 async fn decode_segment(
     archive: &Archive,
     s: &SegmentObject,
     bytes: bytes::Bytes,
-    t: Instant,
-) -> anyhow::Result<(String, usize, Vec<SegmentEntry>, Instant)> {
+) -> anyhow::Result<(String, usize, Vec<SegmentEntry>)> {
     let path = archive.path_of(&s.object);
     let name = archive.display_name(&path);
     let len = bytes.len();
@@ -288,7 +287,7 @@ async fn decode_segment(
     })
     .await
     .context("segment decoder thread")??;
-    Ok((name, len, entries, t))
+    Ok((name, len, entries))
 }
 
 /// A sink for `-v` progress lines.
@@ -448,7 +447,9 @@ pub async fn execute(
         };
         ahead_bytes -= s.object.size;
         let decoded = match download.await {
-            Ok(Ok((bytes, t))) => decode_segment(archive, &s, bytes, t).await,
+            Ok(Ok((bytes, t))) => decode_segment(archive, &s, bytes)
+                .await
+                .map(|(name, len, entries)| (name, len, entries, t)),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("segment download task: {e}")),
         };
