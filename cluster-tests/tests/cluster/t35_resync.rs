@@ -127,3 +127,119 @@ async fn node_with_foreign_cluster_data_resyncs_by_itself() {
     assert_eq!(report.acked, 50);
     cluster.assert_identical_pages().await;
 }
+
+/// A node whose `db.sqlite` was replaced by another cluster's (copied in by hand, a backup
+/// restored into the wrong volume) used to start on it: it skipped its log's deltas as
+/// already held and served the other cluster's rows as its replica. It now refuses to start
+/// and names the file; the other nodes keep serving; once the file is moved away the node
+/// rebuilds its database from its snapshot, its log and the leader, and matches its peers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_database_file_was_replaced_refuses_it() {
+    init_tracing();
+
+    info!("phase 1: three nodes and 30 rows; another cluster of one node and 121 writes");
+    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    let client = cluster.client();
+    let checker = Checker::new("replaced_kv");
+    checker
+        .create_table(&client)
+        .await
+        .expect("create the table");
+    checker
+        .write_many(&client, "before", 30)
+        .await
+        .expect("first writes");
+    let other = Cluster::single_node().await;
+    let other_client = other.client();
+    other_client
+        .exec("CREATE TABLE other_only (x)", Vec::<i64>::new())
+        .await
+        .expect("the other cluster's table");
+    for i in 0..120i64 {
+        other_client
+            .exec("INSERT INTO other_only VALUES (?1)", vec![i])
+            .await
+            .expect("the other cluster's write");
+    }
+    other.node(1).stop().await.expect("stop the other cluster");
+
+    let stray = cluster.ids_except(leader)[0];
+    info!(
+        stray,
+        "phase 2: the follower's db.sqlite replaced by the other cluster's"
+    );
+    let node = cluster.node(stray);
+    node.stop().await.expect("stop the follower");
+    let files = |db: &std::path::Path| {
+        ["", "-wal", "-shm"]
+            .map(|suffix| std::path::PathBuf::from(format!("{}{suffix}", db.display())))
+    };
+    let ours = files(&node.db_path());
+    for (theirs, ours) in files(&other.node(1).db_path()).iter().zip(&ours) {
+        let _ = std::fs::remove_file(ours);
+        if theirs.exists() {
+            std::fs::copy(theirs, ours).expect("copy the other cluster's file");
+        }
+    }
+    node.start().expect("start the follower");
+    let status = wait_until(
+        "the follower to refuse its database",
+        Duration::from_secs(30),
+        || {
+            let status = node.exit_status();
+            async move { status }
+        },
+    )
+    .await
+    .expect("the follower stops");
+    assert!(!status.success(), "a refusal is a failed start: {status}");
+    let log = node.log_since_start();
+    let db = node.db_path().display().to_string();
+    assert!(
+        log.contains(&format!(
+            "{db} is not the database this node's Raft log leads to"
+        )) && log.contains("Move db.sqlite"),
+        "the log names the file and what to do:\n{log}"
+    );
+    checker
+        .write_many(&client, "meanwhile", 10)
+        .await
+        .expect("the two other nodes go on serving");
+
+    info!("phase 3: the file moved away, the follower rebuilds its database");
+    node.kill().expect("reap the follower");
+    let aside = tempfile::tempdir().expect("a directory for the moved file");
+    for file in ours.iter().filter(|f| f.exists()) {
+        let name = file.file_name().expect("a file name");
+        std::fs::rename(file, aside.path().join(name)).expect("move the file away");
+    }
+    node.start().expect("start the follower again");
+    cluster
+        .wait_converged(Duration::from_secs(40))
+        .await
+        .expect("the follower catches up");
+    let others_rows = cluster
+        .client_for(stray)
+        .query_with(
+            Statement::new("SELECT count(*) FROM sqlite_master WHERE name = 'other_only'"),
+            Consistency::Stale,
+            0,
+        )
+        .await
+        .expect("query the rebuilt node");
+    assert_eq!(
+        others_rows.rows[0].get::<i64>(0).expect("count"),
+        0,
+        "nothing of the other cluster's file is served"
+    );
+    let report = checker
+        .verify(&cluster)
+        .await
+        .expect("every node has every row");
+    assert_eq!(report.acked, 40);
+    cluster.assert_identical_pages().await;
+}

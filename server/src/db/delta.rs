@@ -231,12 +231,38 @@ pub(crate) fn follows(base_version: u64, parent_tag: u64, version: u64, tag: u64
 /// The tag in an encoded delta's header, read without decoding or checking the rest: for a
 /// leader looking up its own proposal by the entry it just appended (`None`: no tag).
 pub fn peek_tag(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC || bytes[4] != FORMAT {
+    peek_lineage(bytes).map(|l| l.tag).filter(|&tag| tag != 0)
+}
+
+/// Where a delta goes in the database's history: the version it was captured on, the tag it
+/// gives the database and the tag it must find there (0: none; formats before 3 carry no tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    pub base_version: u64,
+    pub tag: u64,
+    pub parent_tag: u64,
+}
+
+/// An encoded delta's [`Lineage`], read from its header without decoding or checking the rest
+/// (`None`: not a delta).
+pub fn peek_lineage(bytes: &[u8]) -> Option<Lineage> {
+    if bytes.len() < UNTAGGED_HEADER_LEN || &bytes[..4] != MAGIC {
         return None;
     }
-    let at = 4 + 1 + 4 + 4 + 8;
-    let tag = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
-    (tag != 0).then_some(tag)
+    let word = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let base_version = word(4 + 1 + 4 + 4)?;
+    let (tag, parent_tag) = match bytes[4] {
+        FORMAT if bytes.len() >= HEADER_LEN => {
+            (word(4 + 1 + 4 + 4 + 8)?, word(4 + 1 + 4 + 4 + 16)?)
+        }
+        FORMAT_UNTAGGED | FORMAT_FULL_PAGES => (0, 0),
+        _ => return None,
+    };
+    Some(Lineage {
+        base_version,
+        tag,
+        parent_tag,
+    })
 }
 
 impl PageDelta {
@@ -539,6 +565,20 @@ mod tests {
         assert_eq!(super::peek_tag(&d.encode()), None, "no tag");
         assert_eq!(super::peek_tag(b"RLPD"), None, "too short");
         assert_eq!(super::peek_tag(&[0; 64]), None, "not a delta");
+        let d = PageDelta {
+            base_version: 7,
+            tag: 9,
+            parent_tag: 8,
+            ..d
+        };
+        assert_eq!(
+            super::peek_lineage(&d.encode()),
+            Some(super::Lineage {
+                base_version: 7,
+                tag: 9,
+                parent_tag: 8
+            })
+        );
     }
 
     #[test]

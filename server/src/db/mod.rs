@@ -112,7 +112,7 @@ pub use apply::{Applier, ApplyOutcome};
 pub(crate) use authorizer::statement_start;
 pub use bounds::SQLITE_MAX_LENGTH;
 pub use chain::Link;
-pub(crate) use delta::{follows, peek_tag};
+pub(crate) use delta::{follows, peek_lineage, peek_tag, Lineage};
 pub use delta::{PageDelta, PageImage, PagePatch};
 pub use error::{DbError, Result};
 pub use executor::{
@@ -120,7 +120,7 @@ pub use executor::{
     WriteOutcome,
 };
 pub use reader::{QueryChunk, ReadPool, QUEUED_JOBS_PER_THREAD};
-pub use snapshot::{build_image, dump_pages, ImageInfo};
+pub use snapshot::{build_image, dump_pages, image_state, ImageInfo};
 pub use value::{
     ColumnInfo, Params, SqlValue, Statement, StatementOutcome, WriteRequest, MAX_RESULT_BYTES,
 };

@@ -87,6 +87,13 @@ pub fn dump_pages(path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(pages)
 }
 
+/// The version and tag of the database in the SQLite file at `path` (a snapshot image), read
+/// without changing it.
+pub fn image_state(path: &Path) -> Result<(u64, u64)> {
+    let conn = open_read_only(path)?;
+    Ok((internal::read_version(&conn)?, internal::read_tag(&conn)?))
+}
+
 /// Page-1 header fields that differ between replicas with different commit histories.
 const CHANGE_COUNTER: std::ops::Range<usize> = 24..28;
 const VERSION_VALID_FOR: std::ops::Range<usize> = 92..96;

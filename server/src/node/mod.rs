@@ -157,6 +157,10 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
+        if !recovery_pending {
+            // Whole-cluster recovery restores the database before its log has an entry.
+            state_machine.check_database(&log_store).await?;
+        }
         log_store.purge_after_applied(applied_rx.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let commit_early = {

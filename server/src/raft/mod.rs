@@ -4,9 +4,11 @@
 //! configuration, `codec` the one binary encoding, `wal` the log's storage engine (segment
 //! files, group commit, recovery), `store` the redb file of the vote and metadata.
 //! `early_commit` counts a leader's quorum from early replication's answers and its own flush.
+//! `lineage` checks at start that the database is one the node's own log leads to.
 
 pub mod codec;
 pub mod early_commit;
+pub mod lineage;
 pub mod log_store;
 pub mod state_machine;
 pub mod store;

@@ -36,6 +36,9 @@ use super::types::{
 use crate::db::{ApplyOutcome, Database, PageDelta};
 
 const KEY_STATE: &str = "sm_state";
+/// The database's tag at the recorded state's version, written in the same transaction (a key
+/// of its own: `AppliedState`'s encoding stays readable by the versions before it).
+const KEY_STATE_TAG: &str = "sm_state_tag";
 
 /// What the state machine records in redb after applying: the last applied log id, the
 /// membership, and the database version that goes with them.
@@ -338,7 +341,55 @@ impl StateMachine {
             membership: self.membership.clone(),
             db_version: self.db_version,
         };
-        self.store.write_meta(KEY_STATE, &state, sync)
+        let encode = |value: Result<Vec<u8>, bincode::Error>| {
+            value.map_err(|e| StorageError::from(StorageIOError::write(AnyError::new(&e))))
+        };
+        self.store.write_encoded(
+            &[
+                (KEY_STATE, encode(super::codec::encode(&state))?),
+                (KEY_STATE_TAG, encode(super::codec::encode(&self.db_tag))?),
+            ],
+            sync,
+        )
+    }
+
+    /// Whether the database this node found at start is one its own log leads to (see
+    /// [`super::lineage`]): an error, naming the file and what to do, when it is not.
+    pub async fn check_database(&self, log: &super::log_store::LogStore) -> anyhow::Result<()> {
+        let recorded: AppliedState = self.store.read_meta(KEY_STATE)?.unwrap_or_default();
+        let recorded_tag: Option<u64> = self.store.read_meta(KEY_STATE_TAG)?;
+        let from = recorded.last_applied.map_or(1, |l| l.index + 1);
+        let images = Self::image_states(&self.snapshot_dir);
+        let found = super::lineage::Found {
+            version: self.db_version,
+            tag: self.db_tag,
+        };
+        let deltas = super::lineage::deltas_from(log, from).await?;
+        super::lineage::check((recorded.db_version, recorded_tag), found, &deltas, &images).map_err(
+            |why| {
+                anyhow::anyhow!(
+                "{} is not the database this node's Raft log leads to: {why}. It was copied here \
+                 from another node or cluster, or from a backup? Move db.sqlite, db.sqlite-wal \
+                 and db.sqlite-shm out of the data directory and start the node again: it \
+                 rebuilds the database from its snapshot and its log, and from the leader",
+                self.db.path().display()
+            )
+            },
+        )
+    }
+
+    /// The version and tag of every snapshot image in `dir` (with metadata or not: a node that
+    /// stopped while installing one has the image and the database, and no metadata yet).
+    fn image_states(dir: &Path) -> Vec<(u64, u64)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "db"))
+            .filter_map(|p| crate::db::image_state(&p).ok())
+            .collect()
     }
 
     fn image_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -860,6 +911,95 @@ mod tests {
         assert!(
             want == got,
             "after the replay the node matches the leader page for page"
+        );
+    }
+
+    /// `count` one-row writes on a new database at `path`, each applied there: their deltas.
+    async fn writes(path: PathBuf, count: usize) -> (Arc<Database>, Vec<PageDelta>) {
+        let db = Arc::new(Database::open(path, DbOptions::default()).expect("open"));
+        let executor = db.open_executor().expect("executor");
+        let mut deltas = vec![execute(&executor, "CREATE TABLE t(x)").await];
+        while deltas.len() < count {
+            db.apply(Arc::new(deltas[deltas.len() - 1].clone()))
+                .await
+                .expect("apply");
+            let sql = format!("INSERT INTO t VALUES ({})", deltas.len());
+            deltas.push(execute(&executor, &sql).await);
+        }
+        db.apply(Arc::new(deltas[count - 1].clone()))
+            .await
+            .expect("apply");
+        (db, deltas)
+    }
+
+    /// A node's database replaced by another cluster's is refused at start, naming the file,
+    /// both where its log reaches the file's version (another tag there) and where the file
+    /// is far past the log. Its own database is accepted, also when it holds entries of the
+    /// log that the recorded state does not (the lazy record, behind after a crash).
+    #[tokio::test]
+    async fn a_database_its_log_does_not_lead_to_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, ours) = writes(dir.path().join("leader.sqlite"), 3).await;
+        let (near, _) = writes(dir.path().join("near.sqlite"), 3).await;
+        let (far, _) = writes(
+            dir.path().join("far.sqlite"),
+            3 + super::super::lineage::UNFLUSHED as usize + 1,
+        )
+        .await;
+
+        // The node applied entry 1 and recorded it; entries 1..=3 are in its log.
+        let node_dir = dir.path().join("node");
+        std::fs::create_dir_all(&node_dir).expect("create node dir");
+        let log_dir = node_dir.join(super::super::RAFT_LOG_DIR);
+        let mut wal = super::super::wal::Wal::open(&log_dir, Default::default()).expect("wal");
+        let records: Vec<(u64, Vec<u8>)> = (1..=3)
+            .map(|i| {
+                let bytes = super::super::codec::encode(&entry(i, &ours[i as usize - 1]));
+                (i, bytes.expect("encode"))
+            })
+            .collect();
+        wal.append(records.iter().map(|(i, r)| (*i, r.as_slice())))
+            .expect("append");
+        drop(wal);
+        let own = Arc::new(
+            Database::open(node_dir.join("db.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let mut sm = open_sm(own.clone(), &node_dir).await;
+        sm.apply(vec![entry(1, &ours[0])]).await.expect("apply 1");
+        let store = sm.store.clone();
+        drop(sm);
+        let log = super::super::log_store::LogStore::open(store.clone(), &log_dir).expect("log");
+        let check = |db: Arc<Database>| {
+            let (snapshots, store, log) = (node_dir.join("snapshots"), store.clone(), &log);
+            async move {
+                let sm = StateMachine::open(db, store, snapshots, watch::channel(0).0)
+                    .await
+                    .expect("open state machine");
+                sm.check_database(log).await.map_err(|e| format!("{e:#}"))
+            }
+        };
+        assert_eq!(check(own.clone()).await, Ok(()), "at the recorded state");
+        for delta in &ours[1..] {
+            own.apply(Arc::new(delta.clone())).await.expect("apply");
+        }
+        assert_eq!(check(own).await, Ok(()), "ahead of the record, on the log");
+
+        let refused = check(near).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("near.sqlite is not the database")
+                    && e.contains("at version 3 with tag")),
+            "{refused:?}"
+        );
+        let refused = check(far).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("far.sqlite is not the database")
+                    && e.contains("leads from version 1 to version 3")
+                    && e.contains("Move db.sqlite")),
+            "{refused:?}"
         );
     }
 

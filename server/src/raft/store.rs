@@ -124,6 +124,19 @@ impl RaftStore {
             StorageError::from(StorageIOError::write(AnyError::error(e.to_string())))
         };
         let bytes = super::codec::encode(value).map_err(|e| io(&e))?;
+        self.write_encoded(&[(key, bytes)], sync)
+    }
+
+    /// Writes several keys in one transaction: all of them or none. Values are encoded with
+    /// `codec::encode`.
+    pub fn write_encoded(
+        &self,
+        values: &[(&str, Vec<u8>)],
+        sync: Sync,
+    ) -> Result<(), StorageError> {
+        let io = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::write(AnyError::error(e.to_string())))
+        };
         let mut tx = self.db.begin_write().map_err(|e| io(&e))?;
         if sync == Sync::Lazy {
             // Not on disk before the next durable commit (see `Sync::Lazy`).
@@ -132,7 +145,9 @@ impl RaftStore {
         }
         {
             let mut table = tx.open_table(META).map_err(|e| io(&e))?;
-            table.insert(key, bytes.as_slice()).map_err(|e| io(&e))?;
+            for (key, bytes) in values {
+                table.insert(*key, bytes.as_slice()).map_err(|e| io(&e))?;
+            }
         }
         tx.commit().map_err(|e| io(&e))
     }
