@@ -147,7 +147,7 @@ impl Node {
                 .context("open database")?,
         );
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let state_machine = StateMachine::open(
+        let mut state_machine = StateMachine::open(
             db.clone(),
             store.clone(),
             config.data_dir.join(SNAPSHOT_DIR),
@@ -157,8 +157,9 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
-        if !recovery_pending {
-            // Whole-cluster recovery restores the database before its log has an entry.
+        // A node without Raft state gets its database from bootstrap (a whole-cluster
+        // recovery restores it before the log has an entry) or from the leader's snapshot.
+        if !recovery_pending && (store.has_vote()? || !log_store.is_empty()) {
             state_machine.check_database(&log_store).await?;
         }
         log_store.purge_after_applied(applied_rx.clone());
