@@ -147,7 +147,7 @@ impl Node {
                 .context("open database")?,
         );
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let mut state_machine = StateMachine::open(
+        let state_machine = StateMachine::open(
             db.clone(),
             store.clone(),
             config.data_dir.join(SNAPSHOT_DIR),

@@ -625,13 +625,20 @@ async fn propose(
     tokio::spawn(
         async move {
             let result = until_committed(&node, base.tag, sent, committed).await;
-            if let Ok(index) = result {
-                commit_early(&node, &executor, base, index);
-            }
-            let committed = result.is_ok();
+            let committed = result.as_ref().ok().copied();
             let at = answer.give(result);
+            if let Some(index) = committed {
+                // A quorum holds the entry, but it may be two followers: the database takes
+                // it only once this node's own log does, so a crash never leaves the
+                // database holding an entry the log lacks (`raft::lineage`). The leader's
+                // flush starts before the followers' round trip, so this rarely waits.
+                let mut durable = node.log_store.durable_index();
+                if durable.wait_for(|d| *d >= index).await.is_ok() {
+                    commit_early(&node, &executor, base, index);
+                }
+            }
             Answered {
-                committed,
+                committed: committed.is_some(),
                 at,
                 took: at - started,
             }

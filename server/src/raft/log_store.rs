@@ -65,6 +65,10 @@ pub struct LogStore {
     applied: Option<tokio::sync::watch::Receiver<u64>>,
     /// The last purged id written to redb: purges that waited may finish after later ones.
     purged_written: Arc<Mutex<Option<LogId>>>,
+    /// The highest index on this node's disk (lowered by a truncation): a leader commits a
+    /// batch in place only once its own entry is here, so its database never holds an entry
+    /// its log lacks after a crash (`raft::lineage`).
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The highest log index the log store may physically delete. The archiver lowers it to what
@@ -282,6 +286,7 @@ impl LogStore {
             .with_context(|| format!("open the Raft log in {}", dir.display()))?;
         let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
         refuse_a_log_short_of_committed(&store, &wal, purged, dir)?;
+        let last = wal.reader().last_index().unwrap_or(0);
         let wal = WalWriter::start(wal).context("start the Raft log writer thread")?;
         Ok(Self {
             store,
@@ -295,7 +300,13 @@ impl LogStore {
             committed_written: LazyClock::default(),
             applied: None,
             purged_written: Arc::new(Mutex::new(purged)),
+            durable: Arc::new(tokio::sync::watch::Sender::new(last)),
         })
+    }
+
+    /// The highest index on this node's disk, as it moves.
+    pub fn durable_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
     }
 
     /// From now on, a purge past the state machine's applied index (`applied`) waits until
@@ -600,6 +611,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = records.last().map(|(index, _)| *index);
         crate::stamp!("log.append", upto.unwrap_or(0));
         let cache = self.pending.clone();
+        let durable = self.durable.clone();
         self.wal
             .append(
                 records,
@@ -610,6 +622,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .mark_durable(upto);
+                        durable.send_if_modified(|d| {
+                            upto > *d && {
+                                *d = upto;
+                                true
+                            }
+                        });
                         if let Some((commit, vote)) = flushed {
                             commit.flushed(vote, upto);
                         }
@@ -629,6 +647,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             proposals.replaced_from(log_id.index);
         }
         self.pending().truncate(log_id.index);
+        self.durable.send_if_modified(|d| {
+            let below = log_id.index.saturating_sub(1);
+            *d > below && {
+                *d = below;
+                true
+            }
+        });
         let wal = self.wal.clone();
         wal_op(move |done| wal.truncate(log_id.index, done)).await
     }

@@ -36,19 +36,16 @@ use super::types::{
 use crate::db::{ApplyOutcome, Database, PageDelta};
 
 const KEY_STATE: &str = "sm_state";
-/// The database's tag at the recorded state's version (`None`: not known), written in the same
-/// transaction (a key of its own: `AppliedState`'s encoding stays readable by the versions
-/// before it).
+/// The database's tag at the recorded state, with that state (`RecordedTag`), written in the
+/// same transaction: a key of its own, so `AppliedState`'s encoding stays readable by the
+/// releases before it, and a release that does not write it leaves one that no longer matches.
 const KEY_STATE_TAG: &str = "sm_state_tag";
-/// The database file this node refused while applying (see `lineage`), so that the next start
-/// refuses it at once: [`RefusedDatabase`].
-const KEY_REFUSED_DB: &str = "sm_refused_db";
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct RefusedDatabase {
-    version: u64,
+struct RecordedTag {
+    last_applied: Option<LogId>,
+    db_version: u64,
     tag: u64,
-    why: String,
 }
 
 /// What the state machine records in redb after applying: the last applied log id, the
@@ -70,9 +67,6 @@ pub struct StateMachine {
     db_version: u64,
     /// The database's tag after the last applied entry (see `db::delta`).
     db_tag: u64,
-    /// Set while the database found at start is a few versions past this node's log, until
-    /// the entries applied since decide (`lineage`).
-    unverified: Option<super::lineage::Pending>,
     /// Path of the file `begin_receiving_snapshot` handed out.
     receiving: Option<PathBuf>,
     applied_tx: watch::Sender<u64>,
@@ -302,7 +296,6 @@ impl StateMachine {
             membership: recorded.membership,
             db_version,
             db_tag,
-            unverified: None,
             receiving: None,
             applied_tx,
             proposals: Proposals::default(),
@@ -335,10 +328,11 @@ impl StateMachine {
     /// Resets the database and the applied state to the newest snapshot (or to nothing).
     async fn rewind_to_snapshot(&mut self) -> anyhow::Result<()> {
         use anyhow::Context;
-        match Self::newest_snapshot(&self.snapshot_dir)? {
+        let snapshot = Self::newest_snapshot(&self.snapshot_dir)?;
+        match &snapshot {
             Some(meta) => {
                 self.db
-                    .install_image(Self::image_path(&self.snapshot_dir, &meta))
+                    .install_image(Self::image_path(&self.snapshot_dir, meta))
                     .await
                     .context("reinstall the last snapshot")?;
                 self.last_applied = meta.last_log_id;
@@ -351,122 +345,70 @@ impl StateMachine {
         }
         (self.db_version, self.db_tag) =
             self.db.state().await.context("read the database version")?;
-        self.persist(Sync::Durable)?;
+        match snapshot {
+            Some(_) => self.persist(Sync::Durable)?,
+            // The database is kept and replayed from the log's first entry, which skips the
+            // deltas it holds: recorded as the empty database, which the start's check
+            // (`lineage`) walks from, so a file the log does not lead to is not taken as one.
+            None => self.record(0, 0, Sync::Durable)?,
+        }
         Ok(())
     }
 
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
-        // A database not verified yet is recorded as far as the log led: a restart walks on
-        // from there.
-        let (db_version, db_tag) = match &self.unverified {
-            Some(pending) => (pending.walk.version, pending.walk.tag),
-            None => (self.db_version, Some(self.db_tag)),
-        };
+        self.record(self.db_version, self.db_tag, sync)
+    }
+
+    /// Records the applied state with the database at `db_version` holding `tag`.
+    fn record(&self, db_version: u64, tag: u64, sync: Sync) -> Result<(), StorageError> {
         let state = AppliedState {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             db_version,
         };
+        let tag = RecordedTag {
+            last_applied: self.last_applied,
+            db_version,
+            tag,
+        };
         self.store.write_encoded(
-            &[
-                (KEY_STATE, encode(&state)?),
-                (KEY_STATE_TAG, encode(&db_tag)?),
-            ],
+            &[(KEY_STATE, encode(&state)?), (KEY_STATE_TAG, encode(&tag)?)],
             sync,
         )
     }
 
     /// Whether the database this node found at start is one its own log leads to (see
     /// [`super::lineage`]): an error, naming the file and what to do, when it is not.
-    pub async fn check_database(&mut self, log: &super::log_store::LogStore) -> anyhow::Result<()> {
-        use super::lineage::{Found, Verdict, Walk};
+    pub async fn check_database(&self, log: &super::log_store::LogStore) -> anyhow::Result<()> {
+        use super::lineage::{Found, Walk};
+        let recorded: AppliedState = self.store.read_meta(KEY_STATE)?.unwrap_or_default();
+        let tag = self
+            .store
+            .read_meta::<RecordedTag>(KEY_STATE_TAG)?
+            .filter(|t| {
+                (t.last_applied, t.db_version) == (recorded.last_applied, recorded.db_version)
+            });
+        let walk = Walk {
+            version: recorded.db_version,
+            tag: tag.map(|t| t.tag),
+        };
         let found = Found {
             version: self.db_version,
             tag: self.db_tag,
         };
-        if let Some(refused) = self
-            .store
-            .read_meta::<Option<RefusedDatabase>>(KEY_REFUSED_DB)?
-            .flatten()
-        {
-            if (refused.version, refused.tag) == (found.version, found.tag) {
-                anyhow::bail!(self.refusal(&refused.why));
-            }
-            // Another file now: it is checked on its own.
-            self.store
-                .write_meta(KEY_REFUSED_DB, &None::<RefusedDatabase>, Sync::Durable)?;
-        }
-        let recorded: AppliedState = self.store.read_meta(KEY_STATE)?.unwrap_or_default();
-        let recorded = Walk {
-            version: recorded.db_version,
-            tag: self
-                .store
-                .read_meta::<Option<u64>>(KEY_STATE_TAG)?
-                .flatten(),
-        };
-        let from = self.last_applied.map_or(1, |l| l.index + 1);
+        let from = recorded.last_applied.map_or(1, |l| l.index + 1);
         let deltas = super::lineage::deltas_from(log, from).await?;
         let images = Self::image_states(&self.snapshot_dir);
-        match super::lineage::check(recorded, found, &deltas, &images) {
-            Ok(Verdict::Accepted) => Ok(()),
-            Ok(Verdict::Past(walk)) => {
-                let vote: Option<super::types::Vote> = self.store.read_meta("vote")?;
-                tracing::info!(
-                    database = found.version,
-                    log = walk.version,
-                    "the database is a few versions past this node's log (entries applied before their flush?): checking it against the entries applied next"
-                );
-                self.unverified = Some(super::lineage::Pending {
-                    walk,
-                    found,
-                    term: vote.map_or(0, |v| v.leader_id().term),
-                });
-                Ok(())
-            }
-            Err(why) => Err(anyhow::anyhow!(self.refusal(&why))),
-        }
-    }
-
-    /// The refusal of the database file, with `why` and what to do.
-    fn refusal(&self, why: &str) -> String {
-        format!(
-            "{} is not the database this node's Raft log leads to: {why}. It was copied here \
-             from another node or cluster, or from a backup? Move db.sqlite, db.sqlite-wal and \
-             db.sqlite-shm out of the data directory and start the node again: it rebuilds the \
-             database from its snapshot and its log, and from the leader",
-            self.db.path().display()
-        )
-    }
-
-    /// Takes the applied entry of `term` (its delta's lineage, if it is a delta) while the
-    /// database is not verified: a refusal is recorded and stops the state machine.
-    fn verify(&mut self, term: u64, delta: Option<crate::db::Lineage>) -> Result<(), StorageError> {
-        let Some(pending) = &mut self.unverified else {
-            return Ok(());
-        };
-        match pending.entry(term, delta.as_ref()) {
-            Ok(false) => Ok(()),
-            Ok(true) => {
-                tracing::info!(
-                    version = pending.found.version,
-                    "the database found at start is the one this node's log leads to"
-                );
-                self.unverified = None;
-                Ok(())
-            }
-            Err(why) => {
-                let refused = RefusedDatabase {
-                    version: pending.found.version,
-                    tag: pending.found.tag,
-                    why,
-                };
-                let message = self.refusal(&refused.why);
-                self.store
-                    .write_meta(KEY_REFUSED_DB, &Some(refused), Sync::Durable)?;
-                tracing::error!("{message}");
-                Err(sm_err(message))
-            }
-        }
+        super::lineage::check(walk, found, &deltas, &images).map_err(|why| {
+            anyhow::anyhow!(
+                "{} is not the database this node's Raft log leads to: {why}. It was copied \
+                 here from another node or cluster, or from a backup, or the log lost records \
+                 on disk? Move db.sqlite, db.sqlite-wal and db.sqlite-shm out of the data \
+                 directory and start the node again: it rebuilds the database from its \
+                 snapshot and its log, and from the leader",
+                self.db.path().display()
+            )
+        })
     }
 
     /// The version and tag of every snapshot image in `dir` (with metadata or not: a node that
@@ -608,13 +550,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut results = Vec::new();
         let mut membership_changed = false;
         for entry in entries {
-            if self.unverified.is_some() {
-                let delta = match &entry.payload {
-                    EntryPayload::Normal(Command::Delta(bytes)) => crate::db::peek_lineage(bytes),
-                    _ => None,
-                };
-                self.verify(entry.log_id.leader_id.term, delta)?;
-            }
             let result = match entry.payload {
                 EntryPayload::Blank => ApplyResult::NoOp,
                 EntryPayload::Membership(m) => {
@@ -786,8 +721,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.membership = meta.last_membership.clone();
         (self.db_version, self.db_tag) =
             self.db.state().await.map_err(|e| snap_err(Some(meta), e))?;
-        // The database is the leader's image now, whatever was found at start.
-        self.unverified = None;
         self.publish_applied();
         self.persist(Sync::Durable)?;
         {
@@ -1032,20 +965,18 @@ mod tests {
         (db, deltas)
     }
 
-    /// A node's database replaced by another cluster's is refused at start, naming the file,
-    /// both where its log reaches the file's version (another tag there) and where the file
-    /// is far past the log. Its own database is accepted, also when it holds entries of the
-    /// log that the recorded state does not (the lazy record, behind after a crash).
+    /// A node's database replaced by another cluster's is refused at start, naming the file:
+    /// where its log reaches the file's version (another tag there), where the file is past
+    /// the log, and where it is older than the recorded state and there is no snapshot to
+    /// rewind to. Its own database is accepted, also when it holds entries of the log that the
+    /// recorded state does not (the lazy record, behind after a crash), and when it is older
+    /// (a power loss).
     #[tokio::test]
     async fn a_database_its_log_does_not_lead_to_is_refused_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_, ours) = writes(dir.path().join("leader.sqlite"), 3).await;
         let (near, _) = writes(dir.path().join("near.sqlite"), 3).await;
-        let (far, _) = writes(
-            dir.path().join("far.sqlite"),
-            3 + super::super::lineage::UNFLUSHED as usize + 1,
-        )
-        .await;
+        let (far, _) = writes(dir.path().join("far.sqlite"), 5).await;
 
         // The node applied entry 1 and recorded it; entries 1..=3 are in its log.
         let node_dir = dir.path().join("node");
@@ -1072,17 +1003,43 @@ mod tests {
         let check = |db: Arc<Database>| {
             let (snapshots, store, log) = (node_dir.join("snapshots"), store.clone(), &log);
             async move {
-                let mut sm = StateMachine::open(db, store, snapshots, watch::channel(0).0)
+                let sm = StateMachine::open(db, store, snapshots, watch::channel(0).0)
                     .await
                     .expect("open state machine");
                 sm.check_database(log).await.map_err(|e| format!("{e:#}"))
             }
         };
         assert_eq!(check(own.clone()).await, Ok(()), "at the recorded state");
+        // The tag is compared only while it goes with the recorded state: a release that does
+        // not record it (rolled back to, then upgraded again) leaves one that no longer does.
+        let tag_with = |db_version: u64| {
+            let recorded = RecordedTag {
+                last_applied: Some(entry(1, &ours[0]).log_id),
+                db_version,
+                tag: 12345,
+            };
+            store
+                .write_meta(KEY_STATE_TAG, &recorded, Sync::Durable)
+                .expect("write the tag");
+        };
+        tag_with(1);
+        let refused = check(own.clone()).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("where the log leads to tag 3039")),
+            "{refused:?}"
+        );
+        tag_with(0);
+        assert_eq!(check(own.clone()).await, Ok(()), "a tag of another state");
         for delta in &ours[1..] {
             own.apply(Arc::new(delta.clone())).await.expect("apply");
         }
-        assert_eq!(check(own).await, Ok(()), "ahead of the record, on the log");
+        assert_eq!(
+            check(own.clone()).await,
+            Ok(()),
+            "ahead of the record, on the log"
+        );
 
         let refused = check(near).await;
         assert!(
@@ -1097,118 +1054,45 @@ mod tests {
             refused
                 .as_ref()
                 .is_err_and(|e| e.contains("far.sqlite is not the database")
-                    && e.contains("leads from version 1 to version 3")
+                    && e.contains("leads from version 1 only to version 3")
                     && e.contains("Move db.sqlite")),
             "{refused:?}"
         );
-    }
 
-    async fn apply_all(sm: &mut StateMachine, entries: Vec<Entry>) -> Result<(), String> {
-        sm.apply(entries)
+        // Recorded at version 3 (entries 2 and 3 applied, skipped as held); a power loss may
+        // leave the database older, and with no snapshot the log is replayed onto it.
+        let mut sm = StateMachine::open(
+            own,
+            store.clone(),
+            node_dir.join("snapshots"),
+            watch::channel(0).0,
+        )
+        .await
+        .expect("open state machine");
+        sm.apply(vec![entry(2, &ours[1]), entry(3, &ours[2])])
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    /// A database two versions past the node's log (entry 1 on disk, the database at version
-    /// 3) is started on and decided by the entries applied next: its own database (the
-    /// entries 2 and 3 applied before their flush) is verified by them; another cluster's is
-    /// refused by them, or by an entry of a newer term than the node's vote before them, and
-    /// the refusal is recorded, so the next start refuses the file at once.
-    #[tokio::test]
-    async fn a_database_just_past_the_log_is_decided_by_the_entries_applied_next() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (_, ours) = writes(dir.path().join("leader.sqlite"), 3).await;
-        let blank = |index: u64, term: u64| openraft::Entry {
-            log_id: openraft::LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Blank,
-        };
-        // One node directory per case: the store, a log holding entry 1 and a vote of term 1.
-        let node = |name: &str| {
-            let node_dir = dir.path().join(name);
-            let log_dir = node_dir.join(super::super::RAFT_LOG_DIR);
-            let mut wal = super::super::wal::Wal::open(&log_dir, Default::default()).expect("wal");
-            let first = super::super::codec::encode(&entry(1, &ours[0])).expect("encode");
-            wal.append([(1u64, first.as_slice())]).expect("append");
-            drop(wal);
-            let store = RaftStore::open(&node_dir.join("raft")).expect("store");
-            store
-                .write_meta(
-                    "vote",
-                    &super::super::types::Vote::new_committed(1, 1),
-                    Sync::Durable,
-                )
-                .expect("vote");
-            let log =
-                super::super::log_store::LogStore::open(store.clone(), &log_dir).expect("log");
-            (node_dir, store, log)
-        };
-        let started = |db: &Arc<Database>, node_dir: &Path, store: &RaftStore, log| {
-            let (db, snapshots, store) = (db.clone(), node_dir.join("snapshots"), store.clone());
-            async move {
-                let mut sm = StateMachine::open(db, store, snapshots, watch::channel(0).0)
-                    .await
-                    .expect("open state machine");
-                let checked = sm.check_database(log).await.map_err(|e| format!("{e:#}"));
-                (sm, checked)
-            }
-        };
-
-        // Its own database: entries 1..=3 applied, the last two not in its log.
-        let (node_dir, store, log) = node("own");
-        let own = Arc::new(
-            Database::open(node_dir.join("db.sqlite"), DbOptions::default()).expect("open"),
-        );
-        for delta in &ours {
-            own.apply(Arc::new(delta.clone())).await.expect("apply");
-        }
-        let (mut sm, checked) = started(&own, &node_dir, &store, &log).await;
-        assert_eq!(checked, Ok(()));
-        assert!(sm.unverified.is_some(), "past the log: not verified yet");
-        let entries = vec![entry(1, &ours[0]), entry(2, &ours[1]), entry(3, &ours[2])];
-        assert_eq!(apply_all(&mut sm, entries).await, Ok(()));
-        assert!(sm.unverified.is_none(), "verified by entries 2 and 3");
-
-        // Another cluster's database at version 3: refused by entry 3, then at the next start.
-        let (node_dir, store, log) = node("replaced");
-        let (theirs, _) = writes(node_dir.join("theirs.sqlite"), 3).await;
-        let (mut sm, checked) = started(&theirs, &node_dir, &store, &log).await;
-        assert_eq!(
-            checked,
-            Ok(()),
-            "two versions past the log: checked as entries come"
-        );
-        let entries = vec![entry(1, &ours[0]), entry(2, &ours[1])];
-        assert_eq!(apply_all(&mut sm, entries).await, Ok(()));
-        let refused = apply_all(&mut sm, vec![entry(3, &ours[2])]).await;
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("theirs.sqlite is not the database")
-                    && e.contains("where the log leads to tag")),
-            "{refused:?}"
-        );
+            .expect("apply 2..=3");
         drop(sm);
-        let (_, checked) = started(&theirs, &node_dir, &store, &log).await;
-        assert!(
-            checked
-                .as_ref()
-                .is_err_and(|e| e.contains("where the log leads to tag")),
-            "{checked:?}"
-        );
-
-        // The same, refused by the blank entry of a leader elected in term 2.
-        let (node_dir, store, log) = node("new-term");
-        let (theirs, _) = writes(node_dir.join("theirs.sqlite"), 3).await;
-        let (mut sm, checked) = started(&theirs, &node_dir, &store, &log).await;
-        assert_eq!(checked, Ok(()));
-        let refused = apply_all(&mut sm, vec![entry(1, &ours[0]), blank(2, 2)]).await;
+        let (older, _) = writes(dir.path().join("older.sqlite"), 2).await;
+        let refused = check(older).await;
         assert!(
             refused
                 .as_ref()
-                .is_err_and(|e| e.contains("into term 2 without reaching it")),
+                .is_err_and(|e| e.contains("older.sqlite is not the database")
+                    && e.contains("at version 2 with tag")),
             "{refused:?}"
         );
+        let own_older = Arc::new(
+            Database::open(dir.path().join("own-older.sqlite"), DbOptions::default())
+                .expect("open"),
+        );
+        for delta in &ours[..2] {
+            own_older
+                .apply(Arc::new(delta.clone()))
+                .await
+                .expect("apply");
+        }
+        assert_eq!(check(own_older).await, Ok(()), "its own, older");
     }
 
     /// A process crash loses the applied state written lazily since redb's last durable
