@@ -631,9 +631,14 @@ async fn propose(
                 // A quorum holds the entry, but it may be two followers: the database takes
                 // it only once this node's own log does, so a crash never leaves the
                 // database holding an entry the log lacks (`raft::lineage`). The leader's
-                // flush starts before the followers' round trip, so this rarely waits.
+                // flush starts before the followers' round trip, so this rarely waits; a
+                // flush that never comes leaves the entry to the state machine's apply.
                 let mut durable = node.log_store.durable_index();
-                if durable.wait_for(|d| *d >= index).await.is_ok() {
+                let flushed =
+                    tokio::time::timeout(PROPOSE_TIMEOUT, durable.wait_for(|d| *d >= index))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                if flushed {
                     commit_early(&node, &executor, base, index);
                 }
             }
