@@ -46,9 +46,11 @@ pub struct Found {
     pub tag: u64,
 }
 
-/// The deltas of this node's log from index `from` on, in order (their headers only).
-/// Entries that are not deltas do not move the database, and are left out.
-pub async fn deltas_from(log: &LogStore, from: u64) -> anyhow::Result<Vec<Lineage>> {
+/// The deltas of this node's log from index `from` on, in order (their headers only), up to
+/// the first captured on `version` or later: the walk either reached `version` before it or
+/// never does (every delta after it is on a later version than the walk). Entries that are
+/// not deltas do not move the database, and are left out.
+pub async fn deltas_from(log: &LogStore, from: u64, version: u64) -> anyhow::Result<Vec<Lineage>> {
     let mut deltas = Vec::new();
     let mut next = from;
     loop {
@@ -57,10 +59,16 @@ pub async fn deltas_from(log: &LogStore, from: u64) -> anyhow::Result<Vec<Lineag
             return Ok(deltas);
         };
         next = last.log_id.index + 1;
-        deltas.extend(entries.iter().filter_map(|e| match &e.payload {
-            EntryPayload::Normal(Command::Delta(bytes)) => crate::db::peek_lineage(bytes),
-            _ => None,
-        }));
+        for entry in &entries {
+            if let EntryPayload::Normal(Command::Delta(bytes)) = &entry.payload {
+                if let Some(delta) = crate::db::peek_lineage(bytes) {
+                    deltas.push(delta);
+                    if delta.base_version >= version {
+                        return Ok(deltas);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -397,7 +397,7 @@ impl StateMachine {
             tag: self.db_tag,
         };
         let from = recorded.last_applied.map_or(1, |l| l.index + 1);
-        let deltas = super::lineage::deltas_from(log, from).await?;
+        let deltas = super::lineage::deltas_from(log, from, found.version).await?;
         let images = Self::image_states(&self.snapshot_dir);
         super::lineage::check(walk, found, &deltas, &images).map_err(|why| {
             anyhow::anyhow!(
