@@ -88,9 +88,25 @@ pub fn dump_pages(path: &Path) -> Result<Vec<Vec<u8>>> {
 }
 
 /// The version and tag of the database in the SQLite file at `path` (a snapshot image), read
-/// without changing it.
+/// without changing it: opened as immutable, since a read-only connection to an image in WAL
+/// format would leave `-wal` and `-shm` files beside it.
 pub fn image_state(path: &Path) -> Result<(u64, u64)> {
-    let conn = open_read_only(path)?;
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     Ok((internal::read_version(&conn)?, internal::read_tag(&conn)?))
 }
 

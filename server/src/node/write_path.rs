@@ -627,7 +627,9 @@ async fn propose(
             let result = until_committed(&node, base.tag, sent, committed).await;
             let committed = result.as_ref().ok().copied();
             let at = answer.give(result);
-            if let Some(index) = committed {
+            // Only at depth 1 does the executor keep a batch open for its commit in place.
+            let in_place = node.config.write_pipeline_depth <= 1;
+            if let Some(index) = committed.filter(|_| in_place) {
                 // A quorum holds the entry, but it may be two followers: the database takes
                 // it only once this node's own log does, so a crash never leaves the
                 // database holding an entry the log lacks (`raft::lineage`). The leader's

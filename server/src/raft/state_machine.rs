@@ -355,6 +355,14 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Records the state a snapshot image was just built of, durably, as the database holds
+    /// it: a whole-cluster recovery restores the database outside the state machine, which
+    /// learns the restored version here, at the recovery's snapshot.
+    async fn record_built(&mut self) -> Result<(), String> {
+        (self.db_version, self.db_tag) = self.db.state().await.map_err(|e| e.to_string())?;
+        self.persist(Sync::Durable).map_err(|e| e.to_string())
+    }
+
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
         self.record(self.db_version, self.db_tag, sync)
     }
@@ -398,8 +406,25 @@ impl StateMachine {
         };
         let from = recorded.last_applied.map_or(1, |l| l.index + 1);
         let deltas = super::lineage::deltas_from(log, from, found.version).await?;
-        let images = Self::image_states(&self.snapshot_dir);
-        super::lineage::check(walk, found, &deltas, &images).map_err(|why| {
+        let images = Self::images(&self.snapshot_dir);
+        let states: Vec<(u64, u64)> = images.iter().map(|(state, _)| *state).collect();
+        let mut checked = super::lineage::check(walk, found, &deltas, &states);
+        // A record older than a snapshot's (one a recovery from the archive wrote before the
+        // state machine knew the restored version): the walk from that snapshot decides too.
+        for ((version, tag), index) in images {
+            let Some(index) = index.filter(|_| checked.is_err()) else {
+                continue;
+            };
+            let walk = Walk {
+                version,
+                tag: Some(tag),
+            };
+            let deltas = super::lineage::deltas_from(log, index + 1, found.version).await?;
+            if super::lineage::check(walk, found, &deltas, &[]).is_ok() {
+                checked = Ok(());
+            }
+        }
+        checked.map_err(|why| {
             anyhow::anyhow!(
                 "{} is not the database this node's Raft log leads to: {why}. It was copied \
                  here from another node or cluster, or from a backup, or the log lost records \
@@ -411,9 +436,10 @@ impl StateMachine {
         })
     }
 
-    /// The version and tag of every snapshot image in `dir` (with metadata or not: a node that
-    /// stopped while installing one has the image and the database, and no metadata yet).
-    fn image_states(dir: &Path) -> Vec<(u64, u64)> {
+    /// The version and tag of every snapshot image in `dir`, with the last log index of its
+    /// snapshot when its metadata is there (an image without it: a node that stopped while
+    /// installing one has the image and the database, and no metadata yet).
+    fn images(dir: &Path) -> Vec<((u64, u64), Option<u64>)> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
@@ -421,7 +447,14 @@ impl StateMachine {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "db"))
-            .filter_map(|p| crate::db::image_state(&p).ok())
+            .filter_map(|image| {
+                let state = crate::db::image_state(&image).ok()?;
+                let index = std::fs::read(image.with_extension("meta"))
+                    .ok()
+                    .and_then(|bytes| super::codec::decode::<SnapshotMeta>(&bytes).ok())
+                    .map(|meta| meta.last_log_id.map_or(0, |l| l.index));
+                Some((state, index))
+            })
             .collect()
     }
 
@@ -653,7 +686,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Built here, while no entry is being applied, so the image matches `last_applied`.
         let dest = Self::image_path(&self.snapshot_dir, &meta);
         let built = match self.db.build_image(dest).await {
-            Ok(_) => self.persist(Sync::Durable).map_err(|e| e.to_string()),
+            Ok(_) => self.record_built().await,
             Err(e) => Err(format!("build database image: {e}")),
         };
         SnapshotBuilder {
@@ -1093,6 +1126,78 @@ mod tests {
                 .expect("apply");
         }
         assert_eq!(check(own_older).await, Ok(()), "its own, older");
+    }
+
+    /// A whole-cluster recovery restores the database outside the state machine, whose
+    /// snapshot then recorded the state machine's version (0), not the restored one: the start
+    /// walks from that snapshot's image too, so a node that recovered the cluster accepts its
+    /// own database after a crash. Snapshots now record the version the database holds.
+    #[tokio::test]
+    async fn a_record_behind_its_snapshot_is_walked_from_the_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, ours) = writes(dir.path().join("leader.sqlite"), 4).await;
+        let node_dir = dir.path().join("node");
+        std::fs::create_dir_all(&node_dir).expect("create node dir");
+        let blank = |index: u64| openraft::Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::<TypeConfig>::Blank,
+        };
+        // The log: the recovered cluster's first two entries, then two deltas on the restored
+        // version 2.
+        let log_dir = node_dir.join(super::super::RAFT_LOG_DIR);
+        let mut wal = super::super::wal::Wal::open(&log_dir, Default::default()).expect("wal");
+        let records: Vec<(u64, Vec<u8>)> =
+            [blank(1), blank(2), entry(3, &ours[2]), entry(4, &ours[3])]
+                .iter()
+                .map(|e| {
+                    (
+                        e.log_id.index,
+                        super::super::codec::encode(e).expect("encode"),
+                    )
+                })
+                .collect();
+        wal.append(records.iter().map(|(i, r)| (*i, r.as_slice())))
+            .expect("append");
+        drop(wal);
+
+        // Restored to version 2 behind the state machine's back, then its snapshot.
+        let db = Arc::new(
+            Database::open(node_dir.join("db.sqlite"), DbOptions::default()).expect("open"),
+        );
+        let mut sm = open_sm(db.clone(), &node_dir).await;
+        sm.apply(vec![blank(1), blank(2)])
+            .await
+            .expect("apply 1..=2");
+        for delta in &ours[..2] {
+            db.apply(Arc::new(delta.clone())).await.expect("restore");
+        }
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("the recovery's snapshot");
+        let recorded: AppliedState = sm.store.read_meta(KEY_STATE).expect("read").expect("state");
+        assert_eq!(
+            recorded.db_version, 2,
+            "the snapshot records the restored version"
+        );
+        // What the releases before recorded there, then entries 3 and 4 applied, a crash.
+        sm.record(0, 0, Sync::Durable).expect("the old record");
+        for delta in &ours[2..] {
+            db.apply(Arc::new(delta.clone())).await.expect("apply");
+        }
+        let store = sm.store.clone();
+        drop(sm);
+        let log = super::super::log_store::LogStore::open(store.clone(), &log_dir).expect("log");
+        let sm = StateMachine::open(db, store, node_dir.join("snapshots"), watch::channel(0).0)
+            .await
+            .expect("open state machine");
+        let checked = sm.check_database(&log).await.map_err(|e| format!("{e:#}"));
+        assert_eq!(
+            checked,
+            Ok(()),
+            "its own database, walked from the snapshot"
+        );
     }
 
     /// A process crash loses the applied state written lazily since redb's last durable
