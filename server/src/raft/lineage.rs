@@ -13,9 +13,10 @@
 //! database where that walk reaches its version with its tag. It also accepts a database no
 //! newer than the recorded state (the power-loss rewind handles an older one; without a
 //! snapshot to rewind to, the recorded state becomes the empty database's and the walk starts
-//! from the log's first entry) and the state of a snapshot image in the snapshot directory (a
+//! from the log's first entry), the state of a snapshot image in the snapshot directory (a
 //! node that stopped while installing a snapshot sent by the leader, whose log may end far
-//! before it).
+//! before it), and a database that the walk from a snapshot's image reaches (`StateMachine::
+//! check_database`: a record behind its snapshot).
 //!
 //! A database past the end of the walk is refused: no node applies an entry before its own
 //! log holds it on disk. openraft's core applies only after its own append is flushed (it

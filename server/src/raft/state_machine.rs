@@ -355,14 +355,6 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Records the state a snapshot image was just built of, durably, as the database holds
-    /// it: a whole-cluster recovery restores the database outside the state machine, which
-    /// learns the restored version here, at the recovery's snapshot.
-    async fn record_built(&mut self) -> Result<(), String> {
-        (self.db_version, self.db_tag) = self.db.state().await.map_err(|e| e.to_string())?;
-        self.persist(Sync::Durable).map_err(|e| e.to_string())
-    }
-
     fn persist(&self, sync: Sync) -> Result<(), StorageError> {
         self.record(self.db_version, self.db_tag, sync)
     }
@@ -686,7 +678,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Built here, while no entry is being applied, so the image matches `last_applied`.
         let dest = Self::image_path(&self.snapshot_dir, &meta);
         let built = match self.db.build_image(dest).await {
-            Ok(_) => self.record_built().await,
+            Ok(_) => self.persist(Sync::Durable).map_err(|e| e.to_string()),
             Err(e) => Err(format!("build database image: {e}")),
         };
         SnapshotBuilder {
@@ -1129,9 +1121,10 @@ mod tests {
     }
 
     /// A whole-cluster recovery restores the database outside the state machine, whose
-    /// snapshot then recorded the state machine's version (0), not the restored one: the start
-    /// walks from that snapshot's image too, so a node that recovered the cluster accepts its
-    /// own database after a crash. Snapshots now record the version the database holds.
+    /// snapshot then records the state machine's version (0), not the restored one (the first
+    /// delta applied corrects the state machine; the record waits for the next durable write):
+    /// the start walks from that snapshot's image too, so a node that recovered the cluster
+    /// accepts its own database after a crash.
     #[tokio::test]
     async fn a_record_behind_its_snapshot_is_walked_from_the_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1178,11 +1171,10 @@ mod tests {
             .expect("the recovery's snapshot");
         let recorded: AppliedState = sm.store.read_meta(KEY_STATE).expect("read").expect("state");
         assert_eq!(
-            recorded.db_version, 2,
-            "the snapshot records the restored version"
+            recorded.db_version, 0,
+            "the state machine's version, not the restored one"
         );
-        // What the releases before recorded there, then entries 3 and 4 applied, a crash.
-        sm.record(0, 0, Sync::Durable).expect("the old record");
+        // Entries 3 and 4 applied, and a crash before the next durable record.
         for delta in &ours[2..] {
             db.apply(Arc::new(delta.clone())).await.expect("apply");
         }
