@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use cluster_tests::{init_tracing, raftlite_binary, wait_until, Checker, Cluster, ClusterOptions};
+use cluster_tests::{
+    init_tracing, raftlite_binary, three_nodes_with, wait_until, Cluster, ClusterOptions,
+};
 use raftlite_client::{Client, Consistency, Statement};
 use tracing::info;
 
@@ -16,17 +18,8 @@ async fn node_with_foreign_cluster_data_resyncs_by_itself() {
         extra_args: vec!["--auto-resync".into(), "true".into()],
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(3, options).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
+    let (cluster, leader, checker) = three_nodes_with("resync_kv", options).await;
     let client = cluster.client();
-    let checker = Checker::new("resync_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
     checker
         .write_many(&client, "before", 30)
         .await
@@ -138,17 +131,9 @@ async fn a_node_whose_database_file_was_replaced_refuses_it() {
     init_tracing();
 
     info!("phase 1: three nodes and 30 rows; another cluster of one node and 121 writes");
-    let cluster = Cluster::start(3, ClusterOptions::default()).expect("start the cluster");
-    let leader = cluster
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
+    let (cluster, leader, checker) =
+        three_nodes_with("replaced_kv", ClusterOptions::default()).await;
     let client = cluster.client();
-    let checker = Checker::new("replaced_kv");
-    checker
-        .create_table(&client)
-        .await
-        .expect("create the table");
     checker
         .write_many(&client, "before", 30)
         .await
