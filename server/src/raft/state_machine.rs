@@ -972,6 +972,22 @@ mod tests {
         );
     }
 
+    /// A Raft log in `log_dir` holding `entries`, as the log store writes them.
+    fn write_log(log_dir: &Path, entries: &[Entry]) {
+        let mut wal = super::super::wal::Wal::open(log_dir, Default::default()).expect("wal");
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.log_id.index,
+                    super::super::codec::encode(e).expect("encode"),
+                )
+            })
+            .collect();
+        wal.append(records.iter().map(|(i, r)| (*i, r.as_slice())))
+            .expect("append");
+    }
+
     /// `count` one-row writes on a new database at `path`, each applied there: their deltas.
     async fn writes(path: PathBuf, count: usize) -> (Arc<Database>, Vec<PageDelta>) {
         let db = Arc::new(Database::open(path, DbOptions::default()).expect("open"));
@@ -1007,16 +1023,10 @@ mod tests {
         let node_dir = dir.path().join("node");
         std::fs::create_dir_all(&node_dir).expect("create node dir");
         let log_dir = node_dir.join(super::super::RAFT_LOG_DIR);
-        let mut wal = super::super::wal::Wal::open(&log_dir, Default::default()).expect("wal");
-        let records: Vec<(u64, Vec<u8>)> = (1..=3)
-            .map(|i| {
-                let bytes = super::super::codec::encode(&entry(i, &ours[i as usize - 1]));
-                (i, bytes.expect("encode"))
-            })
-            .collect();
-        wal.append(records.iter().map(|(i, r)| (*i, r.as_slice())))
-            .expect("append");
-        drop(wal);
+        write_log(
+            &log_dir,
+            &[1, 2, 3].map(|i| entry(i, &ours[i as usize - 1])),
+        );
         let own = Arc::new(
             Database::open(node_dir.join("db.sqlite"), DbOptions::default()).expect("open"),
         );
@@ -1138,20 +1148,10 @@ mod tests {
         // The log: the recovered cluster's first two entries, then two deltas on the restored
         // version 2.
         let log_dir = node_dir.join(super::super::RAFT_LOG_DIR);
-        let mut wal = super::super::wal::Wal::open(&log_dir, Default::default()).expect("wal");
-        let records: Vec<(u64, Vec<u8>)> =
-            [blank(1), blank(2), entry(3, &ours[2]), entry(4, &ours[3])]
-                .iter()
-                .map(|e| {
-                    (
-                        e.log_id.index,
-                        super::super::codec::encode(e).expect("encode"),
-                    )
-                })
-                .collect();
-        wal.append(records.iter().map(|(i, r)| (*i, r.as_slice())))
-            .expect("append");
-        drop(wal);
+        write_log(
+            &log_dir,
+            &[blank(1), blank(2), entry(3, &ours[2]), entry(4, &ours[3])],
+        );
 
         // Restored to version 2 behind the state machine's back, then its snapshot.
         let db = Arc::new(
