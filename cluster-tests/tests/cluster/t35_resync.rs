@@ -228,3 +228,59 @@ async fn a_node_whose_database_file_was_replaced_refuses_it() {
     assert_eq!(report.acked, 40);
     cluster.assert_identical_pages().await;
 }
+
+/// A new node (no Raft state) whose data directory already holds a database file (a volume
+/// reused, an existing SQLite file dropped in) used to join and take the file as holding the
+/// cluster's first writes. It now refuses to start, naming the file (moved away, the node
+/// starts as any new node: the scenarios of t40 add those).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_node_with_a_database_file_in_place_refuses_it() {
+    init_tracing();
+    let (mut cluster, _, checker) =
+        three_nodes_with("new_node_kv", ClusterOptions::default()).await;
+    let client = cluster.client();
+    checker
+        .write_many(&client, "before", 20)
+        .await
+        .expect("first writes");
+
+    info!("a database file in the fourth node's data directory before its first start");
+    let other = Cluster::single_node().await;
+    other
+        .client()
+        .exec("CREATE TABLE other_only (x)", Vec::<i64>::new())
+        .await
+        .expect("the other cluster's table");
+    other.node(1).stop().await.expect("stop the other cluster");
+    let data_dir = cluster.dir().join("node-4");
+    std::fs::create_dir_all(&data_dir).expect("create the data directory");
+    for suffix in ["", "-wal", "-shm"] {
+        let theirs = format!("{}{suffix}", other.node(1).db_path().display());
+        if std::path::Path::new(&theirs).exists() {
+            let ours = data_dir.join(format!("db.sqlite{suffix}"));
+            std::fs::copy(&theirs, ours).expect("copy the file");
+        }
+    }
+    let id = cluster.start_extra_node().expect("start a fourth node");
+    assert_eq!(id, 4);
+    let node = cluster.node(id);
+    let status = wait_until(
+        "the new node to refuse the file",
+        Duration::from_secs(30),
+        || {
+            let status = node.exit_status();
+            async move { status }
+        },
+    )
+    .await
+    .expect("the new node stops");
+    assert!(!status.success(), "a refusal is a failed start: {status}");
+    let log = node.log_since_start();
+    assert!(
+        log.contains(&format!(
+            "{} holds data, but this node has no Raft state",
+            node.db_path().display()
+        )),
+        "the log names the file:\n{log}"
+    );
+}

@@ -95,11 +95,26 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
             return recover_cluster(&node, restored, generation).await;
         }
     }
+    if !node.database().is_empty().await? {
+        anyhow::bail!(not_a_new_database(node.database().path()));
+    }
     let cluster_id = node.identity().create()?;
     let count = members.len();
     node.raft().initialize(members).await?;
     tracing::info!(%cluster_id, members = count, "initialized a new cluster");
     Ok(())
+}
+
+/// Why a node without Raft state does not start on the database file at `path`.
+pub fn not_a_new_database(path: &std::path::Path) -> String {
+    format!(
+        "{} holds data, but this node has no Raft state: a new node takes its database from \
+         the cluster (or the archive), and a file already in place would be served as if it \
+         held the cluster's first writes. Move db.sqlite, db.sqlite-wal and db.sqlite-shm out \
+         of the data directory and start the node again (raftlite does not import a database \
+         file: replay its SQL through a client)",
+        path.display()
+    )
 }
 
 /// This node's addresses, as its peers and clients reach it.

@@ -414,6 +414,23 @@ impl Database {
         executor.call(f).await
     }
 
+    /// Whether the database holds nothing: no delta applied and no table but raftlite's own
+    /// (a new node's file).
+    pub async fn is_empty(&self) -> Result<bool> {
+        self.applier
+            .call(|applier| {
+                let (version, _) = applier.state()?;
+                let tables: i64 = applier.connection().query_row(
+                    "SELECT count(*) FROM sqlite_schema \
+                     WHERE substr(name, 1, 7) != 'sqlite_' AND substr(name, 1, 10) != '_raftlite_'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok(version == 0 && tables == 0)
+            })
+            .await
+    }
+
     /// The database's version counter (number of deltas applied since creation).
     pub async fn version(&self) -> Result<u64> {
         Ok(self.state().await?.0)

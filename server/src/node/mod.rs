@@ -129,6 +129,18 @@ async fn next_tick(
     inner.raft.metrics().has_changed().is_ok().then_some(inner)
 }
 
+/// Whether bootstrap may restore this node's database from the archive (it initializes the
+/// cluster and has one): a restore stopped halfway leaves a database and no Raft state, and
+/// bootstrap restores again over it (or refuses it before a new cluster starts on it).
+fn may_restore_at_bootstrap(config: &Config) -> bool {
+    let initializer = config
+        .peers
+        .keys()
+        .next()
+        .is_none_or(|id| *id == config.node_id);
+    initializer && config.archive.is_some()
+}
+
 impl Node {
     /// Opens the node's data and starts Raft, the executor and the write path. Serving gRPC and
     /// bootstrapping the cluster are separate steps (`grpc::serve`, `cluster::bootstrap`).
@@ -157,10 +169,16 @@ impl Node {
         .context("open state machine")?;
         let proposals = state_machine.proposals();
         let mut log_store = LogStore::open(store.clone(), &config.data_dir.join(RAFT_LOG_DIR))?;
-        // A node without Raft state gets its database from bootstrap (a whole-cluster
-        // recovery restores it before the log has an entry) or from the leader's snapshot.
-        if !recovery_pending && (store.has_vote()? || !log_store.is_empty()) {
-            state_machine.check_database(&log_store).await?;
+        if !recovery_pending {
+            if store.has_vote()? || !log_store.is_empty() {
+                state_machine.check_database(&log_store).await?;
+            } else if !db.is_empty().await.context("read the database")?
+                && !may_restore_at_bootstrap(&config)
+            {
+                // A node without Raft state takes its database from the leader: a file
+                // already here would be taken as holding the deltas its version claims.
+                anyhow::bail!(crate::cluster::bootstrap::not_a_new_database(db.path()));
+            }
         }
         log_store.purge_after_applied(applied_rx.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());

@@ -27,9 +27,8 @@
 //! place, nor overwrites it. A store written before the tag was recorded (or by a release
 //! that did not record it since) starts the walk without one; where a delta names a parent
 //! tag there, the walk cannot tell and accepts. A node with no Raft state (no vote, an empty
-//! log) is not checked: bootstrap restores its database from the archive, or the leader sends
-//! it a snapshot; one that joins by the log from index 1 with a file already in place still
-//! skips the deltas that file's version claims.
+//! log) has no log to walk: it refuses any database that holds something (`Node::start`,
+//! `cluster::bootstrap::not_a_new_database`).
 
 use crate::db::Lineage;
 
