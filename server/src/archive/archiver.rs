@@ -374,10 +374,7 @@ async fn discover(archive: &Archive, cluster: &str, log_end: u64) -> anyhow::Res
         }
     };
     let mut listing = archive.list_generation(cluster, generation).await?;
-    let stray = match log_end {
-        0 => Vec::new(),
-        _ => listing.take_past(log_end),
-    };
+    let stray = listing.take_past(log_end);
     let standing_error = stray_error(&stray, log_end);
     Ok(Session {
         cluster: cluster.to_owned(),
@@ -582,10 +579,7 @@ async fn apply_retention(
     let mut listing = archive.list_generation(cluster, generation).await?;
     // Objects past the log are not this cluster's (see `discover`): none of them decides
     // what is old.
-    let stray = match log_end {
-        0 => Vec::new(),
-        _ => listing.take_past(log_end),
-    };
+    let stray = listing.take_past(log_end);
     let Some(newest) = listing.snapshots.last() else {
         return Ok(stray);
     };

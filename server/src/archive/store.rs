@@ -124,9 +124,13 @@ impl GenerationListing {
 impl GenerationListing {
     /// Take out the objects that claim entries past `log_end`, the end of the cluster's log
     /// (its leader's last index, which every committed entry, so every archived one, is
-    /// within): not objects raftlite wrote for this cluster. Their names.
+    /// within): not objects raftlite wrote for this cluster. Their names. A `log_end` of 0
+    /// (not known) takes none.
     pub fn take_past(&mut self, log_end: u64) -> Vec<String> {
         let mut names = Vec::new();
+        if log_end == 0 {
+            return names;
+        }
         let mut keep = |end: u64, object: &ListedObject| {
             if end > log_end {
                 names.push(object.name.clone());

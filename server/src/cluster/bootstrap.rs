@@ -29,7 +29,7 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
         return Ok(());
     }
     let peers = node.config().peers.clone();
-    let lowest = peers.keys().next().copied().unwrap_or(node.id());
+    let lowest = initializer(node.config());
     if lowest != node.id() {
         tracing::info!(
             node = node.id(),
@@ -103,6 +103,23 @@ pub async fn bootstrap(node: Node, archive: Option<Archive>) -> anyhow::Result<(
     node.raft().initialize(members).await?;
     tracing::info!(%cluster_id, members = count, "initialized a new cluster");
     Ok(())
+}
+
+/// The node that initializes the cluster: the lowest id of the initial members.
+fn initializer(config: &crate::config::Config) -> u64 {
+    config
+        .peers
+        .keys()
+        .next()
+        .copied()
+        .unwrap_or(config.node_id)
+}
+
+/// Whether bootstrap may restore this node's database from the archive (it initializes the
+/// cluster and has one): a restore stopped halfway leaves a database and no Raft state, and
+/// bootstrap restores again over it (or refuses it before a new cluster starts on it).
+pub fn may_restore(config: &crate::config::Config) -> bool {
+    initializer(config) == config.node_id && config.archive.is_some()
 }
 
 /// Why a node without Raft state does not start on the database file at `path`.

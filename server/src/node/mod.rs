@@ -129,18 +129,6 @@ async fn next_tick(
     inner.raft.metrics().has_changed().is_ok().then_some(inner)
 }
 
-/// Whether bootstrap may restore this node's database from the archive (it initializes the
-/// cluster and has one): a restore stopped halfway leaves a database and no Raft state, and
-/// bootstrap restores again over it (or refuses it before a new cluster starts on it).
-fn may_restore_at_bootstrap(config: &Config) -> bool {
-    let initializer = config
-        .peers
-        .keys()
-        .next()
-        .is_none_or(|id| *id == config.node_id);
-    initializer && config.archive.is_some()
-}
-
 impl Node {
     /// Opens the node's data and starts Raft, the executor and the write path. Serving gRPC and
     /// bootstrapping the cluster are separate steps (`grpc::serve`, `cluster::bootstrap`).
@@ -173,7 +161,7 @@ impl Node {
             if store.has_vote()? || !log_store.is_empty() {
                 state_machine.check_database(&log_store).await?;
             } else if !db.is_empty().await.context("read the database")?
-                && !may_restore_at_bootstrap(&config)
+                && !crate::cluster::bootstrap::may_restore(&config)
             {
                 // A node without Raft state takes its database from the leader: a file
                 // already here would be taken as holding the deltas its version claims.

@@ -29,7 +29,7 @@ use openraft::{
 };
 use tokio::sync::watch;
 
-use super::store::{LazyClock, RaftStore, Sync};
+use super::store::{encode, LazyClock, RaftStore, Sync};
 use super::types::{
     ApplyResult, Command, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -250,11 +250,6 @@ impl Proposals {
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    super::codec::encode(value)
-        .map_err(|e| StorageError::from(StorageIOError::write(AnyError::new(&e))))
 }
 
 fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {

@@ -120,15 +120,11 @@ impl RaftStore {
         value: &T,
         sync: Sync,
     ) -> Result<(), StorageError> {
-        let io = |e: &dyn std::fmt::Display| {
-            StorageError::from(StorageIOError::write(AnyError::error(e.to_string())))
-        };
-        let bytes = super::codec::encode(value).map_err(|e| io(&e))?;
-        self.write_encoded(&[(key, bytes)], sync)
+        self.write_encoded(&[(key, encode(value)?)], sync)
     }
 
     /// Writes several keys in one transaction: all of them or none. Values are encoded with
-    /// `codec::encode`.
+    /// [`encode`].
     pub fn write_encoded(
         &self,
         values: &[(&str, Vec<u8>)],
@@ -156,6 +152,12 @@ impl RaftStore {
     pub fn has_vote(&self) -> Result<bool, StorageError> {
         Ok(self.read_meta::<openraft::Vote<NodeId>>("vote")?.is_some())
     }
+}
+
+/// `value` as a meta value is stored (`codec`), for [`RaftStore::write_encoded`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    super::codec::encode(value)
+        .map_err(|e| StorageError::from(StorageIOError::write(AnyError::error(e.to_string()))))
 }
 
 /// A missing or empty `raft.redb` beside a Raft log that holds records, or beside snapshots,
